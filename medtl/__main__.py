@@ -1,0 +1,5 @@
+import sys
+
+from medtl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""Where data lives: one configurable data root, and paths that never escape it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from medtl.errors import MedtlError
+
+DATA_ROOT_ENV = "MEDTL_DATA_ROOT"
+
+
+def default_data_root() -> Path:
+    """``$MEDTL_DATA_ROOT`` when set, else ``../shared/data`` relative to the working directory."""
+    return Path(os.environ.get(DATA_ROOT_ENV, "../shared/data")).expanduser()
+
+
+def resolve_inside(root: str | Path, relative: str, where: str | None = None) -> Path:
+    """Join a manifest path onto the data root, refusing absolute paths and ``..`` escapes.
+
+    Symlinks are resolved too, so a link inside the root that points outside it is refused.
+    """
+    rel = str(relative).replace("\\", "/")
+    if not rel or PurePosixPath(rel).is_absolute() or (len(rel) > 1 and rel[1] == ":"):
+        raise MedtlError(f"path {relative!r} must be relative to the data root", where)
+    if ".." in PurePosixPath(rel).parts:
+        raise MedtlError(f"path {relative!r} escapes the data root with '..'", where)
+    root_resolved = Path(root).resolve()
+    full = (root_resolved / rel).resolve()
+    if root_resolved != full and root_resolved not in full.parents:
+        raise MedtlError(f"path {relative!r} resolves outside the data root {root_resolved}", where)
+    return full

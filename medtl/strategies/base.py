@@ -1,0 +1,98 @@
+"""One interface over every transfer method, found by name in a registry.
+
+The trainer knows nothing method-specific: it asks a strategy for its optimiser parameter groups,
+tells it when an epoch starts (for schedules such as gradual unfreezing or LP-FT's phase switch),
+and asks it for the loss of one step. Fine-tuning strategies use only the labelled ``batch``; domain
+adaptation strategies also use ``target`` (an unlabelled or sparsely labelled target batch).
+
+Batches are dictionaries as MONAI's dictionary transforms produce them: ``batch["image"]`` is a
+``(B, C, *spatial)`` tensor and ``batch["label"]`` a ``(B,)`` long tensor (or float for regression).
+
+Hyper-parameters have one documented default place: each class's ``DEFAULTS`` dictionary; a config
+overrides single keys and unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from medtl.errors import MedtlError
+
+STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+def register_strategy(name: str):
+    """Class decorator adding a strategy to the registry under ``name``."""
+
+    def wrap(cls: type["Strategy"]) -> type["Strategy"]:
+        if name in STRATEGIES:
+            raise ValueError(f"strategy {name!r} registered twice")
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    # Importing the modules that define strategies fills the registry.
+    import importlib
+
+    for module in ("medtl.strategies.finetune", "medtl.adapt.strategies"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def get_strategy(name: str) -> type["Strategy"]:
+    _load_all()
+    if name not in STRATEGIES:
+        raise MedtlError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}", "strategy")
+    return STRATEGIES[name]
+
+
+def default_hparams(name: str) -> dict[str, Any]:
+    return dict(get_strategy(name).DEFAULTS)
+
+
+class Strategy(nn.Module):
+    """Base class: an encoder (features), a head (predictions) and the rule that trains them."""
+
+    name: ClassVar[str] = "base"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 1e-4}
+    needs_target: ClassVar[bool] = False  # True for domain adaptation: the trainer feeds target batches
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
+        super().__init__()
+        unknown = set(hparams or {}) - set(self.DEFAULTS)
+        if unknown:
+            raise MedtlError(
+                f"unknown hyper-parameter(s) {sorted(unknown)} for strategy {self.name!r}; "
+                f"known: {sorted(self.DEFAULTS)}",
+                "hparams",
+            )
+        self.hparams = {**self.DEFAULTS, **(hparams or {})}
+        self.encoder = encoder
+        self.head = head
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups (each with its own ``lr``)."""
+        return [{"params": list(self.parameters()), "lr": self.hparams["lr"]}]
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        """Hook for schedules (unfreezing, phase switches). Default: nothing."""
+
+    def training_loss(
+        self, batch: dict[str, torch.Tensor], target: dict[str, torch.Tensor] | None, progress: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one step and named parts for the log. ``progress`` runs from 0 to 1 over training."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions (logits) for images ``x``."""
+        return self.head(self.encoder(x))

@@ -1,0 +1,36 @@
+"""Shared test fixtures: the real-data root, and a guard that real-data tests never skip silently.
+
+Tests that need ``../shared/data`` take the ``data_root`` fixture. It skips only when the folder is
+absent; when MEDTL_REQUIRE_DATA=1 (set by .ci/run) a missing root is an error instead of a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from medtl.paths import default_data_root
+
+
+def _data_root() -> Path:
+    root = default_data_root()
+    if not root.is_absolute():
+        root = (Path(__file__).resolve().parents[1] / root).resolve()
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    if not (root / "README.md").exists():
+        if os.environ.get("MEDTL_REQUIRE_DATA") == "1":
+            pytest.fail(f"MEDTL_REQUIRE_DATA=1 but the data root {root} is missing")
+        pytest.skip(f"real data not found at {root} (set MEDTL_DATA_ROOT)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def manifests_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "data_manifests"
