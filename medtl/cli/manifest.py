@@ -1,0 +1,70 @@
+"""`medtl manifest build|check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medtl.paths import default_data_root
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("manifest", help="build and check data manifests")
+    msub = parser.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+
+    build = msub.add_parser("build", help="make a manifest with a patient-level stratified split")
+    build.add_argument("--from", dest="source", required=True, help="<root>/<label>/<file> folder or raw manifest.csv")
+    build.add_argument("--data-root", type=Path, default=None, help="folder manifest paths are relative to")
+    build.add_argument("--out", type=Path, required=True, help="manifest CSV to write (plus .meta.json)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
+    build.add_argument("--domain", help="domain/site name (default: the source folder's name)")
+    build.add_argument("--modality", choices=["cxr", "mri2d", "mri3d"], help="default: guessed from folder and files")
+    build.add_argument("--unlabelled", action="store_true", help="the source has no diagnostic labels")
+    build.add_argument(
+        "--exclude-near-copies-of", type=Path, metavar="MANIFEST",
+        help="drop rows that are identical to or near-copies of an image in MANIFEST (e.g. a DA target)",
+    )
+    build.add_argument(
+        "--no-group-near-copies", dest="group", action="store_false",
+        help="do not keep near-copy images in one split (faster, but test images may copy training ones)",
+    )
+    build.set_defaults(func=run_build)
+
+    check = msub.add_parser("check", help="validate a manifest; exit status 0 only when valid")
+    check.add_argument("manifest", type=Path)
+    check.add_argument("--data-root", type=Path, default=None)
+    check.add_argument("--labels", help="comma-separated declared label set (default: the manifest's .meta.json)")
+    check.set_defaults(func=run_check)
+
+
+def run_build(args) -> int:
+    from medtl.data.build import build_manifest
+    from medtl.data.check import check_manifest
+
+    root = args.data_root or default_data_root()
+    manifest = build_manifest(
+        args.source, root, seed=args.seed, fractions=tuple(args.fractions), group_near_copies=args.group,
+        domain=args.domain, modality=args.modality, labelled=not args.unlabelled,
+        exclude_copies_of=args.exclude_near_copies_of,
+    )
+    manifest.save(args.out)
+    meta = manifest.meta
+    print(f"wrote {args.out}: {len(manifest)} rows, labels {manifest.label_names}, patient ids: {meta['patient_ids']}")
+    if args.exclude_near_copies_of:
+        print(f"dropped {meta['excluded_rows']} row(s) that copy images of {args.exclude_near_copies_of}")
+    if meta["near_copy_grouping"]:
+        print(f"near-copy groups kept inside one split: {meta['near_copy_groups']} ({meta['near_copy_images']} images)")
+    report = check_manifest(manifest, root)  # counts table, and proof that what was built is valid
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def run_check(args) -> int:
+    from medtl.data.check import check_manifest
+    from medtl.data.manifest import Manifest
+
+    manifest = Manifest.load(args.manifest)
+    labels = args.labels.split(",") if args.labels else None
+    report = check_manifest(manifest, args.data_root or default_data_root(), labels=labels)
+    print(report.render())
+    return 0 if report.ok else 1

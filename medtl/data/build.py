@@ -1,0 +1,278 @@
+"""``medtl manifest build``: a manifest from a folder layout or a raw source manifest, with a split.
+
+The split is patient-level and label-stratified: patients (and, by default, groups of near-copy
+images) are the units that are shuffled with the seed and dealt into train/val/test per label, so
+no patient and no near-copy group straddles two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter, defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from medtl.data import io
+from medtl.data.check import near_copy_groups, scan
+from medtl.data.duplicates import near_copy_pairs
+from medtl.data.manifest import Manifest, ManifestRow
+from medtl.errors import MedtlError
+from medtl.paths import resolve_inside
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+UNLABELLED = "unlabelled"
+
+
+def guess_modality(path: str, domain: str) -> str:
+    for prefix in ("cxr", "mri2d", "mri3d"):
+        if domain.lower().startswith(prefix):
+            return prefix
+    kind = io.kind_of(path)
+    if kind in ("nifti", "dicom_series"):
+        return "mri3d"
+    return "mri2d" if kind == "image" else "dicom"  # DICOM: decided from its header
+
+
+def dicom_modality(path: Path) -> str:
+    """``cxr`` for radiographs (CR/DX), ``mri3d`` for multi-frame MR, ``mri2d`` for single MR frames."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:
+        raise MedtlError(f"unreadable DICOM header: {err}", path) from None
+    modality = str(ds.get("Modality", ""))
+    if modality in ("CR", "DX", "DR", "RG"):
+        return "cxr"
+    return "mri3d" if int(ds.get("NumberOfFrames", 1) or 1) > 1 else "mri2d"
+
+
+def rows_from_folder(folder: Path, data_root: Path, domain: str | None, modality: str | None) -> list[ManifestRow]:
+    """``<folder>/<label>/<file>``: one row per file, the label from its parent folder."""
+    rel_folder = _relative_to_root(folder, data_root)
+    domain = domain or folder.name
+    rows = []
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for f in sorted(label_dir.rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                rel = (rel_folder / f.relative_to(folder)).as_posix()
+                rows.append(
+                    ManifestRow(rel, label_dir.name, rel, domain, "", modality or guess_modality(rel, domain),
+                                {"patient_id_kind": "per_image"})
+                )
+    if not rows:
+        raise MedtlError("no files found in <folder>/<label>/<file> layout", folder)
+    return rows
+
+
+def rows_from_raw_manifest(
+    raw: Path, data_root: Path, domain: str | None, modality: str | None, labelled: bool = True
+) -> list[ManifestRow]:
+    """A source's own manifest.csv (path relative to its folder, label, optional patient_id)."""
+    folder = raw.parent
+    rel_folder = _relative_to_root(folder, data_root)
+    domain = domain or folder.name
+    with open(raw, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "path" not in (reader.fieldnames or []):
+            raise MedtlError(f"raw manifest lacks a 'path' column; has {reader.fieldnames}", raw)
+        if labelled and "label" not in reader.fieldnames:
+            raise MedtlError("raw manifest lacks a 'label' column (use --unlabelled for unlabelled data)", raw)
+        raw_rows = list(reader)
+    rows = []
+    for i, r in enumerate(raw_rows, start=2):
+        rel = (rel_folder / r["path"]).as_posix()
+        resolve_inside(data_root, rel, f"{raw}:{i}")
+        pid = (r.get("patient_id") or "").strip()
+        extras = {k: v for k, v in r.items() if k not in ("path", "label", "patient_id", "split", "domain", "modality")}
+        if "split" in r:
+            extras["source_split"] = r["split"]  # the source's own split is kept but not used
+        extras["patient_id_kind"] = "given" if pid else "per_image"
+        label = (r["label"] or "").strip() if labelled else UNLABELLED
+        rows.append(ManifestRow(rel, label, pid or rel, domain, "", modality or guess_modality(rel, domain), extras))
+    return rows
+
+
+def collapse_dicom_series(rows: list[ManifestRow], data_root: Path) -> list[ManifestRow]:
+    """Rows that are the slices of one single-frame DICOM series in one folder become one row.
+
+    A 3D model reads the series as a volume, so the folder is the unit of a manifest row.
+    """
+    import pydicom
+
+    by_folder: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        if io.kind_of(r.path) == "dicom":
+            by_folder[str(Path(r.path).parent.as_posix())].append(i)
+    drop: set[int] = set()
+    added = []
+    for folder, idx in by_folder.items():
+        if len(idx) < 2:
+            continue
+        uids, positions = set(), set()
+        for i in idx:
+            try:
+                ds = pydicom.dcmread(data_root / rows[i].path, stop_before_pixels=True)
+            except Exception:
+                uids.add(None)
+                break
+            uids.add((str(ds.get("SeriesInstanceUID")), int(ds.get("NumberOfFrames", 1) or 1)))
+            positions.add(tuple(float(v) for v in ds.get("ImagePositionPatient", [])) or None)
+        (only,) = uids if len(uids) == 1 else (None,)
+        n_files_in_folder = sum(1 for f in (data_root / folder).iterdir() if f.is_file())
+        # slices of a volume: one single-frame series, each file at its own position
+        stacked = None not in positions and len(positions) == len(idx)
+        if only and only[1] == 1 and stacked and n_files_in_folder == len(idx):
+            first = rows[idx[0]]
+            added.append(
+                ManifestRow(folder, first.label, first.patient_id if first.extras.get("patient_id_kind") == "given" else folder,
+                            first.domain, "", "mri3d", {**first.extras, "n_instances": str(len(idx)),
+                                                        "patient_id_kind": first.extras.get("patient_id_kind", "per_image")})
+            )
+            drop.update(idx)
+    return [r for i, r in enumerate(rows) if i not in drop] + added
+
+
+def assign_splits(
+    rows: list[ManifestRow], seed: int, fractions=DEFAULT_FRACTIONS, groups: np.ndarray | None = None
+) -> list[str]:
+    """Patient-level, label-stratified split; ``groups`` (near-copy ids) are joined to patients."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise MedtlError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}", "fractions")
+    n = len(rows)
+    # units: connected components of "same patient" and "same near-copy group"
+    from medtl.data.duplicates import connected_groups
+
+    first_of_patient: dict[str, int] = {}
+    pairs = [(first_of_patient.setdefault(r.patient_id, i), i) for i, r in enumerate(rows)]
+    if groups is not None:
+        first_of_group: dict[int, int] = {}
+        pairs += [(first_of_group.setdefault(int(g), i), i) for i, g in enumerate(groups)]
+    unit = connected_groups(n, pairs)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, u in enumerate(unit):
+        members[int(u)].append(i)
+    # stratum of a unit: its majority label
+    strata: dict[str, list[int]] = defaultdict(list)
+    for u, idx in members.items():
+        label = Counter(rows[i].label for i in idx).most_common(1)[0][0]
+        strata[label].append(u)
+    rng = np.random.default_rng(seed)
+    split = [""] * n
+    names = ("train", "val", "test")
+    for label in sorted(strata):
+        units = sorted(strata[label])
+        rng.shuffle(units)
+        total = sum(len(members[u]) for u in units)
+        bounds = np.cumsum(fractions) * total
+        done = 0
+        for u in units:
+            # deal the unit to the split whose share its middle falls in
+            middle = done + len(members[u]) / 2
+            s = names[int(np.searchsorted(bounds, middle, side="right").clip(0, 2))]
+            for i in members[u]:
+                split[i] = s
+            done += len(members[u])
+    return split
+
+
+# Looser than the 0.99 used for grouping inside one set: copies between collections were re-encoded,
+# resized and sharpened. Measured on mri2d_tumor4 vs mri2d_yesno: 0.99 finds 370 of the 623 copies
+# the data README lists, 0.9 finds 621 (602 notumor) from the same 116 yes/no images. Dropping a
+# few look-alikes too many from a source is harmless; keeping copies of the target is not.
+CROSS_SET_CORRELATION = 0.9
+
+
+def drop_near_copies_of(
+    rows: list[ManifestRow], other: Manifest, data_root: Path, threshold: float = CROSS_SET_CORRELATION
+) -> tuple[list[ManifestRow], int]:
+    """Rows with no identical file or near-copy in ``other`` (e.g. a DA source minus its target)."""
+    mine = scan(rows, data_root, desc="near-copy scan (this set)")
+    theirs = scan(other.rows, data_root, desc="near-copy scan (other set)")
+    copied: set[int] = set()
+    their_sha = {s.sha256 for s in theirs if s.sha256}
+    copied.update(i for i, s in enumerate(mine) if s.sha256 in their_sha)
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for j, s in enumerate(theirs):
+        if s.thumb is not None:
+            by_size[s.thumb.size].append(j)
+    for size, js in by_size.items():
+        idx = [i for i, s in enumerate(mine) if s.thumb is not None and s.thumb.size == size]
+        if idx:
+            pairs = near_copy_pairs(np.stack([mine[i].thumb for i in idx]), np.stack([theirs[j].thumb for j in js]), threshold)
+            copied.update(idx[p] for p in pairs[:, 0])
+    return [r for i, r in enumerate(rows) if i not in copied], len(copied)
+
+
+def build_manifest(
+    source: str | Path,
+    data_root: str | Path,
+    seed: int = 0,
+    fractions=DEFAULT_FRACTIONS,
+    group_near_copies: bool = True,
+    domain: str | None = None,
+    modality: str | None = None,
+    labelled: bool = True,
+    exclude_copies_of: str | Path | None = None,
+) -> Manifest:
+    source, data_root = Path(source), Path(data_root)
+    if not data_root.is_dir():
+        raise MedtlError("data root is not a folder", data_root)
+    if source.is_dir():
+        rows = rows_from_folder(source, data_root, domain, modality)
+    elif source.suffix.lower() == ".csv":
+        rows = rows_from_raw_manifest(source, data_root, domain, modality, labelled)
+    else:
+        raise MedtlError("expected a folder (<root>/<label>/<file>) or a raw manifest .csv", source)
+    rows = collapse_dicom_series(rows, data_root)
+    rows = [r if r.modality != "dicom" else replace(r, modality=dicom_modality(data_root / r.path)) for r in rows]
+    excluded = 0
+    if exclude_copies_of is not None:
+        rows, excluded = drop_near_copies_of(rows, Manifest.load(exclude_copies_of), data_root)
+    groups = None
+    n_groups = 0
+    if group_near_copies:
+        scanned = scan(rows, data_root, desc="near-copy scan")
+        bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
+        if bad:
+            raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)
+        groups = near_copy_groups(scanned)
+        n_groups = sum(1 for c in Counter(groups.tolist()).values() if c > 1)
+    splits = assign_splits(rows, seed, fractions, groups)
+    labels = sorted({r.label for r in rows})
+    per_image = sum(r.extras.get("patient_id_kind") == "per_image" for r in rows)
+    meta = {
+        "built_from": _relative_to_root(source, data_root).as_posix() if _inside(source, data_root) else source.name,
+        "seed": seed,
+        "fractions": list(fractions),
+        "near_copy_grouping": group_near_copies,
+        "near_copy_groups": n_groups,
+        "near_copy_images": int(sum(c for c in Counter(groups.tolist()).values() if c > 1)) if groups is not None else None,
+        "patient_ids": "per image (the source has no patient ids)" if per_image == len(rows)
+        else "given" if per_image == 0 else f"given for {len(rows) - per_image} of {len(rows)} rows",
+    }
+    if exclude_copies_of is not None:
+        meta["excluded_near_copies_of"] = Path(exclude_copies_of).name
+        meta["excluded_rows"] = excluded
+    manifest = Manifest(rows, labels, meta).with_splits(splits)
+    return manifest
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _relative_to_root(path: Path, data_root: Path) -> Path:
+    try:
+        return path.resolve().relative_to(data_root.resolve())
+    except ValueError:
+        raise MedtlError(f"source lies outside the data root {data_root}", path) from None

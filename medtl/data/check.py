@@ -1,0 +1,155 @@
+"""``medtl manifest check``: everything a manifest must satisfy before a run trusts it."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medtl.data import duplicates, io
+from medtl.data.manifest import MODALITIES, SPLITS, Manifest, ManifestRow
+from medtl.errors import MedtlError
+from medtl.paths import resolve_inside
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScannedFile:
+    sha256: str | None = None
+    thumb: np.ndarray | None = None
+    error: str | None = None
+
+
+def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading") -> list[ScannedFile]:
+    """Open every file once: its path check, content hash and thumbnail, or the reason it failed."""
+    out = []
+    for row in tqdm(rows, desc=desc, unit="file", leave=False, mininterval=1.0):
+        try:
+            full = resolve_inside(data_root, row.path, row.path)
+            image = io.read(full)
+            sha = duplicates.file_sha256(full) if full.is_file() else None
+            out.append(ScannedFile(sha, duplicates.thumbnail(image.array)))
+        except MedtlError as err:
+            out.append(ScannedFile(error=err.reason))
+    return out
+
+
+def near_copy_groups(scanned: list[ScannedFile]) -> np.ndarray:
+    """Group id per row (rows that failed to open are their own group); 2D and 3D compared apart."""
+    groups = np.arange(len(scanned))
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, s in enumerate(scanned):
+        if s.thumb is not None:
+            by_size[s.thumb.size].append(i)
+    pairs = []
+    for idx in by_size.values():
+        idx = np.asarray(idx)
+        p = duplicates.near_copy_pairs(np.stack([scanned[i].thumb for i in idx]))
+        pairs.extend(zip(idx[p[:, 0]], idx[p[:, 1]]))
+    # identical bytes are copies even if the thumbnail could not be compared
+    first_of: dict[str, int] = {}
+    for i, s in enumerate(scanned):
+        if s.sha256:
+            pairs.append((first_of.setdefault(s.sha256, i), i))
+    if pairs:
+        groups = duplicates.connected_groups(len(scanned), pairs)
+    return groups
+
+
+@dataclass
+class CheckReport:
+    manifest: Path | None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    near_copy_groups_across_splits: int = 0
+    identical_across_splits: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def table(self) -> str:
+        labels = sorted({lab for c in self.counts.values() for lab in c})
+        splits = [s for s in self.counts if sum(self.counts[s].values())]
+        width = max([5] + [len(x) for x in labels])
+        lines = [f"{'label':<{width}} " + " ".join(f"{s:>6}" for s in splits) + f" {'total':>6}"]
+        for lab in labels:
+            vals = [self.counts[s].get(lab, 0) for s in splits]
+            lines.append(f"{lab:<{width}} " + " ".join(f"{v:>6}" for v in vals) + f" {sum(vals):>6}")
+        totals = [sum(self.counts[s].values()) for s in splits]
+        lines.append(f"{'total':<{width}} " + " ".join(f"{v:>6}" for v in totals) + f" {sum(totals):>6}")
+        return "\n".join(lines)
+
+    def render(self) -> str:
+        parts = [f"manifest: {self.manifest}", self.table()]
+        parts.append(
+            f"near-copy groups spanning splits: {self.near_copy_groups_across_splits}; "
+            f"identical files across splits: {self.identical_across_splits}"
+        )
+        parts += [f"WARNING {w}" for w in self.warnings]
+        parts += [f"ERROR {e}" for e in self.errors]
+        parts.append("OK" if self.ok else f"FAILED with {len(self.errors)} error(s)")
+        return "\n".join(parts)
+
+
+def check_manifest(
+    manifest: Manifest, data_root: str | Path, labels: list[str] | None = None, max_listed: int = 20
+) -> CheckReport:
+    """Validate paths, files, labels, splits, patient leakage and copies across splits."""
+    data_root = Path(data_root)
+    report = CheckReport(manifest.source, counts=manifest.class_counts())
+    label_set = list(labels or manifest.label_names)
+    where = manifest.source or "manifest"
+
+    def add(kind: list[str], items: list[str], what: str) -> None:
+        if items:
+            shown = ", ".join(items[:max_listed]) + (f" (+{len(items) - max_listed} more)" if len(items) > max_listed else "")
+            kind.append(f"{what}: {shown}")
+
+    if not data_root.is_dir():
+        report.errors.append(f"data root {data_root} is not a folder")
+        return report
+    bad_label = [f"line {i + 2} ({r.label!r})" for i, r in enumerate(manifest) if r.label not in label_set]
+    add(report.errors, bad_label, f"labels outside the declared set {label_set}")
+    bad_split = [f"line {i + 2} ({r.split!r})" for i, r in enumerate(manifest) if r.split not in SPLITS]
+    add(report.errors, bad_split, f"splits other than {list(SPLITS)}")
+    bad_mod = [f"line {i + 2} ({r.modality!r})" for i, r in enumerate(manifest) if r.modality not in MODALITIES]
+    add(report.errors, bad_mod, f"modalities other than {list(MODALITIES)}")
+
+    splits_of_patient: dict[str, set[str]] = defaultdict(set)
+    for r in manifest:
+        splits_of_patient[r.patient_id].add(r.split)
+    leaked = sorted(p for p, s in splits_of_patient.items() if len(s) > 1)
+    add(report.errors, leaked, f"patient leakage: {len(leaked)} patient(s) in more than one split")
+
+    scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}")
+    unreadable = [f"{r.path} ({s.error})" for r, s in zip(manifest, scanned) if s.error]
+    add(report.errors, unreadable, f"{len(unreadable)} file(s) missing, unreadable or outside the data root")
+
+    by_sha: dict[str, set[str]] = defaultdict(set)
+    for r, s in zip(manifest, scanned):
+        if s.sha256:
+            by_sha[s.sha256].add(r.split)
+    report.identical_across_splits = sum(len(s) > 1 for s in by_sha.values())
+    if report.identical_across_splits:
+        report.errors.append(f"{report.identical_across_splits} identical file(s) appear in more than one split")
+
+    groups = near_copy_groups(scanned)
+    splits_of_group: dict[int, set[str]] = defaultdict(set)
+    for g, r in zip(groups, manifest):
+        splits_of_group[int(g)].add(r.split)
+    spanning = [g for g, s in splits_of_group.items() if len(s) > 1]
+    report.near_copy_groups_across_splits = len(spanning)
+    if spanning:
+        rows_in = sum(1 for g in groups if int(g) in set(spanning))
+        report.warnings.append(
+            f"{len(spanning)} near-copy group(s) ({rows_in} images) span more than one split: "
+            "test metrics may measure memorisation; rebuild with near-duplicate grouping"
+        )
+    return report

@@ -1,0 +1,167 @@
+"""MONAI datasets over a manifest, with the deterministic part of each preset cached.
+
+``build_dataset`` returns a dataset of dictionaries::
+
+    {"image": tensor (1, H, W) or (1, X, Y, Z), "label": long (or float for regression),
+     "case_id": manifest path, "patient_id": str, "domain": str}
+
+Bad items: with ``on_error="raise"`` (default) the first bad file stops with its ``MedtlError``.
+With ``on_error="skip"`` every bad file is logged, written to ``<run_dir>/skipped.csv`` (path and
+reason) and left out; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose, Transform
+from torch.utils.data import Dataset as TorchDataset
+
+from medtl.data.manifest import Manifest
+from medtl.data.transforms import preset
+from medtl.errors import MedtlError
+from medtl.paths import resolve_inside
+
+log = logging.getLogger(__name__)
+ERROR_KEY = "medtl_error"
+
+
+class Guarded(Transform):
+    """Runs the deterministic transforms; a bad item becomes ``{..., ERROR_KEY: reason}``.
+
+    The transforms are called directly rather than through ``Compose`` so that MONAI does not wrap
+    our error in a RuntimeError or log the item's contents (which may hold patient identifiers).
+    """
+
+    def __init__(self, transforms: list):
+        self.transforms = transforms
+
+    def __call__(self, item: dict) -> dict:
+        out = item
+        try:
+            for t in self.transforms:
+                out = t(out)
+        except MedtlError as err:
+            return {**item, ERROR_KEY: err.reason}
+        except Exception as err:  # a transform failed on a file that opened: still this file's fault
+            return {**item, ERROR_KEY: f"{type(err).__name__}: {err}"}
+        return out
+
+
+class ManifestDataset(TorchDataset):
+    """Cached deterministic items (a MONAI dataset) followed by the random part, per access.
+
+    Items that failed to load raise their ``MedtlError`` on access; ``indices`` leaves out the ones
+    a skip-mode build already listed.
+    """
+
+    def __init__(self, base, transform: Compose | None, indices: list[int] | None = None):
+        self.base = base
+        self.transform = transform  # named `transform` so MONAI's worker seeding finds the random part
+        self.indices = list(range(len(base))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.base[self.indices[i]]
+        if ERROR_KEY in item:
+            raise MedtlError(item[ERROR_KEY], item["case_id"])
+        return self.transform(item) if self.transform is not None else item
+
+
+def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str = "label",
+                   task: str = "classification") -> list[dict]:
+    items = []
+    for i, row in enumerate(manifest, start=2):
+        where = f"{manifest.source or 'manifest'}:{i}"
+        path = resolve_inside(data_root, row.path, where)
+        raw = row.label if label_column == "label" else row.extras.get(label_column, "")
+        if task == "regression":
+            try:
+                label = torch.tensor(float(raw), dtype=torch.float32)
+            except ValueError:
+                raise MedtlError(f"{label_column} {raw!r} is not a number", where) from None
+        else:
+            if raw not in manifest.label_names:
+                raise MedtlError(f"label {raw!r} is not in the label set {manifest.label_names}", where)
+            label = torch.tensor(manifest.label_names.index(raw), dtype=torch.long)
+        items.append({"image": str(path), "label": label, "case_id": row.path,
+                      "patient_id": row.patient_id, "domain": row.domain})
+    return items
+
+
+def build_dataset(
+    manifest: Manifest,
+    data_root: str | Path,
+    preset_name: str | None = None,
+    train: bool = False,
+    *,
+    cache: str = "memory",
+    cache_dir: str | Path | None = None,
+    on_error: str = "raise",
+    run_dir: str | Path | None = None,
+    label_column: str = "label",
+    task: str = "classification",
+    num_workers: int = 0,
+    **preset_options,
+):
+    """A dataset over ``manifest`` (paths under ``data_root``) with the modality's preset chain.
+
+    ``cache``: ``"memory"`` (MONAI CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``)
+    or ``"none"``. ``preset_name`` defaults to the manifest's single modality.
+    """
+    if on_error not in ("raise", "skip"):
+        raise MedtlError(f"on_error must be 'raise' or 'skip', got {on_error!r}", "on_error")
+    if cache not in ("memory", "disk", "none"):
+        raise MedtlError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}", "cache")
+    modalities = {r.modality for r in manifest}
+    if preset_name is None:
+        if len(modalities) != 1:
+            raise MedtlError(f"manifest mixes modalities {sorted(modalities)}; choose a preset", manifest.source)
+        preset_name = modalities.pop()
+    det, rand = preset(preset_name, train, **preset_options)
+    guarded = Guarded(det)
+    items = manifest_items(manifest, data_root, label_column, task)
+    random_part = Compose(rand) if rand else None
+    if cache == "memory":
+        base = CacheDataset(items, guarded, num_workers=num_workers or None, progress=len(items) > 50)
+        cached = [base._cache[i] for i in range(len(items))]  # filled at construction
+    elif cache == "disk":
+        if cache_dir is None:
+            raise MedtlError("cache='disk' needs cache_dir", "cache_dir")
+        base = PersistentDataset(items, guarded, cache_dir=str(cache_dir))
+        cached = [base[i] for i in range(len(items))]  # computes (or reads) each entry once, now
+    else:
+        base = Dataset(items, guarded)
+        cached = [guarded(item) for item in items] if on_error == "skip" else None
+    if cached is None:  # uncached, raise mode: each bad file raises when it is read
+        return ManifestDataset(base, random_part)
+    bad = [(items[i]["case_id"], c[ERROR_KEY]) for i, c in enumerate(cached) if ERROR_KEY in c]
+    if bad and on_error == "raise":
+        raise MedtlError(bad[0][1], bad[0][0])
+    if bad:
+        _record_skipped(bad, run_dir)
+    good = [i for i, c in enumerate(cached) if ERROR_KEY not in c]
+    return ManifestDataset(base, random_part, good)
+
+
+def _record_skipped(bad: list[tuple[str, str]], run_dir: str | Path | None) -> None:
+    for case_id, reason in bad:
+        log.warning("skipped %s: %s", case_id, reason)
+    if run_dir is None:
+        log.warning("%d item(s) skipped; pass run_dir to keep the list in a file", len(bad))
+        return
+    path = Path(run_dir) / "skipped.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["case_id", "reason"])
+        writer.writerows(bad)
+    log.warning("%d item(s) skipped; listed in %s", len(bad), path)

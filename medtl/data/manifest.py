@@ -1,0 +1,148 @@
+"""Manifests: the CSV that names every image a run may read.
+
+Schema (one row per image or volume; extra columns are kept and written back unchanged):
+
+=============  ==========================================================================
+column         meaning
+=============  ==========================================================================
+path           file (or DICOM series folder) relative to the data root; never absolute,
+               never escaping the root with ``..``
+label          class name (classification) or number (regression); ``unlabelled`` allowed
+               only when the label set declares it
+patient_id     patient identifier; images of one patient never straddle splits. When the
+               source has none, each image is its own patient: ``patient_id`` is then the
+               image's path and the column ``patient_id_kind`` says ``per_image``
+domain         the site/collection the image comes from (e.g. ``cxr_nih``)
+split          ``train``, ``val`` or ``test``
+modality       ``cxr``, ``mri2d`` or ``mri3d`` (chooses the preset transform chain)
+=============  ==========================================================================
+
+Next to ``name.csv`` a ``name.meta.json`` records the declared label set, the seed and fractions of
+the split, and how many near-duplicate groups the split kept together.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from medtl.errors import MedtlError
+
+REQUIRED_COLUMNS = ("path", "label", "patient_id", "domain", "split", "modality")
+SPLITS = ("train", "val", "test")
+MODALITIES = ("cxr", "mri2d", "mri3d")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str
+    label: str
+    patient_id: str
+    domain: str
+    split: str
+    modality: str
+    extras: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Manifest:
+    rows: list[ManifestRow]
+    label_names: list[str]
+    meta: dict = field(default_factory=dict)
+    source: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    @property
+    def extra_columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            seen.update(dict.fromkeys(row.extras))
+        return list(seen)
+
+    def select(self, split: str | None = None, domain: str | None = None) -> "Manifest":
+        rows = [r for r in self.rows if (split is None or r.split == split) and (domain is None or r.domain == domain)]
+        return Manifest(rows, list(self.label_names), dict(self.meta), self.source)
+
+    def label_index(self, label: str) -> int:
+        try:
+            return self.label_names.index(label)
+        except ValueError:
+            raise MedtlError(f"label {label!r} is not in the label set {self.label_names}", self.source) from None
+
+    def class_counts(self) -> dict[str, Counter]:
+        """Per split, the number of rows of each label."""
+        counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
+        for r in self.rows:
+            counts.setdefault(r.split, Counter())[r.label] += 1
+        return counts
+
+    def content_hash(self) -> str:
+        """Hash of the manifest's rows (not the images): identifies the data a model was trained on."""
+        h = hashlib.sha256()
+        for r in self.rows:
+            h.update("\x1f".join((r.path, r.label, r.patient_id, r.domain, r.split, r.modality)).encode())
+            h.update(b"\n")
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        if not path.exists():
+            raise MedtlError("manifest not found", path)
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise MedtlError(f"manifest lacks required column(s) {missing}; has {reader.fieldnames}", path)
+            rows = []
+            for i, raw in enumerate(reader, start=2):  # line 1 is the header
+                values = {k: (raw[k] or "").strip() for k in REQUIRED_COLUMNS}
+                if not values["path"]:
+                    raise MedtlError("empty path", f"{path}:{i}")
+                extras = {k: v for k, v in raw.items() if k not in REQUIRED_COLUMNS and k is not None}
+                rows.append(ManifestRow(**values, extras=extras))
+        meta_path = meta_path_for(path)
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        labels = meta.get("label_names") or sorted({r.label for r in rows})
+        return cls(rows, list(labels), meta, path)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns = list(REQUIRED_COLUMNS) + self.extra_columns
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            for r in self.rows:
+                writer.writerow(
+                    {
+                        "path": r.path,
+                        "label": r.label,
+                        "patient_id": r.patient_id,
+                        "domain": r.domain,
+                        "split": r.split,
+                        "modality": r.modality,
+                        **r.extras,
+                    }
+                )
+        meta = {**self.meta, "label_names": self.label_names}
+        meta_path_for(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        self.source = path
+        return path
+
+    def with_splits(self, splits: list[str]) -> "Manifest":
+        rows = [replace(r, split=s) for r, s in zip(self.rows, splits, strict=True)]
+        return Manifest(rows, list(self.label_names), dict(self.meta), self.source)
+
+
+def meta_path_for(manifest_path: Path) -> Path:
+    return manifest_path.with_name(manifest_path.stem + ".meta.json")

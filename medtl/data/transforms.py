@@ -1,0 +1,164 @@
+"""MONAI transform chains, one preset per modality.
+
+Each preset is a deterministic part (loaded, reoriented, resampled, normalised, sized: cached once)
+followed by a random training part (augmentation: run every epoch). Presets:
+
+``cxr`` (chest X-ray: PNG/JPEG/DICOM, 8/16-bit, MONOCHROME1 already inverted by the reader)
+    load -> one channel -> optional CLAHE -> clip to the 0.5-99.5 percentiles and scale to [0, 1]
+    -> resize to ``image_size`` square -> z-score. Augment: small rotation/scale/translation,
+    contrast (gamma) and Gaussian noise. No flips: the heart is on the left.
+``mri2d`` (brain MRI slices: JPEG/PNG of any mode and size)
+    load -> one channel -> percentile scaling -> resize -> z-score. Augment: left-right flip
+    (the brain is roughly symmetric), small rotation/scale, contrast and noise.
+``mri3d`` (brain MRI volumes: NIfTI or DICOM series)
+    load with affine -> RAS orientation -> resample to ``spacing`` mm -> z-score over non-zero
+    (brain) voxels only, so the empty background does not dilute the statistics -> centre
+    crop/pad to ``volume_shape``. Augment: left-right flip, small affine, intensity shift, noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandShiftIntensityd,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+    Transform,
+)
+
+from medtl.data import io
+from medtl.errors import MedtlError
+
+PRESETS = ("cxr", "mri2d", "mri3d")
+DEFAULTS = {
+    "cxr": {"image_size": 128, "clahe": False},
+    "mri2d": {"image_size": 128},
+    "mri3d": {"spacing": (2.0, 2.0, 2.0), "volume_shape": (80, 96, 80)},
+}
+
+
+class LoadMedicalImage(Transform):
+    """Path -> channel-first MetaTensor (2D ``(1, H, W)`` or 3D ``(1, X, Y, Z)`` with its affine).
+
+    ``ndim`` (2 or 3), when given, refuses files of the other dimensionality with a clear error.
+    """
+
+    def __init__(self, ndim: int | None = None):
+        self.ndim = ndim
+
+    def __call__(self, path) -> MetaTensor:
+        image = io.read(path)
+        if self.ndim is not None and image.array.ndim != self.ndim:
+            raise MedtlError(f"expected a {self.ndim}D image, got shape {image.array.shape}", path)
+        tensor = torch.from_numpy(np.ascontiguousarray(image.array))[None]
+        meta = {"filename_or_obj": str(path), "format": image.meta.get("format", "")}
+        return MetaTensor(tensor, affine=torch.as_tensor(image.affine, dtype=torch.float64), meta=meta)
+
+
+class LoadMedicalImaged(MapTransform):
+    def __init__(self, keys, ndim: int | None = None, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadMedicalImage(ndim)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+class CLAHE(Transform):
+    """Contrast-limited adaptive histogram equalisation (scikit-image), per channel, output in [0, 1]."""
+
+    def __init__(self, clip_limit: float = 0.01, kernel_fraction: float = 1 / 8):
+        self.clip_limit = clip_limit
+        self.kernel_fraction = kernel_fraction
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from skimage.exposure import equalize_adapthist
+
+        arr = img.detach().cpu().numpy().astype(np.float64)
+        out = np.empty_like(arr)
+        for c in range(arr.shape[0]):
+            ch = arr[c]
+            lo, hi = ch.min(), ch.max()
+            scaled = (ch - lo) / (hi - lo) if hi > lo else np.zeros_like(ch)
+            kernel = max(8, int(min(ch.shape) * self.kernel_fraction))
+            out[c] = equalize_adapthist(scaled, kernel_size=kernel, clip_limit=self.clip_limit)
+        result = torch.as_tensor(out, dtype=torch.float32)
+        return MetaTensor(result, meta=getattr(img, "meta", {})) if isinstance(img, MetaTensor) else result
+
+
+class CLAHEd(MapTransform):
+    def __init__(self, keys: Sequence[str], clip_limit: float = 0.01, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.clahe = CLAHE(clip_limit)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.clahe(d[key])
+        return d
+
+
+def preset(modality: str, train: bool, **options) -> tuple[list, list]:
+    """(deterministic transforms, random transforms) for ``modality``; see the module docstring."""
+    if modality not in PRESETS:
+        raise MedtlError(f"unknown modality preset {modality!r}; known: {list(PRESETS)}", "modality")
+    unknown = set(options) - set(DEFAULTS[modality])
+    if unknown:
+        raise MedtlError(f"unknown option(s) {sorted(unknown)} for preset {modality!r}", "transforms")
+    opts = {**DEFAULTS[modality], **{k: v for k, v in options.items() if v is not None}}
+    k = ["image"]
+    if modality in ("cxr", "mri2d"):
+        size = (int(opts["image_size"]),) * 2
+        det = [LoadMedicalImaged(k, ndim=2)]
+        if opts.get("clahe"):
+            det.append(CLAHEd(k))
+        det += [
+            ScaleIntensityRangePercentilesd(k, lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+            Resized(k, spatial_size=size, mode="area"),
+            NormalizeIntensityd(k),
+        ]
+        rand = [
+            RandAffined(k, prob=0.5, rotate_range=0.17, scale_range=0.1, translate_range=size[0] // 16,
+                        padding_mode="border"),
+            RandAdjustContrastd(k, prob=0.3, gamma=(0.8, 1.25)),
+            RandGaussianNoised(k, prob=0.2, std=0.05),
+        ]
+        if modality == "mri2d":
+            rand.insert(0, RandFlipd(k, prob=0.5, spatial_axis=1))
+    else:
+        det = [
+            LoadMedicalImaged(k, ndim=3),
+            Orientationd(k, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacingd(k, pixdim=tuple(opts["spacing"]), mode="bilinear"),
+            NormalizeIntensityd(k, nonzero=True),
+            ResizeWithPadOrCropd(k, spatial_size=tuple(opts["volume_shape"])),
+        ]
+        rand = [
+            RandFlipd(k, prob=0.5, spatial_axis=0),  # RAS axis 0 is left-right
+            RandAffined(k, prob=0.3, rotate_range=0.1, scale_range=0.05, padding_mode="zeros"),
+            RandShiftIntensityd(k, offsets=0.1, prob=0.3),
+            RandGaussianNoised(k, prob=0.2, std=0.05),
+        ]
+    return det, (rand if train else [])
+
+
+def preset_chain(modality: str, train: bool, **options) -> Compose:
+    det, rand = preset(modality, train, **options)
+    return Compose(det + rand)
