@@ -1,0 +1,203 @@
+"""Choosing a checkpoint without target labels.
+
+Pure functions on arrays (probabilities ``(N, K)``, labels ``(N,)``, features ``(N, F)``) and
+:func:`select`, which scores every checkpoint with one named selector and says which it picks and why.
+
+- ``source_accuracy``: accuracy on held-out labelled source data (ignores the shift).
+- ``dev``: deep embedded validation (You et al. 2019): source validation loss importance-weighted by
+  the target/source density ratio of a domain classifier, with the control variate that cuts its
+  variance. Lower is better.
+- ``entropy``: mean prediction entropy on the target (lower is better; rewards confidence, and is
+  fooled by a model that is confidently wrong or collapsed).
+- ``infomax``: information maximisation ``H(mean p) - mean H(p)`` (higher is better; confident and
+  diverse predictions, which guards against collapse onto one class).
+- ``snd``: soft neighbourhood density (Saito et al. 2021): mean entropy of each target point's
+  softmax similarity to the other target points' predictions (higher is better: dense clusters).
+  Like entropy it can be fooled by collapse: identical predictions for every case give the maximal
+  value ``log(N - 1)``, so read it beside ``infomax`` or the predicted class balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from medtl.errors import MedtlError
+
+_EPS = 1e-12
+
+
+def _probs(p: Any, what: str) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
+        raise MedtlError(f"{what} must be a non-empty (N, K>=2) probability array, got shape {p.shape}", what)
+    if not np.all(np.isfinite(p)) or p.min() < -1e-6 or not np.allclose(p.sum(1), 1.0, atol=1e-4):
+        raise MedtlError(f"{what} rows must be probabilities (non-negative, summing to 1)", what)
+    return np.clip(p, 0.0, 1.0)
+
+
+def _labels(y: Any, n: int, k: int, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise MedtlError(f"{what} must have shape ({n},), got {y.shape}", what)
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise MedtlError(f"{what} must be integer class indices", what)
+        y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= k:
+        raise MedtlError(f"{what} must lie in 0..{k - 1}, got values {sorted(set(y.tolist()) - set(range(k)))}", what)
+    return y
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, _EPS, None))).sum(-1)
+
+
+def source_accuracy(probs, labels) -> float:
+    """Accuracy of ``argmax(probs)`` against ``labels`` on labelled source validation data."""
+    p = _probs(probs, "source_probs")
+    y = _labels(labels, p.shape[0], p.shape[1], "source_labels")
+    return float((p.argmax(1) == y).mean())
+
+
+def prediction_entropy(probs) -> float:
+    """Mean Shannon entropy (nats) of target predictions. Lower is better."""
+    return float(_entropy(_probs(probs, "target_probs")).mean())
+
+
+def information_maximization(probs) -> float:
+    """``H(mean prediction) - mean H(prediction)`` on the target. Higher is better."""
+    p = _probs(probs, "target_probs")
+    return float(_entropy(p.mean(0)) - _entropy(p).mean())
+
+
+def soft_neighborhood_density(probs, temperature: float = 0.05) -> float:
+    """SND (Saito et al. 2021) on target predictions. Higher is better.
+
+    Rows are L2-normalised, cosine similarities divided by ``temperature`` are soft-maxed over the
+    *other* points (self excluded), and the mean entropy of those neighbourhood distributions is returned.
+    """
+    p = _probs(probs, "target_probs")
+    if p.shape[0] < 2:
+        raise MedtlError("SND needs at least 2 target rows", "target_probs")
+    z = p / np.clip(np.linalg.norm(p, axis=1, keepdims=True), _EPS, None)
+    s = z @ z.T / temperature
+    np.fill_diagonal(s, -np.inf)
+    s = s - s.max(1, keepdims=True)
+    e = np.exp(s)
+    nb = e / e.sum(1, keepdims=True)
+    return float(_entropy(nb).mean())
+
+
+def density_ratio(source_features, target_features, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Importance weights ``w(x) = p_target(x) / p_source(x)`` for the source rows.
+
+    A logistic-regression domain classifier (standardised features) gives out-of-fold probabilities
+    ``d(x) = P(target | x)``; ``w = (n_s / n_t) * d / (1 - d)`` corrects for the domain sizes.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xs = np.asarray(source_features, dtype=np.float64)
+    xt = np.asarray(target_features, dtype=np.float64)
+    if xs.ndim != 2 or xt.ndim != 2 or xs.shape[1] != xt.shape[1]:
+        raise MedtlError(
+            f"source and target features must be (N, F) of one width, got {xs.shape} and {xt.shape}", "features"
+        )
+    n_s, n_t = len(xs), len(xt)
+    folds = min(folds, n_s, n_t)
+    if folds < 2:
+        raise MedtlError(f"density ratio needs at least 2 rows per domain, got {n_s} and {n_t}", "features")
+    x = np.concatenate([xs, xt])
+    d = np.r_[np.zeros(n_s), np.ones(n_t)]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    prob = cross_val_predict(clf, x, d, cv=cv, method="predict_proba")[:n_s, 1]
+    prob = np.clip(prob, 1e-6, 1 - 1e-6)
+    return (n_s / n_t) * prob / (1 - prob)
+
+
+def dev_risk(losses, weights) -> float:
+    """Deep embedded validation risk (You et al. 2019), lower is better.
+
+    ``L = w * loss``; ``eta = -Cov(L, w) / Var(w)``; risk ``= mean(L) + eta * mean(w) - eta``.
+    With constant weights (no shift detected) it reduces to the plain mean loss.
+    """
+    loss = np.asarray(losses, dtype=np.float64).ravel()
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if loss.shape != w.shape or loss.size < 2:
+        raise MedtlError(f"DEV needs equal-length losses and weights (>= 2), got {loss.size} and {w.size}", "dev")
+    weighted = w * loss
+    var_w = w.var(ddof=1)
+    eta = 0.0 if var_w < 1e-12 else -np.cov(weighted, w, ddof=1)[0, 1] / var_w
+    return float(weighted.mean() + eta * w.mean() - eta)
+
+
+def dev_score(source_probs, source_labels, source_features, target_features, seed: int = 0) -> float:
+    """DEV risk of a checkpoint from its source-validation predictions and both domains' features."""
+    p = _probs(source_probs, "source_probs")
+    y = _labels(source_labels, p.shape[0], p.shape[1], "source_labels")
+    if len(np.asarray(source_features)) != len(p):
+        raise MedtlError("source_features and source_probs must have one row per source case", "source_features")
+    losses = -np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))
+    return dev_risk(losses, density_ratio(source_features, target_features, seed=seed))
+
+
+# name -> (function of a checkpoint record, keys it needs, higher_is_better, what it measures)
+SELECTORS: dict[str, tuple[Callable[..., float], tuple[str, ...], bool, str]] = {
+    "source_accuracy": (source_accuracy, ("source_probs", "source_labels"), True, "source validation accuracy"),
+    "dev": (
+        dev_score,
+        ("source_probs", "source_labels", "source_features", "target_features"),
+        False,
+        "importance-weighted source validation loss (DEV)",
+    ),
+    "entropy": (prediction_entropy, ("target_probs",), False, "mean target prediction entropy"),
+    "infomax": (information_maximization, ("target_probs",), True, "target information maximisation"),
+    "snd": (soft_neighborhood_density, ("target_probs",), True, "soft neighbourhood density on the target"),
+}
+
+
+def select(checkpoints: Mapping[str, Mapping[str, Any]], selector: str = "dev", **options: Any) -> dict[str, Any]:
+    """Score every checkpoint with ``selector`` and pick the best.
+
+    ``checkpoints`` maps a checkpoint name to its arrays (``source_probs``, ``source_labels``,
+    ``source_features``, ``target_features``, ``target_probs``; only those the selector needs).
+    ``options`` go to the selector (e.g. ``temperature`` for SND, ``seed`` for DEV).
+    Returns ``{"selector", "chosen", "higher_is_better", "scores", "reason"}``, JSON-able.
+    """
+    if selector not in SELECTORS:
+        raise MedtlError(f"unknown selector {selector!r}; known: {', '.join(SELECTORS)}", "selector")
+    if not checkpoints:
+        raise MedtlError("no checkpoints to select from", "checkpoints")
+    fn, keys, higher, what = SELECTORS[selector]
+    scores: dict[str, float] = {}
+    for name, record in checkpoints.items():
+        missing = [k for k in keys if k not in record]
+        if missing:
+            raise MedtlError(f"selector {selector!r} needs {missing}", f"checkpoint {name}")
+        scores[str(name)] = float(fn(*(record[k] for k in keys), **options))
+    finite = {k: v for k, v in scores.items() if np.isfinite(v)}
+    if not finite:
+        raise MedtlError(f"selector {selector!r} gave no finite score", "checkpoints")
+    ordered = sorted(finite, key=finite.get, reverse=higher)
+    chosen = ordered[0]
+    direction = "highest" if higher else "lowest"
+    reason = f"{chosen!r} has the {direction} {what} ({finite[chosen]:.4g})"
+    if len(ordered) > 1:
+        runner = ordered[1]
+        reason += f"; runner-up {runner!r} ({finite[runner]:.4g})"
+    if len(finite) < len(scores):
+        reason += f"; ignored non-finite scores of {sorted(set(scores) - set(finite))}"
+    return {
+        "selector": selector,
+        "chosen": chosen,
+        "higher_is_better": higher,
+        "scores": {k: (v if np.isfinite(v) else None) for k, v in scores.items()},
+        "ranking": ordered,
+        "reason": reason,
+    }

@@ -1,0 +1,86 @@
+"""`medtl recommend`: rank (source, encoder, strategy) options for a target from their scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "recommend",
+        help="rank source/encoder/strategy options for a target from similarity and transferability scores",
+        description="CANDIDATES is a JSON file: {\"target\": {...}, \"candidates\": [{\"source\", \"encoder\", "
+        "\"strategy\", \"scores\": {metric: value}} or {..., \"assessment\": \"similarity.json\"}]} "
+        "(an assessment path, relative to the file, is a `medtl similarity --json` output).",
+    )
+    p.add_argument("candidates", type=Path)
+    p.add_argument("--target", type=Path, help="JSON target description (overrides the file's 'target')")
+    p.add_argument("--weight", action="append", default=[], metavar="METRIC=W",
+                   help="metric weight, repeatable (replaces the default weights)")
+    p.add_argument("--json", type=Path, help="write the recommendation record")
+    p.set_defaults(func=run)
+
+
+def _read_json(path: Path, what: str):
+    from medtl.errors import MedtlError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MedtlError(f"{what} file not found", path) from None
+    except json.JSONDecodeError as err:
+        raise MedtlError(f"{what} is not valid JSON: {err}", path) from None
+
+
+def load_candidates(path: Path) -> tuple[dict, list[dict]]:
+    """Target description and candidates, with ``assessment`` files flattened into ``scores``."""
+    from medtl.errors import MedtlError
+
+    data = _read_json(path, "candidates")
+    if isinstance(data, list):
+        data = {"candidates": data}
+    if not isinstance(data, dict) or not isinstance(data.get("candidates"), list):
+        raise MedtlError("expected a list of candidates or {'target': ..., 'candidates': [...]}", path)
+    out = []
+    for i, c in enumerate(data["candidates"]):
+        if not isinstance(c, dict):
+            raise MedtlError("each candidate must be an object", f"{path}: candidate {i}")
+        c = dict(c)
+        if "assessment" in c:
+            a = _read_json(path.parent / c.pop("assessment"), "assessment")
+            scores = {**a.get("distances", {}), **a.get("transferability", {})}
+            c["scores"] = {**scores, **c.get("scores", {})}
+        out.append(c)
+    return dict(data.get("target") or {}), out
+
+
+def run(args) -> int:
+    from medtl.errors import MedtlError
+    from medtl.similarity.recommend import recommend
+
+    target, candidates = load_candidates(args.candidates)
+    if args.target:
+        target = _read_json(args.target, "target")
+    weights = None
+    if args.weight:
+        weights = {}
+        for item in args.weight:
+            name, sep, value = item.partition("=")
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                raise MedtlError(f"expected METRIC=NUMBER, got {item!r}", "--weight") from None
+            if not sep or not name:
+                raise MedtlError(f"expected METRIC=NUMBER, got {item!r}", "--weight")
+    record = recommend(target, candidates, weights)
+    for row in record["ranking"]:
+        print(f"{row['rank']:>2}. {row['key']:<40} composite {row['composite']:.3f}  {'; '.join(row['reasons'])}")
+    for e in record["excluded"]:
+        print(f" -  {e['key']:<40} excluded: {e['reason']}")
+    print()
+    print(record["explanation"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

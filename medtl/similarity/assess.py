@@ -1,0 +1,130 @@
+"""One call that measures how far two domains are apart and how transferable features are.
+
+:func:`assess` returns a JSON-able dictionary; :func:`to_table` renders it for a terminal or a
+Markdown report and :func:`to_json` serialises it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtl.errors import MedtlError
+from medtl.similarity.distances import check_pair, frechet_distance, linear_cka, mmd_test, proxy_a_distance
+from medtl.similarity.transferability import h_score, leep, logme
+
+# name -> (higher_is_better, meaning); shared with the recommender
+METRICS: dict[str, tuple[bool, str]] = {
+    "mmd2": (False, "multi-kernel Gaussian MMD^2 between domains"),
+    "mmd_p_value": (True, "permutation-test p-value of MMD (small = domains differ)"),
+    "proxy_a_distance": (False, "proxy A-distance 2(1-2 err) of a domain classifier (0 same .. 2 separable)"),
+    "domain_error": (True, "balanced held-out error of the domain classifier"),
+    "frechet": (False, "Frechet distance between feature Gaussians"),
+    "linear_cka": (True, "linear CKA of paired rows"),
+    "logme": (True, "LogME evidence of the target labels"),
+    "leep": (True, "LEEP of the source model on the target labels"),
+    "h_score": (True, "H-score of the target labels"),
+}
+
+
+def assess(
+    source_features: Any,
+    target_features: Any,
+    target_labels: Any = None,
+    *,
+    source_model_probs: Any = None,
+    paired: bool = False,
+    n_permutations: int = 200,
+    max_rows: int | None = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Distances between ``source_features`` and ``target_features`` (one encoder, same width) and,
+    when ``target_labels`` are given, the transferability of the target features.
+
+    ``source_model_probs``: the source model's class probabilities on the target images, for LEEP.
+    Target label -1 (numeric labels) marks an unlabelled row: it counts for the distances only.
+    ``paired=True``: row i of both arrays is the same case (e.g. the same images before/after
+    adaptation), which makes linear CKA meaningful; otherwise CKA is reported as None.
+    """
+    xs, xt = check_pair(source_features, target_features, min_rows=2)
+    notes: list[str] = []
+    test = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed, max_rows=max_rows)
+    pad = proxy_a_distance(xs, xt, seed=seed)
+    distances: dict[str, Any] = {
+        "mmd2": test["mmd2"],
+        "mmd_p_value": test["p_value"],
+        "proxy_a_distance": pad["pad"],
+        "domain_error": pad["error"],
+        "frechet": frechet_distance(xs, xt),
+        "linear_cka": None,
+    }
+    if paired:
+        distances["linear_cka"] = linear_cka(xs, xt)
+    else:
+        notes.append("linear CKA not computed: it needs paired rows (pass paired=True for the same cases)")
+    if max_rows is not None and (len(xs) > max_rows or len(xt) > max_rows):
+        notes.append(f"MMD computed on at most {max_rows} random rows per domain")
+
+    transfer: dict[str, Any] = {"logme": None, "leep": None, "h_score": None}
+    n_classes = None
+    if target_labels is not None:
+        y = np.asarray(target_labels)
+        if y.ndim != 1 or len(y) != len(xt):
+            raise MedtlError(f"need one label per target row: {len(xt)} rows, labels of shape {y.shape}",
+                             "target labels")
+        keep = y >= 0 if y.dtype.kind in "iuf" else np.ones(len(y), bool)  # -1 marks an unlabelled row
+        if not keep.all():
+            notes.append(f"transferability on the {int(keep.sum())} labelled of {len(y)} target rows")
+        y, xl = y[keep], xt[keep]
+        n_classes = int(len(np.unique(y)))
+        transfer["logme"] = logme(xl, y)
+        transfer["h_score"] = h_score(xl, y)
+        if source_model_probs is not None:
+            probs = np.asarray(source_model_probs)
+            if len(probs) != len(keep):
+                raise MedtlError(f"source_model_probs has {len(probs)} rows for {len(keep)} target rows",
+                                 "source_model_probs")
+            transfer["leep"] = leep(probs[keep], y)
+        else:
+            notes.append("LEEP not computed: needs source_model_probs (the source model's probabilities on target images)")
+    else:
+        notes.append("transferability not computed: no target labels")
+    return {
+        "n_source": int(len(xs)),
+        "n_target": int(len(xt)),
+        "n_features": int(xs.shape[1]),
+        "n_target_classes": n_classes,
+        "distances": distances,
+        "transferability": transfer,
+        "mmd_permutations": test["n_permutations"],
+        "seed": seed,
+        "notes": notes,
+    }
+
+
+def to_table(result: dict[str, Any], markdown: bool = False) -> str:
+    """Two-column table (metric, value) with the direction of each metric."""
+    rows = []
+    for section in ("distances", "transferability"):
+        for key, value in result.get(section, {}).items():
+            higher, _ = METRICS.get(key, (True, ""))
+            shown = "n/a" if value is None else f"{value:.4g}"
+            rows.append((f"{key} ({'higher' if higher else 'lower'} = closer/better)", shown))
+    width = max(len(r[0]) for r in rows)
+    head = f"source n={result['n_source']}, target n={result['n_target']}, features={result['n_features']}"
+    if markdown:
+        lines = [head, "", "| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    else:
+        lines = [head] + [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += [f"note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)
+
+
+def to_json(result: dict[str, Any], path: str | Path | None = None) -> str:
+    text = json.dumps(result, indent=2, sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text + "\n")
+    return text

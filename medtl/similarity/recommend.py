@@ -1,0 +1,221 @@
+"""Rank (source, encoder, strategy) options for a target task from their measured scores.
+
+:func:`recommend` turns each metric into a rank among the eligible candidates (1 = best, 0 = worst,
+ties averaged, direction from :data:`medtl.similarity.assess.METRICS` or ``higher_is_better``),
+combines them by a weighted mean over the metrics each candidate has, excludes options that cannot
+run on the target (fine-tuning with no target labels; label-conditioned adaptation without a shared
+label set), and explains the order in words. The record it returns is JSON-able, so a report can
+later set it beside the observed outcome with :func:`compare_outcome`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from medtl.errors import MedtlError
+from medtl.similarity.assess import METRICS
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "logme": 1.0,
+    "leep": 1.0,
+    "h_score": 0.5,
+    "proxy_a_distance": 0.5,
+    "mmd2": 0.5,
+    "frechet": 0.25,
+}
+
+
+def candidate_key(c: Mapping[str, Any]) -> str:
+    return f"{c['source']}/{c['encoder']}/{c['strategy']}"
+
+
+def _strategy_class(name: str):
+    from medtl.strategies.base import get_strategy
+
+    try:
+        return get_strategy(name)
+    except MedtlError:
+        return None
+
+
+def _eligibility(c: Mapping[str, Any], target: Mapping[str, Any]) -> str | None:
+    """Why a candidate cannot run on this target, or None."""
+    cls = _strategy_class(str(c["strategy"]))
+    if cls is None:
+        return None
+    n_labelled = target.get("n_labelled")
+    shared = target.get("shared_labels")
+    if n_labelled == 0 and not cls.needs_target:
+        return "fine-tuning needs labelled target cases and the target has none"
+    if shared is False and getattr(cls, "requires_shared_labels", False):
+        return f"{c['strategy']} conditions on class predictions and needs one label set shared with the source"
+    if shared is False and n_labelled == 0:
+        return "no target labels and no shared label set: nothing can train the target head"
+    return None
+
+
+def _rank_scores(values: dict[str, float], higher: bool) -> dict[str, float]:
+    """Map each key's value to [0, 1], 1 = best, ties share the mean position."""
+    keys = list(values)
+    if len(keys) == 1:
+        return {keys[0]: 1.0}
+    v = np.array([values[k] for k in keys], dtype=np.float64)
+    from scipy.stats import rankdata
+
+    r = rankdata(v if higher else -v, method="average")  # 1 = worst .. n = best
+    return {k: float((ri - 1) / (len(keys) - 1)) for k, ri in zip(keys, r)}
+
+
+def _ordinal(i: int) -> str:
+    return {1: "best", 2: "2nd best", 3: "3rd best"}.get(i, f"{i}th best")
+
+
+def recommend(
+    target: Mapping[str, Any],
+    candidates: Sequence[Mapping[str, Any]],
+    weights: Mapping[str, float] | None = None,
+    higher_is_better: Mapping[str, bool] | None = None,
+) -> dict[str, Any]:
+    """Rank ``candidates`` for ``target``.
+
+    ``target``: free-form description, recorded as given; used keys: ``n_labelled`` (int) and
+    ``shared_labels`` (bool, target label set = source label set).
+    ``candidates``: ``{"source", "encoder", "strategy", "scores": {metric: value}}`` each (e.g. the
+    ``distances`` and ``transferability`` of :func:`medtl.similarity.assess.assess`, flattened).
+    ``weights``: metric -> weight (default :data:`DEFAULT_WEIGHTS`); metrics without a weight are
+    reported but not ranked. ``higher_is_better``: directions of metrics not in ``METRICS``.
+    """
+    if not candidates:
+        raise MedtlError("no candidates to rank", "candidates")
+    weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+    directions = {k: v[0] for k, v in METRICS.items()} | dict(higher_is_better or {})
+    for name, w in weights.items():
+        if name not in directions:
+            raise MedtlError(f"metric {name!r} has a weight but no direction; pass higher_is_better", "weights")
+        if w < 0:
+            raise MedtlError(f"metric weight must be >= 0, got {name}={w}", "weights")
+
+    seen: set[str] = set()
+    eligible: dict[str, Mapping[str, Any]] = {}
+    excluded = []
+    for c in candidates:
+        missing = [k for k in ("source", "encoder", "strategy") if k not in c]
+        if missing:
+            raise MedtlError(f"candidate lacks {missing}", f"candidate {dict(c)!r}")
+        key = candidate_key(c)
+        if key in seen:
+            raise MedtlError("candidate listed twice", key)
+        seen.add(key)
+        why = _eligibility(c, target)
+        if why:
+            excluded.append({"key": key, "reason": why})
+        else:
+            eligible[key] = c
+    if not eligible:
+        raise MedtlError("no candidate can run on this target: " + "; ".join(e["reason"] for e in excluded), "candidates")
+
+    def score(c, metric):
+        v = (c.get("scores") or {}).get(metric)
+        return None if v is None or not np.isfinite(float(v)) else float(v)
+
+    ranked_metrics = [m for m, w in weights.items() if w > 0 and any(score(c, m) is not None for c in eligible.values())]
+    per_metric = {
+        m: _rank_scores({k: score(c, m) for k, c in eligible.items() if score(c, m) is not None}, directions[m])
+        for m in ranked_metrics
+    }
+    rows = []
+    for key, c in eligible.items():
+        have = [m for m in ranked_metrics if key in per_metric[m]]
+        total_w = sum(weights[m] for m in have)
+        composite = sum(weights[m] * per_metric[m][key] for m in have) / total_w if total_w else 0.0
+        rows.append({
+            "key": key,
+            "source": c["source"],
+            "encoder": c["encoder"],
+            "strategy": c["strategy"],
+            "composite": float(composite),
+            "metric_ranks": {m: per_metric[m][key] for m in have},
+            "scores": {k: (None if v is None else float(v)) for k, v in (c.get("scores") or {}).items()},
+            "missing_metrics": [m for m in ranked_metrics if m not in have],
+        })
+    rows.sort(key=lambda r: (-r["composite"], r["key"]))
+
+    for i, row in enumerate(rows, 1):
+        row["rank"] = i
+        reasons = []
+        for m in sorted(row["metric_ranks"], key=lambda m: -weights[m]):
+            values = sorted(
+                (s for s in (score(c, m) for c in eligible.values()) if s is not None), reverse=directions[m]
+            )
+            pos = values.index(row["scores"][m]) + 1
+            word = ("highest" if directions[m] else "lowest") if pos == 1 else _ordinal(pos)
+            reasons.append(f"{word} {m} ({row['scores'][m]:.4g}) of {len(values)}")
+        if row["missing_metrics"]:
+            reasons.append(f"no {', '.join(row['missing_metrics'])}")
+        row["reasons"] = reasons
+
+    best = rows[0]
+    why = "; ".join(best["reasons"]) or "only eligible option"
+    text = [f"Recommended: {best['key']} (composite {best['composite']:.3f}): {why}."]
+    if len(rows) > 1:
+        second = rows[1]
+        why = "; ".join(second["reasons"])
+        text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
+        if best["composite"] - second["composite"] < 0.05:
+            text.append("The top two are nearly tied: compare them by training both.")
+    if not any(m in ranked_metrics for m in ("logme", "leep", "h_score")):
+        text.append("No transferability score (needs target labels): the ranking rests on domain distances only.")
+    for e in excluded:
+        text.append(f"Excluded {e['key']}: {e['reason']}.")
+    return {
+        "version": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": dict(target),
+        "weights": {m: weights[m] for m in ranked_metrics},
+        "directions": {m: "higher" if directions[m] else "lower" for m in ranked_metrics},
+        "ranking": rows,
+        "excluded": excluded,
+        "recommended": best["key"],
+        "explanation": " ".join(text),
+    }
+
+
+def compare_outcome(
+    record: Mapping[str, Any], outcomes: Mapping[str, float], higher_is_better: bool = True
+) -> dict[str, Any]:
+    """Set a :func:`recommend` record beside observed outcomes (e.g. target AUC per candidate key).
+
+    Returns the Spearman and Kendall correlations between predicted order and outcome over the
+    candidates with an outcome, whether the recommended one was the best observed, and the regret
+    (best observed outcome minus the recommended one's, in the outcome's units; sign so that >= 0).
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    keys = [r["key"] for r in record["ranking"] if r["key"] in outcomes]
+    if not keys:
+        raise MedtlError("no outcome matches a ranked candidate", "outcomes")
+    observed = {k: float(outcomes[k]) for k in keys}
+    best = max(keys, key=observed.get) if higher_is_better else min(keys, key=observed.get)
+    rec = record["recommended"]
+    regret = None
+    if rec in observed:
+        regret = abs(observed[best] - observed[rec])
+    result: dict[str, Any] = {
+        "recommended": rec,
+        "best_observed": best,
+        "top1_is_best": rec == best,
+        "regret": regret,
+        "n_compared": len(keys),
+        "spearman": None,
+        "kendall": None,
+    }
+    if len(keys) >= 3:
+        predicted = [-i for i in range(len(keys))]  # ranking order, best first
+        out = [observed[k] if higher_is_better else -observed[k] for k in keys]
+        result["spearman"] = float(spearmanr(predicted, out).statistic)
+        result["kendall"] = float(kendalltau(predicted, out).statistic)
+    return result

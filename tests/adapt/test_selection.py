@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+
+from medtl.adapt.selection import (
+    density_ratio,
+    dev_risk,
+    information_maximization,
+    prediction_entropy,
+    select,
+    soft_neighborhood_density,
+    source_accuracy,
+)
+from medtl.errors import MedtlError
+
+
+def test_simple_selectors_against_formulas():
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    y = np.array([0, 0, 0])
+    assert source_accuracy(p, y) == pytest.approx(2 / 3)
+    h = -(p * np.log(p)).sum(1)
+    assert prediction_entropy(p) == pytest.approx(h.mean())
+    pm = p.mean(0)
+    assert information_maximization(p) == pytest.approx(-(pm * np.log(pm)).sum() - h.mean())
+
+
+def test_snd_against_loop_and_cluster_preference():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=6)
+    z = p / np.linalg.norm(p, axis=1, keepdims=True)
+    t = 0.05
+    ents = []
+    for i in range(6):
+        sims = np.array([z[i] @ z[j] / t for j in range(6) if j != i])
+        q = np.exp(sims) / np.exp(sims).sum()
+        ents.append(-(q * np.log(q)).sum())
+    assert soft_neighborhood_density(p) == pytest.approx(np.mean(ents))
+    clustered = np.array([[0.95, 0.05]] * 5 + [[0.05, 0.95]] * 5)
+    scattered = np.stack([np.linspace(0.05, 0.95, 10), 1 - np.linspace(0.05, 0.95, 10)], 1)
+    assert soft_neighborhood_density(clustered) > soft_neighborhood_density(scattered)
+
+
+def test_dev_risk_control_variate():
+    losses = np.array([0.2, 0.5, 1.0, 0.1])
+    assert dev_risk(losses, np.ones(4)) == pytest.approx(losses.mean())  # no shift: plain mean
+    w = np.array([0.5, 1.5, 1.2, 0.8])
+    wl = w * losses
+    eta = -np.cov(wl, w)[0, 1] / np.var(w, ddof=1)
+    assert dev_risk(losses, w) == pytest.approx(wl.mean() + eta * w.mean() - eta)
+
+
+def test_density_ratio_upweights_target_like_rows():
+    rng = np.random.default_rng(1)
+    src = np.r_[rng.normal(0, 1, size=(40, 2)), rng.normal(3, 1, size=(40, 2))]
+    tgt = rng.normal(3, 1, size=(60, 2))
+    w = density_ratio(src, tgt)
+    assert w[40:].mean() > 5 * w[:40].mean()
+
+
+def checkpoints():
+    rng = np.random.default_rng(2)
+    y = np.arange(20) % 2
+    sharp = np.where(y[:, None] == 1, [0.1, 0.9], [0.9, 0.1])
+    flat = np.full((20, 2), 0.5) + rng.normal(0, 0.02, size=(20, 1)) * [1, -1]
+    feats_s, feats_t = rng.normal(size=(20, 3)), rng.normal(size=(25, 3)) + 0.3
+    common = {"source_labels": y, "source_features": feats_s, "target_features": feats_t}
+    return {
+        "epoch1": {**common, "source_probs": flat, "target_probs": flat[:15]},
+        "epoch5": {**common, "source_probs": sharp, "target_probs": sharp[:15]},
+    }
+
+
+@pytest.mark.parametrize("selector", ["source_accuracy", "dev", "entropy", "infomax"])
+def test_select_picks_the_confident_correct_checkpoint(selector):
+    out = select(checkpoints(), selector)
+    assert out["chosen"] == "epoch5", out
+    assert "epoch5" in out["reason"] and out["selector"] == selector
+    json.dumps(out)
+
+
+def test_select_snd_prefers_clustered_predictions_and_is_fooled_by_collapse():
+    clustered = np.array([[0.95, 0.05]] * 5 + [[0.05, 0.95]] * 5)
+    scattered = np.stack([np.linspace(0.05, 0.95, 10), 1 - np.linspace(0.05, 0.95, 10)], 1)
+    out = select({"a": {"target_probs": scattered}, "b": {"target_probs": clustered}}, "snd")
+    assert out["chosen"] == "b" and out["ranking"] == ["b", "a"]
+    collapsed = np.full((10, 2), 0.5)  # the documented failure mode: one point = maximal SND
+    assert soft_neighborhood_density(collapsed) == pytest.approx(np.log(9))
+
+
+def test_select_bad_input():
+    with pytest.raises(MedtlError, match="unknown selector"):
+        select(checkpoints(), "oracle")
+    with pytest.raises(MedtlError, match="no checkpoints"):
+        select({}, "snd")
+    with pytest.raises(MedtlError, match="needs"):
+        select({"a": {"target_probs": np.eye(2)}}, "dev")
+    with pytest.raises(MedtlError, match="probabilit"):
+        prediction_entropy(np.array([[2.0, 0.5]]))
+    with pytest.raises(MedtlError, match="0..1"):
+        source_accuracy(np.eye(2), np.array([0, 2]))

@@ -1,0 +1,47 @@
+import json
+
+import numpy as np
+import pytest
+
+from medtl.errors import MedtlError
+from medtl.similarity.assess import assess, to_json, to_table
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    src = rng.normal(size=(40, 5))
+    y = np.arange(30) % 2
+    tgt = rng.normal(size=(30, 5)) + 0.5
+    tgt[:, 0] += 2 * y
+    return src, tgt, y
+
+
+def test_assess_with_labels_and_leep(tmp_path):
+    src, tgt, y = data()
+    probs = np.full((30, 3), 1 / 3)
+    out = assess(src, tgt, y, source_model_probs=probs, n_permutations=20)
+    assert set(out["distances"]) == {"mmd2", "mmd_p_value", "proxy_a_distance", "domain_error", "frechet", "linear_cka"}
+    assert out["distances"]["linear_cka"] is None
+    assert out["transferability"]["leep"] == pytest.approx(np.log(0.5))  # uninformative source model
+    assert out["transferability"]["logme"] is not None and out["n_target_classes"] == 2
+    assert json.loads(to_json(out, tmp_path / "a.json")) == json.loads((tmp_path / "a.json").read_text())
+    table = to_table(out)
+    assert "proxy_a_distance" in table and "logme" in table and "note: linear CKA" in table
+    assert "| metric | value |" in to_table(out, markdown=True)
+
+
+def test_assess_unlabelled_and_paired():
+    src, tgt, _ = data(1)
+    out = assess(src[:30], tgt, paired=True, n_permutations=10)
+    assert out["transferability"] == {"logme": None, "leep": None, "h_score": None}
+    assert 0.0 <= out["distances"]["linear_cka"] <= 1.0
+
+
+def test_assess_bad_input():
+    src, tgt, y = data(2)
+    with pytest.raises(MedtlError, match="width"):
+        assess(src[:, :3], tgt)
+    with pytest.raises(MedtlError, match="single class"):
+        assess(src, tgt, np.zeros(30, int), n_permutations=5)
+    with pytest.raises(MedtlError, match="empty"):
+        assess(src[:0], tgt)

@@ -1,0 +1,72 @@
+"""`medtl similarity` and `medtl recommend` (the CLI modules live in medtl/cli/)."""
+
+import json
+
+import numpy as np
+
+from medtl.cli import main
+
+
+def test_similarity_from_arrays(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "s.npy", rng.normal(size=(30, 4)))
+    np.savez(tmp_path / "t.npz", features=rng.normal(size=(20, 4)) + 1)
+    (tmp_path / "y.txt").write_text("\n".join(["a", "b"] * 10))
+    rc = main(["similarity", "--source-features", str(tmp_path / "s.npy"), "--target-features",
+               str(tmp_path / "t.npz"), "--target-labels", str(tmp_path / "y.txt"), "--permutations", "10",
+               "--json", str(tmp_path / "out.json")])
+    assert rc == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["transferability"]["logme"] is not None and out["n_target_classes"] == 2
+    assert "proxy_a_distance" in capsys.readouterr().out
+
+
+def test_similarity_bad_input_is_a_clear_error(tmp_path, capsys):
+    np.save(tmp_path / "s.npy", np.zeros((5, 3)))
+    np.save(tmp_path / "t.npy", np.zeros((5, 4)))
+    assert main(["similarity", "--source-features", str(tmp_path / "s.npy"),
+                 "--target-features", str(tmp_path / "t.npy")]) == 2
+    assert "width" in capsys.readouterr().err
+    assert main(["similarity"]) == 2
+
+
+def test_similarity_from_images(tmp_path):
+    """Synthetic PNGs -> manifests -> a tiny checkpoint's encoder -> features -> assessment."""
+    from medtl.data.build import build_manifest
+    from medtl.data.synthetic import write_synthetic_source
+    from medtl.models import Model, build_encoder, build_head, save_checkpoint
+
+    paths = {}
+    for name, kind, shift in (("src", "cxr", 0.0), ("tgt", "mri2d", 0.8)):
+        raw = write_synthetic_source(tmp_path / name, kind, 6, seed=1, shift=shift, size=32)
+        m = build_manifest(raw, tmp_path, group_near_copies=False, modality=kind, domain=name)
+        paths[name] = m.save(tmp_path / f"{name}.csv")
+    enc = build_encoder("resnet10", spatial_dims=2)
+    ckpt = save_checkpoint(tmp_path / "m.pt", Model(enc, build_head(enc.out_features, "binary")))
+    rc = main(["similarity", "--checkpoint", str(ckpt), "--source-manifest", str(paths["src"]),
+               "--target-manifest", str(paths["tgt"]), "--data-root", str(tmp_path), "--image-size", "32",
+               "--permutations", "5", "--json", str(tmp_path / "sim.json"),
+               "--save-features", str(tmp_path / "f.npz")])
+    assert rc == 0
+    out = json.loads((tmp_path / "sim.json").read_text())
+    assert out["n_source"] == 6 and out["n_features"] == enc.out_features
+    assert out["transferability"]["leep"] is not None  # the checkpoint's head gives source probabilities
+    assert np.load(tmp_path / "f.npz")["target"].shape == (6, enc.out_features)
+
+
+def test_recommend_cli(tmp_path, capsys):
+    (tmp_path / "a.json").write_text(json.dumps({"distances": {"proxy_a_distance": 0.5}, "transferability": {"logme": -0.2}}))
+    (tmp_path / "c.json").write_text(json.dumps({
+        "target": {"n_labelled": 10},
+        "candidates": [
+            {"source": "cxr", "encoder": "resnet18", "strategy": "dann", "assessment": "a.json"},
+            {"source": "imagenet", "encoder": "resnet18", "strategy": "full", "scores": {"logme": -0.9, "proxy_a_distance": 1.5}},
+        ],
+    }))
+    rc = main(["recommend", str(tmp_path / "c.json"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["recommended"] == "cxr/resnet18/dann"
+    assert "Recommended: cxr/resnet18/dann" in capsys.readouterr().out
+    assert main(["recommend", str(tmp_path / "c.json"), "--weight", "logme"]) == 2
+    assert main(["recommend", str(tmp_path / "missing.json")]) == 2

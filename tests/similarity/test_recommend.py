@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from medtl.errors import MedtlError
+from medtl.similarity.recommend import compare_outcome, recommend
+
+CANDIDATES = [
+    {"source": "cxr", "encoder": "resnet18", "strategy": "dann", "scores": {"logme": -0.5, "proxy_a_distance": 1.2}},
+    {"source": "cxr", "encoder": "densenet", "strategy": "coral", "scores": {"logme": -0.9, "proxy_a_distance": 0.4}},
+    {"source": "imagenet", "encoder": "resnet18", "strategy": "cdan", "scores": {"logme": -1.5, "proxy_a_distance": 1.9}},
+]
+
+
+def test_ranking_order_and_explanation():
+    rec = recommend({"name": "brain-mri", "n_labelled": 20}, CANDIDATES)
+    keys = [r["key"] for r in rec["ranking"]]
+    # logme weight 1, PAD 0.5: dann = (1 + 0.5*0.5)/1.5, coral = (0.5 + 0.5)/1.5, cdan = 0
+    assert keys == ["cxr/resnet18/dann", "cxr/densenet/coral", "imagenet/resnet18/cdan"]
+    assert rec["ranking"][0]["composite"] == pytest.approx(1.25 / 1.5)
+    assert rec["recommended"] == "cxr/resnet18/dann"
+    assert "highest logme" in rec["explanation"] and "Runner-up" in rec["explanation"]
+    assert "lowest proxy_a_distance" in " ".join(rec["ranking"][1]["reasons"])
+    json.dumps(rec)
+
+
+def test_exclusions_from_target_info():
+    cands = CANDIDATES + [{"source": "cxr", "encoder": "resnet18", "strategy": "no_such_method", "scores": {"logme": 0.0}}]
+    rec = recommend({"n_labelled": 5, "shared_labels": False}, cands)
+    assert [e["key"] for e in rec["excluded"]] == ["imagenet/resnet18/cdan"]
+    assert "label set" in rec["excluded"][0]["reason"]
+    assert rec["recommended"] == "cxr/resnet18/no_such_method"
+    with pytest.raises(MedtlError, match="nothing can train"):
+        recommend({"n_labelled": 0, "shared_labels": False}, CANDIDATES[:2])
+
+
+def test_distance_only_warning_and_bad_input():
+    rec = recommend({}, [dict(c, scores={"mmd2": v}) for c, v in zip(CANDIDATES, (0.3, 0.1, 0.2))])
+    assert rec["recommended"] == "cxr/densenet/coral"
+    assert "domain distances only" in rec["explanation"]
+    with pytest.raises(MedtlError, match="no candidates"):
+        recommend({}, [])
+    with pytest.raises(MedtlError, match="twice"):
+        recommend({}, [CANDIDATES[0], CANDIDATES[0]])
+    with pytest.raises(MedtlError, match="direction"):
+        recommend({}, CANDIDATES, weights={"auc": 1.0})
+    rec = recommend({}, CANDIDATES, weights={"auc": 1.0}, higher_is_better={"auc": True})
+    assert rec["weights"] == {}
+
+
+def test_compare_outcome():
+    rec = recommend({"n_labelled": 20}, CANDIDATES)
+    out = compare_outcome(rec, {"cxr/resnet18/dann": 0.81, "cxr/densenet/coral": 0.84, "imagenet/resnet18/cdan": 0.70})
+    assert out["best_observed"] == "cxr/densenet/coral" and not out["top1_is_best"]
+    assert out["regret"] == pytest.approx(0.03)
+    assert out["spearman"] == pytest.approx(0.5)
+    with pytest.raises(MedtlError):
+        compare_outcome(rec, {"x": 1.0})

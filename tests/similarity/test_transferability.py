@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from medtl.errors import MedtlError
+from medtl.similarity.transferability import _logme_single, h_score, leep, logme
+
+
+def naive_logme_fixed_point(f, y, iters):
+    """LogME's fixed-point iteration written with full matrices (no SVD)."""
+    n, d = f.shape
+    alpha, beta = 1.0, 1.0
+    sigma = np.linalg.eigvalsh(f.T @ f)
+    for _ in range(iters):
+        a = alpha * np.eye(d) + beta * f.T @ f
+        m = beta * np.linalg.solve(a, f.T @ y)
+        gamma = np.sum(beta * sigma / (alpha + beta * sigma))
+        alpha, beta = gamma / (m @ m), (n - gamma) / np.sum((f @ m - y) ** 2)
+    return alpha, beta
+
+
+@pytest.mark.parametrize("n,d", [(30, 4), (14, 6), (6, 10)])
+def test_logme_evidence_is_the_gaussian_marginal_likelihood(n, d):
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(n, d))
+    y = (f[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(float)  # labels related to the features
+    ev, alpha, beta = _logme_single(f, y, max_iter=11, tol=0.0)  # same iterates as the naive version
+    ref_alpha, ref_beta = naive_logme_fixed_point(f, y, iters=11)
+    assert alpha == pytest.approx(ref_alpha, rel=1e-8) and beta == pytest.approx(ref_beta, rel=1e-8)
+    cov = np.eye(n) / beta + f @ f.T / alpha
+    assert ev == pytest.approx(multivariate_normal(np.zeros(n), cov).logpdf(y) / n, rel=1e-8)
+
+
+def test_logme_averages_one_hot_columns():
+    rng = np.random.default_rng(1)
+    f, y = rng.normal(size=(25, 3)), np.arange(25) % 3
+    onehot = np.eye(3)[y]
+    expected = np.mean([_logme_single(f, onehot[:, k])[0] for k in range(3)])
+    assert logme(f, y) == pytest.approx(expected)
+    assert logme(f, np.array(["a", "b", "c"])[y]) == pytest.approx(expected)  # any label values
+
+
+def separable_and_random(seed=2, n=60, d=8):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    good = rng.normal(size=(n, d)) * 0.3
+    good[:, 0] += 3 * (2 * y - 1)
+    return good, rng.normal(size=(n, d)), y
+
+
+def test_scores_rank_separable_above_random():
+    good, bad, y = separable_and_random()
+    assert logme(good, y) > logme(bad, y)
+    assert h_score(good, y) > h_score(bad, y)
+    rng = np.random.default_rng(3)
+    informative = np.where(y[:, None] == 1, [0.1, 0.2, 0.7], [0.7, 0.2, 0.1])
+    uninformative = rng.dirichlet(np.ones(3), size=len(y))
+    assert leep(informative, y) > leep(uninformative, y)
+
+
+def test_leep_equals_loop_computation():
+    theta = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.1, 0.3], [0.2, 0.2, 0.6]])
+    y = np.array([0, 1, 1, 0, 1])
+    n, z = theta.shape
+    joint = np.zeros((2, z))
+    for i in range(n):
+        joint[y[i]] += theta[i] / n
+    cond = joint / joint.sum(0)
+    expected = np.mean([np.log(sum(cond[y[i], k] * theta[i, k] for k in range(z))) for i in range(n)])
+    assert leep(theta, y) == pytest.approx(expected, rel=1e-12)
+    assert leep(np.eye(2)[y], y) == pytest.approx(0.0, abs=1e-12)  # a perfect source-to-target map
+
+
+def test_h_score_equals_direct_numpy():
+    rng = np.random.default_rng(4)
+    f, y = rng.normal(size=(12, 3)), np.array([0, 1, 2] * 4)
+    g = np.stack([f[y == y[i]].mean(0) for i in range(12)])
+    expected = np.trace(np.linalg.inv(np.cov(f, rowvar=False, bias=True)) @ np.cov(g, rowvar=False, bias=True))
+    assert h_score(f, y) == pytest.approx(expected, rel=1e-8)
+
+
+def test_bad_input():
+    f = np.random.default_rng(5).normal(size=(6, 3))
+    for fn in (logme, h_score):
+        with pytest.raises(MedtlError, match="single class"):
+            fn(f, np.zeros(6, int))
+        with pytest.raises(MedtlError, match="one label per row"):
+            fn(f, np.array([0, 1]))
+    with pytest.raises(MedtlError, match="empty"):
+        logme(np.zeros((0, 3)), np.zeros(0))
+    with pytest.raises(MedtlError, match="softmax"):
+        leep(f, np.arange(6) % 2)
+    with pytest.raises(MedtlError, match="continuous"):
+        h_score(f, np.linspace(0, 1, 6))
