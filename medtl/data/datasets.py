@@ -2,7 +2,8 @@
 
 ``build_dataset`` returns a dataset of dictionaries::
 
-    {"image": tensor (1, H, W) or (1, X, Y, Z), "label": long (or float for regression),
+    {"image": tensor (1, H, W) or (1, X, Y, Z), "label": long (-1 for ``unlabelled`` rows
+     when the label set has real classes; float for regression),
      "case_id": manifest path, "patient_id": str, "domain": str}
 
 Bad items: with ``on_error="raise"`` (default) the first bad file stops with its ``MedtlError``.
@@ -28,6 +29,7 @@ from medtl.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 ERROR_KEY = "medtl_error"
+UNLABELLED = "unlabelled"
 
 
 class Guarded(Transform):
@@ -86,6 +88,8 @@ def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str 
                 label = torch.tensor(float(raw), dtype=torch.float32)
             except ValueError:
                 raise MedtlError(f"{label_column} {raw!r} is not a number", where) from None
+        elif raw == UNLABELLED and UNLABELLED not in manifest.label_names:
+            label = torch.tensor(-1, dtype=torch.long)  # unlabelled target rows: -1, as DA losses expect
         else:
             if raw not in manifest.label_names:
                 raise MedtlError(f"label {raw!r} is not in the label set {manifest.label_names}", where)

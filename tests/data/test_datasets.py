@@ -99,3 +99,10 @@ def test_clahe_matches_scikit_image():
 def test_unknown_preset_option():
     with pytest.raises(MedtlError, match="unknown option"):
         preset("cxr", False, volume_shape=(1, 2, 3))
+
+
+def test_unlabelled_rows_get_minus_one(root):
+    m = _manifest(["img/0.png", "img/1.png"])
+    m.rows[1] = ManifestRow("img/1.png", "unlabelled", "1", "d", "train", "mri2d")
+    ds = build_dataset(m, root)
+    assert [int(ds[i]["label"]) for i in range(2)] == [0, -1]
