@@ -81,7 +81,14 @@ class Strategy(nn.Module):
         self.head = head
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Optimiser parameter groups (each with its own ``lr``)."""
+        """Optimiser parameter groups (each with its own ``lr``).
+
+        The trainer builds its optimiser from the first call and calls again at every epoch start
+        (after :meth:`on_epoch_start`): the same parameters in the same order each time, but the
+        ``lr`` (and ``weight_decay``) values are re-read, so a schedule may change them per epoch
+        (LP-FT's phase switch). Parameters frozen with ``requires_grad=False`` may stay listed: they
+        get no gradient, so the optimiser leaves them alone.
+        """
         return [{"params": list(self.parameters()), "lr": self.hparams["lr"]}]
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
@@ -96,3 +103,26 @@ class Strategy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions (logits) for images ``x``."""
         return self.head(self.encoder(x))
+
+    # -- shared helpers: supervised_loss for subclasses; the trainer validates with validation_step --
+    def supervised_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's task loss on a labelled batch, and the logits it came from.
+
+        Uses ``head.loss`` when the head has one (medtl.models.heads.Head), else cross-entropy for
+        integer labels and mean squared error for float labels.
+        """
+        from medtl.models.heads import task_loss
+
+        if "label" not in batch:
+            raise MedtlError("batch has no 'label'", "batch")
+        logits = self(batch["image"])
+        label = batch["label"].to(logits.device)
+        loss = self.head.loss(logits, label) if hasattr(self.head, "loss") else task_loss(logits, label)
+        return loss, logits
+
+    def validation_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validation loss of one batch and the logits for metrics (None when there are no class scores).
+
+        Default: the plain task loss, without training-only terms (penalties, alignment).
+        """
+        return self.supervised_loss(batch)

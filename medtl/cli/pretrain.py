@@ -1,0 +1,58 @@
+"""`medtl pretrain`: source pretraining (supervised or autoencoder), writing <out>/model.pt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medtl.paths import default_data_root
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain an encoder on source images (e.g. chest X-rays)")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV (train/val splits are used)")
+    p.add_argument("--data-root", type=Path, default=None, help="folder manifest paths are relative to")
+    p.add_argument("--out", type=Path, required=True, help="run folder; the model is written to <out>/model.pt")
+    p.add_argument("--mode", choices=["supervised", "autoencoder"], default="supervised")
+    p.add_argument("--arch", default="resnet18", help="resnet10/18/34/50 or densenet121")
+    p.add_argument("--image-size", type=int, nargs="+", default=[128], help="side in pixels (three sizes for 3D)")
+    p.add_argument("--stem-stride", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--latent-dim", type=int, default=128, help="autoencoder latent size")
+    p.add_argument("--kl-weight", type=float, default=1e-3, help="autoencoder lambda (KL weight)")
+    p.add_argument("--init-weights", type=Path, help="local weights to start from (medtl, torchvision, ...)")
+    p.add_argument("--adapt-channels", choices=["sum", "mean"], help="fold RGB stem weights to one channel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto")
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--cache", choices=["memory", "disk", "none"], default="memory")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="unreadable images")
+    p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if <out> has a run")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from medtl.engine.pretrain import pretrain
+
+    size = args.image_size[0] if len(args.image_size) == 1 else list(args.image_size)
+    result = pretrain(
+        args.manifest, args.data_root or default_data_root(), args.out, mode=args.mode, image_size=size,
+        cache=args.cache, on_error=args.on_error, arch=args.arch, stem_stride=args.stem_stride, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, latent_dim=args.latent_dim,
+        kl_weight=args.kl_weight, init_weights=args.init_weights, adapt_channels=args.adapt_channels, seed=args.seed,
+        num_workers=args.workers, resume=args.resume, device=args.device, amp=args.amp,
+        deterministic=args.deterministic, grad_clip=args.grad_clip, patience=args.patience,
+        max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress,
+    )
+    print(f"wrote {result.path}")
+    print(json.dumps(result.metrics, indent=2, default=str))
+    return 0

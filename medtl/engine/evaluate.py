@@ -1,0 +1,120 @@
+"""Validation during training and plain predictions: one pass over a loader, no gradients.
+
+These are the trainer's own quick numbers (loss, accuracy, AUROC, MAE) for early stopping and the
+log; the diagnostic report with confidence intervals lives in medtl.evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtl.models.heads import head_task, infer_task, predict_from_logits, task_loss
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors to ``device`` (MONAI MetaTensors as plain tensors: the model needs no metadata)."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.as_tensor() if hasattr(v, "as_tensor") else v
+            v = v.to(device, non_blocking=True)
+        out[k] = v
+    return out
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _step(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if hasattr(model, "validation_step"):
+        return model.validation_step(batch)
+    logits = model(batch["image"])
+    if "label" not in batch:
+        return None, logits
+    head = getattr(model, "head", None)
+    loss = head.loss(logits, batch["label"]) if hasattr(head, "loss") else task_loss(logits, batch["label"])
+    return loss, logits
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Accuracy and AUROC (binary: of class 1; multiclass: macro one-vs-rest); None when undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float | None] = {"accuracy": float((probs.argmax(1) == labels).mean())}
+    present = np.unique(labels)
+    if len(present) < 2:
+        out["auroc"] = None  # one class only: AUROC is undefined
+    elif probs.shape[1] == 2:
+        out["auroc"] = float(roc_auc_score(labels, probs[:, 1]))
+    elif len(present) == probs.shape[1]:
+        out["auroc"] = float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
+    else:
+        out["auroc"] = None
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+            progress: bool = False) -> dict[str, Any]:
+    """Outputs for every item: ``logits`` (N, K), ``prob`` ((N, K) or (N,) for regression), ``label`` when
+    given, and the batch's string fields (``case_id``, ``patient_id``, ``domain``) as lists; ``loss`` is
+    the mean validation loss (None without labels)."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    logits_all, labels, strings = [], [], {}
+    loss_sum, n_loss = 0.0, 0
+    try:
+        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            batch = to_device(batch, device)
+            with autocast(device, amp_dtype):
+                loss, logits = _step(model, batch)
+            n = int(batch["image"].shape[0])
+            if loss is not None:
+                loss_sum += float(loss) * n
+                n_loss += n
+            if logits is not None:
+                logits_all.append(logits.float().cpu())
+            if "label" in batch:
+                labels.append(batch["label"].cpu())
+            for k, v in batch.items():
+                if isinstance(v, (list, tuple)) and v and isinstance(v[0], str):
+                    strings.setdefault(k, []).extend(v)
+    finally:
+        model.train(was_training)
+    out: dict[str, Any] = dict(strings)
+    out["loss"] = loss_sum / n_loss if n_loss else None
+    if logits_all:
+        logits = torch.cat(logits_all)
+        task = head_task(getattr(model, "head", None))
+        label_t = torch.cat(labels) if labels else None
+        task = task if task in ("binary", "multiclass", "regression") else infer_task(logits, label_t)
+        out["task"] = task
+        out["logits"] = logits.numpy()
+        out["prob"] = predict_from_logits(logits, task).numpy()
+    if labels:
+        out["label"] = torch.cat(labels).numpy()
+    return out
+
+
+def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+             progress: bool = False) -> dict[str, float | None]:
+    """``loss`` plus ``accuracy``/``auroc`` (classification) or ``mae`` (regression) over ``loader``."""
+    p = predict(model, loader, device, amp_dtype, progress)
+    metrics: dict[str, float | None] = {"loss": p["loss"]}
+    if "prob" in p and "label" in p:
+        if p["task"] == "regression":
+            metrics["mae"] = float(np.abs(p["prob"] - p["label"].astype(np.float64)).mean())
+        else:
+            metrics.update(classification_metrics(p["prob"], p["label"].astype(np.int64)))
+    return metrics

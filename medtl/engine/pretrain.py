@@ -1,0 +1,171 @@
+"""Source pretraining (chest X-rays): supervised, or the self-supervised transfer autoencoder.
+
+``pretrain(manifest, data_root, out)`` reads the manifest's train/val splits through the data layer,
+trains, and writes ``<out>/model.pt`` (medtl checkpoint, see medtl.models.checkpoint) next to the
+run folder's log and training state. ``pretrain_on`` does the same from datasets you already have.
+
+- ``mode="supervised"``: encoder + classification head (binary for two labels, else multiclass),
+  full training from random (or ``init_weights``) initialisation;
+- ``mode="autoencoder"``: encoder f + VAE decoder g, ``MSE(x, g(f(x))) + kl_weight * KL``; labels
+  are not used, so unlabelled images can serve. The encoder part is what later transfers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtl.engine.trainer import TrainConfig, TrainResult, Trainer, seed_everything
+from medtl.errors import MedtlError
+from medtl.models.autoencoder import VAEHead
+from medtl.models.checkpoint import save_checkpoint
+from medtl.models.encoders import build_encoder
+from medtl.models.heads import Head
+from medtl.models.weights import load_weights
+
+log = logging.getLogger(__name__)
+MODES = ("supervised", "autoencoder")
+
+
+@dataclass
+class PretrainResult:
+    path: Path  # <out>/model.pt
+    metrics: dict[str, Any]  # the best epoch's logged values
+    train: TrainResult
+
+
+def _loader(ds, batch_size: int, shuffle: bool, num_workers: int, seed: int):
+    from monai.data import DataLoader
+
+    # A last batch of one image breaks batch norm on 1x1 maps: drop it when it would occur.
+    drop_last = shuffle and len(ds) > batch_size and len(ds) % batch_size == 1
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+                      generator=gen, pin_memory=torch.cuda.is_available())
+
+
+def pretrain_on(
+    train_dataset,
+    val_dataset,
+    out: str | Path,
+    *,
+    label_names: list[str] | None = None,
+    mode: str = "supervised",
+    arch: str = "resnet18",
+    spatial_dims: int = 2,
+    in_channels: int = 1,
+    image_size: int | list[int] = 128,
+    stem_stride: int = 2,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    latent_dim: int = 128,
+    kl_weight: float = 1e-3,
+    init_weights: str | Path | None = None,
+    adapt_channels: str | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    meta: dict[str, Any] | None = None,
+    resume: bool = True,
+    **train_options,
+) -> PretrainResult:
+    """Pretrain on datasets of ``{"image", "label"}`` dicts; ``train_options`` go to :class:`TrainConfig`."""
+    from medtl.strategies.autoencoder import AutoencoderStrategy
+    from medtl.strategies.base import get_strategy
+
+    if mode not in MODES:
+        raise MedtlError(f"unknown pretraining mode {mode!r}; known: {', '.join(MODES)}", "mode")
+    if len(train_dataset) == 0:
+        raise MedtlError("no training images (is the manifest's train split empty?)", "train")
+    config = TrainConfig.from_dict({"epochs": epochs, "seed": seed, **train_options})
+    out = Path(out)
+    seed_everything(seed)  # the initial weights depend on the seed alone
+    encoder = build_encoder(arch, spatial_dims=spatial_dims, in_channels=in_channels, stem_stride=stem_stride)
+    if init_weights is not None:
+        load_weights(encoder, init_weights, adapt_channels=adapt_channels)
+    if mode == "supervised":
+        if not label_names or len(label_names) < 2:
+            raise MedtlError(f"supervised pretraining needs at least two labels, got {label_names}", "label_names")
+        task = "binary" if len(label_names) == 2 else "multiclass"
+        head = Head(encoder.out_features, task, len(label_names))
+        strategy = get_strategy("full")(encoder, head, {"lr": lr, "weight_decay": weight_decay})
+    else:
+        head = VAEHead(encoder.out_features, image_size, spatial_dims, in_channels, latent_dim)
+        strategy = AutoencoderStrategy(encoder, head, {"lr": lr, "weight_decay": weight_decay, "kl_weight": kl_weight})
+
+    meta = {
+        "image_size": image_size,
+        "label_names": list(label_names) if label_names else None,
+        "seed": seed,
+        "mode": mode,
+        "init_weights": str(init_weights) if init_weights else None,
+        "hparams": strategy.hparams,
+        **(meta or {}),
+    }
+    train_loader = _loader(train_dataset, batch_size, True, num_workers, seed)
+    val_loader = _loader(val_dataset, batch_size, False, num_workers, seed) if val_dataset is not None and len(val_dataset) else None
+    trainer = Trainer(strategy, config, out, checkpoint_meta=meta)
+    result = trainer.fit(train_loader, val_loader, resume=resume)
+    metrics = {k: v for k, v in result.best_metrics.items() if k.startswith(("train_", "val_"))}
+    path = save_checkpoint(out / "model.pt", strategy, **{**meta, "metrics": metrics,
+                                                          "epochs": len(result.history), "best_epoch": result.best_epoch})
+    log.info("pretrained model written to %s", path)
+    return PretrainResult(path, metrics, result)
+
+
+def pretrain(
+    manifest,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    mode: str = "supervised",
+    preset: str | None = None,
+    image_size: int | list[int] = 128,
+    cache: str = "memory",
+    on_error: str = "raise",
+    train_split: str = "train",
+    val_split: str | None = "val",
+    **options,
+) -> PretrainResult:
+    """Pretrain from a manifest (CSV path or Manifest); ``options`` as :func:`pretrain_on`."""
+    from medtl.data.datasets import build_dataset
+    from medtl.data.manifest import Manifest
+    from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
+
+    m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    if preset is None:
+        modalities = sorted({r.modality for r in m})
+        if len(modalities) != 1:
+            raise MedtlError(f"manifest mixes modalities {modalities}; choose a preset", m.source)
+        preset = modalities[0]
+    if preset not in PRESET_DEFAULTS:
+        raise MedtlError(f"unknown preset {preset!r}; known: {sorted(PRESET_DEFAULTS)}", "preset")
+    spatial_dims = 3 if preset == "mri3d" else 2
+    if spatial_dims == 3:
+        size = [int(s) for s in (image_size if isinstance(image_size, (list, tuple)) else [image_size] * 3)]
+        preset_options = {"volume_shape": tuple(size)}
+    else:
+        if not isinstance(image_size, int):
+            raise MedtlError(f"image_size must be one integer for 2D images, got {image_size!r}", "image_size")
+        size, preset_options = image_size, {"image_size": image_size}
+    train_m = m.select(split=train_split)
+    val_m = m.select(split=val_split) if val_split else None
+    if len(train_m) == 0:
+        raise MedtlError(f"the manifest has no {train_split!r} rows", m.source)
+    out = Path(out)
+    common = {"cache": cache, "on_error": on_error, "run_dir": out, **preset_options}
+    train_ds = build_dataset(train_m, data_root, preset, True, **common)
+    val_ds = build_dataset(val_m, data_root, preset, False, **common) if val_m is not None and len(val_m) else None
+    meta = {
+        "intensity": {"preset": preset, **PRESET_DEFAULTS[preset], **preset_options},
+        "manifest_hash": m.content_hash(),
+        "manifest": str(m.source) if m.source else None,
+        "domains": sorted({r.domain for r in train_m}),
+    }
+    return pretrain_on(train_ds, val_ds, out, label_names=m.label_names, mode=mode, spatial_dims=spatial_dims,
+                       image_size=size, meta=meta, **options)

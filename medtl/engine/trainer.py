@@ -1,0 +1,454 @@
+"""The one trainer every strategy runs in: device, mixed precision, seeds, checkpoints, resume, logs.
+
+It knows nothing method-specific: it builds the optimiser from ``strategy.param_groups()``, calls
+``on_epoch_start`` and asks ``training_loss`` for each step (with a target batch for strategies whose
+``needs_target`` is True, drawn from a second loader that restarts every epoch and cycles when shorter).
+
+Run folder (``run_dir``)::
+
+    config.json     training config, strategy name and hyper-parameters
+    metrics.jsonl   one JSON object per finished epoch (train loss and parts, val metrics, lr, time)
+    last.pt         full training state after the last finished epoch (weights_only-readable)
+    best.pt         model (medtl checkpoint format) at the best monitored value
+
+Resume: ``fit`` on a run folder that holds ``last.pt`` continues after its epoch. Every epoch
+re-seeds Python, NumPy, torch, the loaders' generators and (single-process loaders) the MONAI
+random transforms from ``(seed, epoch)``, so an interrupted run resumed on CPU in deterministic mode
+ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtl.engine.evaluate import autocast, evaluate, to_device
+from medtl.errors import MedtlError
+from medtl.models.checkpoint import model_config, model_state_dict, plain, save_checkpoint
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "medtl-train-state"
+
+
+@dataclass
+class TrainConfig:
+    """Every training option, with its default (the one documented place)."""
+
+    epochs: int = 10
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"
+    amp: str = "auto"  # "auto": bf16 on CUDA (fp16 + scaling where bf16 is missing), off on CPU; "off", "bf16", "fp16"
+    seed: int = 0
+    deterministic: bool = False  # deterministic algorithms (warn where none exists), no cuDNN autotuning
+    grad_clip: float | None = None  # max global gradient norm
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum, nesterov)
+    momentum: float = 0.9
+    scheduler: str = "cosine"  # "cosine" (per step, to 0) or "constant"
+    warmup_steps: int = 0  # linear warm-up before the schedule
+    monitor: str | None = None  # metric for best/early stopping; None: "val_loss" with validation, else "train_loss"
+    mode: str = "auto"  # "min" / "max"; auto: min for loss/mae, max otherwise
+    patience: int | None = None  # early stopping after this many epochs without improvement
+    min_delta: float = 0.0
+    restore_best: bool = True  # end with the best epoch's weights
+    progress: bool = True  # tqdm bars
+    max_steps_per_epoch: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values or {}) - names)
+        if unknown:
+            raise MedtlError(f"unknown training option(s) {unknown}; known: {sorted(names)}", "train")
+        return cls(**(values or {})).validated()
+
+    def validated(self) -> "TrainConfig":
+        def bad(key, why):
+            raise MedtlError(f"{why}, got {getattr(self, key)!r}", f"train.{key}")
+
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            bad("epochs", "epochs must be a positive integer")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            bad("amp", "amp must be 'auto', 'off', 'bf16' or 'fp16'")
+        if self.optimizer not in ("adamw", "sgd"):
+            bad("optimizer", "optimizer must be 'adamw' or 'sgd'")
+        if self.scheduler not in ("cosine", "constant"):
+            bad("scheduler", "scheduler must be 'cosine' or 'constant'")
+        if self.mode not in ("auto", "min", "max"):
+            bad("mode", "mode must be 'auto', 'min' or 'max'")
+        if self.patience is not None and self.patience < 1:
+            bad("patience", "patience must be >= 1 or None")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            bad("grad_clip", "grad_clip must be > 0 or None")
+        return self
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    monitor: str
+    best_value: float | None
+    best_epoch: int | None
+    stopped_early: bool
+    run_dir: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_metrics(self) -> dict[str, Any]:
+        for rec in self.history:
+            if rec["epoch"] == self.best_epoch:
+                return rec
+        return self.history[-1] if self.history else {}
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end training cleanly after the current epoch (state is saved)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CUDA generators too
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MedtlError(f"unknown device {device!r}", "train.device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedtlError("CUDA requested but no GPU is available", "train.device")
+    return dev
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    # bf16 autocast was measured slower than fp32 on the development CPUs: off there unless asked for.
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + epoch) % 2**31
+
+
+def _reseed_loader(loader, seed: int) -> None:
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(seed)
+    if getattr(loader, "num_workers", 0) == 0 and getattr(loader, "dataset", None) is not None:
+        # Single-process loading: MONAI's random transforms keep their own states; seed them per epoch.
+        from monai.data.utils import set_rnd
+
+        set_rnd(loader.dataset, seed)
+
+
+def _cycle(loader):
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise MedtlError("the target loader is empty", "target_loader")
+
+
+class Trainer:
+    """Runs a strategy over loaders; see the module docstring for the run folder and resume."""
+
+    def __init__(
+        self,
+        strategy: nn.Module,
+        config: TrainConfig | dict[str, Any] | None = None,
+        run_dir: str | Path | None = None,
+        callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
+        checkpoint_meta: dict[str, Any] | None = None,
+    ):
+        self.strategy = strategy
+        self.config = config.validated() if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.checkpoint_meta = dict(checkpoint_meta or {})  # stored in best.pt (label names, image size, ...)
+        self.device = resolve_device(self.config.device)
+        self.amp_dtype = amp_dtype(self.config.amp, self.device)
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _groups(self) -> list[dict[str, Any]]:
+        groups = self.strategy.param_groups()
+        if not groups or not any(len(list(g["params"])) for g in groups):
+            raise MedtlError(f"strategy {getattr(self.strategy, 'name', '?')!r} has no parameters to train", "strategy")
+        return groups
+
+    def _optimizer(self, groups) -> torch.optim.Optimizer:
+        groups = [{**g, "params": list(g["params"])} for g in groups]
+        if self.config.optimizer == "sgd":
+            m = self.config.momentum
+            return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=m, nesterov=m > 0)
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"])
+
+    def _lr_factor(self, step: int, total: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.scheduler == "constant":
+            return 1.0
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    def _monitor(self, has_val: bool) -> tuple[str, str]:
+        name = self.config.monitor or ("val_loss" if has_val else "train_loss")
+        mode = self.config.mode
+        if mode == "auto":
+            mode = "min" if name.endswith(("loss", "mae")) else "max"
+        return name, mode
+
+    def _save_state(self, path: Path, optimizer, scaler, epoch: int, step: int, best: dict[str, Any]) -> None:
+        state = {
+            "format": STATE_FORMAT,
+            "epoch": epoch,  # epochs finished
+            "global_step": step,
+            "model": {k: v.detach().cpu() for k, v in self.strategy.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "best": plain(best),
+            "strategy": getattr(self.strategy, "name", None),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous state intact
+
+    def _load_state(self, path: Path) -> dict[str, Any]:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise MedtlError(f"cannot read the training state to resume from: {str(err)[:200]}", path) from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise MedtlError("not a medtl training state", path)
+        name = getattr(self.strategy, "name", None)
+        if state.get("strategy") != name:
+            raise MedtlError(f"the run was trained with strategy {state.get('strategy')!r}, not {name!r}", path)
+        try:
+            self.strategy.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise MedtlError(f"the saved weights do not fit this model: {str(err)[:300]}", path) from None
+        return state
+
+    def _write_config(self) -> None:
+        cfg = {
+            "train": dataclasses.asdict(self.config),
+            "strategy": getattr(self.strategy, "name", None),
+            "hparams": getattr(self.strategy, "hparams", None),
+            "model": model_config(self.strategy),
+        }
+        (self.run_dir / "config.json").write_text(json.dumps(plain(cfg), indent=2) + "\n")
+
+    def _truncate_log(self, upto_epoch: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < upto_epoch]
+        path.write_text("".join(line + "\n" for line in keep))
+
+    def _save_best(self) -> None:
+        if self.run_dir is not None and hasattr(self.strategy, "encoder") and hasattr(self.strategy, "head"):
+            save_checkpoint(self.run_dir / "best.pt", self.strategy, **self.checkpoint_meta)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, train_loader, val_loader=None, target_loader=None, resume: bool = True) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg, strategy, device = self.config, self.strategy, self.device
+        needs_target = bool(getattr(strategy, "needs_target", False))
+        if needs_target and target_loader is None:
+            raise MedtlError(f"strategy {strategy.name!r} adapts to a target domain: give a target_loader", "target_loader")
+        steps = len(train_loader)
+        if steps == 0:
+            raise MedtlError("the training loader is empty", "train_loader")
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        total_steps = cfg.epochs * steps
+        monitor, mode = self._monitor(val_loader is not None)
+
+        prev_det = torch.are_deterministic_algorithms_enabled()
+        prev_bench = torch.backends.cudnn.benchmark
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        try:
+            strategy.to(device)
+            optimizer = self._optimizer(self._groups())
+            scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and device.type == "cuda" else None
+            start_epoch, step = 0, 0
+            best: dict[str, Any] = {"value": None, "epoch": None, "bad_epochs": 0}
+            history: list[dict[str, Any]] = []
+            best_state = None
+            if self.run_dir is not None:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                last = self.run_dir / "last.pt"
+                if resume and last.exists():
+                    state = self._load_state(last)
+                    optimizer.load_state_dict(state["optimizer"])
+                    if scaler is not None and state.get("scaler"):
+                        scaler.load_state_dict(state["scaler"])
+                    start_epoch, step, best = int(state["epoch"]), int(state["global_step"]), dict(state["best"])
+                    log.info("resuming %s after epoch %d", self.run_dir, start_epoch)
+                    self._truncate_log(start_epoch)
+                    history = self._read_log()
+                elif (self.run_dir / "metrics.jsonl").exists():
+                    (self.run_dir / "metrics.jsonl").unlink()  # a fresh run: no stale lines
+                self._write_config()
+            stopped_early = best.get("bad_epochs", 0) >= (cfg.patience or math.inf)
+
+            for epoch in range(start_epoch, cfg.epochs):
+                if stopped_early:
+                    break
+                t0 = time.time()
+                seed = _epoch_seed(cfg.seed, epoch)
+                seed_everything(seed)
+                _reseed_loader(train_loader, seed)
+                if target_loader is not None:
+                    _reseed_loader(target_loader, seed + 1)
+                strategy.on_epoch_start(epoch, cfg.epochs)
+                groups = self._groups()
+                if len(groups) != len(optimizer.param_groups):
+                    raise MedtlError("param_groups() changed its number of groups between epochs", "strategy")
+                base = [(float(g["lr"]), g.get("weight_decay")) for g in groups]
+                strategy.train()
+
+                sums: dict[str, float] = {}
+                seen = 0
+                targets = _cycle(target_loader) if needs_target else None
+                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+                for i, batch in enumerate(train_loader):
+                    if i >= steps:
+                        break
+                    factor = self._lr_factor(step, total_steps)
+                    for g, (lr, wd) in zip(optimizer.param_groups, base):
+                        g["lr"] = lr * factor
+                        if wd is not None:
+                            g["weight_decay"] = wd
+                    batch = to_device(batch, device)
+                    target = to_device(next(targets), device) if targets is not None else None
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast(device, self.amp_dtype):
+                        loss, parts = strategy.training_loss(batch, target, step / total_steps)
+                    if not torch.isfinite(loss.detach()):
+                        raise MedtlError(f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}: lower the "
+                                         "learning rate or check the inputs", "training")
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    if cfg.grad_clip is not None:
+                        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    n = int(batch["image"].shape[0])
+                    seen += n
+                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+                    for k, v in parts.items():
+                        if k != "loss":
+                            sums[k] = sums.get(k, 0.0) + float(v) * n
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+                bar.close()
+
+                record: dict[str, Any] = {"epoch": epoch}
+                record.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
+                if val_loader is not None:
+                    val = evaluate(strategy, val_loader, device, self.amp_dtype, cfg.progress)
+                    record.update({f"val_{k}": v for k, v in val.items()})
+                record["lr"] = [g["lr"] for g in optimizer.param_groups]
+                record["seconds"] = round(time.time() - t0, 3)
+                if monitor not in record:
+                    raise MedtlError(f"monitored metric {monitor!r} is not logged; logged: {sorted(record)}", "train.monitor")
+
+                value = record[monitor]
+                improved = value is not None and not (isinstance(value, float) and math.isnan(value)) and (
+                    best["value"] is None
+                    or (value < best["value"] - cfg.min_delta if mode == "min" else value > best["value"] + cfg.min_delta)
+                )
+                if improved:
+                    best = {"value": value, "epoch": epoch, "bad_epochs": 0}
+                    self._save_best()
+                    if cfg.restore_best and self.run_dir is None:
+                        best_state = {k: v.detach().clone() for k, v in strategy.state_dict().items()}
+                else:
+                    best["bad_epochs"] = best.get("bad_epochs", 0) + 1
+                record["best"] = improved
+                history.append(record)
+                if self.run_dir is not None:
+                    with open(self.run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(plain(record)) + "\n")
+                    self._save_state(self.run_dir / "last.pt", optimizer, scaler, epoch + 1, step, best)
+                stopped_early = cfg.patience is not None and best["bad_epochs"] >= cfg.patience
+                try:
+                    for cb in self.callbacks:
+                        cb(record)
+                except StopTraining:
+                    break
+                if stopped_early:
+                    log.info("early stopping after epoch %d (%s did not improve for %d epochs)", epoch + 1, monitor,
+                             cfg.patience)
+
+            if cfg.restore_best and best["epoch"] is not None:
+                self._restore_best(best_state)
+            return TrainResult(history, monitor, best["value"], best["epoch"], stopped_early, self.run_dir)
+        finally:
+            torch.use_deterministic_algorithms(prev_det)
+            torch.backends.cudnn.benchmark = prev_bench
+
+    def _read_log(self) -> list[dict[str, Any]]:
+        path = self.run_dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def _restore_best(self, best_state) -> None:
+        if best_state is not None:
+            self.strategy.load_state_dict(best_state)
+            return
+        path = self.run_dir / "best.pt" if self.run_dir is not None else None
+        if path is None or not path.exists():
+            return
+        from medtl.models.checkpoint import read_checkpoint
+        from medtl.models.weights import check_and_load
+
+        sd = read_checkpoint(path)["state_dict"]
+        target = {k: v for k, v in sd.items()}
+        holder = nn.Module()  # load encoder/head only; the strategy's extra state (L2-SP reference) stays
+        holder.encoder, holder.head = self.strategy.encoder, self.strategy.head
+        check_and_load(holder, target, where=str(path))
+
+
+def fit(strategy: nn.Module, train_loader, val_loader=None, *, target_loader=None, run_dir: str | Path | None = None,
+        callbacks: Iterable[Callable[[dict[str, Any]], None]] = (), resume: bool = True,
+        checkpoint_meta: dict[str, Any] | None = None, **config) -> TrainResult:
+    """Train ``strategy``: ``fit(strategy, train, val, run_dir="runs/x", epochs=5, patience=2)``."""
+    trainer = Trainer(strategy, TrainConfig.from_dict(config), run_dir, callbacks, checkpoint_meta)
+    return trainer.fit(train_loader, val_loader, target_loader, resume=resume)
+
+
+__all__ = ["StopTraining", "TrainConfig", "TrainResult", "Trainer", "amp_dtype", "fit", "model_state_dict",
+           "resolve_device", "seed_everything"]

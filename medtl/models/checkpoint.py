@@ -1,0 +1,180 @@
+"""The medtl model file: weights plus everything needed to use them, in plain types only.
+
+``torch.load(path, weights_only=True)`` reads the whole file (no pickled code)::
+
+    {
+      "format": "medtl-checkpoint",
+      "format_version": 1,
+      "state_dict": {"encoder.<name>": Tensor, ..., "head.<name>": Tensor, ...},
+      "meta": {
+        "medtl_version": "0.1.0",
+        "torch_version": "2.x",
+        "created_utc": "2025-01-01T00:00:00+00:00",
+        "model": {"encoder": {arch, spatial_dims, in_channels, stem_stride, ..., "lift": {...}?},
+                  "head": {"kind": "classifier", task, num_classes, in_features, dropout}
+                          | {"kind": "vae", latent_dim, image_size, ...}},
+        "architecture": "resnet18",          # = model.encoder.arch, for people reading the file
+        "in_channels": 1,
+        "image_size": [128, 128],
+        "intensity": {"preset": "cxr", ...}, # how images were normalised (data-layer preset + options)
+        "label_names": ["no_finding", "pneumonia"],
+        "task": "binary",
+        "manifest_hash": "ab12...",          # Manifest.content_hash() of the training data
+        "metrics": {"val_auroc": 0.81, ...},
+        "seed": 0,
+        ...                                  # free extra keys (mode, strategy, epochs, ...)
+      }
+    }
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medtl.errors import MedtlError
+
+FORMAT = "medtl-checkpoint"
+FORMAT_VERSION = 1
+
+
+class Model(nn.Module):
+    """Encoder + head, as rebuilt from a checkpoint; ``forward`` gives the head's output."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: torch.Tensor):
+        return self.head(self.encoder(x))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return model_config(self)
+
+
+def model_config(model: nn.Module) -> dict[str, Any] | None:
+    """``{"encoder": ..., "head": ...}`` when both parts describe themselves, else None."""
+    enc, head = getattr(model, "encoder", None), getattr(model, "head", None)
+    if enc is None or head is None or not hasattr(enc, "config") or not hasattr(head, "config"):
+        return None
+    return {"encoder": dict(enc.config), "head": dict(head.config)}
+
+
+def build_model(config: dict[str, Any]) -> Model:
+    """A freshly initialised :class:`Model` from a ``meta["model"]`` config."""
+    from medtl.models.encoders import build_encoder
+    from medtl.models.heads import build_head
+
+    try:
+        encoder = build_encoder(config["encoder"])
+        head = build_head(config["head"])
+    except (KeyError, TypeError) as err:
+        raise MedtlError(f"model config is incomplete or malformed: {err}", "meta.model") from None
+    return Model(encoder, head)
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the model's own weights (``encoder.*`` and ``head.*``), not a strategy's extra state."""
+    sd = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    sd.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+
+def plain(obj: Any, where: str = "meta") -> Any:
+    """``obj`` as plain Python types (dict/list/str/int/float/bool/None), so weights_only can read it."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if hasattr(obj, "dtype") and getattr(obj, "ndim", None) == 0:  # NumPy / torch scalars
+        return plain(obj.item(), where)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else float(obj)  # NaN -> None: JSON-safe, "undefined"
+    if isinstance(obj, (Path, os.PathLike)):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v, where) for v in obj]
+    raise MedtlError(f"checkpoint metadata must be plain values; {type(obj).__name__} is not", where)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
+    """Write ``model`` (anything with ``encoder`` and ``head``: a Model or a Strategy) and ``meta``.
+
+    Recognised meta keys (all optional): image_size, intensity, label_names, task, manifest_hash,
+    metrics, seed; any other plain-valued key is stored as well.
+    """
+    from medtl import __version__
+
+    config = model_config(model)
+    enc_cfg = (config or {}).get("encoder", {})
+    head_cfg = (config or {}).get("head", {})
+    full = {
+        "medtl_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": config,
+        "architecture": enc_cfg.get("arch"),
+        "in_channels": enc_cfg.get("in_channels"),
+        "image_size": None,
+        "intensity": None,
+        "label_names": None,
+        "task": head_cfg.get("task"),
+        "manifest_hash": None,
+        "metrics": {},
+        "seed": None,
+        **meta,
+    }
+    if isinstance(full["image_size"], int):
+        full["image_size"] = [full["image_size"]] * int(enc_cfg.get("spatial_dims", 2))
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": model_state_dict(model),
+               "meta": plain(full)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves half a model file
+    return path
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict (validated); :class:`MedtlError` for anything else."""
+    from medtl.models.weights import read_file
+
+    obj = read_file(path)
+    if not is_checkpoint(obj):
+        raise MedtlError("not a medtl checkpoint (no format='medtl-checkpoint'); for plain weights use load_weights",
+                         path)
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise MedtlError(f"checkpoint format {obj['format_version']} is newer than this medtl reads ({FORMAT_VERSION})",
+                         path)
+    if not isinstance(obj.get("state_dict"), dict) or not isinstance(obj.get("meta"), dict):
+        raise MedtlError("checkpoint lacks its state_dict or meta", path)
+    return obj
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Model, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (strictly). Returns (model, meta)."""
+    obj = read_checkpoint(path)
+    meta = obj["meta"]
+    if not meta.get("model"):
+        raise MedtlError("checkpoint has no model config to rebuild from; load its weights into a model you build",
+                         path)
+    model = build_model(meta["model"])
+    from medtl.models.weights import check_and_load
+
+    check_and_load(model, obj["state_dict"], where=str(path))
+    return model.to(map_location).eval(), meta

@@ -1,0 +1,175 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medtl.engine import StopTraining, TrainConfig, Trainer, evaluate, fit
+from medtl.engine.trainer import amp_dtype
+from medtl.errors import MedtlError
+from medtl.models import Head, build_encoder, read_checkpoint
+from medtl.strategies import Strategy, get_strategy
+
+
+class TinyImages(Dataset):
+    """In-memory dicts like the data layer's, with a random 'augmentation' drawn from torch's RNG."""
+
+    def __init__(self, n=8, size=16, dims=2, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 2
+        shape = (n, 1) + (size,) * dims
+        self.images = torch.randn(shape, generator=g) + self.labels.view(-1, *[1] * (dims + 1)).float()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        noise = 0.05 * torch.randn_like(self.images[i])  # reseeded per epoch by the trainer
+        return {"image": self.images[i] + noise, "label": self.labels[i], "case_id": f"case{i}"}
+
+
+def _strategy(name="full", hparams=None, seed=0):
+    torch.manual_seed(seed)
+    enc = build_encoder("resnet10")
+    return get_strategy(name)(enc, Head(enc.out_features, "binary"), hparams)
+
+
+def _loaders(n=8, batch=4):
+    return (DataLoader(TinyImages(n), batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(1)),
+            DataLoader(TinyImages(4, seed=1), batch_size=4))
+
+
+def test_fit_writes_the_run_folder(tmp_path):
+    train, val = _loaders()
+    result = fit(_strategy(), train, val, run_dir=tmp_path, epochs=2, progress=False, device="cpu")
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1] == [r["epoch"] for r in result.history]
+    for key in ("train_loss", "train_task", "val_loss", "val_accuracy", "val_auroc", "lr", "seconds"):
+        assert key in lines[0], key
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["strategy"] == "full"
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert best["meta"]["model"]["encoder"]["arch"] == "resnet10"
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["strategy"] == "full" and cfg["train"]["epochs"] == 2
+    assert result.monitor == "val_loss" and result.best_epoch in (0, 1)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("name", ["full", "lp_ft"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, name):
+    cfg = dict(epochs=3, deterministic=True, device="cpu", progress=False, restore_best=False, seed=3)
+    train, val = _loaders()
+    ref = _strategy(name)
+    fit(ref, train, val, run_dir=tmp_path / "ref", **cfg)
+
+    def crash_after_epoch_1(record):
+        if record["epoch"] == 1:
+            raise _Crash("killed")
+
+    train, val = _loaders()
+    with pytest.raises(_Crash):
+        fit(_strategy(name), train, val, run_dir=tmp_path / "run", callbacks=[crash_after_epoch_1], **cfg)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+    train, val = _loaders()
+    resumed = _strategy(name)  # a new process would build the model afresh
+    result = fit(resumed, train, val, run_dir=tmp_path / "run", **cfg)
+    assert [r["epoch"] for r in result.history] == [0, 1, 2]
+    ref_sd, res_sd = ref.state_dict(), resumed.state_dict()
+    assert ref_sd.keys() == res_sd.keys()
+    for k in ref_sd:
+        assert torch.equal(ref_sd[k], res_sd[k]), k
+    log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [0, 1, 2]
+
+
+def test_early_stopping_and_restore_best(tmp_path):
+    train, val = _loaders()
+    s = _strategy("full", {"lr": 0.0})  # nothing can improve after the first epoch
+    result = fit(s, train, val, epochs=10, patience=2, progress=False, device="cpu", monitor="val_accuracy")
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 0
+
+
+def test_stop_training_from_a_callback(tmp_path):
+    train, _ = _loaders()
+
+    def stop(record):
+        raise StopTraining
+
+    result = fit(_strategy(), train, None, epochs=5, progress=False, device="cpu", callbacks=[stop])
+    assert len(result.history) == 1 and result.monitor == "train_loss"
+
+
+def test_gradient_clipping_bounds_the_update():
+    train, _ = _loaders()
+    s = _strategy("full", {"weight_decay": 0.0})
+    before = torch.cat([p.detach().flatten().clone() for p in s.parameters()])
+    fit(s, train, None, epochs=1, optimizer="sgd", momentum=0.0, scheduler="constant", grad_clip=1e-3,
+        max_steps_per_epoch=1, progress=False, device="cpu", restore_best=False)
+    after = torch.cat([p.detach().flatten() for p in s.parameters()])
+    assert (after - before).norm() <= 1e-3 * 1e-3 * (1 + 1e-4)  # lr 1e-3 * clipped norm 1e-3
+
+
+class _CountingDA(Strategy):
+    name = "counting_da"
+    needs_target = True
+
+    def __init__(self, encoder, head):
+        super().__init__(encoder, head)
+        self.targets = []
+
+    def training_loss(self, batch, target, progress):
+        self.targets.append(target["case_id"])
+        loss, _ = self.supervised_loss(batch)
+        return loss, {}
+
+
+def test_target_batches_cycle_for_adaptation_strategies():
+    enc = build_encoder("resnet10")
+    s = _CountingDA(enc, Head(512))
+    train = DataLoader(TinyImages(8), batch_size=2)
+    target = DataLoader(TinyImages(2, seed=5), batch_size=1)  # shorter than the source loader: cycled
+    fit(s, train, None, target_loader=target, epochs=1, progress=False, device="cpu")
+    assert s.targets == [["case0"], ["case1"], ["case0"], ["case1"]]
+    with pytest.raises(MedtlError, match="target_loader"):
+        fit(_CountingDA(enc, Head(512)), train, None, epochs=1, progress=False, device="cpu")
+
+
+def test_non_finite_loss_is_a_clear_error():
+    train, _ = _loaders()
+    s = _strategy("full", {"lr": 1e30})
+    with pytest.raises(MedtlError, match="loss is"):
+        fit(s, train, None, epochs=3, progress=False, device="cpu", optimizer="sgd")
+
+
+def test_config_validation_and_amp_choice():
+    with pytest.raises(MedtlError, match="unknown training option"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(MedtlError, match="amp"):
+        TrainConfig.from_dict({"amp": "fp8"})
+    with pytest.raises(MedtlError, match="CUDA"):
+        if torch.cuda.is_available():
+            raise MedtlError("CUDA skipped: a GPU is present")
+        Trainer(_strategy(), {"device": "cuda"})
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None  # bf16 autocast is slower than fp32 on these CPUs
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_evaluate_matches_a_direct_computation():
+    from sklearn.metrics import roc_auc_score
+
+    s = _strategy().eval()
+    data = TinyImages(8)
+    x = data.images
+    det = [{"image": data.images[i], "label": data.labels[i]} for i in range(8)]  # no noise
+    metrics = evaluate(s, DataLoader(det, batch_size=3))
+    with torch.no_grad():
+        probs = s(x).softmax(1)[:, 1].numpy()
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(data.labels.numpy(), probs))
+    assert metrics["accuracy"] == pytest.approx(float(((probs > 0.5) == data.labels.numpy().astype(bool)).mean()))
+    assert np.isfinite(metrics["loss"])

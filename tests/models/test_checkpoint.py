@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from medtl import __version__
+from medtl.errors import MedtlError
+from medtl.models import Head, Model, VAEHead, build_encoder, lift, load_checkpoint, read_checkpoint, save_checkpoint
+from medtl.models.checkpoint import FORMAT
+
+
+def _meta():
+    return dict(image_size=32, intensity={"preset": "cxr", "image_size": 32, "clahe": False},
+                label_names=["no_finding", "pneumonia"], manifest_hash="abc123", metrics={"val_auroc": 0.75},
+                seed=7)
+
+
+def test_checkpoint_is_plain_and_complete(tmp_path):
+    model = Model(build_encoder("resnet10"), Head(512, "binary"))
+    path = save_checkpoint(tmp_path / "model.pt", model, **_meta())
+    raw = torch.load(path, weights_only=True)  # the whole file, no pickled code
+    assert raw["format"] == FORMAT and raw["format_version"] == 1
+    meta = raw["meta"]
+    for key in ("architecture", "in_channels", "image_size", "intensity", "label_names", "manifest_hash", "metrics",
+                "medtl_version", "seed", "model", "task"):
+        assert key in meta, key
+    assert meta["architecture"] == "resnet10" and meta["in_channels"] == 1 and meta["image_size"] == [32, 32]
+    assert meta["medtl_version"] == __version__ and meta["seed"] == 7 and meta["task"] == "binary"
+    assert all(k.startswith(("encoder.", "head.")) for k in raw["state_dict"])
+
+
+def test_metadata_becomes_plain_values(tmp_path):
+    import numpy as np
+
+    from medtl.models.checkpoint import plain
+
+    assert plain({"a": np.int64(3), "b": torch.tensor(0.5), "c": (1, 2), "d": float("nan")}) == {
+        "a": 3, "b": 0.5, "c": [1, 2], "d": None}
+    assert isinstance(plain(np.int64(3)), int)
+
+
+@pytest.mark.parametrize("lift_method", [None, "acs", "2.5d"])
+def test_load_checkpoint_rebuilds_the_same_model(tmp_path, lift_method):
+    enc = build_encoder("resnet10")
+    if lift_method:
+        enc = lift(enc, lift_method, **({"aggregate": "attention"} if lift_method == "2.5d" else {}))
+    model = Model(enc, Head(512, "multiclass", 3)).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, **_meta())
+    again, meta = load_checkpoint(path)
+    x = torch.randn(2, 1, 8, 16, 16) if lift_method else torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+    assert meta["label_names"] == ["no_finding", "pneumonia"]
+
+
+def test_vae_checkpoint_round_trip(tmp_path):
+    enc = build_encoder("resnet10")
+    model = Model(enc, VAEHead(512, 32, 2, 1, latent_dim=8)).eval()
+    path = save_checkpoint(tmp_path / "ae.pt", model, image_size=32)
+    again, meta = load_checkpoint(path)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], model(x)[0])
+    assert meta["model"]["head"]["kind"] == "vae"
+
+
+def test_bad_checkpoints(tmp_path):
+    model = Model(build_encoder("resnet10"), Head(512))
+    with pytest.raises(MedtlError, match="plain values"):
+        save_checkpoint(tmp_path / "x.pt", model, intensity={"fn": object()})
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(MedtlError, match="not a medtl checkpoint"):
+        read_checkpoint(tmp_path / "plain.pt")
+    path = save_checkpoint(tmp_path / "new.pt", model)
+    raw = torch.load(path, weights_only=True)
+    raw["format_version"] = 99
+    torch.save(raw, path)
+    with pytest.raises(MedtlError, match="newer"):
+        load_checkpoint(path)
