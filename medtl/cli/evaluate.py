@@ -1,0 +1,54 @@
+"""``medtl evaluate``: a predictions table -> report.json, report.md, report.html (+ figures/)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """Evaluation and rendering options shared by ``evaluate`` and ``report``."""
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--val-split", default="val", help="split whose rows choose the threshold and temperature")
+    g.add_argument("--test-split", default="test", help="split whose rows are reported")
+    g.add_argument("--threshold-rule", default="youden", choices=["youden", "sensitivity", "specificity"])
+    g.add_argument("--target", type=float, help="target sensitivity/specificity for those rules, e.g. 0.9")
+    g.add_argument("--positive-class", help="binary tasks: the positive class (default: the last prob_ column)")
+    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    g.add_argument("--level", type=float, default=0.95, help="confidence level")
+    g.add_argument("--bins", type=int, default=15, help="calibration bins")
+    x = p.add_argument_group("report extras")
+    x.add_argument("--metrics-log", help="training log (CSV or JSON lines) for learning curves")
+    x.add_argument("--features", help="features for a domain embedding: .npz (features, domain) or CSV")
+    x.add_argument("--embedding", default="pca", choices=["pca", "tsne"])
+    x.add_argument("--gradcam", nargs="+", default=None, metavar="PNG", help="Grad-CAM PNGs to embed")
+
+
+def settings_from_args(args):
+    from medtl.evaluation.evaluate import EvalSettings
+
+    return EvalSettings(val_split=args.val_split, test_split=args.test_split, threshold_rule=args.threshold_rule,
+                        target=args.target, positive_class=args.positive_class, n_boot=args.n_boot,
+                        seed=args.seed, level=args.level, n_bins=args.bins)  # fmt: skip
+
+
+def extras_from_args(args) -> dict:
+    return {"metrics_log": args.metrics_log, "features": args.features, "embedding": args.embedding,
+            "gradcam": args.gradcam}  # fmt: skip
+
+
+def run(args) -> int:
+    from medtl.evaluation.report import make_report
+
+    paths = make_report(args.predictions, args.out, settings=settings_from_args(args), **extras_from_args(args))
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="metrics with CIs, calibration and a report from a predictions table",
+                              description=__doc__)  # fmt: skip
+    p.add_argument("--predictions", required=True, nargs="+", help="predictions table(s): .csv or .parquet")
+    p.add_argument("--out", required=True, help="output folder")
+    add_settings_arguments(p)
+    p.set_defaults(func=run)

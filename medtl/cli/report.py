@@ -1,0 +1,26 @@
+"""``medtl report``: one comparison report from several report.json and/or predictions files.
+
+Prediction files are evaluated together, so strategies scored on the same test cases are compared
+by DeLong's test; report.json files are merged side by side (their own comparisons kept).
+"""
+
+from __future__ import annotations
+
+from medtl.cli.evaluate import add_settings_arguments, extras_from_args, settings_from_args
+
+
+def run(args) -> int:
+    from medtl.evaluation.report import combine
+
+    paths = combine(args.inputs, args.out, settings=settings_from_args(args), **extras_from_args(args))
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="combined comparison report from report.json / predictions files",
+                              description=__doc__)  # fmt: skip
+    p.add_argument("inputs", nargs="+", help="report.json files and/or predictions tables (.csv, .parquet)")
+    p.add_argument("--out", required=True, help="output folder")
+    add_settings_arguments(p)
+    p.set_defaults(func=run)

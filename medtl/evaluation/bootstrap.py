@@ -1,0 +1,123 @@
+"""Bootstrap confidence intervals and aggregation over seeds.
+
+A resample is a vector of counts (how often each case is drawn), so all resamples form a (B, n)
+matrix that the metric functions consume in one vectorised call. Resampling is
+
+- stratified: each stratum (a class) is resampled to its own size, so every resample keeps the
+  observed prevalence and every class (AUROC stays defined);
+- by patient when patient ids are given: patients are drawn, and each brings all its images, because
+  images of one patient are correlated and resampling them singly would make intervals too narrow.
+  A patient's stratum is its most frequent class.
+
+Intervals are percentile intervals of the resampled statistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import stats
+
+DEFAULT_N_BOOT = 1000
+DEFAULT_LEVEL = 0.95
+_MAX_CELLS = 4_000_000  # cap on B * n held at once (32 MB of float64)
+
+
+def _units(n: int, strata, groups):
+    """Sampling units (patients, or cases) as an index per case, and each unit's stratum."""
+    strata = np.zeros(n, dtype=int) if strata is None else np.unique(np.asarray(strata), return_inverse=True)[1]
+    if groups is None:
+        return np.arange(n), strata
+    unit = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    # A unit's stratum: its most frequent case stratum (ties: the lowest).
+    table = np.zeros((unit.max() + 1, strata.max() + 1), dtype=int)
+    np.add.at(table, (unit, strata), 1)
+    return unit, table.argmax(axis=1)
+
+
+def bootstrap_counts(
+    n: int, *, strata=None, groups=None, n_boot: int = DEFAULT_N_BOOT, rng: np.random.Generator | int = 0
+) -> np.ndarray:
+    """A (n_boot, n) float matrix: how many times each case is drawn in each resample."""
+    rng = np.random.default_rng(rng)
+    unit, unit_stratum = _units(n, strata, groups)
+    n_units = len(unit_stratum)
+    unit_counts = np.zeros((n_boot, n_units))
+    for s in np.unique(unit_stratum):
+        members = np.flatnonzero(unit_stratum == s)
+        m = len(members)
+        draws = rng.integers(0, m, size=(n_boot, m))
+        # Count all rows at once: offset each row's draws into its own block of m bins.
+        counts = np.bincount((draws + m * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * m)
+        unit_counts[:, members] = counts.reshape(n_boot, m)
+    return unit_counts[:, unit]
+
+
+def bootstrap(
+    stat: Callable[[np.ndarray], dict[str, np.ndarray]],
+    n: int,
+    *,
+    strata=None,
+    groups=None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Run ``stat(counts)`` (counts: (b, n); returns arrays with leading axis b) over ``n_boot`` resamples.
+
+    Resamples are made in chunks so memory stays bounded for large test sets; the chunk size
+    depends only on ``n``, so results are reproducible for a given seed.
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, _MAX_CELLS // max(n, 1)))
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, n_boot, chunk):
+        W = bootstrap_counts(n, strata=strata, groups=groups, n_boot=min(chunk, n_boot - start), rng=rng)
+        parts.append(stat(W))
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+
+
+def percentile_interval(samples, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over the first axis, ignoring resamples where the statistic is undefined."""
+    a = np.asarray(samples, dtype=float)
+    flat = a.reshape(len(a), -1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    ok = np.isfinite(flat).any(axis=0)
+    low = np.full(flat.shape[1], np.nan)
+    high = np.full(flat.shape[1], np.nan)
+    if ok.any():
+        low[ok], high[ok] = np.nanpercentile(flat[:, ok], [tail, 100.0 - tail], axis=0)
+    low, high = low.reshape(a.shape[1:]), high.reshape(a.shape[1:])
+    return low, high
+
+
+def bootstrap_ci(
+    metric: Callable[..., np.ndarray],
+    *arrays,
+    strata=None,
+    groups=None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> tuple[float, float, float]:
+    """``(value, low, high)`` of ``metric(*arrays, weights=...)`` (any function from metrics.py)."""
+    n = len(arrays[0])
+    value = float(metric(*arrays))
+    boot = bootstrap(lambda W: {"m": metric(*arrays, weights=W)}, n, strata=strata, groups=groups,
+                     n_boot=n_boot, seed=seed)["m"]  # fmt: skip
+    low, high = percentile_interval(boot, level)
+    return value, float(low), float(high)
+
+
+def seed_summary(values, level: float = DEFAULT_LEVEL) -> dict:
+    """Mean, standard deviation and t-interval of the mean of a metric over seeds (nan ignored)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    out = {"value": None, "std": None, "ci_low": None, "ci_high": None, "n": int(len(v))}
+    if len(v) == 0:
+        return out
+    out["value"] = float(v.mean())
+    if len(v) > 1:
+        sd = float(v.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + level / 2.0, len(v) - 1)) * sd / np.sqrt(len(v))
+        out.update(std=sd, ci_low=out["value"] - half, ci_high=out["value"] + half)
+    return out

@@ -1,0 +1,563 @@
+"""From a predictions table to the report's numbers (a JSON-ready dict; rendering is in report.py).
+
+Per task, strategy and run: the threshold (binary) and the temperature are fitted on the validation
+rows; metrics, calibration and curves are computed on the test rows with bootstrap intervals. Runs
+of one strategy that differ only in seed are summarised over seeds; runs at several label fractions
+give a label-fraction curve; strategies evaluated on the same test cases are compared by DeLong.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtl import __version__
+from medtl.errors import MedtlError
+from medtl.evaluation import calibration as cal
+from medtl.evaluation.bootstrap import bootstrap, percentile_interval, seed_summary
+from medtl.evaluation.delong import delong_test
+from medtl.evaluation.metrics import (
+    BINARY_METRICS,
+    RANGES,
+    REGRESSION_METRICS,
+    _cumulative_desc,
+    _div,
+    classification_metrics,
+    regression_metrics,
+)
+from medtl.evaluation.predictions import (
+    TaskInfo,
+    label_indices,
+    load_predictions,
+    probabilities,
+    task_infos,
+    validate_predictions,
+)
+from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, RULES, Threshold, choose_threshold
+
+SCHEMA = "medtl.evaluation.report"
+SCHEMA_VERSION = "1.0"
+CALIBRATION_METRICS = ("brier", "ece", "mce")
+CLASS_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+@dataclass
+class EvalSettings:
+    """How predictions are evaluated; every field is recorded in report.json."""
+
+    val_split: str = "val"
+    test_split: str = "test"
+    threshold_rule: str = "youden"  # youden | sensitivity | specificity
+    target: float | None = None  # the target sensitivity / specificity
+    positive_class: str | None = None  # binary: default is the last prob_ column
+    n_boot: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    n_bins: int = cal.DEFAULT_BINS
+    curve_points: int = 101
+
+    def __post_init__(self):
+        if self.threshold_rule not in RULES:
+            raise MedtlError(f"unknown threshold rule {self.threshold_rule!r}; use {', '.join(RULES)}", "threshold_rule")
+        if self.threshold_rule != "youden" and (self.target is None or not 0 < self.target <= 1):
+            raise MedtlError(f"rule {self.threshold_rule!r} needs a target in (0, 1]", "target")
+        if self.n_boot < 0 or not 0 < self.level < 1 or self.n_bins < 1:
+            raise MedtlError("n_boot must be >= 0, level in (0, 1), n_bins >= 1", "settings")
+        if self.val_split == self.test_split:
+            raise MedtlError("the validation and test splits must differ (thresholds are never picked on test)",
+                             "val_split")  # fmt: skip
+
+    def ci_method(self) -> str:
+        if self.n_boot == 0:
+            return "no confidence intervals (n_boot = 0)"
+        return (f"{self.level:.0%} percentile bootstrap, {self.n_boot} resamples (seed {self.seed}), stratified by "
+                "true class, resampling patients (all their images together) when patient ids are given, "
+                "else cases")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _metric(value, low, high, reason: str | None = None, n_undefined: int = 0) -> dict:
+    d = {"value": _num(value), "ci_low": _num(low), "ci_high": _num(high)}
+    if d["value"] is None:
+        d.update(ci_low=None, ci_high=None, reason=reason or "undefined on this test set")
+    else:
+        if n_undefined:
+            d["n_undefined_resamples"] = int(n_undefined)  # excluded from the interval
+        if d["ci_low"] is not None and not d["ci_low"] <= d["value"] <= d["ci_high"]:
+            # Said, not hidden: a statistic biased under resampling (binned ECE at small n) does this.
+            d["outside_interval"] = True
+    return d
+
+
+def _as_frame(predictions) -> tuple[pd.DataFrame, list[str]]:
+    """A validated table from a DataFrame, a path, or a list of either (concatenated)."""
+    items = predictions if isinstance(predictions, (list, tuple)) else [predictions]
+    frames, sources = [], []
+    for item in items:
+        if isinstance(item, pd.DataFrame):
+            frames.append(validate_predictions(item))
+            sources.append("<DataFrame>")
+        else:
+            frames.append(load_predictions(item))
+            sources.append(str(item))
+    if not frames:
+        raise MedtlError("no predictions given", "predictions")
+    df = frames[0] if len(frames) == 1 else validate_predictions(pd.concat(frames, ignore_index=True), "+".join(sources))
+    return df, sources
+
+
+def _groups(test: pd.DataFrame) -> np.ndarray | None:
+    # Cases without a patient id are their own sampling unit.
+    pid = test["patient_id"]
+    if pid.isna().all():
+        return None
+    return np.where(pid.isna(), "case:" + test["case_id"].astype(str), "patient:" + pid.astype(str))
+
+
+def _grid_curves(y: np.ndarray, s: np.ndarray, W: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC (TPR on an FPR grid) and PR (precision on a recall grid) for each resample: two (B, G) arrays."""
+    tps, fps, _ = _cumulative_desc(y, s, W)
+    zero = np.zeros((len(W), 1))
+    tpr = np.c_[zero, _div(tps, tps[:, -1:])]
+    fpr = np.c_[zero, _div(fps, fps[:, -1:])]
+    recall = _div(tps, tps[:, -1:])
+    precision = np.nan_to_num(_div(tps, tps + fps), nan=1.0)
+    roc = np.full((len(W), len(grid)), np.nan)
+    pr = np.full((len(W), len(grid)), np.nan)
+    for b in range(len(W)):
+        if np.isfinite(tpr[b, -1]) and np.isfinite(fpr[b, -1]):
+            roc[b] = np.interp(grid, fpr[b], tpr[b])
+        if np.isfinite(recall[b, -1]):
+            # Step curve: the precision where recall first reaches each grid value.
+            idx = np.minimum(np.searchsorted(recall[b], grid, side="left"), recall.shape[1] - 1)
+            pr[b] = precision[b, idx]
+    return roc, pr
+
+
+def _class_reason(name: str, k: int, counts: np.ndarray, cm: np.ndarray, classes: Sequence[str], thr) -> str:
+    c = classes[k]
+    n = counts.sum()
+    called = cm[:, k].sum() if cm is not None else None
+    if name in ("auroc", "auprc"):
+        if counts[k] == 0:
+            return f"no {c!r} cases in the test set: {name.upper()} needs cases of both kinds"
+        return f"only {c!r} cases in the test set: {name.upper()} needs cases of both kinds"
+    if name == "sensitivity":
+        return f"no {c!r} cases in the test set"
+    if name == "specificity":
+        return f"no cases other than {c!r} in the test set"
+    if name == "ppv":
+        at = f" at threshold {thr:.4g}" if thr is not None else ""
+        return f"no case was called {c!r}{at}"
+    if name == "npv":
+        return f"every case was called {c!r}"
+    if name == "f1":
+        return f"no {c!r} cases and none called {c!r}"
+    return f"undefined ({called}/{n} called {c!r})"
+
+
+def _reason(name: str, kind: str, counts, cm, classes, thr, per_class_values=None) -> str:
+    base = name.split("/")[-1]
+    if kind == "regression":
+        return {"r2": "the test labels are constant", "pearson_r": "the test labels or predictions are constant"}.get(
+            base, "no test cases"
+        )
+    if base in ("mcc", "kappa"):
+        return ("all test cases fall in one true class or one predicted class (a zero denominator); "
+                "the value is undefined, not 0")  # fmt: skip
+    if base in CLASS_METRICS:
+        if kind == "binary":
+            return _class_reason(base, 1, counts, cm, classes, thr)
+        bad = [k for k in range(len(classes)) if per_class_values is None or not np.isfinite(per_class_values[k])]
+        k = bad[0] if bad else 0
+        return f"macro mean undefined: {_class_reason(base, k, counts, cm, classes, thr)}"
+    return "undefined on this test set"
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _split_rows(rows: pd.DataFrame, st: EvalSettings, run: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    test = rows[rows["split"] == st.test_split]
+    val = rows[rows["split"] == st.val_split]
+    if test.empty:
+        have = ", ".join(sorted(rows["split"].unique()))
+        raise MedtlError(f"run {run!r} has no rows with split {st.test_split!r} (splits present: {have})", "split")
+    return test, val
+
+
+def _run_header(rows: pd.DataFrame, test: pd.DataFrame, val: pd.DataFrame) -> dict:
+    first = rows.iloc[0]
+    lf = first.get("label_fraction") if "label_fraction" in rows else None
+    groups = _groups(test)
+    return {
+        "run_id": str(first["run_id"]),
+        "strategy": str(first["strategy"]),
+        "seed": None if pd.isna(first["seed"]) else int(first["seed"]),
+        "label_fraction": _num(lf) if lf is not None and not pd.isna(lf) else None,
+        "n_test": int(len(test)),
+        "n_val": int(len(val)),
+        "n_test_patients": None if groups is None else int(len(set(groups))),
+        "domains_test": {str(k): int(v) for k, v in test["domain"].value_counts().items() if k != ""},
+    }
+
+
+def evaluate_run(rows: pd.DataFrame, info: TaskInfo, st: EvalSettings) -> dict:
+    """Evaluate one run (all its rows, every split) of one task; a JSON-ready dict."""
+    run = str(rows.iloc[0]["run_id"])
+    test, val = _split_rows(rows, st, run)
+    if info.kind == "regression":
+        return _regression_run(rows, test, val, st)
+    return _classification_run(rows, test, val, info, st)
+
+
+def _bootstrap_table(stat, point, n, st: EvalSettings, strata, groups) -> tuple[dict, dict, dict]:
+    """Point values, interval bounds and undefined-resample counts for every statistic ``stat`` returns."""
+    if st.n_boot == 0:
+        nan = {k: np.full(np.shape(v), np.nan) for k, v in point.items()}
+        return nan, nan, {k: np.zeros(np.shape(v), int) for k, v in point.items()}
+    boot = bootstrap(stat, n, strata=strata, groups=groups, n_boot=st.n_boot, seed=st.seed)
+    low, high, undefined = {}, {}, {}
+    for k, v in boot.items():
+        low[k], high[k] = percentile_interval(v, st.level)
+        undefined[k] = (~np.isfinite(v)).sum(axis=0)
+    return low, high, undefined
+
+
+def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> dict:
+    classes = list(info.classes)
+    if info.kind == "binary" and st.positive_class is not None:
+        if st.positive_class not in classes:
+            raise MedtlError(f"positive class {st.positive_class!r} is not one of {classes}", "positive_class")
+        classes = [c for c in classes if c != st.positive_class] + [st.positive_class]
+    binary = info.kind == "binary"
+    y, P = label_indices(test, classes), probabilities(test, classes)
+    yv, Pv = label_indices(val, classes), probabilities(val, classes)
+    out = _run_header(rows, test, val)
+    notes: list[str] = []
+
+    # Threshold: chosen on validation only, then applied unchanged to test.
+    if not binary:
+        threshold = {"rule": "argmax", "value": None, "chosen_on": None,
+                     "note": "multiclass: the predicted class is the one with the highest probability"}  # fmt: skip
+        thr_value = None
+    else:
+        if val.empty:
+            thr = Threshold(DEFAULT_THRESHOLD, "default", note=f"no validation rows (split {st.val_split!r}): "
+                            f"the default threshold {DEFAULT_THRESHOLD} was used")  # fmt: skip
+        else:
+            try:
+                thr = choose_threshold(yv == 1, Pv[:, 1], st.threshold_rule, st.target, chosen_on=st.val_split)
+            except MedtlError as err:
+                thr = Threshold(DEFAULT_THRESHOLD, "default", n=len(val),
+                                note=f"{err.reason}: the default threshold {DEFAULT_THRESHOLD} was used")  # fmt: skip
+        if thr.note:
+            notes.append(f"run {out['run_id']}: {thr.note}")
+        threshold = thr.to_dict()
+        thr_value = thr.value
+
+    # Temperature scaling: fitted on validation, applied to test.
+    temperature = cal.fit_temperature(Pv, yv) if len(val) >= 2 else None
+    P_ts = cal.apply_temperature(P, temperature) if temperature is not None else None
+    if temperature is None:
+        notes.append(f"run {out['run_id']}: no validation rows, so no temperature scaling")
+
+    grid = np.linspace(0.0, 1.0, st.curve_points)
+    curve_classes = [len(classes) - 1] if binary else list(range(len(classes)))
+
+    def stat(W):
+        r = classification_metrics(y, P, thr_value, W)
+        s = dict(r["metrics"])
+        s.update(cal.calibration_errors(P, y, st.n_bins, W))
+        s["brier"] = cal.brier_score(P, y, W)
+        for k, v in r["per_class"].items():
+            s[f"per_class/{k}"] = v
+        if P_ts is not None:
+            s.update({f"scaled/{k}": v for k, v in cal.calibration_errors(P_ts, y, st.n_bins, W).items()})
+            s["scaled/brier"] = cal.brier_score(P_ts, y, W)
+        for k in curve_classes:
+            s[f"roc/{k}"], s[f"pr/{k}"] = _grid_curves(y == k, P[:, k], W, grid)
+        return s
+
+    point = {k: np.asarray(v)[0] for k, v in stat(np.ones((1, len(y)))).items()}
+    strata = y
+    low, high, undef = _bootstrap_table(stat, point, len(y), st, strata, _groups(test))
+
+    counts = np.bincount(y, minlength=len(classes))
+    cm = classification_metrics(y, P, thr_value)["confusion_matrix"]
+
+    def entry(key, name):
+        v = point[key]
+        reason = None
+        if not np.isfinite(v):
+            pcv = point.get(f"per_class/{name}")
+            reason = _reason(name, info.kind, counts, cm, classes, thr_value, pcv)
+        return _metric(v, low[key], high[key], reason, undef[key])
+
+    out["metrics"] = {m: entry(m, m) for m in (*BINARY_METRICS, *CALIBRATION_METRICS)}
+    if not binary:
+        out["per_class"] = {}
+        for k, c in enumerate(classes):
+            out["per_class"][c] = {}
+            for m in CLASS_METRICS:
+                key = f"per_class/{m}"
+                v = point[key][k]
+                reason = None if np.isfinite(v) else _class_reason(m, k, counts, cm, classes, thr_value)
+                out["per_class"][c][m] = _metric(v, low[key][k], high[key][k], reason, undef[key][k])
+    out["threshold"] = threshold
+    out["prevalence"] = {
+        "test": {c: {"n": int(counts[k]), "fraction": float(counts[k] / len(y))} for k, c in enumerate(classes)},
+        "val": {c: int(n) for c, n in zip(classes, np.bincount(yv, minlength=len(classes)))} if len(val) else None,
+    }
+    out["confusion_matrix"] = {"classes": classes, "counts": cm.astype(int).tolist(), "rows": "true",
+                               "columns": "predicted", "threshold": thr_value}  # fmt: skip
+    out["calibration"] = {
+        "quantity": "positive-class probability vs observed positive rate" if binary
+        else "top-label confidence vs top-label accuracy",
+        "binning": f"{st.n_bins} equal-width bins on [0, 1]",
+        "temperature": temperature,
+        "fitted_on": st.val_split if temperature is not None else None,
+        "reliability": cal.reliability(P, y, st.n_bins),
+        "reliability_scaled": cal.reliability(P_ts, y, st.n_bins) if P_ts is not None else None,
+        "scaled": {m: entry(f"scaled/{m}", m) for m in CALIBRATION_METRICS} if P_ts is not None else None,
+    }  # fmt: skip
+    out["curves"] = {"roc": [], "pr": []}
+    for k in curve_classes:
+        r = lambda a: [None if not np.isfinite(x) else round(float(x), 4) for x in a]  # noqa: E731
+        grid_l = [round(float(g), 4) for g in grid]
+        out["curves"]["roc"].append({"class": classes[k], "fpr": grid_l, "tpr": r(point[f"roc/{k}"]),
+                                     "tpr_low": r(low[f"roc/{k}"]), "tpr_high": r(high[f"roc/{k}"])})  # fmt: skip
+        out["curves"]["pr"].append({"class": classes[k], "recall": grid_l, "precision": r(point[f"pr/{k}"]),
+                                    "precision_low": r(low[f"pr/{k}"]), "precision_high": r(high[f"pr/{k}"]),
+                                    "prevalence": float(counts[k] / len(y))})  # fmt: skip
+    out["bootstrap"] = _boot_info(st, test)
+    out["notes"] = notes
+    return out
+
+
+def _boot_info(st: EvalSettings, test: pd.DataFrame) -> dict:
+    groups = _groups(test)
+    return {"n_boot": st.n_boot, "seed": st.seed, "level": st.level, "method": "percentile",
+            "unit": "case" if groups is None else "patient"}  # fmt: skip
+
+
+def _regression_run(rows, test, val, st: EvalSettings) -> dict:
+    y = pd.to_numeric(test["label"]).to_numpy(dtype=float)
+    f = test["prediction"].to_numpy(dtype=float)
+    out = _run_header(rows, test, val)
+    point = {k: np.asarray([v])[0] for k, v in regression_metrics(y, f).items()}
+    low, high, undef = _bootstrap_table(lambda W: regression_metrics(y, f, W), point, len(y), st, None, _groups(test))
+    out["metrics"] = {
+        m: _metric(point[m], low[m], high[m], None if np.isfinite(point[m]) else _reason(m, "regression", *[None] * 4),
+                   undef[m])
+        for m in REGRESSION_METRICS
+    }  # fmt: skip
+    out["threshold"] = None
+    out["label_summary"] = {"mean": float(y.mean()), "std": float(y.std(ddof=1)) if len(y) > 1 else None,
+                            "min": float(y.min()), "max": float(y.max())}  # fmt: skip
+    # A bounded sample of points for the scatter plot.
+    keep = np.random.default_rng(0).permutation(len(y))[:1000]
+    out["scatter"] = {"label": np.round(y[keep], 4).tolist(), "prediction": np.round(f[keep], 4).tolist()}
+    out["bootstrap"] = _boot_info(st, test)
+    out["notes"] = []
+    return out
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
+    """One entry per (strategy, label fraction): the single run's bootstrap CIs, or a summary over seeds."""
+    head = {"label_fraction": fraction, "n_runs": len(runs), "seeds": [r["seed"] for r in runs],
+            "run_ids": [r["run_id"] for r in runs], "representative_run": runs[0]["run_id"]}  # fmt: skip
+    if len(runs) == 1:
+        r = runs[0]
+        head.update(aggregation=f"single run; {st.ci_method()}", metrics=r["metrics"], threshold=r["threshold"],
+                    n_test=r["n_test"])  # fmt: skip
+        if "per_class" in r:
+            head["per_class"] = r["per_class"]
+        if "calibration" in r:
+            head["calibration_scaled"] = r["calibration"]["scaled"]
+        return head
+
+    def summary(values_of, name):
+        vals = [values_of(r) for r in runs]
+        s = seed_summary([v["value"] for v in vals if v is not None], st.level)
+        lo, hi = RANGES.get(name, (-np.inf, np.inf))
+        if s["ci_low"] is not None:  # a t-interval can overshoot a bounded metric's range
+            s["ci_low"], s["ci_high"] = max(s["ci_low"], lo), min(s["ci_high"], hi)
+        d = {"value": s["value"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "std": s["std"], "n_runs": s["n"]}
+        if d["value"] is None:
+            d["reason"] = "undefined in every run: " + next((v["reason"] for v in vals if v and v.get("reason")), "")
+        return d
+
+    metrics = {m: summary(lambda r, m=m: r["metrics"][m], m) for m in runs[0]["metrics"]}
+    head.update(aggregation=f"mean over {len(runs)} runs (seeds); interval: {st.level:.0%} t-interval of the mean; "
+                "std: standard deviation over runs", metrics=metrics, n_test=runs[0]["n_test"])  # fmt: skip
+    if "per_class" in runs[0]:
+        head["per_class"] = {c: {m: summary(lambda r, c=c, m=m: r["per_class"][c][m], m) for m in CLASS_METRICS}
+                             for c in runs[0]["per_class"]}  # fmt: skip
+    if runs[0].get("calibration") and runs[0]["calibration"]["scaled"]:
+        head["calibration_scaled"] = {
+            m: summary(lambda r, m=m: (r["calibration"]["scaled"] or {}).get(m), m) for m in CALIBRATION_METRICS
+        }
+    thr = runs[0]["threshold"]
+    if thr is not None:
+        head["threshold"] = {"rule": thr["rule"], "target": thr.get("target"), "chosen_on": thr.get("chosen_on"),
+                             "value": None, "per_run": {r["run_id"]: r["threshold"]["value"] for r in runs},
+                             "note": "each run's threshold was chosen on its own validation rows"}  # fmt: skip
+    else:
+        head["threshold"] = None
+    return head
+
+
+def _delong_pairs(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: dict, st: EvalSettings) -> list[dict]:
+    """DeLong tests between strategies, pairing runs with the same label fraction and seed."""
+    if info.kind != "binary":
+        return []
+    classes = list(info.classes)
+    if st.positive_class is not None:
+        classes = [c for c in classes if c != st.positive_class] + [st.positive_class]
+    pos = classes[1]
+    test = rows_t[rows_t["split"] == st.test_split]
+    scores = {rid: g.set_index("case_id") for rid, g in test.groupby("run_id", sort=False)}
+    out = []
+    for a, b in itertools.combinations(runs_by_strategy, 2):
+        for ra in runs_by_strategy[a]:
+            for rb in runs_by_strategy[b]:
+                if ra["label_fraction"] != rb["label_fraction"]:
+                    continue
+                # Same seed; or any seed when one side has a single run at this fraction.
+                single = min(_n_at(runs_by_strategy[a], ra), _n_at(runs_by_strategy[b], rb)) == 1
+                if ra["seed"] != rb["seed"] and not single:
+                    continue
+                out.append(_delong_one(scores[ra["run_id"]], scores[rb["run_id"]], pos, a, b, ra, rb))
+    return out
+
+
+def _n_at(runs: list[dict], run: dict) -> int:
+    return sum(r["label_fraction"] == run["label_fraction"] for r in runs)
+
+
+def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str, a: str, b: str, ra: dict, rb: dict) -> dict:
+    head = {"strategy_a": a, "strategy_b": b, "run_a": ra["run_id"], "run_b": rb["run_id"], "seed": ra["seed"],
+            "label_fraction": ra["label_fraction"], "test": "DeLong, two-sided, AUROC_a - AUROC_b"}  # fmt: skip
+    common = ta.index.intersection(tb.index)
+    if len(common) != len(ta) or len(common) != len(tb):
+        head["note"] = f"not compared: the runs' test cases differ ({len(ta)} vs {len(tb)}, {len(common)} shared)"
+        return head
+    ta, tb = ta.loc[common], tb.loc[common]
+    if (ta["label"] != tb["label"]).any():
+        head["note"] = "not compared: the runs disagree on the true labels of the same cases"
+        return head
+    y = (ta["label"] == pos).to_numpy()
+    if y.all() or not y.any():
+        head["note"] = "not compared: the test set holds one class, AUROC is undefined"
+        return head
+    col = f"prob_{pos}"
+    head.update(delong_test(y, ta[col].to_numpy(float), tb[col].to_numpy(float)).to_dict(), n_cases=len(common))
+    return head
+
+
+def _fraction_key(r: dict) -> float:
+    return np.inf if r["label_fraction"] is None else r["label_fraction"]
+
+
+def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kwargs) -> dict:
+    """Evaluate a predictions table (DataFrame, path, or list of them): the report.json content.
+
+    ``kwargs`` are EvalSettings fields (``val_split``, ``threshold_rule``, ``n_boot`` ...).
+    """
+    st = settings or EvalSettings(**kwargs)
+    df, sources = _as_frame(predictions)
+    report = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "medtl_version": __version__,
+        "sources": sources,
+        "settings": {**asdict(st), "ci_method": st.ci_method()},
+        "notes": [],
+        "tasks": {},
+    }
+    if df["patient_id"].isna().all():
+        report["notes"].append("no patient ids in the table: the bootstrap resamples cases, which assumes one image "
+                               "per patient (intervals are too narrow otherwise)")  # fmt: skip
+    for task, info in task_infos(df).items():
+        rows_t = df[df["task"] == task]
+        t = {"kind": info.kind, "classes": list(info.classes), "positive_class": None, "strategies": {},
+             "comparisons": [], "notes": []}  # fmt: skip
+        if info.kind == "binary":
+            t["positive_class"] = st.positive_class or info.classes[-1]
+        runs_by_strategy = {}
+        for strategy, rows_s in rows_t.groupby("strategy", sort=False):
+            runs = [evaluate_run(g, info, st) for _, g in rows_s.groupby("run_id", sort=False)]
+            runs.sort(key=lambda r: (_fraction_key(r), -1 if r["seed"] is None else r["seed"], r["run_id"]))
+            runs_by_strategy[str(strategy)] = runs
+            fractions = sorted({_fraction_key(r) for r in runs})
+            by_fraction = [_aggregate([r for r in runs if _fraction_key(r) == f], None if np.isinf(f) else f, st)
+                           for f in fractions]  # fmt: skip
+            entry = dict(by_fraction[-1])  # headline: the largest label fraction
+            entry["by_label_fraction"] = by_fraction if len(by_fraction) > 1 else None
+            entry["runs"] = runs
+            for r in runs:  # curves are drawn for the representative run only: keep the JSON small
+                if r["run_id"] != entry["representative_run"]:
+                    r["curves"] = None
+            t["strategies"][str(strategy)] = entry
+            for r in runs:
+                t["notes"].extend(n for n in r["notes"] if n not in t["notes"])
+        t["comparisons"] = _delong_pairs(rows_t, info, runs_by_strategy, st)
+        if info.kind == "multiclass" and len(runs_by_strategy) > 1:
+            t["notes"].append("DeLong comparisons are made for binary tasks only")
+        report["tasks"][str(task)] = t
+    return _clean(report)
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _num(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def load_report(path: str | Path) -> dict:
+    """Read a report.json, checking its schema."""
+    import json
+
+    path = Path(path)
+    try:
+        rep = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise MedtlError(f"cannot read report: {err}", path) from err
+    if not isinstance(rep, dict) or rep.get("schema") != SCHEMA:
+        raise MedtlError(f"not a medtl evaluation report (schema {SCHEMA!r} expected)", path)
+    major = str(rep.get("schema_version", "")).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise MedtlError(f"report schema version {rep.get('schema_version')} is not supported "
+                         f"(this medtl reads {SCHEMA_VERSION})", path)  # fmt: skip
+    return rep

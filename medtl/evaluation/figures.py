@@ -1,0 +1,211 @@
+"""Report figures, drawn with matplotlib's Agg backend from report.json data; each returns PNG bytes.
+
+Figures are drawn from the report's stored numbers (not from raw predictions), so a combined report
+built from several report.json files can redraw them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+_DPI = 100
+
+
+def _plt():
+    # Lazily, and always headless: reports are made on servers without a display.
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _arr(v) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+
+def _fmt(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "undefined"
+    if m.get("ci_low") is None:
+        return f"{m['value']:.3f}"
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def roc_figure(curves: Sequence[dict], title: str) -> bytes:
+    """``curves``: dicts with label, fpr, tpr, tpr_low, tpr_high (bands optional), auc (metric dict)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    for c in curves:
+        (line,) = ax.plot(c["fpr"], c["tpr"], lw=1.8, label=f"{c['label']}: AUROC {_fmt(c.get('auc'))}")
+        if c.get("tpr_low") is not None:
+            ax.fill_between(c["fpr"], _arr(c["tpr_low"]), _arr(c["tpr_high"]), color=line.get_color(), alpha=0.18, lw=0)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title)
+    ax.legend(loc="lower right", fontsize=7.5)
+    ax.grid(alpha=0.3)
+    return to_png(fig)
+
+
+def pr_figure(curves: Sequence[dict], title: str) -> bytes:
+    """``curves``: label, recall, precision, precision_low/high, prevalence, ap (metric dict)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    for c in curves:
+        (line,) = ax.plot(c["recall"], c["precision"], lw=1.8, drawstyle="steps-post",
+                          label=f"{c['label']}: AUPRC {_fmt(c.get('ap'))}")  # fmt: skip
+        if c.get("precision_low") is not None:
+            ax.fill_between(c["recall"], _arr(c["precision_low"]), _arr(c["precision_high"]), step="post",
+                            color=line.get_color(), alpha=0.18, lw=0)  # fmt: skip
+        if c.get("prevalence") is not None:
+            ax.axhline(c["prevalence"], ls=":", lw=1, color=line.get_color())
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
+    ax.legend(loc="lower left", fontsize=7.5)
+    ax.grid(alpha=0.3)
+    return to_png(fig)
+
+
+def reliability_figure(panels: Sequence[dict], title: str, xlabel: str) -> bytes:
+    """One panel per strategy (``panels``: title, lines); each line: label, reliability, ece, style.
+
+    Marker area grows with the number of cases in the bin, so sparse bins do not look as certain as
+    full ones; the lower row shows the cases per bin.
+    """
+    plt = _plt()
+    n = len(panels)
+    fig, axes = plt.subplots(2, n, figsize=(3.4 * n + 0.3, 4.6), squeeze=False, sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
+    for j, panel in enumerate(panels):
+        ax, axh = axes[0, j], axes[1, j]
+        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+        for line in panel["lines"]:
+            r = line["reliability"]
+            edges = np.asarray(r["edges"])
+            conf, obs = _arr(r["confidence"]), _arr(r["observed"])
+            cnt = np.asarray(r["count"], dtype=float)
+            ok = ~np.isnan(conf)
+            (l,) = ax.plot(conf[ok], obs[ok], lw=1.3, ls=line.get("style", "-"),
+                           label=f"{line['label']}: ECE {_fmt(line.get('ece'))}")  # fmt: skip
+            ax.scatter(conf[ok], obs[ok], s=6 + 60 * np.sqrt(cnt[ok] / max(cnt.max(), 1)), color=l.get_color(), zorder=3)
+            axh.stairs(cnt, edges, color=l.get_color(), ls=line.get("style", "-"))
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=panel["title"])
+        ax.title.set_fontsize(9)
+        ax.legend(loc="upper left", fontsize=6.5)
+        ax.grid(alpha=0.3)
+        axh.set(xlabel=xlabel)
+        axh.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("observed frequency")
+    axes[1, 0].set_ylabel("cases")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
+    """``matrices``: label, classes, counts (rows true, columns predicted)."""
+    plt = _plt()
+    n = len(matrices)
+    k = max(len(m["classes"]) for m in matrices)
+    size = 1.2 + 0.55 * k
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.8 * (n - 1) + 0.6, size + 0.6), squeeze=False)
+    for j, (ax, m) in enumerate(zip(axes[0], matrices)):
+        cm = np.asarray(m["counts"], dtype=float)
+        rows = cm.sum(axis=1, keepdims=True)
+        frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for k in range(cm.shape[1]):
+                ax.text(k, i, f"{int(cm[i, k])}\n{frac[i, k]:.0%}", ha="center", va="center", fontsize=7.5,
+                        color="white" if frac[i, k] > 0.6 else "black")  # fmt: skip
+        ax.set_xticks(range(len(m["classes"])), m["classes"], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(m["classes"])), m["classes"], fontsize=8)
+        ax.set_xlabel("predicted")
+        if j == 0:
+            ax.set_ylabel("true")
+        ax.set_title(m["label"], fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def label_fraction_figure(series: Sequence[dict], metric: str, title: str) -> bytes:
+    """``series``: label, x (fractions), y, low, high (interval per point)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    for s in series:
+        x, y = np.asarray(s["x"], dtype=float), _arr(s["y"])
+        lo, hi = _arr(s["low"]), _arr(s["high"])
+        (line,) = ax.plot(x, y, marker="o", lw=1.6, label=s["label"])
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+    ax.set_xscale("log")
+    ticks = sorted({float(x) for s in series for x in s["x"]})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="fraction of target labels used (log scale)", ylabel=metric, title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return to_png(fig)
+
+
+def scatter_figure(series: Sequence[dict], title: str) -> bytes:
+    """Regression: predicted against true (``series``: label, points {label, prediction}), identity line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    lo, hi = np.inf, -np.inf
+    for s in series:
+        y = np.asarray(s["points"]["label"], dtype=float)
+        f = np.asarray(s["points"]["prediction"], dtype=float)
+        ax.scatter(y, f, s=9, alpha=0.55, label=f"{s['label']}: MAE {_fmt(s.get('mae'))}")
+        lo, hi = min(lo, y.min(), f.min()), max(hi, y.max(), f.max())
+    ax.plot([lo, hi], [lo, hi], ls=":", c="grey")
+    ax.set(xlabel="true", ylabel="predicted", title=title)
+    ax.legend(fontsize=7.5)
+    ax.grid(alpha=0.3)
+    return to_png(fig)
+
+
+def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None) -> bytes:
+    """One panel per logged metric against ``x``; one line per ``by`` group (e.g. run_id)."""
+    plt = _plt()
+    n = len(metrics)
+    cols = min(3, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    groups = list(log.groupby(by, sort=True)) if by else [("", log)]
+    for ax, name in zip(axes.ravel(), metrics):
+        for g, rows_ in groups:
+            d = rows_[[x, name]].dropna()
+            if len(d):
+                ax.plot(d[x], d[name], lw=1.4, marker="." if len(d) < 30 else None, label=str(g) if by else None)
+        ax.set(xlabel=x, title=name)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    if by and len(groups) > 1:
+        axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def embedding_figure(xy: np.ndarray, domains: Sequence[str], title: str) -> bytes:
+    """2D embedding of features, coloured by domain."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    domains = np.asarray([str(d) for d in domains])
+    for d in sorted(set(domains)):
+        m = domains == d
+        ax.scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.6, label=f"{d} (n={int(m.sum())})")
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.legend(fontsize=8, markerscale=2)
+    return to_png(fig)

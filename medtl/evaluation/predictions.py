@@ -1,0 +1,387 @@
+"""The predictions table: the single interface between models and evaluation.
+
+One row per case and run. Columns:
+
+=================  ==========================================================================
+``case_id``        the image or volume (required)
+``patient_id``     the patient; bootstrap resamples patients when present (empty: the case)
+``domain``         source / target / site name
+``split``          ``train`` / ``val`` / ``test`` ...: val picks thresholds, test is reported
+``label``          the true class NAME (classification) or a number (regression) (required)
+``prob_<class>``   probability of each class, one column per class, summing to 1 per row
+``prediction``     the predicted value, regression only (instead of ``prob_*``)
+``run_id``         one training run (model + seed + label fraction)
+``strategy``       the transfer strategy that produced the run
+``task``           the task name; a table may hold several tasks with different classes
+``seed``           the run's seed (integer, may be empty)
+``label_fraction`` optional: fraction of target labels used in training (a label-fraction curve)
+=================  ==========================================================================
+
+Extra columns are kept. In a table holding several tasks, a task's classes are the ``prob_``
+columns filled for its rows (the others are empty for it). Missing optional columns get defaults
+(``split`` = test, ``strategy``/``task`` = "default", ``run_id`` = strategy + seed + fraction).
+
+The loader validates: probabilities are numbers in [0, 1] summing to 1 (within 1e-3), no NaN
+scores, labels among the task's classes, one row per case and run. Anything else is a MedtlError
+naming the file and the offending cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtl.errors import MedtlError
+
+__all__ = [
+    "COLUMNS",
+    "PROB_PREFIX",
+    "TaskInfo",
+    "PredictionAccumulator",
+    "prob_column",
+    "task_infos",
+    "validate_predictions",
+    "load_predictions",
+    "write_predictions",
+    "predictions_from_arrays",
+    "probabilities",
+    "label_indices",
+]
+
+COLUMNS = ("case_id", "patient_id", "domain", "split", "label", "run_id", "strategy", "task", "seed")
+TEXT_COLUMNS = ("case_id", "patient_id", "domain", "split", "run_id", "strategy", "task")
+PROB_PREFIX = "prob_"
+PREDICTION = "prediction"
+SUM_TOLERANCE = 1e-3
+RUN_KEY = ("task", "strategy", "run_id")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task's name, kind (``binary``, ``multiclass`` or ``regression``) and ordered class names."""
+
+    name: str
+    kind: str
+    classes: tuple[str, ...] = ()
+
+
+def prob_column(class_name: str) -> str:
+    return f"{PROB_PREFIX}{class_name}"
+
+
+def _prob_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if isinstance(c, str) and c.startswith(PROB_PREFIX)]
+
+
+def _cases(df: pd.DataFrame, mask, limit: int = 5) -> str:
+    ids = df.loc[mask, "case_id"].astype(str).tolist()
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+def task_infos(df: pd.DataFrame) -> dict[str, TaskInfo]:
+    """Kind and classes of every task in a validated table."""
+    out = {}
+    for task, rows in df.groupby("task", sort=False):
+        classes = tuple(c[len(PROB_PREFIX) :] for c in _prob_columns(rows) if rows[c].notna().any())
+        if classes:
+            out[str(task)] = TaskInfo(str(task), "binary" if len(classes) == 2 else "multiclass", classes)
+        else:
+            out[str(task)] = TaskInfo(str(task), "regression")
+    return out
+
+
+def _fill_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    if "split" not in df:
+        df["split"] = "test"
+    for col in ("task", "strategy"):
+        if col not in df:
+            df[col] = "default"
+    if "domain" not in df:
+        df["domain"] = ""
+    if "patient_id" not in df:
+        df["patient_id"] = pd.NA
+    if "seed" not in df:
+        df["seed"] = pd.NA
+    if "run_id" not in df:
+        run = df["strategy"].astype(str)
+        if df["seed"].notna().any():
+            run = run + "-s" + df["seed"].astype(str)
+        if "label_fraction" in df:
+            run = run + "-f" + df["label_fraction"].astype(str)
+        df["run_id"] = run
+    return df
+
+
+def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> pd.DataFrame:
+    """A checked, normalised copy of a predictions table (see the module note); MedtlError if bad."""
+    where = str(where) if where is not None else "predictions"
+    for col in ("case_id", "label"):
+        if col not in df.columns:
+            raise MedtlError(f"missing required column {col!r} (have: {', '.join(map(str, df.columns))})", where)
+    if df.empty:
+        raise MedtlError("the predictions table has no rows", where)
+    df = _fill_defaults(df)
+    for col in TEXT_COLUMNS:
+        if col == "patient_id":
+            # An empty patient id means "unknown": that case is its own sampling unit.
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
+            df[col] = [None if v is None or str(v) == "" else str(v) for v in df[col]]
+        else:
+            df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+    if (df["case_id"] == "").any():
+        raise MedtlError("some rows have an empty case_id", where)
+    df["seed"] = _numeric(df, "seed", where).astype("Int64")
+    if "label_fraction" in df:
+        df["label_fraction"] = _numeric(df, "label_fraction", where)
+    probs = _prob_columns(df)
+    for c in probs + ([PREDICTION] if PREDICTION in df else []):
+        df[c] = _numeric(df, c, where)
+
+    labels = df["label"].astype(object)
+    for task, info in task_infos(df).items():
+        rows = df["task"] == task
+        if info.kind == "regression":
+            _check_regression(df, rows, task, where)
+            continue
+        cols = [prob_column(c) for c in info.classes]
+        P = df.loc[rows, cols]
+        _check_same_classes(df.loc[rows], cols, task, where)
+        bad = P.isna().any(axis=1)
+        if bad.any():
+            raise MedtlError(f"task {task!r}: NaN scores in {', '.join(cols)} for cases {_cases(df.loc[rows], bad)}",
+                             where)  # fmt: skip
+        out_of_range = ((P < 0) | (P > 1)).any(axis=1)
+        if out_of_range.any():
+            raise MedtlError(f"task {task!r}: probabilities outside [0, 1] for cases "
+                             f"{_cases(df.loc[rows], out_of_range)} (logits instead of probabilities?)", where)  # fmt: skip
+        sums = P.sum(axis=1)
+        off = (sums - 1.0).abs() > SUM_TOLERANCE
+        if off.any():
+            first = float(sums[off].iloc[0])
+            raise MedtlError(f"task {task!r}: probabilities do not sum to 1 (e.g. {first:.4g}) for cases "
+                             f"{_cases(df.loc[rows], off)}; write softmax probabilities of every class", where)  # fmt: skip
+        if PREDICTION in df and df.loc[rows, PREDICTION].notna().any():
+            raise MedtlError(f"task {task!r} has both prob_* and prediction values: classification or regression?",
+                             where)  # fmt: skip
+        names = labels[rows].map(lambda v: _label_name(v))
+        unknown = sorted(set(names) - set(info.classes), key=str)
+        if unknown:
+            raise MedtlError(f"task {task!r}: labels {unknown[:10]} do not match the model's classes "
+                             f"{list(info.classes)} (from the prob_ columns)", where)  # fmt: skip
+        labels[rows] = names
+    df["label"] = labels
+
+    dup = df.duplicated(list(RUN_KEY) + ["case_id"], keep=False)
+    if dup.any():
+        raise MedtlError(f"cases appear more than once in one run: {_cases(df, dup)} (task, strategy, run_id)", where)
+    for key, run in df.groupby(list(RUN_KEY), sort=False):
+        for col in ("seed", "label_fraction"):
+            if col in run and run[col].nunique(dropna=False) > 1:
+                raise MedtlError(f"run {key[2]!r} of task {key[0]!r} mixes several values of {col!r}", where)
+    return df
+
+
+def _check_same_classes(rows: pd.DataFrame, cols: list[str], task: str, where: str) -> None:
+    # A run whose model has other class names leaves some of the task's prob_ columns empty.
+    filled = rows[cols].notna().groupby(rows["run_id"], sort=False).any()
+    names = {run: tuple(c[len(PROB_PREFIX) :] for c in cols if has[c]) for run, has in filled.iterrows()}
+    if len(set(names.values())) > 1:
+        shown = "; ".join(f"run {r!r}: {list(n)}" for r, n in list(names.items())[:4])
+        raise MedtlError(f"task {task!r}: runs disagree on the class names ({shown})", where)
+
+
+def _label_name(v) -> str | None:
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+        return None
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))  # 1.0 read from a numeric column means class "1"
+    return str(v)
+
+
+def _numeric(df: pd.DataFrame, col: str, where: str) -> pd.Series:
+    values = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
+    bad = values.isna() & df[col].notna() & (df[col].astype(str) != "")
+    if bad.any():
+        raise MedtlError(f"column {col!r} holds non-numbers for cases {_cases(df, bad)}", where)
+    return values.astype(float)
+
+
+def _check_regression(df: pd.DataFrame, rows, task: str, where: str) -> None:
+    if PREDICTION not in df:
+        raise MedtlError(f"task {task!r} has neither prob_<class> columns nor a {PREDICTION!r} column", where)
+    pred = df.loc[rows, PREDICTION]
+    if pred.isna().any():
+        raise MedtlError(f"task {task!r}: NaN predictions for cases {_cases(df.loc[rows], pred.isna())}", where)
+    y = pd.to_numeric(df.loc[rows, "label"], errors="coerce")
+    if y.isna().any():
+        raise MedtlError(f"task {task!r} (regression): non-numeric labels for cases "
+                         f"{_cases(df.loc[rows], y.isna())}", where)  # fmt: skip
+
+
+def load_predictions(path: str | Path) -> pd.DataFrame:
+    """Read and validate a predictions table from ``.csv`` or ``.parquet``."""
+    path = Path(path)
+    if not path.exists():
+        raise MedtlError("predictions file not found", path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        # Ids and labels stay text ("007" is not 7); the rest is parsed in validation.
+        text = {c: str for c in (*TEXT_COLUMNS, "label")}
+        try:
+            df = pd.read_csv(path, dtype=text, keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+            raise MedtlError(f"cannot read CSV: {err}", path) from err
+    elif suffix in (".parquet", ".pq"):
+        _need_parquet(path)
+        df = pd.read_parquet(path)
+    else:
+        raise MedtlError(f"unknown predictions format {suffix!r}: use .csv or .parquet", path)
+    return validate_predictions(df, path)
+
+
+def _need_parquet(path) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        try:
+            import fastparquet  # noqa: F401
+        except ImportError as err:
+            raise MedtlError("Parquet needs pyarrow (pip install pyarrow); or write CSV", path) from err
+
+
+def write_predictions(df: pd.DataFrame, path: str | Path) -> Path:
+    """Validate and write a predictions table as ``.csv`` or ``.parquet`` (standard columns first)."""
+    path = Path(path)
+    df = validate_predictions(df, path)
+    first = [c for c in COLUMNS if c in df]
+    df = df[first + [c for c in df.columns if c not in first]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        df.to_csv(path, index=False)
+    elif path.suffix.lower() in (".parquet", ".pq"):
+        _need_parquet(path)
+        df.to_parquet(path, index=False)
+    else:
+        raise MedtlError(f"unknown predictions format {path.suffix!r}: use .csv or .parquet", path)
+    return path
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predictions_from_arrays(
+    case_ids: Sequence,
+    labels: Sequence,
+    probs=None,
+    *,
+    class_names: Sequence[str] | None = None,
+    prediction=None,
+    logits: bool = False,
+    patient_ids: Sequence | None = None,
+    domain: str | Sequence = "",
+    split: str | Sequence = "test",
+    run_id: str = "run",
+    strategy: str = "default",
+    task: str = "default",
+    seed: int | None = None,
+    **extra,
+) -> pd.DataFrame:
+    """Build a validated predictions table from arrays.
+
+    Classification: ``probs`` (n, K) probabilities (or logits with ``logits=True``) and
+    ``class_names`` (K names; default "0".."K-1"); ``labels`` are class names or indices into them.
+    Regression: ``prediction`` (n,) and numeric ``labels``. ``extra`` adds columns (scalars or arrays).
+    """
+    n = len(case_ids)
+    df = pd.DataFrame({"case_id": [str(c) for c in case_ids]})
+    df["patient_id"] = [None] * n if patient_ids is None else [None if p is None else str(p) for p in patient_ids]
+    df["domain"] = domain
+    df["split"] = split
+    if probs is not None:
+        P = np.asarray(probs, dtype=float)
+        if P.ndim != 2 or len(P) != n:
+            raise MedtlError(f"probs must be (n_cases, n_classes) = ({n}, K), got {P.shape}", "probs")
+        P = _softmax(P) if logits else P
+        names = [str(c) for c in (class_names if class_names is not None else range(P.shape[1]))]
+        if len(names) != P.shape[1]:
+            raise MedtlError(f"{len(names)} class names for {P.shape[1]} probability columns", "class_names")
+        lab = np.asarray(labels)
+        if np.issubdtype(lab.dtype, np.integer):
+            if lab.min(initial=0) < 0 or lab.max(initial=0) >= len(names):
+                raise MedtlError(f"label indices outside 0..{len(names) - 1}", "labels")
+            df["label"] = [names[i] for i in lab]
+        else:
+            df["label"] = [str(v) for v in lab]
+        for j, name in enumerate(names):
+            df[prob_column(name)] = P[:, j]
+    elif prediction is not None:
+        df["label"] = np.asarray(labels, dtype=float)
+        df[PREDICTION] = np.asarray(prediction, dtype=float)
+    else:
+        raise MedtlError("give probs (classification) or prediction (regression)", "predictions_from_arrays")
+    df["run_id"], df["strategy"], df["task"] = run_id, strategy, task
+    df["seed"] = pd.NA if seed is None else seed
+    for k, v in extra.items():
+        df[k] = v
+    return validate_predictions(df)
+
+
+def probabilities(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """The (n, K) probability matrix of ``classes`` in order."""
+    return df[[prob_column(c) for c in classes]].to_numpy(dtype=float)
+
+
+def label_indices(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """True labels as indices into ``classes``."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup[str(v)] for v in df["label"]], dtype=int)
+
+
+def _numpy(a):
+    if a is None:
+        return None
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+class PredictionAccumulator:
+    """Collects batches from an inference loop and builds the predictions table at the end.
+
+    >>> acc = PredictionAccumulator(class_names=["normal", "tumor"], run_id="ft-s0", strategy="finetune")
+    >>> acc.update(case_ids=["a", "b"], probs=[[0.9, 0.1], [0.2, 0.8]], labels=[0, 1], split="test")
+    >>> acc.to_frame().shape[0]
+    2
+    """
+
+    def __init__(self, class_names: Sequence[str] | None = None, *, logits: bool = False, **run_columns):
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.logits = logits
+        self.run_columns = run_columns  # run_id, strategy, task, seed, label_fraction ...
+        self._frames: list[pd.DataFrame] = []
+
+    def update(self, case_ids, labels, probs=None, prediction=None, **columns) -> None:
+        """Add one batch; tensors are accepted (moved to CPU numpy)."""
+        cols = {k: _numpy(v) if hasattr(v, "detach") else v for k, v in {**self.run_columns, **columns}.items()}
+        self._frames.append(predictions_from_arrays(
+            list(case_ids), _numpy(labels), _numpy(probs), prediction=_numpy(prediction), logits=self.logits,
+            class_names=self.class_names, **cols,
+        ))  # fmt: skip
+
+    def reset(self) -> None:
+        self._frames.clear()
+
+    def to_frame(self) -> pd.DataFrame:
+        if not self._frames:
+            raise MedtlError("no predictions were accumulated", "PredictionAccumulator")
+        return validate_predictions(pd.concat(self._frames, ignore_index=True))
+
+    def write(self, path: str | Path) -> Path:
+        return write_predictions(self.to_frame(), path)

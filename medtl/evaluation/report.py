@@ -1,0 +1,700 @@
+"""Reports from one call: report.json (the numbers), report.md and a self-contained report.html.
+
+``make_report(predictions, out_dir)`` evaluates a predictions table (evaluate.py) and renders it;
+``combine(inputs, out_dir)`` merges several predictions tables and report.json files into one
+comparison report. Rendering reads only the report dict (plus optional extras: a metrics log for
+learning curves, features for a domain embedding, Grad-CAM PNGs), so a report.json can always be
+re-rendered. Markdown and HTML are built from one block list, so they say the same things.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtl.errors import MedtlError
+from medtl.evaluation import figures as fig
+from medtl.evaluation.evaluate import (
+    CLASS_METRICS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    EvalSettings,
+    _clean,
+    evaluate_predictions,
+    load_report,
+)
+from medtl.evaluation.metrics import DEFINITIONS
+
+NAMES = {
+    "auroc": "AUROC", "auprc": "AUPRC", "sensitivity": "Sensitivity", "specificity": "Specificity",
+    "ppv": "PPV", "npv": "NPV", "f1": "F1", "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.",
+    "kappa": "Cohen's kappa", "mcc": "MCC", "brier": "Brier", "ece": "ECE", "mce": "MCE",
+    "mae": "MAE", "rmse": "RMSE", "r2": "R²", "pearson_r": "Pearson r",
+}  # fmt: skip
+TABLES = {
+    "classification": [
+        ("Discrimination", ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "f1")),
+        ("Agreement and calibration", ("accuracy", "balanced_accuracy", "kappa", "mcc", "brier", "ece", "mce")),
+    ],
+    "regression": [("Regression", ("mae", "rmse", "r2", "pearson_r"))],
+}
+HEADLINE = {"binary": "auroc", "multiclass": "auroc", "regression": "mae"}
+
+
+# ----------------------------------------------------------------------------- a tiny document model
+
+
+class _Doc:
+    """Blocks rendered to both Markdown and HTML; figures are kept as PNG bytes."""
+
+    def __init__(self, level: str = "95%"):
+        self.level = level  # the CI level, for captions
+        self.blocks: list[tuple] = []
+        self.figures: dict[str, tuple[bytes, str]] = {}
+
+    def h(self, level: int, text: str):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str):
+        self.blocks.append(("p", text))
+
+    def bullets(self, items: Sequence[str]):
+        if items:
+            self.blocks.append(("ul", list(items)))
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str | None = None):
+        self.blocks.append(("table", list(header), [list(map(str, r)) for r in rows], caption))
+
+    def figures_row(self, items: Sequence[tuple[str, bytes, str]]):
+        """``items``: (file name, PNG bytes, caption), shown side by side."""
+        names = []
+        for name, png, caption in items:
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+            self.figures[name] = (png, caption)
+            names.append(name)
+        if names:
+            self.blocks.append(("figs", names))
+
+    def markdown(self) -> str:
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append("#" * b[1] + " " + b[2])
+            elif b[0] == "p":
+                out.append(b[1])
+            elif b[0] == "ul":
+                out.append("\n".join(f"- {i}" for i in b[1]))
+            elif b[0] == "table":
+                cell = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+                lines = ["| " + " | ".join(map(cell, b[1])) + " |", "|" + "---|" * len(b[1])]
+                lines += ["| " + " | ".join(map(cell, r)) + " |" for r in b[2]]
+                if b[3]:
+                    lines.append(f"\n*{b[3]}*")
+                out.append("\n".join(lines))
+            elif b[0] == "figs":
+                out.append("\n\n".join(f"![{self.figures[n][1]}](figures/{n})" for n in b[1]))
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        e = html.escape
+        body = []
+        for b in self.blocks:
+            if b[0] == "h":
+                body.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                body.append(f"<p>{_inline(b[1])}</p>")
+            elif b[0] == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
+            elif b[0] == "table":
+                head = "".join(f"<th>{e(h)}</th>" for h in b[1])
+                rows = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in b[2])
+                cap = f"<caption>{_inline(b[3])}</caption>" if b[3] else ""
+                body.append(f'<div class="tw"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
+            elif b[0] == "figs":
+                figs = []
+                for n in b[1]:
+                    png, caption = self.figures[n]
+                    data = base64.b64encode(png).decode("ascii")
+                    figs.append(f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+                                f"<figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
+                body.append('<div class="figs">' + "".join(figs) + "</div>")
+        return _HTML.format(title=e(title), body="\n".join(body))
+
+
+def _cell(text: str) -> str:
+    first, _, second = html.escape(text).partition("\n")
+    return f'{first}<br><span class="ci">{second}</span>' if second else first
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn Markdown `code` and **bold** into HTML."""
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1180px;
+       padding: 0 1.5em; color: #1d2430; line-height: 1.45; }}
+h1 {{ border-bottom: 2px solid #2a6ebb; padding-bottom: .2em; }}
+h2 {{ border-bottom: 1px solid #ccd; padding-bottom: .15em; margin-top: 1.8em; }}
+.tw {{ overflow-x: auto; margin: .8em 0 1.2em; }}
+table {{ border-collapse: collapse; font-size: 13px; }}
+caption {{ caption-side: bottom; text-align: left; font-size: 12px; color: #556; padding-top: .4em; }}
+th, td {{ border: 1px solid #ccd3de; padding: 4px 8px; text-align: left; white-space: nowrap; }}
+th {{ background: #eef2f8; }}
+tbody tr:nth-child(even) {{ background: #f8f9fc; }}
+.figs {{ display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }}
+figure {{ margin: 0; display: table; }}
+figure img {{ max-width: 100%; border: 1px solid #e3e6ec; }}
+figcaption {{ display: table-caption; caption-side: bottom; font-size: 12px; color: #556; padding-top: .3em; }}
+.ci {{ color: #5a6472; font-size: 11.5px; }}
+code {{ background: #f1f3f7; padding: 0 3px; border-radius: 3px; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
+    """``0.853 (0.801-0.897)``; over seeds ``0.853 ± 0.012 (...)``; undefined values point to a footnote."""
+    if m is None:
+        return "–"
+    if m.get("value") is None:
+        if foot is not None:
+            foot.append(f"{where}: {m.get('reason', 'undefined')}")
+            return f"undefined [{len(foot)}]"
+        return "undefined"
+    s = f"{m['value']:.3f}"
+    if m.get("std") is not None:
+        s += f" ± {m['std']:.3f}"
+    if m.get("outside_interval"):
+        s += " *"
+    if m.get("ci_low") is not None:
+        s += f"\n({m['ci_low']:.3f}–{m['ci_high']:.3f})"  # the interval goes on a second line in HTML
+    return s
+
+
+def _fmt_threshold(t: dict | None) -> str:
+    if t is None:
+        return "–"
+    if t.get("rule") == "argmax":
+        return "argmax"
+    if t.get("value") is None and t.get("per_run"):
+        vals = [v for v in t["per_run"].values() if v is not None]
+        return f"{t['rule']}: {min(vals):.3g}–{max(vals):.3g} per run" if vals else t["rule"]
+    rule = t["rule"] if t.get("target") is None else f"{t['rule']} ≥ {t['target']:g}"
+    src = f" on {t['chosen_on']}" if t.get("chosen_on") else ""
+    return f"{t['value']:.4g} ({rule}{src})"
+
+
+def _label(strategy: str, entry: dict) -> str:
+    lf = entry.get("label_fraction")
+    return strategy if lf is None else f"{strategy} @ {lf:g}"
+
+
+def _rep_run(entry: dict) -> dict:
+    rid = entry["representative_run"]
+    return next(r for r in entry["runs"] if r["run_id"] == rid)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _task_section(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
+    kind = t["kind"]
+    desc = kind if kind == "regression" else f"{kind}; classes {', '.join(t['classes'])}"
+    if t.get("positive_class"):
+        desc += f"; positive class **{t['positive_class']}**"
+    doc.h(2, f"Task: {name}")
+    doc.p(f"Kind: {desc}.")
+    strategies = t["strategies"]
+    first = next(iter(strategies.values()))
+    rep = _rep_run(first)
+    if kind != "regression":
+        prev = rep["prevalence"]["test"]
+        patients = f" from {rep['n_test_patients']} patients" if rep["n_test_patients"] else ""
+        counts = ", ".join(f"{c} {v['n']} ({v['fraction']:.1%})" for c, v in prev.items())
+        doc.p(f"Test prevalence: {counts} of {rep['n_test']} test cases{patients}.")
+    else:
+        s = rep["label_summary"]
+        doc.p(f"Test labels: mean {s['mean']:.3g}, range {s['min']:.3g}–{s['max']:.3g}, n = {rep['n_test']}.")
+    doc.bullets(t.get("notes", []))
+
+    foot: list[str] = []
+    group = "regression" if kind == "regression" else "classification"
+    seeds = any(e["n_runs"] > 1 for e in strategies.values())
+    for title, metrics in TABLES[group]:
+        rows = []
+        for s, e in strategies.items():
+            row = [_label(s, e), str(e["n_runs"]), str(e["n_test"])]
+            row += [_fmt(e["metrics"].get(m), foot, f"{s}, {NAMES[m]}") for m in metrics]
+            if title != "Agreement and calibration" and kind != "regression":
+                row.append(_fmt_threshold(e.get("threshold")))
+            rows.append(row)
+        header = ["Strategy", "Runs", "n test"] + [NAMES[m] for m in metrics]
+        if title != "Agreement and calibration" and kind != "regression":
+            header.append("Threshold")
+        cap = f"Value ({doc.level} CI)"
+        if seeds:
+            cap += "; with several runs: mean ± SD over seeds and a t-interval of the mean"
+        if any(e["metrics"].get(m, {}).get("outside_interval") for e in strategies.values() for m in metrics):
+            cap += ("; * the estimate lies outside its bootstrap interval: the statistic is biased upwards under "
+                    "resampling (binned ECE/MCE are, when bins hold few cases)")  # fmt: skip
+        doc.h(3, title)
+        doc.table(header, rows, cap)
+    if foot:
+        doc.p("Undefined values:")
+        doc.bullets([f"[{i + 1}] {f}" for i, f in enumerate(foot)])
+
+    if kind == "multiclass":
+        _per_class_table(doc, strategies)
+    if kind != "regression":
+        _calibration_table(doc, strategies)
+    _runs_table(doc, strategies, kind)
+    _fraction_section(doc, name, t, fig_list)
+    _comparisons(doc, t)
+    _task_figures(doc, name, t, fig_list)
+
+
+def _per_class_table(doc: _Doc, strategies: dict) -> None:
+    doc.h(3, "Per class (one-vs-rest)")
+    foot: list[str] = []
+    rows = []
+    for s, e in strategies.items():
+        for c, ms in e["per_class"].items():
+            rows.append([_label(s, e), c] + [_fmt(ms[m], foot, f"{s}, {c}, {NAMES[m]}") for m in CLASS_METRICS])
+    doc.table(["Strategy", "Class"] + [NAMES[m] for m in CLASS_METRICS], rows,
+              f"Value ({doc.level} CI), one class against the rest")  # fmt: skip
+    if foot:
+        doc.bullets([f"[{i + 1}] {f}" for i, f in enumerate(foot)])
+
+
+def _calibration_table(doc: _Doc, strategies: dict) -> None:
+    rows = []
+    for s, e in strategies.items():
+        r = _rep_run(e)
+        c = r["calibration"]
+        scaled = e.get("calibration_scaled") or {}
+        temp = f"{c['temperature']:.3f}" if c["temperature"] is not None else "not fitted (no validation rows)"
+        rows.append([_label(s, e), temp, _fmt(e["metrics"]["ece"]), _fmt(scaled.get("ece")),
+                     _fmt(e["metrics"]["brier"]), _fmt(scaled.get("brier"))])  # fmt: skip
+    doc.h(3, "Calibration and temperature scaling")
+    first = _rep_run(next(iter(strategies.values())))["calibration"]
+    star = any(" *" in c for r in rows for c in r)
+    doc.table(["Strategy", "Temperature T", "ECE", "ECE after T", "Brier", "Brier after T"], rows,
+              f"ECE: {first['quantity']}, {first['binning']}. T fitted on validation (NLL), applied to test; "
+              "T > 1 means the model was over-confident; T shown for the representative run"
+              + ("; * the estimate lies outside its bootstrap interval: binned ECE is biased upwards under "
+                 "resampling when bins hold few cases" if star else ""))  # fmt: skip
+
+
+def _runs_table(doc: _Doc, strategies: dict, kind: str) -> None:
+    if all(len(e["runs"]) == 1 for e in strategies.values()):
+        return
+    m = HEADLINE[kind]
+    rows, hidden = [], 0
+    for s, e in strategies.items():
+        for r in e["runs"]:
+            if r["label_fraction"] != e["label_fraction"]:
+                hidden += 1  # other label fractions: summarised in the label-fraction table
+                continue
+            lf = "–" if r["label_fraction"] is None else f"{r['label_fraction']:g}"
+            rows.append([s, r["run_id"], "–" if r["seed"] is None else str(r["seed"]), lf, str(r["n_test"]),
+                         _fmt(r["metrics"][m]), _fmt_threshold(r["threshold"])])  # fmt: skip
+    doc.h(3, "Runs")
+    more = f"; {hidden} runs at smaller label fractions are in report.json" if hidden else ""
+    doc.table(["Strategy", "Run", "Seed", "Label fraction", "n test", NAMES[m], "Threshold"], rows,
+              f"Each run with its own bootstrap interval{more}")  # fmt: skip
+
+
+def _fraction_section(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
+    with_fractions = {s: e for s, e in t["strategies"].items() if e.get("by_label_fraction")}
+    if not with_fractions:
+        return
+    m = HEADLINE[t["kind"]]
+    rows, series = [], []
+    for s, e in with_fractions.items():
+        xs, ys, lo, hi = [], [], [], []
+        for g in e["by_label_fraction"]:
+            if g["label_fraction"] is None:
+                continue
+            v = g["metrics"][m]
+            rows.append([s, f"{g['label_fraction']:g}", str(g["n_runs"]), _fmt(v)])
+            xs.append(g["label_fraction"])
+            ys.append(v["value"])
+            lo.append(v["ci_low"])
+            hi.append(v["ci_high"])
+        series.append({"label": s, "x": xs, "y": ys, "low": lo, "high": hi})
+    doc.h(3, "Label-fraction curve")
+    doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows)
+    png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction")
+    _add_figs(doc, fig_list, [(f"{name}_label_fraction.png", png, f"{name}: {NAMES[m]} against the fraction of "
+                                "target labels used (band: CI over seeds, or bootstrap CI for single runs)")])  # fmt: skip
+
+
+def _comparisons(doc: _Doc, t: dict) -> None:
+    if not t["comparisons"]:
+        return
+    rows, hidden = [], 0
+    headline = {e["label_fraction"] for e in t["strategies"].values()}
+    for c in t["comparisons"]:
+        if c["label_fraction"] not in headline:
+            hidden += 1
+            continue
+        if c.get("note"):
+            rows.append([c["strategy_a"], c["strategy_b"], c["run_a"], c["run_b"], "–", "–", "–", c["note"]])
+            continue
+        p = "–" if c["p_value"] is None else (f"{c['p_value']:.3f}" if c["p_value"] >= 1e-3 else "<0.001")
+        rows.append([c["strategy_a"], c["strategy_b"], c["run_a"], c["run_b"], f"{c['auc_a']:.3f} vs {c['auc_b']:.3f}",
+                     f"{c['difference']:+.3f} ± {c['se']:.3f}", p, c.get("note") or ""])  # fmt: skip
+    doc.h(3, "Pairwise comparison (DeLong)")
+    doc.table(["A", "B", "Run A", "Run B", "AUROC A vs B", "Difference ± SE", "p", "Note"], rows,
+              "DeLong's test for two correlated AUROCs on the same test cases, two-sided; runs paired by seed "
+              "and label fraction; no correction for multiple comparisons"
+              + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else ""))  # fmt: skip
+
+
+def _add_figs(doc: _Doc, fig_list: list[dict], items):
+    doc.figures_row(items)
+    fig_list.extend({"file": f"figures/{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}", "caption": c} for n, _, c in items)
+
+
+def _task_figures(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
+    strategies = t["strategies"]
+    reps = {s: _rep_run(e) for s, e in strategies.items()}
+    note = "representative run per strategy (largest label fraction, first seed)"
+    doc.h(3, "Figures")
+    if t["kind"] == "regression":
+        png = fig.scatter_figure([{"label": s, "points": r["scatter"], "mae": r["metrics"]["mae"]}
+                                  for s, r in reps.items()], f"{name}: predicted vs true")  # fmt: skip
+        _add_figs(doc, fig_list, [(f"{name}_scatter.png", png, f"{name}: predicted against true ({note})")])
+        return
+    items = []
+    if t["kind"] == "binary":
+        roc = [{**r["curves"]["roc"][0], "label": s, "auc": r["metrics"]["auroc"]} for s, r in reps.items()]
+        pr = [{**r["curves"]["pr"][0], "label": s, "ap": r["metrics"]["auprc"]} for s, r in reps.items()]
+        items.append((f"{name}_roc.png", fig.roc_figure(roc, f"{name}: ROC ({t['positive_class']})"),
+                      f"ROC curves with {doc.level} bootstrap bands; {note}"))  # fmt: skip
+        items.append((f"{name}_pr.png", fig.pr_figure(pr, f"{name}: precision-recall"),
+                      f"Precision-recall curves with bootstrap bands; dotted: prevalence; {note}"))  # fmt: skip
+    else:
+        for s, r in reps.items():
+            pcs = _rep_metrics(strategies[s], r)
+            roc = [{**c, "label": c["class"], "auc": pcs[c["class"]]["auroc"]} for c in r["curves"]["roc"]]
+            pr = [{**c, "label": c["class"], "ap": pcs[c["class"]]["auprc"]} for c in r["curves"]["pr"]]
+            items.append((f"{name}_{s}_roc.png", fig.roc_figure(roc, f"{name} / {s}: ROC, one-vs-rest"),
+                          f"{s}: one-vs-rest ROC per class with bootstrap bands"))  # fmt: skip
+            items.append((f"{name}_{s}_pr.png", fig.pr_figure(pr, f"{name} / {s}: PR, one-vs-rest"),
+                          f"{s}: one-vs-rest precision-recall per class"))  # fmt: skip
+    rel = []
+    for s, r in reps.items():
+        c = r["calibration"]
+        lines = [{"label": "raw", "reliability": c["reliability"], "ece": r["metrics"]["ece"]}]
+        if c.get("reliability_scaled"):
+            lines.append({"label": f"T = {c['temperature']:.2f}", "reliability": c["reliability_scaled"],
+                          "ece": (c.get("scaled") or {}).get("ece"), "style": "--"})  # fmt: skip
+        rel.append({"title": s, "lines": lines})
+    xlabel = "predicted probability of " + t["positive_class"] if t["kind"] == "binary" else "top-label confidence"
+    items.append((f"{name}_reliability.png", fig.reliability_figure(rel, f"{name}: reliability", xlabel),
+                  f"Reliability diagrams ({reps[next(iter(reps))]['calibration']['binning']}); dashed: after "
+                  "temperature scaling; marker size and lower row: cases per bin"))  # fmt: skip
+    cms = [{"label": s, **r["confusion_matrix"]} for s, r in reps.items()]
+    thr = "at the validation-chosen threshold" if t["kind"] == "binary" else "argmax"
+    items.append((f"{name}_confusion.png", fig.confusion_figure(cms, f"{name}: confusion matrices (test)"),
+                  f"Confusion matrices on test, {thr}; colour: fraction of the true class"))  # fmt: skip
+    _add_figs(doc, fig_list, items)
+
+
+def _rep_metrics(entry: dict, run: dict) -> dict:
+    return run.get("per_class") or entry.get("per_class") or {}
+
+
+def _methods(doc: _Doc, report: dict) -> None:
+    st = report["settings"]
+    kinds = {t["kind"] for t in report["tasks"].values()}
+    doc.h(2, "Methods")
+    doc.p(f"Threshold-dependent metrics and temperature scaling are fitted on rows with split `{st['val_split']}` "
+          f"and reported on rows with split `{st['test_split']}`; nothing is tuned on test.")  # fmt: skip
+    if "binary" in kinds:
+        rule = {
+            "youden": "the threshold maximising Youden's J = sensitivity + specificity - 1 on validation",
+            "sensitivity": f"the highest threshold reaching sensitivity ≥ {st['target']} on validation",
+            "specificity": f"the lowest threshold reaching specificity ≥ {st['target']} on validation",
+        }[st["threshold_rule"]]
+        doc.p(f"**Threshold rule (binary).** A case is called positive when its positive-class probability is "
+              f"≥ the threshold: {rule}, placed midway between the chosen validation score and the next lower one, "
+              "and applied unchanged to test. Without validation rows (or with a single-class validation set) the "
+              "threshold is 0.5, and the report says so.")  # fmt: skip
+    if "multiclass" in kinds:
+        doc.p("**Multiclass.** The predicted class is the most probable one; sensitivity, specificity, PPV, NPV, F1, "
+              "AUROC and AUPRC are one-vs-rest per class and their unweighted (macro) mean.")  # fmt: skip
+    used = set()
+    for t in report["tasks"].values():
+        used |= set(("mae", "rmse", "r2", "pearson_r") if t["kind"] == "regression" else
+                    ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
+                     "balanced_accuracy", "kappa", "mcc", "brier", "ece", "mce"))  # fmt: skip
+    doc.p("**Metric definitions.**")
+    doc.bullets([f"{NAMES[m]}: {DEFINITIONS[m]}" for m in NAMES if m in used])
+    prev = []
+    for name, t in report["tasks"].items():
+        if t["kind"] != "regression":
+            r = _rep_run(next(iter(t["strategies"].values())))
+            prev.append(f"{name}: " + ", ".join(f"{c} {v['fraction']:.1%}" for c, v in r["prevalence"]["test"].items()))
+    if prev:
+        doc.p("**Prevalence on test** (PPV, NPV and AUPRC depend on it; compare AUPRC with the prevalence): "
+              + "; ".join(prev) + ".")  # fmt: skip
+    doc.p(f"**Confidence intervals.** {st['ci_method']}. Resamples where a metric is undefined are left out of its "
+          "interval (their count is in report.json). With several seeds of one strategy the table shows the mean, "
+          "the standard deviation over seeds and a t-interval of the mean; each run's bootstrap interval is in the "
+          "runs table and report.json.")  # fmt: skip
+    if kinds - {"regression"}:
+        doc.p(f"**Calibration.** Binary: positive-class probability against the observed positive rate; multiclass: "
+              f"top-label confidence against accuracy; {st['n_bins']} equal-width bins on [0, 1]. ECE = Σ_b n_b/n · "
+              "|observed_b − confidence_b|, MCE = max_b of the same gap over non-empty bins. Temperature scaling "
+              "divides the log-probabilities by one T fitted on validation by negative log-likelihood.")  # fmt: skip
+        doc.p("**Comparisons.** DeLong's test (1988) for two correlated AUROCs on the same test cases, using "
+              "mid-rank structural components; two-sided normal p-value.")  # fmt: skip
+    doc.p("**Undefined values.** A metric whose denominator is zero on the test set (AUROC with one class, PPV with "
+          "no positive calls, ...) is reported as undefined with the reason (null in report.json), never as a number.")
+
+
+def _learning_curves(doc: _Doc, metrics_log, fig_list: list[dict]) -> dict:
+    path = Path(metrics_log)
+    try:
+        if path.suffix.lower() == ".csv":
+            log = pd.read_csv(path)
+        else:
+            text = path.read_text()
+            log = pd.DataFrame(json.loads(text)) if text.lstrip().startswith("[") else pd.read_json(path, lines=True)
+    except (OSError, ValueError) as err:
+        raise MedtlError(f"cannot read metrics log: {err}", path) from err
+    x = next((c for c in ("epoch", "step", "iteration") if c in log), None)
+    if x is None:
+        log = log.reset_index().rename(columns={"index": "row"})
+        x = "row"
+    by = next((c for c in ("run_id", "strategy") if c in log and log[c].nunique() > 1), None)
+    skip = {x, "seed", "label_fraction", "run_id", "strategy", "task"}
+    metrics = [c for c in log.columns if c not in skip and pd.api.types.is_numeric_dtype(log[c])][:9]
+    if not metrics:
+        raise MedtlError("the metrics log has no numeric columns to plot", path)
+    doc.h(2, "Learning curves")
+    png = fig.learning_curve_figure(log, x, metrics, by)
+    _add_figs(doc, fig_list, [("learning_curves.png", png, f"Logged metrics against {x}" + (f", by {by}" if by else ""))])
+    return {"source": str(path), "x": x, "metrics": metrics, "by": by}
+
+
+def _read_features(features) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(features, (tuple, list)) and len(features) == 2:
+        return np.asarray(features[0], dtype=float), np.asarray(features[1]).astype(str)
+    if isinstance(features, dict):
+        return np.asarray(features["features"], dtype=float), np.asarray(features["domain"]).astype(str)
+    path = Path(features)
+    if not path.exists():
+        raise MedtlError("features file not found", path)
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "features" not in z or "domain" not in z:
+                raise MedtlError("a features .npz needs arrays 'features' (n, d) and 'domain' (n,)", path)
+            return z["features"].astype(float), z["domain"].astype(str)
+    df = pd.read_csv(path)
+    if "domain" not in df:
+        raise MedtlError("a features CSV needs a 'domain' column and numeric feature columns", path)
+    num = df.drop(columns=["domain"]).select_dtypes("number")
+    return num.to_numpy(float), df["domain"].astype(str).to_numpy()
+
+
+def _embedding(doc: _Doc, features, method: str, seed: int, fig_list: list[dict]) -> dict:
+    X, dom = _read_features(features)
+    if X.ndim != 2 or len(X) != len(dom) or len(X) < 3:
+        raise MedtlError(f"features must be (n, d) with one domain per row, n >= 3; got {X.shape}, {len(dom)}",
+                         "features")  # fmt: skip
+    if not np.isfinite(X).all():
+        raise MedtlError("features contain NaN or infinite values", "features")
+    rng = np.random.default_rng(seed)
+    if method == "tsne" and len(X) > 2000:  # t-SNE is quadratic: a seeded subsample keeps it quick
+        keep = np.sort(rng.permutation(len(X))[:2000])
+        X, dom = X[keep], dom[keep]
+    X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-12)
+    info = {"method": method, "n": int(len(X)), "dim": int(X.shape[1]),
+            "domains": {d: int((dom == d).sum()) for d in sorted(set(dom))}}  # fmt: skip
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2, random_state=seed)
+        xy = pca.fit_transform(X)
+        info["explained_variance_ratio"] = [float(v) for v in pca.explained_variance_ratio_]
+        extra = f"; PC1/PC2 explain {info['explained_variance_ratio'][0]:.0%}/{info['explained_variance_ratio'][1]:.0%}"
+    elif method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(n_components=2, perplexity=min(30.0, (len(X) - 1) / 3), random_state=seed, init="pca").fit_transform(X)
+        extra = ""
+    else:
+        raise MedtlError(f"unknown embedding {method!r}: use pca or tsne", "embedding")
+    doc.h(2, "Feature embedding")
+    title = f"{method.upper()} of standardised features"
+    _add_figs(doc, fig_list, [("embedding.png", fig.embedding_figure(xy, dom, title),
+                               f"{title}, coloured by domain (n = {len(X)}){extra}")])  # fmt: skip
+    return info
+
+
+def _gradcam(doc: _Doc, pngs, fig_list: list[dict]) -> list[str]:
+    items = []
+    for p in pngs:
+        p = Path(p)
+        if not p.is_file() or p.suffix.lower() != ".png":
+            raise MedtlError("Grad-CAM images must be existing .png files", p)
+        items.append((f"gradcam_{p.name}", p.read_bytes(), f"Grad-CAM: {p.stem}"))
+    doc.h(2, "Grad-CAM examples")
+    doc.p("Class activation maps (MONAI Grad-CAM) over the input; for volumes, three orthogonal slices through the "
+          "map's peak (+). They show where the model looked, not whether it was right.")  # fmt: skip
+    _add_figs(doc, fig_list, items)
+    return [str(p) for p in pngs]
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def render_report(
+    report: dict,
+    out_dir: str | Path,
+    *,
+    metrics_log: str | Path | None = None,
+    features=None,
+    embedding: str = "pca",
+    gradcam: Sequence[str | Path] | None = None,
+    title: str = "medtl evaluation report",
+) -> dict[str, Path]:
+    """Write report.json, report.md, report.html and figures/*.png for a report dict into ``out_dir``.
+
+    ``metrics_log``: CSV or JSON-lines training log (learning curves); ``features``: ``.npz`` with
+    ``features`` and ``domain`` arrays, a CSV with a ``domain`` column, or ``(array, domains)``;
+    ``gradcam``: PNG files (e.g. from explain.save_gradcam). Returns the paths written.
+    """
+    report = copy.deepcopy(report)
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    doc = _Doc(level=f"{report['settings'].get('level', 0.95):.0%}")
+    fig_list: list[dict] = []
+    extras: dict = {}
+    doc.h(1, title)
+    doc.p(f"Created {report.get('created', '')} by medtl {report.get('medtl_version', '')} from "
+          + ", ".join(f"`{s}`" for s in report.get("sources", [])) + ".")  # fmt: skip
+    if report.get("notes"):
+        doc.p("**Notes**")
+        doc.bullets(report["notes"])
+    for name, t in report["tasks"].items():
+        _task_section(doc, name, t, fig_list)
+    if metrics_log is not None:
+        extras["learning_curves"] = _learning_curves(doc, metrics_log, fig_list)
+    if features is not None:
+        extras["embedding"] = _embedding(doc, features, embedding, report["settings"].get("seed", 0), fig_list)
+    if gradcam:
+        extras["gradcam"] = _gradcam(doc, gradcam, fig_list)
+    _methods(doc, report)
+
+    for name, (png, _) in doc.figures.items():
+        (out / "figures" / name).write_bytes(png)
+    report["figures"] = fig_list
+    report["extras"] = extras
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html",
+             "figures": out / "figures"}  # fmt: skip
+    paths["json"].write_text(_dumps(_clean(report)))
+    paths["md"].write_text(doc.markdown())
+    paths["html"].write_text(doc.html(title))
+    return paths
+
+
+def _dumps(obj) -> str:
+    """Indented JSON with flat lists of numbers kept on one line (curves would take thousands of lines)."""
+    text = json.dumps(obj, indent=1, ensure_ascii=False)
+    flat = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false)(?:,\s*(?:-?[\d.eE+-]+|null|true|false))*)\s*\]")
+    return flat.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n"
+
+
+def make_report(
+    predictions,
+    out_dir: str | Path,
+    *,
+    settings: EvalSettings | None = None,
+    metrics_log=None,
+    features=None,
+    embedding: str = "pca",
+    gradcam=None,
+    **settings_kwargs,
+) -> dict[str, Path]:
+    """Evaluate a predictions table (DataFrame, path, or list) and write the full report; one call."""
+    report = evaluate_predictions(predictions, settings, **settings_kwargs)
+    return render_report(report, out_dir, metrics_log=metrics_log, features=features, embedding=embedding,
+                         gradcam=gradcam)  # fmt: skip
+
+
+def combine_reports(reports: Sequence[dict]) -> dict:
+    """Merge report dicts into one: tasks joined, clashing strategy names suffixed with their source."""
+    if not reports:
+        raise MedtlError("no reports to combine", "reports")
+    out = copy.deepcopy(reports[0])
+    out["sources"], out["notes"] = list(out.get("sources", [])), list(out.get("notes", []))
+    for rep in reports[1:]:
+        src = Path((rep.get("sources") or ["report"])[0]).stem
+        out["sources"] += rep.get("sources", [])
+        out["notes"] += [n for n in rep.get("notes", []) if n not in out["notes"]]
+        if {k: v for k, v in rep["settings"].items()} != out["settings"]:
+            out["notes"].append(f"{src}: evaluated with different settings ({rep['settings']['ci_method']}; "
+                                f"threshold rule {rep['settings']['threshold_rule']})")  # fmt: skip
+        for name, t in rep["tasks"].items():
+            if name not in out["tasks"]:
+                out["tasks"][name] = copy.deepcopy(t)
+                continue
+            mine = out["tasks"][name]
+            if (mine["kind"], mine["classes"]) != (t["kind"], t["classes"]):
+                raise MedtlError(f"task {name!r} has kind/classes {mine['kind']} {mine['classes']} in one input and "
+                                 f"{t['kind']} {t['classes']} in another", src)  # fmt: skip
+            for s, e in t["strategies"].items():
+                key = s if s not in mine["strategies"] else f"{s} [{src}]"
+                mine["strategies"][key] = copy.deepcopy(e)
+            mine["comparisons"] += copy.deepcopy(t["comparisons"])
+            mine["notes"] += [n for n in t.get("notes", []) if n not in mine["notes"]]
+    if len(reports) > 1:
+        out["notes"].append("DeLong comparisons need predictions on the same cases: comparisons across separate "
+                            "report.json inputs are not made; pass prediction files to compare them")  # fmt: skip
+    out.pop("figures", None)
+    out.pop("extras", None)
+    return out
+
+
+def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | None = None, **kwargs) -> dict[str, Path]:
+    """``medtl report``: predictions tables (evaluated together, so DeLong compares them) and report.json files
+    merged into one comparison report. ``kwargs``: EvalSettings fields and render_report extras."""
+    extras = {k: kwargs.pop(k) for k in ("metrics_log", "features", "embedding", "gradcam") if k in kwargs}
+    preds, reports = [], []
+    for item in inputs:
+        if isinstance(item, dict):
+            reports.append(item)
+        elif isinstance(item, pd.DataFrame) or Path(item).suffix.lower() in (".csv", ".parquet", ".pq"):
+            preds.append(item)
+        elif Path(item).suffix.lower() == ".json":
+            reports.append(load_report(item))
+        else:
+            raise MedtlError("inputs must be predictions (.csv, .parquet) or report.json files", item)
+    if preds:
+        reports.insert(0, evaluate_predictions(preds, settings, **kwargs))
+    return render_report(combine_reports(reports), out_dir, title="medtl comparison report", **extras)
+
+
+__all__ = ["EvalSettings", "SCHEMA", "SCHEMA_VERSION", "combine", "combine_reports", "make_report", "render_report"]

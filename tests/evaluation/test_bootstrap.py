@@ -1,0 +1,81 @@
+"""Bootstrap intervals: contain the estimate, narrow with n, cover the truth ~95%, and are fast."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from medtl.evaluation.bootstrap import bootstrap, bootstrap_ci, bootstrap_counts, percentile_interval, seed_summary
+from medtl.evaluation.metrics import auroc, classification_metrics
+
+
+def _sample(rng, n_pos, n_neg, d=1.0):
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    return y, np.r_[rng.normal(d, 1, n_pos), rng.normal(0, 1, n_neg)]
+
+
+def test_counts_are_stratified_and_patient_level():
+    y = np.array([0] * 30 + [1] * 10)
+    W = bootstrap_counts(40, strata=y, n_boot=200, rng=0)
+    assert W.shape == (200, 40)
+    np.testing.assert_array_equal(W[:, y == 1].sum(axis=1), 10)  # prevalence kept in every resample
+    np.testing.assert_array_equal(W.sum(axis=1), 40)
+    patients = np.repeat(np.arange(20), 2)  # two images per patient
+    Wp = bootstrap_counts(40, groups=patients, n_boot=50, rng=1)
+    np.testing.assert_array_equal(Wp[:, ::2], Wp[:, 1::2])  # a patient's images are drawn together
+    assert not np.array_equal(bootstrap_counts(40, n_boot=5, rng=1), bootstrap_counts(40, n_boot=5, rng=2))
+    np.testing.assert_array_equal(bootstrap_counts(40, n_boot=5, rng=3), bootstrap_counts(40, n_boot=5, rng=3))
+
+
+def test_interval_contains_estimate_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (60, 600):
+        y, s = _sample(rng, n // 3, n - n // 3)
+        v, lo, hi = bootstrap_ci(auroc, y, s, strata=y, n_boot=500, seed=1)
+        assert lo <= v <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2  # ~ 1/sqrt(n): 10x the data, ~3x narrower
+
+
+def test_intervals_cover_the_true_auroc_about_95_percent():
+    # Population: positives N(1, 1), negatives N(0, 1) -> AUROC = Phi(1 / sqrt(2)).
+    true_auc = stats.norm.cdf(1 / np.sqrt(2))
+    rng = np.random.default_rng(2024)
+    reps, hits = 200, 0
+    for r in range(reps):
+        y, s = _sample(rng, 60, 90)
+        _, lo, hi = bootstrap_ci(auroc, y, s, strata=y, n_boot=400, seed=r)
+        hits += lo <= true_auc <= hi
+    assert 0.89 <= hits / reps <= 0.99  # 95% nominal; +-3 binomial SE for 200 repetitions
+
+
+def test_full_metric_set_is_fast():
+    rng = np.random.default_rng(3)
+    y, s = _sample(rng, 150, 350)
+    P = np.c_[1 - 1 / (1 + np.exp(-s)), 1 / (1 + np.exp(-s))]
+    t = time.perf_counter()
+    out = bootstrap(lambda W: classification_metrics(y, P, 0.5, W)["metrics"], len(y), strata=y, n_boot=1000)
+    elapsed = time.perf_counter() - t
+    assert out["auroc"].shape == (1000,)
+    assert elapsed < 3.0, f"1000 resamples of 500 cases took {elapsed:.2f} s"
+
+
+def test_percentile_interval_ignores_undefined_resamples():
+    a = np.r_[np.linspace(0, 1, 99), np.nan]
+    lo, hi = percentile_interval(a, 0.9)
+    assert lo == pytest.approx(0.05) and hi == pytest.approx(0.95)
+    lo, hi = percentile_interval(np.full((10, 2), np.nan))
+    assert np.isnan(lo).all()
+
+
+def test_seed_summary_is_a_t_interval():
+    v = [0.80, 0.84, 0.83]
+    s = seed_summary(v)
+    half = stats.t.ppf(0.975, 2) * np.std(v, ddof=1) / np.sqrt(3)
+    assert s["value"] == pytest.approx(np.mean(v)) and s["std"] == pytest.approx(np.std(v, ddof=1))
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((np.mean(v) - half, np.mean(v) + half))
+    assert seed_summary([0.8])["ci_low"] is None and seed_summary([])["value"] is None

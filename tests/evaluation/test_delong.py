@@ -1,0 +1,69 @@
+"""DeLong's test against a direct O(n^2) computation of the structural components."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medtl.errors import MedtlError
+from medtl.evaluation.delong import delong_covariance, delong_test
+
+
+def _direct(y, a, b):
+    """Textbook DeLong: psi over all positive-negative pairs, sample covariances, normal p-value."""
+    y = np.asarray(y).astype(bool)
+    comps = []
+    for s in (a, b):
+        x, z = s[y], s[~y]
+        psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+        comps.append((psi.mean(axis=1), psi.mean(axis=0)))
+    v10 = np.array([c[0] for c in comps])
+    v01 = np.array([c[1] for c in comps])
+    m, n = v10.shape[1], v01.shape[1]
+    S = np.cov(v10) / m + np.cov(v01) / n
+    auc = v10.mean(axis=1)
+    var = S[0, 0] + S[1, 1] - 2 * S[0, 1]
+    z = (auc[0] - auc[1]) / math.sqrt(var)
+    return auc, S, z, math.erfc(abs(z) / math.sqrt(2))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_delong_matches_direct_computation(seed):
+    rng = np.random.default_rng(seed)
+    n = 150
+    y = rng.integers(0, 2, n)
+    shared = rng.normal(size=n)
+    a = np.round(1.0 * y + shared + rng.normal(0, 0.8, n), 1)  # rounded: ties included
+    b = 0.6 * y + shared + rng.normal(0, 0.8, n)
+    r = delong_test(y, a, b)
+    auc, S, z, p = _direct(y, a, b)
+    assert (r.auc_a, r.auc_b) == pytest.approx(tuple(auc), abs=1e-12)
+    assert r.auc_a == pytest.approx(roc_auc_score(y, a))
+    assert (r.var_a, r.var_b, r.covariance) == pytest.approx((S[0, 0], S[1, 1], S[0, 1]), rel=1e-10)
+    assert r.z == pytest.approx(z, rel=1e-10)
+    assert r.p_value == pytest.approx(p, rel=1e-8)
+    _, cov = delong_covariance(y, np.vstack([a, b]))
+    np.testing.assert_allclose(cov, S, rtol=1e-10)
+
+
+def test_identical_scores_have_no_p_value_and_single_class_raises():
+    y = np.array([0, 1, 0, 1, 1])
+    s = np.array([0.1, 0.8, 0.3, 0.6, 0.9])
+    r = delong_test(y, s, s)
+    assert r.difference == 0 and r.p_value is None and r.note
+    with pytest.raises(MedtlError, match="both"):
+        delong_test(np.ones(5), s, s[::-1])
+
+
+def test_delong_rejects_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 400)
+    good = y * 2.0 + rng.normal(size=400)
+    bad = y * 0.3 + rng.normal(size=400)
+    assert delong_test(y, good, bad).p_value < 1e-6
+    same = y * 1.0 + rng.normal(size=400)
+    same2 = same + rng.normal(0, 0.05, size=400)
+    assert delong_test(y, same, same2).p_value > 0.01

@@ -1,0 +1,47 @@
+"""Grad-CAM through MONAI on small random-weight resnet18s, 2D and 3D."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import resnet18
+
+from medtl.errors import MedtlError
+from medtl.evaluation.explain import gradcam, overlay_png, save_gradcam
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions run faster on one thread, and the test machine's cores are shared.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (1, 64, 64)), (3, (1, 24, 24, 24))])
+def test_gradcam_overlay_2d_and_3d(tmp_path, dims, shape):
+    torch.manual_seed(0)
+    model = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=2)
+    image = torch.rand(shape) * 0.1
+    image[(0,) + (slice(4, 14),) * dims] += 1.0  # a bright blob to look at
+    cam = gradcam(model, image, "layer3", class_idx=1)
+    assert cam.shape == shape[1:] and 0.0 <= cam.min() and cam.max() <= 1.0
+    assert model.training  # mode restored
+    assert overlay_png(image.numpy(), cam, title=f"{dims}D").startswith(PNG)
+
+
+def test_save_gradcam_writes_png(tmp_path):
+    model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=3)
+    path = save_gradcam(model, torch.rand(1, 1, 48, 48), tmp_path / "sub" / "cam.png", "layer3")
+    assert path.read_bytes().startswith(PNG)
+
+
+def test_gradcam_bad_layer_and_shape():
+    model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2)
+    with pytest.raises(MedtlError, match="no layer"):
+        gradcam(model, torch.rand(1, 32, 32), "layer9")
+    with pytest.raises(MedtlError, match="expected one 2D image"):
+        gradcam(model, torch.rand(2, 1, 32, 32), "layer3")

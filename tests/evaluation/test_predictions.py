@@ -1,0 +1,118 @@
+"""The predictions table: round trip, defaults, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medtl.errors import MedtlError
+from medtl.evaluation.predictions import (
+    PredictionAccumulator,
+    label_indices,
+    load_predictions,
+    predictions_from_arrays,
+    probabilities,
+    task_infos,
+    validate_predictions,
+    write_predictions,
+)
+
+
+def _table(n=6, **kw):
+    rng = np.random.default_rng(0)
+    P = rng.dirichlet([1, 1, 1], n)
+    return predictions_from_arrays(
+        [f"c{i}" for i in range(n)], rng.integers(0, 3, n), P, class_names=["glioma", "meningioma", "none"],
+        patient_ids=[f"p{i // 2}" for i in range(n)], split=["val", "test"] * (n // 2), run_id="r1", strategy="ft",
+        task="t", seed=3, **kw,
+    )  # fmt: skip
+
+
+def test_csv_round_trip_keeps_ids_labels_and_probabilities(tmp_path):
+    df = _table(label_fraction=0.25, site="A")
+    df.loc[0, "case_id"] = "007"  # leading zeros survive: ids are text
+    path = write_predictions(df, tmp_path / "p.csv")
+    back = load_predictions(path)
+    assert list(back.columns[:9]) == ["case_id", "patient_id", "domain", "split", "label", "run_id", "strategy",
+                                      "task", "seed"]  # fmt: skip
+    assert back["case_id"].iloc[0] == "007" and back["site"].iloc[0] == "A"  # extra columns kept
+    classes = task_infos(back)["t"].classes
+    assert classes == ("glioma", "meningioma", "none")
+    np.testing.assert_allclose(probabilities(back, classes), probabilities(df, classes))
+    np.testing.assert_array_equal(label_indices(back, classes), label_indices(df, classes))
+    assert back["seed"].iloc[0] == 3 and back["label_fraction"].iloc[0] == 0.25
+
+
+def test_defaults_multi_task_and_regression(tmp_path):
+    raw = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "label": ["yes", "no", "40.5", "61"],
+                        "prob_no": [0.2, 0.7, None, None], "prob_yes": [0.8, 0.3, None, None],
+                        "prediction": [None, None, 42.0, 58.0], "task": ["tumor", "tumor", "age", "age"]})  # fmt: skip
+    df = validate_predictions(raw)
+    assert set(df["split"]) == {"test"} and set(df["strategy"]) == {"default"}
+    info = task_infos(df)
+    assert info["tumor"].kind == "binary" and info["tumor"].classes == ("no", "yes")
+    assert info["age"].kind == "regression"
+
+
+def test_numeric_class_names(tmp_path):
+    df = predictions_from_arrays(["a", "b"], [0, 1], [[0.9, 0.1], [0.3, 0.7]])
+    path = write_predictions(df, tmp_path / "p.csv")
+    assert list(load_predictions(path)["label"]) == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.assign(prob_none=d["prob_none"] + 0.2), "do not sum to 1"),
+        (lambda d: d.assign(prob_none=np.where(d.index == 1, np.nan, d["prob_none"])), "NaN scores"),
+        (lambda d: d.assign(label=["tumour"] + list(d["label"][1:])), "do not match the model's classes"),
+        (lambda d: d.assign(prob_none=d["prob_none"] + 1, prob_glioma=d["prob_glioma"] - 1), r"outside \[0, 1\]"),
+        (lambda d: pd.concat([d, d.iloc[:1]]), "more than once"),
+        (lambda d: d.drop(columns=["label"]), "missing required column 'label'"),
+        (lambda d: d.assign(seed="x"), "non-numbers"),
+    ],
+)
+def test_bad_input_is_a_clear_medtl_error(change, message):
+    with pytest.raises(MedtlError, match=message):
+        validate_predictions(change(_table()))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(MedtlError, match="not found"):
+        load_predictions(tmp_path / "missing.csv")
+    (tmp_path / "p.txt").write_text("x")
+    with pytest.raises(MedtlError, match="use .csv or .parquet"):
+        load_predictions(tmp_path / "p.txt")
+
+
+def test_parquet_round_trip_or_clear_error(tmp_path):
+    df = _table()
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(MedtlError, match="pyarrow"):
+            write_predictions(df, tmp_path / "p.parquet")
+        return
+    back = load_predictions(write_predictions(df, tmp_path / "p.parquet"))
+    pd.testing.assert_series_equal(back["prob_none"], df["prob_none"])
+
+
+def test_accumulator_builds_the_table_from_tensor_batches():
+    acc = PredictionAccumulator(["normal", "tumor"], logits=True, run_id="ft-s0", strategy="finetune", seed=0)
+    acc.update(["a", "b"], torch.tensor([0, 1]), torch.tensor([[2.0, -1.0], [0.0, 3.0]]), split="val")
+    acc.update(["c"], torch.tensor([1]), torch.tensor([[0.5, 0.4]]), split="test", patient_ids=["p9"])
+    df = acc.to_frame()
+    assert list(df["case_id"]) == ["a", "b", "c"] and list(df["label"]) == ["normal", "tumor", "tumor"]
+    np.testing.assert_allclose(df[["prob_normal", "prob_tumor"]].sum(axis=1), 1.0)
+    assert df.loc[2, "patient_id"] == "p9" and df["run_id"].eq("ft-s0").all()
+    with pytest.raises(MedtlError):
+        PredictionAccumulator().to_frame()
+
+
+def test_runs_with_different_class_names_are_refused():
+    a = predictions_from_arrays(["a", "b"], [0, 1], [[0.8, 0.2], [0.3, 0.7]], class_names=["neg", "pos"], run_id="x")
+    b = predictions_from_arrays(["a", "b"], [0, 1], [[0.8, 0.2], [0.3, 0.7]], class_names=["normal", "pos"], run_id="y")
+    with pytest.raises(MedtlError, match="disagree on the class names"):
+        validate_predictions(pd.concat([a, b], ignore_index=True))
