@@ -1,0 +1,117 @@
+"""A series' files -> the model's input tensor, with the model's own preprocessing.
+
+The preprocessing is the data layer's preset chain (``medtl.data.transforms.preset``) with the
+options the checkpoint recorded, so inference sees images prepared exactly as in training. Only the
+chain's first step, which loads a path, is replaced: batch inference has already grouped the files
+of a series and builds the image itself.
+
+- 2D models (presets ``cxr``, ``mri2d``): every 2D image of the series (each single-frame instance,
+  each frame of a multi-frame instance) is one input; the series' probabilities are their mean
+  (or max). Constant frames (blank edge slices) are left out.
+- 3D models (``mri3d``): the series is one volume (a multi-frame instance, a NIfTI file, or the
+  instances sorted along the slice normal by ``medtl.data.io.read_dicom_series``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+from medtl.data import io
+from medtl.data.transforms import LoadMedicalImaged, preset
+from medtl.deploy.discover import Series
+from medtl.errors import MedtlError
+
+
+class SeriesLoader:
+    """``loader(series, files) -> Tensor (N, C, *spatial)``; raises :class:`MedtlError` for bad input."""
+
+    def __init__(self, preset_name: str, options: dict, spatial_dims: int | None = None):
+        det, _ = preset(preset_name, False, **options)
+        if not det or not isinstance(det[0], LoadMedicalImaged):  # the contract this module relies on
+            raise MedtlError(f"preset {preset_name!r} no longer starts with its loader; update medtl.deploy.inputs",
+                             "preprocess")
+        self.chain = Compose(det[1:])
+        self.spatial_dims = spatial_dims or (3 if preset_name == "mri3d" else 2)
+
+    def __call__(self, series: Series, files: list[Path] | None = None) -> torch.Tensor:
+        files = list(files if files is not None else series.files)
+        if not files:
+            raise MedtlError("series has no files")
+        images = self._images_2d(files) if self.spatial_dims == 2 else [self._volume(series, files)]
+        out = []
+        for image in images:
+            tensor = MetaTensor(torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
+                                affine=torch.as_tensor(image.affine, dtype=torch.float64))
+            result = self.chain({"image": tensor})["image"]
+            out.append(torch.as_tensor(result).float())
+        batch = torch.stack(out)
+        if not torch.isfinite(batch).all():
+            raise MedtlError("preprocessing produced NaN/Inf values")
+        return batch
+
+    def _images_2d(self, files: list[Path]) -> list[io.Image]:
+        images = []
+        for f in files:
+            image = _read_one(f)
+            if image.array.ndim == 2:
+                frames = [image.array]
+            else:  # multi-frame: readers give (cols, rows, frames); a 2D model saw (rows, cols)
+                frames = [image.array[..., k].T for k in range(image.array.shape[-1])]
+            for frame in frames:
+                if len(files) == 1 and len(frames) == 1:
+                    io.check_pixels(frame, f)  # a lone image must be usable
+                elif not np.all(np.isfinite(frame)):
+                    io.check_pixels(frame, f)
+                elif frame.max() == frame.min():
+                    continue  # blank slice of a stack: no information, and it would break scaling
+                images.append(io.Image(frame))
+        if not images:
+            raise MedtlError("every image of the series is constant")
+        return images
+
+    def _volume(self, series: Series, files: list[Path]) -> io.Image:
+        if len(files) == 1:
+            image = _read_one(files[0])
+            if image.array.ndim != 3:
+                raise MedtlError(f"a 3D model needs a volume; this series is one 2D image {image.array.shape}",
+                                 files[0])
+        else:
+            image = read_instances(files, series.series_uid)
+        io.check_pixels(image.array, files[0])
+        return image
+
+
+def _read_one(path: Path) -> io.Image:
+    reader = {"image": io.read_picture, "nifti": io.read_nifti, "dicom": io.read_dicom}[io.kind_of(path)]
+    return reader(Path(path))
+
+
+def read_instances(files: list[Path], series_uid: str) -> io.Image:
+    """``io.read_dicom_series`` on exactly these files, not on everything in their folders.
+
+    Why a folder of links: the data layer's series reader takes a folder, and the instances of one
+    series may share their folder with other series and broken files.
+    """
+    with tempfile.TemporaryDirectory(prefix="medtl-series-") as tmp:
+        links = {}
+        for i, f in enumerate(files):
+            link = Path(tmp) / f"{i:06d}.dcm"
+            try:
+                os.symlink(Path(f).resolve(), link)
+            except OSError:  # no symlinks here (some file systems): copy
+                import shutil
+
+                shutil.copyfile(f, link)
+            links[str(link)] = str(f)
+        try:
+            return io.read_dicom_series(Path(tmp), series_uid or None)
+        except MedtlError as err:
+            # Name the real file, not the temporary link.
+            raise MedtlError(err.reason, links.get(err.where or "", files[0])) from None

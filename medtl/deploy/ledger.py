@@ -1,0 +1,138 @@
+"""The results ledger: an append-only JSON-lines file that makes a batch run resumable.
+
+Each finished series appends one line, flushed and fsync'd before the next series starts, so a run
+killed at any moment (SIGKILL, power loss) leaves every finished row on disk and at most one torn
+last line, which the next run cuts off. A rerun reads the ledger, skips every series it already
+holds (``ok`` or ``error``) and appends the rest: every series ends with exactly one row. (A rerun
+asked to retry errors appends a second line for a series; readers keep the latest line per key.)
+``results.csv`` is rebuilt from the ledger at the end of each run (written to a temporary file and
+renamed, so a reader never sees half a table).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from medtl.errors import MedtlError
+
+LEDGER = "results.jsonl"
+CSV = "results.csv"
+RUN = "run.json"
+
+
+class Ledger:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.path = self.out / LEDGER
+        self._fh = None
+
+    def start(self, run_info: dict[str, Any]) -> dict[str, dict]:
+        """Open for appending; returns the rows already done, by key.
+
+        Refuses to mix models: ``run_info['model_digest']`` must match the ledger's first run.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        run_file = self.out / RUN
+        if run_file.exists():
+            previous = json.loads(run_file.read_text())
+            for k in ("model_digest", "model_name", "model_version"):
+                if previous.get(k) != run_info.get(k):
+                    raise MedtlError(
+                        f"this output folder holds results of another model ({k} {previous.get(k)!r}, now "
+                        f"{run_info.get(k)!r}); choose a new --out", run_file)
+        else:
+            _atomic_write(run_file, json.dumps(run_info, indent=2) + "\n")
+        done = self._read_and_repair()
+        self._fh = open(self.path, "a", encoding="utf-8")
+        return done
+
+    def _read_and_repair(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line from a killed run: cut it off before appending
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+        done: dict[str, dict] = {}
+        for line in data[:end].decode("utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["key"]] = row
+        return done
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def rows(self) -> list[dict]:
+        return list(self._read_and_repair().values())
+
+    def write_csv(self, columns: list[str]) -> Path:
+        """``results.csv`` from the ledger: ``columns`` first, any other keys after them."""
+        rows = self.rows()
+        names = list(columns) + sorted({k for r in rows for k in r} - set(columns))
+        tmp = self.out / (CSV + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, names, extrasaction="ignore")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: _cell(r.get(k)) for k in names})
+        os.replace(tmp, self.out / CSV)
+        return self.out / CSV
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value  # a header value must not run as a spreadsheet formula
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def scrubber(values) -> callable:
+    """A function replacing every value (and each part of a person name, 3+ characters) by ``[redacted]``.
+
+    Compiled once into one case-insensitive pattern: a run may know thousands of patients.
+    """
+    needles = set()
+    for value in values:
+        value = str(value).strip()
+        if len(value) >= 3:
+            needles.add(value)
+        needles.update(p.strip() for p in re.split(r"[\^=\s]+", value) if len(p.strip()) >= 3)
+    if not needles:
+        return lambda text: text
+    # Longest first, so a whole name is replaced before its parts; whole tokens only, so a birth date
+    # is not cut out of the middle of a UID component.
+    alternatives = "|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
+    return lambda text: pattern.sub("[redacted]", text) if text else text
+
+
+def scrub(text: str, identifiers: dict[str, str]) -> str:
+    """``text`` without the patient-identifying values of ``identifiers`` (see :func:`scrubber`)."""
+    from medtl.deploy.discover import SCRUBBED_TAGS
+
+    return scrubber(v for k, v in identifiers.items() if k in SCRUBBED_TAGS)(text)

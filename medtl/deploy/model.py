@@ -1,0 +1,141 @@
+"""The small model interface batch inference needs, and the adapters that build it.
+
+Batch inference does not care how a model was trained; it needs to know how to prepare an image
+(the data-layer preset and its options, as stored in the checkpoint), what the outputs mean
+(``label_names``, ``threshold``), what to call it in reports (``name``, ``version``) and a
+``predict(batch) -> probabilities`` callable. :class:`Predictor` holds exactly that.
+
+Sources understood by :func:`load_model`:
+
+- a medtl checkpoint file (``medtl.models.checkpoint``): architecture and weights from the file;
+- a MONAI bundle folder exported by :func:`medtl.deploy.bundle.export_bundle`;
+- any ``nn.Module`` returning logits, through :meth:`Predictor.from_module` (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medtl.errors import MedtlError
+
+
+@dataclass
+class Predictor:
+    """What batch inference knows about a model. ``predict`` maps ``(B, C, *spatial)`` to ``(B, K)``."""
+
+    name: str
+    version: str
+    label_names: list[str]
+    preprocess: dict[str, Any]  # {"preset": "cxr" | "mri2d" | "mri3d", **preset options}
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    threshold: float | None = 0.5  # binary: P(label_names[1]) >= threshold -> positive; else argmax
+    spatial_dims: int = 2
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    digest: str = ""  # sha256 of the weights file: a rerun into the same --out must use the same model
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preset(self) -> str:
+        return str(self.preprocess["preset"])
+
+    @property
+    def preset_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.preprocess.items() if k != "preset"}
+
+    def decide(self, probs: list[float]) -> str:
+        """The predicted label for one probability vector."""
+        if len(probs) == 2 and self.threshold is not None:
+            return self.label_names[1] if probs[1] >= self.threshold else self.label_names[0]
+        return self.label_names[max(range(len(probs)), key=probs.__getitem__)]
+
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        label_names: list[str],
+        preprocess: dict[str, Any],
+        name: str = "model",
+        version: str = "0",
+        threshold: float | None = 0.5,
+        device: str | torch.device | None = None,
+        digest: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> Predictor:
+        """Wrap a module giving logits ``(B, K)``: softmax, eval mode, AMP (float16) on CUDA."""
+        if "preset" not in preprocess:
+            raise MedtlError("preprocess must name the data preset ('cxr', 'mri2d' or 'mri3d')", "preprocess")
+        dev = torch.device(device) if device is not None else _default_device()
+        module = module.to(dev).eval()
+
+        @torch.no_grad()
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.to(dev, non_blocking=True)
+            # AMP only on GPU: CPU autocast (bfloat16) is slower and less exact on most CPUs.
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
+                logits = module(batch)
+            if logits.ndim != 2 or logits.shape[1] != len(label_names):
+                raise MedtlError(f"model gave outputs of shape {tuple(logits.shape)}; expected (B, {len(label_names)})",
+                                 name)
+            return logits.float().softmax(1).cpu()
+
+        spatial = 3 if preprocess["preset"] == "mri3d" else 2
+        return cls(name, version, list(label_names), dict(preprocess), predict,
+                   None if len(label_names) != 2 else threshold, spatial, dev, digest, dict(meta or {}))
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, digest: str,
+                        device: str | torch.device | None = None, threshold: float | None = None) -> Predictor:
+    """A :class:`Predictor` from a rebuilt module and the checkpoint's ``meta`` (see checkpoint.py)."""
+    head = (meta.get("model") or {}).get("head") or {}
+    task = meta.get("task") or head.get("task")
+    if head.get("kind", "classifier") != "classifier" or task not in ("binary", "multiclass"):
+        raise MedtlError(f"batch prediction needs a classifier (binary or multiclass); this model's task is {task!r}",
+                         where)
+    labels = meta.get("label_names")
+    if not labels:
+        raise MedtlError("the model does not record its label_names", where)
+    intensity = meta.get("intensity")
+    if not isinstance(intensity, dict) or "preset" not in intensity:
+        raise MedtlError("the model does not record its preprocessing (meta 'intensity' with a 'preset')", where)
+    name = str(meta.get("name") or f"medtl-{meta.get('architecture') or 'model'}-{intensity['preset']}")
+    # Without an explicit version the weights' own hash is one: it names exactly these weights.
+    version = str(meta.get("version") or digest[:12] or "0")
+    chosen = threshold if threshold is not None else meta.get("threshold", 0.5)
+    return Predictor.from_module(module, label_names=list(labels), preprocess=dict(intensity), name=name,
+                                 version=version, threshold=float(chosen), device=device, digest=digest, meta=meta)
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None,
+               threshold: float | None = None) -> Predictor:
+    """A :class:`Predictor` from a medtl checkpoint file or a MONAI bundle folder (``threshold`` overrides)."""
+    p = Path(path)
+    if not p.exists():
+        raise MedtlError("model not found", p)
+    if p.is_dir():
+        from medtl.deploy.bundle import load_bundle
+
+        return load_bundle(p, device=device, threshold=threshold)
+    from medtl.models.checkpoint import load_checkpoint
+
+    module, meta = load_checkpoint(p, map_location="cpu")
+    return predictor_from_meta(module, meta, str(p), file_digest(p), device, threshold)

@@ -1,0 +1,129 @@
+"""A DICOM Comprehensive SR per series: the model's classification and its probabilities.
+
+Content (TID 1500 Imaging Measurement Report, built with highdicom):
+
+- observer: the model, as a device (name, version, manufacturer "medtl");
+- one measurement group (TID 1501) per class, with the class as finding type, its probability
+  (DCM 122157 "Probability", unit UCUM "1"), and a qualitative evaluation "Presence of property"
+  (DCM 121052) = Present for the predicted class, Absent for the others; the algorithm (name, version, threshold) is identified;
+- every source instance referenced, in each group and in the evidence sequence.
+
+The SR's UIDs derive from the source series and the model (``uids.derived_uid``), so writing it
+again (a resumed run) gives the same object, and a PACS keeps one copy.
+Classes are coded in a private scheme ``99MEDTL`` (the model's label names are not standard codes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medtl.deploy.uids import derived_uid, is_valid_uid
+from medtl.errors import MedtlError
+
+SCHEME = "99MEDTL"
+SR_SERIES_NUMBER = 9901
+
+
+def _concept(index: int, label: str):
+    import highdicom as hd
+
+    # CodeValue is SH (16 chars): an index-based code; the label itself is the meaning (LO, 64 chars).
+    return hd.sr.CodedConcept(value=f"L{index}", scheme_designator=SCHEME, meaning=str(label)[:64] or f"class {index}")
+
+
+def build_sr(evidence: list, probabilities: dict[str, float], prediction: str, *, model_name: str,
+             model_version: str, threshold: float | None = None):
+    """The SR dataset for one series. ``evidence``: the series' instance headers (pixels not needed)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if not evidence:
+        raise MedtlError("an SR needs the source instances' headers")
+    for d in evidence:
+        bad = [t for t in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+               if not is_valid_uid(str(d.get(t, "")))]
+        if bad:  # an SR that references them would itself be invalid DICOM
+            raise MedtlError(f"no SR written: the source's {', '.join(bad)} break(s) the DICOM UID grammar")
+    first = evidence[0]
+    study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    params = [f"threshold={threshold:g}"] if threshold is not None else None
+    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:64], version=str(model_version)[:64],
+                                              parameters=params, manufacturer="medtl")
+    sources = [hd.sr.SourceImageForMeasurementGroup(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in evidence]
+    unit = hd.sr.CodedConcept("1", "UCUM", "no units")
+    groups = []
+    for i, (label, p) in enumerate(probabilities.items()):
+        concept = _concept(i, label)
+        present = codes.DCM.Present if label == prediction else codes.DCM.Absent
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(series, model_name, model_version, "class", i),
+                                                         identifier=f"{label}"[:64]),
+            finding_type=concept,
+            algorithm_id=algorithm,
+            source_images=sources,
+            measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=float(p), unit=unit,
+                                            algorithm_id=algorithm)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, present)],
+        ))
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", model_name, model_version), name=model_name[:64],
+            manufacturer_name="medtl", model_name=str(model_version)[:64]),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+    )
+    try:
+        return hd.sr.ComprehensiveSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=derived_uid(study, series, model_name, model_version, "sr-series"),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=derived_uid(study, series, model_name, model_version, "sr-instance"),
+            instance_number=1,
+            manufacturer="medtl",
+            is_complete=True,
+            series_description=f"medtl {model_name}"[:64],
+        )
+    except (ValueError, TypeError, AttributeError) as err:  # highdicom's checks on the source headers
+        raise MedtlError(f"cannot build the SR: {err}") from None
+
+
+def read_headers(files: list[Path]) -> list:
+    import pydicom
+
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
+def sr_summary(ds) -> dict:
+    """What an SR written by :func:`build_sr` says: probabilities by class, the present class, the observer."""
+    out: dict = {"probabilities": {}, "prediction": None, "observer": None}
+    for group in _walk(ds):
+        if group.ValueType != "CONTAINER" or group.ConceptNameCodeSequence[0].CodeValue != "125007":
+            continue  # only measurement groups
+        finding = prob = present = None
+        for item in group.get("ContentSequence", []):
+            code = item.ConceptNameCodeSequence[0].CodeValue
+            if code == "121071" and item.ValueType == "CODE":  # Finding: the class
+                finding = str(item.ConceptCodeSequence[0].CodeMeaning)
+            elif code == "121052" and item.ValueType == "CODE":  # Presence of property
+                present = item.ConceptCodeSequence[0].CodeValue == "121053"
+            elif code == "122157" and item.ValueType == "NUM":  # Probability
+                prob = float(item.MeasuredValueSequence[0].NumericValue)
+        if finding is not None and prob is not None:
+            out["probabilities"][finding] = prob
+            if present:
+                out["prediction"] = finding
+    for item in ds.get("ContentSequence", []):
+        if item.ConceptNameCodeSequence[0].CodeValue == "121013":  # Device Observer Name
+            out["observer"] = str(item.TextValue)
+    return out
+
+
+def _walk(item):
+    for child in item.get("ContentSequence", []):
+        yield child
+        yield from _walk(child)

@@ -1,0 +1,209 @@
+"""Batch runs end to end on DICOM made from the real images: rows, error rows, identifiers, resuming."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medtl.deploy import SeriesRules, load_model, predict_batch
+from medtl.deploy.sr import build_sr, read_headers, sr_summary
+
+pytestmark = [pytest.mark.real_data, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
+
+NAME, BIRTH, PID = "Secretname^Patientone", "19010203", "PID-777"
+SECRETS = ("secretname", "patientone", BIRTH, PID.lower())
+EXPECTED = {  # series tag -> expected status and a piece of its error
+    "good-a": ("ok", ""), "good-b": ("ok", ""), "chest.png": ("ok", ""),
+    "nopix": ("error", "no pixel data"), "report": ("error", "no pixel data"),
+    "trunc": ("error", ""), "corrupt.dcm": ("error", "incomplete DICOM header"),
+    "odd": ("error", "SR: no SR written: the source's SeriesInstanceUID break"),
+}
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory, mprage_files, data_root, new_series) -> Path:
+    """A export folder as a hospital might hand it over: good series, bad files, a report, a picture."""
+    root = tmp_path_factory.mktemp("hospital")
+    patient = root / f"{NAME}_{BIRTH}"  # folder names often carry the patient's name
+    ids = {"PatientName": NAME, "PatientBirthDate": BIRTH, "PatientID": PID}
+    new_series(mprage_files[10:14], patient / "mr_a", "good-a", **ids)
+    good_b = new_series(mprage_files[14:16], patient / "mr_b", "good-b", **ids)
+    (nopix,) = new_series(mprage_files[16:17], patient / "nopix", "nopix", **ids)
+    ds = pydicom.dcmread(nopix)
+    del ds.PixelData  # a DICOM without pixels
+    ds.save_as(nopix)
+    (trunc,) = new_series(mprage_files[17:18], patient / "trunc", "trunc", **ids)
+    trunc.write_bytes(trunc.read_bytes()[:-30000])  # header intact, pixel data cut short
+    (patient / "corrupt.dcm").write_bytes(mprage_files[18].read_bytes()[:300])  # header cut short
+    report = build_sr(read_headers(good_b), {"x": 0.5, "y": 0.5}, "x", model_name="reader", model_version="1")
+    report.SeriesDescription = "radiologist report"  # a non-image series
+    pydicom.dcmwrite(patient / "report.dcm", report, enforce_file_format=True)
+    shutil.copy(min((data_root / "cxr_nih" / "images" / "pneumonia").glob("*.png")), root / "chest.png")
+    # A header value that tries to steer output paths.
+    new_series(mprage_files[19:20], root / "odd", "odd", SeriesInstanceUID="../../../evil")
+    return root
+
+
+def _tag(row: dict) -> str:
+    for tag in EXPECTED:
+        if tag in (row["key"], row["source"]) or row["series_uid"] == pydicom.uid.generate_uid(
+                entropy_srcs=[tag, "series"]):
+            return tag
+    if row["series_uid"] == "../../../evil":
+        return "odd"
+    if row["modality"] == "SR":
+        return "report"
+    return row["source"].rsplit("/", 1)[-1]
+
+
+def _table(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rows(out: Path) -> list[dict]:
+    """Every line of the ledger (not only the latest per series)."""
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_rows_and_error_rows(hospital, model_2d, tmp_path, dciodvfy):
+    out = tmp_path / "out"
+    result = predict_batch(model_2d, hospital, out, write_sr=True, progress=False)
+    rows = {_tag(r): r for r in _rows(out)}
+    assert len(rows) == len(_rows(out)) == 8
+    assert {t: r["status"] for t, r in rows.items()} == {t: s for t, (s, _) in EXPECTED.items()}
+    for tag, (_, error) in EXPECTED.items():
+        assert error in rows[tag]["error"], (tag, rows[tag]["error"])
+    assert (result.ok, result.errors) == (3, 5)
+    good = rows["good-a"]
+    assert good["n_instances"] == 4 and good["n_images"] == 4 and good["modality"] == "MR"
+    assert abs(sum(good["probabilities"].values()) - 1) < 1e-5
+    assert good["prediction"] in ("no_finding", "pneumonia") and good["threshold"] == 0.5
+    assert good["model_name"] == "medtl-resnet10-cxr" and len(good["model_version"]) == 12
+    assert rows["chest.png"]["source"] == "chest.png" and rows["chest.png"]["sr_path"] == ""  # no SR without DICOM
+    # The CSV holds the same rows as the ledger.
+    table = _table(out / "results.csv")
+    assert sorted(r["key"] for r in table) == sorted(r["key"] for r in rows.values())
+    assert float(next(r for r in table if r["key"] == good["key"])["prob_pneumonia"]) == good["prob_pneumonia"]
+    # One valid SR per good DICOM series, saying what the row says. A hostile UID steers no path, and
+    # gets no SR (it would be invalid DICOM), though its prediction is kept.
+    srs = sorted(out.glob("sr/*/*.dcm"))
+    assert len(srs) == 2 and all(p.resolve().is_relative_to((out / "sr").resolve()) for p in srs)
+    assert rows["odd"]["prediction"] and rows["odd"]["sr_path"] == ""
+    assert not list(tmp_path.rglob("evil*")) and not list(hospital.parent.rglob("evil*"))
+    for path in srs:
+        assert dciodvfy(path) == []
+    back = sr_summary(pydicom.dcmread(out / good["sr_path"]))
+    assert back["prediction"] == good["prediction"] and back["probabilities"] == pytest.approx(good["probabilities"])
+
+
+def test_identifiers_stay_out_unless_asked(hospital, model_2d, tmp_path, caplog, capsys):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    predict_batch(model_2d, hospital, out, progress=False)
+    written = " ".join(p.read_text() for p in out.iterdir() if p.is_file())
+    seen = (written + caplog.text + "".join(capsys.readouterr())).lower()
+    for secret in SECRETS:
+        assert secret not in seen, secret
+    assert "[redacted]" in written  # the corrupt file's folder name was scrubbed, its file name kept
+
+    named = tmp_path / "named"
+    predict_batch(model_2d, hospital, named, include_identifiers=True, progress=False)
+    table = {r["patient_name"] for r in _table(named / "results.csv")}
+    assert NAME in table
+    assert any(NAME in r["source"] for r in _rows(named))
+
+
+def test_rules_and_a_3d_model(hospital, model_3d, tmp_path):
+    out = tmp_path / "out"
+    rules = SeriesRules(modalities=("MR",), min_slices=3)
+    result = predict_batch(model_3d, hospital, out, rules=rules, progress=False)
+    rows = {_tag(r): r for r in _rows(out)}
+    # good-a (4 slices) runs as one volume; broken files are never filtered away by rules.
+    assert rows["good-a"]["status"] == "ok" and rows["good-a"]["n_images"] == 1
+    assert set(rows) == {"good-a", "corrupt.dcm"}
+    assert result.excluded == 6
+    excluded = _table(out / "excluded.csv")
+    assert len(excluded) == 6 and any("fewer than 3" in r["reason"] for r in excluded)
+
+
+def test_resume_after_an_interrupt(hospital, model_2d, tmp_path):
+    out = tmp_path / "out"
+    predictor = load_model(model_2d, device="cpu")
+    calls = []
+
+    def interrupted(batch):
+        calls.append(batch.shape[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+        return predictor.predict(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_batch(dataclasses.replace(predictor, predict=interrupted), hospital, out, batch_size=1,
+                      progress=False)
+    first = _rows(out)
+    assert 0 < len(first) < 8 and (out / "results.csv").exists()  # what was done is already in the table
+
+    resumed_calls = []
+
+    def counting(batch):
+        resumed_calls.append(batch.shape[0])
+        return predictor.predict(batch)
+
+    result = predict_batch(dataclasses.replace(predictor, predict=counting), hospital, out, batch_size=1,
+                           progress=False)
+    rows = _rows(out)
+    assert sorted(r["key"] for r in rows) == sorted({r["key"] for r in rows}) and len(rows) == 8
+    assert result.resumed == len(first)
+    done = {r["key"] for r in first}
+    missing_images = sum(r["n_images"] or 0 for r in rows if r["key"] not in done)
+    assert len(resumed_calls) == missing_images  # only what was missing ran again
+
+
+KILLER = """
+import os, signal, sys
+from medtl.deploy import ledger, predict_batch
+
+append, count = ledger.Ledger.append, [0]
+
+def append_then_die(self, row):
+    append(self, row)
+    count[0] += 1
+    if count[0] == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: like a power cut
+
+ledger.Ledger.append = append_then_die
+predict_batch(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=1, write_sr=True, progress=False)
+"""
+
+
+def test_resume_after_sigkill(hospital, model_2d, tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", KILLER, str(model_2d), str(hospital), str(out), "3"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    assert len(_rows(out)) == 3 and not (out / "results.csv").exists()
+    result = predict_batch(model_2d, hospital, out, write_sr=True, progress=False)
+    rows = _rows(out)
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8  # every series exactly once
+    assert result.resumed == 3 and result.ok + result.errors == 5
+    assert len(_table(out / "results.csv")) == 8
+    # A third run has nothing left to do.
+    assert predict_batch(model_2d, hospital, out, progress=False).resumed == 8
+    assert len(_rows(out)) == 8
+    # Asked to, a rerun retries the error rows; the table still has one row per series (the latest).
+    retried = predict_batch(model_2d, hospital, out, progress=False, retry_errors=True)
+    redo = 8 - sum(r["status"] == "ok" for r in rows)
+    assert retried.resumed == 8 - redo and retried.ok + retried.errors == redo
+    assert len(_rows(out)) == 8 + redo and len(_table(out / "results.csv")) == 8

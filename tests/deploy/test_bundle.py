@@ -1,0 +1,59 @@
+"""MONAI bundle export: MONAI's own tooling loads and runs it; medtl predict accepts it."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from medtl.deploy import export_bundle, load_model, predict_batch
+from medtl.deploy.discover import scan_files
+from medtl.deploy.inputs import SeriesLoader
+from medtl.errors import MedtlError
+
+pytestmark = [pytest.mark.real_data, pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def bundle(model_2d, tmp_path_factory):
+    return export_bundle(model_2d, tmp_path_factory.mktemp("bundles") / "cxr")
+
+
+def test_layout_and_metadata(bundle, model_2d):
+    for part in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (bundle / part).is_file(), part
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "no_finding", "1": "pneumonia"}
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)  # a plain state dict
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())
+    with pytest.raises(MedtlError, match="already exists"):
+        export_bundle(model_2d, bundle)
+
+
+def test_monai_runs_the_bundle_on_one_image(bundle, model_2d, data_root, tmp_path):
+    from monai.bundle import run
+
+    image = min((data_root / "cxr_nih" / "images" / "pneumonia").glob("*.png"))
+    out = tmp_path / "prediction.json"
+    run(config_file=str(bundle / "configs" / "inference.json"), meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=False, bundle_root=str(bundle), image=str(image), output_path=str(out))
+    got = json.loads(out.read_text())["probabilities"]
+    # The same numbers as medtl's own path from the original checkpoint.
+    predictor = load_model(model_2d, device="cpu")
+    (series,) = scan_files([image], image.parent)
+    expected = predictor.predict(SeriesLoader(predictor.preset, predictor.preset_options)(series))[0].tolist()
+    assert list(got) == ["no_finding", "pneumonia"]
+    assert list(got.values()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_medtl_predict_accepts_the_bundle(bundle, model_2d, dicom_root, tmp_path):
+    from_bundle, from_checkpoint = load_model(bundle, device="cpu"), load_model(model_2d, device="cpu")
+    assert (from_bundle.name, from_bundle.version) == (from_checkpoint.name, from_checkpoint.version)
+    assert from_bundle.preprocess == from_checkpoint.preprocess
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(dicom_root / "emri_small_multiframe_mr.dcm", folder)
+    result = predict_batch(bundle, folder, tmp_path / "out", progress=False)
+    (row,) = result.rows
+    assert row["status"] == "ok" and row["n_images"] == 10 and row["model_version"] == from_checkpoint.version

@@ -1,0 +1,45 @@
+"""``medtl predict`` and ``medtl export-bundle`` through the command line entry point."""
+
+import csv
+
+import pytest
+
+from medtl.cli import main
+
+pytestmark = pytest.mark.real_data
+
+
+def test_predict_a_manifest_split_with_sr(model_2d, data_root, manifests_dir, tmp_path, capsys, dciodvfy):
+    out = tmp_path / "out"
+    status = main(["predict", "--model", str(model_2d), "--input", str(manifests_dir / "dicom.csv"),
+                   "--data-root", str(data_root), "--split", "test", "--out", str(out), "--sr", "--no-progress"])
+    assert status == 0
+    assert "1 ok, 0 error(s)" in capsys.readouterr().out
+    with open(out / "results.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["key"] == row["source"] == "dicom/emri_small_multiframe_mr.dcm"
+    assert row["label"] == "unlabelled" and row["split"] == "test" and row["status"] == "ok"
+    assert dciodvfy(out / row["sr_path"]) == []
+
+
+def test_export_bundle_then_predict_with_it(model_2d, mprage_files, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    assert main(["export-bundle", "--model", str(model_2d), "--out", str(bundle)]) == 0
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in mprage_files[:3]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    status = main(["predict", "--model", str(bundle), "--input", str(folder), "--out", str(tmp_path / "out"),
+                   "--modality", "MR,CT", "--min-slices", "2", "--threshold", "0.9", "--workers", "1",
+                   "--no-progress"])
+    assert status == 0
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["n_images"] == "3" and row["threshold"] == "0.9"
+    assert row["prediction"] == ("pneumonia" if float(row["prob_pneumonia"]) >= 0.9 else "no_finding")
+
+
+def test_bad_input_is_a_clear_error(model_2d, tmp_path, capsys):
+    assert main(["predict", "--model", str(model_2d), "--input", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "neither a folder, a file, a manifest" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""PACS round trip against a real Orthanc (DICOMweb plugin): QIDO-RS, WADO-RS, STOW-RS of the SRs."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pydicom
+import pytest
+
+from medtl.deploy import SeriesRules, predict_batch, sr_summary
+from medtl.deploy.dicomweb import DicomwebSource, public_url
+from medtl.errors import MedtlError
+
+pytestmark = pytest.mark.real_data
+
+
+def _chest_sc(data_root):
+    """A Secondary Capture DICOM written by the test from a real chest X-ray PNG."""
+    import highdicom as hd
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    png = min((data_root / "cxr_nih" / "images" / "no_finding").glob("*.png"))
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint8)
+    ds = hd.sc.SCImage(
+        pixel_array=pixels, photometric_interpretation="MONOCHROME2", bits_allocated=8, coordinate_system="PATIENT",
+        study_instance_uid=generate_uid(entropy_srcs=["sc", "study"]),
+        series_instance_uid=generate_uid(entropy_srcs=["sc", "series"]), series_number=1,
+        sop_instance_uid=generate_uid(entropy_srcs=["sc", "sop"]), instance_number=1, manufacturer="medtl tests",
+        patient_id="SC-1", patient_name="Chest^Png", patient_orientation=("L", "F"),
+    )
+    ds.BodyPartExamined, ds.SeriesDescription = "CHEST", "chest PA from PNG"
+    return ds
+
+
+@pytest.fixture(scope="module")
+def pacs(orthanc, dicom_root, data_root):
+    """Orthanc loaded with the real DICOM files and one DICOM written from a real PNG."""
+    source = DicomwebSource(orthanc)
+    files = sorted(p for p in dicom_root.rglob("*.dcm"))
+    source.store([pydicom.dcmread(f) for f in files] + [_chest_sc(data_root)])
+    return orthanc
+
+
+def _image_series(source: DicomwebSource) -> list:
+    return [s for s in source.list_series() if s.modality != "SR"]
+
+
+def test_query_retrieve_predict_and_store_sr(pacs, model_2d, tmp_path, dciodvfy):
+    source = DicomwebSource(pacs)
+    listed = {s.modality + str(s.n_frames): s for s in _image_series(source)}
+    assert sorted(listed) == ["CR2", "MR1", "MR32", "OT1"]  # QIDO counts instances (the 10-frame MR is one)
+    assert listed["OT1"].body_part == "CHEST" and listed["OT1"].identifiers["PatientName"] == "Chest^Png"
+
+    out = tmp_path / "out"
+    result = predict_batch(model_2d, pacs, out, write_sr=True, progress=False)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert result.errors == 0 and len(rows) == 4, [r["error"] for r in rows]
+    assert all(r["status"] == "ok" and r["sr_stored"] is True for r in rows)
+    assert {r["series_uid"]: r["n_instances"] for r in rows} == {s.series_uid: s.n_frames for s in listed.values()}
+    assert "Chest" not in (out / "results.csv").read_text()
+
+    # Each SR is in the PACS now, in its source's study; read it back over WADO-RS and check it.
+    for row in rows:
+        found = source.client.search_for_series(row["study_uid"], search_filters={"Modality": "SR"})
+        srs = [pydicom.Dataset.from_json(f) for f in found]
+        assert len(srs) == 1
+        (instance,) = source.client.retrieve_series(row["study_uid"], str(srs[0].SeriesInstanceUID))
+        back = sr_summary(instance)
+        assert back["prediction"] == row["prediction"]
+        assert back["probabilities"] == pytest.approx(row["probabilities"])
+        assert back["observer"] == row["model_name"]
+        referenced = {ref.ReferencedSOPInstanceUID for study in instance.CurrentRequestedProcedureEvidenceSequence
+                      for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+        assert len(referenced) == row["n_instances"]
+        path = tmp_path / f"{row['series_uid']}.dcm"
+        pydicom.dcmwrite(path, instance, enforce_file_format=True)
+        assert dciodvfy(path) == []
+
+    # A second run elsewhere (one study, to keep it short): our SR is an output, not an input, and
+    # storing the same result again keeps one copy.
+    mprage = next(r for r in rows if r["n_instances"] == 32)
+    again = predict_batch(model_2d, f"{pacs}?StudyInstanceUID={mprage['study_uid']}", tmp_path / "again",
+                          write_sr=True, progress=False)
+    assert again.ok == 1 and again.excluded == 1
+    for row in rows:
+        assert len(source.client.search_for_series(row["study_uid"], search_filters={"Modality": "SR"})) == 1
+        assert len(source.client.search_for_instances(row["study_uid"], search_filters={"Modality": "SR"})) == 1
+
+
+def test_url_filters_and_rules(pacs, model_3d, tmp_path):
+    mprage = next(s for s in _image_series(DicomwebSource(pacs)) if s.n_frames == 32)
+    url = f"{pacs}?StudyInstanceUID={mprage.study_uid}"
+    result = predict_batch(model_3d, url, tmp_path / "out", rules=SeriesRules(modalities=("MR",), min_slices=16),
+                           progress=False)
+    rows = result.rows
+    assert [(r["series_uid"], r["status"], r["n_images"]) for r in rows] == [(mprage.series_uid, "ok", 1)]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["input"] == public_url(pacs)  # no query kept
+
+
+def test_unreachable_pacs_is_a_clear_error(model_2d, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again at once: nothing listens there
+    with pytest.raises(MedtlError, match="DICOMweb study search failed"):
+        source = DicomwebSource(f"http://127.0.0.1:{port}/dicom-web", retries=1)  # no back-off in a test
+        predict_batch(model_2d, source, tmp_path / "out", progress=False)

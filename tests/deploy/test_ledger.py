@@ -1,0 +1,57 @@
+"""The append-only results ledger."""
+
+import csv
+import json
+
+import pytest
+
+from medtl.deploy.ledger import Ledger, scrub
+from medtl.errors import MedtlError
+
+RUN = {"model_name": "m", "model_version": "1", "model_digest": "abc"}
+
+
+def test_rows_survive_and_a_torn_line_is_cut(tmp_path):
+    ledger = Ledger(tmp_path)
+    assert ledger.start(RUN) == {}
+    ledger.append({"key": "a", "status": "ok"})
+    ledger.append({"key": "b", "status": "error"})
+    ledger.close()
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"key": "c", "sta')  # a run killed while writing
+    again = Ledger(tmp_path)
+    assert sorted(again.start(RUN)) == ["a", "b"]
+    again.append({"key": "c", "status": "ok"})
+    again.close()
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["a", "b", "c"]
+
+
+def test_an_output_folder_belongs_to_one_model(tmp_path):
+    Ledger(tmp_path).start(RUN)
+    with pytest.raises(MedtlError, match="another model"):
+        Ledger(tmp_path).start({**RUN, "model_digest": "other"})
+
+
+def test_csv_from_the_ledger_defuses_formulas(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.start(RUN)
+    ledger.append({"key": "=HYPERLINK(\"x\")", "status": "ok", "probabilities": {"a": 0.5}, "sr_stored": False})
+    ledger.close()
+    with open(ledger.write_csv(["key", "status", "probabilities", "sr_stored"]), newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row == {"key": "'=HYPERLINK(\"x\")", "status": "ok", "probabilities": '{"a": 0.5}', "sr_stored": "false"}
+
+
+def test_scrub_removes_names_and_their_parts():
+    ids = {"PatientName": "Doe^John", "PatientBirthDate": "19010203", "PatientID": "X1"}
+    text = scrub("failed for DOE^JOHN born 19010203 (john doe); id X1 kept (too short)", ids)
+    assert "doe" not in text.lower() and "john" not in text.lower() and "19010203" not in text
+    assert text.count("[redacted]") == 4
+
+
+def test_scrub_leaves_uids_whole():
+    ids = {"PatientBirthDate": "20040826", "StudyDate": "20040826"}
+    assert scrub("series 1.3.6.1.4.1.5962.1.3.9.1.20040826185059.5457", ids).endswith("20040826185059.5457")
+    assert scrub("born 20040826.", ids) == "born [redacted]."
+    assert scrub("Müller^Anna", {"PatientName": "müller^anna"}) == "[redacted]"

@@ -1,0 +1,46 @@
+"""The Predictor interface and the checkpoint adapter."""
+
+import pytest
+import torch
+
+from medtl.deploy.model import Predictor, load_model
+from medtl.errors import MedtlError
+
+
+def test_checkpoint_becomes_a_predictor(model_2d):
+    p = load_model(model_2d, device="cpu")
+    assert p.label_names == ["no_finding", "pneumonia"]
+    assert p.preprocess == {"preset": "cxr", "image_size": 32, "clahe": False}
+    assert p.preset == "cxr" and p.preset_options == {"image_size": 32, "clahe": False}
+    assert p.spatial_dims == 2 and p.threshold == 0.5
+    assert p.name == "medtl-resnet10-cxr" and p.version == p.digest[:12] and len(p.digest) == 64
+    probs = p.predict(torch.randn(3, 1, 32, 32))
+    assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3))
+    assert load_model(model_2d, device="cpu", threshold=0.9).threshold == 0.9
+
+
+def test_decide_uses_the_threshold_for_binary_and_argmax_otherwise():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    common = {"preprocess": {"preset": "mri2d", "image_size": 8}, "device": "cpu"}
+    binary = Predictor.from_module(net, label_names=["no", "yes"], threshold=0.8, **common)
+    assert binary.decide([0.25, 0.75]) == "no" and binary.decide([0.1, 0.9]) == "yes"
+    multi = Predictor.from_module(net, label_names=["a", "b", "c"], **common)
+    assert multi.threshold is None and multi.decide([0.2, 0.5, 0.3]) == "b"
+    with pytest.raises(MedtlError, match="expected \\(B, 2\\)"):
+        binary.predict(torch.randn(2, 1, 8, 8))  # the module gives 3 outputs for 2 labels
+
+
+def test_refuses_what_it_cannot_run(tmp_path):
+    from medtl.models import Head, Model, build_encoder, save_checkpoint
+
+    enc = build_encoder("resnet10", spatial_dims=2)
+    regression = save_checkpoint(tmp_path / "age.pt", Model(enc, Head(enc.out_features, "regression")),
+                                 intensity={"preset": "mri2d", "image_size": 32}, label_names=None)
+    with pytest.raises(MedtlError, match="needs a classifier"):
+        load_model(regression)
+    unlabelled = save_checkpoint(tmp_path / "nolabels.pt", Model(enc, Head(enc.out_features, "binary")),
+                                 intensity={"preset": "mri2d", "image_size": 32})
+    with pytest.raises(MedtlError, match="label_names"):
+        load_model(unlabelled)
+    with pytest.raises(MedtlError, match="not found"):
+        load_model(tmp_path / "missing.pt")

@@ -1,0 +1,33 @@
+"""The Comprehensive SR: content read back, and every SR checked by dciodvfy (dicom3tools)."""
+
+import pydicom
+import pytest
+
+from medtl.deploy.discover import scan_folder
+from medtl.deploy.sr import build_sr, read_headers, sr_summary
+
+pytestmark = pytest.mark.real_data
+
+
+@pytest.mark.parametrize("modality", ["CR2", "MR10", "MR32"])
+def test_sr_for_each_real_series_is_valid(dicom_root, tmp_path, modality, dciodvfy):
+    series = {s.modality + str(s.n_frames): s for s in scan_folder(dicom_root)}[modality]
+    headers = read_headers(series.files)
+    ds = build_sr(headers, {"no_finding": 0.25, "pneumonia": 0.75}, "pneumonia", model_name="tiny", model_version="v1",
+                  threshold=0.5)
+    path = tmp_path / "sr.dcm"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    assert dciodvfy(path) == []
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert back.StudyInstanceUID == series.study_uid and back.SeriesInstanceUID != series.series_uid
+    assert sr_summary(back) == {"probabilities": {"no_finding": 0.25, "pneumonia": 0.75}, "prediction": "pneumonia",
+                                "observer": "tiny"}
+    # Every source instance is referenced, in the evidence and in the measurement groups.
+    evidence = {ref.ReferencedSOPInstanceUID for study in back.CurrentRequestedProcedureEvidenceSequence
+                for ser in study.ReferencedSeriesSequence for ref in ser.ReferencedSOPSequence}
+    assert evidence == {h.SOPInstanceUID for h in headers}
+    # Same series, same model: same UIDs (a resumed run stores the same object again).
+    again = build_sr(headers, {"no_finding": 0.25, "pneumonia": 0.75}, "pneumonia", model_name="tiny",
+                     model_version="v1")
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (back.SOPInstanceUID, back.SeriesInstanceUID)
