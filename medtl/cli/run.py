@@ -1,0 +1,21 @@
+"""`medtl run <pipeline.yaml> --data-root <dir> --out <dir> [--profile quick|cpu]`."""
+
+from pathlib import Path
+
+from medtl.paths import default_data_root
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("run", help="run (or resume) a pipeline config, stage by stage")
+    parser.add_argument("config", type=Path, help="pipeline YAML (see pipelines/)")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--out", type=Path, required=True, help="run folder; rerunning resumes it")
+    parser.add_argument("--profile", default=None, help="profile from the config: quick (CI), cpu (2 cores) or default")
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from medtl.pipeline import run_pipeline
+
+    run_pipeline(args.config, args.data_root or default_data_root(), args.out, args.profile)
+    return 0

@@ -1,0 +1,600 @@
+"""``medtl run``: a pipeline's stages, each resumable, into one run folder.
+
+Stages, in order (each writes into ``<out>/<stage>/`` and is skipped when already complete)::
+
+    prepare     check manifests and data files, write config.yaml and environment.json
+    pretrain    source pretraining (or the checkpoint the config names)
+    similarity  source/target feature distances, transferability, the strategy recommendation
+    transfer    every task x label fraction x seed x strategy: train, then predict val + test
+    report      predictions.csv -> report.json / .md / .html, recommendation vs outcome
+
+``<out>/stages.json`` records each finished stage with the config it ran with. Resuming with a
+changed config refuses to mix results and names the stage (and keys) that differ. Inside
+``transfer`` every job is its own trainer run folder, so a killed job resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from medtl.data.manifest import Manifest, ManifestRow
+from medtl.errors import MedtlError
+from medtl.paths import resolve_inside
+from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, load_pipeline
+
+log = logging.getLogger(__name__)
+STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
+
+
+# ----------------------------------------------------------------------------- stage bookkeeping
+
+
+class StageBook:
+    """``stages.json``: per stage, the config slice it ran with; refuses a different one."""
+
+    def __init__(self, out: Path):
+        self.path = out / "stages.json"
+        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    @staticmethod
+    def digest(payload: Any) -> str:
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def check(self, stage: str, payload: dict) -> bool:
+        """True when ``stage`` finished with this payload; error when it ran with another."""
+        entry = self.done.get(stage)
+        if entry is None:
+            return False
+        if entry["digest"] != self.digest(payload):
+            old = entry.get("payload", {})
+            keys = sorted(k for k in set(old) | set(payload) if json.dumps(old.get(k), sort_keys=True, default=str)
+                          != json.dumps(payload.get(k), sort_keys=True, default=str))
+            raise MedtlError(
+                f"stage {stage!r} already ran with a different config (differs in: {', '.join(keys) or 'values'}); "
+                "results would mix: use a new --out folder, or delete that stage's folder and its entry in stages.json",
+                self.path,
+            )
+        return entry.get("status") == "done"
+
+    def finish(self, stage: str, payload: dict, **info) -> None:
+        self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
+                            "status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        self.path.write_text(json.dumps(self.done, indent=2) + "\n")
+
+    def start(self, stage: str, payload: dict) -> None:
+        if stage not in self.done:  # a started stage is tied to its config too, so a resume cannot mix
+            self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
+                                "status": "running"}
+            self.path.write_text(json.dumps(self.done, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- data helpers
+
+
+class Context:
+    def __init__(self, config: PipelineConfig, config_path: Path, data_root: Path, out: Path, profile: str | None):
+        self.config, self.config_path, self.data_root, self.out, self.profile = config, config_path, data_root, out, profile
+        self.base = config_path.parent
+
+    def manifest_path(self, spec: DataSpec, key: str) -> Path:
+        path = Path(spec.manifest)
+        path = path if path.is_absolute() else (self.base / path).resolve()
+        if not path.exists():
+            raise MedtlError(f"manifest {spec.manifest} not found (resolved to {path})", f"{self.config_path}: {key}.manifest")
+        return path
+
+    def load(self, spec: DataSpec, key: str, task: TaskSpec | None = None) -> Manifest:
+        m = Manifest.load(self.manifest_path(spec, key))
+        if task is not None:
+            m = apply_task(m, task)
+        if spec.max_per_split:
+            m = cap_per_split(m, spec.max_per_split)
+        return m
+
+
+def apply_task(m: Manifest, task: TaskSpec) -> Manifest:
+    """Relabel rows for ``task``: a label column other than ``label`` and/or a label map."""
+    rows = []
+    for r in m:
+        value = r.label if task.label_column == "label" else r.extras.get(task.label_column, "")
+        if task.label_map:
+            value = task.label_map.get(value, value)
+        rows.append(replace(r, label=str(value)))
+    if task.kind == "regression":
+        return Manifest(rows, [], dict(m.meta), m.source)
+    labels = sorted({r.label for r in rows} - {"unlabelled"})
+    return Manifest(rows, labels, dict(m.meta), m.source)
+
+
+def cap_per_split(m: Manifest, n: int, seed: int = 0) -> Manifest:
+    """At most ``n`` rows per split, drawn label-stratified and reproducibly."""
+    rng = np.random.default_rng(seed)
+    keep: list[ManifestRow] = []
+    for split in ("train", "val", "test"):
+        rows = [r for r in m if r.split == split]
+        if len(rows) <= n:
+            keep += rows
+            continue
+        keep += stratified_sample(rows, n / len(rows), rng)
+    return Manifest(keep, list(m.label_names), dict(m.meta), m.source)
+
+
+def stratified_sample(rows: list[ManifestRow], fraction: float, rng: np.random.Generator) -> list[ManifestRow]:
+    """``fraction`` of the rows of every label (at least one each), order kept."""
+    chosen: set[int] = set()
+    labels = sorted({r.label for r in rows})
+    for label in labels:
+        idx = [i for i, r in enumerate(rows) if r.label == label]
+        k = max(1, math.ceil(fraction * len(idx))) if fraction < 1 else len(idx)
+        chosen.update(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
+    return [r for i, r in enumerate(rows) if i in chosen]
+
+
+def data_options(spec: DataSpec, modality: str) -> dict[str, Any]:
+    opts = spec.preset_options()
+    if modality == "mri3d":
+        opts.pop("image_size", None)
+    else:
+        opts.pop("spacing", None)
+        opts.pop("volume_shape", None)
+    return opts
+
+
+def modality_of(m: Manifest, spec: DataSpec) -> str:
+    if spec.preset:
+        return spec.preset
+    mods = {r.modality for r in m}
+    if len(mods) != 1:
+        raise MedtlError(f"manifest mixes modalities {sorted(mods)}; set preset", m.source)
+    return mods.pop()
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_prepare(ctx: Context) -> dict:
+    cfg = ctx.config
+    missing = []
+    for key, spec in (("source", cfg.source), ("target", cfg.target)):
+        m = Manifest.load(ctx.manifest_path(spec, key))
+        for r in m:
+            try:
+                p = resolve_inside(ctx.data_root, r.path, f"{m.source}")
+            except MedtlError as err:
+                missing.append(f"{r.path} ({err.reason})")
+                continue
+            if not p.exists():
+                missing.append(r.path)
+    for spec in cfg.strategies:
+        from medtl.strategies import get_strategy
+
+        try:
+            get_strategy(spec.name)
+        except MedtlError as err:
+            raise MedtlError(err.reason, f"{ctx.config_path}: strategies[{spec.display}]") from None
+    if missing:
+        shown = "\n  ".join(missing[:20]) + (f"\n  (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        raise MedtlError(f"{len(missing)} file(s) named by the manifests are missing under the data root:\n  {shown}",
+                         ctx.data_root)
+    (ctx.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    env = {
+        "medtl": __import__("medtl").__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": __import__("monai").__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "profile": ctx.profile or "default",
+        "data_root": str(ctx.data_root),
+    }
+    (ctx.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+    return {}
+
+
+def stage_pretrain(ctx: Context) -> dict:
+    from medtl.engine.pretrain import pretrain
+
+    cfg, out = ctx.config, ctx.out / "pretrain"
+    if cfg.pretrain.checkpoint:
+        src = Path(cfg.pretrain.checkpoint)
+        src = src if src.is_absolute() else (ctx.base / src).resolve()
+        if not src.exists():
+            raise MedtlError("pretrained checkpoint not found", f"{ctx.config_path}: pretrain.checkpoint")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out / "model.pt")
+        return {"checkpoint": str(out / "model.pt"), "copied_from": str(src)}
+    m = ctx.load(cfg.source, "source")
+    modality = modality_of(m, cfg.source)
+    size = cfg.source.image_size or 128
+    result = pretrain(
+        m, ctx.data_root, out, mode=cfg.pretrain.mode, preset=modality, image_size=size, arch=cfg.encoder.arch,
+        stem_stride=cfg.encoder.stem_stride, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
+        lr=cfg.pretrain.lr, kl_weight=cfg.pretrain.kl_weight, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
+        device=cfg.train.device, progress=_interactive(),
+    )
+    return {"checkpoint": str(result.path), "metrics": result.metrics}
+
+
+def _interactive() -> bool:
+    """Per-epoch progress bars only on a terminal; logs get the job-level bar and stage lines."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _pretrained_encoder(ctx: Context):
+    from medtl.models.checkpoint import read_checkpoint
+    from medtl.models.encoders import build_encoder
+    from medtl.models.weights import load_weights
+
+    path = ctx.out / "pretrain" / "model.pt"
+    meta = read_checkpoint(path)["meta"]
+    enc_cfg = dict((meta.get("model") or {}).get("encoder") or {})
+    enc_cfg.pop("lift", None)
+    encoder = build_encoder(enc_cfg) if enc_cfg else build_encoder(ctx.config.encoder.arch,
+                                                                     stem_stride=ctx.config.encoder.stem_stride)
+    load_weights(encoder, path)
+    return encoder, meta
+
+
+def _encoder_for(ctx: Context, spatial_dims: int, lift_name: str | None, pretrained: bool):
+    """The encoder a job starts from: the pretrained 2D one (lifted for 3D) or a random one."""
+    from medtl.models.encoders import build_encoder
+    from medtl.models.lift import lift
+
+    lift_name = lift_name or ctx.config.encoder.lift or "none"
+    if spatial_dims == 3 and lift_name == "none":
+        if pretrained:
+            raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; "
+                             "use pretrained: false for a 3D network from scratch", "strategies.lift")
+        return build_encoder(ctx.config.encoder.arch, spatial_dims=3, stem_stride=ctx.config.encoder.stem_stride)
+    if pretrained:
+        encoder, _ = _pretrained_encoder(ctx)
+    else:
+        encoder = build_encoder(ctx.config.encoder.arch, spatial_dims=2, stem_stride=ctx.config.encoder.stem_stride)
+    if spatial_dims == 3:
+        # Volumes are RAS after the mri3d preset: axis 2 runs inferior-superior, so axial slices (the
+        # in-plane view a 2D kernel knows best) lie across it.
+        encoder = lift(encoder, lift_name, **LIFT_OPTIONS.get(lift_name, {}))
+    return encoder
+
+
+LIFT_OPTIONS = {"i3d": {"depth_axis": 2}, "2.5d": {"slice_axis": 2}}
+
+
+def _dataset(ctx: Context, m: Manifest, spec: DataSpec, train: bool, task: TaskSpec | None = None):
+    from medtl.data.datasets import build_dataset
+
+    modality = modality_of(m, spec)
+    kind = task.kind if task else "classification"
+    return build_dataset(m, ctx.data_root, modality, train, task=kind, **data_options(spec, modality))
+
+
+def _loader(ds, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0):
+    from monai.data import DataLoader
+
+    drop_last = shuffle and len(ds) > batch_size and len(ds) % batch_size == 1  # a batch of 1 breaks batch norm
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def stage_similarity(ctx: Context) -> dict:
+    from medtl.similarity.assess import assess, to_table
+    from medtl.similarity.features import extract_features
+    from medtl.similarity.recommend import recommend
+
+    cfg, out = ctx.config, ctx.out / "similarity"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    task = cfg.tasks[0]
+    source = ctx.load(cfg.source, "source").select(split="train")
+    target = ctx.load(cfg.target, "target", task)
+    target_train = target.select(split="train")
+    n = cfg.similarity.max_images
+    source.rows = stratified_sample(source.rows, min(1.0, n / max(1, len(source))), rng)[:n]
+    target_train.rows = stratified_sample(target_train.rows, min(1.0, n / max(1, len(target_train))), rng)[:n]
+    t_mod = modality_of(target, cfg.target)
+    dims = 3 if t_mod == "mri3d" else 2
+    results, feats = {}, {}
+    for enc_name, pretrained in (("pretrained", True), ("random_init", False)):
+        torch.manual_seed(0)
+        encoder = _encoder_for(ctx, 2, "none", pretrained)
+        f_src = extract_features(encoder, _dataset(ctx, source, cfg.source, False))
+        # a 3D target is compared through the 2.5D view: the same 2D features, averaged over slices
+        t_encoder = _encoder_for(ctx, 3, "2.5d", pretrained) if dims == 3 else encoder
+        f_tgt = extract_features(t_encoder, _dataset(ctx, target_train, cfg.target, False, task))
+        labels = f_tgt["labels"] if task.kind == "classification" and not cfg.unlabelled_target else None
+        result = assess(f_src["features"], f_tgt["features"], labels, seed=0)
+        results[enc_name] = result
+        feats[enc_name] = (f_src["features"], f_tgt["features"])
+        (out / f"{enc_name}.md").write_text(to_table(result, markdown=True) + "\n")
+    src_f, tgt_f = feats["pretrained"]
+    np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
+                        domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
+    n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
+    candidates = []
+    for spec in cfg.strategies:
+        enc_name = "pretrained" if spec.pretrained else "random_init"
+        scores = _flat_scores(results[enc_name])
+        scores["strategy_prior"] = strategy_prior(spec.name, n_labelled, scores.get("proxy_a_distance"))
+        candidates.append({"source": cfg.source.manifest, "encoder": enc_name, "strategy": spec.display,
+                           "scores": scores})
+    weights = {"logme": 1.0, "h_score": 0.5, "proxy_a_distance": 0.25, "strategy_prior": 1.0}
+    record = recommend({"n_labelled": n_labelled, "shared_labels": not _heterogeneous(ctx)}, candidates,
+                       weights=weights, higher_is_better={"strategy_prior": True})
+    (out / "similarity.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(record["explanation"])
+    return {"recommended": record["recommended"]}
+
+
+def strategy_prior(name: str, n_labelled: int, pad: float | None) -> float:
+    """A documented rule of thumb, in [0, 1], for the strategy families (not a measurement).
+
+    Few target labels favour keeping the pretrained features (linear probe, LP-FT, L2-SP); many favour
+    full fine-tuning; a large domain gap (proxy A-distance near 2) favours alignment (DA methods);
+    training from scratch is favoured only with many labels.
+    """
+    few = n_labelled < 200
+    gap = (pad or 0.0) > 1.5
+    table = {
+        "feature_extraction": 0.8 if few else 0.4,
+        "lp_ft": 0.9 if few else 0.7,
+        "l2sp": 0.8 if few else 0.6,
+        "gradual_unfreeze": 0.7,
+        "discriminative_lr": 0.7,
+        "full": 0.5 if few else 0.8,
+        "scratch": 0.1 if few else 0.5,
+        "joint": 0.6 if gap else 0.5,
+    }
+    if name in ("dann", "cdan", "cdan_e", "dan", "coral", "mcc"):
+        return 0.8 if gap else 0.5
+    return table.get(name, 0.5)
+
+
+def _flat_scores(result: dict) -> dict[str, float]:
+    flat = {}
+    for section in ("distances", "transferability"):
+        for k, v in (result.get(section) or {}).items():
+            value = v.get("value") if isinstance(v, dict) else v
+            if isinstance(value, (int, float)) and value is not None and np.isfinite(value):
+                flat[k] = float(value)
+    return flat
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _heterogeneous(ctx: Context) -> bool:
+    """Source and target label sets differ (chest X-ray findings vs brain MRI classes)."""
+    cfg = ctx.config
+    tgt = ctx.load(cfg.target, "target", cfg.tasks[0]).label_names
+    if cfg.unlabelled_target:
+        # UDA: the source, relabelled by the task, must cover the target's classes
+        src = apply_task(Manifest.load(ctx.manifest_path(cfg.source, "source")), cfg.tasks[0]).label_names
+        if not set(tgt) <= set(src):
+            raise MedtlError(f"target labels {sorted(set(tgt) - set(src))} are not in the source label set {src}: "
+                             "unsupervised adaptation needs a shared label set", f"{ctx.config_path}: tasks")
+        return False
+    src = Manifest.load(ctx.manifest_path(cfg.source, "source")).label_names
+    return sorted(src) != sorted(tgt)
+
+
+def stage_transfer(ctx: Context) -> dict:
+    from tqdm.auto import tqdm
+
+    cfg = ctx.config
+    jobs = [(task, fraction, seed, spec) for task in cfg.tasks for fraction in cfg.label_fractions
+            for seed in cfg.seeds for spec in cfg.strategies]
+    done = 0
+    for task, fraction, seed, spec in tqdm(jobs, desc="transfer jobs", unit="job"):
+        job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / spec.display / f"seed{seed}"
+        if (job_dir / "predictions.csv").exists():
+            done += 1
+            continue
+        run_job(ctx, task, fraction, seed, spec, job_dir)
+    return {"jobs": len(jobs), "already_done": done}
+
+
+def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: StrategySpec, job_dir: Path) -> Path:
+    from medtl.engine.evaluate import predict
+    from medtl.engine.trainer import fit, seed_everything
+    from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
+    from medtl.models.heads import Head
+    from medtl.strategies import get_strategy
+
+    cfg = ctx.config
+    seed_everything(seed)
+    target = ctx.load(cfg.target, "target", task)
+    t_mod = modality_of(target, cfg.target)
+    dims = 3 if t_mod == "mri3d" else 2
+    cls = get_strategy(spec.name)
+    uda = cfg.unlabelled_target
+    rng = np.random.default_rng(seed)
+    train_rows = target.select(split="train").rows
+    labelled = stratified_sample(train_rows, fraction, rng) if fraction < 1 else list(train_rows)
+    labelled_paths = {r.path for r in labelled}
+    head_task = "regression" if task.kind == "regression" else ("binary" if len(target.label_names) == 2 else "multiclass")
+    encoder = _encoder_for(ctx, dims, spec.lift, spec.pretrained)
+    head = Head(encoder.out_features, head_task, max(2, len(target.label_names)) if head_task != "regression" else 1)
+    tc = cfg.train
+    kwargs: dict[str, Any] = {}
+    val_loader = None
+    if cls.needs_target or uda:
+        # labelled batches come from the source; the target batches carry labels only where allowed
+        source = ctx.load(cfg.source, "source")
+        if uda:
+            source = apply_task(source, task)
+        if _heterogeneous(ctx) and not uda:
+            src_task = "binary" if len(source.label_names) == 2 else "multiclass"
+            kwargs["source_head"] = Head(encoder.out_features, src_task, max(2, len(source.label_names)))
+        train_ds = _dataset(ctx, source.select(split="train"), cfg.source, True)
+        val_ds = _dataset(ctx, source.select(split="val"), cfg.source, False) if uda else None
+        hidden = [replace(r, label="unlabelled") if (uda or r.path not in labelled_paths) else r for r in train_rows]
+        target_train = Manifest(hidden, list(target.label_names), {}, target.source)
+        target_loader = _loader(_dataset(ctx, target_train, cfg.target, True, task), tc.batch_size, True, seed)
+    else:
+        train_ds = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target, True, task)
+        val_ds = _dataset(ctx, target.select(split="val"), cfg.target, False, task)
+        target_loader = None
+    if cls.needs_target:
+        strategy = cls(encoder, head, spec.hparams or None, **kwargs)
+    else:
+        strategy = cls(encoder, head, spec.hparams or None)
+    if val_ds is not None and len(val_ds):
+        val_loader = _loader(val_ds, tc.batch_size, False, seed)
+    train_loader = _loader(train_ds, tc.batch_size, True, seed, tc.num_workers)
+    fit(strategy, train_loader, val_loader, target_loader=target_loader if cls.needs_target else None,
+        run_dir=job_dir, epochs=tc.epochs, seed=seed, device=tc.device, deterministic=tc.deterministic,
+        patience=tc.patience if val_loader is not None else None, progress=_interactive(),
+        checkpoint_meta={"label_names": list(target.label_names), "task": task.name, "strategy": spec.display,
+                         "intensity": {"preset": t_mod, **data_options(cfg.target, t_mod)}})
+    tables = []
+    model = strategy
+    for split in ("val", "test"):
+        part = target.select(split=split)
+        if not len(part):
+            continue
+        out = predict(model, _loader(_dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed))
+        common = dict(patient_ids=out.get("patient_id"), domain=out.get("domain", ""), split=split,
+                      run_id=f"{task.name}/{spec.display}/frac{fraction:g}/seed{seed}", strategy=spec.display,
+                      task=task.name, seed=seed, label_fraction=fraction)
+        if head_task == "regression":
+            tables.append(predictions_from_arrays(out["case_id"], out["label"], prediction=out["prob"], **common))
+        else:
+            tables.append(predictions_from_arrays(out["case_id"], out["label"], out["prob"],
+                                                  class_names=target.label_names, **common))
+    import pandas as pd
+
+    path = job_dir / "predictions.csv"
+    write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
+    path.with_suffix(".tmp.csv").replace(path)  # the job counts as done only once its table is whole
+    return path
+
+
+def stage_report(ctx: Context) -> dict:
+    import pandas as pd
+
+    from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
+    from medtl.evaluation.report import render_report
+    from medtl.similarity.recommend import compare_outcome
+
+    out = ctx.out
+    tables = sorted((out / "transfer").rglob("predictions.csv"))
+    if not tables:
+        raise MedtlError("no predictions to report", out / "transfer")
+    preds = pd.concat([pd.read_csv(p, dtype={"case_id": str, "patient_id": str}) for p in tables], ignore_index=True)
+    preds.to_csv(out / "predictions.csv", index=False)
+    logs = []
+    for p in sorted((out / "transfer").rglob("metrics.jsonl")):
+        job = p.parent.relative_to(out / "transfer").as_posix()
+        for line in p.read_text().splitlines():
+            if line.strip():
+                logs.append({**json.loads(line), "run": job})
+    log_path = None
+    if logs:
+        log_path = out / "metrics_log.csv"
+        pd.DataFrame(logs).to_csv(log_path, index=False)
+    settings = EvalSettings(n_boot=ctx.config.evaluation.bootstrap, threshold_rule=ctx.config.evaluation.threshold_rule)
+    report = evaluate_predictions(preds, settings)
+    rec_path = out / "similarity" / "recommendation.json"
+    if rec_path.exists():
+        record = json.loads(rec_path.read_text())
+        outcomes = _outcomes(report, ctx.config)
+        if outcomes:
+            by_key = {r["key"]: outcomes.get(r["strategy"]) for r in record["ranking"]}
+            comparison = compare_outcome(record, {k: v for k, v in by_key.items() if v is not None})
+            report["recommendation"] = {"explanation": record["explanation"], "outcome": comparison}
+            report.setdefault("notes", []).append(
+                f"Recommendation: {record['recommended']}. Best observed ({_outcome_metric(ctx.config)} on the "
+                f"first task, largest label fraction, mean over seeds): {comparison['best_observed']}; "
+                f"top pick was best: {comparison['top1_is_best']}; regret {comparison['regret']}.")
+    if ctx.config.unlabelled_target:
+        report.setdefault("notes", []).append(
+            "Unsupervised adaptation: training saw no target label; each run's checkpoint was selected by the "
+            "source validation loss (selector: source validation), and target labels were used only here.")
+    features = out / "similarity" / "features.npz"
+    paths = render_report(report, out, metrics_log=log_path, features=features if features.exists() else None,
+                          title=f"medtl pipeline {ctx.config.name}")
+    return {"report": str(paths.get("html", out / "report.html"))}
+
+
+def _outcome_metric(cfg: PipelineConfig) -> str:
+    return "mae" if cfg.tasks[0].kind == "regression" else "auroc"
+
+
+def _outcomes(report: dict, cfg: PipelineConfig) -> dict[str, float]:
+    """Mean test metric per strategy for the first task at the largest label fraction."""
+    task = report.get("tasks", {}).get(cfg.tasks[0].name, {})
+    metric = _outcome_metric(cfg)
+    frac = max(cfg.label_fractions)
+    found: dict[str, float] = {}
+    for agg in task.get("aggregates", []):
+        if agg.get("label_fraction") not in (None, frac):
+            continue
+        value = (agg.get("metrics", {}).get(metric) or {}).get("mean")
+        if value is not None:
+            found[agg["strategy"]] = -value if metric == "mae" else value
+    return found
+
+
+STAGE_FUNCS = {"prepare": stage_prepare, "pretrain": stage_pretrain, "similarity": stage_similarity,
+               "transfer": stage_transfer, "report": stage_report}
+
+
+def _payloads(cfg: PipelineConfig, data_root: Path) -> dict[str, dict]:
+    c = cfg.model_dump(mode="json")
+    return {
+        "prepare": {"source": c["source"], "target": c["target"], "data_root": str(data_root)},
+        "pretrain": {"source": c["source"], "pretrain": c["pretrain"], "encoder": c["encoder"], "seed": cfg.seeds[0]},
+        "similarity": {"target": c["target"], "tasks": c["tasks"][:1], "similarity": c["similarity"],
+                       "strategies": c["strategies"]},
+        "transfer": {k: c[k] for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions", "seeds",
+                                       "unlabelled_target")},
+        "report": {"evaluation": c["evaluation"]},
+    }
+
+
+def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path, profile: str | None = None,
+                 stages: tuple[str, ...] = STAGES) -> Path:
+    """Run (or resume) a pipeline; returns the path of its HTML report."""
+    config_path = Path(config_path).resolve()
+    config = load_pipeline(config_path, profile)
+    data_root, out = Path(data_root).resolve(), Path(out)
+    if not data_root.is_dir():
+        raise MedtlError("data root is not a folder", data_root)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(config, config_path, data_root, out, profile)
+    book = StageBook(out)
+    payloads = _payloads(config, data_root)
+    for stage in STAGES:
+        payload = payloads[stage]
+        if stage not in stages or (stage == "similarity" and not config.similarity.enabled):
+            continue
+        if book.check(stage, payload):
+            print(f"[{stage}] already complete: skipped")
+            continue
+        book.start(stage, payload)
+        started = time.perf_counter()
+        print(f"[{stage}] running")
+        info = STAGE_FUNCS[stage](ctx)
+        book.finish(stage, payload, seconds=round(time.perf_counter() - started, 1), **_jsonable(info))
+    html = out / "report.html"
+    print(f"report: {html}")
+    return html
