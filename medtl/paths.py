@@ -25,8 +25,9 @@ def resolve_inside(root: str | Path, relative: str, where: str | None = None) ->
         raise MedtlError(f"path {relative!r} must be relative to the data root", where)
     if ".." in PurePosixPath(rel).parts:
         raise MedtlError(f"path {relative!r} escapes the data root with '..'", where)
+    rel, sep, member = rel.partition("::")  # an array archive member: check the archive's path
     root_resolved = Path(root).resolve()
     full = (root_resolved / rel).resolve()
     if root_resolved != full and root_resolved not in full.parents:
         raise MedtlError(f"path {relative!r} resolves outside the data root {root_resolved}", where)
-    return full
+    return Path(f"{full}{sep}{member}") if sep else full

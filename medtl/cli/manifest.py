@@ -20,6 +20,9 @@ def register(sub) -> None:
     build.add_argument("--domain", help="domain/site name (default: the source folder's name)")
     build.add_argument("--modality", choices=["cxr", "mri2d", "mri3d"], help="default: guessed from folder and files")
     build.add_argument("--unlabelled", action="store_true", help="the source has no diagnostic labels")
+    build.add_argument("--label-names", help="comma-separated names of integer labels 0, 1, ... (.npz archives)")
+    build.add_argument("--keep-source-split", action="store_true",
+                       help="keep the source's own train/val/test split (e.g. MedMNIST) instead of making one")
     build.add_argument(
         "--exclude-near-copies-of", type=Path, metavar="MANIFEST",
         help="drop rows that are identical to or near-copies of an image in MANIFEST (e.g. a DA target)",
@@ -46,6 +49,7 @@ def run_build(args) -> int:
         args.source, root, seed=args.seed, fractions=tuple(args.fractions), group_near_copies=args.group,
         domain=args.domain, modality=args.modality, labelled=not args.unlabelled,
         exclude_copies_of=args.exclude_near_copies_of,
+        label_names=args.label_names.split(",") if args.label_names else None, keep_source_split=args.keep_source_split,
     )
     manifest.save(args.out)
     meta = manifest.meta

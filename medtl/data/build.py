@@ -25,6 +25,8 @@ from medtl.paths import resolve_inside
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+SOURCE_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
 UNLABELLED = "unlabelled"
 
 
@@ -95,6 +97,35 @@ def rows_from_raw_manifest(
         extras["patient_id_kind"] = "given" if pid else "per_image"
         label = (r["label"] or "").strip() if labelled else UNLABELLED
         rows.append(ManifestRow(rel, label, pid or rel, domain, "", modality or guess_modality(rel, domain), extras))
+    return rows
+
+
+def rows_from_npz(
+    archive: Path, data_root: Path, domain: str | None, modality: str | None, label_names: list[str] | None
+) -> list[ManifestRow]:
+    """A MedMNIST-style archive (``<split>_images`` + ``<split>_labels``): one row per image.
+
+    The archive's own train/val/test split is kept (``source_split``); the images carry no patient ids.
+    """
+    rel = _relative_to_root(archive, data_root).as_posix()
+    domain = domain or archive.parent.name
+    rows = []
+    with np.load(archive, allow_pickle=False) as npz:
+        splits = [n[: -len("_images")] for n in npz.files if n.endswith("_images")]
+        if not splits:
+            raise MedtlError("archive has no '<split>_images' arrays", archive)
+        for split in splits:
+            if f"{split}_labels" not in npz.files:
+                raise MedtlError(f"archive has {split}_images but no {split}_labels", archive)
+            labels = np.asarray(npz[f"{split}_labels"]).reshape(len(npz[f"{split}_labels"]), -1)[:, 0]
+            for i, value in enumerate(labels):
+                value = int(value)
+                if label_names and value >= len(label_names):
+                    raise MedtlError(f"label {value} has no name in {label_names}", f"{archive}::{split}_labels/{i}")
+                label = label_names[value] if label_names else str(value)
+                path = f"{rel}::{split}_images/{i}"
+                rows.append(ManifestRow(path, label, path, domain, "", modality or guess_modality("x.png", domain),
+                                        {"patient_id_kind": "per_image", "source_split": split}))
     return rows
 
 
@@ -219,6 +250,8 @@ def build_manifest(
     modality: str | None = None,
     labelled: bool = True,
     exclude_copies_of: str | Path | None = None,
+    label_names: list[str] | None = None,
+    keep_source_split: bool = False,
 ) -> Manifest:
     source, data_root = Path(source), Path(data_root)
     if not data_root.is_dir():
@@ -227,6 +260,8 @@ def build_manifest(
         rows = rows_from_folder(source, data_root, domain, modality)
     elif source.suffix.lower() == ".csv":
         rows = rows_from_raw_manifest(source, data_root, domain, modality, labelled)
+    elif source.suffix.lower() == ".npz":
+        rows = rows_from_npz(source, data_root, domain, modality, label_names)
     else:
         raise MedtlError("expected a folder (<root>/<label>/<file>) or a raw manifest .csv", source)
     rows = collapse_dicom_series(rows, data_root)
@@ -243,13 +278,23 @@ def build_manifest(
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)
         groups = near_copy_groups(scanned)
         n_groups = sum(1 for c in Counter(groups.tolist()).values() if c > 1)
-    splits = assign_splits(rows, seed, fractions, groups)
+    moved = 0
+    if keep_source_split:
+        splits = [SOURCE_SPLITS.get(r.extras.get("source_split", ""), "") for r in rows]
+        if "" in splits:
+            raise MedtlError("--keep-source-split needs a train/val/test source split on every row", source)
+        if groups is not None:
+            splits, moved = _unite_groups(splits, groups)
+    else:
+        splits = assign_splits(rows, seed, fractions, groups)
     labels = sorted({r.label for r in rows})
     per_image = sum(r.extras.get("patient_id_kind") == "per_image" for r in rows)
     meta = {
         "built_from": _relative_to_root(source, data_root).as_posix() if _inside(source, data_root) else source.name,
-        "seed": seed,
-        "fractions": list(fractions),
+        "seed": None if keep_source_split else seed,
+        "fractions": None if keep_source_split else list(fractions),
+        "split": (f"kept from the source; {moved} near-copy image(s) moved so each group sits in one split"
+                  if keep_source_split else "patient-level, label-stratified, seeded"),
         "near_copy_grouping": group_near_copies,
         "near_copy_groups": n_groups,
         "near_copy_images": int(sum(c for c in Counter(groups.tolist()).values() if c > 1)) if groups is not None else None,
@@ -261,6 +306,18 @@ def build_manifest(
         meta["excluded_rows"] = excluded
     manifest = Manifest(rows, labels, meta).with_splits(splits)
     return manifest
+
+
+def _unite_groups(splits: list[str], groups: np.ndarray) -> tuple[list[str], int]:
+    """Move every near-copy group into one split (train before val before test), so none leaks."""
+    order = {"train": 0, "val": 1, "test": 2}
+    home: dict[int, str] = {}
+    for s, g in zip(splits, groups):
+        g = int(g)
+        if g not in home or order[s] < order[home[g]]:
+            home[g] = s
+    united = [home[int(g)] for g in groups]
+    return united, sum(a != b for a, b in zip(splits, united))
 
 
 def _inside(path: Path, root: Path) -> bool:

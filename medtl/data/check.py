@@ -32,7 +32,10 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading") -> lis
         try:
             full = resolve_inside(data_root, row.path, row.path)
             image = io.read(full)
-            sha = duplicates.file_sha256(full) if full.is_file() else None
+            if io.ARRAY_MEMBER in str(full):  # one archive holds many images: hash the image itself
+                sha = duplicates.array_sha256(image.array)
+            else:
+                sha = duplicates.file_sha256(full) if full.is_file() else None
             out.append(ScannedFile(sha, duplicates.thumbnail(image.array)))
         except MedtlError as err:
             out.append(ScannedFile(error=err.reason))

@@ -26,6 +26,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
+
+
 def thumbnail(array: np.ndarray) -> np.ndarray:
     """Zero-mean, unit-norm thumbnail vector: dot products of two are their correlation."""
     from skimage.transform import resize

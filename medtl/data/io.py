@@ -7,6 +7,7 @@ job of the MONAI transform chains in ``medtl.data.transforms``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +29,13 @@ class Image:
     meta: dict = field(default_factory=dict)
 
 
+ARRAY_MEMBER = "::"  # "<file>.npz::<array>/<index>": one image of an array archive (e.g. MedMNIST)
+
+
 def kind_of(path: str | Path) -> str:
-    """'image', 'nifti', 'dicom' or 'dicom_series' (a folder), from the name alone."""
+    """'image', 'nifti', 'dicom', 'dicom_series' (a folder) or 'array' (an .npz member), from the name."""
+    if ARRAY_MEMBER in str(path):
+        return "array"
     p = Path(path)
     name = p.name.lower()
     if p.is_dir():
@@ -44,12 +50,12 @@ def kind_of(path: str | Path) -> str:
 def read(path: str | Path) -> Image:
     """Read any supported file (or DICOM series folder) and check the pixels are usable."""
     p = Path(path)
-    if not p.exists():
-        raise MedtlError("file not found", p)
     kind = kind_of(p)
-    image = {"image": read_picture, "nifti": read_nifti, "dicom": read_dicom, "dicom_series": read_dicom_series}[
-        kind
-    ](p)
+    if not Path(str(p).split(ARRAY_MEMBER)[0]).exists():
+        raise MedtlError("file not found", p)
+    readers = {"image": read_picture, "nifti": read_nifti, "dicom": read_dicom, "dicom_series": read_dicom_series,
+               "array": read_array_member}
+    image = readers[kind](p)
     check_pixels(image.array, p)
     return image
 
@@ -227,6 +233,32 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
         "n_instances": len(slices),
     }
     return Image(volume.astype(np.float32), affine, meta)
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_array(archive: str, name: str) -> np.ndarray:
+    with np.load(archive, allow_pickle=False) as npz:  # never unpickle: archives may be untrusted
+        if name not in npz.files:
+            raise MedtlError(f"array {name!r} not in archive (has {npz.files})", archive)
+        return npz[name]
+
+
+def read_array_member(path: Path) -> Image:
+    """``archive.npz::array/index``: a 2D image (or 3D volume) stored in a NumPy archive."""
+    archive, member = str(path).split(ARRAY_MEMBER, 1)
+    name, _, index = member.rpartition("/")
+    if not name or not index.isdigit():
+        raise MedtlError("array member must look like 'archive.npz::<array>/<index>'", path)
+    try:
+        array = _npz_array(archive, name)
+    except (OSError, ValueError) as err:
+        raise MedtlError(f"unreadable array archive: {err}", archive) from None
+    if int(index) >= len(array):
+        raise MedtlError(f"index {index} out of range for {name} of length {len(array)}", path)
+    item = np.asarray(array[int(index)], dtype=np.float32)
+    if item.ndim == 3 and item.shape[-1] in (3, 4):  # RGB(A) arrays to grey, like pictures
+        item = item[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return Image(item, meta={"format": "array"})
 
 
 def read_nifti(path: Path) -> Image:

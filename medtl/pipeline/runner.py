@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import yaml
 
+from medtl.data.io import ARRAY_MEMBER
 from medtl.data.manifest import Manifest, ManifestRow
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
@@ -176,7 +177,7 @@ def stage_prepare(ctx: Context) -> dict:
             except MedtlError as err:
                 missing.append(f"{r.path} ({err.reason})")
                 continue
-            if not p.exists():
+            if not Path(str(p).split(ARRAY_MEMBER)[0]).exists():  # an .npz member: its archive
                 missing.append(r.path)
     for spec in cfg.strategies:
         from medtl.strategies import get_strategy

@@ -169,3 +169,37 @@ def test_real_formats_open(data_root):
     ixi = next((data_root / "mri3d_ixi/t1").iterdir())
     vol = io.read(ixi)
     assert vol.array.shape == (120, 120, 90) and vol.array.max() > 255  # uint8 scaled by its factor
+
+
+def test_npz_members_read_and_stay_inside_the_root(tmp_path):
+    from medtl.paths import resolve_inside
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", train_images=rng.integers(0, 255, (3, 8, 8), dtype=np.uint8),
+             train_labels=np.array([[0], [1], [0]]))
+    full = resolve_inside(tmp_path, "a.npz::train_images/2")
+    out = io.read(full)
+    np.testing.assert_array_equal(out.array, np.load(tmp_path / "a.npz")["train_images"][2])
+    with pytest.raises(MedtlError, match="out of range"):
+        io.read(resolve_inside(tmp_path, "a.npz::train_images/3"))
+    with pytest.raises(MedtlError, match="not in archive"):
+        io.read(resolve_inside(tmp_path, "a.npz::nope/0"))
+    with pytest.raises(MedtlError, match="escapes"):
+        resolve_inside(tmp_path, "../a.npz::train_images/0")
+
+
+def test_npz_manifest_keeps_the_source_split(tmp_path):
+    from medtl.data.build import build_manifest
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 10), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 16, 16), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2)[:, None]
+    arrays["test_images"][0] = arrays["train_images"][0]  # a leaked copy: must move to train
+    np.savez(tmp_path / "m.npz", **arrays)
+    m = build_manifest(tmp_path / "m.npz", tmp_path, label_names=["normal", "pneumonia"], keep_source_split=True,
+                       modality="cxr")
+    counts = m.class_counts()
+    assert sum(counts["train"].values()) == 11 and sum(counts["test"].values()) == 3
+    assert m.label_names == ["normal", "pneumonia"] and "1 near-copy" in m.meta["split"]

@@ -16,8 +16,8 @@ def test_every_data_folder_has_a_manifest(data_root, manifests_dir):
     assert folders <= built, f"no manifest for {sorted(folders - built)}"
 
 
-@pytest.mark.parametrize("name", ["cxr_nih", "cxr_actualmed", "cxr_kermany", "mri2d_yesno", "mri3d_ixi", "dicom",
-                                  "mri2d_tumor4", "mri2d_tumor4_minus_yesno"])
+@pytest.mark.parametrize("name", ["cxr_nih", "cxr_actualmed", "cxr_kermany", "cxr_kermany_pneumoniamnist", "mri2d_yesno",
+                                  "mri3d_ixi", "dicom", "mri2d_tumor4", "mri2d_tumor4_minus_yesno"])
 def test_committed_manifest_passes_check(data_root, manifests_dir, name):
     manifest = Manifest.load(manifests_dir / f"{name}.csv")
     assert not any(r.path.startswith("/") or ".." in r.path.split("/") for r in manifest)
@@ -45,6 +45,7 @@ def test_da_source_holds_no_copy_of_the_target(manifests_dir):
 
 
 @pytest.mark.parametrize("name,shape", [("cxr_nih", (1, 64, 64)), ("mri2d_yesno", (1, 64, 64)),
+                                        ("cxr_kermany_pneumoniamnist", (1, 32, 32)),
                                         ("mri3d_ixi", (1, 48, 56, 48))])
 def test_real_items_load_through_the_presets(data_root, manifests_dir, name, shape):
     manifest = Manifest.load(manifests_dir / f"{name}.csv").select(split="test")
