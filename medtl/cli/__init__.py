@@ -16,7 +16,7 @@ from medtl import __version__
 from medtl.errors import MedtlError
 
 # Sub-command modules, in the order `medtl --help` lists them.
-COMMANDS = ["demo", "manifest", "pretrain", "evaluate", "report", "similarity", "recommend", "run", "predict"]
+COMMANDS = ["demo", "manifest", "pretrain", "evaluate", "report", "similarity", "recommend", "run", "results", "predict"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -540,18 +540,24 @@ def _outcome_metric(cfg: PipelineConfig) -> str:
     return "mae" if cfg.tasks[0].kind == "regression" else "auroc"
 
 
+def strategy_entries(strategy: dict) -> list[dict]:
+    """A report strategy's results per label fraction (one entry when a single fraction ran)."""
+    return strategy.get("by_label_fraction") or [strategy]
+
+
 def _outcomes(report: dict, cfg: PipelineConfig) -> dict[str, float]:
-    """Mean test metric per strategy for the first task at the largest label fraction."""
+    """Mean test metric per strategy for the first task at the largest label fraction (higher = better)."""
     task = report.get("tasks", {}).get(cfg.tasks[0].name, {})
     metric = _outcome_metric(cfg)
     frac = max(cfg.label_fractions)
     found: dict[str, float] = {}
-    for agg in task.get("aggregates", []):
-        if agg.get("label_fraction") not in (None, frac):
-            continue
-        value = (agg.get("metrics", {}).get(metric) or {}).get("mean")
-        if value is not None:
-            found[agg["strategy"]] = -value if metric == "mae" else value
+    for name, strategy in task.get("strategies", {}).items():
+        for entry in strategy_entries(strategy):
+            if entry.get("label_fraction") not in (None, frac):
+                continue
+            value = (entry.get("metrics", {}).get(metric) or {}).get("value")
+            if value is not None:
+                found[name] = -value if metric == "mae" else value
     return found
 
 
