@@ -34,3 +34,17 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def manifests_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "data_manifests"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI (MEDTL_REQUIRE_DATA=1 or MEDTL_REQUIRE_SERVICES=1) any skip is a failure: the data and
+    services are there, so a skipped real-data or service test means something silently did not run."""
+    if os.environ.get("MEDTL_REQUIRE_DATA") != "1" and os.environ.get("MEDTL_REQUIRE_SERVICES") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        reporter.write_line(f"FAILED: {len(skipped)} test(s) skipped while CI requires every test to run:", red=True)
+        for rep in skipped[:20]:
+            reporter.write_line(f"  {rep.nodeid}: {rep.longrepr[-1] if isinstance(rep.longrepr, tuple) else rep.longrepr}")
+        session.exitstatus = 1
