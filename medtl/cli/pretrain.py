@@ -53,6 +53,9 @@ def run(args) -> int:
         deterministic=args.deterministic, grad_clip=args.grad_clip, patience=args.patience,
         max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress,
     )
-    print(f"wrote {result.path}")
-    print(json.dumps(result.metrics, indent=2, default=str))
+    from medtl.engine.distributed import current
+
+    if current().is_main:  # under torchrun, one summary rather than one per process
+        print(f"wrote {result.path}")
+        print(json.dumps(result.metrics, indent=2, default=str))
     return 0

@@ -62,18 +62,19 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+def collect(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
             progress: bool = False) -> dict[str, Any]:
-    """Outputs for every item: ``logits`` (N, K), ``prob`` ((N, K) or (N,) for regression), ``label`` when
-    given, and the batch's string fields (``case_id``, ``patient_id``, ``domain``) as lists; ``loss`` is
-    the mean validation loss (None without labels)."""
+    """The raw per-batch pieces of :func:`predict` (CPU logits and labels, string fields, loss terms).
+
+    Pieces from consecutive parts of one loader concatenate (``merge_collected``) into exactly the
+    pieces of the whole: that is how sharded inference (medtl.engine.distributed) merges its ranks.
+    """
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    logits_all, labels, strings = [], [], {}
-    loss_sum, n_loss = 0.0, 0
+    raw: dict[str, Any] = {"logits": [], "labels": [], "strings": {}, "loss_terms": [], "n_loss": 0}
     try:
         for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
             batch = to_device(batch, device)
@@ -81,21 +82,43 @@ def predict(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dt
                 loss, logits = _step(model, batch)
             n = int(batch["image"].shape[0])
             if loss is not None:
-                loss_sum += float(loss) * n
-                n_loss += n
+                raw["loss_terms"].append(float(loss) * n)
+                raw["n_loss"] += n
             if logits is not None:
-                logits_all.append(logits.float().cpu())
+                raw["logits"].append(logits.float().cpu())
             if "label" in batch:
-                labels.append(batch["label"].cpu())
+                raw["labels"].append(batch["label"].cpu())
             for k, v in batch.items():
                 if isinstance(v, (list, tuple)) and v and isinstance(v[0], str):
-                    strings.setdefault(k, []).extend(v)
+                    raw["strings"].setdefault(k, []).extend(v)
     finally:
         model.train(was_training)
-    out: dict[str, Any] = dict(strings)
-    out["loss"] = loss_sum / n_loss if n_loss else None
-    if logits_all:
-        logits = torch.cat(logits_all)
+    return raw
+
+
+def merge_collected(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate :func:`collect` pieces in the given order."""
+    raw: dict[str, Any] = {"logits": [], "labels": [], "strings": {}, "loss_terms": [], "n_loss": 0}
+    for part in parts:
+        raw["logits"] += part["logits"]
+        raw["labels"] += part["labels"]
+        raw["loss_terms"] += part["loss_terms"]
+        raw["n_loss"] += part["n_loss"]
+        for k, v in part["strings"].items():
+            raw["strings"].setdefault(k, []).extend(v)
+    return raw
+
+
+def assemble(raw: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
+    """The :func:`predict` output from :func:`collect` pieces."""
+    out: dict[str, Any] = dict(raw["strings"])
+    loss_sum = 0.0
+    for term in raw["loss_terms"]:  # in batch order, as a single pass adds them
+        loss_sum += term
+    out["loss"] = loss_sum / raw["n_loss"] if raw["n_loss"] else None
+    labels = raw["labels"]
+    if raw["logits"]:
+        logits = torch.cat(raw["logits"])
         task = head_task(getattr(model, "head", None))
         label_t = torch.cat(labels) if labels else None
         task = task if task in ("binary", "multiclass", "regression") else infer_task(logits, label_t)
@@ -107,10 +130,16 @@ def predict(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dt
     return out
 
 
-def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
-             progress: bool = False) -> dict[str, float | None]:
-    """``loss`` plus ``accuracy``/``auroc`` (classification) or ``mae`` (regression) over ``loader``."""
-    p = predict(model, loader, device, amp_dtype, progress)
+def predict(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+            progress: bool = False) -> dict[str, Any]:
+    """Outputs for every item: ``logits`` (N, K), ``prob`` ((N, K) or (N,) for regression), ``label`` when
+    given, and the batch's string fields (``case_id``, ``patient_id``, ``domain``) as lists; ``loss`` is
+    the mean validation loss (None without labels)."""
+    return assemble(collect(model, loader, device, amp_dtype, progress), model)
+
+
+def metrics_from_predictions(p: dict[str, Any]) -> dict[str, float | None]:
+    """``loss`` plus ``accuracy``/``auroc`` (classification) or ``mae`` (regression) of a :func:`predict` output."""
     metrics: dict[str, float | None] = {"loss": p["loss"]}
     if "prob" in p and "label" in p:
         if p["task"] == "regression":
@@ -118,3 +147,9 @@ def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", amp_d
         else:
             metrics.update(classification_metrics(p["prob"], p["label"].astype(np.int64)))
     return metrics
+
+
+def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+             progress: bool = False) -> dict[str, float | None]:
+    """``loss`` plus ``accuracy``/``auroc`` (classification) or ``mae`` (regression) over ``loader``."""
+    return metrics_from_predictions(predict(model, loader, device, amp_dtype, progress))

@@ -8,6 +8,10 @@ run folder's log and training state. ``pretrain_on`` does the same from datasets
   full training from random (or ``init_weights``) initialisation;
 - ``mode="autoencoder"``: encoder f + VAE decoder g, ``MSE(x, g(f(x))) + kl_weight * KL``; labels
   are not used, so unlabelled images can serve. The encoder part is what later transfers.
+
+Under ``torchrun`` (``torchrun --nproc_per_node=N -m medtl pretrain ...``) the trainer runs DDP and
+splits every global batch of ``batch_size`` images across the N processes; only rank 0 writes the
+run folder and ``model.pt`` (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 
 import torch
 
-from medtl.engine.trainer import TrainConfig, TrainResult, Trainer, seed_everything
+from medtl.engine.distributed import barrier, torchrun_env
+from medtl.engine.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 from medtl.errors import MedtlError
 from medtl.models.autoencoder import VAEHead
 from medtl.models.checkpoint import save_checkpoint
@@ -38,11 +43,13 @@ class PretrainResult:
     train: TrainResult
 
 
-def _loader(ds, batch_size: int, shuffle: bool, num_workers: int, seed: int):
+def _loader(ds, batch_size: int, shuffle: bool, num_workers: int, seed: int, world_size: int = 1):
     from monai.data import DataLoader
 
-    # A last batch of one image breaks batch norm on 1x1 maps: drop it when it would occur.
-    drop_last = shuffle and len(ds) > batch_size and len(ds) % batch_size == 1
+    # A last batch of one image breaks batch norm on 1x1 maps: drop it when it would occur (on some
+    # rank, when the global batch is split across world_size processes).
+    last = len(ds) % batch_size
+    drop_last = shuffle and len(ds) > batch_size and 0 < last < 2 * world_size
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       generator=gen, pin_memory=torch.cuda.is_available())
@@ -107,14 +114,22 @@ def pretrain_on(
         "hparams": strategy.hparams,
         **(meta or {}),
     }
-    train_loader = _loader(train_dataset, batch_size, True, num_workers, seed)
+    env = torchrun_env() if config.distributed == "auto" else None
+    world = env.world_size if env is not None else 1
+    if batch_size < world:
+        raise MedtlError(f"batch_size {batch_size} is the global batch: it must be at least the number of "
+                         f"processes ({world})", "batch_size")
+    train_loader = _loader(train_dataset, batch_size, True, num_workers, seed, world)
     val_loader = _loader(val_dataset, batch_size, False, num_workers, seed) if val_dataset is not None and len(val_dataset) else None
     trainer = Trainer(strategy, config, out, checkpoint_meta=meta)
     result = trainer.fit(train_loader, val_loader, resume=resume)
     metrics = {k: v for k, v in result.best_metrics.items() if k.startswith(("train_", "val_"))}
-    path = save_checkpoint(out / "model.pt", strategy, **{**meta, "metrics": metrics,
-                                                          "epochs": len(result.history), "best_epoch": result.best_epoch})
-    log.info("pretrained model written to %s", path)
+    path = out / "model.pt"
+    if trainer.ctx.is_main:  # one writer; the other ranks hold the same weights
+        save_checkpoint(path, strategy, **{**meta, "metrics": metrics, "epochs": len(result.history),
+                                           "best_epoch": result.best_epoch})
+        log.info("pretrained model written to %s", path)
+    barrier(trainer.ctx)
     return PretrainResult(path, metrics, result)
 
 

@@ -15,10 +15,18 @@ Resume: ``fit`` on a run folder that holds ``last.pt`` continues after its epoch
 re-seeds Python, NumPy, torch, the loaders' generators and (single-process loaders) the MONAI
 random transforms from ``(seed, epoch)``, so an interrupted run resumed on CPU in deterministic mode
 ends with exactly the weights of an uninterrupted one.
+
+Distributed (docs/distributed.md): started by ``torchrun`` with more than one process, ``fit``
+starts the process group (gloo on CPU, nccl on CUDA, one GPU per process), wraps the strategy's
+trainable parameters in DDP (rebuilt when a schedule freezes or thaws parameters), splits every
+global batch of a plain loader across the ranks (a loader with a ``DistributedSampler`` is used as
+it is), gathers the training sums and the validation predictions so every rank logs and decides on
+the same numbers, and lets only rank 0 write the run folder and show progress bars.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,9 +43,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl.engine import distributed as D
 from medtl.engine.evaluate import autocast, evaluate, to_device
 from medtl.errors import MedtlError
-from medtl.models.checkpoint import model_config, model_state_dict, plain, save_checkpoint
+from medtl.models.checkpoint import (
+    model_config,
+    model_state_dict,
+    plain,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "medtl-train-state"
@@ -64,6 +78,10 @@ class TrainConfig:
     restore_best: bool = True  # end with the best epoch's weights
     progress: bool = True  # tqdm bars
     max_steps_per_epoch: int | None = None
+    distributed: str = "auto"  # "auto": DDP when torchrun started several processes; "off": ignore torchrun
+    dist_backend: str = "auto"  # "auto": nccl on CUDA, gloo on CPU; or "gloo" / "nccl"
+    find_unused_parameters: bool | None = None  # DDP option; None: True for strategies with needs_target
+    sync_batchnorm: bool = False  # SyncBatchNorm while training distributed (CUDA only, as in PyTorch)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
@@ -91,6 +109,10 @@ class TrainConfig:
             bad("patience", "patience must be >= 1 or None")
         if self.grad_clip is not None and self.grad_clip <= 0:
             bad("grad_clip", "grad_clip must be > 0 or None")
+        if self.distributed not in ("auto", "off"):
+            bad("distributed", "distributed must be 'auto' or 'off'")
+        if self.dist_backend not in ("auto", "gloo", "nccl"):
+            bad("dist_backend", "dist_backend must be 'auto', 'gloo' or 'nccl'")
         return self
 
 
@@ -122,15 +144,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CUDA generators too
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
+    """``device`` as a torch device; with ``local_rank`` (a torchrun process), "auto" and "cuda" mean
+    GPU ``local_rank`` (modulo the GPUs present)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise MedtlError(f"unknown device {device!r}", "train.device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MedtlError("CUDA requested but no GPU is available", "train.device")
+    if dev.type == "cuda" and dev.index is None and local_rank is not None:
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
 
 
@@ -147,16 +173,59 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + epoch) % 2**31
 
 
-def _reseed_loader(loader, seed: int) -> None:
+def _rank_seed(seed: int, rank: int) -> int:
+    return (seed + 7_919 * rank) % 2**31 if rank else seed
+
+
+def _reseed_loader(loader, seed: int, epoch: int = 0, rank: int = 0) -> None:
     for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         gen = getattr(obj, "generator", None)
         if isinstance(gen, torch.Generator):
             gen.manual_seed(seed)
+        if hasattr(obj, "set_epoch"):  # DistributedSampler: its shuffle follows (seed, epoch)
+            obj.set_epoch(epoch)
     if getattr(loader, "num_workers", 0) == 0 and getattr(loader, "dataset", None) is not None:
-        # Single-process loading: MONAI's random transforms keep their own states; seed them per epoch.
+        # Single-process loading: MONAI's random transforms keep their own states; seed them per epoch
+        # (and per rank: the ranks load different items and should not share augmentation draws).
         from monai.data.utils import set_rnd
 
-        set_rnd(loader.dataset, seed)
+        set_rnd(loader.dataset, _rank_seed(seed, rank))
+
+
+class _RankRng:
+    """Two streams of torch's (CPU) global generator: the data stream, the same on every rank, for the
+    loaders (their samplers draw the epoch's order from it), and this rank's own stream for the rest."""
+
+    def __init__(self, own_seed: int):
+        self.data_state = torch.get_rng_state()
+        torch.manual_seed(own_seed)
+        self.own_state = None
+
+    @contextlib.contextmanager
+    def data(self):
+        self.own_state = torch.get_rng_state()
+        torch.set_rng_state(self.data_state)
+        try:
+            yield
+        finally:
+            self.data_state = torch.get_rng_state()
+            torch.set_rng_state(self.own_state)
+
+
+def _fetching(loader, rng: _RankRng | None):
+    """Iterate ``loader``, drawing from the data stream of ``rng`` while fetching."""
+    if rng is None:
+        yield from loader
+        return
+    with rng.data():
+        it = iter(loader)
+    while True:
+        with rng.data():
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+        yield batch
 
 
 def _cycle(loader):
@@ -185,7 +254,10 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.checkpoint_meta = dict(checkpoint_meta or {})  # stored in best.pt (label names, image size, ...)
-        self.device = resolve_device(self.config.device)
+        env = D.torchrun_env() if self.config.distributed == "auto" else None
+        self.env = env if env is not None and env.world_size > 1 else None  # None: one process
+        self.device = resolve_device(self.config.device, self.env.local_rank if self.env else None)
+        self.ctx = D.DistContext()  # the process group in use, set by fit
         self.amp_dtype = amp_dtype(self.config.amp, self.device)
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -234,6 +306,11 @@ class Trainer:
         os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous state intact
 
     def _load_state(self, path: Path) -> dict[str, Any]:
+        state = self._read_state(path)
+        self._apply_state(state, path)
+        return state
+
+    def _read_state(self, path: Path) -> dict[str, Any]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
@@ -243,11 +320,13 @@ class Trainer:
         name = getattr(self.strategy, "name", None)
         if state.get("strategy") != name:
             raise MedtlError(f"the run was trained with strategy {state.get('strategy')!r}, not {name!r}", path)
+        return state
+
+    def _apply_state(self, state: dict[str, Any], path: Path) -> None:
         try:
             self.strategy.load_state_dict(state["model"])
         except RuntimeError as err:
             raise MedtlError(f"the saved weights do not fit this model: {str(err)[:300]}", path) from None
-        return state
 
     def _write_config(self) -> None:
         cfg = {
@@ -255,6 +334,7 @@ class Trainer:
             "strategy": getattr(self.strategy, "name", None),
             "hparams": getattr(self.strategy, "hparams", None),
             "model": model_config(self.strategy),
+            "distributed": {"world_size": self.ctx.world_size, "backend": self.ctx.backend},
         }
         (self.run_dir / "config.json").write_text(json.dumps(plain(cfg), indent=2) + "\n")
 
@@ -266,8 +346,45 @@ class Trainer:
         path.write_text("".join(line + "\n" for line in keep))
 
     def _save_best(self) -> None:
-        if self.run_dir is not None and hasattr(self.strategy, "encoder") and hasattr(self.strategy, "head"):
+        if self.ctx.is_main and self.run_dir is not None and hasattr(self.strategy, "encoder") and hasattr(self.strategy, "head"):
             save_checkpoint(self.run_dir / "best.pt", self.strategy, **self.checkpoint_meta)
+
+    # -- distributed pieces ------------------------------------------------------------------------
+    def _start_distributed(self) -> D.DistContext:
+        if self.env is None:
+            return D.DistContext()
+        backend = None if self.config.dist_backend == "auto" else self.config.dist_backend
+        ctx = D.init_distributed(self.device, backend)
+        if ctx.world_size != self.env.world_size:
+            raise MedtlError(f"the process group has {ctx.world_size} processes, torchrun started "
+                             f"{self.env.world_size}", "environment")
+        return ctx
+
+    def _find_unused(self) -> bool:
+        if self.config.find_unused_parameters is not None:
+            return bool(self.config.find_unused_parameters)
+        return bool(getattr(self.strategy, "ddp_find_unused_parameters", getattr(self.strategy, "needs_target", False)))
+
+    def _resume_state(self, resume: bool) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Rank 0 reads ``last.pt`` and the log and shares them (the other ranks need no shared disk)."""
+        state, history, error = None, [], None
+        if self.ctx.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                last = self.run_dir / "last.pt"
+                if resume and last.exists():
+                    state = self._read_state(last)
+                    self._truncate_log(int(state["epoch"]))
+                    history = self._read_log()
+                elif (self.run_dir / "metrics.jsonl").exists():
+                    (self.run_dir / "metrics.jsonl").unlink()  # a fresh run: no stale lines
+            except MedtlError as err:
+                error = (err.reason, err.where)
+        if self.ctx.enabled:
+            state, history, error = D.broadcast_object((state, history, error), 0, self.ctx)
+        if error is not None:
+            raise MedtlError(*error)
+        return state, history
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, train_loader, val_loader=None, target_loader=None, resume: bool = True) -> TrainResult:
@@ -277,13 +394,24 @@ class Trainer:
         needs_target = bool(getattr(strategy, "needs_target", False))
         if needs_target and target_loader is None:
             raise MedtlError(f"strategy {strategy.name!r} adapts to a target domain: give a target_loader", "target_loader")
-        steps = len(train_loader)
+        ctx = self.ctx = self._start_distributed()
+        main = ctx.is_main
+        # Each rank's part of every global batch (a DistributedSampler loader is already per rank).
+        train_iter = D.shard_loader(train_loader, ctx)
+        target_iter = D.shard_loader(target_loader, ctx) if target_loader is not None else None
+        steps = len(train_iter)
+        if ctx.enabled:
+            lengths = D.all_gather_object(steps, ctx)
+            if len(set(lengths)) != 1:
+                raise MedtlError(f"the ranks' training loaders differ in length ({lengths}): every process must "
+                                 "take the same number of steps", "train_loader")
         if steps == 0:
             raise MedtlError("the training loader is empty", "train_loader")
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
         total_steps = cfg.epochs * steps
         monitor, mode = self._monitor(val_loader is not None)
+        show = cfg.progress and main
 
         prev_det = torch.are_deterministic_algorithms_enabled()
         prev_bench = torch.backends.cudnn.benchmark
@@ -291,8 +419,16 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        swaps: list = []
+        ddp, ddp_key = None, None
         try:
             strategy.to(device)
+            if ctx.enabled and cfg.sync_batchnorm:
+                if device.type != "cuda":
+                    raise MedtlError("sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU "
+                                     "keep the norm statistics fixed (freeze_norm) or accept per-rank statistics",
+                                     "train.sync_batchnorm")
+                swaps = D.convert_sync_batchnorm(strategy)
             optimizer = self._optimizer(self._groups())
             scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and device.type == "cuda" else None
             start_epoch, step = 0, 0
@@ -300,20 +436,16 @@ class Trainer:
             history: list[dict[str, Any]] = []
             best_state = None
             if self.run_dir is not None:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                last = self.run_dir / "last.pt"
-                if resume and last.exists():
-                    state = self._load_state(last)
+                state, history = self._resume_state(resume)
+                if state is not None:
+                    self._apply_state(state, self.run_dir / "last.pt")
                     optimizer.load_state_dict(state["optimizer"])
                     if scaler is not None and state.get("scaler"):
                         scaler.load_state_dict(state["scaler"])
                     start_epoch, step, best = int(state["epoch"]), int(state["global_step"]), dict(state["best"])
                     log.info("resuming %s after epoch %d", self.run_dir, start_epoch)
-                    self._truncate_log(start_epoch)
-                    history = self._read_log()
-                elif (self.run_dir / "metrics.jsonl").exists():
-                    (self.run_dir / "metrics.jsonl").unlink()  # a fresh run: no stale lines
-                self._write_config()
+                if main:
+                    self._write_config()
             stopped_early = best.get("bad_epochs", 0) >= (cfg.patience or math.inf)
 
             for epoch in range(start_epoch, cfg.epochs):
@@ -321,22 +453,33 @@ class Trainer:
                     break
                 t0 = time.time()
                 seed = _epoch_seed(cfg.seed, epoch)
-                seed_everything(seed)
-                _reseed_loader(train_loader, seed)
+                seed_everything(seed)  # the same on every rank: the ranks' samplers agree on the global batches
+                _reseed_loader(train_loader, seed, epoch, ctx.rank)
                 if target_loader is not None:
-                    _reseed_loader(target_loader, seed + 1)
+                    _reseed_loader(target_loader, seed + 1, epoch, ctx.rank)
                 strategy.on_epoch_start(epoch, cfg.epochs)
                 groups = self._groups()
                 if len(groups) != len(optimizer.param_groups):
                     raise MedtlError("param_groups() changed its number of groups between epochs", "strategy")
                 base = [(float(g["lr"]), g.get("weight_decay")) for g in groups]
                 strategy.train()
+                if ctx.enabled:
+                    # DDP synchronises the parameters that train when it is built: rebuild it when a
+                    # schedule (gradual unfreezing, LP-FT) changes them.
+                    key = tuple(id(p) for p in strategy.parameters() if p.requires_grad)
+                    if key != ddp_key:
+                        ddp = None
+                        ddp = D.wrap_ddp(strategy, device, self._find_unused())
+                        ddp_key = key
 
                 sums: dict[str, float] = {}
                 seen = 0
-                targets = _cycle(target_loader) if needs_target else None
-                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress)
-                for i, batch in enumerate(train_loader):
+                targets = _cycle(target_iter) if needs_target else None
+                # Distributed: the loaders draw from a random stream that is the same on every rank (so
+                # the ranks agree on the global batches); the steps (dropout, ...) from a per-rank one.
+                rng = _RankRng(_rank_seed(seed, ctx.rank) + 1) if ctx.enabled else None
+                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show)
+                for i, batch in enumerate(_fetching(train_iter, rng)):
                     if i >= steps:
                         break
                     factor = self._lr_factor(step, total_steps)
@@ -345,12 +488,35 @@ class Trainer:
                         if wd is not None:
                             g["weight_decay"] = wd
                     batch = to_device(batch, device)
-                    target = to_device(next(targets), device) if targets is not None else None
+                    if targets is not None:
+                        with rng.data() if rng is not None else contextlib.nullcontext():
+                            target = next(targets)
+                        target = to_device(target, device)
+                    else:
+                        target = None
                     optimizer.zero_grad(set_to_none=True)
                     with autocast(device, self.amp_dtype):
-                        loss, parts = strategy.training_loss(batch, target, step / total_steps)
-                    if not torch.isfinite(loss.detach()):
-                        raise MedtlError(f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}: lower the "
+                        if ddp is not None:
+                            try:
+                                loss, parts = ddp(batch, target, step / total_steps)
+                            except RuntimeError as err:
+                                raise self._ddp_error(err) from err
+                        else:
+                            loss, parts = strategy.training_loss(batch, target, step / total_steps)
+                    n = int(batch["image"].shape[0])
+                    finite = bool(torch.isfinite(loss.detach()))
+                    raw_loss = float(loss.detach())
+                    if ctx.enabled:
+                        n_global, bad = D.all_reduce_sum([n, 0.0 if finite else 1.0], ctx)
+                        if bad:
+                            raise MedtlError(f"loss is not finite on {int(bad)} of {ctx.world_size} processes at "
+                                             f"epoch {epoch + 1}, step {i + 1}: lower the learning rate or check the "
+                                             "inputs", "training")
+                        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share
+                        # of the global batch makes that the gradient of the global batch's mean loss.
+                        loss = loss * (ctx.world_size * n / n_global)
+                    elif not finite:
+                        raise MedtlError(f"loss is {raw_loss} at epoch {epoch + 1}, step {i + 1}: lower the "
                                          "learning rate or check the inputs", "training")
                     if scaler is not None:
                         scaler.scale(loss).backward()
@@ -365,9 +531,8 @@ class Trainer:
                         scaler.update()
                     else:
                         optimizer.step()
-                    n = int(batch["image"].shape[0])
                     seen += n
-                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+                    sums["loss"] = sums.get("loss", 0.0) + raw_loss * n
                     for k, v in parts.items():
                         if k != "loss":
                             sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -375,11 +540,17 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
                 bar.close()
+                if ctx.enabled:
+                    sums, seen = self._gather_sums(sums, seen)
+                    D.sync_buffers(strategy, ctx)  # equal running statistics before validation and saving
 
                 record: dict[str, Any] = {"epoch": epoch}
                 record.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
                 if val_loader is not None:
-                    val = evaluate(strategy, val_loader, device, self.amp_dtype, cfg.progress)
+                    if ctx.enabled:  # each rank predicts a part; metrics on the gathered predictions
+                        val = D.evaluate_sharded(strategy, val_loader, device, self.amp_dtype, show, ctx)
+                    else:
+                        val = evaluate(strategy, val_loader, device, self.amp_dtype, cfg.progress)
                     record.update({f"val_{k}": v for k, v in val.items()})
                 record["lr"] = [g["lr"] for g in optimizer.param_groups]
                 record["seconds"] = round(time.time() - t0, 3)
@@ -400,26 +571,57 @@ class Trainer:
                     best["bad_epochs"] = best.get("bad_epochs", 0) + 1
                 record["best"] = improved
                 history.append(record)
-                if self.run_dir is not None:
+                if self.run_dir is not None and main:
                     with open(self.run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(plain(record)) + "\n")
                     self._save_state(self.run_dir / "last.pt", optimizer, scaler, epoch + 1, step, best)
                 stopped_early = cfg.patience is not None and best["bad_epochs"] >= cfg.patience
+                stop = False
                 try:
                     for cb in self.callbacks:
                         cb(record)
                 except StopTraining:
+                    stop = True
+                if ctx.enabled:  # a callback that stops on one rank stops them all
+                    stop = D.all_reduce_sum([float(stop)], ctx)[0] > 0
+                if stop:
                     break
                 if stopped_early:
                     log.info("early stopping after epoch %d (%s did not improve for %d epochs)", epoch + 1, monitor,
                              cfg.patience)
 
+            ddp = None
             if cfg.restore_best and best["epoch"] is not None:
-                self._restore_best(best_state)
-            return TrainResult(history, monitor, best["value"], best["epoch"], stopped_early, self.run_dir)
+                if best_state is not None or main:
+                    self._restore_best(best_state)
+                if ctx.enabled and best_state is None:
+                    D.broadcast_module_state(strategy, 0, ctx)  # rank 0 read best.pt
+            D.barrier(ctx)  # on return, rank 0's files are complete
+            return TrainResult(history, monitor, best["value"], best["epoch"], stopped_early, self.run_dir,
+                               extra={"world_size": ctx.world_size, "rank": ctx.rank})
         finally:
+            ddp = None
+            if swaps:
+                D.restore_batchnorm(swaps)
             torch.use_deterministic_algorithms(prev_det)
             torch.backends.cudnn.benchmark = prev_bench
+
+    @staticmethod
+    def _ddp_error(err: RuntimeError) -> Exception:
+        if "find_unused_parameters" in str(err):
+            return MedtlError("some trainable parameters took no part in a step's loss, which DDP refuses by default: "
+                              "set find_unused_parameters=True in the training options", "train.find_unused_parameters")
+        return err
+
+    def _gather_sums(self, sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
+        """The epoch's loss sums over all ranks (keys may differ: a part logged only on some ranks)."""
+        total: dict[str, float] = {}
+        n = 0
+        for part_sums, part_seen in D.all_gather_object((sums, seen), self.ctx):
+            n += part_seen
+            for k, v in part_sums.items():
+                total[k] = total.get(k, 0.0) + v
+        return total, n
 
     def _read_log(self) -> list[dict[str, Any]]:
         path = self.run_dir / "metrics.jsonl"

@@ -123,9 +123,9 @@ class GradualUnfreeze(FineTuneStrategy):
         if int(self.hparams["epochs_per_stage"]) < 1:
             raise MedtlError("epochs_per_stage must be >= 1", "hparams.epochs_per_stage")
         self.thawed = 0
-        self._apply()
+        self._apply_thaw()
 
-    def _apply(self) -> None:
+    def _apply_thaw(self) -> None:
         stages = self.stages()
         for i, params in enumerate(stages):
             for p in params:
@@ -133,7 +133,7 @@ class GradualUnfreeze(FineTuneStrategy):
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         self.thawed = min(len(self.stages()), epoch // int(self.hparams["epochs_per_stage"]))
-        self._apply()
+        self._apply_thaw()
 
     def param_groups(self):
         lr, wd = self.hparams["lr"], self.hparams["weight_decay"]

@@ -173,3 +173,22 @@ def test_every_strategy_trains_one_step(name):
     s.eval()
     with torch.no_grad():
         assert s(_batch()["image"]).shape == (4, 2)
+
+
+def test_every_strategy_moves_to_a_device_and_trains_through_fit(tmp_path):
+    """Regression: a strategy method named like an nn.Module internal (e.g. ``_apply``) broke ``.to()``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from medtl.engine import fit
+    from medtl.models import Head, build_encoder
+    from medtl.strategies import get_strategy
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.randn(1, 16, 16, generator=g), "label": torch.tensor(i % 2)} for i in range(8)]
+    for name in ("scratch", "full", "feature_extraction", "gradual_unfreeze", "discriminative_lr", "lp_ft", "l2sp"):
+        enc = build_encoder("resnet10", spatial_dims=2)
+        strategy = get_strategy(name)(enc, Head(enc.out_features, "binary"))
+        strategy.to("cpu")
+        result = fit(strategy, DataLoader(data, batch_size=4), run_dir=tmp_path / name, epochs=2, progress=False)
+        assert len(result.history) == 2, name
