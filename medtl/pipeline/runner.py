@@ -513,7 +513,7 @@ def stage_report(ctx: Context) -> dict:
         log_path = out / "metrics_log.csv"
         pd.DataFrame(logs).to_csv(log_path, index=False)
     settings = EvalSettings(n_boot=ctx.config.evaluation.bootstrap, threshold_rule=ctx.config.evaluation.threshold_rule)
-    report = evaluate_predictions(preds, settings)
+    report = evaluate_predictions(out / "predictions.csv", settings)  # the path is recorded as its source
     rec_path = out / "similarity" / "recommendation.json"
     if rec_path.exists():
         record = json.loads(rec_path.read_text())
