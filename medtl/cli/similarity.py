@@ -1,4 +1,16 @@
-"""`medtl similarity`: domain distances and transferability, from feature files or from images."""
+"""`medtl similarity`: domain distances and transferability, from images or from feature files.
+
+Three ways in (exactly one):
+
+    medtl similarity --source A.csv --target B.csv --data-root DIR [--encoder model.pt] --out sim.json
+    medtl similarity --matrix A.csv B.csv C.csv ... --data-root DIR [--encoder model.pt] --out matrix.json
+                     [--markdown matrix.md] [--max-cases N]
+    medtl similarity --source-features s.npy --target-features t.npz [--target-labels y.txt] --out sim.json
+
+Without ``--encoder`` the features come from an untrained, randomly initialised resnet10 (torch seed
+0); the output says so. Older spellings stay as aliases: ``--source-manifest`` / ``--target-manifest``
+(= ``--source`` / ``--target``), ``--checkpoint`` (= ``--encoder``), ``--json`` (= ``--out``).
+"""
 
 from __future__ import annotations
 
@@ -11,90 +23,105 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser(
         "similarity",
-        help="how far apart two domains are (MMD, proxy A-distance, Frechet) and how transferable features are",
-        description="Either give feature arrays (--source-features/--target-features), or a model "
-        "checkpoint and two manifests to extract them from images.",
+        allow_abbrev=False,
+        help="how far apart domains are (MMD, proxy A-distance, Frechet) and how transferable features are",
+        description="Compare two manifests' images (--source/--target), every pair of several data sets "
+        "(--matrix), or two feature arrays (--source-features/--target-features). Features come from "
+        "--encoder (a medtl checkpoint) or, without it, from an untrained, randomly initialised resnet10 "
+        "(seed 0). Volumes (mri3d) given to a 2D encoder are read through its 2.5D lift (axial slices, "
+        "slice_axis=2), so all data sets share one feature space.",
     )
+    images = p.add_argument_group("from images (manifests)")
+    images.add_argument("--source", "--source-manifest", dest="source", type=Path, help="source manifest CSV")
+    images.add_argument("--target", "--target-manifest", dest="target", type=Path, help="target manifest CSV")
+    images.add_argument("--matrix", nargs="+", type=Path, metavar="MANIFEST",
+                        help="two or more manifests: every pair, features extracted once per data set")
+    images.add_argument("--data-root", type=Path, default=None, help="folder manifest paths are relative to "
+                        "(default: $MEDTL_DATA_ROOT or ../shared/data)")
+    images.add_argument("--encoder", "--checkpoint", dest="encoder", type=Path,
+                        help="medtl model file whose encoder gives the features (default: untrained resnet10, seed 0)")
+    images.add_argument("--split", default=None, help="use only this split of each manifest (e.g. train)")
+    images.add_argument("--max-cases", type=int, default=None,
+                        help="random subset per data set, seeded by --seed and the manifest's rows")
+    images.add_argument("--image-size", type=int, default=None,
+                        help="2D image side (default: the checkpoint's, else 64)")
+    images.add_argument("--spacing", type=float, nargs=3, default=None,
+                        help="3D voxel spacing in mm (default: the checkpoint's, else 4 4 4)")
+    images.add_argument("--volume-shape", type=int, nargs=3, default=None,
+                        help="3D volume shape (default: the checkpoint's, else 40 48 40)")
+    images.add_argument("--batch-size", type=int, default=16)
+    images.add_argument("--device", default="cpu")
+    images.add_argument("--save-features", type=Path, help="write the extracted features to this .npz")
     arrays = p.add_argument_group("from feature arrays (.npy, .npz, .csv)")
     arrays.add_argument("--source-features", type=Path)
     arrays.add_argument("--target-features", type=Path)
     arrays.add_argument("--target-labels", type=Path, help="one label per target row (for LogME / H-score / LEEP)")
     arrays.add_argument("--source-probs", type=Path, help="source model's class probabilities on the target images (LEEP)")
-    images = p.add_argument_group("from images")
-    images.add_argument("--checkpoint", type=Path, help="medtl model file; its encoder gives the features")
-    images.add_argument("--source-manifest", type=Path)
-    images.add_argument("--target-manifest", type=Path)
-    images.add_argument("--data-root", type=Path, default=None)
-    images.add_argument("--split", default=None, help="use only this split of each manifest (e.g. train)")
-    images.add_argument("--max-cases", type=int, default=None, help="random subset per domain (seeded)")
-    images.add_argument("--image-size", type=int, default=None, help="2D preset image size (default: the preset's)")
-    images.add_argument("--batch-size", type=int, default=16)
-    images.add_argument("--device", default="cpu")
-    images.add_argument("--save-features", type=Path, help="write source/target features to this .npz")
-    p.add_argument("--paired", action="store_true", help="rows are the same cases in both arrays (enables CKA)")
+    arrays.add_argument("--paired", action="store_true", help="rows are the same cases in both arrays (enables CKA)")
     p.add_argument("--permutations", type=int, default=200, help="MMD permutation-test permutations")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write the result as JSON")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--seed", type=int, default=0, help="subsets, permutations, folds")
+    p.add_argument("--out", "--json", dest="out", type=Path, help="write the result as JSON")
+    p.add_argument("--markdown", nargs="?", const="-", default=None, metavar="FILE.md",
+                   help="Markdown tables: to FILE.md, or printed instead of plain text when no file is given")
     p.set_defaults(func=run)
 
 
-def _from_images(args):
-    import numpy as np
+def _image_options(args) -> dict:
+    return {
+        "split": args.split, "max_cases": args.max_cases, "image_size": args.image_size,
+        "spacing": tuple(args.spacing) if args.spacing else None,
+        "volume_shape": tuple(args.volume_shape) if args.volume_shape else None,
+        "n_permutations": args.permutations, "seed": args.seed, "batch_size": args.batch_size,
+        "device": args.device, "save_features": args.save_features,
+    }
 
-    from medtl.data.datasets import build_dataset
-    from medtl.data.manifest import Manifest
-    from medtl.errors import MedtlError
-    from medtl.models import load_checkpoint
-    from medtl.paths import default_data_root
-    from medtl.similarity.features import extract_features
 
-    if not (args.source_manifest and args.target_manifest):
-        raise MedtlError("--checkpoint needs --source-manifest and --target-manifest", "similarity")
-    model, _ = load_checkpoint(args.checkpoint, map_location=args.device)
-    root = args.data_root or default_data_root()
-    rng = np.random.default_rng(args.seed)
-    out = {}
-    for side, path in (("source", args.source_manifest), ("target", args.target_manifest)):
-        manifest = Manifest.load(path)
-        if args.split:
-            manifest = manifest.select(split=args.split)
-        if args.max_cases and len(manifest) > args.max_cases:
-            keep = sorted(rng.choice(len(manifest), args.max_cases, replace=False))
-            manifest = Manifest([manifest.rows[i] for i in keep], list(manifest.label_names), dict(manifest.meta),
-                                manifest.source)
-        if len(manifest) == 0:
-            raise MedtlError("empty domain: no rows" + (f" in split {args.split!r}" if args.split else ""), path)
-        options = {"image_size": args.image_size} if args.image_size else {}
-        dataset = build_dataset(manifest, root, cache="none", **options)
-        head = model.head if side == "target" and getattr(model.head, "task", None) in ("binary", "multiclass") else None
-        out[side] = extract_features(model.encoder, dataset, head, args.batch_size, args.device)
-        log.info("%s: %d cases, %d features", side, *out[side]["features"].shape)
-    if args.save_features:
-        labels = out["target"]["labels"]
-        np.savez(args.save_features, source=out["source"]["features"], target=out["target"]["features"],
-                 target_labels=labels if labels is not None else np.zeros(0))
-    return out["source"]["features"], out["target"]["features"], out["target"]["labels"], out["target"]["probs"]
+def _emit(text_plain: str, text_md: str, args) -> None:
+    print(text_md if args.markdown == "-" else text_plain)
+    if args.markdown and args.markdown != "-":
+        Path(args.markdown).write_text(text_md + "\n")
+        print(f"wrote {args.markdown}")
 
 
 def run(args) -> int:
     from medtl.errors import MedtlError
     from medtl.similarity.assess import assess, to_json, to_table
-    from medtl.similarity.features import load_array
 
-    if args.checkpoint:
-        src, tgt, labels, probs = _from_images(args)
+    modes = [name for name, given in (("--matrix", args.matrix), ("--source/--target", args.source or args.target),
+                                      ("--source-features/--target-features",
+                                       args.source_features or args.target_features)) if given]
+    if len(modes) != 1:
+        raise MedtlError("give exactly one of --matrix MANIFEST..., --source/--target manifests, or "
+                         "--source-features/--target-features" + (f" (got {' and '.join(modes)})" if modes else ""),
+                         "similarity")
+    if args.matrix:
+        from medtl.similarity.images import matrix_tables, similarity_matrix
+
+        if len(args.matrix) < 2:
+            raise MedtlError("--matrix needs at least two manifests", "similarity")
+        result = similarity_matrix(args.matrix, args.data_root, args.encoder, **_image_options(args))
+        _emit(matrix_tables(result), matrix_tables(result, markdown=True), args)
     else:
-        if not (args.source_features and args.target_features):
-            raise MedtlError("give --source-features and --target-features, or --checkpoint with two manifests",
-                             "similarity")
-        labels = load_array(args.target_labels) if args.target_labels else None
-        probs = load_array(args.source_probs) if args.source_probs else None
-        src, tgt = load_array(args.source_features), load_array(args.target_features)
-    result = assess(src, tgt, labels, source_model_probs=probs, paired=args.paired,
-                    n_permutations=args.permutations, seed=args.seed)
-    print(to_table(result, markdown=args.markdown))
-    if args.json:
-        to_json(result, args.json)
-        print(f"wrote {args.json}")
+        if args.source or args.target:
+            from medtl.similarity.images import compare_manifests
+
+            if not (args.source and args.target):
+                raise MedtlError("give both --source and --target manifests", "similarity")
+            result = compare_manifests(args.source, args.target, args.data_root, args.encoder, **_image_options(args))
+            lead = f"encoder: {result['encoder']['description']}\n"
+        else:
+            from medtl.similarity.features import load_array
+
+            if not (args.source_features and args.target_features):
+                raise MedtlError("give both --source-features and --target-features", "similarity")
+            labels = load_array(args.target_labels) if args.target_labels else None
+            probs = load_array(args.source_probs) if args.source_probs else None
+            src, tgt = load_array(args.source_features), load_array(args.target_features)
+            result = assess(src, tgt, labels, source_model_probs=probs, paired=args.paired,
+                            n_permutations=args.permutations, seed=args.seed)
+            lead = ""
+        _emit(lead + to_table(result), lead + to_table(result, markdown=True), args)
+    if args.out:
+        to_json(result, args.out)
+        print(f"wrote {args.out}")
     return 0

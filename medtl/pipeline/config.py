@@ -64,6 +64,8 @@ class TrainSpec(Strict):
     patience: int | None = 5
     device: str = "auto"
     deterministic: bool = False
+    # linear probes train on frozen-encoder features computed once (no per-epoch augmentation)
+    feature_cache: bool = True
 
 
 class StrategySpec(Strict):

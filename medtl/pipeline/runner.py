@@ -460,12 +460,23 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         strategy = cls(encoder, head, spec.hparams or None)
     if val_ds is not None and len(val_ds):
         val_loader = _loader(val_ds, tc.batch_size, False, seed)
-    train_loader = _loader(train_ds, tc.batch_size, True, seed, tc.num_workers)
-    fit(strategy, train_loader, val_loader, target_loader=target_loader if cls.needs_target else None,
-        run_dir=job_dir, epochs=tc.epochs, seed=seed, device=tc.device, deterministic=tc.deterministic,
-        patience=tc.patience if val_loader is not None else None, progress=_interactive(),
-        checkpoint_meta={"label_names": list(target.label_names), "task": task.name, "strategy": spec.display,
-                         "intensity": {"preset": t_mod, **data_options(cfg.target, t_mod)}})
+    meta = {"label_names": list(target.label_names), "task": task.name, "strategy": spec.display,
+            "intensity": {"preset": t_mod, **data_options(cfg.target, t_mod)}}
+    common = dict(epochs=tc.epochs, seed=seed, device=tc.device, deterministic=tc.deterministic,
+                  patience=tc.patience if val_loader is not None else None, progress=_interactive())
+    if spec.name == "feature_extraction" and tc.feature_cache and not (cls.needs_target or uda):
+        from medtl.engine.feature_cache import fit_linear_probe
+
+        # the frozen encoder sees each image once, through the deterministic chain
+        plain_train = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target,
+                               False, task)
+        strategy, _ = fit_linear_probe(encoder, head, plain_train, val_ds if val_loader is not None else None,
+                                       batch_size=tc.batch_size, hparams=spec.hparams or None, run_dir=job_dir,
+                                       cache_dir=job_dir / "features", checkpoint_meta=meta, **common)
+    else:
+        train_loader = _loader(train_ds, tc.batch_size, True, seed, tc.num_workers)
+        fit(strategy, train_loader, val_loader, target_loader=target_loader if cls.needs_target else None,
+            run_dir=job_dir, checkpoint_meta=meta, **common)
     tables = []
     model = strategy
     for split in ("val", "test"):
