@@ -99,12 +99,25 @@ def leep(source_probs: Any, labels: Any) -> float:
     return float(np.mean(np.log(np.clip(eep, 1e-300, None))))
 
 
-def h_score(features: Any, labels: Any, rcond: float = 1e-10) -> float:
-    """H-score ``tr(pinv(cov(f)) cov(E[f | y]))`` (population covariances; pseudo-inverse)."""
+def h_score(features: Any, labels: Any, rcond: float = 1e-10, shrinkage: str | None = "ledoit_wolf") -> float:
+    """H-score ``tr(pinv(cov(f)) cov(E[f | y]))`` (population covariances; pseudo-inverse).
+
+    With fewer cases than features the sample covariance is singular and the plain H-score sits at
+    its ceiling (number of classes - 1) for any features. ``shrinkage="ledoit_wolf"`` (default) uses the
+    Ledoit-Wolf shrunk covariance instead (the shrinkage H-score of Ibrahim et al. 2022), which stays
+    informative there; ``shrinkage=None`` gives the original estimator.
+    """
     f = as_features(features, "target features")
     codes = _class_labels(labels, len(f))
     f = f - f.mean(0)
-    cov_f = f.T @ f / len(f)
+    if shrinkage == "ledoit_wolf":
+        from sklearn.covariance import ledoit_wolf
+
+        cov_f = ledoit_wolf(f, assume_centered=True)[0]
+    elif shrinkage is None:
+        cov_f = f.T @ f / len(f)
+    else:
+        raise MedtlError(f"unknown shrinkage {shrinkage!r}; use 'ledoit_wolf' or None", "shrinkage")
     means = np.stack([f[codes == c].mean(0) for c in range(codes.max() + 1)])
     g = means[codes]
     cov_g = g.T @ g / len(f)

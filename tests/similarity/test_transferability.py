@@ -76,7 +76,7 @@ def test_h_score_equals_direct_numpy():
     f, y = rng.normal(size=(12, 3)), np.array([0, 1, 2] * 4)
     g = np.stack([f[y == y[i]].mean(0) for i in range(12)])
     expected = np.trace(np.linalg.inv(np.cov(f, rowvar=False, bias=True)) @ np.cov(g, rowvar=False, bias=True))
-    assert h_score(f, y) == pytest.approx(expected, rel=1e-8)
+    assert h_score(f, y, shrinkage=None) == pytest.approx(expected, rel=1e-8)
 
 
 def test_bad_input():
@@ -92,3 +92,20 @@ def test_bad_input():
         leep(f, np.arange(6) % 2)
     with pytest.raises(MedtlError, match="continuous"):
         h_score(f, np.linspace(0, 1, 6))
+
+
+def test_shrinkage_h_score_equals_numpy_with_ledoit_wolf_and_stays_informative_when_wide():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 20)
+    f = rng.normal(size=(40, 60)) + 0.8 * y[:, None] * (np.arange(60) < 5)
+    fc = f - f.mean(0)
+    cov = LedoitWolf(assume_centered=True).fit(fc).covariance_
+    means = np.stack([fc[y == c].mean(0) for c in (0, 1)])[y]
+    expected = np.trace(np.linalg.pinv(cov) @ (means.T @ means / len(f)))
+    assert h_score(f, y) == pytest.approx(expected, rel=1e-6)
+    # 40 cases, 60 features: the plain estimator is pinned at its ceiling, the shrunk one is not
+    noise = rng.normal(size=(40, 60))
+    assert h_score(f, y, shrinkage=None) == pytest.approx(1.0) == pytest.approx(h_score(noise, y, shrinkage=None))
+    assert h_score(f, y) > h_score(noise, y)
