@@ -90,13 +90,17 @@ def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6) -> byt
     else:
         raise MedtlError(f"Grad-CAM overlays need 2D or 3D maps, got {cam.ndim}D", "gradcam")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    volume = cam.ndim == 3
     for ax, (name, im, cm, peak) in zip(axes[0], panels):
-        # Transpose so the first axis runs left-right and the second bottom-up (radiological view).
-        ax.imshow(_norm(im).T, cmap="gray", origin="lower")
+        # 2D images are (rows, columns): shown as stored. Slices of RAS volumes are transposed so the
+        # first axis runs left-right and the second bottom-up.
+        view = (lambda a: a.T) if volume else (lambda a: a)
+        origin = "lower" if volume else "upper"
+        ax.imshow(_norm(view(im)), cmap="gray", origin=origin)
         # Opacity follows the map, so weak activation leaves the anatomy visible.
-        rgba = plt.get_cmap("jet")(np.clip(cm.T, 0, 1))
-        rgba[..., 3] = alpha * np.clip(cm.T, 0, 1)
-        ax.imshow(rgba, origin="lower")
+        rgba = plt.get_cmap("jet")(np.clip(view(cm), 0, 1))
+        rgba[..., 3] = alpha * np.clip(view(cm), 0, 1)
+        ax.imshow(rgba, origin=origin)
         if peak is not None:
             ax.plot(peak[0], peak[1], "w+", ms=10, mew=1.5)
         ax.set_title(name, fontsize=9)

@@ -15,10 +15,13 @@ _DPI = 100
 
 
 def _plt():
-    # Lazily, and always headless: reports are made on servers without a display.
+    # Lazily, and headless unless pyplot is already in use (a notebook keeps its inline backend).
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt

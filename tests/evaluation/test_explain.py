@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.nets import resnet18
@@ -45,3 +46,21 @@ def test_gradcam_bad_layer_and_shape():
         gradcam(model, torch.rand(1, 32, 32), "layer9")
     with pytest.raises(MedtlError, match="expected one 2D image"):
         gradcam(model, torch.rand(2, 1, 32, 32), "layer3")
+
+
+def test_2d_overlay_is_not_transposed():
+    """A bright block in the upper-right of a 2D image stays upper-right in the PNG."""
+    import io as _io
+
+    from PIL import Image
+
+    from medtl.evaluation.explain import overlay_png
+
+    img = np.zeros((40, 40))
+    img[2:12, 28:38] = 1.0  # rows 2-11 (top), columns 28-37 (right)
+    cam = np.zeros((40, 40))
+    png = np.asarray(Image.open(_io.BytesIO(overlay_png(img, cam))).convert("L"), dtype=float)
+    h, w = png.shape
+    top_right = png[: h // 2, w // 2 :].mean()
+    bottom_left = png[h // 2 :, : w // 2].mean()
+    assert top_right > bottom_left + 5
