@@ -162,6 +162,14 @@ def write_results(runs: list[str | Path], out: str | Path) -> Path:
         "how, not the best each strategy can reach.",
         "",
     ]
+    shown = {yaml.safe_load((Path(r) / "config.yaml").read_text())["name"] for r in runs}
+    pipelines_dir = Path(__file__).resolve().parents[2] / "pipelines"
+    missing = sorted(p.stem for p in pipelines_dir.glob("*.yaml") if p.stem not in shown)
+    if missing:
+        header += ["Pipelines with no finished run on this page yet (run them, then regenerate this page):", ""]
+        header += [f"- `{m}`: `medtl run pipelines/{m}.yaml --data-root ../shared/data --out runs/{m} --profile cpu`"
+                   for m in missing]
+        header.append("")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(header + sections) + "\n")

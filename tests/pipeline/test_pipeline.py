@@ -9,48 +9,14 @@ import pandas as pd
 import pytest
 
 from medtl.cli import main
-from medtl.data.build import build_manifest
-from medtl.data.synthetic import write_synthetic_source
 from medtl.errors import MedtlError
 from medtl.pipeline import load_pipeline, run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
-CONFIG = """\
-name: tiny
-seeds: [0]
-source: {manifest: manifests/src.csv, image_size: 32}
-pretrain: {epochs: 1, batch_size: 8}
-target: {manifest: manifests/tgt.csv, image_size: 32}
-tasks: [{name: tumor}]
-encoder: {arch: resnet10}
-train: {epochs: EPOCHS, batch_size: 8, patience: null, device: cpu}
-strategies: [feature_extraction, full, dann]
-label_fractions: [0.5, 1.0]
-similarity: {max_images: 20}
-evaluation: {bootstrap: 50}
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    data = root / "data"
-    for name, kind, seed in (("src", "cxr", 0), ("tgt", "mri2d", 1)):
-        raw = write_synthetic_source(data / name, kind, 30, seed=seed, shift=0.5 * seed, size=32)
-        build_manifest(raw, data, seed=0, group_near_copies=False).save(root / "manifests" / f"{name}.csv")
-    return root
-
-
-def _config(tiny, epochs=1, name="p.yaml"):
-    path = tiny / name
-    path.write_text(CONFIG.replace("EPOCHS", str(epochs)))
-    return path
-
-
-def test_runs_end_to_end_then_skips_and_refuses_a_changed_config(tiny, capsys):
+def test_runs_end_to_end_then_skips_and_refuses_a_changed_config(tiny, make_config, capsys):
     out = tiny / "run"
-    html = run_pipeline(_config(tiny), tiny / "data", out)
+    html = run_pipeline(make_config(tiny), tiny / "data", out)
     assert html.exists() and (out / "report.json").exists() and (out / "config.yaml").exists()
     preds = pd.read_csv(out / "predictions.csv")
     assert set(preds["strategy"]) == {"feature_extraction", "full", "dann"}
@@ -60,49 +26,49 @@ def test_runs_end_to_end_then_skips_and_refuses_a_changed_config(tiny, capsys):
         assert (job / "best.pt").exists() and (job / "metrics.jsonl").exists()
     mtimes = {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
     capsys.readouterr()
-    run_pipeline(_config(tiny), tiny / "data", out)
+    run_pipeline(make_config(tiny), tiny / "data", out)
     assert capsys.readouterr().out.count("already complete") == 5
     assert mtimes == {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
     with pytest.raises(MedtlError, match="stage 'transfer'.*train"):
-        run_pipeline(_config(tiny, epochs=2), tiny / "data", out)
+        run_pipeline(make_config(tiny, epochs=2), tiny / "data", out)
 
 
-def test_bad_configs_fail_before_training_naming_the_key(tiny):
+def test_bad_configs_fail_before_training_naming_the_key(tiny, make_config):
     bad = tiny / "bad.yaml"
-    bad.write_text(CONFIG.replace("EPOCHS", "1") + "learning_rate: 3\n")
+    bad.write_text(make_config.config.replace("EPOCHS", "1") + "learning_rate: 3\n")
     with pytest.raises(MedtlError, match="learning_rate"):
         load_pipeline(bad)
-    bad.write_text(CONFIG.replace("EPOCHS", "one"))
+    bad.write_text(make_config.config.replace("EPOCHS", "one"))
     with pytest.raises(MedtlError, match="train.epochs"):
         load_pipeline(bad)
     with pytest.raises(MedtlError, match="unknown profile"):
-        load_pipeline(_config(tiny), "turbo")
-    bad.write_text(CONFIG.replace("EPOCHS", "1").replace("manifests/tgt.csv", "manifests/nope.csv"))
+        load_pipeline(make_config(tiny), "turbo")
+    bad.write_text(make_config.config.replace("EPOCHS", "1").replace("manifests/tgt.csv", "manifests/nope.csv"))
     with pytest.raises(MedtlError, match="target.manifest"):
         run_pipeline(bad, tiny / "data", tiny / "bad_run")
-    bad.write_text(CONFIG.replace("EPOCHS", "1").replace("dann]", "dann, magic]"))
+    bad.write_text(make_config.config.replace("EPOCHS", "1").replace("dann]", "dann, magic]"))
     with pytest.raises(MedtlError, match="strategies\\[magic\\].*unknown strategy"):
         run_pipeline(bad, tiny / "data", tiny / "bad_run2")
     assert not (tiny / "bad_run2" / "pretrain").exists()
 
 
-def test_missing_data_files_are_listed(tiny, tmp_path):
+def test_missing_data_files_are_listed(tiny, make_config, tmp_path):
     empty = tmp_path / "root"
     empty.mkdir()
     with pytest.raises(MedtlError, match="missing under the data root") as err:
-        run_pipeline(_config(tiny), empty, tmp_path / "run")
+        run_pipeline(make_config(tiny), empty, tmp_path / "run")
     assert "src/images/normal/case0000.png" in str(err.value)
 
 
-def test_cli_exit_status_on_bad_config(tiny, capsys):
+def test_cli_exit_status_on_badmake_config(tiny, make_config, capsys):
     bad = tiny / "bad_cli.yaml"
-    bad.write_text(CONFIG.replace("EPOCHS", "1") + "colour: blue\n")
+    bad.write_text(make_config.config.replace("EPOCHS", "1") + "colour: blue\n")
     assert main(["run", str(bad), "--data-root", str(tiny / "data"), "--out", str(tiny / "x")]) == 2
     assert "colour" in capsys.readouterr().err
 
 
-def test_killed_run_resumes_without_redoing_finished_jobs(tiny):
-    config = _config(tiny, epochs=3, name="kill.yaml")
+def test_killed_run_resumes_without_redoing_finished_jobs(tiny, make_config):
+    config = make_config(tiny, epochs=3, name="kill.yaml")
     out = tiny / "killed"
     cmd = [sys.executable, "-m", "medtl", "run", str(config), "--data-root", str(tiny / "data"), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
