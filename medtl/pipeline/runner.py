@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import time
@@ -197,7 +198,7 @@ def stage_prepare(ctx: Context) -> dict:
         "torch": torch.__version__,
         "monai": __import__("monai").__version__,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "profile": ctx.profile or "default",
@@ -205,6 +206,16 @@ def stage_prepare(ctx: Context) -> dict:
     }
     (ctx.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     return {}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def stage_pretrain(ctx: Context) -> dict:
