@@ -551,7 +551,8 @@ def stage_report(ctx: Context) -> dict:
     if ctx.config.unlabelled_target:
         report.setdefault("notes", []).append(
             "Unsupervised adaptation: training saw no target label; each run's checkpoint was selected by the "
-            "source validation loss (selector: source validation), and target labels were used only here.")
+            "source validation loss (selector: source validation). Target labels were used only in evaluation: the "
+            "operating threshold of each run is picked on the labelled target validation split, AUROC needs none.")
     features = out / "similarity" / "features.npz"
     paths = render_report(report, out, metrics_log=log_path, features=features if features.exists() else None,
                           title=f"medtl pipeline {ctx.config.name}")
