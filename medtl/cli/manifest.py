@@ -58,7 +58,7 @@ def run_build(args) -> int:
         print(f"dropped {meta['excluded_rows']} row(s) that copy images of {args.exclude_near_copies_of}")
     if meta["near_copy_grouping"]:
         print(f"near-copy groups kept inside one split: {meta['near_copy_groups']} ({meta['near_copy_images']} images)")
-    report = check_manifest(manifest, root)  # counts table, and proof that what was built is valid
+    report = check_manifest(manifest, root, scanned=manifest.scanned)  # counts table, and proof that what was built is valid
     print(report.render())
     return 0 if report.ok else 1
 

@@ -270,6 +270,7 @@ def build_manifest(
     if exclude_copies_of is not None:
         rows, excluded = drop_near_copies_of(rows, Manifest.load(exclude_copies_of), data_root)
     groups = None
+    scanned = None
     n_groups = 0
     if group_near_copies:
         scanned = scan(rows, data_root, desc="near-copy scan")
@@ -305,6 +306,7 @@ def build_manifest(
         meta["excluded_near_copies_of"] = Path(exclude_copies_of).name
         meta["excluded_rows"] = excluded
     manifest = Manifest(rows, labels, meta).with_splits(splits)
+    manifest.scanned = scanned  # reused by the check that follows a build: every file is read once
     return manifest
 
 

@@ -54,6 +54,7 @@ class Manifest:
     label_names: list[str]
     meta: dict = field(default_factory=dict)
     source: Path | None = None
+    scanned: list | None = field(default=None, repr=False, compare=False)  # file scan of a fresh build
 
     def __len__(self) -> int:
         return len(self.rows)
