@@ -11,8 +11,13 @@ DATA_ROOT_ENV = "MEDTL_DATA_ROOT"
 
 
 def default_data_root() -> Path:
-    """``$MEDTL_DATA_ROOT`` when set, else ``../shared/data`` relative to the working directory."""
-    return Path(os.environ.get(DATA_ROOT_ENV, "../shared/data")).expanduser()
+    """``$MEDTL_DATA_ROOT`` when set, else ``../shared/data`` beside the working directory or, when that
+    does not exist (a notebook runs in ``notebooks/``), beside the medtl checkout."""
+    if DATA_ROOT_ENV in os.environ:
+        return Path(os.environ[DATA_ROOT_ENV]).expanduser()
+    beside_cwd = Path("../shared/data")
+    beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return beside_checkout if not beside_cwd.is_dir() and beside_checkout.is_dir() else beside_cwd
 
 
 def resolve_inside(root: str | Path, relative: str, where: str | None = None) -> Path:

@@ -57,7 +57,9 @@ def run_build(args) -> int:
     if args.exclude_near_copies_of:
         print(f"dropped {meta['excluded_rows']} row(s) that copy images of {args.exclude_near_copies_of}")
     if meta["near_copy_grouping"]:
-        print(f"near-copy groups kept inside one split: {meta['near_copy_groups']} ({meta['near_copy_images']} images)")
+        by_split = ", ".join(f"{k} {v['groups']} ({v['images']} images)" for k, v in meta["near_copy_groups_by_split"].items())
+        print(f"near-copy groups kept inside one split: {meta['near_copy_groups']} ({meta['near_copy_images']} images): "
+              f"{by_split}; the near_copy_group column names them")
     report = check_manifest(manifest, root, scanned=manifest.scanned)  # counts table, and proof that what was built is valid
     print(report.render())
     return 0 if report.ok else 1

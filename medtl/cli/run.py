@@ -11,11 +11,14 @@ def register(sub) -> None:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True, help="run folder; rerunning resumes it")
     parser.add_argument("--profile", default=None, help="profile from the config: quick (CI), cpu (2 cores) or default")
+    parser.add_argument("--redo-report", action="store_true",
+                        help="render report.json/html again from the finished predictions (no training is redone)")
     parser.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from medtl.pipeline import run_pipeline
 
-    run_pipeline(args.config, args.data_root or default_data_root(), args.out, args.profile)
+    run_pipeline(args.config, args.data_root or default_data_root(), args.out, args.profile,
+                 redo_report=args.redo_report)
     return 0

@@ -305,9 +305,26 @@ def build_manifest(
     if exclude_copies_of is not None:
         meta["excluded_near_copies_of"] = Path(exclude_copies_of).name
         meta["excluded_rows"] = excluded
+    if groups is not None:
+        rows, meta["near_copy_groups_by_split"] = _label_groups(rows, groups, splits)
     manifest = Manifest(rows, labels, meta).with_splits(splits)
     manifest.scanned = scanned  # reused by the check that follows a build: every file is read once
     return manifest
+
+
+def _label_groups(rows: list[ManifestRow], groups: np.ndarray, splits: list[str]) -> tuple[list[ManifestRow], dict]:
+    """Name each multi-image near-copy group in a ``near_copy_group`` column (empty for images with no copy),
+    so a report can count how many evaluated images sit in a group; also count groups per split."""
+    sizes = Counter(groups.tolist())
+    names: dict[int, str] = {}  # numbered in row order, so a rebuild writes the same names
+    labelled, by_split = [], {s: {"groups": set(), "images": 0} for s in ("train", "val", "test")}
+    for r, g, split in zip(rows, groups.tolist(), splits):
+        name = names.setdefault(g, f"g{len(names) + 1}") if sizes[g] > 1 else ""
+        labelled.append(replace(r, extras={**r.extras, "near_copy_group": name}))
+        if name:
+            by_split[split]["groups"].add(name)
+            by_split[split]["images"] += 1
+    return labelled, {s: {"groups": len(v["groups"]), "images": v["images"]} for s, v in by_split.items()}
 
 
 def _unite_groups(splits: list[str], groups: np.ndarray) -> tuple[list[str], int]:

@@ -131,6 +131,13 @@ def check_manifest(
         splits_of_patient[r.patient_id].add(r.split)
     leaked = sorted(p for p, s in splits_of_patient.items() if len(s) > 1)
     add(report.errors, leaked, f"patient leakage: {len(leaked)} patient(s) in more than one split")
+    # the near-copy groups a build recorded must still sit in one split each (a hand edit can break that)
+    splits_of_named: dict[str, set[str]] = defaultdict(set)
+    for r in manifest:
+        if r.extras.get("near_copy_group"):
+            splits_of_named[r.extras["near_copy_group"]].add(r.split)
+    split_named = sorted(g for g, s in splits_of_named.items() if len(s) > 1)
+    add(report.errors, split_named, f"recorded near-copy group(s) split across splits: {len(split_named)}")
 
     if scanned is None or len(scanned) != len(manifest):  # a build passes the scan it already made
         scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}")

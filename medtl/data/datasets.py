@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -99,6 +100,10 @@ def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str 
     return items
 
 
+def _show_progress(progress: bool | None, n_items: int) -> bool:
+    return progress if progress is not None else n_items > 50 and sys.stderr.isatty()
+
+
 def build_dataset(
     manifest: Manifest,
     data_root: str | Path,
@@ -112,12 +117,14 @@ def build_dataset(
     label_column: str = "label",
     task: str = "classification",
     num_workers: int = 0,
+    progress: bool | None = None,
     **preset_options,
 ):
     """A dataset over ``manifest`` (paths under ``data_root``) with the modality's preset chain.
 
     ``cache``: ``"memory"`` (MONAI CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``)
-    or ``"none"``. ``preset_name`` defaults to the manifest's single modality.
+    or ``"none"``. ``preset_name`` defaults to the manifest's single modality. ``progress``: a loading bar while
+    the memory cache fills; by default only for more than 50 items on a terminal (a log file gets no bar lines).
     """
     if on_error not in ("raise", "skip"):
         raise MedtlError(f"on_error must be 'raise' or 'skip', got {on_error!r}", "on_error")
@@ -133,7 +140,7 @@ def build_dataset(
     items = manifest_items(manifest, data_root, label_column, task)
     random_part = Compose(rand) if rand else None
     if cache == "memory":
-        base = CacheDataset(items, guarded, num_workers=num_workers or None, progress=len(items) > 50)
+        base = CacheDataset(items, guarded, num_workers=num_workers or None, progress=_show_progress(progress, len(items)))
         cached = [base._cache[i] for i in range(len(items))]  # filled at construction
     elif cache == "disk":
         if cache_dir is None:

@@ -18,7 +18,8 @@ modality       ``cxr``, ``mri2d`` or ``mri3d`` (chooses the preset transform cha
 =============  ==========================================================================
 
 Next to ``name.csv`` a ``name.meta.json`` records the declared label set, the seed and fractions of
-the split, and how many near-duplicate groups the split kept together.
+the split, and how many near-duplicate groups the split kept together (per split). A built manifest
+names those groups in the extra column ``near_copy_group`` (empty for an image with no copy).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from medtl.errors import MedtlError
 
@@ -140,9 +144,29 @@ class Manifest:
         self.source = path
         return path
 
+    def sample(self, per_split: int, seed: int = 0) -> "Manifest":
+        """At most ``per_split`` rows of each split, drawn label-stratified and reproducibly from ``seed``
+        (what a pipeline's ``max_per_split`` does; handy for a quick look in a notebook)."""
+        rng = np.random.default_rng(seed)
+        keep: list[ManifestRow] = []
+        for split in ("train", "val", "test"):
+            rows = [r for r in self.rows if r.split == split]
+            keep += rows if len(rows) <= per_split else stratified_sample(rows, per_split / len(rows), rng)
+        return Manifest(keep, list(self.label_names), dict(self.meta), self.source)
+
     def with_splits(self, splits: list[str]) -> "Manifest":
         rows = [replace(r, split=s) for r, s in zip(self.rows, splits, strict=True)]
         return Manifest(rows, list(self.label_names), dict(self.meta), self.source)
+
+
+def stratified_sample(rows: list[ManifestRow], fraction: float, rng: np.random.Generator) -> list[ManifestRow]:
+    """``fraction`` of the rows of every label (at least one each), order kept."""
+    chosen: set[int] = set()
+    for label in sorted({r.label for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r.label == label]
+        k = max(1, math.ceil(fraction * len(idx))) if fraction < 1 else len(idx)
+        chosen.update(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
+    return [r for i, r in enumerate(rows) if i in chosen]
 
 
 def meta_path_for(manifest_path: Path) -> Path:

@@ -39,6 +39,7 @@ from medtl.deploy.discover import (
     SCRUBBED_TAGS,
     Series,
     SeriesRules,
+    scan_files,
     scan_folder,
     scan_manifest,
 )

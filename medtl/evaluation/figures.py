@@ -178,24 +178,37 @@ def scatter_figure(series: Sequence[dict], title: str) -> bytes:
     return to_png(fig)
 
 
-def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None) -> bytes:
-    """One panel per logged metric against ``x``; one line per ``by`` group (e.g. run_id)."""
+def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None, colour: str | None = None) -> bytes:
+    """One panel per logged metric against ``x``; one line per ``by`` group (e.g. run_id), and, with
+    ``colour`` (e.g. strategy), one colour and legend entry per value of that column instead of per line."""
     plt = _plt()
     n = len(metrics)
     cols = min(3, n)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     groups = list(log.groupby(by, sort=True)) if by else [("", log)]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    hues = sorted(log[colour].astype(str).unique()) if colour else []
     for ax, name in zip(axes.ravel(), metrics):
-        for g, rows_ in groups:
+        labelled: set[str] = set()
+        for i, (g, rows_) in enumerate(groups):
             d = rows_[[x, name]].dropna()
-            if len(d):
-                ax.plot(d[x], d[name], lw=1.4, marker="." if len(d) < 30 else None, label=str(g) if by else None)
+            if not len(d):
+                continue
+            style = {"lw": 1.4, "marker": "." if len(d) < 30 else None}
+            if colour:
+                hue = str(rows_[colour].iloc[0])
+                style.update(lw=1.0, alpha=0.7, color=palette[hues.index(hue) % len(palette)],
+                             label=hue if hue not in labelled else None)
+                labelled.add(hue)
+            elif by:
+                style["label"] = str(g)
+            ax.plot(d[x], d[name], **style)
         ax.set(xlabel=x, title=name)
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    if by and len(groups) > 1:
+    if (colour and hues) or (by and len(groups) > 1):
         axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return to_png(fig)

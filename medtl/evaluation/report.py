@@ -488,14 +488,18 @@ def _learning_curves(doc: _Doc, metrics_log, fig_list: list[dict]) -> dict:
         log = log.reset_index().rename(columns={"index": "row"})
         x = "row"
     by = next((c for c in ("run_id", "strategy") if c in log and log[c].nunique() > 1), None)
-    skip = {x, "seed", "label_fraction", "run_id", "strategy", "task"}
-    metrics = [c for c in log.columns if c not in skip and pd.api.types.is_numeric_dtype(log[c])][:9]
+    colour = "strategy" if by == "run_id" and "strategy" in log else None
+    skip = {x, "seed", "label_fraction", "run_id", "strategy", "task", "seconds"}
+    # flags (e.g. "best") and metrics that never change (a loss term a method does not use) say nothing as curves
+    metrics = [c for c in log.columns if c not in skip and pd.api.types.is_numeric_dtype(log[c])
+               and not pd.api.types.is_bool_dtype(log[c]) and log[c].nunique(dropna=True) > 1][:9]
     if not metrics:
         raise MedtlError("the metrics log has no numeric columns to plot", path)
     doc.h(2, "Learning curves")
-    png = fig.learning_curve_figure(log, x, metrics, by)
-    _add_figs(doc, fig_list, [("learning_curves.png", png, f"Logged metrics against {x}" + (f", by {by}" if by else ""))])
-    return {"source": str(path), "x": x, "metrics": metrics, "by": by}
+    png = fig.learning_curve_figure(log, x, metrics, by, colour)
+    caption = f"Logged metrics against {x}" + (f"; one line per {by}" if by else "")
+    _add_figs(doc, fig_list, [("learning_curves.png", png, caption + (f", coloured by {colour}" if colour else ""))])
+    return {"source": str(path), "x": x, "metrics": metrics, "by": by, "colour": colour}
 
 
 def _read_features(features) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ baseline when the 95% intervals of their seed-mean AUROC do not overlap and its 
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def pipeline_section(run: Path) -> str:
         f"- Confidence intervals: {report['settings']['ci_method']}. Across seeds: mean and a 95% t-interval of "
         "the mean. Thresholds: " + report["settings"]["threshold_rule"] + " on the validation split, applied to test.",
     ]
-    lines += _data_notes(run, config)
+    lines += _data_notes(run, config, env.get("manifests", {}))
     lines.append("")
     for task_name, task in report["tasks"].items():
         lines += _task_section(task_name, task)
@@ -82,23 +83,43 @@ def pipeline_section(run: Path) -> str:
     return "\n".join(lines)
 
 
-def _data_notes(run: Path, config: dict) -> list[str]:
+def _data_notes(run: Path, config: dict, resolved: dict) -> list[str]:
     notes = []
     for key in ("source", "target"):
         path = Path(config[key]["manifest"])  # as written in the pipeline YAML: relative to pipelines/
-        candidates = [path, Path(__file__).resolve().parents[2] / "pipelines" / path]
+        # the path the run resolved (recorded since environment.json gained it), else the shipped layout
+        candidates = [Path(resolved[key])] if key in resolved else []
+        candidates += [path, Path(__file__).resolve().parents[2] / "pipelines" / path]
         found = next((p for p in candidates if p.exists()), None)
         if found is None:
             continue
-        meta = Manifest.load(found).meta
+        manifest = Manifest.load(found)
+        meta = manifest.meta
         text = f"- {key.title()} `{found.name}`: near-copy groups kept inside one split: {meta.get('near_copy_groups')}"
         text += f" ({meta.get('near_copy_images')} images)"
+        test = (meta.get("near_copy_groups_by_split") or {}).get("test")
+        if test:
+            text += f", of which {test['groups']} groups ({test['images']} images) sit wholly in the test split"
         if meta.get("excluded_rows"):
             text += f"; {meta['excluded_rows']} images that copy `{meta.get('excluded_near_copies_of')}` dropped"
         if config[key].get("max_per_split"):
             text += f"; at most {config[key]['max_per_split']} images per split in this profile"
+        if key == "target":
+            text += _evaluated_test_copies(run, manifest)
         notes.append(text + ".")
     return notes
+
+
+def _evaluated_test_copies(run: Path, manifest: Manifest) -> str:
+    """How many of the target test images this run scored belong to a near-copy group (from predictions.csv)."""
+    if "near_copy_group" not in manifest.extra_columns or not (run / "predictions.csv").exists():
+        return ""
+    group_of = {r.path: r.extras.get("near_copy_group", "") for r in manifest}
+    with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
+        scored = {row["case_id"] for row in csv.DictReader(f) if row.get("split") == "test"}
+    in_groups = [group_of[c] for c in scored if group_of.get(c)]
+    return (f"; of the {len(scored)} target test images this run scored, {len(in_groups)} belong to "
+            f"{len(set(in_groups))} near-copy groups, each wholly inside the test split")
 
 
 def _task_section(name: str, task: dict) -> list[str]:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from medtl.data.io import ARRAY_MEMBER
-from medtl.data.manifest import Manifest, ManifestRow
+from medtl.data.manifest import Manifest, stratified_sample
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, load_pipeline
@@ -42,6 +42,9 @@ STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
 
 
 # ----------------------------------------------------------------------------- stage bookkeeping
+
+
+DATASET_MEMO_SIZE = 16
 
 
 class StageBook:
@@ -76,10 +79,18 @@ class StageBook:
                             "status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
         self.path.write_text(json.dumps(self.done, indent=2) + "\n")
 
-    def start(self, stage: str, payload: dict) -> None:
+    def start(self, stage: str, payload: dict) -> float:
+        """Mark ``stage`` running; returns the seconds it already ran in earlier, interrupted sessions."""
         if stage not in self.done:  # a started stage is tied to its config too, so a resume cannot mix
             self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
                                 "status": "running"}
+            self.path.write_text(json.dumps(self.done, indent=2) + "\n")
+        return 0.0 if self.done[stage].get("status") == "done" else float(self.done[stage].get("seconds") or 0)
+
+    def tick(self, stage: str, seconds: float) -> None:
+        """Record a running stage's time so far, so a killed and resumed run still reports its whole wall time."""
+        if self.done.get(stage, {}).get("status") == "running":
+            self.done[stage]["seconds"] = round(seconds, 1)
             self.path.write_text(json.dumps(self.done, indent=2) + "\n")
 
 
@@ -90,6 +101,8 @@ class Context:
     def __init__(self, config: PipelineConfig, config_path: Path, data_root: Path, out: Path, profile: str | None):
         self.config, self.config_path, self.data_root, self.out, self.profile = config, config_path, data_root, out, profile
         self.base = config_path.parent
+        self.datasets: dict[tuple, Any] = {}  # see _dataset
+        self.tick: Callable[[], None] = lambda: None  # records the running stage's time so far (run_pipeline sets it)
 
     def manifest_path(self, spec: DataSpec, key: str) -> Path:
         path = Path(spec.manifest)
@@ -103,7 +116,7 @@ class Context:
         if task is not None:
             m = apply_task(m, task)
         if spec.max_per_split:
-            m = cap_per_split(m, spec.max_per_split)
+            m = m.sample(spec.max_per_split)
         return m
 
 
@@ -119,30 +132,6 @@ def apply_task(m: Manifest, task: TaskSpec) -> Manifest:
         return Manifest(rows, [], dict(m.meta), m.source)
     labels = sorted({r.label for r in rows} - {"unlabelled"})
     return Manifest(rows, labels, dict(m.meta), m.source)
-
-
-def cap_per_split(m: Manifest, n: int, seed: int = 0) -> Manifest:
-    """At most ``n`` rows per split, drawn label-stratified and reproducibly."""
-    rng = np.random.default_rng(seed)
-    keep: list[ManifestRow] = []
-    for split in ("train", "val", "test"):
-        rows = [r for r in m if r.split == split]
-        if len(rows) <= n:
-            keep += rows
-            continue
-        keep += stratified_sample(rows, n / len(rows), rng)
-    return Manifest(keep, list(m.label_names), dict(m.meta), m.source)
-
-
-def stratified_sample(rows: list[ManifestRow], fraction: float, rng: np.random.Generator) -> list[ManifestRow]:
-    """``fraction`` of the rows of every label (at least one each), order kept."""
-    chosen: set[int] = set()
-    labels = sorted({r.label for r in rows})
-    for label in labels:
-        idx = [i for i, r in enumerate(rows) if r.label == label]
-        k = max(1, math.ceil(fraction * len(idx))) if fraction < 1 else len(idx)
-        chosen.update(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
-    return [r for i, r in enumerate(rows) if i in chosen]
 
 
 def data_options(spec: DataSpec, modality: str) -> dict[str, Any]:
@@ -203,6 +192,7 @@ def stage_prepare(ctx: Context) -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "profile": ctx.profile or "default",
         "data_root": str(ctx.data_root),
+        "manifests": {key: str(ctx.manifest_path(spec, key)) for key, spec in (("source", cfg.source), ("target", cfg.target))},
     }
     (ctx.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     return {}
@@ -290,11 +280,23 @@ LIFT_OPTIONS = {"i3d": {"depth_axis": 2}, "2.5d": {"slice_axis": 2}}
 
 
 def _dataset(ctx: Context, m: Manifest, spec: DataSpec, train: bool, task: TaskSpec | None = None):
+    """A dataset over ``m``; the same rows with the same options are decoded once per pipeline run.
+
+    Jobs share most of their data (every strategy of a seed sees the same split), and decoding is the
+    slow part on CPU. Sharing is safe: the deterministic chain's output is fixed, and each job's
+    DataLoader reseeds the random part from the job's seed.
+    """
     from medtl.data.datasets import build_dataset
 
     modality = modality_of(m, spec)
     kind = task.kind if task else "classification"
-    return build_dataset(m, ctx.data_root, modality, train, task=kind, **data_options(spec, modality))
+    key = (spec.model_dump_json(), modality, train, kind, tuple(m.label_names),
+           tuple((r.path, r.label, r.patient_id, r.domain) for r in m))
+    if key not in ctx.datasets:
+        while len(ctx.datasets) >= DATASET_MEMO_SIZE:  # bounded: 3D volumes are large
+            ctx.datasets.pop(next(iter(ctx.datasets)))
+        ctx.datasets[key] = build_dataset(m, ctx.data_root, modality, train, task=kind, **data_options(spec, modality))
+    return ctx.datasets[key]
 
 
 def _loader(ds, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0):
@@ -344,7 +346,7 @@ def stage_similarity(ctx: Context) -> dict:
         enc_name = "pretrained" if spec.pretrained else "random_init"
         scores = _flat_scores(results[enc_name])
         scores["strategy_prior"] = strategy_prior(spec.name, n_labelled, scores.get("proxy_a_distance"))
-        candidates.append({"source": cfg.source.manifest, "encoder": enc_name, "strategy": spec.display,
+        candidates.append({"source": Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
                            "scores": scores})
     weights = {"logme": 1.0, "h_score": 0.5, "proxy_a_distance": 0.25, "strategy_prior": 1.0}
     record = recommend({"n_labelled": n_labelled, "shared_labels": not _heterogeneous(ctx)}, candidates,
@@ -421,6 +423,7 @@ def stage_transfer(ctx: Context) -> dict:
             done += 1
             continue
         run_job(ctx, task, fraction, seed, spec, job_dir)
+        ctx.tick()
     return {"jobs": len(jobs), "already_done": done}
 
 
@@ -526,10 +529,10 @@ def stage_report(ctx: Context) -> dict:
     preds.to_csv(out / "predictions.csv", index=False)
     logs = []
     for p in sorted((out / "transfer").rglob("metrics.jsonl")):
-        job = p.parent.relative_to(out / "transfer").as_posix()
+        job = p.parent.relative_to(out / "transfer")  # <task>/frac<f>/<strategy>/seed<n>
         for line in p.read_text().splitlines():
             if line.strip():
-                logs.append({**json.loads(line), "run": job})
+                logs.append({**json.loads(line), "run_id": job.as_posix(), "strategy": job.parts[-2]})
     log_path = None
     if logs:
         log_path = out / "metrics_log.csv"
@@ -547,7 +550,7 @@ def stage_report(ctx: Context) -> dict:
             report.setdefault("notes", []).append(
                 f"Recommendation: {record['recommended']}. Best observed ({_outcome_metric(ctx.config)} on the "
                 f"first task, largest label fraction, mean over seeds): {comparison['best_observed']}; "
-                f"top pick was best: {comparison['top1_is_best']}; regret {comparison['regret']}.")
+                f"top pick was best: {comparison['top1_is_best']}; regret {_rounded(comparison['regret'])}.")
     if ctx.config.unlabelled_target:
         report.setdefault("notes", []).append(
             "Unsupervised adaptation: training saw no target label; each run's checkpoint was selected by the "
@@ -557,6 +560,10 @@ def stage_report(ctx: Context) -> dict:
     paths = render_report(report, out, metrics_log=log_path, features=features if features.exists() else None,
                           title=f"medtl pipeline {ctx.config.name}")
     return {"report": str(paths.get("html", out / "report.html"))}
+
+
+def _rounded(value, digits: int = 3):
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def _outcome_metric(cfg: PipelineConfig) -> str:
@@ -602,8 +609,12 @@ def _payloads(cfg: PipelineConfig, data_root: Path) -> dict[str, dict]:
 
 
 def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path, profile: str | None = None,
-                 stages: tuple[str, ...] = STAGES) -> Path:
-    """Run (or resume) a pipeline; returns the path of its HTML report."""
+                 stages: tuple[str, ...] = STAGES, redo_report: bool = False) -> Path:
+    """Run (or resume) a pipeline; returns the path of its HTML report.
+
+    ``redo_report``: render the report again from the finished predictions even though that stage is
+    complete (after upgrading medtl, say); no training stage is touched.
+    """
     config_path = Path(config_path).resolve()
     config = load_pipeline(config_path, profile)
     data_root, out = Path(data_root).resolve(), Path(out)
@@ -617,14 +628,15 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
         payload = payloads[stage]
         if stage not in stages or (stage == "similarity" and not config.similarity.enabled):
             continue
-        if book.check(stage, payload):
+        if book.check(stage, payload) and not (redo_report and stage == "report"):
             print(f"[{stage}] already complete: skipped")
             continue
-        book.start(stage, payload)
+        before = book.start(stage, payload)
         started = time.perf_counter()
-        print(f"[{stage}] running")
+        ctx.tick = lambda: book.tick(stage, before + time.perf_counter() - started)  # noqa: B023 (called within this stage)
+        print(f"[{stage}] running" + (f" (resumed; {before:.0f} s spent before)" if before else ""))
         info = STAGE_FUNCS[stage](ctx)
-        book.finish(stage, payload, seconds=round(time.perf_counter() - started, 1), **_jsonable(info))
+        book.finish(stage, payload, seconds=round(before + time.perf_counter() - started, 1), **_jsonable(info))
     html = out / "report.html"
     print(f"report: {html}")
     return html

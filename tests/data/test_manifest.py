@@ -1,5 +1,6 @@
 import csv
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,6 +87,21 @@ def test_build_from_folder_splits_by_group_and_says_ids_are_per_image(folder_roo
     assert "train" in report.table() and report.near_copy_groups_across_splits == 0
 
 
+def test_build_names_near_copy_groups_and_check_catches_a_group_split_by_hand(folder_root):
+    m = build_manifest(folder_root / "site", folder_root, seed=1)
+    named = {r.path: r.extras["near_copy_group"] for r in m}
+    assert named["site/pos/img00.png"] == named["site/pos/copy.jpg"] == "g1"
+    assert sum(bool(g) for g in named.values()) == 2  # every other image has no copy
+    by_split = m.meta["near_copy_groups_by_split"]
+    home = {r.path: r.split for r in m}["site/pos/copy.jpg"]
+    assert by_split[home] == {"groups": 1, "images": 2}
+    assert sum(v["groups"] for v in by_split.values()) == 1
+    other = "train" if home != "train" else "test"
+    edited = Manifest([replace(r, split=other) if r.path == "site/pos/copy.jpg" else r for r in m], m.label_names)
+    report = check_manifest(edited, folder_root)
+    assert any("recorded near-copy group(s) split across splits: 1: g1" in e for e in report.errors)
+
+
 def test_without_grouping_the_near_copy_is_reported(folder_root):
     m = build_manifest(folder_root / "site", folder_root, seed=1, group_near_copies=False)
     rows = [r if r.path != "site/pos/copy.jpg" else ManifestRow(r.path, r.label, r.patient_id, r.domain,
@@ -162,3 +178,22 @@ def test_cli_build_and_check(folder_root, tmp_path, capsys):
     assert main(["manifest", "check", str(out), "--data-root", str(folder_root)]) == 0
     printed = capsys.readouterr().out
     assert "OK" in printed and "label" in printed and "total" in printed
+
+
+def test_default_data_root_env_then_beside_cwd_then_beside_checkout(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import medtl.paths as paths
+
+    monkeypatch.setenv(paths.DATA_ROOT_ENV, str(tmp_path / "mine"))
+    assert paths.default_data_root() == tmp_path / "mine"
+    monkeypatch.delenv(paths.DATA_ROOT_ENV)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # ../shared/data exists here: it wins
+    assert paths.default_data_root().resolve() == (tmp_path / "shared" / "data").resolve()
+    (tmp_path / "work" / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "work" / "notebooks")  # no ../shared/data from a notebook folder
+    checkout = Path(paths.__file__).resolve().parents[2] / "shared" / "data"
+    expected = checkout if checkout.is_dir() else Path("../shared/data")
+    assert paths.default_data_root() == expected

@@ -207,3 +207,12 @@ def test_resume_after_sigkill(hospital, model_2d, tmp_path):
     redo = 8 - sum(r["status"] == "ok" for r in rows)
     assert retried.resumed == 8 - redo and retried.ok + retried.errors == redo
     assert len(_rows(out)) == 8 + redo and len(_table(out / "results.csv")) == 8
+
+
+def test_a_single_file_is_a_batch_of_one(hospital, model_2d, tmp_path):
+    out = tmp_path / "out"
+    result = predict_batch(model_2d, hospital / "chest.png", out, progress=False)
+    rows = _rows(out)
+    assert (result.ok, result.errors) == (1, 0) and len(rows) == 1
+    assert rows[0]["status"] == "ok" and rows[0]["source"] == "chest.png"
+    assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5

@@ -208,3 +208,24 @@ def test_class_absent_from_test_is_explained_per_class(tmp_path, multiclass_tabl
     assert entry["per_class"]["glioma"]["auroc"]["value"] is not None
     md = paths["md"].read_text()
     assert "undefined [1]" in md and "no 'none' cases in the test set" in md
+
+
+def test_learning_curves_one_line_per_run_coloured_by_strategy(tmp_path):
+    from medtl.evaluation import report as report_module
+
+    rows = []
+    for strategy in ("dann", "scratch"):
+        for seed in (0, 1):
+            for epoch in range(3):
+                rows.append({"epoch": epoch, "train_loss": 1.0 / (epoch + 1 + seed), "unused_term": 0.0,
+                             "best": epoch == 2, "seconds": 3.0 + epoch, "run_id": f"t/frac1/{strategy}/seed{seed}",
+                             "strategy": strategy})
+    log = tmp_path / "metrics_log.csv"
+    pd.DataFrame(rows).to_csv(log, index=False)
+    doc, figs = report_module._Doc(), []
+    info = report_module._learning_curves(doc, log, figs)
+    # a constant term, a flag and wall time are not curves; each run is its own line, coloured by strategy
+    assert info["metrics"] == ["train_loss"]
+    assert info["by"] == "run_id" and info["colour"] == "strategy"
+    png = doc.figures["learning_curves.png"][0]
+    assert png.startswith(b"\x89PNG")

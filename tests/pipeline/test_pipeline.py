@@ -1,12 +1,15 @@
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from medtl.cli import main
 from medtl.errors import MedtlError
@@ -84,7 +87,11 @@ def test_killed_run_resumes_without_redoing_finished_jobs(tiny, make_config):
     proc.wait()
     assert proc.returncode != 0, "the run finished before it could be killed"
     first = {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
+    killed = json.loads((out / "stages.json").read_text())["transfer"]
+    assert killed["status"] == "running" and killed["seconds"] > 0  # time spent so far is on record
     run_pipeline(config, tiny / "data", out)
+    resumed = json.loads((out / "stages.json").read_text())["transfer"]
+    assert resumed["status"] == "done" and resumed["seconds"] > killed["seconds"]  # both sessions counted
     jobs = list((out / "transfer").rglob("predictions.csv"))
     assert len(jobs) == 6  # 3 strategies x 2 fractions, each exactly once
     assert all(p.stat().st_mtime == t for p, t in first.items())  # finished jobs were not redone
@@ -105,3 +112,27 @@ def test_quick_profile_on_real_data(data_root, tmp_path):
 def test_shipped_pipelines_validate(name, profile):
     cfg = load_pipeline(REPO / "pipelines" / name, profile)
     assert cfg.strategies and cfg.seeds
+
+
+def test_jobs_share_decoded_datasets_and_reuse_does_not_change_augmentation(tiny, make_config):
+    from medtl.pipeline.config import load_pipeline
+    from medtl.pipeline.runner import Context, _dataset, _loader
+
+    path = make_config(tiny)
+    cfg = load_pipeline(path)
+    ctx = Context(cfg, path, tiny / "data", tiny / "memo", None)
+    target = ctx.load(cfg.target, "target", cfg.tasks[0]).select(split="train")
+    a = _dataset(ctx, target, cfg.target, True, cfg.tasks[0])
+    assert _dataset(ctx, target, cfg.target, True, cfg.tasks[0]) is a  # decoded once
+    assert _dataset(ctx, target, cfg.target, False, cfg.tasks[0]) is not a  # the eval chain is another dataset
+    hidden = type(target)([replace(r, label="unlabelled") for r in target], target.label_names)
+    assert _dataset(ctx, hidden, cfg.target, True, cfg.tasks[0]) is not a  # other labels, other dataset
+
+    def first_batch(ds, seed):  # unshuffled: any difference comes from the random transforms
+        return next(iter(_loader(ds, 8, False, seed=seed)))["image"]
+
+    fresh = first_batch(a, 3)
+    assert not torch.equal(first_batch(a, 7), fresh)  # the train chain is random, and seeded per loader
+    for _ in range(2):  # an earlier job drew from the shared dataset's random transforms
+        first_batch(a, 7)
+    assert torch.equal(first_batch(a, 3), fresh)

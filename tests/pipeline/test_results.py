@@ -20,3 +20,36 @@ def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
     assert "## tiny" in page and "Wall time" in page and "Hardware" in page
     assert "| feature_extraction | 0.5 |" in page and "AUROC" in page
     assert "cxr_to_mri2d" in page  # shipped pipelines without a run are listed, with their command
+
+
+def test_results_page_counts_scored_test_images_in_near_copy_groups(tmp_path, tiny, make_config):
+    import csv
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from medtl.data.manifest import Manifest
+    from medtl.pipeline import run_pipeline
+
+    out = tiny / "run"
+    if not (out / "report.json").exists():
+        run_pipeline(make_config(tiny), tiny / "data", out)
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    with open(run / "predictions.csv", newline="") as f:
+        scored = sorted({r["case_id"] for r in csv.DictReader(f) if r["split"] == "test"})
+    assert len(scored) >= 3
+    # a target manifest where three scored test images form one group and one more test image has no copy
+    env = json.loads((run / "environment.json").read_text())
+    target = Manifest.load(env["manifests"]["target"])
+    grouped = set(scored[:3])
+    rows = [replace(r, extras={**r.extras, "near_copy_group": "g1" if r.path in grouped else ""}) for r in target]
+    meta = {**target.meta, "near_copy_groups": 1, "near_copy_images": 3,
+            "near_copy_groups_by_split": {"train": {"groups": 0, "images": 0}, "val": {"groups": 0, "images": 0},
+                                          "test": {"groups": 1, "images": 3}}}
+    Manifest(rows, target.label_names, meta).save(tmp_path / "tgt.csv")
+    env["manifests"]["target"] = str(tmp_path / "tgt.csv")
+    (run / "environment.json").write_text(json.dumps(env))
+    page = write_results([run], tmp_path / "results.md").read_text()
+    assert "of which 1 groups (3 images) sit wholly in the test split" in page
+    assert f"of the {len(scored)} target test images this run scored, 3 belong to 1 near-copy groups" in page
