@@ -225,3 +225,35 @@ def embedding_figure(xy: np.ndarray, domains: Sequence[str], title: str) -> byte
     ax.set(title=title, xticks=[], yticks=[])
     ax.legend(fontsize=8, markerscale=2)
     return to_png(fig)
+
+
+def strategy_interval_figure(rows: Sequence[dict], metric: str, title: str, reference: float | None = None) -> bytes:
+    """Seed-mean ``metric`` with its interval per strategy, one marker per label fraction (a forest plot).
+
+    ``rows``: dicts with ``strategy``, ``label_fraction``, ``value``, ``ci_low``, ``ci_high``;
+    ``reference``: a vertical line (e.g. AUROC 0.5, chance).
+    """
+    plt = _plt()
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    fractions = sorted({r["label_fraction"] for r in rows}, key=lambda f: (f is None, f or 0))
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(strategies) * max(1, len(fractions)) ** 0.5 + 1.4))
+    step = 0.6 / max(1, len(fractions))
+    for j, frac in enumerate(fractions):
+        pts = [r for r in rows if r["label_fraction"] == frac and r["value"] is not None]
+        y = [strategies.index(r["strategy"]) + (j - (len(fractions) - 1) / 2) * step for r in pts]
+        x = [r["value"] for r in pts]
+        lo = [r["value"] - r["ci_low"] if r.get("ci_low") is not None else 0 for r in pts]
+        hi = [r["ci_high"] - r["value"] if r.get("ci_high") is not None else 0 for r in pts]
+        label = f"label fraction {frac:g}" if isinstance(frac, (int, float)) else "all labels"
+        ax.errorbar(x, y, xerr=[lo, hi], fmt="o", ms=4, capsize=2, lw=1.2, label=label)
+    if reference is not None:
+        ax.axvline(reference, color="grey", ls=":", lw=1)
+    ax.set_yticks(range(len(strategies)), strategies)
+    ax.invert_yaxis()
+    ax.set(xlabel=metric, title=title)
+    ax.grid(axis="x", alpha=0.3)
+    if len(fractions) > 1:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return to_png(fig)
+

@@ -50,7 +50,7 @@ def _verdict(a: dict | None, b: dict | None) -> str:
     return "inconclusive (intervals overlap)"
 
 
-def pipeline_section(run: Path) -> str:
+def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     report_path = run / "report.json"
     if not report_path.exists():
         raise MedtlError("no report.json: has the pipeline finished?", run)
@@ -77,6 +77,8 @@ def pipeline_section(run: Path) -> str:
     lines.append("")
     for task_name, task in report["tasks"].items():
         lines += _task_section(task_name, task)
+        if figures_dir is not None:
+            lines += _task_figure(config["name"], task_name, task, figures_dir)
     for note in report.get("notes", []):
         lines.append(f"> {note}")
         lines.append("")
@@ -111,15 +113,45 @@ def _data_notes(run: Path, config: dict, resolved: dict) -> list[str]:
 
 
 def _evaluated_test_copies(run: Path, manifest: Manifest) -> str:
-    """How many of the target test images this run scored belong to a near-copy group (from predictions.csv)."""
+    """How many of the target test images this run scored belong to a near-copy group (from predictions.csv),
+    per task when the run has several (each task may draw its own capped test set)."""
     if "near_copy_group" not in manifest.extra_columns or not (run / "predictions.csv").exists():
         return ""
     group_of = {r.path: r.extras.get("near_copy_group", "") for r in manifest}
+    scored: dict[str, set[str]] = {}
     with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
-        scored = {row["case_id"] for row in csv.DictReader(f) if row.get("split") == "test"}
-    in_groups = [group_of[c] for c in scored if group_of.get(c)]
-    return (f"; of the {len(scored)} target test images this run scored, {len(in_groups)} belong to "
-            f"{len(set(in_groups))} near-copy groups, each wholly inside the test split")
+        for row in csv.DictReader(f):
+            if row.get("split") == "test":
+                scored.setdefault(row.get("task", ""), set()).add(row["case_id"])
+    parts = []
+    for task, cases in scored.items():
+        in_groups = [group_of[c] for c in cases if group_of.get(c)]
+        parts.append((f"task `{task}`: " if len(scored) > 1 else "") + f"of the {len(cases)} target test images "
+                     f"scored, {len(in_groups)} belong to {len(set(in_groups))} near-copy groups")
+    return "; " + "; ".join(parts) + " (each group wholly inside the test split)" if parts else ""
+
+
+def _task_figure(pipeline: str, name: str, task: dict, figures_dir: Path) -> list[str]:
+    """A forest plot of the seed-mean headline metric per strategy and label fraction, beside the table."""
+    from medtl.evaluation.figures import strategy_interval_figure
+
+    metric = "mae" if task["kind"] == "regression" else "auroc"
+    rows = []
+    for s_name, s in task["strategies"].items():
+        for e in strategy_entries(s):
+            m = e["metrics"].get(metric) or {}
+            rows.append({"strategy": s_name, "label_fraction": e.get("label_fraction"), "value": m.get("value"),
+                         "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high")})
+    if not any(r["value"] is not None for r in rows):
+        return []
+    label = "MAE (years)" if metric == "mae" else "AUROC" + (" (macro)" if task["kind"] == "multiclass" else "")
+    png = strategy_interval_figure(rows, label, f"{pipeline}: {name}", reference=None if metric == "mae" else 0.5)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    path = figures_dir / f"{pipeline}_{name}.png"
+    path.write_bytes(png)
+    return [f"![{label} per strategy, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
+            f"*{label}: seed mean and 95% t-interval per strategy and label fraction"
+            + ("; dotted line: chance (0.5)" if metric != "mae" else "") + ".*", ""]
 
 
 def _task_section(name: str, task: dict) -> list[str]:
@@ -170,13 +202,26 @@ def _task_section(name: str, task: dict) -> list[str]:
     return lines
 
 
-def write_results(runs: list[str | Path], out: str | Path) -> Path:
-    sections = [pipeline_section(Path(r)) for r in runs]
+def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path | None = None) -> Path:
+    """Write the page; ``notes_dir`` (default: ``results_notes/`` beside ``out``) may hold a hand-written
+    ``<pipeline>.md`` per pipeline, placed under its section with a heading that says it is not generated."""
+    notes_dir = Path(notes_dir) if notes_dir is not None else Path(out).parent / "results_notes"
+    sections = []
+    for r in runs:
+        section = pipeline_section(Path(r), Path(out).parent / "results_figures")
+        name = yaml.safe_load((Path(r) / "config.yaml").read_text())["name"]
+        notes = notes_dir / f"{name}.md"
+        if notes.exists():
+            section += (f"\n### Notes on the {name} run (written by hand, not generated; from "
+                        f"`{notes.as_posix()}`)\n\n" + notes.read_text().strip() + "\n")
+        sections.append(section)
     header = [
         "# Results",
         "",
         "Generated by `medtl results " + " ".join(str(r) for r in runs) + f" --out {out}` from each run folder's "
-        "report.json; every number in the generated sections comes from those files (hand-written notes, where added, say so and only quote them). Verdict rule: a strategy *helped* over the baseline "
+        "report.json; every number in the generated sections and figures comes from those files. Hand-written notes "
+        f"(from `{notes_dir.as_posix()}/<pipeline>.md`) say so in their heading and only quote those numbers. "
+        "Verdict rule: a strategy *helped* over the baseline "
         "when the 95% intervals of the seed-mean AUROC do not overlap and its mean is higher, *did worse* when they "
         "do not overlap and its mean is lower, and is *inconclusive* otherwise. These are CPU-profile runs (small "
         "images, few epochs, capped data) unless a section says otherwise: they show what the pipeline measures and "

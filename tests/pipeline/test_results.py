@@ -16,8 +16,14 @@ def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
     out = tiny / "run"
     if not (out / "report.json").exists():
         run_pipeline(make_config(tiny), tiny / "data", out)
+    (tmp_path / "results_notes").mkdir()
+    (tmp_path / "results_notes" / "tiny.md").write_text("- A hand-written remark.\n")
     page = write_results([out], tmp_path / "results.md").read_text()
+    assert "### Notes on the tiny run (written by hand, not generated" in page and "- A hand-written remark." in page
+    assert page.index("## tiny") < page.index("A hand-written remark.")
     assert "## tiny" in page and "Wall time" in page and "Hardware" in page
+    figure = tmp_path / "results_figures" / "tiny_tumor.png"  # the forest plot beside the task's table
+    assert figure.read_bytes().startswith(b"\x89PNG") and "](results_figures/tiny_tumor.png)" in page
     assert "| feature_extraction | 0.5 |" in page and "AUROC" in page
     assert "cxr_to_mri2d" in page  # shipped pipelines without a run are listed, with their command
 
@@ -52,4 +58,4 @@ def test_results_page_counts_scored_test_images_in_near_copy_groups(tmp_path, ti
     (run / "environment.json").write_text(json.dumps(env))
     page = write_results([run], tmp_path / "results.md").read_text()
     assert "of which 1 groups (3 images) sit wholly in the test split" in page
-    assert f"of the {len(scored)} target test images this run scored, 3 belong to 1 near-copy groups" in page
+    assert f"of the {len(scored)} target test images scored, 3 belong to 1 near-copy groups" in page
