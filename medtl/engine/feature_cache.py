@@ -28,7 +28,7 @@ solved to convergence by full-batch L-BFGS, with the penalty picked on the valid
 ``PROBE_PENALTIES`` (the strategy's ``weight_decay`` when there is no validation set); the
 standardisation is then folded into the linear layer, so the head reads raw features like any other.
 A handful of SGD epochs leaves a probe far from its optimum (measured on the cxr_to_mri2d pipeline:
-validation AUROC 0.41-0.73 after 4 epochs, 0.96-0.98 for the converged fit on the same features).
+validation AUROC 0.41-0.73 after 4 epochs, 0.976 for the converged fit on the same features).
 ``"trainer"`` trains the head with the trainer instead, which the next paragraph describes.
 
 The one difference from training ``feature_extraction`` on an augmenting (``train=True``) dataset:
@@ -295,7 +295,7 @@ def fit_head_lbfgs(
     Each penalty is fitted from the same start; the one with the lowest validation loss is kept (without
     labelled ``val``, give one penalty). The standardisation is then folded into ``fc``
     (``W' = W / sd``, ``b' = b - W' mu``), so the head takes raw features. Returns one record per
-    penalty (``train_loss``, ``val_loss``, ``val_accuracy``, ``chosen``), in the trainer's log format.
+    penalty (``fit``, ``weight_decay``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``chosen``).
     """
     if train.labels is None:
         raise MedtlError("training a head needs labelled features", "train")
@@ -324,7 +324,7 @@ def fit_head_lbfgs(
 
         with torch.enable_grad():
             opt.step(closure)
-        record: dict[str, Any] = {"epoch": i, "weight_decay": penalty}
+        record: dict[str, Any] = {"fit": i, "weight_decay": penalty}  # not "epoch": no curve over epochs
         with torch.no_grad():
             record["train_loss"] = float(head.loss(fc(z), y))
             if has_val:
@@ -338,7 +338,7 @@ def fit_head_lbfgs(
         history.append(record)
     fc.load_state_dict(best[2])
     for r in history:
-        r["chosen"] = r["epoch"] == best[1]
+        r["chosen"] = r["fit"] == best[1]
     with torch.no_grad():  # fold the standardisation in: fc(z) == fc'(x)
         weight = fc.weight / sd
         fc.bias.sub_(weight @ mu)

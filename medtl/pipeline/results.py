@@ -236,6 +236,10 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         header += [f"- `{m}`: `medtl run pipelines/{m}.yaml --data-root ../shared/data --out runs/{m} --profile cpu`"
                    for m in missing]
         header.append("")
+    summary = notes_dir / "summary.md"  # a hand-written overview, shown before the pipelines
+    if summary.exists():
+        header += [f"## Summary (written by hand, not generated; from `{summary.as_posix()}`)", "",
+                   summary.read_text().strip(), ""]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(header + sections) + "\n")

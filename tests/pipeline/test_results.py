@@ -18,9 +18,11 @@ def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
         run_pipeline(make_config(tiny), tiny / "data", out)
     (tmp_path / "results_notes").mkdir()
     (tmp_path / "results_notes" / "tiny.md").write_text("- A hand-written remark.\n")
+    (tmp_path / "results_notes" / "summary.md").write_text("An overview.\n")
     page = write_results([out], tmp_path / "results.md").read_text()
     assert "### Notes on the tiny run (written by hand, not generated" in page and "- A hand-written remark." in page
     assert page.index("## tiny") < page.index("A hand-written remark.")
+    assert page.index("## Summary (written by hand") < page.index("An overview.") < page.index("## tiny")
     assert "## tiny" in page and "Wall time" in page and "Hardware" in page
     figure = tmp_path / "results_figures" / "tiny_tumor.png"  # the forest plot beside the task's table
     assert figure.read_bytes().startswith(b"\x89PNG") and "](results_figures/tiny_tumor.png)" in page
