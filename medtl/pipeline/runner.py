@@ -468,17 +468,29 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         train_ds = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target, True, task)
         val_ds = _dataset(ctx, target.select(split="val"), cfg.target, False, task)
         target_loader = None
-    if cls.needs_target:
-        strategy = cls(encoder, head, spec.hparams or None, **kwargs)
-    else:
-        strategy = cls(encoder, head, spec.hparams or None)
     if val_ds is not None and len(val_ds):
         val_loader = _loader(val_ds, tc.batch_size, False, seed)
     meta = {"label_names": list(target.label_names), "task": task.name, "strategy": spec.display,
             "intensity": {"preset": t_mod, **data_options(cfg.target, t_mod)}}
     common = dict(epochs=tc.epochs, seed=seed, device=tc.device, deterministic=tc.deterministic,
                   patience=tc.patience if val_loader is not None else None, progress=_interactive())
-    if spec.name == "feature_extraction" and tc.feature_cache and not (cls.needs_target or uda):
+    hparams = dict(spec.hparams or {})
+    cached_probe = tc.feature_cache and not (cls.needs_target or uda)
+    if spec.name == "lp_ft" and cached_probe and hparams.get("lp_epochs") is None:
+        from medtl.engine.feature_cache import fit_linear_probe
+
+        # LP-FT as Kumar et al. (2022) run it: the probe is fitted to convergence first (on cached
+        # features), then every epoch fine-tunes the whole model from that head
+        plain_train = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target,
+                               False, task)
+        fit_linear_probe(encoder, head, plain_train, val_ds if val_loader is not None else None,
+                         batch_size=tc.batch_size, cache_dir=job_dir / "features", device=tc.device)
+        hparams["lp_epochs"] = 0
+    if cls.needs_target:
+        strategy = cls(encoder, head, hparams or None, **kwargs)
+    else:
+        strategy = cls(encoder, head, hparams or None)
+    if spec.name == "feature_extraction" and cached_probe:
         from medtl.engine.feature_cache import fit_linear_probe
 
         # the frozen encoder sees each image once, through the deterministic chain

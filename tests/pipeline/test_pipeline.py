@@ -136,3 +136,22 @@ def test_jobs_share_decoded_datasets_and_reuse_does_not_change_augmentation(tiny
     for _ in range(2):  # an earlier job drew from the shared dataset's random transforms
         first_batch(a, 7)
     assert torch.equal(first_batch(a, 3), fresh)
+
+
+def test_lp_ft_fits_the_probe_to_convergence_then_fine_tunes_everything(tiny, make_config):
+    # LP-FT as its authors run it: a converged probe on cached features, then all epochs fine-tune
+    path = tiny / "lpft.yaml"
+    path.write_text(make_config.config.replace("EPOCHS", "2").replace("[feature_extraction, full, dann]", "[lp_ft]")
+                    .replace("label_fractions: [0.5, 1.0]", "label_fractions: [1.0]"))
+    out = tiny / "lpft"
+    run_pipeline(path, tiny / "data", out)
+    job = next((out / "transfer").glob("*/frac1/lp_ft/seed0"))
+    assert (job / "features" / "train.pt").exists() and (job / "features" / "val.pt").exists()
+    config = json.loads((job / "config.json").read_text())
+    assert config["hparams"]["lp_epochs"] == 0
+    records = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]
+    lr, lp_lr = config["hparams"]["lr"], config["hparams"]["lp_lr"]
+    # every epoch is a fine-tuning epoch: encoder and head at lr (scaled by the schedule), never at lp_lr
+    for r in records:
+        encoder_lr, head_lr = r["lr"]
+        assert encoder_lr == pytest.approx(head_lr) and 0 < head_lr <= lr < lp_lr
