@@ -21,6 +21,18 @@ def _data_root() -> Path:
     return root
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for a test: tiny convolutions run faster so on shared cores, and one-process
+    references then match torchrun workers (which set OMP_NUM_THREADS=1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = _data_root()

@@ -33,39 +33,43 @@ TARGET_GROWTH = 0.10
 # ------------------------------------------------------------------------------------------ inputs
 
 
+def _made_once(folder: Path, n: int, fill) -> Path:
+    """``folder`` with ``n`` generated inputs: ``fill(folder)`` runs unless an earlier run finished it."""
+    done = folder / ".complete"
+    if done.exists() and int(done.read_text()) == n:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    fill(folder)
+    done.write_text(str(n))
+    return folder
+
+
 def make_pngs(root: Path, folder: Path, n: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    done = folder / ".complete"
-    if done.exists() and int(done.read_text()) == n:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    sources = [root / r.path for r in manifest("cxr_nih")]
-    for i in range(n):
-        src = sources[i % len(sources)]
-        img = np.asarray(Image.open(src).convert("L"))
-        k = i // len(sources)
-        if k % 2 == 1:
-            img = img[:, ::-1]
-        if k >= 2:
-            img = np.roll(img, 3 * k, axis=0)
-        Image.fromarray(np.ascontiguousarray(img)).save(folder / f"img{i:05d}.png")
-    done.write_text(str(n))
-    return folder
+    def fill(folder: Path) -> None:
+        sources = [root / r.path for r in manifest("cxr_nih")]
+        for i in range(n):
+            src = sources[i % len(sources)]
+            img = np.asarray(Image.open(src).convert("L"))
+            k = i // len(sources)
+            if k % 2 == 1:
+                img = img[:, ::-1]
+            if k >= 2:
+                img = np.roll(img, 3 * k, axis=0)
+            Image.fromarray(np.ascontiguousarray(img)).save(folder / f"img{i:05d}.png")
+
+    return _made_once(folder, n, fill)
 
 
 def make_volumes(root: Path, folder: Path, n: int) -> Path:
-    done = folder / ".complete"
-    if done.exists() and int(done.read_text()) == n:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for i, r in enumerate(list(manifest("mri3d_ixi"))[:n]):
-        shutil.copyfile(root / r.path, folder / f"vol{i:04d}.nii.gz")
-    done.write_text(str(n))
-    return folder
+    def fill(folder: Path) -> None:
+        for i, r in enumerate(list(manifest("mri3d_ixi"))[:n]):
+            shutil.copyfile(root / r.path, folder / f"vol{i:04d}.nii.gz")
+
+    return _made_once(folder, n, fill)
 
 
 def make_models(s: Settings, folder: Path) -> dict[str, Path]:

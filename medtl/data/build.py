@@ -271,14 +271,12 @@ def build_manifest(
         rows, excluded = drop_near_copies_of(rows, Manifest.load(exclude_copies_of), data_root)
     groups = None
     scanned = None
-    n_groups = 0
     if group_near_copies:
         scanned = scan(rows, data_root, desc="near-copy scan")
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
         if bad:
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)
         groups = near_copy_groups(scanned)
-        n_groups = sum(1 for c in Counter(groups.tolist()).values() if c > 1)
     moved = 0
     if keep_source_split:
         splits = [SOURCE_SPLITS.get(r.extras.get("source_split", ""), "") for r in rows]
@@ -288,6 +286,9 @@ def build_manifest(
             splits, moved = _unite_groups(splits, groups)
     else:
         splits = assign_splits(rows, seed, fractions, groups)
+    by_split = None
+    if groups is not None:
+        rows, by_split = _label_groups(rows, groups, splits)
     labels = sorted({r.label for r in rows})
     per_image = sum(r.extras.get("patient_id_kind") == "per_image" for r in rows)
     meta = {
@@ -297,16 +298,17 @@ def build_manifest(
         "split": (f"kept from the source; {moved} near-copy image(s) moved so each group sits in one split"
                   if keep_source_split else "patient-level, label-stratified, seeded"),
         "near_copy_grouping": group_near_copies,
-        "near_copy_groups": n_groups,
-        "near_copy_images": int(sum(c for c in Counter(groups.tolist()).values() if c > 1)) if groups is not None else None,
+        # every group sits in one split, so the per-split counts add up to the totals
+        "near_copy_groups": sum(v["groups"] for v in by_split.values()) if by_split else 0,
+        "near_copy_images": sum(v["images"] for v in by_split.values()) if by_split else None,
         "patient_ids": "per image (the source has no patient ids)" if per_image == len(rows)
         else "given" if per_image == 0 else f"given for {len(rows) - per_image} of {len(rows)} rows",
     }
     if exclude_copies_of is not None:
         meta["excluded_near_copies_of"] = Path(exclude_copies_of).name
         meta["excluded_rows"] = excluded
-    if groups is not None:
-        rows, meta["near_copy_groups_by_split"] = _label_groups(rows, groups, splits)
+    if by_split is not None:
+        meta["near_copy_groups_by_split"] = by_split
     manifest = Manifest(rows, labels, meta).with_splits(splits)
     manifest.scanned = scanned  # reused by the check that follows a build: every file is read once
     return manifest

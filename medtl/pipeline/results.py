@@ -206,10 +206,10 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
     """Write the page; ``notes_dir`` (default: ``results_notes/`` beside ``out``) may hold a hand-written
     ``<pipeline>.md`` per pipeline, placed under its section with a heading that says it is not generated."""
     notes_dir = Path(notes_dir) if notes_dir is not None else Path(out).parent / "results_notes"
+    names = [yaml.safe_load((Path(r) / "config.yaml").read_text())["name"] for r in runs]
     sections = []
-    for r in runs:
+    for r, name in zip(runs, names):
         section = pipeline_section(Path(r), Path(out).parent / "results_figures")
-        name = yaml.safe_load((Path(r) / "config.yaml").read_text())["name"]
         notes = notes_dir / f"{name}.md"
         if notes.exists():
             section += (f"\n### Notes on the {name} run (written by hand, not generated; from "
@@ -228,9 +228,8 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         "how, not the best each strategy can reach.",
         "",
     ]
-    shown = {yaml.safe_load((Path(r) / "config.yaml").read_text())["name"] for r in runs}
     pipelines_dir = Path(__file__).resolve().parents[2] / "pipelines"
-    missing = sorted(p.stem for p in pipelines_dir.glob("*.yaml") if p.stem not in shown)
+    missing = sorted(p.stem for p in pipelines_dir.glob("*.yaml") if p.stem not in names)
     if missing:
         header += ["Pipelines with no finished run on this page yet (run them, then regenerate this page):", ""]
         header += [f"- `{m}`: `medtl run pipelines/{m}.yaml --data-root ../shared/data --out runs/{m} --profile cpu`"

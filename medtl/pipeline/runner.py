@@ -102,6 +102,7 @@ class Context:
         self.config, self.config_path, self.data_root, self.out, self.profile = config, config_path, data_root, out, profile
         self.base = config_path.parent
         self.datasets: dict[tuple, Any] = {}  # see _dataset
+        self.manifests: dict[Path, Manifest] = {}  # see load
         self.tick: Callable[[], None] = lambda: None  # records the running stage's time so far (run_pipeline sets it)
 
     def manifest_path(self, spec: DataSpec, key: str) -> Path:
@@ -111,8 +112,17 @@ class Context:
             raise MedtlError(f"manifest {spec.manifest} not found (resolved to {path})", f"{self.config_path}: {key}.manifest")
         return path
 
+    def manifest(self, spec: DataSpec, key: str) -> Manifest:
+        """The manifest as its CSV says, read once per run (every job asks again); do not modify it."""
+        path = self.manifest_path(spec, key)
+        if path not in self.manifests:
+            self.manifests[path] = Manifest.load(path)
+        return self.manifests[path]
+
     def load(self, spec: DataSpec, key: str, task: TaskSpec | None = None) -> Manifest:
-        m = Manifest.load(self.manifest_path(spec, key))
+        """A copy of the manifest, relabelled for ``task`` and capped as the profile says."""
+        m = self.manifest(spec, key)
+        m = Manifest(list(m.rows), list(m.label_names), dict(m.meta), m.source)  # callers may change their copy
         if task is not None:
             m = apply_task(m, task)
         if spec.max_per_split:
@@ -160,7 +170,7 @@ def stage_prepare(ctx: Context) -> dict:
     cfg = ctx.config
     missing = []
     for key, spec in (("source", cfg.source), ("target", cfg.target)):
-        m = Manifest.load(ctx.manifest_path(spec, key))
+        m = ctx.manifest(spec, key)
         for r in m:
             try:
                 p = resolve_inside(ctx.data_root, r.path, f"{m.source}")
@@ -401,12 +411,12 @@ def _heterogeneous(ctx: Context) -> bool:
     tgt = ctx.load(cfg.target, "target", cfg.tasks[0]).label_names
     if cfg.unlabelled_target:
         # UDA: the source, relabelled by the task, must cover the target's classes
-        src = apply_task(Manifest.load(ctx.manifest_path(cfg.source, "source")), cfg.tasks[0]).label_names
+        src = apply_task(ctx.manifest(cfg.source, "source"), cfg.tasks[0]).label_names
         if not set(tgt) <= set(src):
             raise MedtlError(f"target labels {sorted(set(tgt) - set(src))} are not in the source label set {src}: "
                              "unsupervised adaptation needs a shared label set", f"{ctx.config_path}: tasks")
         return False
-    src = Manifest.load(ctx.manifest_path(cfg.source, "source")).label_names
+    src = ctx.manifest(cfg.source, "source").label_names
     return sorted(src) != sorted(tgt)
 
 
@@ -475,31 +485,27 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     common = dict(epochs=tc.epochs, seed=seed, device=tc.device, deterministic=tc.deterministic,
                   patience=tc.patience if val_loader is not None else None, progress=_interactive())
     hparams = dict(spec.hparams or {})
-    cached_probe = tc.feature_cache and not (cls.needs_target or uda)
-    if spec.name == "lp_ft" and cached_probe and hparams.get("lp_epochs") is None:
-        from medtl.engine.feature_cache import fit_linear_probe
-
-        # LP-FT as Kumar et al. (2022) run it: the probe is fitted to convergence first (on cached
-        # features), then every epoch fine-tunes the whole model from that head
-        plain_train = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target,
-                               False, task)
-        fit_linear_probe(encoder, head, plain_train, val_ds if val_loader is not None else None,
-                         batch_size=tc.batch_size, cache_dir=job_dir / "features", device=tc.device)
-        hparams["lp_epochs"] = 0
-    if cls.needs_target:
-        strategy = cls(encoder, head, hparams or None, **kwargs)
-    else:
-        strategy = cls(encoder, head, hparams or None)
-    if spec.name == "feature_extraction" and cached_probe:
+    # A linear probe is fitted to convergence on cached features: the whole of feature_extraction, and
+    # LP-FT's first phase as Kumar et al. (2022) run it (then every epoch fine-tunes the whole model)
+    probe = tc.feature_cache and not (cls.needs_target or uda) and (
+        spec.name == "feature_extraction" or (spec.name == "lp_ft" and hparams.get("lp_epochs") is None))
+    if probe:
         from medtl.engine.feature_cache import fit_linear_probe
 
         # the frozen encoder sees each image once, through the deterministic chain
         plain_train = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target,
                                False, task)
-        strategy, _ = fit_linear_probe(encoder, head, plain_train, val_ds if val_loader is not None else None,
-                                       batch_size=tc.batch_size, hparams=spec.hparams or None, run_dir=job_dir,
-                                       cache_dir=job_dir / "features", checkpoint_meta=meta, **common)
+        probe_val = val_ds if val_loader is not None else None
+    if probe and spec.name == "feature_extraction":
+        strategy, _ = fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
+                                       hparams=hparams or None, run_dir=job_dir, cache_dir=job_dir / "features",
+                                       checkpoint_meta=meta, **common)
     else:
+        if probe:  # LP-FT
+            fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
+                             cache_dir=job_dir / "features", device=tc.device)
+            hparams["lp_epochs"] = 0
+        strategy = cls(encoder, head, hparams or None, **kwargs)  # kwargs: only for strategies that need the target
         train_loader = _loader(train_ds, tc.batch_size, True, seed, tc.num_workers)
         fit(strategy, train_loader, val_loader, target_loader=target_loader if cls.needs_target else None,
             run_dir=job_dir, checkpoint_meta=meta, **common)

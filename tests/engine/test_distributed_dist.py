@@ -223,13 +223,8 @@ def torchrun(args: list[str], timeout: float = 300, cwd: Path = REPO) -> subproc
     return proc
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The one-process references run with the workers' thread count (torchrun sets OMP_NUM_THREADS=1).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The one-process references run with the workers' thread count (torchrun sets OMP_NUM_THREADS=1).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

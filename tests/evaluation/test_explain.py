@@ -13,13 +13,7 @@ from medtl.evaluation.explain import gradcam, overlay_png, save_gradcam
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions run faster on one thread, and the test machine's cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convolutions: faster on one thread
 
 
 @pytest.mark.parametrize("dims, shape", [(2, (1, 64, 64)), (3, (1, 24, 24, 24))])
