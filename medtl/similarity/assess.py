@@ -26,7 +26,7 @@ METRICS: dict[str, tuple[bool, str]] = {
     "linear_cka": (True, "linear CKA of paired rows"),
     "logme": (True, "LogME evidence of the target labels"),
     "leep": (True, "LEEP of the source model on the target labels"),
-    "h_score": (True, "H-score of the target labels"),
+    "h_score": (True, "regularised H-score of the target labels (0 .. classes - 1)"),
 }
 
 

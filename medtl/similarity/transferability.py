@@ -7,7 +7,8 @@
   target images: the log-likelihood of the target labels under the empirical source-to-target label
   predictor. Always <= 0; higher is better.
 - :func:`h_score`: H-score (Bao et al. 2019), ``tr(cov(f)^+ cov(E[f | y]))``: between-class
-  variance relative to total variance. Higher is better.
+  variance relative to total variance; by default the regularised form of Ibrahim et al. 2022
+  (Ledoit-Wolf covariance and the (1 - alpha) factor). In [0, classes - 1]; higher is better.
 
 All need at least two target classes and one label per feature row.
 """
@@ -100,12 +101,19 @@ def leep(source_probs: Any, labels: Any) -> float:
 
 
 def h_score(features: Any, labels: Any, rcond: float = 1e-10, shrinkage: str | None = "ledoit_wolf") -> float:
-    """H-score ``tr(pinv(cov(f)) cov(E[f | y]))`` (population covariances; pseudo-inverse).
+    """H-score of ``features (N, F)`` for class ``labels (N,)``; in [0, number of classes - 1].
 
-    With fewer cases than features the sample covariance is singular and the plain H-score sits at
-    its ceiling (number of classes - 1) for any features. ``shrinkage="ledoit_wolf"`` (default) uses the
-    Ledoit-Wolf shrunk covariance instead (the shrinkage H-score of Ibrahim et al. 2022), which stays
-    informative there; ``shrinkage=None`` gives the original estimator.
+    ``shrinkage="ledoit_wolf"`` (default): the regularised H-score of Ibrahim et al. 2022,
+    ``tr(pinv(cov_a(f)) (1 - a) cov(E[f | y]))`` with ``cov_a = (1 - a) cov(f) + a (tr cov(f) / F) I``
+    the Ledoit-Wolf covariance and ``a`` its shrinkage. The (1 - a) factor matters: cov_a already
+    shrinks the total variance by (1 - a), so without it the between-class part is compared with a
+    covariance shrunk by a feature-dependent amount, exceeds the ceiling and can reorder encoders.
+    With it, ``(1 - a) cov(E[f|y]) <= cov_a`` and the score stays in [0, classes - 1].
+    ``shrinkage=None``: the original estimator ``tr(pinv(cov(f)) cov(E[f | y]))`` (Bao et al. 2019),
+    which sits at its ceiling for any features when there are fewer cases than features.
+
+    Covariances are population ones (divided by N) throughout. TLlib's ``regularized_h_score``
+    divides the between-class covariance by N - 1, so its values are N / (N - 1) times these.
     """
     f = as_features(features, "target features")
     codes = _class_labels(labels, len(f))
@@ -113,12 +121,13 @@ def h_score(features: Any, labels: Any, rcond: float = 1e-10, shrinkage: str | N
     if shrinkage == "ledoit_wolf":
         from sklearn.covariance import ledoit_wolf
 
-        cov_f = ledoit_wolf(f, assume_centered=True)[0]
+        cov_f, alpha = ledoit_wolf(f, assume_centered=True)
+        between_scale = 1.0 - float(alpha)
     elif shrinkage is None:
-        cov_f = f.T @ f / len(f)
+        cov_f, between_scale = f.T @ f / len(f), 1.0
     else:
         raise MedtlError(f"unknown shrinkage {shrinkage!r}; use 'ledoit_wolf' or None", "shrinkage")
     means = np.stack([f[codes == c].mean(0) for c in range(codes.max() + 1)])
     g = means[codes]
-    cov_g = g.T @ g / len(f)
+    cov_g = between_scale * (g.T @ g) / len(f)
     return float(np.trace(np.linalg.pinv(cov_f, rcond=rcond, hermitian=True) @ cov_g))

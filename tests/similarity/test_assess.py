@@ -45,3 +45,23 @@ def test_assess_bad_input():
         assess(src, tgt, np.zeros(30, int), n_permutations=5)
     with pytest.raises(MedtlError, match="empty"):
         assess(src[:0], tgt)
+
+
+def test_assess_h_score_is_bounded_and_drives_the_recommendation():
+    from medtl.similarity.recommend import recommend
+    from medtl.similarity.transferability import h_score
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    strong = rng.normal(size=(100, 16))
+    strong[:, :4] += 1.5 * y[:, None]
+    weak = rng.normal(size=(100, 256))
+    weak[:, :20] += 0.4 * y[:, None]
+    cands = []
+    for name, f in (("strong16", strong), ("weak256", weak)):
+        out = assess(rng.normal(size=(60, f.shape[1])), f, y, n_permutations=5)
+        h = out["transferability"]["h_score"]
+        assert h == pytest.approx(h_score(f, y)) and 0.0 <= h <= 1.0  # two classes: ceiling 1
+        cands.append({"source": "s", "encoder": name, "strategy": "finetune", "scores": {"h_score": h}})
+    rec = recommend({"n_labelled": 100}, cands, weights={"h_score": 1.0})
+    assert rec["recommended"] == "s/strong16/finetune"

@@ -94,18 +94,53 @@ def test_bad_input():
         h_score(f, np.linspace(0, 1, 6))
 
 
-def test_shrinkage_h_score_equals_numpy_with_ledoit_wolf_and_stays_informative_when_wide():
-    from sklearn.covariance import LedoitWolf
+def numpy_regularised_h_score(f, y):
+    """Ibrahim et al. 2022 written out: Ledoit-Wolf (2004) shrinkage from its per-case formula,
+    then tr(inv((1 - a) S + a mu I) (1 - a) S_between), population covariances."""
+    n, d = f.shape
+    x = f - f.mean(0)
+    s = x.T @ x / n
+    mu = np.trace(s) / d
+    delta = np.sum((s - mu * np.eye(d)) ** 2) / d
+    beta = sum(np.sum((np.outer(r, r) - s) ** 2) for r in x) / n**2 / d
+    a = min(beta, delta) / delta
+    means = np.stack([x[y == c].mean(0) for c in np.unique(y)])
+    between = sum(np.mean(y == c) * np.outer(m, m) for c, m in zip(np.unique(y), means))
+    return np.trace(np.linalg.solve((1 - a) * s + a * mu * np.eye(d), (1 - a) * between)), a
 
+
+@pytest.mark.parametrize("n,d,k", [(40, 60, 2), (90, 8, 3), (30, 200, 4)])
+def test_default_h_score_is_the_regularised_h_score_of_ibrahim_et_al(n, d, k):
+    rng = np.random.default_rng(n + d)
+    y = np.arange(n) % k
+    f = rng.normal(size=(n, d)) + 0.8 * np.eye(k)[y] @ rng.normal(size=(k, d))
+    expected, a = numpy_regularised_h_score(f, y)
+    assert 0.0 < a < 1.0  # shrinkage is active, so the (1 - a) factor is exercised
+    assert h_score(f, y) == pytest.approx(expected, rel=1e-6)
+    assert 0.0 <= h_score(f, y) <= k - 1
+
+
+def test_h_score_stays_under_its_ceiling_and_ranks_a_strong_narrow_encoder_above_a_weak_wide_one():
+    # Without (1 - a), the weak 256-d encoder scored 2.98 (above the ceiling of 1) and the strong
+    # 16-d one 1.05: shrinkage a (0.98 vs 0.41) grows with width and inflated the wide encoder.
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    strong = rng.normal(size=(100, 16))
+    strong[:, :4] += 1.5 * y[:, None]
+    weak = rng.normal(size=(100, 256))
+    weak[:, :20] += 0.4 * y[:, None]
+    assert 0.0 <= h_score(weak, y) < h_score(strong, y) <= 1.0
+    assert h_score(strong, y) == pytest.approx(numpy_regularised_h_score(strong, y)[0], rel=1e-6)
+    assert h_score(weak, y) == pytest.approx(numpy_regularised_h_score(weak, y)[0], rel=1e-6)
+
+
+def test_h_score_ceiling_for_wide_features():
     rng = np.random.default_rng(3)
     y = np.repeat([0, 1], 20)
     f = rng.normal(size=(40, 60)) + 0.8 * y[:, None] * (np.arange(60) < 5)
-    fc = f - f.mean(0)
-    cov = LedoitWolf(assume_centered=True).fit(fc).covariance_
-    means = np.stack([fc[y == c].mean(0) for c in (0, 1)])[y]
-    expected = np.trace(np.linalg.pinv(cov) @ (means.T @ means / len(f)))
-    assert h_score(f, y) == pytest.approx(expected, rel=1e-6)
-    # 40 cases, 60 features: the plain estimator is pinned at its ceiling, the shrunk one is not
+    # 40 cases, 60 features: the plain estimator is pinned at its ceiling, the regularised one is not
     noise = rng.normal(size=(40, 60))
     assert h_score(f, y, shrinkage=None) == pytest.approx(1.0) == pytest.approx(h_score(noise, y, shrinkage=None))
-    assert h_score(f, y) > h_score(noise, y)
+    assert 1.0 > h_score(f, y) > h_score(noise, y) >= 0.0
+    with pytest.raises(MedtlError, match="shrinkage"):
+        h_score(f, y, shrinkage="oas")
