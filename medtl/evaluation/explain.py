@@ -1,12 +1,22 @@
-"""Grad-CAM explanations (MONAI's ``monai.visualize.GradCAM``) saved as PNG overlays.
+"""Grad-CAM explanations (MONAI's ``monai.visualize.GradCAM``), PNG overlays and a faithfulness test.
 
-2D images get one overlay; 3D volumes get three orthogonal slices through the voxel where the map
-peaks (labelled sagittal / coronal / axial for RAS-oriented volumes, MONAI's (x, y, z) axis order).
-The PNGs can be passed to the report (``gradcam=[...]``), which embeds them.
+Maps are scaled so that 1 marks the strongest evidence for the explained class and 0 the weakest.
+(MONAI's default ``postprocessing`` maps (min, max) to (1, 0), which inverts the map; we pass a
+plain min-max scaling instead.) 2D images get one overlay; 3D volumes get three orthogonal slices
+through the voxel where the map peaks (labelled sagittal / coronal / axial for RAS-oriented volumes,
+MONAI's (x, y, z) axis order). The PNGs can be passed to the report (``gradcam=[...]``), which embeds
+them; so can the JSON written by ``save_deletion_test``, whose numbers the report prints next to them.
+
+``deletion_test`` says whether a map points at what the model uses: it blanks the hottest pixels or
+voxels of each image's map and, as a control, as many at random, and compares the drops in the
+explained class's probability over a set of images, with a confidence interval.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +26,21 @@ from torch import nn
 from medtl.errors import MedtlError
 from medtl.evaluation.figures import _plt, to_png
 
-__all__ = ["gradcam", "overlay_png", "save_gradcam"]
+__all__ = ["deletion_summary", "deletion_test", "gradcam", "load_deletion_test", "minmax", "overlay_png",
+           "save_deletion_test", "save_gradcam"]
+
+DELETION_KIND = "medtl.gradcam_deletion_test"  # marks a JSON file as save_deletion_test output
 
 
-def gradcam(model: nn.Module, image, target_layer: str, class_idx: int | None = None) -> np.ndarray:
-    """Grad-CAM map of one image ``(C, *spatial)`` (or ``(1, C, *spatial)``), upsampled to the image, in [0, 1].
-
-    ``class_idx`` is the class explained (default: the predicted one). The model is run in eval mode
-    (batch statistics of one image would be meaningless) and restored to its previous mode.
-    """
-    from monai.visualize import GradCAM  # lazy: only explanations need it
-
-    x = torch.as_tensor(image.detach() if torch.is_tensor(image) else np.asarray(image), dtype=torch.float32)
-    dims = _spatial_dims(model)
-    if x.ndim == dims + 1:
-        x = x[None]
-    if x.ndim != dims + 2 or x.shape[0] != 1:
-        raise MedtlError(f"expected one {dims}D image (C, *spatial), got shape {tuple(x.shape)}", "image")
-    names = dict(model.named_modules())
-    if target_layer not in names:
-        raise MedtlError(f"no layer {target_layer!r} in the model (e.g. {', '.join(list(names)[1:6])} ...)",
-                         "target_layer")  # fmt: skip
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        cam = GradCAM(nn_module=model, target_layers=target_layer)
-        out = cam(x.to(device), class_idx=class_idx)
-    finally:
-        model.train(was_training)
-    return out[0, 0].detach().cpu().numpy()
+def minmax(cam: torch.Tensor) -> torch.Tensor:
+    """Scale each map of a batch ``(B, 1, *spatial)`` to [0, 1], max -> 1; a constant map becomes all 0."""
+    flat = cam.detach().flatten(1)
+    shape = (-1,) + (1,) * (cam.ndim - 1)
+    lo, hi = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+    span = hi - lo
+    # A constant map (e.g. ReLU removed everything) carries no location: all zero, not all hot.
+    return torch.where(span > 0, (cam.detach() - lo) / span.clamp_min(torch.finfo(cam.dtype).tiny),
+                       torch.zeros_like(cam))  # fmt: skip
 
 
 def _spatial_dims(model: nn.Module) -> int:
@@ -56,14 +51,261 @@ def _spatial_dims(model: nn.Module) -> int:
     raise MedtlError("the model has no 2D or 3D convolution to explain", "model")
 
 
+def _batch_of_one(image, dims: int, what: str = "image") -> torch.Tensor:
+    x = torch.as_tensor(image.detach() if torch.is_tensor(image) else np.asarray(image), dtype=torch.float32)
+    if x.ndim == dims + 1:
+        x = x[None]
+    if x.ndim != dims + 2 or x.shape[0] != 1:
+        raise MedtlError(f"expected one {dims}D image (C, *spatial), got shape {tuple(x.shape)}", what)
+    return x
+
+
+@contextmanager
+def _grad_cam(model: nn.Module, target_layer: str):
+    """MONAI GradCAM on ``target_layer`` with the model in eval mode; hooks and mode undone on exit.
+
+    MONAI registers its forward/backward hooks without keeping the handles, so every call would
+    leave two more hooks on the caller's model; we remove the ones that were not there before.
+    """
+    from monai.visualize import GradCAM  # lazy: only explanations need it
+
+    names = dict(model.named_modules())
+    if target_layer not in names:
+        raise MedtlError(f"no layer {target_layer!r} in the model (e.g. {', '.join(list(names)[1:6])} ...)",
+                         "target_layer")  # fmt: skip
+    layer = names[target_layer]
+    before = {id(d): set(d) for d in (layer._forward_hooks, layer._backward_hooks)}
+    was_training = model.training
+    model.eval()  # batch statistics of one image would be meaningless
+    try:
+        yield GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
+    finally:
+        for hooks in (layer._forward_hooks, layer._backward_hooks):
+            for key in [k for k in hooks if k not in before[id(hooks)]]:
+                del hooks[key]
+        model.train(was_training)
+
+
+def _cam_of(cam, x: torch.Tensor, class_idx: int | None) -> np.ndarray:
+    # requires_grad on the input: the target layer then gets gradients even when its weights are
+    # frozen (a linear-probe model), which MONAI's backward hook needs.
+    out = cam(x.clone().requires_grad_(True), class_idx=class_idx)
+    return out[0, 0].detach().cpu().numpy()
+
+
+def gradcam(model: nn.Module, image, target_layer: str, class_idx: int | None = None) -> np.ndarray:
+    """Grad-CAM map of one image ``(C, *spatial)`` (or ``(1, C, *spatial)``), upsampled to the image.
+
+    In [0, 1], 1 where the evidence for the class is strongest (ReLU(sum_k mean(dy/dA_k) A_k) on the
+    layer's grid, linearly upsampled, min-max scaled; all 0 when the layer holds no positive evidence).
+    ``class_idx`` is the class explained (default: the predicted one). The model is run in eval mode
+    and restored to its previous mode; no hooks are left on it.
+    """
+    x = _batch_of_one(image, _spatial_dims(model))
+    device = next(model.parameters()).device
+    with _grad_cam(model, target_layer) as cam:
+        return _cam_of(cam, x.to(device), class_idx)
+
+
+# ----------------------------------------------------------------------------- faithfulness
+
+
+def _image_of(item):
+    # Dataset items are dicts with an "image"; anything else is the image itself.
+    return item["image"] if isinstance(item, dict) else item
+
+
+def _mean_ci(v: np.ndarray, level: float, n_boot: int, rng: np.random.Generator) -> dict:
+    """Mean with a percentile-bootstrap interval over images."""
+    means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(1)
+    a = (1 - level) / 2
+    return {"mean": float(v.mean()), "ci": [float(np.quantile(means, a)), float(np.quantile(means, 1 - a))]}
+
+
+def _t_ci(v: np.ndarray, level: float) -> list[float]:
+    from scipy import stats  # lazy: only the deletion test needs it
+
+    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return [float(v.mean() - half), float(v.mean() + half)]
+
+
+def deletion_test(
+    model: nn.Module,
+    images: Iterable,
+    target_layer: str | None = None,
+    *,
+    class_idx: int | None = None,
+    fraction: float = 0.2,
+    fill: str | float = "mean",
+    control: str = "pixels",
+    n_random: int = 5,
+    explain: Callable[[torch.Tensor, int], np.ndarray] | None = None,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Faithfulness of Grad-CAM maps: does blanking the map's hottest region hurt the model most?
+
+    For each image, the explained class ``c`` (``class_idx``, default the predicted class) has
+    probability ``p``. The top ``fraction`` of the image's pixels/voxels by map value (ties in random
+    order) are set to ``fill`` (``"mean"``: the image's per-channel mean, which is 0 for medtl's
+    z-scored inputs; or a number) and ``p_top`` is measured; as a control, ``n_random`` masks of the
+    same size are blanked and their ``p`` averaged (``p_random``). ``control="pixels"`` draws the
+    control's pixels at random; ``"shifted"`` moves the top mask to a random place (circularly), so
+    the control has the map mask's shape and only its place differs.
+
+    Returns a JSON-able dict: ``drop_top`` = mean of ``p - p_top``, ``drop_random`` = mean of
+    ``p - p_random``, ``difference`` = mean of their per-image difference (paired), each with a
+    ``level`` percentile-bootstrap interval over images (``difference`` also with a paired t
+    interval, ``ci_t``); ``top_larger``: the share of images whose top drop beats the control's;
+    ``per_image`` lists. A map that marks the evidence gives a difference clearly above 0; an
+    inverted map gives one below 0. ``explain(x, c) -> map`` tests another map (``x`` is
+    ``(1, C, *spatial)``); by default it is :func:`gradcam` on ``target_layer``.
+
+    ``images``: arrays or tensors ``(C, *spatial)``, or dataset items with an ``"image"``; use at
+    least 50 held-out images for a number worth reporting.
+    """
+    if not 0 < fraction < 1:
+        raise MedtlError(f"fraction must lie between 0 and 1, got {fraction}", "fraction")
+    if control not in ("pixels", "shifted"):
+        raise MedtlError(f"unknown control {control!r}: use 'pixels' or 'shifted'", "control")
+    if not (fill == "mean" or isinstance(fill, (int, float)) and not isinstance(fill, bool)):
+        raise MedtlError(f"fill must be 'mean' or a number, got {fill!r}", "fill")
+    if int(n_random) < 1:
+        raise MedtlError(f"n_random must be at least 1, got {n_random}", "n_random")
+    if not 0 < level < 1:
+        raise MedtlError(f"level must lie between 0 and 1, got {level}", "level")
+    if explain is None and target_layer is None:
+        raise MedtlError("give the target_layer to explain (or an explain function)", "target_layer")
+    dims = _spatial_dims(model)
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list] = {"class": [], "p": [], "drop_top": [], "drop_random": []}
+    was_training = model.training
+    with _grad_cam(model, target_layer) if explain is None else _eval(model) as cam:
+        explain_fn = explain or (lambda x, c: _cam_of(cam, x, c))
+        for i, item in enumerate(images):
+            x = _batch_of_one(_image_of(item), dims, f"images[{i}]").to(device)
+            with torch.no_grad():
+                probs = torch.softmax(model(x).float(), 1)[0]
+            c = int(probs.argmax()) if class_idx is None else int(class_idx)
+            if not 0 <= c < len(probs):
+                raise MedtlError(f"class {c} is not one of the model's {len(probs)} classes", "class_idx")
+            m = np.asarray(explain_fn(x, c), dtype=float)
+            spatial = tuple(x.shape[2:])
+            if m.shape != spatial:
+                raise MedtlError(f"map shape {m.shape} differs from image {spatial}", f"images[{i}]")
+            n_px = m.size
+            k = max(1, int(round(fraction * n_px)))
+            top = np.zeros(n_px, bool)
+            top[np.lexsort((rng.random(n_px), -m.ravel()))[:k]] = True  # hottest first, ties shuffled
+            masks = [top.reshape(spatial)]
+            for _ in range(int(n_random)):
+                if control == "pixels":
+                    r = np.zeros(n_px, bool)
+                    r[rng.choice(n_px, k, replace=False)] = True
+                    masks.append(r.reshape(spatial))
+                else:
+                    masks.append(np.roll(masks[0], [int(rng.integers(s)) for s in spatial], tuple(range(dims))))
+            mask = torch.as_tensor(np.stack(masks)[:, None], device=device)  # (1 + n_random, 1, *spatial)
+            value = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True) if fill == "mean" else float(fill)
+            blanked = torch.where(mask, value, x)  # broadcasts over the batch of masks and the channels
+            with torch.no_grad():
+                p_after = torch.softmax(model(blanked).float(), 1)[:, c].cpu().numpy()
+            p = float(probs[c])
+            rows["class"].append(c)
+            rows["p"].append(p)
+            rows["drop_top"].append(p - float(p_after[0]))
+            rows["drop_random"].append(p - float(p_after[1:].mean()))
+    model.train(was_training)
+    n = len(rows["p"])
+    if n < 2:
+        raise MedtlError(f"the deletion test needs at least 2 images, got {n}", "images")
+    top_d, rand_d = np.array(rows["drop_top"]), np.array(rows["drop_random"])
+    diff = top_d - rand_d
+    boot = np.random.default_rng(seed + 1)
+    return {
+        "kind": DELETION_KIND,
+        "n": n,
+        "fraction": float(fraction),
+        "fill": fill,
+        "control": control,
+        "n_random": int(n_random),
+        "class_idx": "predicted" if class_idx is None else int(class_idx),
+        "target_layer": target_layer if explain is None else "custom explain function",
+        "level": float(level),
+        "ci_method": f"percentile bootstrap over images ({n_boot} resamples, seed {seed + 1})",
+        "seed": int(seed),
+        "p_mean": float(np.mean(rows["p"])),
+        "drop_top": _mean_ci(top_d, level, n_boot, boot),
+        "drop_random": _mean_ci(rand_d, level, n_boot, boot),
+        "difference": {**_mean_ci(diff, level, n_boot, boot), "ci_t": _t_ci(diff, level)},
+        "top_larger": float(np.mean(diff > 0)),
+        "per_image": rows,
+    }
+
+
+@contextmanager
+def _eval(model: nn.Module):
+    # Stands in for _grad_cam when the caller brings its own map.
+    was_training = model.training
+    model.eval()
+    try:
+        yield None
+    finally:
+        model.train(was_training)
+
+
+def deletion_summary(result: dict) -> str:
+    """One sentence a report can print for a :func:`deletion_test` result."""
+    lv = f"{result['level']:.0%}"
+    pct = f"{result['fraction']:.0%}"
+
+    def fmt(d):
+        return f"{d['mean']:.3f} ({lv} CI {d['ci'][0]:.3f} to {d['ci'][1]:.3f})"
+
+    ctrl = f"a random {pct} of the pixels" if result["control"] == "pixels" else "the same mask moved at random"
+    explained = "the predicted class" if result["class_idx"] == "predicted" else f"class {result['class_idx']}"
+    return (f"Deletion test on {result['n']} images: blanking the top {pct} of each map lowered the probability "
+            f"of {explained} by {fmt(result['drop_top'])}; blanking {ctrl} lowered it by "
+            f"{fmt(result['drop_random'])}. Difference {fmt(result['difference'])}, larger for the map in "
+            f"{result['top_larger']:.0%} of images. A map that marks the model's evidence gives a difference "
+            f"above 0; an inverted map, one below 0.")  # fmt: skip
+
+
+def save_deletion_test(result: dict, path: str | Path) -> Path:
+    """Write a :func:`deletion_test` result as JSON (for ``make_report(..., gradcam=[...])``)."""
+    if not isinstance(result, dict) or result.get("kind") != DELETION_KIND:
+        raise MedtlError("not a deletion_test result", "result")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def load_deletion_test(path: str | Path) -> dict:
+    """Read a JSON written by :func:`save_deletion_test`; MedtlError if the file is something else."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise MedtlError(f"cannot read a deletion-test JSON: {e}", path) from None
+    if not isinstance(result, dict) or result.get("kind") != DELETION_KIND:
+        raise MedtlError("not a deletion-test JSON (written by explain.save_deletion_test)", path)
+    return result
+
+
+# ----------------------------------------------------------------------------- overlays
+
+
 def _norm(a: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(a, [1, 99])
     return np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a, dtype=float)
 
 
 def _peak(cam: np.ndarray) -> tuple[int, ...]:
-    # Upsampled maps have plateaus, where argmax returns the plateau's first corner; the centre of
-    # the voxels within 5% of the maximum is the peak a reader expects.
+    # The slices go through the strongest evidence (maps are hot = 1). Upsampled maps have plateaus,
+    # where argmax returns the plateau's first corner; the centre of the voxels within 5% of the
+    # maximum is the peak a reader expects.
     idx = np.argwhere(cam >= cam.max() - 0.05 * (cam.max() - cam.min()))
     centre = idx.mean(axis=0)
     nearest = idx[np.argmin(((idx - centre) ** 2).sum(axis=1))]  # stay on a peak voxel

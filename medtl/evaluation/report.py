@@ -557,18 +557,37 @@ def _embedding(doc: _Doc, features, method: str, seed: int, fig_list: list[dict]
     return info
 
 
-def _gradcam(doc: _Doc, pngs, fig_list: list[dict]) -> list[str]:
-    items = []
+def _gradcam(doc: _Doc, pngs, fig_list: list[dict]) -> tuple[list[str], list[dict]]:
+    # PNG overlays, plus any deletion-test JSON (explain.save_deletion_test) whose number is printed
+    # with them: a map is only worth showing with evidence that it marks what the model uses.
+    items, tests = [], []
     for p in pngs:
         p = Path(p)
+        if p.is_file() and p.suffix.lower() == ".json":
+            from medtl.evaluation.explain import load_deletion_test  # lazy: it imports torch
+
+            tests.append((p, load_deletion_test(p)))
+            continue
         if not p.is_file() or p.suffix.lower() != ".png":
-            raise MedtlError("Grad-CAM images must be existing .png files", p)
+            raise MedtlError("Grad-CAM inputs must be existing .png overlays or deletion-test .json files", p)
         items.append((f"gradcam_{p.name}", p.read_bytes(), f"Grad-CAM: {p.stem}"))
     doc.h(2, "Grad-CAM examples")
-    doc.p("Class activation maps (MONAI Grad-CAM) over the input; for volumes, three orthogonal slices through the "
-          "map's peak (+). They show where the model looked, not whether it was right.")  # fmt: skip
+    doc.p("Class activation maps (MONAI Grad-CAM) over the input: warm and opaque where the evidence for the "
+          "explained class is strongest; for volumes, three orthogonal slices through the map's peak (+). They "
+          "show where the model found evidence, not whether it was right.")  # fmt: skip
+    if tests:
+        from medtl.evaluation.explain import deletion_summary
+
+        doc.p("**Faithfulness of the maps**")
+        doc.bullets([f"`{p.name}`: {deletion_summary(t)}" for p, t in tests])
+    else:
+        doc.p("No deletion test was given with these maps, so nothing here shows that they mark what the model "
+              "uses (explain.deletion_test measures it).")  # fmt: skip
     _add_figs(doc, fig_list, items)
-    return [str(p) for p in pngs]
+    faith = [{"file": str(p), **{k: t[k] for k in ("n", "fraction", "control", "fill", "class_idx", "level",
+                                                   "drop_top", "drop_random", "difference", "top_larger")}}
+             for p, t in tests]  # fmt: skip
+    return [str(p) for p in pngs], faith
 
 
 # ----------------------------------------------------------------------------- public API
@@ -609,7 +628,9 @@ def render_report(
     if features is not None:
         extras["embedding"] = _embedding(doc, features, embedding, report["settings"].get("seed", 0), fig_list)
     if gradcam:
-        extras["gradcam"] = _gradcam(doc, gradcam, fig_list)
+        extras["gradcam"], faithfulness = _gradcam(doc, gradcam, fig_list)
+        if faithfulness:
+            extras["gradcam_faithfulness"] = faithfulness
     _methods(doc, report)
 
     for name, (png, _) in doc.figures.items():

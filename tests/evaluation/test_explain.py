@@ -1,14 +1,29 @@
-"""Grad-CAM through MONAI on small random-weight resnet18s, 2D and 3D."""
+"""Grad-CAM: hot where the evidence is (a model with known evidence), equal to a hand-written Grad-CAM
+on resnet18s in 2D and 3D, overlays, and the deletion test of faithfulness."""
 
 from __future__ import annotations
+
+import io
+import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import resnet18
+from torch import nn
 
 from medtl.errors import MedtlError
-from medtl.evaluation.explain import gradcam, overlay_png, save_gradcam
+from medtl.evaluation.explain import (
+    _peak,
+    deletion_summary,
+    deletion_test,
+    gradcam,
+    load_deletion_test,
+    overlay_png,
+    save_deletion_test,
+    save_gradcam,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -16,15 +31,112 @@ PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convolutions: faster on one thread
 
 
+class Brightness(nn.Module):
+    """Known evidence: the class-1 logit is ``scale`` x the mean brightness of the image, class 0 its negative.
+
+    ``features`` (the layer explained) is a 3-wide box blur followed by 4x average pooling, so its one
+    channel is a coarse copy of the image: d(logit_1)/dA is the same positive number everywhere and
+    Grad-CAM for class 1 is the (upsampled) image itself: bright = evidence.
+    """
+
+    def __init__(self, dims: int, scale: float = 10.0):
+        super().__init__()
+        conv = (nn.Conv2d, nn.Conv3d)[dims - 2](1, 1, 3, padding=1, bias=False)
+        nn.init.constant_(conv.weight, 1.0 / 3**dims)
+        self.features = nn.Sequential(conv, (nn.AvgPool2d, nn.AvgPool3d)[dims - 2](4))
+        self.scale = scale
+
+    def forward(self, x):
+        m = self.features(x).flatten(1).mean(1) * self.scale
+        return torch.stack([-m, m], 1)
+
+
+def blob_image(dims: int, size: int, corner: int, side: int, rng: np.random.Generator) -> torch.Tensor:
+    img = rng.random((1,) + (size,) * dims) * 0.1
+    img[(0,) + (slice(corner, corner + side),) * dims] += 1.0
+    return torch.as_tensor(img, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dims, size", [(2, 64), (3, 32)])
+def test_evidence_is_hot(dims, size):
+    """The bright blob, the model's only evidence for class 1, is the hottest part of the map."""
+    image = blob_image(dims, size, corner=8, side=12, rng=np.random.default_rng(0))
+    cam = gradcam(Brightness(dims), image, "features", class_idx=1)
+    blob = (slice(10, 18),) * dims  # the blob's inside, away from the blurred edge
+    far = (slice(size - 8, size),) * dims  # the far corner: dark, no evidence
+    assert cam.shape == (size,) * dims
+    assert cam[blob].min() > 0.8 and cam.max() == pytest.approx(1.0)
+    assert cam[far].max() < 0.15  # MONAI's default postprocessing made these ~1 and the blob ~0.16
+    # The 3D overlay's slices go through the blob, i.e. the strongest evidence.
+    assert all(8 <= p < 20 for p in _peak(cam))
+
+
+def test_class_without_evidence_gives_an_empty_map():
+    """Class 0's logit falls with brightness: no positive evidence anywhere, so the map is all 0 (not all hot)."""
+    image = blob_image(2, 32, corner=4, side=8, rng=np.random.default_rng(1))
+    cam = gradcam(Brightness(2), image, "features", class_idx=0)
+    assert np.all(cam == 0)
+
+
+def reference_gradcam(model: nn.Module, x: torch.Tensor, layer: nn.Module, class_idx: int) -> np.ndarray:
+    """Grad-CAM by hand (Selvaraju et al. 2017): ReLU(sum_k mean(dy_c/dA_k) A_k), upsampled, min-max scaled."""
+    store = {}
+    fh = layer.register_forward_hook(lambda m, i, o: store.__setitem__("A", o))
+    bh = layer.register_full_backward_hook(lambda m, gi, go: store.__setitem__("G", go[0]))
+    model.eval()
+    try:
+        model.zero_grad()
+        model(x.clone().requires_grad_(True))[0, class_idx].backward()
+    finally:
+        fh.remove()
+        bh.remove()
+    a, g = store["A"][0].detach(), store["G"][0]
+    weights = g.flatten(1).mean(1)  # one weight per channel: the spatial mean of its gradient
+    cam = torch.relu((weights.view(-1, *[1] * (a.ndim - 1)) * a).sum(0))
+    mode = "bilinear" if cam.ndim == 2 else "trilinear"
+    cam = F.interpolate(cam[None, None], size=x.shape[2:], mode=mode, align_corners=False)[0, 0]
+    assert cam.max() > cam.min(), "reference map is flat: pick another seed or class"
+    return ((cam - cam.min()) / (cam.max() - cam.min())).numpy()
+
+
 @pytest.mark.parametrize("dims, shape", [(2, (1, 64, 64)), (3, (1, 24, 24, 24))])
-def test_gradcam_overlay_2d_and_3d(tmp_path, dims, shape):
+def test_matches_hand_written_gradcam(dims, shape):
     torch.manual_seed(0)
     model = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=2)
     image = torch.rand(shape) * 0.1
-    image[(0,) + (slice(4, 14),) * dims] += 1.0  # a bright blob to look at
-    cam = gradcam(model, image, "layer3", class_idx=1)
-    assert cam.shape == shape[1:] and 0.0 <= cam.min() and cam.max() <= 1.0
-    assert model.training  # mode restored
+    image[(0,) + (slice(4, 14),) * dims] += 1.0
+    for c in (0, 1):
+        cam = gradcam(model, image, "layer3", class_idx=c)
+        ref = reference_gradcam(model, image[None], model.layer3, c)
+        np.testing.assert_allclose(cam, ref, atol=1e-5)
+        assert np.corrcoef(cam.ravel(), ref.ravel())[0, 1] > 0.999  # not 1 - ref, as before the fix
+
+
+def test_no_hooks_left_and_mode_restored():
+    model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2)
+    model.train()
+    for _ in range(3):
+        gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=1)
+    assert model.training
+    assert not model.layer3._forward_hooks and not model.layer3._backward_hooks
+
+
+def test_frozen_weights_still_explained():
+    """A linear-probe model has frozen encoder weights; the map must not depend on requires_grad."""
+    torch.manual_seed(0)
+    model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2)
+    image = torch.rand(1, 48, 48)
+    free = gradcam(model, image, "layer3", class_idx=1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    np.testing.assert_allclose(gradcam(model, image, "layer3", class_idx=1), free, atol=1e-6)
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (1, 64, 64)), (3, (1, 24, 24, 24))])
+def test_overlay_png_2d_and_3d(dims, shape):
+    model = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=2)
+    image = torch.rand(shape)
+    cam = gradcam(model, image, "layer3")
     assert overlay_png(image.numpy(), cam, title=f"{dims}D").startswith(PNG)
 
 
@@ -44,17 +156,116 @@ def test_gradcam_bad_layer_and_shape():
 
 def test_2d_overlay_is_not_transposed():
     """A bright block in the upper-right of a 2D image stays upper-right in the PNG."""
-    import io as _io
-
     from PIL import Image
-
-    from medtl.evaluation.explain import overlay_png
 
     img = np.zeros((40, 40))
     img[2:12, 28:38] = 1.0  # rows 2-11 (top), columns 28-37 (right)
     cam = np.zeros((40, 40))
-    png = np.asarray(Image.open(_io.BytesIO(overlay_png(img, cam))).convert("L"), dtype=float)
+    png = np.asarray(Image.open(io.BytesIO(overlay_png(img, cam))).convert("L"), dtype=float)
     h, w = png.shape
     top_right = png[: h // 2, w // 2 :].mean()
     bottom_left = png[h // 2 :, : w // 2].mean()
     assert top_right > bottom_left + 5
+
+
+def test_overlay_hot_region_is_coloured():
+    """Where the map is 1 the overlay is coloured (jet red), where it is 0 the grey image shows through."""
+    from PIL import Image
+
+    img = np.full((40, 40), 0.5)
+    img[0, 0] = 0.0  # some contrast, so the grey is mid-grey
+    cam = np.zeros((40, 40))
+    cam[:, 20:] = 1.0  # right half hot
+    rgb = np.asarray(Image.open(io.BytesIO(overlay_png(img, cam))).convert("RGB"), dtype=float)
+    h, w, _ = rgb.shape
+    right, left = rgb[h // 4 : 3 * h // 4, 5 * w // 8 : 7 * w // 8], rgb[h // 4 : 3 * h // 4, w // 8 : 3 * w // 8]
+    assert (right[..., 0] - right[..., 2]).mean() > 50  # red over blue: hot
+    assert np.abs(left[..., 0] - left[..., 2]).mean() < 5  # grey: untouched
+
+
+# ----------------------------------------------------------------------------- deletion test
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """40 images, each with one bright blob at a random place: the model's only evidence for class 1."""
+    rng = np.random.default_rng(2)
+    return [blob_image(2, 32, corner=int(rng.integers(0, 22)), side=10, rng=rng) for _ in range(40)]
+
+
+def test_deletion_map_beats_random_and_inverted_map_loses(blobs):
+    model = Brightness(2)
+    good = deletion_test(model, blobs, "features", class_idx=1, n_boot=500)
+    # The blob is ~10% of the image: its top 20% holds all of it. Setting pixels to the image mean
+    # leaves the mean (the logit) unchanged on average when they are random, and lowers it when they
+    # are the blob.
+    assert good["n"] == 40 and good["kind"] == "medtl.gradcam_deletion_test"
+    assert good["drop_top"]["mean"] > 0.1
+    assert abs(good["drop_random"]["mean"]) < 0.05
+    assert good["difference"]["ci"][0] > 0.1 and good["difference"]["ci_t"][0] > 0.1
+    assert good["top_larger"] == 1.0
+    # Sanity check of the test itself: the inverted map (the bug) blanks the darkest pixels, so the
+    # image gets brighter and the probability rises.
+    inverted = deletion_test(model, blobs, class_idx=1, n_boot=500,
+                             explain=lambda x, c: 1.0 - gradcam(model, x, "features", c))  # fmt: skip
+    assert inverted["difference"]["ci"][1] < 0 < good["difference"]["ci"][0]
+    # Independent arithmetic: the reported means are the means of the per-image lists.
+    d = np.array(good["per_image"]["drop_top"]) - np.array(good["per_image"]["drop_random"])
+    assert good["difference"]["mean"] == pytest.approx(d.mean())
+    lo, hi = good["difference"]["ci"]
+    assert lo < d.mean() < hi
+
+
+def test_deletion_shifted_control_and_3d(blobs):
+    shifted = deletion_test(Brightness(2), blobs, "features", class_idx=1, control="shifted", n_boot=200)
+    assert shifted["difference"]["ci"][0] > 0.1
+    rng = np.random.default_rng(3)
+    vols = [blob_image(3, 16, corner=int(rng.integers(0, 10)), side=6, rng=rng) for _ in range(12)]
+    res = deletion_test(Brightness(3), vols, "features", class_idx=1, n_boot=200)
+    assert res["difference"]["ci"][0] > 0.05 and res["per_image"]["class"] == [1] * 12
+
+
+def test_deletion_predicted_class_dataset_items_and_model_mode(blobs):
+    model = Brightness(2)
+    model.train()
+    res = deletion_test(model, [{"image": b} for b in blobs[:5]], "features", n_boot=50)
+    assert res["class_idx"] == "predicted" and res["per_image"]["class"] == [1] * 5  # bright: class 1 predicted
+    assert model.training and not model.features._forward_hooks
+
+
+def test_deletion_bad_input(blobs):
+    model = Brightness(2)
+    with pytest.raises(MedtlError, match="fraction"):
+        deletion_test(model, blobs, "features", fraction=1.0)
+    with pytest.raises(MedtlError, match="control"):
+        deletion_test(model, blobs, "features", control="blur")
+    with pytest.raises(MedtlError, match="fill"):
+        deletion_test(model, blobs, "features", fill="zero")
+    with pytest.raises(MedtlError, match="at least 2 images"):
+        deletion_test(model, blobs[:1], "features")
+    with pytest.raises(MedtlError, match="target_layer"):
+        deletion_test(model, blobs)
+    with pytest.raises(MedtlError, match="class 5"):
+        deletion_test(model, blobs, "features", class_idx=5)
+    with pytest.raises(MedtlError, match=r"images\[1\]"):
+        deletion_test(model, [blobs[0], torch.rand(2, 1, 32, 32)], "features")
+
+
+def test_deletion_json_round_trip_and_report(tmp_path, blobs, binary_table):
+    from medtl.evaluation.report import make_report
+
+    res = deletion_test(Brightness(2), blobs[:10], "features", class_idx=1, n_boot=100)
+    path = save_deletion_test(res, tmp_path / "deletion.json")
+    assert load_deletion_test(path) == json.loads(json.dumps(res))
+    bad = tmp_path / "other.json"
+    bad.write_text("{}")
+    with pytest.raises(MedtlError, match="not a deletion-test JSON"):
+        load_deletion_test(bad)
+    png = save_gradcam(Brightness(2), blobs[0], tmp_path / "cam.png", "features", class_idx=1)
+    paths = make_report(binary_table, tmp_path / "rep", gradcam=[png, path], n_boot=60, seed=1)
+    md = paths["md"].read_text()
+    assert deletion_summary(res) in md and "Faithfulness of the maps" in md
+    rep = json.loads(paths["json"].read_text())
+    assert rep["extras"]["gradcam_faithfulness"][0]["difference"]["mean"] == pytest.approx(res["difference"]["mean"])
+    without = make_report(binary_table, tmp_path / "rep2", gradcam=[png], n_boot=60, seed=1)
+    assert "No deletion test" in without["md"].read_text()
