@@ -69,17 +69,20 @@ class Predictor:
         digest: str = "",
         meta: dict[str, Any] | None = None,
     ) -> Predictor:
-        """Wrap a module giving logits ``(B, K)``: softmax, eval mode, AMP (float16) on CUDA."""
+        """Wrap a module giving logits ``(B, K)``: softmax, eval mode, autocast as ``meta["precision"]`` says
+        (the checkpoint's policy, resolved by ``medtl.engine.evaluate.precision_dtype``; "auto" without one)."""
+        from medtl.engine.evaluate import autocast, precision_dtype
+
         if "preset" not in preprocess:
             raise MedtlError("preprocess must name the data preset ('cxr', 'mri2d' or 'mri3d')", "preprocess")
         dev = torch.device(device) if device is not None else _default_device()
         module = module.to(dev).eval()
+        dtype = precision_dtype(str((meta or {}).get("precision") or "auto"), dev)
 
         @torch.no_grad()
         def predict(batch: torch.Tensor) -> torch.Tensor:
             batch = batch.to(dev, non_blocking=True)
-            # AMP only on GPU: CPU autocast (bfloat16) is slower and less exact on most CPUs.
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
+            with autocast(dev, dtype):  # the same policy the model was evaluated with
                 logits = module(batch)
             if logits.ndim != 2 or logits.shape[1] != len(label_names):
                 raise MedtlError(f"model gave outputs of shape {tuple(logits.shape)}; expected (B, {len(label_names)})",
@@ -107,7 +110,8 @@ def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, dig
                         device: str | torch.device | None = None, threshold: float | None = None) -> Predictor:
     """A :class:`Predictor` from a rebuilt module and the checkpoint's ``meta`` (see checkpoint.py)."""
     head = (meta.get("model") or {}).get("head") or {}
-    task = meta.get("task") or head.get("task")
+    # The head says what it computes; meta["task"] may hold a pipeline's task name in older checkpoints.
+    task = head.get("task") or meta.get("task")
     if head.get("kind", "classifier") != "classifier" or task not in ("binary", "multiclass"):
         raise MedtlError(f"batch prediction needs a classifier (binary or multiclass); this model's task is {task!r}",
                          where)

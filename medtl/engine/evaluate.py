@@ -27,6 +27,29 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
+PRECISIONS = ("auto", "off", "bf16", "fp16")
+
+
+def precision_dtype(policy: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of a precision policy on ``device`` (None: plain fp32).
+
+    The one policy: a checkpoint records it (meta ``precision``) and training, evaluation and
+    ``medtl predict`` all resolve it here, so the deployed model computes as the evaluated one did.
+    "auto" is bf16 on CUDA (fp16 where bf16 is missing) and fp32 on CPU, where bf16 autocast was
+    measured slower and less exact on the development CPUs.
+    """
+    from medtl.errors import MedtlError
+
+    if policy not in PRECISIONS:
+        raise MedtlError(f"unknown precision {policy!r}; use one of {', '.join(PRECISIONS)}", "precision")
+    device = torch.device(device)
+    if policy == "off" or (policy == "auto" and device.type != "cuda"):
+        return None
+    if policy == "fp16" or (policy == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

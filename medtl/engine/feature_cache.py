@@ -300,6 +300,7 @@ def fit_head_lbfgs(
     if train.labels is None:
         raise MedtlError("training a head needs labelled features", "train")
     fc: nn.Linear = head.fc
+    out = getattr(head, "output", lambda raw: raw)  # the head's own output from fc (original units for regression)
     device = fc.weight.device
     x, y = train.features.to(device), train.labels.to(device)
     mu = x.mean(0)
@@ -318,7 +319,7 @@ def fit_head_lbfgs(
 
         def closure():
             opt.zero_grad()
-            loss = head.loss(fc(z), y) + 0.5 * penalty * fc.weight.pow(2).sum()  # noqa: B023 (used in this step)
+            loss = head.loss(out(fc(z)), y) + 0.5 * penalty * fc.weight.pow(2).sum()  # noqa: B023 (used in this step)
             loss.backward()
             return loss
 
@@ -326,9 +327,9 @@ def fit_head_lbfgs(
             opt.step(closure)
         record: dict[str, Any] = {"fit": i, "weight_decay": penalty}  # not "epoch": no curve over epochs
         with torch.no_grad():
-            record["train_loss"] = float(head.loss(fc(z), y))
+            record["train_loss"] = float(head.loss(out(fc(z)), y))
             if has_val:
-                logits = fc(zv)
+                logits = out(fc(zv))
                 record["val_loss"] = float(head.loss(logits, yv))
                 if head.task != "regression":
                     record["val_accuracy"] = float((logits.argmax(1) == yv).float().mean())

@@ -16,6 +16,7 @@ run folder and ``model.pt`` (see docs/distributed.md).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from medtl.models.checkpoint import save_checkpoint
 from medtl.models.encoders import build_encoder
 from medtl.models.heads import Head
 from medtl.models.weights import load_weights
+from medtl.progress import bar
 
 log = logging.getLogger(__name__)
 MODES = ("supervised", "autoencoder")
@@ -112,6 +114,7 @@ def pretrain_on(
         "mode": mode,
         "init_weights": str(init_weights) if init_weights else None,
         "hparams": strategy.hparams,
+        "precision": config.amp,
         **(meta or {}),
     }
     env = torchrun_env() if config.distributed == "auto" else None
@@ -121,16 +124,45 @@ def pretrain_on(
                          f"processes ({world})", "batch_size")
     train_loader = _loader(train_dataset, batch_size, True, num_workers, seed, world)
     val_loader = _loader(val_dataset, batch_size, False, num_workers, seed) if val_dataset is not None and len(val_dataset) else None
-    trainer = Trainer(strategy, config, out, checkpoint_meta=meta)
-    result = trainer.fit(train_loader, val_loader, resume=resume)
+    # one bar over the epochs, with the losses, in place of the trainer's bar of steps per epoch
+    epochs_bar = bar(total=config.epochs, desc="pretrain", unit="epoch",
+                     enabled=config.progress and (env is None or env.rank == 0))
+
+    def advance(record: dict[str, Any]) -> None:
+        epochs_bar.n = record["epoch"] + 1  # from the epoch number: a resumed run starts part-way
+        epochs_bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("train_loss", "val_loss")
+                                and isinstance(v, float)})
+
+    trainer = Trainer(strategy, dataclasses.replace(config, progress=False), out, callbacks=[advance],
+                      checkpoint_meta=meta)
+    try:
+        result = trainer.fit(train_loader, val_loader, resume=resume)
+    finally:
+        epochs_bar.close()
     metrics = {k: v for k, v in result.best_metrics.items() if k.startswith(("train_", "val_"))}
     path = out / "model.pt"
     if trainer.ctx.is_main:  # one writer; the other ranks hold the same weights
+        if mode == "supervised" and len(label_names) == 2 and val_loader is not None:
+            meta.update(_validation_threshold(strategy, val_loader, trainer))
         save_checkpoint(path, strategy, **{**meta, "metrics": metrics, "epochs": len(result.history),
                                            "best_epoch": result.best_epoch})
         log.info("pretrained model written to %s", path)
     barrier(trainer.ctx)
     return PretrainResult(path, metrics, result)
+
+
+def _validation_threshold(strategy, val_loader, trainer) -> dict[str, Any]:
+    """A binary model's Youden threshold on its validation split, so medtl predict decides as evaluation would."""
+    from medtl.engine.evaluate import predict
+    from medtl.evaluation.thresholds import choose_threshold
+
+    out = predict(strategy, val_loader, trainer.device, trainer.amp_dtype)
+    labels = out["label"].astype(int)
+    try:
+        thr = choose_threshold(labels == 1, out["prob"][:, 1], "youden", chosen_on="val")
+    except MedtlError as err:
+        return {"threshold_rule": {"rule": "default", "note": err.reason}}
+    return {"threshold": float(thr.value), "threshold_rule": {"rule": "youden", "chosen_on": "val", "n": len(labels)}}
 
 
 def pretrain(

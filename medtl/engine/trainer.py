@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from medtl.engine import distributed as D
-from medtl.engine.evaluate import autocast, evaluate, to_device
+from medtl.engine.evaluate import autocast, evaluate, precision_dtype, to_device
 from medtl.errors import MedtlError
 from medtl.models.checkpoint import (
     model_config,
@@ -161,12 +161,7 @@ def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    # bf16 autocast was measured slower than fp32 on the development CPUs: off there unless asked for.
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
+    return precision_dtype(amp, device)  # the one precision policy (engine.evaluate)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -253,7 +248,8 @@ class Trainer:
         self.config = config.validated() if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
-        self.checkpoint_meta = dict(checkpoint_meta or {})  # stored in best.pt (label names, image size, ...)
+        # stored in best.pt (label names, image size, ...), with the precision the model was evaluated in
+        self.checkpoint_meta = {"precision": self.config.amp, **(checkpoint_meta or {})}
         env = D.torchrun_env() if self.config.distributed == "auto" else None
         self.env = env if env is not None and env.world_size > 1 else None  # None: one process
         self.device = resolve_device(self.config.device, self.env.local_rank if self.env else None)

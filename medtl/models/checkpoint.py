@@ -18,7 +18,11 @@
         "image_size": [128, 128],
         "intensity": {"preset": "cxr", ...}, # how images were normalised (data-layer preset + options)
         "label_names": ["no_finding", "pneumonia"],
-        "task": "binary",
+        "task": "binary",                    # the head's task: binary | multiclass | regression
+        "task_name": "tumor_vs_none",        # a pipeline's name for the task, when it has one
+        "threshold": 0.42,                   # binary: the operating threshold chosen on validation
+        "precision": "auto",                 # the autocast policy (engine.evaluate.precision_dtype), used
+                                             # alike by training, evaluation and medtl predict
         "manifest_hash": "ab12...",          # Manifest.content_hash() of the training data
         "metrics": {"val_auroc": 0.81, ...},
         "seed": 0,
@@ -143,6 +147,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves half a model file
+    return path
+
+
+def update_checkpoint_meta(path: str | Path, **meta: Any) -> Path:
+    """Add or replace ``meta`` keys of an existing checkpoint (weights untouched), atomically."""
+    obj = read_checkpoint(path)
+    obj["meta"] = plain({**obj["meta"], **meta})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
     return path
 
 

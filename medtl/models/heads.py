@@ -6,11 +6,16 @@ Tasks:
   ``label_names[1]``. Two logits (not one) so every strategy, fine-tuning or domain adaptation,
   trains it with the same cross-entropy as ``multiclass``;
 - ``multiclass``: ``num_classes`` logits, softmax, cross-entropy;
-- ``regression``: one output, mean squared error (e.g. age in years).
+- ``regression``: one output in the target's own units (e.g. age in years). The layer learns the
+  target standardised by the training split's ``target_mean`` / ``target_std`` (stored in the head's
+  config, so a checkpoint predicts in original units): the output is ``fc(x) * std + mean`` and the loss
+  is the mean squared error of standardised values. A fresh head thus starts at the training mean
+  instead of at 0 years, and the loss scale does not depend on the unit.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,7 +30,8 @@ TASKS = ("binary", "multiclass", "regression")
 class Head(nn.Module):
     """Dropout + linear layer on ``(B, in_features)`` features."""
 
-    def __init__(self, in_features: int, task: str = "binary", num_classes: int = 2, dropout: float = 0.0):
+    def __init__(self, in_features: int, task: str = "binary", num_classes: int = 2, dropout: float = 0.0,
+                 target_mean: float = 0.0, target_std: float = 1.0):
         super().__init__()
         if task not in TASKS:
             raise MedtlError(f"unknown task {task!r}; known: {', '.join(TASKS)}", "head.task")
@@ -33,7 +39,13 @@ class Head(nn.Module):
             raise MedtlError(f"a binary head has 2 classes, got num_classes={num_classes}", "head.num_classes")
         if task == "multiclass" and num_classes < 2:
             raise MedtlError(f"a multiclass head needs num_classes >= 2, got {num_classes}", "head.num_classes")
+        if task != "regression" and (target_mean, target_std) != (0.0, 1.0):
+            raise MedtlError("target_mean/target_std apply to regression heads only", "head.task")
+        if not (math.isfinite(target_mean) and math.isfinite(target_std) and target_std > 0):
+            raise MedtlError(f"target_std must be a positive finite number and target_mean finite, got "
+                             f"{target_mean!r} / {target_std!r}", "head.target_std")
         self.task = task
+        self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.num_classes = 1 if task == "regression" else int(num_classes)
         self.out_features = self.num_classes
         self.drop = nn.Dropout(dropout)
@@ -45,11 +57,20 @@ class Head(nn.Module):
             "num_classes": self.num_classes,
             "dropout": float(dropout),
         }
+        if task == "regression":
+            self.config.update(target_mean=self.target_mean, target_std=self.target_std)
+
+    def output(self, raw: torch.Tensor) -> torch.Tensor:
+        """The head's output from its layer's raw output: original units for regression."""
+        return raw * self.target_std + self.target_mean if self.task == "regression" else raw
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(features))
+        return self.output(self.fc(self.drop(features)))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.task == "regression":  # in standardised units (see the module docstring)
+            return task_loss((logits.float() - self.target_mean) / self.target_std,
+                             (target.float() - self.target_mean) / self.target_std, self.task)
         return task_loss(logits, target, self.task)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,14 @@ def test_supervised_pretraining_writes_a_loadable_model(tmp_path):
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 2)
     enc = build_encoder("resnet10")  # the transfer step: the encoder part into a fresh encoder
     assert load_weights(enc, result.path).ok
+    # deployable as it is: the validation-chosen threshold and the precision policy travel with it
+    assert meta["precision"] == "auto" and meta["threshold_rule"]["rule"] in ("youden", "default")
+    from medtl.deploy.model import load_model
+
+    predictor = load_model(result.path)
+    assert predictor.threshold == pytest.approx(meta.get("threshold", 0.5))
+    probs = predictor.predict(torch.randn(3, 1, 32, 32))
+    assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3))
 
 
 def test_autoencoder_pretraining(tmp_path):
