@@ -11,16 +11,63 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from medtl import __version__
 from medtl.errors import MedtlError
 
 # Sub-command modules, in the order `medtl --help` lists them.
-COMMANDS = ["demo", "manifest", "pretrain", "evaluate", "report", "similarity", "recommend", "run", "results", "predict"]
+COMMANDS = ["demo", "manifest", "train", "pretrain", "evaluate", "report", "similarity", "recommend", "run", "results", "predict"]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Plain-text help: each option's default appended (unless its help already names one), and the
+    reStructuredText ``literal`` marks of module docstrings (used as descriptions) dropped."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shows_default = action.option_strings and action.nargs != 0  # flags (nargs 0) need no default shown
+        if shows_default and action.default not in (None, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(text.replace("``", "").replace("`", ""))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return super()._expand_help(action).replace("``", "").replace("`", "")
+
+
+def output_file(out: Path | None, legacy: Path | None, name: str) -> Path | None:
+    """The file a command writes: ``out/name``, as ``--out`` names a folder for every command. A file path
+    as ``--out`` (with ``name``'s suffix), or an old ``--json FILE``, still works, with a deprecation message."""
+    if out is not None and legacy is not None:
+        raise MedtlError("give --out DIR only (--json is its deprecated spelling)", "--json")
+    if legacy is not None or (out is not None and out.suffix.lower() == Path(name).suffix):
+        path = legacy or out
+        print(f"deprecated: {'--json' if legacy else '--out'} {path} names a file; --out names a folder and "
+              f"writes {name} into it (use --out {path.parent})", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+    if out is None:
+        return None
+    if out.exists() and not out.is_dir():
+        raise MedtlError("--out must be a folder", out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out / name
+
+
+def subparsers_of(parser: argparse.ArgumentParser):
+    """Every parser below ``parser`` (sub-commands and their actions), depth first."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                yield child
+                yield from subparsers_of(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medtl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medtl", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"medtl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -32,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(sub)
+    for child in subparsers_of(parser):  # one help style for every command, set here rather than in each module
+        child.formatter_class = HelpFormatter
     return parser
 
 
@@ -44,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from medtl.progress import logs_above_bars
+
     try:
-        return int(args.func(args) or 0)
+        with logs_above_bars():
+            return int(args.func(args) or 0)
     except MedtlError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,10 @@
-"""``medtl evaluate``: a predictions table -> report.json, report.md, report.html (+ figures/)."""
+"""medtl evaluate: a predictions table -> report.json, report.md, report.html (+ figures/).
+
+Reads the evaluation's predictions tables and medtl predict's results.csv alike (same column names:
+case_id, label, split, prob_<class>). For results.csv, rows whose status is not ok are skipped (and
+counted), labels come from its label column or from --labels MANIFEST (joined by path), and without
+validation rows the model's own threshold (its threshold column) is used.
+"""
 
 from __future__ import annotations
 
@@ -38,9 +44,35 @@ def extras_from_args(args) -> dict:
 
 
 def run(args) -> int:
-    from medtl.evaluation.report import make_report
+    from dataclasses import replace
 
-    paths = make_report(args.predictions, args.out, settings=settings_from_args(args), **extras_from_args(args))
+    from medtl.evaluation.batch_results import is_batch_results, read_batch_results
+    from medtl.evaluation.evaluate import evaluate_predictions
+    from medtl.evaluation.report import render_report
+    from medtl.errors import MedtlError
+
+    settings = settings_from_args(args)
+    tables, notes, thresholds = [], [], set()
+    for path in args.predictions:
+        if is_batch_results(path):
+            res = read_batch_results(path, labels=args.labels)
+            tables.append(res.table)
+            notes += res.notes
+            thresholds.add(res.threshold)
+            print(f"{path}: {len(res.table)} of {res.n_rows} rows evaluated ({res.n_skipped} skipped: status not ok)")
+        elif args.labels:
+            raise MedtlError("--labels is for medtl predict's results.csv; a predictions table carries its labels",
+                             path)
+        else:
+            tables.append(path)
+    if len(thresholds) == 1 and None not in thresholds and args.positive_class is None:
+        settings = replace(settings, model_threshold=thresholds.pop())  # used where no val rows choose one
+    report = evaluate_predictions(tables, settings)
+    report["sources"] = [str(p) for p in args.predictions]
+    report["notes"] = notes + report["notes"]
+    paths = render_report(report, args.out, **extras_from_args(args))
+    for note in notes:
+        print(f"note: {note}")
     print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
     return 0
 
@@ -48,7 +80,11 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="metrics with CIs, calibration and a report from a predictions table",
                               description=__doc__)  # fmt: skip
-    p.add_argument("--predictions", required=True, nargs="+", help="predictions table(s): .csv or .parquet")
+    p.add_argument("--predictions", required=True, nargs="+",
+                   help="predictions table(s) (.csv or .parquet) or medtl predict's results.csv")
+    p.add_argument("--labels", default=None, metavar="MANIFEST",
+                   help="results.csv without labels: the manifest of the predicted images, joined by path "
+                        "(its split is kept: val rows choose the threshold, test rows are scored)")
     p.add_argument("--out", required=True, help="output folder")
     add_settings_arguments(p)
     p.set_defaults(func=run)

@@ -293,6 +293,7 @@ def build_manifest(
     per_image = sum(r.extras.get("patient_id_kind") == "per_image" for r in rows)
     meta = {
         "built_from": _relative_to_root(source, data_root).as_posix() if _inside(source, data_root) else source.name,
+        "data_root": str(data_root.resolve()),  # Manifest.save records it beside the manifest
         "seed": None if keep_source_split else seed,
         "fractions": None if keep_source_split else list(fractions),
         "split": (f"kept from the source; {moved} near-copy image(s) moved so each group sits in one split"

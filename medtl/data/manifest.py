@@ -20,6 +20,12 @@ modality       ``cxr``, ``mri2d`` or ``mri3d`` (chooses the preset transform cha
 Next to ``name.csv`` a ``name.meta.json`` records the declared label set, the seed and fractions of
 the split, and how many near-duplicate groups the split kept together (per split). A built manifest
 names those groups in the extra column ``near_copy_group`` (empty for an image with no copy).
+
+The meta file also records the manifest's own data root (``data_root``, relative to the manifest's
+folder, and ``data_root_absolute``), so manifests that live under different roots can be used together
+without one shared ``--data-root``: :func:`data_root_for` picks an explicit root first, then the
+recorded one, then the default (``$MEDTL_DATA_ROOT`` or ``../shared/data``). :func:`require_files`
+checks that every file exists before heavy work starts, naming the manifest and the root it looked in.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +43,8 @@ import numpy as np
 
 from medtl.errors import MedtlError
 
+ROOT_KEY = "data_root"  # in NAME.meta.json, relative to the manifest's folder
+ROOT_ABSOLUTE_KEY = "data_root_absolute"
 REQUIRED_COLUMNS = ("path", "label", "patient_id", "domain", "split", "modality")
 SPLITS = ("train", "val", "test")
 MODALITIES = ("cxr", "mri2d", "mri3d")
@@ -76,6 +85,27 @@ class Manifest:
     def select(self, split: str | None = None, domain: str | None = None) -> "Manifest":
         rows = [r for r in self.rows if (split is None or r.split == split) and (domain is None or r.domain == domain)]
         return Manifest(rows, list(self.label_names), dict(self.meta), self.source)
+
+    @property
+    def name(self) -> str:
+        """The file name for messages (``mri2d_yesno.csv``), or ``manifest`` for one built in memory."""
+        return Path(self.source).name if self.source else "manifest"
+
+    @property
+    def recorded_root(self) -> Path | None:
+        """The data root recorded in ``NAME.meta.json``, when that folder exists on this machine."""
+        rel, absolute = self.meta.get(ROOT_KEY), self.meta.get(ROOT_ABSOLUTE_KEY)
+        candidates = []
+        if rel:
+            p = Path(rel)
+            # relative to the manifest's folder, so a project moved with its data keeps working
+            candidates.append(p if p.is_absolute() or self.source is None else Path(self.source).parent / p)
+        if absolute:
+            candidates.append(Path(absolute))
+        for c in candidates:
+            if c.is_dir():
+                return c.resolve()
+        return None
 
     def label_index(self, label: str) -> int:
         try:
@@ -120,9 +150,12 @@ class Manifest:
         labels = meta.get("label_names") or sorted({r.label for r in rows})
         return cls(rows, list(labels), meta, path)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, data_root: str | Path | None = None) -> Path:
+        """Write ``path`` and its ``.meta.json``; ``data_root`` (default: the root already recorded) is
+        recorded there, so later commands find the images without being told the root."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        root = Path(data_root) if data_root is not None else self.recorded_root
         columns = list(REQUIRED_COLUMNS) + self.extra_columns
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
@@ -140,6 +173,11 @@ class Manifest:
                     }
                 )
         meta = {**self.meta, "label_names": self.label_names}
+        if root is not None:
+            root = root.resolve()
+            meta[ROOT_KEY] = Path(os.path.relpath(root, path.parent.resolve())).as_posix()
+            meta[ROOT_ABSOLUTE_KEY] = str(root)
+            self.meta.update({ROOT_KEY: meta[ROOT_KEY], ROOT_ABSOLUTE_KEY: meta[ROOT_ABSOLUTE_KEY]})
         meta_path_for(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         self.source = path
         return path
@@ -171,3 +209,36 @@ def stratified_sample(rows: list[ManifestRow], fraction: float, rng: np.random.G
 
 def meta_path_for(manifest_path: Path) -> Path:
     return manifest_path.with_name(manifest_path.stem + ".meta.json")
+
+
+def data_root_for(manifest: Manifest, given: str | Path | None = None) -> Path:
+    """The root a manifest's paths are read from: ``given`` (``--data-root``), else the root its
+    ``.meta.json`` records, else the default (``$MEDTL_DATA_ROOT`` or ``../shared/data``)."""
+    from medtl.paths import default_data_root
+
+    if given is not None:
+        return Path(given)
+    return manifest.recorded_root or default_data_root()
+
+
+def require_files(manifest: Manifest, data_root: str | Path, show: int = 3) -> None:
+    """Refuse a manifest whose files are not all under ``data_root``, before any heavy work starts.
+
+    The error names the manifest and the root, e.g. ``mri2d_yesno.csv (root /x): no_tumor/10_no.jpg:
+    file not found``, and says how many more are missing.
+    """
+    from medtl.paths import resolve_inside
+
+    root = Path(data_root)
+    where = f"{manifest.name} (root {root})"
+    if not root.is_dir():
+        raise MedtlError("the data root is not a folder: give the manifest's root with --data-root", where)
+    missing = []
+    for r in manifest:
+        full = resolve_inside(root, r.path, where)
+        if not Path(str(full).partition("::")[0]).exists():  # an archive member: the archive must exist
+            missing.append(r.path)
+    if missing:
+        more = (f" (and {len(missing) - 1} more of {len(manifest)} rows, e.g. {', '.join(missing[1:show + 1])}: "
+                "is this the manifest's data root?)" if len(missing) > 1 else "")
+        raise MedtlError(f"{missing[0]}: file not found{more}", where)

@@ -61,6 +61,7 @@ class EvalSettings:
     level: float = 0.95
     n_bins: int = cal.DEFAULT_BINS
     curve_points: int = 101
+    model_threshold: float | None = None  # binary, no validation rows: the model's own (e.g. from predict's results)
 
     def __post_init__(self):
         if self.threshold_rule not in RULES:
@@ -257,7 +258,10 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
                      "note": "multiclass: the predicted class is the one with the highest probability"}  # fmt: skip
         thr_value = None
     else:
-        if val.empty:
+        if val.empty and st.model_threshold is not None:
+            thr = Threshold(float(st.model_threshold), "model", note=f"no validation rows (split {st.val_split!r}): "
+                            f"the model's own threshold {st.model_threshold:.4g} was used")  # fmt: skip
+        elif val.empty:
             thr = Threshold(DEFAULT_THRESHOLD, "default", note=f"no validation rows (split {st.val_split!r}): "
                             f"the default threshold {DEFAULT_THRESHOLD} was used")  # fmt: skip
         else:

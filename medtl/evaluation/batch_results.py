@@ -1,0 +1,150 @@
+"""``medtl predict``'s results.csv as a predictions table, so ``medtl evaluate`` reads it directly.
+
+results.csv (medtl.deploy.batch) names the case ``case_id``, the predicted class
+``predicted_label``, the class probabilities ``prob_<label>``, ``status`` (ok | error), ``error``,
+the model's ``threshold``, and carries the manifest's ``label``/``split`` when the input was a
+manifest. Those are the predictions table's own column names (medtl.evaluation.predictions); this
+module only:
+
+- skips rows whose ``status`` is not ``ok`` (failed reads have no probabilities), saying how many;
+- joins labels (and split, patient, domain) from a manifest when the CSV has no labels, matching
+  each row's ``case_id``, else its ``source`` (the path under the input folder), else the unique
+  manifest path that ends with that source, else the series folder holding it;
+- names the run after the model (``model_name`` / ``model_version``) and returns the model's
+  threshold, which the evaluation uses when there are no validation rows to choose one on.
+
+Older results.csv files named the columns ``key`` and ``prediction``; both are still read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from medtl.errors import MedtlError
+
+OLD_NAMES = {"key": "case_id", "prediction": "predicted_label"}  # results.csv before issue #14
+MARKERS = ("status", "model_name")  # columns only predict's results carry
+DROPPED = ("probabilities",)  # a JSON copy of the prob_ columns
+
+
+@dataclass
+class BatchResults:
+    table: pd.DataFrame  # a predictions table (validated by the evaluation when it is read)
+    threshold: float | None  # the model's binary threshold, when one value was used for every row
+    notes: list[str] = field(default_factory=list)
+    n_rows: int = 0
+    n_skipped: int = 0
+
+
+def is_batch_results(path: str | Path) -> bool:
+    """True for a CSV written by ``medtl predict`` (it has ``status`` and ``model_name`` columns)."""
+    p = Path(path)
+    if p.suffix.lower() != ".csv" or not p.is_file():
+        return False
+    try:
+        header = pd.read_csv(p, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False
+    return all(c in header for c in MARKERS)
+
+
+def _suffix_index(paths: list[str]) -> dict[str, str | None]:
+    """Every trailing part of every path -> that path (None when two paths share it)."""
+    index: dict[str, str | None] = {}
+    for p in paths:
+        parts = PurePosixPath(p).parts
+        for i in range(len(parts)):
+            key = "/".join(parts[i:])
+            index[key] = p if key not in index or index[key] == p else None
+    return index
+
+
+def join_labels(df: pd.DataFrame, manifest, where: str) -> tuple[pd.DataFrame, list[str]]:
+    """Labels, split, patient and domain of each row from ``manifest`` (a Manifest or CSV path)."""
+    from medtl.data.manifest import Manifest
+
+    m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    rows = {r.path: r for r in m}
+    suffixes = _suffix_index(list(rows))
+
+    def find(case_id: str, source: str):
+        for key in (case_id, source):
+            if key in rows:
+                return rows[key]
+        for key in (source, str(PurePosixPath(source).parent) if source else ""):  # a file, or its series folder
+            hit = suffixes.get(key) if key and key != "." else None
+            if hit:
+                return rows[hit]
+        return None
+
+    sources = df["source"].astype(str) if "source" in df else pd.Series([""] * len(df), index=df.index)
+    found = [find(str(c), str(s)) for c, s in zip(df["case_id"], sources)]
+    missing = [str(s or c) for c, s, r in zip(df["case_id"], sources, found) if r is None]
+    if len(missing) == len(df):
+        raise MedtlError(f"no row matches a path of the labels manifest {m.name} (e.g. {missing[0]!r}); give the "
+                         "manifest the predicted images came from", where)
+    out = df.copy()
+    # the manifest's split (val picks the threshold, test is scored) and its patients (bootstrap units)
+    for col, attr in (("label", "label"), ("split", "split"), ("patient_id", "patient_id"), ("domain", "domain")):
+        out[col] = [getattr(r, attr) if r is not None else None for r in found]
+    notes = []
+    if missing:
+        out = out[[r is not None for r in found]]
+        notes.append(f"{len(missing)} of {len(df)} rows are not in the labels manifest {m.name} and were left out "
+                     f"(e.g. {', '.join(missing[:3])})")
+    unlabelled = out["label"] == "unlabelled"
+    if unlabelled.any():
+        notes.append(f"{int(unlabelled.sum())} rows are 'unlabelled' in {m.name} and were left out")
+        out = out[~unlabelled]
+    return out, notes
+
+
+def read_batch_results(path: str | Path, labels=None) -> BatchResults:
+    """Read a results.csv into a predictions table; ``labels``: a manifest to take labels from."""
+    path = Path(path)
+    where = str(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise MedtlError(f"cannot read results: {err}", path) from None
+    df = df.rename(columns={old: new for old, new in OLD_NAMES.items() if old in df and new not in df})
+    for col in ("case_id", "status"):
+        if col not in df:
+            raise MedtlError(f"not a medtl predict results.csv: no {col!r} column", path)
+    n_rows = len(df)
+    notes = []
+    bad = df["status"] != "ok"
+    if bad.any():
+        shown = "; ".join(f"{c}: {e or s}" for c, s, e in
+                          zip(df.loc[bad, "case_id"], df.loc[bad, "status"], df.loc[bad, "error"]
+                              if "error" in df else [""] * int(bad.sum())))
+        notes.append(f"{int(bad.sum())} of {n_rows} rows of {path.name} have status other than ok and were skipped "
+                     f"({shown[:300]})")
+        df = df[~bad]
+    if df.empty:
+        raise MedtlError(f"no rows with status ok (of {n_rows})", path)
+    df = df.drop(columns=[c for c in DROPPED if c in df])
+    has_labels = "label" in df and (df["label"] != "").all()
+    if labels is not None:
+        df, more = join_labels(df, labels, where)
+        notes += more
+    elif not has_labels:
+        raise MedtlError("the results have no labels: predict from a labelled manifest (--input manifest.csv), or "
+                         "give the manifest of the predicted images with --labels", path)
+    if "split" in df:
+        df["split"] = df["split"].replace("", "test")  # rows without a split: scored
+    # one model's predictions are one run, named after the model
+    name = df["model_name"].iloc[0] if "model_name" in df else "model"
+    version = df["model_version"].iloc[0] if "model_version" in df else ""
+    df["strategy"] = name
+    df["run_id"] = f"{name} {version}".strip()
+    df["task"] = "label"
+    thresholds = pd.to_numeric(df["threshold"], errors="coerce").dropna().unique() if "threshold" in df else []
+    threshold = float(thresholds[0]) if len(thresholds) == 1 else None
+    return BatchResults(df.reset_index(drop=True), threshold, notes, n_rows, int(bad.sum()))
+
+
+__all__ = ["BatchResults", "OLD_NAMES", "is_batch_results", "join_labels", "read_batch_results"]

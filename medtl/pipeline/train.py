@@ -1,0 +1,316 @@
+"""``medtl train``: one classifier on your own images, end to end, without a pipeline YAML.
+
+``train_model(train, out)`` takes a manifest CSV or a ``<folder>/<label>/<file>`` folder (made into
+a manifest by the manifest builder, ``medtl.data.build``), trains with the supervised trainer that
+``medtl pretrain`` uses (``medtl.engine.pretrain.pretrain_on``: encoder + head, full fine-tuning, from
+random weights or from ``init``: a ``medtl pretrain`` model.pt, a pipeline best.pt or other local
+weights), chooses the binary operating threshold on the validation split (the evaluation's threshold
+rule), and scores the test split with the evaluation (predictions table -> report.json/.md/.html,
+bootstrap confidence intervals).
+
+Output folder::
+
+    manifest.csv (+ .meta.json)   the training manifest (built from a folder, or a copy of the given one)
+    val_manifest.csv, test_manifest.csv   when --val / --test were given
+    model.pt                      the deployable checkpoint: medtl predict / export-bundle read it
+    predictions.csv               val and test predictions (the evaluation's table)
+    report.json / .md / .html     test metrics with CIs; figures/
+    metrics.jsonl, best.pt, last.pt, config.json   the trainer's run folder (resumable)
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtl.data.manifest import Manifest, data_root_for, require_files
+from medtl.errors import MedtlError
+
+log = logging.getLogger(__name__)
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+TASK_NAME = "label"  # the manifest column the model predicts
+STRATEGY = "full"  # every parameter trains (the trainer's full fine-tuning)
+
+
+@dataclass
+class Inputs:
+    """The rows of each split, the root each split's paths are relative to, and the manifest files."""
+
+    splits: dict[str, Manifest]
+    roots: dict[str, Path]
+    manifests: dict[str, Path]
+    label_names: list[str]
+    modality: str
+
+
+@dataclass
+class TrainOwnResult:
+    out: Path
+    model: Path
+    inputs: Inputs
+    predictions: Path
+    report: dict[str, Path] | None
+    threshold: dict[str, Any] | None
+    test_metrics: dict[str, Any] = field(default_factory=dict)  # headline metric -> {value, ci_low, ci_high}
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | None, *, seed: int = 0,
+               fractions=DEFAULT_FRACTIONS, modality: str | None = None) -> tuple[Manifest, Path, Path]:
+    """A manifest CSV or an image folder -> ``(manifest, its data root, the manifest file)``.
+
+    A folder becomes a manifest through the manifest builder, written to ``out``; its root is
+    ``data_root`` when that contains it, else the folder itself. A CSV keeps its rows; its root is
+    ``data_root``, else the one its .meta.json records, else the default. For ``role`` val or test
+    every row of the input belongs to that split (a separate set is used whole).
+    """
+    from medtl.data.build import build_manifest
+
+    p = Path(spec)
+    name = "manifest.csv" if role == "train" else f"{role}_manifest.csv"
+    if p.is_dir():
+        root = Path(data_root) if data_root is not None and _inside(p, Path(data_root)) else p
+        # near-copy groups matter only where images are dealt into splits
+        m = build_manifest(p, root, seed=seed, fractions=fractions if role == "train" else DEFAULT_FRACTIONS,
+                           group_near_copies=role == "train", modality=modality)
+        if role != "train":
+            m = m.with_splits([role] * len(m))
+        path = m.save(out / name, data_root=root)
+        return m, root.resolve(), path
+    if p.suffix.lower() != ".csv" or not p.is_file():
+        raise MedtlError("expected a manifest .csv or a folder of <label>/<file> images", p)
+    m = Manifest.load(p)
+    root = data_root_for(m, data_root)
+    if role != "train":
+        m = m.with_splits([role] * len(m))
+    return m, Path(root).resolve(), p
+
+
+def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed: int = 0,
+                  modality: str | None = None) -> Inputs:
+    """The train/val/test rows from ``train`` (its own splits) or separate ``val``/``test`` inputs,
+    checked before any training: files exist, one modality, val/test labels known to training."""
+    # With a separate val/test set, the train folder's share for that split goes to training instead.
+    fr = list(DEFAULT_FRACTIONS)
+    if val is not None:
+        fr[0], fr[1] = fr[0] + fr[1], 0.0
+    if test is not None:
+        fr[0], fr[2] = fr[0] + fr[2], 0.0
+    train_m, train_root, train_path = load_input(train, "train", out, data_root, seed=seed, fractions=tuple(fr),
+                                                 modality=modality)
+    splits, roots, manifests = {}, {}, {}
+    for role, spec in (("train", None), ("val", val), ("test", test)):
+        if spec is None:
+            splits[role], roots[role], manifests[role] = train_m.select(split=role), train_root, train_path
+        else:
+            m, root, path = load_input(spec, role, out, data_root, seed=seed, modality=modality)
+            splits[role], roots[role], manifests[role] = m, root, path
+    where = manifests["train"].name
+    if not len(splits["train"]):
+        raise MedtlError("no rows in the train split", manifests["train"])
+    for role, m in splits.items():
+        if len(m):
+            require_files(m, roots[role])  # before any decoding or training
+    labels = [name for name in train_m.label_names if name != "unlabelled"]
+    unlabelled = sum(r.label == "unlabelled" for r in splits["train"])
+    if unlabelled:
+        raise MedtlError(f"{unlabelled} training rows are 'unlabelled': medtl train needs a class label per image",
+                         where)
+    for role in ("val", "test"):
+        unknown = sorted({r.label for r in splits[role]} - set(labels))
+        if unknown:
+            raise MedtlError(f"{role} labels {unknown} are not among the training labels {labels}",
+                             manifests[role].name)
+    mods = sorted({r.modality for m in splits.values() for r in m})
+    if len(mods) != 1:
+        raise MedtlError(f"the inputs mix modalities {mods}; train on one (cxr, mri2d or mri3d)", where)
+    if not len(splits["test"]):
+        log.warning("no test rows: the model is trained but not scored (give --test, or a manifest with a test split)")
+    return Inputs(splits, roots, manifests, labels, mods[0])
+
+
+def _init_defaults(init: str | Path | None) -> dict[str, Any]:
+    """Architecture and image size of a medtl checkpoint given as ``init`` (empty for other weights)."""
+    if init is None:
+        return {}
+    from medtl.models.checkpoint import is_checkpoint
+    from medtl.models.weights import read_file
+
+    obj = read_file(init)
+    if not is_checkpoint(obj):
+        return {}
+    meta = obj["meta"]
+    enc = (meta.get("model") or {}).get("encoder") or {}
+    if enc.get("lift"):
+        raise MedtlError("this checkpoint's encoder is lifted to 3D; medtl train starts from 2D encoders or "
+                         "plain 3D ones", init)
+    size = (meta.get("intensity") or {}).get("image_size") or (meta.get("image_size") or [None])[0]
+    return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size,
+            "spatial_dims": enc.get("spatial_dims", 2)}
+
+
+def _preset_options(modality: str, image_size) -> tuple[Any, dict[str, Any]]:
+    from medtl.data.transforms import DEFAULTS
+
+    if modality == "mri3d":
+        shape = image_size if isinstance(image_size, (list, tuple)) else DEFAULTS["mri3d"]["volume_shape"]
+        size = [int(s) for s in shape]
+        return size, {"volume_shape": tuple(size)}
+    size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size or DEFAULTS[modality]["image_size"])
+    return size, {"image_size": size}
+
+
+def train_model(
+    train: str | Path,
+    out: str | Path,
+    *,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    data_root: str | Path | None = None,
+    init: str | Path | None = None,
+    arch: str | None = None,
+    image_size: int | list[int] | None = None,
+    modality: str | None = None,
+    epochs: int = 20,
+    batch_size: int = 32,
+    lr: float | None = None,
+    weight_decay: float = 1e-4,
+    patience: int | None = 5,
+    seed: int = 0,
+    device: str = "auto",
+    amp: str = "auto",
+    threshold_rule: str = "youden",
+    target: float | None = None,
+    n_boot: int = 1000,
+    cache: str = "memory",
+    num_workers: int = 0,
+    max_steps_per_epoch: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainOwnResult:
+    """Train, choose the threshold on val, score test; see the module note for what ``out`` holds."""
+    from medtl.data.datasets import build_dataset
+    from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
+    from medtl.engine.evaluate import predict
+    from medtl.engine.pretrain import _loader, pretrain_on
+    from medtl.engine.trainer import amp_dtype, resolve_device
+    from medtl.evaluation.evaluate import EvalSettings, load_report
+    from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
+    from medtl.evaluation.report import make_report
+    from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, choose_threshold
+    from medtl.models.checkpoint import load_checkpoint, save_checkpoint
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
+    inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality)
+    from_init = _init_defaults(init)
+    dims = 3 if inputs.modality == "mri3d" else 2
+    if from_init and from_init["spatial_dims"] != dims:
+        raise MedtlError(f"the checkpoint's encoder is {from_init['spatial_dims']}D but the images are "
+                         f"{inputs.modality} ({dims}D)", init)
+    arch = arch or from_init.get("arch") or "resnet18"
+    size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
+    lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
+
+    common = {"cache": cache, "run_dir": out, "progress": None if progress else False, **preset_options}
+    datasets = {role: build_dataset(m, inputs.roots[role], inputs.modality, role == "train", **common)
+                for role, m in inputs.splits.items() if len(m)}
+    train_m = inputs.splits["train"]
+    meta = {
+        "task_name": TASK_NAME,
+        "intensity": {"preset": inputs.modality, **PRESET_DEFAULTS[inputs.modality], **preset_options},
+        "manifest_hash": train_m.content_hash(),
+        "manifest": str(inputs.manifests["train"]),
+        "domains": sorted({r.domain for r in train_m}),
+        "strategy": STRATEGY,
+        "precision": amp,
+        "name": f"medtl-{arch}-{inputs.modality}-{out.resolve().name}",
+    }
+    has_val = "val" in datasets
+    result = pretrain_on(
+        datasets["train"], datasets.get("val"), out, label_names=inputs.label_names, mode="supervised", arch=arch,
+        spatial_dims=dims, image_size=size, stem_stride=from_init.get("stem_stride") or 2, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, init_weights=init, seed=seed,
+        num_workers=num_workers, meta=meta, resume=resume, device=device, amp=amp,
+        patience=patience if has_val else None, progress=progress, max_steps_per_epoch=max_steps_per_epoch,
+    )
+
+    # Val and test predictions from the saved model: exactly what medtl predict will load.
+    model, ck_meta = load_checkpoint(result.path)
+    dev = resolve_device(device)
+    model.to(dev)
+    tables, outputs = [], {}
+    for split in ("val", "test"):
+        if split not in datasets:
+            continue
+        p = predict(model, _loader(datasets[split], batch_size, False, num_workers, seed), dev, amp_dtype(amp, dev),
+                    progress=progress)
+        outputs[split] = p
+        tables.append(predictions_from_arrays(
+            p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
+            domain=p.get("domain", ""), split=split, run_id=f"seed{seed}", strategy=STRATEGY, task=TASK_NAME,
+            seed=seed))  # fmt: skip
+
+    notes: list[str] = []
+    threshold = None
+    if len(inputs.label_names) == 2:
+        y = outputs["val"]["label"] if "val" in outputs else None
+        try:
+            if y is None:
+                raise MedtlError("no validation rows", "val")
+            thr = choose_threshold(y == 1, outputs["val"]["prob"][:, 1], threshold_rule, target, chosen_on="val")
+            threshold = thr.to_dict()
+        except MedtlError as err:  # one class in val, or none: say so and keep the default
+            threshold = {"value": DEFAULT_THRESHOLD, "rule": "default", "note": f"{err.reason}: default threshold"}
+            notes.append(f"threshold: {err.reason}; the default {DEFAULT_THRESHOLD} is stored in the model")
+    # The deployable checkpoint: the trainer's meta plus the operating threshold chosen on validation.
+    extra = {"threshold": threshold["value"], "threshold_rule": threshold} if threshold else {}
+    kept = {k: v for k, v in ck_meta.items() if k != "model"}  # the model config is rebuilt from the weights
+    save_checkpoint(result.path, model.cpu(), **{**kept, **extra})
+
+    import pandas as pd
+
+    pred_path = write_predictions(pd.concat(tables, ignore_index=True), out / "predictions.csv") if tables else None
+    report_paths, headline = None, {}
+    if "test" in outputs:
+        report_paths = make_report(pred_path, out, settings=settings, metrics_log=out / "metrics.jsonl")
+        report = load_report(report_paths["json"])
+        entry = report["tasks"][TASK_NAME]["strategies"][STRATEGY]
+        headline = entry.get("metrics") or {}
+        notes += report.get("notes", []) + report["tasks"][TASK_NAME].get("notes", [])
+    else:
+        notes.append("no test rows: nothing was scored")
+    return TrainOwnResult(out, result.path, inputs, pred_path, report_paths, threshold, headline,
+                          result.train.best_epoch, len(result.train.history), notes)
+
+
+def next_commands(result: TrainOwnResult, train_input: str | Path) -> list[str]:
+    """The commands a user runs next: predict on new images, then evaluate those predictions."""
+    q = shlex.quote
+    src = Path(train_input)
+    target = str(src) if src.is_dir() else "<folder, file, manifest .csv or DICOMweb URL>"
+    pred_dir = result.out / "predict"
+    labels = result.inputs.manifests["test"]
+    return [
+        f"medtl predict --model {q(str(result.model))} --input {q(target) if src.is_dir() else target} "
+        f"--out {q(str(pred_dir))}",
+        f"medtl evaluate --predictions {q(str(pred_dir / 'results.csv'))} --labels {q(str(labels))} "
+        f"--out {q(str(pred_dir / 'report'))}",
+    ]
+
+
+__all__ = ["Inputs", "TrainOwnResult", "gather_inputs", "load_input", "next_commands", "train_model"]
