@@ -9,36 +9,89 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    return parse
+
+
 def register(subparsers) -> None:
+    from medtl.deploy.limits import Limits, MiB
+
+    d = Limits()
     p = subparsers.add_parser(
         "predict", help="predict every series of a folder, manifest or DICOMweb PACS (CSV, JSON lines, DICOM SR)",
-        description="Batch inference. Reruns into the same --out process only the series not done yet.",
+        description="Batch inference. Reruns into the same --out process only the series not done yet. "
+                    "PACS credentials are read from the environment (MEDTL_PACS_USER and MEDTL_PACS_PASSWORD, or "
+                    "MEDTL_PACS_TOKEN) or from files, never from the command line. See docs/batch.md.",
     )
-    p.add_argument("--model", required=True, help="medtl checkpoint (.pt) or MONAI bundle folder")
-    p.add_argument("--input", required=True, help="folder, file, manifest .csv, or DICOMweb URL (http[s]://host/dicom-web[?filters])")
-    p.add_argument("--out", required=True, help="output folder (results.csv, results.jsonl, sr/)")
-    p.add_argument("--sr", action="store_true", help="write a DICOM Comprehensive SR per DICOM series")
-    p.add_argument("--no-store", action="store_true", help="with a DICOMweb input and --sr: do not store SRs back")
-    p.add_argument("--data-root", help="data root for manifest paths (default $MEDTL_DATA_ROOT or ../shared/data)")
-    p.add_argument("--split", help="manifest input: only rows of this split (e.g. test)")
-    p.add_argument("--modality", type=_list, default=(), help="select series by Modality, e.g. CR,DX")
-    p.add_argument("--body-part", type=_list, default=(), help="select series by BodyPartExamined, e.g. CHEST")
-    p.add_argument("--series-description", help="select series whose SeriesDescription matches this regex")
-    p.add_argument("--min-slices", type=int, default=0, help="select series with at least this many slices")
+    p.add_argument("--model", required=True, help="medtl checkpoint (.pt) or MONAI bundle folder (required)")
+    p.add_argument("--input", required=True,
+                   help="folder, file, manifest .csv, or DICOMweb URL http[s]://host/dicom-web[?filters] (required)")
+    p.add_argument("--out", required=True,
+                   help="output folder: results.csv, results.jsonl, excluded.csv, run.json, sr/ (required; one "
+                        "process at a time)")
+    p.add_argument("--sr", action="store_true", help="write a DICOM Comprehensive SR per DICOM series (default: off)")
+    p.add_argument("--no-store", action="store_true",
+                   help="with a DICOMweb input and --sr: do not store the SRs back in the PACS (default: stored)")
+    p.add_argument("--data-root", help="data root for manifest paths (default: $MEDTL_DATA_ROOT, else ../shared/data)")
+    p.add_argument("--split", help="manifest input: only rows of this split, e.g. test (default: all rows)")
+    p.add_argument("--modality", type=_list, default=(),
+                   help="select series by Modality, comma-separated, e.g. CR,DX (default: any)")
+    p.add_argument("--body-part", type=_list, default=(),
+                   help="select series by BodyPartExamined, e.g. CHEST (default: any)")
+    p.add_argument("--series-description", help="select series whose SeriesDescription matches this regular "
+                                                 "expression, case-insensitive (default: any)")
+    p.add_argument("--min-slices", type=int, default=0,
+                   help="select series with at least this many slices (default: 0, any)")
     p.add_argument("--include-identifiers", action="store_true",
-                   help="write patient name/id/birth date, accession number and file paths to the results")
-    p.add_argument("--threshold", type=float, help="binary models: decision threshold (default: the model's, else 0.5)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading (default 0)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available; AMP on GPU)")
+                   help="write patient name, id, birth date, accession number and file paths to the results "
+                        "(default: off, they are scrubbed from everything written)")
+    p.add_argument("--redact-paths", action="store_true",
+                   help="store salted hashes instead of input file and folder names, which may hold patient "
+                        "names (default: off, relative paths are kept with identifiers scrubbed)")
+    p.add_argument("--threshold", type=float,
+                   help="binary models: decision threshold (default: the model's, else 0.5)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading (default: 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 and so on (default: cuda when available; AMP on GPU)")
     p.add_argument("--retry-errors", action="store_true",
-                   help="rerun: process again the series whose row is an error (e.g. after a PACS outage)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="rerun: process again the series whose row is an error (default: off; series the PACS "
+                        "could not serve are always retried)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    g = p.add_argument_group("resource limits (checked from headers before decoding; over a limit is an error row)")
+    g.add_argument("--max-instance-mb", type=_positive(float), default=d.instance_bytes / MiB,
+                   help=f"decoded pixel data per DICOM instance, MiB (default: {d.instance_bytes // MiB})")
+    g.add_argument("--max-series-mb", type=_positive(float), default=d.series_bytes / MiB,
+                   help=f"decoded pixel data per DICOM series, MiB (default: {d.series_bytes // MiB})")
+    g.add_argument("--max-picture-mpx", type=_positive(float), default=d.picture_pixels / 1e6,
+                   help=f"pixels per PNG/JPEG, millions (default: {d.picture_pixels / 1e6:g})")
+    g.add_argument("--max-volume-mvox", type=_positive(float), default=d.volume_voxels / 1e6,
+                   help=f"voxels per NIfTI volume, millions (default: {d.volume_voxels / 1e6:g})")
+    a = p.add_argument_group("PACS authentication and TLS (DICOMweb input)")
+    a.add_argument("--pacs-user", help="user for basic authentication (default: $MEDTL_PACS_USER); the password "
+                                       "comes from $MEDTL_PACS_PASSWORD or --pacs-password-file")
+    a.add_argument("--pacs-password-file",
+                   help="file holding the basic-auth password, chmod 600 (default: $MEDTL_PACS_PASSWORD)")
+    a.add_argument("--pacs-token-file",
+                   help="file holding a bearer token, chmod 600 (default: $MEDTL_PACS_TOKEN)")
+    a.add_argument("--ca-bundle", help="PEM file of the CAs to trust for https (default: the system's CAs)")
+    a.add_argument("--client-cert", help="PEM client certificate for mutual TLS (default: none)")
+    a.add_argument("--client-key", help="PEM key of the client certificate (default: none, or inside --client-cert)")
+    a.add_argument("--pacs-retries", type=_positive(int), default=3,
+                   help="attempts per PACS request on connection errors and busy answers, with back-off 1 s, 2 s, "
+                        "... (default: 3)")
+    a.add_argument("--max-pacs-failures", type=int, default=5,
+                   help="stop the run after this many consecutive series the PACS could not serve; a rerun "
+                        "resumes (default: 5; 0 never stops)")
     p.set_defaults(func=run)
 
     e = subparsers.add_parser("export-bundle", help="export a medtl checkpoint as a MONAI bundle")
-    e.add_argument("--model", required=True, help="medtl checkpoint (.pt)")
-    e.add_argument("--out", required=True, help="bundle folder to create")
+    e.add_argument("--model", required=True, help="medtl checkpoint (.pt) (required)")
+    e.add_argument("--out", required=True, help="bundle folder to create (required)")
     e.add_argument("--name", help="bundle name (default: the model's)")
     e.set_defaults(func=export)
 
@@ -47,20 +100,29 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from medtl.deploy import SeriesRules, predict_batch
+    from medtl.deploy.dicomweb import PacsAuth, is_url
+    from medtl.deploy.limits import Limits, MiB
 
     if not getattr(args, "verbose", False):
         logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every attribute it copies into an SR
 
     rules = SeriesRules(modalities=args.modality, body_parts=args.body_part, description=args.series_description,
                         min_slices=args.min_slices)
+    limits = Limits(instance_bytes=int(args.max_instance_mb * MiB), series_bytes=int(args.max_series_mb * MiB),
+                    picture_pixels=int(args.max_picture_mpx * 1e6), volume_voxels=int(args.max_volume_mvox * 1e6))
+    auth = PacsAuth.from_environment(args.pacs_user, args.pacs_password_file, args.pacs_token_file) \
+        if is_url(args.input) else None
     result = predict_batch(
         args.model, args.input, args.out, data_root=args.data_root, split=args.split, rules=rules, write_sr=args.sr,
         store_sr=False if args.no_store else None, include_identifiers=args.include_identifiers,
+        redact_paths=args.redact_paths, limits=limits, pacs_auth=auth, ca_bundle=args.ca_bundle,
+        client_cert=args.client_cert, client_key=args.client_key, pacs_retries=args.pacs_retries,
+        max_pacs_failures=args.max_pacs_failures,
         batch_size=args.batch_size, workers=args.workers, device=args.device, threshold=args.threshold,
         progress=not args.no_progress, retry_errors=args.retry_errors,
     )
-    print(f"{result.ok} ok, {result.errors} error(s), {result.resumed} already done, {result.excluded} excluded; "
-          f"results: {result.csv}")
+    print(f"{result.ok} ok, {result.errors} error(s), {result.duplicates} duplicate file(s), {result.resumed} "
+          f"already done, {result.excluded} excluded; results: {result.csv}")
     return 0
 
 

@@ -2,21 +2,25 @@
 
 ``predict_batch`` is the whole job; ``medtl predict`` only parses arguments and calls it.
 
-Outputs in ``out``:
+Outputs in ``out`` (one writer at a time: ``.medtl.lock``, see ``medtl.deploy.lock``):
 
 - ``results.jsonl``: the ledger, one JSON object per series, appended as each finishes (resumable,
   see ``medtl.deploy.ledger``);
 - ``results.csv``: the same rows as a table, rebuilt at the end of every run;
 - ``excluded.csv``: series the selection rules left out, and why;
 - ``sr/<StudyInstanceUID>/<SeriesInstanceUID>.dcm``: one Comprehensive SR per DICOM series (``write_sr``);
-- ``run.json``: the model (name, version, weights hash) the folder belongs to.
+- ``run.json``: the model (name, version, weights hash) the folder belongs to;
+- ``.tmp-<pid>/`` (0700): DICOMs fetched from a PACS while they are processed; removed at the end,
+  and by the next run after a crash.
 
-Rows: ``key, source, study_uid, series_uid, modality, n_instances, n_images, status (ok | error),
-error, prediction, probabilities, prob_<label>..., threshold, model_name, model_version, sr_path,
-sr_stored, finished_utc`` and the manifest's ``label``/``split`` when present. Identifying header values
-(patient name, id, birth date, accession number, dates) are added only with
-``include_identifiers=True``; without it they are also scrubbed from error texts, and DICOM series
-rows carry no file path (folder names often hold patient names).
+Rows: ``case_id, source, study_uid, series_uid, modality, n_instances, n_images, status (ok | error |
+duplicate), error, predicted_label, probabilities, prob_<label>..., threshold, model_name, model_version,
+sr_path, sr_stored, finished_utc`` and the manifest's ``label``/``split`` when present. Every input
+file is in exactly one row: a series row, or a row of its own (unreadable, over a limit, a
+duplicate copy of an instance). Identifying header values (patient name, id, birth date, accession
+number, dates) are added only with ``include_identifiers=True``; without it they are also scrubbed
+from every text written. Everything written (rows, run.json, log lines, warnings) passes one
+redaction layer (``medtl.deploy.redact``): URL credentials and query strings, secrets, control characters.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+import secrets as _secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -34,7 +39,7 @@ from typing import Any
 
 import torch
 
-from medtl.deploy.dicomweb import DicomwebSource, is_url
+from medtl.deploy.dicomweb import DicomwebSource, PacsAuth, PacsUnreachable, is_url
 from medtl.deploy.discover import (
     SCRUBBED_TAGS,
     Series,
@@ -44,8 +49,11 @@ from medtl.deploy.discover import (
     scan_manifest,
 )
 from medtl.deploy.inputs import SeriesLoader
-from medtl.deploy.ledger import Ledger, scrub, scrubber
+from medtl.deploy.ledger import Ledger, _cell, scrub
+from medtl.deploy.limits import Limits, check_file, check_series
+from medtl.deploy.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
+from medtl.deploy.redact import Redactor, redacting, salted_path
 from medtl.deploy.uids import safe_name
 from medtl.errors import MedtlError
 
@@ -53,6 +61,13 @@ log = logging.getLogger(__name__)
 
 IDENTIFIER_COLUMNS = {"PatientName": "patient_name", "PatientID": "patient_id", "PatientBirthDate": "patient_birth_date",
                       "AccessionNumber": "accession_number", "StudyDate": "study_date"}
+# QIDO filters whose values identify a patient: scrubbed from every text, like header identifiers.
+IDENTIFYING_FILTERS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
+                       "IssuerOfPatientID")
+# Row values that are ours, not read from inputs: never passed through the identifier scrubber.
+OWN_COLUMNS = ("status", "predicted_label", "model_name", "model_version", "finished_utc", "sr_path")
+SALT = ".path-salt"
+MAX_PACS_FAILURES = 5
 
 
 @dataclass
@@ -60,6 +75,7 @@ class BatchResult:
     out: Path
     ok: int = 0
     errors: int = 0
+    duplicates: int = 0  # files that repeat an instance already used (a row each, status "duplicate")
     resumed: int = 0  # rows already in the ledger, not processed again
     excluded: int = 0
     rows: list[dict] = field(default_factory=list)
@@ -70,7 +86,7 @@ class BatchResult:
 
 
 def discover(input: str | Path, *, out: Path | None = None, data_root: str | Path | None = None,
-             split: str | None = None, source=None) -> list[Series]:
+             split: str | None = None, source=None, limits: Limits | None = None, display=None) -> list[Series]:
     """The series of a folder, a file, a manifest (``.csv``) or a DICOMweb URL (``source`` given)."""
     if source is not None:
         return source.list_series()
@@ -78,27 +94,31 @@ def discover(input: str | Path, *, out: Path | None = None, data_root: str | Pat
     if p.is_file() and p.suffix.lower() == ".csv":
         from medtl.paths import default_data_root
 
-        return scan_manifest(p, data_root if data_root is not None else default_data_root(), split)
+        return scan_manifest(p, data_root if data_root is not None else default_data_root(), split, limits, display)
     if p.is_dir():
-        return scan_folder(p, skip=out)
+        return scan_folder(p, skip=out, limits=limits, display=display)
     if p.is_file():  # one image file, or one multi-frame DICOM
-        return scan_files([p], p.parent)
+        return scan_files([p], p.parent, limits, display)
+    if p.exists():
+        raise MedtlError("input is not a regular file or folder (a FIFO, socket or device)", p)
     raise MedtlError("input is neither a folder, a file, a manifest (.csv) nor a DICOMweb URL (http[s]://...)", p)
 
 
 class _Prepared(torch.utils.data.Dataset):
     """Series -> model input, in DataLoader workers when asked; failures come back as error texts."""
 
-    def __init__(self, series: list[Series], loader: SeriesLoader, source, tmp_root: Path, include_identifiers: bool):
+    def __init__(self, series: list[Series], loader: SeriesLoader, source, tmp_root: Path, include_identifiers: bool,
+                 limits: Limits):
         self.series, self.loader, self.source = series, loader, source
-        self.tmp_root, self.include_identifiers = tmp_root, include_identifiers
+        self.tmp_root, self.include_identifiers, self.limits = tmp_root, include_identifiers, limits
 
     def __len__(self) -> int:
         return len(self.series)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.series[i]
-        item: dict[str, Any] = {"index": i, "x": None, "error": None, "files": [str(f) for f in s.files], "tmp": None}
+        item: dict[str, Any] = {"index": i, "x": None, "error": None, "files": [str(f) for f in s.files], "tmp": None,
+                                "retryable": False}
         sops = dict(s.sop_uids)
         try:
             if s.error:
@@ -109,7 +129,17 @@ class _Prepared(torch.utils.data.Dataset):
                 files, fetched = self.source.fetch(s, Path(item["tmp"]))
                 sops.update(fetched)
                 item["files"] = [str(f) for f in files]
+                # A PACS is an input like any other: its instances pass the same limits before decoding.
+                total = 0
+                for f in files:
+                    try:
+                        total += check_file(f, self.limits)
+                    except MedtlError as err:
+                        raise MedtlError(err.reason, f) from None
+                check_series(total, self.limits)
             item["x"] = self.loader(s, files)
+        except PacsUnreachable as err:  # the PACS, not the series: a rerun retries it
+            item["error"], item["retryable"] = describe_error(err, s, sops, self.include_identifiers), True
         except Exception as err:  # every failure is a row, never the end of the run
             item["error"] = describe_error(err, s, sops, self.include_identifiers)
         return item
@@ -147,6 +177,14 @@ def predict_batch(
     write_sr: bool = False,
     store_sr: bool | None = None,
     include_identifiers: bool = False,
+    redact_paths: bool = False,
+    limits: Limits | None = None,
+    pacs_auth: PacsAuth | None = None,
+    ca_bundle: str | Path | None = None,
+    client_cert: str | Path | None = None,
+    client_key: str | Path | None = None,
+    pacs_retries: int = 3,
+    max_pacs_failures: int = MAX_PACS_FAILURES,
     batch_size: int = 8,
     workers: int = 0,
     device: str | None = None,
@@ -157,40 +195,90 @@ def predict_batch(
     """Predict every selected series of ``input`` and write the results to ``out``; see the module docstring.
 
     ``store_sr`` (default: on when the input is a DICOMweb URL and ``write_sr``) sends each SR back
-    to the PACS with STOW-RS. Reruns into the same ``out`` process only the series not yet in it;
-    with ``retry_errors`` also those whose row is an error (e.g. after a PACS outage): the new row is
-    appended, and the table keeps the latest row of each series.
+    to the PACS with STOW-RS. Reruns into the same ``out`` process only the series not yet in it,
+    and those that failed because the PACS could not be reached; with ``retry_errors`` also every
+    error row: the new row is appended, and the table keeps the latest row of each series.
+
+    Security (docs/batch.md, "Security and data protection"): one process per ``out`` (a second one
+    raises :class:`MedtlError` naming the holder); ``limits`` bound what any input may make us
+    decode; ``redact_paths`` stores salted hashes instead of input paths; ``pacs_auth``,
+    ``ca_bundle``, ``client_cert``/``client_key`` and ``pacs_retries`` configure a DICOMweb input
+    given as a URL, whose credentials are checked once before the batch; after
+    ``max_pacs_failures`` consecutive series the PACS could not serve, the run stops (rerun to resume).
     """
+    redactor = Redactor()
+    with redacting(redactor):
+        try:
+            return _predict_batch(model, input, Path(out), redactor, data_root=data_root, split=split, rules=rules,
+                                  write_sr=write_sr, store_sr=store_sr, include_identifiers=include_identifiers,
+                                  redact_paths=redact_paths, limits=limits or Limits(), pacs_auth=pacs_auth,
+                                  ca_bundle=ca_bundle, client_cert=client_cert, client_key=client_key,
+                                  pacs_retries=pacs_retries, max_pacs_failures=max_pacs_failures,
+                                  batch_size=batch_size, workers=workers, device=device, threshold=threshold,
+                                  progress=progress, retry_errors=retry_errors)
+        except MedtlError as err:  # its text reaches stderr: through the same redaction as everything else
+            raise type(err)(redactor(err.reason), redactor(err.where) if err.where else None) from None
+
+
+def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, split, rules, write_sr, store_sr,
+                   include_identifiers, redact_paths, limits, pacs_auth, ca_bundle, client_cert, client_key,
+                   pacs_retries, max_pacs_failures, batch_size, workers, device, threshold, progress,
+                   retry_errors) -> BatchResult:
     from tqdm.auto import tqdm
 
-    predictor = model if isinstance(model, Predictor) else load_model(model, device=device, threshold=threshold)
-    if threshold is not None and isinstance(model, Predictor):
-        predictor = dataclasses.replace(predictor, threshold=float(threshold))
-    out = Path(out)
-    rules = rules or SeriesRules()
-    source = input if isinstance(input, DicomwebSource) else DicomwebSource(str(input)) if is_url(str(input)) else None
+    if isinstance(input, DicomwebSource):
+        source = input
+    elif is_url(str(input)):
+        source = DicomwebSource(str(input), auth=pacs_auth, ca_bundle=ca_bundle, client_cert=client_cert,
+                                client_key=client_key, retries=pacs_retries)
+    else:
+        source = None
+    if source is not None:
+        for secret in source.secrets():
+            redactor.add_secret(secret)
+        redactor.add(v for k, v in source.filters.items() if k in IDENTIFYING_FILTERS)
     store_sr = bool(write_sr and source is not None) if store_sr is None else bool(store_sr)
     if store_sr and source is None:
         raise MedtlError("storing SRs needs a DICOMweb input", "store_sr")
     if batch_size < 1:
         raise MedtlError(f"batch_size must be at least 1, got {batch_size}", "batch_size")
+    rules = rules or SeriesRules()
 
+    predictor = model if isinstance(model, Predictor) else load_model(model, device=device, threshold=threshold)
+    if threshold is not None and isinstance(model, Predictor):
+        predictor = dataclasses.replace(predictor, threshold=float(threshold))
+
+    lock = OutputLock(out).acquire()
+    tmp_root = None
     ledger = Ledger(out)
-    done = ledger.start({
-        "model_name": predictor.name, "model_version": predictor.version, "model_digest": predictor.digest,
-        "label_names": predictor.label_names, "preprocess": predictor.preprocess,
-        "input": str(source) if source else str(input),
-    })
     result = BatchResult(out)
     try:
-        series = discover(input, out=out, data_root=data_root, split=split, source=source)
-        # Every identifier seen anywhere in the input: scrubbed from all texts (an unreadable file's
-        # path may hold the name its folder was given, which only other files' headers reveal).
-        redact = (lambda text: text) if include_identifiers else \
-            scrubber({v for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS})
+        _remove_leftovers(out)
+        salt = _salt(out) if redact_paths else None
+        display = (lambda rel: salted_path(rel, salt)) if salt else None
+        if source is not None:
+            source.check()  # a wrong password or an untrusted certificate: one clear error, now
+        series = discover(input, out=out, data_root=data_root, split=split, source=source, limits=limits,
+                          display=display)
+        if not include_identifiers:
+            # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
+            # file's path may hold the name its folder was given, which only other files' headers reveal).
+            redactor.add(v for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS)
+        if source is not None:
+            shown_input = str(source)
+        elif salt:
+            shown_input = salted_path(str(Path(input).resolve()), salt)
+        else:
+            shown_input = redactor(str(input))
+        done = ledger.start({
+            "model_name": predictor.name, "model_version": predictor.version, "model_digest": predictor.digest,
+            "label_names": predictor.label_names, "preprocess": predictor.preprocess, "input": shown_input,
+            "redact_paths": bool(redact_paths), "limits": dataclasses.asdict(limits),
+        })
         chosen, excluded = rules.split(series)
-        _write_excluded(out, excluded)
+        _write_excluded(out, excluded, redactor)
         result.excluded = len(excluded)
+        done = {k: r for k, r in done.items() if not r.get("retryable")}  # a PACS outage is not a result
         if retry_errors:
             done = {k: r for k, r in done.items() if r.get("status") != "error"}
         todo = [s for s in chosen if s.key not in done]
@@ -198,32 +286,71 @@ def predict_batch(
         log.info("%d series found, %d selected, %d already done, %d to predict", len(series), len(chosen),
                  result.resumed, len(todo))
         loader = SeriesLoader(predictor.preset, predictor.preset_options, predictor.spatial_dims)
-        with tempfile.TemporaryDirectory(prefix="medtl-predict-") as tmp_root:
-            data = _Prepared(todo, loader, source, Path(tmp_root), include_identifiers)
-            batches = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers,
-                                                  collate_fn=_as_is)
-            writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
-                                result, redact)
-            pending: list[tuple[Series, dict]] = []
-            with tqdm(total=len(todo), unit="series", desc="predict", disable=not progress) as bar:
-                for item in batches:
-                    s = todo[item["index"]]
-                    if item["error"] is not None:
-                        writer.write(s, item, None)
-                        bar.update(1)
-                        continue
+        tmp_root = out / f".tmp-{os.getpid()}"
+        tmp_root.mkdir(mode=0o700)
+        os.chmod(tmp_root, 0o700)  # whatever the umask: fetched DICOMs are patient data
+        data = _Prepared(todo, loader, source, tmp_root, include_identifiers, limits)
+        batches = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, collate_fn=_as_is)
+        writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
+                            result, redactor)
+        pending: list[tuple[Series, dict]] = []
+        failures = 0  # consecutive series the PACS could not serve: the circuit breaker
+        with tqdm(total=len(todo), unit="series", desc="predict", disable=not progress) as bar:
+            for item in batches:
+                s = todo[item["index"]]
+                if item["error"] is None:
+                    failures = 0
                     pending.append((s, item))
                     if sum(it["x"].shape[0] for _, it in pending) >= batch_size:
                         bar.update(_flush(pending, predictor, writer, batch_size))
                         pending = []
-                bar.update(_flush(pending, predictor, writer, batch_size))
+                    continue
+                writer.write(s, item, None)
+                bar.update(1)
+                failures = failures + 1 if item["retryable"] else 0
+                if max_pacs_failures and failures >= max_pacs_failures:
+                    bar.update(_flush(pending, predictor, writer, batch_size))
+                    pending = []
+                    raise PacsUnreachable(
+                        f"stopped: the PACS could not serve {failures} series in a row (last: {item['error']}). "
+                        "The rows done so far are kept; rerun the same command when the PACS is back and it "
+                        "resumes where this run stopped", str(source) if source else None)
+            bar.update(_flush(pending, predictor, writer, batch_size))
     finally:
         ledger.close()
-        _finish_csv(ledger, predictor, include_identifiers)
+        if tmp_root is not None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+        try:
+            if ledger.path.exists():
+                _finish_csv(ledger, predictor, include_identifiers)
+        finally:
+            lock.release()
     result.rows = ledger.rows()
-    log.info("predicted %d series: %d ok, %d error(s); results in %s", result.ok + result.errors, result.ok,
-             result.errors, out / "results.csv")
+    log.info("predicted %d series: %d ok, %d error(s), %d duplicate file(s); results in %s",
+             result.ok + result.errors + result.duplicates, result.ok, result.errors, result.duplicates,
+             out / "results.csv")
     return result
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary folders of a run that was killed (we hold the lock: nobody else is using them)."""
+    for p in out.glob(".tmp-*"):
+        if p.is_dir() and not p.is_symlink():
+            log.info("removing %s left by an interrupted run", p.name)
+            shutil.rmtree(p, ignore_errors=True)
+    for p in list(out.glob("*.tmp")) + list(out.glob("sr/*/*.tmp")):
+        p.unlink(missing_ok=True)
+
+
+def _salt(out: Path) -> bytes:
+    """The output folder's path salt (made once, 0600): the same input path hashes the same way on a
+    rerun (resuming needs it), and differently in every other output folder."""
+    path = out / SALT
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(_secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
 
 
 def _as_is(item):  # DataLoader collate: items are dicts of their own, no stacking
@@ -264,19 +391,19 @@ def _predict(predictor: Predictor, x: torch.Tensor, batch_size: int) -> torch.Te
 class _RowWriter:
     """Builds a row (and the SR) for a finished series and appends it to the ledger."""
 
-    def __init__(self, predictor, ledger, out, store, write_sr, include_identifiers, result, redact):
+    def __init__(self, predictor, ledger, out, store, write_sr, include_identifiers, result, redactor):
         self.predictor, self.ledger, self.out, self.store = predictor, ledger, out, store
         self.write_sr, self.include_identifiers, self.result = write_sr, include_identifiers, result
-        self.redact = redact
+        self.redactor = redactor
 
     def write(self, s: Series, item: dict, probs: list[float] | None) -> None:
         pr = self.predictor
         row: dict[str, Any] = {
-            "key": s.key,
-            "source": s.source if (self.include_identifiers or not s.is_dicom or s.extra) else "",
+            "case_id": s.key,
+            "source": s.source,  # relative path of a one-file row; empty for a DICOM series
             "study_uid": s.study_uid, "series_uid": s.series_uid, "modality": s.modality,
             "n_instances": len(item["files"]), "n_images": item.get("n_images"),
-            "status": "ok", "error": "", "prediction": None, "probabilities": None,
+            "status": "ok", "error": "", "predicted_label": None, "probabilities": None,
             **{f"prob_{label}": None for label in pr.label_names},
             "threshold": pr.threshold, "model_name": pr.name, "model_version": pr.version,
             "sr_path": "", "sr_stored": False,
@@ -285,24 +412,31 @@ class _RowWriter:
         if self.include_identifiers:
             for tag, column in IDENTIFIER_COLUMNS.items():
                 row[column] = s.identifiers.get(tag, "")
-            if s.is_dicom and item["files"] and s.remote is None:
+            if s.is_dicom and item["files"] and s.remote is None and not row["source"]:
                 row["source"] = str(Path(item["files"][0]).parent)
         if probs is None:
-            row.update(status="error", error=item["error"])
+            row.update(status=s.status or "error", error=item["error"])
+            if item.get("retryable"):
+                row["retryable"] = True  # not a result: the next run tries this series again
         else:
             named = {label: round(float(p), 6) for label, p in zip(pr.label_names, probs)}
-            row.update(prediction=pr.decide(probs), probabilities=named,
+            row.update(predicted_label=pr.decide(probs), probabilities=named,
                        **{f"prob_{label}": p for label, p in named.items()})
             if self.write_sr and s.is_dicom:
                 self._sr(s, item, row)
-        row["source"], row["error"] = self.redact(row["source"]), self.redact(row["error"])
+        for k, v in row.items():  # one redaction for every text read from an input
+            if isinstance(v, str) and k not in OWN_COLUMNS:
+                row[k] = self.redactor(v)
         row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.ledger.append(row)
         if row["status"] == "ok":
             self.result.ok += 1
+        elif row["status"] == "duplicate":
+            self.result.duplicates += 1
+            log.info("file %s: %s", row["source"], row["error"])
         else:
             self.result.errors += 1
-            log.warning("series %s: %s", s.key, row["error"])
+            log.warning("series %s: %s", row["case_id"], row["error"])
         if item.get("tmp"):
             shutil.rmtree(item["tmp"], ignore_errors=True)
 
@@ -313,11 +447,11 @@ class _RowWriter:
 
         pr = self.predictor
         try:
-            ds = build_sr(read_headers([Path(f) for f in item["files"]]), row["probabilities"], row["prediction"],
+            ds = build_sr(read_headers([Path(f) for f in item["files"]]), row["probabilities"], row["predicted_label"],
                           model_name=pr.name, model_version=pr.version, threshold=pr.threshold)
             path = self.out / "sr" / safe_name(s.study_uid) / f"{safe_name(s.series_uid)}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
             os.replace(tmp, path)
             row["sr_path"] = path.relative_to(self.out).as_posix()
@@ -328,20 +462,20 @@ class _RowWriter:
             row.update(status="error", error="SR: " + describe_error(err, s, s.sop_uids, self.include_identifiers))
 
 
-def _write_excluded(out: Path, excluded: list[tuple[Series, str]]) -> None:
+def _write_excluded(out: Path, excluded: list[tuple[Series, str]], redactor: Redactor) -> None:
     tmp = out / "excluded.csv.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["key", "study_uid", "series_uid", "modality", "reason"])
-        for s, why in excluded:
-            w.writerow([s.key, s.study_uid, s.series_uid, s.modality, why])
+        w.writerow(["case_id", "study_uid", "series_uid", "modality", "reason"])
+        for s, why in excluded:  # header values, like results.csv: redacted and formula-escaped
+            w.writerow([_cell(redactor(v)) for v in (s.key, s.study_uid, s.series_uid, s.modality, why)])
     os.replace(tmp, out / "excluded.csv")
 
 
 def _finish_csv(ledger: Ledger, predictor: Predictor, include_identifiers: bool) -> None:
-    columns = ["key", "source", "study_uid", "series_uid", "modality", "n_instances", "n_images", "status", "error",
-               "prediction", "probabilities", *[f"prob_{label}" for label in predictor.label_names], "threshold",
-               "model_name", "model_version", "sr_path", "sr_stored", "label", "split", "finished_utc"]
+    columns = ["case_id", "source", "study_uid", "series_uid", "modality", "n_instances", "n_images", "status",
+               "error", "predicted_label", "probabilities", *[f"prob_{label}" for label in predictor.label_names],
+               "threshold", "model_name", "model_version", "sr_path", "sr_stored", "label", "split", "finished_utc"]
     if include_identifiers:
         columns += list(IDENTIFIER_COLUMNS.values())
     try:

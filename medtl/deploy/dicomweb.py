@@ -4,16 +4,31 @@ An input URL is the service root, optionally with QIDO-RS study filters as its q
 
     http://pacs:8042/dicom-web                                   every study
     http://pacs:8042/dicom-web?ModalitiesInStudy=MR               studies holding MR series
-    http://pacs:8042/dicom-web?StudyInstanceUID=1.2.3             one study
+    https://pacs.hospital/dicom-web?StudyInstanceUID=1.2.3        one study, over TLS
 
 The query string may hold identifiers (PatientID=...): it is never logged or written to the results.
+
+Authentication (``PacsAuth``) comes from the environment or from files, never from a command-line
+value, and is never written anywhere: basic (``MEDTL_PACS_USER`` + ``MEDTL_PACS_PASSWORD`` or a
+password file) or a bearer token (``MEDTL_PACS_TOKEN`` or a token file). TLS: a CA bundle for a
+hospital's own CA, and a client certificate and key for mutual TLS.
+
+Failures are sorted, because they call for different answers: a refused login (401/403) or a TLS
+verification error is not retried (retrying cannot fix it, and a wrong password retried is an
+account lockout); a refused or timed-out connection and busy answers (429/408/502/503/504) are
+retried ``retries`` times with exponential back-off and then raise :class:`PacsUnreachable`,
+which the batch counts towards its circuit breaker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from medtl.deploy.discover import IDENTIFIER_TAGS, Series, header_text
 from medtl.errors import MedtlError
@@ -22,6 +37,16 @@ log = logging.getLogger(__name__)
 
 SERIES_FIELDS = ["Modality", "BodyPartExamined", "SeriesDescription", "NumberOfSeriesRelatedInstances",
                  "SeriesNumber"]
+RETRIED_STATUS = (408, 429, 502, 503, 504)
+ENV_USER, ENV_PASSWORD, ENV_TOKEN = "MEDTL_PACS_USER", "MEDTL_PACS_PASSWORD", "MEDTL_PACS_TOKEN"
+
+
+class PacsUnreachable(MedtlError):
+    """No connection to the PACS (refused, timed out, or busy) after the retries."""
+
+
+class PacsRefused(MedtlError):
+    """The PACS or its TLS layer refused us: wrong credentials, an untrusted certificate. Not retried."""
 
 
 def is_url(text: str) -> bool:
@@ -36,27 +61,157 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-class DicomwebSource:
-    """A DICOMweb service. ``retries``: attempts per request (with exponential back-off, 1 s, 2 s, ...)
-    for connection errors and busy answers (429/408/503/504); ``session`` e.g. carries authentication."""
+def _read_secret(path: str | Path, what: str) -> str:
+    p = Path(path)
+    try:
+        st = p.stat()
+        text = p.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise MedtlError(f"cannot read the {what} file: {err.strerror or err}", p) from None
+    if not text:
+        raise MedtlError(f"the {what} file is empty", p)
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("the %s file %s can be read by other users: chmod 600 it", what, p)
+    return text
 
-    def __init__(self, url: str, timeout: float = 60.0, retries: int = 5, session=None):
+
+@dataclass(frozen=True)
+class PacsAuth:
+    """Credentials for the PACS: basic (``user`` + ``password``) or a bearer ``token``. Never logged."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:  # a traceback or debug print shows no secret
+        kind = "token" if self.token else "basic" if self.user else "none"
+        return f"PacsAuth({kind}, user={self.user!r})"
+
+    @classmethod
+    def from_environment(cls, user: str | None = None, password_file: str | Path | None = None,
+                         token_file: str | Path | None = None, environ=None) -> PacsAuth | None:
+        """Files first, then ``MEDTL_PACS_USER``/``MEDTL_PACS_PASSWORD`` or ``MEDTL_PACS_TOKEN``; None without any."""
+        env = os.environ if environ is None else environ
+        token = _read_secret(token_file, "token") if token_file else env.get(ENV_TOKEN) or None
+        password = _read_secret(password_file, "password") if password_file else env.get(ENV_PASSWORD) or None
+        user = user or env.get(ENV_USER) or None
+        if token and (password_file or (user and password)):
+            raise MedtlError("give either a bearer token or a user and password for the PACS, not both")
+        if password and not user:
+            raise MedtlError(f"a PACS password was given but no user (--pacs-user or ${ENV_USER})")
+        if token or password:
+            return cls(user=user, password=password, token=token)
+        return None
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.password, self.token) if s]
+
+
+def _bearer(token: str):
+    import requests
+
+    class Bearer(requests.auth.AuthBase):
+        def __call__(self, request):
+            request.headers["Authorization"] = f"Bearer {token}"
+            return request
+
+        def __repr__(self) -> str:
+            return "Bearer(...)"
+
+    return Bearer()
+
+
+class DicomwebSource:
+    """A DICOMweb service.
+
+    ``retries``: attempts per request for connection errors and busy answers, with exponential
+    back-off (``backoff`` s, then twice that, ...); ``timeout``: (connect, read) seconds;
+    ``auth``: :class:`PacsAuth`; ``ca_bundle``: a PEM file of CAs to trust (default: the system's);
+    ``client_cert``/``client_key``: PEM files for mutual TLS; ``session``: a prepared
+    ``requests.Session`` (then auth and TLS options are applied to it).
+    """
+
+    def __init__(self, url: str, timeout: float | tuple = (10.0, 120.0), retries: int = 3, session=None, *,
+                 auth: PacsAuth | None = None, ca_bundle: str | Path | None = None,
+                 client_cert: str | Path | None = None, client_key: str | Path | None = None,
+                 backoff: float = 1.0):
+        import requests
         from dicomweb_client.api import DICOMwebClient
 
         parts = urlsplit(url)
-        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        if parts.username or parts.password:
+            # Credentials in a URL end up in shell history and process lists: accepted, used as
+            # basic auth, and stripped from everything kept.
+            log.warning("credentials in the PACS URL are visible to other users of this machine (process list, "
+                        "shell history): use %s/%s or --pacs-password-file instead", ENV_USER, ENV_PASSWORD)
+            if auth is None:
+                auth = PacsAuth(user=unquote(parts.username or ""), password=unquote(parts.password or ""))
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.filters = dict(parse_qsl(parts.query))
+        self.auth = auth
+        self.retries, self.backoff = max(1, int(retries)), float(backoff)
+        session = session or requests.Session()
+        if auth is not None and auth.token:
+            session.auth = _bearer(auth.token)
+        elif auth is not None and auth.user:
+            session.auth = requests.auth.HTTPBasicAuth(auth.user, auth.password or "")
+        for name, path in (("CA bundle", ca_bundle), ("client certificate", client_cert), ("client key", client_key)):
+            if path is not None and not Path(path).is_file():
+                raise MedtlError(f"{name} file not found", path)
+        if ca_bundle is not None:
+            session.verify = str(ca_bundle)
+        if client_cert is not None:
+            session.cert = (str(client_cert), str(client_key)) if client_key else str(client_cert)
+        elif client_key is not None:
+            raise MedtlError("a client key needs its client certificate (--client-cert)")
         self.client = DICOMwebClient(self.url, session=session, timeout=timeout)
-        self.client.set_http_retry_params(retry=retries > 1, max_attempts=max(1, int(retries)))
+        self.client.set_http_retry_params(retry=False)  # ours sorts errors first (see the module docstring)
 
     def __str__(self) -> str:
         return public_url(self.url)
 
+    def secrets(self) -> list[str]:
+        return self.auth.secrets() if self.auth else []
+
     def _call(self, what: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # requests' HTTPError/ConnectionError and friends
-            raise MedtlError(f"DICOMweb {what} failed: {type(err).__name__}: {err}", public_url(self.url)) from None
+        import requests
+
+        where = public_url(self.url)
+        for attempt in range(self.retries):
+            last = attempt == self.retries - 1
+            try:
+                return fn(*args, **kwargs)
+            except requests.exceptions.SSLError as err:
+                raise PacsRefused(f"DICOMweb {what} failed: TLS error ({_short(err)}); for a hospital CA give "
+                                  "--ca-bundle, for mutual TLS --client-cert/--client-key", where) from None
+            except requests.HTTPError as err:
+                status = err.response.status_code if err.response is not None else 0
+                if status in (401, 403):
+                    raise PacsRefused(f"DICOMweb {what} failed: the PACS refused the credentials (HTTP {status}); "
+                                      f"check {ENV_USER}/{ENV_PASSWORD}, {ENV_TOKEN} or the credential files",
+                                      where) from None
+                if status not in RETRIED_STATUS:
+                    raise MedtlError(f"DICOMweb {what} failed: HTTP {status} {_short(err)}", where) from None
+                if last:
+                    raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
+                                          f"{self.retries} attempt(s)", where) from None
+            except (requests.ConnectionError, requests.Timeout) as err:
+                if last:
+                    raise PacsUnreachable(f"DICOMweb {what} failed: cannot reach the PACS after {self.retries} "
+                                          f"attempt(s): {type(err).__name__}: {_short(err)}", where) from None
+            except MedtlError:
+                raise
+            except Exception as err:  # a malformed answer: a bad series, not a PACS outage
+                raise MedtlError(f"DICOMweb {what} failed: {type(err).__name__}: {_short(err)}", where) from None
+            time.sleep(self.backoff * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def check(self) -> None:
+        """One cheap authenticated request: wrong credentials or TLS trouble fail here, once, before the batch."""
+        self._call("login check", self.client.search_for_studies, limit=1)
 
     def list_series(self) -> list[Series]:
         """Every series of the studies matching the URL's filters (QIDO-RS)."""
@@ -97,7 +252,7 @@ class DicomwebSource:
         datasets = self._call("retrieve", self.client.retrieve_series, study_uid, series_uid,
                               media_types=(("application/dicom", "*"),))
         files, sops = [], {}
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for i, ds in enumerate(datasets):
             path = folder / f"{i:06d}.dcm"  # our own names: nothing from the header reaches the path
             pydicom.dcmwrite(path, ds, enforce_file_format=True)
@@ -115,3 +270,10 @@ class DicomwebSource:
             reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
             raise MedtlError(f"the PACS refused {len(failed)} instance(s) (failure reasons {reasons})",
                              public_url(self.url))
+
+
+def _short(err: BaseException) -> str:
+    """An exception's text, cut: urllib3's texts repeat the URL (the redaction layer cleans it) and nest."""
+    from medtl.deploy.redact import strip_url_secrets
+
+    return strip_url_secrets(" ".join(str(err).split()))[:300]

@@ -15,11 +15,13 @@ import csv
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtl.data.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from medtl.deploy.limits import Limits, check_deflated, check_dicom, check_file, check_series
 from medtl.deploy.uids import digest
 from medtl.errors import MedtlError
 
@@ -53,7 +55,9 @@ class Series:
     source: str = ""  # path relative to the input, for non-DICOM files and manifest rows
     extra: dict[str, str] = field(default_factory=dict)  # manifest columns carried to the results (label, split)
     error: str | None = None  # known bad before any pixel is read
+    status: str = ""  # "duplicate" for a second copy of an instance already used; else set by the run
     remote: tuple | None = None  # DICOMweb: (study_uid, series_uid) to retrieve
+    decoded_bytes: int = 0  # pixel data once decoded, from the headers (limits)
 
     @property
     def is_dicom(self) -> bool:
@@ -109,61 +113,145 @@ def _frames(ds) -> int:
         return 1
 
 
-def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
-    skip_resolved = skip.resolve() if skip is not None else None
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        # Never read our own output (an --out inside the input) or hidden folders.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (skip_resolved is None or (here / d).resolve() != skip_resolved))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield here / name
+def _walk(root: Path, skip: Path | None) -> Iterator[tuple[Path, str | None]]:
+    """``(path, problem)`` for every file under ``root``; ``problem`` is None for a regular, readable file.
+
+    Never opens anything but folders: a FIFO would block a read forever, and a device or socket is
+    not an image. Symbolic links are followed only when they stay inside ``root``; a folder reached
+    twice (a link loop) is walked once.
+    """
+    root_real = root.resolve()
+    skip_real = skip.resolve() if skip is not None else None
+    seen = {root_real}
+    stack = [root]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                names = sorted(e.name for e in it)
+        except OSError as err:  # unreadable folder: its files would silently go missing
+            yield here, f"folder cannot be read: {err.strerror or err}"
+            continue
+        folders = []
+        for name in names:
+            if name.startswith("."):  # hidden files and folders, our own lock and temporary folder
+                continue
+            path = here / name
+            try:
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        target = path.resolve(strict=True)
+                    except (OSError, RuntimeError):
+                        yield path, "broken symbolic link"
+                        continue
+                    if not target.is_relative_to(root_real):
+                        yield path, "symbolic link points outside the input folder: not followed"
+                        continue
+                    st = os.stat(target)
+            except OSError as err:
+                yield path, f"cannot stat: {err.strerror or err}"
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                real = path.resolve()
+                if real in seen or (skip_real is not None and real == skip_real):
+                    continue  # never read our own output (an --out inside the input), nor a folder twice
+                seen.add(real)
+                folders.append(path)
+            elif not stat.S_ISREG(st.st_mode):
+                yield path, "not a regular file (a FIFO, socket or device): not read"
+            elif not os.access(path, os.R_OK):
+                yield path, "file cannot be read: permission denied"
+            else:
+                yield path, None
+        stack.extend(reversed(folders))
 
 
 def _file_key(rel: str) -> str:
     return "file-" + digest(rel, 16)
 
 
-def scan_files(paths: Iterable[Path], root: Path) -> list[Series]:
-    """Group ``paths`` (files under ``root``) into series; see the module docstring."""
+def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limits: Limits | None = None,
+               display=None) -> list[Series]:
+    """Group ``paths`` (files under ``root``, or ``(file, problem)`` pairs from the walk) into series.
+
+    Every file ends in exactly one series: a DICOM series, or a one-file series of its own (an image,
+    an unreadable file, a file over the limits, a duplicate instance). ``limits`` (default
+    ``Limits()``) are checked from each header before any pixel is decoded; ``display`` turns a
+    path relative to ``root`` into what the results show (e.g. salted hashes, ``--redact-paths``).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    limits = limits or Limits()
+    display = display or (lambda rel: rel)
     groups: dict[str, Series] = {}
     singles: list[Series] = []
+    used_sop: dict[str, str] = {}  # SOPInstanceUID -> the file (as displayed) whose copy is used
     ignored = 0
-    for path in paths:
-        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    for item in paths:
+        path, problem = item if isinstance(item, tuple) else (item, None)
+        rel = display(path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name)
+
+        def single(error: str | None = None, ds=None) -> Series:
+            s = _new_series(_file_key(rel), ds, rel) if ds is not None else Series(_file_key(rel), source=rel)
+            s.files.append(path)
+            s.error = error
+            if ds is not None:
+                s.sop_uids[str(path)] = header_text(ds, "SOPInstanceUID")
+            singles.append(s)
+            return s
+
+        if problem:
+            single(problem)
+            continue
         lower = path.name.lower()
         if lower.endswith(IMAGE_SUFFIXES + NIFTI_SUFFIXES):
-            singles.append(Series(_file_key(rel), [path], n_frames=1, source=rel))
+            try:
+                check_file(path, limits)
+                single().n_frames = 1
+            except MedtlError as err:
+                single(err.reason)
             continue
         try:
+            check_deflated(path, limits)
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             if path.suffix.lower() in DICOM_LIKE:
-                singles.append(Series(_file_key(rel), [path], source=rel,
-                                      error="not a DICOM file (no DICM preamble/marker)"))
+                single("not a DICOM file (no DICM preamble/marker)")
             else:
                 ignored += 1
             continue
+        except MedtlError as err:
+            single(err.reason)
+            continue
+        except OSError as err:
+            single(f"file cannot be read: {err.strerror or type(err).__name__}")
+            continue
         except Exception as err:  # a truncated or garbled header: pydicom raises many types
-            singles.append(Series(_file_key(rel), [path], source=rel, error=f"unreadable DICOM header: {err}"))
+            single("unreadable DICOM header: " + str(err).replace(str(path), path.name))
             continue
         meta = getattr(ds, "file_meta", None)
         if str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds:
             ignored += 1
             continue
-        if not header_text(ds, "SOPInstanceUID"):  # a truncated header reads "successfully" but empty
-            singles.append(Series(_file_key(rel), [path], source=rel,
-                                  error="incomplete DICOM header (no SOPInstanceUID): truncated or damaged file"))
+        sop = header_text(ds, "SOPInstanceUID")
+        if not sop:  # a truncated header reads "successfully" but empty
+            single("incomplete DICOM header (no SOPInstanceUID): truncated or damaged file")
             continue
+        if sop in used_sop:  # two files, one instance: use one, report the other on its own row
+            single(f"duplicate instance: SOP Instance UID {sop} was already read from {used_sop[sop]}, which "
+                   "was used; this file was not", ds).status = "duplicate"
+            continue
+        try:
+            size = check_dicom(ds, limits)
+        except MedtlError as err:
+            single(err.reason, ds)
+            continue
+        used_sop[sop] = rel
         uid = header_text(ds, "SeriesInstanceUID")
         if not uid:  # no series: the instance stands alone
-            singles.append(_new_series(_file_key(rel), ds, rel))
-            singles[-1].files.append(path)
-            singles[-1].sop_uids[str(path)] = header_text(ds, "SOPInstanceUID")
+            single(None, ds)
             continue
         s = groups.get(uid)
         if s is None:
@@ -173,7 +261,13 @@ def scan_files(paths: Iterable[Path], root: Path) -> list[Series]:
             s.error = "instances of this series name different StudyInstanceUIDs"
         s.files.append(path)
         s.n_frames += _frames(ds)
-        s.sop_uids[str(path)] = header_text(ds, "SOPInstanceUID")
+        s.decoded_bytes += size
+        s.sop_uids[str(path)] = sop
+    for s in groups.values():
+        try:
+            check_series(s.decoded_bytes, limits)
+        except MedtlError as err:
+            s.error = s.error or err.reason
     if ignored:
         log.info("ignored %d file(s) that are neither images nor DICOM", ignored)
     return list(groups.values()) + singles
@@ -193,15 +287,17 @@ def _new_series(key: str, ds, rel: str) -> Series:
     )
 
 
-def scan_folder(folder: str | Path, skip: Path | None = None) -> list[Series]:
+def scan_folder(folder: str | Path, skip: Path | None = None, limits: Limits | None = None,
+                display=None) -> list[Series]:
     """Every series under ``folder`` (recursively); ``skip`` is a folder not to enter (the output)."""
     root = Path(folder)
     if not root.is_dir():
         raise MedtlError("input folder not found", root)
-    return scan_files(_walk(root, skip), root)
+    return scan_files(_walk(root, skip), root, limits, display)
 
 
-def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None = None) -> list[Series]:
+def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None = None,
+                  limits: Limits | None = None, display=None) -> list[Series]:
     """One series per manifest row (a file, or a folder holding one DICOM series), keyed by its path.
 
     Only the ``path`` column is required; ``label`` and ``split`` are carried into the results so a
@@ -217,6 +313,7 @@ def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None
         raise MedtlError(f"cannot read manifest: {err}", mpath) from None
     if rows and "path" not in rows[0]:
         raise MedtlError("manifest has no 'path' column", mpath)
+    display = display or (lambda rel: rel)
     out: list[Series] = []
     seen: set[str] = set()
     for i, row in enumerate(rows, start=2):  # line numbers as an editor shows them
@@ -227,21 +324,30 @@ def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None
         if rel in seen:
             continue  # a path listed twice is predicted once
         seen.add(rel)
+        shown = display(rel) if rel else f"row-{i}"
         try:
             full = resolve_inside(data_root, rel, f"{mpath}:{i}")
         except MedtlError as err:
-            out.append(Series(rel or f"row-{i}", source=rel, extra=extra, error=err.reason))
+            out.append(Series(shown, source=shown, extra=extra, error=err.reason))
             continue
         if not full.exists():
-            out.append(Series(rel, source=rel, extra=extra, error="file not found"))
+            out.append(Series(shown, source=shown, extra=extra, error="file not found"))
             continue
-        found = scan_folder(full) if full.is_dir() else scan_files([full], full.parent)
+        if full.is_dir():
+            found = scan_folder(full, limits=limits)
+        elif full.is_file():
+            found = scan_files([full], full.parent, limits)
+        else:
+            found = [Series(shown, error="not a regular file (a FIFO, socket or device): not read")]
         if len(found) == 1:
             s = found[0]
         elif not found:
-            s = Series(rel, error="folder holds no images or DICOM files")
+            s = Series(shown, error="folder holds no images or DICOM files")
+        elif sum(f.status != "duplicate" for f in found) == 1:
+            s = next(f for f in found if f.status != "duplicate")  # a series and copies of its instances
         else:
-            s = Series(rel, error=f"folder holds {len(found)} series; a manifest row must be one")
-        s.key, s.source, s.extra = rel, rel, extra
+            s = Series(shown, error=f"folder holds {len(found)} series or unusable files; a manifest row must be "
+                       "one series")
+        s.key, s.source, s.extra = shown, shown, extra
         out.append(s)
     return out

@@ -4,7 +4,7 @@ Each finished series appends one line, flushed and fsync'd before the next serie
 killed at any moment (SIGKILL, power loss) leaves every finished row on disk and at most one torn
 last line, which the next run cuts off. A rerun reads the ledger, skips every series it already
 holds (``ok`` or ``error``) and appends the rest: every series ends with exactly one row. (A rerun
-asked to retry errors appends a second line for a series; readers keep the latest line per key.)
+asked to retry errors appends a second line for a series; readers keep the latest line per ``case_id``.)
 ``results.csv`` is rebuilt from the ledger at the end of each run (written to a temporary file and
 renamed, so a reader never sees half a table).
 """
@@ -32,7 +32,7 @@ class Ledger:
         self._fh = None
 
     def start(self, run_info: dict[str, Any]) -> dict[str, dict]:
-        """Open for appending; returns the rows already done, by key.
+        """Open for appending; returns the rows already done, by ``case_id``.
 
         Refuses to mix models: ``run_info['model_digest']`` must match the ledger's first run.
         """
@@ -63,7 +63,7 @@ class Ledger:
         for line in data[:end].decode("utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
-                done[row["key"]] = row
+                done[row.get("case_id", row.get("key"))] = row  # "key": ledgers written before the rename
         return done
 
     def append(self, row: dict[str, Any]) -> None:
@@ -100,7 +100,7 @@ def _cell(value: Any) -> Any:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r", "|", "%"):
         return "'" + value  # a header value must not run as a spreadsheet formula
     return value
 

@@ -55,7 +55,7 @@ def hospital(tmp_path_factory, mprage_files, data_root, new_series) -> Path:
 
 def _tag(row: dict) -> str:
     for tag in EXPECTED:
-        if tag in (row["key"], row["source"]) or row["series_uid"] == pydicom.uid.generate_uid(
+        if tag in (row["case_id"], row["source"]) or row["series_uid"] == pydicom.uid.generate_uid(
                 entropy_srcs=[tag, "series"]):
             return tag
     if row["series_uid"] == "../../../evil":
@@ -87,23 +87,23 @@ def test_rows_and_error_rows(hospital, model_2d, tmp_path, dciodvfy):
     good = rows["good-a"]
     assert good["n_instances"] == 4 and good["n_images"] == 4 and good["modality"] == "MR"
     assert abs(sum(good["probabilities"].values()) - 1) < 1e-5
-    assert good["prediction"] in ("no_finding", "pneumonia") and good["threshold"] == 0.5
+    assert good["predicted_label"] in ("no_finding", "pneumonia") and good["threshold"] == 0.5
     assert good["model_name"] == "medtl-resnet10-cxr" and len(good["model_version"]) == 12
     assert rows["chest.png"]["source"] == "chest.png" and rows["chest.png"]["sr_path"] == ""  # no SR without DICOM
     # The CSV holds the same rows as the ledger.
     table = _table(out / "results.csv")
-    assert sorted(r["key"] for r in table) == sorted(r["key"] for r in rows.values())
-    assert float(next(r for r in table if r["key"] == good["key"])["prob_pneumonia"]) == good["prob_pneumonia"]
+    assert sorted(r["case_id"] for r in table) == sorted(r["case_id"] for r in rows.values())
+    assert float(next(r for r in table if r["case_id"] == good["case_id"])["prob_pneumonia"]) == good["prob_pneumonia"]
     # One valid SR per good DICOM series, saying what the row says. A hostile UID steers no path, and
     # gets no SR (it would be invalid DICOM), though its prediction is kept.
     srs = sorted(out.glob("sr/*/*.dcm"))
     assert len(srs) == 2 and all(p.resolve().is_relative_to((out / "sr").resolve()) for p in srs)
-    assert rows["odd"]["prediction"] and rows["odd"]["sr_path"] == ""
+    assert rows["odd"]["predicted_label"] and rows["odd"]["sr_path"] == ""
     assert not list(tmp_path.rglob("evil*")) and not list(hospital.parent.rglob("evil*"))
     for path in srs:
         assert dciodvfy(path) == []
     back = sr_summary(pydicom.dcmread(out / good["sr_path"]))
-    assert back["prediction"] == good["prediction"] and back["probabilities"] == pytest.approx(good["probabilities"])
+    assert back["prediction"] == good["predicted_label"] and back["probabilities"] == pytest.approx(good["probabilities"])
 
 
 def test_identifiers_stay_out_unless_asked(hospital, model_2d, tmp_path, caplog, capsys):
@@ -164,10 +164,10 @@ def test_resume_after_an_interrupt(hospital, model_2d, tmp_path):
     result = predict_batch(dataclasses.replace(predictor, predict=counting), hospital, out, batch_size=1,
                            progress=False)
     rows = _rows(out)
-    assert sorted(r["key"] for r in rows) == sorted({r["key"] for r in rows}) and len(rows) == 8
+    assert sorted(r["case_id"] for r in rows) == sorted({r["case_id"] for r in rows}) and len(rows) == 8
     assert result.resumed == len(first)
-    done = {r["key"] for r in first}
-    missing_images = sum(r["n_images"] or 0 for r in rows if r["key"] not in done)
+    done = {r["case_id"] for r in first}
+    missing_images = sum(r["n_images"] or 0 for r in rows if r["case_id"] not in done)
     assert len(resumed_calls) == missing_images  # only what was missing ran again
 
 
@@ -196,7 +196,7 @@ def test_resume_after_sigkill(hospital, model_2d, tmp_path):
     assert len(_rows(out)) == 3 and not (out / "results.csv").exists()
     result = predict_batch(model_2d, hospital, out, write_sr=True, progress=False)
     rows = _rows(out)
-    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8  # every series exactly once
+    assert len(rows) == 8 and len({r["case_id"] for r in rows}) == 8  # every series exactly once
     assert result.resumed == 3 and result.ok + result.errors == 5
     assert len(_table(out / "results.csv")) == 8
     # A third run has nothing left to do.

@@ -17,7 +17,7 @@ def test_predict_a_manifest_split_with_sr(model_2d, data_root, manifests_dir, tm
     assert "1 ok, 0 error(s)" in capsys.readouterr().out
     with open(out / "results.csv", newline="") as f:
         (row,) = csv.DictReader(f)
-    assert row["key"] == row["source"] == "dicom/emri_small_multiframe_mr.dcm"
+    assert row["case_id"] == row["source"] == "dicom/emri_small_multiframe_mr.dcm"
     assert row["label"] == "unlabelled" and row["split"] == "test" and row["status"] == "ok"
     assert dciodvfy(out / row["sr_path"]) == []
 
@@ -36,7 +36,7 @@ def test_export_bundle_then_predict_with_it(model_2d, mprage_files, tmp_path, ca
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         (row,) = csv.DictReader(f)
     assert row["n_images"] == "3" and row["threshold"] == "0.9"
-    assert row["prediction"] == ("pneumonia" if float(row["prob_pneumonia"]) >= 0.9 else "no_finding")
+    assert row["predicted_label"] == ("pneumonia" if float(row["prob_pneumonia"]) >= 0.9 else "no_finding")
 
 
 def test_bad_input_is_a_clear_error(model_2d, tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_query_retrieve_predict_and_store_sr(pacs, model_2d, tmp_path, dciodvfy)
         assert len(srs) == 1
         (instance,) = source.client.retrieve_series(row["study_uid"], str(srs[0].SeriesInstanceUID))
         back = sr_summary(instance)
-        assert back["prediction"] == row["prediction"]
+        assert back["prediction"] == row["predicted_label"]
         assert back["probabilities"] == pytest.approx(row["probabilities"])
         assert back["observer"] == row["model_name"]
         referenced = {ref.ReferencedSOPInstanceUID for study in instance.CurrentRequestedProcedureEvidenceSequence

@@ -14,17 +14,17 @@ RUN = {"model_name": "m", "model_version": "1", "model_digest": "abc"}
 def test_rows_survive_and_a_torn_line_is_cut(tmp_path):
     ledger = Ledger(tmp_path)
     assert ledger.start(RUN) == {}
-    ledger.append({"key": "a", "status": "ok"})
-    ledger.append({"key": "b", "status": "error"})
+    ledger.append({"case_id": "a", "status": "ok"})
+    ledger.append({"case_id": "b", "status": "error"})
     ledger.close()
     with open(tmp_path / "results.jsonl", "a") as f:
-        f.write('{"key": "c", "sta')  # a run killed while writing
+        f.write('{"case_id": "c", "sta')  # a run killed while writing
     again = Ledger(tmp_path)
     assert sorted(again.start(RUN)) == ["a", "b"]
-    again.append({"key": "c", "status": "ok"})
+    again.append({"case_id": "c", "status": "ok"})
     again.close()
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert [json.loads(line)["key"] for line in lines] == ["a", "b", "c"]
+    assert [json.loads(line)["case_id"] for line in lines] == ["a", "b", "c"]
 
 
 def test_an_output_folder_belongs_to_one_model(tmp_path):
@@ -36,11 +36,11 @@ def test_an_output_folder_belongs_to_one_model(tmp_path):
 def test_csv_from_the_ledger_defuses_formulas(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.start(RUN)
-    ledger.append({"key": "=HYPERLINK(\"x\")", "status": "ok", "probabilities": {"a": 0.5}, "sr_stored": False})
+    ledger.append({"case_id": "=HYPERLINK(\"x\")", "status": "ok", "probabilities": {"a": 0.5}, "sr_stored": False})
     ledger.close()
-    with open(ledger.write_csv(["key", "status", "probabilities", "sr_stored"]), newline="") as f:
+    with open(ledger.write_csv(["case_id", "status", "probabilities", "sr_stored"]), newline="") as f:
         (row,) = csv.DictReader(f)
-    assert row == {"key": "'=HYPERLINK(\"x\")", "status": "ok", "probabilities": '{"a": 0.5}', "sr_stored": "false"}
+    assert row == {"case_id": "'=HYPERLINK(\"x\")", "status": "ok", "probabilities": '{"a": 0.5}', "sr_stored": "false"}
 
 
 def test_scrub_removes_names_and_their_parts():

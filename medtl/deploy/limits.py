@@ -1,0 +1,166 @@
+"""Resource bounds, checked from headers before anything is decoded.
+
+A 2 MB deflated DICOM can inflate to gigabytes, an RLE or JPEG DICOM can declare 16000 x 16000
+pixels, and a 600 KB PNG can hold 150 megapixels. Each is caught here, from what the file
+declares, and becomes an error row; nothing is decoded or allocated first:
+
+- DICOM: decoded bytes per instance (Rows x Columns x Frames x Samples x Bits/8) and per series
+  (the sum); a deflated data set is inflated in bounded steps to count its size first;
+- PNG/JPEG: pixels (width x height from the header; Pillow only warns below 179 Mpx);
+- NIfTI: voxels (the product of the header's dims).
+
+Defaults (``Limits()``) keep one run under about 2 GB of memory; ``medtl predict --max-...``
+changes them (docs/batch.md, "Security and data protection").
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from medtl.errors import MedtlError
+
+MiB = 1 << 20
+DEFLATED = ("1.2.840.10008.1.2.1.99",)  # Deflated Explicit VR Little Endian
+
+
+@dataclass(frozen=True)
+class Limits:
+    instance_bytes: int = 256 * MiB  # decoded pixel data of one DICOM instance
+    series_bytes: int = 1024 * MiB  # decoded pixel data of one DICOM series (all its instances)
+    picture_pixels: int = 50_000_000  # width x height of one PNG/JPEG
+    volume_voxels: int = 128 * MiB  # voxels of one NIfTI volume (x 4 bytes as float32)
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:.0f} MiB" if n >= MiB else f"{n} bytes"
+
+
+def dicom_decoded_bytes(ds) -> int:
+    """What decoding the pixel data of ``ds`` would allocate, from its header alone (0 when it has none)."""
+    if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) and "Rows" not in ds:
+        return 0
+
+    def number(tag: str, default: int) -> int:
+        try:
+            value = ds.get(tag, default)
+            return int(value if value not in (None, "") else default)
+        except (TypeError, ValueError):
+            raise MedtlError(f"header value {tag} is not a number") from None
+
+    rows, cols = number("Rows", 0), number("Columns", 0)
+    frames, samples = max(1, number("NumberOfFrames", 1)), max(1, number("SamplesPerPixel", 1))
+    bits = number("BitsAllocated", 16)
+    if "FloatPixelData" in ds:
+        bits = 32
+    elif "DoubleFloatPixelData" in ds:
+        bits = 64
+    if min(rows, cols, bits) < 0:
+        raise MedtlError("negative Rows, Columns or BitsAllocated in the header")
+    return rows * cols * frames * samples * max(1, math.ceil(bits / 8))
+
+
+def check_dicom(ds, limits: Limits) -> int:
+    """Decoded bytes of ``ds``; raises :class:`MedtlError` when over ``limits.instance_bytes``."""
+    n = dicom_decoded_bytes(ds)
+    if n > limits.instance_bytes:
+        raise MedtlError(
+            f"decoded pixel data would be {_mib(n)} ({ds.get('Rows')} x {ds.get('Columns')} x "
+            f"{ds.get('NumberOfFrames', 1) or 1} frame(s) x {ds.get('SamplesPerPixel', 1)} sample(s) x "
+            f"{ds.get('BitsAllocated')} bits), over the limit of {_mib(limits.instance_bytes)} per instance "
+            "(--max-instance-mb): not decoded")
+    return n
+
+
+def check_series(total: int, limits: Limits) -> None:
+    if total > limits.series_bytes:
+        raise MedtlError(f"decoded pixel data of the series would be {_mib(total)}, over the limit of "
+                         f"{_mib(limits.series_bytes)} per series (--max-series-mb): not decoded")
+
+
+def check_deflated(path: Path, limits: Limits) -> None:
+    """A deflated DICOM must inflate to at most the instance limit (plus room for the header):
+    counted in bounded steps, so a bomb costs a few MiB of memory, not its inflated size."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # no or broken file meta: pydicom's own reading reports it
+        return
+    if str(meta.get("TransferSyntaxUID", "")) not in DEFLATED:
+        return
+    length = meta.get("FileMetaInformationGroupLength")
+    if length is None:
+        raise MedtlError("deflated DICOM without a file meta group length: size cannot be checked before inflating")
+    allowed = limits.instance_bytes + 16 * MiB
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with open(path, "rb") as f:
+        f.seek(128 + 4 + 12 + int(length))  # preamble, "DICM", the group length element, the rest of group 2
+        while chunk := f.read(MiB):
+            while chunk:
+                try:
+                    total += len(inflater.decompress(chunk, 16 * MiB))
+                except zlib.error as err:
+                    raise MedtlError(f"corrupt deflated DICOM: {err}") from None
+                chunk = inflater.unconsumed_tail
+                if total > allowed:
+                    raise MedtlError(f"deflated data set inflates to more than {_mib(allowed)} (limit "
+                                     f"{_mib(limits.instance_bytes)} per instance, --max-instance-mb): not decoded")
+            if inflater.eof:
+                break
+
+
+def check_picture(path: Path, limits: Limits) -> None:
+    """Width x height of a PNG/JPEG from its header (Pillow reads no pixels in ``open``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise MedtlError(f"image declares more than {Image.MAX_IMAGE_PIXELS * 2} pixels (a decompression bomb): "
+                         "not decoded") from None
+    except UnidentifiedImageError:
+        raise MedtlError("not a readable image (unknown or corrupt format)") from None
+    except OSError as err:
+        raise MedtlError(f"corrupt or unreadable image: {err}") from None
+    if width * height > limits.picture_pixels:
+        raise MedtlError(f"image declares {width} x {height} = {width * height / 1e6:.0f} Mpx, over the limit of "
+                         f"{limits.picture_pixels / 1e6:g} Mpx (--max-picture-mpx): not decoded")
+
+
+def check_nifti(path: Path, limits: Limits) -> None:
+    """Voxels of a NIfTI volume from its header (nibabel loads the data lazily)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as err:
+        raise MedtlError(f"unreadable NIfTI header: {err}") from None
+    voxels = math.prod(int(d) for d in shape) if shape else 0
+    if voxels > limits.volume_voxels:
+        raise MedtlError(f"volume declares {' x '.join(str(d) for d in shape)} = {voxels / 1e6:.0f} M voxels, over "
+                         f"the limit of {limits.volume_voxels / 1e6:g} M (--max-volume-mvox): not decoded")
+
+
+def check_file(path: Path, limits: Limits) -> int:
+    """Check one input file by kind; returns the DICOM decoded bytes (0 for other kinds)."""
+    from medtl.data.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+
+    lower = path.name.lower()
+    if lower.endswith(NIFTI_SUFFIXES):
+        check_nifti(path, limits)
+        return 0
+    if lower.endswith(IMAGE_SUFFIXES):
+        check_picture(path, limits)
+        return 0
+    import pydicom
+
+    check_deflated(path, limits)
+    return check_dicom(pydicom.dcmread(path, stop_before_pixels=True), limits)

@@ -1,0 +1,149 @@
+"""One redaction layer for everything ``medtl predict`` writes: result files, run.json, log lines,
+exception texts and warnings echoed from libraries (pydicom, urllib3, dicomweb-client).
+
+What it removes or defuses, always (with or without ``--include-identifiers``):
+
+- URL credentials: ``https://user:pass@host`` -> ``https://host``;
+- URL query strings (QIDO filters may hold a PatientID): ``/studies?PatientID=X`` -> ``/studies?[query]``;
+- secrets the run knows (a PACS password or token read from a file or the environment);
+- control characters (newlines in a header value would forge log lines): escaped as ``\\x0a``.
+
+Patient identifiers seen in the headers are added per run (``Redactor.add``) unless the user asked
+for identifiers. ``redacting(redactor)`` installs it for the duration of a run on every log record
+(whatever logger or handler) and on Python warnings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#'\"]*@")
+# A '?' followed by key=value: a query string, not a question mark in prose.
+_QUERY = re.compile(r"\?(?=[\w.%\-]+=)[^\s'\"<>)\]]*")
+# C0 and C1 controls, DEL and the Unicode line/paragraph separators some viewers break lines on.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+REDACTED = "[redacted]"
+
+
+def escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def strip_url_secrets(text: str) -> str:
+    return _QUERY.sub("?[query]", _USERINFO.sub(r"\1", text))
+
+
+class Redactor:
+    """``redactor(text)``: ``text`` safe to write. Values added with :meth:`add` are replaced by
+    ``[redacted]`` as whole tokens (a name's parts too, 3+ characters); secrets with
+    :meth:`add_secret` wherever they appear, even inside a word."""
+
+    def __init__(self, values: Iterable[str] = ()):
+        self._values: set[str] = set()
+        self._secrets: set[str] = set()
+        self._pattern = None
+        self._secret_pattern = None
+        self.add(values)
+
+    def add(self, values: Iterable[str]) -> None:
+        new = set()
+        for value in values:
+            value = str(value).strip()
+            if len(value) >= 3:
+                new.add(value)
+            new.update(p.strip() for p in re.split(r"[\^=\s]+", value) if len(p.strip()) >= 3)
+        if new - self._values:
+            self._values |= new
+            # Longest first, so a whole name goes before its parts; whole tokens only, so a birth
+            # date is not cut out of the middle of a UID.
+            alternatives = "|".join(re.escape(n) for n in sorted(self._values, key=len, reverse=True))
+            self._pattern = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
+
+    def add_secret(self, secret: str | None) -> None:
+        if secret and len(secret) >= 3 and secret not in self._secrets:
+            self._secrets.add(secret)
+            self._secret_pattern = re.compile("|".join(re.escape(s) for s in sorted(self._secrets, key=len,
+                                                                                      reverse=True)))
+
+    def text(self, text: str, controls: bool = True) -> str:
+        """Redacted ``text``; ``controls=False`` keeps newlines (a formatted traceback)."""
+        if not text:
+            return text
+        text = str(text)
+        if self._secret_pattern is not None:
+            text = self._secret_pattern.sub(REDACTED, text)
+        text = strip_url_secrets(text)
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
+        return escape_controls(text) if controls else text
+
+    __call__ = text
+
+    def value(self, value):
+        """A row value: strings redacted, containers walked, numbers as they are."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.value(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(v) for v in value]
+        return value
+
+
+def salted_path(rel: str, salt: bytes) -> str:
+    """``rel`` with every component replaced by ``h-<salted hash>`` (the suffix kept): folder and
+    file names often hold patient names, and an unsalted hash of a name is guessed by trying names."""
+    parts = [p for p in rel.replace("\\", "/").split("/") if p]
+    out = []
+    for i, part in enumerate(parts):
+        suffix = ""
+        if i == len(parts) - 1:
+            lower = part.lower()
+            suffix = next((s for s in (".nii.gz", ".dcm", ".nii", ".png", ".jpg", ".jpeg", ".dicom", ".ima")
+                           if lower.endswith(s)), "")
+        out.append("h-" + hashlib.blake2b(part.encode("utf-8", "surrogateescape"), key=salt[:64],
+                                          digest_size=8).hexdigest() + suffix)
+    return "/".join(out)
+
+
+class _RedactingFactory:
+    def __init__(self, previous, redactor: Redactor):
+        self.previous, self.redactor = previous, redactor
+
+    def __call__(self, *args, **kwargs):
+        record = self.previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: leave it to logging's own error handling
+            return record
+        record.msg, record.args = self.redactor.text(message), ()
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.redactor.text(logging.Formatter().formatException(record.exc_info), controls=False)
+            record.exc_info = None
+        return record
+
+
+@contextlib.contextmanager
+def redacting(redactor: Redactor) -> Iterator[Redactor]:
+    """Every log record created (any logger) and every warning shown in the block goes through ``redactor``."""
+    previous = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(_RedactingFactory(previous, redactor))
+    show = warnings.showwarning
+    warn_log = logging.getLogger("py.warnings")
+
+    def show_redacted(message, category, filename, lineno, file=None, line=None):
+        # The message, not the library's source line: a header value in it may carry anything.
+        warn_log.warning("%s: %s", category.__name__, message)
+
+    warnings.showwarning = show_redacted
+    try:
+        yield redactor
+    finally:
+        warnings.showwarning = show
+        logging.setLogRecordFactory(previous)
