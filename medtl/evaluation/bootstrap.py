@@ -19,17 +19,33 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
+from medtl.errors import MedtlError
+
 DEFAULT_N_BOOT = 1000
 DEFAULT_LEVEL = 0.95
 _MAX_CELLS = 4_000_000  # cap on B * n held at once (32 MB of float64)
 
 
+def _codes(values, n: int, name: str) -> np.ndarray:
+    """One code per case for ``strata`` or ``groups``; a missing or NaN entry has no stratum/patient."""
+    v = np.asarray(values)
+    if v.ndim != 1 or len(v) != n:
+        raise MedtlError(f"need one entry per case ({n}), got shape {v.shape}", name)
+    if v.dtype.kind == "f" and not np.isfinite(v).all():
+        raise MedtlError("NaN or infinite entries: every case needs a stratum / group", name)
+    if v.dtype.kind == "O" and any(x is None or (isinstance(x, float) and not np.isfinite(x)) for x in v):
+        raise MedtlError("missing entries: every case needs a stratum / group", name)
+    return np.unique(v.astype(str) if v.dtype.kind == "O" else v, return_inverse=True)[1].reshape(-1)
+
+
 def _units(n: int, strata, groups):
     """Sampling units (patients, or cases) as an index per case, and each unit's stratum."""
-    strata = np.zeros(n, dtype=int) if strata is None else np.unique(np.asarray(strata), return_inverse=True)[1]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise MedtlError(f"need a positive number of cases, got {n!r}", "n")
+    strata = np.zeros(n, dtype=int) if strata is None else _codes(strata, n, "strata")
     if groups is None:
         return np.arange(n), strata
-    unit = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    unit = _codes(groups, n, "groups")
     # A unit's stratum: its most frequent case stratum (ties: the lowest).
     table = np.zeros((unit.max() + 1, strata.max() + 1), dtype=int)
     np.add.at(table, (unit, strata), 1)
@@ -40,6 +56,7 @@ def bootstrap_counts(
     n: int, *, strata=None, groups=None, n_boot: int = DEFAULT_N_BOOT, rng: np.random.Generator | int = 0
 ) -> np.ndarray:
     """A (n_boot, n) float matrix: how many times each case is drawn in each resample."""
+    _check_n_boot(n_boot, allow_zero=False)
     rng = np.random.default_rng(rng)
     unit, unit_stratum = _units(n, strata, groups)
     n_units = len(unit_stratum)
@@ -52,6 +69,17 @@ def bootstrap_counts(
         counts = np.bincount((draws + m * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * m)
         unit_counts[:, members] = counts.reshape(n_boot, m)
     return unit_counts[:, unit]
+
+
+def _check_n_boot(n_boot, allow_zero: bool) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < (0 if allow_zero else 1):
+        raise MedtlError(f"must be a positive integer, got {n_boot!r}", "n_boot")
+
+
+def _check_level(level) -> float:
+    if not isinstance(level, (int, float, np.floating)) or not 0.0 < float(level) < 1.0:
+        raise MedtlError(f"must be a number in (0, 1), e.g. 0.95; got {level!r}", "level")
+    return float(level)
 
 
 def bootstrap(
@@ -68,6 +96,7 @@ def bootstrap(
     Resamples are made in chunks so memory stays bounded for large test sets; the chunk size
     depends only on ``n``, so results are reproducible for a given seed.
     """
+    _check_n_boot(n_boot, allow_zero=False)
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, _MAX_CELLS // max(n, 1)))
     parts: list[dict[str, np.ndarray]] = []
@@ -79,6 +108,7 @@ def bootstrap(
 
 def percentile_interval(samples, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over the first axis, ignoring resamples where the statistic is undefined."""
+    level = _check_level(level)
     a = np.asarray(samples, dtype=float)
     flat = a.reshape(len(a), -1)
     tail = 100.0 * (1.0 - level) / 2.0
@@ -100,8 +130,16 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = DEFAULT_LEVEL,
 ) -> tuple[float, float, float]:
-    """``(value, low, high)`` of ``metric(*arrays, weights=...)`` (any function from metrics.py)."""
+    """``(value, low, high)`` of ``metric(*arrays, weights=...)`` (any function from metrics.py).
+
+    The arrays are checked by ``metric`` itself (metrics.py's shared helpers)."""
+    if not arrays:
+        raise MedtlError("no arrays to resample", "arrays")
     n = len(arrays[0])
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) > 1:
+        raise MedtlError(f"arrays differ in length {lengths}: resampling needs one entry per case in each", "arrays")
+    _check_level(level)
     value = float(metric(*arrays))
     boot = bootstrap(lambda W: {"m": metric(*arrays, weights=W)}, n, strata=strata, groups=groups,
                      n_boot=n_boot, seed=seed)["m"]  # fmt: skip
@@ -110,7 +148,11 @@ def bootstrap_ci(
 
 
 def seed_summary(values, level: float = DEFAULT_LEVEL) -> dict:
-    """Mean, standard deviation and t-interval of the mean of a metric over seeds (nan ignored)."""
+    """Mean, standard deviation and t-interval of the mean of a metric over seeds.
+
+    These are metric values, not scores: a nan is a metric undefined in that seed, so it is left
+    out (``n`` says how many seeds count)."""
+    level = _check_level(level)
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     out = {"value": None, "std": None, "ci_low": None, "ci_high": None, "n": int(len(v))}
     if len(v) == 0:

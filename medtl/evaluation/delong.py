@@ -17,12 +17,17 @@ import numpy as np
 from scipy import stats
 
 from medtl.errors import MedtlError
+from medtl.evaluation.metrics import check_binary_labels, check_scores
 
 
 def structural_components(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     """V10 (k, m) over positives and V01 (k, n) over negatives for each of k score rows."""
-    y = np.asarray(y_true).astype(bool)
+    y = check_binary_labels(y_true)
     S = np.atleast_2d(np.asarray(scores, dtype=float))
+    if S.ndim != 2:
+        raise MedtlError(f"must be (k, n) score rows, got shape {S.shape}", "scores")
+    for i, row in enumerate(S):
+        check_scores(row, f"scores[{i}]" if len(S) > 1 else "scores", n=len(y))
     m, n = int(y.sum()), int((~y).sum())
     if m == 0 or n == 0:
         raise MedtlError("DeLong's test needs both positive and negative cases", "labels")
@@ -36,11 +41,19 @@ def structural_components(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs (k,) and their DeLong covariance matrix (k, k) for score rows on the same cases."""
+    """AUCs (k,) and their DeLong covariance matrix (k, k) for score rows on the same cases.
+
+    The covariance is nan when there are fewer than two positive or two negative cases (a sample
+    covariance of one value is undefined)."""
     v10, v01 = structural_components(y_true, scores)
+    return v10.mean(axis=1), _covariance(v10, v01)
+
+
+def _covariance(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
     m, n = v10.shape[1], v01.shape[1]
-    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
-    return v10.mean(axis=1), cov
+    if m < 2 or n < 2:
+        return np.full((len(v10), len(v10)), np.nan)
+    return np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
 
 
 @dataclass(frozen=True)
@@ -63,24 +76,34 @@ class DeLongResult:
 
 
 def delong_test(y_true, score_a, score_b) -> DeLongResult:
-    """Two-sided DeLong test of AUROC(score_a) == AUROC(score_b) on the same labelled cases."""
-    y = np.asarray(y_true).astype(bool)
-    a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
-    if not (len(a) == len(b) == len(y)):
-        raise MedtlError(f"scores and labels differ in length ({len(a)}, {len(b)}, {len(y)})", "delong")
-    auc, cov = delong_covariance(y, np.vstack([a, b]))
+    """Two-sided DeLong test of AUROC(score_a) == AUROC(score_b) on the same labelled cases.
+
+    ``p_value`` is None, with a ``note`` saying why, when the test cannot be computed (fewer than two
+    cases of a class, or a difference with zero estimated variance) or is not needed (both scorings
+    order every positive-negative pair alike)."""
+    y = check_binary_labels(y_true)
+    a = check_scores(score_a, "score_a", n=len(y))
+    b = check_scores(score_b, "score_b", n=len(y))
+    v10, v01 = structural_components(y, np.vstack([a, b]))
+    auc, cov = v10.mean(axis=1), _covariance(v10, v01)
     var_diff = cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]
     diff = float(auc[0] - auc[1])
     z = p = note = None
-    if var_diff > 1e-15:
+    m, n = v10.shape[1], v01.shape[1]
+    if not np.isfinite(var_diff):
+        note = (f"not computable: DeLong's variance needs at least two positive and two negative cases "
+                f"(have {m} and {n})")  # fmt: skip
+    elif var_diff > 1e-15:
         z = diff / np.sqrt(var_diff)
         p = float(2.0 * stats.norm.sf(abs(z)))
         z = float(z)
+    elif np.array_equal(v10[0], v10[1]) and np.array_equal(v01[0], v01[1]):
+        note = "the two scorings order every positive-negative pair alike: the AUROCs are equal, nothing to test"
     else:
-        note = "the two scorings rank the cases identically: the difference has no variance"
+        note = "not computable: the AUROC difference has zero estimated variance"
     return DeLongResult(
         auc_a=float(auc[0]), auc_b=float(auc[1]), difference=diff,
         var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), covariance=float(cov[0, 1]),
-        se=float(np.sqrt(max(var_diff, 0.0))), z=z, p_value=p,
+        se=float(np.sqrt(max(var_diff, 0.0))) if np.isfinite(var_diff) else float("nan"), z=z, p_value=p,
         n_positive=int(y.sum()), n_negative=int((~y).sum()), note=note,
     )  # fmt: skip

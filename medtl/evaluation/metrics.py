@@ -11,13 +11,24 @@ never a stand-in number; the report turns them into ``null`` plus a reason.
 
 Conventions: labels are class indices ``0..K-1``; for binary tasks class 1 is the positive class
 and ``score`` is its probability; a case is called positive when ``score >= threshold``.
+
+Inputs are checked by the shared helpers :func:`check_scores`, :func:`check_probs`,
+:func:`check_binary_labels` and :func:`check_class_labels` (also used by calibration, thresholds,
+delong and bootstrap): NaN or infinite scores, and labels that are not 0/1 (binary) or class indices
+(multiclass), raise a MedtlError naming the argument instead of giving a wrong number or nan.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from medtl.errors import MedtlError
+
 __all__ = [
+    "check_scores",
+    "check_probs",
+    "check_binary_labels",
+    "check_class_labels",
     "auroc",
     "average_precision",
     "roc_curve",
@@ -74,11 +85,110 @@ DEFINITIONS = {
 }
 
 
+PROB_TOLERANCE = 1e-6  # float32 softmax outputs may stray this far outside [0, 1]
+
+
+def _first_bad(mask: np.ndarray) -> str:
+    idx = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+    more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+    return ", ".join(map(str, idx[:5])) + more
+
+
+def _as_float(a, name: str) -> np.ndarray:
+    try:
+        return np.asarray(a, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise MedtlError(f"must be numbers ({err})", name) from err
+
+
+def _check_length(k: int, n: int | None, name: str) -> None:
+    if n is not None and k != n:
+        raise MedtlError(f"has {k} cases where {n} are expected (one per label)", name)
+    if k == 0:
+        raise MedtlError("no cases: a metric of nothing is not defined", name)
+
+
+def check_scores(score, name: str = "score", n: int | None = None) -> np.ndarray:
+    """``score`` as a finite float (n,) array; MedtlError naming ``name`` otherwise.
+
+    NaN or inf cannot be ranked or binned meaningfully (numpy sorts NaN above every number, so a
+    NaN score would count as the highest), so they are refused rather than scored."""
+    s = _as_float(score, name)
+    if s.ndim != 1:
+        raise MedtlError(f"must be one score per case, a 1-D array; got shape {s.shape}", name)
+    _check_length(len(s), n, name)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise MedtlError(f"{int(bad.sum())} of {len(s)} values are NaN or infinite (at index {_first_bad(bad)}); "
+                         "drop those cases or fix the model output", name)  # fmt: skip
+    return s
+
+
+def check_probs(probs, name: str = "probs", n: int | None = None) -> np.ndarray:
+    """``probs`` as a finite float (n, K >= 2) array of values in [0, 1]; MedtlError naming ``name``."""
+    P = _as_float(probs, name)
+    if P.ndim != 2 or P.shape[1] < 2:
+        raise MedtlError(f"must be a (cases, classes) array with at least 2 classes; got shape {P.shape}", name)
+    _check_length(len(P), n, name)
+    bad = ~np.isfinite(P)
+    if bad.any():
+        raise MedtlError(f"NaN or infinite probabilities for the cases at index {_first_bad(bad)}", name)
+    out = (P < -PROB_TOLERANCE) | (P > 1 + PROB_TOLERANCE)
+    if out.any():
+        raise MedtlError(f"probabilities outside [0, 1] for the cases at index {_first_bad(out)} "
+                         "(logits instead of probabilities?)", name)  # fmt: skip
+    return P
+
+
+def _label_values(y: np.ndarray) -> str:
+    vals = np.unique(y.astype(str)) if y.dtype.kind in "OUS" else np.unique(y)
+    return ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in vals[:6]) + (" ..." if len(vals) > 6 else "")
+
+
+def check_binary_labels(y_true, name: str = "y_true", n: int | None = None) -> np.ndarray:
+    """Binary labels as a bool (n,) array: True/False or the numbers 0 and 1 (1 = positive).
+
+    Anything else (strings, -1/+1, NaN) has no agreed positive class here, so it is refused with a
+    MedtlError naming ``name`` rather than silently mapped."""
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise MedtlError(f"must be one label per case, a 1-D array; got shape {y.shape}", name)
+    _check_length(len(y), n, name)
+    if y.dtype == bool:
+        return y
+    if y.dtype.kind in "iuf":
+        ok = (y == 0) | (y == 1)
+        if ok.all():
+            return y == 1
+    raise MedtlError(f"binary labels must be 0/1 or True/False (1 = positive class); got values "
+                     f"{_label_values(y)}: map them to 0/1 first", name)  # fmt: skip
+
+
+def check_class_labels(y_true, n_classes: int, name: str = "y_true", n: int | None = None) -> np.ndarray:
+    """Class labels as an int (n,) array of indices in ``0..n_classes-1``; MedtlError naming ``name``."""
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise MedtlError(f"must be one label per case, a 1-D array; got shape {y.shape}", name)
+    _check_length(len(y), n, name)
+    if y.dtype == bool:
+        y = y.astype(int)
+    if y.dtype.kind in "iuf":
+        ok = np.isfinite(y) & (y == np.round(y)) & (y >= 0) & (y < n_classes)
+        if ok.all():
+            return y.astype(int)
+    raise MedtlError(f"labels must be class indices 0..{n_classes - 1}; got values {_label_values(y)} "
+                     "(map class names to indices first)", name)  # fmt: skip
+
+
 def _weights(weights, n: int) -> tuple[np.ndarray, bool]:
     """Weights as a float (B, n) matrix, and whether the caller passed a matrix (wants (B,) back)."""
     if weights is None:
         return np.ones((1, n)), False
-    w = np.asarray(weights, dtype=float)
+    w = _as_float(weights, "weights")
+    if w.ndim not in (1, 2) or w.shape[-1] != n:
+        raise MedtlError(f"must be (n,) or (resamples, n) with n = {n} cases; got shape {w.shape}", "weights")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise MedtlError("weights must be finite and non-negative", "weights")
     if w.ndim == 1:
         return w[None, :], False
     return w, True
@@ -114,8 +224,8 @@ def _grouped_counts(y: np.ndarray, score: np.ndarray, W: np.ndarray):
 
 def auroc(y_true, score, weights=None):
     """Area under the ROC curve of binary ``y_true`` (bool / 0-1) against ``score``; nan if one class."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, dtype=float)
+    y = check_binary_labels(y_true)
+    s = check_scores(score, n=len(y))
     W, batched = _weights(weights, len(y))
     wp, wn, _ = _grouped_counts(y, s, W)
     # Each positive beats the negatives below its score and ties half of those at its score.
@@ -134,8 +244,8 @@ def _cumulative_desc(y, s, W):
 
 def average_precision(y_true, score, weights=None):
     """Average precision (area under the PR curve, step-wise as scikit-learn); nan if no positives."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, dtype=float)
+    y = check_binary_labels(y_true)
+    s = check_scores(score, n=len(y))
     W, batched = _weights(weights, len(y))
     tps, fps, _ = _cumulative_desc(y, s, W)
     # Where nothing is called positive yet precision is 0/0; its recall step is 0, so use 0.
@@ -147,9 +257,9 @@ def average_precision(y_true, score, weights=None):
 
 def roc_curve(y_true, score, weights=None):
     """ROC points ``(fpr, tpr, thresholds)`` starting at (0, 0); weights must be None or a vector."""
-    y = np.asarray(y_true).astype(bool)
+    y = check_binary_labels(y_true)
     W, _ = _weights(weights, len(y))
-    tps, fps, thr = _cumulative_desc(y, np.asarray(score, dtype=float), W)
+    tps, fps, thr = _cumulative_desc(y, check_scores(score, n=len(y)), W)
     tpr = np.c_[np.zeros((len(W), 1)), _div(tps, tps[:, -1:])]
     fpr = np.c_[np.zeros((len(W), 1)), _div(fps, fps[:, -1:])]
     return fpr[0], tpr[0], np.r_[np.inf, thr]
@@ -157,9 +267,9 @@ def roc_curve(y_true, score, weights=None):
 
 def pr_curve(y_true, score, weights=None):
     """Precision-recall points ``(recall, precision, thresholds)`` starting at recall 0, precision 1."""
-    y = np.asarray(y_true).astype(bool)
+    y = check_binary_labels(y_true)
     W, _ = _weights(weights, len(y))
-    tps, fps, thr = _cumulative_desc(y, np.asarray(score, dtype=float), W)
+    tps, fps, thr = _cumulative_desc(y, check_scores(score, n=len(y)), W)
     precision = np.nan_to_num(_div(tps, tps + fps), nan=1.0)
     recall = _div(tps, tps[:, -1:])
     return np.r_[0.0, recall[0]], np.r_[1.0, precision[0]], np.r_[np.inf, thr]
@@ -167,8 +277,8 @@ def pr_curve(y_true, score, weights=None):
 
 def confusion_matrix(y_true, y_pred, n_classes: int, weights=None):
     """Weighted confusion matrix, rows = true class, columns = predicted class: (K, K) or (B, K, K)."""
-    y = np.asarray(y_true, dtype=int)
-    p = np.asarray(y_pred, dtype=int)
+    y = check_class_labels(y_true, n_classes)
+    p = check_class_labels(y_pred, n_classes, "y_pred", n=len(y))
     W, batched = _weights(weights, len(y))
     # One matrix product counts all cells for all resamples at once.
     cell = np.zeros((len(y), n_classes * n_classes))
@@ -251,9 +361,9 @@ def classification_metrics(y_true, probs, threshold: float | None = 0.5, weights
     Returns ``{"metrics": {...}, "per_class": {...}, "confusion_matrix": array}``; with a (B, n)
     weights matrix every value gains a leading resample axis.
     """
-    y = np.asarray(y_true, dtype=int)
-    P = np.asarray(probs, dtype=float)
+    P = check_probs(probs)
     K = P.shape[1]
+    y = check_class_labels(y_true, K, n=len(P))
     W, batched = _weights(weights, len(y))
     if K == 2:
         pred = (P[:, 1] >= (0.5 if threshold is None else threshold)).astype(int)
@@ -279,8 +389,8 @@ def classification_metrics(y_true, probs, threshold: float | None = 0.5, weights
 
 def regression_metrics(y_true, y_pred, weights=None) -> dict:
     """MAE, RMSE, R^2 and Pearson r of ``y_pred`` against ``y_true`` (floats, or (B,) arrays)."""
-    y = np.asarray(y_true, dtype=float)
-    f = np.asarray(y_pred, dtype=float)
+    y = check_scores(y_true, "y_true")
+    f = check_scores(y_pred, "y_pred", n=len(y))
     W, batched = _weights(weights, len(y))
     n = W.sum(axis=1)
     err = f - y

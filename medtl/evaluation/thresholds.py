@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from medtl.errors import MedtlError
-from medtl.evaluation.metrics import roc_curve
+from medtl.evaluation.metrics import check_binary_labels, check_scores, roc_curve
 
 RULES = ("youden", "sensitivity", "specificity")
 DEFAULT_THRESHOLD = 0.5
@@ -45,8 +45,8 @@ def choose_threshold(
     y_true, score, rule: str = "youden", target: float | None = None, chosen_on: str = "val"
 ) -> Threshold:
     """Pick a threshold on (validation) labels ``y_true`` (0/1) and positive-class ``score``."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, dtype=float)
+    y = check_binary_labels(y_true)
+    s = check_scores(score, n=len(y))
     if rule not in RULES:
         raise MedtlError(f"unknown threshold rule {rule!r}; use one of {', '.join(RULES)}", "threshold_rule")
     if rule != "youden" and (target is None or not 0.0 < target <= 1.0):
@@ -84,4 +84,7 @@ def _midpoint(thr: np.ndarray, i: int) -> float:
 def apply_threshold(score, threshold: float | Threshold) -> np.ndarray:
     """0/1 calls of ``score >= threshold``."""
     t = threshold.value if isinstance(threshold, Threshold) else float(threshold)
-    return (np.asarray(score, dtype=float) >= t).astype(int)
+    if np.isnan(t):
+        raise MedtlError("the threshold is NaN", "threshold")
+    # A NaN score would silently be called negative.
+    return (check_scores(score) >= t).astype(int)

@@ -79,3 +79,25 @@ def test_seed_summary_is_a_t_interval():
     assert s["value"] == pytest.approx(np.mean(v)) and s["std"] == pytest.approx(np.std(v, ddof=1))
     assert (s["ci_low"], s["ci_high"]) == pytest.approx((np.mean(v) - half, np.mean(v) + half))
     assert seed_summary([0.8])["ci_low"] is None and seed_summary([])["value"] is None
+
+
+def test_bootstrap_refuses_bad_input_naming_the_argument():
+    from medtl.errors import MedtlError
+
+    y, s = _sample(np.random.default_rng(0), 10, 10)
+    bad = s.copy()
+    bad[4] = np.nan
+    with pytest.raises(MedtlError, match="score: .*NaN or infinite"):
+        bootstrap_ci(auroc, y, bad, strata=y, n_boot=20)  # checked by the metric's shared helper
+    with pytest.raises(MedtlError, match="arrays differ in length"):
+        bootstrap_ci(auroc, y, s[:-1], n_boot=20)
+    with pytest.raises(MedtlError, match="strata"):
+        bootstrap_counts(20, strata=y[:5], n_boot=5)
+    with pytest.raises(MedtlError, match="strata"):
+        bootstrap_counts(3, strata=[0.0, np.nan, 1.0], n_boot=5)
+    with pytest.raises(MedtlError, match="groups"):
+        bootstrap_counts(3, groups=["p1", None, "p2"], n_boot=5)
+    with pytest.raises(MedtlError, match="n_boot"):
+        bootstrap_counts(3, n_boot=0)
+    with pytest.raises(MedtlError, match="level"):
+        percentile_interval(np.zeros((5, 2)), level=95)

@@ -67,3 +67,30 @@ def test_delong_rejects_a_real_difference_and_not_a_null_one():
     same = y * 1.0 + rng.normal(size=400)
     same2 = same + rng.normal(0, 0.05, size=400)
     assert delong_test(y, same, same2).p_value > 0.01
+
+
+def test_delong_refuses_nan_scores_instead_of_calling_them_identical():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    a = np.array([0.1, 0.8, 0.3, 0.6, 0.9, 0.2])
+    b = a.copy()
+    b[2] = np.nan
+    with pytest.raises(MedtlError, match=r"score_b: 1 of 6 values are NaN or infinite \(at index 2\)"):
+        delong_test(y, a, b)
+    with pytest.raises(MedtlError, match="score_a: .*NaN"):
+        delong_test(y, b, a)
+    with pytest.raises(MedtlError, match="y_true: binary labels"):
+        delong_test(np.where(y == 1, 1, -1), a, a[::-1])
+    with pytest.raises(MedtlError, match="score_b: has 5 cases"):
+        delong_test(y, a, a[:5])
+
+
+def test_delong_says_not_computable_when_a_class_has_one_case():
+    y = np.array([0, 0, 0, 0, 1])
+    a = np.array([0.1, 0.2, 0.3, 0.4, 0.9])
+    b = np.array([0.4, 0.3, 0.2, 0.95, 0.5])
+    r = delong_test(y, a, b)
+    assert r.p_value is None and r.note.startswith("not computable") and "1 and 4" in r.note
+    assert r.difference == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
+    # Identical scorings: the AUROCs are equal, nothing to test (and the note says that, not "not computable")
+    r = delong_test(np.array([0, 1, 0, 1, 1]), a, a)
+    assert r.p_value is None and "alike" in r.note

@@ -8,6 +8,7 @@ from scipy import stats
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
+from medtl.errors import MedtlError
 from medtl.evaluation.metrics import (
     auroc,
     average_precision,
@@ -145,3 +146,61 @@ def test_undefined_values_are_nan_not_numbers():
 def test_confusion_matrix_weighted():
     cm = confusion_matrix([0, 1, 1, 2], [0, 2, 1, 2], 3, weights=[1, 2, 3, 4])
     np.testing.assert_array_equal(cm, [[1, 0, 0], [0, 3, 2], [0, 0, 4]])
+
+
+def _nan_case():
+    # Without the NaN case the AUROC is 4/6 (as scikit-learn); numpy sorts NaN above every number,
+    # so unchecked, the NaN case counted as the highest score and gave 7/9.
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.3, np.nan])
+    return y, s
+
+
+def test_metrics_refuse_nan_and_inf_scores_naming_the_argument():
+    y, s = _nan_case()
+    assert auroc(y[:5], s[:5]) == pytest.approx(skm.roc_auc_score(y[:5], s[:5]))
+    for fn in (auroc, average_precision, roc_curve, pr_curve):
+        with pytest.raises(MedtlError, match=r"^score: 1 of 6 values are NaN or infinite \(at index 5\)"):
+            fn(y, s)
+        with pytest.raises(MedtlError, match="score: .*NaN or infinite"):
+            fn(y, np.where(np.arange(6) == 0, np.inf, np.nan_to_num(s)))
+    P = np.c_[1 - np.nan_to_num(s, nan=0.5), np.nan_to_num(s, nan=0.5)]
+    P[5] = np.nan
+    with pytest.raises(MedtlError, match="probs: NaN or infinite probabilities for the cases at index 5"):
+        classification_metrics(y, P)
+    with pytest.raises(MedtlError, match="probs: probabilities outside"):
+        classification_metrics(y, np.c_[-np.arange(6.0), np.arange(6.0)])  # logits, not probabilities
+    with pytest.raises(MedtlError, match="y_pred"):
+        regression_metrics([1.0, 2.0, 3.0], [1.0, np.nan, 3.0])
+    with pytest.raises(MedtlError, match="y_true"):
+        regression_metrics([1.0, np.inf, 3.0], [1.0, 2.0, 3.0])
+    with pytest.raises(MedtlError, match="score: has 5 cases where 6 are expected"):
+        auroc(y, s[:5])
+
+
+@pytest.mark.parametrize("labels", [["no", "no", "no", "yes", "yes", "yes"], [-1, -1, -1, 1, 1, 1],
+                                    [0, 0, 0, 2, 2, 2], [0.0, 0.0, 0.0, 1.0, 1.0, np.nan]])
+def test_binary_metrics_refuse_labels_they_cannot_map(labels):
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.3, 0.9])
+    for fn in (auroc, average_precision, roc_curve, pr_curve):
+        with pytest.raises(MedtlError, match="y_true: binary labels must be 0/1 or True/False"):
+            fn(np.array(labels, dtype=object if isinstance(labels[0], str) else None), s)
+    # 0/1 as floats and booleans are fine and equal scikit-learn
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert auroc(y.astype(float), s) == auroc(y.astype(bool), s) == pytest.approx(skm.roc_auc_score(y, s))
+
+
+def test_class_label_and_weight_checks():
+    P = np.full((4, 3), 1 / 3)
+    with pytest.raises(MedtlError, match="y_true: labels must be class indices 0..2"):
+        classification_metrics(np.array(["a", "b", "c", "a"]), P)
+    with pytest.raises(MedtlError, match="y_true: labels must be class indices 0..2"):
+        classification_metrics([0, 1, 3, 1], P)
+    with pytest.raises(MedtlError, match="y_pred"):
+        confusion_matrix([0, 1], [0, -1], 2)
+    with pytest.raises(MedtlError, match="weights"):
+        auroc([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], weights=[1.0, 1.0])
+    with pytest.raises(MedtlError, match="weights"):
+        auroc([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], weights=[1.0, np.nan, 1.0, 1.0])
+    with pytest.raises(MedtlError, match="no cases"):
+        auroc([], [])

@@ -57,3 +57,19 @@ def test_bad_rules_and_single_class_validation():
 
 def test_apply_threshold():
     np.testing.assert_array_equal(apply_threshold([0.2, 0.5, 0.7], 0.5), [0, 1, 1])
+
+
+def test_threshold_functions_refuse_nan_scores_and_unmappable_labels():
+    y, s = _data(5, n=20)
+    bad = s.copy()
+    bad[3] = np.nan
+    with pytest.raises(MedtlError, match=r"score: 1 of 20 values are NaN or infinite \(at index 3\)"):
+        choose_threshold(y, bad)
+    with pytest.raises(MedtlError, match="score: .*NaN"):
+        apply_threshold(bad, 0.5)  # unchecked, the NaN case was silently called negative
+    with pytest.raises(MedtlError, match="y_true: binary labels"):
+        choose_threshold(np.where(y == 1, 1, -1), s)
+    with pytest.raises(MedtlError, match="y_true: binary labels"):
+        choose_threshold(np.where(y == 1, "pos", "neg"), s)
+    with pytest.raises(MedtlError, match="threshold"):
+        apply_threshold(s, float("nan"))
