@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the batch-inference tests (tests/deploy) need: Orthanc with its DICOMweb plugin
-# (the PACS the tests start themselves on 127.0.0.1) and dicom3tools (dciodvfy checks every SR).
+# (the PACS the tests start themselves on 127.0.0.1), dicom3tools (dciodvfy checks every SR), and
+# nginx-light as the TLS terminator in front of Orthanc (Debian's Orthanc 1.10 crashes in its own TLS
+# handshake) for the client-certificate and bearer-token tests; openssl makes their throwaway CA.
 # Idempotent: installs only what is missing, then checks the binaries are where the tests look.
 set -euo pipefail
 need=()
@@ -8,6 +10,8 @@ command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/lib/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 \
   || need+=(orthanc-dicomweb)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Keep the package from starting a system-wide Orthanc service: the tests start their own.
@@ -20,4 +24,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 { command -v Orthanc || ls /usr/sbin/Orthanc; } >/dev/null
 command -v dciodvfy >/dev/null
-echo "orthanc, orthanc-dicomweb and dicom3tools present"
+{ command -v nginx || ls /usr/sbin/nginx; } >/dev/null
+command -v openssl >/dev/null
+echo "orthanc, orthanc-dicomweb, dicom3tools, nginx and openssl present"

@@ -163,12 +163,24 @@ class DicomwebSource:
                 raise MedtlError(f"{name} file not found", path)
         if ca_bundle is not None:
             session.verify = str(ca_bundle)
+            # requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override a session's own CA bundle
+            # (requests issue 3829): the one asked for here must win.
+            merge = session.merge_environment_settings
+
+            def keep_ca_bundle(*args, **kwargs):
+                settings = merge(*args, **kwargs)
+                settings["verify"] = str(ca_bundle)
+                return settings
+
+            session.merge_environment_settings = keep_ca_bundle
         if client_cert is not None:
             session.cert = (str(client_cert), str(client_key)) if client_key else str(client_cert)
         elif client_key is not None:
             raise MedtlError("a client key needs its client certificate (--client-cert)")
         self.client = DICOMwebClient(self.url, session=session, timeout=timeout)
         self.client.set_http_retry_params(retry=False)  # ours sorts errors first (see the module docstring)
+        # The retrying package logs every failed attempt with a traceback; our errors say it once.
+        logging.getLogger("retrying").setLevel(logging.ERROR)
 
     def __str__(self) -> str:
         return public_url(self.url)

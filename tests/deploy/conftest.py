@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -126,51 +127,199 @@ def _get(url: str, timeout: float = 2.0) -> bytes:
         return r.read()
 
 
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory):
-    """A running Orthanc with DICOMweb; yields its DICOMweb root URL, e.g. http://127.0.0.1:PORT/dicom-web."""
-    binary = require_tool("Orthanc", "the Debian packages orthanc and orthanc-dicomweb")
+def orthanc_plugin() -> Path:
+    require_tool("Orthanc", "the Debian packages orthanc and orthanc-dicomweb")
     plugin = next((Path(d) / "libOrthancDicomWeb.so" for d in ORTHANC_PLUGIN_DIRS
                    if (Path(d) / "libOrthancDicomWeb.so").exists()), None)
     if plugin is None:
         if os.environ.get("MEDTL_REQUIRE_SERVICES") == "1":
             pytest.fail("MEDTL_REQUIRE_SERVICES=1 but the Orthanc DICOMweb plugin is missing (orthanc-dicomweb)")
         pytest.skip("Orthanc DICOMweb plugin not found: install orthanc-dicomweb")
-    home = tmp_path_factory.mktemp("orthanc")
-    last_log = ""
-    for _attempt in range(3):  # a free port can be taken between choosing and binding it
-        port = _free_port()
-        config = {
-            "Name": "medtl-test", "StorageDirectory": str(home / "db"), "IndexDirectory": str(home / "db"),
-            "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "Plugins": [str(plugin)], "SaveJobs": False, "ConcurrentJobs": 1,
-            "OverwriteInstances": True, "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
-        (home / "orthanc.json").write_text(json.dumps(config))
-        log = open(home / "orthanc.log", "w")
-        proc = subprocess.Popen([binary, str(home / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=home)
-        deadline = time.time() + 30
-        while time.time() < deadline and proc.poll() is None:
+    return plugin
+
+
+class OrthancServer:
+    """One Orthanc process on 127.0.0.1 with DICOMweb; ``extra`` is merged into its configuration
+    (e.g. ``AuthenticationEnabled`` and ``RegisteredUsers``). ``stop()`` and ``start()`` again keep
+    the storage and the port: a PACS outage and its end."""
+
+    def __init__(self, home: Path, **extra):
+        self.home, self.extra = home, extra
+        self.port: int | None = None
+        self.proc = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> OrthancServer:
+        binary = require_tool("Orthanc", "the Debian packages orthanc and orthanc-dicomweb")
+        plugin = orthanc_plugin()
+        last_log = ""
+        for _attempt in range(3):  # a free port can be taken between choosing and binding it
+            port = self.port or _free_port()
+            config = {
+                "Name": "medtl-test", "StorageDirectory": str(self.home / "db"), "IndexDirectory": str(self.home / "db"),
+                "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False, "Plugins": [str(plugin)], "SaveJobs": False, "ConcurrentJobs": 1,
+                "OverwriteInstances": True, "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, **self.extra,
+            }
+            (self.home / "orthanc.json").write_text(json.dumps(config))
+            self._log = open(self.home / "orthanc.log", "w")
+            self.proc = subprocess.Popen([binary, str(self.home / "orthanc.json")], stdout=self._log,
+                                         stderr=subprocess.STDOUT, cwd=self.home)
+            deadline = time.time() + 30
+            while time.time() < deadline and self.proc.poll() is None:
+                try:
+                    _get(f"http://127.0.0.1:{port}/system")
+                    break
+                except urllib.error.HTTPError:  # 401 with authentication on: up all the same
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            if self.proc.poll() is None and time.time() < deadline:
+                self.port = port
+                return self
+            self.stop()
+            last_log = (self.home / "orthanc.log").read_text()[-2000:]
+        pytest.fail(f"Orthanc did not start:\n{last_log}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
             try:
-                _get(f"http://127.0.0.1:{port}/system")
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@pytest.fixture(scope="session")
+def orthanc_server():
+    """:class:`OrthancServer`, for tests that start their own (conftest modules are not imported by name)."""
+    return OrthancServer
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A running Orthanc with DICOMweb; yields its DICOMweb root URL, e.g. http://127.0.0.1:PORT/dicom-web."""
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+# -- a PACS as hospitals deploy it: users, TLS, client certificates, bearer tokens ----------------
+
+def _openssl(*args, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_test_pki(folder: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    require_tool("openssl", "the Debian package openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=medtl test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             cwd=folder)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+                      ("client", "extendedKeyUsage=clientAuth\n")):
+        (folder / f"{name}.ext").write_text(ext)
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=medtl test {name}",
+                 cwd=folder)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+    for key in folder.glob("*.key"):
+        key.chmod(0o600)
+    return {name: folder / f"{name}.pem" for name in ("ca", "server", "client")} | {
+        "server_key": folder / "server.key", "client_key": folder / "client.key"}
+
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+daemon off;
+pid {home}/nginx.pid;
+error_log {home}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {home}/tmp; proxy_temp_path {home}/tmp; fastcgi_temp_path {home}/tmp;
+    uwsgi_temp_path {home}/tmp; scgi_temp_path {home}/tmp;
+    client_max_body_size 200m;
+    ssl_certificate {server}; ssl_certificate_key {server_key};
+    # TLS in front of Orthanc; basic auth passes through to Orthanc's registered users.
+    server {{
+        listen 127.0.0.1:{basic_port} ssl;
+        location / {{ proxy_pass http://127.0.0.1:{orthanc_port}; }}
+    }}
+    # Mutual TLS and a bearer token, as an API gateway does it; the gateway logs in to Orthanc itself.
+    server {{
+        listen 127.0.0.1:{mtls_port} ssl;
+        ssl_client_certificate {ca}; ssl_verify_client on;
+        location / {{
+            if ($http_authorization != "Bearer {token}") {{ return 401; }}
+            proxy_set_header Authorization "Basic {gateway_basic}";
+            proxy_pass http://127.0.0.1:{orthanc_port};
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def secure_pacs(tmp_path_factory, dicom_root):
+    """Orthanc with authentication (a registered user) behind nginx as TLS terminator, loaded with the
+    real CR and multi-frame MR files. Yields a dict: ``http`` (Orthanc itself, basic auth),
+    ``https`` (TLS, basic auth), ``mtls`` (TLS with a client certificate and a bearer token),
+    ``user``, ``password``, ``token`` and the PKI files."""
+    import base64
+    import secrets
+
+    import pydicom
+
+    nginx = require_tool("nginx", "the Debian package nginx-light (.ci/orthanc.sh installs it)")
+    home = tmp_path_factory.mktemp("secure-pacs")
+    user, password, token = "medtl-reader", "pw-" + secrets.token_hex(8), "tok-" + secrets.token_hex(16)
+    server = OrthancServer(home / "orthanc", RegisteredUsers={user: password, "gateway": "gw-" + password},
+                           AuthenticationEnabled=True)
+    (home / "orthanc").mkdir()
+    server.start()
+    pki = make_test_pki(home / "pki")
+    (home / "nginx" / "tmp").mkdir(parents=True)
+    ports = {"basic_port": _free_port(), "mtls_port": _free_port()}
+    conf = NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", home=home / "nginx",
+                             orthanc_port=server.port, token=token,
+                             gateway_basic=base64.b64encode(f"gateway:gw-{password}".encode()).decode(),
+                             **{k: v for k, v in pki.items() if k in ("ca", "server", "server_key")}, **ports)
+    (home / "nginx" / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen([nginx, "-e", "stderr", "-p", str(home / "nginx"), "-c", str(home / "nginx" / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=open(home / "nginx" / "stderr.log", "w"))
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", ports["mtls_port"]), timeout=1).close()
                 break
             except OSError:
-                time.sleep(0.2)
-        if proc.poll() is None and time.time() < deadline:
-            try:
-                yield f"http://127.0.0.1:{port}/dicom-web"
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                log.close()
-            return
-        proc.kill()
-        proc.wait()
-        log.close()
-        last_log = (home / "orthanc.log").read_text()[-2000:]
-    pytest.fail(f"Orthanc did not start:\n{last_log}")
+                if proc.poll() is not None:
+                    pytest.fail("nginx did not start:\n" + (home / "nginx" / "stderr.log").read_text()[-2000:])
+                time.sleep(0.1)
+        from medtl.deploy.dicomweb import DicomwebSource, PacsAuth
+
+        files = [dicom_root / "cr_chest" / "RG1_UNCR.dcm", dicom_root / "emri_small_multiframe_mr.dcm"]
+        DicomwebSource(server.url, auth=PacsAuth(user, password)).store([pydicom.dcmread(f) for f in files])
+        yield {"http": server.url, "https": f"https://127.0.0.1:{ports['basic_port']}/dicom-web",
+               "mtls": f"https://127.0.0.1:{ports['mtls_port']}/dicom-web", "user": user, "password": password,
+               "token": token, **pki, "orthanc": server}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        server.stop()

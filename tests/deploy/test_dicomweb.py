@@ -104,6 +104,6 @@ def test_unreachable_pacs_is_a_clear_error(model_2d, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again at once: nothing listens there
-    with pytest.raises(MedtlError, match="DICOMweb study search failed"):
+    with pytest.raises(MedtlError, match="DICOMweb login check failed: cannot reach the PACS"):
         source = DicomwebSource(f"http://127.0.0.1:{port}/dicom-web", retries=1)  # no back-off in a test
         predict_batch(model_2d, source, tmp_path / "out", progress=False)
