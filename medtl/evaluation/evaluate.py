@@ -35,6 +35,7 @@ from medtl.evaluation.predictions import (
     TaskInfo,
     label_indices,
     load_predictions,
+    logit_matrix,
     probabilities,
     task_infos,
     validate_predictions,
@@ -275,11 +276,17 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         threshold = thr.to_dict()
         thr_value = thr.value
 
-    # Temperature scaling: fitted on validation, applied to test.
-    temperature = cal.fit_temperature(Pv, yv) if len(val) >= 2 else None
-    P_ts = cal.apply_temperature(P, temperature) if temperature is not None else None
+    # Temperature scaling: fitted on validation, applied to test; on the logits when the table has them.
+    Lv, L = logit_matrix(val, classes), logit_matrix(test, classes)
+    if Lv is None or L is None:
+        Lv = L = None  # log-probabilities stand in for the logits
+    temperature = cal.fit_temperature(Pv, yv, logits=Lv) if len(val) >= 2 else None
+    P_ts = cal.apply_temperature(P, temperature, logits=L) if temperature is not None else None
     if temperature is None:
         notes.append(f"run {out['run_id']}: no validation rows, so no temperature scaling")
+    elif cal.temperature_at_bound(temperature):
+        notes.append(f"run {out['run_id']}: the fitted temperature {temperature:.3g} is at the bound of its "
+                     "search range; the best temperature may lie beyond it")  # fmt: skip
 
     grid = np.linspace(0.0, 1.0, st.curve_points)
     curve_classes = [len(classes) - 1] if binary else list(range(len(classes)))
@@ -336,6 +343,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         "binning": f"{st.n_bins} equal-width bins on [0, 1]",
         "temperature": temperature,
         "fitted_on": st.val_split if temperature is not None else None,
+        "temperature_fitted_to": None if temperature is None else ("logits" if L is not None else "log-probabilities"),
         "reliability": cal.reliability(P, y, st.n_bins),
         "reliability_scaled": cal.reliability(P_ts, y, st.n_bins) if P_ts is not None else None,
         "scaled": {m: entry(f"scaled/{m}", m) for m in CALIBRATION_METRICS} if P_ts is not None else None,

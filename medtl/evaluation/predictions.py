@@ -9,6 +9,8 @@ One row per case and run. Columns:
 ``split``          ``train`` / ``val`` / ``test`` ...: val picks thresholds, test is reported
 ``label``          the true class NAME (classification) or a number (regression) (required)
 ``prob_<class>``   probability of each class, one column per class, summing to 1 per row
+``logit_<class>``  optional: the model's logit of each class (finite numbers; all classes or none);
+                   temperature scaling is fitted on them when present
 ``prediction``     the predicted value, regression only (instead of ``prob_*``)
 ``run_id``         one training run (model + seed + label fraction)
 ``strategy``       the transfer strategy that produced the run
@@ -22,8 +24,9 @@ columns filled for its rows (the others are empty for it). Missing optional colu
 (``split`` = test, ``strategy``/``task`` = "default", ``run_id`` = strategy + seed + fraction).
 
 The loader validates: probabilities are numbers in [0, 1] summing to 1 (within 1e-3), no NaN
-scores, labels among the task's classes, one row per case and run. Anything else is a MedtlError
-naming the file and the offending cases.
+scores, labels among the task's classes, one row per case and run; logits, when a run has them,
+are finite, one per class, and their softmax matches the probabilities (within 1e-3). Anything
+else is a MedtlError naming the file and the offending cases.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from medtl.errors import MedtlError
 __all__ = [
     "COLUMNS",
     "PROB_PREFIX",
+    "LOGIT_PREFIX",
     "TaskInfo",
     "PredictionAccumulator",
     "prob_column",
@@ -49,12 +53,15 @@ __all__ = [
     "write_predictions",
     "predictions_from_arrays",
     "probabilities",
+    "logit_matrix",
+    "logit_column",
     "label_indices",
 ]
 
 COLUMNS = ("case_id", "patient_id", "domain", "split", "label", "run_id", "strategy", "task", "seed")
 TEXT_COLUMNS = ("case_id", "patient_id", "domain", "split", "run_id", "strategy", "task")
 PROB_PREFIX = "prob_"
+LOGIT_PREFIX = "logit_"
 PREDICTION = "prediction"
 SUM_TOLERANCE = 1e-3
 RUN_KEY = ("task", "strategy", "run_id")
@@ -73,8 +80,16 @@ def prob_column(class_name: str) -> str:
     return f"{PROB_PREFIX}{class_name}"
 
 
+def logit_column(class_name: str) -> str:
+    return f"{LOGIT_PREFIX}{class_name}"
+
+
 def _prob_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if isinstance(c, str) and c.startswith(PROB_PREFIX)]
+
+
+def _logit_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if isinstance(c, str) and c.startswith(LOGIT_PREFIX)]
 
 
 def _cases(df: pd.DataFrame, mask, limit: int = 5) -> str:
@@ -140,7 +155,7 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
     if "label_fraction" in df:
         df["label_fraction"] = _numeric(df, "label_fraction", where)
     probs = _prob_columns(df)
-    for c in probs + ([PREDICTION] if PREDICTION in df else []):
+    for c in probs + _logit_columns(df) + ([PREDICTION] if PREDICTION in df else []):
         df[c] = _numeric(df, c, where)
 
     labels = df["label"].astype(object)
@@ -148,6 +163,9 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
         rows = df["task"] == task
         if info.kind == "regression":
             _check_regression(df, rows, task, where)
+            stray = [c for c in _logit_columns(df) if df.loc[rows, c].notna().any()]
+            if stray:
+                raise MedtlError(f"task {task!r} is a regression but has logit values in {', '.join(stray)}", where)
             continue
         cols = [prob_column(c) for c in info.classes]
         P = df.loc[rows, cols]
@@ -175,6 +193,7 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
             raise MedtlError(f"task {task!r}: labels {unknown[:10]} do not match the model's classes "
                              f"{list(info.classes)} (from the prob_ columns)", where)  # fmt: skip
         labels[rows] = names
+        _check_logits(df.loc[rows], info, task, where)
     df["label"] = labels
 
     dup = df.duplicated(list(RUN_KEY) + ["case_id"], keep=False)
@@ -194,6 +213,39 @@ def _check_same_classes(rows: pd.DataFrame, cols: list[str], task: str, where: s
     if len(set(names.values())) > 1:
         shown = "; ".join(f"run {r!r}: {list(n)}" for r, n in list(names.items())[:4])
         raise MedtlError(f"task {task!r}: runs disagree on the class names ({shown})", where)
+
+
+def _check_logits(rows: pd.DataFrame, info: TaskInfo, task: str, where: str) -> None:
+    """A run has a finite logit for every class on every row, or none at all; softmax = probabilities."""
+    wanted = [logit_column(c) for c in info.classes]
+    stray = [c for c in _logit_columns(rows) if c not in wanted and rows[c].notna().any()]
+    if stray:
+        raise MedtlError(f"task {task!r}: logit columns {stray} name no class of the task {list(info.classes)}", where)
+    present = [c for c in wanted if c in rows]
+    if not present or not rows[present].notna().any().any():
+        return
+    if len(present) < len(wanted):
+        missing = sorted(set(wanted) - set(present))
+        raise MedtlError(f"task {task!r}: logit columns for some classes only (missing {', '.join(missing)}); "
+                         "write one logit_<class> column per class or none", where)  # fmt: skip
+    L = rows[wanted]
+    has = L.notna().any(axis=1).groupby(rows["run_id"], sort=False)
+    for run, flags in has:
+        if flags.any() and not flags.all():
+            part = rows[rows["run_id"] == run]
+            raise MedtlError(f"task {task!r}, run {run!r}: logits for some cases but not for "
+                             f"{_cases(part, ~flags.to_numpy())}; a run has logits for all its cases or none", where)  # fmt: skip
+    filled = L.notna().any(axis=1)
+    z = L[filled].to_numpy(dtype=float)
+    bad = ~np.isfinite(z).all(axis=1)
+    if bad.any():
+        raise MedtlError(f"task {task!r}: NaN or infinite logits for cases {_cases(rows[filled], bad)}", where)
+    P = rows.loc[filled, [prob_column(c) for c in info.classes]].to_numpy(dtype=float)
+    off = np.abs(_softmax(z) - P).max(axis=1) > SUM_TOLERANCE
+    if off.any():
+        raise MedtlError(f"task {task!r}: softmax of the logit columns differs from the prob columns for cases "
+                         f"{_cases(rows[filled], off)}; write both from the same model output, in the same class "
+                         "order", where)  # fmt: skip
 
 
 def _label_name(v) -> str | None:
@@ -285,7 +337,7 @@ def predictions_from_arrays(
     *,
     class_names: Sequence[str] | None = None,
     prediction=None,
-    logits: bool = False,
+    logits=None,
     patient_ids: Sequence | None = None,
     domain: str | Sequence = "",
     split: str | Sequence = "test",
@@ -297,11 +349,30 @@ def predictions_from_arrays(
 ) -> pd.DataFrame:
     """Build a validated predictions table from arrays.
 
-    Classification: ``probs`` (n, K) probabilities (or logits with ``logits=True``) and
-    ``class_names`` (K names; default "0".."K-1"); ``labels`` are class names or indices into them.
-    Regression: ``prediction`` (n,) and numeric ``labels``. ``extra`` adds columns (scalars or arrays).
+    Classification: ``probs`` (n, K) probabilities and ``class_names`` (K names; default
+    "0".."K-1"); ``labels`` are class names or indices into them. ``logits`` (n, K), the model's
+    logits, are written as ``logit_<class>`` columns (temperature scaling is then fitted on them);
+    ``probs`` may then be omitted (softmax of the logits). ``logits=True`` (older form) means
+    ``probs`` holds logits. Regression: ``prediction`` (n,) and numeric ``labels``. ``extra`` adds
+    columns (scalars or arrays).
     """
     n = len(case_ids)
+    if isinstance(logits, (bool, np.bool_)):
+        logits, probs = (probs, None) if logits else (None, probs)
+    L = None
+    if logits is not None:
+        try:
+            L = np.asarray(logits, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise MedtlError(f"logits must be numbers ({err})", "logits") from err
+        if L.ndim != 2 or len(L) != n or L.shape[1] < 2:
+            raise MedtlError(f"logits must be (n_cases, n_classes) = ({n}, K >= 2), got {L.shape}", "logits")
+        if not np.isfinite(L).all():
+            raise MedtlError("logits hold NaN or infinite values", "logits")
+        if prediction is not None:
+            raise MedtlError("logits are for classification; a regression gives prediction only", "logits")
+        if probs is None:
+            probs = _softmax(L)
     df = pd.DataFrame({"case_id": [str(c) for c in case_ids]})
     df["patient_id"] = [None] * n if patient_ids is None else [None if p is None else str(p) for p in patient_ids]
     df["domain"] = domain
@@ -310,7 +381,8 @@ def predictions_from_arrays(
         P = np.asarray(probs, dtype=float)
         if P.ndim != 2 or len(P) != n:
             raise MedtlError(f"probs must be (n_cases, n_classes) = ({n}, K), got {P.shape}", "probs")
-        P = _softmax(P) if logits else P
+        if L is not None and L.shape != P.shape:
+            raise MedtlError(f"logits {L.shape} and probs {P.shape} differ in shape", "logits")
         names = [str(c) for c in (class_names if class_names is not None else range(P.shape[1]))]
         if len(names) != P.shape[1]:
             raise MedtlError(f"{len(names)} class names for {P.shape[1]} probability columns", "class_names")
@@ -323,6 +395,9 @@ def predictions_from_arrays(
             df["label"] = [str(v) for v in lab]
         for j, name in enumerate(names):
             df[prob_column(name)] = P[:, j]
+        if L is not None:
+            for j, name in enumerate(names):
+                df[logit_column(name)] = L[:, j]
     elif prediction is not None:
         df["label"] = np.asarray(labels, dtype=float)
         df[PREDICTION] = np.asarray(prediction, dtype=float)
@@ -338,6 +413,18 @@ def predictions_from_arrays(
 def probabilities(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     """The (n, K) probability matrix of ``classes`` in order."""
     return df[[prob_column(c) for c in classes]].to_numpy(dtype=float)
+
+
+def logit_matrix(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:
+    """The (n, K) logit matrix of ``classes`` in order, or None when these rows have no logits.
+
+    Validation guarantees a run's rows have logits for all classes or none; rows mixing runs with
+    and without them also give None (fall back to log-probabilities)."""
+    cols = [logit_column(c) for c in classes]
+    if not len(df) or not all(c in df for c in cols):
+        return None
+    L = df[cols].to_numpy(dtype=float)
+    return L if np.isfinite(L).all() else None
 
 
 def label_indices(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
@@ -367,11 +454,15 @@ class PredictionAccumulator:
         self.run_columns = run_columns  # run_id, strategy, task, seed, label_fraction ...
         self._frames: list[pd.DataFrame] = []
 
-    def update(self, case_ids, labels, probs=None, prediction=None, **columns) -> None:
-        """Add one batch; tensors are accepted (moved to CPU numpy)."""
+    def update(self, case_ids, labels, probs=None, prediction=None, logits=None, **columns) -> None:
+        """Add one batch; tensors are accepted (moved to CPU numpy).
+
+        With ``logits=True`` at construction, ``probs`` holds the logits; or pass ``logits`` here."""
         cols = {k: _numpy(v) if hasattr(v, "detach") else v for k, v in {**self.run_columns, **columns}.items()}
+        if self.logits and logits is None:
+            probs, logits = None, probs
         self._frames.append(predictions_from_arrays(
-            list(case_ids), _numpy(labels), _numpy(probs), prediction=_numpy(prediction), logits=self.logits,
+            list(case_ids), _numpy(labels), _numpy(probs), prediction=_numpy(prediction), logits=_numpy(logits),
             class_names=self.class_names, **cols,
         ))  # fmt: skip
 

@@ -12,6 +12,7 @@ from medtl.evaluation.predictions import (
     PredictionAccumulator,
     label_indices,
     load_predictions,
+    logit_matrix,
     predictions_from_arrays,
     probabilities,
     task_infos,
@@ -106,6 +107,8 @@ def test_accumulator_builds_the_table_from_tensor_batches():
     df = acc.to_frame()
     assert list(df["case_id"]) == ["a", "b", "c"] and list(df["label"]) == ["normal", "tumor", "tumor"]
     np.testing.assert_allclose(df[["prob_normal", "prob_tumor"]].sum(axis=1), 1.0)
+    # logits=True: the batches were logits, so they are kept as logit columns too
+    np.testing.assert_allclose(logit_matrix(df, ["normal", "tumor"]), [[2.0, -1.0], [0.0, 3.0], [0.5, 0.4]])
     assert df.loc[2, "patient_id"] == "p9" and df["run_id"].eq("ft-s0").all()
     with pytest.raises(MedtlError):
         PredictionAccumulator().to_frame()
@@ -116,3 +119,57 @@ def test_runs_with_different_class_names_are_refused():
     b = predictions_from_arrays(["a", "b"], [0, 1], [[0.8, 0.2], [0.3, 0.7]], class_names=["normal", "pos"], run_id="y")
     with pytest.raises(MedtlError, match="disagree on the class names"):
         validate_predictions(pd.concat([a, b], ignore_index=True))
+
+
+def _with_logits(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    L = rng.normal(0, 3, size=(n, 3))
+    P = np.exp(L) / np.exp(L).sum(axis=1, keepdims=True)
+    df = predictions_from_arrays(
+        [f"c{i}" for i in range(n)], rng.integers(0, 3, n), P, logits=L, class_names=["glioma", "meningioma", "none"],
+        split=["val", "test"] * (n // 2), run_id="r1", strategy="ft", task="t", seed=3,
+    )  # fmt: skip
+    return L, P, df
+
+
+def test_logit_columns_round_trip_and_match_the_probabilities(tmp_path):
+    L, P, df = _with_logits()
+    classes = ["glioma", "meningioma", "none"]
+    assert [c for c in df.columns if c.startswith("logit_")] == [f"logit_{c}" for c in classes]
+    back = load_predictions(write_predictions(df, tmp_path / "p.csv"))
+    np.testing.assert_allclose(logit_matrix(back, classes), L, rtol=1e-12)
+    np.testing.assert_allclose(logit_matrix(back, classes[::-1]), L[:, ::-1], rtol=1e-12)  # class order kept
+    np.testing.assert_allclose(probabilities(back, classes), P, rtol=1e-12)
+    # probs may be left out: they are the softmax of the logits
+    only = predictions_from_arrays(["a", "b"], [0, 1], logits=[[1.0, -1.0], [0.0, 30.0]])
+    np.testing.assert_allclose(probabilities(only, ["0", "1"])[0], [1 / (1 + np.exp(-2)), 1 / (1 + np.exp(2))])
+    assert logit_matrix(_table(), classes) is None  # no logit columns: None (fall back to log p)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.assign(**{c: np.where(d.index == 2, np.nan, d[c]) for c in d if c.startswith("logit_")}),
+         "logits for some cases but not for c2"),
+        (lambda d: d.assign(logit_none=np.where(d.index == 2, np.nan, d["logit_none"])), "NaN or infinite logits"),
+        (lambda d: d.assign(logit_none=np.nan), "NaN or infinite logits for cases c0"),  # a column left empty
+        (lambda d: d.assign(logit_none=np.inf), "NaN or infinite logits"),
+        (lambda d: d.drop(columns=["logit_none"]), "missing logit_none"),
+        (lambda d: d.assign(logit_tumour=0.0), "name no class"),
+        (lambda d: d.assign(logit_none=d["logit_none"] + 2.0), "softmax of the logit columns differs"),
+        (lambda d: d.rename(columns={"logit_none": "logit_glioma", "logit_glioma": "logit_none"}), "differs"),
+        (lambda d: d.assign(logit_none="x"), "non-numbers"),
+    ],
+)
+def test_bad_logit_columns_are_refused(change, message):
+    with pytest.raises(MedtlError, match=message):
+        validate_predictions(change(_with_logits()[2]))
+
+
+def test_predictions_from_arrays_checks_logits():
+    with pytest.raises(MedtlError, match="logits"):
+        predictions_from_arrays(["a", "b"], [0, 1], logits=[[0.0, np.nan], [1.0, 0.0]])
+    with pytest.raises(MedtlError, match="logits"):
+        predictions_from_arrays(["a", "b"], [0, 1], logits=[0.3, 0.2])  # one logit per case: not (n, K)
+    with pytest.raises(MedtlError, match="logits"):
+        predictions_from_arrays(["a", "b"], [0, 1], [[0.5, 0.5], [0.5, 0.5]], logits=np.zeros((2, 3)))
