@@ -43,6 +43,29 @@ def extras_from_args(args) -> dict:
             "gradcam": args.gradcam}  # fmt: skip
 
 
+HEADLINE = ("auroc", "sensitivity", "specificity", "balanced_accuracy", "accuracy", "mae", "r2")
+
+
+def fmt_metric(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "n/a" + (f" ({m['reason']})" if m and m.get("reason") else "")
+    ci = f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m.get("ci_low") is not None else ""
+    return f"{m['value']:.3f}{ci}"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per task and strategy: test size, the headline metrics with their intervals."""
+    level = f"{report['settings'].get('level', 0.95):.0%}"
+    lines = []
+    for task, t in report["tasks"].items():
+        for strategy, e in t["strategies"].items():
+            shown = "; ".join(f"{k} {fmt_metric(e['metrics'][k])}" for k in HEADLINE if k in e.get("metrics", {}))
+            thr = e.get("threshold") or {}
+            at = f", threshold {thr['value']:.4g} ({thr['rule']})" if thr.get("value") is not None else ""
+            lines.append(f"{task} / {strategy}: test n={e.get('n_test')}{at}, {level} CI: {shown}")
+    return lines
+
+
 def run(args) -> int:
     from dataclasses import replace
 
@@ -71,6 +94,8 @@ def run(args) -> int:
     report["sources"] = [str(p) for p in args.predictions]
     report["notes"] = notes + report["notes"]
     paths = render_report(report, args.out, **extras_from_args(args))
+    for line in summary_lines(report):
+        print(line)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")

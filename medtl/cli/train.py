@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HEADLINE = ("auroc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")
-
-
 def register(sub) -> None:
     p = sub.add_parser("train", help="train and score a classifier on your own folder or manifest (no YAML)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,13 +68,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _fmt(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "n/a" + (f" ({m['reason']})" if m and m.get("reason") else "")
-    ci = f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m.get("ci_low") is not None else ""
-    return f"{m['value']:.3f}{ci}"
-
-
 def run(args) -> int:
     from medtl.pipeline.train import next_commands, train_model
 
@@ -100,10 +90,12 @@ def run(args) -> int:
         t = r.threshold
         how = f"{t['rule']} on val (n={t.get('n')})" if t.get("chosen_on") else t.get("note", t["rule"])
         print(f"threshold: {t['value']:.4g} ({how}), stored in the model")
-    if r.test_metrics:
-        n_test = len(r.inputs.splits["test"])
-        shown = [f"{k} {_fmt(r.test_metrics.get(k))}" for k in HEADLINE if k in r.test_metrics]
-        print(f"test (n={n_test}, 95% CI): " + "; ".join(shown))
+    if r.report:
+        from medtl.cli.evaluate import summary_lines
+        from medtl.evaluation.evaluate import load_report
+
+        for line in summary_lines(load_report(r.report["json"])):
+            print(line)
     for note in r.notes:
         print(f"note: {note}")
     print(f"wrote {r.model} (model), {r.predictions} (predictions)"

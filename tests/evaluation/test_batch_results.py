@@ -1,0 +1,102 @@
+"""medtl predict's results.csv read as a predictions table (medtl.evaluation.batch_results)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from medtl.cli import main
+from medtl.data.manifest import Manifest, ManifestRow
+from medtl.errors import MedtlError
+from medtl.evaluation.batch_results import is_batch_results, read_batch_results
+
+COLUMNS = ["case_id", "source", "status", "error", "predicted_label", "probabilities", "prob_no", "prob_yes",
+           "threshold", "model_name", "model_version", "label", "split"]
+
+
+def _results(tmp_path, rows, names=None, name="results.csv"):
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if names:
+        df = df.rename(columns=names)
+    path = tmp_path / name
+    df.to_csv(path, index=False)
+    return path
+
+
+def _row(case, source, p_yes, status="ok", label="", split="", thr=0.3):
+    ok = status == "ok"
+    return [case, source, status, "" if ok else "unreadable DICOM header", ("yes" if p_yes >= thr else "no") if ok else "",
+            json.dumps({"no": 1 - p_yes, "yes": p_yes}) if ok else "", 1 - p_yes if ok else "", p_yes if ok else "",
+            thr, "medtl-resnet10-mri2d", "abc123", label, split]
+
+
+def _manifest(tmp_path, rows):
+    m = Manifest([ManifestRow(p, lab, f"pat-{p}", "site", split, "mri2d") for p, lab, split in rows], ["no", "yes"])
+    return m.save(tmp_path / "labels.csv")
+
+
+def test_labels_and_splits_come_from_the_manifest_by_source_path_and_suffix(tmp_path):
+    path = _results(tmp_path, [
+        _row("file-1", "yes/a.jpg", 0.9),        # the manifest's path exactly
+        _row("file-2", "no/b.jpg", 0.2),         # matches brain/no/b.jpg by its end
+        _row("1.2.3", "series7/0001.dcm", 0.4),  # a DICOM series: the manifest names its folder
+        _row("file-4", "other/x.jpg", 0.5),      # in no manifest row
+        _row("file-5", "bad.dcm", 0.0, status="error"),
+    ])
+    labels = _manifest(tmp_path, [("yes/a.jpg", "yes", "test"), ("brain/no/b.jpg", "no", "val"),
+                                  ("study/series7", "yes", "test")])
+    assert is_batch_results(path)
+    res = read_batch_results(path, labels=labels)
+    t = res.table.set_index("case_id")
+    assert list(t.index) == ["file-1", "file-2", "1.2.3"]
+    assert t.loc["file-2", "label"] == "no" and t.loc["file-2", "split"] == "val"
+    assert t.loc["1.2.3", "label"] == "yes" and t.loc["1.2.3", "patient_id"] == "pat-study/series7"
+    assert (res.n_rows, res.n_skipped, res.threshold) == (5, 1, 0.3)
+    assert "1 of 5 rows" in res.notes[0] and "file-5: unreadable DICOM header" in res.notes[0]
+    assert "1 of 4 rows are not in the labels manifest labels.csv" in res.notes[1]
+    assert "probabilities" not in res.table and set(res.table["run_id"]) == {"medtl-resnet10-mri2d abc123"}
+
+
+def test_old_column_names_key_and_prediction_are_read(tmp_path):
+    path = _results(tmp_path, [_row("a", "a.jpg", 0.9, label="yes"), _row("b", "b.jpg", 0.1, label="no")],
+                    names={"case_id": "key", "predicted_label": "prediction"})
+    table = read_batch_results(path).table
+    assert list(table["case_id"]) == ["a", "b"] and list(table["predicted_label"]) == ["yes", "no"]
+    assert "prediction" not in table  # the evaluation reads a 'prediction' column as a regression output
+
+
+def test_refusals_name_the_file_and_the_reason(tmp_path):
+    unlabelled = _results(tmp_path, [_row("a", "a.jpg", 0.9)])
+    with pytest.raises(MedtlError, match=r"results.csv: the results have no labels.*--labels"):
+        read_batch_results(unlabelled)
+    labels = _manifest(tmp_path, [("elsewhere/z.jpg", "yes", "test")])
+    with pytest.raises(MedtlError, match=r"no row matches a path of the labels manifest labels.csv"):
+        read_batch_results(unlabelled, labels=labels)
+    failed = _results(tmp_path, [_row("a", "a.jpg", 0.9, status="error")], name="failed.csv")
+    with pytest.raises(MedtlError, match=r"failed.csv: no rows with status ok \(of 1\)"):
+        read_batch_results(failed)
+    (tmp_path / "plain.csv").write_text("case_id,label,prob_no,prob_yes\na,yes,0.1,0.9\n")
+    assert not is_batch_results(tmp_path / "plain.csv")
+
+
+def test_evaluate_cli_uses_the_models_threshold_without_validation_rows(tmp_path, capsys):
+    rows = [_row(f"c{i}", f"{i}.jpg", p, label=lab) for i, (p, lab) in
+            enumerate([(0.9, "yes"), (0.35, "yes"), (0.25, "yes"), (0.2, "no"), (0.1, "no"), (0.32, "no")])]
+    rows.append(_row("c9", "9.dcm", 0, status="error", label="no"))
+    path = _results(tmp_path, rows)
+    assert main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / "rep"), "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "6 of 7 rows evaluated (1 skipped: status not ok)" in out
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    entry = next(iter(report["tasks"]["label"]["strategies"].values()))
+    assert entry["threshold"]["rule"] == "model" and entry["threshold"]["value"] == pytest.approx(0.3)
+    # at 0.3: yes 0.9, 0.35 called positive, 0.25 missed; no 0.32 a false positive
+    assert entry["metrics"]["sensitivity"]["value"] == pytest.approx(2 / 3)
+    assert entry["metrics"]["specificity"]["value"] == pytest.approx(2 / 3)
+    assert any("status other than ok" in n for n in report["notes"])
+    assert report["sources"] == [str(path)]
+    # --labels belongs to results.csv; a plain predictions table is refused with it
+    (tmp_path / "plain.csv").write_text("case_id,label,prob_no,prob_yes\na,yes,0.1,0.9\nb,no,0.8,0.2\n")
+    assert main(["evaluate", "--predictions", str(tmp_path / "plain.csv"), "--labels", str(path),
+                 "--out", str(tmp_path / "r2")]) == 2
+    assert "--labels is for medtl predict's results.csv" in capsys.readouterr().err
