@@ -287,7 +287,8 @@ def train_model(
     pred_path = write_predictions(pd.concat(tables, ignore_index=True), out / "predictions.csv") if tables else None
     report_paths, headline = None, {}
     if "test" in outputs:
-        report_paths = make_report(pred_path, out, settings=settings, metrics_log=out / "metrics.jsonl")
+        curves = out / "metrics.jsonl" if len(result.train.history) > 1 else None  # one epoch draws no curve
+        report_paths = make_report(pred_path, out, settings=settings, metrics_log=curves)
         report = load_report(report_paths["json"])
         entry = report["tasks"][TASK_NAME]["strategies"][STRATEGY]
         headline = entry.get("metrics") or {}

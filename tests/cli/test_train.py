@@ -1,0 +1,140 @@
+"""medtl train on a folder of real images, then the commands it prints: predict -> evaluate.
+
+Tiny on purpose (24 images, 32 px, one epoch): what is tested is the chain of files, not accuracy.
+"""
+
+import json
+import shlex
+import shutil
+
+import pytest
+import torch
+
+from medtl.cli import main
+from medtl.data.manifest import Manifest
+
+FAST = ["--image-size", "32", "--epochs", "1", "--batch-size", "8", "--arch", "resnet10", "--n-boot", "50",
+        "--no-progress"]
+
+
+def _copy(src, dst, labels, start, n):
+    for label in labels:
+        (dst / label).mkdir(parents=True, exist_ok=True)
+        for f in sorted((src / label).iterdir())[start:start + n]:
+            shutil.copy(f, dst / label / f.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    tmp = tmp_path_factory.mktemp("own")
+    folder = _copy(data_root / "mri2d_yesno" / "images", tmp / "brain", ("no_tumor", "tumor"), 0, 12)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        import io
+        from contextlib import redirect_stdout
+
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            code = main(["train", "--train", str(folder), "--out", str(tmp / "run"), *FAST])
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+    return tmp, folder, buf.getvalue()
+
+
+def test_train_writes_a_deployable_model_a_report_and_the_next_commands(trained):
+    tmp, folder, out = trained
+    run = tmp / "run"
+    for name in ("model.pt", "manifest.csv", "manifest.meta.json", "predictions.csv", "report.html", "report.json"):
+        assert (run / name).exists(), name
+    meta = torch.load(run / "model.pt", weights_only=True)["meta"]
+    assert meta["task"] == "binary" and meta["task_name"] == "label"
+    assert meta["label_names"] == ["no_tumor", "tumor"]
+    assert meta["intensity"]["preset"] == "mri2d" and meta["intensity"]["image_size"] == 32
+    assert meta["precision"] == "auto"
+    report = json.loads((run / "report.json").read_text())
+    entry = report["tasks"]["label"]["strategies"]["full"]
+    # the threshold in the model is the one the report applied: chosen on val by the same rule
+    assert entry["threshold"]["rule"] == "youden" and entry["threshold"]["chosen_on"] == "val"
+    assert meta["threshold"] == pytest.approx(entry["threshold"]["value"])
+    assert entry["metrics"]["auroc"]["ci_low"] is not None
+    m = Manifest.load(run / "manifest.csv")
+    assert m.recorded_root == folder.resolve() and len(m) == 24
+    assert entry["n_test"] == len(m.select(split="test"))
+    assert f"label / full: test n={entry['n_test']}" in out and "auroc" in out
+    assert f"medtl predict --model {run / 'model.pt'} --input {folder}" in out
+
+
+def test_the_printed_predict_and_evaluate_commands_score_the_same_test_images(trained, capsys):
+    tmp, folder, out = trained
+    commands = [line.strip() for line in out.splitlines() if line.strip().startswith("medtl ")]
+    assert [c.split()[1] for c in commands] == ["predict", "evaluate"]
+    # a file the model cannot read, added after training: predict gives it an error row, evaluate skips it
+    (folder / "tumor" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    try:
+        assert main([*shlex.split(commands[0])[1:], "--no-progress"]) == 0
+        results = tmp / "run" / "predict" / "results.csv"
+        header = results.read_text().splitlines()[0].split(",")
+        assert "case_id" in header and "predicted_label" in header  # the predictions table's names
+        capsys.readouterr()
+        assert main([*shlex.split(commands[1])[1:], "--n-boot", "50"]) == 0
+    finally:
+        (folder / "tumor" / "broken.jpg").unlink()
+    printed = capsys.readouterr().out
+    assert "24 of 25 rows evaluated (1 skipped: status not ok)" in printed
+    ours = json.loads((tmp / "run" / "report.json").read_text())["tasks"]["label"]["strategies"]["full"]
+    theirs = json.loads((tmp / "run" / "predict" / "report" / "report.json").read_text())["tasks"]["label"]
+    (theirs,) = theirs["strategies"].values()
+    # the manifest's splits came along: the same test images, the same threshold rule, the same numbers
+    assert theirs["n_test"] == ours["n_test"]
+    assert theirs["threshold"]["value"] == pytest.approx(ours["threshold"]["value"], abs=1e-5)
+    for k in ("auroc", "sensitivity", "specificity"):
+        assert theirs["metrics"][k]["value"] == pytest.approx(ours["metrics"][k]["value"], abs=1e-6), k
+
+
+def test_train_from_a_checkpoint_with_a_test_folder_under_its_own_root(trained, data_root, one_torch_thread, capsys):
+    tmp, folder, _ = trained
+    other = _copy(data_root / "mri2d_yesno" / "images", tmp / "site_b", ("no_tumor", "tumor"), 40, 3)
+    out = tmp / "from_init"
+    # the manifest written by the first run finds its images through the root it records
+    assert main(["train", "--train", str(tmp / "run" / "manifest.csv"), "--test", str(other),
+                 "--init", str(tmp / "run" / "model.pt"), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert f"test manifest: {out / 'test_manifest.csv'} (root {other.resolve()})" in printed
+    meta = torch.load(out / "model.pt", weights_only=True)["meta"]
+    assert meta["init_weights"] == str(tmp / "run" / "model.pt")
+    assert meta["hparams"]["lr"] == 1e-4  # the gentler default when starting from trained weights
+    assert meta["intensity"]["image_size"] == 32
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"]["label"]["strategies"]["full"]["n_test"] == 6  # the whole separate test set
+
+
+def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path, capsys):
+    tmp, folder, _ = trained
+    m = Manifest.load(tmp / "run" / "manifest.csv")
+    m.save(tmp_path / "mine.csv", data_root=tmp_path)  # the wrong root recorded
+    assert main(["train", "--train", str(tmp_path / "mine.csv"), "--out", str(tmp_path / "o"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"mine.csv (root {tmp_path.resolve()}): " in err and "file not found" in err
+    assert not (tmp_path / "o" / "last.pt").exists()  # nothing trained
+    wrong = _copy(folder, tmp_path / "wrong", ("tumor",), 0, 2)
+    (wrong / "glioma").mkdir()
+    shutil.copy(next((wrong / "tumor").iterdir()), wrong / "glioma" / "x.jpg")
+    assert main(["train", "--train", str(tmp / "run" / "manifest.csv"), "--test", str(wrong),
+                 "--out", str(tmp_path / "o2"), *FAST]) == 2
+    assert "test labels ['glioma'] are not among the training labels ['no_tumor', 'tumor']" in capsys.readouterr().err
+
+
+def test_help_is_plain_text_and_gives_every_default():
+    import argparse
+
+    from medtl.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices["train"]
+    assert "`" not in parser.format_help()
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            assert "default" in action.help or "required" in action.help, action.option_strings
