@@ -1,6 +1,9 @@
 """medtl: transfer learning and domain adaptation for medical imaging."""
 
 from medtl.errors import MedtlError
+from medtl.runtime import configure_threads
+
+configure_threads()  # before anything imports torch: pools sized to this process's CPUs, no spin-waiting
 
 __version__ = "0.1.0"
 __all__ = ["MedtlError", "__version__"]

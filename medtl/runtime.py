@@ -1,0 +1,63 @@
+"""Thread pools sized to the CPUs this process may use, and polite on a shared machine.
+
+Two defaults of the CPU stack make a busy machine collapse rather than slow down: OpenMP worker threads
+spin while waiting for work (GNU libgomp's active wait policy), so with more runnable threads than cores
+each parallel region waits for spinning threads that hold the cores; and the pool is sized from the
+machine's cores, not from the process's CPU affinity or its cgroup quota (a container limited to 2 CPUs
+on a 64-core host would start 64 threads). Measured on the 2-core development machine under load 14:
+a resnet10 forward pass took 2.6 s with the defaults and 0.64 s with a passive wait policy.
+
+``configure_threads`` runs when medtl is imported. It only fills in what the user has not set
+(``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS``), so both can be overridden from the environment. The wait
+policy takes effect only if torch is first imported after medtl (OpenMP reads it at start-up).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+
+def cgroup_cpu_limit(cpu_max: str | None) -> int | None:
+    """CPUs allowed by a cgroup v2 ``cpu.max`` line ("max 100000" or "<quota> <period>"), rounded up."""
+    if not cpu_max:
+        return None
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by its cgroup's CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    try:
+        limit = cgroup_cpu_limit(Path("/sys/fs/cgroup/cpu.max").read_text())
+    except OSError:
+        limit = None
+    return max(1, min(n, limit or n))
+
+
+def configure_threads() -> int:
+    """Size and calm the thread pools (see the module docstring); returns the thread count chosen."""
+    n = usable_cpus()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if n < (os.cpu_count() or n):
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    try:
+        threads = int(os.environ.get("OMP_NUM_THREADS") or n)
+    except ValueError:  # e.g. a nested-parallelism list "4,2": leave it to OpenMP
+        return n
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() > threads:  # imported before medtl: resize its pool
+        torch.set_num_threads(threads)
+    return threads
