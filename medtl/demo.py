@@ -14,6 +14,8 @@ from pathlib import Path
 from medtl.data.build import build_manifest
 from medtl.data.check import check_manifest
 from medtl.data.synthetic import write_synthetic_source
+from medtl.errors import MedtlError
+from medtl.progress import format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def make_demo_data(out: Path, seed: int = 0, n_source: int = 120, n_target: int 
         manifests[name] = manifest.save(out / "manifests" / f"{name}.csv")
         report = check_manifest(manifest, data)
         if not report.ok:
-            raise RuntimeError(report.render())
+            raise MedtlError(f"generated data failed its check:\n{report.render()}", manifest.source)
         print(report.render())
     return manifests
 
@@ -42,6 +44,7 @@ DEMO_PIPELINE = """\
 # The demo pipeline: synthetic chest-X-ray-like source -> synthetic brain-MRI-like 2D target.
 name: demo
 description: medtl demo on generated data (chest-X-ray-like source, brain-MRI-like 2D target)
+synthetic: true  # the report says so at its top
 seeds: [0, 1]
 source: {manifest: manifests/cxr_synthetic.csv, image_size: 64}
 pretrain: {mode: supervised, epochs: 4, batch_size: 16, lr: 0.002}
@@ -61,19 +64,21 @@ evaluation: {bootstrap: 500}
 """
 
 
-def run_demo(out: str | Path = "medtl-demo", seed: int = 0) -> Path:
+def run_demo(out: str | Path = "medtl-demo", seed: int = 0, progress: bool = True) -> Path:
     """Generate the data, run the demo pipeline (resumable) and return its HTML report's path."""
     from medtl.pipeline import run_pipeline
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedtlError("--out must be a folder", out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not (out / "manifests" / "mri2d_synthetic.csv").exists():
         make_demo_data(out, seed)
     config = out / "demo.yaml"
     config.write_text(DEMO_PIPELINE)
-    html = run_pipeline(config, out / "data", out / "run")
+    html = run_pipeline(config, out / "data", out / "run", progress=progress)
     seconds = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps({"report": str(html), "seconds": round(seconds, 1)}, indent=2) + "\n")
-    print(f"demo finished in {seconds:.0f} s; open {html}")
+    print(f"demo finished in {format_seconds(seconds)} (data generation included); open {html}")
     return html

@@ -13,10 +13,12 @@ def register(sub) -> None:
 
     build = msub.add_parser("build", help="make a manifest with a patient-level stratified split")
     build.add_argument("--from", dest="source", required=True, help="<root>/<label>/<file> folder or raw manifest.csv")
-    build.add_argument("--data-root", type=Path, default=None, help="folder manifest paths are relative to")
+    build.add_argument("--data-root", type=Path, default=None, help="folder the manifest's paths are relative to "
+                       "(default: $MEDTL_DATA_ROOT or ../shared/data)")
     build.add_argument("--out", type=Path, required=True, help="manifest CSV to write (plus .meta.json)")
-    build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
+    build.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    build.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
+                       help="split fractions of the patients")
     build.add_argument("--domain", help="domain/site name (default: the source folder's name)")
     build.add_argument("--modality", choices=["cxr", "mri2d", "mri3d"], help="default: guessed from folder and files")
     build.add_argument("--unlabelled", action="store_true", help="the source has no diagnostic labels")
@@ -34,8 +36,9 @@ def register(sub) -> None:
     build.set_defaults(func=run_build)
 
     check = msub.add_parser("check", help="validate a manifest; exit status 0 only when valid")
-    check.add_argument("manifest", type=Path)
-    check.add_argument("--data-root", type=Path, default=None)
+    check.add_argument("manifest", type=Path, help="manifest CSV to check")
+    check.add_argument("--data-root", type=Path, default=None, help="folder the manifest's paths are relative to "
+                       "(default: $MEDTL_DATA_ROOT or ../shared/data)")
     check.add_argument("--labels", help="comma-separated declared label set (default: the manifest's .meta.json)")
     check.set_defaults(func=run_check)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,13 +13,14 @@ def register(sub) -> None:
         help="rank source/encoder/strategy options for a target from similarity and transferability scores",
         description="CANDIDATES is a JSON file: {\"target\": {...}, \"candidates\": [{\"source\", \"encoder\", "
         "\"strategy\", \"scores\": {metric: value}} or {..., \"assessment\": \"similarity.json\"}]} "
-        "(an assessment path, relative to the file, is a `medtl similarity --json` output).",
+        "(an assessment path, relative to the file, is a similarity.json written by medtl similarity --out DIR).",
     )
-    p.add_argument("candidates", type=Path)
+    p.add_argument("candidates", type=Path, help="candidates JSON file (format above)")
     p.add_argument("--target", type=Path, help="JSON target description (overrides the file's 'target')")
     p.add_argument("--weight", action="append", default=[], metavar="METRIC=W",
                    help="metric weight, repeatable (replaces the default weights)")
-    p.add_argument("--json", type=Path, help="write the recommendation record")
+    p.add_argument("--out", type=Path, metavar="DIR", help="folder to write recommendation.json into")
+    p.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # deprecated: --out DIR
     p.set_defaults(func=run)
 
 
@@ -56,6 +58,7 @@ def load_candidates(path: Path) -> tuple[dict, list[dict]]:
 
 
 def run(args) -> int:
+    from medtl.cli import output_file
     from medtl.errors import MedtlError
     from medtl.similarity.recommend import recommend
 
@@ -80,7 +83,8 @@ def run(args) -> int:
         print(f" -  {e['key']:<40} excluded: {e['reason']}")
     print()
     print(record["explanation"])
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    path = output_file(args.out, args.json, "recommendation.json")
+    if path is not None:
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {path}")
     return 0

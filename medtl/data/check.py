@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from medtl.data import duplicates, io
 from medtl.data.manifest import MODALITIES, SPLITS, Manifest, ManifestRow
@@ -27,8 +26,10 @@ class ScannedFile:
 
 def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading") -> list[ScannedFile]:
     """Open every file once: its path check, content hash and thumbnail, or the reason it failed."""
+    from medtl.progress import bar
+
     out = []
-    for row in tqdm(rows, desc=desc, unit="file", leave=False, mininterval=1.0):
+    for row in bar(rows, desc=desc, unit="file", leave=False):
         try:
             full = resolve_inside(data_root, row.path, row.path)
             image = io.read(full)
@@ -62,6 +63,17 @@ def near_copy_groups(scanned: list[ScannedFile]) -> np.ndarray:
     if pairs:
         groups = duplicates.connected_groups(len(scanned), pairs)
     return groups
+
+
+WRONG_ROOT_FRACTION = 0.5  # more missing than this: the data root is wrong rather than the files
+
+
+def wrong_root_hint(n_missing: int, n_total: int, data_root: str | Path) -> str | None:
+    """One line naming the root and suggesting --data-root when most of a manifest's files are missing."""
+    if not n_total or n_missing / n_total <= WRONG_ROOT_FRACTION:
+        return None
+    return (f"{n_missing} of {n_total} files are missing under the data root {data_root}: is that the folder the "
+            "manifest's paths are relative to? Pass --data-root DIR (or set MEDTL_DATA_ROOT)")
 
 
 @dataclass
@@ -139,6 +151,12 @@ def check_manifest(
     split_named = sorted(g for g, s in splits_of_named.items() if len(s) > 1)
     add(report.errors, split_named, f"recorded near-copy group(s) split across splits: {len(split_named)}")
 
+    # a wrong root makes every file "missing": say that in one line instead of listing them (cheap: no reads)
+    absent = sum(not (data_root / r.path.split(io.ARRAY_MEMBER)[0]).exists() for r in manifest)
+    hint = wrong_root_hint(absent, len(manifest), data_root)
+    if hint:
+        report.errors.append(hint)
+        return report
     if scanned is None or len(scanned) != len(manifest):  # a build passes the scan it already made
         scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}")
     unreadable = [f"{r.path} ({s.error})" for r, s in zip(manifest, scanned) if s.error]

@@ -3,14 +3,16 @@
 A pipeline names its source data and pretraining, its target data and tasks, the encoder and how it
 is lifted, the transfer strategies, label fractions and seeds. ``profiles`` hold overrides merged
 over the base config (``quick`` for CI, ``cpu`` for 2-core runs; the base is sized for one GPU).
-Unknown keys and wrong types are refused with the key's dotted path named.
+Unknown keys and wrong types are refused with the key's dotted path named (an unknown key with the
+nearest known one: "did you mean").
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -92,10 +94,21 @@ class EvaluationSpec(Strict):
     bootstrap: int = 1000
     threshold_rule: str = "youden"
 
+    @field_validator("threshold_rule")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        # checked here, not after training: the report stage would be the first to refuse it
+        if v != "youden":
+            raise ValueError(f"{v!r} is not available in a pipeline: only 'youden' (the rules 'sensitivity' and "
+                             "'specificity' need a target, which a pipeline cannot set; apply them afterwards with "
+                             "medtl evaluate --predictions RUN/predictions.csv --threshold-rule sensitivity --target 0.9)")
+        return v
+
 
 class PipelineConfig(Strict):
     name: str
     description: str = ""
+    synthetic: bool = False  # the images are generated (medtl.data.synthetic), not patients': the report says so
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     source: DataSpec
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
@@ -152,7 +165,48 @@ def load_pipeline(path: str | Path, profile: str | None = None) -> PipelineConfi
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise MedtlError(f"config key {key!r}: {first['msg']} ({len(err.errors())} problem(s) in all)", path) from None
+        problems = [_problem(e) for e in err.errors()]
+        shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
+        more = f"\n  (+{len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+        where = f"{path} (profile {profile})" if profile not in (None, "default") else path
+        raise MedtlError(f"{len(problems)} problem(s) in the config:\n  {shown}{more}", where) from None
     return config
+
+
+MAX_PROBLEMS_SHOWN = 10
+
+
+def _problem(error: dict) -> str:
+    """One validation error as a line naming the dotted key; an unknown key gets the nearest known one."""
+    loc = error["loc"]
+    if error["type"] != "extra_forbidden":
+        return f"{_dotted(loc)}: {error['msg'].removeprefix('Value error, ')}"
+    known = _known_keys(loc[:-1])
+    close = closest(str(loc[-1]), known)
+    hint = f"did you mean {_dotted((*loc[:-1], close))!r}?" if close else f"known keys here: {', '.join(known)}"
+    return f"{_dotted(loc)}: unknown key; {hint}"
+
+
+def closest(word: str, known) -> str | None:
+    """The known name a misspelt ``word`` most likely meant (for "did you mean"), or None."""
+    match = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _dotted(loc) -> str:
+    """``('strategies', 0, 'hparam')`` -> ``strategies[0].hparam``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """Field names of the config section at ``loc`` (list indices and dict keys step into the item type)."""
+    model: Any = PipelineConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue  # the item of a list: the annotation was unwrapped below
+        annotation = model.model_fields[part].annotation
+        while get_args(annotation) and not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            annotation = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
+                              get_args(annotation)[-1])
+        model = annotation
+    return list(model.model_fields)

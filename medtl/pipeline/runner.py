@@ -36,6 +36,7 @@ from medtl.data.manifest import Manifest, stratified_sample
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, load_pipeline
+from medtl.progress import bar, format_seconds, logs_above_bars
 
 log = logging.getLogger(__name__)
 STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
@@ -104,6 +105,7 @@ class Context:
         self.datasets: dict[tuple, Any] = {}  # see _dataset
         self.manifests: dict[Path, Manifest] = {}  # see load
         self.tick: Callable[[], None] = lambda: None  # records the running stage's time so far (run_pipeline sets it)
+        self.progress = True  # one progress bar per long stage (run_pipeline's progress argument)
 
     def manifest_path(self, spec: DataSpec, key: str) -> Path:
         path = Path(spec.manifest)
@@ -166,11 +168,39 @@ def modality_of(m: Manifest, spec: DataSpec) -> str:
 # ----------------------------------------------------------------------------- stages
 
 
-def stage_prepare(ctx: Context) -> dict:
-    cfg = ctx.config
-    missing = []
+def check_before_run(ctx: Context) -> None:
+    """Every cheap check of a run, made before anything is written or trained: the output folder, the
+    manifests and their files, strategy names and hyper-parameters, task columns, label sets and lifts."""
+    from medtl.data.check import wrong_root_hint
+    from medtl.pipeline.config import closest
+    from medtl.strategies.base import STRATEGIES, get_strategy
+
+    cfg, where = ctx.config, ctx.config_path
+    if ctx.out.exists() and not ctx.out.is_dir():
+        raise MedtlError("--out must be a folder (the run folder), not a file", ctx.out)
+    if ctx.out.is_dir() and any(ctx.out.iterdir()) and not (ctx.out / "stages.json").exists():
+        raise MedtlError("--out is a folder with other files and no stages.json (not a medtl run folder): "
+                         "choose a new or empty folder", ctx.out)
+    for i, spec in enumerate(cfg.strategies):
+        try:
+            cls = get_strategy(spec.name)
+        except MedtlError:
+            guess = closest(spec.name, STRATEGIES)
+            raise MedtlError(f"unknown strategy {spec.name!r}" + (f"; did you mean {guess!r}?" if guess else "")
+                             + f" (known: {', '.join(sorted(STRATEGIES))})", f"{where}: strategies[{spec.display}]") from None
+        for key in sorted(set(spec.hparams) - set(cls.DEFAULTS)):
+            guess = closest(key, cls.DEFAULTS)
+            raise MedtlError(f"unknown hyper-parameter {key!r} for {spec.name}"
+                             + (f"; did you mean {guess!r}?" if guess else "")
+                             + f" (known: {', '.join(sorted(cls.DEFAULTS))})", f"{where}: strategies[{i}].hparams")
+    if cfg.pretrain.checkpoint:
+        src = Path(cfg.pretrain.checkpoint)
+        if not (src if src.is_absolute() else ctx.base / src).exists():
+            raise MedtlError(f"pretrained checkpoint {src} not found", f"{where}: pretrain.checkpoint")
+    missing, total = [], 0
     for key, spec in (("source", cfg.source), ("target", cfg.target)):
         m = ctx.manifest(spec, key)
+        total += len(m)
         for r in m:
             try:
                 p = resolve_inside(ctx.data_root, r.path, f"{m.source}")
@@ -179,17 +209,32 @@ def stage_prepare(ctx: Context) -> dict:
                 continue
             if not Path(str(p).split(ARRAY_MEMBER)[0]).exists():  # an .npz member: its archive
                 missing.append(r.path)
-    for spec in cfg.strategies:
-        from medtl.strategies import get_strategy
-
-        try:
-            get_strategy(spec.name)
-        except MedtlError as err:
-            raise MedtlError(err.reason, f"{ctx.config_path}: strategies[{spec.display}]") from None
+    hint = wrong_root_hint(len(missing), total, ctx.data_root)
+    if hint:
+        raise MedtlError(hint, f"{where}: data root")
     if missing:
         shown = "\n  ".join(missing[:20]) + (f"\n  (+{len(missing) - 20} more)" if len(missing) > 20 else "")
         raise MedtlError(f"{len(missing)} file(s) named by the manifests are missing under the data root:\n  {shown}",
                          ctx.data_root)
+    target = ctx.manifest(cfg.target, "target")
+    for i, task in enumerate(cfg.tasks):
+        if task.label_column != "label" and target.rows and task.label_column not in target.rows[0].extras:
+            columns = ["label", *target.rows[0].extras]
+            guess = closest(task.label_column, columns)
+            raise MedtlError(f"the target manifest has no column {task.label_column!r}"
+                             + (f"; did you mean {guess!r}?" if guess else "") + f" (columns: {', '.join(columns)})",
+                             f"{where}: tasks[{i}].label_column")
+    _heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
+    if modality_of(target, cfg.target) == "mri3d":
+        for spec in cfg.strategies:
+            if spec.pretrained and (spec.lift or cfg.encoder.lift or "none") == "none":
+                raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; set "
+                                 "encoder.lift or the strategy's lift, or pretrained: false for a 3D network from "
+                                 "scratch", f"{where}: strategies[{spec.display}]")
+
+
+def stage_prepare(ctx: Context) -> dict:
+    cfg = ctx.config
     (ctx.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     env = {
         "medtl": __import__("medtl").__version__,
@@ -237,16 +282,21 @@ def stage_pretrain(ctx: Context) -> dict:
         m, ctx.data_root, out, mode=cfg.pretrain.mode, preset=modality, image_size=size, arch=cfg.encoder.arch,
         stem_stride=cfg.encoder.stem_stride, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
         lr=cfg.pretrain.lr, kl_weight=cfg.pretrain.kl_weight, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
-        device=cfg.train.device, progress=_interactive(),
+        device=cfg.train.device, progress=ctx.progress,
     )
     return {"checkpoint": str(result.path), "metrics": result.metrics}
 
 
+_INNER_BARS = True  # run_pipeline turns them off with progress=False
+
+
 def _interactive() -> bool:
-    """Per-epoch progress bars only on a terminal; logs get the job-level bar and stage lines."""
+    """Per-epoch bars inside a transfer job only on a terminal (not a notebook, not a log), below the job bar."""
     import sys
 
-    return sys.stderr.isatty()
+    from medtl.progress import in_notebook
+
+    return _INNER_BARS and sys.stderr.isatty() and not in_notebook()
 
 
 def _pretrained_encoder(ctx: Context):
@@ -335,18 +385,23 @@ def stage_similarity(ctx: Context) -> dict:
     t_mod = modality_of(target, cfg.target)
     dims = 3 if t_mod == "mri3d" else 2
     results, feats = {}, {}
+    steps = bar(total=6, desc="similarity", unit="step", enabled=ctx.progress)  # 2 encoders x (source, target, scores)
     for enc_name, pretrained in (("pretrained", True), ("random_init", False)):
         torch.manual_seed(0)
         encoder = _encoder_for(ctx, 2, "none", pretrained)
         f_src = extract_features(encoder, _dataset(ctx, source, cfg.source, False))
+        steps.update()
         # a 3D target is compared through the 2.5D view: the same 2D features, averaged over slices
         t_encoder = _encoder_for(ctx, 3, "2.5d", pretrained) if dims == 3 else encoder
         f_tgt = extract_features(t_encoder, _dataset(ctx, target_train, cfg.target, False, task))
+        steps.update()
         labels = f_tgt["labels"] if task.kind == "classification" and not cfg.unlabelled_target else None
         result = assess(f_src["features"], f_tgt["features"], labels, seed=0)
+        steps.update()
         results[enc_name] = result
         feats[enc_name] = (f_src["features"], f_tgt["features"])
         (out / f"{enc_name}.md").write_text(to_table(result, markdown=True) + "\n")
+    steps.close()
     src_f, tgt_f = feats["pretrained"]
     np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
                         domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
@@ -421,13 +476,11 @@ def _heterogeneous(ctx: Context) -> bool:
 
 
 def stage_transfer(ctx: Context) -> dict:
-    from tqdm.auto import tqdm
-
     cfg = ctx.config
     jobs = [(task, fraction, seed, spec) for task in cfg.tasks for fraction in cfg.label_fractions
             for seed in cfg.seeds for spec in cfg.strategies]
     done = 0
-    for task, fraction, seed, spec in tqdm(jobs, desc="transfer jobs", unit="job"):
+    for task, fraction, seed, spec in bar(jobs, desc="transfer", unit="job", enabled=ctx.progress):
         job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / spec.display / f"seed{seed}"
         if (job_dir / "predictions.csv").exists():
             done += 1
@@ -627,34 +680,48 @@ def _payloads(cfg: PipelineConfig, data_root: Path) -> dict[str, dict]:
 
 
 def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path, profile: str | None = None,
-                 stages: tuple[str, ...] = STAGES, redo_report: bool = False) -> Path:
+                 stages: tuple[str, ...] = STAGES, redo_report: bool = False, progress: bool = True) -> Path:
     """Run (or resume) a pipeline; returns the path of its HTML report.
 
-    ``redo_report``: render the report again from the finished predictions even though that stage is
-    complete (after upgrading medtl, say); no training stage is touched.
+    Everything cheap is checked first (config, data root, output folder, manifests and files, strategy
+    names): a refused run writes nothing. ``redo_report``: render the report again from the finished
+    predictions even though that stage is complete (after upgrading medtl, say); no training stage is
+    touched. ``progress``: one bar per long stage (pretrain, similarity, transfer); False shows none.
     """
+    global _INNER_BARS
+    started_run = time.perf_counter()
     config_path = Path(config_path).resolve()
     config = load_pipeline(config_path, profile)
     data_root, out = Path(data_root).resolve(), Path(out)
     if not data_root.is_dir():
-        raise MedtlError("data root is not a folder", data_root)
-    out.mkdir(parents=True, exist_ok=True)
+        raise MedtlError("data root is not a folder (pass --data-root DIR or set MEDTL_DATA_ROOT)", data_root)
     ctx = Context(config, config_path, data_root, out, profile)
+    ctx.progress = progress
+    check_before_run(ctx)
+    out.mkdir(parents=True, exist_ok=True)
     book = StageBook(out)
     payloads = _payloads(config, data_root)
-    for stage in STAGES:
-        payload = payloads[stage]
-        if stage not in stages or (stage == "similarity" and not config.similarity.enabled):
-            continue
-        if book.check(stage, payload) and not (redo_report and stage == "report"):
-            print(f"[{stage}] already complete: skipped")
-            continue
-        before = book.start(stage, payload)
-        started = time.perf_counter()
-        ctx.tick = lambda: book.tick(stage, before + time.perf_counter() - started)  # noqa: B023 (called within this stage)
-        print(f"[{stage}] running" + (f" (resumed; {before:.0f} s spent before)" if before else ""))
-        info = STAGE_FUNCS[stage](ctx)
-        book.finish(stage, payload, seconds=round(before + time.perf_counter() - started, 1), **_jsonable(info))
+    _INNER_BARS = progress
+    try:
+        with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
+            for stage in STAGES:
+                payload = payloads[stage]
+                if stage not in stages or (stage == "similarity" and not config.similarity.enabled):
+                    continue
+                if book.check(stage, payload) and not (redo_report and stage == "report"):
+                    print(f"[{stage}] already complete: skipped")
+                    continue
+                before = book.start(stage, payload)
+                started = time.perf_counter()
+                ctx.tick = lambda: book.tick(stage, before + time.perf_counter() - started)  # noqa: B023 (called within this stage)
+                print(f"[{stage}] running" + (f" (resumed; {format_seconds(before)} spent before)" if before else ""))
+                info = STAGE_FUNCS[stage](ctx)
+                seconds = time.perf_counter() - started
+                book.finish(stage, payload, seconds=round(before + seconds, 1), **_jsonable(info))
+                print(f"[{stage}] done in {format_seconds(seconds)}")
+    finally:
+        _INNER_BARS = True
     html = out / "report.html"
     print(f"report: {html}")
+    print(f"medtl run finished in {format_seconds(time.perf_counter() - started_run)}")
     return html

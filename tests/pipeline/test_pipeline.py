@@ -56,11 +56,20 @@ def test_bad_configs_fail_before_training_naming_the_key(tiny, make_config):
 
 
 def test_missing_data_files_are_listed(tiny, make_config, tmp_path):
-    empty = tmp_path / "root"
-    empty.mkdir()
-    with pytest.raises(MedtlError, match="missing under the data root") as err:
-        run_pipeline(make_config(tiny), empty, tmp_path / "run")
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny / "data", root)
+    (root / "src/images/normal/case0000.png").unlink()
+    with pytest.raises(MedtlError, match="1 file\\(s\\) named by the manifests are missing under the data root") as err:
+        run_pipeline(make_config(tiny), root, tmp_path / "run")
     assert "src/images/normal/case0000.png" in str(err.value)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+    empty = tmp_path / "empty"  # the wrong root altogether: one line, not a list of every file
+    empty.mkdir()
+    with pytest.raises(MedtlError, match="60 of 60 files are missing under the data root.*--data-root") as err:
+        run_pipeline(make_config(tiny), empty, tmp_path / "run")
+    assert "case0000" not in str(err.value)
 
 
 def test_cli_exit_status_on_badmake_config(tiny, make_config, capsys):
