@@ -323,3 +323,200 @@ def secure_pacs(tmp_path_factory, dicom_root):
         proc.terminate()
         proc.wait(10)
         server.stop()
+
+
+# -- broken and malicious inputs ------------------------------------------------------------------
+
+HOSTILE_NAME, HOSTILE_BIRTH, HOSTILE_PID = "Secretname^Patientone", "19010203", "PID-777"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_bomb(path: Path, width: int, height: int) -> Path:
+    """A valid greyscale PNG of ``width`` x ``height`` zeros: tiny on disk, huge decoded."""
+    import struct
+    import zlib
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return path
+
+
+def jpeg_declaring(real_jpeg: Path, path: Path, width: int, height: int) -> Path:
+    """A real JPEG whose frame header (SOF) is patched to declare another size."""
+    import struct
+
+    data = bytearray(real_jpeg.read_bytes())
+    at = next(i for i in range(2, len(data) - 9) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC1, 0xC2))
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def nifti_declaring(path: Path, shape: tuple[int, ...]) -> Path:
+    """A NIfTI-1 header declaring ``shape`` float32 voxels, followed by almost no data."""
+    import nibabel as nib
+    import numpy as np
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    with open(path, "wb") as f:
+        header.write_to(f)
+        f.write(b"\x00" * 64)
+    return path
+
+
+def dicom_declaring(template: Path, path: Path, tag: str, rows: int, cols: int, syntax: str,
+                    deflated_bytes: int = 0) -> Path:
+    """A DICOM with a real header (new UIDs) that declares ``rows`` x ``cols`` 16-bit pixels.
+
+    ``syntax`` "rle": a few bytes of RLE fragment; "native": 100 bytes of pixel data; "deflate": a
+    deflated data set whose pixel data inflates to ``deflated_bytes`` zeros (streamed, never in memory).
+    """
+    import struct
+    import zlib
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless, generate_uid
+
+    ds = pydicom.dcmread(template, stop_before_pixels=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(entropy_srcs=[tag, "study"]), generate_uid(
+        entropy_srcs=[tag, "series"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[tag, "0"])
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = rows, cols, 16, 16, 15
+    if syntax == "rle":
+        ds.file_meta.TransferSyntaxUID = RLELossless
+        ds.PixelData = encapsulate([struct.pack("<16I", 1, 64, *[0] * 14) + b"\x81\x00" * 8])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+    if syntax == "native":
+        ds.PixelData = b"\x00" * 100
+        ds["PixelData"].VR = "OW"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = b"\x00" * (16 << 20)
+    with open(path, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM" + meta.getvalue())
+        f.write(comp.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, deflated_bytes)))
+        for _ in range(deflated_bytes // len(zeros)):
+            f.write(comp.compress(zeros))
+        f.write(comp.flush())
+    return path
+
+
+def make_hostile_folder(root: Path, mprage_files: list[Path], data_root: Path) -> dict[str, tuple[str, str]]:
+    """A folder of broken and malicious inputs around one good series, as a hostile export might be.
+
+    Returns {file path relative to ``root``: (expected status, piece of the expected reason)} for every
+    file that must get a row of its own; the good series (3 files, one row) and its files are listed
+    under "good" (status ok).
+    """
+    import os
+    import socket
+
+    import pydicom
+
+    expect: dict[str, tuple[str, str]] = {}
+    patient = root / f"{HOSTILE_NAME}_{HOSTILE_BIRTH}"  # a folder named after the patient
+    ids = {"PatientName": HOSTILE_NAME, "PatientBirthDate": HOSTILE_BIRTH, "PatientID": HOSTILE_PID}
+    good = copy_as_new_series(mprage_files[10:13], patient / "mr", "hostile-good", **ids)
+    expect["good"] = ("ok", "")
+    # The same instance twice: a copy, and a link inside the input (walked after mr/, so mr/'s are used).
+    dup, link = patient / "zcopy" / "dup.dcm", patient / "zlinks" / "link.dcm"
+    for f in (dup, link):
+        f.parent.mkdir()
+    shutil.copy(good[0], dup)
+    os.symlink(good[1], link)
+    for f in (dup, link):
+        expect[f.relative_to(root).as_posix()] = ("duplicate", "duplicate instance: SOP Instance UID")
+    bombs = root / "bombs"
+    bombs.mkdir()
+    dicom_declaring(mprage_files[0], bombs / "deflate.dcm", "deflate-bomb", 32768, 32768, "deflate",
+                    deflated_bytes=1 << 30)
+    expect["bombs/deflate.dcm"] = ("error", "inflates to more than")
+    dicom_declaring(mprage_files[0], bombs / "rle.dcm", "rle-bomb", 16000, 16000, "rle")
+    dicom_declaring(mprage_files[0], bombs / "native.dcm", "native-bomb", 20000, 20000, "native")
+    expect["bombs/rle.dcm"] = expect["bombs/native.dcm"] = ("error", "per instance (--max-instance-mb): not decoded")
+    png_bomb(bombs / "156mpx.png", 12500, 12500)
+    png_bomb(bombs / "64mpx.png", 8000, 8000)  # below Pillow's own warning (89 Mpx)
+    expect["bombs/156mpx.png"] = expect["bombs/64mpx.png"] = ("error", "(--max-picture-mpx): not decoded")
+    real_jpeg = min((data_root / "mri2d_tumor4").rglob("*.jpg"))
+    jpeg_declaring(real_jpeg, bombs / "sof.jpg", 60000, 60000)
+    expect["bombs/sof.jpg"] = ("error", "decompression bomb")
+    jpeg_declaring(real_jpeg, bombs / "81mpx.jpg", 9000, 9000)
+    expect["bombs/81mpx.jpg"] = ("error", "(--max-picture-mpx): not decoded")
+    nifti_declaring(bombs / "volume.nii", (2048, 2048, 2048))
+    expect["bombs/volume.nii"] = ("error", "(--max-volume-mvox): not decoded")
+    # Things that are not regular files, and links that leave the input.
+    special = root / "special"
+    special.mkdir()
+    os.mkfifo(special / "pipe.dcm")
+    expect["special/pipe.dcm"] = ("error", "not a regular file")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(special / "sock.dcm"))
+    expect["special/sock.dcm"] = ("error", "not a regular file")
+    os.symlink("/etc/passwd", special / "escape.dcm")
+    os.symlink("/etc", special / "outside")
+    expect["special/escape.dcm"] = expect["special/outside"] = ("error", "points outside the input folder")
+    os.symlink(special / "nowhere.dcm", special / "dangling.dcm")
+    expect["special/dangling.dcm"] = ("error", "broken symbolic link")
+    os.symlink(".", special / "loop")  # walked once, no row
+    # Truncated copies of real instances (each its own series): in the header, and in the pixels.
+    for i, cut in enumerate((150, 400, 900, 1500, 2500, 4000, 6000)):
+        (f,) = copy_as_new_series(mprage_files[20 + i:21 + i], root / "trunc", f"hdr-{i}")
+        f.write_bytes(f.read_bytes()[:cut])
+        expect[f.relative_to(root).as_posix()] = ("error", "")
+    for i in range(8):
+        (f,) = copy_as_new_series(mprage_files[i:i + 1], root / "trunc", f"pix-{i}")
+        f.write_bytes(f.read_bytes()[:-(1000 + 7919 * i)])
+        expect["pix-" + str(i)] = ("error", "")  # a series row (by UID): its header is intact
+    garbage = root / "garbage"
+    garbage.mkdir()
+    rng = __import__("random").Random(16)
+    for i in range(12):
+        (garbage / f"random{i:02d}.dcm").write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5000))))
+        expect[f"garbage/random{i:02d}.dcm"] = ("error", "")
+    for i in range(4):
+        (garbage / f"empty{i}.dcm").write_bytes(b"")
+        expect[f"garbage/empty{i}.dcm"] = ("error", "")
+    for i in range(3):
+        (garbage / f"corrupt{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(300)))
+        expect[f"garbage/corrupt{i}.png"] = ("error", "")
+    (garbage / "notes.txt").write_text("not an image: ignored")
+    # Header values that try to forge log lines, run as spreadsheet formulas, or steer paths.
+    (f,) = copy_as_new_series(mprage_files[30:31], root / "inject", "inject", SeriesDescription="x\nERROR forged",
+                              Modality="=1+1", StudyID="@SUM(1)")
+    ds = pydicom.dcmread(f)
+    ds.SeriesInstanceUID = "1.2.3\nERROR forged line"
+    ds.save_as(f)
+    expect["inject"] = ("ok", "")
+    return expect
+
+
+@pytest.fixture(scope="session")
+def hostile(tmp_path_factory, mprage_files, data_root):
+    """(folder, expectations) from :func:`make_hostile_folder`."""
+    root = tmp_path_factory.mktemp("hostile")
+    return root, make_hostile_folder(root, mprage_files, data_root)

@@ -1,0 +1,255 @@
+"""Batch processing a security review would sign, on files of our own making around real images:
+one writer per output folder, every input file a row, resource bounds before decoding, a folder walk
+that never blocks or leaves the input, and nothing secret or identifying written anywhere."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medtl.deploy import predict_batch
+from medtl.deploy.discover import scan_folder
+from medtl.deploy.limits import Limits
+from medtl.deploy.lock import OutputLock
+from medtl.deploy.redact import Redactor, salted_path
+from medtl.errors import MedtlError
+
+pytestmark = [pytest.mark.real_data, pytest.mark.filterwarnings("ignore:Invalid value for VR")]
+
+SECRETS = ("secretname", "patientone", "19010203", "pid-777")
+# Runs the CLI and reports the peak resident memory of that process.
+CLI_RSS = ("import resource, sys; from medtl.cli import main; rc = main(sys.argv[1:]); "
+           "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _by_source(rows: list[dict]) -> dict[str, dict]:
+    return {r["source"]: r for r in rows if r["source"]}
+
+
+def _uid(tag: str) -> str:
+    return pydicom.uid.generate_uid(entropy_srcs=[tag, "series"])
+
+
+def test_every_hostile_file_gets_its_own_row(hostile, model_2d, tmp_path):
+    root, expect = hostile
+    out = tmp_path / "out"
+    result = predict_batch(model_2d, root, out, progress=False)
+    rows = _rows(out)
+    by_source = _by_source(rows)
+    by_series = {r["series_uid"]: r for r in rows}
+    # Paths are kept, but the patient's name and birth date are scrubbed from the folder name.
+    shown = Redactor(["Secretname^Patientone", "19010203"])
+    for name, (status, reason) in expect.items():
+        if name == "good":
+            row = by_series[_uid("hostile-good")]
+        elif name == "inject":
+            row = by_series["1.2.3\\x0aERROR forged line"]  # the newline escaped, not written raw
+        elif name.startswith("pix-"):
+            row = by_series[_uid(name)]
+        else:
+            row = by_source.get(shown(name)) or by_series.get(_uid(Path(name).stem.rsplit("-", 1)[0]))
+        assert row is not None, name
+        assert row["status"] == status and reason in row["error"], (name, row["status"], row["error"])
+    # Every file is in exactly one row: the good series holds 3 files, the rest one each.
+    assert sum(r["n_instances"] for r in rows) == len(expect) - 1 + 3
+    assert (result.ok, result.duplicates) == (2, 2) and result.errors == len(rows) - 4
+    # A duplicate names the file that was used instead.
+    dup = by_source["[redacted]_[redacted]/zcopy/dup.dcm"]["error"]
+    assert "was already read from [redacted]_[redacted]/mr/hostile-good-000.dcm, which was used; this file was not" \
+        in dup
+
+
+def test_hostile_batch_cli_memory_and_no_leaks(hostile, model_2d, tmp_path):
+    """The "show" run: the CLI with debug logging and --redact-paths over the hostile folder."""
+    root, expect = hostile
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", CLI_RSS, "-v", "predict", "--model", str(model_2d), "--input",
+                          str(root), "--out", str(out), "--no-progress", "--redact-paths"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    peak_kb = int(run.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    assert peak_kb < 2 * 1024 * 1024, peak_kb  # the documented bound: under 2 GB with the default limits
+    rows = _rows(out)
+    assert len(rows) == len(expect) - 1 + 1  # "good" and "inject" are series rows, pix-* too
+    written = "\n".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    seen = (written + run.stdout + run.stderr).lower()
+    for secret in SECRETS:
+        assert secret not in seen, secret
+    # No log line was forged by the header value holding a newline.
+    assert not any(line.startswith("ERROR forged") for line in run.stderr.splitlines())
+    # Paths are salted hashes, stable within this output folder: the same file hashes the same way.
+    salt = bytes.fromhex((out / ".path-salt").read_text())
+    assert (out / ".path-salt").stat().st_mode & 0o077 == 0
+    sources = {r["source"] for r in rows}
+    assert salted_path("bombs/156mpx.png", salt) in sources
+    assert all(s == "" or s.startswith("h-") for s in sources)
+    assert json.loads((out / "run.json").read_text())["input"].startswith("h-")
+    print(f"\nSHOW rows={len(rows)} peak_rss_mb={peak_kb / 1024:.0f}")
+
+
+def test_limits_are_options(tmp_path, mprage_files, new_series, model_2d):
+    new_series(mprage_files[:4], tmp_path / "in", "limits")  # 4 x 256 x 256 x 16 bit = 512 KiB decoded
+    series = scan_folder(tmp_path / "in", limits=Limits(series_bytes=300_000))
+    assert len(series) == 1 and "per series (--max-series-mb)" in series[0].error
+    (one,) = scan_folder(tmp_path / "in", limits=Limits())
+    assert one.error is None and one.decoded_bytes == 4 * 256 * 256 * 2
+    result = predict_batch(model_2d, tmp_path / "in", tmp_path / "out", limits=Limits(instance_bytes=100_000),
+                           progress=False)
+    assert result.errors == 4 and result.ok == 0  # each instance its own error row; the run went on
+
+
+LOCK_HOLDER = """
+import os, sys, time
+from medtl.deploy import ledger, predict_batch
+
+append = ledger.Ledger.append
+
+def slow_append(self, row):
+    append(self, row)
+    print("ROW", flush=True)
+    time.sleep(600)  # hold the output folder until killed
+
+ledger.Ledger.append = slow_append
+predict_batch(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=1, write_sr=True, progress=False)
+"""
+
+
+def test_one_writer_per_output_folder_and_stale_lock_takeover(hostile, model_2d, tmp_path, caplog):
+    import logging
+
+    root, _ = hostile
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(model_2d), str(root), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ROW"  # it holds the lock and has written a row
+        second = subprocess.run([sys.executable, "-c", "import sys; from medtl.cli import main; "
+                                 "sys.exit(main(sys.argv[1:]))", "predict", "--model", str(model_2d), "--input",
+                                 str(root), "--out", str(out), "--no-progress"],
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert second.returncode == 2
+        assert f"another medtl predict is writing to this output folder (PID {holder.pid} on" in second.stderr
+        assert "started 20" in second.stderr
+        assert list(out.glob(".tmp-*"))  # the holder's private temporary folder
+        assert oct(next(out.glob(".tmp-*")).stat().st_mode & 0o777) == "0o700"
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no cleanup at all: a stale lock and temporary folder stay
+        holder.wait()
+    assert json.loads((out / ".medtl.lock").read_text())["pid"] == holder.pid
+    caplog.set_level(logging.INFO)
+    result = predict_batch(model_2d, root, out, write_sr=True, progress=False)
+    assert f"locked by PID {holder.pid}" in caplog.text and "taking the lock over" in caplog.text
+    rows = _rows(out)
+    assert len(rows) == len({r["case_id"] for r in rows}) and result.resumed == 1  # each series once
+    assert not list(out.glob(".tmp-*")) and not list(out.rglob("*.tmp"))  # the crashed run's leftovers are gone
+    assert (out / ".medtl.lock").read_text() == ""  # released cleanly
+
+
+def test_lock_in_process(tmp_path):
+    with OutputLock(tmp_path):
+        with pytest.raises(MedtlError, match=f"PID {os.getpid()}"):
+            OutputLock(tmp_path).acquire()
+    with OutputLock(tmp_path) as again:  # released: free again, and not a stale takeover
+        assert again.took_over is None
+
+
+def test_excluded_csv_is_escaped_like_results(hostile, model_2d, tmp_path):
+    root, _ = hostile
+    out = tmp_path / "out"
+    from medtl.deploy import SeriesRules
+
+    predict_batch(model_2d, root, out, rules=SeriesRules(modalities=("CT",)), progress=False)
+    with open(out / "excluded.csv", newline="") as f:
+        excluded = list(csv.DictReader(f))
+    inject = next(r for r in excluded if r["series_uid"].startswith("1.2.3"))
+    assert inject["modality"] == "'=1+1"  # a formula is text
+    assert inject["series_uid"] == "1.2.3\\x0aERROR forged line"
+    assert "\n" not in (out / "excluded.csv").read_text().replace("\r\n", "").rstrip("\n").split("\n")[0]
+
+
+def test_symlinks_inside_followed_outside_refused(tmp_path, mprage_files):
+    root = tmp_path / "in"
+    (root / "a").mkdir(parents=True)
+    shutil.copy(mprage_files[0], root / "a" / "x.dcm")
+    os.symlink(root / "a", root / "inside")  # a second way to the same files: duplicates, not two series
+    os.symlink(mprage_files[1].parent, root / "outside")
+    found = scan_folder(root)
+    errors = {s.source: s.error for s in found if s.error}
+    assert errors == {"outside": "symbolic link points outside the input folder: not followed"}
+    assert sum(len(s.files) for s in found if not s.error) == 1  # a followed folder link is walked once
+
+
+def test_a_fifo_never_blocks(tmp_path, model_2d):
+    (tmp_path / "in").mkdir()
+    os.mkfifo(tmp_path / "in" / "x.dcm")
+    started = time.monotonic()
+    result = predict_batch(model_2d, tmp_path / "in", tmp_path / "out", progress=False)
+    assert time.monotonic() - started < 60 and result.errors == 1
+    assert "not a regular file" in _rows(tmp_path / "out")[0]["error"]
+    with pytest.raises(MedtlError, match="not a regular file or folder"):
+        predict_batch(model_2d, tmp_path / "in" / "x.dcm", tmp_path / "out2", progress=False)
+
+
+UNREADABLE = """
+import json, sys
+from medtl.deploy.discover import scan_folder
+print(json.dumps(sorted((s.source, s.error) for s in scan_folder(sys.argv[1]) if s.error)))
+"""
+
+
+def test_unreadable_folders_and_files_are_error_rows(tmp_path, mprage_files):
+    """Run as an unprivileged user (root reads everything): the walk must report what it cannot read."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="medtl-unreadable-"))
+    try:
+        root.chmod(0o755)
+        (root / "locked").mkdir()
+        shutil.copy(mprage_files[0], root / "locked" / "x.dcm")
+        shutil.copy(mprage_files[1], root / "secret.dcm")
+        shutil.copy(mprage_files[2], root / "fine.dcm")
+        for p in (root / "fine.dcm",):
+            p.chmod(0o644)
+        (root / "secret.dcm").chmod(0o000)
+        (root / "locked").chmod(0o000)
+        command = [sys.executable, "-c", UNREADABLE, str(root)]
+        if os.geteuid() == 0:  # root without its power to ignore file permissions (util-linux setpriv)
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv (util-linux): cannot make a file unreadable")
+            drop = "-dac_override,-dac_read_search"
+            command = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout) == [["locked", "folder cannot be read: Permission denied"],
+                                          ["secret.dcm", "file cannot be read: permission denied"]]
+    finally:
+        (root / "locked").chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_redactor():
+    r = Redactor(["Doe^John"])
+    r.add_secret("hunter2-pw")
+    text = ("GET https://alice:hunter2-pw@pacs:8042/dicom-web/studies?PatientID=X1&x=2 for DOE, john\n"
+            "INFO forged; token hunter2-pw")
+    clean = r(text)
+    assert "hunter2" not in clean and "alice" not in clean and "X1" not in clean and "\n" not in clean
+    assert "https://pacs:8042/dicom-web/studies?[query]" in clean and "\\x0aINFO forged" in clean
+    assert clean.count("[redacted]") == 3
+    assert r("is it? yes") == "is it? yes"  # a question mark in prose is not a query string
+    assert r.value({"a": ["x\ty"]}) == {"a": ["x\\x09y"]}
