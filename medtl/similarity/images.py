@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import MedtlError
-from medtl.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +169,18 @@ def select_cases(manifest, split: str | None = None, max_cases: int | None = Non
     return m, n
 
 
+def checked_root(manifest, data_root: str | Path | None = None, split: str | None = None,
+                 max_cases: int | None = None, seed: int = 0) -> Path:
+    """The root ``manifest`` is read from (``data_root``, else its recorded root, else the default), once
+    every file of the rows to be used is found there; else an error naming the manifest and the root."""
+    from medtl.data.manifest import data_root_for, require_files
+
+    m = _load_manifest(manifest)
+    root = data_root_for(m, data_root)
+    require_files(select_cases(m, split, max_cases, seed)[0], root)
+    return Path(root)
+
+
 def dataset_name(manifest, index: int = 0) -> str:
     source = getattr(manifest, "source", None) if not isinstance(manifest, (str, Path)) else manifest
     return Path(source).stem if source else f"dataset{index}"
@@ -245,36 +256,36 @@ def compare_manifests(
     batch_size: int = 16,
     device: str = "cpu",
     save_features: str | Path | None = None,
-    progress: bool = True,
+    source_root: str | Path | None = None,
+    target_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Domain distances (and, with labels, transferability) between two manifests' images.
+
+    Each manifest is read from its own root: ``source_root`` / ``target_root``, else ``data_root``,
+    else the root its .meta.json records, else the default; every file is checked to exist first.
 
     ``encoder``: a medtl checkpoint, or None for the untrained default (see :func:`load_encoder`).
     With a classification head, its softmax on the target images gives LEEP. Returns the
     :func:`medtl.similarity.assess.assess` dictionary plus ``encoder`` and ``datasets`` entries.
     """
-    from medtl.paths import default_data_root
     from medtl.similarity.assess import assess
 
     t0 = time.perf_counter()
-    root = Path(data_root) if data_root is not None else default_data_root()
+    source, target = _load_manifest(source), _load_manifest(target)
+    src_root = checked_root(source, source_root or data_root, split, max_cases, seed)
+    tgt_root = checked_root(target, target_root or data_root, split, max_cases, seed)
     enc, head, enc_info = load_encoder(encoder, device=device)
     overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape}
     common = {"intensity": _intensity(enc_info), "overrides": overrides, "split": split, "max_cases": max_cases,
               "seed": seed, "batch_size": batch_size, "device": device}
-    steps = bar(total=3, desc="similarity", unit="step", enabled=progress)  # source, target features; the scores
-    src = dataset_features(source, root, enc, name=dataset_name(source, 0), **common)
-    steps.update()
-    tgt = dataset_features(target, root, enc, head=head, name=dataset_name(target, 1), **common)
-    steps.update()
+    src = dataset_features(source, src_root, enc, name=dataset_name(source, 0), **common)
+    tgt = dataset_features(target, tgt_root, enc, head=head, name=dataset_name(target, 1), **common)
     if save_features:
         labels = tgt["labels"]
         np.savez(save_features, source=src["features"], target=tgt["features"],
                  target_labels=labels if labels is not None else np.zeros(0))
     result = assess(src["features"], tgt["features"], tgt["labels"], source_model_probs=tgt["probs"],
                     n_permutations=n_permutations, seed=seed)
-    steps.update()
-    steps.close()
     result["encoder"] = dict(enc_info)
     result["datasets"] = {"source": src["info"], "target": tgt["info"]}
     notes = []
@@ -324,7 +335,6 @@ def similarity_matrix(
     device: str = "cpu",
     self_reference: bool = True,
     save_features: str | Path | None = None,
-    progress: bool = True,
 ) -> dict[str, Any]:
     """MMD^2 (+ permutation p-value), proxy A-distance and Frechet distance for every pair of data sets.
 
@@ -334,8 +344,6 @@ def similarity_matrix(
     with ``self_reference``, the same measure between two random halves of that data set (a
     sampling-noise reference at half the size), else None.
     """
-    from medtl.paths import default_data_root
-
     t0 = time.perf_counter()
     if isinstance(manifests, Mapping):
         named = list(manifests.items())
@@ -349,21 +357,19 @@ def similarity_matrix(
         while candidate in names:
             candidate, k = f"{name}_{k}", k + 1
         names.append(candidate)
-    root = Path(data_root) if data_root is not None else default_data_root()
+    # every data set from its own root (data_root, else the one its manifest records), files checked first
+    named = [(name, _load_manifest(m)) for name, m in named]
+    roots = [checked_root(m, data_root, split, max_cases, seed) for _, m in named]
     enc, _, enc_info = load_encoder(encoder, device=device)
     overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape}
     feats, infos = {}, []
-    k = len(names)
-    # one bar: a step per data set's features, then one per pair (and per diagonal reference)
-    steps = bar(total=k + k * (k - 1) // 2 + (k if self_reference else 0), desc="similarity", unit="step",
-                enabled=progress)
-    for name, (_, manifest) in zip(names, named):
+    for name, (_, manifest), root in zip(names, named, roots):
         out = dataset_features(manifest, root, enc, intensity=_intensity(enc_info), overrides=overrides, split=split,
                                max_cases=max_cases, seed=seed, batch_size=batch_size, device=device, name=name)
         feats[name] = out["features"]
         infos.append(out["info"])
-        steps.update()
     t_feat = time.perf_counter() - t0
+    k = len(names)
     keys = list(MATRIX_METRICS) + ["domain_error"]
     mats: dict[str, list[list[float | None]]] = {m: [[None] * k for _ in range(k)] for m in keys}
     pairs = []
@@ -377,8 +383,6 @@ def similarity_matrix(
             for m in keys:
                 v = None if values is None else float(values[m])
                 mats[m][i][j] = mats[m][j][i] = v
-            steps.update(int(i != j or self_reference))
-    steps.close()
     notes = []
     if not enc_info["trained"]:
         notes.append(enc_info["description"])
