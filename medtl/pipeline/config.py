@@ -65,6 +65,9 @@ class TrainSpec(Strict):
     num_workers: int = 0
     patience: int | None = 5
     device: str = "auto"
+    # autocast policy, recorded in every checkpoint and used alike by training, evaluation and medtl predict:
+    # "auto" = bf16 on CUDA, fp32 on CPU; "off" = fp32 everywhere; "bf16" / "fp16" = that autocast dtype
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     deterministic: bool = False
     # linear probes train on frozen-encoder features computed once (no per-epoch augmentation)
     feature_cache: bool = True

@@ -17,7 +17,7 @@ import yaml
 
 from medtl.data.manifest import Manifest
 from medtl.errors import MedtlError
-from medtl.pipeline.runner import strategy_entries
+from medtl.pipeline.runner import TRAINING_MEAN, strategy_entries
 
 BASELINE_NAMES = ("scratch", "scratch_3d", "source_only")
 
@@ -154,6 +154,35 @@ def _task_figure(pipeline: str, name: str, task: dict, figures_dir: Path) -> lis
             + ("; dotted line: chance (0.5)" if metric != "mae" else "") + ".*", ""]
 
 
+def _against_training_mean(strategies: dict) -> list[str]:
+    """Each regression strategy's MAE against the trivial baseline that predicts the training mean."""
+    base = (strategies.get(TRAINING_MEAN) or {}).get("metrics", {}).get("mae")
+    if not base or base.get("value") is None:
+        return []
+    lines = [f"Compared with `{TRAINING_MEAN}` (every case predicted as the mean of the labelled training targets; "
+             f"seed-mean MAE {base['value']:.2f}, 95% intervals):", ""]
+    for s_name, s in strategies.items():
+        if s_name == TRAINING_MEAN:
+            continue
+        m = s["metrics"].get("mae") or {}
+        if m.get("value") is None:
+            continue
+        verdict = _lower_is_better_verdict(m, base)
+        lines.append(f"- `{s_name}`: MAE {m['value']:.2f} vs {base['value']:.2f} "
+                     f"({'below' if m['value'] < base['value'] else 'NOT below'} the baseline mean; {verdict})")
+    return lines + [""]
+
+
+def _lower_is_better_verdict(a: dict, b: dict) -> str:
+    if None in (a.get("ci_low"), a.get("ci_high"), b.get("ci_low"), b.get("ci_high")):
+        return "no interval"
+    if a["ci_high"] < b["ci_low"]:
+        return "better than the baseline (intervals do not overlap)"
+    if a["ci_low"] > b["ci_high"]:
+        return "worse than the baseline (intervals do not overlap)"
+    return "inconclusive (intervals overlap)"
+
+
 def _task_section(name: str, task: dict) -> list[str]:
     lines = [f"### Task `{name}` ({task['kind']}" + (f"; positive class {task.get('positive_class')})" if
                                                     task.get("positive_class") else ")"), ""]
@@ -164,7 +193,7 @@ def _task_section(name: str, task: dict) -> list[str]:
             m = s["metrics"]
             lines.append(f"| {s_name} | {s.get('n_runs')} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")
-        return lines + [""]
+        return lines + [""] + _against_training_mean(strategies)
     multiclass = task["kind"] == "multiclass"
     head = "| strategy | label fraction | runs | n test | AUROC" + (" (macro)" if multiclass else "")
     head += " | balanced accuracy |" + ("" if multiclass else " sensitivity | specificity |")

@@ -487,12 +487,20 @@ def stage_transfer(ctx: Context) -> dict:
             continue
         run_job(ctx, task, fraction, seed, spec, job_dir)
         ctx.tick()
+    for task in cfg.tasks:  # regression tables carry the trivial baseline (seconds: no model)
+        if task.kind != "regression":
+            continue
+        for fraction in cfg.label_fractions:
+            for seed in cfg.seeds:
+                job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / TRAINING_MEAN / f"seed{seed}"
+                if not (job_dir / "predictions.csv").exists():
+                    run_training_mean(ctx, task, fraction, seed, job_dir)
     return {"jobs": len(jobs), "already_done": done}
 
 
 def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: StrategySpec, job_dir: Path) -> Path:
-    from medtl.engine.evaluate import predict
-    from medtl.engine.trainer import fit, seed_everything
+    from medtl.engine.evaluate import precision_dtype, predict
+    from medtl.engine.trainer import fit, resolve_device, seed_everything
     from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
     from medtl.models.heads import Head
     from medtl.strategies import get_strategy
@@ -510,7 +518,11 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     labelled_paths = {r.path for r in labelled}
     head_task = "regression" if task.kind == "regression" else ("binary" if len(target.label_names) == 2 else "multiclass")
     encoder = _encoder_for(ctx, dims, spec.lift, spec.pretrained)
-    head = Head(encoder.out_features, head_task, max(2, len(target.label_names)) if head_task != "regression" else 1)
+    if head_task == "regression":  # the head learns the target standardised on the labelled training rows
+        mean, std = target_statistics(labelled, ctx.config_path)
+        head = Head(encoder.out_features, "regression", 1, target_mean=mean, target_std=std)
+    else:
+        head = Head(encoder.out_features, head_task, max(2, len(target.label_names)))
     tc = cfg.train
     kwargs: dict[str, Any] = {}
     val_loader = None
@@ -533,9 +545,11 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         target_loader = None
     if val_ds is not None and len(val_ds):
         val_loader = _loader(val_ds, tc.batch_size, False, seed)
-    meta = {"label_names": list(target.label_names), "task": task.name, "strategy": spec.display,
+    # "task" is the head's (what predict and export-bundle need); the pipeline's name for it is task_name
+    meta = {"label_names": list(target.label_names), "task": head_task, "task_name": task.name,
+            "strategy": spec.display, "precision": tc.amp, "seed": seed, "label_fraction": fraction,
             "intensity": {"preset": t_mod, **data_options(cfg.target, t_mod)}}
-    common = dict(epochs=tc.epochs, seed=seed, device=tc.device, deterministic=tc.deterministic,
+    common = dict(epochs=tc.epochs, seed=seed, device=tc.device, amp=tc.amp, deterministic=tc.deterministic,
                   patience=tc.patience if val_loader is not None else None, progress=_interactive())
     hparams = dict(spec.hparams or {})
     # A linear probe is fitted to convergence on cached features: the whole of feature_extraction, and
@@ -564,11 +578,14 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
             run_dir=job_dir, checkpoint_meta=meta, **common)
     tables = []
     model = strategy
+    device = resolve_device(tc.device)
     for split in ("val", "test"):
         part = target.select(split=split)
         if not len(part):
             continue
-        out = predict(model, _loader(_dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed))
+        # the checkpoint's precision policy, as medtl predict will apply it to the same weights
+        out = predict(model, _loader(_dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed),
+                      device=device, amp_dtype=precision_dtype(tc.amp, device))
         common = dict(patient_ids=out.get("patient_id"), domain=out.get("domain", ""), split=split,
                       run_id=f"{task.name}/{spec.display}/frac{fraction:g}/seed{seed}", strategy=spec.display,
                       task=task.name, seed=seed, label_fraction=fraction)
@@ -576,13 +593,78 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
             tables.append(predictions_from_arrays(out["case_id"], out["label"], prediction=out["prob"], **common))
         else:
             tables.append(predictions_from_arrays(out["case_id"], out["label"], out["prob"],
-                                                  class_names=target.label_names, **common))
+                                                  class_names=target.label_names, logits=out["logits"], **common))
+            if split == "val" and head_task == "binary":
+                _store_threshold(job_dir / "best.pt", out, cfg.evaluation.threshold_rule)
     import pandas as pd
 
     path = job_dir / "predictions.csv"
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)  # the job counts as done only once its table is whole
     return path
+
+
+def target_statistics(rows, where) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 0) of the labelled rows' numeric targets; std 1 when constant."""
+    try:
+        values = np.array([float(r.label) for r in rows], dtype=float)
+    except ValueError:
+        raise MedtlError("a regression target must be numeric in every labelled training row", where) from None
+    if not len(values) or not np.isfinite(values).all():
+        raise MedtlError("regression targets must be finite numbers and at least one row labelled", where)
+    std = float(values.std())
+    return float(values.mean()), std if std > 0 else 1.0
+
+
+def _store_threshold(checkpoint: Path, out: dict, rule: str) -> None:
+    """The binary operating threshold chosen on validation, into the job's checkpoint, so medtl predict
+    decides as the report's run did (the report picks it the same way, on the same probabilities)."""
+    from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, choose_threshold
+    from medtl.models.checkpoint import update_checkpoint_meta
+
+    if not checkpoint.exists():
+        return
+    labels = np.asarray(out["label"]).astype(int)
+    try:
+        thr = choose_threshold(labels == 1, out["prob"][:, 1], rule, chosen_on="val")
+        value, how = float(thr.value), {"rule": rule, "chosen_on": "val", "n": int(len(labels))}
+    except MedtlError as err:
+        value, how = DEFAULT_THRESHOLD, {"rule": "default", "note": err.reason}
+    update_checkpoint_meta(checkpoint, threshold=value, threshold_rule=how)
+
+
+def run_training_mean(ctx: Context, task: TaskSpec, fraction: float, seed: int, job_dir: Path) -> Path:
+    """The trivial regression baseline: every case predicted as the mean of the labelled training targets
+    (the same labelled rows the strategies of this fraction and seed train on). Every regression table
+    carries it, so a model worse than the mean shows as such."""
+    import pandas as pd
+
+    from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
+
+    target = ctx.load(ctx.config.target, "target", task)
+    train_rows = target.select(split="train").rows
+    rng = np.random.default_rng(seed)
+    labelled = stratified_sample(train_rows, fraction, rng) if fraction < 1 else list(train_rows)
+    mean, _ = target_statistics(labelled, ctx.config_path)
+    tables = []
+    for split in ("val", "test"):
+        rows = target.select(split=split).rows
+        if not rows:
+            continue
+        tables.append(predictions_from_arrays(
+            [r.path for r in rows], np.array([float(r.label) for r in rows]), prediction=np.full(len(rows), mean),
+            patient_ids=[r.patient_id for r in rows], domain=[r.domain for r in rows], split=split,
+            run_id=f"{task.name}/{TRAINING_MEAN}/frac{fraction:g}/seed{seed}", strategy=TRAINING_MEAN, task=task.name,
+            seed=seed, label_fraction=fraction))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / "predictions.csv"
+    write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
+    path.with_suffix(".tmp.csv").replace(path)
+    (job_dir / "baseline.json").write_text(json.dumps({"training_mean": mean, "n_labelled": len(labelled)}) + "\n")
+    return path
+
+
+TRAINING_MEAN = "training_mean"
 
 
 def stage_report(ctx: Context) -> dict:

@@ -21,10 +21,6 @@ def finished(tiny, make_config):
     return out
 
 
-def _case_column(df: pd.DataFrame) -> str:
-    return "case_id" if "case_id" in df.columns else "key"
-
-
 def test_pipeline_checkpoints_carry_head_task_threshold_and_precision(finished):
     report = json.loads((finished / "report.json").read_text())
     jobs = sorted((finished / "transfer").glob("*/*/*/seed0/best.pt"))
@@ -47,18 +43,23 @@ def test_predict_on_a_job_checkpoint_reproduces_the_jobs_probabilities(finished,
     for ckpt in sorted((finished / "transfer").glob("*/frac1/*/seed0/best.pt")):
         job = pd.read_csv(ckpt.parent / "predictions.csv")
         test = job[job["split"] == "test"].set_index("case_id")
+        logit_cols = [c for c in test.columns if c.startswith("logit_")]
+        assert len(logit_cols) == 2  # stored for temperature scaling; their softmax is the probabilities
+        z = test[logit_cols].to_numpy(float)
+        soft = np.exp(z - z.max(1, keepdims=True))
+        np.testing.assert_allclose(soft / soft.sum(1, keepdims=True),
+                                   test[[c.replace("logit_", "prob_") for c in logit_cols]].to_numpy(float), atol=1e-5)
         result = predict_batch(ckpt, tiny / "manifests" / "tgt.csv", tmp_path / ckpt.parts[-3], data_root=tiny / "data",
                                split="test", progress=False)
         rows = pd.read_csv(result.csv)
         assert (rows["status"] == "ok").all() and len(rows) == len(test)
-        rows = rows.set_index(_case_column(rows)).loc[test.index]
+        rows = rows.set_index("case_id").loc[test.index]
         for col in [c for c in test.columns if c.startswith("prob_")]:
             np.testing.assert_allclose(rows[col].to_numpy(float), test[col].to_numpy(float), atol=1e-4)
         thr = read_checkpoint(ckpt)["meta"]["threshold"]
         labels = test.columns[test.columns.str.startswith("prob_")].str.removeprefix("prob_").tolist()
         expected = np.where(test[f"prob_{labels[1]}"] >= thr, labels[1], labels[0])
-        decided = "predicted_label" if "predicted_label" in rows.columns else "prediction"
-        assert (rows[decided].to_numpy() == expected).all()
+        assert (rows["predicted_label"].to_numpy() == expected).all()
 
 
 def test_export_bundle_from_a_job_checkpoint(finished, tmp_path):
@@ -66,3 +67,34 @@ def test_export_bundle_from_a_job_checkpoint(finished, tmp_path):
     assert main(["export-bundle", "--model", str(ckpt), "--out", str(tmp_path / "bundle")]) == 0
     bundle, direct = load_model(tmp_path / "bundle"), load_model(ckpt)
     assert bundle.label_names == direct.label_names and bundle.threshold == pytest.approx(direct.threshold)
+
+
+def test_regression_jobs_learn_standardised_targets_and_carry_the_training_mean_baseline(tiny, make_config):
+    """A numeric column as the task: the head stores the labelled rows' mean/std, and the report gains
+    a training_mean strategy that predicts exactly that mean for every case."""
+    import shutil
+
+    src = tiny / "manifests" / "tgt.csv"
+    df = pd.read_csv(src, dtype=str)
+    rng = np.random.default_rng(0)
+    df["score"] = [f"{40 + 20 * (lab != df['label'].iloc[0]) + rng.normal(0, 3):.2f}" for lab in df["label"]]
+    df.to_csv(tiny / "manifests" / "tgt_reg.csv", index=False)
+    shutil.copyfile(src.with_suffix(".meta.json"), tiny / "manifests" / "tgt_reg.meta.json")
+    cfg = make_config(tiny, epochs=2, name="reg.yaml").read_text()
+    cfg = (cfg.replace("manifests/tgt.csv", "manifests/tgt_reg.csv")
+           .replace("tasks: [{name: tumor}]", "tasks: [{name: score, kind: regression, label_column: score}]")
+           .replace("strategies: [feature_extraction, full, dann]", "strategies: [full]")
+           .replace("label_fractions: [0.5, 1.0]", "label_fractions: [1.0]"))
+    (tiny / "reg.yaml").write_text(cfg)
+    out = tiny / "run_reg"
+    run_pipeline(tiny / "reg.yaml", tiny / "data", out)
+    train = df[df["split"] == "train"]["score"].astype(float)
+    baseline = pd.read_csv(out / "transfer" / "score" / "frac1" / "training_mean" / "seed0" / "predictions.csv")
+    assert set(baseline["split"]) == {"val", "test"}
+    np.testing.assert_allclose(baseline["prediction"], train.mean(), rtol=1e-9)
+    head = read_checkpoint(out / "transfer" / "score" / "frac1" / "full" / "seed0" / "best.pt")["meta"]["model"]["head"]
+    assert head["target_mean"] == pytest.approx(train.mean()) and head["target_std"] == pytest.approx(train.std(ddof=0))
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["tasks"]["score"]["strategies"]) == {"full", "training_mean"}
+    full = pd.read_csv(out / "transfer" / "score" / "frac1" / "full" / "seed0" / "predictions.csv")
+    assert full["prediction"].between(0, 100).all()  # in the target's units, not standard deviations
