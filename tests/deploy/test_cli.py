@@ -43,3 +43,18 @@ def test_bad_input_is_a_clear_error(model_2d, tmp_path, capsys):
     assert main(["predict", "--model", str(model_2d), "--input", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path / "out")]) == 2
     assert "neither a folder, a file, a manifest" in capsys.readouterr().err
+
+
+def test_every_predict_option_has_a_plain_help_line_with_its_default(capsys):
+    from medtl.cli import build_parser
+
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    for action in predict._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and ("default" in action.help or "required" in action.help), action.option_strings
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "`" not in text  # no reStructuredText markup in a terminal
+    assert "--max-instance-mb" in text and "MiB (default: 256)" in text
