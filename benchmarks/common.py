@@ -36,6 +36,7 @@ class Settings:
     e2e_repeats: int = 3
     e2e_channels_last: bool = True  # the e2e fast path extracts features in channels_last memory
     demo_repeats: int = 1
+    demo_active_wait: bool = False  # also time the busy demo with OpenMP spin-waiting (the old default)
 
     @property
     def dev(self) -> torch.device:

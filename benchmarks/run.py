@@ -38,7 +38,9 @@ def parse(argv=None):
     p.add_argument("--e2e-repeats", type=int, default=3, help="repeats of the end-to-end comparison (default 3)")
     p.add_argument("--e2e-channels-last", choices=("on", "off"), default="on",
                    help="channels_last in the e2e fast path's feature extraction (default on)")
-    p.add_argument("--demo-repeats", type=int, default=1)
+    p.add_argument("--demo-repeats", type=int, default=1, help="repeats of each demo timing (default 1)")
+    p.add_argument("--demo-active-wait", action="store_true",
+                   help="also time the busy demo with OMP_WAIT_POLICY=ACTIVE, the spin-waiting default, side by side")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                    help="autocast in the timed steps (trainer, models, loading, e2e); default off")
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         smoke=args.smoke, repeats=args.repeats or (2 if args.smoke else 5), device=args.device, amp=args.amp,
         channels_last=args.channels_last, pin_memory=args.pin_memory, compile=args.compile, workers=args.workers,
         data_root=args.data_root or default_data_root(), work_dir=args.work_dir / ("smoke" if args.smoke else "full"),
-        lift3d=args.lift3d, e2e_repeats=args.e2e_repeats, demo_repeats=args.demo_repeats,
+        lift3d=args.lift3d, e2e_repeats=args.e2e_repeats, demo_repeats=args.demo_repeats, demo_active_wait=args.demo_active_wait,
         e2e_channels_last=args.e2e_channels_last == "on",
     )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
