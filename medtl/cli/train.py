@@ -100,7 +100,7 @@ def run(args) -> int:
         print(f"note: {note}")
     print(f"wrote {r.model} (model), {r.predictions} (predictions)"
           + (f", {r.report['html']} (report)" if r.report else ""))
-    cmds = next_commands(r, args.train)
+    cmds = next_commands(r, args.train, args.test)
     print("next: predict new images, then evaluate those predictions:")
     for c in cmds:
         print(f"  {c}")

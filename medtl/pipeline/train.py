@@ -10,8 +10,9 @@ bootstrap confidence intervals).
 
 Output folder::
 
-    manifest.csv (+ .meta.json)   the training manifest (built from a folder, or a copy of the given one)
-    val_manifest.csv, test_manifest.csv   when --val / --test were given
+    manifest.csv (+ .meta.json)   the training manifest (built from a folder, or a copy of the given one),
+                                  recording its data root
+    val_manifest.csv, test_manifest.csv   when --val / --test were given (every row in that split)
     model.pt                      the deployable checkpoint: medtl predict / export-bundle read it
     predictions.csv               val and test predictions (the evaluation's table)
     report.json / .md / .html     test metrics with CIs; figures/
@@ -93,16 +94,21 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
     if p.suffix.lower() != ".csv" or not p.is_file():
         raise MedtlError("expected a manifest .csv or a folder of <label>/<file> images", p)
     m = Manifest.load(p)
-    root = data_root_for(m, data_root)
+    root = Path(data_root_for(m, data_root)).resolve()
+    require_files(m, root)  # before any decoding or training, naming the user's manifest
     if role != "train":
         m = m.with_splits([role] * len(m))
-    return m, Path(root).resolve(), p
+    if (out / name).resolve() == p.resolve():  # training again from this folder's own manifest
+        return m, root, p
+    # a copy in the output folder, with the split it was used as and its root: the run is self-contained
+    return m, root, m.save(out / name, data_root=root)
 
 
 def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed: int = 0,
                   modality: str | None = None) -> Inputs:
     """The train/val/test rows from ``train`` (its own splits) or separate ``val``/``test`` inputs,
-    checked before any training: files exist, one modality, val/test labels known to training."""
+    checked before any training: files exist (:func:`load_input`), one modality, val/test labels known
+    to training."""
     # With a separate val/test set, the train folder's share for that split goes to training instead.
     fr = list(DEFAULT_FRACTIONS)
     if val is not None:
@@ -121,9 +127,6 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
     where = manifests["train"].name
     if not len(splits["train"]):
         raise MedtlError("no rows in the train split", manifests["train"])
-    for role, m in splits.items():
-        if len(m):
-            require_files(m, roots[role])  # before any decoding or training
     labels = [name for name in train_m.label_names if name != "unlabelled"]
     unlabelled = sum(r.label == "unlabelled" for r in splits["train"])
     if unlabelled:
@@ -299,18 +302,22 @@ def train_model(
                           result.train.best_epoch, len(result.train.history), notes)
 
 
-def next_commands(result: TrainOwnResult, train_input: str | Path) -> list[str]:
-    """The commands a user runs next: predict on new images, then evaluate those predictions."""
-    q = shlex.quote
-    src = Path(train_input)
-    target = str(src) if src.is_dir() else "<folder, file, manifest .csv or DICOMweb URL>"
+def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: str | Path | None = None) -> list[str]:
+    """The commands a user runs next: predict the test images (or all of a training folder), then
+    evaluate those predictions; the evaluation scores the same test images medtl train scored."""
+    q = lambda p: shlex.quote(str(p))  # noqa: E731
     pred_dir = result.out / "predict"
-    labels = result.inputs.manifests["test"]
+    source = Path(test_input if test_input is not None else train_input)
+    if source.is_dir():  # a folder: predict every image, the labels and splits come from the manifest
+        predict = f"--input {q(source)}"
+        labels = f" --labels {q(result.inputs.manifests['test'])}"
+    else:  # a manifest: predict carries its label and split columns into results.csv
+        role = "test" if test_input is not None else "train"
+        predict = f"--input {q(result.inputs.manifests[role])} --data-root {q(result.inputs.roots[role])}"
+        labels = ""
     return [
-        f"medtl predict --model {q(str(result.model))} --input {q(target) if src.is_dir() else target} "
-        f"--out {q(str(pred_dir))}",
-        f"medtl evaluate --predictions {q(str(pred_dir / 'results.csv'))} --labels {q(str(labels))} "
-        f"--out {q(str(pred_dir / 'report'))}",
+        f"medtl predict --model {q(result.model)} {predict} --out {q(pred_dir)}",
+        f"medtl evaluate --predictions {q(pred_dir / 'results.csv')}{labels} --out {q(pred_dir / 'report')}",
     ]
 
 

@@ -94,6 +94,27 @@ def test_the_printed_predict_and_evaluate_commands_score_the_same_test_images(tr
         assert theirs["metrics"][k]["value"] == pytest.approx(ours["metrics"][k]["value"], abs=1e-6), k
 
 
+def test_results_of_a_labelled_manifest_are_scored_at_the_models_threshold(trained, capsys):
+    tmp, folder, _ = trained
+    run = tmp / "run"
+    # predict from the manifest's test rows: results.csv carries label and split; no val rows, so the
+    # evaluation applies the threshold stored in the model and reproduces medtl train's test numbers
+    assert main(["predict", "--model", str(run / "model.pt"), "--input", str(run / "manifest.csv"), "--data-root",
+                 str(folder), "--split", "test", "--out", str(tmp / "p_test"), "--no-progress"]) == 0
+    assert main(["evaluate", "--predictions", str(tmp / "p_test" / "results.csv"), "--out", str(tmp / "p_test" / "rep"),
+                 "--n-boot", "50"]) == 0
+    capsys.readouterr()
+    ours = json.loads((run / "report.json").read_text())["tasks"]["label"]["strategies"]["full"]
+    (theirs,) = json.loads((tmp / "p_test" / "rep" / "report.json").read_text())["tasks"]["label"]["strategies"].values()
+    assert theirs["threshold"]["rule"] == "model"
+    assert theirs["threshold"]["value"] == pytest.approx(ours["threshold"]["value"])
+    for k in ("auroc", "sensitivity", "specificity"):
+        assert theirs["metrics"][k]["value"] == pytest.approx(ours["metrics"][k]["value"], abs=1e-6), k
+    # and the model is deployable as a MONAI bundle
+    assert main(["export-bundle", "--model", str(run / "model.pt"), "--out", str(tmp / "bundle")]) == 0
+    assert (tmp / "bundle" / "configs" / "metadata.json").exists()
+
+
 def test_train_from_a_checkpoint_with_a_test_folder_under_its_own_root(trained, data_root, one_torch_thread, capsys):
     tmp, folder, _ = trained
     other = _copy(data_root / "mri2d_yesno" / "images", tmp / "site_b", ("no_tumor", "tumor"), 40, 3)
@@ -107,8 +128,19 @@ def test_train_from_a_checkpoint_with_a_test_folder_under_its_own_root(trained, 
     assert meta["init_weights"] == str(tmp / "run" / "model.pt")
     assert meta["hparams"]["lr"] == 1e-4  # the gentler default when starting from trained weights
     assert meta["intensity"]["image_size"] == 32
-    report = json.loads((out / "report.json").read_text())
-    assert report["tasks"]["label"]["strategies"]["full"]["n_test"] == 6  # the whole separate test set
+    ours = json.loads((out / "report.json").read_text())["tasks"]["label"]["strategies"]["full"]
+    assert ours["n_test"] == 6  # the whole separate test set
+    # the printed commands predict that test folder and score it at the model's threshold: the same numbers
+    commands = [line.strip() for line in printed.splitlines() if line.strip().startswith("medtl ")]
+    assert f"--input {other}" in commands[0] and f"--labels {out / 'test_manifest.csv'}" in commands[1]
+    assert main([*shlex.split(commands[0])[1:], "--no-progress"]) == 0
+    assert main([*shlex.split(commands[1])[1:], "--n-boot", "50"]) == 0
+    capsys.readouterr()
+    (theirs,) = json.loads((out / "predict" / "report" / "report.json").read_text())["tasks"]["label"][
+        "strategies"].values()
+    assert theirs["n_test"] == 6 and theirs["threshold"]["rule"] == "model"
+    for k in ("auroc", "sensitivity", "specificity"):
+        assert theirs["metrics"][k]["value"] == pytest.approx(ours["metrics"][k]["value"], abs=1e-6), k
 
 
 def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path, capsys):
