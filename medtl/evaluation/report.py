@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from medtl.errors import MedtlError
 from medtl.evaluation import figures as fig
@@ -66,6 +67,10 @@ class _Doc:
     def p(self, text: str):
         self.blocks.append(("p", text))
 
+    def warn(self, text: str):
+        """A paragraph set apart (a quote in Markdown, a shaded box in HTML): what a reader must not miss."""
+        self.blocks.append(("warn", text))
+
     def bullets(self, items: Sequence[str]):
         if items:
             self.blocks.append(("ul", list(items)))
@@ -90,6 +95,8 @@ class _Doc:
                 out.append("#" * b[1] + " " + b[2])
             elif b[0] == "p":
                 out.append(b[1])
+            elif b[0] == "warn":
+                out.append(f"> **Warning.** {b[1]}")
             elif b[0] == "ul":
                 out.append("\n".join(f"- {i}" for i in b[1]))
             elif b[0] == "table":
@@ -111,11 +118,13 @@ class _Doc:
                 body.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
             elif b[0] == "p":
                 body.append(f"<p>{_inline(b[1])}</p>")
+            elif b[0] == "warn":
+                body.append(f'<p class="warn"><b>Warning.</b> {_inline(b[1])}</p>')
             elif b[0] == "ul":
                 body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
             elif b[0] == "table":
                 head = "".join(f"<th>{e(h)}</th>" for h in b[1])
-                rows = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in b[2])
+                rows = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b[2])
                 cap = f"<caption>{_inline(b[3])}</caption>" if b[3] else ""
                 body.append(f'<div class="tw"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
             elif b[0] == "figs":
@@ -127,6 +136,13 @@ class _Doc:
                                 f"<figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
                 body.append('<div class="figs">' + "".join(figs) + "</div>")
         return _HTML.format(title=e(title), body="\n".join(body))
+
+
+WRAP_AT = 40  # characters: longer cells (notes, reasons) wrap, so no table is wider than the page
+
+
+def _td(text: str) -> str:
+    return f'<td class="wrap">{_cell(text)}</td>' if len(text) > WRAP_AT else f"<td>{_cell(text)}</td>"
 
 
 def _cell(text: str) -> str:
@@ -153,6 +169,9 @@ table {{ border-collapse: collapse; font-size: 13px; }}
 caption {{ caption-side: bottom; text-align: left; font-size: 12px; color: #556; padding-top: .4em; }}
 th, td {{ border: 1px solid #ccd3de; padding: 4px 8px; text-align: left; white-space: nowrap; }}
 th {{ background: #eef2f8; }}
+td.wrap {{ white-space: normal; min-width: 14em; max-width: 28em; }}
+.warn {{ background: #fff4e0; border-left: 4px solid #e08a00; padding: .4em .8em; }}
+@media print {{ .tw {{ overflow: visible; }} }}
 tbody tr:nth-child(even) {{ background: #f8f9fc; }}
 .figs {{ display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }}
 figure {{ margin: 0; display: table; }}
@@ -356,16 +375,22 @@ def _comparisons(doc: _Doc, t: dict) -> None:
         if c["label_fraction"] not in headline:
             hidden += 1
             continue
+        seed = "–" if c.get("seed") is None else str(c["seed"])
         if c.get("note"):
-            rows.append([c["strategy_a"], c["strategy_b"], c["run_a"], c["run_b"], "–", "–", "–", c["note"]])
+            rows.append([c["strategy_a"], c["strategy_b"], seed, "–", "–", "–", c["note"]])
             continue
         p = "–" if c["p_value"] is None else (f"{c['p_value']:.3f}" if c["p_value"] >= 1e-3 else "<0.001")
-        rows.append([c["strategy_a"], c["strategy_b"], c["run_a"], c["run_b"], f"{c['auc_a']:.3f} vs {c['auc_b']:.3f}",
-                     f"{c['difference']:+.3f} ± {c['se']:.3f}", p, c.get("note") or ""])  # fmt: skip
+        rows.append([c["strategy_a"], c["strategy_b"], seed, f"{c['auc_a']:.3f} vs {c['auc_b']:.3f}",
+                     f"{c['difference']:+.3f} ± {c['se']:.3f}", p, ""])  # fmt: skip
+    # run ids are long and say again what A, B and the seed say: they stay in report.json, and the Note
+    # column only appears when a pair has one, so the table fits the page instead of scrolling sideways
+    header = ["A", "B", "Seed", "AUROC A vs B", "Difference ± SE", "p", "Note"]
+    if not any(r[-1] for r in rows):
+        header, rows = header[:-1], [r[:-1] for r in rows]
     doc.h(3, "Pairwise comparison (DeLong)")
-    doc.table(["A", "B", "Run A", "Run B", "AUROC A vs B", "Difference ± SE", "p", "Note"], rows,
+    doc.table(header, rows,
               "DeLong's test for two correlated AUROCs on the same test cases, two-sided; runs paired by seed "
-              "and label fraction; no correction for multiple comparisons"
+              "and label fraction (run ids in report.json); no correction for multiple comparisons"
               + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else ""))  # fmt: skip
 
 
@@ -489,17 +514,30 @@ def _learning_curves(doc: _Doc, metrics_log, fig_list: list[dict]) -> dict:
         x = "row"
     by = next((c for c in ("run_id", "strategy") if c in log and log[c].nunique() > 1), None)
     colour = "strategy" if by == "run_id" and "strategy" in log else None
-    skip = {x, "seed", "label_fraction", "run_id", "strategy", "task", "seconds"}
-    # flags (e.g. "best") and metrics that never change (a loss term a method does not use) say nothing as curves
-    metrics = [c for c in log.columns if c not in skip and pd.api.types.is_numeric_dtype(log[c])
-               and not pd.api.types.is_bool_dtype(log[c]) and log[c].nunique(dropna=True) > 1][:9]
+    # the losses and the validation metric the runs are judged by; the other log keys (loss terms, learning
+    # rates, domain accuracy) are in the log for whoever debugs a method, not for a reader of the report.
+    # Metrics that never change (a loss a method does not use) say nothing as curves.
+    metrics = [c for c in CURVES if c in log and pd.api.types.is_numeric_dtype(log[c])
+               and log[c].nunique(dropna=True) > 1]
+    metrics = [c for c in metrics if c in LOSSES] + [c for c in metrics if c not in LOSSES][:1]
     if not metrics:
-        raise MedtlError("the metrics log has no numeric columns to plot", path)
+        raise MedtlError(f"the metrics log has none of the columns {', '.join(CURVES)} to plot", path)
     doc.h(2, "Learning curves")
-    png = fig.learning_curve_figure(log, x, metrics, by, colour)
-    caption = f"Logged metrics against {x}" + (f"; one line per {by}" if by else "")
-    _add_figs(doc, fig_list, [("learning_curves.png", png, caption + (f", coloured by {colour}" if colour else ""))])
+    named = log.rename(columns=CURVES)
+    png = fig.learning_curve_figure(named, x, [CURVES[m] for m in metrics], by, colour)
+    panels = ", ".join(CURVES[m] for m in metrics)
+    caption = (f"{panels[0].upper()}{panels[1:]} against {x}" + (f"; one line per {by}" if by else "")
+               + (f", coloured by {colour}" if colour else "")
+               + ". By default medtl's trainer keeps the epoch with the lowest validation loss (training loss "
+               "without a validation split); linear probes are fitted, not trained by epoch, and have no curve")
+    _add_figs(doc, fig_list, [("learning_curves.png", png, caption)])
     return {"source": str(path), "x": x, "metrics": metrics, "by": by, "colour": colour}
+
+
+# the log columns a report plots, with the panel titles; at most one non-loss metric (the first found)
+CURVES = {"train_loss": "training loss", "val_loss": "validation loss", "val_auroc": "validation AUROC",
+          "val_mae": "validation MAE", "val_accuracy": "validation accuracy"}
+LOSSES = ("train_loss", "val_loss")
 
 
 def _read_features(features) -> tuple[np.ndarray, np.ndarray]:
@@ -590,6 +628,90 @@ def _gradcam(doc: _Doc, pngs, fig_list: list[dict]) -> tuple[list[str], list[dic
     return [str(p) for p in pngs], faith
 
 
+# ----------------------------------------------------------------------------- what was run
+
+
+# below these, a test set's confidence intervals are too wide to separate strategies
+SMALL_TEST_N = 50
+SMALL_TEST_POSITIVES = 10
+
+
+def _what_was_run(doc: _Doc, report: dict, out: Path) -> dict:
+    """The report's opening: the data (and whether it is synthetic), source -> target, encoder, epochs and
+    image size from the run folder's config.yaml (a pipeline run), then each task's test set, with a
+    warning when it is too small for the intervals to mean much."""
+    config_path = out / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else None
+    items = _config_lines(config) if config else []
+    warnings = []
+    for name, t in report["tasks"].items():
+        rep = _rep_run(next(iter(t["strategies"].values())))
+        n, patients = rep["n_test"], rep.get("n_test_patients")
+        where = f"test set ({name})" if len(report["tasks"]) > 1 else "test set"
+        size = f"n = {n}" + (f" from {patients} patients" if patients and patients != n else "")
+        if t["kind"] == "regression":
+            items.append(f"**{where.capitalize()}:** {size}.")
+            few = None
+        else:
+            prev = rep["prevalence"]["test"]
+            items.append(f"**{where.capitalize()}:** {size}; "
+                         + ", ".join(f"{c} {v['n']} ({v['fraction']:.0%})" for c, v in prev.items()) + ".")
+            # binary: the positive class; multiclass: the rarest class (its one-vs-rest metrics are the weakest)
+            cls = t.get("positive_class") or min(prev, key=lambda c: prev[c]["n"])
+            few = (cls, prev[cls]["n"])
+        if n < SMALL_TEST_N or (few and few[1] < SMALL_TEST_POSITIVES):
+            warnings.append(_small_test_warning(name, t, n, few))
+    doc.h(2, "What was run")
+    doc.bullets(items)
+    for w in warnings:
+        doc.warn(w)
+    return {"config": str(config_path) if config else None, "lines": items, "warnings": warnings}
+
+
+def _config_lines(c: dict) -> list[str]:
+    src, tgt, enc, pre, train = c["source"], c["target"], c["encoder"], c["pretrain"], c["train"]
+    data = ("**synthetic** images generated by medtl (not patient data): numbers below say whether the pipeline "
+            "works, not how well a method does on real images") if c.get("synthetic") else (
+            "images read through the source and target manifests (next line)")
+    lines = [f"**Pipeline:** {c['name']}" + (f": {c['description']}" if c.get("description") else ""),
+             f"**Data:** {data}.",
+             f"**Source -> target:** `{Path(src['manifest']).stem}` -> `{Path(tgt['manifest']).stem}`"
+             + ("; target labels used for evaluation only (unsupervised adaptation)" if c.get("unlabelled_target") else "")
+             + "."]
+    lift = f", lifted to 3D by {enc['lift']}" if enc.get("lift") not in (None, "none") else ""
+    start = (f"weights from {pre['checkpoint']}" if pre.get("checkpoint") else
+             f"pretrained on the source ({pre['mode']}, {pre['epochs']} epochs)")
+    lines.append(f"**Encoder:** {enc['arch']}{lift}; {start}.")
+    strategies = [s["label"] or s["name"] for s in c["strategies"]]
+    lines.append(f"**Transfer:** {train['epochs']} epochs per run, batch {train['batch_size']}; "
+                 f"{len(strategies)} strategies ({', '.join(strategies)}); label fractions "
+                 f"{', '.join(f'{f:g}' for f in c['label_fractions'])}; seeds {', '.join(map(str, c['seeds']))}.")
+    lines.append(f"**Image size:** source {_size(src)}, target {_size(tgt)}.")
+    return lines
+
+
+def _size(spec: dict) -> str:
+    if spec.get("volume_shape"):
+        return "volumes " + "x".join(map(str, spec["volume_shape"])) + (
+            f" at {'x'.join(f'{s:g}' for s in spec['spacing'])} mm" if spec.get("spacing") else "")
+    if spec.get("image_size"):
+        return f"{spec['image_size']}x{spec['image_size']} px"
+    return "the preset's default (2D 128x128 px; 3D 80x96x80 at 2 mm)"
+
+
+def _small_test_warning(name: str, t: dict, n: int, few: tuple[str, int] | None) -> str:
+    m = HEADLINE[t["kind"]]
+    widths = [(v["ci_high"] - v["ci_low"], v) for e in t["strategies"].values()
+              if (v := e["metrics"].get(m)) and v.get("ci_low") is not None]
+    width = max(widths, key=lambda w: w[0], default=None)
+    spread = (f"; here {NAMES[m]} intervals reach {width[1]['ci_low']:.2f}–{width[1]['ci_high']:.2f}"
+              if width else "")
+    counted = f" with {few[1]} {few[0]}" if few else ""
+    return (f"The test set of task {name} is small (n = {n}{counted}; below {SMALL_TEST_N} cases or "
+            f"{SMALL_TEST_POSITIVES} of a class the intervals are wide{spread}). Differences between strategies "
+            "are not resolved by this test set: read the ranking as unsettled.")
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -618,6 +740,7 @@ def render_report(
     doc.h(1, title)
     doc.p(f"Created {report.get('created', '')} by medtl {report.get('medtl_version', '')} from "
           + ", ".join(f"`{s}`" for s in report.get("sources", [])) + ".")  # fmt: skip
+    extras["what_was_run"] = _what_was_run(doc, report, out)
     if report.get("notes"):
         doc.p("**Notes**")
         doc.bullets(report["notes"])

@@ -29,6 +29,11 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
+# composite scores closer than this are a tie: rank averages of a handful of candidates move in steps
+# of 1/(n-1), so a smaller gap says nothing about which option is better
+TIE_TOLERANCE = 0.01
+
+
 def candidate_key(c: Mapping[str, Any]) -> str:
     return f"{c['source']}/{c['encoder']}/{c['strategy']}"
 
@@ -159,14 +164,21 @@ def recommend(
         row["reasons"] = reasons
 
     best = rows[0]
-    why = "; ".join(best["reasons"]) or "only eligible option"
-    text = [f"Recommended: {best['key']} (composite {best['composite']:.3f}): {why}."]
-    if len(rows) > 1:
-        second = rows[1]
-        why = "; ".join(second["reasons"])
-        text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
-        if best["composite"] - second["composite"] < 0.05:
-            text.append("The top two are nearly tied: compare them by training both.")
+    tied = [r for r in rows if best["composite"] - r["composite"] <= TIE_TOLERANCE]
+    if len(tied) > 1:  # the scores cannot order these: saying "recommended" would invent a winner
+        names = ", ".join(f"{r['key']} ({'; '.join(r['reasons'])})" for r in tied)
+        text = [f"Tie: {len(tied)} options have composite scores within {TIE_TOLERANCE} of each other "
+                f"({best['composite']:.3f}), so the scores recommend none of them over the others: {names}. "
+                "Train them and compare on validation."]
+    else:
+        why = "; ".join(best["reasons"]) or "only eligible option"
+        text = [f"Recommended: {best['key']} (composite {best['composite']:.3f}): {why}."]
+        if len(rows) > 1:
+            second = rows[1]
+            why = "; ".join(second["reasons"])
+            text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
+            if best["composite"] - second["composite"] < 0.05:
+                text.append("The top two are nearly tied: compare them by training both.")
     if not any(m in ranked_metrics for m in ("logme", "leep", "h_score")):
         text.append("No transferability score (needs target labels): the ranking rests on domain distances only.")
     for e in excluded:
@@ -179,7 +191,8 @@ def recommend(
         "directions": {m: "higher" if directions[m] else "lower" for m in ranked_metrics},
         "ranking": rows,
         "excluded": excluded,
-        "recommended": best["key"],
+        "recommended": best["key"],  # with a tie, the first of the tied options by name
+        "tie": [r["key"] for r in tied] if len(tied) > 1 else [],
         "explanation": " ".join(text),
     }
 

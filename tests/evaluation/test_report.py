@@ -229,3 +229,66 @@ def test_learning_curves_one_line_per_run_coloured_by_strategy(tmp_path):
     assert info["by"] == "run_id" and info["colour"] == "strategy"
     png = doc.figures["learning_curves.png"][0]
     assert png.startswith(b"\x89PNG")
+
+
+def test_report_opens_with_what_was_run_and_warns_on_a_small_test_set(tmp_path):
+    import yaml
+
+    from medtl.pipeline.config import PipelineConfig
+
+    config = PipelineConfig.model_validate({
+        "name": "demo", "synthetic": True, "source": {"manifest": "m/cxr_synthetic.csv", "image_size": 64},
+        "target": {"manifest": "m/mri2d_synthetic.csv", "image_size": 64}, "encoder": {"arch": "resnet10"},
+        "pretrain": {"epochs": 4}, "train": {"epochs": 3}, "strategies": ["full", "dann"], "seeds": [0, 1]})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))  # as a pipeline run folder holds
+    small = synthetic_predictions(8, strategies={"full": (1.5, 1.0)}, images_per_patient=2)
+    paths = make_report(small, out, **FAST)
+    md = paths["md"].read_text()
+    head = md[:md.index("## Task")]
+    for needed in ("## What was run", "**synthetic** images", "`cxr_synthetic` -> `mri2d_synthetic`",
+                   "resnet10; pretrained on the source (supervised, 4 epochs)", "3 epochs per run",
+                   "64x64 px", "seeds 0, 1"):
+        assert needed in head, needed
+    n = json.loads(paths["json"].read_text())["tasks"]["tumor"]["strategies"]["full"]["n_test"]
+    assert f"**Test set:** n = {n}" in head and n < 50
+    assert "> **Warning.** The test set of task tumor is small" in head
+    assert '<p class="warn">' in paths["html"].read_text()
+    rep = json.loads(paths["json"].read_text())
+    assert rep["extras"]["what_was_run"]["warnings"]
+
+
+def test_no_run_config_and_a_large_test_set_give_test_lines_and_no_warning(tmp_path):
+    big = synthetic_predictions(150, strategies={"full": (2.0, 1.0)}, prevalence=(0.5, 0.5))
+    md = make_report(big, tmp_path, **FAST)["md"].read_text()
+    head = md[:md.index("## Task")]
+    assert "**Test set:** n = " in head and "Warning" not in head and "**Data:**" not in head
+
+
+def test_learning_curves_show_loss_and_one_validation_metric_by_name(tmp_path):
+    from medtl.evaluation import report as report_module
+
+    rows = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "val_auroc": 0.6 + e / 20,
+             "val_accuracy": 0.5 + e / 20, "train_align": 0.1 * e, "train_grl_coeff": e / 3, "lr": 0.1 / (e + 1)}
+            for e in range(4)]
+    log = tmp_path / "log.csv"
+    pd.DataFrame(rows).to_csv(log, index=False)
+    doc, figs = report_module._Doc(), []
+    info = report_module._learning_curves(doc, log, figs)
+    assert info["metrics"] == ["train_loss", "val_loss", "val_auroc"]  # not the nine raw log keys
+    assert figs[0]["caption"].startswith("Training loss, validation loss, validation AUROC against epoch")
+    pd.DataFrame([{"epoch": 0, "lr": 0.1}, {"epoch": 1, "lr": 0.2}]).to_csv(log, index=False)
+    with pytest.raises(Exception, match="none of the columns train_loss"):
+        report_module._learning_curves(report_module._Doc(), log, [])
+
+
+def test_delong_table_fits_the_page(full_report):
+    paths, rep = full_report
+    md = paths["md"].read_text()
+    table = md[md.index("### Pairwise comparison (DeLong)"):].split("\n\n")[1]
+    assert table.splitlines()[0] == "| A | B | Seed | AUROC A vs B | Difference ± SE | p |"  # no run ids, no empty Note
+    assert rep["tasks"]["tumor"]["comparisons"][0]["run_a"]  # the run ids stay in report.json
+    from medtl.evaluation.report import _td
+
+    assert _td("short") == "<td>short</td>" and _td("x" * 60).startswith('<td class="wrap">')

@@ -56,3 +56,13 @@ def test_compare_outcome():
     assert out["spearman"] == pytest.approx(0.5)
     with pytest.raises(MedtlError):
         compare_outcome(rec, {"x": 1.0})
+
+
+def test_equal_composites_are_a_tie_not_a_recommendation():
+    same = [dict(c, scores={"logme": -0.5}) for c in CANDIDATES[:2]] + [CANDIDATES[2]]
+    rec = recommend({"n_labelled": 20}, same)
+    assert rec["ranking"][0]["composite"] == rec["ranking"][1]["composite"]
+    assert rec["tie"] == ["cxr/densenet/coral", "cxr/resnet18/dann"]
+    assert rec["explanation"].startswith("Tie: 2 options") and "Recommended" not in rec["explanation"]
+    assert "Runner-up" not in rec["explanation"]
+    assert recommend({"n_labelled": 20}, CANDIDATES)["tie"] == []  # separated scores: a recommendation
