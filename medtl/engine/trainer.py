@@ -243,8 +243,12 @@ class Trainer:
         run_dir: str | Path | None = None,
         callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
         checkpoint_meta: dict[str, Any] | None = None,
+        epoch_metrics: Iterable[Callable[[nn.Module], dict[str, Any]]] = (),
     ):
         self.strategy = strategy
+        # extra per-epoch measurements (e.g. label-free selector scores), logged before the monitored
+        # metric is read, so one of them can choose the best checkpoint
+        self.epoch_metrics = list(epoch_metrics)
         self.config = config.validated() if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
@@ -548,6 +552,8 @@ class Trainer:
                     else:
                         val = evaluate(strategy, val_loader, device, self.amp_dtype, cfg.progress)
                     record.update({f"val_{k}": v for k, v in val.items()})
+                for measure in self.epoch_metrics:
+                    record.update(measure(strategy))
                 record["lr"] = [g["lr"] for g in optimizer.param_groups]
                 record["seconds"] = round(time.time() - t0, 3)
                 if monitor not in record:
@@ -642,9 +648,9 @@ class Trainer:
 
 def fit(strategy: nn.Module, train_loader, val_loader=None, *, target_loader=None, run_dir: str | Path | None = None,
         callbacks: Iterable[Callable[[dict[str, Any]], None]] = (), resume: bool = True,
-        checkpoint_meta: dict[str, Any] | None = None, **config) -> TrainResult:
+        checkpoint_meta: dict[str, Any] | None = None, epoch_metrics=(), **config) -> TrainResult:
     """Train ``strategy``: ``fit(strategy, train, val, run_dir="runs/x", epochs=5, patience=2)``."""
-    trainer = Trainer(strategy, TrainConfig.from_dict(config), run_dir, callbacks, checkpoint_meta)
+    trainer = Trainer(strategy, TrainConfig.from_dict(config), run_dir, callbacks, checkpoint_meta, epoch_metrics)
     return trainer.fit(train_loader, val_loader, target_loader, resume=resume)
 
 

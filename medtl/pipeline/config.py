@@ -68,6 +68,9 @@ class TrainSpec(Strict):
     # autocast policy, recorded in every checkpoint and used alike by training, evaluation and medtl predict:
     # "auto" = bf16 on CUDA, fp32 on CPU; "off" = fp32 everywhere; "bf16" / "fp16" = that autocast dtype
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # checkpoint selector of unsupervised-adaptation jobs (no target label): source validation loss, or a
+    # label-free selector of medtl.adapt.selection; every one is logged each epoch for the regret table
+    selector: Literal["source_loss", "source_accuracy", "dev", "entropy", "infomax", "snd"] = "source_loss"
     deterministic: bool = False
     # linear probes train on frozen-encoder features computed once (no per-epoch augmentation)
     feature_cache: bool = True

@@ -79,10 +79,51 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
         lines += _task_section(task_name, task)
         if figures_dir is not None:
             lines += _task_figure(config["name"], task_name, task, figures_dir)
+    lines += selection_section(run, config)
     for note in report.get("notes", []):
         lines.append(f"> {note}")
         lines.append("")
     return "\n".join(lines)
+
+
+def selection_section(run: Path, config: dict) -> list[str]:
+    """For unsupervised adaptation: what each checkpoint selector would have chosen in every run, and its
+    regret (target test AUROC lost against choosing the epoch with target validation labels)."""
+    import numpy as np
+
+    from medtl.engine.selection import selector_regret
+
+    per_selector: dict[str, list[float]] = {}
+    chosen_auroc: dict[str, list[float]] = {}
+    for log in sorted((run / "transfer").rglob("metrics.jsonl")):
+        history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        for name, r in selector_regret(history).items():
+            per_selector.setdefault(name, []).append(r["regret"])
+            chosen_auroc.setdefault(name, []).append(r["test_auroc"])
+    if not per_selector:
+        return []
+    n_runs = len(per_selector.get("target_labels", []))
+    used = (config.get("train") or {}).get("selector", "source_loss")
+    lines = [f"### Checkpoint selection without target labels ({n_runs} runs)", "",
+             f"Each run logged every selector's score at every epoch; the run's checkpoint was chosen by `{used}`. "
+             "Regret: target test AUROC lost against choosing the epoch with the best *labelled target validation* "
+             "AUROC (which a UDA user does not have); mean over runs with a 95% t-interval. Lower is better.", "",
+             "| selector | runs | test AUROC of the chosen epoch | regret |", "|---|---|---|---|"]
+    for name, regrets in sorted(per_selector.items(), key=lambda kv: np.mean(kv[1])):
+        lines.append(f"| {name}{' (used)' if name == used else ''} | {len(regrets)} | "
+                     f"{_mean_ci(chosen_auroc[name])} | {_mean_ci(regrets)} |")
+    return lines + [""]
+
+
+def _mean_ci(values: list[float]) -> str:
+    import numpy as np
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return f"{v.mean():.3f}"
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return f"{v.mean():.3f} ({v.mean() - half:.3f}–{v.mean() + half:.3f})"
 
 
 def _data_notes(run: Path, config: dict, resolved: dict) -> list[str]:

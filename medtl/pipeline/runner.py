@@ -574,8 +574,12 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
             hparams["lp_epochs"] = 0
         strategy = cls(encoder, head, hparams or None, **kwargs)  # kwargs: only for strategies that need the target
         train_loader = _loader(train_ds, tc.batch_size, True, seed, tc.num_workers)
+        selection: dict[str, Any] = {}
+        if uda and val_loader is not None:
+            selection = _label_free_selection(ctx, task, target, target_train, val_loader, seed)
+            meta["selector"] = tc.selector
         fit(strategy, train_loader, val_loader, target_loader=target_loader if cls.needs_target else None,
-            run_dir=job_dir, checkpoint_meta=meta, **common)
+            run_dir=job_dir, checkpoint_meta=meta, **common, **selection)
     tables = []
     model = strategy
     device = resolve_device(tc.device)
@@ -602,6 +606,27 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)  # the job counts as done only once its table is whole
     return path
+
+
+def _label_free_selection(ctx: Context, task: TaskSpec, target: Manifest, target_train: Manifest, source_val,
+                          seed: int) -> dict[str, Any]:
+    """Trainer options for an unsupervised-adaptation job: every label-free selector scored each epoch, the
+    configured one (``train.selector``) choosing the checkpoint; the labelled target val/test AUROC is logged
+    beside them for the regret analysis only (see medtl.engine.selection)."""
+    from medtl.engine.evaluate import precision_dtype
+    from medtl.engine.selection import SELECTOR_MONITORS, SelectorScores
+    from medtl.engine.trainer import resolve_device
+
+    cfg, tc = ctx.config, ctx.config.train
+    device = resolve_device(tc.device)
+
+    def plain(m: Manifest):
+        return _loader(_dataset(ctx, m, cfg.target, False, task), tc.batch_size, False, seed)
+
+    oracle = {split: plain(target.select(split=split)) for split in ("val", "test") if len(target.select(split=split))}
+    scores = SelectorScores(source_val, plain(target_train), device, precision_dtype(tc.amp, device), oracle, seed)
+    monitor, mode = SELECTOR_MONITORS[tc.selector]
+    return {"epoch_metrics": [scores], "monitor": monitor, "mode": mode}
 
 
 def target_statistics(rows, where) -> tuple[float, float]:
@@ -707,8 +732,9 @@ def stage_report(ctx: Context) -> dict:
     if ctx.config.unlabelled_target:
         report.setdefault("notes", []).append(
             "Unsupervised adaptation: training saw no target label; each run's checkpoint was selected by the "
-            "source validation loss (selector: source validation). Target labels were used only in evaluation: the "
-            "operating threshold of each run is picked on the labelled target validation split, AUROC needs none.")
+            f"selector `{ctx.config.train.selector}` (source_loss: the source validation loss). Target labels were "
+            "used only in evaluation: the operating threshold of each run is picked on the labelled target "
+            "validation split, AUROC needs none; the target AUROC logged each epoch only measures selector regret.")
     features = out / "similarity" / "features.npz"
     paths = render_report(report, out, metrics_log=log_path, features=features if features.exists() else None,
                           title=f"medtl pipeline {ctx.config.name}")
