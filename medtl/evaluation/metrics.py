@@ -145,6 +145,14 @@ def _label_values(y: np.ndarray) -> str:
     return ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in vals[:6]) + (" ..." if len(vals) > 6 else "")
 
 
+def _numbers_from_objects(y: np.ndarray) -> np.ndarray:
+    # An object array of numbers (e.g. from a pandas column) is read as numbers; text stays text,
+    # so "1" is not taken for the class 1.
+    if y.dtype.kind == "O" and all(isinstance(v, (int, float, np.integer, np.floating)) for v in y):
+        return y.astype(float)
+    return y
+
+
 def check_binary_labels(y_true, name: str = "y_true", n: int | None = None) -> np.ndarray:
     """Binary labels as a bool (n,) array: True/False or the numbers 0 and 1 (1 = positive).
 
@@ -156,6 +164,7 @@ def check_binary_labels(y_true, name: str = "y_true", n: int | None = None) -> n
     _check_length(len(y), n, name)
     if y.dtype == bool:
         return y
+    y = _numbers_from_objects(y)
     if y.dtype.kind in "iuf":
         ok = (y == 0) | (y == 1)
         if ok.all():
@@ -172,6 +181,7 @@ def check_class_labels(y_true, n_classes: int, name: str = "y_true", n: int | No
     _check_length(len(y), n, name)
     if y.dtype == bool:
         y = y.astype(int)
+    y = _numbers_from_objects(y)
     if y.dtype.kind in "iuf":
         ok = np.isfinite(y) & (y == np.round(y)) & (y >= 0) & (y < n_classes)
         if ok.all():
@@ -289,7 +299,9 @@ def confusion_matrix(y_true, y_pred, n_classes: int, weights=None):
 
 def rates_from_confusion(cm) -> dict[str, np.ndarray]:
     """Per-class one-vs-rest rates from a (..., K, K) confusion matrix: arrays of shape (..., K)."""
-    cm = np.asarray(cm, dtype=float)
+    cm = _as_float(cm, "cm")
+    if cm.ndim < 2 or cm.shape[-1] != cm.shape[-2] or not np.isfinite(cm).all() or (cm < 0).any():
+        raise MedtlError(f"must be square (..., K, K) counts, finite and >= 0; got shape {cm.shape}", "cm")
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
     actual = cm.sum(axis=-1)
     called = cm.sum(axis=-2)
@@ -327,7 +339,7 @@ def binary_scores(cm) -> dict[str, np.ndarray]:
     """Threshold metrics of the positive class (index 1) from a (B, 2, 2) confusion matrix."""
     r = rates_from_confusion(cm)
     out = {k: r[k][..., 1] for k in ("sensitivity", "specificity", "ppv", "npv", "f1")}
-    out.update(_agreement(cm))
+    out.update(_agreement(np.asarray(cm, dtype=float)))
     out["balanced_accuracy"] = _balanced_accuracy(r)
     return out
 
@@ -347,7 +359,7 @@ def multiclass_scores(cm) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
         # accuracy, which (as scikit-learn) averages recall over the classes present.
         macro = {k: r[k].mean(axis=-1) for k in ("sensitivity", "specificity", "ppv", "npv", "f1")}
     macro["balanced_accuracy"] = _balanced_accuracy(r)
-    macro.update(_agreement(cm))
+    macro.update(_agreement(np.asarray(cm, dtype=float)))
     per_class = {k: r[k] for k in ("sensitivity", "specificity", "ppv", "npv", "f1")}
     return macro, per_class
 
@@ -364,6 +376,8 @@ def classification_metrics(y_true, probs, threshold: float | None = 0.5, weights
     P = check_probs(probs)
     K = P.shape[1]
     y = check_class_labels(y_true, K, n=len(P))
+    if threshold is not None and not (isinstance(threshold, (int, float, np.number)) and np.isfinite(threshold)):
+        raise MedtlError(f"must be a finite number or None, got {threshold!r}", "threshold")
     W, batched = _weights(weights, len(y))
     if K == 2:
         pred = (P[:, 1] >= (0.5 if threshold is None else threshold)).astype(int)

@@ -204,3 +204,21 @@ def test_class_label_and_weight_checks():
         auroc([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], weights=[1.0, np.nan, 1.0, 1.0])
     with pytest.raises(MedtlError, match="no cases"):
         auroc([], [])
+
+
+def test_object_arrays_threshold_and_confusion_input_checks():
+    from medtl.evaluation.metrics import binary_scores
+
+    s = np.array([0.1, 0.4, 0.35, 0.8])
+    y = np.array([0, 0, 1, 1])
+    # numbers held as objects (a pandas column) are numbers; text "0"/"1" is not taken for classes
+    assert auroc(np.array([0, 0, 1, 1], dtype=object), s) == pytest.approx(skm.roc_auc_score(y, s))
+    with pytest.raises(MedtlError, match="y_true: binary labels"):
+        auroc(np.array(["0", "0", "1", "1"], dtype=object), s)
+    with pytest.raises(MedtlError, match="threshold"):
+        classification_metrics(y, np.c_[1 - s, s], threshold=float("nan"))  # would call every case negative
+    with pytest.raises(MedtlError, match="cm"):
+        binary_scores([[1.0, np.nan], [0.0, 2.0]])
+    cm = [[3.0, 1.0], [2.0, 4.0]]
+    m = binary_scores(cm)
+    assert m["sensitivity"] == pytest.approx(4 / 6) and m["accuracy"] == pytest.approx(0.7)
