@@ -17,6 +17,7 @@ Output folder::
     predictions.csv               val and test predictions (the evaluation's table)
     report.json / .md / .html     test metrics with CIs; figures/
     metrics.jsonl, best.pt, last.pt, config.json   the trainer's run folder (resumable)
+    train_inputs.json             what the weights were trained on: a rerun resumes only with the same
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class Inputs:
     manifests: dict[str, Path]
     label_names: list[str]
     modality: str
+    to_save: dict[Path, tuple[Manifest, Path]] = field(default_factory=dict)  # out file -> (manifest, root)
+
+
+def save_inputs(inputs: Inputs) -> None:
+    """Write the manifests into the output folder, each recording its data root: the run is self-contained."""
+    for path, (m, root) in inputs.to_save.items():
+        if m.source is None or Path(m.source).resolve() != path.resolve():  # not when it is that file already
+            m.save(path, data_root=root)
 
 
 @dataclass
@@ -71,9 +80,9 @@ def _inside(path: Path, root: Path) -> bool:
 
 def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | None, *, seed: int = 0,
                fractions=DEFAULT_FRACTIONS, modality: str | None = None) -> tuple[Manifest, Path, Path]:
-    """A manifest CSV or an image folder -> ``(manifest, its data root, the manifest file)``.
+    """A manifest CSV or an image folder -> ``(manifest, its data root, where it is saved in out)``.
 
-    A folder becomes a manifest through the manifest builder, written to ``out``; its root is
+    A folder becomes a manifest through the manifest builder; its root is
     ``data_root`` when that contains it, else the folder itself. A CSV keeps its rows; its root is
     ``data_root``, else the one its .meta.json records, else the default. For ``role`` val or test
     every row of the input belongs to that split (a separate set is used whole).
@@ -89,8 +98,7 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
                            group_near_copies=role == "train", modality=modality)
         if role != "train":
             m = m.with_splits([role] * len(m))
-        path = m.save(out / name, data_root=root)
-        return m, root.resolve(), path
+        return m, root.resolve(), out / name
     if p.suffix.lower() != ".csv" or not p.is_file():
         raise MedtlError("expected a manifest .csv or a folder of <label>/<file> images", p)
     m = Manifest.load(p)
@@ -98,10 +106,8 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
     require_files(m, root)  # before any decoding or training, naming the user's manifest
     if role != "train":
         m = m.with_splits([role] * len(m))
-    if (out / name).resolve() == p.resolve():  # training again from this folder's own manifest
-        return m, root, p
-    # a copy in the output folder, with the split it was used as and its root: the run is self-contained
-    return m, root, m.save(out / name, data_root=root)
+    # written to out/<name> (see save_inputs): a copy with the split it served and its root
+    return m, root, out / name
 
 
 def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed: int = 0,
@@ -118,15 +124,18 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
     train_m, train_root, train_path = load_input(train, "train", out, data_root, seed=seed, fractions=tuple(fr),
                                                  modality=modality)
     splits, roots, manifests = {}, {}, {}
+    to_save = {train_path: (train_m, train_root)}
     for role, spec in (("train", None), ("val", val), ("test", test)):
         if spec is None:
             splits[role], roots[role], manifests[role] = train_m.select(split=role), train_root, train_path
         else:
             m, root, path = load_input(spec, role, out, data_root, seed=seed, modality=modality)
             splits[role], roots[role], manifests[role] = m, root, path
-    where = manifests["train"].name
+            to_save[path] = (m, root)
+    given = {"train": train, "val": val if val is not None else train, "test": test if test is not None else train}
+    where = str(train)  # errors name what the user gave
     if not len(splits["train"]):
-        raise MedtlError("no rows in the train split", manifests["train"])
+        raise MedtlError("no rows in the train split", where)
     labels = [name for name in train_m.label_names if name != "unlabelled"]
     unlabelled = sum(r.label == "unlabelled" for r in splits["train"])
     if unlabelled:
@@ -135,14 +144,13 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
     for role in ("val", "test"):
         unknown = sorted({r.label for r in splits[role]} - set(labels))
         if unknown:
-            raise MedtlError(f"{role} labels {unknown} are not among the training labels {labels}",
-                             manifests[role].name)
+            raise MedtlError(f"{role} labels {unknown} are not among the training labels {labels}", given[role])
     mods = sorted({r.modality for m in splits.values() for r in m})
     if len(mods) != 1:
         raise MedtlError(f"the inputs mix modalities {mods}; train on one (cxr, mri2d or mri3d)", where)
     if not len(splits["test"]):
         log.warning("no test rows: the model is trained but not scored (give --test, or a manifest with a test split)")
-    return Inputs(splits, roots, manifests, labels, mods[0])
+    return Inputs(splits, roots, manifests, labels, mods[0], to_save)
 
 
 def _init_defaults(init: str | Path | None) -> dict[str, Any]:
@@ -163,6 +171,24 @@ def _init_defaults(init: str | Path | None) -> dict[str, Any]:
     size = (meta.get("intensity") or {}).get("image_size") or (meta.get("image_size") or [None])[0]
     return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size,
             "spatial_dims": enc.get("spatial_dims", 2)}
+
+
+RUN_KEY_FILE = "train_inputs.json"
+
+
+def _check_resumable(out: Path, resume: bool, key: dict[str, Any]) -> None:
+    """Resuming continues the weights in ``out``: refuse when they were trained on other data or settings
+    (more epochs are fine), instead of silently mixing two runs."""
+    import json
+
+    path = out / RUN_KEY_FILE
+    if resume and (out / "last.pt").exists() and path.exists():
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in set(old) | set(key) if old.get(k) != json.loads(json.dumps(key.get(k))))
+        if differ:
+            raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new --out, or "
+                             "--no-resume to start over here", out)
+    path.write_text(json.dumps(key, indent=2) + "\n")
 
 
 def _preset_options(modality: str, image_size) -> tuple[Any, dict[str, Any]]:
@@ -229,6 +255,12 @@ def train_model(
     size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
     lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
 
+    _check_resumable(out, resume, {
+        "train": inputs.splits["train"].content_hash(), "val": inputs.splits["val"].content_hash(),
+        "modality": inputs.modality, "labels": inputs.label_names, "arch": arch, "image_size": size,
+        "init": str(init) if init else None, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+        "seed": seed})
+    save_inputs(inputs)  # only now: a refused rerun leaves the folder's manifest as it was
     common = {"cache": cache, "run_dir": out, "progress": None if progress else False, **preset_options}
     datasets = {role: build_dataset(m, inputs.roots[role], inputs.modality, role == "train", **common)
                 for role, m in inputs.splits.items() if len(m)}
@@ -321,4 +353,4 @@ def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: s
     ]
 
 
-__all__ = ["Inputs", "TrainOwnResult", "gather_inputs", "load_input", "next_commands", "train_model"]
+__all__ = ["Inputs", "TrainOwnResult", "gather_inputs", "load_input", "next_commands", "save_inputs", "train_model"]

@@ -156,7 +156,12 @@ def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path,
     shutil.copy(next((wrong / "tumor").iterdir()), wrong / "glioma" / "x.jpg")
     assert main(["train", "--train", str(tmp / "run" / "manifest.csv"), "--test", str(wrong),
                  "--out", str(tmp_path / "o2"), *FAST]) == 2
-    assert "test labels ['glioma'] are not among the training labels ['no_tumor', 'tumor']" in capsys.readouterr().err
+    assert f"{wrong}: test labels ['glioma'] are not among the training labels ['no_tumor', 'tumor']" in \
+        capsys.readouterr().err
+    # a rerun into a finished run's folder resumes it only when the data and settings are the same
+    assert main(["train", "--train", str(folder), "--out", str(tmp / "run"), *FAST, "--seed", "1"]) == 2
+    assert "this folder holds a run with other seed, train, val; use a new --out" in capsys.readouterr().err
+    assert Manifest.load(tmp / "run" / "manifest.csv").content_hash() == m.content_hash()  # left as it was
 
 
 def test_help_is_plain_text_and_gives_every_default():
