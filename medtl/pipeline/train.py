@@ -168,9 +168,12 @@ def _init_defaults(init: str | Path | None) -> dict[str, Any]:
     if enc.get("lift"):
         raise MedtlError("this checkpoint's encoder is lifted to 3D; medtl train starts from 2D encoders or "
                          "plain 3D ones", init)
-    size = (meta.get("intensity") or {}).get("image_size") or (meta.get("image_size") or [None])[0]
-    return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size,
-            "spatial_dims": enc.get("spatial_dims", 2)}
+    intensity, dims = meta.get("intensity") or {}, enc.get("spatial_dims", 2)
+    if dims == 3:
+        size = intensity.get("volume_shape") or meta.get("image_size")
+    else:
+        size = intensity.get("image_size") or (meta.get("image_size") or [None])[0]
+    return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size, "spatial_dims": dims}
 
 
 RUN_KEY_FILE = "train_inputs.json"
