@@ -88,8 +88,9 @@ def run(args) -> int:
                              path)
         else:
             tables.append(path)
-    if len(thresholds) == 1 and None not in thresholds and args.positive_class is None:
-        settings = replace(settings, model_threshold=thresholds.pop())  # used where no val rows choose one
+    # one model's results only: its threshold is used where no val rows choose one (not for other tables)
+    if len(tables) == 1 and len(thresholds) == 1 and None not in thresholds and args.positive_class is None:
+        settings = replace(settings, model_threshold=thresholds.pop())
     report = evaluate_predictions(tables, settings)
     report["sources"] = [str(p) for p in args.predictions]
     report["notes"] = notes + report["notes"]
@@ -109,7 +110,8 @@ def register(subparsers) -> None:
                    help="predictions table(s) (.csv or .parquet) or medtl predict's results.csv")
     p.add_argument("--labels", default=None, metavar="MANIFEST",
                    help="results.csv without labels: the manifest of the predicted images, joined by path "
-                        "(its split is kept: val rows choose the threshold, test rows are scored)")
+                        "(its split is kept: val rows choose the threshold, test rows are scored; default: the "
+                        "results' own label column)")
     p.add_argument("--out", required=True, help="output folder")
     add_settings_arguments(p)
     p.set_defaults(func=run)
