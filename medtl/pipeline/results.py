@@ -115,6 +115,39 @@ def selection_section(run: Path, config: dict) -> list[str]:
     return lines + [""]
 
 
+def recommendation_section(runs: list[Path]) -> list[str]:
+    """The strategy recommendation of each run (made before training) beside what the run observed: rank
+    correlation, whether the top pick was best, and its regret; a tie is reported as a tie."""
+    rows = []
+    for run in runs:
+        report = json.loads((run / "report.json").read_text())
+        outcome = (report.get("recommendation") or {}).get("outcome")
+        rec_path = run / "similarity" / "recommendation.json"
+        if not outcome or not rec_path.exists():
+            continue
+        record = json.loads(rec_path.read_text())
+        name = yaml.safe_load((run / "config.yaml").read_text())["name"]
+        tie = record.get("tie") or []
+        pick = f"tie: {', '.join(tie)}" if tie else outcome["recommended"]
+        rows.append((name, pick, outcome))
+    if not rows:
+        return []
+    lines = ["## The recommendation against the outcomes", "",
+             "Each pipeline ranks its candidate strategies before training (similarity stage) and then observes "
+             "them (test metric of the first task at the largest label fraction, mean over seeds: AUROC, or MAE "
+             "for regression). Spearman and Kendall: rank correlation between the predicted order and the observed "
+             "one (undefined with fewer than 3 candidates); regret: best observed minus the pick's value.", "",
+             "| pipeline | recommended | best observed | top pick best | Spearman | Kendall | regret |",
+             "|---|---|---|---|---|---|---|"]
+    for name, pick, o in rows:
+        def num(v):
+            return "undefined" if v is None else f"{v:.3f}"
+
+        lines.append(f"| {name} | {pick} | {o['best_observed']} | {'yes' if o['top1_is_best'] else 'no'} | "
+                     f"{num(o.get('spearman'))} | {num(o.get('kendall'))} | {num(o.get('regret'))} |")
+    return lines + [""]
+
+
 def _mean_ci(values: list[float]) -> str:
     import numpy as np
     from scipy import stats
@@ -305,6 +338,7 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         header += [f"- `{m}`: `medtl run pipelines/{m}.yaml --data-root ../shared/data --out runs/{m} --profile cpu`"
                    for m in missing]
         header.append("")
+    header += recommendation_section([Path(r) for r in runs])
     summary = notes_dir / "summary.md"  # a hand-written overview, shown before the pipelines
     if summary.exists():
         header += [f"## Summary (written by hand, not generated; from `{summary.as_posix()}`)", "",

@@ -28,6 +28,13 @@ def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
     assert figure.read_bytes().startswith(b"\x89PNG") and "](results_figures/tiny_tumor.png)" in page
     assert "| feature_extraction | 0.5 |" in page and "AUROC" in page
     assert "cxr_to_mri2d" in page  # shipped pipelines without a run are listed, with their command
+    # the recommendation made before training, beside what the run observed
+    import json
+
+    outcome = json.loads((out / "report.json").read_text())["recommendation"]["outcome"]
+    assert "## The recommendation against the outcomes" in page
+    row = next(line for line in page.splitlines() if line.startswith("| tiny |"))
+    assert f"| {outcome['best_observed']} |" in row and ("| yes |" if outcome["top1_is_best"] else "| no |") in row
 
 
 def test_results_page_counts_scored_test_images_in_near_copy_groups(tmp_path, tiny, make_config):
