@@ -114,8 +114,9 @@ class _Doc:
         e = html.escape
         body = []
         for b in self.blocks:
-            if b[0] == "h":
-                body.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            if b[0] == "h":  # an id per heading, so a section can be linked (report.html#learning-curves)
+                slug = re.sub(r"[^a-z0-9]+", "-", b[2].lower()).strip("-")
+                body.append(f'<h{b[1]} id="{slug}">{e(b[2])}</h{b[1]}>')
             elif b[0] == "p":
                 body.append(f"<p>{_inline(b[1])}</p>")
             elif b[0] == "warn":
@@ -376,12 +377,11 @@ def _comparisons(doc: _Doc, t: dict) -> None:
             hidden += 1
             continue
         seed = "–" if c.get("seed") is None else str(c["seed"])
-        if c.get("note"):
-            rows.append([c["strategy_a"], c["strategy_b"], seed, "–", "–", "–", c["note"]])
-            continue
-        p = "–" if c["p_value"] is None else (f"{c['p_value']:.3f}" if c["p_value"] >= 1e-3 else "<0.001")
-        rows.append([c["strategy_a"], c["strategy_b"], seed, f"{c['auc_a']:.3f} vs {c['auc_b']:.3f}",
-                     f"{c['difference']:+.3f} ± {c['se']:.3f}", p, ""])  # fmt: skip
+        # a pair that was not tested (note) still shows its AUROCs when they were computed
+        aucs = "–" if c.get("auc_a") is None else f"{c['auc_a']:.3f} vs {c['auc_b']:.3f}"
+        p = "–" if c.get("p_value") is None else (f"{c['p_value']:.3f}" if c["p_value"] >= 1e-3 else "<0.001")
+        diff = "–" if c.get("p_value") is None else f"{c['difference']:+.3f} ± {c['se']:.3f}"
+        rows.append([c["strategy_a"], c["strategy_b"], seed, aucs, diff, p, c.get("note") or ""])
     # run ids are long and say again what A, B and the seed say: they stay in report.json, and the Note
     # column only appears when a pair has one, so the table fits the page instead of scrolling sideways
     header = ["A", "B", "Seed", "AUROC A vs B", "Difference ± SE", "p", "Note"]
