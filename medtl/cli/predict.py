@@ -66,7 +66,10 @@ def register(subparsers) -> None:
     g.add_argument("--max-instance-mb", type=_positive(float), default=d.instance_bytes / MiB,
                    help=f"decoded pixel data per DICOM instance, MiB (default: {d.instance_bytes // MiB})")
     g.add_argument("--max-series-mb", type=_positive(float), default=d.series_bytes / MiB,
-                   help=f"decoded pixel data per DICOM series, MiB (default: {d.series_bytes // MiB})")
+                   help=f"decoded pixel data per DICOM series for a 2D model, MiB (default: {d.series_bytes // MiB})")
+    g.add_argument("--max-volume-mb", type=_positive(float), default=d.volume_bytes / MiB,
+                   help="decoded pixel data per DICOM series read as one volume by a 3D model, MiB (default: "
+                        f"{d.volume_bytes // MiB})")
     g.add_argument("--max-picture-mpx", type=_positive(float), default=d.picture_pixels / 1e6,
                    help=f"pixels per PNG/JPEG, millions (default: {d.picture_pixels / 1e6:g})")
     g.add_argument("--max-volume-mvox", type=_positive(float), default=d.volume_voxels / 1e6,
@@ -109,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     rules = SeriesRules(modalities=args.modality, body_parts=args.body_part, description=args.series_description,
                         min_slices=args.min_slices)
     limits = Limits(instance_bytes=int(args.max_instance_mb * MiB), series_bytes=int(args.max_series_mb * MiB),
+                    volume_bytes=int(args.max_volume_mb * MiB),
                     picture_pixels=int(args.max_picture_mpx * 1e6), volume_voxels=int(args.max_volume_mvox * 1e6))
     auth = PacsAuth.from_environment(args.pacs_user, args.pacs_password_file, args.pacs_token_file) \
         if is_url(args.input) else None

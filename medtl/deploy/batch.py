@@ -86,7 +86,8 @@ class BatchResult:
 
 
 def discover(input: str | Path, *, out: Path | None = None, data_root: str | Path | None = None,
-             split: str | None = None, source=None, limits: Limits | None = None, display=None) -> list[Series]:
+             split: str | None = None, source=None, limits: Limits | None = None, display=None,
+             volume: bool = False) -> list[Series]:
     """The series of a folder, a file, a manifest (``.csv``) or a DICOMweb URL (``source`` given)."""
     if source is not None:
         return source.list_series()
@@ -94,11 +95,12 @@ def discover(input: str | Path, *, out: Path | None = None, data_root: str | Pat
     if p.is_file() and p.suffix.lower() == ".csv":
         from medtl.paths import default_data_root
 
-        return scan_manifest(p, data_root if data_root is not None else default_data_root(), split, limits, display)
+        return scan_manifest(p, data_root if data_root is not None else default_data_root(), split, limits, display,
+                             volume)
     if p.is_dir():
-        return scan_folder(p, skip=out, limits=limits, display=display)
+        return scan_folder(p, skip=out, limits=limits, display=display, volume=volume)
     if p.is_file():  # one image file, or one multi-frame DICOM
-        return scan_files([p], p.parent, limits, display)
+        return scan_files([p], p.parent, limits, display, volume)
     if p.exists():
         raise MedtlError("input is not a regular file or folder (a FIFO, socket or device)", p)
     raise MedtlError("input is neither a folder, a file, a manifest (.csv) nor a DICOMweb URL (http[s]://...)", p)
@@ -136,7 +138,7 @@ class _Prepared(torch.utils.data.Dataset):
                         total += check_file(f, self.limits)
                     except MedtlError as err:
                         raise MedtlError(err.reason, f) from None
-                check_series(total, self.limits)
+                check_series(total, self.limits, self.loader.spatial_dims == 3)
             item["x"] = self.loader(s, files)
         except PacsUnreachable as err:  # the PACS, not the series: a rerun retries it
             item["error"], item["retryable"] = describe_error(err, s, sops, self.include_identifiers), True
@@ -259,7 +261,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if source is not None:
             source.check()  # a wrong password or an untrusted certificate: one clear error, now
         series = discover(input, out=out, data_root=data_root, split=split, source=source, limits=limits,
-                          display=display)
+                          display=display, volume=(predictor.spatial_dims or (3 if predictor.preset == "mri3d" else 2)) == 3)
         if not include_identifiers:
             # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
             # file's path may hold the name its folder was given, which only other files' headers reveal).

@@ -172,13 +172,14 @@ def _file_key(rel: str) -> str:
 
 
 def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limits: Limits | None = None,
-               display=None) -> list[Series]:
+               display=None, volume: bool = False) -> list[Series]:
     """Group ``paths`` (files under ``root``, or ``(file, problem)`` pairs from the walk) into series.
 
     Every file ends in exactly one series: a DICOM series, or a one-file series of its own (an image,
     an unreadable file, a file over the limits, a duplicate instance). ``limits`` (default
     ``Limits()``) are checked from each header before any pixel is decoded; ``display`` turns a
-    path relative to ``root`` into what the results show (e.g. salted hashes, ``--redact-paths``).
+    path relative to ``root`` into what the results show (e.g. salted hashes, ``--redact-paths``);
+    ``volume``: each series will be read as one volume (a 3D model), with its own limit.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -265,7 +266,7 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
         s.sop_uids[str(path)] = sop
     for s in groups.values():
         try:
-            check_series(s.decoded_bytes, limits)
+            check_series(s.decoded_bytes, limits, volume)
         except MedtlError as err:
             s.error = s.error or err.reason
     if ignored:
@@ -288,16 +289,16 @@ def _new_series(key: str, ds, rel: str) -> Series:
 
 
 def scan_folder(folder: str | Path, skip: Path | None = None, limits: Limits | None = None,
-                display=None) -> list[Series]:
+                display=None, volume: bool = False) -> list[Series]:
     """Every series under ``folder`` (recursively); ``skip`` is a folder not to enter (the output)."""
     root = Path(folder)
     if not root.is_dir():
         raise MedtlError("input folder not found", root)
-    return scan_files(_walk(root, skip), root, limits, display)
+    return scan_files(_walk(root, skip), root, limits, display, volume)
 
 
 def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None = None,
-                  limits: Limits | None = None, display=None) -> list[Series]:
+                  limits: Limits | None = None, display=None, volume: bool = False) -> list[Series]:
     """One series per manifest row (a file, or a folder holding one DICOM series), keyed by its path.
 
     Only the ``path`` column is required; ``label`` and ``split`` are carried into the results so a
@@ -334,9 +335,9 @@ def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None
             out.append(Series(shown, source=shown, extra=extra, error="file not found"))
             continue
         if full.is_dir():
-            found = scan_folder(full, limits=limits)
+            found = scan_folder(full, limits=limits, volume=volume)
         elif full.is_file():
-            found = scan_files([full], full.parent, limits)
+            found = scan_files([full], full.parent, limits, volume=volume)
         else:
             found = [Series(shown, error="not a regular file (a FIFO, socket or device): not read")]
         if len(found) == 1:

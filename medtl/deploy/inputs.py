@@ -45,19 +45,26 @@ class SeriesLoader:
         if not files:
             raise MedtlError("series has no files")
         images = self._images_2d(files) if self.spatial_dims == 2 else [self._volume(series, files)]
-        out = []
-        for image in images:
-            tensor = MetaTensor(torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
-                                affine=torch.as_tensor(image.affine, dtype=torch.float64))
-            result = self.chain({"image": tensor})["image"]
-            out.append(torch.as_tensor(result).float())
+        # One image at a time, from the reader to the model's input size: a series of large images
+        # never sits in memory at full resolution all at once (see limits in docs/batch.md).
+        out = [self._prepare(image) for image in images]
+        if not out:
+            raise MedtlError("every image of the series is constant")
         batch = torch.stack(out)
         if not torch.isfinite(batch).all():
             raise MedtlError("preprocessing produced NaN/Inf values")
         return batch
 
-    def _images_2d(self, files: list[Path]) -> list[io.Image]:
-        images = []
+    def _prepare(self, image: io.Image) -> torch.Tensor:
+        tensor = MetaTensor(torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
+                            affine=torch.as_tensor(image.affine, dtype=torch.float64))
+        result = self.chain({"image": tensor})["image"]
+        # A plain copy: the MetaTensor keeps the full-size input alive through its metadata.
+        result = result.as_tensor() if isinstance(result, MetaTensor) else torch.as_tensor(result)
+        return result.float().clone()
+
+    def _images_2d(self, files: list[Path]):
+        """Every usable 2D image of the files, lazily (a generator: one file decoded at a time)."""
         for f in files:
             image = _read_one(f)
             if image.array.ndim == 2:
@@ -71,10 +78,8 @@ class SeriesLoader:
                     io.check_pixels(frame, f)
                 elif frame.max() == frame.min():
                     continue  # blank slice of a stack: no information, and it would break scaling
-                images.append(io.Image(frame))
-        if not images:
-            raise MedtlError("every image of the series is constant")
-        return images
+                yield io.Image(frame)
+            del image, frames
 
     def _volume(self, series: Series, files: list[Path]) -> io.Image:
         if len(files) == 1:

@@ -9,8 +9,8 @@ declares, and becomes an error row; nothing is decoded or allocated first:
 - PNG/JPEG: pixels (width x height from the header; Pillow only warns below 179 Mpx);
 - NIfTI: voxels (the product of the header's dims).
 
-Defaults (``Limits()``) keep one run under about 2 GB of memory; ``medtl predict --max-...``
-changes them (docs/batch.md, "Security and data protection").
+Defaults (``Limits()``) keep one run under 2 GB of memory; ``medtl predict --max-...`` changes
+them (docs/batch.md, "Security and data protection").
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ DEFLATED = ("1.2.840.10008.1.2.1.99",)  # Deflated Explicit VR Little Endian
 
 @dataclass(frozen=True)
 class Limits:
-    instance_bytes: int = 256 * MiB  # decoded pixel data of one DICOM instance
-    series_bytes: int = 1024 * MiB  # decoded pixel data of one DICOM series (all its instances)
+    """Upper bounds on what one input may make a run decode. The defaults keep the peak memory of a
+    run under 2 GB (measured: docs/batch.md, "Security and data protection")."""
+
+    instance_bytes: int = 128 * MiB  # decoded pixel data of one DICOM instance
+    series_bytes: int = 1024 * MiB  # ... of one DICOM series, for a 2D model (read one image at a time)
+    volume_bytes: int = 96 * MiB  # ... of one DICOM series read as one volume by a 3D model (held and resampled whole)
     picture_pixels: int = 50_000_000  # width x height of one PNG/JPEG
-    volume_voxels: int = 128 * MiB  # voxels of one NIfTI volume (x 4 bytes as float32)
+    volume_voxels: int = 48_000_000  # voxels of one NIfTI volume
 
 
 def _mib(n: int) -> str:
@@ -75,7 +79,11 @@ def check_dicom(ds, limits: Limits) -> int:
     return n
 
 
-def check_series(total: int, limits: Limits) -> None:
+def check_series(total: int, limits: Limits, volume: bool = False) -> None:
+    """``volume``: the series is read as one volume (a 3D model), which needs several times its size."""
+    if volume and total > limits.volume_bytes:
+        raise MedtlError(f"decoded pixel data of the series would be {_mib(total)}, over the limit of "
+                         f"{_mib(limits.volume_bytes)} per volume for a 3D model (--max-volume-mb): not decoded")
     if total > limits.series_bytes:
         raise MedtlError(f"decoded pixel data of the series would be {_mib(total)}, over the limit of "
                          f"{_mib(limits.series_bytes)} per series (--max-series-mb): not decoded")

@@ -57,4 +57,4 @@ def test_every_predict_option_has_a_plain_help_line_with_its_default(capsys):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "`" not in text  # no reStructuredText markup in a terminal
-    assert "--max-instance-mb" in text and "MiB (default: 256)" in text
+    assert "--max-instance-mb" in text and "MiB (default: 128)" in text

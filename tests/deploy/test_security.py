@@ -105,6 +105,8 @@ def test_limits_are_options(tmp_path, mprage_files, new_series, model_2d):
     new_series(mprage_files[:4], tmp_path / "in", "limits")  # 4 x 256 x 256 x 16 bit = 512 KiB decoded
     series = scan_folder(tmp_path / "in", limits=Limits(series_bytes=300_000))
     assert len(series) == 1 and "per series (--max-series-mb)" in series[0].error
+    (volume,) = scan_folder(tmp_path / "in", limits=Limits(volume_bytes=300_000), volume=True)
+    assert "per volume for a 3D model (--max-volume-mb)" in volume.error  # a 3D model holds the series whole
     (one,) = scan_folder(tmp_path / "in", limits=Limits())
     assert one.error is None and one.decoded_bytes == 4 * 256 * 256 * 2
     result = predict_batch(model_2d, tmp_path / "in", tmp_path / "out", limits=Limits(instance_bytes=100_000),
