@@ -177,6 +177,7 @@ class DicomwebSource:
             session.cert = (str(client_cert), str(client_key)) if client_key else str(client_cert)
         elif client_key is not None:
             raise MedtlError("a client key needs its client certificate (--client-cert)")
+        self.client_cert = client_cert
         self.client = DICOMwebClient(self.url, session=session, timeout=timeout)
         self.client.set_http_retry_params(retry=False)  # ours sorts errors first (see the module docstring)
         # The retrying package logs every failed attempt with a traceback; our errors say it once.
@@ -206,7 +207,10 @@ class DicomwebSource:
                                       f"check {ENV_USER}/{ENV_PASSWORD}, {ENV_TOKEN} or the credential files",
                                       where) from None
                 if status not in RETRIED_STATUS:
-                    raise MedtlError(f"DICOMweb {what} failed: HTTP {status} {_short(err)}", where) from None
+                    hint = ""
+                    if status == 400 and self.url.startswith("https://") and not self.client_cert:
+                        hint = " (a TLS gateway answers 400 when it wants a client certificate: --client-cert)"
+                    raise MedtlError(f"DICOMweb {what} failed: HTTP {status} {_short(err)}{hint}", where) from None
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
                                           f"{self.retries} attempt(s)", where) from None

@@ -57,6 +57,10 @@ def test_tls_basic_auth_round_trip_writes_no_secret(secure_pacs, model_2d, tmp_p
     for secret in (secure_pacs["password"], CR_PATIENT, "CompressedSamples"):
         assert secret not in seen, secret
     assert json.loads((out / "run.json").read_text())["input"] == secure_pacs["https"]
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.parent.parent.name != "sr"]
+    print(f"\nSHOW tls+basic round trip: rows={[(r['modality'], r['status'], r['sr_stored']) for r in rows]}; "
+          f"grep password/PatientID/name over {files} + stdout + stderr ({len(run.stderr.splitlines())} log lines, "
+          f"{run.stderr.count('DEBUG')} debug): {[seen.count(x) for x in (secure_pacs['password'], CR_PATIENT)]} hits")
 
 
 def test_bearer_token_over_mutual_tls(secure_pacs, model_2d, tmp_path):
@@ -66,12 +70,14 @@ def test_bearer_token_over_mutual_tls(secure_pacs, model_2d, tmp_path):
     # Without the client certificate the gateway refuses the TLS session: one clear error, no rows.
     started = time.monotonic()
     refused = _cli(*args, "--out", str(tmp_path / "nocert"), env=env)
-    assert refused.returncode == 2 and "error:" in refused.stderr
+    assert refused.returncode == 2 and "wants a client certificate: --client-cert" in refused.stderr
     assert time.monotonic() - started < 60 and not (tmp_path / "nocert" / "results.jsonl").exists()
     ok = _cli(*args, "--out", str(tmp_path / "out"), "--client-cert", str(secure_pacs["client"]),
               "--client-key", str(secure_pacs["client_key"]), env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "2 ok, 0 error(s)" in ok.stdout
+    print(f"\nSHOW mTLS+bearer without client cert: {refused.stderr.strip().splitlines()[-1][:200]}")
+    print(f"SHOW mTLS+bearer with client cert: {ok.stdout.strip()}")
     seen = _everything_written(tmp_path / "out") + ok.stdout + ok.stderr
     assert secure_pacs["token"] not in seen
     # A wrong token: the gateway answers 401, reported once as refused credentials.
@@ -86,6 +92,7 @@ def test_wrong_password_is_one_error_before_the_batch(secure_pacs, model_2d, tmp
     with pytest.raises(PacsRefused, match=r"refused the credentials \(HTTP 401\)"):
         predict_batch(model_2d, source, tmp_path / "out", progress=False)
     assert time.monotonic() - started < 10  # not retried: a retried wrong password locks accounts
+    print(f"\nSHOW wrong password: one error after {time.monotonic() - started:.1f} s")
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
@@ -161,6 +168,7 @@ def test_outage_trips_the_breaker_and_a_rerun_resumes(orthanc_server, mprage_fil
             predict_batch(dataclasses.replace(predictor, predict=predict_then_pull_the_plug), source, out,
                           batch_size=1, max_pacs_failures=2, progress=False)
         assert time.monotonic() - started < 60
+        print(f"\nSHOW outage: breaker stopped the run after {time.monotonic() - started:.1f} s")
         first = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         assert [r["status"] for r in first] == ["ok", "error", "error"]
         assert all(r.get("retryable") for r in first[1:]) and "cannot reach the PACS after 2" in first[1]["error"]

@@ -98,7 +98,13 @@ def test_hostile_batch_cli_memory_and_no_leaks(hostile, model_2d, tmp_path):
     assert salted_path("bombs/156mpx.png", salt) in sources
     assert all(s == "" or s.startswith("h-") for s in sources)
     assert json.loads((out / "run.json").read_text())["input"].startswith("h-")
-    print(f"\nSHOW rows={len(rows)} peak_rss_mb={peak_kb / 1024:.0f}")
+    import collections
+
+    reasons = collections.Counter((r["status"], r["error"].split(" (")[0].split(":")[0][:60]) for r in rows)
+    print(f"\nSHOW hostile batch: {len(expect) + 2} files, {len(rows)} rows, peak RSS {peak_kb / 1024:.0f} MB, "
+          f"secrets found: {[seen.count(s) for s in SECRETS]}")
+    for (status, reason), n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        print(f"SHOW   {n:3d} {status:9s} {reason}")
 
 
 def test_limits_are_options(tmp_path, mprage_files, new_series, model_2d):
@@ -146,6 +152,7 @@ def test_one_writer_per_output_folder_and_stale_lock_takeover(hostile, model_2d,
         assert second.returncode == 2
         assert f"another medtl predict is writing to this output folder (PID {holder.pid} on" in second.stderr
         assert "started 20" in second.stderr
+        print(f"\nSHOW second process: rc={second.returncode} {second.stderr.strip().splitlines()[-1]}")
         assert list(out.glob(".tmp-*"))  # the holder's private temporary folder
         assert oct(next(out.glob(".tmp-*")).stat().st_mode & 0o777) == "0o700"
     finally:
@@ -159,6 +166,8 @@ def test_one_writer_per_output_folder_and_stale_lock_takeover(hostile, model_2d,
     assert len(rows) == len({r["case_id"] for r in rows}) and result.resumed == 1  # each series once
     assert not list(out.glob(".tmp-*")) and not list(out.rglob("*.tmp"))  # the crashed run's leftovers are gone
     assert (out / ".medtl.lock").read_text() == ""  # released cleanly
+    print(f"SHOW after kill -9: {[m for m in caplog.messages if 'taking the lock over' in m][0]}; "
+          f"{len(rows)} rows, each series once, resumed {result.resumed}")
 
 
 def test_lock_in_process(tmp_path):
