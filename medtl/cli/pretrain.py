@@ -1,20 +1,31 @@
-"""`medtl pretrain`: source pretraining (supervised or autoencoder), writing <out>/model.pt."""
+"""`medtl pretrain`: source pretraining (supervised, autoencoder or self-supervised MoCo v2), writing <out>/model.pt."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from medtl.errors import MedtlError
 from medtl.paths import default_data_root
 
 
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder on source images (e.g. chest X-rays)")
-    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV (train/val splits are used)")
+    p.add_argument("--manifest", type=Path, nargs="+", required=True,
+                   help="manifest CSV (train/val splits are used); --mode moco takes several (their --splits rows)")
     p.add_argument("--data-root", type=Path, default=None, help="folder manifest paths are relative to")
     p.add_argument("--out", type=Path, required=True, help="run folder; the model is written to <out>/model.pt")
-    p.add_argument("--mode", choices=["supervised", "autoencoder"], default="supervised",
-                   help="supervised: classify the source labels; autoencoder: reconstruct the images (no labels)")
+    p.add_argument("--mode", choices=["supervised", "autoencoder", "moco"], default="supervised",
+                   help="supervised: classify the source labels; autoencoder: reconstruct the images (no labels); "
+                        "moco: contrastive self-supervised MoCo v2 on two augmented views (no labels)")
+    p.add_argument("--splits", nargs="+", choices=["train", "val", "test"], default=None,
+                   help="moco: the manifests' splits to learn from (default: train; a source unrelated to the "
+                        "target may use all three)")
+    p.add_argument("--temperature", type=float, default=None, help="moco: InfoNCE temperature (default 0.2)")
+    p.add_argument("--queue-size", type=int, default=None, help="moco: negatives kept in the queue (default 1024)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="moco: key-network momentum at the start, rising to 1 (default 0.99)")
+    p.add_argument("--proj-dim", type=int, default=128, help="moco: projection (embedding) size")
     p.add_argument("--arch", default="resnet18", help="resnet10/18/34/50 or densenet121")
     p.add_argument("--image-size", type=int, nargs="+", default=[128], help="side in pixels (three sizes for 3D)")
     p.add_argument("--stem-stride", type=int, default=2, help="stride of the first convolution (1 keeps small images' detail)")
@@ -47,14 +58,22 @@ def run(args) -> int:
     from medtl.engine.pretrain import pretrain
 
     size = args.image_size[0] if len(args.image_size) == 1 else list(args.image_size)
+    manifest = args.manifest[0] if len(args.manifest) == 1 else list(args.manifest)
+    ssl = {}
+    if args.mode == "moco":
+        hp = {"temperature": args.temperature, "queue_size": args.queue_size, "momentum": args.momentum}
+        ssl = {"splits": args.splits, "proj_dim": args.proj_dim,
+               "ssl_hparams": {k: v for k, v in hp.items() if v is not None}}
+    elif len(args.manifest) > 1:
+        raise MedtlError(f"--mode {args.mode} reads one manifest; several are for --mode moco", "--manifest")
     result = pretrain(
-        args.manifest, args.data_root or default_data_root(), args.out, mode=args.mode, image_size=size,
+        manifest, args.data_root or default_data_root(), args.out, mode=args.mode, image_size=size,
         cache=args.cache, on_error=args.on_error, arch=args.arch, stem_stride=args.stem_stride, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, latent_dim=args.latent_dim,
         kl_weight=args.kl_weight, init_weights=args.init_weights, adapt_channels=args.adapt_channels, seed=args.seed,
         num_workers=args.workers, resume=args.resume, device=args.device, amp=args.amp,
         deterministic=args.deterministic, grad_clip=args.grad_clip, patience=args.patience,
-        max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress,
+        max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress, **ssl,
     )
     from medtl.engine.distributed import current
 

@@ -35,7 +35,7 @@ from medtl.models.weights import load_weights
 from medtl.progress import bar
 
 log = logging.getLogger(__name__)
-MODES = ("supervised", "autoencoder")
+MODES = ("supervised", "autoencoder", "moco")  # moco: contrastive self-supervised (medtl.strategies.ssl)
 
 
 @dataclass
@@ -75,6 +75,9 @@ def pretrain_on(
     weight_decay: float = 1e-4,
     latent_dim: int = 128,
     kl_weight: float = 1e-3,
+    proj_dim: int = 128,
+    proj_hidden: int = 2048,
+    ssl_hparams: dict[str, Any] | None = None,
     init_weights: str | Path | None = None,
     adapt_channels: str | None = None,
     seed: int = 0,
@@ -91,6 +94,8 @@ def pretrain_on(
         raise MedtlError(f"unknown pretraining mode {mode!r}; known: {', '.join(MODES)}", "mode")
     if len(train_dataset) == 0:
         raise MedtlError("no training images (is the manifest's train split empty?)", "train")
+    if mode == "moco":  # the last epoch is the model: a contrastive loss is no model-selection criterion
+        train_options.setdefault("restore_best", False)
     config = TrainConfig.from_dict({"epochs": epochs, "seed": seed, **train_options})
     out = Path(out)
     seed_everything(seed)  # the initial weights depend on the seed alone
@@ -103,9 +108,15 @@ def pretrain_on(
         task = "binary" if len(label_names) == 2 else "multiclass"
         head = Head(encoder.out_features, task, len(label_names))
         strategy = get_strategy("full")(encoder, head, {"lr": lr, "weight_decay": weight_decay})
-    else:
+    elif mode == "autoencoder":
         head = VAEHead(encoder.out_features, image_size, spatial_dims, in_channels, latent_dim)
         strategy = AutoencoderStrategy(encoder, head, {"lr": lr, "weight_decay": weight_decay, "kl_weight": kl_weight})
+    else:  # self-supervised: a projection head, dropped on transfer
+        from medtl.models.projection import ProjectionHead
+        from medtl.strategies.ssl import MoCoStrategy
+
+        head = ProjectionHead(encoder.out_features, proj_hidden, proj_dim)
+        strategy = MoCoStrategy(encoder, head, {"lr": lr, "weight_decay": weight_decay, **(ssl_hparams or {})})
 
     meta = {
         "image_size": image_size,
@@ -179,7 +190,15 @@ def pretrain(
     val_split: str | None = "val",
     **options,
 ) -> PretrainResult:
-    """Pretrain from a manifest (CSV path or Manifest); ``options`` as :func:`pretrain_on`."""
+    """Pretrain from a manifest (CSV path or Manifest); ``options`` as :func:`pretrain_on`.
+
+    Self-supervised modes (``moco``) take one manifest or a list, and ``splits`` (default ``["train"]``)
+    in place of the train/val splits: see :func:`medtl.engine.pretrain_ssl.pretrain_ssl`."""
+    if mode == "moco":
+        from medtl.engine.pretrain_ssl import pretrain_ssl
+
+        return pretrain_ssl(manifest, data_root, out, mode=mode, image_size=image_size, cache=cache,
+                            on_error=on_error, **options)
     from medtl.data.datasets import build_dataset
     from medtl.data.manifest import Manifest
     from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS

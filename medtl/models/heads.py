@@ -116,6 +116,10 @@ def build_head(in_features: int | dict[str, Any], task: str = "binary", num_clas
             from medtl.models.autoencoder import VAEHead
 
             return VAEHead(**config)
+        if kind == "projection":  # self-supervised pretraining's projector (medtl.models.projection)
+            from medtl.models.projection import ProjectionHead
+
+            return ProjectionHead(**config)
         if kind != "classifier":
             raise MedtlError(f"unknown head kind {kind!r}", "head.kind")
         return Head(**config)

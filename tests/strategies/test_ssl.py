@@ -1,0 +1,171 @@
+"""MoCo v2 self-supervised pretraining: the loss against numpy, the strategy's mechanics, pretrain runs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medtl.data.views import TwoViews, ViewsDataset, view_chain
+from medtl.engine import pretrain_on
+from medtl.errors import MedtlError
+from medtl.models import build_encoder, load_checkpoint, load_weights
+from medtl.models.projection import ProjectionHead
+from medtl.strategies.ssl import InfoNCELoss, MoCoStrategy
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _info_nce_numpy(q, k, neg, t):
+    """InfoNCE written out: -log(exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t))), unit vectors, batch mean."""
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    q, k, neg = unit(q.astype(np.float64)), unit(k.astype(np.float64)), unit(neg.astype(np.float64))
+    losses = []
+    for i in range(len(q)):
+        pos = np.exp(q[i] @ k[i] / t)
+        negs = np.exp(neg @ q[i] / t).sum()
+        losses.append(-np.log(pos / (pos + negs)))
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("t", [0.07, 0.2, 1.0])
+def test_info_nce_matches_a_numpy_reference(t):
+    rng = np.random.default_rng(0)
+    q, k, neg = rng.normal(size=(6, 16)), rng.normal(size=(6, 16)), rng.normal(size=(20, 16))
+    got = InfoNCELoss(t)(torch.tensor(q), torch.tensor(k), torch.tensor(neg))
+    assert float(got) == pytest.approx(_info_nce_numpy(q, k, neg, t), rel=1e-5)
+
+
+def test_info_nce_of_aligned_well_separated_pairs_nears_its_lower_bound():
+    # q = k = e_i and negatives orthogonal to every query: loss = log(1 + K exp(-1/t)), which -> 0 (its
+    # infimum) as t -> 0; a random pairing sits near log(1 + K), the loss of knowing nothing
+    eye = torch.eye(16)
+    q, neg = eye[:4], eye[8:]
+    loss = InfoNCELoss(0.1)
+    assert float(loss(q, q, neg)) == pytest.approx(math.log(1 + 8 * math.exp(-1 / 0.1)), rel=2e-2)  # float32
+    assert float(loss(q, q, neg)) < 1e-3 and float(InfoNCELoss(0.02)(q, q, neg)) < 1e-6
+    assert float(loss(q, eye[4:8], neg)) == pytest.approx(math.log(1 + 8), rel=1e-4)  # positive as far as a negative
+    with pytest.raises(MedtlError, match="temperature"):
+        InfoNCELoss(0.0)
+
+
+def _strategy(dims=2, **hp):
+    enc = build_encoder("resnet10", spatial_dims=dims)
+    return MoCoStrategy(enc, ProjectionHead(enc.out_features, 32, 8), {"queue_size": 16, **hp})
+
+
+def _batch(n=6, size=16, dims=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, 1) + (size,) * dims
+    return {"image": torch.randn(*shape, generator=g), "image_2": torch.randn(*shape, generator=g)}
+
+
+def test_key_network_moves_by_momentum_and_only_the_query_network_trains():
+    s = _strategy(momentum=0.9)
+    with torch.no_grad():  # make the two networks differ so the update is visible
+        for p in s.encoder.parameters():
+            p.add_(0.1)
+    online = [p.detach().clone() for p in s.encoder.parameters()]
+    keys0 = [p.detach().clone() for p in s.key_encoder.parameters()]
+    s.train()
+    loss, parts = s.training_loss(_batch(), None, 0.0)
+    m = s.momentum_at(0.0)
+    assert m == pytest.approx(0.9) and parts["momentum"] == pytest.approx(0.9)
+    for p, k0, q0 in zip(s.key_encoder.parameters(), keys0, online):
+        assert torch.allclose(p, m * k0 + (1 - m) * q0, atol=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in s.key_encoder.parameters())
+    assert s.encoder.conv1.weight.grad is not None and s.encoder.conv1.weight.grad.abs().sum() > 0
+    trained = {id(p) for g in s.param_groups() for p in g["params"]}
+    assert trained == {id(p) for p in (*s.encoder.parameters(), *s.head.parameters())}
+    assert s.momentum_at(1.0) == pytest.approx(1.0) and 0.9 < s.momentum_at(0.5) < 1.0
+
+
+def test_queue_takes_both_views_keys_and_wraps_around():
+    s = _strategy()
+    s.train()
+    before = s.queue.clone()
+    s.training_loss(_batch(6), None, 0.0)  # 2 x 6 keys into a queue of 16
+    assert int(s.queue_ptr) == 12 and torch.equal(s.queue[12:], before[12:]) and not torch.equal(s.queue[:12], before[:12])
+    assert torch.allclose(s.queue.norm(dim=1), torch.ones(16), atol=1e-5)
+    s.training_loss(_batch(6, seed=1), None, 0.1)
+    assert int(s.queue_ptr) == (24 % 16)
+
+
+def test_shuffled_key_groups_give_the_keys_of_the_unshuffled_batch():
+    s = _strategy(key_groups=3).eval()  # eval: batch norm uses running statistics, so grouping cannot matter
+    x = _batch(6)["image"]
+    expected = torch.nn.functional.normalize(s.key_head(s.key_encoder(x)), dim=1)
+    assert torch.allclose(s.keys(x), expected, atol=1e-5)
+
+
+def test_moco_refuses_single_view_batches():
+    s = _strategy()
+    with pytest.raises(MedtlError, match="two views"):
+        s.training_loss({"image": torch.randn(4, 1, 16, 16)}, None, 0.0)
+
+
+def test_three_d_works_with_the_same_code():
+    s = _strategy(dims=3)
+    s.train()
+    loss, _ = s.training_loss(_batch(4, size=16, dims=3), None, 0.0)
+    loss.backward()
+    assert torch.isfinite(loss) and s.encoder.conv1.weight.grad.abs().sum() > 0
+    assert s.queue.shape == (16, 8) and int(s.queue_ptr) == 8
+
+
+def _views(n=8, size=16, dims=2):
+    g = torch.Generator().manual_seed(1)
+    base = [{"image": torch.randn(1, *(size,) * dims, generator=g), "case_id": f"c{i}"} for i in range(n)]
+    return ViewsDataset(base, TwoViews(view_chain("cxr" if dims == 2 else "mri3d", size)))
+
+
+def _run(out, epochs, dims=2, size=16):
+    return pretrain_on(_views(dims=dims, size=size), None, out, mode="moco", arch="resnet10", spatial_dims=dims,
+                       image_size=size, epochs=epochs, batch_size=4, proj_dim=8, proj_hidden=32, seed=3,
+                       progress=False, device="cpu", deterministic=True, ssl_hparams={"queue_size": 16})
+
+
+def test_pretraining_writes_a_model_whose_encoder_loads_into_a_fresh_one(tmp_path):
+    result = _run(tmp_path, 1)
+    raw = torch.load(result.path, weights_only=True)
+    meta = raw["meta"]
+    assert meta["mode"] == "moco" and meta["model"]["head"]["kind"] == "projection"
+    assert meta["hparams"]["queue_size"] == 16 and "train_positive_cos" in meta["metrics"]
+    assert not any(k.startswith(("key_", "queue")) for k in raw["state_dict"])  # training state stays in last.pt
+    model, _ = load_checkpoint(result.path)  # the whole model rebuilds (projection head included)
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 8)
+    fresh = build_encoder("resnet10")
+    report = load_weights(fresh, result.path)
+    assert report.ok and all(k.startswith("head.") for k in report.ignored) and report.ignored
+    for name, p in fresh.state_dict().items():
+        assert torch.equal(p, raw["state_dict"][f"encoder.{name}"])
+
+
+def test_resume_continues_from_the_last_epoch_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = _run(tmp_path / "whole", 2)
+
+    def killed(self, epoch, total):  # the process dies as epoch 1 starts, after epoch 0's last.pt
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(MoCoStrategy, "on_epoch_start", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _run(tmp_path / "split", 2)
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = _run(tmp_path / "split", 2)  # the same command again: continues after epoch 0 from last.pt
+    assert [r["epoch"] for r in resumed.train.history] == [0, 1]
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+    a = torch.load(whole.path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.path, weights_only=True)["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    # the queue and the key network came back too (last.pt holds the strategy's whole state)
+    state = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert "queue" in state["model"] and any(k.startswith("key_encoder.") for k in state["model"])
+
+
+def test_three_d_pretraining_run(tmp_path):
+    result = _run(tmp_path, 1, dims=3, size=16)
+    fresh = build_encoder("resnet10", spatial_dims=3)
+    assert load_weights(fresh, result.path).ok
