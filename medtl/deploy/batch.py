@@ -53,7 +53,7 @@ from medtl.deploy.ledger import Ledger, _cell, scrub
 from medtl.deploy.limits import Limits, check_file, check_series
 from medtl.deploy.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
-from medtl.deploy.redact import Redactor, redacting, salted_path
+from medtl.deploy.redact import Redactor, escape_controls, redacting, salted_path
 from medtl.deploy.uids import safe_name
 from medtl.errors import MedtlError
 
@@ -66,6 +66,9 @@ IDENTIFYING_FILTERS = ("PatientID", "PatientName", "PatientBirthDate", "Accessio
                        "IssuerOfPatientID")
 # Row values that are ours, not read from inputs: never passed through the identifier scrubber.
 OWN_COLUMNS = ("status", "predicted_label", "model_name", "model_version", "finished_utc", "sr_path")
+# UIDs are written as they are (a PatientID "123" must not cut a component out of "1.2.123.4"), with
+# control characters escaped.
+UID_COLUMNS = ("study_uid", "series_uid")
 SALT = ".path-salt"
 MAX_PACS_FAILURES = 5
 
@@ -220,6 +223,10 @@ def predict_batch(
                                   progress=progress, retry_errors=retry_errors)
         except MedtlError as err:  # its text reaches stderr: through the same redaction as everything else
             raise type(err)(redactor(err.reason), redactor(err.where) if err.where else None) from None
+        except Exception as err:  # a bug: its traceback goes to the log, redacted like every log line
+            log.error("medtl predict failed", exc_info=True)
+            raise MedtlError(f"internal error ({type(err).__name__}: {redactor(str(err))[:300]}); the traceback "
+                             "is in the log") from None
 
 
 def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, split, rules, write_sr, store_sr,
@@ -283,7 +290,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         done = {k: r for k, r in done.items() if not r.get("retryable")}  # a PACS outage is not a result
         if retry_errors:
             done = {k: r for k, r in done.items() if r.get("status") != "error"}
-        todo = [s for s in chosen if s.key not in done]
+        todo = [s for s in chosen if _case_id(s, redactor) not in done]
         result.resumed = len(chosen) - len(todo)
         log.info("%d series found, %d selected, %d already done, %d to predict", len(series), len(chosen),
                  result.resumed, len(todo))
@@ -332,6 +339,11 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
              result.ok + result.errors + result.duplicates, result.ok, result.errors, result.duplicates,
              out / "results.csv")
     return result
+
+
+def _case_id(s: Series, redactor: Redactor) -> str:
+    """The row's ``case_id`` as written (and as a rerun finds it in the ledger)."""
+    return escape_controls(s.key) if s.key == s.series_uid else redactor(s.key)
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -401,7 +413,7 @@ class _RowWriter:
     def write(self, s: Series, item: dict, probs: list[float] | None) -> None:
         pr = self.predictor
         row: dict[str, Any] = {
-            "case_id": s.key,
+            "case_id": _case_id(s, self.redactor),
             "source": s.source,  # relative path of a one-file row; empty for a DICOM series
             "study_uid": s.study_uid, "series_uid": s.series_uid, "modality": s.modality,
             "n_instances": len(item["files"]), "n_images": item.get("n_images"),
@@ -427,7 +439,9 @@ class _RowWriter:
             if self.write_sr and s.is_dicom:
                 self._sr(s, item, row)
         for k, v in row.items():  # one redaction for every text read from an input
-            if isinstance(v, str) and k not in OWN_COLUMNS:
+            if k in UID_COLUMNS and isinstance(v, str):
+                row[k] = escape_controls(v)
+            elif isinstance(v, str) and k not in OWN_COLUMNS and k != "case_id":
                 row[k] = self.redactor(v)
         row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.ledger.append(row)
@@ -470,7 +484,8 @@ def _write_excluded(out: Path, excluded: list[tuple[Series, str]], redactor: Red
         w = csv.writer(f)
         w.writerow(["case_id", "study_uid", "series_uid", "modality", "reason"])
         for s, why in excluded:  # header values, like results.csv: redacted and formula-escaped
-            w.writerow([_cell(redactor(v)) for v in (s.key, s.study_uid, s.series_uid, s.modality, why)])
+            w.writerow([_cell(v) for v in (_case_id(s, redactor), escape_controls(s.study_uid),
+                                           escape_controls(s.series_uid), redactor(s.modality), redactor(why))])
     os.replace(tmp, out / "excluded.csv")
 
 

@@ -264,3 +264,20 @@ def test_redactor():
     assert clean.count("[redacted]") == 3
     assert r("is it? yes") == "is it? yes"  # a question mark in prose is not a query string
     assert r.value({"a": ["x\ty"]}) == {"a": ["x\\x09y"]}
+
+
+def test_scrubbed_case_ids_still_resume_and_uids_stay_whole(tmp_path, mprage_files, new_series, model_2d):
+    """A manifest path holding the patient's name is written scrubbed, and a rerun still finds it done;
+    a PatientID that equals a UID component does not cut the UID."""
+    data = tmp_path / "data"
+    (f,) = new_series(mprage_files[5:6], data / "Secretname^Patientone_19010203", "scrub-resume",
+                      PatientName="Secretname^Patientone", PatientBirthDate="19010203", PatientID="123",
+                      SeriesInstanceUID="1.2.123.4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{f.relative_to(data).as_posix()},x\n")
+    out = tmp_path / "out"
+    first = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
+    (row,) = first.rows
+    assert row["case_id"] == "[redacted]_[redacted]/scrub-resume-000.dcm" and row["series_uid"] == "1.2.123.4"
+    again = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
+    assert again.resumed == 1 and again.ok + again.errors == 0 and len(_rows(out)) == 1
