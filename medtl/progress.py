@@ -41,16 +41,13 @@ class _Once(logging.Filter):
 
     def __init__(self, names: tuple[str, ...]):
         super().__init__()
-        self.names, self.seen = names, set()
+        self.names, self.first = names, {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.INFO or not record.name.startswith(self.names):
             return True
-        key = (record.name, record.msg)
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
+        # the first record of a template passes every handler this filter sits on; later ones pass none
+        return self.first.setdefault((record.name, record.msg), record) is record
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ def register(sub) -> None:
     check.add_argument("--data-root", type=Path, default=None, help="folder the manifest's paths are relative to "
                        "(default: $MEDTL_DATA_ROOT or ../shared/data)")
     check.add_argument("--labels", help="comma-separated declared label set (default: the manifest's .meta.json)")
+    check.add_argument("--no-progress", dest="progress", action="store_false", help="show no progress bar")
     check.set_defaults(func=run_check)
 
 
@@ -74,6 +75,6 @@ def run_check(args) -> int:
 
     manifest = Manifest.load(args.manifest)
     labels = args.labels.split(",") if args.labels else None
-    report = check_manifest(manifest, args.data_root or default_data_root(), labels=labels)
+    report = check_manifest(manifest, args.data_root or default_data_root(), labels=labels, progress=args.progress)
     print(report.render())
     return 0 if report.ok else 1

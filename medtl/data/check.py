@@ -24,12 +24,12 @@ class ScannedFile:
     error: str | None = None
 
 
-def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading") -> list[ScannedFile]:
+def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progress: bool = True) -> list[ScannedFile]:
     """Open every file once: its path check, content hash and thumbnail, or the reason it failed."""
     from medtl.progress import bar
 
     out = []
-    for row in bar(rows, desc=desc, unit="file", leave=False):
+    for row in bar(rows, desc=desc, unit="file", leave=False, enabled=progress):
         try:
             full = resolve_inside(data_root, row.path, row.path)
             image = io.read(full)
@@ -115,7 +115,7 @@ class CheckReport:
 
 def check_manifest(
     manifest: Manifest, data_root: str | Path, labels: list[str] | None = None, max_listed: int = 20,
-    scanned: list[ScannedFile] | None = None,
+    scanned: list[ScannedFile] | None = None, progress: bool = True,
 ) -> CheckReport:
     """Validate paths, files, labels, splits, patient leakage and copies across splits."""
     data_root = Path(data_root)
@@ -158,7 +158,7 @@ def check_manifest(
         report.errors.append(hint)
         return report
     if scanned is None or len(scanned) != len(manifest):  # a build passes the scan it already made
-        scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}")
+        scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}", progress=progress)
     unreadable = [f"{r.path} ({s.error})" for r, s in zip(manifest, scanned) if s.error]
     add(report.errors, unreadable, f"{len(unreadable)} file(s) missing, unreadable or outside the data root")
 

@@ -170,6 +170,13 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
         cols = [prob_column(c) for c in info.classes]
         P = df.loc[rows, cols]
         _check_same_classes(df.loc[rows], cols, task, where)
+        # checked before the sums: a class without its prob_ column also makes every row sum below 1
+        names = labels[rows].map(lambda v: _label_name(v))
+        unknown = sorted(set(names) - set(info.classes), key=str)
+        if unknown:
+            raise MedtlError(f"task {task!r}: labels {unknown[:10]} do not match the model's classes "
+                             f"{list(info.classes)} (from the prob_ columns): missing column(s) "
+                             f"{', '.join(prob_column(str(u)) for u in unknown[:10])}, or a label misspelt", where)
         bad = P.isna().any(axis=1)
         if bad.any():
             raise MedtlError(f"task {task!r}: NaN scores in {', '.join(cols)} for cases {_cases(df.loc[rows], bad)}",
@@ -187,11 +194,6 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
         if PREDICTION in df and df.loc[rows, PREDICTION].notna().any():
             raise MedtlError(f"task {task!r} has both prob_* and prediction values: classification or regression?",
                              where)  # fmt: skip
-        names = labels[rows].map(lambda v: _label_name(v))
-        unknown = sorted(set(names) - set(info.classes), key=str)
-        if unknown:
-            raise MedtlError(f"task {task!r}: labels {unknown[:10]} do not match the model's classes "
-                             f"{list(info.classes)} (from the prob_ columns)", where)  # fmt: skip
         labels[rows] = names
         _check_logits(df.loc[rows], info, task, where)
     df["label"] = labels

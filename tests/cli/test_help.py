@@ -40,7 +40,7 @@ def test_defaults_are_shown_and_flags_get_none(capsys):
     assert "show no progress bar" in text and "show no progress bar (default" not in text
 
 
-@pytest.mark.parametrize("prog", ["medtl run", "medtl demo", "medtl pretrain", "medtl similarity"])
+@pytest.mark.parametrize("prog", ["medtl run", "medtl demo", "medtl pretrain", "medtl similarity", "medtl manifest check"])
 def test_long_commands_take_no_progress(prog):
     assert "--no-progress" in COMMANDS[prog].format_help()
 

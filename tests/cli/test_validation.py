@@ -3,31 +3,7 @@
 import pytest
 
 from medtl.cli import main
-from medtl.data.build import build_manifest
 from medtl.data.check import check_manifest
-from medtl.data.synthetic import write_synthetic_source
-
-CONFIG = """\
-name: tiny
-seeds: [0]
-source: {manifest: manifests/src.csv, image_size: 32}
-pretrain: {epochs: 1, batch_size: 8}
-target: {manifest: manifests/tgt.csv, image_size: 32}
-tasks: [{name: tumor}]
-encoder: {arch: resnet10}
-train: {epochs: 1, batch_size: 8, patience: null, device: cpu}
-strategies: [feature_extraction, full]
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("validation")
-    for name, kind, seed in (("src", "cxr", 0), ("tgt", "mri2d", 1)):
-        raw = write_synthetic_source(root / "data" / name, kind, 12, seed=seed, size=16)
-        build_manifest(raw, root / "data", seed=0, group_near_copies=False).save(root / "manifests" / f"{name}.csv")
-    return root
-
 
 def _run(tiny, config: str, out_name: str = "run", data: str = "data") -> list[str]:
     path = tiny / f"{out_name}.yaml"
@@ -35,42 +11,42 @@ def _run(tiny, config: str, out_name: str = "run", data: str = "data") -> list[s
     return ["run", str(path), "--data-root", str(tiny / data), "--out", str(tiny / out_name), "--no-progress"]
 
 
-def test_unknown_strategy_is_refused_before_any_folder_is_made(tiny, capsys):
-    assert main(_run(tiny, CONFIG.replace("full]", "fulll]"), "typo")) == 2
+def test_unknown_strategy_is_refused_before_any_folder_is_made(tiny, config, capsys):
+    assert main(_run(tiny, config.replace("full]", "fulll]"), "typo")) == 2
     err = capsys.readouterr().err
     assert "unknown strategy 'fulll'; did you mean 'full'?" in err and "strategies[fulll]" in err
     assert not (tiny / "typo").exists()
 
 
-def test_unknown_hyper_parameter_and_config_key_get_did_you_mean(tiny, capsys):
-    config = CONFIG.replace("strategies: [feature_extraction, full]",
-                            "strategies: [{name: full, hparams: {lrr: 0.1}}]")
-    assert main(_run(tiny, config, "hp")) == 2
+def test_unknown_hyper_parameter_and_config_key_get_did_you_mean(tiny, config, capsys):
+    hparams = config.replace("strategies: [feature_extraction, full]",
+                             "strategies: [{name: full, hparams: {lrr: 0.1}}]")
+    assert main(_run(tiny, hparams, "hp")) == 2
     assert "unknown hyper-parameter 'lrr' for full; did you mean 'lr'?" in capsys.readouterr().err
-    assert main(_run(tiny, CONFIG.replace("patience: null", "patiense: null"), "key")) == 2
+    assert main(_run(tiny, config.replace("patience: null", "patiense: null"), "key")) == 2
     assert "train.patiense: unknown key; did you mean 'train.patience'?" in capsys.readouterr().err
     assert not (tiny / "hp").exists() and not (tiny / "key").exists()
 
 
-def test_threshold_rule_is_checked_with_the_config(tiny, capsys):
-    assert main(_run(tiny, CONFIG + "evaluation: {threshold_rule: sensitivity}\n", "rule")) == 2
+def test_threshold_rule_is_checked_with_the_config(tiny, config, capsys):
+    assert main(_run(tiny, config + "evaluation: {threshold_rule: sensitivity}\n", "rule")) == 2
     err = capsys.readouterr().err
     assert "evaluation.threshold_rule" in err and "only 'youden'" in err
     assert not (tiny / "rule").exists()
 
 
-def test_wrong_data_root_is_one_line_suggesting_data_root(tiny, capsys):
+def test_wrong_data_root_is_one_line_suggesting_data_root(tiny, config, capsys):
     (tiny / "elsewhere").mkdir(exist_ok=True)
-    assert main(_run(tiny, CONFIG, "root", data="elsewhere")) == 2
+    assert main(_run(tiny, config, "root", data="elsewhere")) == 2
     err = capsys.readouterr().err
     assert "24 of 24 files are missing under the data root" in err and "--data-root" in err
     assert len(err.strip().splitlines()) == 1 and not (tiny / "root").exists()
 
 
-def test_out_that_is_not_a_run_folder_is_refused(tiny, capsys):
+def test_out_that_is_not_a_run_folder_is_refused(tiny, config, capsys):
     (tiny / "busy").mkdir()
     (tiny / "busy" / "notes.txt").write_text("mine")
-    assert main(_run(tiny, CONFIG, "busy")) == 2
+    assert main(_run(tiny, config, "busy")) == 2
     assert "not a medtl run folder" in capsys.readouterr().err
     assert [p.name for p in (tiny / "busy").iterdir()] == ["notes.txt"]  # nothing added to someone's folder
 
@@ -85,3 +61,13 @@ def test_manifest_check_with_a_wrong_root_says_so_in_one_line(tiny, capsys):
     assert main(["manifest", "check", str(tiny / "manifests" / "tgt.csv"), "--data-root", str(tiny)]) == 1
     assert capsys.readouterr().out.count("missing under the data root") == 1
     assert check_manifest(m, tiny / "data").ok  # the right root passes
+
+
+def test_predictions_missing_one_prob_column_name_it(tmp_path, capsys):
+    from medtl.evaluation.synthetic import synthetic_predictions
+
+    table = synthetic_predictions(20, classes=("glioma", "meningioma", "none"), task="tumor3")
+    table.drop(columns=["prob_meningioma"]).to_csv(tmp_path / "p.csv", index=False)
+    assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "missing column(s) prob_meningioma" in err and "sum to 1" not in err
