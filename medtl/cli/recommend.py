@@ -62,6 +62,7 @@ def run(args) -> int:
     from medtl.errors import MedtlError
     from medtl.similarity.recommend import recommend
 
+    path = output_file(args.out, args.json, "recommendation.json")  # a bad --out is refused before any work
     target, candidates = load_candidates(args.candidates)
     if args.target:
         target = _read_json(args.target, "target")
@@ -83,8 +84,8 @@ def run(args) -> int:
         print(f" -  {e['key']:<40} excluded: {e['reason']}")
     print()
     print(record["explanation"])
-    path = output_file(args.out, args.json, "recommendation.json")
     if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {path}")
     return 0

@@ -16,5 +16,6 @@ def _run(args) -> int:
     from medtl.cli import output_file
     from medtl.pipeline.results import write_results
 
-    print(f"wrote {write_results(args.runs, output_file(args.out, None, 'results.md'), args.notes)}")
+    path = output_file(args.out, None, "results.md")  # write_results makes the folder
+    print(f"wrote {write_results(args.runs, path, args.notes)}")
     return 0

@@ -2,18 +2,21 @@
 
 Three ways in (exactly one):
 
-    medtl similarity --source A.csv --target B.csv --data-root DIR [--encoder model.pt] --out sim.json
-    medtl similarity --matrix A.csv B.csv C.csv ... --data-root DIR [--encoder model.pt] --out matrix.json
+    medtl similarity --source A.csv --target B.csv --data-root DIR [--encoder model.pt] --out DIR
+    medtl similarity --matrix A.csv B.csv C.csv ... --data-root DIR [--encoder model.pt] --out DIR
                      [--markdown matrix.md] [--max-cases N]
-    medtl similarity --source-features s.npy --target-features t.npz [--target-labels y.txt] --out sim.json
+    medtl similarity --source-features s.npy --target-features t.npz [--target-labels y.txt] --out DIR
 
-Without ``--encoder`` the features come from an untrained, randomly initialised resnet10 (torch seed
-0); the output says so. Older spellings stay as aliases: ``--source-manifest`` / ``--target-manifest``
-(= ``--source`` / ``--target``), ``--checkpoint`` (= ``--encoder``), ``--json`` (= ``--out``).
+--out is a folder, as for every medtl command: the result goes to DIR/similarity.json. Without
+--encoder the features come from an untrained, randomly initialised resnet10 (torch seed 0); the
+output says so. Older spellings stay as aliases: --source-manifest / --target-manifest (= --source /
+--target), --checkpoint (= --encoder). A JSON file as --out, or --json FILE, still writes that file,
+with a deprecation message.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -54,18 +57,20 @@ def register(sub) -> None:
                         help="3D voxel spacing in mm (default: the checkpoint's, else 4 4 4)")
     images.add_argument("--volume-shape", type=int, nargs=3, default=None,
                         help="3D volume shape (default: the checkpoint's, else 40 48 40)")
-    images.add_argument("--batch-size", type=int, default=16)
-    images.add_argument("--device", default="cpu")
+    images.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    images.add_argument("--device", default="cpu", help="torch device for the encoder: cpu, cuda, cuda:1")
     images.add_argument("--save-features", type=Path, help="write the extracted features to this .npz")
     arrays = p.add_argument_group("from feature arrays (.npy, .npz, .csv)")
-    arrays.add_argument("--source-features", type=Path)
-    arrays.add_argument("--target-features", type=Path)
+    arrays.add_argument("--source-features", type=Path, help="source features, one row per case")
+    arrays.add_argument("--target-features", type=Path, help="target features, one row per case")
     arrays.add_argument("--target-labels", type=Path, help="one label per target row (for LogME / H-score / LEEP)")
     arrays.add_argument("--source-probs", type=Path, help="source model's class probabilities on the target images (LEEP)")
     arrays.add_argument("--paired", action="store_true", help="rows are the same cases in both arrays (enables CKA)")
     p.add_argument("--permutations", type=int, default=200, help="MMD permutation-test permutations")
     p.add_argument("--seed", type=int, default=0, help="subsets, permutations, folds")
-    p.add_argument("--out", "--json", dest="out", type=Path, help="write the result as JSON")
+    p.add_argument("--out", type=Path, metavar="DIR", help="folder to write similarity.json into")
+    p.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # deprecated: --out DIR
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="show no progress bar")
     p.add_argument("--markdown", nargs="?", const="-", default=None, metavar="FILE.md",
                    help="Markdown tables: to FILE.md, or printed instead of plain text when no file is given")
     p.set_defaults(func=run)
@@ -77,7 +82,7 @@ def _image_options(args) -> dict:
         "spacing": tuple(args.spacing) if args.spacing else None,
         "volume_shape": tuple(args.volume_shape) if args.volume_shape else None,
         "n_permutations": args.permutations, "seed": args.seed, "batch_size": args.batch_size,
-        "device": args.device, "save_features": args.save_features,
+        "device": args.device, "save_features": args.save_features, "progress": args.progress,
     }
 
 
@@ -89,8 +94,11 @@ def _emit(text_plain: str, text_md: str, args) -> None:
 
 
 def run(args) -> int:
+    from medtl.cli import output_file
     from medtl.errors import MedtlError
     from medtl.similarity.assess import assess, to_json, to_table
+
+    path = output_file(args.out, args.json, "similarity.json")  # a bad --out is refused before any work
 
     modes = [name for name, given in (("--matrix", args.matrix), ("--source/--target", args.source or args.target),
                                       ("--source-features/--target-features",
@@ -128,7 +136,9 @@ def run(args) -> int:
                             n_permutations=args.permutations, seed=args.seed)
             lead = ""
         _emit(lead + to_table(result), lead + to_table(result, markdown=True), args)
-    if args.out:
-        to_json(result, args.out)
-        print(f"wrote {args.out}")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        to_json(result, path)
+        print(f"wrote {path}")
     return 0
+

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import MedtlError
+from medtl.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ def compare_manifests(
     batch_size: int = 16,
     device: str = "cpu",
     save_features: str | Path | None = None,
+    progress: bool = True,
     source_root: str | Path | None = None,
     target_root: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -278,14 +280,19 @@ def compare_manifests(
     overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape}
     common = {"intensity": _intensity(enc_info), "overrides": overrides, "split": split, "max_cases": max_cases,
               "seed": seed, "batch_size": batch_size, "device": device}
+    steps = bar(total=3, desc="similarity", unit="step", enabled=progress)  # source, target features; the scores
     src = dataset_features(source, src_root, enc, name=dataset_name(source, 0), **common)
+    steps.update()
     tgt = dataset_features(target, tgt_root, enc, head=head, name=dataset_name(target, 1), **common)
+    steps.update()
     if save_features:
         labels = tgt["labels"]
         np.savez(save_features, source=src["features"], target=tgt["features"],
                  target_labels=labels if labels is not None else np.zeros(0))
     result = assess(src["features"], tgt["features"], tgt["labels"], source_model_probs=tgt["probs"],
                     n_permutations=n_permutations, seed=seed)
+    steps.update()
+    steps.close()
     result["encoder"] = dict(enc_info)
     result["datasets"] = {"source": src["info"], "target": tgt["info"]}
     notes = []
@@ -335,6 +342,7 @@ def similarity_matrix(
     device: str = "cpu",
     self_reference: bool = True,
     save_features: str | Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """MMD^2 (+ permutation p-value), proxy A-distance and Frechet distance for every pair of data sets.
 
@@ -363,13 +371,17 @@ def similarity_matrix(
     enc, _, enc_info = load_encoder(encoder, device=device)
     overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape}
     feats, infos = {}, []
+    k = len(names)
+    # one bar: a step per data set's features, then one per pair (and per diagonal reference)
+    steps = bar(total=k + k * (k - 1) // 2 + (k if self_reference else 0), desc="similarity", unit="step",
+                enabled=progress)
     for name, (_, manifest), root in zip(names, named, roots):
         out = dataset_features(manifest, root, enc, intensity=_intensity(enc_info), overrides=overrides, split=split,
                                max_cases=max_cases, seed=seed, batch_size=batch_size, device=device, name=name)
         feats[name] = out["features"]
         infos.append(out["info"])
+        steps.update()
     t_feat = time.perf_counter() - t0
-    k = len(names)
     keys = list(MATRIX_METRICS) + ["domain_error"]
     mats: dict[str, list[list[float | None]]] = {m: [[None] * k for _ in range(k)] for m in keys}
     pairs = []
@@ -383,6 +395,8 @@ def similarity_matrix(
             for m in keys:
                 v = None if values is None else float(values[m])
                 mats[m][i][j] = mats[m][j][i] = v
+            steps.update(int(i != j or self_reference))
+    steps.close()
     notes = []
     if not enc_info["trained"]:
         notes.append(enc_info["description"])

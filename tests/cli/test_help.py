@@ -73,3 +73,7 @@ def test_out_is_a_folder_for_similarity_and_recommend(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["recommend", str(tmp_path / "c.json"), "--out", str(tmp_path / "file")]) == 2
     assert "--out must be a folder" in capsys.readouterr().err
+    # refused before the work: no table printed, nothing written
+    assert main([*common, "--out", str(tmp_path / "file")]) == 2
+    out, err = capsys.readouterr()
+    assert "--out must be a folder" in err and "proxy_a_distance" not in out
