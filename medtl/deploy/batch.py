@@ -267,8 +267,9 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         display = (lambda rel: salted_path(rel, salt)) if salt else None
         if source is not None:
             source.check()  # a wrong password or an untrusted certificate: one clear error, now
+        dims = predictor.spatial_dims or (3 if predictor.preset == "mri3d" else 2)
         series = discover(input, out=out, data_root=data_root, split=split, source=source, limits=limits,
-                          display=display, volume=(predictor.spatial_dims or (3 if predictor.preset == "mri3d" else 2)) == 3)
+                          display=display, volume=dims == 3)
         if not include_identifiers:
             # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
             # file's path may hold the name its folder was given, which only other files' headers reveal).

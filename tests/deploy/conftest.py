@@ -160,7 +160,8 @@ class OrthancServer:
         for _attempt in range(3):  # a free port can be taken between choosing and binding it
             port = self.port or _free_port()
             config = {
-                "Name": "medtl-test", "StorageDirectory": str(self.home / "db"), "IndexDirectory": str(self.home / "db"),
+                "Name": "medtl-test", "StorageDirectory": str(self.home / "db"),
+                "IndexDirectory": str(self.home / "db"),
                 "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
                 "AuthenticationEnabled": False, "Plugins": [str(plugin)], "SaveJobs": False, "ConcurrentJobs": 1,
                 "OverwriteInstances": True, "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, **self.extra,
@@ -300,7 +301,8 @@ def secure_pacs(tmp_path_factory, dicom_root):
                              gateway_basic=base64.b64encode(f"gateway:gw-{password}".encode()).decode(),
                              **{k: v for k, v in pki.items() if k in ("ca", "server", "server_key")}, **ports)
     (home / "nginx" / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen([nginx, "-e", "stderr", "-p", str(home / "nginx"), "-c", str(home / "nginx" / "nginx.conf")],
+    proc = subprocess.Popen([nginx, "-e", "stderr", "-p", str(home / "nginx"), "-c",
+                             str(home / "nginx" / "nginx.conf")],
                             stdout=subprocess.DEVNULL, stderr=open(home / "nginx" / "stderr.log", "w"))
     try:
         deadline = time.time() + 20

@@ -103,7 +103,8 @@ def test_rows_and_error_rows(hospital, model_2d, tmp_path, dciodvfy):
     for path in srs:
         assert dciodvfy(path) == []
     back = sr_summary(pydicom.dcmread(out / good["sr_path"]))
-    assert back["prediction"] == good["predicted_label"] and back["probabilities"] == pytest.approx(good["probabilities"])
+    assert back["prediction"] == good["predicted_label"]
+    assert back["probabilities"] == pytest.approx(good["probabilities"])
 
 
 def test_identifiers_stay_out_unless_asked(hospital, model_2d, tmp_path, caplog, capsys):
