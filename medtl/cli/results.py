@@ -9,6 +9,9 @@ def register(sub) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs"), metavar="DIR", help="folder to write results.md into")
     parser.add_argument("--notes", type=Path, default=None,
                         help="folder of hand-written <pipeline>.md notes (default: results_notes/ in the --out folder)")
+    parser.add_argument("--keep", default="", metavar="NAMES",
+                        help="comma-separated pipelines whose sections are kept unchanged from the existing page "
+                             "(their run folders are not at hand), or 'all' (default: none)")
     parser.set_defaults(func=_run)
 
 
@@ -17,5 +20,6 @@ def _run(args) -> int:
     from medtl.pipeline.results import write_results
 
     path = output_file(args.out, None, "results.md")  # write_results makes the folder
-    print(f"wrote {write_results(args.runs, path, args.notes)}")
+    keep = tuple(x.strip() for x in args.keep.split(",") if x.strip())
+    print(f"wrote {write_results(args.runs, path, args.notes, keep=keep)}")
     return 0

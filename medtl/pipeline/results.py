@@ -115,6 +115,33 @@ def selection_section(run: Path, config: dict) -> list[str]:
     return lines + [""]
 
 
+KEPT_MARK = "*This section is kept unchanged from the previous version of this page (its run folder was not " \
+            "given to `medtl results`); its numbers come from that earlier run and code.*"
+
+
+def _previous_sections(out: Path, regenerated: set[str], keep: tuple[str, ...]) -> dict[str, str]:
+    """``## <pipeline>`` sections of the existing page to keep (see :func:`write_results`)."""
+    if not keep or not out.exists():
+        return {}
+    import re
+
+    text = out.read_text()
+    parts = re.split(r"(?m)^(?=## )", text)
+    found = {}
+    for part in parts:
+        m = re.match(r"## (\S+)\s*$", part.splitlines()[0]) if part.startswith("## ") else None
+        if not m or m.group(1) in regenerated or (keep != ("all",) and m.group(1) not in keep):
+            continue
+        if not (Path(__file__).resolve().parents[2] / "pipelines" / f"{m.group(1)}.yaml").exists():
+            continue  # the summary or the recommendation table: regenerated, not kept
+        body = part.rstrip("\n").split("\n", 1)
+        rest = body[1] if len(body) > 1 else ""
+        if KEPT_MARK not in rest:
+            rest = "\n" + KEPT_MARK + "\n" + rest
+        found[m.group(1)] = body[0] + "\n" + rest + "\n"
+    return found
+
+
 def recommendation_section(runs: list[Path]) -> list[str]:
     """The strategy recommendation of each run (made before training) beside what the run observed: rank
     correlation, whether the top pick was best, and its regret; a tie is reported as a tie."""
@@ -305,9 +332,13 @@ def _task_section(name: str, task: dict) -> list[str]:
     return lines
 
 
-def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path | None = None) -> Path:
+def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path | None = None,
+                  keep: tuple[str, ...] = ()) -> Path:
     """Write the page; ``notes_dir`` (default: ``results_notes/`` beside ``out``) may hold a hand-written
-    ``<pipeline>.md`` per pipeline, placed under its section with a heading that says it is not generated."""
+    ``<pipeline>.md`` per pipeline, placed under its section with a heading that says it is not generated.
+
+    ``keep``: pipelines whose section is copied unchanged from the existing page at ``out`` (their run
+    folders are not at hand), each marked as kept from the earlier page; ``("all",)`` keeps every one."""
     notes_dir = Path(notes_dir) if notes_dir is not None else Path(out).parent / "results_notes"
     names = [yaml.safe_load((Path(r) / "config.yaml").read_text())["name"] for r in runs]
     sections = []
@@ -332,7 +363,9 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         "",
     ]
     pipelines_dir = Path(__file__).resolve().parents[2] / "pipelines"
-    missing = sorted(p.stem for p in pipelines_dir.glob("*.yaml") if p.stem not in names)
+    kept = _previous_sections(Path(out), set(names), keep)
+    sections += list(kept.values())
+    missing = sorted(p.stem for p in pipelines_dir.glob("*.yaml") if p.stem not in names and p.stem not in kept)
     if missing:
         header += ["Pipelines with no finished run on this page yet (run them, then regenerate this page):", ""]
         header += [f"- `{m}`: `medtl run pipelines/{m}.yaml --data-root ../shared/data --out runs/{m} --profile cpu`"

@@ -68,3 +68,20 @@ def test_results_page_counts_scored_test_images_in_near_copy_groups(tmp_path, ti
     page = write_results([run], tmp_path / "results.md").read_text()
     assert "of which 1 groups (3 images) sit wholly in the test split" in page
     assert f"of the {len(scored)} target test images scored, 3 belong to 1 near-copy groups" in page
+
+
+def test_sections_of_pipelines_without_a_run_folder_can_be_kept_from_the_previous_page(tmp_path, tiny, make_config):
+    from medtl.pipeline import run_pipeline
+    from medtl.pipeline.results import KEPT_MARK
+
+    out = tiny / "run"
+    if not (out / "report.json").exists():
+        run_pipeline(make_config(tiny), tiny / "data", out)
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nold header\n\n## cxr_to_mri3d\n\nold 3D numbers 1.23\n\n## cxr_site_shift\n\nold cxr\n")
+    text = write_results([out], page, keep=("cxr_to_mri3d",)).read_text()
+    assert "old 3D numbers 1.23" in text and KEPT_MARK in text and "old header" not in text
+    assert "old cxr" not in text and "`cxr_site_shift`: `medtl run" in text  # not kept: listed as missing
+    assert text.index("## tiny") < text.index("## cxr_to_mri3d")
+    again = write_results([out], page, keep=("all",)).read_text()  # keeping twice adds the mark once
+    assert again.count(KEPT_MARK) == 1 and "old 3D numbers 1.23" in again
