@@ -50,7 +50,7 @@ from medtl.deploy.discover import (
 )
 from medtl.deploy.inputs import SeriesLoader
 from medtl.deploy.ledger import Ledger, _cell, scrub
-from medtl.deploy.limits import Limits, check_file, check_series
+from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.deploy.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
 from medtl.deploy.redact import Redactor, escape_controls, redacting, salted_path
@@ -268,6 +268,8 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if source is not None:
             source.check()  # a wrong password or an untrusted certificate: one clear error, now
         dims = predictor.spatial_dims or (3 if predictor.preset == "mri3d" else 2)
+        if source is not None:  # an answer is held whole before its files can be checked
+            source.bound_responses((limits.volume_bytes if dims == 3 else limits.series_bytes) + 16 * MiB)
         series = discover(input, out=out, data_root=data_root, split=split, source=source, limits=limits,
                           display=display, volume=dims == 3)
         if not include_identifiers:

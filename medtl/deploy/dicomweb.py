@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from medtl.deploy.discover import IDENTIFIER_TAGS, Series, header_text
+from medtl.deploy.limits import MiB
 from medtl.errors import MedtlError
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,8 @@ class DicomwebSource:
         elif client_key is not None:
             raise MedtlError("a client key needs its client certificate (--client-cert)")
         self.client_cert = client_cert
+        self._session = session
+        self.max_response_bytes: int | None = None
         self.client = DICOMwebClient(self.url, session=session, timeout=timeout)
         self.client.set_http_retry_params(retry=False)  # ours sorts errors first (see the module docstring)
         # The retrying package logs every failed attempt with a traceback; our errors say it once.
@@ -185,6 +188,36 @@ class DicomwebSource:
 
     def __str__(self) -> str:
         return public_url(self.url)
+
+    def bound_responses(self, max_bytes: int) -> None:
+        """Read no PACS answer beyond ``max_bytes`` (counted after HTTP decompression): a WADO-RS answer
+        is held whole in memory before its instances can be checked against the limits."""
+        self.max_response_bytes = int(max_bytes)
+        hooks = self._session.hooks.setdefault("response", [])
+        if self._bound_response not in hooks:
+            hooks.append(self._bound_response)
+
+    def _bound_response(self, response, *args, **kwargs):
+        limit = self.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            response.close()
+            raise MedtlError(f"the PACS answer declares {int(declared) / MiB:.3g} MiB, over the limit of "
+                             f"{limit / MiB:.3g} MiB (--max-series-mb, --max-volume-mb): not read")
+        stream = response.raw.stream
+
+        def counted(*a, **kw):  # requests reads the body through this (chunked answers too)
+            total = 0
+            for chunk in stream(*a, **kw):
+                total += len(chunk)
+                if total > limit:
+                    response.close()
+                    raise MedtlError(f"the PACS answer is larger than the limit of {limit / MiB:.3g} MiB "
+                                     "(--max-series-mb, --max-volume-mb): not read further")
+                yield chunk
+
+        response.raw.stream = counted
+        return response
 
     def secrets(self) -> list[str]:
         return self.auth.secrets() if self.auth else []

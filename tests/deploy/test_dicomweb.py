@@ -107,3 +107,20 @@ def test_unreachable_pacs_is_a_clear_error(model_2d, tmp_path):
     with pytest.raises(MedtlError, match="DICOMweb login check failed: cannot reach the PACS"):
         source = DicomwebSource(f"http://127.0.0.1:{port}/dicom-web", retries=1)  # no back-off in a test
         predict_batch(model_2d, source, tmp_path / "out", progress=False)
+
+
+def test_a_pacs_answer_over_the_limit_is_not_read(pacs, model_2d, tmp_path):
+    from medtl.deploy.limits import Limits
+
+    mprage = next(s for s in _image_series(DicomwebSource(pacs)) if s.n_frames == 32)  # 32 x 128 KiB
+    url = f"{pacs}?StudyInstanceUID={mprage.study_uid}"
+    # The answer fits its bound (the series limit + 16 MiB for the encoding); the fetched instances are
+    # then checked like local files, and the series is over the limit: an error row, nothing decoded.
+    result = predict_batch(model_2d, url, tmp_path / "out", progress=False, limits=Limits(series_bytes=1 << 20))
+    assert result.errors == 1 and "over the limit of 1 MiB per series" in result.rows[0]["error"]
+    # An answer over its bound is not read at all.
+    source = DicomwebSource(pacs)
+    source.bound_responses(1 << 20)
+    with pytest.raises(MedtlError, match=r"the PACS answer (declares 4 MiB|is larger than the limit of 1 MiB)"):
+        source.fetch(mprage, tmp_path / "fetched")
+    assert not (tmp_path / "fetched").exists()
