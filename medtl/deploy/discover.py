@@ -11,6 +11,7 @@ Identifying header values (patient name, id, birth date, accession number) are k
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -167,6 +168,27 @@ def _walk(root: Path, skip: Path | None) -> Iterator[tuple[Path, str | None]]:
         stack.extend(reversed(folders))
 
 
+@contextlib.contextmanager
+def regular_file(path: Path) -> Iterator[Path]:
+    """A path to read ``path`` through, only if it is a regular file at the moment it is opened.
+
+    The walk already skips FIFOs, but a file swapped for one after the walk would block an ordinary
+    open forever: this opens without blocking, checks the open file, and hands out /proc/self/fd/N,
+    which reads that same open file (the plain path where /proc is missing).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise MedtlError(f"file cannot be read: {err.strerror or type(err).__name__}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MedtlError("not a regular file (a FIFO, socket or device): not read")
+        proc = Path(f"/proc/self/fd/{fd}")
+        yield proc if proc.exists() else path
+    finally:
+        os.close(fd)
+
+
 def _file_key(rel: str) -> str:
     return "file-" + digest(rel, 16)
 
@@ -209,14 +231,17 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
         lower = path.name.lower()
         if lower.endswith(IMAGE_SUFFIXES + NIFTI_SUFFIXES):
             try:
-                check_file(path, limits)
+                with regular_file(path) as readable:
+                    # nibabel tells NIfTI from .nii.gz by the name; Pillow reads the format from the bytes
+                    check_file(path if lower.endswith(NIFTI_SUFFIXES) else readable, limits, path.name)
                 single().n_frames = 1
             except MedtlError as err:
                 single(err.reason)
             continue
         try:
-            check_deflated(path, limits)
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with regular_file(path) as readable:
+                check_deflated(readable, limits)
+                ds = pydicom.dcmread(readable, stop_before_pixels=True)
         except InvalidDicomError:
             if path.suffix.lower() in DICOM_LIKE:
                 single("not a DICOM file (no DICM preamble/marker)")

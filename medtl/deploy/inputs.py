@@ -94,8 +94,17 @@ class SeriesLoader:
 
 
 def _read_one(path: Path) -> io.Image:
-    reader = {"image": io.read_picture, "nifti": io.read_nifti, "dicom": io.read_dicom}[io.kind_of(path)]
-    return reader(Path(path))
+    from medtl.deploy.discover import regular_file
+
+    kind = io.kind_of(path)
+    reader = {"image": io.read_picture, "nifti": io.read_nifti, "dicom": io.read_dicom}[kind]
+    if kind == "nifti":  # nibabel needs the real name (.nii or .nii.gz)
+        return reader(Path(path))
+    try:
+        with regular_file(Path(path)) as readable:
+            return reader(readable)
+    except MedtlError as err:  # name the file, not the /proc/self/fd path it was read through
+        raise MedtlError(err.reason, path) from None
 
 
 def read_instances(files: list[Path], series_uid: str) -> io.Image:

@@ -157,11 +157,12 @@ def check_nifti(path: Path, limits: Limits) -> None:
                          f"the limit of {limits.volume_voxels / 1e6:g} M (--max-volume-mvox): not decoded")
 
 
-def check_file(path: Path, limits: Limits) -> int:
-    """Check one input file by kind; returns the DICOM decoded bytes (0 for other kinds)."""
+def check_file(path: Path, limits: Limits, name: str | None = None) -> int:
+    """Check one input file by kind (from ``name``, default the path's); returns the DICOM decoded
+    bytes (0 for other kinds)."""
     from medtl.data.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES
 
-    lower = path.name.lower()
+    lower = (name or path.name).lower()
     if lower.endswith(NIFTI_SUFFIXES):
         check_nifti(path, limits)
         return 0

@@ -213,6 +213,17 @@ def test_a_fifo_never_blocks(tmp_path, model_2d):
     assert "not a regular file" in _rows(tmp_path / "out")[0]["error"]
     with pytest.raises(MedtlError, match="not a regular file or folder"):
         predict_batch(model_2d, tmp_path / "in" / "x.dcm", tmp_path / "out2", progress=False)
+    # A file swapped for a FIFO after the walk: the reader opens without blocking and refuses it.
+    from medtl.deploy.discover import regular_file
+    from medtl.deploy.inputs import SeriesLoader
+
+    with pytest.raises(MedtlError, match="not a regular file"):
+        with regular_file(tmp_path / "in" / "x.dcm"):
+            pass
+    from medtl.deploy.discover import Series
+
+    with pytest.raises(MedtlError, match="not a regular file"):
+        SeriesLoader("cxr", {"image_size": 32})(Series("k", [tmp_path / "in" / "x.dcm"]))
 
 
 UNREADABLE = """
