@@ -175,6 +175,8 @@ def deletion_test(
         raise MedtlError(f"n_random must be at least 1, got {n_random}", "n_random")
     if not 0 < level < 1:
         raise MedtlError(f"level must lie between 0 and 1, got {level}", "level")
+    if int(n_boot) < 1:
+        raise MedtlError(f"n_boot must be at least 1, got {n_boot}", "n_boot")
     if explain is None and target_layer is None:
         raise MedtlError("give the target_layer to explain (or an explain function)", "target_layer")
     dims = _spatial_dims(model)

@@ -241,6 +241,8 @@ def test_deletion_bad_input(blobs):
         deletion_test(model, blobs, "features", control="blur")
     with pytest.raises(MedtlError, match="fill"):
         deletion_test(model, blobs, "features", fill="zero")
+    with pytest.raises(MedtlError, match="n_boot"):
+        deletion_test(model, blobs, "features", n_boot=0)
     with pytest.raises(MedtlError, match="at least 2 images"):
         deletion_test(model, blobs[:1], "features")
     with pytest.raises(MedtlError, match="target_layer"):
