@@ -16,7 +16,8 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--val-split", default="val", help="split whose rows choose the threshold and temperature")
     g.add_argument("--test-split", default="test", help="split whose rows are reported")
-    g.add_argument("--threshold-rule", default="youden", choices=["youden", "sensitivity", "specificity"])
+    g.add_argument("--threshold-rule", default="youden", choices=["youden", "sensitivity", "specificity"],
+                   help="how the binary operating threshold is chosen on the validation rows")
     g.add_argument("--target", type=float, help="target sensitivity/specificity for those rules, e.g. 0.9")
     g.add_argument("--positive-class", help="binary tasks: the positive class (default: the last prob_ column)")
     g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -26,7 +27,8 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     x = p.add_argument_group("report extras")
     x.add_argument("--metrics-log", help="training log (CSV or JSON lines) for learning curves")
     x.add_argument("--features", help="features for a domain embedding: .npz (features, domain) or CSV")
-    x.add_argument("--embedding", default="pca", choices=["pca", "tsne"])
+    x.add_argument("--embedding", default="pca", choices=["pca", "tsne"],
+                   help="projection of --features to 2D for the domain embedding figure")
     x.add_argument("--gradcam", nargs="+", default=None, metavar="PNG", help="Grad-CAM PNGs to embed")
 
 

@@ -256,6 +256,9 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
     predictor = model if isinstance(model, Predictor) else load_model(model, device=device, threshold=threshold)
     if threshold is not None and isinstance(model, Predictor):
         predictor = dataclasses.replace(predictor, threshold=float(threshold))
+    if write_sr and predictor.is_regression:  # checked before anything is written or locked
+        raise MedtlError("the DICOM SR medtl writes reports class probabilities; this model predicts a value "
+                         f"({predictor.label_names[0]}): run without --sr", "--sr")
 
     lock = OutputLock(out).acquire()
     tmp_root = None
@@ -421,7 +424,8 @@ class _RowWriter:
             "study_uid": s.study_uid, "series_uid": s.series_uid, "modality": s.modality,
             "n_instances": len(item["files"]), "n_images": item.get("n_images"),
             "status": "ok", "error": "", "predicted_label": None, "probabilities": None,
-            **{f"prob_{label}": None for label in pr.label_names},
+            **({f"predicted_{pr.label_names[0]}": None} if pr.is_regression else
+               {f"prob_{label}": None for label in pr.label_names}),
             "threshold": pr.threshold, "model_name": pr.name, "model_version": pr.version,
             "sr_path": "", "sr_stored": False,
             **s.extra,
@@ -435,6 +439,8 @@ class _RowWriter:
             row.update(status=s.status or "error", error=item["error"])
             if item.get("retryable"):
                 row["retryable"] = True  # not a result: the next run tries this series again
+        elif pr.is_regression:  # a value in the target's units (the head de-standardises), no class
+            row[f"predicted_{pr.label_names[0]}"] = round(float(probs[0]), 6)
         else:
             named = {label: round(float(p), 6) for label, p in zip(pr.label_names, probs)}
             row.update(predicted_label=pr.decide(probs), probabilities=named,
@@ -494,7 +500,9 @@ def _write_excluded(out: Path, excluded: list[tuple[Series, str]], redactor: Red
 
 def _finish_csv(ledger: Ledger, predictor: Predictor, include_identifiers: bool) -> None:
     columns = ["case_id", "source", "study_uid", "series_uid", "modality", "n_instances", "n_images", "status",
-               "error", "predicted_label", "probabilities", *[f"prob_{label}" for label in predictor.label_names],
+               "error", "predicted_label", "probabilities",
+               *([f"predicted_{predictor.label_names[0]}"] if predictor.is_regression else
+                 [f"prob_{label}" for label in predictor.label_names]),
                "threshold", "model_name", "model_version", "sr_path", "sr_stored", "label", "split", "finished_utc"]
     if include_identifiers:
         columns += list(IDENTIFIER_COLUMNS.values())

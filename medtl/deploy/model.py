@@ -40,6 +40,11 @@ class Predictor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     digest: str = ""  # sha256 of the weights file: a rerun into the same --out must use the same model
     meta: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"  # or "regression": predict gives (B, 1) values in the target's units
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
 
     @property
     def preset(self) -> str:
@@ -68,9 +73,11 @@ class Predictor:
         device: str | torch.device | None = None,
         digest: str = "",
         meta: dict[str, Any] | None = None,
+        regression: bool = False,
     ) -> Predictor:
         """Wrap a module giving logits ``(B, K)``: softmax, eval mode, autocast as ``meta["precision"]`` says
-        (the checkpoint's policy, resolved by ``medtl.engine.evaluate.precision_dtype``; "auto" without one)."""
+        (the checkpoint's policy, resolved by ``medtl.engine.evaluate.precision_dtype``; "auto" without one).
+        ``regression``: the module gives ``(B, 1)`` values (``label_names`` names the one output), kept as they are."""
         from medtl.engine.evaluate import autocast, precision_dtype
 
         if "preset" not in preprocess:
@@ -87,11 +94,12 @@ class Predictor:
             if logits.ndim != 2 or logits.shape[1] != len(label_names):
                 raise MedtlError(f"model gave outputs of shape {tuple(logits.shape)}; expected (B, {len(label_names)})",
                                  name)
-            return logits.float().softmax(1).cpu()
+            return logits.float().cpu() if regression else logits.float().softmax(1).cpu()
 
         spatial = 3 if preprocess["preset"] == "mri3d" else 2
         return cls(name, version, list(label_names), dict(preprocess), predict,
-                   None if len(label_names) != 2 else threshold, spatial, dev, digest, dict(meta or {}))
+                   None if len(label_names) != 2 or regression else threshold, spatial, dev, digest, dict(meta or {}),
+                   "regression" if regression else "classification")
 
 
 def _default_device() -> torch.device:
@@ -112,10 +120,12 @@ def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, dig
     head = (meta.get("model") or {}).get("head") or {}
     # The head says what it computes; meta["task"] may hold a pipeline's task name in older checkpoints.
     task = head.get("task") or meta.get("task")
-    if head.get("kind", "classifier") != "classifier" or task not in ("binary", "multiclass"):
-        raise MedtlError(f"batch prediction needs a classifier (binary or multiclass); this model's task is {task!r}",
-                         where)
-    labels = meta.get("label_names")
+    if head.get("kind", "classifier") != "classifier" or task not in ("binary", "multiclass", "regression"):
+        raise MedtlError("batch prediction needs a classifier (binary or multiclass) or a regression head; this "
+                         f"model's head is {head.get('kind')!r} with task {task!r}", where)
+    regression = task == "regression"
+    # a regression model's one output is named after its task (e.g. "age"): results get predicted_<name>
+    labels = [str(meta.get("task_name") or "value")] if regression else meta.get("label_names")
     if not labels:
         raise MedtlError("the model does not record its label_names", where)
     intensity = meta.get("intensity")
@@ -126,7 +136,8 @@ def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, dig
     version = str(meta.get("version") or digest[:12] or "0")
     chosen = threshold if threshold is not None else meta.get("threshold", 0.5)
     return Predictor.from_module(module, label_names=list(labels), preprocess=dict(intensity), name=name,
-                                 version=version, threshold=float(chosen), device=device, digest=digest, meta=meta)
+                                 version=version, threshold=float(chosen), device=device, digest=digest, meta=meta,
+                                 regression=regression)
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None,

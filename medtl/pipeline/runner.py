@@ -726,7 +726,8 @@ def stage_report(ctx: Context) -> dict:
             comparison = compare_outcome(record, {k: v for k, v in by_key.items() if v is not None})
             report["recommendation"] = {"explanation": record["explanation"], "outcome": comparison}
             report.setdefault("notes", []).append(
-                f"Recommendation: {record['recommended']}. Best observed ({_outcome_metric(ctx.config)} on the "
+                ("Recommendation: tie between " + ", ".join(record["tie"]) if record.get("tie") else
+                 f"Recommendation: {record['recommended']}") + f". Best observed ({_outcome_metric(ctx.config)} on the "
                 f"first task, largest label fraction, mean over seeds): {comparison['best_observed']}; "
                 f"top pick was best: {comparison['top1_is_best']}; regret {_rounded(comparison['regret'])}.")
     if ctx.config.unlabelled_target:
@@ -775,15 +776,18 @@ STAGE_FUNCS = {"prepare": stage_prepare, "pretrain": stage_pretrain, "similarity
 
 
 def _payloads(cfg: PipelineConfig, data_root: Path) -> dict[str, dict]:
-    c = cfg.model_dump(mode="json")
+    # Only values that differ from the defaults: a field added to the config later (with a default) leaves a
+    # finished run's stages valid, so a run folder resumes and --redo-report works after upgrading medtl.
+    c = cfg.model_dump(mode="json", exclude_defaults=True)
     return {
-        "prepare": {"source": c["source"], "target": c["target"], "data_root": str(data_root)},
-        "pretrain": {"source": c["source"], "pretrain": c["pretrain"], "encoder": c["encoder"], "seed": cfg.seeds[0]},
-        "similarity": {"target": c["target"], "tasks": c["tasks"][:1], "similarity": c["similarity"],
-                       "strategies": c["strategies"]},
-        "transfer": {k: c[k] for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions", "seeds",
-                                       "unlabelled_target")},
-        "report": {"evaluation": c["evaluation"]},
+        "prepare": {"source": c.get("source"), "target": c.get("target"), "data_root": str(data_root)},
+        "pretrain": {"source": c.get("source"), "pretrain": c.get("pretrain"), "encoder": c.get("encoder"),
+                     "seed": cfg.seeds[0]},
+        "similarity": {"target": c.get("target"), "tasks": c["tasks"][:1], "similarity": c.get("similarity"),
+                       "strategies": c.get("strategies")},
+        "transfer": {k: c.get(k) for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions",
+                                           "seeds", "unlabelled_target")},
+        "report": {"evaluation": c.get("evaluation")},
     }
 
 

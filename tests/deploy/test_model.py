@@ -33,11 +33,20 @@ def test_decide_uses_the_threshold_for_binary_and_argmax_otherwise():
 def test_refuses_what_it_cannot_run(tmp_path):
     from medtl.models import Head, Model, build_encoder, save_checkpoint
 
+    from medtl.models.autoencoder import VAEHead
+
     enc = build_encoder("resnet10", spatial_dims=2)
-    regression = save_checkpoint(tmp_path / "age.pt", Model(enc, Head(enc.out_features, "regression")),
-                                 intensity={"preset": "mri2d", "image_size": 32}, label_names=None)
-    with pytest.raises(MedtlError, match="needs a classifier"):
-        load_model(regression)
+    vae = save_checkpoint(tmp_path / "vae.pt", Model(enc, VAEHead(enc.out_features, 32, 2, 1, 8)),
+                          intensity={"preset": "mri2d", "image_size": 32}, label_names=None)
+    with pytest.raises(MedtlError, match="needs a classifier .* or a regression head"):
+        load_model(vae)
+    # a regression model predicts values named after its task, in the head's (original) units
+    age = save_checkpoint(tmp_path / "age.pt", Model(enc, Head(enc.out_features, "regression", target_mean=50.0,
+                                                              target_std=10.0)),
+                          intensity={"preset": "mri2d", "image_size": 32}, label_names=None, task_name="age")
+    predictor = load_model(age)
+    assert predictor.is_regression and predictor.label_names == ["age"] and predictor.threshold is None
+    assert predictor.predict(torch.zeros(2, 1, 32, 32)).shape == (2, 1)
     unlabelled = save_checkpoint(tmp_path / "nolabels.pt", Model(enc, Head(enc.out_features, "binary")),
                                  intensity={"preset": "mri2d", "image_size": 32})
     with pytest.raises(MedtlError, match="label_names"):

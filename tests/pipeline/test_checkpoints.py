@@ -69,9 +69,8 @@ def test_export_bundle_from_a_job_checkpoint(finished, tmp_path):
     assert bundle.label_names == direct.label_names and bundle.threshold == pytest.approx(direct.threshold)
 
 
-def test_regression_jobs_learn_standardised_targets_and_carry_the_training_mean_baseline(tiny, make_config):
-    """A numeric column as the task: the head stores the labelled rows' mean/std, and the report gains
-    a training_mean strategy that predicts exactly that mean for every case."""
+@pytest.fixture(scope="module")
+def regression_run(tiny, make_config):
     import shutil
 
     src = tiny / "manifests" / "tgt.csv"
@@ -88,6 +87,13 @@ def test_regression_jobs_learn_standardised_targets_and_carry_the_training_mean_
     (tiny / "reg.yaml").write_text(cfg)
     out = tiny / "run_reg"
     run_pipeline(tiny / "reg.yaml", tiny / "data", out)
+    return out, df
+
+
+def test_regression_jobs_learn_standardised_targets_and_carry_the_training_mean_baseline(regression_run):
+    """A numeric column as the task: the head stores the labelled rows' mean/std, and the report gains
+    a training_mean strategy that predicts exactly that mean for every case."""
+    out, df = regression_run
     train = df[df["split"] == "train"]["score"].astype(float)
     baseline = pd.read_csv(out / "transfer" / "score" / "frac1" / "training_mean" / "seed0" / "predictions.csv")
     assert set(baseline["split"]) == {"val", "test"}
@@ -98,3 +104,22 @@ def test_regression_jobs_learn_standardised_targets_and_carry_the_training_mean_
     assert set(report["tasks"]["score"]["strategies"]) == {"full", "training_mean"}
     full = pd.read_csv(out / "transfer" / "score" / "frac1" / "full" / "seed0" / "predictions.csv")
     assert full["prediction"].between(0, 100).all()  # in the target's units, not standard deviations
+
+
+def test_predict_on_a_regression_checkpoint_gives_values_in_the_targets_units(regression_run, tiny, tmp_path):
+    """The regression job, deployed: medtl predict answers in the target's units and reproduces the job's
+    own predictions."""
+    from medtl.errors import MedtlError
+
+    out, _ = regression_run
+    ckpt = out / "transfer" / "score" / "frac1" / "full" / "seed0" / "best.pt"
+    job = pd.read_csv(ckpt.parent / "predictions.csv")
+    test = job[job["split"] == "test"].set_index("case_id")
+    result = predict_batch(ckpt, tiny / "manifests" / "tgt_reg.csv", tmp_path / "out", data_root=tiny / "data",
+                           split="test", progress=False)
+    rows = pd.read_csv(result.csv).set_index("case_id").loc[test.index]
+    assert "predicted_score" in rows.columns and not any(c.startswith("prob_") for c in rows.columns)
+    np.testing.assert_allclose(rows["predicted_score"].to_numpy(float), test["prediction"].to_numpy(float), atol=1e-4)
+    with pytest.raises(MedtlError, match="--sr"):
+        predict_batch(ckpt, tiny / "manifests" / "tgt_reg.csv", tmp_path / "sr", data_root=tiny / "data",
+                      split="test", write_sr=True, progress=False)

@@ -164,3 +164,18 @@ def test_lp_ft_fits_the_probe_to_convergence_then_fine_tunes_everything(tiny, ma
     for r in records:
         encoder_lr, head_lr = r["lr"]
         assert encoder_lr == pytest.approx(head_lr) and 0 < head_lr <= lr < lp_lr
+
+
+def test_stage_digests_ignore_values_left_at_their_defaults(tiny, make_config):
+    """A field added to the config with a default (as train.amp and train.selector were) must not make a
+    finished run folder refuse to resume: stage payloads hold only values that differ from the defaults."""
+    from medtl.pipeline.runner import StageBook, _payloads
+
+    base = load_pipeline(make_config(tiny))
+    explicit = base.model_copy(update={"train": base.train.model_copy(update={"amp": "auto", "selector": "source_loss"})})
+    changed = base.model_copy(update={"train": base.train.model_copy(update={"amp": "off"})})
+    digest = {name: {k: StageBook.digest(v) for k, v in _payloads(cfg, tiny).items()}
+              for name, cfg in (("base", base), ("explicit", explicit), ("changed", changed))}
+    assert digest["base"] == digest["explicit"]
+    assert digest["changed"]["transfer"] != digest["base"]["transfer"]
+    assert digest["changed"]["pretrain"] == digest["base"]["pretrain"]
