@@ -36,3 +36,12 @@ def resolve_inside(root: str | Path, relative: str, where: str | None = None) ->
     if root_resolved != full and root_resolved not in full.parents:
         raise MedtlError(f"path {relative!r} resolves outside the data root {root_resolved}", where)
     return Path(f"{full}{sep}{member}") if sep else full
+
+
+def is_inside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` (links resolved) lies in ``root`` or is ``root``."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False

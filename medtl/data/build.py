@@ -20,7 +20,7 @@ from medtl.data.check import near_copy_groups, scan
 from medtl.data.duplicates import near_copy_pairs
 from medtl.data.manifest import Manifest, ManifestRow
 from medtl.errors import MedtlError
-from medtl.paths import resolve_inside
+from medtl.paths import is_inside, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def build_manifest(
     labels = sorted({r.label for r in rows})
     per_image = sum(r.extras.get("patient_id_kind") == "per_image" for r in rows)
     meta = {
-        "built_from": _relative_to_root(source, data_root).as_posix() if _inside(source, data_root) else source.name,
+        "built_from": _relative_to_root(source, data_root).as_posix() if is_inside(source, data_root) else source.name,
         "data_root": str(data_root.resolve()),  # Manifest.save records it beside the manifest
         "seed": None if keep_source_split else seed,
         "fractions": None if keep_source_split else list(fractions),
@@ -340,14 +340,6 @@ def _unite_groups(splits: list[str], groups: np.ndarray) -> tuple[list[str], int
             home[g] = s
     united = [home[int(g)] for g in groups]
     return united, sum(a != b for a, b in zip(splits, united))
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _relative_to_root(path: Path, data_root: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -112,23 +111,12 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def scrubber(values) -> callable:
-    """A function replacing every value (and each part of a person name, 3+ characters) by ``[redacted]``.
+    """A function replacing every value (and each part of a person name, 3+ characters) by ``[redacted]``:
+    the one redaction layer (:class:`medtl.deploy.redact.Redactor`), newlines kept."""
+    from medtl.deploy.redact import Redactor
 
-    Compiled once into one case-insensitive pattern: a run may know thousands of patients.
-    """
-    needles = set()
-    for value in values:
-        value = str(value).strip()
-        if len(value) >= 3:
-            needles.add(value)
-        needles.update(p.strip() for p in re.split(r"[\^=\s]+", value) if len(p.strip()) >= 3)
-    if not needles:
-        return lambda text: text
-    # Longest first, so a whole name is replaced before its parts; whole tokens only, so a birth date
-    # is not cut out of the middle of a UID component.
-    alternatives = "|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
-    return lambda text: pattern.sub("[redacted]", text) if text else text
+    redactor = Redactor(values)
+    return lambda text: redactor.text(text, controls=False) if text else text
 
 
 def scrub(text: str, identifiers: dict[str, str]) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 from medtl.data.manifest import Manifest, data_root_for, require_files
 from medtl.errors import MedtlError
+from medtl.paths import is_inside
 
 log = logging.getLogger(__name__)
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -70,14 +71,6 @@ class TrainOwnResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | None, *, seed: int = 0,
                fractions=DEFAULT_FRACTIONS, modality: str | None = None) -> tuple[Manifest, Path, Path]:
     """A manifest CSV or an image folder -> ``(manifest, its data root, where it is saved in out)``.
@@ -92,7 +85,7 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
     p = Path(spec)
     name = "manifest.csv" if role == "train" else f"{role}_manifest.csv"
     if p.is_dir():
-        root = Path(data_root) if data_root is not None and _inside(p, Path(data_root)) else p
+        root = Path(data_root) if data_root is not None and is_inside(p, Path(data_root)) else p
         # near-copy groups matter only where images are dealt into splits
         m = build_manifest(p, root, seed=seed, fractions=fractions if role == "train" else DEFAULT_FRACTIONS,
                            group_near_copies=role == "train", modality=modality)
