@@ -4,8 +4,9 @@
 
 Outputs in ``out`` (one writer at a time: ``.medtl.lock``, see ``medtl.deploy.lock``):
 
-- ``results.jsonl``: the ledger, one JSON object per series, appended as each finishes (resumable,
-  see ``medtl.deploy.ledger``);
+- ``results.jsonl``: the ledger, one JSON object per series, appended as each finishes and fsync'd
+  once per model batch (resumable: a kill loses at most the rows of the batch in flight; see
+  ``medtl.deploy.ledger``);
 - ``results.csv``: the same rows as a table, rebuilt at the end of every run;
 - ``excluded.csv``: series the selection rules left out, and why;
 - ``sr/<StudyInstanceUID>/<SeriesInstanceUID>.dcm``: one Comprehensive SR per DICOM series (``write_sr``);
@@ -309,6 +310,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
                             result, redactor)
         pending: list[tuple[Series, dict]] = []
+        n_pending = 0  # images in pending
         failures = 0  # consecutive series the PACS could not serve: the circuit breaker
         with tqdm(total=len(todo), unit="series", desc="predict", disable=not progress) as bar:
             for item in batches:
@@ -316,23 +318,26 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
                 if item["error"] is None:
                     failures = 0
                     pending.append((s, item))
-                    if sum(it["x"].shape[0] for _, it in pending) >= batch_size:
+                    n_pending += item["x"].shape[0]
+                    if n_pending >= batch_size:
                         bar.update(_flush(pending, predictor, writer, batch_size))
-                        pending = []
+                        ledger.sync()  # one fsync per model batch: a kill loses at most this batch's rows
+                        pending, n_pending = [], 0
                     continue
-                writer.write(s, item, None)
+                writer.write(s, item, None)  # durable with the next batch (or at the end)
                 bar.update(1)
                 failures = failures + 1 if item["retryable"] else 0
                 if max_pacs_failures and failures >= max_pacs_failures:
                     bar.update(_flush(pending, predictor, writer, batch_size))
-                    pending = []
+                    ledger.sync()
+                    pending, n_pending = [], 0
                     raise PacsUnreachable(
                         f"stopped: the PACS could not serve {failures} series in a row (last: {item['error']}). "
                         "The rows done so far are kept; rerun the same command when the PACS is back and it "
                         "resumes where this run stopped", str(source) if source else None)
             bar.update(_flush(pending, predictor, writer, batch_size))
     finally:
-        ledger.close()
+        ledger.close()  # fsyncs what the last batch wrote, also when stopped by an exception
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
         try:
@@ -453,7 +458,7 @@ class _RowWriter:
             elif isinstance(v, str) and k not in OWN_COLUMNS and k != "case_id":
                 row[k] = self.redactor(v)
         row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.ledger.append(row)
+        self.ledger.append(row, sync=False)  # the loop syncs once per model batch
         if row["status"] == "ok":
             self.result.ok += 1
         elif row["status"] == "duplicate":

@@ -1,8 +1,10 @@
 """The results ledger: an append-only JSON-lines file that makes a batch run resumable.
 
-Each finished series appends one line, flushed and fsync'd before the next series starts, so a run
-killed at any moment (SIGKILL, power loss) leaves every finished row on disk and at most one torn
-last line, which the next run cuts off. A rerun reads the ledger, skips every series it already
+Each finished series appends one line; the lines are flushed and fsync'd together by :meth:`Ledger.sync`,
+which batch inference calls after every model batch (the batch's rows and the error rows written since
+the last one) and :meth:`Ledger.close` calls at the end. A run killed at any moment (SIGKILL, power
+loss) leaves every row of every synced batch on disk, loses at most the rows written since the last
+sync, and leaves at most one torn last line, which the next run cuts off. A rerun reads the ledger, skips every series it already
 holds (``ok`` or ``error``) and appends the rest: every series ends with exactly one row. (A rerun
 asked to retry errors appends a second line for a series; readers keep the latest line per ``case_id``.)
 ``results.csv`` is rebuilt from the ledger at the end of each run (written to a temporary file and
@@ -29,6 +31,7 @@ class Ledger:
         self.out = Path(out)
         self.path = self.out / LEDGER
         self._fh = None
+        self._unsynced = 0  # rows written since the last fsync
 
     def start(self, run_info: dict[str, Any]) -> dict[str, dict]:
         """Open for appending; returns the rows already done, by ``case_id``.
@@ -65,15 +68,28 @@ class Ledger:
                 done[row.get("case_id", row.get("key"))] = row  # "key": ledgers written before the rename
         return done
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any], sync: bool = True) -> None:
+        """Append one row; durable at once with ``sync``, else at the next :meth:`sync` (or :meth:`close`)."""
         self._fh.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._unsynced += 1
+        if sync:
+            self.sync()
+
+    def sync(self) -> int:
+        """Flush and fsync the rows appended since the last sync; returns how many there were."""
+        n, self._unsynced = self._unsynced, 0
+        if self._fh is not None and n:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        return n
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            try:
+                self.sync()
+            finally:
+                self._fh.close()
+                self._fh = None
 
     def rows(self) -> list[dict]:
         return list(self._read_and_repair().values())

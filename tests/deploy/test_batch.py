@@ -176,29 +176,45 @@ KILLER = """
 import os, signal, sys
 from medtl.deploy import ledger, predict_batch
 
-append, count = ledger.Ledger.append, [0]
+sync, append, syncs, appends, rows = ledger.Ledger.sync, ledger.Ledger.append, [0], [0], [0]
+mode, n, batch_size = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 
-def append_then_die(self, row):
-    append(self, row)
-    count[0] += 1
-    if count[0] == int(sys.argv[4]):
+def sync_then_die(self):
+    rows[0] += sync(self)
+    syncs[0] += 1
+    if mode == "sync" and syncs[0] == n:  # right after the n-th commit of the ledger
+        print(f"DURABLE {rows[0]}", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: like a power cut
 
-ledger.Ledger.append = append_then_die
-predict_batch(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=1, write_sr=True, progress=False)
+def append_then_die(self, row, sync=True):
+    append(self, row, sync)
+    appends[0] += 1
+    if mode == "append" and appends[0] == n:  # a row written, not yet synced: in the middle of a batch
+        print(f"DURABLE {rows[0]}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+ledger.Ledger.sync, ledger.Ledger.append = sync_then_die, append_then_die
+predict_batch(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=batch_size, write_sr=True, progress=False)
 """
+
+
+def _killed(model, inputs, out, mode: str, n: int, batch_size: int) -> int:
+    """Run predict_batch in a child that SIGKILLs itself; the number of rows it had made durable."""
+    run = subprocess.run([sys.executable, "-c", KILLER, str(model), str(inputs), str(out), mode, str(n),
+                          str(batch_size)], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    return int(run.stderr.split("DURABLE ")[-1].split()[0])
 
 
 def test_resume_after_sigkill(hospital, model_2d, tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-c", KILLER, str(model_2d), str(hospital), str(out), "3"],
-                         capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
-    assert len(_rows(out)) == 3 and not (out / "results.csv").exists()
+    durable = _killed(model_2d, hospital, out, "sync", 2, 1)  # killed right after the second batch's fsync
+    assert 2 <= durable < 8
+    assert len(_rows(out)) == durable and not (out / "results.csv").exists()
     result = predict_batch(model_2d, hospital, out, write_sr=True, progress=False)
     rows = _rows(out)
     assert len(rows) == 8 and len({r["case_id"] for r in rows}) == 8  # every series exactly once
-    assert result.resumed == 3 and result.ok + result.errors == 5
+    assert result.resumed == durable and result.ok + result.errors == 8 - durable
     assert len(_table(out / "results.csv")) == 8
     # A third run has nothing left to do.
     assert predict_batch(model_2d, hospital, out, progress=False).resumed == 8
@@ -208,6 +224,22 @@ def test_resume_after_sigkill(hospital, model_2d, tmp_path):
     redo = 8 - sum(r["status"] == "ok" for r in rows)
     assert retried.resumed == 8 - redo and retried.ok + retried.errors == redo
     assert len(_rows(out)) == 8 + redo and len(_table(out / "results.csv")) == 8
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_sigkill_in_the_middle_of_a_batch_loses_only_that_batch(hospital, model_2d, tmp_path, n):
+    # Rows are fsync'd once per model batch: a kill after the n-th row was written but before its
+    # batch was synced loses the unsynced rows (never a synced one), and the rerun makes each series
+    # exactly once, the lost ones included.
+    out = tmp_path / "out"
+    durable = _killed(model_2d, hospital, out, "append", n, 4)
+    on_disk = _rows(out) if (out / "results.jsonl").exists() else []
+    assert len(on_disk) == durable < n  # the row being written was not synced: it is not there
+    result = predict_batch(model_2d, hospital, out, write_sr=True, progress=False, batch_size=4)
+    rows = _rows(out)
+    assert len(rows) == 8 and len({r["case_id"] for r in rows}) == 8
+    assert result.resumed == durable and result.ok + result.errors == 8 - durable
+    assert len(_table(out / "results.csv")) == 8
 
 
 def test_a_single_file_is_a_batch_of_one(hospital, model_2d, tmp_path):

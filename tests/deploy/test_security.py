@@ -126,8 +126,8 @@ from medtl.deploy import ledger, predict_batch
 
 append = ledger.Ledger.append
 
-def slow_append(self, row):
-    append(self, row)
+def slow_append(self, row, sync=True):
+    append(self, row, True)  # this one row durable now (the run itself syncs once per batch)
     print("ROW", flush=True)
     time.sleep(600)  # hold the output folder until killed
 
