@@ -77,6 +77,7 @@ def pretrain_on(
     kl_weight: float = 1e-3,
     proj_dim: int = 128,
     proj_hidden: int = 2048,
+    proj_batch_norm: bool = True,
     ssl_hparams: dict[str, Any] | None = None,
     init_weights: str | Path | None = None,
     adapt_channels: str | None = None,
@@ -115,7 +116,7 @@ def pretrain_on(
         from medtl.models.projection import ProjectionHead
         from medtl.strategies.ssl import MoCoStrategy
 
-        head = ProjectionHead(encoder.out_features, proj_hidden, proj_dim)
+        head = ProjectionHead(encoder.out_features, proj_hidden, proj_dim, proj_batch_norm)
         strategy = MoCoStrategy(encoder, head, {"lr": lr, "weight_decay": weight_decay, **(ssl_hparams or {})})
 
     meta = {

@@ -169,3 +169,26 @@ def test_three_d_pretraining_run(tmp_path):
     result = _run(tmp_path, 1, dims=3, size=16)
     fresh = build_encoder("resnet10", spatial_dims=3)
     assert load_weights(fresh, result.path).ok
+
+
+@pytest.mark.real_data
+def test_cli_moco_on_several_real_manifests_gives_an_init_for_medtl_train(tmp_path, data_root, manifests_dir):
+    from medtl.cli import main
+    from medtl.pipeline.train import _init_defaults
+
+    out = tmp_path / "ssl"
+    status = main(["pretrain", "--mode", "moco", "--manifest", str(manifests_dir / "cxr_kermany.csv"),
+                   str(manifests_dir / "cxr_actualmed.csv"), "--splits", "train", "val", "test", "--data-root",
+                   str(data_root), "--out", str(out), "--arch", "resnet10", "--image-size", "32", "--epochs", "1",
+                   "--batch-size", "16", "--queue-size", "64", "--device", "cpu", "--no-progress"])
+    assert status == 0
+    meta = torch.load(out / "model.pt", weights_only=True)["meta"]
+    assert meta["mode"] == "moco" and meta["hparams"]["queue_size"] == 64
+    assert [p["items"] for p in meta["ssl_data"]] == [16, 54] and meta["intensity"]["preset"] == "cxr"
+    assert meta["domains"] == ["cxr_actualmed", "cxr_kermany"]
+    # what medtl train --init reads from it, and the encoder it loads
+    assert _init_defaults(out / "model.pt") == {"arch": "resnet10", "stem_stride": 2, "image_size": 32,
+                                                "spatial_dims": 2}
+    assert load_weights(build_encoder("resnet10"), out / "model.pt").ok
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--mode", "moco", "--manifest", "x.csv", "--out", str(out), "--splits", "holdout"])
