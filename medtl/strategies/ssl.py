@@ -123,7 +123,8 @@ class MoCoStrategy(Strategy):
         n = x.shape[0]
         groups = max(1, min(int(self.hparams["key_groups"]), n // 2))  # chunks of at least two for batch norm
         perm = torch.randperm(n, device=x.device)
-        out = torch.cat([self.key_head(self.key_encoder(x[idx])) for idx in perm.chunk(groups)])
+        parts = torch.tensor_split(perm, groups)  # near-equal parts (chunk() could leave a part of one)
+        out = torch.cat([self.key_head(self.key_encoder(x[idx])) for idx in parts])
         k = torch.empty_like(out)
         k[perm] = out  # back to the batch's order
         return F.normalize(k.float(), dim=1)

@@ -99,6 +99,12 @@ def test_shuffled_key_groups_give_the_keys_of_the_unshuffled_batch():
     assert torch.allclose(s.keys(x), expected, atol=1e-5)
 
 
+def test_odd_batches_split_into_key_groups_of_at_least_two():
+    s = _strategy(key_groups=3).train()  # 7 = 3 + 2 + 2; a part of one would break the projector's batch norm
+    loss, _ = s.training_loss(_batch(7), None, 0.0)
+    assert torch.isfinite(loss)
+
+
 def test_moco_refuses_single_view_batches():
     s = _strategy()
     with pytest.raises(MedtlError, match="two views"):
