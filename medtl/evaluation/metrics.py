@@ -416,6 +416,10 @@ def regression_metrics(y_true, y_pred, weights=None) -> dict:
     ss_tot = (W * dy**2).sum(axis=1)
     cov = (W * dy * df).sum(axis=1)
     var_f = (W * df**2).sum(axis=1)
+    # Constant values leave rounding residue (~1e-30 relative) in the weighted sums of squares: that is
+    # zero, so r2 / pearson_r come out undefined instead of a number made of rounding error.
+    ss_tot = np.where(ss_tot <= 1e-24 * n * (mean_y**2 + 1.0), 0.0, ss_tot)
+    var_f = np.where(var_f <= 1e-24 * n * (mean_f**2 + 1.0), 0.0, var_f)
     out = {
         "mae": _div(W @ np.abs(err), n),
         "rmse": np.sqrt(_div(ss_res, n)),

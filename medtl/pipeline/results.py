@@ -255,13 +255,21 @@ def _task_figure(pipeline: str, name: str, task: dict, figures_dir: Path) -> lis
             + ("; dotted line: chance (0.5)" if metric != "mae" else "") + ".*", ""]
 
 
+def _regression_metrics(strategy: dict) -> dict:
+    """A strategy's seed-level metrics; for runs that are all identical (the training-mean baseline, whose
+    t-interval over seeds has zero width) the first run's bootstrap intervals over the test cases."""
+    runs = strategy.get("runs") or []
+    values = {json.dumps(r.get("metrics", {}).get("mae"), sort_keys=True) for r in runs}
+    return runs[0]["metrics"] if len(runs) > 1 and len(values) == 1 else strategy["metrics"]
+
+
 def _against_training_mean(strategies: dict) -> list[str]:
     """Each regression strategy's MAE against the trivial baseline that predicts the training mean."""
-    base = (strategies.get(TRAINING_MEAN) or {}).get("metrics", {}).get("mae")
+    base = _regression_metrics(strategies[TRAINING_MEAN]).get("mae") if TRAINING_MEAN in strategies else None
     if not base or base.get("value") is None:
         return []
     lines = [f"Compared with `{TRAINING_MEAN}` (every case predicted as the mean of the labelled training targets; "
-             f"seed-mean MAE {base['value']:.2f}, 95% intervals):", ""]
+             f"MAE {base['value']:.2f}; strategies: seed-mean MAE, 95% intervals):", ""]
     for s_name, s in strategies.items():
         if s_name == TRAINING_MEAN:
             continue
@@ -291,10 +299,12 @@ def _task_section(name: str, task: dict) -> list[str]:
     if task["kind"] == "regression":
         lines += ["| strategy | runs | MAE (years) | RMSE | R² | Pearson r |", "|---|---|---|---|---|---|"]
         for s_name, s in strategies.items():
-            m = s["metrics"]
+            m = _regression_metrics(s)
             lines.append(f"| {s_name} | {s.get('n_runs')} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")
-        return lines + [""] + _against_training_mean(strategies)
+        note = [f"`{TRAINING_MEAN}` predicts the same value in every seed (the labelled rows are the same), so its "
+                "interval is its runs' bootstrap interval over the test cases, not a t-interval over seeds.", ""]
+        return lines + [""] + (note if TRAINING_MEAN in strategies else []) + _against_training_mean(strategies)
     multiclass = task["kind"] == "multiclass"
     head = "| strategy | label fraction | runs | n test | AUROC" + (" (macro)" if multiclass else "")
     head += " | balanced accuracy |" + ("" if multiclass else " sensitivity | specificity |")

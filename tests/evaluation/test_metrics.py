@@ -222,3 +222,14 @@ def test_object_arrays_threshold_and_confusion_input_checks():
     cm = [[3.0, 1.0], [2.0, 4.0]]
     m = binary_scores(cm)
     assert m["sensitivity"] == pytest.approx(4 / 6) and m["accuracy"] == pytest.approx(0.7)
+
+
+def test_pearson_r_of_a_constant_prediction_is_undefined_not_rounding_noise():
+    from medtl.evaluation.metrics import regression_metrics
+
+    y = np.array([23.0, 35.5, 41.2, 60.7, 72.1, 19.9])
+    m = regression_metrics(y, np.full(6, 42.066666666666666))  # a mean that sums with rounding error
+    assert np.isnan(m["pearson_r"]) and abs(m["r2"]) < 1e-12  # the mean itself: R² 0
+    weights = np.random.default_rng(0).integers(0, 3, size=(4, 6)).astype(float) + 1
+    assert np.isnan(regression_metrics(y, np.full(6, 42.066666666666666), weights)["pearson_r"]).all()
+    assert np.isnan(regression_metrics(np.full(6, 3.3), y)["r2"])
