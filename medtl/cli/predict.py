@@ -56,7 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float,
                    help="binary models: decision threshold (default: the model's, else 0.5)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for reading (default: 0)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes for reading and preprocessing (default: the usable CPUs "
+                        "beyond 2, at most 4; none on 2 CPUs)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 and so on (default: cuda when available; AMP on GPU)")
     p.add_argument("--retry-errors", action="store_true",
                    help="rerun: process again the series whose row is an error (default: off; series the PACS "

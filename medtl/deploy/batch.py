@@ -192,7 +192,7 @@ def predict_batch(
     pacs_retries: int = 3,
     max_pacs_failures: int = MAX_PACS_FAILURES,
     batch_size: int = 8,
-    workers: int = 0,
+    workers: int | None = None,
     device: str | None = None,
     threshold: float | None = None,
     progress: bool = True,
@@ -211,6 +211,10 @@ def predict_batch(
     ``ca_bundle``, ``client_cert``/``client_key`` and ``pacs_retries`` configure a DICOMweb input
     given as a URL, whose credentials are checked once before the batch; after
     ``max_pacs_failures`` consecutive series the PACS could not serve, the run stops (rerun to resume).
+
+    ``workers``: DataLoader processes that read and preprocess series while the model runs; ``None``
+    (default) chooses :func:`default_workers` from the usable CPUs (none on 2 cores, where measured
+    they only took CPU from the model: docs/performance.md, inference).
     """
     redactor = Redactor()
     with redacting(redactor):
@@ -252,6 +256,10 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         raise MedtlError("storing SRs needs a DICOMweb input", "store_sr")
     if batch_size < 1:
         raise MedtlError(f"batch_size must be at least 1, got {batch_size}", "batch_size")
+    if workers is None:
+        workers = default_workers()
+    if workers < 0:
+        raise MedtlError(f"workers must be 0 or more, got {workers}", "workers")
     rules = rules or SeriesRules()
 
     predictor = model if isinstance(model, Predictor) else load_model(model, device=device, threshold=threshold)
@@ -350,6 +358,19 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
              result.ok + result.errors + result.duplicates, result.ok, result.errors, result.duplicates,
              out / "results.csv")
     return result
+
+
+def default_workers(cpus: int | None = None) -> int:
+    """DataLoader workers for reading when none are asked for: the usable CPUs beyond two, at most 4.
+
+    Two CPUs stay with the main process (the model's forward pass, the rows); reading and
+    preprocessing move to workers only on CPUs beyond those. With two or fewer CPUs: 0, the main
+    process reads (measured on 2 CPUs: docs/performance.md; more CPUs were not available to measure).
+    """
+    from medtl.runtime import usable_cpus
+
+    n = usable_cpus() if cpus is None else cpus
+    return max(0, min(4, n - 2))
 
 
 def _case_id(s: Series, redactor: Redactor) -> str:

@@ -249,3 +249,9 @@ def test_a_single_file_is_a_batch_of_one(hospital, model_2d, tmp_path):
     assert (result.ok, result.errors) == (1, 0) and len(rows) == 1
     assert rows[0]["status"] == "ok" and rows[0]["source"] == "chest.png"
     assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5
+
+
+def test_default_workers_leave_two_cpus_to_the_model():
+    from medtl.deploy.batch import default_workers
+
+    assert [default_workers(n) for n in (1, 2, 3, 4, 6, 16)] == [0, 0, 1, 2, 4, 4]
