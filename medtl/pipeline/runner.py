@@ -59,12 +59,15 @@ class StageBook:
     def digest(payload: Any) -> str:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def check(self, stage: str, payload: dict) -> bool:
-        """True when ``stage`` finished with this payload; error when it ran with another."""
+    def check(self, stage: str, payload: dict, legacy: dict | None = None) -> bool:
+        """True when ``stage`` finished with this payload; error when it ran with another. ``legacy``: the
+        same config as run folders before 2026-11-30 recorded it (defaults included), accepted as equal."""
         entry = self.done.get(stage)
         if entry is None:
             return False
-        if entry["digest"] != self.digest(payload):
+        same = entry["digest"] == self.digest(payload) or (
+            legacy is not None and _same_but_new_defaults(entry.get("payload"), legacy, payload))
+        if not same:
             old = entry.get("payload", {})
             keys = sorted(k for k in set(old) | set(payload) if json.dumps(old.get(k), sort_keys=True, default=str)
                           != json.dumps(payload.get(k), sort_keys=True, default=str))
@@ -775,10 +778,26 @@ STAGE_FUNCS = {"prepare": stage_prepare, "pretrain": stage_pretrain, "similarity
                "transfer": stage_transfer, "report": stage_report}
 
 
-def _payloads(cfg: PipelineConfig, data_root: Path) -> dict[str, dict]:
+def _same_but_new_defaults(stored: Any, full: Any, minimal: Any) -> bool:
+    """An older run folder's recorded payload (every value, as recorded before) equals this config's ``full``
+    payload, except for keys the older medtl did not have, which must be at their defaults (absent from
+    ``minimal``, the payload without defaults)."""
+    if isinstance(stored, dict) and isinstance(full, dict):
+        minimal = minimal if isinstance(minimal, dict) else {}
+        if any(k in minimal for k in set(full) - set(stored)) or set(stored) - set(full):
+            return False
+        return all(_same_but_new_defaults(stored[k], full[k], minimal.get(k)) for k in stored)
+    if isinstance(stored, list) and isinstance(full, list):
+        minimal = minimal if isinstance(minimal, list) and len(minimal) == len(full) else [None] * len(full)
+        return len(stored) == len(full) and all(map(_same_but_new_defaults, stored, full, minimal))
+    return json.dumps(stored, sort_keys=True, default=str) == json.dumps(full, sort_keys=True, default=str)
+
+
+def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False) -> dict[str, dict]:
     # Only values that differ from the defaults: a field added to the config later (with a default) leaves a
     # finished run's stages valid, so a run folder resumes and --redo-report works after upgrading medtl.
-    c = cfg.model_dump(mode="json", exclude_defaults=True)
+    # (with_defaults: the earlier form, every value, still accepted when reading older run folders.)
+    c = cfg.model_dump(mode="json", exclude_defaults=not with_defaults)
     return {
         "prepare": {"source": c.get("source"), "target": c.get("target"), "data_root": str(data_root)},
         "pretrain": {"source": c.get("source"), "pretrain": c.get("pretrain"), "encoder": c.get("encoder"),
@@ -812,7 +831,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     check_before_run(ctx)
     out.mkdir(parents=True, exist_ok=True)
     book = StageBook(out)
-    payloads = _payloads(config, data_root)
+    payloads, legacy = _payloads(config, data_root), _payloads(config, data_root, with_defaults=True)
     _INNER_BARS = progress
     try:
         with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
@@ -820,7 +839,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
                 payload = payloads[stage]
                 if stage not in stages or (stage == "similarity" and not config.similarity.enabled):
                     continue
-                if book.check(stage, payload) and not (redo_report and stage == "report"):
+                if book.check(stage, payload, legacy[stage]) and not (redo_report and stage == "report"):
                     print(f"[{stage}] already complete: skipped")
                     continue
                 before = book.start(stage, payload)

@@ -179,3 +179,30 @@ def test_stage_digests_ignore_values_left_at_their_defaults(tiny, make_config):
     assert digest["base"] == digest["explicit"]
     assert digest["changed"]["transfer"] != digest["base"]["transfer"]
     assert digest["changed"]["pretrain"] == digest["base"]["pretrain"]
+
+
+def test_a_run_folder_from_before_a_field_was_added_still_resumes(tiny, make_config, tmp_path):
+    """stages.json written before train.selector existed (every value recorded, no selector): accepted while
+    the new field is at its default; a recorded value that differs is still refused."""
+    import shutil
+
+    out = tiny / "run"
+    if not (out / "report.json").exists():
+        run_pipeline(make_config(tiny), tiny / "data", out)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    book = json.loads((old / "stages.json").read_text())
+    cfg = load_pipeline(make_config(tiny))
+    from medtl.pipeline.runner import _payloads
+
+    full = _payloads(cfg, (tiny / "data").resolve(), with_defaults=True)["transfer"]
+    full["train"].pop("selector")
+    book["transfer"].update(payload=full, digest="0123456789abcdef")  # as an older medtl wrote it
+    (old / "stages.json").write_text(json.dumps(book))
+    assert run_pipeline(make_config(tiny), tiny / "data", old, redo_report=True).exists()
+    book = json.loads((old / "stages.json").read_text())
+    book["transfer"]["payload"]["train"]["epochs"] = 99
+    book["transfer"]["digest"] = "0123456789abcdef"
+    (old / "stages.json").write_text(json.dumps(book))
+    with pytest.raises(MedtlError, match="stage 'transfer'.*train"):
+        run_pipeline(make_config(tiny), tiny / "data", old, redo_report=True)
