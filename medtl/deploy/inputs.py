@@ -23,6 +23,7 @@ import torch
 from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.transforms import (
     Compose,
+    NormalizeIntensity,
     NormalizeIntensityd,
     Resized,
     ResizeWithPadOrCropd,
@@ -133,12 +134,34 @@ class _Percentiles(ScaleIntensityRangePercentiles):
         return scaled.as_tensor() if isinstance(scaled, MetaTensor) else torch.as_tensor(scaled)
 
 
+class _NonzeroZScore(NormalizeIntensity):
+    """MONAI's z-score over the nonzero voxels (``nonzero=True``), without selecting them.
+
+    MONAI gathers the nonzero voxels (a boolean index: most of a volume's preprocessing time) and
+    scatters the result back; here the mean and spread come from masked sums (in float64) and
+    ``torch.where`` writes the result: the same values up to float rounding (tests/deploy/test_inputs.py).
+    """
+
+    def _normalize(self, img, sub=None, div=None):
+        if sub is not None or div is not None or not isinstance(img, torch.Tensor):
+            return super()._normalize(img, sub, div)
+        img = img.float()
+        mask = img != 0
+        n = int(mask.sum())
+        if n == 0:
+            return img
+        mean = float(img.sum(dtype=torch.float64)) / n
+        std = float((((img.double() - mean) * mask).square().sum() / n).sqrt())
+        return torch.where(mask, (img - mean) / (std if std != 0.0 else 1.0), img)
+
+
 def _split_chain(transforms: list) -> tuple[Compose, Compose]:
     """``(with_meta, plain)``: the chain cut after its last transform that may read metadata.
 
     ``plain`` runs without MONAI's metadata tracking (a MetaTensor makes every small tensor operation
     go through Python bookkeeping: most of the preprocessing time of a 2D image, and of the masked
-    z-score of a volume). Percentile scaling in ``plain`` gets :class:`_Percentiles`.
+    z-score of a volume). Percentile scaling in ``plain`` gets :class:`_Percentiles`, the nonzero
+    z-score :class:`_NonzeroZScore`.
     """
     cut = len(transforms)
     while cut > 0 and type(transforms[cut - 1]) in _META_FREE:
@@ -153,6 +176,14 @@ def _split_chain(transforms: list) -> tuple[Compose, Compose]:
             t = copy.copy(t)
             t.scaler = _Percentiles(scaler.lower, scaler.upper, scaler.b_min, scaler.b_max, scaler.clip,
                                     scaler.relative, scaler.channel_wise, scaler.dtype)
+        norm = getattr(t, "normalizer", None)
+        if isinstance(t, NormalizeIntensityd) and type(norm) is NormalizeIntensity and norm.nonzero \
+                and not norm.channel_wise and norm.subtrahend is None and norm.divisor is None \
+                and norm.dtype in (np.float32, torch.float32):
+            import copy
+
+            t = copy.copy(t)
+            t.normalizer = _NonzeroZScore(None, None, True, False, norm.dtype)
         plain.append(t)
     return Compose(transforms[:cut]), Compose(plain)
 
