@@ -277,9 +277,12 @@ def views_dataset(
         manifests = [manifests]
     if not manifests:
         raise MedtlError("no manifests given", "manifests")
+    loaded = [entry if isinstance(entry, Manifest) else Manifest.load(entry) for entry in manifests]
+    modalities = sorted({r.modality for m in loaded for r in m if r.split in set(splits)})
+    if "mri3d" in modalities and len(modalities) > 1:  # refused before any image is read
+        raise MedtlError(f"manifests mix 2D and 3D images ({modalities}); pretrain each apart", "manifests")
     parts, info = [], []
-    for entry in manifests:
-        m = entry if isinstance(entry, Manifest) else Manifest.load(entry)
+    for m in loaded:
         rows = [r for r in m if r.split in set(splits)]
         if not rows:
             raise MedtlError(f"no rows in split(s) {list(splits)}", m.source or "manifest")
@@ -299,9 +302,6 @@ def views_dataset(
             info.append({"manifest": str(m.source) if m.source else None, "modality": modality, "dims": dims,
                          "splits": list(splits), "rows": len(sub), "items": len(base), "hash": sub.content_hash(),
                          "preset_options": options, "domains": sorted({r.domain for r in sub})})
-    if len({i["dims"] for i in info}) != 1:
-        raise MedtlError(f"manifests mix 2D and 3D images ({[i['modality'] for i in info]}); pretrain each apart",
-                         "manifests")
     return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), {"parts": info}
 
 

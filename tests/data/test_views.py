@@ -126,3 +126,15 @@ def test_views_dataset_from_several_real_manifests(data_root, manifests_dir):
     assert item["image"].shape == item["image_2"].shape == (1, 32, 32) and int(item["label"]) == -1
     train_only, _ = views_dataset(manifests_dir / "cxr_actualmed.csv", data_root, image_size=32)
     assert 0 < len(train_only) < 54
+
+
+@pytest.mark.real_data
+def test_views_dataset_mixes_chest_xrays_and_brain_mri_each_with_its_own_views(data_root, manifests_dir):
+    ds, info = views_dataset([manifests_dir / "cxr_kermany.csv", manifests_dir / "mri2d_yesno.csv"], data_root,
+                             image_size=32, splits=["test"])
+    assert [p["modality"] for p in info["parts"]] == ["cxr", "mri2d"] and len(ds) == sum(p["items"] for p in info["parts"])
+    flips = [[type(t).__name__ for t in part.transform.chain.transforms].count("RandFlipd") for part in ds.datasets]
+    assert flips == [0, 1]  # the X-rays are never flipped, the brain slices may be
+    assert ds[len(ds) - 1]["image_2"].shape == (1, 32, 32)
+    with pytest.raises(MedtlError, match="mix 2D and 3D"):
+        views_dataset([manifests_dir / "cxr_kermany.csv", manifests_dir / "mri3d_ixi.csv"], data_root, image_size=32)
