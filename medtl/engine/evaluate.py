@@ -92,14 +92,14 @@ def collect(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dt
     Pieces from consecutive parts of one loader concatenate (``merge_collected``) into exactly the
     pieces of the whole: that is how sharded inference (medtl.engine.distributed) merges its ranks.
     """
-    from tqdm.auto import tqdm
+    from medtl.progress import bar
 
     device = torch.device(device)
     was_training = model.training
     model.eval()
     raw: dict[str, Any] = {"logits": [], "labels": [], "strings": {}, "loss_terms": [], "n_loss": 0}
     try:
-        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        for batch in bar(loader, desc="eval", leave=False, enabled=progress):
             batch = to_device(batch, device)
             with autocast(device, amp_dtype):
                 loss, logits = _step(model, batch)

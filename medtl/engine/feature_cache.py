@@ -181,7 +181,7 @@ def extract_features(
     runs it under autocast; ``channels_last`` uses channels-last memory (4D and 5D inputs), which
     is faster on many CPUs and GPUs. Features come back as float32 on the CPU.
     """
-    from tqdm.auto import tqdm
+    from medtl.progress import bar
 
     from medtl.engine.evaluate import autocast
 
@@ -197,8 +197,8 @@ def extract_features(
     fields: dict[str, list[str]] = {}
     changed: list[nn.Parameter] | None = None
     try:
-        for batch in tqdm(_batches(data, batch_size, num_workers, pin_memory), desc="features", leave=False,
-                          disable=not progress):
+        for batch in bar(_batches(data, batch_size, num_workers, pin_memory), desc="features", leave=False,
+                         enabled=progress):
             if not isinstance(batch, dict) or "image" not in batch:
                 raise MedtlError("feature extraction needs batches of dicts with an 'image'", "data")
             x = _plain(batch["image"]).to(device, non_blocking=True)

@@ -388,7 +388,7 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, train_loader, val_loader=None, target_loader=None, resume: bool = True) -> TrainResult:
-        from tqdm.auto import tqdm
+        from medtl.progress import bar as progress_bar
 
         cfg, strategy, device = self.config, self.strategy, self.device
         needs_target = bool(getattr(strategy, "needs_target", False))
@@ -478,7 +478,7 @@ class Trainer:
                 # Distributed: the loaders draw from a random stream that is the same on every rank (so
                 # the ranks agree on the global batches); the steps (dropout, ...) from a per-rank one.
                 rng = _RankRng(_rank_seed(seed, ctx.rank) + 1) if ctx.enabled else None
-                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show)
+                bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, enabled=show)
                 for i, batch in enumerate(_fetching(train_iter, rng)):
                     if i >= steps:
                         break
