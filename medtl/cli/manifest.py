@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medtl.errors import MedtlError
 from medtl.paths import default_data_root
 
 
@@ -15,7 +16,9 @@ def register(sub) -> None:
     build.add_argument("--from", dest="source", required=True, help="<root>/<label>/<file> folder or raw manifest.csv")
     build.add_argument("--data-root", type=Path, default=None, help="folder the manifest's paths are relative to "
                        "(default: $MEDTL_DATA_ROOT or ../shared/data)")
-    build.add_argument("--out", type=Path, required=True, help="manifest CSV to write (plus .meta.json)")
+    build.add_argument("--out", type=Path, required=True,
+                       help="folder to write manifest.csv (plus manifest.meta.json) into; a path ending in .csv names "
+                            "the manifest file itself (a manifest's name is how other commands refer to it)")
     build.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
     build.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
                        help="split fractions of the patients")
@@ -48,6 +51,9 @@ def run_build(args) -> int:
     from medtl.data.build import build_manifest
     from medtl.data.check import check_manifest
 
+    out = args.out if args.out.suffix.lower() == ".csv" else args.out / "manifest.csv"
+    if out.exists() and out.is_dir():
+        raise MedtlError("--out names a folder called like a manifest file; give another name", out)
     root = args.data_root or default_data_root()
     manifest = build_manifest(
         args.source, root, seed=args.seed, fractions=tuple(args.fractions), group_near_copies=args.group,
@@ -55,9 +61,9 @@ def run_build(args) -> int:
         exclude_copies_of=args.exclude_near_copies_of,
         label_names=args.label_names.split(",") if args.label_names else None, keep_source_split=args.keep_source_split,
     )
-    manifest.save(args.out)
+    manifest.save(out)
     meta = manifest.meta
-    print(f"wrote {args.out}: {len(manifest)} rows, labels {manifest.label_names}, patient ids: {meta['patient_ids']}")
+    print(f"wrote {out}: {len(manifest)} rows, labels {manifest.label_names}, patient ids: {meta['patient_ids']}")
     if args.exclude_near_copies_of:
         print(f"dropped {meta['excluded_rows']} row(s) that copy images of {args.exclude_near_copies_of}")
     if meta["near_copy_grouping"]:

@@ -178,6 +178,11 @@ def test_cli_build_and_check(folder_root, tmp_path, capsys):
     assert main(["manifest", "check", str(out), "--data-root", str(folder_root)]) == 0
     printed = capsys.readouterr().out
     assert "OK" in printed and "label" in printed and "total" in printed
+    # --out as a folder, as for every other command: DIR/manifest.csv beside its meta
+    assert main(["manifest", "build", "--from", str(folder_root / "site"), "--data-root", str(folder_root),
+                 "--out", str(tmp_path / "built"), "--seed", "2"]) == 0
+    assert (tmp_path / "built" / "manifest.csv").read_text() == out.read_text()
+    assert (tmp_path / "built" / "manifest.meta.json").exists()
 
 
 def test_default_data_root_env_then_beside_cwd_then_beside_checkout(tmp_path, monkeypatch):
