@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=None, help="moco: InfoNCE temperature (default 0.2)")
     p.add_argument("--queue-size", type=int, default=None, help="moco: negatives kept in the queue (default 1024)")
     p.add_argument("--momentum", type=float, default=None,
-                   help="moco: key-network momentum at the start, rising to 1 (default 0.99)")
+                   help="moco: key-network momentum at the start, rising to 1 (default 0.9; 0.99 for long GPU runs)")
     p.add_argument("--proj-dim", type=int, default=128, help="moco: projection (embedding) size")
     p.add_argument("--arch", default="resnet18", help="resnet10/18/34/50 or densenet121")
     p.add_argument("--image-size", type=int, nargs="+", default=[128], help="side in pixels (three sizes for 3D)")
