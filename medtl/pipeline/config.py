@@ -45,7 +45,8 @@ class TaskSpec(Strict):
 
 
 class PretrainSpec(Strict):
-    mode: Literal["supervised", "autoencoder"] = "supervised"
+    # supervised (the source labels), autoencoder (VAE) or moco (self-supervised MoCo v2, labels unused)
+    mode: Literal["supervised", "autoencoder", "moco"] = "supervised"
     checkpoint: str | None = None  # use this medtl checkpoint instead of training
     epochs: int = 10
     batch_size: int = 32

@@ -206,3 +206,19 @@ def test_a_run_folder_from_before_a_field_was_added_still_resumes(tiny, make_con
     (old / "stages.json").write_text(json.dumps(book))
     with pytest.raises(MedtlError, match="stage 'transfer'.*train"):
         run_pipeline(make_config(tiny), tiny / "data", old, redo_report=True)
+
+
+def test_a_pipeline_can_pretrain_its_source_self_supervised(tiny, make_config, tmp_path):
+    """pretrain.mode: moco trains the source encoder without its labels (MoCo v2) and the jobs start from it."""
+    from medtl.models.checkpoint import read_checkpoint
+
+    cfg = make_config(tiny, name="moco.yaml").read_text()
+    cfg = (cfg.replace("pretrain: {epochs: 1, batch_size: 8}", "pretrain: {mode: moco, epochs: 1, batch_size: 8}")
+           .replace("strategies: [feature_extraction, full, dann]", "strategies: [feature_extraction]")
+           .replace("label_fractions: [0.5, 1.0]", "label_fractions: [1.0]"))
+    (tiny / "moco.yaml").write_text(cfg)
+    out = tmp_path / "run"
+    assert run_pipeline(tiny / "moco.yaml", tiny / "data", out).exists()
+    meta = read_checkpoint(out / "pretrain" / "model.pt")["meta"]
+    assert meta["mode"] == "moco" and meta["model"]["head"]["kind"] == "projection"
+    assert len(list((out / "transfer").rglob("predictions.csv"))) == 1
