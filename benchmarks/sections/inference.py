@@ -6,8 +6,11 @@ volumes (copied). The models are random-weight medtl checkpoints of the default 
 ResNet-18 on the cxr preset at 128 px; the loading section's lifted 3D ResNet-18 on the mri3d preset).
 
 Each measured run is its own process (``python -m benchmarks.sections.inference``): it loads the
-model, then times one ``predict_batch`` call (discovery, reading, preprocessing, the model, the
-results table and ledger). Peak resident memory is the child's own ``VmHWM`` from
+model, then times, side by side in that process, the model's forward pass alone on a random batch of
+the same shape (before and after), one ``predict_batch`` call (discovery, reading, preprocessing, the
+model, the results table and ledger) and, on a sample of the inputs, reading + preprocessing alone
+(``SeriesLoader``, one process). The throughput ratio (predict_batch / forward alone, target 0.9) is
+taken per process, so machine load that changes between processes falls on both. Peak resident memory is the child's own ``VmHWM`` from
 ``/proc/self/status`` (the high-water mark of its address space since ``exec``). The rusage
 ``ru_maxrss`` (from ``os.wait4``, or ``RUSAGE_CHILDREN``) is kept in the JSON but not used: Linux
 carries the forking parent's peak into it, so a large benchmark process would mask the child's own.
@@ -28,6 +31,8 @@ from pathlib import Path
 from benchmarks.common import REPO, Row, Settings, data_root, fmt_rate, manifest, median, spread, status
 
 TARGET_GROWTH = 0.10
+TARGET_RATIO = 0.90  # predict_batch throughput / the model's forward throughput at the same batch size
+BATCH = {"2d": 16, "3d": 4}  # images (volumes) per forward pass, in predict_batch and in the forward-alone timing
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -97,8 +102,33 @@ def make_models(s: Settings, folder: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------ child
 
 
+def _forward_rate(predictor, shape, batches: int) -> float:
+    """Inputs per second of ``predictor.predict`` alone on a random batch of ``shape`` (what the model costs)."""
+    import torch
+
+    x = torch.randn(*shape)
+    predictor.predict(x)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        predictor.predict(x)
+    return batches * shape[0] / (time.perf_counter() - t0)
+
+
+def _prepare_rate(predictor, folder: Path, n: int) -> float:
+    """Inputs per second of reading + preprocessing alone (``SeriesLoader``, one process), first ``n`` series."""
+    from medtl.deploy.batch import discover
+    from medtl.deploy.inputs import SeriesLoader
+
+    loader = SeriesLoader(predictor.preset, predictor.preset_options, predictor.spatial_dims)
+    series = discover(folder, volume=predictor.spatial_dims == 3)[:n]
+    t0 = time.perf_counter()
+    images = sum(loader(s).shape[0] for s in series)
+    return images / (time.perf_counter() - t0)
+
+
 def child(args: dict) -> None:
-    """Runs in its own process: load the model, time predict_batch, report JSON to ``args['report']``."""
+    """Runs in its own process: load the model, time predict_batch (and the model and the preprocessing
+    alone, side by side), report JSON to ``args['report']``."""
     import torch
 
     if args.get("threads"):
@@ -107,10 +137,22 @@ def child(args: dict) -> None:
 
     t_start = time.perf_counter()
     predictor = load_model(args["model"], device=args["device"])
+    load_seconds = time.perf_counter() - t_start
+    size = predictor.preprocess.get("volume_shape") if predictor.spatial_dims == 3 else \
+        [predictor.preprocess["image_size"]] * 2
+    bs = int(args["batch_size"])
+    shape = (bs, 1, *size)
+    fwd_batches = int(args.get("forward_batches", 0))
     t0 = time.perf_counter()
-    result = predict_batch(predictor, args["input"], args["out"], batch_size=int(args["batch_size"]),
-                           workers=int(args["workers"]), progress=False)
+    fwd = [_forward_rate(predictor, shape, fwd_batches)] if fwd_batches else []
+    t_fwd = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = predict_batch(predictor, args["input"], args["out"], batch_size=bs, workers=args["workers"],
+                           progress=False)
     seconds = time.perf_counter() - t0
+    if fwd_batches:
+        fwd.append(_forward_rate(predictor, shape, fwd_batches))
+    prep = _prepare_rate(predictor, Path(args["input"]), int(args["prepare_n"])) if args.get("prepare_n") else None
     hwm = None
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -121,18 +163,22 @@ def child(args: dict) -> None:
     import resource
 
     Path(args["report"]).write_text(json.dumps({
-        "seconds": seconds, "load_seconds": t0 - t_start, "ok": result.ok, "errors": result.errors,
+        "seconds": seconds, "load_seconds": load_seconds, "forward_seconds": t_fwd, "ok": result.ok,
+        "errors": result.errors, "batch_size": bs, "workers": args["workers"], "forward_rates": fwd,
+        "forward_rate": sum(fwd) / len(fwd) if fwd else None, "prepare_rate": prep,
         "vmhwm_kb": hwm, "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
-def _spawn(s: Settings, model: Path, folder: Path, work: Path, tag: str) -> dict:
+def _spawn(s: Settings, model: Path, folder: Path, work: Path, tag: str, *, batch_size: int, workers=None,
+           forward_batches: int = 0, prepare_n: int = 0) -> dict:
     """One child run (its own report, plus its rusage from os.wait4)."""
     import torch
 
     out = Path(tempfile.mkdtemp(prefix=f"out-{tag}-", dir=work))
     report = out.with_suffix(".json")
-    args = {"model": str(model), "input": str(folder), "out": str(out), "device": s.device, "batch_size": 8,
-            "workers": s.workers, "report": str(report), "threads": torch.get_num_threads()}
+    args = {"model": str(model), "input": str(folder), "out": str(out), "device": s.device, "batch_size": batch_size,
+            "workers": s.workers if workers is None else workers, "report": str(report),
+            "threads": torch.get_num_threads(), "forward_batches": forward_batches, "prepare_n": prepare_n}
     log = out.with_suffix(".log")
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -162,11 +208,18 @@ def run(s: Settings) -> list[Row]:
     vols = make_volumes(root, work / f"nii{n_vol}", n_vol)
     models = make_models(s, work / "models")
     runs = {small: [], large: []}
+    vol_runs = []
     reps = 1 if s.smoke else max(1, min(3, s.repeats))
+    b2, b3 = BATCH["2d"], BATCH["3d"]
+    fwd2, fwd3 = (1, 1) if s.smoke else (12, 3)  # forward-alone batches, before and after each predict_batch
     for _ in range(reps):  # sizes side by side
-        runs[small].append(_spawn(s, models["2d"], pngs_small, work, f"{small}"))
-        runs[large].append(_spawn(s, models["2d"], pngs_large, work, f"{large}"))
-    vol_runs = [_spawn(s, models["3d"], vols, work, "vol") for _ in range(1 if s.smoke else 2)]
+        # Both sizes do the same work around predict_batch, so their peak memory compares.
+        runs[small].append(_spawn(s, models["2d"], pngs_small, work, f"{small}", batch_size=b2,
+                                  forward_batches=fwd2, prepare_n=small))
+        runs[large].append(_spawn(s, models["2d"], pngs_large, work, f"{large}", batch_size=b2,
+                                  forward_batches=fwd2, prepare_n=small))
+        vol_runs.append(_spawn(s, models["3d"], vols, work, "vol", batch_size=b3, forward_batches=fwd3,
+                               prepare_n=min(8, n_vol)))
 
     def rate(rs, n):
         return [n / r["seconds"] for r in rs]
@@ -179,15 +232,35 @@ def run(s: Settings) -> list[Row]:
         if bad:
             raise RuntimeError(f"predict_batch predicted {bad[0]['ok']} of {n} inputs ({bad[0]['errors']} errors)")
     r_small, r_large, r_vol = rate(runs[small], small), rate(runs[large], large), rate(vol_runs, n_vol)
+    f2, f3 = [r["forward_rate"] for r in runs[large]], [r["forward_rate"] for r in vol_runs]
+    p2, p3 = [r["prepare_rate"] for r in runs[large]], [r["prepare_rate"] for r in vol_runs]
+    ratio2 = [a / b for a, b in zip(r_large, f2)]  # per process: load that drifts between processes cancels
+    ratio3 = [a / b for a, b in zip(r_vol, f3)]
+    # Without overlap, reading + preprocessing and the model take turns: the pipeline can at best reach
+    # 1 / (1/prepare + 1/forward) of the inputs per second; as a fraction of the forward rate:
+    floor2 = [1 / (1 / p + 1 / f) / f for p, f in zip(p2, f2)]
+    floor3 = [1 / (1 / p + 1 / f) / f for p, f in zip(p3, f3)]
     m_small, m_large = rss(runs[small]), rss(runs[large])
     growth = (m_large - m_small) / m_small
-    data = {"runs": {str(k): v for k, v in runs.items()}, "volumes": vol_runs}
+    data = {"runs": {str(k): v for k, v in runs.items()}, "volumes": vol_runs, "batch": BATCH}
     return [
-        Row("inference", f"2D PNG -> CSV, {small} inputs (cxr resnet 128 px)", fmt_rate(median(r_small), "img/s")
-            + spread(r_small), data=data),
+        Row("inference", f"2D PNG -> CSV, {small} inputs (cxr resnet 128 px, batch {b2})",
+            fmt_rate(median(r_small), "img/s") + spread(r_small), data=data),
         Row("inference", f"2D PNG -> CSV, {large} inputs", fmt_rate(median(r_large), "img/s") + spread(r_large)),
-        Row("inference", f"3D NIfTI -> CSV, {n_vol} volumes ({s.lift3d})", fmt_rate(median(r_vol), "vol/s")
-            + spread(r_vol)),
+        Row("inference", f"2D model forward alone (batch {b2})", fmt_rate(median(f2), "img/s") + spread(f2)),
+        Row("inference", "2D read + preprocess alone (PNG 256 px -> 128 px, 1 process)",
+            fmt_rate(median(p2), "img/s") + spread(p2)),
+        Row("inference", "2D serial bound: 1/(1/prepare + 1/forward) / forward", f"{median(floor2):.2f}x"),
+        Row("inference", f"2D throughput ratio: predict_batch / model forward ({large} inputs)",
+            f"{median(ratio2):.2f}x" + spread(ratio2), f">= {TARGET_RATIO}x", status(median(ratio2) >= TARGET_RATIO)),
+        Row("inference", f"3D NIfTI -> CSV, {n_vol} volumes ({s.lift3d}, batch {b3})",
+            fmt_rate(median(r_vol), "vol/s") + spread(r_vol)),
+        Row("inference", f"3D model forward alone (batch {b3})", fmt_rate(median(f3), "vol/s") + spread(f3)),
+        Row("inference", "3D read + preprocess alone (gunzip, RAS, 2 mm, z-score, crop; 1 process)",
+            fmt_rate(median(p3), "vol/s") + spread(p3)),
+        Row("inference", "3D serial bound: 1/(1/prepare + 1/forward) / forward", f"{median(floor3):.2f}x"),
+        Row("inference", "3D throughput ratio: predict_batch / model forward",
+            f"{median(ratio3):.2f}x" + spread(ratio3), f">= {TARGET_RATIO}x", status(median(ratio3) >= TARGET_RATIO)),
         Row("inference", f"peak RSS, {small} inputs", f"{m_small:,.0f} MiB"),
         Row("inference", f"peak RSS, {large} inputs", f"{m_large:,.0f} MiB"),
         Row("inference", f"peak RSS growth {small} -> {large} inputs", f"{100 * growth:+.1f}%", "< +10%",
