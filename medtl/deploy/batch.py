@@ -238,7 +238,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
                    include_identifiers, redact_paths, limits, pacs_auth, ca_bundle, client_cert, client_key,
                    pacs_retries, max_pacs_failures, batch_size, workers, device, threshold, progress,
                    retry_errors) -> BatchResult:
-    from tqdm.auto import tqdm
+    from medtl.progress import bar as progress_bar
 
     if isinstance(input, DicomwebSource):
         source = input
@@ -320,7 +320,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         pending: list[tuple[Series, dict]] = []
         n_pending = 0  # images in pending
         failures = 0  # consecutive series the PACS could not serve: the circuit breaker
-        with tqdm(total=len(todo), unit="series", desc="predict", disable=not progress) as bar:
+        with progress_bar(total=len(todo), unit="series", desc="predict", enabled=progress) as bar:
             for item in batches:
                 s = todo[item["index"]]
                 if item["error"] is None:
