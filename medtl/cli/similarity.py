@@ -49,8 +49,9 @@ def register(sub) -> None:
     images.add_argument("--encoder", "--checkpoint", dest="encoder", type=Path,
                         help="medtl model file whose encoder gives the features (default: untrained resnet10, seed 0)")
     images.add_argument("--split", default=None, help="use only this split of each manifest (e.g. train)")
-    images.add_argument("--max-cases", type=int, default=None,
-                        help="random subset per data set, seeded by --seed and the manifest's rows")
+    images.add_argument("--max-cases", type=int, default=500,
+                        help="at most this many images per data set, a random subset seeded by --seed and the "
+                             "manifest's rows, so a large data set does not run for hours; 0 uses every image")
     images.add_argument("--image-size", type=int, default=None,
                         help="2D image side (default: the checkpoint's, else 64)")
     images.add_argument("--spacing", type=float, nargs=3, default=None,
@@ -78,7 +79,7 @@ def register(sub) -> None:
 
 def _image_options(args) -> dict:
     return {
-        "split": args.split, "max_cases": args.max_cases, "image_size": args.image_size,
+        "split": args.split, "max_cases": args.max_cases or None, "image_size": args.image_size,
         "spacing": tuple(args.spacing) if args.spacing else None,
         "volume_shape": tuple(args.volume_shape) if args.volume_shape else None,
         "n_permutations": args.permutations, "seed": args.seed, "batch_size": args.batch_size,

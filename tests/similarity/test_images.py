@@ -115,6 +115,22 @@ def test_select_cases_is_seeded_by_content_not_position(synth):
         select_cases(paths["cxr_a"], split="nope")
 
 
+def test_the_command_caps_images_by_default_and_says_so(synth, caplog):
+    import argparse
+    import logging
+
+    from medtl.cli.similarity import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["similarity", "--source", "a.csv", "--target", "b.csv"])
+    assert args.max_cases == 500  # 0 uses every image
+    _, paths = synth
+    with caplog.at_level(logging.INFO, logger="medtl.similarity.images"):
+        select_cases(paths["cxr_a"], max_cases=5, seed=0)
+    assert "5 of 8 images used" in caplog.text
+
+
 # --- source vs target: the interface ---------------------------------------------------------------
 
 
