@@ -166,15 +166,10 @@ def pretrain_on(
 def _validation_threshold(strategy, val_loader, trainer) -> dict[str, Any]:
     """A binary model's Youden threshold on its validation split, so medtl predict decides as evaluation would."""
     from medtl.engine.evaluate import predict
-    from medtl.evaluation.thresholds import choose_threshold
+    from medtl.evaluation.thresholds import checkpoint_threshold
 
     out = predict(strategy, val_loader, trainer.device, trainer.amp_dtype)
-    labels = out["label"].astype(int)
-    try:
-        thr = choose_threshold(labels == 1, out["prob"][:, 1], "youden", chosen_on="val")
-    except MedtlError as err:
-        return {"threshold_rule": {"rule": "default", "note": err.reason}}
-    return {"threshold": float(thr.value), "threshold_rule": {"rule": "youden", "chosen_on": "val", "n": len(labels)}}
+    return checkpoint_threshold(out["label"].astype(int) == 1, out["prob"][:, 1], "youden")
 
 
 def pretrain(

@@ -123,10 +123,10 @@ def _mean_ci(v: np.ndarray, level: float, n_boot: int, rng: np.random.Generator)
 
 
 def _t_ci(v: np.ndarray, level: float) -> list[float]:
-    from scipy import stats  # lazy: only the deletion test needs it
+    from medtl.evaluation.bootstrap import seed_summary  # the project's one t-interval of a mean
 
-    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return [float(v.mean() - half), float(v.mean() + half)]
+    m = seed_summary(v, level)
+    return [m["ci_low"], m["ci_high"]]
 
 
 def deletion_test(

@@ -88,3 +88,16 @@ def apply_threshold(score, threshold: float | Threshold) -> np.ndarray:
         raise MedtlError("the threshold is NaN", "threshold")
     # A NaN score would silently be called negative.
     return (check_scores(score) >= t).astype(int)
+
+
+def checkpoint_threshold(y_true, score, rule: str = "youden", target: float | None = None) -> dict:
+    """The checkpoint meta keys of a binary model's operating threshold, chosen on validation:
+    ``{"threshold": value, "threshold_rule": {...how...}}``. When no threshold can be chosen (one class
+    in validation, say) the default is stored and ``threshold_rule`` says why, so ``medtl predict``
+    always decides as evaluation did."""
+    try:
+        thr = choose_threshold(y_true, score, rule, target, chosen_on="val")
+    except MedtlError as err:
+        thr = Threshold(DEFAULT_THRESHOLD, "default", note=err.reason)
+    return {"threshold": float(thr.value), "threshold_rule": thr.to_dict()}
+

@@ -176,14 +176,12 @@ def recommendation_section(runs: list[Path]) -> list[str]:
 
 
 def _mean_ci(values: list[float]) -> str:
-    import numpy as np
-    from scipy import stats
+    from medtl.evaluation.bootstrap import seed_summary
 
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return f"{v.mean():.3f}"
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return f"{v.mean():.3f} ({v.mean() - half:.3f}–{v.mean() + half:.3f})"
+    m = seed_summary(values)
+    if m["ci_low"] is None:
+        return f"{m['value']:.3f}"
+    return f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
 
 
 def _data_notes(run: Path, config: dict, resolved: dict) -> list[str]:

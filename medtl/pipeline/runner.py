@@ -647,18 +647,12 @@ def target_statistics(rows, where) -> tuple[float, float]:
 def _store_threshold(checkpoint: Path, out: dict, rule: str) -> None:
     """The binary operating threshold chosen on validation, into the job's checkpoint, so medtl predict
     decides as the report's run did (the report picks it the same way, on the same probabilities)."""
-    from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, choose_threshold
+    from medtl.evaluation.thresholds import checkpoint_threshold
     from medtl.models.checkpoint import update_checkpoint_meta
 
-    if not checkpoint.exists():
-        return
-    labels = np.asarray(out["label"]).astype(int)
-    try:
-        thr = choose_threshold(labels == 1, out["prob"][:, 1], rule, chosen_on="val")
-        value, how = float(thr.value), {"rule": rule, "chosen_on": "val", "n": int(len(labels))}
-    except MedtlError as err:
-        value, how = DEFAULT_THRESHOLD, {"rule": "default", "note": err.reason}
-    update_checkpoint_meta(checkpoint, threshold=value, threshold_rule=how)
+    if checkpoint.exists():
+        labels = np.asarray(out["label"]).astype(int)
+        update_checkpoint_meta(checkpoint, **checkpoint_threshold(labels == 1, out["prob"][:, 1], rule))
 
 
 def run_training_mean(ctx: Context, task: TaskSpec, fraction: float, seed: int, job_dir: Path) -> Path:

@@ -235,7 +235,7 @@ def train_model(
     from medtl.evaluation.evaluate import EvalSettings, load_report
     from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
     from medtl.evaluation.report import make_report
-    from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, choose_threshold
+    from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, checkpoint_threshold
     from medtl.models.checkpoint import load_checkpoint, save_checkpoint
 
     out = Path(out)
@@ -297,19 +297,18 @@ def train_model(
             seed=seed))  # fmt: skip
 
     notes: list[str] = []
-    threshold = None
+    threshold, extra = None, {}
     if len(inputs.label_names) == 2:
-        y = outputs["val"]["label"] if "val" in outputs else None
-        try:
-            if y is None:
-                raise MedtlError("no validation rows", "val")
-            thr = choose_threshold(y == 1, outputs["val"]["prob"][:, 1], threshold_rule, target, chosen_on="val")
-            threshold = thr.to_dict()
-        except MedtlError as err:  # one class in val, or none: say so and keep the default
-            threshold = {"value": DEFAULT_THRESHOLD, "rule": "default", "note": f"{err.reason}: default threshold"}
-            notes.append(f"threshold: {err.reason}; the default {DEFAULT_THRESHOLD} is stored in the model")
+        if "val" in outputs:
+            extra = checkpoint_threshold(outputs["val"]["label"] == 1, outputs["val"]["prob"][:, 1], threshold_rule,
+                                         target)
+        else:
+            extra = {"threshold": DEFAULT_THRESHOLD,
+                     "threshold_rule": {"value": DEFAULT_THRESHOLD, "rule": "default", "note": "no validation rows"}}
+        threshold = extra["threshold_rule"]
+        if threshold["rule"] == "default":  # one class in val, or none: say so and keep the default
+            notes.append(f"threshold: {threshold['note']}; the default {DEFAULT_THRESHOLD} is stored in the model")
     # The deployable checkpoint: the trainer's meta plus the operating threshold chosen on validation.
-    extra = {"threshold": threshold["value"], "threshold_rule": threshold} if threshold else {}
     kept = {k: v for k, v in ck_meta.items() if k != "model"}  # the model config is rebuilt from the weights
     save_checkpoint(result.path, model.cpu(), **{**kept, **extra})
 

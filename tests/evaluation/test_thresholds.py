@@ -73,3 +73,16 @@ def test_threshold_functions_refuse_nan_scores_and_unmappable_labels():
         choose_threshold(np.where(y == 1, "pos", "neg"), s)
     with pytest.raises(MedtlError, match="threshold"):
         apply_threshold(s, float("nan"))
+
+
+def test_checkpoint_threshold_is_the_validation_choice_or_the_default_with_its_reason():
+    import numpy as np
+
+    from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, checkpoint_threshold, choose_threshold
+
+    y, s = np.array([0, 0, 1, 1, 0, 1]), np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    meta = checkpoint_threshold(y == 1, s)
+    assert meta["threshold"] == choose_threshold(y == 1, s).value and meta["threshold_rule"]["rule"] == "youden"
+    one_class = checkpoint_threshold(np.zeros(4, bool), s[:4])
+    assert one_class["threshold"] == DEFAULT_THRESHOLD and one_class["threshold_rule"]["rule"] == "default"
+    assert one_class["threshold_rule"]["note"]
