@@ -47,16 +47,11 @@ def test_assess_bad_input():
         assess(src[:0], tgt)
 
 
-def test_assess_h_score_is_bounded_and_drives_the_recommendation():
+def test_assess_h_score_is_bounded_and_drives_the_recommendation(strong_and_weak_features):
     from medtl.similarity.recommend import recommend
     from medtl.similarity.transferability import h_score
 
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 50)
-    strong = rng.normal(size=(100, 16))
-    strong[:, :4] += 1.5 * y[:, None]
-    weak = rng.normal(size=(100, 256))
-    weak[:, :20] += 0.4 * y[:, None]
+    rng, y, strong, weak = strong_and_weak_features
     cands = []
     for name, f in (("strong16", strong), ("weak256", weak)):
         out = assess(rng.normal(size=(60, f.shape[1])), f, y, n_permutations=5)

@@ -120,15 +120,11 @@ def test_default_h_score_is_the_regularised_h_score_of_ibrahim_et_al(n, d, k):
     assert 0.0 <= h_score(f, y) <= k - 1
 
 
-def test_h_score_stays_under_its_ceiling_and_ranks_a_strong_narrow_encoder_above_a_weak_wide_one():
+def test_h_score_stays_under_its_ceiling_and_ranks_a_strong_narrow_encoder_above_a_weak_wide_one(
+        strong_and_weak_features):
     # Without (1 - a), the weak 256-d encoder scored 2.98 (above the ceiling of 1) and the strong
     # 16-d one 1.05: shrinkage a (0.98 vs 0.41) grows with width and inflated the wide encoder.
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 50)
-    strong = rng.normal(size=(100, 16))
-    strong[:, :4] += 1.5 * y[:, None]
-    weak = rng.normal(size=(100, 256))
-    weak[:, :20] += 0.4 * y[:, None]
+    _, y, strong, weak = strong_and_weak_features
     assert 0.0 <= h_score(weak, y) < h_score(strong, y) <= 1.0
     assert h_score(strong, y) == pytest.approx(numpy_regularised_h_score(strong, y)[0], rel=1e-6)
     assert h_score(weak, y) == pytest.approx(numpy_regularised_h_score(weak, y)[0], rel=1e-6)
