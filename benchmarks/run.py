@@ -35,9 +35,7 @@ def parse(argv=None):
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--out", type=Path, help="write the results (rows, raw timings, environment) as JSON here")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per option (default 5; smoke 2)")
-    p.add_argument("--e2e-repeats", type=int, default=3, help="repeats of the end-to-end comparison (default 3)")
-    p.add_argument("--e2e-channels-last", choices=("on", "off"), default="on",
-                   help="channels_last in the e2e fast path's feature extraction (default on)")
+    p.add_argument("--e2e-repeats", type=int, default=1, help="repeats of the end-to-end comparison (default 1)")
     p.add_argument("--demo-repeats", type=int, default=1, help="repeats of each demo timing (default 1)")
     p.add_argument("--demo-active-wait", action="store_true",
                    help="also time the busy demo with OMP_WAIT_POLICY=ACTIVE, the spin-waiting default, side by side")
@@ -83,7 +81,6 @@ def main(argv=None) -> int:
         channels_last=args.channels_last, pin_memory=args.pin_memory, compile=args.compile, workers=args.workers,
         data_root=args.data_root or default_data_root(), work_dir=args.work_dir / ("smoke" if args.smoke else "full"),
         lift3d=args.lift3d, e2e_repeats=args.e2e_repeats, demo_repeats=args.demo_repeats, demo_active_wait=args.demo_active_wait,
-        e2e_channels_last=args.e2e_channels_last == "on",
     )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
