@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from medtl.data.manifest import Manifest, data_root_for, require_files
+from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 from medtl.paths import is_inside
 
@@ -190,7 +191,7 @@ def _check_resumable(out: Path, resume: bool, key: dict[str, Any]) -> None:
 def _preset_options(modality: str, image_size) -> tuple[Any, dict[str, Any]]:
     from medtl.data.transforms import DEFAULTS
 
-    if modality == "mri3d":
+    if Preset(modality).spatial_dims == 3:
         shape = image_size if isinstance(image_size, (list, tuple)) else DEFAULTS["mri3d"]["volume_shape"]
         size = [int(s) for s in shape]
         return size, {"volume_shape": tuple(size)}
@@ -243,7 +244,7 @@ def train_model(
     settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
     inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality)
     from_init = _init_defaults(init)
-    dims = 3 if inputs.modality == "mri3d" else 2
+    dims = Preset(inputs.modality).spatial_dims
     if from_init and from_init["spatial_dims"] != dims:
         raise MedtlError(f"the checkpoint's encoder is {from_init['spatial_dims']}D but the images are "
                          f"{inputs.modality} ({dims}D)", init)
