@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtl.data.datasets import make_loader
 from medtl.data.manifest import Manifest, data_root_for, require_files
 from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
@@ -231,7 +232,7 @@ def train_model(
     from medtl.data.datasets import build_dataset
     from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
     from medtl.engine.evaluate import predict
-    from medtl.engine.pretrain import _loader, pretrain_on
+    from medtl.engine.pretrain import pretrain_on
     from medtl.engine.trainer import amp_dtype, resolve_device
     from medtl.evaluation.evaluate import EvalSettings, load_report
     from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
@@ -289,8 +290,8 @@ def train_model(
     for split in ("val", "test"):
         if split not in datasets:
             continue
-        p = predict(model, _loader(datasets[split], batch_size, False, num_workers, seed), dev, amp_dtype(amp, dev),
-                    progress=progress)
+        loader = make_loader(datasets[split], batch_size, False, seed, num_workers=num_workers)
+        p = predict(model, loader, dev, amp_dtype(amp, dev), progress=progress)
         outputs[split] = p
         tables.append(predictions_from_arrays(
             p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
