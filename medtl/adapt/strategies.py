@@ -90,6 +90,8 @@ class AdaptationStrategy(Strategy):
 
     DEFAULTS: ClassVar[dict[str, Any]] = {**_COMMON, "trade_off": 1.0}
     needs_target: ClassVar[bool] = True
+    needs_source_labels: ClassVar[bool] = True
+    PRIOR: ClassVar[dict[str, float]] = {"gap": 0.8, "no_gap": 0.5}  # a large domain gap favours alignment
 
     def __init__(
         self,
@@ -214,6 +216,7 @@ class JointMultiTask(AdaptationStrategy):
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = dict(_COMMON)
+    PRIOR: ClassVar[dict[str, float]] = {"gap": 0.6, "no_gap": 0.5}  # no alignment term: less gain from a gap
 
 
 class _AdversarialMixin:

@@ -130,12 +130,7 @@ def build_dataset(
         raise MedtlError(f"on_error must be 'raise' or 'skip', got {on_error!r}", "on_error")
     if cache not in ("memory", "disk", "none"):
         raise MedtlError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}", "cache")
-    modalities = {r.modality for r in manifest}
-    if preset_name is None:
-        if len(modalities) != 1:
-            raise MedtlError(f"manifest mixes modalities {sorted(modalities)}; choose a preset", manifest.source)
-        preset_name = modalities.pop()
-    det, rand = preset(preset_name, train, **preset_options)
+    det, rand = preset(preset_name or manifest.modality, train, **preset_options)
     guarded = Guarded(det)
     items = manifest_items(manifest, data_root, label_column, task)
     random_part = Compose(rand) if rand else None
@@ -159,6 +154,24 @@ def build_dataset(
         _record_skipped(bad, run_dir)
     good = [i for i, c in enumerate(cached) if ERROR_KEY not in c]
     return ManifestDataset(base, random_part, good)
+
+
+def make_loader(dataset, batch_size: int, train: bool, seed: int, *, num_workers: int = 0, world_size: int = 1,
+                pin_memory: bool | None = None):
+    """The one loader recipe: shuffled in training, its own seeded generator (MONAI's DataLoader would
+    otherwise draw from, and rewind, torch's global one), pinned memory when CUDA is there.
+
+    Drop-last rule: only in training, and only when the last batch would leave some rank (of
+    ``world_size`` processes sharing the global batch) a single sample, which breaks batch norm on
+    1x1 feature maps. Otherwise every sample is seen; evaluation never drops.
+    """
+    from monai.data import DataLoader
+
+    last = len(dataset) % batch_size
+    drop_last = train and len(dataset) > batch_size and 0 < last < 2 * world_size
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed),
+                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
 
 
 def _record_skipped(bad: list[tuple[str, str]], run_dir: str | Path | None) -> None:

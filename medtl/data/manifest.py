@@ -87,6 +87,14 @@ class Manifest:
         return Manifest(rows, list(self.label_names), dict(self.meta), self.source)
 
     @property
+    def modality(self) -> str:
+        """The one modality of every row (it chooses the preset); an error when the rows mix modalities."""
+        mods = sorted({r.modality for r in self.rows})
+        if len(mods) != 1:
+            raise MedtlError(f"manifest mixes modalities {mods}; choose a preset", self.source)
+        return mods[0]
+
+    @property
     def name(self) -> str:
         """The file name for messages (``mri2d_yesno.csv``), or ``manifest`` for one built in memory."""
         return Path(self.source).name if self.source else "manifest"

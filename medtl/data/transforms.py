@@ -19,6 +19,8 @@ followed by a random training part (augmentation: run every epoch). Presets:
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +51,32 @@ DEFAULTS = {
     "mri2d": {"image_size": 128},
     "mri3d": {"spacing": (2.0, 2.0, 2.0), "volume_shape": (80, 96, 80)},
 }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A modality's preset: what it reads (``spatial_dims``) and which options it takes.
+
+    The one place that knows a modality's dimensionality; pipeline, engine, deploy and similarity ask it.
+    """
+
+    name: str
+
+    def __post_init__(self):
+        if self.name not in PRESETS:
+            raise MedtlError(f"unknown modality preset {self.name!r}; known: {list(PRESETS)}", "modality")
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.name == "mri3d" else 2
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(DEFAULTS[self.name])
+
+    def options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The options of ``given`` this preset takes (a data spec names both 2D and 3D ones)."""
+        return {k: v for k, v in given.items() if k in DEFAULTS[self.name]}
 
 
 class LoadMedicalImage(Transform):
@@ -117,14 +145,13 @@ class CLAHEd(MapTransform):
 
 def preset(modality: str, train: bool, **options) -> tuple[list, list]:
     """(deterministic transforms, random transforms) for ``modality``; see the module docstring."""
-    if modality not in PRESETS:
-        raise MedtlError(f"unknown modality preset {modality!r}; known: {list(PRESETS)}", "modality")
+    dims = Preset(modality).spatial_dims  # refuses an unknown modality
     unknown = set(options) - set(DEFAULTS[modality])
     if unknown:
         raise MedtlError(f"unknown option(s) {sorted(unknown)} for preset {modality!r}", "transforms")
     opts = {**DEFAULTS[modality], **{k: v for k, v in options.items() if v is not None}}
     k = ["image"]
-    if modality in ("cxr", "mri2d"):
+    if dims == 2:
         size = (int(opts["image_size"]),) * 2
         det = [LoadMedicalImaged(k, ndim=2)]
         if opts.get("clahe"):

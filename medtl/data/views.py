@@ -46,6 +46,7 @@ from monai.transforms import (
 from torch.utils.data import ConcatDataset
 from torch.utils.data import Dataset as TorchDataset
 
+from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 
 SECOND_VIEW = "image_2"  # batch key of the second view; the first stays "image" (the trainer counts it)
@@ -196,7 +197,7 @@ def view_options(modality: str, **overrides) -> dict[str, Any]:
 def view_chain(modality: str, spatial_size: int | Sequence[int], **overrides) -> Compose:
     """The random chain that makes one view of a (cached, z-scored) image of ``modality``."""
     o = view_options(modality, **overrides)
-    size = (spatial_size,) * (3 if modality == "mri3d" else 2) if isinstance(spatial_size, int) else tuple(spatial_size)
+    size = (spatial_size,) * Preset(modality).spatial_dims if isinstance(spatial_size, int) else tuple(spatial_size)
     k = ["image"]
     rot = math.radians(float(o["rotate_deg"]))
     sig = tuple(float(s) * min(size) / 224 for s in o["blur_sigma"])
@@ -289,7 +290,7 @@ def views_dataset(
         root = data_root_for(m, data_root)
         for modality in sorted({r.modality for r in rows}):
             sub = Manifest([r for r in rows if r.modality == modality], list(m.label_names), dict(m.meta), m.source)
-            dims = 3 if modality == "mri3d" else 2
+            dims = Preset(modality).spatial_dims
             if isinstance(image_size, int):
                 size = (image_size,) * dims
             else:

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from medtl.data.transforms import Preset
 from medtl.deploy.dicomweb import DicomwebSource, PacsAuth, PacsUnreachable, is_url
 from medtl.deploy.discover import (
     SCRUBBED_TAGS,
@@ -279,7 +280,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         display = (lambda rel: salted_path(rel, salt)) if salt else None
         if source is not None:
             source.check()  # a wrong password or an untrusted certificate: one clear error, now
-        dims = predictor.spatial_dims or (3 if predictor.preset == "mri3d" else 2)
+        dims = predictor.spatial_dims or Preset(predictor.preset).spatial_dims
         if source is not None:  # an answer is held whole before its files can be checked
             source.bound_responses((limits.volume_bytes if dims == 3 else limits.series_bytes) + 16 * MiB)
         series = discover(input, out=out, data_root=data_root, split=split, source=source, limits=limits,

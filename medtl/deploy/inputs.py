@@ -33,7 +33,7 @@ from monai.transforms import (
 )
 
 from medtl.data import io
-from medtl.data.transforms import CLAHEd, LoadMedicalImaged, preset
+from medtl.data.transforms import CLAHEd, LoadMedicalImaged, Preset, preset
 from medtl.deploy.discover import Series
 from medtl.errors import MedtlError
 
@@ -47,7 +47,7 @@ class SeriesLoader:
             raise MedtlError(f"preset {preset_name!r} no longer starts with its loader; update medtl.deploy.inputs",
                              "preprocess")
         self.chain = Compose(det[1:])  # the reference: what training ran (tests compare the split chain to it)
-        self.spatial_dims = spatial_dims or (3 if preset_name == "mri3d" else 2)
+        self.spatial_dims = spatial_dims or Preset(preset_name).spatial_dims
         self.with_meta, self.plain = _split_chain(det[1:])
 
     def __call__(self, series: Series, files: list[Path] | None = None) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 
 
@@ -96,7 +97,7 @@ class Predictor:
                                  name)
             return logits.float().cpu() if regression else logits.float().softmax(1).cpu()
 
-        spatial = 3 if preprocess["preset"] == "mri3d" else 2
+        spatial = Preset(preprocess["preset"]).spatial_dims
         return cls(name, version, list(label_names), dict(preprocess), predict,
                    None if len(label_names) != 2 or regression else threshold, spatial, dev, digest, dict(meta or {}),
                    "regression" if regression else "classification")

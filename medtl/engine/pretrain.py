@@ -22,15 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from medtl.data.datasets import build_dataset, make_loader
+from medtl.data.manifest import Manifest
+from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
+from medtl.data.transforms import Preset
 from medtl.engine.distributed import barrier, torchrun_env
 from medtl.engine.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 from medtl.errors import MedtlError
 from medtl.models.autoencoder import VAEHead
 from medtl.models.checkpoint import save_checkpoint
 from medtl.models.encoders import build_encoder
-from medtl.models.heads import Head
+from medtl.models.heads import Head, task_for
 from medtl.models.weights import load_weights
 from medtl.progress import bar
 
@@ -43,18 +45,6 @@ class PretrainResult:
     path: Path  # <out>/model.pt
     metrics: dict[str, Any]  # the best epoch's logged values
     train: TrainResult
-
-
-def _loader(ds, batch_size: int, shuffle: bool, num_workers: int, seed: int, world_size: int = 1):
-    from monai.data import DataLoader
-
-    # A last batch of one image breaks batch norm on 1x1 maps: drop it when it would occur (on some
-    # rank, when the global batch is split across world_size processes).
-    last = len(ds) % batch_size
-    drop_last = shuffle and len(ds) > batch_size and 0 < last < 2 * world_size
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-                      generator=gen, pin_memory=torch.cuda.is_available())
 
 
 def pretrain_on(
@@ -106,8 +96,7 @@ def pretrain_on(
     if mode == "supervised":
         if not label_names or len(label_names) < 2:
             raise MedtlError(f"supervised pretraining needs at least two labels, got {label_names}", "label_names")
-        task = "binary" if len(label_names) == 2 else "multiclass"
-        head = Head(encoder.out_features, task, len(label_names))
+        head = Head(encoder.out_features, task_for(label_names), len(label_names))
         strategy = get_strategy("full")(encoder, head, {"lr": lr, "weight_decay": weight_decay})
     elif mode == "autoencoder":
         head = VAEHead(encoder.out_features, image_size, spatial_dims, in_channels, latent_dim)
@@ -134,8 +123,9 @@ def pretrain_on(
     if batch_size < world:
         raise MedtlError(f"batch_size {batch_size} is the global batch: it must be at least the number of "
                          f"processes ({world})", "batch_size")
-    train_loader = _loader(train_dataset, batch_size, True, num_workers, seed, world)
-    val_loader = _loader(val_dataset, batch_size, False, num_workers, seed) if val_dataset is not None and len(val_dataset) else None
+    train_loader = make_loader(train_dataset, batch_size, True, seed, num_workers=num_workers, world_size=world)
+    val_loader = (make_loader(val_dataset, batch_size, False, seed, num_workers=num_workers)
+                  if val_dataset is not None and len(val_dataset) else None)
     # one bar over the epochs, with the losses, in place of the trainer's bar of steps per epoch
     epochs_bar = bar(total=config.epochs, desc="pretrain", unit="epoch",
                      enabled=config.progress and (env is None or env.rank == 0))
@@ -195,19 +185,11 @@ def pretrain(
 
         return pretrain_ssl(manifest, data_root, out, mode=mode, image_size=image_size, cache=cache,
                             on_error=on_error, **options)
-    from medtl.data.datasets import build_dataset
-    from medtl.data.manifest import Manifest
-    from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
-
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
-    if preset is None:
-        modalities = sorted({r.modality for r in m})
-        if len(modalities) != 1:
-            raise MedtlError(f"manifest mixes modalities {modalities}; choose a preset", m.source)
-        preset = modalities[0]
+    preset = preset or m.modality
     if preset not in PRESET_DEFAULTS:
         raise MedtlError(f"unknown preset {preset!r}; known: {sorted(PRESET_DEFAULTS)}", "preset")
-    spatial_dims = 3 if preset == "mri3d" else 2
+    spatial_dims = Preset(preset).spatial_dims
     if spatial_dims == 3:
         size = [int(s) for s in (image_size if isinstance(image_size, (list, tuple)) else [image_size] * 3)]
         preset_options = {"volume_shape": tuple(size)}

@@ -27,6 +27,13 @@ from medtl.errors import MedtlError
 TASKS = ("binary", "multiclass", "regression")
 
 
+def task_for(label_names, regression: bool = False) -> str:
+    """The head's task for a label set: ``regression``, ``binary`` (two classes) or ``multiclass``."""
+    if regression:
+        return "regression"
+    return "binary" if len(label_names) == 2 else "multiclass"
+
+
 class Head(nn.Module):
     """Dropout + linear layer on ``(B, in_features)`` features."""
 

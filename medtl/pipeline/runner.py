@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,15 +29,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 
+from medtl.data.check import wrong_root_hint
+from medtl.data.datasets import build_dataset, make_loader
 from medtl.data.io import ARRAY_MEMBER
 from medtl.data.manifest import Manifest, stratified_sample
+from medtl.data.transforms import Preset
+from medtl.engine.evaluate import precision_dtype, predict
+from medtl.engine.feature_cache import fit_linear_probe
+from medtl.engine.pretrain import pretrain
+from medtl.engine.selection import SELECTOR_MONITORS, SelectorScores
+from medtl.engine.trainer import fit, resolve_device, seed_everything
 from medtl.errors import MedtlError
+from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
+from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
+from medtl.evaluation.report import render_report
+from medtl.evaluation.thresholds import checkpoint_threshold
+from medtl.models import Head, encoder_for, task_for
+from medtl.models.checkpoint import update_checkpoint_meta
 from medtl.paths import resolve_inside
-from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, load_pipeline
-from medtl.progress import bar, format_seconds, logs_above_bars
+from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, closest, load_pipeline
+from medtl.progress import bar, format_seconds, in_notebook, logs_above_bars
+from medtl.similarity.assess import to_table
+from medtl.similarity.images import compare_manifests
+from medtl.similarity.recommend import compare_outcome, recommend
+from medtl.strategies.base import STRATEGIES, get_strategy
 
 log = logging.getLogger(__name__)
 STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
@@ -149,23 +169,9 @@ def apply_task(m: Manifest, task: TaskSpec) -> Manifest:
     return Manifest(rows, labels, dict(m.meta), m.source)
 
 
-def data_options(spec: DataSpec, modality: str) -> dict[str, Any]:
-    opts = spec.preset_options()
-    if modality == "mri3d":
-        opts.pop("image_size", None)
-    else:
-        opts.pop("spacing", None)
-        opts.pop("volume_shape", None)
-    return opts
-
-
 def modality_of(m: Manifest, spec: DataSpec) -> str:
-    if spec.preset:
-        return spec.preset
-    mods = {r.modality for r in m}
-    if len(mods) != 1:
-        raise MedtlError(f"manifest mixes modalities {sorted(mods)}; set preset", m.source)
-    return mods.pop()
+    """The config's preset for this data, else the manifest's one modality."""
+    return spec.preset or m.modality
 
 
 # ----------------------------------------------------------------------------- stages
@@ -174,10 +180,6 @@ def modality_of(m: Manifest, spec: DataSpec) -> str:
 def check_before_run(ctx: Context) -> None:
     """Every cheap check of a run, made before anything is written or trained: the output folder, the
     manifests and their files, strategy names and hyper-parameters, task columns, label sets and lifts."""
-    from medtl.data.check import wrong_root_hint
-    from medtl.pipeline.config import closest
-    from medtl.strategies.base import STRATEGIES, get_strategy
-
     cfg, where = ctx.config, ctx.config_path
     if ctx.out.exists() and not ctx.out.is_dir():
         raise MedtlError("--out must be a folder (the run folder), not a file", ctx.out)
@@ -228,7 +230,7 @@ def check_before_run(ctx: Context) -> None:
                              + (f"; did you mean {guess!r}?" if guess else "") + f" (columns: {', '.join(columns)})",
                              f"{where}: tasks[{i}].label_column")
     _heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
-    if modality_of(target, cfg.target) == "mri3d":
+    if Preset(modality_of(target, cfg.target)).spatial_dims == 3:
         for spec in cfg.strategies:
             if spec.pretrained and (spec.lift or cfg.encoder.lift or "none") == "none":
                 raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; set "
@@ -267,8 +269,6 @@ def _cpu_model() -> str:
 
 
 def stage_pretrain(ctx: Context) -> dict:
-    from medtl.engine.pretrain import pretrain
-
     cfg, out = ctx.config, ctx.out / "pretrain"
     if cfg.pretrain.checkpoint:
         src = Path(cfg.pretrain.checkpoint)
@@ -295,51 +295,14 @@ _INNER_BARS = True  # run_pipeline turns them off with progress=False
 
 def _interactive() -> bool:
     """Per-epoch bars inside a transfer job only on a terminal (not a notebook, not a log), below the job bar."""
-    import sys
-
-    from medtl.progress import in_notebook
-
     return _INNER_BARS and sys.stderr.isatty() and not in_notebook()
 
 
-def _pretrained_encoder(ctx: Context):
-    from medtl.models.checkpoint import read_checkpoint
-    from medtl.models.encoders import build_encoder
-    from medtl.models.weights import load_weights
-
-    path = ctx.out / "pretrain" / "model.pt"
-    meta = read_checkpoint(path)["meta"]
-    enc_cfg = dict((meta.get("model") or {}).get("encoder") or {})
-    enc_cfg.pop("lift", None)
-    encoder = build_encoder(enc_cfg) if enc_cfg else build_encoder(ctx.config.encoder.arch,
-                                                                     stem_stride=ctx.config.encoder.stem_stride)
-    load_weights(encoder, path)
-    return encoder, meta
-
-
-def _encoder_for(ctx: Context, spatial_dims: int, lift_name: str | None, pretrained: bool):
+def _encoder(ctx: Context, dims: int, spec: StrategySpec):
     """The encoder a job starts from: the pretrained 2D one (lifted for 3D) or a random one."""
-    from medtl.models.encoders import build_encoder
-    from medtl.models.lift import lift
-
-    lift_name = lift_name or ctx.config.encoder.lift or "none"
-    if spatial_dims == 3 and lift_name == "none":
-        if pretrained:
-            raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; "
-                             "use pretrained: false for a 3D network from scratch", "strategies.lift")
-        return build_encoder(ctx.config.encoder.arch, spatial_dims=3, stem_stride=ctx.config.encoder.stem_stride)
-    if pretrained:
-        encoder, _ = _pretrained_encoder(ctx)
-    else:
-        encoder = build_encoder(ctx.config.encoder.arch, spatial_dims=2, stem_stride=ctx.config.encoder.stem_stride)
-    if spatial_dims == 3:
-        # Volumes are RAS after the mri3d preset: axis 2 runs inferior-superior, so axial slices (the
-        # in-plane view a 2D kernel knows best) lie across it.
-        encoder = lift(encoder, lift_name, **LIFT_OPTIONS.get(lift_name, {}))
-    return encoder
-
-
-LIFT_OPTIONS = {"i3d": {"depth_axis": 2}, "2.5d": {"slice_axis": 2}}
+    enc = ctx.config.encoder
+    checkpoint = ctx.out / "pretrain" / "model.pt" if spec.pretrained else None
+    return encoder_for(checkpoint, dims, spec.lift or enc.lift or "none", arch=enc.arch, stem_stride=enc.stem_stride)
 
 
 def _dataset(ctx: Context, m: Manifest, spec: DataSpec, train: bool, task: TaskSpec | None = None):
@@ -349,8 +312,6 @@ def _dataset(ctx: Context, m: Manifest, spec: DataSpec, train: bool, task: TaskS
     slow part on CPU. Sharing is safe: the deterministic chain's output is fixed, and each job's
     DataLoader reseeds the random part from the job's seed.
     """
-    from medtl.data.datasets import build_dataset
-
     modality = modality_of(m, spec)
     kind = task.kind if task else "classification"
     key = (spec.model_dump_json(), modality, train, kind, tuple(m.label_names),
@@ -358,95 +319,40 @@ def _dataset(ctx: Context, m: Manifest, spec: DataSpec, train: bool, task: TaskS
     if key not in ctx.datasets:
         while len(ctx.datasets) >= DATASET_MEMO_SIZE:  # bounded: 3D volumes are large
             ctx.datasets.pop(next(iter(ctx.datasets)))
-        ctx.datasets[key] = build_dataset(m, ctx.data_root, modality, train, task=kind, **data_options(spec, modality))
+        ctx.datasets[key] = build_dataset(m, ctx.data_root, modality, train, task=kind,
+                                          **Preset(modality).options(spec.preset_options()))
     return ctx.datasets[key]
 
 
-def _loader(ds, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0):
-    from monai.data import DataLoader
-
-    drop_last = shuffle and len(ds) > batch_size and len(ds) % batch_size == 1  # a batch of 1 breaks batch norm
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
-
-
 def stage_similarity(ctx: Context) -> dict:
-    from medtl.similarity.assess import assess, to_table
-    from medtl.similarity.features import extract_features
-    from medtl.similarity.recommend import recommend
-
+    """What ``medtl similarity`` measures (the same sample, sizes and encoder) for the pretrained and a
+    random encoder, and what ``medtl recommend`` ranks from it (the same weights and strategy priors)."""
     cfg, out = ctx.config, ctx.out / "similarity"
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
     task = cfg.tasks[0]
-    source = ctx.load(cfg.source, "source").select(split="train")
+    source = ctx.load(cfg.source, "source")
     target = ctx.load(cfg.target, "target", task)
-    target_train = target.select(split="train")
-    n = cfg.similarity.max_images
-    source.rows = stratified_sample(source.rows, min(1.0, n / max(1, len(source))), rng)[:n]
-    target_train.rows = stratified_sample(target_train.rows, min(1.0, n / max(1, len(target_train))), rng)[:n]
-    t_mod = modality_of(target, cfg.target)
-    dims = 3 if t_mod == "mri3d" else 2
     results, feats = {}, {}
-    steps = bar(total=6, desc="similarity", unit="step", enabled=ctx.progress)  # 2 encoders x (source, target, scores)
-    for enc_name, pretrained in (("pretrained", True), ("random_init", False)):
-        torch.manual_seed(0)
-        encoder = _encoder_for(ctx, 2, "none", pretrained)
-        f_src = extract_features(encoder, _dataset(ctx, source, cfg.source, False))
-        steps.update()
-        # a 3D target is compared through the 2.5D view: the same 2D features, averaged over slices
-        t_encoder = _encoder_for(ctx, 3, "2.5d", pretrained) if dims == 3 else encoder
-        f_tgt = extract_features(t_encoder, _dataset(ctx, target_train, cfg.target, False, task))
-        steps.update()
-        labels = f_tgt["labels"] if task.kind == "classification" and not cfg.unlabelled_target else None
-        result = assess(f_src["features"], f_tgt["features"], labels, seed=0)
-        steps.update()
+    for enc_name, checkpoint in (("pretrained", ctx.out / "pretrain" / "model.pt"), ("random_init", None)):
+        result = compare_manifests(
+            source, target, ctx.data_root, checkpoint, split="train", max_cases=cfg.similarity.max_images, seed=0,
+            arch=cfg.encoder.arch, stem_stride=cfg.encoder.stem_stride, progress=ctx.progress, return_features=True,
+            target_labels=task.kind == "classification" and not cfg.unlabelled_target)
+        feats[enc_name] = result.pop("features")
         results[enc_name] = result
-        feats[enc_name] = (f_src["features"], f_tgt["features"])
         (out / f"{enc_name}.md").write_text(to_table(result, markdown=True) + "\n")
-    steps.close()
-    src_f, tgt_f = feats["pretrained"]
+    src_f, tgt_f = feats["pretrained"]["source"], feats["pretrained"]["target"]
     np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
                         domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
-    candidates = []
-    for spec in cfg.strategies:
-        enc_name = "pretrained" if spec.pretrained else "random_init"
-        scores = _flat_scores(results[enc_name])
-        scores["strategy_prior"] = strategy_prior(spec.name, n_labelled, scores.get("proxy_a_distance"))
-        candidates.append({"source": Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
-                           "scores": scores})
-    weights = {"logme": 1.0, "h_score": 0.5, "proxy_a_distance": 0.25, "strategy_prior": 1.0}
-    record = recommend({"n_labelled": n_labelled, "shared_labels": not _heterogeneous(ctx)}, candidates,
-                       weights=weights, higher_is_better={"strategy_prior": True})
+    candidates = [{"source": Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
+                   "method": spec.name, "scores": _flat_scores(results[enc_name])}
+                  for spec in cfg.strategies for enc_name in ["pretrained" if spec.pretrained else "random_init"]]
+    record = recommend({"n_labelled": n_labelled, "shared_labels": not _heterogeneous(ctx)}, candidates)
     (out / "similarity.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
     (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(record["explanation"])
     return {"recommended": record["recommended"]}
-
-
-def strategy_prior(name: str, n_labelled: int, pad: float | None) -> float:
-    """A documented rule of thumb, in [0, 1], for the strategy families (not a measurement).
-
-    Few target labels favour keeping the pretrained features (linear probe, LP-FT, L2-SP); many favour
-    full fine-tuning; a large domain gap (proxy A-distance near 2) favours alignment (DA methods);
-    training from scratch is favoured only with many labels.
-    """
-    few = n_labelled < 200
-    gap = (pad or 0.0) > 1.5
-    table = {
-        "feature_extraction": 0.8 if few else 0.4,
-        "lp_ft": 0.9 if few else 0.7,
-        "l2sp": 0.8 if few else 0.6,
-        "gradual_unfreeze": 0.7,
-        "discriminative_lr": 0.7,
-        "full": 0.5 if few else 0.8,
-        "scratch": 0.1 if few else 0.5,
-        "joint": 0.6 if gap else 0.5,
-    }
-    if name in ("dann", "cdan", "cdan_e", "dan", "coral", "mcc"):
-        return 0.8 if gap else 0.5
-    return table.get(name, 0.5)
 
 
 def _flat_scores(result: dict) -> dict[str, float]:
@@ -502,25 +408,18 @@ def stage_transfer(ctx: Context) -> dict:
 
 
 def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: StrategySpec, job_dir: Path) -> Path:
-    from medtl.engine.evaluate import precision_dtype, predict
-    from medtl.engine.trainer import fit, resolve_device, seed_everything
-    from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
-    from medtl.models.heads import Head
-    from medtl.strategies import get_strategy
-
     cfg = ctx.config
     seed_everything(seed)
     target = ctx.load(cfg.target, "target", task)
     t_mod = modality_of(target, cfg.target)
-    dims = 3 if t_mod == "mri3d" else 2
     cls = get_strategy(spec.name)
     uda = cfg.unlabelled_target
     rng = np.random.default_rng(seed)
     train_rows = target.select(split="train").rows
     labelled = stratified_sample(train_rows, fraction, rng) if fraction < 1 else list(train_rows)
     labelled_paths = {r.path for r in labelled}
-    head_task = "regression" if task.kind == "regression" else ("binary" if len(target.label_names) == 2 else "multiclass")
-    encoder = _encoder_for(ctx, dims, spec.lift, spec.pretrained)
+    head_task = task_for(target.label_names, regression=task.kind == "regression")
+    encoder = _encoder(ctx, Preset(t_mod).spatial_dims, spec)
     if head_task == "regression":  # the head learns the target standardised on the labelled training rows
         mean, std = target_statistics(labelled, ctx.config_path)
         head = Head(encoder.out_features, "regression", 1, target_mean=mean, target_std=std)
@@ -529,54 +428,51 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     tc = cfg.train
     kwargs: dict[str, Any] = {}
     val_loader = None
-    if cls.needs_target or uda:
+    from_source = cls.needs_source_labels or uda
+    if from_source:
         # labelled batches come from the source; the target batches carry labels only where allowed
         source = ctx.load(cfg.source, "source")
         if uda:
             source = apply_task(source, task)
         if _heterogeneous(ctx) and not uda:
-            src_task = "binary" if len(source.label_names) == 2 else "multiclass"
-            kwargs["source_head"] = Head(encoder.out_features, src_task, max(2, len(source.label_names)))
+            kwargs["source_head"] = Head(encoder.out_features, task_for(source.label_names),
+                                         max(2, len(source.label_names)))
         train_ds = _dataset(ctx, source.select(split="train"), cfg.source, True)
         val_ds = _dataset(ctx, source.select(split="val"), cfg.source, False) if uda else None
         hidden = [replace(r, label="unlabelled") if (uda or r.path not in labelled_paths) else r for r in train_rows]
         target_train = Manifest(hidden, list(target.label_names), {}, target.source)
-        target_loader = _loader(_dataset(ctx, target_train, cfg.target, True, task), tc.batch_size, True, seed)
+        target_loader = make_loader(_dataset(ctx, target_train, cfg.target, True, task), tc.batch_size, True, seed)
     else:
         train_ds = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target, True, task)
         val_ds = _dataset(ctx, target.select(split="val"), cfg.target, False, task)
         target_loader = None
     if val_ds is not None and len(val_ds):
-        val_loader = _loader(val_ds, tc.batch_size, False, seed)
+        val_loader = make_loader(val_ds, tc.batch_size, False, seed)
     # "task" is the head's (what predict and export-bundle need); the pipeline's name for it is task_name
     meta = {"label_names": list(target.label_names), "task": head_task, "task_name": task.name,
             "strategy": spec.display, "precision": tc.amp, "seed": seed, "label_fraction": fraction,
-            "intensity": {"preset": t_mod, **data_options(cfg.target, t_mod)}}
+            "intensity": {"preset": t_mod, **Preset(t_mod).options(cfg.target.preset_options())}}
     common = dict(epochs=tc.epochs, seed=seed, device=tc.device, amp=tc.amp, deterministic=tc.deterministic,
                   patience=tc.patience if val_loader is not None else None, progress=_interactive())
     hparams = dict(spec.hparams or {})
-    # A linear probe is fitted to convergence on cached features: the whole of feature_extraction, and
-    # LP-FT's first phase as Kumar et al. (2022) run it (then every epoch fine-tunes the whole model)
-    probe = tc.feature_cache and not (cls.needs_target or uda) and (
-        spec.name == "feature_extraction" or (spec.name == "lp_ft" and hparams.get("lp_epochs") is None))
+    # the strategy says whether a linear probe, fitted to convergence on cached features, primes it
+    probe = cls.probe_first(hparams) if tc.feature_cache and not from_source else None
     if probe:
-        from medtl.engine.feature_cache import fit_linear_probe
-
         # the frozen encoder sees each image once, through the deterministic chain
         plain_train = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target,
                                False, task)
         probe_val = val_ds if val_loader is not None else None
-    if probe and spec.name == "feature_extraction":
+    if probe and probe[0] == "whole":
         strategy, _ = fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
-                                       hparams=hparams or None, run_dir=job_dir, cache_dir=job_dir / "features",
+                                       hparams=probe[1] or None, run_dir=job_dir, cache_dir=job_dir / "features",
                                        checkpoint_meta=meta, **common)
     else:
-        if probe:  # LP-FT
+        if probe:  # the probe primes the head, then the method trains as its hyper-parameters say
             fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
                              cache_dir=job_dir / "features", device=tc.device)
-            hparams["lp_epochs"] = 0
+            hparams = probe[1]
         strategy = cls(encoder, head, hparams or None, **kwargs)  # kwargs: only for strategies that need the target
-        train_loader = _loader(train_ds, tc.batch_size, True, seed, tc.num_workers)
+        train_loader = make_loader(train_ds, tc.batch_size, True, seed, num_workers=tc.num_workers)
         selection: dict[str, Any] = {}
         if uda and val_loader is not None:
             selection = _label_free_selection(ctx, task, target, target_train, val_loader, seed)
@@ -591,7 +487,7 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         if not len(part):
             continue
         # the checkpoint's precision policy, as medtl predict will apply it to the same weights
-        out = predict(model, _loader(_dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed),
+        out = predict(model, make_loader(_dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed),
                       device=device, amp_dtype=precision_dtype(tc.amp, device))
         common = dict(patient_ids=out.get("patient_id"), domain=out.get("domain", ""), split=split,
                       run_id=f"{task.name}/{spec.display}/frac{fraction:g}/seed{seed}", strategy=spec.display,
@@ -603,8 +499,6 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
                                                   class_names=target.label_names, logits=out["logits"], **common))
             if split == "val" and head_task == "binary":
                 _store_threshold(job_dir / "best.pt", out, cfg.evaluation.threshold_rule)
-    import pandas as pd
-
     path = job_dir / "predictions.csv"
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)  # the job counts as done only once its table is whole
@@ -616,15 +510,11 @@ def _label_free_selection(ctx: Context, task: TaskSpec, target: Manifest, target
     """Trainer options for an unsupervised-adaptation job: every label-free selector scored each epoch, the
     configured one (``train.selector``) choosing the checkpoint; the labelled target val/test AUROC is logged
     beside them for the regret analysis only (see medtl.engine.selection)."""
-    from medtl.engine.evaluate import precision_dtype
-    from medtl.engine.selection import SELECTOR_MONITORS, SelectorScores
-    from medtl.engine.trainer import resolve_device
-
     cfg, tc = ctx.config, ctx.config.train
     device = resolve_device(tc.device)
 
     def plain(m: Manifest):
-        return _loader(_dataset(ctx, m, cfg.target, False, task), tc.batch_size, False, seed)
+        return make_loader(_dataset(ctx, m, cfg.target, False, task), tc.batch_size, False, seed)
 
     oracle = {split: plain(target.select(split=split)) for split in ("val", "test") if len(target.select(split=split))}
     scores = SelectorScores(source_val, plain(target_train), device, precision_dtype(tc.amp, device), oracle, seed)
@@ -647,9 +537,6 @@ def target_statistics(rows, where) -> tuple[float, float]:
 def _store_threshold(checkpoint: Path, out: dict, rule: str) -> None:
     """The binary operating threshold chosen on validation, into the job's checkpoint, so medtl predict
     decides as the report's run did (the report picks it the same way, on the same probabilities)."""
-    from medtl.evaluation.thresholds import checkpoint_threshold
-    from medtl.models.checkpoint import update_checkpoint_meta
-
     if checkpoint.exists():
         labels = np.asarray(out["label"]).astype(int)
         update_checkpoint_meta(checkpoint, **checkpoint_threshold(labels == 1, out["prob"][:, 1], rule))
@@ -659,10 +546,6 @@ def run_training_mean(ctx: Context, task: TaskSpec, fraction: float, seed: int, 
     """The trivial regression baseline: every case predicted as the mean of the labelled training targets
     (the same labelled rows the strategies of this fraction and seed train on). Every regression table
     carries it, so a model worse than the mean shows as such."""
-    import pandas as pd
-
-    from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
-
     target = ctx.load(ctx.config.target, "target", task)
     train_rows = target.select(split="train").rows
     rng = np.random.default_rng(seed)
@@ -690,12 +573,6 @@ TRAINING_MEAN = "training_mean"
 
 
 def stage_report(ctx: Context) -> dict:
-    import pandas as pd
-
-    from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
-    from medtl.evaluation.report import render_report
-    from medtl.similarity.recommend import compare_outcome
-
     out = ctx.out
     tables = sorted((out / "transfer").rglob("predictions.csv"))
     if not tables:

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtl.data.datasets import make_loader
 from medtl.data.manifest import Manifest, data_root_for, require_files
+from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 from medtl.paths import is_inside
 
@@ -190,7 +192,7 @@ def _check_resumable(out: Path, resume: bool, key: dict[str, Any]) -> None:
 def _preset_options(modality: str, image_size) -> tuple[Any, dict[str, Any]]:
     from medtl.data.transforms import DEFAULTS
 
-    if modality == "mri3d":
+    if Preset(modality).spatial_dims == 3:
         shape = image_size if isinstance(image_size, (list, tuple)) else DEFAULTS["mri3d"]["volume_shape"]
         size = [int(s) for s in shape]
         return size, {"volume_shape": tuple(size)}
@@ -230,7 +232,7 @@ def train_model(
     from medtl.data.datasets import build_dataset
     from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
     from medtl.engine.evaluate import predict
-    from medtl.engine.pretrain import _loader, pretrain_on
+    from medtl.engine.pretrain import pretrain_on
     from medtl.engine.trainer import amp_dtype, resolve_device
     from medtl.evaluation.evaluate import EvalSettings, load_report
     from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
@@ -243,7 +245,7 @@ def train_model(
     settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
     inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality)
     from_init = _init_defaults(init)
-    dims = 3 if inputs.modality == "mri3d" else 2
+    dims = Preset(inputs.modality).spatial_dims
     if from_init and from_init["spatial_dims"] != dims:
         raise MedtlError(f"the checkpoint's encoder is {from_init['spatial_dims']}D but the images are "
                          f"{inputs.modality} ({dims}D)", init)
@@ -288,8 +290,8 @@ def train_model(
     for split in ("val", "test"):
         if split not in datasets:
             continue
-        p = predict(model, _loader(datasets[split], batch_size, False, num_workers, seed), dev, amp_dtype(amp, dev),
-                    progress=progress)
+        loader = make_loader(datasets[split], batch_size, False, seed, num_workers=num_workers)
+        p = predict(model, loader, dev, amp_dtype(amp, dev), progress=progress)
         outputs[split] = p
         tables.append(predictions_from_arrays(
             p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),

@@ -22,12 +22,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
+from medtl.models.transfer import LIFT_OPTIONS
 from medtl.progress import bar
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ SMALL_OPTIONS: dict[str, dict[str, Any]] = {
     "mri2d": {"image_size": 64},
     "mri3d": {"spacing": (4.0, 4.0, 4.0), "volume_shape": (40, 48, 40)},
 }
-SLICE_AXIS = 2  # RAS volumes from the mri3d preset: axial slices across spatial axis 2
+SLICE_AXIS = LIFT_OPTIONS["2.5d"]["slice_axis"]  # RAS volumes from the mri3d preset: axial slices
 MATRIX_METRICS: dict[str, str] = {
     "mmd2": "MMD^2 (unbiased, multi-kernel Gaussian; lower = closer)",
     "mmd_p_value": "MMD permutation-test p-value (small = the two samples differ)",
@@ -53,11 +56,11 @@ MATRIX_METRICS: dict[str, str] = {
 
 
 def load_encoder(checkpoint: str | Path | None = None, *, arch: str = DEFAULT_ARCH, seed: int = DEFAULT_INIT_SEED,
-                 device: str = "cpu"):
+                 device: str = "cpu", stem_stride: int = 2):
     """``(encoder, head, info)``. With a checkpoint: its encoder and head (head None unless a
     classifier) and ``info`` describing it, including its ``meta``. Without: a randomly initialised
-    2D ``arch`` built under ``torch`` seed ``seed`` (the global RNG is left untouched), head None,
-    ``info["trained"] = False``."""
+    2D ``arch`` (``stem_stride``) built under ``torch`` seed ``seed`` (the global RNG is left untouched),
+    head None, ``info["trained"] = False``."""
     import torch
 
     if checkpoint is not None:
@@ -82,7 +85,7 @@ def load_encoder(checkpoint: str | Path | None = None, *, arch: str = DEFAULT_AR
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = build_encoder(arch, spatial_dims=2)
+        encoder = build_encoder(arch, spatial_dims=2, stem_stride=stem_stride)
     info = {
         "checkpoint": None,
         "trained": False,
@@ -119,11 +122,11 @@ def preset_options(modality: str, intensity: Mapping[str, Any] | None = None,
 def encoder_for(encoder, modality: str):
     """``(encoder to use, view)``: a 2D encoder on 3D volumes becomes its 2.5D lift (slice_axis=2)."""
     dims = int(getattr(encoder, "spatial_dims", 2))
-    if modality == "mri3d":
+    if Preset(modality).spatial_dims == 3:
         if dims == 2:
             from medtl.models.lift import lift
 
-            return lift(encoder, "2.5d", slice_axis=SLICE_AXIS), "2.5d"
+            return lift(encoder, "2.5d", **LIFT_OPTIONS["2.5d"]), "2.5d"
         return encoder, "3d"
     if dims != 2:
         raise MedtlError(f"a {dims}D encoder cannot read the 2D images of a {modality} manifest; "
@@ -192,22 +195,25 @@ def dataset_name(manifest, index: int = 0) -> str:
 def dataset_features(manifest, data_root: str | Path, encoder, *, intensity: Mapping[str, Any] | None = None,
                      overrides: Mapping[str, Any] | None = None, split: str | None = None,
                      max_cases: int | None = None, seed: int = 0, head=None, batch_size: int = 16,
-                     device: str = "cpu", name: str | None = None) -> dict[str, Any]:
+                     device: str = "cpu", name: str | None = None, labels: bool = True) -> dict[str, Any]:
     """Features of one data set: ``{"features", "labels", "probs", "info"}``; ``info`` says which
-    rows, which preset options and which view (2d / 2.5d / 3d) were used."""
+    rows, which preset options and which view (2d / 2.5d / 3d) were used. ``labels=False``: the rows'
+    labels are not read (regression targets, or a target whose labels adaptation must not see)."""
     from medtl.data.datasets import build_dataset
     from medtl.similarity.features import extract_features
 
     t0 = time.perf_counter()
+    from medtl.data.manifest import Manifest
+
     m, n_available = select_cases(manifest, split, max_cases, seed)
-    modalities = sorted({r.modality for r in m})
-    if len(modalities) != 1:
-        raise MedtlError(f"manifest mixes modalities {modalities}; give one modality per data set", m.source)
-    modality = modalities[0]
+    modality = m.modality
     opts = preset_options(modality, intensity, overrides)
     enc, view = encoder_for(encoder, modality)
-    dataset = build_dataset(m, data_root, cache="none", **opts)
+    read = m if labels else Manifest([replace(r, label="unlabelled") for r in m], [], dict(m.meta), m.source)
+    dataset = build_dataset(read, data_root, cache="none", **opts)
     out = extract_features(enc, dataset, head, batch_size, device)
+    if not labels:
+        out["labels"] = None
     counts: dict[str, int] = {}
     for r in m:
         counts[r.label] = counts.get(r.label, 0) + 1
@@ -262,15 +268,21 @@ def compare_manifests(
     progress: bool = True,
     source_root: str | Path | None = None,
     target_root: str | Path | None = None,
+    arch: str = DEFAULT_ARCH,
+    stem_stride: int = 2,
+    target_labels: bool = True,
+    return_features: bool = False,
 ) -> dict[str, Any]:
     """Domain distances (and, with labels, transferability) between two manifests' images.
 
     Each manifest is read from its own root: ``source_root`` / ``target_root``, else ``data_root``,
     else the root its .meta.json records, else the default; every file is checked to exist first.
 
-    ``encoder``: a medtl checkpoint, or None for the untrained default (see :func:`load_encoder`).
-    With a classification head, its softmax on the target images gives LEEP. Returns the
-    :func:`medtl.similarity.assess.assess` dictionary plus ``encoder`` and ``datasets`` entries.
+    ``encoder``: a medtl checkpoint, or None for the untrained default (see :func:`load_encoder`;
+    ``arch`` and ``stem_stride`` choose it). With a classification head, its softmax on the target
+    images gives LEEP. ``target_labels=False``: the target's labels are not read (no transferability
+    score from them). Returns the :func:`medtl.similarity.assess.assess` dictionary plus ``encoder`` and
+    ``datasets`` entries, and with ``return_features`` the arrays under ``features`` (source, target).
     """
     from medtl.similarity.assess import assess
 
@@ -278,14 +290,15 @@ def compare_manifests(
     source, target = _load_manifest(source), _load_manifest(target)
     src_root = checked_root(source, source_root or data_root, split, max_cases, seed)
     tgt_root = checked_root(target, target_root or data_root, split, max_cases, seed)
-    enc, head, enc_info = load_encoder(encoder, device=device)
+    enc, head, enc_info = load_encoder(encoder, device=device, arch=arch, stem_stride=stem_stride)
     overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape}
     common = {"intensity": _intensity(enc_info), "overrides": overrides, "split": split, "max_cases": max_cases,
               "seed": seed, "batch_size": batch_size, "device": device}
     steps = bar(total=3, desc="similarity", unit="step", enabled=progress)  # source, target features; the scores
     src = dataset_features(source, src_root, enc, name=dataset_name(source, 0), **common)
     steps.update()
-    tgt = dataset_features(target, tgt_root, enc, head=head, name=dataset_name(target, 1), **common)
+    tgt = dataset_features(target, tgt_root, enc, head=head, name=dataset_name(target, 1), labels=target_labels,
+                           **common)
     steps.update()
     if save_features:
         labels = tgt["labels"]
@@ -303,6 +316,8 @@ def compare_manifests(
     notes += _view_notes([src["info"], tgt["info"]])
     result["notes"] = notes + result["notes"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    if return_features:
+        result["features"] = {"source": src["features"], "target": tgt["features"]}
     return result
 
 

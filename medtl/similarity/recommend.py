@@ -18,6 +18,7 @@ import numpy as np
 
 from medtl.errors import MedtlError
 from medtl.similarity.assess import METRICS
+from medtl.strategies.base import get_strategy
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "logme": 1.0,
@@ -26,7 +27,10 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "proxy_a_distance": 0.5,
     "mmd2": 0.5,
     "frechet": 0.25,
+    "strategy_prior": 1.0,  # the strategy class's rule of thumb (Strategy.prior), added from the target's n_labelled
 }
+# directions of the scores that are not similarity metrics
+DIRECTIONS: dict[str, bool] = {"strategy_prior": True}
 
 
 # composite scores closer than this are a tie: rank averages of a handful of candidates move in steps
@@ -38,25 +42,37 @@ def candidate_key(c: Mapping[str, Any]) -> str:
     return f"{c['source']}/{c['encoder']}/{c['strategy']}"
 
 
-def _strategy_class(name: str):
-    from medtl.strategies.base import get_strategy
-
+def _strategy_class(c: Mapping[str, Any]):
+    """The candidate's strategy class: by ``method`` (the registry name) when it has one, else by ``strategy``
+    (which may be a display label, as in a pipeline's ``{name: feature_extraction, label: linear_probe}``)."""
     try:
-        return get_strategy(name)
+        return get_strategy(str(c.get("method") or c["strategy"]))
     except MedtlError:
         return None
 
 
+def with_prior(c: Mapping[str, Any], target: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The candidate with its strategy's prior (``Strategy.prior``) among its scores, when the target says
+    how many labelled cases it has, the strategy is known and no prior was given."""
+    scores = dict(c.get("scores") or {})
+    cls = _strategy_class(c)
+    n_labelled = target.get("n_labelled")
+    if "strategy_prior" in scores or cls is None or not isinstance(n_labelled, int):
+        return c
+    scores["strategy_prior"] = float(cls.prior(n_labelled, scores.get("proxy_a_distance")))
+    return {**c, "scores": scores}
+
+
 def _eligibility(c: Mapping[str, Any], target: Mapping[str, Any]) -> str | None:
     """Why a candidate cannot run on this target, or None."""
-    cls = _strategy_class(str(c["strategy"]))
+    cls = _strategy_class(c)
     if cls is None:
         return None
     n_labelled = target.get("n_labelled")
     shared = target.get("shared_labels")
     if n_labelled == 0 and not cls.needs_target:
         return "fine-tuning needs labelled target cases and the target has none"
-    if shared is False and getattr(cls, "requires_shared_labels", False):
+    if shared is False and cls.requires_shared_labels:
         return f"{c['strategy']} conditions on class predictions and needs one label set shared with the source"
     if shared is False and n_labelled == 0:
         return "no target labels and no shared label set: nothing can train the target head"
@@ -90,14 +106,16 @@ def recommend(
     ``target``: free-form description, recorded as given; used keys: ``n_labelled`` (int) and
     ``shared_labels`` (bool, target label set = source label set).
     ``candidates``: ``{"source", "encoder", "strategy", "scores": {metric: value}}`` each (e.g. the
-    ``distances`` and ``transferability`` of :func:`medtl.similarity.assess.assess`, flattened).
+    ``distances`` and ``transferability`` of :func:`medtl.similarity.assess.assess`, flattened), and
+    optionally ``method``, the strategy's registry name when ``strategy`` is a display label. With the
+    target's ``n_labelled``, a known strategy's prior joins its scores (:func:`with_prior`).
     ``weights``: metric -> weight (default :data:`DEFAULT_WEIGHTS`); metrics without a weight are
     reported but not ranked. ``higher_is_better``: directions of metrics not in ``METRICS``.
     """
     if not candidates:
         raise MedtlError("no candidates to rank", "candidates")
     weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
-    directions = {k: v[0] for k, v in METRICS.items()} | dict(higher_is_better or {})
+    directions = {k: v[0] for k, v in METRICS.items()} | DIRECTIONS | dict(higher_is_better or {})
     for name, w in weights.items():
         if name not in directions:
             raise MedtlError(f"metric {name!r} has a weight but no direction; pass higher_is_better", "weights")
@@ -115,6 +133,7 @@ def recommend(
         if key in seen:
             raise MedtlError("candidate listed twice", key)
         seen.add(key)
+        c = with_prior(c, target)
         why = _eligibility(c, target)
         if why:
             excluded.append({"key": key, "reason": why})

@@ -66,6 +66,30 @@ class Strategy(nn.Module):
     name: ClassVar[str] = "base"
     DEFAULTS: ClassVar[dict[str, Any]] = {"lr": 1e-3, "weight_decay": 1e-4}
     needs_target: ClassVar[bool] = False  # True for domain adaptation: the trainer feeds target batches
+    # What the method needs and how it is primed (read by the pipeline runner and the recommender):
+    needs_source_labels: ClassVar[bool] = False  # trains on labelled source batches (beside the target's)
+    requires_shared_labels: ClassVar[bool] = False  # conditions on classes: one label set with the source
+    # Rule-of-thumb prior in [0, 1] for the recommender (not a measurement): "few" / "many" target labels
+    # (fewer than FEW_LABELS or not), or, where the domain gap decides, "gap" / "no_gap" (proxy A-distance
+    # above LARGE_GAP or not).
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.5, "many": 0.5}
+    FEW_LABELS: ClassVar[int] = 200
+    LARGE_GAP: ClassVar[float] = 1.5
+
+    @classmethod
+    def prior(cls, n_labelled: int, pad: float | None) -> float:
+        """How well the method family is expected to suit a target with ``n_labelled`` labelled cases at
+        proxy A-distance ``pad`` from the source (see ``PRIOR``)."""
+        if "gap" in cls.PRIOR:
+            return cls.PRIOR["gap"] if (pad or 0.0) > cls.LARGE_GAP else cls.PRIOR["no_gap"]
+        return cls.PRIOR["few"] if n_labelled < cls.FEW_LABELS else cls.PRIOR["many"]
+
+    @classmethod
+    def probe_first(cls, hparams: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """Whether a linear probe fitted to convergence on cached frozen features primes this method:
+        None (it does not), ``("whole", hparams)`` (the probe is the whole method) or ``("then_train",
+        hparams for the training that follows)``."""
+        return None
 
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         super().__init__()

@@ -85,6 +85,8 @@ class FineTuneStrategy(Strategy):
 class Scratch(FineTuneStrategy):
     """Random initialisation, full training: the no-transfer baseline."""
 
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.1, "many": 0.5}  # only many labels can make up for it
+
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         if hasattr(encoder, "config"):
             encoder = build_encoder(encoder.config)  # fresh weights with the architecture's own init
@@ -99,10 +101,18 @@ class Scratch(FineTuneStrategy):
 class FullFineTune(FineTuneStrategy):
     """Every parameter trains at ``lr``."""
 
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.5, "many": 0.8}
+
 
 @register_strategy("feature_extraction")
 class FeatureExtraction(FineTuneStrategy):
     """Frozen encoder, linear probe."""
+
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.8, "many": 0.4}  # few labels favour keeping the features
+
+    @classmethod
+    def probe_first(cls, hparams):
+        return "whole", hparams
 
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         super().__init__(encoder, head, hparams)
@@ -115,6 +125,8 @@ class FeatureExtraction(FineTuneStrategy):
 @register_strategy("gradual_unfreeze")
 class GradualUnfreeze(FineTuneStrategy):
     """Epoch e trains the head and the top ``e // epochs_per_stage`` encoder stages."""
+
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.7, "many": 0.7}
 
     DEFAULTS: ClassVar[dict[str, Any]] = {**_COMMON, "epochs_per_stage": 1}
 
@@ -146,6 +158,8 @@ class GradualUnfreeze(FineTuneStrategy):
 class DiscriminativeLR(FineTuneStrategy):
     """Learning rate decaying by ``decay`` per stage from the head down to the input."""
 
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.7, "many": 0.7}
+
     DEFAULTS: ClassVar[dict[str, Any]] = {**_COMMON, "decay": 0.5}
 
     def param_groups(self):
@@ -160,9 +174,17 @@ class DiscriminativeLR(FineTuneStrategy):
 class LinearProbeThenFineTune(FineTuneStrategy):
     """Phase "lp": frozen encoder, head at ``lp_lr``; phase "ft": everything at ``lr``."""
 
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.9, "many": 0.7}
+
     DEFAULTS: ClassVar[dict[str, Any]] = {
         **_COMMON, "lr": 1e-4, "lp_lr": 1e-2, "lp_epochs": None, "lp_fraction": 0.5,
     }
+
+    @classmethod
+    def probe_first(cls, hparams):
+        # the first phase as Kumar et al. (2022) run it, when lp_epochs leaves it open: a probe fitted to
+        # convergence, then every epoch fine-tunes the whole model
+        return ("then_train", {**hparams, "lp_epochs": 0}) if hparams.get("lp_epochs") is None else None
 
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         super().__init__(encoder, head, hparams)
@@ -202,6 +224,8 @@ class _Reference(nn.Module):
 @register_strategy("l2sp")
 class L2SP(FineTuneStrategy):
     """Full fine-tuning regularised toward the pretrained encoder weights (L2-SP)."""
+
+    PRIOR: ClassVar[dict[str, float]] = {"few": 0.8, "many": 0.6}
 
     DEFAULTS: ClassVar[dict[str, Any]] = {**_COMMON, "weight_decay": 0.0, "alpha": 0.01, "beta": 0.01}
 

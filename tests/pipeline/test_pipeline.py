@@ -125,7 +125,8 @@ def test_shipped_pipelines_validate(name, profile):
 
 def test_jobs_share_decoded_datasets_and_reuse_does_not_change_augmentation(tiny, make_config):
     from medtl.pipeline.config import load_pipeline
-    from medtl.pipeline.runner import Context, _dataset, _loader
+    from medtl.data.datasets import make_loader
+    from medtl.pipeline.runner import Context, _dataset
 
     path = make_config(tiny)
     cfg = load_pipeline(path)
@@ -138,7 +139,7 @@ def test_jobs_share_decoded_datasets_and_reuse_does_not_change_augmentation(tiny
     assert _dataset(ctx, hidden, cfg.target, True, cfg.tasks[0]) is not a  # other labels, other dataset
 
     def first_batch(ds, seed):  # unshuffled: any difference comes from the random transforms
-        return next(iter(_loader(ds, 8, False, seed=seed)))["image"]
+        return next(iter(make_loader(ds, 8, False, seed=seed)))["image"]
 
     fresh = first_batch(a, 3)
     assert not torch.equal(first_batch(a, 7), fresh)  # the train chain is random, and seeded per loader

@@ -15,9 +15,11 @@ CANDIDATES = [
 def test_ranking_order_and_explanation():
     rec = recommend({"name": "brain-mri", "n_labelled": 20}, CANDIDATES)
     keys = [r["key"] for r in rec["ranking"]]
-    # logme weight 1, PAD 0.5: dann = (1 + 0.5*0.5)/1.5, coral = (0.5 + 0.5)/1.5, cdan = 0
+    # logme weight 1, PAD 0.5, strategy prior 1 (the DA prior: 0.8 above PAD 1.5, else 0.5, so cdan 1,
+    # dann and coral tied at 0.25): dann = (1 + 0.5*0.5 + 0.25)/2.5, coral = (0.5 + 0.5 + 0.25)/2.5, cdan = 1/2.5
     assert keys == ["cxr/resnet18/dann", "cxr/densenet/coral", "imagenet/resnet18/cdan"]
-    assert rec["ranking"][0]["composite"] == pytest.approx(1.25 / 1.5)
+    assert rec["ranking"][0]["composite"] == pytest.approx(1.5 / 2.5)
+    assert rec["ranking"][0]["scores"]["strategy_prior"] == 0.5 and rec["ranking"][2]["scores"]["strategy_prior"] == 0.8
     assert rec["recommended"] == "cxr/resnet18/dann"
     assert "highest logme" in rec["explanation"] and "Runner-up" in rec["explanation"]
     assert "lowest proxy_a_distance" in " ".join(rec["ranking"][1]["reasons"])
@@ -60,7 +62,7 @@ def test_compare_outcome():
 
 def test_equal_composites_are_a_tie_not_a_recommendation():
     same = [dict(c, scores={"logme": -0.5}) for c in CANDIDATES[:2]] + [CANDIDATES[2]]
-    rec = recommend({"n_labelled": 20}, same)
+    rec = recommend({}, same)  # no n_labelled: no strategy prior, only the scores given
     assert rec["ranking"][0]["composite"] == rec["ranking"][1]["composite"]
     assert rec["tie"] == ["cxr/densenet/coral", "cxr/resnet18/dann"]
     assert rec["explanation"].startswith("Tie: 2 options") and "Recommended" not in rec["explanation"]

@@ -1,0 +1,152 @@
+"""The concepts the pipeline runner asks for rather than re-derives: strategy attributes, the preset's
+dimensionality, the one loader recipe, the transfer encoder, and one ranking for medtl run and recommend."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from medtl.cli import main
+from medtl.data.datasets import make_loader
+from medtl.data.manifest import Manifest, ManifestRow
+from medtl.data.transforms import Preset
+from medtl.errors import MedtlError
+from medtl.models import encoder_for, load_checkpoint, task_for
+from medtl.models.lift import SliceEncoder
+from medtl.pipeline import run_pipeline
+from medtl.pipeline.runner import _flat_scores
+from medtl.similarity.images import compare_manifests
+from medtl.strategies import STRATEGIES, get_strategy
+
+# The rule of thumb the runner used to hold as a table keyed by name (few labels, many labels; small gap,
+# large gap), now each strategy class's PRIOR: every registered method must give the same values.
+OLD_PRIORS = {
+    "feature_extraction": (0.8, 0.4, None), "lp_ft": (0.9, 0.7, None), "l2sp": (0.8, 0.6, None),
+    "gradual_unfreeze": (0.7, 0.7, None), "discriminative_lr": (0.7, 0.7, None), "full": (0.5, 0.8, None),
+    "scratch": (0.1, 0.5, None), "joint": (None, None, (0.5, 0.6)),
+    **{name: (None, None, (0.5, 0.8)) for name in ("dann", "cdan", "cdan_e", "dan", "coral", "mcc")},
+}
+
+
+def test_every_strategy_class_carries_the_prior_the_runner_used_to_hard_code():
+    get_strategy("full")  # fills the registry
+    assert set(STRATEGIES) == set(OLD_PRIORS)
+    for name, (few, many, gap) in OLD_PRIORS.items():
+        cls = get_strategy(name)
+        if gap is None:
+            assert (cls.prior(10, 1.9), cls.prior(500, 1.9)) == (few, many), name
+            assert cls.prior(199, None) == few and cls.prior(200, None) == many, name  # FEW_LABELS = 200
+        else:
+            assert (cls.prior(10, 1.0), cls.prior(10, 1.9), cls.prior(500, None)) == (gap[0], gap[1], gap[0]), name
+
+
+def test_strategy_classes_say_what_data_they_need_and_how_a_probe_primes_them():
+    for name in ("dann", "cdan", "joint", "coral"):
+        assert get_strategy(name).needs_source_labels and get_strategy(name).needs_target
+    for name in ("full", "scratch", "feature_extraction", "lp_ft", "l2sp"):
+        assert not get_strategy(name).needs_source_labels and not get_strategy(name).needs_target
+    assert get_strategy("cdan").requires_shared_labels and not get_strategy("dann").requires_shared_labels
+    assert get_strategy("feature_extraction").probe_first({"lr": 0.1}) == ("whole", {"lr": 0.1})
+    # LP-FT: a converged probe replaces its linear-probe phase only when lp_epochs is left open
+    assert get_strategy("lp_ft").probe_first({}) == ("then_train", {"lp_epochs": 0})
+    assert get_strategy("lp_ft").probe_first({"lp_epochs": 2}) is None
+    assert get_strategy("full").probe_first({}) is None and get_strategy("dann").probe_first({}) is None
+
+
+def test_preset_owns_spatial_dims_and_its_options():
+    assert [Preset(m).spatial_dims for m in ("cxr", "mri2d", "mri3d")] == [2, 2, 3]
+    given = {"image_size": 64, "spacing": (1.0, 1.0, 1.0), "volume_shape": (8, 8, 8)}
+    assert Preset("mri2d").options(given) == {"image_size": 64}
+    assert Preset("mri3d").options(given) == {"spacing": (1.0, 1.0, 1.0), "volume_shape": (8, 8, 8)}
+    assert Preset("cxr").defaults == {"image_size": 128, "clahe": False}
+    with pytest.raises(MedtlError, match="unknown modality preset 'ct'"):
+        Preset("ct")
+
+
+def test_manifest_modality_and_task_kind():
+    def row(i, modality):
+        return ManifestRow(f"a/{i}.png", "x", str(i), "d", "train", modality)
+
+    assert Manifest([row(0, "mri2d"), row(1, "mri2d")], ["x"]).modality == "mri2d"
+    with pytest.raises(MedtlError, match=r"mixes modalities \['cxr', 'mri2d'\]"):
+        Manifest([row(0, "mri2d"), row(1, "cxr")], ["x"]).modality
+    assert task_for(["a", "b"]) == "binary" and task_for(["a", "b", "c"]) == "multiclass"
+    assert task_for([], regression=True) == "regression"
+
+
+@pytest.mark.parametrize(("n", "batch", "train", "world", "batches"), [
+    (17, 8, True, 1, [8, 8]),  # a last batch of one sample would break batch norm: dropped
+    (17, 8, False, 1, [8, 8, 1]),  # evaluation sees every sample
+    (18, 8, True, 1, [8, 8, 2]),  # two samples are fine
+    (8, 8, True, 1, [8]),
+    (5, 8, True, 1, [5]),  # never drop the only batch
+    (19, 8, True, 2, [8, 8]),  # split over 2 ranks, a last batch of 3 leaves one rank a single sample
+    (20, 8, True, 2, [8, 8, 4]),
+])
+def test_make_loader_drops_only_a_last_batch_that_leaves_a_single_sample_in_training(n, batch, train, world, batches):
+    loader = make_loader(TensorDataset(torch.arange(n)), batch, train, seed=0, world_size=world)
+    assert [len(b[0]) for b in loader] == batches
+
+
+def test_make_loader_shuffles_by_its_own_seed_and_leaves_the_global_generator_alone():
+    ds = TensorDataset(torch.arange(40))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = torch.cat([b[0] for b in make_loader(ds, 8, True, seed=5)])
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, torch.cat([b[0] for b in make_loader(ds, 8, True, seed=5)]))
+    assert not torch.equal(first, torch.arange(40))
+    assert torch.equal(torch.cat([b[0] for b in make_loader(ds, 8, False, seed=5)]), torch.arange(40))
+
+
+@pytest.fixture(scope="module")
+def similarity_run(tiny, make_config):
+    """The tiny pipeline up to its similarity stage (no transfer jobs)."""
+    out = tiny / "similarity_run"
+    run_pipeline(make_config(tiny, name="sim.yaml"), tiny / "data", out, stages=("prepare", "pretrain", "similarity"),
+                 progress=False)
+    return out
+
+
+def test_encoder_for_loads_the_checkpoint_and_lifts_it(similarity_run):
+    ckpt = similarity_run / "pretrain" / "model.pt"
+    reference = load_checkpoint(ckpt)[0].encoder.state_dict()
+    enc = encoder_for(ckpt, 2, "none", arch="resnet18")  # the checkpoint's own config wins over arch
+    assert enc.config["arch"] == "resnet10" and enc.spatial_dims == 2
+    assert all(torch.equal(v, reference[k]) for k, v in enc.state_dict().items())
+    sliced = encoder_for(ckpt, 3, "2.5d")
+    assert isinstance(sliced, SliceEncoder) and sliced.slice_axis == 2 and sliced.spatial_dims == 3
+    assert all(torch.equal(v, reference[k]) for k, v in sliced.encoder.state_dict().items())
+    assert encoder_for(ckpt, 3, "i3d").spatial_dims == 3
+    with pytest.raises(MedtlError, match="needs a lift"):
+        encoder_for(ckpt, 3, "none")
+    scratch = encoder_for(None, 3, None, arch="resnet10", stem_stride=1)
+    assert scratch.spatial_dims == 3 and scratch.config["arch"] == "resnet10"
+
+
+def test_run_measures_what_medtl_similarity_measures(similarity_run, tiny):
+    ran = json.loads((similarity_run / "similarity" / "similarity.json").read_text())["pretrained"]
+    direct = compare_manifests(tiny / "manifests" / "src.csv", tiny / "manifests" / "tgt.csv", tiny / "data",
+                               similarity_run / "pretrain" / "model.pt", split="train", max_cases=20, progress=False)
+    assert ran["datasets"]["target"]["n_cases"] == direct["datasets"]["target"]["n_cases"] == 20
+    assert _flat_scores(ran) == pytest.approx(_flat_scores(direct))
+
+
+def test_run_and_recommend_rank_the_same_candidates_the_same_way(similarity_run, tmp_path, capsys):
+    """medtl recommend, given the run's similarity results and target, reproduces the run's ranking: one
+    weight table and the strategy classes' priors, wherever the ranking is made."""
+    record = json.loads((similarity_run / "similarity" / "recommendation.json").read_text())
+    results = json.loads((similarity_run / "similarity" / "similarity.json").read_text())
+    for name, result in results.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    candidates = [{"source": r["source"], "encoder": r["encoder"], "strategy": r["strategy"],
+                   "assessment": f"{r['encoder']}.json"} for r in record["ranking"]]
+    (tmp_path / "candidates.json").write_text(json.dumps({"target": record["target"], "candidates": candidates}))
+    assert main(["recommend", str(tmp_path / "candidates.json"), "--out", str(tmp_path / "rec")]) == 0
+    capsys.readouterr()
+    again = json.loads((tmp_path / "rec" / "recommendation.json").read_text())
+    assert [r["key"] for r in again["ranking"]] == [r["key"] for r in record["ranking"]]
+    assert [r["composite"] for r in again["ranking"]] == pytest.approx([r["composite"] for r in record["ranking"]])
+    assert again["weights"] == record["weights"] and "strategy_prior" in record["weights"]
+    assert record["target"]["n_labelled"] > 0 and all("strategy_prior" in r["scores"] for r in record["ranking"])
