@@ -1,4 +1,4 @@
-"""From a predictions table to the report's numbers (a JSON-ready dict; rendering is in report.py).
+"""From a predictions table to the report's numbers: a JSON-ready dict (typed by report/schema.py).
 
 Per task, strategy and run: the threshold (binary) and the temperature are fitted on the validation
 rows; metrics, calibration and curves are computed on the test rows with bootstrap intervals. Runs
