@@ -24,7 +24,7 @@ import torch
 
 from medtl.data import Manifest, build_dataset
 from medtl.evaluation.explain import deletion_summary, deletion_test, gradcam, save_deletion_test
-from medtl.evaluation.figures import _plt, to_png
+from medtl.evaluation.figures import pyplot, to_png
 from medtl.models import load_checkpoint
 from medtl.paths import default_data_root
 
@@ -86,7 +86,7 @@ def main() -> None:
     x = it["image"][None]
     before, after = old_gradcam(model, x, args.layer, c), gradcam(model, it["image"], args.layer, c)
     print(f"case {it['case_id']}: before == 1 - after: {np.allclose(before, 1 - after, atol=1e-5)}")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.8))
     img = it["image"][0].numpy()
     for ax, (title, cam) in zip(axes, [("slice", None), ("before: MONAI default (inverted)", before),

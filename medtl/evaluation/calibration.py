@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from medtl.errors import MedtlError
-from medtl.evaluation.metrics import _div, _out, _weights, check_class_labels, check_probs
+from medtl.evaluation.metrics import as_weights, check_class_labels, check_probs, safe_div, unbatch
 
 DEFAULT_BINS = 15
 _EPS = 1e-12
@@ -56,7 +56,7 @@ def reliability(probs, y_true, n_bins: int = DEFAULT_BINS) -> dict:
     n_bins = _check_bins(n_bins)
     conf, outcome = confidence_and_outcome(probs, y_true)
     cnt, cs, os_ = (a[0] for a in _bin_sums(conf, outcome, n_bins, np.ones((1, len(conf)))))
-    mean_conf, rate = _div(cs, cnt), _div(os_, cnt)
+    mean_conf, rate = safe_div(cs, cnt), safe_div(os_, cnt)
     none = lambda a: [None if np.isnan(v) else float(v) for v in a]  # noqa: E731
     return {
         "edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
@@ -70,14 +70,14 @@ def calibration_errors(probs, y_true, n_bins: int = DEFAULT_BINS, weights=None) 
     """``{"ece": ..., "mce": ...}`` (floats, or (B,) arrays with a weights matrix)."""
     n_bins = _check_bins(n_bins)
     conf, outcome = confidence_and_outcome(probs, y_true)
-    W, batched = _weights(weights, len(conf))
+    W, batched = as_weights(weights, len(conf))
     cnt, cs, os_ = _bin_sums(conf, outcome, n_bins, W)
     gap = np.abs(os_ - cs)  # n_b * |acc_b - conf_b|
-    ece = _div(gap.sum(axis=1), cnt.sum(axis=1))
-    per_bin = np.where(cnt > 0, _div(gap, cnt), -np.inf)
+    ece = safe_div(gap.sum(axis=1), cnt.sum(axis=1))
+    per_bin = np.where(cnt > 0, safe_div(gap, cnt), -np.inf)
     mce = per_bin.max(axis=1)
     mce[np.isinf(mce)] = np.nan
-    return {"ece": _out(ece, batched), "mce": _out(mce, batched)}
+    return {"ece": unbatch(ece, batched), "mce": unbatch(mce, batched)}
 
 
 def expected_calibration_error(probs, y_true, n_bins: int = DEFAULT_BINS, weights=None):
@@ -92,23 +92,23 @@ def brier_score(probs, y_true, weights=None):
     """Binary: mean (p - y)^2 of the positive class; multiclass: mean sum_k (p_k - y_k)^2 (as scikit-learn)."""
     P = check_probs(probs)
     y = check_class_labels(y_true, P.shape[1], n=len(P))
-    W, batched = _weights(weights, len(y))
+    W, batched = as_weights(weights, len(y))
     if P.shape[1] == 2:
         err = (P[:, 1] - (y == 1)) ** 2
     else:
         err = ((P - np.eye(P.shape[1])[y]) ** 2).sum(axis=1)
-    return _out(_div(W @ err, W.sum(axis=1)), batched)
+    return unbatch(safe_div(W @ err, W.sum(axis=1)), batched)
 
 
 def _check_logits(logits, n: int, k: int, name: str = "logits") -> np.ndarray:
-    from medtl.evaluation.metrics import _as_float, _first_bad
+    from medtl.evaluation.metrics import as_float, first_bad
 
-    z = _as_float(logits, name)
+    z = as_float(logits, name)
     if z.shape != (n, k):
         raise MedtlError(f"must be one logit per class and case, shape ({n}, {k}); got {z.shape}", name)
     bad = ~np.isfinite(z)
     if bad.any():
-        raise MedtlError(f"NaN or infinite logits for the cases at index {_first_bad(bad)}", name)
+        raise MedtlError(f"NaN or infinite logits for the cases at index {first_bad(bad)}", name)
     return z
 
 

@@ -1,4 +1,4 @@
-"""From a predictions table to the report's numbers (a JSON-ready dict; rendering is in report.py).
+"""From a predictions table to the report's numbers: a JSON-ready dict (typed by report/schema.py).
 
 Per task, strategy and run: the threshold (binary) and the temperature are fitted on the validation
 rows; metrics, calibration and curves are computed on the test rows with bootstrap intervals. Runs
@@ -26,10 +26,10 @@ from medtl.evaluation.metrics import (
     BINARY_METRICS,
     RANGES,
     REGRESSION_METRICS,
-    _cumulative_desc,
-    _div,
     classification_metrics,
+    cumulative_counts,
     regression_metrics,
+    safe_div,
 )
 from medtl.evaluation.predictions import (
     TaskInfo,
@@ -133,12 +133,12 @@ def _groups(test: pd.DataFrame) -> np.ndarray | None:
 
 def _grid_curves(y: np.ndarray, s: np.ndarray, W: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ROC (TPR on an FPR grid) and PR (precision on a recall grid) for each resample: two (B, G) arrays."""
-    tps, fps, _ = _cumulative_desc(y, s, W)
+    tps, fps, _ = cumulative_counts(y, s, W)
     zero = np.zeros((len(W), 1))
-    tpr = np.c_[zero, _div(tps, tps[:, -1:])]
-    fpr = np.c_[zero, _div(fps, fps[:, -1:])]
-    recall = _div(tps, tps[:, -1:])
-    precision = np.nan_to_num(_div(tps, tps + fps), nan=1.0)
+    tpr = np.c_[zero, safe_div(tps, tps[:, -1:])]
+    fpr = np.c_[zero, safe_div(fps, fps[:, -1:])]
+    recall = safe_div(tps, tps[:, -1:])
+    precision = np.nan_to_num(safe_div(tps, tps + fps), nan=1.0)
     roc = np.full((len(W), len(grid)), np.nan)
     pr = np.full((len(W), len(grid)), np.nan)
     for b in range(len(W)):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from medtl.errors import MedtlError
-from medtl.evaluation.figures import _plt, to_png
+from medtl.evaluation.figures import pyplot, to_png
 
 __all__ = ["deletion_summary", "deletion_test", "gradcam", "load_deletion_test", "minmax", "overlay_png",
            "save_deletion_test", "save_gradcam"]
@@ -316,7 +316,7 @@ def _peak(cam: np.ndarray) -> tuple[int, ...]:
 
 def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6) -> bytes:
     """PNG of the map over the image's first channel: one panel (2D) or three orthogonal slices (3D)."""
-    plt = _plt()
+    plt = pyplot()
     img = np.asarray(image, dtype=float)
     img = img[0] if img.ndim == np.asarray(cam).ndim + 1 else img  # drop the channel axis
     cam = np.asarray(cam, dtype=float)

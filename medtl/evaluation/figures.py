@@ -14,7 +14,7 @@ import numpy as np
 _DPI = 100
 
 
-def _plt():
+def pyplot():
     # Lazily, and headless unless pyplot is already in use (a notebook keeps its inline backend).
     import sys
 
@@ -30,7 +30,7 @@ def _plt():
 def to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -48,7 +48,7 @@ def _fmt(m: dict | None) -> str:
 
 def roc_figure(curves: Sequence[dict], title: str) -> bytes:
     """``curves``: dicts with label, fpr, tpr, tpr_low, tpr_high (bands optional), auc (metric dict)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.6))
     for c in curves:
         (line,) = ax.plot(c["fpr"], c["tpr"], lw=1.8, label=f"{c['label']}: AUROC {_fmt(c.get('auc'))}")
@@ -63,7 +63,7 @@ def roc_figure(curves: Sequence[dict], title: str) -> bytes:
 
 def pr_figure(curves: Sequence[dict], title: str) -> bytes:
     """``curves``: label, recall, precision, precision_low/high, prevalence, ap (metric dict)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.6))
     for c in curves:
         (line,) = ax.plot(c["recall"], c["precision"], lw=1.8, drawstyle="steps-post",
@@ -85,7 +85,7 @@ def reliability_figure(panels: Sequence[dict], title: str, xlabel: str) -> bytes
     Marker area grows with the number of cases in the bin, so sparse bins do not look as certain as
     full ones; the lower row shows the cases per bin.
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(panels)
     fig, axes = plt.subplots(2, n, figsize=(3.4 * n + 0.3, 4.6), squeeze=False, sharex=True,
                              gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
@@ -117,7 +117,7 @@ def reliability_figure(panels: Sequence[dict], title: str, xlabel: str) -> bytes
 
 def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
     """``matrices``: label, classes, counts (rows true, columns predicted)."""
-    plt = _plt()
+    plt = pyplot()
     n = len(matrices)
     k = max(len(m["classes"]) for m in matrices)
     size = 1.2 + 0.55 * k
@@ -144,7 +144,7 @@ def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
 
 def label_fraction_figure(series: Sequence[dict], metric: str, title: str) -> bytes:
     """``series``: label, x (fractions), y, low, high (interval per point)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4))
     for s in series:
         x, y = np.asarray(s["x"], dtype=float), _arr(s["y"])
@@ -163,7 +163,7 @@ def label_fraction_figure(series: Sequence[dict], metric: str, title: str) -> by
 
 def scatter_figure(series: Sequence[dict], title: str) -> bytes:
     """Regression: predicted against true (``series``: label, points {label, prediction}), identity line."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
     lo, hi = np.inf, -np.inf
     for s in series:
@@ -181,7 +181,7 @@ def scatter_figure(series: Sequence[dict], title: str) -> bytes:
 def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None, colour: str | None = None) -> bytes:
     """One panel per logged metric against ``x``; one line per ``by`` group (e.g. run_id), and, with
     ``colour`` (e.g. strategy), one colour and legend entry per value of that column instead of per line."""
-    plt = _plt()
+    plt = pyplot()
     n = len(metrics)
     cols = min(3, n)
     rows = int(np.ceil(n / cols))
@@ -216,7 +216,7 @@ def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None, c
 
 def embedding_figure(xy: np.ndarray, domains: Sequence[str], title: str) -> bytes:
     """2D embedding of features, coloured by domain."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     domains = np.asarray([str(d) for d in domains])
     for d in sorted(set(domains)):
@@ -233,7 +233,7 @@ def strategy_interval_figure(rows: Sequence[dict], metric: str, title: str, refe
     ``rows``: dicts with ``strategy``, ``label_fraction``, ``value``, ``ci_low``, ``ci_high``;
     ``reference``: a vertical line (e.g. AUROC 0.5, chance).
     """
-    plt = _plt()
+    plt = pyplot()
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     fractions = sorted({r["label_fraction"] for r in rows}, key=lambda f: (f is None, f or 0))
     fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(strategies) * max(1, len(fractions)) ** 0.5 + 1.4))

@@ -88,13 +88,13 @@ DEFINITIONS = {
 PROB_TOLERANCE = 1e-6  # float32 softmax outputs may stray this far outside [0, 1]
 
 
-def _first_bad(mask: np.ndarray) -> str:
+def first_bad(mask: np.ndarray) -> str:
     idx = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
     more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
     return ", ".join(map(str, idx[:5])) + more
 
 
-def _as_float(a, name: str) -> np.ndarray:
+def as_float(a, name: str) -> np.ndarray:
     try:
         return np.asarray(a, dtype=float)
     except (TypeError, ValueError) as err:
@@ -113,29 +113,29 @@ def check_scores(score, name: str = "score", n: int | None = None) -> np.ndarray
 
     NaN or inf cannot be ranked or binned meaningfully (numpy sorts NaN above every number, so a
     NaN score would count as the highest), so they are refused rather than scored."""
-    s = _as_float(score, name)
+    s = as_float(score, name)
     if s.ndim != 1:
         raise MedtlError(f"must be one score per case, a 1-D array; got shape {s.shape}", name)
     _check_length(len(s), n, name)
     bad = ~np.isfinite(s)
     if bad.any():
-        raise MedtlError(f"{int(bad.sum())} of {len(s)} values are NaN or infinite (at index {_first_bad(bad)}); "
+        raise MedtlError(f"{int(bad.sum())} of {len(s)} values are NaN or infinite (at index {first_bad(bad)}); "
                          "drop those cases or fix the model output", name)  # fmt: skip
     return s
 
 
 def check_probs(probs, name: str = "probs", n: int | None = None) -> np.ndarray:
     """``probs`` as a finite float (n, K >= 2) array of values in [0, 1]; MedtlError naming ``name``."""
-    P = _as_float(probs, name)
+    P = as_float(probs, name)
     if P.ndim != 2 or P.shape[1] < 2:
         raise MedtlError(f"must be a (cases, classes) array with at least 2 classes; got shape {P.shape}", name)
     _check_length(len(P), n, name)
     bad = ~np.isfinite(P)
     if bad.any():
-        raise MedtlError(f"NaN or infinite probabilities for the cases at index {_first_bad(bad)}", name)
+        raise MedtlError(f"NaN or infinite probabilities for the cases at index {first_bad(bad)}", name)
     out = (P < -PROB_TOLERANCE) | (P > 1 + PROB_TOLERANCE)
     if out.any():
-        raise MedtlError(f"probabilities outside [0, 1] for the cases at index {_first_bad(out)} "
+        raise MedtlError(f"probabilities outside [0, 1] for the cases at index {first_bad(out)} "
                          "(logits instead of probabilities?)", name)  # fmt: skip
     return P
 
@@ -190,11 +190,11 @@ def check_class_labels(y_true, n_classes: int, name: str = "y_true", n: int | No
                      "(map class names to indices first)", name)  # fmt: skip
 
 
-def _weights(weights, n: int) -> tuple[np.ndarray, bool]:
+def as_weights(weights, n: int) -> tuple[np.ndarray, bool]:
     """Weights as a float (B, n) matrix, and whether the caller passed a matrix (wants (B,) back)."""
     if weights is None:
         return np.ones((1, n)), False
-    w = _as_float(weights, "weights")
+    w = as_float(weights, "weights")
     if w.ndim not in (1, 2) or w.shape[-1] != n:
         raise MedtlError(f"must be (n,) or (resamples, n) with n = {n} cases; got shape {w.shape}", "weights")
     if not np.isfinite(w).all() or (w < 0).any():
@@ -204,11 +204,11 @@ def _weights(weights, n: int) -> tuple[np.ndarray, bool]:
     return w, True
 
 
-def _out(x: np.ndarray, batched: bool):
+def unbatch(x: np.ndarray, batched: bool):
     return x if batched else float(x[0])
 
 
-def _div(a, b):
+def safe_div(a, b):
     # A zero denominator means "undefined", so nan, not 0 or a warning.
     a, b = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     out = np.full(a.shape, np.nan)
@@ -236,15 +236,15 @@ def auroc(y_true, score, weights=None):
     """Area under the ROC curve of binary ``y_true`` (bool / 0-1) against ``score``; nan if one class."""
     y = check_binary_labels(y_true)
     s = check_scores(score, n=len(y))
-    W, batched = _weights(weights, len(y))
+    W, batched = as_weights(weights, len(y))
     wp, wn, _ = _grouped_counts(y, s, W)
     # Each positive beats the negatives below its score and ties half of those at its score.
     neg_below = np.cumsum(wn, axis=1) - wn
     num = (wp * (neg_below + 0.5 * wn)).sum(axis=1)
-    return _out(_div(num, wp.sum(axis=1) * wn.sum(axis=1)), batched)
+    return unbatch(safe_div(num, wp.sum(axis=1) * wn.sum(axis=1)), batched)
 
 
-def _cumulative_desc(y, s, W):
+def cumulative_counts(y, s, W):
     """Cumulative weighted TP and FP counts as the threshold falls through each distinct score."""
     wp, wn, thr = _grouped_counts(y, s, W)
     tps = np.cumsum(wp[:, ::-1], axis=1)
@@ -256,32 +256,32 @@ def average_precision(y_true, score, weights=None):
     """Average precision (area under the PR curve, step-wise as scikit-learn); nan if no positives."""
     y = check_binary_labels(y_true)
     s = check_scores(score, n=len(y))
-    W, batched = _weights(weights, len(y))
-    tps, fps, _ = _cumulative_desc(y, s, W)
+    W, batched = as_weights(weights, len(y))
+    tps, fps, _ = cumulative_counts(y, s, W)
     # Where nothing is called positive yet precision is 0/0; its recall step is 0, so use 0.
-    precision = np.nan_to_num(_div(tps, tps + fps))
-    recall = _div(tps, tps[:, -1:])
+    precision = np.nan_to_num(safe_div(tps, tps + fps))
+    recall = safe_div(tps, tps[:, -1:])
     steps = np.diff(recall, axis=1, prepend=0.0)
-    return _out((steps * precision).sum(axis=1), batched)
+    return unbatch((steps * precision).sum(axis=1), batched)
 
 
 def roc_curve(y_true, score, weights=None):
     """ROC points ``(fpr, tpr, thresholds)`` starting at (0, 0); weights must be None or a vector."""
     y = check_binary_labels(y_true)
-    W, _ = _weights(weights, len(y))
-    tps, fps, thr = _cumulative_desc(y, check_scores(score, n=len(y)), W)
-    tpr = np.c_[np.zeros((len(W), 1)), _div(tps, tps[:, -1:])]
-    fpr = np.c_[np.zeros((len(W), 1)), _div(fps, fps[:, -1:])]
+    W, _ = as_weights(weights, len(y))
+    tps, fps, thr = cumulative_counts(y, check_scores(score, n=len(y)), W)
+    tpr = np.c_[np.zeros((len(W), 1)), safe_div(tps, tps[:, -1:])]
+    fpr = np.c_[np.zeros((len(W), 1)), safe_div(fps, fps[:, -1:])]
     return fpr[0], tpr[0], np.r_[np.inf, thr]
 
 
 def pr_curve(y_true, score, weights=None):
     """Precision-recall points ``(recall, precision, thresholds)`` starting at recall 0, precision 1."""
     y = check_binary_labels(y_true)
-    W, _ = _weights(weights, len(y))
-    tps, fps, thr = _cumulative_desc(y, check_scores(score, n=len(y)), W)
-    precision = np.nan_to_num(_div(tps, tps + fps), nan=1.0)
-    recall = _div(tps, tps[:, -1:])
+    W, _ = as_weights(weights, len(y))
+    tps, fps, thr = cumulative_counts(y, check_scores(score, n=len(y)), W)
+    precision = np.nan_to_num(safe_div(tps, tps + fps), nan=1.0)
+    recall = safe_div(tps, tps[:, -1:])
     return np.r_[0.0, recall[0]], np.r_[1.0, precision[0]], np.r_[np.inf, thr]
 
 
@@ -289,7 +289,7 @@ def confusion_matrix(y_true, y_pred, n_classes: int, weights=None):
     """Weighted confusion matrix, rows = true class, columns = predicted class: (K, K) or (B, K, K)."""
     y = check_class_labels(y_true, n_classes)
     p = check_class_labels(y_pred, n_classes, "y_pred", n=len(y))
-    W, batched = _weights(weights, len(y))
+    W, batched = as_weights(weights, len(y))
     # One matrix product counts all cells for all resamples at once.
     cell = np.zeros((len(y), n_classes * n_classes))
     cell[np.arange(len(y)), y * n_classes + p] = 1.0
@@ -299,7 +299,7 @@ def confusion_matrix(y_true, y_pred, n_classes: int, weights=None):
 
 def rates_from_confusion(cm) -> dict[str, np.ndarray]:
     """Per-class one-vs-rest rates from a (..., K, K) confusion matrix: arrays of shape (..., K)."""
-    cm = _as_float(cm, "cm")
+    cm = as_float(cm, "cm")
     if cm.ndim < 2 or cm.shape[-1] != cm.shape[-2] or not np.isfinite(cm).all() or (cm < 0).any():
         raise MedtlError(f"must be square (..., K, K) counts, finite and >= 0; got shape {cm.shape}", "cm")
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
@@ -309,11 +309,11 @@ def rates_from_confusion(cm) -> dict[str, np.ndarray]:
     fn, fp = actual - tp, called - tp
     tn = total - tp - fn - fp
     return {
-        "sensitivity": _div(tp, tp + fn),
-        "specificity": _div(tn, tn + fp),
-        "ppv": _div(tp, tp + fp),
-        "npv": _div(tn, tn + fn),
-        "f1": _div(2 * tp, 2 * tp + fp + fn),
+        "sensitivity": safe_div(tp, tp + fn),
+        "specificity": safe_div(tn, tn + fp),
+        "ppv": safe_div(tp, tp + fp),
+        "npv": safe_div(tn, tn + fn),
+        "f1": safe_div(2 * tp, 2 * tp + fp + fn),
         "support": actual,
     }
 
@@ -324,14 +324,14 @@ def _agreement(cm: np.ndarray) -> dict[str, np.ndarray]:
     correct = np.trace(cm, axis1=-2, axis2=-1)
     t = cm.sum(axis=-1)  # true class counts
     p = cm.sum(axis=-2)  # predicted class counts
-    po = _div(correct, total)
-    pe = _div((t * p).sum(axis=-1), total**2)
+    po = safe_div(correct, total)
+    pe = safe_div((t * p).sum(axis=-1), total**2)
     tp_ = (t * p).sum(axis=-1)
     mcc_den = np.sqrt((total**2 - (p * p).sum(axis=-1)) * (total**2 - (t * t).sum(axis=-1)))
     return {
         "accuracy": po,
-        "kappa": _div(po - pe, 1.0 - pe),
-        "mcc": _div(correct * total - tp_, mcc_den),
+        "kappa": safe_div(po - pe, 1.0 - pe),
+        "mcc": safe_div(correct * total - tp_, mcc_den),
     }
 
 
@@ -348,7 +348,7 @@ def _balanced_accuracy(r: dict) -> np.ndarray:
     # As scikit-learn: mean recall over the classes present in the truth.
     present = r["support"] > 0
     recall = np.where(present, r["sensitivity"], 0.0)
-    return _div(recall.sum(axis=-1), present.sum(axis=-1))
+    return safe_div(recall.sum(axis=-1), present.sum(axis=-1))
 
 
 def multiclass_scores(cm) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -378,7 +378,7 @@ def classification_metrics(y_true, probs, threshold: float | None = 0.5, weights
     y = check_class_labels(y_true, K, n=len(P))
     if threshold is not None and not (isinstance(threshold, (int, float, np.number)) and np.isfinite(threshold)):
         raise MedtlError(f"must be a finite number or None, got {threshold!r}", "threshold")
-    W, batched = _weights(weights, len(y))
+    W, batched = as_weights(weights, len(y))
     if K == 2:
         pred = (P[:, 1] >= (0.5 if threshold is None else threshold)).astype(int)
         cm = confusion_matrix(y, pred, 2, W)
@@ -405,11 +405,11 @@ def regression_metrics(y_true, y_pred, weights=None) -> dict:
     """MAE, RMSE, R^2 and Pearson r of ``y_pred`` against ``y_true`` (floats, or (B,) arrays)."""
     y = check_scores(y_true, "y_true")
     f = check_scores(y_pred, "y_pred", n=len(y))
-    W, batched = _weights(weights, len(y))
+    W, batched = as_weights(weights, len(y))
     n = W.sum(axis=1)
     err = f - y
-    mean_y = _div(W @ y, n)
-    mean_f = _div(W @ f, n)
+    mean_y = safe_div(W @ y, n)
+    mean_f = safe_div(W @ f, n)
     dy = y[None, :] - mean_y[:, None]
     df = f[None, :] - mean_f[:, None]
     ss_res = W @ (err**2)
@@ -421,9 +421,9 @@ def regression_metrics(y_true, y_pred, weights=None) -> dict:
     ss_tot = np.where(ss_tot <= 1e-24 * n * (mean_y**2 + 1.0), 0.0, ss_tot)
     var_f = np.where(var_f <= 1e-24 * n * (mean_f**2 + 1.0), 0.0, var_f)
     out = {
-        "mae": _div(W @ np.abs(err), n),
-        "rmse": np.sqrt(_div(ss_res, n)),
-        "r2": 1.0 - _div(ss_res, ss_tot),
-        "pearson_r": _div(cov, np.sqrt(ss_tot * var_f)),
+        "mae": safe_div(W @ np.abs(err), n),
+        "rmse": np.sqrt(safe_div(ss_res, n)),
+        "r2": 1.0 - safe_div(ss_res, ss_tot),
+        "pearson_r": safe_div(cov, np.sqrt(ss_tot * var_f)),
     }
-    return {k: _out(v, batched) for k, v in out.items()}
+    return {k: unbatch(v, batched) for k, v in out.items()}

@@ -17,17 +17,18 @@ import yaml
 
 from medtl.data.manifest import Manifest
 from medtl.errors import MedtlError
-from medtl.pipeline.runner import TRAINING_MEAN, strategy_entries
+from medtl.evaluation.report.schema import Metric, Strategy, Task, read_report
+from medtl.pipeline.runner import TRAINING_MEAN
 
 BASELINE_NAMES = ("scratch", "scratch_3d", "source_only")
 
 
-def _fmt(m: dict | None, digits: int = 3) -> str:
-    if not m or m.get("value") is None:
-        return "undefined" + (f" ({m['reason']})" if m and m.get("reason") else "")
-    text = f"{m['value']:.{digits}f}"
-    if m.get("ci_low") is not None and m.get("ci_high") is not None:
-        text += f" ({m['ci_low']:.{digits}f}–{m['ci_high']:.{digits}f})"
+def _fmt(m: Metric | None, digits: int = 3) -> str:
+    if not m or m.value is None:
+        return "undefined" + (f" ({m.reason})" if m and m.reason else "")
+    text = f"{m.value:.{digits}f}"
+    if m.ci_low is not None and m.ci_high is not None:
+        text += f" ({m.ci_low:.{digits}f}–{m.ci_high:.{digits}f})"
     return text
 
 
@@ -38,14 +39,15 @@ def _baseline(names: list[str]) -> str | None:
     return None
 
 
-def _verdict(a: dict | None, b: dict | None) -> str:
-    if not a or not b or a.get("value") is None or b.get("value") is None:
+def verdict(a: Metric | None, b: Metric | None) -> str:
+    """Strategy ``a`` against baseline ``b`` by the page's rule (higher is better; intervals must not overlap)."""
+    if not a or not b or a.value is None or b.value is None:
         return "undefined"
-    if None in (a.get("ci_low"), a.get("ci_high"), b.get("ci_low"), b.get("ci_high")):
+    if None in (a.ci_low, a.ci_high, b.ci_low, b.ci_high):
         return "no interval"
-    if a["ci_low"] > b["ci_high"]:
+    if a.ci_low > b.ci_high:
         return "helped"
-    if a["ci_high"] < b["ci_low"]:
+    if a.ci_high < b.ci_low:
         return "did worse"
     return "inconclusive (intervals overlap)"
 
@@ -54,7 +56,7 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     report_path = run / "report.json"
     if not report_path.exists():
         raise MedtlError("no report.json: has the pipeline finished?", run)
-    report = json.loads(report_path.read_text())
+    report = read_report(report_path)
     stages = json.loads((run / "stages.json").read_text())
     env = json.loads((run / "environment.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -70,17 +72,17 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
         f"- Hardware: {env.get('processor')}, {env.get('cpu_threads')} torch threads, GPU: {env.get('cuda') or 'none'}; "
         f"torch {env.get('torch')}, MONAI {env.get('monai')}, medtl {env.get('medtl')}.",
         f"- Wall time: {seconds / 60:.1f} min over all stages ({per_stage}).",
-        f"- Confidence intervals: {report['settings']['ci_method']}. Across seeds: mean and a 95% t-interval of "
-        "the mean. Thresholds: " + report["settings"]["threshold_rule"] + " on the validation split, applied to test.",
+        f"- Confidence intervals: {report.settings.ci_method}. Across seeds: mean and a 95% t-interval of "
+        "the mean. Thresholds: " + report.settings.threshold_rule + " on the validation split, applied to test.",
     ]
     lines += _data_notes(run, config, env.get("manifests", {}))
     lines.append("")
-    for task_name, task in report["tasks"].items():
+    for task_name, task in report.tasks.items():
         lines += _task_section(task_name, task)
         if figures_dir is not None:
             lines += _task_figure(config["name"], task_name, task, figures_dir)
     lines += selection_section(run, config)
-    for note in report.get("notes", []):
+    for note in report.notes:
         lines.append(f"> {note}")
         lines.append("")
     return "\n".join(lines)
@@ -147,15 +149,15 @@ def recommendation_section(runs: list[Path]) -> list[str]:
     correlation, whether the top pick was best, and its regret; a tie is reported as a tie."""
     rows = []
     for run in runs:
-        report = json.loads((run / "report.json").read_text())
-        outcome = (report.get("recommendation") or {}).get("outcome")
+        report = read_report(run / "report.json")
+        outcome = report.recommendation.outcome if report.recommendation else None
         rec_path = run / "similarity" / "recommendation.json"
         if not outcome or not rec_path.exists():
             continue
         record = json.loads(rec_path.read_text())
         name = yaml.safe_load((run / "config.yaml").read_text())["name"]
         tie = record.get("tie") or []
-        pick = f"tie: {', '.join(tie)}" if tie else outcome["recommended"]
+        pick = f"tie: {', '.join(tie)}" if tie else outcome.recommended
         rows.append((name, pick, outcome))
     if not rows:
         return []
@@ -170,8 +172,8 @@ def recommendation_section(runs: list[Path]) -> list[str]:
         def num(v):
             return "undefined" if v is None else f"{v:.3f}"
 
-        lines.append(f"| {name} | {pick} | {o['best_observed']} | {'yes' if o['top1_is_best'] else 'no'} | "
-                     f"{num(o.get('spearman'))} | {num(o.get('kendall'))} | {num(o.get('regret'))} |")
+        lines.append(f"| {name} | {pick} | {o.best_observed} | {'yes' if o.top1_is_best else 'no'} | "
+                     f"{num(o.spearman)} | {num(o.kendall)} | {num(o.regret)} |")
     return lines + [""]
 
 
@@ -230,20 +232,20 @@ def _evaluated_test_copies(run: Path, manifest: Manifest) -> str:
     return "; " + "; ".join(parts) + " (each group wholly inside the test split)" if parts else ""
 
 
-def _task_figure(pipeline: str, name: str, task: dict, figures_dir: Path) -> list[str]:
+def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path) -> list[str]:
     """A forest plot of the seed-mean headline metric per strategy and label fraction, beside the table."""
     from medtl.evaluation.figures import strategy_interval_figure
 
-    metric = "mae" if task["kind"] == "regression" else "auroc"
+    metric = "mae" if task.kind == "regression" else "auroc"
     rows = []
-    for s_name, s in task["strategies"].items():
-        for e in strategy_entries(s):
-            m = e["metrics"].get(metric) or {}
-            rows.append({"strategy": s_name, "label_fraction": e.get("label_fraction"), "value": m.get("value"),
-                         "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high")})
+    for s_name, s in task.strategies.items():
+        for e in s.entries():
+            m = e.metrics.get(metric) or Metric()
+            rows.append({"strategy": s_name, "label_fraction": e.label_fraction, "value": m.value,
+                         "ci_low": m.ci_low, "ci_high": m.ci_high})
     if not any(r["value"] is not None for r in rows):
         return []
-    label = "MAE (years)" if metric == "mae" else "AUROC" + (" (macro)" if task["kind"] == "multiclass" else "")
+    label = "MAE (years)" if metric == "mae" else "AUROC" + (" (macro)" if task.kind == "multiclass" else "")
     png = strategy_interval_figure(rows, label, f"{pipeline}: {name}", reference=None if metric == "mae" else 0.5)
     figures_dir.mkdir(parents=True, exist_ok=True)
     path = figures_dir / f"{pipeline}_{name}.png"
@@ -253,64 +255,64 @@ def _task_figure(pipeline: str, name: str, task: dict, figures_dir: Path) -> lis
             + ("; dotted line: chance (0.5)" if metric != "mae" else "") + ".*", ""]
 
 
-def _regression_metrics(strategy: dict) -> dict:
+def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:
     """A strategy's seed-level metrics; for runs that are all identical (the training-mean baseline, whose
     t-interval over seeds has zero width) the first run's bootstrap intervals over the test cases."""
-    runs = strategy.get("runs") or []
-    values = {json.dumps(r.get("metrics", {}).get("mae"), sort_keys=True) for r in runs}
-    return runs[0]["metrics"] if len(runs) > 1 and len(values) == 1 else strategy["metrics"]
+    runs = strategy.runs
+    values = {json.dumps(m.to_dict() if (m := r.metrics.get("mae")) else None, sort_keys=True) for r in runs}
+    return runs[0].metrics if len(runs) > 1 and len(values) == 1 else strategy.metrics
 
 
-def _against_training_mean(strategies: dict) -> list[str]:
+def _against_training_mean(strategies: dict[str, Strategy]) -> list[str]:
     """Each regression strategy's MAE against the trivial baseline that predicts the training mean."""
     base = _regression_metrics(strategies[TRAINING_MEAN]).get("mae") if TRAINING_MEAN in strategies else None
-    if not base or base.get("value") is None:
+    if not base or base.value is None:
         return []
     lines = [f"Compared with `{TRAINING_MEAN}` (every case predicted as the mean of the labelled training targets; "
-             f"MAE {base['value']:.2f}; strategies: seed-mean MAE, 95% intervals):", ""]
+             f"MAE {base.value:.2f}; strategies: seed-mean MAE, 95% intervals):", ""]
     for s_name, s in strategies.items():
         if s_name == TRAINING_MEAN:
             continue
-        m = s["metrics"].get("mae") or {}
-        if m.get("value") is None:
+        m = s.metrics.get("mae")
+        if m is None or m.value is None:
             continue
-        verdict = _lower_is_better_verdict(m, base)
-        lines.append(f"- `{s_name}`: MAE {m['value']:.2f} vs {base['value']:.2f} "
-                     f"({'below' if m['value'] < base['value'] else 'NOT below'} the baseline mean; {verdict})")
+        below = "below" if m.value < base.value else "NOT below"
+        lines.append(f"- `{s_name}`: MAE {m.value:.2f} vs {base.value:.2f} ({below} the baseline mean; "
+                     f"{_lower_is_better_verdict(m, base)})")
     return lines + [""]
 
 
-def _lower_is_better_verdict(a: dict, b: dict) -> str:
-    if None in (a.get("ci_low"), a.get("ci_high"), b.get("ci_low"), b.get("ci_high")):
+def _lower_is_better_verdict(a: Metric, b: Metric) -> str:
+    if None in (a.ci_low, a.ci_high, b.ci_low, b.ci_high):
         return "no interval"
-    if a["ci_high"] < b["ci_low"]:
+    if a.ci_high < b.ci_low:
         return "better than the baseline (intervals do not overlap)"
-    if a["ci_low"] > b["ci_high"]:
+    if a.ci_low > b.ci_high:
         return "worse than the baseline (intervals do not overlap)"
     return "inconclusive (intervals overlap)"
 
 
-def _task_section(name: str, task: dict) -> list[str]:
-    lines = [f"### Task `{name}` ({task['kind']}" + (f"; positive class {task.get('positive_class')})" if
-                                                    task.get("positive_class") else ")"), ""]
-    strategies = task["strategies"]
-    if task["kind"] == "regression":
+def _task_section(name: str, task: Task) -> list[str]:
+    lines = [f"### Task `{name}` ({task.kind}" + (f"; positive class {task.positive_class})" if
+                                                 task.positive_class else ")"), ""]
+    strategies = task.strategies
+    if task.kind == "regression":
         lines += ["| strategy | runs | MAE (years) | RMSE | R² | Pearson r |", "|---|---|---|---|---|---|"]
         for s_name, s in strategies.items():
             m = _regression_metrics(s)
-            lines.append(f"| {s_name} | {s.get('n_runs')} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
+            lines.append(f"| {s_name} | {s.n_runs} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")
         note = [f"`{TRAINING_MEAN}` predicts the same value in every seed (the labelled rows are the same), so its "
                 "interval is its runs' bootstrap interval over the test cases, not a t-interval over seeds.", ""]
         return lines + [""] + (note if TRAINING_MEAN in strategies else []) + _against_training_mean(strategies)
-    multiclass = task["kind"] == "multiclass"
+    multiclass = task.kind == "multiclass"
     head = "| strategy | label fraction | runs | n test | AUROC" + (" (macro)" if multiclass else "")
     head += " | balanced accuracy |" + ("" if multiclass else " sensitivity | specificity |")
     lines += [head, "|" + "---|" * (6 if multiclass else 8)]
     for s_name, s in strategies.items():
-        for e in strategy_entries(s):
-            m = e["metrics"]
-            row = (f"| {s_name} | {e.get('label_fraction')} | {e.get('n_runs')} | {e.get('n_test', s.get('n_test'))} | "
+        for e in s.entries():
+            m = e.metrics
+            row = (f"| {s_name} | {e.label_fraction} | {e.n_runs} | {e.n_test} | "
                    f"{_fmt(m.get('auroc'))} | {_fmt(m.get('balanced_accuracy'))} |")
             if not multiclass:
                 row += f" {_fmt(m.get('sensitivity'))} | {_fmt(m.get('specificity'))} |"
@@ -320,22 +322,22 @@ def _task_section(name: str, task: dict) -> list[str]:
     if base:
         lines += [f"Compared with the baseline `{base}` (seed-mean AUROC, 95% intervals; DeLong per seed on the same "
                   "test cases):", ""]
-        base_by_frac = {e.get("label_fraction"): e for e in strategy_entries(strategies[base])}
+        base_by_frac = {e.label_fraction: e for e in strategies[base].entries()}
         for s_name, s in strategies.items():
             if s_name == base:
                 continue
-            for e in strategy_entries(s):
-                b = base_by_frac.get(e.get("label_fraction"))
+            for e in s.entries():
+                b = base_by_frac.get(e.label_fraction)
                 if b is None:
                     continue
-                a_m, b_m = e["metrics"].get("auroc"), b["metrics"].get("auroc")
-                diff = (a_m["value"] - b_m["value"]) if a_m and b_m and None not in (a_m["value"], b_m["value"]) else None
-                pvals = [c["p_value"] for c in task.get("comparisons", [])
-                         if {c["strategy_a"], c["strategy_b"]} == {s_name, base}
-                         and c.get("label_fraction") == e.get("label_fraction") and c.get("p_value") is not None]
+                a_m, b_m = e.metrics.get("auroc"), b.metrics.get("auroc")
+                diff = (a_m.value - b_m.value) if a_m and b_m and None not in (a_m.value, b_m.value) else None
+                pvals = [c.p_value for c in task.comparisons
+                         if {c.strategy_a, c.strategy_b} == {s_name, base}
+                         and c.label_fraction == e.label_fraction and c.p_value is not None]
                 delong = (f"; DeLong p < 0.05 in {sum(p < 0.05 for p in pvals)} of {len(pvals)} seeds" if pvals else "")
-                lines.append(f"- `{s_name}` at fraction {e.get('label_fraction')}: "
-                             f"{_verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + delong)
+                lines.append(f"- `{s_name}` at fraction {e.label_fraction}: "
+                             f"{verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + delong)
         lines.append("")
     return lines
 

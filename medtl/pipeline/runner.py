@@ -46,7 +46,8 @@ from medtl.engine.trainer import fit, resolve_device, seed_everything
 from medtl.errors import MedtlError
 from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
 from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
-from medtl.evaluation.report import render_report
+from medtl.evaluation.report import Report, render_report
+from medtl.evaluation.report.schema import Recommendation
 from medtl.evaluation.thresholds import checkpoint_threshold
 from medtl.models import Head, encoder_for, task_for
 from medtl.models.checkpoint import update_checkpoint_meta
@@ -590,7 +591,7 @@ def stage_report(ctx: Context) -> dict:
         log_path = out / "metrics_log.csv"
         pd.DataFrame(logs).to_csv(log_path, index=False)
     settings = EvalSettings(n_boot=ctx.config.evaluation.bootstrap, threshold_rule=ctx.config.evaluation.threshold_rule)
-    report = evaluate_predictions(out / "predictions.csv", settings)  # the path is recorded as its source
+    report = Report.from_dict(evaluate_predictions(out / "predictions.csv", settings))  # the path: its source
     rec_path = out / "similarity" / "recommendation.json"
     if rec_path.exists():
         record = json.loads(rec_path.read_text())
@@ -598,14 +599,14 @@ def stage_report(ctx: Context) -> dict:
         if outcomes:
             by_key = {r["key"]: outcomes.get(r["strategy"]) for r in record["ranking"]}
             comparison = compare_outcome(record, {k: v for k, v in by_key.items() if v is not None})
-            report["recommendation"] = {"explanation": record["explanation"], "outcome": comparison}
-            report.setdefault("notes", []).append(
+            report.recommendation = Recommendation(explanation=record["explanation"], outcome=comparison)
+            report.notes.append(
                 ("Recommendation: tie between " + ", ".join(record["tie"]) if record.get("tie") else
                  f"Recommendation: {record['recommended']}") + f". Best observed ({_outcome_metric(ctx.config)} on the "
                 f"first task, largest label fraction, mean over seeds): {comparison['best_observed']}; "
                 f"top pick was best: {comparison['top1_is_best']}; regret {_rounded(comparison['regret'])}.")
     if ctx.config.unlabelled_target:
-        report.setdefault("notes", []).append(
+        report.notes.append(
             "Unsupervised adaptation: training saw no target label; each run's checkpoint was selected by the "
             f"selector `{ctx.config.train.selector}` (source_loss: the source validation loss). Target labels were "
             "used only in evaluation: the operating threshold of each run is picked on the labelled target "
@@ -624,24 +625,20 @@ def _outcome_metric(cfg: PipelineConfig) -> str:
     return "mae" if cfg.tasks[0].kind == "regression" else "auroc"
 
 
-def strategy_entries(strategy: dict) -> list[dict]:
-    """A report strategy's results per label fraction (one entry when a single fraction ran)."""
-    return strategy.get("by_label_fraction") or [strategy]
 
-
-def _outcomes(report: dict, cfg: PipelineConfig) -> dict[str, float]:
+def _outcomes(report: Report, cfg: PipelineConfig) -> dict[str, float]:
     """Mean test metric per strategy for the first task at the largest label fraction (higher = better)."""
-    task = report.get("tasks", {}).get(cfg.tasks[0].name, {})
+    task = report.tasks.get(cfg.tasks[0].name)
     metric = _outcome_metric(cfg)
     frac = max(cfg.label_fractions)
     found: dict[str, float] = {}
-    for name, strategy in task.get("strategies", {}).items():
-        for entry in strategy_entries(strategy):
-            if entry.get("label_fraction") not in (None, frac):
+    for name, strategy in (task.strategies if task else {}).items():
+        for entry in strategy.entries():
+            if entry.label_fraction not in (None, frac):
                 continue
-            value = (entry.get("metrics", {}).get(metric) or {}).get("value")
-            if value is not None:
-                found[name] = -value if metric == "mae" else value
+            m = entry.metrics.get(metric)
+            if m is not None and m.value is not None:
+                found[name] = -m.value if metric == "mae" else m.value
     return found
 
 

@@ -1,12 +1,13 @@
-from medtl.pipeline.results import _verdict, write_results
+from medtl.evaluation.report.schema import Metric
+from medtl.pipeline.results import verdict, write_results
 
 
 def test_verdict_rule():
-    a = {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95}
-    b = {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8}
-    assert _verdict(a, b) == "helped" and _verdict(b, a) == "did worse"
-    assert _verdict(a, {"value": 0.88, "ci_low": 0.8, "ci_high": 0.9}).startswith("inconclusive")
-    assert _verdict(a, {"value": None}) == "undefined"
+    a = Metric(value=0.9, ci_low=0.85, ci_high=0.95)
+    b = Metric(value=0.7, ci_low=0.6, ci_high=0.8)
+    assert verdict(a, b) == "helped" and verdict(b, a) == "did worse"
+    assert verdict(a, Metric(value=0.88, ci_low=0.8, ci_high=0.9)).startswith("inconclusive")
+    assert verdict(a, Metric(value=None)) == "undefined"
 
 
 def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):

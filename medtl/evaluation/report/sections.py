@@ -1,38 +1,22 @@
-"""Reports from one call: report.json (the numbers), report.md and a self-contained report.html.
+"""The report's sections: each reads the report dict (and the extras it is given) and adds blocks to a Document.
 
-``make_report(predictions, out_dir)`` evaluates a predictions table (evaluate.py) and renders it;
-``combine(inputs, out_dir)`` merges several predictions tables and report.json files into one
-comparison report. Rendering reads only the report dict (plus optional extras: a metrics log for
-learning curves, features for a domain embedding, Grad-CAM PNGs), so a report.json can always be
-re-rendered. Markdown and HTML are built from one block list, so they say the same things.
+``fig_list`` collects the figures a section adds ({file, caption}), recorded in report.json.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
-import html
 import json
-import re
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from medtl.errors import MedtlError
 from medtl.evaluation import figures as fig
-from medtl.evaluation.evaluate import (
-    CLASS_METRICS,
-    SCHEMA,
-    SCHEMA_VERSION,
-    EvalSettings,
-    _clean,
-    evaluate_predictions,
-    load_report,
-)
+from medtl.evaluation.embedding import Embedding
+from medtl.evaluation.evaluate import CLASS_METRICS
 from medtl.evaluation.metrics import DEFINITIONS
+from medtl.evaluation.report.document import Document, figure_name
 
 NAMES = {
     "auroc": "AUROC", "auprc": "AUPRC", "sensitivity": "Sensitivity", "specificity": "Specificity",
@@ -48,143 +32,6 @@ TABLES = {
     "regression": [("Regression", ("mae", "rmse", "r2", "pearson_r"))],
 }
 HEADLINE = {"binary": "auroc", "multiclass": "auroc", "regression": "mae"}
-
-
-# ----------------------------------------------------------------------------- a tiny document model
-
-
-class _Doc:
-    """Blocks rendered to both Markdown and HTML; figures are kept as PNG bytes."""
-
-    def __init__(self, level: str = "95%"):
-        self.level = level  # the CI level, for captions
-        self.blocks: list[tuple] = []
-        self.figures: dict[str, tuple[bytes, str]] = {}
-
-    def h(self, level: int, text: str):
-        self.blocks.append(("h", level, text))
-
-    def p(self, text: str):
-        self.blocks.append(("p", text))
-
-    def warn(self, text: str):
-        """A paragraph set apart (a quote in Markdown, a shaded box in HTML): what a reader must not miss."""
-        self.blocks.append(("warn", text))
-
-    def bullets(self, items: Sequence[str]):
-        if items:
-            self.blocks.append(("ul", list(items)))
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str | None = None):
-        self.blocks.append(("table", list(header), [list(map(str, r)) for r in rows], caption))
-
-    def figures_row(self, items: Sequence[tuple[str, bytes, str]]):
-        """``items``: (file name, PNG bytes, caption), shown side by side."""
-        names = []
-        for name, png, caption in items:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-            self.figures[name] = (png, caption)
-            names.append(name)
-        if names:
-            self.blocks.append(("figs", names))
-
-    def markdown(self) -> str:
-        out = []
-        for b in self.blocks:
-            if b[0] == "h":
-                out.append("#" * b[1] + " " + b[2])
-            elif b[0] == "p":
-                out.append(b[1])
-            elif b[0] == "warn":
-                out.append(f"> **Warning.** {b[1]}")
-            elif b[0] == "ul":
-                out.append("\n".join(f"- {i}" for i in b[1]))
-            elif b[0] == "table":
-                cell = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-                lines = ["| " + " | ".join(map(cell, b[1])) + " |", "|" + "---|" * len(b[1])]
-                lines += ["| " + " | ".join(map(cell, r)) + " |" for r in b[2]]
-                if b[3]:
-                    lines.append(f"\n*{b[3]}*")
-                out.append("\n".join(lines))
-            elif b[0] == "figs":
-                out.append("\n\n".join(f"![{self.figures[n][1]}](figures/{n})" for n in b[1]))
-        return "\n\n".join(out) + "\n"
-
-    def html(self, title: str) -> str:
-        e = html.escape
-        body = []
-        for b in self.blocks:
-            if b[0] == "h":  # an id per heading, so a section can be linked (report.html#learning-curves)
-                slug = re.sub(r"[^a-z0-9]+", "-", b[2].lower()).strip("-")
-                body.append(f'<h{b[1]} id="{slug}">{e(b[2])}</h{b[1]}>')
-            elif b[0] == "p":
-                body.append(f"<p>{_inline(b[1])}</p>")
-            elif b[0] == "warn":
-                body.append(f'<p class="warn"><b>Warning.</b> {_inline(b[1])}</p>')
-            elif b[0] == "ul":
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
-            elif b[0] == "table":
-                head = "".join(f"<th>{e(h)}</th>" for h in b[1])
-                rows = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b[2])
-                cap = f"<caption>{_inline(b[3])}</caption>" if b[3] else ""
-                body.append(f'<div class="tw"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
-            elif b[0] == "figs":
-                figs = []
-                for n in b[1]:
-                    png, caption = self.figures[n]
-                    data = base64.b64encode(png).decode("ascii")
-                    figs.append(f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
-                                f"<figcaption>{e(caption)}</figcaption></figure>")  # fmt: skip
-                body.append('<div class="figs">' + "".join(figs) + "</div>")
-        return _HTML.format(title=e(title), body="\n".join(body))
-
-
-WRAP_AT = 40  # characters: longer cells (notes, reasons) wrap, so no table is wider than the page
-
-
-def _td(text: str) -> str:
-    return f'<td class="wrap">{_cell(text)}</td>' if len(text) > WRAP_AT else f"<td>{_cell(text)}</td>"
-
-
-def _cell(text: str) -> str:
-    first, _, second = html.escape(text).partition("\n")
-    return f'{first}<br><span class="ci">{second}</span>' if second else first
-
-
-def _inline(text: str) -> str:
-    """Escape, then turn Markdown `code` and **bold** into HTML."""
-    t = html.escape(text)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
-
-
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1180px;
-       padding: 0 1.5em; color: #1d2430; line-height: 1.45; }}
-h1 {{ border-bottom: 2px solid #2a6ebb; padding-bottom: .2em; }}
-h2 {{ border-bottom: 1px solid #ccd; padding-bottom: .15em; margin-top: 1.8em; }}
-.tw {{ overflow-x: auto; margin: .8em 0 1.2em; }}
-table {{ border-collapse: collapse; font-size: 13px; }}
-caption {{ caption-side: bottom; text-align: left; font-size: 12px; color: #556; padding-top: .4em; }}
-th, td {{ border: 1px solid #ccd3de; padding: 4px 8px; text-align: left; white-space: nowrap; }}
-th {{ background: #eef2f8; }}
-td.wrap {{ white-space: normal; min-width: 14em; max-width: 28em; }}
-.warn {{ background: #fff4e0; border-left: 4px solid #e08a00; padding: .4em .8em; }}
-@media print {{ .tw {{ overflow: visible; }} }}
-tbody tr:nth-child(even) {{ background: #f8f9fc; }}
-.figs {{ display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }}
-figure {{ margin: 0; display: table; }}
-figure img {{ max-width: 100%; border: 1px solid #e3e6ec; }}
-figcaption {{ display: table-caption; caption-side: bottom; font-size: 12px; color: #556; padding-top: .3em; }}
-.ci {{ color: #5a6472; font-size: 11.5px; }}
-code {{ background: #f1f3f7; padding: 0 3px; border-radius: 3px; }}
-</style></head>
-<body>
-{body}
-</body></html>
-"""
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -235,7 +82,7 @@ def _rep_run(entry: dict) -> dict:
 # ----------------------------------------------------------------------------- sections
 
 
-def _task_section(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
+def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> None:
     kind = t["kind"]
     desc = kind if kind == "regression" else f"{kind}; classes {', '.join(t['classes'])}"
     if t.get("positive_class"):
@@ -291,7 +138,7 @@ def _task_section(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
     _task_figures(doc, name, t, fig_list)
 
 
-def _per_class_table(doc: _Doc, strategies: dict) -> None:
+def _per_class_table(doc: Document, strategies: dict) -> None:
     doc.h(3, "Per class (one-vs-rest)")
     foot: list[str] = []
     rows = []
@@ -304,7 +151,7 @@ def _per_class_table(doc: _Doc, strategies: dict) -> None:
         doc.bullets([f"[{i + 1}] {f}" for i, f in enumerate(foot)])
 
 
-def _calibration_table(doc: _Doc, strategies: dict) -> None:
+def _calibration_table(doc: Document, strategies: dict) -> None:
     rows = []
     for s, e in strategies.items():
         r = _rep_run(e)
@@ -323,7 +170,7 @@ def _calibration_table(doc: _Doc, strategies: dict) -> None:
                  "resampling when bins hold few cases" if star else ""))  # fmt: skip
 
 
-def _runs_table(doc: _Doc, strategies: dict, kind: str) -> None:
+def _runs_table(doc: Document, strategies: dict, kind: str) -> None:
     if all(len(e["runs"]) == 1 for e in strategies.values()):
         return
     m = HEADLINE[kind]
@@ -342,7 +189,7 @@ def _runs_table(doc: _Doc, strategies: dict, kind: str) -> None:
               f"Each run with its own bootstrap interval{more}")  # fmt: skip
 
 
-def _fraction_section(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
+def _fraction_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> None:
     with_fractions = {s: e for s, e in t["strategies"].items() if e.get("by_label_fraction")}
     if not with_fractions:
         return
@@ -363,11 +210,11 @@ def _fraction_section(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> No
     doc.h(3, "Label-fraction curve")
     doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows)
     png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction")
-    _add_figs(doc, fig_list, [(f"{name}_label_fraction.png", png, f"{name}: {NAMES[m]} against the fraction of "
+    add_figures(doc, fig_list, [(f"{name}_label_fraction.png", png, f"{name}: {NAMES[m]} against the fraction of "
                                 "target labels used (band: CI over seeds, or bootstrap CI for single runs)")])  # fmt: skip
 
 
-def _comparisons(doc: _Doc, t: dict) -> None:
+def _comparisons(doc: Document, t: dict) -> None:
     if not t["comparisons"]:
         return
     rows, hidden = [], 0
@@ -394,12 +241,12 @@ def _comparisons(doc: _Doc, t: dict) -> None:
               + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else ""))  # fmt: skip
 
 
-def _add_figs(doc: _Doc, fig_list: list[dict], items):
+def add_figures(doc: Document, fig_list: list[dict], items):
     doc.figures_row(items)
-    fig_list.extend({"file": f"figures/{re.sub(r'[^A-Za-z0-9_.-]+', '_', n)}", "caption": c} for n, _, c in items)
+    fig_list.extend({"file": f"figures/{figure_name(n)}", "caption": c} for n, _, c in items)
 
 
-def _task_figures(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
+def _task_figures(doc: Document, name: str, t: dict, fig_list: list[dict]) -> None:
     strategies = t["strategies"]
     reps = {s: _rep_run(e) for s, e in strategies.items()}
     note = "representative run per strategy (largest label fraction, first seed)"
@@ -407,7 +254,7 @@ def _task_figures(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
     if t["kind"] == "regression":
         png = fig.scatter_figure([{"label": s, "points": r["scatter"], "mae": r["metrics"]["mae"]}
                                   for s, r in reps.items()], f"{name}: predicted vs true")  # fmt: skip
-        _add_figs(doc, fig_list, [(f"{name}_scatter.png", png, f"{name}: predicted against true ({note})")])
+        add_figures(doc, fig_list, [(f"{name}_scatter.png", png, f"{name}: predicted against true ({note})")])
         return
     items = []
     if t["kind"] == "binary":
@@ -442,14 +289,14 @@ def _task_figures(doc: _Doc, name: str, t: dict, fig_list: list[dict]) -> None:
     thr = "at the validation-chosen threshold" if t["kind"] == "binary" else "argmax"
     items.append((f"{name}_confusion.png", fig.confusion_figure(cms, f"{name}: confusion matrices (test)"),
                   f"Confusion matrices on test, {thr}; colour: fraction of the true class"))  # fmt: skip
-    _add_figs(doc, fig_list, items)
+    add_figures(doc, fig_list, items)
 
 
 def _rep_metrics(entry: dict, run: dict) -> dict:
     return run.get("per_class") or entry.get("per_class") or {}
 
 
-def _methods(doc: _Doc, report: dict) -> None:
+def methods_section(doc: Document, report: dict) -> None:
     st = report["settings"]
     kinds = {t["kind"] for t in report["tasks"].values()}
     doc.h(2, "Methods")
@@ -498,7 +345,7 @@ def _methods(doc: _Doc, report: dict) -> None:
           "no positive calls, ...) is reported as undefined with the reason (null in report.json), never as a number.")
 
 
-def _learning_curves(doc: _Doc, metrics_log, fig_list: list[dict]) -> dict:
+def learning_curves(doc: Document, metrics_log, fig_list: list[dict]) -> dict:
     path = Path(metrics_log)
     try:
         if path.suffix.lower() == ".csv":
@@ -530,7 +377,7 @@ def _learning_curves(doc: _Doc, metrics_log, fig_list: list[dict]) -> dict:
                + (f", coloured by {colour}" if colour else "")
                + ". By default medtl's trainer keeps the epoch with the lowest validation loss (training loss "
                "without a validation split); linear probes are fitted, not trained by epoch, and have no curve")
-    _add_figs(doc, fig_list, [("learning_curves.png", png, caption)])
+    add_figures(doc, fig_list, [("learning_curves.png", png, caption)])
     return {"source": str(path), "x": x, "metrics": metrics, "by": by, "colour": colour}
 
 
@@ -540,62 +387,15 @@ CURVES = {"train_loss": "training loss", "val_loss": "validation loss", "val_aur
 LOSSES = ("train_loss", "val_loss")
 
 
-def _read_features(features) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(features, (tuple, list)) and len(features) == 2:
-        return np.asarray(features[0], dtype=float), np.asarray(features[1]).astype(str)
-    if isinstance(features, dict):
-        return np.asarray(features["features"], dtype=float), np.asarray(features["domain"]).astype(str)
-    path = Path(features)
-    if not path.exists():
-        raise MedtlError("features file not found", path)
-    if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            if "features" not in z or "domain" not in z:
-                raise MedtlError("a features .npz needs arrays 'features' (n, d) and 'domain' (n,)", path)
-            return z["features"].astype(float), z["domain"].astype(str)
-    df = pd.read_csv(path)
-    if "domain" not in df:
-        raise MedtlError("a features CSV needs a 'domain' column and numeric feature columns", path)
-    num = df.drop(columns=["domain"]).select_dtypes("number")
-    return num.to_numpy(float), df["domain"].astype(str).to_numpy()
-
-
-def _embedding(doc: _Doc, features, method: str, seed: int, fig_list: list[dict]) -> dict:
-    X, dom = _read_features(features)
-    if X.ndim != 2 or len(X) != len(dom) or len(X) < 3:
-        raise MedtlError(f"features must be (n, d) with one domain per row, n >= 3; got {X.shape}, {len(dom)}",
-                         "features")  # fmt: skip
-    if not np.isfinite(X).all():
-        raise MedtlError("features contain NaN or infinite values", "features")
-    rng = np.random.default_rng(seed)
-    if method == "tsne" and len(X) > 2000:  # t-SNE is quadratic: a seeded subsample keeps it quick
-        keep = np.sort(rng.permutation(len(X))[:2000])
-        X, dom = X[keep], dom[keep]
-    X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-12)
-    info = {"method": method, "n": int(len(X)), "dim": int(X.shape[1]),
-            "domains": {d: int((dom == d).sum()) for d in sorted(set(dom))}}  # fmt: skip
-    if method == "pca":
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=2, random_state=seed)
-        xy = pca.fit_transform(X)
-        info["explained_variance_ratio"] = [float(v) for v in pca.explained_variance_ratio_]
-        extra = f"; PC1/PC2 explain {info['explained_variance_ratio'][0]:.0%}/{info['explained_variance_ratio'][1]:.0%}"
-    elif method == "tsne":
-        from sklearn.manifold import TSNE
-
-        xy = TSNE(n_components=2, perplexity=min(30.0, (len(X) - 1) / 3), random_state=seed, init="pca").fit_transform(X)
-        extra = ""
-    else:
-        raise MedtlError(f"unknown embedding {method!r}: use pca or tsne", "embedding")
+def embedding_section(doc: Document, emb: Embedding, fig_list: list[dict]) -> dict:
+    """The domain embedding computed by evaluation.embedding; what report.json records of it."""
     doc.h(2, "Feature embedding")
-    title = f"{method.upper()} of standardised features"
-    _add_figs(doc, fig_list, [("embedding.png", fig.embedding_figure(xy, dom, title),
-                               f"{title}, coloured by domain (n = {len(X)}){extra}")])  # fmt: skip
-    return info
+    add_figures(doc, fig_list, [("embedding.png", fig.embedding_figure(emb.xy, emb.domains, emb.title),
+                                 f"{emb.title}, coloured by domain (n = {len(emb.xy)}){emb.detail}")])  # fmt: skip
+    return emb.info
 
 
-def _gradcam(doc: _Doc, pngs, fig_list: list[dict]) -> tuple[list[str], list[dict]]:
+def gradcam_section(doc: Document, pngs, fig_list: list[dict]) -> tuple[list[str], list[dict]]:
     # PNG overlays, plus any deletion-test JSON (explain.save_deletion_test) whose number is printed
     # with them: a map is only worth showing with evidence that it marks what the model uses.
     items, tests = [], []
@@ -621,7 +421,7 @@ def _gradcam(doc: _Doc, pngs, fig_list: list[dict]) -> tuple[list[str], list[dic
     else:
         doc.p("No deletion test was given with these maps, so nothing here shows that they mark what the model "
               "uses (explain.deletion_test measures it).")  # fmt: skip
-    _add_figs(doc, fig_list, items)
+    add_figures(doc, fig_list, items)
     faith = [{"file": str(p), **{k: t[k] for k in ("n", "fraction", "control", "fill", "class_idx", "level",
                                                    "drop_top", "drop_random", "difference", "top_larger")}}
              for p, t in tests]  # fmt: skip
@@ -636,7 +436,7 @@ SMALL_TEST_N = 50
 SMALL_TEST_POSITIVES = 10
 
 
-def _what_was_run(doc: _Doc, report: dict, out: Path) -> dict:
+def what_was_run(doc: Document, report: dict, out: Path) -> dict:
     """The report's opening: the data (and whether it is synthetic), source -> target, encoder, epochs and
     image size from the run folder's config.yaml (a pipeline run), then each task's test set, with a
     warning when it is too small for the intervals to mean much."""
@@ -710,139 +510,3 @@ def _small_test_warning(name: str, t: dict, n: int, few: tuple[str, int] | None)
     return (f"The test set of task {name} is small (n = {n}{counted}; below {SMALL_TEST_N} cases or "
             f"{SMALL_TEST_POSITIVES} of a class the intervals are wide{spread}). Differences between strategies "
             "are not resolved by this test set: read the ranking as unsettled.")
-
-
-# ----------------------------------------------------------------------------- public API
-
-
-def render_report(
-    report: dict,
-    out_dir: str | Path,
-    *,
-    metrics_log: str | Path | None = None,
-    features=None,
-    embedding: str = "pca",
-    gradcam: Sequence[str | Path] | None = None,
-    title: str = "medtl evaluation report",
-) -> dict[str, Path]:
-    """Write report.json, report.md, report.html and figures/*.png for a report dict into ``out_dir``.
-
-    ``metrics_log``: CSV or JSON-lines training log (learning curves); ``features``: ``.npz`` with
-    ``features`` and ``domain`` arrays, a CSV with a ``domain`` column, or ``(array, domains)``;
-    ``gradcam``: PNG files (e.g. from explain.save_gradcam). Returns the paths written.
-    """
-    report = copy.deepcopy(report)
-    out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    doc = _Doc(level=f"{report['settings'].get('level', 0.95):.0%}")
-    fig_list: list[dict] = []
-    extras: dict = {}
-    doc.h(1, title)
-    doc.p(f"Created {report.get('created', '')} by medtl {report.get('medtl_version', '')} from "
-          + ", ".join(f"`{s}`" for s in report.get("sources", [])) + ".")  # fmt: skip
-    extras["what_was_run"] = _what_was_run(doc, report, out)
-    if report.get("notes"):
-        doc.p("**Notes**")
-        doc.bullets(report["notes"])
-    for name, t in report["tasks"].items():
-        _task_section(doc, name, t, fig_list)
-    if metrics_log is not None:
-        extras["learning_curves"] = _learning_curves(doc, metrics_log, fig_list)
-    if features is not None:
-        extras["embedding"] = _embedding(doc, features, embedding, report["settings"].get("seed", 0), fig_list)
-    if gradcam:
-        extras["gradcam"], faithfulness = _gradcam(doc, gradcam, fig_list)
-        if faithfulness:
-            extras["gradcam_faithfulness"] = faithfulness
-    _methods(doc, report)
-
-    for name, (png, _) in doc.figures.items():
-        (out / "figures" / name).write_bytes(png)
-    report["figures"] = fig_list
-    report["extras"] = extras
-    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html",
-             "figures": out / "figures"}  # fmt: skip
-    paths["json"].write_text(_dumps(_clean(report)))
-    paths["md"].write_text(doc.markdown())
-    paths["html"].write_text(doc.html(title))
-    return paths
-
-
-def _dumps(obj) -> str:
-    """Indented JSON with flat lists of numbers kept on one line (curves would take thousands of lines)."""
-    text = json.dumps(obj, indent=1, ensure_ascii=False)
-    flat = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false)(?:,\s*(?:-?[\d.eE+-]+|null|true|false))*)\s*\]")
-    return flat.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n"
-
-
-def make_report(
-    predictions,
-    out_dir: str | Path,
-    *,
-    settings: EvalSettings | None = None,
-    metrics_log=None,
-    features=None,
-    embedding: str = "pca",
-    gradcam=None,
-    **settings_kwargs,
-) -> dict[str, Path]:
-    """Evaluate a predictions table (DataFrame, path, or list) and write the full report; one call."""
-    report = evaluate_predictions(predictions, settings, **settings_kwargs)
-    return render_report(report, out_dir, metrics_log=metrics_log, features=features, embedding=embedding,
-                         gradcam=gradcam)  # fmt: skip
-
-
-def combine_reports(reports: Sequence[dict]) -> dict:
-    """Merge report dicts into one: tasks joined, clashing strategy names suffixed with their source."""
-    if not reports:
-        raise MedtlError("no reports to combine", "reports")
-    out = copy.deepcopy(reports[0])
-    out["sources"], out["notes"] = list(out.get("sources", [])), list(out.get("notes", []))
-    for rep in reports[1:]:
-        src = Path((rep.get("sources") or ["report"])[0]).stem
-        out["sources"] += rep.get("sources", [])
-        out["notes"] += [n for n in rep.get("notes", []) if n not in out["notes"]]
-        if {k: v for k, v in rep["settings"].items()} != out["settings"]:
-            out["notes"].append(f"{src}: evaluated with different settings ({rep['settings']['ci_method']}; "
-                                f"threshold rule {rep['settings']['threshold_rule']})")  # fmt: skip
-        for name, t in rep["tasks"].items():
-            if name not in out["tasks"]:
-                out["tasks"][name] = copy.deepcopy(t)
-                continue
-            mine = out["tasks"][name]
-            if (mine["kind"], mine["classes"]) != (t["kind"], t["classes"]):
-                raise MedtlError(f"task {name!r} has kind/classes {mine['kind']} {mine['classes']} in one input and "
-                                 f"{t['kind']} {t['classes']} in another", src)  # fmt: skip
-            for s, e in t["strategies"].items():
-                key = s if s not in mine["strategies"] else f"{s} [{src}]"
-                mine["strategies"][key] = copy.deepcopy(e)
-            mine["comparisons"] += copy.deepcopy(t["comparisons"])
-            mine["notes"] += [n for n in t.get("notes", []) if n not in mine["notes"]]
-    if len(reports) > 1:
-        out["notes"].append("DeLong comparisons need predictions on the same cases: comparisons across separate "
-                            "report.json inputs are not made; pass prediction files to compare them")  # fmt: skip
-    out.pop("figures", None)
-    out.pop("extras", None)
-    return out
-
-
-def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | None = None, **kwargs) -> dict[str, Path]:
-    """``medtl report``: predictions tables (evaluated together, so DeLong compares them) and report.json files
-    merged into one comparison report. ``kwargs``: EvalSettings fields and render_report extras."""
-    extras = {k: kwargs.pop(k) for k in ("metrics_log", "features", "embedding", "gradcam") if k in kwargs}
-    preds, reports = [], []
-    for item in inputs:
-        if isinstance(item, dict):
-            reports.append(item)
-        elif isinstance(item, pd.DataFrame) or Path(item).suffix.lower() in (".csv", ".parquet", ".pq"):
-            preds.append(item)
-        elif Path(item).suffix.lower() == ".json":
-            reports.append(load_report(item))
-        else:
-            raise MedtlError("inputs must be predictions (.csv, .parquet) or report.json files", item)
-    if preds:
-        reports.insert(0, evaluate_predictions(preds, settings, **kwargs))
-    return render_report(combine_reports(reports), out_dir, title="medtl comparison report", **extras)
-
-
-__all__ = ["EvalSettings", "SCHEMA", "SCHEMA_VERSION", "combine", "combine_reports", "make_report", "render_report"]

@@ -1,4 +1,5 @@
-"""Reports end to end: report.json layout, threshold discipline, undefined values, extras and the CLI."""
+"""render_report / make_report end to end: report.json layout, threshold discipline, undefined values,
+extras and the CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from medtl.evaluation.delong import delong_test
 from medtl.evaluation.evaluate import evaluate_predictions, load_report
 from medtl.evaluation.metrics import BINARY_METRICS, classification_metrics
 from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
-from medtl.evaluation.report import combine, make_report, render_report
+from medtl.evaluation.report import make_report, render_report
 from medtl.evaluation.synthetic import synthetic_predictions
 from medtl.evaluation.thresholds import choose_threshold
 
@@ -184,20 +185,6 @@ def test_cli_evaluate_and_report(tmp_path, binary_table, capsys):
     assert "do not sum to 1" in capsys.readouterr().err
 
 
-def test_combining_prediction_files_compares_strategies(tmp_path, binary_table):
-    paths = combine([binary_table[binary_table["strategy"] == s] for s in ("scratch", "finetune")], tmp_path, **FAST)
-    rep = json.loads(paths["json"].read_text())
-    assert len(rep["tasks"]["tumor"]["comparisons"]) == 2
-
-
-def test_combining_reports_renames_clashing_strategies(tmp_path, binary_table):
-    one = evaluate_predictions(binary_table[binary_table["seed"] == 0], **FAST)
-    two = evaluate_predictions(binary_table[binary_table["seed"] == 1], **FAST)
-    two["sources"] = ["second.csv"]
-    rep = json.loads(combine([one, two], tmp_path)["json"].read_text())
-    assert set(rep["tasks"]["tumor"]["strategies"]) == {"scratch", "finetune", "scratch [second]", "finetune [second]"}
-
-
 def test_class_absent_from_test_is_explained_per_class(tmp_path, multiclass_table):
     df = multiclass_table[~((multiclass_table["split"] == "test") & (multiclass_table["label"] == "none"))]
     paths = make_report(df, tmp_path, **FAST)
@@ -208,27 +195,6 @@ def test_class_absent_from_test_is_explained_per_class(tmp_path, multiclass_tabl
     assert entry["per_class"]["glioma"]["auroc"]["value"] is not None
     md = paths["md"].read_text()
     assert "undefined [1]" in md and "no 'none' cases in the test set" in md
-
-
-def test_learning_curves_one_line_per_run_coloured_by_strategy(tmp_path):
-    from medtl.evaluation import report as report_module
-
-    rows = []
-    for strategy in ("dann", "scratch"):
-        for seed in (0, 1):
-            for epoch in range(3):
-                rows.append({"epoch": epoch, "train_loss": 1.0 / (epoch + 1 + seed), "unused_term": 0.0,
-                             "best": epoch == 2, "seconds": 3.0 + epoch, "run_id": f"t/frac1/{strategy}/seed{seed}",
-                             "strategy": strategy})
-    log = tmp_path / "metrics_log.csv"
-    pd.DataFrame(rows).to_csv(log, index=False)
-    doc, figs = report_module._Doc(), []
-    info = report_module._learning_curves(doc, log, figs)
-    # a constant term, a flag and wall time are not curves; each run is its own line, coloured by strategy
-    assert info["metrics"] == ["train_loss"]
-    assert info["by"] == "run_id" and info["colour"] == "strategy"
-    png = doc.figures["learning_curves.png"][0]
-    assert png.startswith(b"\x89PNG")
 
 
 def test_report_opens_with_what_was_run_and_warns_on_a_small_test_set(tmp_path):
@@ -266,29 +232,9 @@ def test_no_run_config_and_a_large_test_set_give_test_lines_and_no_warning(tmp_p
     assert "**Test set:** n = " in head and "Warning" not in head and "**Data:**" not in head
 
 
-def test_learning_curves_show_loss_and_one_validation_metric_by_name(tmp_path):
-    from medtl.evaluation import report as report_module
-
-    rows = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "val_auroc": 0.6 + e / 20,
-             "val_accuracy": 0.5 + e / 20, "train_align": 0.1 * e, "train_grl_coeff": e / 3, "lr": 0.1 / (e + 1)}
-            for e in range(4)]
-    log = tmp_path / "log.csv"
-    pd.DataFrame(rows).to_csv(log, index=False)
-    doc, figs = report_module._Doc(), []
-    info = report_module._learning_curves(doc, log, figs)
-    assert info["metrics"] == ["train_loss", "val_loss", "val_auroc"]  # not the nine raw log keys
-    assert figs[0]["caption"].startswith("Training loss, validation loss, validation AUROC against epoch")
-    pd.DataFrame([{"epoch": 0, "lr": 0.1}, {"epoch": 1, "lr": 0.2}]).to_csv(log, index=False)
-    with pytest.raises(Exception, match="none of the columns train_loss"):
-        report_module._learning_curves(report_module._Doc(), log, [])
-
-
 def test_delong_table_fits_the_page(full_report):
     paths, rep = full_report
     md = paths["md"].read_text()
     table = md[md.index("### Pairwise comparison (DeLong)"):].split("\n\n")[1]
     assert table.splitlines()[0] == "| A | B | Seed | AUROC A vs B | Difference ± SE | p |"  # no run ids, no empty Note
     assert rep["tasks"]["tumor"]["comparisons"][0]["run_a"]  # the run ids stay in report.json
-    from medtl.evaluation.report import _td
-
-    assert _td("short") == "<td>short</td>" and _td("x" * 60).startswith('<td class="wrap">')
