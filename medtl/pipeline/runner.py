@@ -36,6 +36,7 @@ from medtl.data.manifest import Manifest, stratified_sample
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, load_pipeline
+from medtl.plain import plain
 from medtl.progress import bar, format_seconds, logs_above_bars
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def check_before_run(ctx: Context) -> None:
     manifests and their files, strategy names and hyper-parameters, task columns, label sets and lifts."""
     from medtl.data.check import wrong_root_hint
     from medtl.pipeline.config import closest
-    from medtl.strategies.base import STRATEGIES, get_strategy
+    from medtl.strategies.registry import STRATEGIES, get_strategy
 
     cfg, where = ctx.config, ctx.config_path
     if ctx.out.exists() and not ctx.out.is_dir():
@@ -419,7 +420,7 @@ def stage_similarity(ctx: Context) -> dict:
     weights = {"logme": 1.0, "h_score": 0.5, "proxy_a_distance": 0.25, "strategy_prior": 1.0}
     record = recommend({"n_labelled": n_labelled, "shared_labels": not _heterogeneous(ctx)}, candidates,
                        weights=weights, higher_is_better={"strategy_prior": True})
-    (out / "similarity.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
     (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(record["explanation"])
     return {"recommended": record["recommended"]}
@@ -457,10 +458,6 @@ def _flat_scores(result: dict) -> dict[str, float]:
             if isinstance(value, (int, float)) and value is not None and np.isfinite(value):
                 flat[k] = float(value)
     return flat
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def _heterogeneous(ctx: Context) -> bool:
@@ -506,7 +503,7 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     from medtl.engine.trainer import fit, resolve_device, seed_everything
     from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
     from medtl.models.heads import Head
-    from medtl.strategies import get_strategy
+    from medtl.strategies.registry import get_strategy
 
     cfg = ctx.config
     seed_everything(seed)
@@ -775,12 +772,14 @@ STAGE_FUNCS = {"prepare": stage_prepare, "pretrain": stage_pretrain, "similarity
 def _same_but_new_defaults(stored: Any, full: Any, minimal: Any) -> bool:
     """An older run folder's recorded payload (every value, as recorded before) equals this config's ``full``
     payload, except for keys the older medtl did not have, which must be at their defaults (absent from
-    ``minimal``, the payload without defaults)."""
+    ``minimal``, the payload without defaults), and keys this medtl no longer has, which must have held
+    nothing (``similarity.compare: []``)."""
     if isinstance(stored, dict) and isinstance(full, dict):
         minimal = minimal if isinstance(minimal, dict) else {}
-        if any(k in minimal for k in set(full) - set(stored)) or set(stored) - set(full):
+        removed = set(stored) - set(full)
+        if any(k in minimal for k in set(full) - set(stored)) or any(stored[k] not in (None, [], {}) for k in removed):
             return False
-        return all(_same_but_new_defaults(stored[k], full[k], minimal.get(k)) for k in stored)
+        return all(_same_but_new_defaults(stored[k], full[k], minimal.get(k)) for k in stored if k not in removed)
     if isinstance(stored, list) and isinstance(full, list):
         minimal = minimal if isinstance(minimal, list) and len(minimal) == len(full) else [None] * len(full)
         return len(stored) == len(full) and all(map(_same_but_new_defaults, stored, full, minimal))
@@ -842,7 +841,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
                 print(f"[{stage}] running" + (f" (resumed; {format_seconds(before)} spent before)" if before else ""))
                 info = STAGE_FUNCS[stage](ctx)
                 seconds = time.perf_counter() - started
-                book.finish(stage, payload, seconds=round(before + seconds, 1), **_jsonable(info))
+                book.finish(stage, payload, seconds=round(before + seconds, 1), **plain(info, stage))
                 print(f"[{stage}] done in {format_seconds(seconds)}")
     finally:
         _INNER_BARS = True

@@ -39,7 +39,7 @@ def candidate_key(c: Mapping[str, Any]) -> str:
 
 
 def _strategy_class(name: str):
-    from medtl.strategies.base import get_strategy
+    from medtl.strategies.registry import get_strategy
 
     try:
         return get_strategy(name)
