@@ -21,12 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def make_demo_data(out: Path, seed: int = 0, n_source: int = 120, n_target: int = 100) -> dict[str, Path]:
-    """Synthetic chest-X-ray-like source and brain-MRI-like 2D/3D targets, with their manifests."""
+    """Synthetic chest-X-ray-like source and brain-MRI-like 2D target, with their manifests."""
     data = out / "data"
     sources = {
         "cxr_synthetic": ("cxr", n_source, 0.0, 64),
         "mri2d_synthetic": ("mri2d", n_target, 0.6, 64),
-        "mri3d_synthetic": ("mri3d", n_target // 2, 0.6, 24),
     }
     manifests = {}
     for offset, (name, (kind, n, shift, size)) in enumerate(sources.items()):

@@ -1,7 +1,8 @@
-"""Where data lives: one configurable data root, and paths that never escape it."""
+"""Where data lives: one configurable data root, paths that never escape it, and a file's content hash."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
@@ -45,3 +46,12 @@ def is_inside(path: str | Path, root: str | Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

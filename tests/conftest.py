@@ -1,4 +1,5 @@
-"""Shared test fixtures: the real-data root, and a guard that real-data tests never skip silently.
+"""Shared test fixtures: the real-data root, a guard that real-data tests never skip silently, and a
+tiny synthetic pipeline (``tiny`` data folder, ``make_config`` for its YAML) for the pipeline and CLI tests.
 
 Tests that need ``../shared/data`` take the ``data_root`` fixture. It skips only when the folder is
 absent; when MEDTL_REQUIRE_DATA=1 (set by .ci/run) a missing root is an error instead of a skip.
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from medtl.data.build import build_manifest
+from medtl.data.synthetic import write_synthetic_source
 from medtl.paths import default_data_root
 
 
@@ -46,6 +49,48 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def manifests_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "data_manifests"
+
+
+TINY_PIPELINE = """\
+name: tiny
+seeds: [0]
+source: {manifest: manifests/src.csv, image_size: 32}
+pretrain: {epochs: 1, batch_size: 8}
+target: {manifest: manifests/tgt.csv, image_size: 32}
+tasks: [{name: tumor}]
+encoder: {arch: resnet10}
+train: {epochs: EPOCHS, batch_size: 8, patience: null, device: cpu}
+strategies: [feature_extraction, full, dann]
+label_fractions: [0.5, 1.0]
+similarity: {max_images: 20}
+evaluation: {bootstrap: 50}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A folder with a tiny synthetic source (chest-X-ray-like) and target (brain-MRI-like), 30 images each."""
+    root = tmp_path_factory.mktemp("pipe")
+    data = root / "data"
+    for name, kind, seed in (("src", "cxr", 0), ("tgt", "mri2d", 1)):
+        raw = write_synthetic_source(data / name, kind, 30, seed=seed, shift=0.5 * seed, size=32)
+        build_manifest(raw, data, seed=0, group_near_copies=False).save(root / "manifests" / f"{name}.csv")
+    return root
+
+
+def _config(tiny, epochs=1, name="p.yaml"):
+    """Write the tiny pipeline's YAML into ``tiny`` (its paths are relative to that folder)."""
+    path = tiny / name
+    path.write_text(TINY_PIPELINE.replace("EPOCHS", str(epochs)))
+    return path
+
+
+_config.config = TINY_PIPELINE  # the raw text, EPOCHS not yet replaced
+
+
+@pytest.fixture(scope="session")
+def make_config():
+    return _config
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -20,7 +20,7 @@ TARGET = 1.05  # trainer time per step at most 5% above the plain loop's
 def run(s: Settings) -> list[Row]:
     from medtl.engine import fit
     from medtl.models import Head, build_encoder
-    from medtl.strategies import get_strategy
+    from medtl.strategies.registry import get_strategy
 
     arch, size, batch, steps, epochs = ("resnet10", 32, 4, 2, 2) if s.smoke else ("resnet18", 128, 16, 10, 2)
     dev = s.dev

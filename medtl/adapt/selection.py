@@ -1,7 +1,8 @@
 """Choosing a checkpoint without target labels.
 
-Pure functions on arrays (probabilities ``(N, K)``, labels ``(N,)``, features ``(N, F)``) and
-:func:`select`, which scores every checkpoint with one named selector and says which it picks and why.
+Pure functions on arrays (probabilities ``(N, K)``, labels ``(N,)``, features ``(N, F)``), one per
+selector, listed in :data:`SELECTORS`. Training logs every one each epoch and the configured one picks the
+checkpoint (:mod:`medtl.engine.selection`).
 
 - ``source_accuracy``: accuracy on held-out labelled source data (ignores the shift).
 - ``dev``: deep embedded validation (You et al. 2019): source validation loss importance-weighted by
@@ -19,7 +20,7 @@ Pure functions on arrays (probabilities ``(N, K)``, labels ``(N,)``, features ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,44 +161,3 @@ SELECTORS: dict[str, tuple[Callable[..., float], tuple[str, ...], bool, str]] = 
     "infomax": (information_maximization, ("target_probs",), True, "target information maximisation"),
     "snd": (soft_neighborhood_density, ("target_probs",), True, "soft neighbourhood density on the target"),
 }
-
-
-def select(checkpoints: Mapping[str, Mapping[str, Any]], selector: str = "dev", **options: Any) -> dict[str, Any]:
-    """Score every checkpoint with ``selector`` and pick the best.
-
-    ``checkpoints`` maps a checkpoint name to its arrays (``source_probs``, ``source_labels``,
-    ``source_features``, ``target_features``, ``target_probs``; only those the selector needs).
-    ``options`` go to the selector (e.g. ``temperature`` for SND, ``seed`` for DEV).
-    Returns ``{"selector", "chosen", "higher_is_better", "scores", "reason"}``, JSON-able.
-    """
-    if selector not in SELECTORS:
-        raise MedtlError(f"unknown selector {selector!r}; known: {', '.join(SELECTORS)}", "selector")
-    if not checkpoints:
-        raise MedtlError("no checkpoints to select from", "checkpoints")
-    fn, keys, higher, what = SELECTORS[selector]
-    scores: dict[str, float] = {}
-    for name, record in checkpoints.items():
-        missing = [k for k in keys if k not in record]
-        if missing:
-            raise MedtlError(f"selector {selector!r} needs {missing}", f"checkpoint {name}")
-        scores[str(name)] = float(fn(*(record[k] for k in keys), **options))
-    finite = {k: v for k, v in scores.items() if np.isfinite(v)}
-    if not finite:
-        raise MedtlError(f"selector {selector!r} gave no finite score", "checkpoints")
-    ordered = sorted(finite, key=finite.get, reverse=higher)
-    chosen = ordered[0]
-    direction = "highest" if higher else "lowest"
-    reason = f"{chosen!r} has the {direction} {what} ({finite[chosen]:.4g})"
-    if len(ordered) > 1:
-        runner = ordered[1]
-        reason += f"; runner-up {runner!r} ({finite[runner]:.4g})"
-    if len(finite) < len(scores):
-        reason += f"; ignored non-finite scores of {sorted(set(scores) - set(finite))}"
-    return {
-        "selector": selector,
-        "chosen": chosen,
-        "higher_is_better": higher,
-        "scores": {k: (v if np.isfinite(v) else None) for k, v in scores.items()},
-        "ranking": ordered,
-        "reason": reason,
-    }

@@ -8,16 +8,15 @@ Commands hold no logic of their own: they parse arguments and call the API.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from pathlib import Path
 
 from medtl import __version__
+from medtl.cli import demo, evaluate, manifest, predict, pretrain, recommend, report, results, run, similarity, train
 from medtl.errors import MedtlError
 
 # Sub-command modules, in the order `medtl --help` lists them.
-COMMANDS = ["demo", "manifest", "train", "pretrain", "evaluate", "report", "similarity", "recommend", "run", "results", "predict"]
+COMMANDS = (demo, manifest, train, pretrain, evaluate, report, similarity, recommend, run, results, predict)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -38,25 +37,6 @@ class HelpFormatter(argparse.HelpFormatter):
         return super()._expand_help(action).replace("``", "").replace("`", "")
 
 
-def output_file(out: Path | None, legacy: Path | None, name: str) -> Path | None:
-    """The file a command will write: ``out/name``, as ``--out`` names a folder for every command. A file
-    path as ``--out`` (with ``name``'s suffix), or an old ``--json FILE``, still works, with a deprecation
-    message. Called before the command's work, so a bad --out is refused first; nothing is created here
-    (the caller makes the folder when it writes)."""
-    if out is not None and legacy is not None:
-        raise MedtlError("give --out DIR only (--json is its deprecated spelling)", "--json")
-    if legacy is not None or (out is not None and out.suffix.lower() == Path(name).suffix):
-        path = legacy or out
-        print(f"deprecated: {'--json' if legacy else '--out'} {path} names a file; --out names a folder and "
-              f"writes {name} into it (use --out {path.parent})", file=sys.stderr)
-        return path
-    if out is None:
-        return None
-    if out.exists() and not out.is_dir():
-        raise MedtlError("--out must be a folder", out)
-    return out / name
-
-
 def subparsers_of(parser: argparse.ArgumentParser):
     """Every parser below ``parser`` (sub-commands and their actions), depth first."""
     for action in parser._actions:
@@ -71,13 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medtl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"medtl.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"medtl.cli.{name}":
-                continue  # command not built yet
-            raise
+    for module in COMMANDS:
         module.register(sub)
     for child in subparsers_of(parser):  # one help style for every command, set here rather than in each module
         child.formatter_class = HelpFormatter

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from medtl.cli.output import output_file
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -58,7 +60,6 @@ def load_candidates(path: Path) -> tuple[dict, list[dict]]:
 
 
 def run(args) -> int:
-    from medtl.cli import output_file
     from medtl.errors import MedtlError
     from medtl.similarity.recommend import recommend
 

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from medtl.cli.output import output_file
+
 
 def register(sub) -> None:
     parser = sub.add_parser("results", help="write the results page from finished pipeline run folders")
@@ -16,7 +18,6 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from medtl.cli import output_file
     from medtl.pipeline.results import write_results
 
     path = output_file(args.out, None, "results.md")  # write_results makes the folder

@@ -20,6 +20,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from medtl.cli.output import output_file
+
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +97,6 @@ def _emit(text_plain: str, text_md: str, args) -> None:
 
 
 def run(args) -> int:
-    from medtl.cli import output_file
     from medtl.errors import MedtlError
     from medtl.similarity.assess import assess, to_json, to_table
 

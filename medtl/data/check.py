@@ -12,7 +12,7 @@ import numpy as np
 from medtl.data import duplicates, io
 from medtl.data.manifest import MODALITIES, SPLITS, Manifest, ManifestRow
 from medtl.errors import MedtlError
-from medtl.paths import resolve_inside
+from medtl.paths import file_sha256, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
             if io.ARRAY_MEMBER in str(full):  # one archive holds many images: hash the image itself
                 sha = duplicates.array_sha256(image.array)
             else:
-                sha = duplicates.file_sha256(full) if full.is_file() else None
+                sha = file_sha256(full) if full.is_file() else None
             out.append(ScannedFile(sha, duplicates.thumbnail(image.array)))
         except MedtlError as err:
             out.append(ScannedFile(error=err.reason))

@@ -17,7 +17,6 @@ from medtl.errors import MedtlError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-DICOM_SUFFIXES = (".dcm", ".dicom", "")
 
 
 @dataclass

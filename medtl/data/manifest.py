@@ -115,12 +115,6 @@ class Manifest:
                 return c.resolve()
         return None
 
-    def label_index(self, label: str) -> int:
-        try:
-            return self.label_names.index(label)
-        except ValueError:
-            raise MedtlError(f"label {label!r} is not in the label set {self.label_names}", self.source) from None
-
     def class_counts(self) -> dict[str, Counter]:
         """Per split, the number of rows of each label."""
         counts: dict[str, Counter] = {s: Counter() for s in SPLITS}

@@ -5,9 +5,9 @@ checkpoint or MONAI bundle into a :class:`Predictor`, ``export_bundle`` writes a
 """
 
 from medtl.deploy.batch import BatchResult, discover, predict_batch
-from medtl.deploy.bundle import export_bundle, load_bundle
+from medtl.deploy.bundle import export_bundle
 from medtl.deploy.discover import Series, SeriesRules, scan_folder, scan_manifest
-from medtl.deploy.model import Predictor, load_model
+from medtl.deploy.model import Predictor, load_bundle, load_model
 from medtl.deploy.sr import build_sr, sr_summary
 from medtl.deploy.uids import is_valid_uid, safe_name
 

@@ -12,7 +12,7 @@ Run with MONAI's own tooling (medtl must be importable: the network and the prep
     python -m monai.bundle run --config_file <bundle>/configs/inference.json \\
         --meta_file <bundle>/configs/metadata.json --bundle_root <bundle> --image <file> --output_path out.json
 
-``medtl predict --model <bundle>`` reads the same folder (:func:`load_bundle`).
+``medtl predict --model <bundle>`` reads the same folder (:func:`medtl.deploy.model.load_bundle`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from typing import Any
 
 import torch
 
+from medtl import __version__
+from medtl.deploy.model import BUNDLE_METADATA, BUNDLE_WEIGHTS, load_model
 from medtl.errors import MedtlError
+from medtl.models.checkpoint import read_checkpoint
+from medtl.paths import file_sha256
 
 
 def _inference_config(meta: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +68,6 @@ def _metadata(meta: dict[str, Any], name: str) -> dict[str, Any]:
     import monai
     import numpy
 
-    from medtl import __version__
-
     labels = list(meta["label_names"])
     intensity = meta["intensity"]
     spatial = meta.get("image_size") or intensity.get("volume_shape") or [intensity.get("image_size")] * 2
@@ -99,46 +101,23 @@ def _metadata(meta: dict[str, Any], name: str) -> dict[str, Any]:
 
 def export_bundle(checkpoint: str | Path, out: str | Path, name: str | None = None) -> Path:
     """Write the MONAI bundle of a medtl classifier checkpoint to ``out`` (created; must not hold a bundle)."""
-    from medtl.deploy.model import file_digest, load_model
-    from medtl.models.checkpoint import read_checkpoint
-
     predictor = load_model(checkpoint, device="cpu")  # refuses what batch inference cannot run
     obj = read_checkpoint(checkpoint)
     meta = dict(obj["meta"])
     # The bundle is the same model: keep its name and version, not the bundle file's own hash.
     meta.setdefault("name", predictor.name)
-    meta["version"] = meta.get("version") or file_digest(checkpoint)[:12]
+    meta["version"] = meta.get("version") or file_sha256(checkpoint)[:12]
     out = Path(out)
-    if (out / "configs" / "metadata.json").exists():
+    if (out / BUNDLE_METADATA).exists():
         raise MedtlError("a bundle already exists here; choose a new folder", out)
     for sub in ("configs", "models", "docs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    torch.save(obj["state_dict"], out / "models" / "model.pt")
+    torch.save(obj["state_dict"], out / BUNDLE_WEIGHTS)
     bundle_name = name or str(meta["name"])
-    (out / "configs" / "metadata.json").write_text(json.dumps(_metadata(meta, bundle_name), indent=2) + "\n")
+    (out / BUNDLE_METADATA).write_text(json.dumps(_metadata(meta, bundle_name), indent=2) + "\n")
     (out / "configs" / "inference.json").write_text(json.dumps(_inference_config(meta), indent=2) + "\n")
     (out / "docs" / "README.md").write_text(_readme(meta, bundle_name))
     return out
-
-
-def load_bundle(folder: str | Path, device: str | torch.device | None = None, threshold: float | None = None):
-    """A :class:`~medtl.deploy.model.Predictor` from a bundle written by :func:`export_bundle`."""
-    from medtl.deploy.model import file_digest, predictor_from_meta
-    from medtl.models.checkpoint import build_model
-    from medtl.models.weights import check_and_load, read_file
-
-    folder = Path(folder)
-    meta_file, weights = folder / "configs" / "metadata.json", folder / "models" / "model.pt"
-    for f in (meta_file, weights):
-        if not f.is_file():
-            raise MedtlError(f"not a MONAI bundle: {f.relative_to(folder)} is missing", folder)
-    meta = json.loads(meta_file.read_text()).get("medtl")
-    if not isinstance(meta, dict) or not meta.get("model"):
-        raise MedtlError("this bundle was not exported by medtl (metadata.json has no 'medtl' model description)",
-                         meta_file)
-    model = build_model(meta["model"])
-    check_and_load(model, read_file(weights), where=str(weights))
-    return predictor_from_meta(model.eval(), meta, str(folder), file_digest(weights), device, threshold)
 
 
 def _readme(meta: dict[str, Any], name: str) -> str:
@@ -166,4 +145,4 @@ Not a medical device; research use only.
 """
 
 
-__all__ = ["export_bundle", "load_bundle"]
+__all__ = ["export_bundle"]

@@ -14,7 +14,7 @@ Sources understood by :func:`load_model`:
 
 from __future__ import annotations
 
-import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,9 @@ from torch import nn
 
 from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
+from medtl.models.checkpoint import build_model, load_checkpoint
+from medtl.models.weights import check_and_load, read_file
+from medtl.paths import file_sha256
 
 
 @dataclass
@@ -107,14 +110,6 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, digest: str,
                         device: str | torch.device | None = None, threshold: float | None = None) -> Predictor:
     """A :class:`Predictor` from a rebuilt module and the checkpoint's ``meta`` (see checkpoint.py)."""
@@ -148,10 +143,28 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     if not p.exists():
         raise MedtlError("model not found", p)
     if p.is_dir():
-        from medtl.deploy.bundle import load_bundle
-
         return load_bundle(p, device=device, threshold=threshold)
-    from medtl.models.checkpoint import load_checkpoint
-
     module, meta = load_checkpoint(p, map_location="cpu")
-    return predictor_from_meta(module, meta, str(p), file_digest(p), device, threshold)
+    return predictor_from_meta(module, meta, str(p), file_sha256(p), device, threshold)
+
+
+# A MONAI bundle's files (medtl.deploy.bundle writes them); read here, so load_model needs no import of bundle.py.
+BUNDLE_METADATA = Path("configs/metadata.json")
+BUNDLE_WEIGHTS = Path("models/model.pt")
+
+
+def load_bundle(folder: str | Path, device: str | torch.device | None = None,
+                threshold: float | None = None) -> Predictor:
+    """A :class:`Predictor` from a bundle written by :func:`medtl.deploy.bundle.export_bundle`."""
+    folder = Path(folder)
+    meta_file, weights = folder / BUNDLE_METADATA, folder / BUNDLE_WEIGHTS
+    for f in (meta_file, weights):
+        if not f.is_file():
+            raise MedtlError(f"not a MONAI bundle: {f.relative_to(folder)} is missing", folder)
+    meta = json.loads(meta_file.read_text()).get("medtl")
+    if not isinstance(meta, dict) or not meta.get("model"):
+        raise MedtlError("this bundle was not exported by medtl (metadata.json has no 'medtl' model description)",
+                         meta_file)
+    model = build_model(meta["model"])
+    check_and_load(model, read_file(weights), where=str(weights))
+    return predictor_from_meta(model.eval(), meta, str(folder), file_sha256(weights), device, threshold)

@@ -243,7 +243,7 @@ def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: i
 
 def probe_strategy(head: nn.Module, in_features: int, hparams: dict[str, Any] | None = None):
     """The ``feature_extraction`` strategy on cached features: a pass-through encoder and ``head``."""
-    from medtl.strategies import get_strategy
+    from medtl.strategies.registry import get_strategy
 
     return get_strategy("feature_extraction")(Precomputed(in_features), head, hparams)
 
@@ -385,8 +385,9 @@ def fit_linear_probe(
     ``TrainResult`` for ``"trainer"``, the per-penalty records for ``"lbfgs"``.
     """
     from medtl.engine.trainer import resolve_device
-    from medtl.models.checkpoint import Model, plain, save_checkpoint
-    from medtl.strategies import get_strategy
+    from medtl.models.checkpoint import Model, save_checkpoint
+    from medtl.plain import plain
+    from medtl.strategies.registry import get_strategy
 
     if _has_dataset_randomness(train_data):
         import logging

@@ -79,7 +79,7 @@ def pretrain_on(
 ) -> PretrainResult:
     """Pretrain on datasets of ``{"image", "label"}`` dicts; ``train_options`` go to :class:`TrainConfig`."""
     from medtl.strategies.autoencoder import AutoencoderStrategy
-    from medtl.strategies.base import get_strategy
+    from medtl.strategies.registry import get_strategy
 
     if mode not in MODES:
         raise MedtlError(f"unknown pretraining mode {mode!r}; known: {', '.join(MODES)}", "mode")

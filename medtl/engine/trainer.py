@@ -46,15 +46,11 @@ from torch import nn
 from medtl.engine import distributed as D
 from medtl.engine.evaluate import autocast, evaluate, precision_dtype, to_device
 from medtl.errors import MedtlError
-from medtl.models.checkpoint import (
-    model_config,
-    model_state_dict,
-    plain,
-    save_checkpoint,
-)
+from medtl.models.checkpoint import model_config, model_state_dict, save_checkpoint
+from medtl.models.formats import TRAIN_STATE_FORMAT
+from medtl.plain import plain
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = "medtl-train-state"
 
 
 @dataclass
@@ -292,7 +288,7 @@ class Trainer:
 
     def _save_state(self, path: Path, optimizer, scaler, epoch: int, step: int, best: dict[str, Any]) -> None:
         state = {
-            "format": STATE_FORMAT,
+            "format": TRAIN_STATE_FORMAT,
             "epoch": epoch,  # epochs finished
             "global_step": step,
             "model": {k: v.detach().cpu() for k, v in self.strategy.state_dict().items()},
@@ -305,17 +301,12 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous state intact
 
-    def _load_state(self, path: Path) -> dict[str, Any]:
-        state = self._read_state(path)
-        self._apply_state(state, path)
-        return state
-
     def _read_state(self, path: Path) -> dict[str, Any]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise MedtlError(f"cannot read the training state to resume from: {str(err)[:200]}", path) from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
             raise MedtlError("not a medtl training state", path)
         name = getattr(self.strategy, "name", None)
         if state.get("strategy") != name:

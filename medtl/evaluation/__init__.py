@@ -1,8 +1,9 @@
 """Diagnostic validation: predictions table -> metrics with CIs, calibration, comparisons -> reports.
 
 Three layers, MONAI-style: pure functions on arrays (metrics, calibration, bootstrap, delong,
-thresholds), an accumulating class (``PredictionAccumulator``, building the predictions table from an
-inference loop), and the report (evaluate + report) that calls them. Grad-CAM lives in ``explain``
+thresholds), the predictions table that collects a run's outputs (``predictions``: built by
+``predictions_from_arrays`` from ``medtl.engine.evaluate.predict``), and the report (evaluate + report)
+that calls them. Grad-CAM lives in ``explain``
 (imported on use: it needs torch and MONAI).
 """
 
@@ -28,7 +29,6 @@ from medtl.evaluation.metrics import (
     roc_curve,
 )
 from medtl.evaluation.predictions import (
-    PredictionAccumulator,
     load_predictions,
     predictions_from_arrays,
     validate_predictions,
@@ -38,7 +38,7 @@ from medtl.evaluation.report import combine, combine_reports, make_report, rende
 from medtl.evaluation.thresholds import Threshold, apply_threshold, choose_threshold
 
 __all__ = [
-    "DeLongResult", "EvalSettings", "PredictionAccumulator", "Threshold",
+    "DeLongResult", "EvalSettings", "Threshold",
     "apply_temperature", "apply_threshold", "auroc", "average_precision", "bootstrap", "bootstrap_ci",
     "bootstrap_counts", "brier_score", "calibration_errors", "choose_threshold", "classification_metrics",
     "combine", "combine_reports", "confusion_matrix", "delong_covariance", "delong_test", "evaluate_predictions",

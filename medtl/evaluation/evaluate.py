@@ -41,6 +41,7 @@ from medtl.evaluation.predictions import (
     validate_predictions,
 )
 from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, RULES, Threshold, choose_threshold
+from medtl.plain import plain
 
 SCHEMA = "medtl.evaluation.report"
 SCHEMA_VERSION = "1.0"
@@ -537,24 +538,11 @@ def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kw
         if info.kind == "multiclass" and len(runs_by_strategy) > 1:
             t["notes"].append("DeLong comparisons are made for binary tasks only")
         report["tasks"][str(task)] = t
-    return _clean(report)
+    return plain(report, "report")
 
 
-def _clean(obj):
-    """JSON-safe: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _num(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+# report.py still imports this name; its split (another change) imports medtl.plain.plain directly.
+_clean = plain
 
 
 def load_report(path: str | Path) -> dict:

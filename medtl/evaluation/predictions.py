@@ -45,7 +45,6 @@ __all__ = [
     "PROB_PREFIX",
     "LOGIT_PREFIX",
     "TaskInfo",
-    "PredictionAccumulator",
     "prob_column",
     "task_infos",
     "validate_predictions",
@@ -433,48 +432,3 @@ def label_indices(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     """True labels as indices into ``classes``."""
     lookup = {c: i for i, c in enumerate(classes)}
     return np.array([lookup[str(v)] for v in df["label"]], dtype=int)
-
-
-def _numpy(a):
-    if a is None:
-        return None
-    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
-
-
-class PredictionAccumulator:
-    """Collects batches from an inference loop and builds the predictions table at the end.
-
-    >>> acc = PredictionAccumulator(class_names=["normal", "tumor"], run_id="ft-s0", strategy="finetune")
-    >>> acc.update(case_ids=["a", "b"], probs=[[0.9, 0.1], [0.2, 0.8]], labels=[0, 1], split="test")
-    >>> acc.to_frame().shape[0]
-    2
-    """
-
-    def __init__(self, class_names: Sequence[str] | None = None, *, logits: bool = False, **run_columns):
-        self.class_names = None if class_names is None else [str(c) for c in class_names]
-        self.logits = logits
-        self.run_columns = run_columns  # run_id, strategy, task, seed, label_fraction ...
-        self._frames: list[pd.DataFrame] = []
-
-    def update(self, case_ids, labels, probs=None, prediction=None, logits=None, **columns) -> None:
-        """Add one batch; tensors are accepted (moved to CPU numpy).
-
-        With ``logits=True`` at construction, ``probs`` holds the logits; or pass ``logits`` here."""
-        cols = {k: _numpy(v) if hasattr(v, "detach") else v for k, v in {**self.run_columns, **columns}.items()}
-        if self.logits and logits is None:
-            probs, logits = None, probs
-        self._frames.append(predictions_from_arrays(
-            list(case_ids), _numpy(labels), _numpy(probs), prediction=_numpy(prediction), logits=_numpy(logits),
-            class_names=self.class_names, **cols,
-        ))  # fmt: skip
-
-    def reset(self) -> None:
-        self._frames.clear()
-
-    def to_frame(self) -> pd.DataFrame:
-        if not self._frames:
-            raise MedtlError("no predictions were accumulated", "PredictionAccumulator")
-        return validate_predictions(pd.concat(self._frames, ignore_index=True))
-
-    def write(self, path: str | Path) -> Path:
-        return write_predictions(self.to_frame(), path)

@@ -2,9 +2,9 @@
 
 from medtl.models.autoencoder import Decoder, VAEHead, vae_loss
 from medtl.models.checkpoint import Model, build_model, load_checkpoint, read_checkpoint, save_checkpoint
-from medtl.models.encoders import ARCHITECTURES, DenseNetEncoder, ResNetEncoder, build_encoder, layer_groups
+from medtl.models.encoders import ARCHITECTURES, DenseNetEncoder, ResNetEncoder, build_encoder
 from medtl.models.heads import TASKS, Head, build_head, predict_from_logits, task_for, task_loss
-from medtl.models.lift import LIFTS, ACSConv, SliceEncoder, acs, inflate, lift, slices
+from medtl.models.lift import LIFTS, ACSConv, SliceEncoder, acs, inflate, layer_groups, lift, slices
 from medtl.models.transfer import LIFT_OPTIONS, encoder_for
 from medtl.models.weights import LoadReport, load_weights
 

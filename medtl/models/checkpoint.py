@@ -34,7 +34,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from medtl import __version__
 from medtl.errors import MedtlError
-
-FORMAT = "medtl-checkpoint"
-FORMAT_VERSION = 1
+from medtl.models.encoders import build_encoder
+from medtl.models.formats import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, is_checkpoint
+from medtl.models.heads import build_head
+from medtl.models.weights import check_and_load, read_file
+from medtl.plain import plain
 
 
 class Model(nn.Module):
@@ -74,9 +76,6 @@ def model_config(model: nn.Module) -> dict[str, Any] | None:
 
 def build_model(config: dict[str, Any]) -> Model:
     """A freshly initialised :class:`Model` from a ``meta["model"]`` config."""
-    from medtl.models.encoders import build_encoder
-    from medtl.models.heads import build_head
-
     try:
         encoder = build_encoder(config["encoder"])
         head = build_head(config["head"])
@@ -92,33 +91,12 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
-def plain(obj: Any, where: str = "meta") -> Any:
-    """``obj`` as plain Python types (dict/list/str/int/float/bool/None), so weights_only can read it."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if hasattr(obj, "dtype") and getattr(obj, "ndim", None) == 0:  # NumPy / torch scalars
-        return plain(obj.item(), where)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else float(obj)  # NaN -> None: JSON-safe, "undefined"
-    if isinstance(obj, (Path, os.PathLike)):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): plain(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v, where) for v in obj]
-    raise MedtlError(f"checkpoint metadata must be plain values; {type(obj).__name__} is not", where)
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
     """Write ``model`` (anything with ``encoder`` and ``head``: a Model or a Strategy) and ``meta``.
 
     Recognised meta keys (all optional): image_size, intensity, label_names, task, manifest_hash,
     metrics, seed; any other plain-valued key is stored as well.
     """
-    from medtl import __version__
-
     config = model_config(model)
     enc_cfg = (config or {}).get("encoder", {})
     head_cfg = (config or {}).get("head", {})
@@ -140,8 +118,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
     }
     if isinstance(full["image_size"], int):
         full["image_size"] = [full["image_size"]] * int(enc_cfg.get("spatial_dims", 2))
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": model_state_dict(model),
-               "meta": plain(full)}
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
+               "state_dict": model_state_dict(model), "meta": plain(full, "meta")}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -153,7 +131,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
 def update_checkpoint_meta(path: str | Path, **meta: Any) -> Path:
     """Add or replace ``meta`` keys of an existing checkpoint (weights untouched), atomically."""
     obj = read_checkpoint(path)
-    obj["meta"] = plain({**obj["meta"], **meta})
+    obj["meta"] = plain({**obj["meta"], **meta}, "meta")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -161,21 +139,15 @@ def update_checkpoint_meta(path: str | Path, **meta: Any) -> Path:
     return path
 
 
-def is_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict (validated); :class:`MedtlError` for anything else."""
-    from medtl.models.weights import read_file
-
     obj = read_file(path)
     if not is_checkpoint(obj):
         raise MedtlError("not a medtl checkpoint (no format='medtl-checkpoint'); for plain weights use load_weights",
                          path)
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-        raise MedtlError(f"checkpoint format {obj['format_version']} is newer than this medtl reads ({FORMAT_VERSION})",
-                         path)
+    if int(obj.get("format_version", 0)) > CHECKPOINT_FORMAT_VERSION:
+        raise MedtlError(f"checkpoint format {obj['format_version']} is newer than this medtl reads "
+                         f"({CHECKPOINT_FORMAT_VERSION})", path)
     if not isinstance(obj.get("state_dict"), dict) or not isinstance(obj.get("meta"), dict):
         raise MedtlError("checkpoint lacks its state_dict or meta", path)
     return obj
@@ -189,7 +161,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise MedtlError("checkpoint has no model config to rebuild from; load its weights into a model you build",
                          path)
     model = build_model(meta["model"])
-    from medtl.models.weights import check_and_load
-
     check_and_load(model, obj["state_dict"], where=str(path))
     return model.to(map_location).eval(), meta

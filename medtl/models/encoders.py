@@ -24,6 +24,7 @@ from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 from torch import nn
 
 from medtl.errors import MedtlError
+from medtl.models.lift import lift
 
 # name: (block, layers per stage)
 _RESNETS = {
@@ -161,8 +162,6 @@ def build_encoder(
         lift_cfg = config.pop("lift", None)
         enc = build_encoder(**config)
         if lift_cfg:
-            from medtl.models.lift import lift
-
             enc = lift(enc, **lift_cfg)
         return enc
     if spatial_dims not in (2, 3):
@@ -180,10 +179,3 @@ def build_encoder(
         raise MedtlError(f"bad option for {arch}: {err}", "encoder") from None
     raise MedtlError(f"unknown encoder {arch!r}; known: {', '.join(ARCHITECTURES)}", "encoder.arch")
 
-
-def layer_groups(encoder: nn.Module) -> list[nn.Module]:
-    """The encoder's stages, input side first (its ``layer_groups()``, else its top-level children)."""
-    if hasattr(encoder, "layer_groups"):
-        return list(encoder.layer_groups())
-    groups = [m for m in encoder.children() if any(True for _ in m.parameters())]
-    return groups or [encoder]

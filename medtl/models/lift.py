@@ -15,6 +15,9 @@
 The spatial axes of a volume ``(B, C, D, H, W)`` are numbered 0, 1, 2; ``depth_axis`` / ``slice_axis``
 choose the one treated as depth (default 0). The data layer's RAS volumes ``(1, X, Y, Z)`` have
 axial slices along axis 2.
+
+:func:`layer_groups` (any encoder's stages, lifted or not) lives here too, below encoders.py, which imports
+this module to rebuild a lifted encoder from its config.
 """
 
 from __future__ import annotations
@@ -314,12 +317,18 @@ class SliceEncoder(nn.Module):
         return h.mean(1) if self.pool is None else self.pool(h)
 
     def layer_groups(self) -> list[nn.Module]:
-        from medtl.models.encoders import layer_groups
-
         groups = layer_groups(self.encoder)
         if self.pool is not None:
             groups[-1] = nn.ModuleList([groups[-1], self.pool])  # pooling learns with the top stage
         return groups
+
+
+def layer_groups(encoder: nn.Module) -> list[nn.Module]:
+    """The encoder's stages, input side first (its ``layer_groups()``, else its top-level children)."""
+    if hasattr(encoder, "layer_groups"):
+        return list(encoder.layer_groups())
+    groups = [m for m in encoder.children() if any(True for _ in m.parameters())]
+    return groups or [encoder]
 
 
 def slices(encoder: nn.Module, aggregate: str = "mean", slice_stride: int = 1, slice_axis: int = 0,

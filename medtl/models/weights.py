@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from medtl.errors import MedtlError
+from medtl.models.formats import TRAIN_STATE_FORMAT, is_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,9 @@ def _is_state_dict(obj: Any) -> bool:
 
 def extract_state_dict(obj: Any, where: str) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """(state dict, "medtl" or "plain", medtl meta) from a loaded file; wrappers unwrapped."""
-    from medtl.models.checkpoint import is_checkpoint
-
     if is_checkpoint(obj):
         return dict(obj["state_dict"]), "medtl", dict(obj.get("meta") or {})
-    if isinstance(obj, Mapping) and obj.get("format") == "medtl-train-state":
+    if isinstance(obj, Mapping) and obj.get("format") == TRAIN_STATE_FORMAT:
         return dict(obj["model"]), "medtl", {}
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
         for key in ("state_dict", "model_state_dict", "model", "net"):  # MedicalNet, Lightning, common scripts

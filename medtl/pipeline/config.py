@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medtl.errors import MedtlError
+from medtl.evaluation.thresholds import RULES
 
 
 class Strict(BaseModel):
@@ -94,7 +95,6 @@ class StrategySpec(Strict):
 class SimilaritySpec(Strict):
     enabled: bool = True
     max_images: int = 200
-    compare: list[str] = Field(default_factory=list)  # extra manifests to compare with the target
 
 
 class EvaluationSpec(Strict):
@@ -105,10 +105,13 @@ class EvaluationSpec(Strict):
     @classmethod
     def _rule(cls, v: str) -> str:
         # checked here, not after training: the report stage would be the first to refuse it
-        if v != "youden":
-            raise ValueError(f"{v!r} is not available in a pipeline: only 'youden' (the rules 'sensitivity' and "
-                             "'specificity' need a target, which a pipeline cannot set; apply them afterwards with "
-                             "medtl evaluate --predictions RUN/predictions.csv --threshold-rule sensitivity --target 0.9)")
+        if v not in RULES:
+            raise ValueError(f"unknown threshold rule {v!r}; the rules are {', '.join(RULES)}")
+        if v != "youden":  # every other rule needs a target, which a pipeline cannot set
+            others = " and ".join(repr(r) for r in RULES if r != "youden")
+            raise ValueError(f"{v!r} is not available in a pipeline: only 'youden' (the rules {others} need a "
+                             "target, which a pipeline cannot set; apply them afterwards with medtl evaluate "
+                             "--predictions RUN/predictions.csv --threshold-rule sensitivity --target 0.9)")
         return v
 
 

@@ -119,9 +119,8 @@ def _walk(model: type[BaseModel], path: str, seen: dict[type, str]) -> None:
 
 
 def _strategies() -> list[str]:
-    from medtl.strategies.base import STRATEGIES, _load_all
+    from medtl.strategies.registry import STRATEGIES
 
-    _load_all()
     lines = ["## Strategies", "",
              "Names accepted in `strategies[].name`, and the `hparams` each takes with its default (a config "
              "overrides single keys; unknown keys are refused). *needs target*: the method also trains on "

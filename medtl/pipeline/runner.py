@@ -53,11 +53,12 @@ from medtl.models import Head, encoder_for, task_for
 from medtl.models.checkpoint import update_checkpoint_meta
 from medtl.paths import resolve_inside
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, closest, load_pipeline
+from medtl.plain import plain
 from medtl.progress import bar, format_seconds, in_notebook, logs_above_bars
 from medtl.similarity.assess import to_table
 from medtl.similarity.images import compare_manifests
 from medtl.similarity.recommend import compare_outcome, recommend
-from medtl.strategies.base import STRATEGIES, get_strategy
+from medtl.strategies.registry import STRATEGIES, get_strategy
 
 log = logging.getLogger(__name__)
 STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
@@ -350,7 +351,7 @@ def stage_similarity(ctx: Context) -> dict:
                    "method": spec.name, "scores": _flat_scores(results[enc_name])}
                   for spec in cfg.strategies for enc_name in ["pretrained" if spec.pretrained else "random_init"]]
     record = recommend({"n_labelled": n_labelled, "shared_labels": not _heterogeneous(ctx)}, candidates)
-    (out / "similarity.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
     (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(record["explanation"])
     return {"recommended": record["recommended"]}
@@ -364,10 +365,6 @@ def _flat_scores(result: dict) -> dict[str, float]:
             if isinstance(value, (int, float)) and value is not None and np.isfinite(value):
                 flat[k] = float(value)
     return flat
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def _heterogeneous(ctx: Context) -> bool:
@@ -649,12 +646,14 @@ STAGE_FUNCS = {"prepare": stage_prepare, "pretrain": stage_pretrain, "similarity
 def _same_but_new_defaults(stored: Any, full: Any, minimal: Any) -> bool:
     """An older run folder's recorded payload (every value, as recorded before) equals this config's ``full``
     payload, except for keys the older medtl did not have, which must be at their defaults (absent from
-    ``minimal``, the payload without defaults)."""
+    ``minimal``, the payload without defaults), and keys this medtl no longer has, which must have held
+    nothing (``similarity.compare: []``)."""
     if isinstance(stored, dict) and isinstance(full, dict):
         minimal = minimal if isinstance(minimal, dict) else {}
-        if any(k in minimal for k in set(full) - set(stored)) or set(stored) - set(full):
+        removed = set(stored) - set(full)
+        if any(k in minimal for k in set(full) - set(stored)) or any(stored[k] not in (None, [], {}) for k in removed):
             return False
-        return all(_same_but_new_defaults(stored[k], full[k], minimal.get(k)) for k in stored)
+        return all(_same_but_new_defaults(stored[k], full[k], minimal.get(k)) for k in stored if k not in removed)
     if isinstance(stored, list) and isinstance(full, list):
         minimal = minimal if isinstance(minimal, list) and len(minimal) == len(full) else [None] * len(full)
         return len(stored) == len(full) and all(map(_same_but_new_defaults, stored, full, minimal))
@@ -716,7 +715,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
                 print(f"[{stage}] running" + (f" (resumed; {format_seconds(before)} spent before)" if before else ""))
                 info = STAGE_FUNCS[stage](ctx)
                 seconds = time.perf_counter() - started
-                book.finish(stage, payload, seconds=round(before + seconds, 1), **_jsonable(info))
+                book.finish(stage, payload, seconds=round(before + seconds, 1), **plain(info, stage))
                 print(f"[{stage}] done in {format_seconds(seconds)}")
     finally:
         _INNER_BARS = True

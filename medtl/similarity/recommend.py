@@ -18,7 +18,7 @@ import numpy as np
 
 from medtl.errors import MedtlError
 from medtl.similarity.assess import METRICS
-from medtl.strategies.base import get_strategy
+from medtl.strategies.registry import get_strategy
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "logme": 1.0,

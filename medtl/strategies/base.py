@@ -10,6 +10,9 @@ Batches are dictionaries as MONAI's dictionary transforms produce them: ``batch[
 
 Hyper-parameters have one documented default place: each class's ``DEFAULTS`` dictionary; a config
 overrides single keys and unknown keys are refused.
+
+Strategies register themselves here with :func:`register_strategy`; look them up by name through
+:mod:`medtl.strategies.registry`, which imports every module that defines one.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import torch
 from torch import nn
 
 from medtl.errors import MedtlError
+from medtl.models.heads import task_loss
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
 
 
 def register_strategy(name: str):
-    """Class decorator adding a strategy to the registry under ``name``."""
+    """Class decorator adding a strategy to the registry under ``name`` (read it through registry.py)."""
 
     def wrap(cls: type["Strategy"]) -> type["Strategy"]:
         if name in STRATEGIES:
@@ -35,29 +39,6 @@ def register_strategy(name: str):
         return cls
 
     return wrap
-
-
-def _load_all() -> None:
-    # Importing the modules that define strategies fills the registry.
-    import importlib
-
-    for module in ("medtl.strategies.finetune", "medtl.adapt.strategies"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-
-
-def get_strategy(name: str) -> type["Strategy"]:
-    _load_all()
-    if name not in STRATEGIES:
-        raise MedtlError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}", "strategy")
-    return STRATEGIES[name]
-
-
-def default_hparams(name: str) -> dict[str, Any]:
-    return dict(get_strategy(name).DEFAULTS)
 
 
 class Strategy(nn.Module):
@@ -135,8 +116,6 @@ class Strategy(nn.Module):
         Uses ``head.loss`` when the head has one (medtl.models.heads.Head), else cross-entropy for
         integer labels and mean squared error for float labels.
         """
-        from medtl.models.heads import task_loss
-
         if "label" not in batch:
             raise MedtlError("batch has no 'label'", "batch")
         logits = self(batch["image"])

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from medtl.errors import MedtlError
-from medtl.models.encoders import build_encoder, layer_groups
+from medtl.models.encoders import build_encoder
+from medtl.models.lift import layer_groups
 from medtl.strategies.base import Strategy, register_strategy
 
 _COMMON: dict[str, Any] = {"lr": 1e-3, "weight_decay": 1e-4, "freeze_norm": False}

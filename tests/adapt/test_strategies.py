@@ -6,7 +6,7 @@ from torch import nn
 from medtl.adapt.discriminators import ConvDomainDiscriminator
 from medtl.adapt.strategies import ADAPTATION_STRATEGIES, DANN
 from medtl.errors import MedtlError
-from medtl.strategies.base import default_hparams, get_strategy
+from medtl.strategies.registry import default_hparams, get_strategy
 
 SMALL = {  # tiny discriminators keep the tests fast
     "dann": {"disc_hidden": 16, "disc_dropout": 0.0},

@@ -25,9 +25,10 @@ def console_log():
         root.setLevel(before)
 
 
-def test_a_whole_run_shows_stage_bars_times_and_one_weights_line(tiny, config, capsys):
-    path = tiny / "progress.yaml"
-    path.write_text(config)
+def test_a_whole_run_shows_stage_bars_times_and_one_weights_line(tiny, make_config, capsys):
+    path = make_config(tiny, name="progress.yaml")
+    path.write_text(path.read_text().replace("[feature_extraction, full, dann]", "[feature_extraction, full]")
+                    .replace("label_fractions: [0.5, 1.0]", "label_fractions: [1.0]"))  # two jobs are enough here
     args = ["run", str(path), "--data-root", str(tiny / "data"), "--out", str(tiny / "progress")]
     with console_log():
         assert main(args) == 0

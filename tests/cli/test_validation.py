@@ -5,6 +5,13 @@ import pytest
 from medtl.cli import main
 from medtl.data.check import check_manifest
 
+
+@pytest.fixture
+def config(make_config) -> str:
+    """The shared tiny pipeline's YAML (tests/conftest.py), one epoch; written into ``tiny`` by each test."""
+    return make_config.config.replace("EPOCHS", "1")
+
+
 def _run(tiny, config: str, out_name: str = "run", data: str = "data") -> list[str]:
     path = tiny / f"{out_name}.yaml"
     path.write_text(config)
@@ -12,14 +19,14 @@ def _run(tiny, config: str, out_name: str = "run", data: str = "data") -> list[s
 
 
 def test_unknown_strategy_is_refused_before_any_folder_is_made(tiny, config, capsys):
-    assert main(_run(tiny, config.replace("full]", "fulll]"), "typo")) == 2
+    assert main(_run(tiny, config.replace("full,", "fulll,"), "typo")) == 2
     err = capsys.readouterr().err
     assert "unknown strategy 'fulll'; did you mean 'full'?" in err and "strategies[fulll]" in err
     assert not (tiny / "typo").exists()
 
 
 def test_unknown_hyper_parameter_and_config_key_get_did_you_mean(tiny, config, capsys):
-    hparams = config.replace("strategies: [feature_extraction, full]",
+    hparams = config.replace("strategies: [feature_extraction, full, dann]",
                              "strategies: [{name: full, hparams: {lrr: 0.1}}]")
     assert main(_run(tiny, hparams, "hp")) == 2
     assert "unknown hyper-parameter 'lrr' for full; did you mean 'lr'?" in capsys.readouterr().err
@@ -29,9 +36,12 @@ def test_unknown_hyper_parameter_and_config_key_get_did_you_mean(tiny, config, c
 
 
 def test_threshold_rule_is_checked_with_the_config(tiny, config, capsys):
-    assert main(_run(tiny, config + "evaluation: {threshold_rule: sensitivity}\n", "rule")) == 2
+    rule = config.replace("evaluation: {bootstrap: 50}", "evaluation: {threshold_rule: sensitivity}")
+    assert main(_run(tiny, rule, "rule")) == 2
     err = capsys.readouterr().err
     assert "evaluation.threshold_rule" in err and "only 'youden'" in err
+    assert main(_run(tiny, rule.replace("sensitivity", "youdn"), "rule")) == 2
+    assert "unknown threshold rule 'youdn'; the rules are youden, sensitivity, specificity" in capsys.readouterr().err
     assert not (tiny / "rule").exists()
 
 
@@ -39,7 +49,7 @@ def test_wrong_data_root_is_one_line_suggesting_data_root(tiny, config, capsys):
     (tiny / "elsewhere").mkdir(exist_ok=True)
     assert main(_run(tiny, config, "root", data="elsewhere")) == 2
     err = capsys.readouterr().err
-    assert "24 of 24 files are missing under the data root" in err and "--data-root" in err
+    assert "60 of 60 files are missing under the data root" in err and "--data-root" in err
     assert len(err.strip().splitlines()) == 1 and not (tiny / "root").exists()
 
 
@@ -56,7 +66,7 @@ def test_manifest_check_with_a_wrong_root_says_so_in_one_line(tiny, capsys):
 
     m = Manifest.load(tiny / "manifests" / "tgt.csv")
     report = check_manifest(m, tiny)  # one level too high: every path misses its data/ prefix
-    assert report.errors == [f"12 of 12 files are missing under the data root {tiny}: is that the folder the "
+    assert report.errors == [f"30 of 30 files are missing under the data root {tiny}: is that the folder the "
                              "manifest's paths are relative to? Pass --data-root DIR (or set MEDTL_DATA_ROOT)"]
     assert main(["manifest", "check", str(tiny / "manifests" / "tgt.csv"), "--data-root", str(tiny)]) == 1
     assert capsys.readouterr().out.count("missing under the data root") == 1

@@ -47,7 +47,7 @@ class Fixed(Dataset):
 
 def _strategy(name, hparams=None):
     from medtl.models import Head, build_encoder
-    from medtl.strategies import get_strategy
+    from medtl.strategies.registry import get_strategy
 
     torch.manual_seed(0)
     enc = build_encoder("resnet10")

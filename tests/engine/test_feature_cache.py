@@ -16,7 +16,7 @@ from medtl.engine.feature_cache import (
 )
 from medtl.errors import MedtlError
 from medtl.models import Head, build_encoder, read_checkpoint
-from medtl.strategies import get_strategy
+from medtl.strategies.registry import get_strategy
 
 
 class Images(Dataset):
@@ -42,12 +42,9 @@ def _model(seed=0):
 
 
 def _image_loader(ds, batch_size, shuffle, seed):
-    # Built exactly as medtl.pipeline.runner._loader builds the pipeline's loaders.
-    from monai.data import DataLoader
+    from medtl.pipeline.runner import _loader  # the pipeline's own loaders
 
-    drop_last = shuffle and len(ds) > batch_size and len(ds) % batch_size == 1
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed))
+    return _loader(ds, batch_size, shuffle, seed)
 
 
 def test_cached_logits_equal_the_frozen_encoder_and_head():

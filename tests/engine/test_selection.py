@@ -85,3 +85,31 @@ def test_a_uda_pipeline_chooses_its_checkpoint_with_the_configured_selector(tmp_
     assert best == min(history, key=lambda r: r["sel_entropy"])["epoch"]  # entropy chose the saved checkpoint
     section = pipeline_section(tmp_path / "run")
     assert "Checkpoint selection without target labels (1 runs)" in section and "| entropy (used) |" in section
+
+
+def _checkpoints():
+    """Two epochs' outputs: flat (unsure) predictions, then sharp and correct ones."""
+    rng = np.random.default_rng(2)
+    y = np.arange(20) % 2
+    sharp = np.where(y[:, None] == 1, [0.1, 0.9], [0.9, 0.1])
+    flat = np.full((20, 2), 0.5) + rng.normal(0, 0.02, size=(20, 1)) * [1, -1]
+    feats_s, feats_t = rng.normal(size=(20, 3)), rng.normal(size=(25, 3)) + 0.3
+    common = {"source_labels": y, "source_features": feats_s, "target_features": feats_t}
+    return [{**common, "source_probs": flat, "target_probs": flat[:15]},
+            {**common, "source_probs": sharp, "target_probs": sharp[:15]}]
+
+
+@pytest.mark.parametrize("selector", ["source_accuracy", "dev", "entropy", "infomax"])
+def test_each_selector_in_its_monitor_direction_chooses_the_confident_correct_epoch(selector):
+    fn, keys, _, _ = S.SELECTORS[selector]
+    key, _ = SELECTOR_MONITORS[selector]
+    history = [{"epoch": e, key: fn(*(record[k] for k in keys)), "oracle_val_auroc": 0.5 + 0.4 * e,
+                "oracle_test_auroc": 0.5 + 0.4 * e} for e, record in enumerate(_checkpoints())]
+    assert selector_regret(history)[selector] == {"epoch": 1, "test_auroc": 0.9, "regret": 0.0}
+
+
+def test_snd_in_its_monitor_direction_prefers_clustered_predictions():
+    clustered = np.array([[0.95, 0.05]] * 5 + [[0.05, 0.95]] * 5)
+    scattered = np.stack([np.linspace(0.05, 0.95, 10), 1 - np.linspace(0.05, 0.95, 10)], 1)
+    assert SELECTOR_MONITORS["snd"] == ("sel_snd", "max")
+    assert S.soft_neighborhood_density(clustered) > S.soft_neighborhood_density(scattered)

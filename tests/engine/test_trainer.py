@@ -9,7 +9,8 @@ from medtl.engine import StopTraining, TrainConfig, Trainer, evaluate, fit
 from medtl.engine.trainer import amp_dtype
 from medtl.errors import MedtlError
 from medtl.models import Head, build_encoder, read_checkpoint
-from medtl.strategies import Strategy, get_strategy
+from medtl.strategies import Strategy
+from medtl.strategies.registry import get_strategy
 
 
 class TinyImages(Dataset):

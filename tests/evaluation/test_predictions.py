@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from medtl.errors import MedtlError
 from medtl.evaluation.predictions import (
-    PredictionAccumulator,
     label_indices,
     load_predictions,
     logit_matrix,
@@ -98,20 +96,6 @@ def test_parquet_round_trip_or_clear_error(tmp_path):
         return
     back = load_predictions(write_predictions(df, tmp_path / "p.parquet"))
     pd.testing.assert_series_equal(back["prob_none"], df["prob_none"])
-
-
-def test_accumulator_builds_the_table_from_tensor_batches():
-    acc = PredictionAccumulator(["normal", "tumor"], logits=True, run_id="ft-s0", strategy="finetune", seed=0)
-    acc.update(["a", "b"], torch.tensor([0, 1]), torch.tensor([[2.0, -1.0], [0.0, 3.0]]), split="val")
-    acc.update(["c"], torch.tensor([1]), torch.tensor([[0.5, 0.4]]), split="test", patient_ids=["p9"])
-    df = acc.to_frame()
-    assert list(df["case_id"]) == ["a", "b", "c"] and list(df["label"]) == ["normal", "tumor", "tumor"]
-    np.testing.assert_allclose(df[["prob_normal", "prob_tumor"]].sum(axis=1), 1.0)
-    # logits=True: the batches were logits, so they are kept as logit columns too
-    np.testing.assert_allclose(logit_matrix(df, ["normal", "tumor"]), [[2.0, -1.0], [0.0, 3.0], [0.5, 0.4]])
-    assert df.loc[2, "patient_id"] == "p9" and df["run_id"].eq("ft-s0").all()
-    with pytest.raises(MedtlError):
-        PredictionAccumulator().to_frame()
 
 
 def test_runs_with_different_class_names_are_refused():

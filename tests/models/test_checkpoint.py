@@ -4,7 +4,7 @@ import torch
 from medtl import __version__
 from medtl.errors import MedtlError
 from medtl.models import Head, Model, VAEHead, build_encoder, lift, load_checkpoint, read_checkpoint, save_checkpoint
-from medtl.models.checkpoint import FORMAT
+from medtl.models.formats import CHECKPOINT_FORMAT
 
 
 def _meta():
@@ -17,7 +17,7 @@ def test_checkpoint_is_plain_and_complete(tmp_path):
     model = Model(build_encoder("resnet10"), Head(512, "binary"))
     path = save_checkpoint(tmp_path / "model.pt", model, **_meta())
     raw = torch.load(path, weights_only=True)  # the whole file, no pickled code
-    assert raw["format"] == FORMAT and raw["format_version"] == 1
+    assert raw["format"] == CHECKPOINT_FORMAT and raw["format_version"] == 1
     meta = raw["meta"]
     for key in ("architecture", "in_channels", "image_size", "intensity", "label_names", "manifest_hash", "metrics",
                 "medtl_version", "seed", "model", "task"):
@@ -30,7 +30,7 @@ def test_checkpoint_is_plain_and_complete(tmp_path):
 def test_metadata_becomes_plain_values(tmp_path):
     import numpy as np
 
-    from medtl.models.checkpoint import plain
+    from medtl.plain import plain
 
     assert plain({"a": np.int64(3), "b": torch.tensor(0.5), "c": (1, 2), "d": float("nan")}) == {
         "a": 3, "b": 0.5, "c": [1, 2], "d": None}

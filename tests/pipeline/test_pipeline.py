@@ -223,3 +223,17 @@ def test_a_pipeline_can_pretrain_its_source_self_supervised(tiny, make_config, t
     meta = read_checkpoint(out / "pretrain" / "model.pt")["meta"]
     assert meta["mode"] == "moco" and meta["model"]["head"]["kind"] == "projection"
     assert len(list((out / "transfer").rglob("predictions.csv"))) == 1
+
+
+def test_a_run_folder_that_recorded_the_removed_similarity_compare_still_resumes(tiny, make_config):
+    """similarity.compare (never read) was removed: a stages.json that recorded it empty still matches."""
+    from medtl.pipeline.runner import _payloads, _same_but_new_defaults
+
+    cfg = load_pipeline(make_config(tiny))
+    root = (tiny / "data").resolve()
+    full, minimal = _payloads(cfg, root, with_defaults=True)["similarity"], _payloads(cfg, root)["similarity"]
+    old = json.loads(json.dumps(full))
+    old["similarity"]["compare"] = []  # as medtl recorded every value before 2026-11-30
+    assert _same_but_new_defaults(old, full, minimal)
+    old["similarity"]["compare"] = ["manifests/other.csv"]
+    assert not _same_but_new_defaults(old, full, minimal)

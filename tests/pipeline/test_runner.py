@@ -17,7 +17,7 @@ from medtl.models.lift import SliceEncoder
 from medtl.pipeline import run_pipeline
 from medtl.pipeline.runner import _flat_scores
 from medtl.similarity.images import compare_manifests
-from medtl.strategies import STRATEGIES, get_strategy
+from medtl.strategies.registry import STRATEGIES, get_strategy
 
 # The rule of thumb the runner used to hold as a table keyed by name (few labels, many labels; small gap,
 # large gap), now each strategy class's PRIOR: every registered method must give the same values.

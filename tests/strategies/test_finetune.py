@@ -5,7 +5,7 @@ import torch
 
 from medtl.errors import MedtlError
 from medtl.models import Head, build_encoder, lift
-from medtl.strategies import STRATEGIES, default_hparams, get_strategy
+from medtl.strategies.registry import STRATEGIES, default_hparams, get_strategy
 
 NAMES = ["scratch", "full", "feature_extraction", "gradual_unfreeze", "discriminative_lr", "lp_ft", "l2sp"]
 
@@ -182,7 +182,6 @@ def test_every_strategy_moves_to_a_device_and_trains_through_fit(tmp_path):
 
     from medtl.engine import fit
     from medtl.models import Head, build_encoder
-    from medtl.strategies import get_strategy
 
     g = torch.Generator().manual_seed(0)
     data = [{"image": torch.randn(1, 16, 16, generator=g), "label": torch.tensor(i % 2)} for i in range(8)]

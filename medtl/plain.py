@@ -1,0 +1,36 @@
+"""Values as plain Python types: the one JSON cleaner.
+
+Every file medtl writes as JSON (reports, run folders, training logs) and every checkpoint's metadata
+(which ``torch.load(..., weights_only=True)`` must read back without pickled code) goes through
+:func:`plain`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from medtl.errors import MedtlError
+
+
+def plain(obj: Any, where: str = "value") -> Any:
+    """``obj`` as dict/list/str/int/float/bool/None: NumPy and torch scalars and arrays become numbers and
+    lists, paths strings, tuples lists, keys strings, and NaN or infinite floats None (JSON has no NaN:
+    None reads as "undefined"). Anything else is refused, naming ``where``."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if hasattr(obj, "dtype") and hasattr(obj, "tolist"):  # NumPy / torch scalars and arrays
+        return plain(obj.tolist(), where)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v, where) for v in obj]
+    raise MedtlError(f"must be plain values (dict, list, str, number, bool or None); {type(obj).__name__} is not",
+                     where)

@@ -1,0 +1,97 @@
+"""medtl.data.build: manifests from folders and raw manifests, patient-level stratified splits, near copies."""
+
+from collections import defaultdict
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from medtl.data.build import _unite_groups, assign_splits, build_manifest, guess_modality
+from medtl.data.check import check_manifest
+from medtl.data.manifest import Manifest, ManifestRow
+from medtl.errors import MedtlError
+
+
+def test_guess_modality_from_the_domain_then_the_file_kind():
+    assert guess_modality("a/b.png", "cxr_nih") == "cxr"  # the domain's prefix wins
+    assert guess_modality("a/b.png", "mri3d_ixi") == "mri3d"
+    assert guess_modality("a/b.nii.gz", "site") == "mri3d"
+    assert guess_modality("a/b.jpg", "site") == "mri2d"
+    assert guess_modality("a/b.dcm", "site") == "dicom"  # decided later from the DICOM header
+
+
+def test_bad_fractions_and_sources_are_refused(folder_root, tmp_path):
+    rows = [ManifestRow("a.png", "x", "p", "d", "", "cxr")]
+    for fractions in [(0.5, 0.5), (0.8, 0.3, -0.1), (0.6, 0.2, 0.1)]:
+        with pytest.raises(MedtlError, match="fractions"):
+            assign_splits(rows, 0, fractions)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(MedtlError, match="raw manifest"):
+        build_manifest(tmp_path / "notes.txt", tmp_path)
+    with pytest.raises(MedtlError, match="not a folder"):
+        build_manifest(folder_root / "site", tmp_path / "nowhere")
+
+
+def test_a_kept_source_split_moves_each_near_copy_group_to_its_earliest_split():
+    splits = ["test", "train", "val", "val", "test"]
+    groups = np.array([1, 1, 2, 2, 3])
+    assert _unite_groups(splits, groups) == (["train", "train", "val", "val", "test"], 1)
+
+
+def test_build_from_folder_splits_by_group_and_says_ids_are_per_image(folder_root, tmp_path):
+    m = build_manifest(folder_root / "site", folder_root, seed=1)
+    assert len(m) == 25 and m.label_names == ["neg", "pos"]
+    assert all(r.extras["patient_id_kind"] == "per_image" and r.patient_id == r.path for r in m)
+    assert m.meta["patient_ids"].startswith("per image") and m.meta["near_copy_groups"] == 1
+    split = {r.path: r.split for r in m}
+    assert split["site/pos/img00.png"] == split["site/pos/copy.jpg"]
+    counts = m.class_counts()
+    for label in ("neg", "pos"):
+        assert counts["train"][label] >= 7 and counts["val"][label] >= 1 and counts["test"][label] >= 1
+    report = check_manifest(m, folder_root)
+    assert report.ok, report.render()
+    assert "train" in report.table() and report.near_copy_groups_across_splits == 0
+
+
+def test_build_names_near_copy_groups_and_check_catches_a_group_split_by_hand(folder_root):
+    m = build_manifest(folder_root / "site", folder_root, seed=1)
+    named = {r.path: r.extras["near_copy_group"] for r in m}
+    assert named["site/pos/img00.png"] == named["site/pos/copy.jpg"] == "g1"
+    assert sum(bool(g) for g in named.values()) == 2  # every other image has no copy
+    by_split = m.meta["near_copy_groups_by_split"]
+    home = {r.path: r.split for r in m}["site/pos/copy.jpg"]
+    assert by_split[home] == {"groups": 1, "images": 2}
+    assert sum(v["groups"] for v in by_split.values()) == 1
+    other = "train" if home != "train" else "test"
+    edited = Manifest([replace(r, split=other) if r.path == "site/pos/copy.jpg" else r for r in m], m.label_names)
+    report = check_manifest(edited, folder_root)
+    assert any("recorded near-copy group(s) split across splits: 1: g1" in e for e in report.errors)
+
+
+def test_split_is_patient_level_and_stratified():
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(200):
+        label = "pos" if p % 3 == 0 else "neg"
+        for k in range(rng.integers(1, 4)):
+            rows.append(ManifestRow(f"{p}_{k}.png", label, f"P{p}", "d", "", "cxr"))
+    splits = assign_splits(rows, seed=5)
+    by_patient = defaultdict(set)
+    for r, s in zip(rows, splits):
+        by_patient[r.patient_id].add(s)
+    assert all(len(s) == 1 for s in by_patient.values())
+    for label in ("pos", "neg"):
+        n = [sum(1 for r, s in zip(rows, splits) if r.label == label and s == name) for name in ("train", "val", "test")]
+        total = sum(n)
+        assert abs(n[0] / total - 0.7) < 0.06 and abs(n[1] / total - 0.15) < 0.06
+    assert assign_splits(rows, seed=5) == splits and assign_splits(rows, seed=6) != splits
+
+
+def test_exclude_near_copies_of_another_manifest(folder_root, tmp_path):
+    target = build_manifest(folder_root / "site", folder_root, seed=0)
+    target = Manifest([r for r in target if r.path == "site/pos/copy.jpg"], target.label_names)
+    target.save(tmp_path / "target.csv")
+    source = build_manifest(folder_root / "site", folder_root, seed=0, exclude_copies_of=tmp_path / "target.csv")
+    paths = {r.path for r in source}
+    assert "site/pos/img00.png" not in paths and "site/pos/copy.jpg" not in paths
+    assert len(source) == 23 and source.meta["excluded_rows"] == 2

@@ -1,0 +1,76 @@
+"""medtl.data.check: a manifest against its files (labels, splits, leakage, copies, a wrong data root)."""
+
+from medtl.cli import main
+from medtl.data.build import build_manifest
+from medtl.data.check import CheckReport, check_manifest, wrong_root_hint
+from medtl.data.manifest import Manifest, ManifestRow
+
+
+def test_wrong_root_hint_only_when_most_files_are_missing():
+    assert wrong_root_hint(0, 0, "/data") is None
+    assert wrong_root_hint(5, 10, "/data") is None  # half missing: those files are missing, not the root wrong
+    hint = wrong_root_hint(6, 10, "/data")
+    assert hint.startswith("6 of 10 files are missing under the data root /data") and "--data-root" in hint
+
+
+def test_a_data_root_that_is_not_a_folder_is_the_one_error(tmp_path):
+    m = Manifest([ManifestRow("a.png", "x", "p", "d", "train", "cxr")], ["x"])
+    report = check_manifest(m, tmp_path / "nowhere")
+    assert report.errors == [f"data root {tmp_path / 'nowhere'} is not a folder"] and not report.ok
+
+
+def test_bad_splits_and_modalities_are_listed_by_line(folder_root):
+    rows = [ManifestRow("site/neg/img00.png", "neg", "A", "d", "training", "cxr"),
+            ManifestRow("site/neg/img01.png", "neg", "B", "d", "train", "xray")]
+    report = check_manifest(Manifest(rows, ["neg"]), folder_root)
+    assert "splits other than ['train', 'val', 'test']: line 2 ('training')" in report.errors
+    assert any(e.startswith("modalities other than") and "line 3 ('xray')" in e for e in report.errors)
+
+
+def test_the_report_renders_counts_and_its_verdict():
+    report = CheckReport(None, counts={"train": {"neg": 3, "pos": 1}, "val": {"neg": 1}, "test": {}})
+    assert report.table().splitlines() == ["label  train    val  total", "neg        3      1      4",
+                                           "pos        1      0      1", "total      4      1      5"]
+    assert report.render().endswith("OK")
+    report.errors.append("bad")
+    assert report.render().endswith("ERROR bad\nFAILED with 1 error(s)")
+
+
+def test_without_grouping_the_near_copy_is_reported(folder_root):
+    m = build_manifest(folder_root / "site", folder_root, seed=1, group_near_copies=False)
+    rows = [r if r.path != "site/pos/copy.jpg" else ManifestRow(r.path, r.label, r.patient_id, r.domain,
+            "test" if dict((x.path, x.split) for x in m)["site/pos/img00.png"] != "test" else "train", r.modality,
+            r.extras) for r in m]
+    report = check_manifest(Manifest(rows, m.label_names), folder_root)
+    assert report.near_copy_groups_across_splits == 1
+    assert any("near-copy" in w for w in report.warnings)
+
+
+def test_leakage_is_refused_naming_the_patients(folder_root, tmp_path, write_csv):
+    rows = [
+        {"path": "site/neg/img00.png", "label": "neg", "patient_id": "P7", "domain": "d", "split": "train", "modality": "cxr"},
+        {"path": "site/neg/img01.png", "label": "neg", "patient_id": "P7", "domain": "d", "split": "test", "modality": "cxr"},
+        {"path": "site/pos/img01.png", "label": "pos", "patient_id": "P8", "domain": "d", "split": "test", "modality": "cxr"},
+    ]
+    path = write_csv(tmp_path / "leaky.csv", rows)
+    report = check_manifest(Manifest.load(path), folder_root)
+    assert not report.ok
+    assert any("leakage" in e and "P7" in e and "P8" not in e for e in report.errors)
+    assert main(["manifest", "check", str(path), "--data-root", str(folder_root)]) == 1
+
+
+def test_check_flags_unknown_label_missing_file_escape_and_identical_files(folder_root, tmp_path, write_csv):
+    rows = [
+        {"path": "site/neg/img00.png", "label": "neg", "patient_id": "A", "domain": "d", "split": "train", "modality": "cxr"},
+        {"path": "site/neg/img00.png", "label": "neg", "patient_id": "B", "domain": "d", "split": "test", "modality": "cxr"},
+        {"path": "site/neg/gone.png", "label": "neg", "patient_id": "C", "domain": "d", "split": "train", "modality": "cxr"},
+        {"path": "../escape.png", "label": "neg", "patient_id": "D", "domain": "d", "split": "train", "modality": "cxr"},
+        {"path": "site/pos/img00.png", "label": "maybe", "patient_id": "E", "domain": "d", "split": "val", "modality": "cxr"},
+    ]
+    path = write_csv(tmp_path / "bad.csv", rows)
+    report = check_manifest(Manifest.load(path), folder_root, labels=["neg", "pos"])
+    text = "\n".join(report.errors)
+    assert "'maybe'" in text and "line 6" in text
+    assert "gone.png (file not found)" in text
+    assert "../escape.png" in text and "data root" in text
+    assert "identical file" in text

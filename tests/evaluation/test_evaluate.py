@@ -1,0 +1,60 @@
+"""medtl.evaluation.evaluate: a predictions table -> the report dict (schema, thresholds on val, metrics on test)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medtl.errors import MedtlError
+from medtl.evaluation.evaluate import SCHEMA, EvalSettings, evaluate_predictions, load_report
+from medtl.evaluation.predictions import predictions_from_arrays
+from medtl.evaluation.thresholds import choose_threshold
+
+
+def _split(rng, split, n):
+    y = rng.integers(0, 2, n)
+    s = 1 / (1 + np.exp(-rng.normal(1.5 * y - 0.75, 1.0)))
+    return predictions_from_arrays([f"{split}{i}" for i in range(n)], y, np.c_[1 - s, s], class_names=["neg", "pos"],
+                                   split=split, run_id="r", strategy="s")
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.default_rng(0)
+    return pd.concat([_split(rng, "val", 40), _split(rng, "test", 50)], ignore_index=True)
+
+
+def test_settings_are_checked_when_made():
+    with pytest.raises(MedtlError, match="unknown threshold rule 'best'"):
+        EvalSettings(threshold_rule="best")
+    with pytest.raises(MedtlError, match="needs a target"):
+        EvalSettings(threshold_rule="sensitivity")
+    with pytest.raises(MedtlError, match="splits must differ"):
+        EvalSettings(val_split="test")
+
+
+def test_threshold_comes_from_val_and_metrics_from_test(table):
+    report = evaluate_predictions(table, n_boot=0)
+    assert report["schema"] == SCHEMA and report["settings"]["threshold_rule"] == "youden"
+    run = report["tasks"]["default"]["strategies"]["s"]["runs"][0]
+    val, test = table[table["split"] == "val"], table[table["split"] == "test"]
+    assert (run["n_val"], run["n_test"]) == (40, 50)
+    expected = choose_threshold(val["label"] == "pos", val["prob_pos"], "youden")
+    assert run["threshold"]["value"] == pytest.approx(expected.value) and run["threshold"]["chosen_on"] == "val"
+    assert run["metrics"]["auroc"]["value"] == pytest.approx(roc_auc_score(test["label"] == "pos", test["prob_pos"]))
+    called = test["prob_pos"] >= expected.value
+    sensitivity = (called & (test["label"] == "pos")).sum() / (test["label"] == "pos").sum()
+    assert run["metrics"]["sensitivity"]["value"] == pytest.approx(sensitivity)
+    assert run["metrics"]["auroc"]["ci_low"] is None  # n_boot=0: no interval, and None rather than NaN
+
+
+def test_the_report_is_strict_json_and_reads_back(table, tmp_path):
+    report = evaluate_predictions(table, n_boot=20)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report, allow_nan=False))  # plain values only: no NaN, no NumPy types
+    assert load_report(path) == report
+    path.write_text(json.dumps({"schema": "something else"}))
+    with pytest.raises(MedtlError, match="not a medtl evaluation report"):
+        load_report(path)
