@@ -136,7 +136,8 @@ def fast_arm(s: Settings, root: Path, weights: Path, arch: str, size: int, train
              batch: int, seed: int, goal: float) -> list[tuple[float, float]]:
     from medtl.data.datasets import build_dataset
     from medtl.engine import StopTraining
-    from medtl.engine.feature_cache import extract_features, train_head
+    from medtl.engine.feature_cache import extract_features
+    from medtl.engine.probe import train_head
 
     dev = s.dev
     enc = _encoder(arch, 2, weights)
