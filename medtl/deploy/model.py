@@ -76,7 +76,7 @@ class Predictor:
         regression: bool = False,
     ) -> Predictor:
         """Wrap a module giving logits ``(B, K)``: softmax, eval mode, autocast as ``meta["precision"]`` says
-        (the checkpoint's policy, resolved by ``medtl.engine.evaluate.precision_dtype``; "auto" without one).
+        (the checkpoint's policy, resolved by ``medtl.engine.inference.precision_dtype``; "auto" without one).
         ``regression``: the module gives ``(B, 1)`` values (``label_names`` names the one output), kept as they are."""
         from medtl.engine.inference import forward_batch, precision_dtype
 

@@ -4,12 +4,18 @@ It knows nothing method-specific: it builds the optimiser from ``strategy.param_
 ``on_epoch_start`` and asks ``training_loss`` for each step (with a target batch for strategies whose
 ``needs_target`` is True, drawn from a second loader that restarts every epoch and cycles when shorter).
 
-Run folder (``run_dir``)::
+Run folder (``run_dir``; the names are :class:`medtl.engine.run_folder.RunFolder`'s)::
 
     config.json     training config, strategy name and hyper-parameters
     metrics.jsonl   one JSON object per finished epoch (train loss and parts, val metrics, lr, time)
     last.pt         full training state after the last finished epoch (weights_only-readable)
     best.pt         model (medtl checkpoint format) at the best monitored value
+
+The loop (:meth:`Trainer.fit`) is small: each epoch trains (:meth:`Trainer._train_epoch`), validates
+(:meth:`Trainer._epoch_record`), then calls the epoch-end handlers in order: :class:`BestCheckpoint`
+(the monitored metric, ``best.pt``), :class:`MetricLogger` (history, ``metrics.jsonl``),
+:class:`LastCheckpoint` (``last.pt``), :class:`EarlyStopping` (patience) and :class:`CallbackRunner`
+(the user's callbacks; :class:`StopTraining` ends training).
 
 Resume: ``fit`` on a run folder that holds ``last.pt`` continues after its epoch. Every epoch
 re-seeds Python, NumPy, torch, the loaders' generators and (single-process loaders) the MONAI
@@ -589,31 +595,37 @@ class Trainer:
             strategy.to(self.device)
             with self._sync_batchnorm():
                 state = self._start(resume)
-                handlers = self.handlers(monitor, mode)
-                for epoch in range(state.epoch, self.config.epochs):
-                    if state.stopped_early:
-                        break
-                    t0 = time.time()
-                    sums, seen = self._train_epoch(epoch, state, loaders)
-                    state.epoch = epoch + 1
-                    record = self._epoch_record(epoch, sums, seen, loaders.val, state.optimizer, t0)
-                    for handler in handlers:
-                        handler.epoch_completed(self, state, record)
-                    if state.stop:
-                        break
-                    if state.stopped_early:
-                        log.info("early stopping after epoch %d (%s did not improve for %d epochs)", epoch + 1,
-                                 monitor, self.config.patience)
-                self._ddp = None
-                if self.config.restore_best and state.best["epoch"] is not None:
-                    if state.best_weights is not None or ctx.is_main:
-                        self._restore_best(state.best_weights)
-                    if ctx.enabled and state.best_weights is None:
-                        D.broadcast_module_state(strategy, 0, ctx)  # rank 0 read best.pt
-                D.barrier(ctx)  # on return, rank 0's files are complete
-                return TrainResult(state.history, monitor, state.best["value"], state.best["epoch"],
-                                   state.stopped_early, self.run_dir, extra={"world_size": ctx.world_size,
-                                                                             "rank": ctx.rank})
+                self._run_epochs(state, loaders, self.handlers(monitor, mode), monitor)
+                self._finish(state)
+        return TrainResult(state.history, monitor, state.best["value"], state.best["epoch"], state.stopped_early,
+                           self.run_dir, extra={"world_size": ctx.world_size, "rank": ctx.rank})
+
+    def _run_epochs(self, state: TrainState, loaders: _Loaders, handlers: list, monitor: str) -> None:
+        for epoch in range(state.epoch, self.config.epochs):
+            if state.stopped_early:
+                break
+            t0 = time.time()
+            sums, seen = self._train_epoch(epoch, state, loaders)
+            state.epoch = epoch + 1
+            record = self._epoch_record(epoch, sums, seen, loaders.val, state.optimizer, t0)
+            for handler in handlers:
+                handler.epoch_completed(self, state, record)
+            if state.stop:
+                break
+            if state.stopped_early:
+                log.info("early stopping after epoch %d (%s did not improve for %d epochs)", epoch + 1, monitor,
+                         self.config.patience)
+
+    def _finish(self, state: TrainState) -> None:
+        """The best epoch's weights back (if asked), on every rank; rank 0's files complete on return."""
+        ctx = self.ctx
+        self._ddp = None
+        if self.config.restore_best and state.best["epoch"] is not None:
+            if state.best_weights is not None or ctx.is_main:
+                self._restore_best(state.best_weights)
+            if ctx.enabled and state.best_weights is None:
+                D.broadcast_module_state(self.strategy, 0, ctx)  # rank 0 read best.pt
+        D.barrier(ctx)
 
     def _train_epoch(self, epoch: int, state: TrainState, loaders: _Loaders) -> tuple[dict[str, float], int]:
         """One epoch of steps; returns the loss sums (all ranks) and the number of items they cover."""

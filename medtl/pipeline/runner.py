@@ -33,6 +33,7 @@ import yaml
 
 from medtl.data.io import ARRAY_MEMBER
 from medtl.data.manifest import Manifest, stratified_sample
+from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, TaskSpec, load_pipeline
@@ -485,7 +486,7 @@ def stage_transfer(ctx: Context) -> dict:
     done = 0
     for task, fraction, seed, spec in bar(jobs, desc="transfer", unit="job", enabled=ctx.progress):
         job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / spec.display / f"seed{seed}"
-        if (job_dir / "predictions.csv").exists():
+        if RunFolder(job_dir).predictions.exists():
             done += 1
             continue
         run_job(ctx, task, fraction, seed, spec, job_dir)
@@ -496,7 +497,7 @@ def stage_transfer(ctx: Context) -> dict:
         for fraction in cfg.label_fractions:
             for seed in cfg.seeds:
                 job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / TRAINING_MEAN / f"seed{seed}"
-                if not (job_dir / "predictions.csv").exists():
+                if not RunFolder(job_dir).predictions.exists():
                     run_training_mean(ctx, task, fraction, seed, job_dir)
     return {"jobs": len(jobs), "already_done": done}
 
@@ -568,12 +569,12 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         probe_val = val_ds if val_loader is not None else None
     if probe and spec.name == "feature_extraction":
         strategy, _ = fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
-                                       hparams=hparams or None, run_dir=job_dir, cache_dir=job_dir / "features",
+                                       hparams=hparams or None, run_dir=job_dir, cache_dir=RunFolder(job_dir).features,
                                        checkpoint_meta=meta, **common)
     else:
         if probe:  # LP-FT
             fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
-                             cache_dir=job_dir / "features", device=tc.device)
+                             cache_dir=RunFolder(job_dir).features, device=tc.device)
             hparams["lp_epochs"] = 0
         strategy = cls(encoder, head, hparams or None, **kwargs)  # kwargs: only for strategies that need the target
         train_loader = _loader(train_ds, tc.batch_size, True, seed, tc.num_workers)
@@ -602,10 +603,10 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
             tables.append(predictions_from_arrays(out["case_id"], out["label"], out["prob"],
                                                   class_names=target.label_names, logits=out["logits"], **common))
             if split == "val" and head_task == "binary":
-                _store_threshold(job_dir / "best.pt", out, cfg.evaluation.threshold_rule)
+                _store_threshold(RunFolder(job_dir).best, out, cfg.evaluation.threshold_rule)
     import pandas as pd
 
-    path = job_dir / "predictions.csv"
+    path = RunFolder(job_dir).predictions
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)  # the job counts as done only once its table is whole
     return path
@@ -679,10 +680,10 @@ def run_training_mean(ctx: Context, task: TaskSpec, fraction: float, seed: int, 
             run_id=f"{task.name}/{TRAINING_MEAN}/frac{fraction:g}/seed{seed}", strategy=TRAINING_MEAN, task=task.name,
             seed=seed, label_fraction=fraction))
     job_dir.mkdir(parents=True, exist_ok=True)
-    path = job_dir / "predictions.csv"
+    path = RunFolder(job_dir).predictions
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)
-    (job_dir / "baseline.json").write_text(json.dumps({"training_mean": mean, "n_labelled": len(labelled)}) + "\n")
+    RunFolder(job_dir).baseline.write_text(json.dumps({"training_mean": mean, "n_labelled": len(labelled)}) + "\n")
     return path
 
 
@@ -697,17 +698,16 @@ def stage_report(ctx: Context) -> dict:
     from medtl.similarity.recommend import compare_outcome
 
     out = ctx.out
-    tables = sorted((out / "transfer").rglob("predictions.csv"))
+    tables = RunFolder.predictions_under(out / "transfer")
     if not tables:
         raise MedtlError("no predictions to report", out / "transfer")
     preds = pd.concat([pd.read_csv(p, dtype={"case_id": str, "patient_id": str}) for p in tables], ignore_index=True)
     preds.to_csv(out / "predictions.csv", index=False)
     logs = []
-    for p in sorted((out / "transfer").rglob("metrics.jsonl")):
+    for p in RunFolder.logs_under(out / "transfer"):
         job = p.parent.relative_to(out / "transfer")  # <task>/frac<f>/<strategy>/seed<n>
-        for line in p.read_text().splitlines():
-            if line.strip():
-                logs.append({**json.loads(line), "run_id": job.as_posix(), "strategy": job.parts[-2]})
+        for record in RunFolder.read_log_file(p):
+            logs.append({**record, "run_id": job.as_posix(), "strategy": job.parts[-2]})
     log_path = None
     if logs:
         log_path = out / "metrics_log.csv"
