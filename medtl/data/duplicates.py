@@ -9,7 +9,6 @@ components of that relation, so a split that keeps each group on one side cannot
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 

@@ -80,25 +80,24 @@ class Predictor:
         regression: bool = False,
     ) -> Predictor:
         """Wrap a module giving logits ``(B, K)``: softmax, eval mode, autocast as ``meta["precision"]`` says
-        (the checkpoint's policy, resolved by ``medtl.engine.evaluate.precision_dtype``; "auto" without one).
+        (the checkpoint's policy, resolved by ``medtl.engine.inference.precision_dtype``; "auto" without one).
         ``regression``: the module gives ``(B, 1)`` values (``label_names`` names the one output), kept as they are."""
-        from medtl.engine.evaluate import autocast, precision_dtype
+        from medtl.engine.inference import forward_batch, precision_dtype
 
         if "preset" not in preprocess:
             raise MedtlError("preprocess must name the data preset ('cxr', 'mri2d' or 'mri3d')", "preprocess")
         dev = torch.device(device) if device is not None else _default_device()
         module = module.to(dev).eval()
-        dtype = precision_dtype(str((meta or {}).get("precision") or "auto"), dev)
+        dtype = precision_dtype(str((meta or {}).get("precision") or "auto"), dev)  # as the model was evaluated
+        wanted = ("logits",) if regression else ("logits", "probs")
 
         @torch.no_grad()
         def predict(batch: torch.Tensor) -> torch.Tensor:
-            batch = batch.to(dev, non_blocking=True)
-            with autocast(dev, dtype):  # the same policy the model was evaluated with
-                logits = module(batch)
-            if logits.ndim != 2 or logits.shape[1] != len(label_names):
-                raise MedtlError(f"model gave outputs of shape {tuple(logits.shape)}; expected (B, {len(label_names)})",
-                                 name)
-            return logits.float().cpu() if regression else logits.float().softmax(1).cpu()
+            out = forward_batch(module, {"image": batch}, wanted, dev, dtype)
+            if out["logits"].ndim != 2 or out["logits"].shape[1] != len(label_names):
+                raise MedtlError(f"model gave outputs of shape {tuple(out['logits'].shape)}; expected "
+                                 f"(B, {len(label_names)})", name)
+            return out["logits"] if regression else out["probs"]
 
         spatial = Preset(preprocess["preset"]).spatial_dims
         return cls(name, version, list(label_names), dict(preprocess), predict,

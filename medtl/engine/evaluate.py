@@ -6,65 +6,15 @@ log; the diagnostic report with confidence intervals lives in medtl.evaluation.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from medtl.models.heads import head_task, infer_task, predict_from_logits, task_loss
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors to ``device`` (MONAI MetaTensors as plain tensors: the model needs no metadata)."""
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.as_tensor() if hasattr(v, "as_tensor") else v
-            v = v.to(device, non_blocking=True)
-        out[k] = v
-    return out
-
-
-PRECISIONS = ("auto", "off", "bf16", "fp16")
-
-
-def precision_dtype(policy: str, device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype of a precision policy on ``device`` (None: plain fp32).
-
-    The one policy: a checkpoint records it (meta ``precision``) and training, evaluation and
-    ``medtl predict`` all resolve it here, so the deployed model computes as the evaluated one did.
-    "auto" is bf16 on CUDA (fp16 where bf16 is missing) and fp32 on CPU, where bf16 autocast was
-    measured slower and less exact on the development CPUs.
-    """
-    from medtl.errors import MedtlError
-
-    if policy not in PRECISIONS:
-        raise MedtlError(f"unknown precision {policy!r}; use one of {', '.join(PRECISIONS)}", "precision")
-    device = torch.device(device)
-    if policy == "off" or (policy == "auto" and device.type != "cuda"):
-        return None
-    if policy == "fp16" or (policy == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _step(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if hasattr(model, "validation_step"):
-        return model.validation_step(batch)
-    logits = model(batch["image"])
-    if "label" not in batch:
-        return None, logits
-    head = getattr(model, "head", None)
-    loss = head.loss(logits, batch["label"]) if hasattr(head, "loss") else task_loss(logits, batch["label"])
-    return loss, logits
+# The precision policy and device moves belong to the inference core; imported here for existing callers.
+from medtl.engine.inference import PRECISIONS, autocast, precision_dtype, run_model, to_device
+from medtl.models.heads import head_task, infer_task, predict_from_logits
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
@@ -84,7 +34,6 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
     return out
 
 
-@torch.no_grad()
 def collect(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
             progress: bool = False) -> dict[str, Any]:
     """The raw per-batch pieces of :func:`predict` (CPU logits and labels, string fields, loss terms).
@@ -92,31 +41,10 @@ def collect(model: nn.Module, loader, device: str | torch.device = "cpu", amp_dt
     Pieces from consecutive parts of one loader concatenate (``merge_collected``) into exactly the
     pieces of the whole: that is how sharded inference (medtl.engine.distributed) merges its ranks.
     """
-    from medtl.progress import bar
-
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    raw: dict[str, Any] = {"logits": [], "labels": [], "strings": {}, "loss_terms": [], "n_loss": 0}
-    try:
-        for batch in bar(loader, desc="eval", leave=False, enabled=progress):
-            batch = to_device(batch, device)
-            with autocast(device, amp_dtype):
-                loss, logits = _step(model, batch)
-            n = int(batch["image"].shape[0])
-            if loss is not None:
-                raw["loss_terms"].append(float(loss) * n)
-                raw["n_loss"] += n
-            if logits is not None:
-                raw["logits"].append(logits.float().cpu())
-            if "label" in batch:
-                raw["labels"].append(batch["label"].cpu())
-            for k, v in batch.items():
-                if isinstance(v, (list, tuple)) and v and isinstance(v[0], str):
-                    raw["strings"].setdefault(k, []).extend(v)
-    finally:
-        model.train(was_training)
-    return raw
+    out = run_model(model, loader, ("loss", "logits"), device=device, amp_dtype=amp_dtype, progress=progress,
+                    desc="eval")
+    return {"logits": out.logits, "labels": out.labels, "strings": out.fields, "loss_terms": out.loss_terms,
+            "n_loss": out.n_loss}
 
 
 def merge_collected(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -176,3 +104,7 @@ def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", amp_d
              progress: bool = False) -> dict[str, float | None]:
     """``loss`` plus ``accuracy``/``auroc`` (classification) or ``mae`` (regression) over ``loader``."""
     return metrics_from_predictions(predict(model, loader, device, amp_dtype, progress))
+
+
+__all__ = ["PRECISIONS", "assemble", "autocast", "classification_metrics", "collect", "evaluate", "merge_collected",
+           "metrics_from_predictions", "precision_dtype", "predict", "to_device"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medtl.adapt import selection as S
-from medtl.engine.evaluate import autocast, to_device
+from medtl.engine.inference import run_model
 from medtl.errors import MedtlError
 
 # selector -> (logged key, trainer mode). "source_loss" is the plain source validation loss (the default).
@@ -28,28 +28,13 @@ SELECTOR_MONITORS = {
 }
 
 
-@torch.no_grad()
 def features_and_probs(model: nn.Module, loader, device: torch.device, amp_dtype) -> dict[str, np.ndarray]:
     """Encoder features, head probabilities and labels (when the batches carry them) over ``loader``."""
-    was_training = model.training
-    model.eval()
-    feats, probs, labels = [], [], []
-    try:
-        for batch in loader:
-            batch = to_device(batch, device)
-            with autocast(device, amp_dtype):
-                f = model.encoder(batch["image"])
-                logits = model.head(f)
-            feats.append(f.float().cpu())
-            probs.append(logits.float().softmax(1).cpu())
-            if "label" in batch:
-                labels.append(batch["label"].cpu())
-    finally:
-        model.train(was_training)
-    out = {"features": torch.cat(feats).numpy(), "probs": torch.cat(probs).numpy()}
-    if labels:
-        out["labels"] = torch.cat(labels).numpy()
-    return out
+    out = run_model(model, loader, ("features", "probs"), device=device, amp_dtype=amp_dtype)
+    arrays = {"features": out.cat("features").numpy(), "probs": out.cat("probs").numpy()}
+    if out.labels:
+        arrays["labels"] = torch.cat(out.labels).numpy()
+    return arrays
 
 
 def _auroc(probs: np.ndarray, labels: np.ndarray) -> float | None:

@@ -4,12 +4,18 @@ It knows nothing method-specific: it builds the optimiser from ``strategy.param_
 ``on_epoch_start`` and asks ``training_loss`` for each step (with a target batch for strategies whose
 ``needs_target`` is True, drawn from a second loader that restarts every epoch and cycles when shorter).
 
-Run folder (``run_dir``)::
+Run folder (``run_dir``; the names are :class:`medtl.engine.run_folder.RunFolder`'s)::
 
     config.json     training config, strategy name and hyper-parameters
     metrics.jsonl   one JSON object per finished epoch (train loss and parts, val metrics, lr, time)
     last.pt         full training state after the last finished epoch (weights_only-readable)
     best.pt         model (medtl checkpoint format) at the best monitored value
+
+The loop (:meth:`Trainer.fit`) is small: each epoch trains (:meth:`Trainer._train_epoch`), validates
+(:meth:`Trainer._epoch_record`), then calls the epoch-end handlers in order: :class:`BestCheckpoint`
+(the monitored metric, ``best.pt``), :class:`MetricLogger` (history, ``metrics.jsonl``),
+:class:`LastCheckpoint` (``last.pt``), :class:`EarlyStopping` (patience) and :class:`CallbackRunner`
+(the user's callbacks; :class:`StopTraining` ends training).
 
 Resume: ``fit`` on a run folder that holds ``last.pt`` continues after its epoch. Every epoch
 re-seeds Python, NumPy, torch, the loaders' generators and (single-process loaders) the MONAI
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -44,7 +49,9 @@ import torch
 from torch import nn
 
 from medtl.engine import distributed as D
-from medtl.engine.evaluate import autocast, evaluate, precision_dtype, to_device
+from medtl.engine.evaluate import evaluate
+from medtl.engine.inference import autocast, precision_dtype, to_device
+from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
 from medtl.models.checkpoint import model_config, model_state_dict, save_checkpoint
 from medtl.models.formats import TRAIN_STATE_FORMAT
@@ -229,8 +236,112 @@ def _cycle(loader):
             raise MedtlError("the target loader is empty", "target_loader")
 
 
+@dataclass
+class TrainState:
+    """What the epoch loop and its handlers share."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimiser steps taken
+    best: dict[str, Any] = field(default_factory=lambda: {"value": None, "epoch": None, "bad_epochs": 0})
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's weights, kept in memory without a run folder
+    stopped_early: bool = False  # patience ran out
+    stop: bool = False  # a callback raised StopTraining
+
+
+# -- handlers: what happens when an epoch completes, in this order (MONAI's handler style) ----------
+class BestCheckpoint:
+    """Tracks the monitored metric; on improvement saves ``best.pt`` (or keeps the weights in memory)."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float, keep_in_memory: bool):
+        self.monitor, self.mode, self.min_delta, self.keep_in_memory = monitor, mode, min_delta, keep_in_memory
+
+    def improved(self, value, best) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if best is None:
+            return True
+        return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
+
+    def epoch_completed(self, trainer: Trainer, state: TrainState, record: dict[str, Any]) -> None:
+        if self.monitor not in record:
+            raise MedtlError(f"monitored metric {self.monitor!r} is not logged; logged: {sorted(record)}",
+                             "train.monitor")
+        improved = self.improved(record[self.monitor], state.best["value"])
+        if improved:
+            state.best = {"value": record[self.monitor], "epoch": record["epoch"], "bad_epochs": 0}
+            trainer._save_best()
+            if self.keep_in_memory:
+                state.best_weights = {k: v.detach().clone() for k, v in trainer.strategy.state_dict().items()}
+        else:
+            state.best["bad_epochs"] = state.best.get("bad_epochs", 0) + 1
+        record["best"] = improved
+
+
+class MetricLogger:
+    """The epoch's record into the history and (rank 0) ``metrics.jsonl``."""
+
+    def epoch_completed(self, trainer: Trainer, state: TrainState, record: dict[str, Any]) -> None:
+        state.history.append(record)
+        if trainer.folder is not None and trainer.ctx.is_main:
+            trainer.folder.append_log(record)
+
+
+class LastCheckpoint:
+    """The full training state into ``last.pt`` (rank 0), for resume."""
+
+    def epoch_completed(self, trainer: Trainer, state: TrainState, record: dict[str, Any]) -> None:
+        if trainer.folder is not None and trainer.ctx.is_main:
+            trainer._save_state(trainer.folder.last, state)
+
+
+class EarlyStopping:
+    """Stops after ``patience`` epochs without improvement of the monitored metric."""
+
+    def __init__(self, patience: int | None):
+        self.patience = patience
+
+    def epoch_completed(self, trainer: Trainer, state: TrainState, record: dict[str, Any]) -> None:
+        state.stopped_early = self.patience is not None and state.best["bad_epochs"] >= self.patience
+
+
+class CallbackRunner:
+    """The user's ``callbacks(record)``; one raising :class:`StopTraining` ends training (on every rank)."""
+
+    def __init__(self, callbacks: Iterable[Callable[[dict[str, Any]], None]]):
+        self.callbacks = list(callbacks)
+
+    def epoch_completed(self, trainer: Trainer, state: TrainState, record: dict[str, Any]) -> None:
+        stop = False
+        try:
+            for cb in self.callbacks:
+                cb(record)
+        except StopTraining:
+            stop = True
+        if trainer.ctx.enabled:  # a callback that stops on one rank stops them all
+            stop = D.all_reduce_sum([float(stop)], trainer.ctx)[0] > 0
+        state.stop = stop
+
+
+@dataclass
+class _Loaders:
+    train: Any  # the loaders as given (reseeded every epoch)
+    val: Any
+    target: Any
+    train_iter: Any  # this rank's part of each global batch
+    target_iter: Any
+    steps: int  # per epoch
+    total_steps: int
+
+
 class Trainer:
-    """Runs a strategy over loaders; see the module docstring for the run folder and resume."""
+    """Runs a strategy over loaders; see the module docstring for the run folder and resume.
+
+    :meth:`fit` is a small epoch loop: :meth:`_train_epoch` (the steps), :meth:`_epoch_record`
+    (validation and the logged numbers), then the handlers (:meth:`handlers`) at the end of each epoch.
+    """
 
     def __init__(
         self,
@@ -247,6 +358,7 @@ class Trainer:
         self.epoch_metrics = list(epoch_metrics)
         self.config = config.validated() if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.folder = RunFolder(self.run_dir) if self.run_dir is not None else None
         self.callbacks = list(callbacks)
         # stored in best.pt (label names, image size, ...), with the precision the model was evaluated in
         self.checkpoint_meta = {"precision": self.config.amp, **(checkpoint_meta or {})}
@@ -255,6 +367,7 @@ class Trainer:
         self.device = resolve_device(self.config.device, self.env.local_rank if self.env else None)
         self.ctx = D.DistContext()  # the process group in use, set by fit
         self.amp_dtype = amp_dtype(self.config.amp, self.device)
+        self._ddp, self._ddp_key = None, None
 
     # -- pieces ------------------------------------------------------------------------------------
     def _groups(self) -> list[dict[str, Any]]:
@@ -286,19 +399,26 @@ class Trainer:
             mode = "min" if name.endswith(("loss", "mae")) else "max"
         return name, mode
 
-    def _save_state(self, path: Path, optimizer, scaler, epoch: int, step: int, best: dict[str, Any]) -> None:
-        state = {
+    def handlers(self, monitor: str, mode: str) -> list:
+        """What runs when an epoch completes, in order: each has ``epoch_completed(trainer, state, record)``."""
+        cfg = self.config
+        return [BestCheckpoint(monitor, mode, cfg.min_delta, keep_in_memory=cfg.restore_best and self.folder is None),
+                MetricLogger(), LastCheckpoint(), EarlyStopping(cfg.patience), CallbackRunner(self.callbacks)]
+
+    # -- run folder --------------------------------------------------------------------------------
+    def _save_state(self, path: Path, state: TrainState) -> None:
+        saved = {
             "format": TRAIN_STATE_FORMAT,
-            "epoch": epoch,  # epochs finished
-            "global_step": step,
+            "epoch": state.epoch,  # epochs finished
+            "global_step": state.step,
             "model": {k: v.detach().cpu() for k, v in self.strategy.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "best": plain(best),
+            "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "best": plain(state.best),
             "strategy": getattr(self.strategy, "name", None),
         }
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
+        torch.save(saved, tmp)
         os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous state intact
 
     def _read_state(self, path: Path) -> dict[str, Any]:
@@ -320,25 +440,72 @@ class Trainer:
             raise MedtlError(f"the saved weights do not fit this model: {str(err)[:300]}", path) from None
 
     def _write_config(self) -> None:
-        cfg = {
+        self.folder.write_config({
             "train": dataclasses.asdict(self.config),
             "strategy": getattr(self.strategy, "name", None),
             "hparams": getattr(self.strategy, "hparams", None),
             "model": model_config(self.strategy),
             "distributed": {"world_size": self.ctx.world_size, "backend": self.ctx.backend},
-        }
-        (self.run_dir / "config.json").write_text(json.dumps(plain(cfg), indent=2) + "\n")
-
-    def _truncate_log(self, upto_epoch: int) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < upto_epoch]
-        path.write_text("".join(line + "\n" for line in keep))
+        })
 
     def _save_best(self) -> None:
-        if self.ctx.is_main and self.run_dir is not None and hasattr(self.strategy, "encoder") and hasattr(self.strategy, "head"):
-            save_checkpoint(self.run_dir / "best.pt", self.strategy, **self.checkpoint_meta)
+        if self.ctx.is_main and self.folder is not None and hasattr(self.strategy, "encoder") and hasattr(self.strategy, "head"):
+            save_checkpoint(self.folder.best, self.strategy, **self.checkpoint_meta)
+
+    def _resume_state(self, resume: bool) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Rank 0 reads ``last.pt`` and the log and shares them (the other ranks need no shared disk)."""
+        state, history, error = None, [], None
+        if self.ctx.is_main:
+            try:
+                self.folder.create()
+                if resume and self.folder.last.exists():
+                    state = self._read_state(self.folder.last)
+                    self.folder.truncate_log(int(state["epoch"]))
+                    history = self.folder.read_log()
+                else:
+                    self.folder.clear_log()  # a fresh run: no stale lines
+            except MedtlError as err:
+                error = (err.reason, err.where)
+        if self.ctx.enabled:
+            state, history, error = D.broadcast_object((state, history, error), 0, self.ctx)
+        if error is not None:
+            raise MedtlError(*error)
+        return state, history
+
+    def _start(self, resume: bool) -> TrainState:
+        """A fresh training state, or the one in ``last.pt`` when resuming; writes ``config.json``."""
+        optimizer = self._optimizer(self._groups())
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
+        state = TrainState(optimizer, scaler)
+        if self.folder is not None:
+            saved, state.history = self._resume_state(resume)
+            if saved is not None:
+                self._apply_state(saved, self.folder.last)
+                optimizer.load_state_dict(saved["optimizer"])
+                if scaler is not None and saved.get("scaler"):
+                    scaler.load_state_dict(saved["scaler"])
+                state.epoch, state.step, state.best = int(saved["epoch"]), int(saved["global_step"]), dict(saved["best"])
+                log.info("resuming %s after epoch %d", self.run_dir, state.epoch)
+            if self.ctx.is_main:
+                self._write_config()
+        state.stopped_early = state.best.get("bad_epochs", 0) >= (self.config.patience or math.inf)
+        return state
+
+    def _restore_best(self, best_weights) -> None:
+        if best_weights is not None:
+            self.strategy.load_state_dict(best_weights)
+            return
+        path = self.folder.best if self.folder is not None else None
+        if path is None or not path.exists():
+            return
+        from medtl.models.checkpoint import read_checkpoint
+        from medtl.models.weights import check_and_load
+
+        sd = read_checkpoint(path)["state_dict"]
+        target = {k: v for k, v in sd.items()}
+        holder = nn.Module()  # load encoder/head only; the strategy's extra state (L2-SP reference) stays
+        holder.encoder, holder.head = self.strategy.encoder, self.strategy.head
+        check_and_load(holder, target, where=str(path))
 
     # -- distributed pieces ------------------------------------------------------------------------
     def _start_distributed(self) -> D.DistContext:
@@ -356,38 +523,9 @@ class Trainer:
             return bool(self.config.find_unused_parameters)
         return bool(getattr(self.strategy, "ddp_find_unused_parameters", getattr(self.strategy, "needs_target", False)))
 
-    def _resume_state(self, resume: bool) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """Rank 0 reads ``last.pt`` and the log and shares them (the other ranks need no shared disk)."""
-        state, history, error = None, [], None
-        if self.ctx.is_main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                last = self.run_dir / "last.pt"
-                if resume and last.exists():
-                    state = self._read_state(last)
-                    self._truncate_log(int(state["epoch"]))
-                    history = self._read_log()
-                elif (self.run_dir / "metrics.jsonl").exists():
-                    (self.run_dir / "metrics.jsonl").unlink()  # a fresh run: no stale lines
-            except MedtlError as err:
-                error = (err.reason, err.where)
-        if self.ctx.enabled:
-            state, history, error = D.broadcast_object((state, history, error), 0, self.ctx)
-        if error is not None:
-            raise MedtlError(*error)
-        return state, history
-
-    # -- the loop ----------------------------------------------------------------------------------
-    def fit(self, train_loader, val_loader=None, target_loader=None, resume: bool = True) -> TrainResult:
-        from medtl.progress import bar as progress_bar
-
-        cfg, strategy, device = self.config, self.strategy, self.device
-        needs_target = bool(getattr(strategy, "needs_target", False))
-        if needs_target and target_loader is None:
-            raise MedtlError(f"strategy {strategy.name!r} adapts to a target domain: give a target_loader", "target_loader")
-        ctx = self.ctx = self._start_distributed()
-        main = ctx.is_main
-        # Each rank's part of every global batch (a DistributedSampler loader is already per rank).
+    def _plan(self, train_loader, val_loader, target_loader) -> _Loaders:
+        """Each rank's part of every global batch (a DistributedSampler loader is already per rank)."""
+        ctx, cfg = self.ctx, self.config
         train_iter = D.shard_loader(train_loader, ctx)
         target_iter = D.shard_loader(target_loader, ctx) if target_loader is not None else None
         steps = len(train_iter)
@@ -400,204 +538,207 @@ class Trainer:
             raise MedtlError("the training loader is empty", "train_loader")
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
-        total_steps = cfg.epochs * steps
-        monitor, mode = self._monitor(val_loader is not None)
-        show = cfg.progress and main
+        return _Loaders(train_loader, val_loader, target_loader, train_iter, target_iter, steps, cfg.epochs * steps)
 
-        prev_det = torch.are_deterministic_algorithms_enabled()
-        prev_bench = torch.backends.cudnn.benchmark
-        if cfg.deterministic:
+    @contextlib.contextmanager
+    def _deterministic(self):
+        prev_det, prev_bench = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+        if self.config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        swaps: list = []
-        ddp, ddp_key = None, None
         try:
-            strategy.to(device)
-            if ctx.enabled and cfg.sync_batchnorm:
-                if device.type != "cuda":
-                    raise MedtlError("sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU "
-                                     "keep the norm statistics fixed (freeze_norm) or accept per-rank statistics",
-                                     "train.sync_batchnorm")
-                swaps = D.convert_sync_batchnorm(strategy)
-            optimizer = self._optimizer(self._groups())
-            scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and device.type == "cuda" else None
-            start_epoch, step = 0, 0
-            best: dict[str, Any] = {"value": None, "epoch": None, "bad_epochs": 0}
-            history: list[dict[str, Any]] = []
-            best_state = None
-            if self.run_dir is not None:
-                state, history = self._resume_state(resume)
-                if state is not None:
-                    self._apply_state(state, self.run_dir / "last.pt")
-                    optimizer.load_state_dict(state["optimizer"])
-                    if scaler is not None and state.get("scaler"):
-                        scaler.load_state_dict(state["scaler"])
-                    start_epoch, step, best = int(state["epoch"]), int(state["global_step"]), dict(state["best"])
-                    log.info("resuming %s after epoch %d", self.run_dir, start_epoch)
-                if main:
-                    self._write_config()
-            stopped_early = best.get("bad_epochs", 0) >= (cfg.patience or math.inf)
-
-            for epoch in range(start_epoch, cfg.epochs):
-                if stopped_early:
-                    break
-                t0 = time.time()
-                seed = _epoch_seed(cfg.seed, epoch)
-                seed_everything(seed)  # the same on every rank: the ranks' samplers agree on the global batches
-                _reseed_loader(train_loader, seed, epoch, ctx.rank)
-                if target_loader is not None:
-                    _reseed_loader(target_loader, seed + 1, epoch, ctx.rank)
-                strategy.on_epoch_start(epoch, cfg.epochs)
-                groups = self._groups()
-                if len(groups) != len(optimizer.param_groups):
-                    raise MedtlError("param_groups() changed its number of groups between epochs", "strategy")
-                base = [(float(g["lr"]), g.get("weight_decay")) for g in groups]
-                strategy.train()
-                if ctx.enabled:
-                    # DDP synchronises the parameters that train when it is built: rebuild it when a
-                    # schedule (gradual unfreezing, LP-FT) changes them.
-                    key = tuple(id(p) for p in strategy.parameters() if p.requires_grad)
-                    if key != ddp_key:
-                        ddp = None
-                        ddp = D.wrap_ddp(strategy, device, self._find_unused())
-                        ddp_key = key
-
-                sums: dict[str, float] = {}
-                seen = 0
-                targets = _cycle(target_iter) if needs_target else None
-                # Distributed: the loaders draw from a random stream that is the same on every rank (so
-                # the ranks agree on the global batches); the steps (dropout, ...) from a per-rank one.
-                rng = _RankRng(_rank_seed(seed, ctx.rank) + 1) if ctx.enabled else None
-                bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, enabled=show)
-                for i, batch in enumerate(_fetching(train_iter, rng)):
-                    if i >= steps:
-                        break
-                    factor = self._lr_factor(step, total_steps)
-                    for g, (lr, wd) in zip(optimizer.param_groups, base):
-                        g["lr"] = lr * factor
-                        if wd is not None:
-                            g["weight_decay"] = wd
-                    batch = to_device(batch, device)
-                    if targets is not None:
-                        with rng.data() if rng is not None else contextlib.nullcontext():
-                            target = next(targets)
-                        target = to_device(target, device)
-                    else:
-                        target = None
-                    optimizer.zero_grad(set_to_none=True)
-                    with autocast(device, self.amp_dtype):
-                        if ddp is not None:
-                            try:
-                                loss, parts = ddp(batch, target, step / total_steps)
-                            except RuntimeError as err:
-                                raise self._ddp_error(err) from err
-                        else:
-                            loss, parts = strategy.training_loss(batch, target, step / total_steps)
-                    n = int(batch["image"].shape[0])
-                    finite = bool(torch.isfinite(loss.detach()))
-                    raw_loss = float(loss.detach())
-                    if ctx.enabled:
-                        n_global, bad = D.all_reduce_sum([n, 0.0 if finite else 1.0], ctx)
-                        if bad:
-                            raise MedtlError(f"loss is not finite on {int(bad)} of {ctx.world_size} processes at "
-                                             f"epoch {epoch + 1}, step {i + 1}: lower the learning rate or check the "
-                                             "inputs", "training")
-                        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share
-                        # of the global batch makes that the gradient of the global batch's mean loss.
-                        loss = loss * (ctx.world_size * n / n_global)
-                    elif not finite:
-                        raise MedtlError(f"loss is {raw_loss} at epoch {epoch + 1}, step {i + 1}: lower the "
-                                         "learning rate or check the inputs", "training")
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(optimizer)
-                    else:
-                        loss.backward()
-                    if cfg.grad_clip is not None:
-                        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    seen += n
-                    sums["loss"] = sums.get("loss", 0.0) + raw_loss * n
-                    for k, v in parts.items():
-                        if k != "loss":
-                            sums[k] = sums.get(k, 0.0) + float(v) * n
-                    step += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
-                bar.close()
-                if ctx.enabled:
-                    sums, seen = self._gather_sums(sums, seen)
-                    D.sync_buffers(strategy, ctx)  # equal running statistics before validation and saving
-
-                record: dict[str, Any] = {"epoch": epoch}
-                record.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
-                if val_loader is not None:
-                    if ctx.enabled:  # each rank predicts a part; metrics on the gathered predictions
-                        val = D.evaluate_sharded(strategy, val_loader, device, self.amp_dtype, show, ctx)
-                    else:
-                        val = evaluate(strategy, val_loader, device, self.amp_dtype, cfg.progress)
-                    record.update({f"val_{k}": v for k, v in val.items()})
-                for measure in self.epoch_metrics:
-                    record.update(measure(strategy))
-                record["lr"] = [g["lr"] for g in optimizer.param_groups]
-                record["seconds"] = round(time.time() - t0, 3)
-                if monitor not in record:
-                    raise MedtlError(f"monitored metric {monitor!r} is not logged; logged: {sorted(record)}", "train.monitor")
-
-                value = record[monitor]
-                improved = value is not None and not (isinstance(value, float) and math.isnan(value)) and (
-                    best["value"] is None
-                    or (value < best["value"] - cfg.min_delta if mode == "min" else value > best["value"] + cfg.min_delta)
-                )
-                if improved:
-                    best = {"value": value, "epoch": epoch, "bad_epochs": 0}
-                    self._save_best()
-                    if cfg.restore_best and self.run_dir is None:
-                        best_state = {k: v.detach().clone() for k, v in strategy.state_dict().items()}
-                else:
-                    best["bad_epochs"] = best.get("bad_epochs", 0) + 1
-                record["best"] = improved
-                history.append(record)
-                if self.run_dir is not None and main:
-                    with open(self.run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(plain(record)) + "\n")
-                    self._save_state(self.run_dir / "last.pt", optimizer, scaler, epoch + 1, step, best)
-                stopped_early = cfg.patience is not None and best["bad_epochs"] >= cfg.patience
-                stop = False
-                try:
-                    for cb in self.callbacks:
-                        cb(record)
-                except StopTraining:
-                    stop = True
-                if ctx.enabled:  # a callback that stops on one rank stops them all
-                    stop = D.all_reduce_sum([float(stop)], ctx)[0] > 0
-                if stop:
-                    break
-                if stopped_early:
-                    log.info("early stopping after epoch %d (%s did not improve for %d epochs)", epoch + 1, monitor,
-                             cfg.patience)
-
-            ddp = None
-            if cfg.restore_best and best["epoch"] is not None:
-                if best_state is not None or main:
-                    self._restore_best(best_state)
-                if ctx.enabled and best_state is None:
-                    D.broadcast_module_state(strategy, 0, ctx)  # rank 0 read best.pt
-            D.barrier(ctx)  # on return, rank 0's files are complete
-            return TrainResult(history, monitor, best["value"], best["epoch"], stopped_early, self.run_dir,
-                               extra={"world_size": ctx.world_size, "rank": ctx.rank})
+            yield
         finally:
-            ddp = None
-            if swaps:
-                D.restore_batchnorm(swaps)
             torch.use_deterministic_algorithms(prev_det)
             torch.backends.cudnn.benchmark = prev_bench
+
+    @contextlib.contextmanager
+    def _sync_batchnorm(self):
+        """SyncBatchNorm while training distributed (if asked); the plain layers and no DDP wrapper afterwards."""
+        swaps: list = []
+        if self.ctx.enabled and self.config.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise MedtlError("sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU "
+                                 "keep the norm statistics fixed (freeze_norm) or accept per-rank statistics",
+                                 "train.sync_batchnorm")
+            swaps = D.convert_sync_batchnorm(self.strategy)
+        try:
+            yield
+        finally:
+            self._ddp, self._ddp_key = None, None
+            if swaps:
+                D.restore_batchnorm(swaps)
+
+    def _wrap_ddp(self) -> None:
+        # DDP synchronises the parameters that train when it is built: rebuild it when a schedule
+        # (gradual unfreezing, LP-FT) changes them.
+        key = tuple(id(p) for p in self.strategy.parameters() if p.requires_grad)
+        if key != self._ddp_key:
+            self._ddp = None
+            self._ddp = D.wrap_ddp(self.strategy, self.device, self._find_unused())
+            self._ddp_key = key
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, train_loader, val_loader=None, target_loader=None, resume: bool = True) -> TrainResult:
+        strategy = self.strategy
+        if getattr(strategy, "needs_target", False) and target_loader is None:
+            raise MedtlError(f"strategy {strategy.name!r} adapts to a target domain: give a target_loader", "target_loader")
+        ctx = self.ctx = self._start_distributed()
+        loaders = self._plan(train_loader, val_loader, target_loader)
+        monitor, mode = self._monitor(val_loader is not None)
+        with self._deterministic():
+            strategy.to(self.device)
+            with self._sync_batchnorm():
+                state = self._start(resume)
+                self._run_epochs(state, loaders, self.handlers(monitor, mode), monitor)
+                self._finish(state)
+        return TrainResult(state.history, monitor, state.best["value"], state.best["epoch"], state.stopped_early,
+                           self.run_dir, extra={"world_size": ctx.world_size, "rank": ctx.rank})
+
+    def _run_epochs(self, state: TrainState, loaders: _Loaders, handlers: list, monitor: str) -> None:
+        for epoch in range(state.epoch, self.config.epochs):
+            if state.stopped_early:
+                break
+            t0 = time.time()
+            sums, seen = self._train_epoch(epoch, state, loaders)
+            state.epoch = epoch + 1
+            record = self._epoch_record(epoch, sums, seen, loaders.val, state.optimizer, t0)
+            for handler in handlers:
+                handler.epoch_completed(self, state, record)
+            if state.stop:
+                break
+            if state.stopped_early:
+                log.info("early stopping after epoch %d (%s did not improve for %d epochs)", epoch + 1, monitor,
+                         self.config.patience)
+
+    def _finish(self, state: TrainState) -> None:
+        """The best epoch's weights back (if asked), on every rank; rank 0's files complete on return."""
+        ctx = self.ctx
+        self._ddp = None
+        if self.config.restore_best and state.best["epoch"] is not None:
+            if state.best_weights is not None or ctx.is_main:
+                self._restore_best(state.best_weights)
+            if ctx.enabled and state.best_weights is None:
+                D.broadcast_module_state(self.strategy, 0, ctx)  # rank 0 read best.pt
+        D.barrier(ctx)
+
+    def _train_epoch(self, epoch: int, state: TrainState, loaders: _Loaders) -> tuple[dict[str, float], int]:
+        """One epoch of steps; returns the loss sums (all ranks) and the number of items they cover."""
+        from medtl.progress import bar as progress_bar
+
+        cfg, strategy, ctx = self.config, self.strategy, self.ctx
+        seed = _epoch_seed(cfg.seed, epoch)
+        seed_everything(seed)  # the same on every rank: the ranks' samplers agree on the global batches
+        _reseed_loader(loaders.train, seed, epoch, ctx.rank)
+        if loaders.target is not None:
+            _reseed_loader(loaders.target, seed + 1, epoch, ctx.rank)
+        strategy.on_epoch_start(epoch, cfg.epochs)
+        groups = self._groups()
+        if len(groups) != len(state.optimizer.param_groups):
+            raise MedtlError("param_groups() changed its number of groups between epochs", "strategy")
+        base = [(float(g["lr"]), g.get("weight_decay")) for g in groups]
+        strategy.train()
+        if ctx.enabled:
+            self._wrap_ddp()
+
+        sums: dict[str, float] = {}
+        seen = 0
+        targets = _cycle(loaders.target_iter) if getattr(strategy, "needs_target", False) else None
+        # Distributed: the loaders draw from a random stream that is the same on every rank (so the
+        # ranks agree on the global batches); the steps (dropout, ...) from a per-rank one.
+        rng = _RankRng(_rank_seed(seed, ctx.rank) + 1) if ctx.enabled else None
+        bar = progress_bar(total=loaders.steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                           enabled=cfg.progress and ctx.is_main)
+        for i, batch in enumerate(_fetching(loaders.train_iter, rng)):
+            if i >= loaders.steps:
+                break
+            factor = self._lr_factor(state.step, loaders.total_steps)
+            for g, (lr, wd) in zip(state.optimizer.param_groups, base):
+                g["lr"] = lr * factor
+                if wd is not None:
+                    g["weight_decay"] = wd
+            batch = to_device(batch, self.device)
+            if targets is not None:
+                with rng.data() if rng is not None else contextlib.nullcontext():
+                    target = next(targets)
+                target = to_device(target, self.device)
+            else:
+                target = None
+            n, raw_loss, parts = self._step(state, batch, target, state.step / loaders.total_steps, epoch, i)
+            seen += n
+            sums["loss"] = sums.get("loss", 0.0) + raw_loss * n
+            for k, v in parts.items():
+                if k != "loss":
+                    sums[k] = sums.get(k, 0.0) + float(v) * n
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+        bar.close()
+        if ctx.enabled:
+            sums, seen = self._gather_sums(sums, seen)
+            D.sync_buffers(strategy, ctx)  # equal running statistics before validation and saving
+        return sums, seen
+
+    def _step(self, state: TrainState, batch, target, progress: float, epoch: int, i: int):
+        """One optimiser step (AMP, DDP, gradient clipping); returns the batch size, its loss and the loss parts."""
+        cfg, ctx, optimizer, scaler = self.config, self.ctx, state.optimizer, state.scaler
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp_dtype):
+            if self._ddp is not None:
+                try:
+                    loss, parts = self._ddp(batch, target, progress)
+                except RuntimeError as err:
+                    raise self._ddp_error(err) from err
+            else:
+                loss, parts = self.strategy.training_loss(batch, target, progress)
+        n = int(batch["image"].shape[0])
+        finite = bool(torch.isfinite(loss.detach()))
+        raw_loss = float(loss.detach())
+        if ctx.enabled:
+            n_global, bad = D.all_reduce_sum([n, 0.0 if finite else 1.0], ctx)
+            if bad:
+                raise MedtlError(f"loss is not finite on {int(bad)} of {ctx.world_size} processes at "
+                                 f"epoch {epoch + 1}, step {i + 1}: lower the learning rate or check the "
+                                 "inputs", "training")
+            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
+            # global batch makes that the gradient of the global batch's mean loss.
+            loss = loss * (ctx.world_size * n / n_global)
+        elif not finite:
+            raise MedtlError(f"loss is {raw_loss} at epoch {epoch + 1}, step {i + 1}: lower the "
+                             "learning rate or check the inputs", "training")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return n, raw_loss, parts
+
+    def _epoch_record(self, epoch: int, sums: dict[str, float], seen: int, val_loader, optimizer,
+                      t0: float) -> dict[str, Any]:
+        """The epoch's log line: mean training losses, validation metrics, extra measurements, lr, time."""
+        record: dict[str, Any] = {"epoch": epoch}
+        record.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
+        if val_loader is not None:
+            if self.ctx.enabled:  # each rank predicts a part; metrics on the gathered predictions
+                show = self.config.progress and self.ctx.is_main
+                val = D.evaluate_sharded(self.strategy, val_loader, self.device, self.amp_dtype, show, self.ctx)
+            else:
+                val = evaluate(self.strategy, val_loader, self.device, self.amp_dtype, self.config.progress)
+            record.update({f"val_{k}": v for k, v in val.items()})
+        for measure in self.epoch_metrics:
+            record.update(measure(self.strategy))
+        record["lr"] = [g["lr"] for g in optimizer.param_groups]
+        record["seconds"] = round(time.time() - t0, 3)
+        return record
 
     @staticmethod
     def _ddp_error(err: RuntimeError) -> Exception:
@@ -616,26 +757,6 @@ class Trainer:
                 total[k] = total.get(k, 0.0) + v
         return total, n
 
-    def _read_log(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-    def _restore_best(self, best_state) -> None:
-        if best_state is not None:
-            self.strategy.load_state_dict(best_state)
-            return
-        path = self.run_dir / "best.pt" if self.run_dir is not None else None
-        if path is None or not path.exists():
-            return
-        from medtl.models.checkpoint import read_checkpoint
-        from medtl.models.weights import check_and_load
-
-        sd = read_checkpoint(path)["state_dict"]
-        target = {k: v for k, v in sd.items()}
-        holder = nn.Module()  # load encoder/head only; the strategy's extra state (L2-SP reference) stays
-        holder.encoder, holder.head = self.strategy.encoder, self.strategy.head
-        check_and_load(holder, target, where=str(path))
-
 
 def fit(strategy: nn.Module, train_loader, val_loader=None, *, target_loader=None, run_dir: str | Path | None = None,
         callbacks: Iterable[Callable[[dict[str, Any]], None]] = (), resume: bool = True,
@@ -645,5 +766,6 @@ def fit(strategy: nn.Module, train_loader, val_loader=None, *, target_loader=Non
     return trainer.fit(train_loader, val_loader, target_loader, resume=resume)
 
 
-__all__ = ["StopTraining", "TrainConfig", "TrainResult", "Trainer", "amp_dtype", "fit", "model_state_dict",
+__all__ = ["BestCheckpoint", "CallbackRunner", "EarlyStopping", "LastCheckpoint", "MetricLogger", "StopTraining",
+           "TrainConfig", "TrainResult", "TrainState", "Trainer", "amp_dtype", "fit", "model_state_dict",
            "resolve_device", "seed_everything"]

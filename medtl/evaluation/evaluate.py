@@ -541,9 +541,6 @@ def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kw
     return plain(report, "report")
 
 
-# report.py still imports this name; its split (another change) imports medtl.plain.plain directly.
-_clean = plain
-
 
 def load_report(path: str | Path) -> dict:
     """Read a report.json, checking its schema."""

@@ -93,12 +93,13 @@ def selection_section(run: Path, config: dict) -> list[str]:
     regret (target test AUROC lost against choosing the epoch with target validation labels)."""
     import numpy as np
 
+    from medtl.engine.run_folder import RunFolder
     from medtl.engine.selection import selector_regret
 
     per_selector: dict[str, list[float]] = {}
     chosen_auroc: dict[str, list[float]] = {}
-    for log in sorted((run / "transfer").rglob("metrics.jsonl")):
-        history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    for log in RunFolder.logs_under(run / "transfer"):
+        history = RunFolder.read_log_file(log)
         for name, r in selector_regret(history).items():
             per_selector.setdefault(name, []).append(r["regret"])
             chosen_auroc.setdefault(name, []).append(r["test_auroc"])

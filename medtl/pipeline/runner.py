@@ -41,6 +41,7 @@ from medtl.data.transforms import Preset
 from medtl.engine.evaluate import precision_dtype, predict
 from medtl.engine.feature_cache import fit_linear_probe
 from medtl.engine.pretrain import pretrain
+from medtl.engine.run_folder import RunFolder
 from medtl.engine.selection import SELECTOR_MONITORS, SelectorScores
 from medtl.engine.trainer import fit, resolve_device, seed_everything
 from medtl.errors import MedtlError
@@ -389,7 +390,7 @@ def stage_transfer(ctx: Context) -> dict:
     done = 0
     for task, fraction, seed, spec in bar(jobs, desc="transfer", unit="job", enabled=ctx.progress):
         job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / spec.display / f"seed{seed}"
-        if (job_dir / "predictions.csv").exists():
+        if RunFolder(job_dir).predictions.exists():
             done += 1
             continue
         run_job(ctx, task, fraction, seed, spec, job_dir)
@@ -400,7 +401,7 @@ def stage_transfer(ctx: Context) -> dict:
         for fraction in cfg.label_fractions:
             for seed in cfg.seeds:
                 job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / TRAINING_MEAN / f"seed{seed}"
-                if not (job_dir / "predictions.csv").exists():
+                if not RunFolder(job_dir).predictions.exists():
                     run_training_mean(ctx, task, fraction, seed, job_dir)
     return {"jobs": len(jobs), "already_done": done}
 
@@ -462,12 +463,12 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         probe_val = val_ds if val_loader is not None else None
     if probe and probe[0] == "whole":
         strategy, _ = fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
-                                       hparams=probe[1] or None, run_dir=job_dir, cache_dir=job_dir / "features",
+                                       hparams=probe[1] or None, run_dir=job_dir, cache_dir=RunFolder(job_dir).features,
                                        checkpoint_meta=meta, **common)
     else:
         if probe:  # the probe primes the head, then the method trains as its hyper-parameters say
             fit_linear_probe(encoder, head, plain_train, probe_val, batch_size=tc.batch_size,
-                             cache_dir=job_dir / "features", device=tc.device)
+                             cache_dir=RunFolder(job_dir).features, device=tc.device)
             hparams = probe[1]
         strategy = cls(encoder, head, hparams or None, **kwargs)  # kwargs: only for strategies that need the target
         train_loader = make_loader(train_ds, tc.batch_size, True, seed, num_workers=tc.num_workers)
@@ -496,8 +497,8 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
             tables.append(predictions_from_arrays(out["case_id"], out["label"], out["prob"],
                                                   class_names=target.label_names, logits=out["logits"], **common))
             if split == "val" and head_task == "binary":
-                _store_threshold(job_dir / "best.pt", out, cfg.evaluation.threshold_rule)
-    path = job_dir / "predictions.csv"
+                _store_threshold(RunFolder(job_dir).best, out, cfg.evaluation.threshold_rule)
+    path = RunFolder(job_dir).predictions
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)  # the job counts as done only once its table is whole
     return path
@@ -560,10 +561,10 @@ def run_training_mean(ctx: Context, task: TaskSpec, fraction: float, seed: int, 
             run_id=f"{task.name}/{TRAINING_MEAN}/frac{fraction:g}/seed{seed}", strategy=TRAINING_MEAN, task=task.name,
             seed=seed, label_fraction=fraction))
     job_dir.mkdir(parents=True, exist_ok=True)
-    path = job_dir / "predictions.csv"
+    path = RunFolder(job_dir).predictions
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)
-    (job_dir / "baseline.json").write_text(json.dumps({"training_mean": mean, "n_labelled": len(labelled)}) + "\n")
+    RunFolder(job_dir).baseline.write_text(json.dumps({"training_mean": mean, "n_labelled": len(labelled)}) + "\n")
     return path
 
 
@@ -572,17 +573,16 @@ TRAINING_MEAN = "training_mean"
 
 def stage_report(ctx: Context) -> dict:
     out = ctx.out
-    tables = sorted((out / "transfer").rglob("predictions.csv"))
+    tables = RunFolder.predictions_under(out / "transfer")
     if not tables:
         raise MedtlError("no predictions to report", out / "transfer")
     preds = pd.concat([pd.read_csv(p, dtype={"case_id": str, "patient_id": str}) for p in tables], ignore_index=True)
     preds.to_csv(out / "predictions.csv", index=False)
     logs = []
-    for p in sorted((out / "transfer").rglob("metrics.jsonl")):
+    for p in RunFolder.logs_under(out / "transfer"):
         job = p.parent.relative_to(out / "transfer")  # <task>/frac<f>/<strategy>/seed<n>
-        for line in p.read_text().splitlines():
-            if line.strip():
-                logs.append({**json.loads(line), "run_id": job.as_posix(), "strategy": job.parts[-2]})
+        for record in RunFolder.read_log_file(p):
+            logs.append({**record, "run_id": job.as_posix(), "strategy": job.parts[-2]})
     log_path = None
     if logs:
         log_path = out / "metrics_log.csv"

@@ -17,7 +17,6 @@ from torch import nn
 from medtl.errors import MedtlError
 
 
-@torch.no_grad()
 def extract_features(
     encoder: nn.Module,
     data: Any,
@@ -25,37 +24,25 @@ def extract_features(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
 ) -> dict[str, np.ndarray | None]:
-    """Run ``encoder`` (eval mode) over ``data``: a dataset or list of items (batched here) or a
+    """Run ``encoder`` (eval mode, fp32) over ``data``: a dataset or list of items (batched here) or a
     loader of batches. Returns ``features (N, F)``, ``labels (N,)`` (or
     None when items have none) and, with a classification ``head``, its softmax ``probs (N, K)``."""
     from torch.utils.data import DataLoader, Dataset
 
+    from medtl.engine.inference import run_model
+    from medtl.models.checkpoint import Model
+
     if not isinstance(data, DataLoader) and isinstance(data, (Dataset, list, tuple)):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)  # items -> batches
-    was_training = encoder.training
-    encoder.eval().to(device)
-    if head is not None:
-        head.eval().to(device)
-    feats, labels, probs = [], [], []
-    try:
-        for batch in data:
-            x = torch.as_tensor(batch["image"]).to(device).float()
-            f = encoder(x)
-            if f.dim() != 2:
-                raise MedtlError(f"encoder must return (B, F) features, got {tuple(f.shape)}", "encoder")
-            feats.append(f.float().cpu().numpy())
-            if "label" in batch:
-                labels.append(np.asarray(torch.as_tensor(batch["label"]).cpu()).reshape(-1))
-            if head is not None:
-                probs.append(torch.softmax(head(f).float(), 1).cpu().numpy())
-    finally:
-        encoder.train(was_training)
-    if not feats:
+    model, outputs = (encoder, ("features",)) if head is None else (Model(encoder, head), ("features", "probs"))
+    out = run_model(model, data, outputs, device=device)
+    if not out.n_batches:
         raise MedtlError("empty domain: no images to extract features from", "data")
+    labels = out.cat("labels")
     return {
-        "features": np.concatenate(feats),
-        "labels": np.concatenate(labels) if labels and len(labels) == len(feats) else None,
-        "probs": np.concatenate(probs) if probs else None,
+        "features": out.cat("features").numpy(),
+        "labels": labels.numpy().reshape(-1) if labels is not None else None,
+        "probs": out.cat("probs").numpy() if head is not None else None,
     }
 
 

@@ -174,3 +174,16 @@ def test_evaluate_matches_a_direct_computation():
     assert metrics["auroc"] == pytest.approx(roc_auc_score(data.labels.numpy(), probs))
     assert metrics["accuracy"] == pytest.approx(float(((probs > 0.5) == data.labels.numpy().astype(bool)).mean()))
     assert np.isfinite(metrics["loss"])
+
+
+def test_epoch_end_handlers_run_in_order_and_decide_as_documented():
+    from medtl.engine.trainer import BestCheckpoint, CallbackRunner, EarlyStopping, LastCheckpoint, MetricLogger
+
+    trainer = Trainer(_strategy(), {"device": "cpu", "patience": 2})
+    kinds = [type(h) for h in trainer.handlers("val_loss", "min")]
+    assert kinds == [BestCheckpoint, MetricLogger, LastCheckpoint, EarlyStopping, CallbackRunner]
+    lower = BestCheckpoint("val_loss", "min", 0.1, keep_in_memory=False)
+    assert lower.improved(1.0, None) and lower.improved(0.8, 1.0)
+    assert not lower.improved(0.95, 1.0)  # within min_delta
+    assert not lower.improved(float("nan"), None) and not lower.improved(None, None)
+    assert BestCheckpoint("val_auroc", "max", 0.0, False).improved(0.9, 0.8)

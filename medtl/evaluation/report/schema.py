@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_serializer, model_validator
 
 from medtl.evaluation.evaluate import SCHEMA, SCHEMA_VERSION, load_report
+from medtl.plain import plain
 
 
 class _Node(BaseModel):
@@ -195,7 +195,7 @@ class Report(_Node):
     def from_dict(cls, data: dict | Report) -> Report:
         if isinstance(data, Report):
             return data.model_copy(deep=True)
-        return cls.model_validate(_json_safe(data))
+        return cls.model_validate(plain(data, 'report'))
 
     def to_dict(self) -> dict:
         """The report.json content: the keys it was made from, in their order."""
@@ -203,7 +203,7 @@ class Report(_Node):
 
     def to_json(self) -> str:
         """Indented JSON with flat lists of numbers kept on one line (curves would take thousands of lines)."""
-        text = json.dumps(_json_safe(self.to_dict()), indent=1, ensure_ascii=False)
+        text = json.dumps(plain(self.to_dict(), 'report'), indent=1, ensure_ascii=False)
         return _FLAT.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n"
 
 
@@ -213,21 +213,3 @@ _FLAT = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false)(?:,\s*(?:-?[\d.eE+-]
 def read_report(path: str | Path) -> Report:
     """A report.json, its schema checked (evaluate.load_report), as a typed Report."""
     return Report.from_dict(load_report(path))
-
-
-def _json_safe(obj):
-    """Numpy values to Python, non-finite floats to None. The same rule as evaluate's cleaning, which
-    evaluate keeps private; one owner for it is being made elsewhere (then this one goes)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
