@@ -82,13 +82,15 @@ class Predictor:
         """Wrap a module giving logits ``(B, K)``: softmax, eval mode, autocast as ``meta["precision"]`` says
         (the checkpoint's policy, resolved by ``medtl.engine.inference.precision_dtype``; "auto" without one).
         ``regression``: the module gives ``(B, 1)`` values (``label_names`` names the one output), kept as they are."""
-        from medtl.engine.inference import forward_batch, precision_dtype
+        from medtl.engine.inference import forward_batch, precision_dtype, to_channels_last, uses_channels_last
 
         if "preset" not in preprocess:
             raise MedtlError("preprocess must name the data preset ('cxr', 'mri2d' or 'mri3d')", "preprocess")
         dev = torch.device(device) if device is not None else _default_device()
         module = module.to(dev).eval()
         dtype = precision_dtype(str((meta or {}).get("precision") or "auto"), dev)  # as the model was evaluated
+        if uses_channels_last(dtype):  # once: forward_batch puts each input batch in the same layout
+            to_channels_last(module)
         wanted = ("logits",) if regression else ("logits", "probs")
 
         @torch.no_grad()

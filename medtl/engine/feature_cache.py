@@ -5,7 +5,7 @@ for an image never changes during training. Running the encoder every epoch reco
 features again and again; here they are computed once (the inference core: eval mode, no gradients,
 batched) and kept in a :class:`FeatureSet`, which saves to and loads from one ``torch.save`` file.
 
-In one call, :func:`fit_linear_probe` extracts (or reloads) the features, fits the head with one of the
+In one call, :func:`medtl.engine.probe.fit_linear_probe` extracts (or reloads) the features, fits the head with one of the
 two solvers of :mod:`medtl.engine.probe` and writes the run folder (:class:`~medtl.engine.run_folder.RunFolder`)::
 
     strategy, records = fit_linear_probe(encoder, head, train_dataset, val_dataset, run_dir=..., cache_dir=...)
@@ -132,7 +132,7 @@ def extract_features(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
     progress: bool = False,
@@ -142,7 +142,7 @@ def extract_features(
     ``data`` is a dataset of ``{"image", "label"?, "case_id"?, ...}`` dicts (batched here, in order) or
     an iterable of such batches (a loader: used as it is; do not shuffle it if the order matters).
     The encoder runs through the inference core (:func:`medtl.engine.inference.run_model`): eval mode,
-    no gradients, autocast to ``amp_dtype``, channels-last memory if asked; its mode and device are
+    no gradients, autocast to ``amp_dtype``, channels-last memory if asked (None: with autocast); its mode and device are
     restored afterwards. Features come back as float32 on the CPU.
     """
     from medtl.engine.inference import run_model
@@ -171,103 +171,4 @@ def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: i
                       generator=torch.Generator().manual_seed(seed))
 
 
-def _has_dataset_randomness(data) -> bool:
-    transform = getattr(getattr(data, "dataset", data), "transform", None)
-    return transform is not None and len(getattr(transform, "transforms", [transform])) > 0
-
-
-def fit_linear_probe(
-    encoder: nn.Module,
-    head: nn.Module,
-    train_data,
-    val_data=None,
-    *,
-    batch_size: int = 32,
-    seed: int = 0,
-    hparams: dict[str, Any] | None = None,
-    run_dir: str | Path | None = None,
-    checkpoint_meta: dict[str, Any] | None = None,
-    extract_batch_size: int = 64,
-    channels_last: bool = False,
-    amp_dtype: torch.dtype | None = None,
-    num_workers: int = 0,
-    cache_dir: str | Path | None = None,
-    callbacks=(),
-    solver: str = "lbfgs",
-    **train_options,
-):
-    """Cached-feature linear probe in one call: extract, fit the head, return the trained strategy.
-
-    Returns ``(strategy, result)``: ``strategy`` is a ``feature_extraction`` strategy on ``encoder`` and
-    the fitted ``head`` (frozen encoder), ready for ``medtl.engine.predict`` on images. ``solver``:
-
-    - ``"lbfgs"`` (default): the converged L2-penalised fit of :func:`medtl.engine.probe.fit_head_lbfgs`,
-      the penalty picked on ``val_data`` (the strategy's ``weight_decay`` without it); ``result`` is the
-      per-penalty records. Of the training options it uses only ``device``: ``batch_size``, ``seed``,
-      ``callbacks`` and the trainer's options (``epochs``, ``patience``, ...) do not apply to it.
-    - ``"trainer"``: :func:`medtl.engine.probe.train_head`, the strategy's optimiser and schedule for
-      ``epochs`` through the trainer, as on images; ``result`` is the trainer's ``TrainResult``.
-
-    With ``run_dir``, writes the run folder: ``best.pt`` (medtl checkpoint with ``checkpoint_meta``),
-    ``metrics.jsonl`` (the records) and ``config.json`` (the options the solver used). With ``cache_dir``,
-    features are saved there (``train.pt``/``val.pt``) and reused on a rerun. ``train_data``/``val_data``:
-    datasets (prefer ``train=False`` ones: see the module docstring) or ordered loaders.
-    """
-    from medtl.engine.probe import PROBE_PENALTIES, LBFGS_MAX_ITER, fit_head_lbfgs, train_head
-    from medtl.engine.run_folder import RunFolder
-    from medtl.engine.trainer import resolve_device
-    from medtl.models.checkpoint import Model, save_checkpoint
-    from medtl.strategies.registry import get_strategy
-
-    if solver not in ("lbfgs", "trainer"):
-        raise MedtlError(f"solver must be 'lbfgs' or 'trainer', got {solver!r}", "solver")
-    if _has_dataset_randomness(train_data):
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "the training dataset has random transforms: they are drawn once and frozen into the feature cache")
-    device = resolve_device(train_options.get("device", "auto"))
-    train_options["device"] = str(device)
-
-    def features(data, name: str) -> FeatureSet | None:
-        if data is None:
-            return None
-        path = Path(cache_dir) / f"{name}.pt" if cache_dir is not None else None
-        if path is not None and path.exists():
-            return FeatureSet.load(path)
-        fs = extract_features(encoder, data, batch_size=extract_batch_size, device=device, amp_dtype=amp_dtype,
-                              channels_last=channels_last, num_workers=num_workers,
-                              pin_memory=device.type == "cuda")
-        if path is not None:
-            fs.save(path)
-        return fs
-
-    train = features(train_data, "train")
-    val = features(val_data, "val")
-    strategy = get_strategy("feature_extraction")(encoder, head, hparams)
-    if solver == "lbfgs":
-        head.to(device)
-        has_val = val is not None and val.labels is not None and len(val) > 0
-        penalties = PROBE_PENALTIES if has_val else (float(strategy.hparams["weight_decay"]),)
-        result = history = fit_head_lbfgs(head, train, val, penalties=penalties)
-        options = {"penalties": list(penalties), "max_iter": LBFGS_MAX_ITER, "device": train_options["device"]}
-    else:
-        result = train_head(head, train, val, batch_size=batch_size, seed=seed, hparams=hparams,
-                            callbacks=callbacks, **train_options)
-        history = result.history
-        options = {"batch_size": batch_size, "seed": seed, **train_options}
-    if run_dir is not None:
-        folder = RunFolder(run_dir).create()
-        folder.write_log(history)
-        folder.write_config({
-            "strategy": "feature_extraction", "feature_cache": True, "solver": solver, "hparams": strategy.hparams,
-            "train": options, "n_train": len(train), "n_val": len(val) if val is not None else 0,
-            "feature_dim": train.dim,
-            "extract": {"batch_size": extract_batch_size, "amp_dtype": str(amp_dtype) if amp_dtype else None,
-                        "channels_last": channels_last}})
-        save_checkpoint(folder.best, Model(encoder, head), **(checkpoint_meta or {}))
-    return strategy, result
-
-
-__all__ = ["STRING_FIELDS", "FeatureDataset", "FeatureSet", "Precomputed", "extract_features", "feature_loader",
-           "fit_linear_probe"]
+__all__ = ["STRING_FIELDS", "FeatureDataset", "FeatureSet", "Precomputed", "extract_features", "feature_loader"]

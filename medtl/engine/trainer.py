@@ -50,7 +50,15 @@ from torch import nn
 
 from medtl.engine import distributed as D
 from medtl.engine.evaluate import evaluate
-from medtl.engine.inference import autocast, precision_dtype, to_device
+from medtl.engine.inference import (
+    autocast,
+    channels_last_input,
+    effective_precision,
+    precision_dtype,
+    to_channels_last,
+    to_device,
+    uses_channels_last,
+)
 from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
 from medtl.models.checkpoint import model_config, model_state_dict, save_checkpoint
@@ -66,7 +74,7 @@ class TrainConfig:
 
     epochs: int = 10
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"
-    amp: str = "auto"  # "auto": bf16 on CUDA (fp16 + scaling where bf16 is missing), off on CPU; "off", "bf16", "fp16"
+    amp: str = "auto"  # engine.inference.precision_dtype: "auto" = bf16 on CUDA and native-bf16 CPUs; "off", "bf16", "fp16"
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (warn where none exists), no cuDNN autotuning
     grad_clip: float | None = None  # max global gradient norm
@@ -360,13 +368,14 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.folder = RunFolder(self.run_dir) if self.run_dir is not None else None
         self.callbacks = list(callbacks)
-        # stored in best.pt (label names, image size, ...), with the precision the model was evaluated in
-        self.checkpoint_meta = {"precision": self.config.amp, **(checkpoint_meta or {})}
         env = D.torchrun_env() if self.config.distributed == "auto" else None
         self.env = env if env is not None and env.world_size > 1 else None  # None: one process
         self.device = resolve_device(self.config.device, self.env.local_rank if self.env else None)
         self.ctx = D.DistContext()  # the process group in use, set by fit
-        self.amp_dtype = amp_dtype(self.config.amp, self.device)
+        precision = effective_precision(self.config.amp, self.device, self.config.deterministic)
+        self.amp_dtype = amp_dtype(precision, self.device)
+        # stored in best.pt (label names, image size, ...), with the precision the model was evaluated in
+        self.checkpoint_meta = {"precision": precision, **(checkpoint_meta or {})}
         self._ddp, self._ddp_key = None, None
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -589,6 +598,8 @@ class Trainer:
         monitor, mode = self._monitor(val_loader is not None)
         with self._deterministic():
             strategy.to(self.device)
+            if uses_channels_last(self.amp_dtype):  # the layout the precision policy's kernels want
+                to_channels_last(strategy)
             with self._sync_batchnorm():
                 state = self._start(resume)
                 self._run_epochs(state, loaders, self.handlers(monitor, mode), monitor)
@@ -658,11 +669,11 @@ class Trainer:
                 g["lr"] = lr * factor
                 if wd is not None:
                     g["weight_decay"] = wd
-            batch = to_device(batch, self.device)
+            batch = self._place(batch)
             if targets is not None:
                 with rng.data() if rng is not None else contextlib.nullcontext():
                     target = next(targets)
-                target = to_device(target, self.device)
+                target = self._place(target)
             else:
                 target = None
             n, raw_loss, parts = self._step(state, batch, target, state.step / loaders.total_steps, epoch, i)
@@ -679,6 +690,13 @@ class Trainer:
             sums, seen = self._gather_sums(sums, seen)
             D.sync_buffers(strategy, ctx)  # equal running statistics before validation and saving
         return sums, seen
+
+    def _place(self, batch: dict) -> dict:
+        """A batch on the device, its images in the memory layout of the precision policy."""
+        batch = to_device(batch, self.device)
+        if uses_channels_last(self.amp_dtype) and isinstance(batch.get("image"), torch.Tensor):
+            batch["image"] = channels_last_input(batch["image"])
+        return batch
 
     def _step(self, state: TrainState, batch, target, progress: float, epoch: int, i: int):
         """One optimiser step (AMP, DDP, gradient clipping); returns the batch size, its loss and the loss parts."""

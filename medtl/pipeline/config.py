@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medtl.errors import MedtlError
 from medtl.evaluation.thresholds import RULES
@@ -55,6 +55,23 @@ class PretrainSpec(Strict):
     kl_weight: float = 1e-3
 
 
+class SourceData(Strict):
+    manifest: str  # relative to the config file, like source.manifest
+    splits: list[str] = Field(default_factory=lambda: ["train"])  # the rows pretrained on (labels unused)
+    max_rows: int | None = None  # at most this many of those rows, evenly spread (profiles bound run time with it)
+
+
+class SourceSpec(Strict):
+    """A named initialisation for ``strategies[].source``: an encoder self-supervised on its own images.
+
+    Beside the pipeline's ``source`` + ``pretrain`` (the default initialisation), a study can compare
+    several: e.g. MoCo on every chest X-ray, on the target's unlabelled training images, or on both."""
+
+    data: list[SourceData]
+    image_size: int | None = None  # pretraining size (default: the target's)
+    pretrain: PretrainSpec = Field(default_factory=lambda: PretrainSpec(mode="moco"))
+
+
 class EncoderSpec(Strict):
     arch: str = "resnet18"
     stem_stride: int = 2
@@ -68,7 +85,7 @@ class TrainSpec(Strict):
     patience: int | None = 5
     device: str = "auto"
     # autocast policy, recorded in every checkpoint and used alike by training, evaluation and medtl predict:
-    # "auto" = bf16 on CUDA, fp32 on CPU; "off" = fp32 everywhere; "bf16" / "fp16" = that autocast dtype
+    # "auto" = bf16 (channels-last) on CUDA and on CPUs with native bf16, else fp32; "off" = fp32 everywhere
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     # checkpoint selector of unsupervised-adaptation jobs (no target label): source validation loss, or a
     # label-free selector of medtl.adapt.selection; every one is logged each epoch for the regret table
@@ -76,6 +93,12 @@ class TrainSpec(Strict):
     deterministic: bool = False
     # linear probes train on frozen-encoder features computed once (no per-epoch augmentation)
     feature_cache: bool = True
+    # at least this many optimiser steps per job: a small label fraction trains for more epochs (patience
+    # grows alike), so every fraction gets a comparable budget in steps rather than in passes over its data
+    min_steps: int | None = None
+    # "all": every labelled validation image, whatever the label fraction; "same": the validation split cut
+    # to the job's label fraction (stratified), as a study with 1% of the labels would really have
+    val_fraction: Literal["all", "same"] = "all"
 
 
 class StrategySpec(Strict):
@@ -83,6 +106,7 @@ class StrategySpec(Strict):
     lift: Literal["none", "i3d", "acs", "2.5d"] | None = None  # overrides encoder.lift for this run
     hparams: dict[str, Any] = Field(default_factory=dict)
     pretrained: bool = True  # False: random init (the scratch baseline)
+    source: str | None = None  # a name in ``sources``: start from that encoder instead of the default pretraining
     label: str | None = None  # name in tables; default: name (+ lift)
 
     @property
@@ -127,8 +151,12 @@ class PipelineConfig(Strict):
     unlabelled_target: bool = False  # UDA: target labels are used for evaluation only
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
     strategies: list[StrategySpec]
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    # the first N seeds only at these label fractions (e.g. {1.0: 1}: the full-label end of a learning curve;
+    # fractions not in label_fractions are ignored, so a profile may change either)
+    seeds_per_fraction: dict[float, int] = Field(default_factory=dict)
     similarity: SimilaritySpec = Field(default_factory=SimilaritySpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -144,6 +172,35 @@ class PipelineConfig(Strict):
     @classmethod
     def _names(cls, v):
         return [{"name": s} if isinstance(s, str) else s for s in v]
+
+    @model_validator(mode="after")
+    def _sources(self) -> "PipelineConfig":
+        for i, spec in enumerate(self.strategies):
+            if spec.source is not None and spec.source not in self.sources:
+                known = ", ".join(self.sources) or "none defined"
+                raise ValueError(f"strategies[{i}].source {spec.source!r} is not among sources ({known})")
+            if spec.source is not None and not spec.pretrained:
+                raise ValueError(f"strategies[{i}]: source and pretrained: false contradict each other")
+        for fraction, n in self.seeds_per_fraction.items():
+            if n < 1:
+                raise ValueError(f"seeds_per_fraction: {fraction}: {n}: at least one seed")
+        labels = [s.display for s in self.strategies]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:  # each job's folder and table row is named by it
+            raise ValueError(f"strategy labels must differ; {twice} appear twice (give each a label)")
+        target = Path(self.target.manifest).name
+        for name, src in self.sources.items():
+            if src.pretrain.mode != "moco":  # several manifests, labels unused: the self-supervised path
+                raise ValueError(f"sources.{name}: pretrain.mode must be moco")
+            for entry in src.data:
+                if Path(entry.manifest).name == target and set(entry.splits) - {"train"}:
+                    raise ValueError(f"sources.{name}: the target's {sorted(set(entry.splits) - {'train'})} rows "
+                                     "would leak into pretraining; use its train split only")
+        return self
+
+    def seeds_at(self, fraction: float) -> list[int]:
+        """The seeds a label fraction is run with."""
+        return self.seeds[: self.seeds_per_fraction.get(fraction, len(self.seeds))]
 
 
 def _merge(base: dict, override: dict) -> dict:

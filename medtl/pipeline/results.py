@@ -81,6 +81,7 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
         lines += _task_section(task_name, task)
         if figures_dir is not None:
             lines += _task_figure(config["name"], task_name, task, figures_dir)
+        lines += learning_curve_section(config["name"], task_name, task, figures_dir)
     lines += selection_section(run, config)
     for note in report.notes:
         lines.append(f"> {note}")
@@ -254,6 +255,50 @@ def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path) -> lis
     return [f"![{label} per strategy, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
             f"*{label}: seed mean and 95% t-interval per strategy and label fraction"
             + ("; dotted line: chance (0.5)" if metric != "mae" else "") + ".*", ""]
+
+
+def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Path | None) -> list[str]:
+    """For a task run at three or more label fractions: accuracy against the fraction per strategy (a
+    figure) and, per fraction, the best strategy against the baseline with the page's verdict rule and the
+    margin by which its interval clears (or misses) the baseline's."""
+    fractions = sorted({e.label_fraction for s in task.strategies.values() for e in s.entries()
+                        if e.label_fraction is not None})
+    base = _baseline(list(task.strategies))
+    if len(fractions) < 3 or base is None or task.kind == "regression":
+        return []
+    metric = "accuracy"
+    by = {s_name: {e.label_fraction: e.metrics.get(metric) for e in s.entries()} for s_name, s in task.strategies.items()}
+    lines = [f"### Learning curve: `{name}` {metric} by label fraction", ""]
+    if figures_dir is not None:
+        from medtl.evaluation.figures import label_fraction_figure
+
+        series = []
+        for s_name, points in by.items():
+            pts = [(f, m) for f, m in sorted(points.items()) if m is not None and m.value is not None]
+            if pts:
+                series.append({"label": s_name, "x": [f for f, _ in pts], "y": [m.value for _, m in pts],
+                               "low": [m.ci_low if m.ci_low is not None else m.value for _, m in pts],
+                               "high": [m.ci_high if m.ci_high is not None else m.value for _, m in pts]})
+        figures_dir.mkdir(parents=True, exist_ok=True)
+        path = figures_dir / f"{pipeline}_{name}_learning_curve.png"
+        path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}"))
+        lines += [f"![{metric} by label fraction, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
+                  f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band) per strategy.*", ""]
+    lines += [f"| label fraction | `{base}` | best other strategy | its {metric} | verdict | interval margin |",
+              "|---|---|---|---|---|---|"]
+    for f in fractions:
+        b = by[base].get(f)
+        others = [(s_name, pts.get(f)) for s_name, pts in by.items()
+                  if s_name != base and pts.get(f) is not None and pts[f].value is not None]
+        if b is None or not others:
+            continue
+        best_name, best = max(others, key=lambda kv: kv[1].value)
+        margin = (best.ci_low - b.ci_high) if None not in (best.ci_low, b.ci_high) else None
+        lines.append(f"| {f:g} | {_fmt(b)} | `{best_name}` | {_fmt(best)} | {verdict(best, b)} | "
+                     + (f"{margin:+.3f}" if margin is not None else "-") + " |")
+    lines += ["", f"*Interval margin: the best strategy's lower 95% bound minus `{base}`'s upper bound; positive "
+              "means the intervals do not overlap (it beat the baseline), negative is by how much it missed.*", ""]
+    return lines
 
 
 def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:

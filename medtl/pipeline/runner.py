@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -39,8 +40,9 @@ from medtl.data.io import ARRAY_MEMBER
 from medtl.data.manifest import Manifest, stratified_sample
 from medtl.data.transforms import Preset
 from medtl.engine.evaluate import precision_dtype, predict
-from medtl.engine.feature_cache import fit_linear_probe
+from medtl.engine.inference import effective_precision
 from medtl.engine.pretrain import pretrain
+from medtl.engine.probe import fit_linear_probe
 from medtl.engine.run_folder import RunFolder
 from medtl.engine.selection import SELECTOR_MONITORS, SelectorScores
 from medtl.engine.trainer import fit, resolve_device, seed_everything
@@ -290,7 +292,37 @@ def stage_pretrain(ctx: Context) -> dict:
         lr=cfg.pretrain.lr, kl_weight=cfg.pretrain.kl_weight, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
         device=cfg.train.device, progress=ctx.progress,
     )
-    return {"checkpoint": str(result.path), "metrics": result.metrics}
+    record = {"checkpoint": str(result.path), "metrics": result.metrics}
+    if cfg.sources:
+        record["sources"] = {name: str(pretrain_source(ctx, name)) for name in cfg.sources}
+    return record
+
+
+def source_checkpoint(ctx: Context, name: str | None) -> Path:
+    """The model.pt a strategy starts from: the default pretraining, or the named source's."""
+    return ctx.out / "pretrain" / ("model.pt" if name is None else f"sources/{name}/model.pt")
+
+
+def pretrain_source(ctx: Context, name: str) -> Path:
+    """Self-supervised pretraining of ``sources.<name>`` on its manifests' rows (resumable, like the default)."""
+    cfg, src = ctx.config, ctx.config.sources[name]
+    parts = []
+    for i, entry in enumerate(src.data):
+        m = ctx.manifest(DataSpec(manifest=entry.manifest), f"sources.{name}.data[{i}]")
+        rows = [r for r in m if r.split in entry.splits]
+        if entry.max_rows and len(rows) > entry.max_rows:
+            rows = [rows[i] for i in np.linspace(0, len(rows) - 1, entry.max_rows).round().astype(int)]
+        if not rows:
+            raise MedtlError(f"no rows in split(s) {entry.splits}", f"{ctx.config_path}: sources.{name}.data[{i}]")
+        # one split name for the kept rows: each entry chose its own splits
+        parts.append(Manifest([replace(r, split="train") for r in rows], list(m.label_names), dict(m.meta), m.source))
+    size = src.image_size or cfg.target.image_size or 128
+    p = src.pretrain
+    result = pretrain(parts, ctx.data_root, source_checkpoint(ctx, name).parent, mode=p.mode, image_size=size,
+                      arch=cfg.encoder.arch, stem_stride=cfg.encoder.stem_stride, epochs=p.epochs,
+                      batch_size=p.batch_size, lr=p.lr, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
+                      device=cfg.train.device, progress=ctx.progress)
+    return result.path
 
 
 _INNER_BARS = True  # run_pipeline turns them off with progress=False
@@ -304,7 +336,7 @@ def _interactive() -> bool:
 def _encoder(ctx: Context, dims: int, spec: StrategySpec):
     """The encoder a job starts from: the pretrained 2D one (lifted for 3D) or a random one."""
     enc = ctx.config.encoder
-    checkpoint = ctx.out / "pretrain" / "model.pt" if spec.pretrained else None
+    checkpoint = source_checkpoint(ctx, spec.source) if spec.pretrained else None
     return encoder_for(checkpoint, dims, spec.lift or enc.lift or "none", arch=enc.arch, stem_stride=enc.stem_stride)
 
 
@@ -336,7 +368,9 @@ def stage_similarity(ctx: Context) -> dict:
     source = ctx.load(cfg.source, "source")
     target = ctx.load(cfg.target, "target", task)
     results, feats = {}, {}
-    for enc_name, checkpoint in (("pretrained", ctx.out / "pretrain" / "model.pt"), ("random_init", None)):
+    encoders = {"pretrained": source_checkpoint(ctx, None), "random_init": None,
+                **{name: source_checkpoint(ctx, name) for name in cfg.sources}}
+    for enc_name, checkpoint in encoders.items():
         result = compare_manifests(
             source, target, ctx.data_root, checkpoint, split="train", max_cases=cfg.similarity.max_images, seed=0,
             arch=cfg.encoder.arch, stem_stride=cfg.encoder.stem_stride, progress=ctx.progress, return_features=True,
@@ -348,14 +382,21 @@ def stage_similarity(ctx: Context) -> dict:
     np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
                         domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
-    candidates = [{"source": Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
+    candidates = [{"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
                    "method": spec.name, "scores": _flat_scores(results[enc_name])}
-                  for spec in cfg.strategies for enc_name in ["pretrained" if spec.pretrained else "random_init"]]
+                  for spec in cfg.strategies for enc_name in [_encoder_name(spec)]]
     record = recommend({"n_labelled": n_labelled, "shared_labels": not _heterogeneous(ctx)}, candidates)
     (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
     (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(record["explanation"])
     return {"recommended": record["recommended"]}
+
+
+def _encoder_name(spec: StrategySpec) -> str:
+    """The similarity stage's name for the encoder a strategy starts from."""
+    if not spec.pretrained or not get_strategy(spec.name).uses_pretrained:
+        return "random_init"
+    return spec.source or "pretrained"
 
 
 def _flat_scores(result: dict) -> dict[str, float]:
@@ -386,7 +427,7 @@ def _heterogeneous(ctx: Context) -> bool:
 def stage_transfer(ctx: Context) -> dict:
     cfg = ctx.config
     jobs = [(task, fraction, seed, spec) for task in cfg.tasks for fraction in cfg.label_fractions
-            for seed in cfg.seeds for spec in cfg.strategies]
+            for seed in cfg.seeds_at(fraction) for spec in cfg.strategies]
     done = 0
     for task, fraction, seed, spec in bar(jobs, desc="transfer", unit="job", enabled=ctx.progress):
         job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / spec.display / f"seed{seed}"
@@ -399,7 +440,7 @@ def stage_transfer(ctx: Context) -> dict:
         if task.kind != "regression":
             continue
         for fraction in cfg.label_fractions:
-            for seed in cfg.seeds:
+            for seed in cfg.seeds_at(fraction):
                 job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / TRAINING_MEAN / f"seed{seed}"
                 if not RunFolder(job_dir).predictions.exists():
                     run_training_mean(ctx, task, fraction, seed, job_dir)
@@ -417,6 +458,7 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     train_rows = target.select(split="train").rows
     labelled = stratified_sample(train_rows, fraction, rng) if fraction < 1 else list(train_rows)
     labelled_paths = {r.path for r in labelled}
+    val_part = _validation_rows(target, fraction, seed, cfg.train.val_fraction)
     head_task = task_for(target.label_names, regression=task.kind == "regression")
     encoder = _encoder(ctx, Preset(t_mod).spatial_dims, spec)
     if head_task == "regression":  # the head learns the target standardised on the labelled training rows
@@ -425,6 +467,7 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     else:
         head = Head(encoder.out_features, head_task, max(2, len(target.label_names)))
     tc = cfg.train
+    precision = effective_precision(tc.amp, resolve_device(tc.device), tc.deterministic)
     kwargs: dict[str, Any] = {}
     val_loader = None
     from_source = cls.needs_source_labels or uda
@@ -443,16 +486,17 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         target_loader = make_loader(_dataset(ctx, target_train, cfg.target, True, task), tc.batch_size, True, seed)
     else:
         train_ds = _dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target, True, task)
-        val_ds = _dataset(ctx, target.select(split="val"), cfg.target, False, task)
+        val_ds = _dataset(ctx, val_part, cfg.target, False, task)
         target_loader = None
     if val_ds is not None and len(val_ds):
         val_loader = make_loader(val_ds, tc.batch_size, False, seed)
     # "task" is the head's (what predict and export-bundle need); the pipeline's name for it is task_name
     meta = {"label_names": list(target.label_names), "task": head_task, "task_name": task.name,
-            "strategy": spec.display, "precision": tc.amp, "seed": seed, "label_fraction": fraction,
+            "strategy": spec.display, "precision": precision, "seed": seed, "label_fraction": fraction,
             "intensity": {"preset": t_mod, **Preset(t_mod).options(cfg.target.preset_options())}}
-    common = dict(epochs=tc.epochs, seed=seed, device=tc.device, amp=tc.amp, deterministic=tc.deterministic,
-                  patience=tc.patience if val_loader is not None else None, progress=_interactive())
+    epochs, patience = _budget(tc, len(train_ds))
+    common = dict(epochs=epochs, seed=seed, device=tc.device, amp=tc.amp, deterministic=tc.deterministic,
+                  patience=patience if val_loader is not None else None, progress=_interactive())
     hparams = dict(spec.hparams or {})
     # the strategy says whether a linear probe, fitted to convergence on cached features, primes it
     probe = cls.probe_first(hparams) if tc.feature_cache and not from_source else None
@@ -482,12 +526,12 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     model = strategy
     device = resolve_device(tc.device)
     for split in ("val", "test"):
-        part = target.select(split=split)
+        part = val_part if split == "val" and not from_source else target.select(split=split)
         if not len(part):
             continue
         # the checkpoint's precision policy, as medtl predict will apply it to the same weights
         out = predict(model, make_loader(_dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed),
-                      device=device, amp_dtype=precision_dtype(tc.amp, device))
+                      device=device, amp_dtype=precision_dtype(precision, device))
         common = dict(patient_ids=out.get("patient_id"), domain=out.get("domain", ""), split=split,
                       run_id=f"{task.name}/{spec.display}/frac{fraction:g}/seed{seed}", strategy=spec.display,
                       task=task.name, seed=seed, label_fraction=fraction)
@@ -504,6 +548,26 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     return path
 
 
+def _validation_rows(target: Manifest, fraction: float, seed: int, rule: str) -> Manifest:
+    """The target's validation rows a job may use: all of them, or (``train.val_fraction: same``) the job's
+    label fraction of them, stratified, drawn apart from the labelled training rows."""
+    val = target.select(split="val")
+    if rule == "all" or fraction >= 1:
+        return val
+    rows = stratified_sample(val.rows, fraction, np.random.default_rng([seed, 1]))
+    return Manifest(rows, list(val.label_names), dict(val.meta), val.source)
+
+
+def _budget(tc, n_train: int) -> tuple[int, int | None]:
+    """(epochs, patience) of a job with ``n_train`` training items: ``train.min_steps`` stretches both alike."""
+    if not tc.min_steps or n_train == 0:
+        return tc.epochs, tc.patience
+    steps_per_epoch = max(1, math.ceil(n_train / tc.batch_size))
+    epochs = max(tc.epochs, math.ceil(tc.min_steps / steps_per_epoch))
+    scale = epochs / tc.epochs
+    return epochs, None if tc.patience is None else math.ceil(tc.patience * scale)
+
+
 def _label_free_selection(ctx: Context, task: TaskSpec, target: Manifest, target_train: Manifest, source_val,
                           seed: int) -> dict[str, Any]:
     """Trainer options for an unsupervised-adaptation job: every label-free selector scored each epoch, the
@@ -516,7 +580,7 @@ def _label_free_selection(ctx: Context, task: TaskSpec, target: Manifest, target
         return make_loader(_dataset(ctx, m, cfg.target, False, task), tc.batch_size, False, seed)
 
     oracle = {split: plain(target.select(split=split)) for split in ("val", "test") if len(target.select(split=split))}
-    scores = SelectorScores(source_val, plain(target_train), device, precision_dtype(tc.amp, device), oracle, seed)
+    scores = SelectorScores(source_val, plain(target_train), device, precision_dtype(effective_precision(tc.amp, device, tc.deterministic), device), oracle, seed)
     monitor, mode = SELECTOR_MONITORS[tc.selector]
     return {"epoch_metrics": [scores], "monitor": monitor, "mode": mode}
 
@@ -668,11 +732,11 @@ def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False)
     return {
         "prepare": {"source": c.get("source"), "target": c.get("target"), "data_root": str(data_root)},
         "pretrain": {"source": c.get("source"), "pretrain": c.get("pretrain"), "encoder": c.get("encoder"),
-                     "seed": cfg.seeds[0]},
+                     "seed": cfg.seeds[0], **({"sources": c["sources"]} if c.get("sources") else {})},
         "similarity": {"target": c.get("target"), "tasks": c["tasks"][:1], "similarity": c.get("similarity"),
                        "strategies": c.get("strategies")},
         "transfer": {k: c.get(k) for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions",
-                                           "seeds", "unlabelled_target")},
+                                           "seeds", "unlabelled_target", "seeds_per_fraction") if k in c or k != "seeds_per_fraction"},
         "report": {"evaluation": c.get("evaluation")},
     }
 

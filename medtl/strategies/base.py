@@ -50,6 +50,7 @@ class Strategy(nn.Module):
     # What the method needs and how it is primed (read by the pipeline runner and the recommender):
     needs_source_labels: ClassVar[bool] = False  # trains on labelled source batches (beside the target's)
     requires_shared_labels: ClassVar[bool] = False  # conditions on classes: one label set with the source
+    uses_pretrained: ClassVar[bool] = True  # False: the method re-initialises the encoder it is given
     # Rule-of-thumb prior in [0, 1] for the recommender (not a measurement): "few" / "many" target labels
     # (fewer than FEW_LABELS or not), or, where the domain gap decides, "gap" / "no_gap" (proxy A-distance
     # above LARGE_GAP or not).

@@ -87,6 +87,7 @@ class Scratch(FineTuneStrategy):
     """Random initialisation, full training: the no-transfer baseline."""
 
     PRIOR: ClassVar[dict[str, float]] = {"few": 0.1, "many": 0.5}  # only many labels can make up for it
+    uses_pretrained: ClassVar[bool] = False
 
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         if hasattr(encoder, "config"):

@@ -64,7 +64,8 @@ def scenario_plain(run_dir):
                 DataLoader(Fixed(7, seed=1), batch_size=3))
 
     s = _strategy("full", {"freeze_norm": True, "lr": 0.01})
-    opts = {"seed": 3, "device": "cpu", "progress": False, "optimizer": "sgd"}
+    # fp32: the ranks must match one process to float tolerance (bf16 rounds each rank's partial sums)
+    opts = {"seed": 3, "device": "cpu", "progress": False, "optimizer": "sgd", "amp": "off"}
     first = fit(s, *loaders(), run_dir=run_dir, epochs=2, **opts)
     resumed = fit(s, *loaders(), run_dir=run_dir, epochs=3, **opts)  # continues after last.pt's epoch 2
     return s, first.history + resumed.history[2:]
@@ -81,7 +82,8 @@ def scenario_sampler():
     sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=5)
     train = DataLoader(ds, batch_size=4 // ctx.world_size, sampler=sampler)
     s = _strategy("lp_ft", {"freeze_norm": True, "lr": 0.01, "lp_lr": 0.05, "lp_epochs": 1, "weight_decay": 0.0})
-    result = fit(s, train, None, epochs=3, device="cpu", progress=False, optimizer="sgd", restore_best=False)
+    result = fit(s, train, None, epochs=3, device="cpu", progress=False, optimizer="sgd", restore_best=False,
+                 amp="off")
     return s, result.history
 
 
@@ -93,7 +95,7 @@ def scenario_dann():
     tgt = DataLoader(Fixed(8, seed=4, labelled=False), batch_size=4, shuffle=True,
                      generator=torch.Generator().manual_seed(3))
     s = _strategy("dann")
-    fit(s, src, None, target_loader=tgt, epochs=1, device="cpu", progress=False, restore_best=False)
+    fit(s, src, None, target_loader=tgt, epochs=1, device="cpu", progress=False, restore_best=False, amp="off")
     return s
 
 

@@ -9,8 +9,8 @@ from medtl.engine.feature_cache import (
     FeatureSet,
     extract_features,
     feature_loader,
-    fit_linear_probe,
 )
+from medtl.engine.probe import fit_linear_probe
 from medtl.errors import MedtlError
 from medtl.models import Head, build_encoder, read_checkpoint
 from medtl.strategies.registry import get_strategy
@@ -39,9 +39,9 @@ def _model(seed=0):
 
 
 def _image_loader(ds, batch_size, shuffle, seed):
-    from medtl.pipeline.runner import _loader  # the pipeline's own loaders
+    from medtl.data.datasets import make_loader  # the pipeline's own loaders
 
-    return _loader(ds, batch_size, shuffle, seed)
+    return make_loader(ds, batch_size, shuffle, seed)
 
 
 def test_cached_logits_equal_the_frozen_encoder_and_head():
@@ -87,7 +87,7 @@ def test_cached_probe_equals_feature_extraction_on_the_images(tmp_path):
     # The feature_extraction strategy through the trainer on images, and the cached path, end with the
     # same head: same optimiser, schedule, reseeding, batch order and validation-picked best epoch.
     ds, val = Images(22), Images(8, seed=1)
-    opts = {"epochs": 4, "device": "cpu", "progress": False, "seed": 3}
+    opts = {"epochs": 4, "device": "cpu", "progress": False, "seed": 3, "amp": "off"}  # the two paths, in fp32
     enc_a, head_a = _model()
     strategy = get_strategy("feature_extraction")(enc_a, head_a, {"lr": 5e-3})
     ref = fit(strategy, _image_loader(ds, 8, True, 3), _image_loader(val, 8, False, 3), **opts)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medtl.engine.inference import OUTPUTS, Outputs, forward_batch, precision_dtype, run_model
+from medtl.engine.inference import OUTPUTS, Outputs, cpu_has_bf16, forward_batch, precision_dtype, run_model
 from medtl.errors import MedtlError
 from medtl.models import Head, build_encoder
 from medtl.models.checkpoint import Model
@@ -75,7 +75,9 @@ def test_modes_device_and_layout_are_restored():
 
 def test_autocast_follows_the_precision_policy():
     cpu = torch.device("cpu")
-    assert precision_dtype("auto", cpu) is None and precision_dtype("off", cpu) is None
+    # auto: bf16 where the CPU has native bf16 instructions (it is then about 2x faster in channels-last)
+    assert precision_dtype("auto", cpu) is (torch.bfloat16 if cpu_has_bf16() else None)
+    assert precision_dtype("off", cpu) is None
     assert precision_dtype("bf16", cpu) is torch.bfloat16 and precision_dtype("fp16", cpu) is torch.float16
     with pytest.raises(MedtlError, match="unknown precision"):
         precision_dtype("fp8", cpu)
@@ -83,6 +85,10 @@ def test_autocast_follows_the_precision_policy():
     full = run_model(model, _batches()).cat("logits")
     half = run_model(model, _batches(), amp_dtype=torch.bfloat16).cat("logits")
     assert half.dtype == torch.float32  # outputs are float32 whatever the compute precision
+    # autocast runs in channels-last memory unless told otherwise; the layout changes no number by much
+    contiguous = run_model(model, _batches(), amp_dtype=torch.bfloat16, channels_last=False).cat("logits")
+    torch.testing.assert_close(half, contiguous, rtol=0.05, atol=0.05)
+    assert all(p.is_contiguous() for p in model.parameters())  # the weights' layout is restored
     assert not torch.equal(half, full)
     torch.testing.assert_close(half, full, rtol=0.1, atol=0.1)
 

@@ -1,0 +1,111 @@
+"""Named initialisations (``sources``), per-fraction seeds, step budgets and scarce validation sets."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from medtl.errors import MedtlError
+from medtl.pipeline.config import load_pipeline
+from medtl.pipeline.runner import Context, _budget, _validation_rows, run_pipeline
+
+SOURCES = """\
+sources:
+  tgt_ssl:
+    data: [{manifest: manifests/tgt.csv, splits: [train], max_rows: 6}]
+    pretrain: {mode: moco, epochs: 1, batch_size: 4}
+"""
+
+
+def _write(tiny, name, text):
+    path = tiny / name
+    path.write_text(text)
+    return path
+
+
+def _study(make_config):
+    return (make_config.config.replace("EPOCHS", "1")
+            .replace("strategies: [feature_extraction, full, dann]",
+                     "strategies: [scratch, {name: full, source: tgt_ssl, label: ft_tgt_ssl}]\n" + SOURCES
+                     + "seeds_per_fraction: {1.0: 1}")
+            .replace("seeds: [0]", "seeds: [0, 1]")
+            .replace("patience: null", "patience: null, min_steps: 6, val_fraction: same"))
+
+
+def test_named_source_is_pretrained_and_used_with_fewer_seeds_at_full_labels(tiny, make_config):
+    path = _write(tiny, "sources.yaml", _study(make_config))
+    out = tiny / "sources_run"
+    run_pipeline(path, tiny / "data", out, progress=False)
+    model = out / "pretrain" / "sources" / "tgt_ssl" / "model.pt"
+    assert model.exists() and (out / "pretrain" / "model.pt").exists()
+    meta = torch.load(model, weights_only=True)["meta"]
+    assert meta["mode"] == "moco" and meta["ssl_data"][0]["items"] == 6  # max_rows of the train split
+    preds = pd.read_csv(out / "predictions.csv")
+    runs = preds.groupby(["strategy", "label_fraction"])["seed"].unique()
+    assert sorted(runs[("ft_tgt_ssl", 0.5)]) == [0, 1] and sorted(runs[("ft_tgt_ssl", 1.0)]) == [0]
+    sim = json.loads((out / "similarity" / "similarity.json").read_text())
+    assert set(sim) == {"pretrained", "random_init", "tgt_ssl"}
+    rec = json.loads((out / "similarity" / "recommendation.json").read_text())
+    assert {r["key"].split("/")[1] for r in rec["ranking"]} == {"random_init", "tgt_ssl"}
+
+
+def test_job_starts_from_its_source(tiny, make_config, monkeypatch):
+    import medtl.pipeline.runner as R
+
+    seen = []
+    real = R.encoder_for
+    monkeypatch.setattr(R, "encoder_for", lambda ckpt, *a, **k: seen.append(ckpt) or real(ckpt, *a, **k))
+    path = _write(tiny, "sources2.yaml", _study(make_config).replace("label_fractions: [0.5, 1.0]",
+                                                                      "label_fractions: [1.0]"))
+    cfg = load_pipeline(path)
+    ctx = Context(cfg, path, tiny / "data", tiny / "sources_run", None)
+    R._encoder(ctx, 2, cfg.strategies[1])
+    R._encoder(ctx, 2, cfg.strategies[0])
+    # the named source's encoder; scratch is given the default one and re-initialises it itself
+    assert seen == [tiny / "sources_run" / "pretrain" / "sources" / "tgt_ssl" / "model.pt",
+                    tiny / "sources_run" / "pretrain" / "model.pt"]
+
+
+def test_budget_stretches_epochs_and_patience_to_the_step_minimum(tiny, make_config):
+    cfg = load_pipeline(_write(tiny, "b.yaml", make_config.config.replace("EPOCHS", "4")
+                               .replace("patience: null", "patience: 2, min_steps: 100"))).train
+    assert _budget(cfg, 8) == (100, 50)  # one step an epoch: 100 epochs, patience scaled alike
+    assert _budget(cfg, 800) == (4, 2)  # 100 steps an epoch: the epochs already give the minimum
+    assert _budget(cfg, 80) == (10, 5)
+    cfg.min_steps = None
+    assert _budget(cfg, 8) == (4, 2)
+
+
+def test_scarce_validation_takes_the_label_fraction_per_class(tiny, make_config):
+    cfg = load_pipeline(make_config(tiny))
+    ctx = Context(cfg, tiny / "p.yaml", tiny / "data", tiny / "val_run", None)
+    target = ctx.load(cfg.target, "target", cfg.tasks[0])
+    val = target.select(split="val")
+    assert len(_validation_rows(target, 0.5, 0, "all")) == len(val)
+    assert len(_validation_rows(target, 1.0, 0, "same")) == len(val)
+    part = _validation_rows(target, 0.5, 0, "same")
+    for label in {r.label for r in val}:
+        n = sum(r.label == label for r in val)
+        assert sum(r.label == label for r in part) == max(1, math.ceil(0.5 * n))
+    assert _validation_rows(target, 0.5, 0, "same").rows == part.rows  # the seed fixes it
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("{name: full, source: nowhere}", "not among sources"),
+    ("{name: full, source: tgt_ssl, pretrained: false}", "contradict"),
+])
+def test_source_references_are_checked_when_the_config_loads(tiny, make_config, bad, why):
+    text = make_config.config.replace("EPOCHS", "1").replace(
+        "strategies: [feature_extraction, full, dann]", f"strategies: [{bad}]\n" + SOURCES)
+    with pytest.raises(MedtlError, match=why):
+        load_pipeline(_write(tiny, "bad.yaml", text))
+
+
+def test_pretraining_on_the_targets_test_rows_is_refused(tiny, make_config):
+    text = make_config.config.replace("EPOCHS", "1").replace(
+        "strategies: [feature_extraction, full, dann]",
+        "strategies: [{name: full, source: tgt_ssl}]\n" + SOURCES.replace("splits: [train]", "splits: [train, test]"))
+    with pytest.raises(MedtlError, match="leak"):
+        load_pipeline(_write(tiny, "leak.yaml", text))
