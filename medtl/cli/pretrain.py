@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffling and augmentation")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
-                   help="mixed precision: auto = bf16 on CUDA and on CPUs with native bf16, else off")
+                   help="mixed precision: auto = bf16 on CUDA, off on CPU")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower; warns where none exists)")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value (default: no clipping)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without improvement (default: never)")

@@ -41,33 +41,22 @@ def precision_dtype(policy: str, device: torch.device | str) -> torch.dtype | No
 
     The one policy: a checkpoint records it (meta ``precision``) and training, evaluation and
     ``medtl predict`` all resolve it here, so the deployed model computes as the evaluated one did.
-    "auto" is bf16 on CUDA (fp16 where bf16 is missing); on a CPU, bf16 where it has native bf16
-    instructions (AVX512-BF16 or AMX), else fp32. Autocast runs in channels-last memory
-    (:func:`uses_channels_last`): on the development CPU, bf16 convolutions in the default layout were
-    measured much slower than fp32 (up to 30x in one run) and about 2x faster in channels-last memory.
+    "auto" is bf16 on CUDA (fp16 where bf16 is missing) and fp32 on a CPU. bf16 on a CPU with native
+    bf16 (AVX512-BF16 or AMX) trains about 1.4x faster per step on a quiet machine, but beside other
+    CPU-bound work its oneDNN kernels slowed down 9x where fp32 slowed 1.1x, and its sums depend on the
+    thread order (two runs differ in the last bits); so it is asked for (``bf16``), not the default
+    (docs/performance.md). Autocast runs in channels-last memory (:func:`uses_channels_last`).
     """
     if policy not in PRECISIONS:
         raise MedtlError(f"unknown precision {policy!r}; use one of {', '.join(PRECISIONS)}", "precision")
     device = torch.device(device)
-    if policy == "off" or (policy == "auto" and device.type != "cuda" and not cpu_has_bf16()):
+    if policy == "off" or (policy == "auto" and device.type != "cuda"):
         return None
     if device.type != "cuda":
         return torch.float16 if policy == "fp16" else torch.bfloat16
     if policy == "fp16" or (policy == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
-
-
-def effective_precision(policy: str, device: torch.device | str, deterministic: bool = False) -> str:
-    """The policy a run uses: a ``deterministic`` run on a CPU keeps "auto" at fp32 ("off"), since bf16
-    CPU kernels sum in a thread-dependent order and two runs would differ in the last bits."""
-    return "off" if deterministic and policy == "auto" and torch.device(device).type == "cpu" else policy
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic on this CPU (AVX512-BF16 or AMX tiles); without it bf16 is emulated and slow."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def uses_channels_last(amp_dtype: torch.dtype | None) -> bool:
@@ -258,7 +247,6 @@ def run_model(model: nn.Module, batches: Iterable[dict[str, Any]], outputs: Sequ
     return out
 
 
-__all__ = ["OUTPUTS", "PRECISIONS", "Outputs", "autocast", "channels_last_input", "cpu_has_bf16", "effective_precision",
-           "forward_batch",
+__all__ = ["OUTPUTS", "PRECISIONS", "Outputs", "autocast", "channels_last_input", "forward_batch",
            "precision_dtype", "run_model", "to_channels_last", "uses_channels_last",
            "to_device", "validation_step"]

@@ -53,7 +53,6 @@ from medtl.engine.evaluate import evaluate
 from medtl.engine.inference import (
     autocast,
     channels_last_input,
-    effective_precision,
     precision_dtype,
     to_channels_last,
     to_device,
@@ -74,7 +73,7 @@ class TrainConfig:
 
     epochs: int = 10
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"
-    amp: str = "auto"  # engine.inference.precision_dtype: "auto" = bf16 on CUDA and native-bf16 CPUs; "off", "bf16", "fp16"
+    amp: str = "auto"  # engine.inference.precision_dtype: "auto" = bf16 on CUDA, fp32 on CPU; "off", "bf16", "fp16"
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (warn where none exists), no cuDNN autotuning
     grad_clip: float | None = None  # max global gradient norm
@@ -372,10 +371,9 @@ class Trainer:
         self.env = env if env is not None and env.world_size > 1 else None  # None: one process
         self.device = resolve_device(self.config.device, self.env.local_rank if self.env else None)
         self.ctx = D.DistContext()  # the process group in use, set by fit
-        precision = effective_precision(self.config.amp, self.device, self.config.deterministic)
-        self.amp_dtype = amp_dtype(precision, self.device)
+        self.amp_dtype = amp_dtype(self.config.amp, self.device)
         # stored in best.pt (label names, image size, ...), with the precision the model was evaluated in
-        self.checkpoint_meta = {"precision": precision, **(checkpoint_meta or {})}
+        self.checkpoint_meta = {"precision": self.config.amp, **(checkpoint_meta or {})}
         self._ddp, self._ddp_key = None, None
 
     # -- pieces ------------------------------------------------------------------------------------

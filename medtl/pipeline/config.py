@@ -85,7 +85,8 @@ class TrainSpec(Strict):
     patience: int | None = 5
     device: str = "auto"
     # autocast policy, recorded in every checkpoint and used alike by training, evaluation and medtl predict:
-    # "auto" = bf16 (channels-last) on CUDA and on CPUs with native bf16, else fp32; "off" = fp32 everywhere
+    # "auto" = bf16 on CUDA, fp32 on CPU; "off" = fp32 everywhere; "bf16" / "fp16" = that autocast dtype (in
+    # channels-last memory); bf16 on a CPU with native bf16 is faster on a quiet machine (docs/performance.md)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     # checkpoint selector of unsupervised-adaptation jobs (no target label): source validation loss, or a
     # label-free selector of medtl.adapt.selection; every one is logged each epoch for the regret table

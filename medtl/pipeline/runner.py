@@ -40,7 +40,6 @@ from medtl.data.io import ARRAY_MEMBER
 from medtl.data.manifest import Manifest, stratified_sample
 from medtl.data.transforms import Preset
 from medtl.engine.evaluate import precision_dtype, predict
-from medtl.engine.inference import effective_precision
 from medtl.engine.pretrain import pretrain
 from medtl.engine.probe import fit_linear_probe
 from medtl.engine.run_folder import RunFolder
@@ -321,7 +320,7 @@ def pretrain_source(ctx: Context, name: str) -> Path:
     result = pretrain(parts, ctx.data_root, source_checkpoint(ctx, name).parent, mode=p.mode, image_size=size,
                       arch=cfg.encoder.arch, stem_stride=cfg.encoder.stem_stride, epochs=p.epochs,
                       batch_size=p.batch_size, lr=p.lr, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
-                      device=cfg.train.device, progress=ctx.progress)
+                      device=cfg.train.device, amp=cfg.train.amp, progress=ctx.progress)
     return result.path
 
 
@@ -467,7 +466,6 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     else:
         head = Head(encoder.out_features, head_task, max(2, len(target.label_names)))
     tc = cfg.train
-    precision = effective_precision(tc.amp, resolve_device(tc.device), tc.deterministic)
     kwargs: dict[str, Any] = {}
     val_loader = None
     from_source = cls.needs_source_labels or uda
@@ -492,7 +490,7 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         val_loader = make_loader(val_ds, tc.batch_size, False, seed)
     # "task" is the head's (what predict and export-bundle need); the pipeline's name for it is task_name
     meta = {"label_names": list(target.label_names), "task": head_task, "task_name": task.name,
-            "strategy": spec.display, "precision": precision, "seed": seed, "label_fraction": fraction,
+            "strategy": spec.display, "precision": tc.amp, "seed": seed, "label_fraction": fraction,
             "intensity": {"preset": t_mod, **Preset(t_mod).options(cfg.target.preset_options())}}
     epochs, patience = _budget(tc, len(train_ds))
     common = dict(epochs=epochs, seed=seed, device=tc.device, amp=tc.amp, deterministic=tc.deterministic,
@@ -531,7 +529,7 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
             continue
         # the checkpoint's precision policy, as medtl predict will apply it to the same weights
         out = predict(model, make_loader(_dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed),
-                      device=device, amp_dtype=precision_dtype(precision, device))
+                      device=device, amp_dtype=precision_dtype(tc.amp, device))
         common = dict(patient_ids=out.get("patient_id"), domain=out.get("domain", ""), split=split,
                       run_id=f"{task.name}/{spec.display}/frac{fraction:g}/seed{seed}", strategy=spec.display,
                       task=task.name, seed=seed, label_fraction=fraction)
@@ -580,7 +578,7 @@ def _label_free_selection(ctx: Context, task: TaskSpec, target: Manifest, target
         return make_loader(_dataset(ctx, m, cfg.target, False, task), tc.batch_size, False, seed)
 
     oracle = {split: plain(target.select(split=split)) for split in ("val", "test") if len(target.select(split=split))}
-    scores = SelectorScores(source_val, plain(target_train), device, precision_dtype(effective_precision(tc.amp, device, tc.deterministic), device), oracle, seed)
+    scores = SelectorScores(source_val, plain(target_train), device, precision_dtype(tc.amp, device), oracle, seed)
     monitor, mode = SELECTOR_MONITORS[tc.selector]
     return {"epoch_metrics": [scores], "monitor": monitor, "mode": mode}
 

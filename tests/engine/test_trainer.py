@@ -6,7 +6,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medtl.engine import StopTraining, TrainConfig, Trainer, evaluate, fit
-from medtl.engine.inference import cpu_has_bf16
 from medtl.engine.trainer import amp_dtype
 from medtl.errors import MedtlError
 from medtl.models import Head, build_encoder, read_checkpoint
@@ -159,7 +158,7 @@ def test_config_validation_and_amp_choice():
             raise MedtlError("CUDA skipped: a GPU is present")
         Trainer(_strategy(), {"device": "cuda"})
     cpu = torch.device("cpu")
-    assert amp_dtype("auto", cpu) is (torch.bfloat16 if cpu_has_bf16() else None)  # native bf16 only
+    assert amp_dtype("auto", cpu) is None  # bf16 on a CPU collapses beside other work (docs/performance.md)
     assert amp_dtype("bf16", cpu) == torch.bfloat16
 
 
