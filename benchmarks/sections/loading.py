@@ -52,8 +52,7 @@ def _epoch(ds, s: Settings, batch_size: int) -> float:
 
 def model_3d(arch: str, lift_name: str, smoke: bool):
     """The pipeline's 3D encoder (a lifted 2D one, the pipeline's lift options) + binary head."""
-    from medtl.models import Head, Model, build_encoder, lift
-    from medtl.pipeline.runner import LIFT_OPTIONS
+    from medtl.models import LIFT_OPTIONS, Head, Model, build_encoder, lift
 
     enc = lift(build_encoder(arch, stem_stride=2), lift_name, **LIFT_OPTIONS.get(lift_name, {}))
     return Model(enc, Head(enc.out_features, "binary"))

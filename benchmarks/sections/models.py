@@ -16,8 +16,7 @@ from benchmarks.common import Row, Settings, median, spread, timed, to_layout, t
 
 
 def variants(smoke: bool):
-    from medtl.models import build_encoder, lift
-    from medtl.pipeline.runner import LIFT_OPTIONS
+    from medtl.models import LIFT_OPTIONS, build_encoder, lift
 
     arch = "resnet10" if smoke else "resnet18"
     size2, vol = (32, (32, 32, 32)) if smoke else (128, (80, 96, 80))
