@@ -18,7 +18,7 @@ import yaml
 from medtl.data.manifest import Manifest
 from medtl.errors import MedtlError
 from medtl.evaluation.report.schema import Metric, Strategy, Task, read_report
-from medtl.pipeline.runner import TRAINING_MEAN
+from medtl.pipeline.jobs import TRAINING_MEAN
 
 BASELINE_NAMES = ("scratch", "scratch_3d", "source_only")
 

@@ -126,17 +126,17 @@ def test_shipped_pipelines_validate(name, profile):
 def test_jobs_share_decoded_datasets_and_reuse_does_not_change_augmentation(tiny, make_config):
     from medtl.pipeline.config import load_pipeline
     from medtl.data.datasets import make_loader
-    from medtl.pipeline.runner import Context, _dataset
+    from medtl.pipeline.context import Context, dataset
 
     path = make_config(tiny)
     cfg = load_pipeline(path)
     ctx = Context(cfg, path, tiny / "data", tiny / "memo", None)
     target = ctx.load(cfg.target, "target", cfg.tasks[0]).select(split="train")
-    a = _dataset(ctx, target, cfg.target, True, cfg.tasks[0])
-    assert _dataset(ctx, target, cfg.target, True, cfg.tasks[0]) is a  # decoded once
-    assert _dataset(ctx, target, cfg.target, False, cfg.tasks[0]) is not a  # the eval chain is another dataset
+    a = dataset(ctx, target, cfg.target, True, cfg.tasks[0])
+    assert dataset(ctx, target, cfg.target, True, cfg.tasks[0]) is a  # decoded once
+    assert dataset(ctx, target, cfg.target, False, cfg.tasks[0]) is not a  # the eval chain is another dataset
     hidden = type(target)([replace(r, label="unlabelled") for r in target], target.label_names)
-    assert _dataset(ctx, hidden, cfg.target, True, cfg.tasks[0]) is not a  # other labels, other dataset
+    assert dataset(ctx, hidden, cfg.target, True, cfg.tasks[0]) is not a  # other labels, other dataset
 
     def first_batch(ds, seed):  # unshuffled: any difference comes from the random transforms
         return next(iter(make_loader(ds, 8, False, seed=seed)))["image"]

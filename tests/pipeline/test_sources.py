@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from medtl.errors import MedtlError
+from medtl.pipeline import run_pipeline
 from medtl.pipeline.config import load_pipeline
-from medtl.pipeline.runner import Context, _budget, _validation_rows, run_pipeline
+from medtl.pipeline.context import Context
+from medtl.pipeline.jobs import _budget, _validation_rows
 
 SOURCES = """\
 sources:
@@ -52,17 +54,17 @@ def test_named_source_is_pretrained_and_used_with_fewer_seeds_at_full_labels(tin
 
 
 def test_job_starts_from_its_source(tiny, make_config, monkeypatch):
-    import medtl.pipeline.runner as R
+    import medtl.pipeline.context as C
 
     seen = []
-    real = R.encoder_for
-    monkeypatch.setattr(R, "encoder_for", lambda ckpt, *a, **k: seen.append(ckpt) or real(ckpt, *a, **k))
+    real = C.encoder_for
+    monkeypatch.setattr(C, "encoder_for", lambda ckpt, *a, **k: seen.append(ckpt) or real(ckpt, *a, **k))
     path = _write(tiny, "sources2.yaml", _study(make_config).replace("label_fractions: [0.5, 1.0]",
                                                                       "label_fractions: [1.0]"))
     cfg = load_pipeline(path)
     ctx = Context(cfg, path, tiny / "data", tiny / "sources_run", None)
-    R._encoder(ctx, 2, cfg.strategies[1])
-    R._encoder(ctx, 2, cfg.strategies[0])
+    C.start_encoder(ctx, 2, cfg.strategies[1])
+    C.start_encoder(ctx, 2, cfg.strategies[0])
     # the named source's encoder; scratch is given the default one and re-initialises it itself
     assert seen == [tiny / "sources_run" / "pretrain" / "sources" / "tgt_ssl" / "model.pt",
                     tiny / "sources_run" / "pretrain" / "model.pt"]

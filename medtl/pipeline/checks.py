@@ -1,0 +1,75 @@
+"""The cheap checks of a pipeline run, made before ``medtl run`` writes or trains anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medtl.data.check import wrong_root_hint
+from medtl.data.io import ARRAY_MEMBER
+from medtl.data.transforms import Preset
+from medtl.errors import MedtlError
+from medtl.paths import resolve_inside
+from medtl.pipeline.config import closest
+from medtl.pipeline.context import Context, heterogeneous, modality_of
+from medtl.strategies.registry import STRATEGIES, get_strategy
+
+
+def check_before_run(ctx: Context) -> None:
+    """Every cheap check of a run, made before anything is written or trained: the output folder, the
+    manifests and their files, strategy names and hyper-parameters, task columns, label sets and lifts."""
+    cfg, where = ctx.config, ctx.config_path
+    if ctx.out.exists() and not ctx.out.is_dir():
+        raise MedtlError("--out must be a folder (the run folder), not a file", ctx.out)
+    if ctx.out.is_dir() and any(ctx.out.iterdir()) and not (ctx.out / "stages.json").exists():
+        raise MedtlError("--out is a folder with other files and no stages.json (not a medtl run folder): "
+                         "choose a new or empty folder", ctx.out)
+    for i, spec in enumerate(cfg.strategies):
+        try:
+            cls = get_strategy(spec.name)
+        except MedtlError:
+            guess = closest(spec.name, STRATEGIES)
+            raise MedtlError(f"unknown strategy {spec.name!r}" + (f"; did you mean {guess!r}?" if guess else "")
+                             + f" (known: {', '.join(sorted(STRATEGIES))})", f"{where}: strategies[{spec.display}]") from None
+        for key in sorted(set(spec.hparams) - set(cls.DEFAULTS)):
+            guess = closest(key, cls.DEFAULTS)
+            raise MedtlError(f"unknown hyper-parameter {key!r} for {spec.name}"
+                             + (f"; did you mean {guess!r}?" if guess else "")
+                             + f" (known: {', '.join(sorted(cls.DEFAULTS))})", f"{where}: strategies[{i}].hparams")
+    if cfg.pretrain.checkpoint:
+        src = Path(cfg.pretrain.checkpoint)
+        if not (src if src.is_absolute() else ctx.base / src).exists():
+            raise MedtlError(f"pretrained checkpoint {src} not found", f"{where}: pretrain.checkpoint")
+    missing, total = [], 0
+    for key, spec in (("source", cfg.source), ("target", cfg.target)):
+        m = ctx.manifest(spec, key)
+        total += len(m)
+        for r in m:
+            try:
+                p = resolve_inside(ctx.data_root, r.path, f"{m.source}")
+            except MedtlError as err:
+                missing.append(f"{r.path} ({err.reason})")
+                continue
+            if not Path(str(p).split(ARRAY_MEMBER)[0]).exists():  # an .npz member: its archive
+                missing.append(r.path)
+    hint = wrong_root_hint(len(missing), total, ctx.data_root)
+    if hint:
+        raise MedtlError(hint, f"{where}: data root")
+    if missing:
+        shown = "\n  ".join(missing[:20]) + (f"\n  (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        raise MedtlError(f"{len(missing)} file(s) named by the manifests are missing under the data root:\n  {shown}",
+                         ctx.data_root)
+    target = ctx.manifest(cfg.target, "target")
+    for i, task in enumerate(cfg.tasks):
+        if task.label_column != "label" and target.rows and task.label_column not in target.rows[0].extras:
+            columns = ["label", *target.rows[0].extras]
+            guess = closest(task.label_column, columns)
+            raise MedtlError(f"the target manifest has no column {task.label_column!r}"
+                             + (f"; did you mean {guess!r}?" if guess else "") + f" (columns: {', '.join(columns)})",
+                             f"{where}: tasks[{i}].label_column")
+    heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
+    if Preset(modality_of(target, cfg.target)).spatial_dims == 3:
+        for spec in cfg.strategies:
+            if spec.pretrained and (spec.lift or cfg.encoder.lift or "none") == "none":
+                raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; set "
+                                 "encoder.lift or the strategy's lift, or pretrained: false for a 3D network from "
+                                 "scratch", f"{where}: strategies[{spec.display}]")
