@@ -1,4 +1,4 @@
-"""Source pretraining (chest X-rays): supervised, or the self-supervised transfer autoencoder.
+"""Source pretraining: supervised, the self-supervised transfer autoencoder, or MoCo v2.
 
 ``pretrain(manifest, data_root, out)`` reads the manifest's train/val splits through the data layer,
 trains, and writes ``<out>/model.pt`` (medtl checkpoint, see medtl.models.checkpoint) next to the
@@ -8,6 +8,11 @@ run folder's log and training state. ``pretrain_on`` does the same from datasets
   full training from random (or ``init_weights``) initialisation;
 - ``mode="autoencoder"``: encoder f + VAE decoder g, ``MSE(x, g(f(x))) + kl_weight * KL``; labels
   are not used, so unlabelled images can serve. The encoder part is what later transfers.
+- ``mode="moco"`` (:func:`pretrain_ssl`): MoCo v2 (medtl.strategies.ssl) on the ``splits`` rows of one
+  or several manifests, labels ignored, each manifest through its own modality preset and view
+  augmentations (medtl.data.views); ``model.pt`` holds ``encoder.*`` (what transfers) and the projection
+  ``head.*`` (dropped on transfer). There is no validation split: the contrastive loss of held-out
+  images says little about transfer; the run keeps its last epoch.
 
 Under ``torchrun`` (``torchrun --nproc_per_node=N -m medtl pretrain ...``) the trainer runs DDP and
 splits every global batch of ``batch_size`` images across the N processes; only rank 0 writes the
@@ -17,6 +22,7 @@ run folder and ``model.pt`` (see docs/distributed.md).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,7 @@ from medtl.data.datasets import build_dataset, make_loader
 from medtl.data.manifest import Manifest
 from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
 from medtl.data.transforms import Preset
+from medtl.data.views import views_dataset
 from medtl.engine.distributed import barrier, torchrun_env
 from medtl.engine.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 from medtl.errors import MedtlError
@@ -179,10 +186,8 @@ def pretrain(
     """Pretrain from a manifest (CSV path or Manifest); ``options`` as :func:`pretrain_on`.
 
     Self-supervised modes (``moco``) take one manifest or a list, and ``splits`` (default ``["train"]``)
-    in place of the train/val splits: see :func:`medtl.engine.pretrain_ssl.pretrain_ssl`."""
+    in place of the train/val splits: see :func:`pretrain_ssl`."""
     if mode == "moco":
-        from medtl.engine.pretrain_ssl import pretrain_ssl
-
         return pretrain_ssl(manifest, data_root, out, mode=mode, image_size=image_size, cache=cache,
                             on_error=on_error, **options)
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
@@ -213,3 +218,45 @@ def pretrain(
     }
     return pretrain_on(train_ds, val_ds, out, label_names=m.label_names, mode=mode, spatial_dims=spatial_dims,
                        image_size=size, meta=meta, **options)
+
+
+def pretrain_ssl(
+    manifests,
+    data_root: str | Path | None,
+    out: str | Path,
+    *,
+    mode: str = "moco",
+    image_size: int | list[int] = 128,
+    splits: list[str] | tuple[str, ...] | None = None,
+    cache: str = "memory",
+    on_error: str = "raise",
+    views: dict[str, Any] | None = None,
+    **options,
+):
+    """Pretrain on unlabelled images; ``options`` as :func:`medtl.engine.pretrain.pretrain_on`,
+    ``views`` overrides entries of the view presets (medtl.data.views.VIEW_PRESETS)."""
+    splits = list(splits or ["train"])
+    out = Path(out)
+    dataset, info = views_dataset(manifests, data_root, image_size=image_size, splits=splits, cache=cache,
+                                  on_error=on_error, run_dir=out, **(views or {}))
+    parts = info["parts"]
+    if len(dataset) == 0:
+        raise MedtlError("no readable images to pretrain on", "manifests")
+    first = parts[0]
+    spatial_dims = first["dims"]
+    size = list(first["preset_options"].get("volume_shape") or [first["preset_options"]["image_size"]] * 2)
+    h = hashlib.sha256("\n".join(p["hash"] for p in parts).encode()).hexdigest()[:16]
+    meta = {
+        # the deterministic chains of cxr and mri2d are the same (no CLAHE): the first manifest's preset
+        # describes how every image was normalised
+        "intensity": {"preset": first["modality"], **PRESET_DEFAULTS[first["modality"]], **first["preset_options"]},
+        "manifest_hash": h,
+        "manifest": first["manifest"] if len(parts) == 1 else [p["manifest"] for p in parts],
+        "domains": sorted({d for p in parts for d in p["domains"]}),
+        "ssl_data": [{k: p[k] for k in ("manifest", "modality", "splits", "items", "hash")} for p in parts],
+    }
+    options.pop("preset", None)  # each manifest uses its own modality
+    options.pop("train_split", None)
+    options.pop("val_split", None)
+    return pretrain_on(dataset, None, out, label_names=None, mode=mode, spatial_dims=spatial_dims,
+                       image_size=size if spatial_dims == 3 else size[0], meta=meta, **options)
