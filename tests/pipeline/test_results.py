@@ -86,3 +86,37 @@ def test_sections_of_pipelines_without_a_run_folder_can_be_kept_from_the_previou
     assert text.index("## tiny") < text.index("## cxr_to_mri3d")
     again = write_results([out], page, keep=("all",)).read_text()  # keeping twice adds the mark once
     assert again.count(KEPT_MARK) == 1 and "old 3D numbers 1.23" in again
+
+
+def test_learning_curve_section_reports_the_best_strategy_per_fraction_against_the_baseline(tiny, make_config,
+                                                                                              tmp_path):
+    from medtl.evaluation.report.schema import read_report
+    from medtl.pipeline import run_pipeline
+    from medtl.pipeline.results import learning_curve_section
+
+    text = (make_config.config.replace("EPOCHS", "1")
+            .replace("strategies: [feature_extraction, full, dann]", "strategies: [scratch, feature_extraction, full]")
+            .replace("label_fractions: [0.5, 1.0]", "label_fractions: [0.3, 0.6, 1.0]"))
+    path = tiny / "curve.yaml"
+    path.write_text(text)
+    out = tiny / "curve_run"
+    run_pipeline(path, tiny / "data", out, progress=False)
+    task = next(iter(read_report(out / "report.json").tasks.values()))
+    lines = learning_curve_section("curve", "tumor", task, tmp_path / "figs")
+    assert (tmp_path / "figs" / "curve_tumor_learning_curve.png").stat().st_size > 1000
+    rows = [line for line in lines if line.startswith("| 0") or line.startswith("| 1")]
+    assert [r.split("|")[1].strip() for r in rows] == ["0.3", "0.6", "1"]
+    for row, fraction in zip(rows, (0.3, 0.6, 1.0)):
+        by = {name: next(e.metrics["accuracy"] for e in s.entries() if e.label_fraction == fraction)
+              for name, s in task.strategies.items()}
+        best = max((n for n in by if n != "scratch"), key=lambda n: by[n].value)
+        cells = [c.strip() for c in row.split("|")]
+        assert cells[3] == f"`{best}`"
+        assert cells[6] == f"{by[best].ci_low - by['scratch'].ci_high:+.3f}"  # the margin, from the report's numbers
+        assert cells[5] == verdict(by[best], by["scratch"])
+    # two fractions are not a curve
+    two = task.model_copy(deep=True)
+    for s in two.strategies.values():
+        s.by_label_fraction = [e for e in s.entries() if e.label_fraction != 0.6]
+    assert len(two.strategies["scratch"].entries()) == 2
+    assert learning_curve_section("curve", "tumor", two, None) == []
