@@ -51,7 +51,7 @@ from medtl.deploy.discover import (
     scan_manifest,
 )
 from medtl.deploy.inputs import SeriesLoader
-from medtl.deploy.ledger import Ledger, _cell, scrub
+from medtl.deploy.ledger import Ledger, csv_cell, scrub
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.deploy.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
@@ -520,7 +520,7 @@ def _write_excluded(out: Path, excluded: list[tuple[Series, str]], redactor: Red
         w = csv.writer(f)
         w.writerow(["case_id", "study_uid", "series_uid", "modality", "reason"])
         for s, why in excluded:  # header values, like results.csv: redacted and formula-escaped
-            w.writerow([_cell(v) for v in (_case_id(s, redactor), escape_controls(s.study_uid),
+            w.writerow([csv_cell(v) for v in (_case_id(s, redactor), escape_controls(s.study_uid),
                                            escape_controls(s.series_uid), redactor(s.modality), redactor(why))])
     os.replace(tmp, out / "excluded.csv")
 

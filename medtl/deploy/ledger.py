@@ -103,12 +103,14 @@ class Ledger:
             writer = csv.DictWriter(f, names, extrasaction="ignore")
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: _cell(r.get(k)) for k in names})
+                writer.writerow({k: csv_cell(r.get(k)) for k in names})
         os.replace(tmp, self.out / CSV)
         return self.out / CSV
 
 
-def _cell(value: Any) -> Any:
+def csv_cell(value: Any) -> Any:
+    """A value as a results.csv cell (shared by the ledger and the batch's CSV rebuild): JSON for lists and
+    dicts, true/false, and text that a spreadsheet would run as a formula quoted."""
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
