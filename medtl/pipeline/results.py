@@ -258,13 +258,13 @@ def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path) -> lis
 
 
 def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Path | None) -> list[str]:
-    """For a task run at three or more label fractions: accuracy against the fraction per strategy (a
+    """For a task run at two or more label fractions: accuracy against the fraction per strategy (a
     figure) and, per fraction, the best strategy against the baseline with the page's verdict rule and the
     margin by which its interval clears (or misses) the baseline's."""
     fractions = sorted({e.label_fraction for s in task.strategies.values() for e in s.entries()
                         if e.label_fraction is not None})
     base = _baseline(list(task.strategies))
-    if len(fractions) < 3 or base is None or task.kind == "regression":
+    if len(fractions) < 2 or base is None or task.kind == "regression":
         return []
     metric = "accuracy"
     by = {s_name: {e.label_fraction: e.metrics.get(metric) for e in s.entries()} for s_name, s in task.strategies.items()}
