@@ -364,8 +364,9 @@ def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False)
                      "seed": cfg.seeds[0], **({"sources": c["sources"]} if c.get("sources") else {})},
         "similarity": {"target": c.get("target"), "tasks": c["tasks"][:1], "similarity": c.get("similarity"),
                        "strategies": c.get("strategies")},
-        "transfer": {k: c.get(k) for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions",
-                                           "seeds", "unlabelled_target", "seeds_per_fraction") if k in c or k != "seeds_per_fraction"},
+        "transfer": {**{k: c.get(k) for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions",
+                                              "seeds", "unlabelled_target")},
+                     **({"seeds_per_fraction": c["seeds_per_fraction"]} if c.get("seeds_per_fraction") else {})},
         "report": {"evaluation": c.get("evaluation")},
     }
 
