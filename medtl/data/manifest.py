@@ -191,7 +191,9 @@ class Manifest:
         keep: list[ManifestRow] = []
         for split in ("train", "val", "test"):
             rows = [r for r in self.rows if r.split == split]
-            keep += rows if len(rows) <= per_split else stratified_sample(rows, per_split / len(rows), rng)
+            # a regression manifest (no label names) has a value per row, not classes to stratify by
+            keep += rows if len(rows) <= per_split else stratified_sample(rows, per_split / len(rows), rng,
+                                                                          by_label=bool(self.label_names))
         return Manifest(keep, list(self.label_names), dict(self.meta), self.source)
 
     def with_splits(self, splits: list[str]) -> "Manifest":
@@ -199,14 +201,46 @@ class Manifest:
         return Manifest(rows, list(self.label_names), dict(self.meta), self.source)
 
 
-def stratified_sample(rows: list[ManifestRow], fraction: float, rng: np.random.Generator) -> list[ManifestRow]:
-    """``fraction`` of the rows of every label (at least one each), order kept."""
+def stratified_sample(rows: list[ManifestRow], fraction: float, rng: np.random.Generator, *,
+                      count: int | None = None, by_label: bool = True) -> list[ManifestRow]:
+    """``fraction`` of the rows of every label (at least one each), order kept.
+
+    ``count``: exactly that many rows instead, shared out over the labels in proportion to their sizes
+    (largest remainders, at least one each). ``by_label=False`` draws uniformly from all rows: a
+    regression target has a value per row, not classes to stratify by."""
+    if not by_label:
+        k = count if count is not None else (math.ceil(fraction * len(rows)) if fraction < 1 else len(rows))
+        chosen = set(rng.choice(len(rows), size=min(k, len(rows)), replace=False).tolist())
+        return [r for i, r in enumerate(rows) if i in chosen]
+    groups = [[i for i, r in enumerate(rows) if r.label == label] for label in sorted({r.label for r in rows})]
+    if count is None:
+        sizes = [max(1, math.ceil(fraction * len(g))) if fraction < 1 else len(g) for g in groups]
+    else:
+        sizes = _share(count, [len(g) for g in groups])
     chosen: set[int] = set()
-    for label in sorted({r.label for r in rows}):
-        idx = [i for i, r in enumerate(rows) if r.label == label]
-        k = max(1, math.ceil(fraction * len(idx))) if fraction < 1 else len(idx)
+    for idx, k in zip(groups, sizes):
         chosen.update(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
     return [r for i, r in enumerate(rows) if i in chosen]
+
+
+def _share(count: int, sizes: list[int]) -> list[int]:
+    """``count`` split over groups of ``sizes`` in proportion: floors, then the largest remainders get
+    one more; every group at least one, none more than its size."""
+    total = sum(sizes)
+    if not len(sizes) <= count <= total:
+        raise MedtlError(f"cannot draw {count} labelled rows: need between {len(sizes)} (one per label) and "
+                         f"{total} (all rows)", "label_counts")
+    quota = [count * n / total for n in sizes]
+    share = [min(n, max(1, math.floor(q))) for n, q in zip(sizes, quota)]
+    while sum(share) != count:
+        room = [i for i, n in enumerate(sizes) if (share[i] < n if sum(share) < count else share[i] > 1)]
+        if sum(share) < count:
+            i = max(room, key=lambda j: quota[j] - share[j])
+            share[i] += 1
+        else:
+            i = min(room, key=lambda j: quota[j] - share[j])
+            share[i] -= 1
+    return share
 
 
 def meta_path_for(manifest_path: Path) -> Path:

@@ -257,6 +257,7 @@ def views_dataset(
     data_root: str | Path | None = None,
     *,
     image_size: int | Sequence[int] = 128,
+    spacing: Sequence[float] | None = None,
     splits: Sequence[str] = ("train",),
     cache: str = "memory",
     on_error: str = "raise",
@@ -268,7 +269,8 @@ def views_dataset(
     Each manifest is read from ``data_root`` (else the root its meta file records) through its own
     modality's deterministic preset, then augmented with that modality's view preset, so chest X-rays
     and brain MRI can be mixed (no flips for the X-rays, flips for the MRI). All manifests must have the
-    same number of spatial dimensions. Returns ``(dataset, info)``; ``info`` lists, per manifest, its
+    same number of spatial dimensions; volumes are resampled to ``spacing`` (mm; default the preset's) and
+    fitted to ``image_size`` (three sides). Returns ``(dataset, info)``; ``info`` lists, per manifest, its
     modality, row count and content hash.
     """
     from medtl.data.datasets import build_dataset
@@ -297,7 +299,10 @@ def views_dataset(
                 size = tuple(int(s) for s in image_size)
             if len(size) != dims:
                 raise MedtlError(f"image_size {image_size!r} does not fit {modality} ({dims}D) images", m.source)
-            options = {"volume_shape": size} if dims == 3 else {"image_size": size[0]}
+            if dims == 3:
+                options = {"volume_shape": size, **({"spacing": tuple(float(v) for v in spacing)} if spacing else {})}
+            else:
+                options = {"image_size": size[0]}
             base = build_dataset(sub, root, modality, False, cache=cache, on_error=on_error, run_dir=run_dir, **options)
             parts.append(ViewsDataset(base, TwoViews(view_chain(modality, size, **view_overrides))))
             info.append({"manifest": str(m.source) if m.source else None, "modality": modality, "dims": dims,

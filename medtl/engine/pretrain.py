@@ -227,6 +227,7 @@ def pretrain_ssl(
     *,
     mode: str = "moco",
     image_size: int | list[int] = 128,
+    spacing: list[float] | tuple[float, ...] | None = None,
     splits: list[str] | tuple[str, ...] | None = None,
     cache: str = "memory",
     on_error: str = "raise",
@@ -237,7 +238,7 @@ def pretrain_ssl(
     ``views`` overrides entries of the view presets (medtl.data.views.VIEW_PRESETS)."""
     splits = list(splits or ["train"])
     out = Path(out)
-    dataset, info = views_dataset(manifests, data_root, image_size=image_size, splits=splits, cache=cache,
+    dataset, info = views_dataset(manifests, data_root, image_size=image_size, spacing=spacing, splits=splits, cache=cache,
                                   on_error=on_error, run_dir=out, **(views or {}))
     parts = info["parts"]
     if len(dataset) == 0:

@@ -107,3 +107,61 @@ def delong_test(y_true, score_a, score_b) -> DeLongResult:
         se=float(np.sqrt(max(var_diff, 0.0))) if np.isfinite(var_diff) else float("nan"), z=z, p_value=p,
         n_positive=int(y.sum()), n_negative=int((~y).sum()), note=note,
     )  # fmt: skip
+
+
+def delong_macro_test(y_true, probs_a, probs_b) -> DeLongResult:
+    """DeLong's test for the difference of two macro one-vs-rest AUROCs (multiclass) on the same cases.
+
+    ``y_true``: class indices 0..K-1; ``probs_a`` / ``probs_b``: (n, K) scores. The macro AUROC is the
+    mean over classes of AUROC(class k vs the rest, column k), as medtl reports it. DeLong's variance
+    comes from the structural components; with K classes every case is a positive of its own class and a
+    negative of the others, so a case's influence on the macro difference is the mean over classes of
+    its (V10 or V01 minus the AUC) divided by the class's positive or negative count. Cases of one true
+    class are one sample (DeLong's two samples are the positives and the negatives), so the variance is
+    the sum over classes of n_c times the sample variance of the influences of its cases; with K = 2 this
+    is exactly :func:`delong_test`."""
+    y = np.asarray(y_true)
+    A, B = np.asarray(probs_a, dtype=float), np.asarray(probs_b, dtype=float)
+    if A.ndim != 2 or A.shape != B.shape or A.shape[0] != len(y):
+        raise MedtlError(f"need (n, K) scores for n={len(y)} cases, got {A.shape} and {B.shape}", "scores")
+    k = A.shape[1]
+    if not np.issubdtype(y.dtype, np.integer) or y.min(initial=0) < 0 or y.max(initial=0) >= k:
+        raise MedtlError(f"labels must be class indices 0..{k - 1}", "labels")
+    counts = np.bincount(y, minlength=k)
+    if (counts == 0).any():
+        raise MedtlError(f"every class needs test cases for a macro AUROC; counts {counts.tolist()}", "labels")
+    n = len(y)
+    auc = np.zeros((2, k))
+    infl = np.zeros((2, n))  # each case's influence on the two macro AUROCs
+    for c in range(k):
+        pos = y == c
+        v10, v01 = structural_components(pos, np.vstack([A[:, c], B[:, c]]))
+        auc[:, c] = v10.mean(axis=1)
+        infl[:, pos] += (v10 - auc[:, [c]]) / pos.sum() / k
+        infl[:, ~pos] += (v01 - auc[:, [c]]) / (~pos).sum() / k
+    macro = auc.mean(axis=1)
+    cov = np.zeros((2, 2))
+    for c in range(k):
+        group = infl[:, y == c]
+        if group.shape[1] < 2:
+            cov[:] = np.nan
+            break
+        cov += np.atleast_2d(np.cov(group)) * group.shape[1]
+    var_diff = cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]
+    diff = float(macro[0] - macro[1])
+    z = p = note = None
+    if not np.isfinite(var_diff):
+        note = f"not computable: DeLong's variance needs at least two cases of every class (have {counts.tolist()})"
+    elif var_diff > 1e-15:
+        z = float(diff / np.sqrt(var_diff))
+        p = float(2.0 * stats.norm.sf(abs(z)))
+    elif np.allclose(auc[0], auc[1]) and np.allclose(infl[0], infl[1]):
+        note = "the two scorings order every pair alike in every class: the AUROCs are equal, nothing to test"
+    else:
+        note = "not computable: the AUROC difference has zero estimated variance"
+    return DeLongResult(
+        auc_a=float(macro[0]), auc_b=float(macro[1]), difference=diff,
+        var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), covariance=float(cov[0, 1]),
+        se=float(np.sqrt(max(var_diff, 0.0))) if np.isfinite(var_diff) else float("nan"), z=z, p_value=p,
+        n_positive=int(counts.min()), n_negative=int(n - counts.max()), note=note,
+    )  # fmt: skip

@@ -21,7 +21,7 @@ from medtl import __version__
 from medtl.errors import MedtlError
 from medtl.evaluation import calibration as cal
 from medtl.evaluation.bootstrap import bootstrap, percentile_interval, seed_summary
-from medtl.evaluation.delong import delong_test
+from medtl.evaluation.delong import delong_macro_test, delong_test
 from medtl.evaluation.metrics import (
     BINARY_METRICS,
     RANGES,
@@ -440,13 +440,17 @@ def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
 
 
 def _delong_pairs(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: dict, st: EvalSettings) -> list[dict]:
-    """DeLong tests between strategies, pairing runs with the same label fraction and seed."""
-    if info.kind != "binary":
+    """DeLong tests between strategies, pairing runs with the same label fraction and seed (multiclass:
+    of the macro one-vs-rest AUROCs)."""
+    if info.kind not in ("binary", "multiclass"):
         return []
     classes = list(info.classes)
-    if st.positive_class is not None:
-        classes = [c for c in classes if c != st.positive_class] + [st.positive_class]
-    pos = classes[1]
+    if info.kind == "multiclass":
+        pos = None
+    else:
+        if st.positive_class is not None:
+            classes = [c for c in classes if c != st.positive_class] + [st.positive_class]
+        pos = classes[1]
     test = rows_t[rows_t["split"] == st.test_split]
     scores = {rid: g.set_index("case_id") for rid, g in test.groupby("run_id", sort=False)}
     out = []
@@ -459,7 +463,7 @@ def _delong_pairs(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: dict, 
                 single = min(_n_at(runs_by_strategy[a], ra), _n_at(runs_by_strategy[b], rb)) == 1
                 if ra["seed"] != rb["seed"] and not single:
                     continue
-                out.append(_delong_one(scores[ra["run_id"]], scores[rb["run_id"]], pos, a, b, ra, rb))
+                out.append(_delong_one(scores[ra["run_id"]], scores[rb["run_id"]], pos, classes, a, b, ra, rb))
     return out
 
 
@@ -467,9 +471,12 @@ def _n_at(runs: list[dict], run: dict) -> int:
     return sum(r["label_fraction"] == run["label_fraction"] for r in runs)
 
 
-def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str, a: str, b: str, ra: dict, rb: dict) -> dict:
+def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str | None, classes: list, a: str, b: str, ra: dict,
+                rb: dict) -> dict:
+    """One DeLong test; ``pos`` None: multiclass, on the macro one-vs-rest AUROC over ``classes``."""
+    what = "AUROC_a - AUROC_b" if pos is not None else "macro one-vs-rest AUROC_a - AUROC_b"
     head = {"strategy_a": a, "strategy_b": b, "run_a": ra["run_id"], "run_b": rb["run_id"], "seed": ra["seed"],
-            "label_fraction": ra["label_fraction"], "test": "DeLong, two-sided, AUROC_a - AUROC_b"}  # fmt: skip
+            "label_fraction": ra["label_fraction"], "test": f"DeLong, two-sided, {what}"}  # fmt: skip
     common = ta.index.intersection(tb.index)
     if len(common) != len(ta) or len(common) != len(tb):
         head["note"] = f"not compared: the runs' test cases differ ({len(ta)} vs {len(tb)}, {len(common)} shared)"
@@ -477,6 +484,19 @@ def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str, a: str, b: str, ra
     ta, tb = ta.loc[common], tb.loc[common]
     if (ta["label"] != tb["label"]).any():
         head["note"] = "not compared: the runs disagree on the true labels of the same cases"
+        return head
+    if pos is None:
+        index = {c: i for i, c in enumerate(classes)}
+        if not ta["label"].isin(list(index)).all():
+            head["note"] = "not compared: test labels outside the task's classes"
+            return head
+        y = ta["label"].map(index).to_numpy(dtype=int)
+        if len(set(y.tolist())) < len(classes):
+            head["note"] = "not compared: a class has no test cases, the macro AUROC is undefined"
+            return head
+        cols = [f"prob_{c}" for c in classes]
+        head.update(delong_macro_test(y, ta[cols].to_numpy(float), tb[cols].to_numpy(float)).to_dict(),
+                    n_cases=len(common))
         return head
     y = (ta["label"] == pos).to_numpy()
     if y.all() or not y.any():

@@ -153,6 +153,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def encoder_config(path: str | Path) -> dict[str, Any]:
+    """The encoder a checkpoint records (``arch``, ``spatial_dims``, ...), read without building it."""
+    return dict((read_checkpoint(path)["meta"].get("model") or {}).get("encoder") or {})
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Model, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (strictly). Returns (model, meta)."""
     obj = read_checkpoint(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from medtl.errors import MedtlError
-from medtl.models.checkpoint import read_checkpoint
+from medtl.models.checkpoint import encoder_config
 from medtl.models.encoders import build_encoder
 from medtl.models.lift import lift as lift_encoder
 from medtl.models.weights import load_weights
@@ -24,19 +24,25 @@ def encoder_for(checkpoint: str | Path | None, dims: int, lift: str | None = "no
                 stem_stride: int = 2) -> nn.Module:
     """The encoder for ``dims``-D inputs: ``checkpoint``'s encoder (rebuilt from its recorded config,
     else from ``arch``/``stem_stride``, its weights loaded loudly) or, without one, a randomly initialised
-    ``arch``. A 2D encoder meets volumes through ``lift`` (``i3d``, ``acs``, ``2.5d``); with lift ``none``
-    only a network from scratch can be 3D."""
+    ``arch``. A 2D encoder meets volumes through ``lift`` (``i3d``, ``acs``, ``2.5d``); a 3D checkpoint
+    (e.g. self-supervised on volumes) and a network from scratch need none."""
     lift = lift or "none"
-    if dims == 3 and lift == "none":
+    enc_cfg = encoder_config(checkpoint) if checkpoint is not None else {}
+    enc_cfg.pop("lift", None)
+    checkpoint_dims = int(enc_cfg.get("spatial_dims", 2))
+    if checkpoint is not None and checkpoint_dims != 2 and (checkpoint_dims != dims or lift != "none"):
+        raise MedtlError(f"{checkpoint} holds a {checkpoint_dims}D encoder: it fits {checkpoint_dims}D inputs "
+                         f"without a lift, not {dims}D ones with lift {lift!r}", "strategies.lift")
+    if dims == 3 and lift == "none" and checkpoint_dims == 2:
         if checkpoint is not None:
             raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; "
                              "use pretrained: false for a 3D network from scratch", "strategies.lift")
         return build_encoder(arch, spatial_dims=3, stem_stride=stem_stride)
     if checkpoint is not None:
-        enc_cfg = dict((read_checkpoint(checkpoint)["meta"].get("model") or {}).get("encoder") or {})
-        enc_cfg.pop("lift", None)
         encoder = build_encoder(enc_cfg) if enc_cfg else build_encoder(arch, stem_stride=stem_stride)
         load_weights(encoder, checkpoint)
+        if checkpoint_dims == 3:
+            return encoder
     else:
         encoder = build_encoder(arch, spatial_dims=2, stem_stride=stem_stride)
     if dims == 3:

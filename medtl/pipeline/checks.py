@@ -9,7 +9,8 @@ from medtl.data.io import ARRAY_MEMBER
 from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
-from medtl.pipeline.config import closest
+from medtl.models.checkpoint import encoder_config
+from medtl.pipeline.config import DataSpec, closest
 from medtl.pipeline.context import Context, heterogeneous, modality_of
 from medtl.strategies.registry import STRATEGIES, get_strategy
 
@@ -67,9 +68,31 @@ def check_before_run(ctx: Context) -> None:
                              + (f"; did you mean {guess!r}?" if guess else "") + f" (columns: {', '.join(columns)})",
                              f"{where}: tasks[{i}].label_column")
     heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
-    if Preset(modality_of(target, cfg.target)).spatial_dims == 3:
-        for spec in cfg.strategies:
-            if spec.pretrained and (spec.lift or cfg.encoder.lift or "none") == "none":
-                raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; set "
-                                 "encoder.lift or the strategy's lift, or pretrained: false for a 3D network from "
-                                 "scratch", f"{where}: strategies[{spec.display}]")
+    target_dims = Preset(modality_of(target, cfg.target)).spatial_dims
+    for spec in cfg.strategies:
+        if not spec.pretrained:
+            continue
+        lifted = (spec.lift or cfg.encoder.lift or "none") != "none"
+        dims = _encoder_dims(ctx, spec.source)
+        if dims == 2 and target_dims == 3 and not lifted:
+            raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; set "
+                             "encoder.lift or the strategy's lift, or pretrained: false for a 3D network from "
+                             "scratch", f"{where}: strategies[{spec.display}]")
+        if dims == 3 and (target_dims != 3 or lifted):
+            raise MedtlError(f"source {spec.source!r} pretrains a 3D encoder: it fits a 3D target with lift: none",
+                             f"{where}: strategies[{spec.display}]")
+
+
+def _encoder_dims(ctx: Context, source: str | None) -> int:
+    """The spatial dims of the encoder a strategy starts from: that of the images it is pretrained on (a
+    copied checkpoint: what it records)."""
+    cfg = ctx.config
+    if source is None:
+        if cfg.pretrain.checkpoint:
+            path = Path(cfg.pretrain.checkpoint)
+            path = path if path.is_absolute() else ctx.base / path
+            return int(encoder_config(path).get("spatial_dims", 2)) if path.exists() else 2
+        return Preset(modality_of(ctx.manifest(cfg.source, "source"), cfg.source)).spatial_dims
+    first = cfg.sources[source].data[0]
+    m = ctx.manifest(DataSpec(manifest=first.manifest), f"sources.{source}.data[0]")
+    return 3 if any(r.modality == "mri3d" for r in m) else 2

@@ -53,6 +53,9 @@ class PretrainSpec(Strict):
     batch_size: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-3
+    # the self-supervised method's hyper-parameters (moco: medtl.strategies.ssl.MoCo.DEFAULTS), e.g. a queue
+    # shorter than a small data set, so few negatives are stale copies of the positive
+    hparams: dict[str, Any] | None = None
 
 
 class SourceData(Strict):
@@ -68,7 +71,10 @@ class SourceSpec(Strict):
     several: e.g. MoCo on every chest X-ray, on the target's unlabelled training images, or on both."""
 
     data: list[SourceData]
-    image_size: int | None = None  # pretraining size (default: the target's)
+    image_size: int | None = None  # pretraining size of 2D images (default: the target's)
+    # 3D volumes (e.g. MoCo on the target's own unlabelled training volumes; default: the target's)
+    spacing: tuple[float, float, float] | None = None
+    volume_shape: tuple[int, int, int] | None = None
     pretrain: PretrainSpec = Field(default_factory=lambda: PretrainSpec(mode="moco"))
 
 
@@ -155,6 +161,9 @@ class PipelineConfig(Strict):
     sources: dict[str, SourceSpec] = Field(default_factory=dict)
     strategies: list[StrategySpec]
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
+    # exactly these numbers of labelled training rows instead of fractions (e.g. [10, 20, 40] volumes), drawn
+    # per label in proportion (at least one each); the reports record the fraction count / training rows
+    label_counts: list[int] | None = None
     # the first N seeds only at these label fractions (e.g. {1.0: 1}: the full-label end of a learning curve;
     # fractions not in label_fractions are ignored, so a profile may change either)
     seeds_per_fraction: dict[float, int] = Field(default_factory=dict)
@@ -169,6 +178,13 @@ class PipelineConfig(Strict):
             raise ValueError("each label fraction must be in (0, 1]")
         return v
 
+    @field_validator("label_counts")
+    @classmethod
+    def _counts(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(n < 1 for n in v) or len(set(v)) != len(v)):
+            raise ValueError("label_counts: distinct whole numbers of at least 1")
+        return sorted(v) if v else v
+
     @field_validator("strategies", mode="before")
     @classmethod
     def _names(cls, v):
@@ -182,6 +198,8 @@ class PipelineConfig(Strict):
                 raise ValueError(f"strategies[{i}].source {spec.source!r} is not among sources ({known})")
             if spec.source is not None and not spec.pretrained:
                 raise ValueError(f"strategies[{i}]: source and pretrained: false contradict each other")
+        if self.label_counts and self.label_fractions != [1.0]:
+            raise ValueError("give label_fractions or label_counts, not both")
         for fraction, n in self.seeds_per_fraction.items():
             if n < 1:
                 raise ValueError(f"seeds_per_fraction: {fraction}: {n}: at least one seed")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +40,52 @@ def _interactive() -> bool:
     return _INNER_BARS and sys.stderr.isatty() and not in_notebook()
 
 
-def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: StrategySpec, job_dir: Path) -> Path:
+@dataclass(frozen=True)
+class LabelBudget:
+    """How many of the target's labelled training rows a job may use: a fraction, or an exact count
+    (``label_counts``; its fraction is then count / training rows, as the reports record it)."""
+
+    fraction: float
+    count: int | None = None
+
+    @property
+    def name(self) -> str:  # the job folder and run id: n10 or frac0.05
+        return f"n{self.count}" if self.count is not None else f"frac{self.fraction:g}"
+
+
+def label_budgets(ctx: Context, task: TaskSpec) -> list[LabelBudget]:
+    """The label budgets a task's jobs run at: ``label_counts`` when given, else ``label_fractions``."""
+    cfg = ctx.config
+    if not cfg.label_counts:
+        return [LabelBudget(f) for f in cfg.label_fractions]
+    n = len(ctx.load(cfg.target, "target", task).select(split="train"))
+    too_many = [c for c in cfg.label_counts if c > n]
+    if too_many:
+        raise MedtlError(f"label_counts {too_many} exceed the {n} labelled training rows of task {task.name!r}",
+                         f"{ctx.config_path}: label_counts")
+    return [LabelBudget(c / n, c) for c in cfg.label_counts]
+
+
+def labelled_rows(train_rows: list, budget: LabelBudget, seed: int, task: TaskSpec) -> list:
+    """The labelled training rows of a job: the same for every strategy of a budget and seed."""
+    if budget.count is None and budget.fraction >= 1:
+        return list(train_rows)
+    return stratified_sample(train_rows, budget.fraction, np.random.default_rng(seed), count=budget.count,
+                             by_label=task.kind == "classification")
+
+
+def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: StrategySpec, job_dir: Path) -> Path:
     cfg = ctx.config
     seed_everything(seed)
     target = ctx.load(cfg.target, "target", task)
     t_mod = modality_of(target, cfg.target)
     cls = get_strategy(spec.name)
     uda = cfg.unlabelled_target
-    rng = np.random.default_rng(seed)
+    fraction = budget.fraction
     train_rows = target.select(split="train").rows
-    labelled = stratified_sample(train_rows, fraction, rng) if fraction < 1 else list(train_rows)
+    labelled = labelled_rows(train_rows, budget, seed, task)
     labelled_paths = {r.path for r in labelled}
-    val_part = _validation_rows(target, fraction, seed, cfg.train.val_fraction)
+    val_part = _validation_rows(target, fraction, seed, cfg.train.val_fraction, task)
     head_task = task_for(target.label_names, regression=task.kind == "regression")
     encoder = start_encoder(ctx, Preset(t_mod).spatial_dims, spec)
     if head_task == "regression":  # the head learns the target standardised on the labelled training rows
@@ -125,7 +159,7 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
         out = predict(model, make_loader(dataset(ctx, part, cfg.target, False, task), tc.batch_size, False, seed),
                       device=device, amp_dtype=precision_dtype(tc.amp, device))
         common = dict(patient_ids=out.get("patient_id"), domain=out.get("domain", ""), split=split,
-                      run_id=f"{task.name}/{spec.display}/frac{fraction:g}/seed{seed}", strategy=spec.display,
+                      run_id=f"{task.name}/{spec.display}/{budget.name}/seed{seed}", strategy=spec.display,
                       task=task.name, seed=seed, label_fraction=fraction)
         if head_task == "regression":
             tables.append(predictions_from_arrays(out["case_id"], out["label"], prediction=out["prob"], **common))
@@ -137,16 +171,20 @@ def run_job(ctx: Context, task: TaskSpec, fraction: float, seed: int, spec: Stra
     path = RunFolder(job_dir).predictions
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))
     path.with_suffix(".tmp.csv").replace(path)  # the job counts as done only once its table is whole
+    # a finished job is never resumed: its optimiser state (3x the weights; 170 MB for a 3D ResNet-10) goes,
+    # best.pt (what medtl predict loads) stays
+    RunFolder(job_dir).last.unlink(missing_ok=True)
     return path
 
 
-def _validation_rows(target: Manifest, fraction: float, seed: int, rule: str) -> Manifest:
+def _validation_rows(target: Manifest, fraction: float, seed: int, rule: str, task: TaskSpec) -> Manifest:
     """The target's validation rows a job may use: all of them, or (``train.val_fraction: same``) the job's
     label fraction of them, stratified, drawn apart from the labelled training rows."""
     val = target.select(split="val")
     if rule == "all" or fraction >= 1:
         return val
-    rows = stratified_sample(val.rows, fraction, np.random.default_rng([seed, 1]))
+    rows = stratified_sample(val.rows, fraction, np.random.default_rng([seed, 1]),
+                             by_label=task.kind == "classification")
     return Manifest(rows, list(val.label_names), dict(val.meta), val.source)
 
 
@@ -197,14 +235,12 @@ def _store_threshold(checkpoint: Path, out: dict, rule: str) -> None:
         update_checkpoint_meta(checkpoint, **checkpoint_threshold(labels == 1, out["prob"][:, 1], rule))
 
 
-def run_training_mean(ctx: Context, task: TaskSpec, fraction: float, seed: int, job_dir: Path) -> Path:
+def run_training_mean(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, job_dir: Path) -> Path:
     """The trivial regression baseline: every case predicted as the mean of the labelled training targets
     (the same labelled rows the strategies of this fraction and seed train on). Every regression table
     carries it, so a model worse than the mean shows as such."""
     target = ctx.load(ctx.config.target, "target", task)
-    train_rows = target.select(split="train").rows
-    rng = np.random.default_rng(seed)
-    labelled = stratified_sample(train_rows, fraction, rng) if fraction < 1 else list(train_rows)
+    labelled = labelled_rows(target.select(split="train").rows, budget, seed, task)
     mean, _ = target_statistics(labelled, ctx.config_path)
     tables = []
     for split in ("val", "test"):
@@ -214,8 +250,8 @@ def run_training_mean(ctx: Context, task: TaskSpec, fraction: float, seed: int, 
         tables.append(predictions_from_arrays(
             [r.path for r in rows], np.array([float(r.label) for r in rows]), prediction=np.full(len(rows), mean),
             patient_ids=[r.patient_id for r in rows], domain=[r.domain for r in rows], split=split,
-            run_id=f"{task.name}/{TRAINING_MEAN}/frac{fraction:g}/seed{seed}", strategy=TRAINING_MEAN, task=task.name,
-            seed=seed, label_fraction=fraction))
+            run_id=f"{task.name}/{TRAINING_MEAN}/{budget.name}/seed{seed}", strategy=TRAINING_MEAN, task=task.name,
+            seed=seed, label_fraction=budget.fraction))
     job_dir.mkdir(parents=True, exist_ok=True)
     path = RunFolder(job_dir).predictions
     write_predictions(pd.concat(tables, ignore_index=True), path.with_suffix(".tmp.csv"))

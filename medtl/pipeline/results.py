@@ -66,8 +66,10 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     lines += [
         f"- Command: `medtl run pipelines/{config['name']}.yaml --data-root ../shared/data --out runs/{config['name']}"
         f" --profile {env.get('profile', 'default')}`",
-        f"- Profile `{env.get('profile')}`; seeds {config['seeds']}; label fractions {config['label_fractions']}; "
-        f"encoder {config['encoder']['arch']} (stem stride {config['encoder']['stem_stride']}); "
+        f"- Profile `{env.get('profile')}`; seeds {config['seeds']}; "
+        + (f"labelled training rows {config['label_counts']}; " if config.get("label_counts")
+           else f"label fractions {config['label_fractions']}; ")
+        + f"encoder {config['encoder']['arch']} (stem stride {config['encoder']['stem_stride']}); "
         f"{config['train']['epochs']} epochs at most (patience {config['train']['patience']}).",
         f"- Hardware: {env.get('processor')}, {env.get('cpu_threads')} torch threads, GPU: {env.get('cuda') or 'none'}; "
         f"torch {env.get('torch')}, MONAI {env.get('monai')}, medtl {env.get('medtl')}.",
@@ -81,7 +83,7 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
         lines += _task_section(task_name, task)
         if figures_dir is not None:
             lines += _task_figure(config["name"], task_name, task, figures_dir)
-        lines += learning_curve_section(config["name"], task_name, task, figures_dir)
+        lines += learning_curve_section(config["name"], task_name, task, figures_dir, config.get("label_counts"))
     lines += selection_section(run, config)
     for note in report.notes:
         lines.append(f"> {note}")
@@ -257,18 +259,25 @@ def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path) -> lis
             + ("; dotted line: chance (0.5)" if metric != "mae" else "") + ".*", ""]
 
 
-def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Path | None) -> list[str]:
-    """For a task run at two or more label fractions: accuracy against the fraction per strategy (a
-    figure) and, per fraction, the best strategy against the baseline with the page's verdict rule and the
-    margin by which its interval clears (or misses) the baseline's."""
+def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Path | None,
+                           label_counts: list[int] | None = None) -> list[str]:
+    """For a task run at two or more label budgets: its headline metric against the budget per strategy
+    (a figure) and, per budget, the best strategy against the baseline with the page's verdict rule, the
+    margin by which its interval clears (or misses) the baseline's, and DeLong per seed (classification).
+    Multiclass tasks are judged by accuracy, binary ones by AUROC, regression by MAE (lower is better)."""
     fractions = sorted({e.label_fraction for s in task.strategies.values() for e in s.entries()
                         if e.label_fraction is not None})
     base = _baseline(list(task.strategies))
-    if len(fractions) < 2 or base is None or task.kind == "regression":
+    if len(fractions) < 2 or base is None:
         return []
-    metric = "accuracy"
-    by = {s_name: {e.label_fraction: e.metrics.get(metric) for e in s.entries()} for s_name, s in task.strategies.items()}
-    lines = [f"### Learning curve: `{name}` {metric} by label fraction", ""]
+    metric = {"regression": "mae", "binary": "auroc"}.get(task.kind, "accuracy")
+    lower = metric == "mae"
+    # label_counts: the fractions are count / training rows, in the same order as the counts
+    budget = dict(zip(fractions, label_counts)) if label_counts and len(label_counts) == len(fractions) else {}
+    axis = "labelled training rows" if budget else "label fraction"
+    by = {s_name: {e.label_fraction: e.metrics.get(metric) for e in s.entries()}
+          for s_name, s in task.strategies.items() if s_name != TRAINING_MEAN}
+    lines = [f"### Learning curve: `{name}` {metric} by {axis}", ""]
     if figures_dir is not None:
         from medtl.evaluation.figures import label_fraction_figure
 
@@ -282,22 +291,40 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         figures_dir.mkdir(parents=True, exist_ok=True)
         path = figures_dir / f"{pipeline}_{name}_learning_curve.png"
         path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}"))
-        lines += [f"![{metric} by label fraction, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
-                  f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band) per strategy.*", ""]
-    lines += [f"| label fraction | `{base}` | best other strategy | its {metric} | verdict | interval margin |",
-              "|---|---|---|---|---|---|"]
+        lines += [f"![{metric} by {axis}, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
+                  f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band) per strategy"
+                  + (f"; x: fraction of the training rows ({', '.join(f'{c} = {f:.3g}' for f, c in budget.items())})"
+                     if budget else "") + ".*", ""]
+    delong = task.kind != "regression"
+    lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin |"
+              + (" DeLong p < 0.05 (seeds) |" if delong else ""),
+              "|---|---|---|---|---|---|" + ("---|" if delong else "")]
     for f in fractions:
         b = by[base].get(f)
         others = [(s_name, pts.get(f)) for s_name, pts in by.items()
                   if s_name != base and pts.get(f) is not None and pts[f].value is not None]
-        if b is None or not others:
+        if b is None or b.value is None or not others:
             continue
-        best_name, best = max(others, key=lambda kv: kv[1].value)
-        margin = (best.ci_low - b.ci_high) if None not in (best.ci_low, b.ci_high) else None
-        lines.append(f"| {f:g} | {_fmt(b)} | `{best_name}` | {_fmt(best)} | {verdict(best, b)} | "
-                     + (f"{margin:+.3f}" if margin is not None else "-") + " |")
-    lines += ["", f"*Interval margin: the best strategy's lower 95% bound minus `{base}`'s upper bound; positive "
-              "means the intervals do not overlap (it beat the baseline), negative is by how much it missed.*", ""]
+        best_name, best = (min if lower else max)(others, key=lambda kv: kv[1].value)
+        if lower:
+            margin = (b.ci_low - best.ci_high) if None not in (best.ci_high, b.ci_low) else None
+            judged = _lower_is_better_verdict(best, b)
+        else:
+            margin = (best.ci_low - b.ci_high) if None not in (best.ci_low, b.ci_high) else None
+            judged = verdict(best, b)
+        row = (f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | `{best_name}` | {_fmt(best)} | {judged} | "
+               + (f"{margin:+.3f}" if margin is not None else "-") + " |")
+        if delong:
+            pvals = [c.p_value for c in task.comparisons if {c.strategy_a, c.strategy_b} == {best_name, base}
+                     and c.label_fraction == f and c.p_value is not None]
+            row += f" {sum(p < 0.05 for p in pvals)} of {len(pvals)} |" if pvals else " - |"
+        lines.append(row)
+    better = "upper 95% bound below" if lower else "lower 95% bound minus"
+    lines += ["", (f"*Interval margin: `{base}`'s lower 95% bound minus the best strategy's upper bound"
+                   if lower else f"*Interval margin: the best strategy's {better} `{base}`'s upper bound")
+              + "; positive means the intervals do not overlap (it beat the baseline), negative is by how much it "
+              "missed." + (" DeLong: two-sided test of the two AUROCs (multiclass: macro one-vs-rest) on the same "
+                           "test cases, per seed." if delong else "") + "*", ""]
     return lines
 
 

@@ -36,17 +36,20 @@ import yaml
 
 import medtl
 from medtl.data.manifest import Manifest
+from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
+from medtl.data.transforms import Preset
 from medtl.engine.pretrain import pretrain
 from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
 from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
 from medtl.evaluation.report import Report, render_report
 from medtl.evaluation.report.schema import Recommendation
+from medtl.models.checkpoint import encoder_config
 from medtl.pipeline import jobs as transfer_jobs
 from medtl.pipeline.checks import check_before_run
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, load_pipeline
 from medtl.pipeline.context import Context, heterogeneous, modality_of, source_checkpoint
-from medtl.pipeline.jobs import TRAINING_MEAN, run_job, run_training_mean
+from medtl.pipeline.jobs import TRAINING_MEAN, label_budgets, run_job, run_training_mean
 from medtl.plain import plain
 from medtl.progress import bar, format_seconds, logs_above_bars
 from medtl.similarity.assess import to_table
@@ -182,12 +185,16 @@ def pretrain_source(ctx: Context, name: str) -> Path:
             raise MedtlError(f"no rows in split(s) {entry.splits}", f"{ctx.config_path}: sources.{name}.data[{i}]")
         # one split name for the kept rows: each entry chose its own splits
         parts.append(Manifest([replace(r, split="train") for r in rows], list(m.label_names), dict(m.meta), m.source))
-    size = src.image_size or cfg.target.image_size or 128
+    if any(r.modality == "mri3d" for m in parts for r in m):  # volumes: the target's grid unless given
+        size = list(src.volume_shape or cfg.target.volume_shape or PRESET_DEFAULTS["mri3d"]["volume_shape"])
+        spacing = src.spacing or cfg.target.spacing
+    else:
+        size, spacing = src.image_size or cfg.target.image_size or 128, None
     p = src.pretrain
     result = pretrain(parts, ctx.data_root, source_checkpoint(ctx, name).parent, mode=p.mode, image_size=size,
-                      arch=cfg.encoder.arch, stem_stride=cfg.encoder.stem_stride, epochs=p.epochs,
+                      spacing=spacing, arch=cfg.encoder.arch, stem_stride=cfg.encoder.stem_stride, epochs=p.epochs,
                       batch_size=p.batch_size, lr=p.lr, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
-                      device=cfg.train.device, amp=cfg.train.amp, progress=ctx.progress)
+                      device=cfg.train.device, amp=cfg.train.amp, ssl_hparams=p.hparams, progress=ctx.progress)
     return result.path
 
 
@@ -202,7 +209,15 @@ def stage_similarity(ctx: Context) -> dict:
     results, feats = {}, {}
     encoders = {"pretrained": source_checkpoint(ctx, None), "random_init": None,
                 **{name: source_checkpoint(ctx, name) for name in cfg.sources}}
+    source_dims = Preset(modality_of(source, cfg.source)).spatial_dims
     for enc_name, checkpoint in encoders.items():
+        dims = int(encoder_config(checkpoint).get("spatial_dims", 2)) if checkpoint is not None else 2
+        if dims != source_dims:
+            # e.g. MoCo on the target's volumes: a 3D encoder cannot read 2D source images, so the source-target
+            # distances it would give do not exist; its strategies are ranked by their priors alone
+            (out / f"{enc_name}.md").write_text(f"Not measured: {enc_name} is a {dims}D "
+                                                f"encoder and the source images are {source_dims}D.\n")
+            continue
         result = compare_manifests(
             source, target, ctx.data_root, checkpoint, split="train", max_cases=cfg.similarity.max_images, seed=0,
             arch=cfg.encoder.arch, stem_stride=cfg.encoder.stem_stride, progress=ctx.progress, return_features=True,
@@ -215,7 +230,7 @@ def stage_similarity(ctx: Context) -> dict:
                         domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
     candidates = [{"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
-                   "method": spec.name, "scores": _flat_scores(results[enc_name])}
+                   "method": spec.name, "scores": _flat_scores(results.get(enc_name, {}))}
                   for spec in cfg.strategies for enc_name in [_encoder_name(spec)]]
     record = recommend({"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}, candidates)
     (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
@@ -243,24 +258,25 @@ def _flat_scores(result: dict) -> dict[str, float]:
 
 def stage_transfer(ctx: Context) -> dict:
     cfg = ctx.config
-    jobs = [(task, fraction, seed, spec) for task in cfg.tasks for fraction in cfg.label_fractions
-            for seed in cfg.seeds_at(fraction) for spec in cfg.strategies]
+    budgets = {task.name: label_budgets(ctx, task) for task in cfg.tasks}
+    jobs = [(task, budget, seed, spec) for task in cfg.tasks for budget in budgets[task.name]
+            for seed in cfg.seeds_at(budget.fraction) for spec in cfg.strategies]
     done = 0
-    for task, fraction, seed, spec in bar(jobs, desc="transfer", unit="job", enabled=ctx.progress):
-        job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / spec.display / f"seed{seed}"
+    for task, budget, seed, spec in bar(jobs, desc="transfer", unit="job", enabled=ctx.progress):
+        job_dir = ctx.out / "transfer" / task.name / budget.name / spec.display / f"seed{seed}"
         if RunFolder(job_dir).predictions.exists():
             done += 1
             continue
-        run_job(ctx, task, fraction, seed, spec, job_dir)
+        run_job(ctx, task, budget, seed, spec, job_dir)
         ctx.tick()
     for task in cfg.tasks:  # regression tables carry the trivial baseline (seconds: no model)
         if task.kind != "regression":
             continue
-        for fraction in cfg.label_fractions:
-            for seed in cfg.seeds_at(fraction):
-                job_dir = ctx.out / "transfer" / task.name / f"frac{fraction:g}" / TRAINING_MEAN / f"seed{seed}"
+        for budget in budgets[task.name]:
+            for seed in cfg.seeds_at(budget.fraction):
+                job_dir = ctx.out / "transfer" / task.name / budget.name / TRAINING_MEAN / f"seed{seed}"
                 if not RunFolder(job_dir).predictions.exists():
-                    run_training_mean(ctx, task, fraction, seed, job_dir)
+                    run_training_mean(ctx, task, budget, seed, job_dir)
     return {"jobs": len(jobs), "already_done": done}
 
 
@@ -320,9 +336,11 @@ def _outcomes(report: Report, cfg: PipelineConfig) -> dict[str, float]:
     """Mean test metric per strategy for the first task at the largest label fraction (higher = better)."""
     task = report.tasks.get(cfg.tasks[0].name)
     metric = _outcome_metric(cfg)
-    frac = max(cfg.label_fractions)
+    strategies = task.strategies if task else {}
+    fracs = [e.label_fraction for s in strategies.values() for e in s.entries() if e.label_fraction is not None]
+    frac = max(fracs, default=None)  # the largest label budget (a fraction, or count / training rows)
     found: dict[str, float] = {}
-    for name, strategy in (task.strategies if task else {}).items():
+    for name, strategy in strategies.items():
         for entry in strategy.entries():
             if entry.label_fraction not in (None, frac):
                 continue
@@ -366,7 +384,7 @@ def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False)
                        "strategies": c.get("strategies")},
         "transfer": {**{k: c.get(k) for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions",
                                               "seeds", "unlabelled_target")},
-                     **({"seeds_per_fraction": c["seeds_per_fraction"]} if c.get("seeds_per_fraction") else {})},
+                     **{k: c[k] for k in ("seeds_per_fraction", "label_counts") if c.get(k)}},
         "report": {"evaluation": c.get("evaluation")},
     }
 

@@ -154,8 +154,11 @@ def recommend(
     rows = []
     for key, c in eligible.items():
         have = [m for m in ranked_metrics if key in per_metric[m]]
-        total_w = sum(weights[m] for m in have)
-        composite = sum(weights[m] * per_metric[m][key] for m in have) / total_w if total_w else 0.0
+        total_w = sum(weights[m] for m in ranked_metrics)
+        # a metric measured for others but not for this option (e.g. a 3D encoder has no distance to 2D
+        # source images) counts as the middle rank: neither a reward nor a penalty for being unmeasured
+        composite = (sum(weights[m] * per_metric[m][key] for m in have)
+                     + sum(weights[m] * 0.5 for m in ranked_metrics if m not in have)) / total_w if total_w else 0.0
         rows.append({
             "key": key,
             "source": c["source"],
@@ -179,7 +182,7 @@ def recommend(
             word = ("highest" if directions[m] else "lowest") if pos == 1 else _ordinal(pos)
             reasons.append(f"{word} {m} ({row['scores'][m]:.4g}) of {len(values)}")
         if row["missing_metrics"]:
-            reasons.append(f"no {', '.join(row['missing_metrics'])}")
+            reasons.append(f"no {', '.join(row['missing_metrics'])} (counted as the middle rank)")
         row["reasons"] = reasons
 
     best = rows[0]

@@ -94,3 +94,74 @@ def test_delong_says_not_computable_when_a_class_has_one_case():
     # Identical scorings: the AUROCs are equal, nothing to test (and the note says that, not "not computable")
     r = delong_test(np.array([0, 1, 0, 1, 1]), a, a)
     assert r.p_value is None and "alike" in r.note
+
+
+def _softmax_scores(rng, y, k, signal):
+    logits = rng.normal(size=(len(y), k))
+    logits[np.arange(len(y)), y] += signal
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_macro_delong_with_two_classes_is_delong(seed):
+    from medtl.evaluation.delong import delong_macro_test
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 80)
+    a, b = rng.random(80) + 0.5 * y, rng.random(80) + 0.2 * y
+    binary = delong_test(y == 1, a, b)
+    macro = delong_macro_test(y, np.c_[1 - a / 2, a / 2], np.c_[1 - b / 2, b / 2])
+    for field in ("auc_a", "auc_b", "var_a", "var_b", "covariance", "p_value"):
+        assert getattr(macro, field) == pytest.approx(getattr(binary, field), rel=1e-10)
+
+
+def test_macro_delong_aucs_are_sklearns_and_its_se_matches_a_paired_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    from medtl.evaluation.delong import delong_macro_test
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 400)
+    pa, pb = _softmax_scores(rng, y, 4, 1.2), _softmax_scores(rng, y, 4, 0.9)
+    r = delong_macro_test(y, pa, pb)
+    assert r.auc_a == pytest.approx(roc_auc_score(y, pa, multi_class="ovr", average="macro"), abs=1e-12)
+    assert r.auc_b == pytest.approx(roc_auc_score(y, pb, multi_class="ovr", average="macro"), abs=1e-12)
+    def macro(yy, p):  # sklearn's one-vs-rest macro mean, class by class (its multiclass path is slow)
+        return np.mean([roc_auc_score(yy == c, p[:, c]) for c in range(p.shape[1])])
+
+    diffs = []
+    for _ in range(600):  # the same cases resampled for both scorings
+        i = rng.integers(0, len(y), len(y))
+        diffs.append(macro(y[i], pa[i]) - macro(y[i], pb[i]))
+    assert r.se == pytest.approx(np.std(diffs), rel=0.15)
+
+
+def test_macro_delong_holds_its_size_under_the_null_and_finds_a_real_difference():
+    from medtl.evaluation.delong import delong_macro_test
+
+    rng = np.random.default_rng(11)
+    null_p, alt_p = [], []
+    for _ in range(300):
+        y = rng.integers(0, 4, 120)
+        shared = _softmax_scores(rng, y, 4, 1.0)  # two equally good, correlated scorings
+        pa = shared + 0.1 * rng.random(shared.shape)
+        pb = shared + 0.1 * rng.random(shared.shape)
+        null_p.append(delong_macro_test(y, pa, pb).p_value)
+        alt_p.append(delong_macro_test(y, _softmax_scores(rng, y, 4, 2.0), _softmax_scores(rng, y, 4, 0.8)).p_value)
+    assert 0.02 <= np.mean(np.array(null_p) < 0.05) <= 0.09
+    assert np.mean(np.array(alt_p) < 0.05) > 0.9
+
+
+def test_macro_delong_refuses_bad_input_and_explains_tiny_classes():
+    from medtl.evaluation.delong import delong_macro_test
+
+    y = np.array([0, 0, 1, 1, 2])
+    p = np.full((5, 3), 1 / 3)
+    with pytest.raises(MedtlError, match="class indices"):
+        delong_macro_test(y + 1, p, p)
+    with pytest.raises(MedtlError, match="every class"):
+        delong_macro_test(np.array([0, 0, 1, 1, 1]), p, p)
+    rng = np.random.default_rng(0)
+    r = delong_macro_test(y, rng.random((5, 3)), rng.random((5, 3)))
+    assert r.p_value is None and "two cases of every class" in r.note

@@ -106,14 +106,19 @@ def test_learning_curve_section_reports_the_best_strategy_per_fraction_against_t
     assert (tmp_path / "figs" / "curve_tumor_learning_curve.png").stat().st_size > 1000
     rows = [line for line in lines if line.startswith("| 0") or line.startswith("| 1")]
     assert [r.split("|")[1].strip() for r in rows] == ["0.3", "0.6", "1"]
+    metric = {"binary": "auroc", "multiclass": "accuracy"}[task.kind]
+    assert f"`tumor` {metric} by label fraction" in lines[0]
     for row, fraction in zip(rows, (0.3, 0.6, 1.0)):
-        by = {name: next(e.metrics["accuracy"] for e in s.entries() if e.label_fraction == fraction)
+        by = {name: next(e.metrics[metric] for e in s.entries() if e.label_fraction == fraction)
               for name, s in task.strategies.items()}
         best = max((n for n in by if n != "scratch"), key=lambda n: by[n].value)
         cells = [c.strip() for c in row.split("|")]
         assert cells[3] == f"`{best}`"
         assert cells[6] == f"{by[best].ci_low - by['scratch'].ci_high:+.3f}"  # the margin, from the report's numbers
         assert cells[5] == verdict(by[best], by["scratch"])
+        pvals = [c.p_value for c in task.comparisons if {c.strategy_a, c.strategy_b} == {best, "scratch"}
+                 and c.label_fraction == fraction and c.p_value is not None]
+        assert cells[7] == (f"{sum(p < 0.05 for p in pvals)} of {len(pvals)}" if pvals else "-")
     # one fraction is not a curve
     one = task.model_copy(deep=True)
     for s in one.strategies.values():

@@ -83,15 +83,16 @@ def test_budget_stretches_epochs_and_patience_to_the_step_minimum(tiny, make_con
 def test_scarce_validation_takes_the_label_fraction_per_class(tiny, make_config):
     cfg = load_pipeline(make_config(tiny))
     ctx = Context(cfg, tiny / "p.yaml", tiny / "data", tiny / "val_run", None)
-    target = ctx.load(cfg.target, "target", cfg.tasks[0])
+    task = cfg.tasks[0]
+    target = ctx.load(cfg.target, "target", task)
     val = target.select(split="val")
-    assert len(_validation_rows(target, 0.5, 0, "all")) == len(val)
-    assert len(_validation_rows(target, 1.0, 0, "same")) == len(val)
-    part = _validation_rows(target, 0.5, 0, "same")
+    assert len(_validation_rows(target, 0.5, 0, "all", task)) == len(val)
+    assert len(_validation_rows(target, 1.0, 0, "same", task)) == len(val)
+    part = _validation_rows(target, 0.5, 0, "same", task)
     for label in {r.label for r in val}:
         n = sum(r.label == label for r in val)
         assert sum(r.label == label for r in part) == max(1, math.ceil(0.5 * n))
-    assert _validation_rows(target, 0.5, 0, "same").rows == part.rows  # the seed fixes it
+    assert _validation_rows(target, 0.5, 0, "same", task).rows == part.rows  # the seed fixes it
 
 
 @pytest.mark.parametrize("bad, why", [

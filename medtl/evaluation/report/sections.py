@@ -484,8 +484,10 @@ def _config_lines(c: dict) -> list[str]:
     lines.append(f"**Encoder:** {enc['arch']}{lift}; {start}.")
     strategies = [s["label"] or s["name"] for s in c["strategies"]]
     lines.append(f"**Transfer:** {train['epochs']} epochs per run, batch {train['batch_size']}; "
-                 f"{len(strategies)} strategies ({', '.join(strategies)}); label fractions "
-                 f"{', '.join(f'{f:g}' for f in c['label_fractions'])}; seeds {', '.join(map(str, c['seeds']))}.")
+                 f"{len(strategies)} strategies ({', '.join(strategies)}); "
+                 + (f"labelled training rows {', '.join(map(str, c['label_counts']))}" if c.get("label_counts")
+                    else f"label fractions {', '.join(f'{f:g}' for f in c['label_fractions'])}")
+                 + f"; seeds {', '.join(map(str, c['seeds']))}.")
     lines.append(f"**Image size:** source {_size(src)}, target {_size(tgt)}.")
     return lines
 

@@ -238,3 +238,23 @@ def test_delong_table_fits_the_page(full_report):
     table = md[md.index("### Pairwise comparison (DeLong)"):].split("\n\n")[1]
     assert table.splitlines()[0] == "| A | B | Seed | AUROC A vs B | Difference ± SE | p |"  # no run ids, no empty Note
     assert rep["tasks"]["tumor"]["comparisons"][0]["run_a"]  # the run ids stay in report.json
+
+
+def test_multiclass_strategies_are_compared_by_macro_delong_per_seed():
+    from medtl.evaluation import evaluate_predictions
+    from medtl.evaluation.delong import delong_macro_test
+    from medtl.evaluation.synthetic import synthetic_predictions
+
+    classes = ("glioma", "meningioma", "none", "pituitary")
+    table = synthetic_predictions(60, strategies={"scratch": (0.8, 1.0), "finetune": (1.8, 1.5)}, classes=classes,
+                                  task="tumor4", seeds=(0, 1))
+    comps = evaluate_predictions(table, n_boot=50)["tasks"]["tumor4"]["comparisons"]
+    assert len(comps) == 2 and all("macro one-vs-rest" in c["test"] for c in comps)
+    c = comps[0]
+    test = table[table["split"] == "test"]
+    a = test[test["run_id"] == c["run_a"]].set_index("case_id")
+    b = test[test["run_id"] == c["run_b"]].set_index("case_id").loc[a.index]
+    cols = [f"prob_{k}" for k in classes]
+    ref = delong_macro_test(a["label"].map({k: i for i, k in enumerate(classes)}).to_numpy(),
+                            a[cols].to_numpy(float), b[cols].to_numpy(float))
+    assert c["p_value"] == pytest.approx(ref.p_value) and c["auc_a"] == pytest.approx(ref.auc_a)
