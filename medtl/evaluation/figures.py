@@ -142,8 +142,9 @@ def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
     return to_png(fig)
 
 
-def label_fraction_figure(series: Sequence[dict], metric: str, title: str) -> bytes:
-    """``series``: label, x (fractions), y, low, high (interval per point)."""
+def label_fraction_figure(series: Sequence[dict], metric: str, title: str,
+                          xlabel: str = "fraction of target labels used") -> bytes:
+    """``series``: label, x (fractions, or counts with their ``xlabel``), y, low, high (interval per point)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4))
     for s in series:
@@ -155,7 +156,7 @@ def label_fraction_figure(series: Sequence[dict], metric: str, title: str) -> by
     ticks = sorted({float(x) for s in series for x in s["x"]})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
-    ax.set(xlabel="fraction of target labels used (log scale)", ylabel=metric, title=title)
+    ax.set(xlabel=f"{xlabel} (log scale)", ylabel=metric, title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return to_png(fig)

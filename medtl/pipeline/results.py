@@ -285,16 +285,23 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         for s_name, points in by.items():
             pts = [(f, m) for f, m in sorted(points.items()) if m is not None and m.value is not None]
             if pts:
-                series.append({"label": s_name, "x": [f for f, _ in pts], "y": [m.value for _, m in pts],
+                series.append({"label": s_name, "x": [budget.get(f, f) for f, _ in pts], "y": [m.value for _, m in pts],
                                "low": [m.ci_low if m.ci_low is not None else m.value for _, m in pts],
                                "high": [m.ci_high if m.ci_high is not None else m.value for _, m in pts]})
         figures_dir.mkdir(parents=True, exist_ok=True)
         path = figures_dir / f"{pipeline}_{name}_learning_curve.png"
-        path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}"))
+        path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}", xlabel=axis))
         lines += [f"![{metric} by {axis}, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
                   f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band) per strategy"
-                  + (f"; x: fraction of the training rows ({', '.join(f'{c} = {f:.3g}' for f, c in budget.items())})"
+                  + (f"; as fractions of the training rows: {', '.join(f'{c} = {f:.3g}' for f, c in budget.items())}"
                      if budget else "") + ".*", ""]
+    # every strategy at every budget (seed mean and 95% t-interval), then the best against the baseline
+    heads = [str(budget.get(f, f"{f:g}")) for f in fractions]
+    lines += [f"| strategy \\ {axis} | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for s_name, s in task.strategies.items():  # with the training-mean baseline of a regression task
+        pts = {e.label_fraction: e.metrics.get(metric) for e in s.entries()}
+        lines.append(f"| `{s_name}` | " + " | ".join(_fmt(pts.get(f)) for f in fractions) + " |")
+    lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds).*", ""]
     delong = task.kind != "regression"
     lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin |"
               + (" DeLong p < 0.05 (seeds) |" if delong else ""),
@@ -332,7 +339,7 @@ def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:
     """A strategy's seed-level metrics; for runs that are all identical (the training-mean baseline, whose
     t-interval over seeds has zero width) the first run's bootstrap intervals over the test cases."""
     runs = strategy.runs
-    values = {json.dumps(m.to_dict() if (m := r.metrics.get("mae")) else None, sort_keys=True) for r in runs}
+    values = {json.dumps(m.model_dump() if (m := r.metrics.get("mae")) else None, sort_keys=True) for r in runs}
     return runs[0].metrics if len(runs) > 1 and len(values) == 1 else strategy.metrics
 
 
