@@ -192,8 +192,12 @@ class Manifest:
         for split in ("train", "val", "test"):
             rows = [r for r in self.rows if r.split == split]
             # a regression manifest (no label names) has a value per row, not classes to stratify by
-            keep += rows if len(rows) <= per_split else stratified_sample(rows, per_split / len(rows), rng,
-                                                                          by_label=bool(self.label_names))
+            if len(rows) <= per_split:
+                keep += rows
+            elif self.label_names:
+                keep += stratified_sample(rows, per_split / len(rows), rng)
+            else:
+                keep += stratified_sample(rows, per_split / len(rows), rng, count=per_split, by_label=False)
         return Manifest(keep, list(self.label_names), dict(self.meta), self.source)
 
     def with_splits(self, splits: list[str]) -> "Manifest":
@@ -209,7 +213,8 @@ def stratified_sample(rows: list[ManifestRow], fraction: float, rng: np.random.G
     (largest remainders, at least one each). ``by_label=False`` draws uniformly from all rows: a
     regression target has a value per row, not classes to stratify by."""
     if not by_label:
-        k = count if count is not None else (math.ceil(fraction * len(rows)) if fraction < 1 else len(rows))
+        # 1e-9: a fraction made as count / rows must not round up past count through float error
+        k = count if count is not None else (math.ceil(fraction * len(rows) - 1e-9) if fraction < 1 else len(rows))
         chosen = set(rng.choice(len(rows), size=min(k, len(rows)), replace=False).tolist())
         return [r for i, r in enumerate(rows) if i in chosen]
     groups = [[i for i, r in enumerate(rows) if r.label == label] for label in sorted({r.label for r in rows})]

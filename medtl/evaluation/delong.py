@@ -67,9 +67,10 @@ class DeLongResult:
     se: float  # standard error of the difference
     z: float | None
     p_value: float | None  # two-sided; None when the difference has no variance
-    n_positive: int
-    n_negative: int
+    n_positive: int | None  # binary; a macro (multiclass) test has n_per_class instead
+    n_negative: int | None
     note: str | None = None
+    n_per_class: list[int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,5 +164,5 @@ def delong_macro_test(y_true, probs_a, probs_b) -> DeLongResult:
         auc_a=float(macro[0]), auc_b=float(macro[1]), difference=diff,
         var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), covariance=float(cov[0, 1]),
         se=float(np.sqrt(max(var_diff, 0.0))) if np.isfinite(var_diff) else float("nan"), z=z, p_value=p,
-        n_positive=int(counts.min()), n_negative=int(n - counts.max()), note=note,
+        n_positive=None, n_negative=None, n_per_class=counts.tolist(), note=note,
     )  # fmt: skip

@@ -200,6 +200,13 @@ class PipelineConfig(Strict):
                 raise ValueError(f"strategies[{i}]: source and pretrained: false contradict each other")
         if self.label_counts and self.label_fractions != [1.0]:
             raise ValueError("give label_fractions or label_counts, not both")
+        if self.label_counts and self.seeds_per_fraction:
+            raise ValueError("seeds_per_fraction is keyed by label fraction; with label_counts every count runs "
+                             "every seed")
+        for where, spec in [("pretrain", self.pretrain)] + [(f"sources.{n}.pretrain", s.pretrain)
+                                                            for n, s in self.sources.items()]:
+            if spec.hparams and spec.mode != "moco":
+                raise ValueError(f"{where}.hparams: only the self-supervised mode (moco) takes hyper-parameters")
         for fraction, n in self.seeds_per_fraction.items():
             if n < 1:
                 raise ValueError(f"seeds_per_fraction: {fraction}: {n}: at least one seed")

@@ -80,7 +80,7 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     lines += _data_notes(run, config, env.get("manifests", {}))
     lines.append("")
     for task_name, task in report.tasks.items():
-        lines += _task_section(task_name, task)
+        lines += _task_section(task_name, task, config.get("label_counts"))
         if figures_dir is not None:
             lines += _task_figure(config["name"], task_name, task, figures_dir)
         lines += learning_curve_section(config["name"], task_name, task, figures_dir, config.get("label_counts"))
@@ -304,7 +304,7 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
     lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds).*", ""]
     delong = task.kind != "regression"
     lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin |"
-              + (" DeLong p < 0.05 (seeds) |" if delong else ""),
+              + (" DeLong per seed |" if delong else ""),
               "|---|---|---|---|---|---|" + ("---|" if delong else "")]
     for f in fractions:
         b = by[base].get(f)
@@ -322,17 +322,30 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         row = (f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | `{best_name}` | {_fmt(best)} | {judged} | "
                + (f"{margin:+.3f}" if margin is not None else "-") + " |")
         if delong:
-            pvals = [c.p_value for c in task.comparisons if {c.strategy_a, c.strategy_b} == {best_name, base}
-                     and c.label_fraction == f and c.p_value is not None]
-            row += f" {sum(p < 0.05 for p in pvals)} of {len(pvals)} |" if pvals else " - |"
+            row += f" {_delong_counts(task, best_name, base, f)} |"
         lines.append(row)
     better = "upper 95% bound below" if lower else "lower 95% bound minus"
     lines += ["", (f"*Interval margin: `{base}`'s lower 95% bound minus the best strategy's upper bound"
                    if lower else f"*Interval margin: the best strategy's {better} `{base}`'s upper bound")
               + "; positive means the intervals do not overlap (it beat the baseline), negative is by how much it "
               "missed." + (" DeLong: two-sided test of the two AUROCs (multiclass: macro one-vs-rest) on the same "
-                           "test cases, per seed." if delong else "") + "*", ""]
+                           "test cases in each seed; how many seeds found the best strategy higher or lower at "
+                           "p < 0.05, of those tested." if delong else "") + "*", ""]
     return lines
+
+
+def _delong_counts(task: Task, a: str, base: str, fraction: float | None) -> str:
+    """``a`` against ``base`` at one label budget, by DeLong per seed: how many seeds found ``a`` higher
+    and how many lower at p < 0.05 (a two-sided p alone would count a significant loss as a win)."""
+    tests = [c for c in task.comparisons if {c.strategy_a, c.strategy_b} == {a, base}
+             and c.label_fraction == fraction and c.p_value is not None]
+    if not tests:
+        return "-"
+    # difference is strategy_a - strategy_b: turn it into a - base
+    signed = [(c.difference if c.strategy_a == a else -c.difference, c.p_value) for c in tests]
+    higher = sum(d > 0 and p < 0.05 for d, p in signed)
+    lower = sum(d < 0 and p < 0.05 for d, p in signed)
+    return f"higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05)"
 
 
 def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:
@@ -372,27 +385,45 @@ def _lower_is_better_verdict(a: Metric, b: Metric) -> str:
     return "inconclusive (intervals overlap)"
 
 
-def _task_section(name: str, task: Task) -> list[str]:
+def _budget_names(task: Task, label_counts: list[int] | None) -> dict[float, str]:
+    """How the page names each label budget: its count under ``label_counts``, else the fraction."""
+    fractions = sorted({e.label_fraction for s in task.strategies.values() for e in s.entries()
+                        if e.label_fraction is not None})
+    if label_counts and len(label_counts) == len(fractions):
+        return {f: f"{c} labelled" for f, c in zip(fractions, label_counts)}
+    return {f: f"fraction {f:g}" for f in fractions}
+
+
+def _task_section(name: str, task: Task, label_counts: list[int] | None = None) -> list[str]:
     lines = [f"### Task `{name}` ({task.kind}" + (f"; positive class {task.positive_class})" if
                                                  task.positive_class else ")"), ""]
     strategies = task.strategies
+    names = _budget_names(task, label_counts)
     if task.kind == "regression":
+        largest = max(names, default=None)
+        if largest is not None and len(names) > 1:
+            lines += [f"At the largest label budget ({names[largest]}; every budget: the learning curve below).", ""]
         lines += ["| strategy | runs | MAE (years) | RMSE | R² | Pearson r |", "|---|---|---|---|---|---|"]
+        identical = []
         for s_name, s in strategies.items():
             m = _regression_metrics(s)
+            if m is not s.metrics:
+                identical.append(s_name)
             lines.append(f"| {s_name} | {s.n_runs} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")
-        note = [f"`{TRAINING_MEAN}` predicts the same value in every seed (the labelled rows are the same), so its "
-                "interval is its runs' bootstrap interval over the test cases, not a t-interval over seeds.", ""]
-        return lines + [""] + (note if TRAINING_MEAN in strategies else []) + _against_training_mean(strategies)
+        note = [f"{', '.join(f'`{n}`' for n in identical)} predicts the same values in every seed (the same "
+                "labelled rows), so its interval is its runs' bootstrap interval over the test cases, not a "
+                "t-interval over seeds.", ""]
+        return lines + [""] + (note if identical else []) + _against_training_mean(strategies)
     multiclass = task.kind == "multiclass"
-    head = "| strategy | label fraction | runs | n test | AUROC" + (" (macro)" if multiclass else "")
+    head = "| strategy | label budget | runs | n test | AUROC" + (" (macro)" if multiclass else "")
     head += " | balanced accuracy |" + ("" if multiclass else " sensitivity | specificity |")
     lines += [head, "|" + "---|" * (6 if multiclass else 8)]
     for s_name, s in strategies.items():
         for e in s.entries():
             m = e.metrics
-            row = (f"| {s_name} | {e.label_fraction} | {e.n_runs} | {e.n_test} | "
+            budget = "–" if e.label_fraction is None else names.get(e.label_fraction, f"fraction {e.label_fraction:g}")
+            row = (f"| {s_name} | {budget} | {e.n_runs} | {e.n_test} | "
                    f"{_fmt(m.get('auroc'))} | {_fmt(m.get('balanced_accuracy'))} |")
             if not multiclass:
                 row += f" {_fmt(m.get('sensitivity'))} | {_fmt(m.get('specificity'))} |"
@@ -415,8 +446,9 @@ def _task_section(name: str, task: Task) -> list[str]:
                 pvals = [c.p_value for c in task.comparisons
                          if {c.strategy_a, c.strategy_b} == {s_name, base}
                          and c.label_fraction == e.label_fraction and c.p_value is not None]
-                delong = (f"; DeLong p < 0.05 in {sum(p < 0.05 for p in pvals)} of {len(pvals)} seeds" if pvals else "")
-                lines.append(f"- `{s_name}` at fraction {e.label_fraction}: "
+                delong = f"; DeLong: {_delong_counts(task, s_name, base, e.label_fraction)}" if pvals else ""
+                at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
+                lines.append(f"- `{s_name}` at {at}: "
                              f"{verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + delong)
         lines.append("")
     return lines

@@ -165,6 +165,7 @@ def stage_pretrain(ctx: Context) -> dict:
         stem_stride=cfg.encoder.stem_stride, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
         lr=cfg.pretrain.lr, kl_weight=cfg.pretrain.kl_weight, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
         device=cfg.train.device, progress=ctx.progress,
+        **({"ssl_hparams": cfg.pretrain.hparams} if cfg.pretrain.hparams else {}),
     )
     record = {"checkpoint": str(result.path), "metrics": result.metrics}
     if cfg.sources:
@@ -212,9 +213,10 @@ def stage_similarity(ctx: Context) -> dict:
     source_dims = Preset(modality_of(source, cfg.source)).spatial_dims
     for enc_name, checkpoint in encoders.items():
         dims = int(encoder_config(checkpoint).get("spatial_dims", 2)) if checkpoint is not None else 2
-        if dims != source_dims:
-            # e.g. MoCo on the target's volumes: a 3D encoder cannot read 2D source images, so the source-target
-            # distances it would give do not exist; its strategies are ranked by their priors alone
+        if dims == 3 and source_dims == 2:
+            # e.g. MoCo on the target's volumes: a 3D encoder cannot read 2D source images (a 2D one reads
+            # volumes through its 2.5D lift), so there are no source-target distances for it to give; the
+            # recommendation counts each as the middle rank for its strategies
             (out / f"{enc_name}.md").write_text(f"Not measured: {enc_name} is a {dims}D "
                                                 f"encoder and the source images are {source_dims}D.\n")
             continue
@@ -225,7 +227,8 @@ def stage_similarity(ctx: Context) -> dict:
         feats[enc_name] = result.pop("features")
         results[enc_name] = result
         (out / f"{enc_name}.md").write_text(to_table(result, markdown=True) + "\n")
-    src_f, tgt_f = feats["pretrained"]["source"], feats["pretrained"]["target"]
+    shown = "pretrained" if "pretrained" in feats else next(iter(feats))  # the embedding figure's features
+    src_f, tgt_f = feats[shown]["source"], feats[shown]["target"]
     np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
                         domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))

@@ -140,3 +140,49 @@ def test_mri3d_scarce_quick_profile_then_predict(data_root, tmp_path, capsys):
     want = {p["case_id"]: float(p["prob_M"]) for p in test_rows}
     assert set(got) == set(want) and len(want) > 0
     assert max(abs(got[k] - want[k]) for k in want) < 1e-4
+
+
+@pytest.mark.parametrize("extra, why", [
+    ("label_counts: [4]\nseeds_per_fraction: {0.5: 1}", "seeds_per_fraction"),
+    ("label_counts: [0, 4]", "at least 1"),
+])
+def test_label_counts_config_mistakes_are_named(tiny, make_config, extra, why):
+    path = tiny / "lc_bad.yaml"
+    path.write_text(make_config.config.replace("EPOCHS", "1").replace("label_fractions: [0.5, 1.0]", extra))
+    with pytest.raises(Exception, match=why):
+        load_pipeline(path)
+
+
+def test_hparams_only_for_the_self_supervised_mode(tiny, make_config):
+    path = tiny / "hp_bad.yaml"
+    path.write_text(make_config.config.replace("EPOCHS", "1")
+                    + "pretrain: {mode: supervised, hparams: {queue_size: 8}}\n")
+    with pytest.raises(Exception, match="only the self-supervised mode"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("counts, why", [("[5, 500]", "exceed"), ("[1, 4]", "one row of each")])
+def test_impossible_label_counts_stop_the_run_before_any_training(tiny, make_config, counts, why):
+    path = tiny / "lc_big.yaml"
+    path.write_text(make_config.config.replace("EPOCHS", "1").replace("label_fractions: [0.5, 1.0]",
+                                                                      f"label_counts: {counts}"))
+    out = tiny / f"lc_big_{why[:3]}"
+    with pytest.raises(MedtlError, match=why):
+        run_pipeline(path, tiny / "data", out, progress=False)
+    assert not (out / "pretrain").exists()
+
+
+def test_label_counts_run_end_to_end_on_the_tiny_pipeline(tiny, make_config):
+    path = tiny / "lc.yaml"
+    path.write_text(make_config.config.replace("EPOCHS", "1").replace("label_fractions: [0.5, 1.0]",
+                                                                      "label_counts: [3, 6]")
+                    .replace("strategies: [feature_extraction, full, dann]", "strategies: [scratch, full]"))
+    out = tiny / "lc_run"
+    run_pipeline(path, tiny / "data", out, progress=False)
+    assert sorted(p.name for p in (out / "transfer" / "tumor").iterdir()) == ["n3", "n6"]
+    cfg = json.loads((out / "transfer" / "tumor" / "n3" / "full" / "seed0" / "config.json").read_text())
+    assert cfg  # the trainer's record of the job
+    from medtl.pipeline.results import pipeline_section
+
+    page = pipeline_section(out)
+    assert "labelled training rows [3, 6]" in page and "3 labelled" in page and "6 labelled" in page

@@ -27,7 +27,7 @@ def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
     assert "## tiny" in page and "Wall time" in page and "Hardware" in page
     figure = tmp_path / "results_figures" / "tiny_tumor.png"  # the forest plot beside the task's table
     assert figure.read_bytes().startswith(b"\x89PNG") and "](results_figures/tiny_tumor.png)" in page
-    assert "| feature_extraction | 0.5 |" in page and "AUROC" in page
+    assert "| feature_extraction | fraction 0.5 |" in page and "AUROC" in page
     assert "cxr_to_mri2d" in page  # shipped pipelines without a run are listed, with their command
     # the recommendation made before training, beside what the run observed
     import json
@@ -116,9 +116,12 @@ def test_learning_curve_section_reports_the_best_strategy_per_fraction_against_t
         assert cells[3] == f"`{best}`"
         assert cells[6] == f"{by[best].ci_low - by['scratch'].ci_high:+.3f}"  # the margin, from the report's numbers
         assert cells[5] == verdict(by[best], by["scratch"])
-        pvals = [c.p_value for c in task.comparisons if {c.strategy_a, c.strategy_b} == {best, "scratch"}
+        tests = [c for c in task.comparisons if {c.strategy_a, c.strategy_b} == {best, "scratch"}
                  and c.label_fraction == fraction and c.p_value is not None]
-        assert cells[7] == (f"{sum(p < 0.05 for p in pvals)} of {len(pvals)}" if pvals else "-")
+        signed = [(c.auc_a - c.auc_b) * (1 if c.strategy_a == best else -1) for c in tests]  # best - scratch
+        higher = sum(d > 0 and c.p_value < 0.05 for d, c in zip(signed, tests))
+        lower = sum(d < 0 and c.p_value < 0.05 for d, c in zip(signed, tests))
+        assert cells[7] == (f"higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05)" if tests else "-")
     # one fraction is not a curve
     one = task.model_copy(deep=True)
     for s in one.strategies.values():
