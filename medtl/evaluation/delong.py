@@ -87,26 +87,32 @@ def delong_test(y_true, score_a, score_b) -> DeLongResult:
     b = check_scores(score_b, "score_b", n=len(y))
     v10, v01 = structural_components(y, np.vstack([a, b]))
     auc, cov = v10.mean(axis=1), _covariance(v10, v01)
+    m, n = v10.shape[1], v01.shape[1]
+    return _result(auc, cov, np.array_equal(v10[0], v10[1]) and np.array_equal(v01[0], v01[1]),
+                   f"at least two positive and two negative cases (have {m} and {n})", "positive-negative pair",
+                   n_positive=int(y.sum()), n_negative=int((~y).sum()))
+
+
+def _result(auc, cov, same_order: bool, needs: str, pairs: str, **counts) -> DeLongResult:
+    """The two-sided test of ``auc[0] - auc[1]`` with DeLong covariance ``cov`` (2 x 2); ``same_order``:
+    the scorings order every pair alike (nothing to test), ``needs`` says what a nan variance lacks."""
     var_diff = cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]
     diff = float(auc[0] - auc[1])
     z = p = note = None
-    m, n = v10.shape[1], v01.shape[1]
     if not np.isfinite(var_diff):
-        note = (f"not computable: DeLong's variance needs at least two positive and two negative cases "
-                f"(have {m} and {n})")  # fmt: skip
+        note = f"not computable: DeLong's variance needs {needs}"
     elif var_diff > 1e-15:
-        z = diff / np.sqrt(var_diff)
+        z = float(diff / np.sqrt(var_diff))
         p = float(2.0 * stats.norm.sf(abs(z)))
-        z = float(z)
-    elif np.array_equal(v10[0], v10[1]) and np.array_equal(v01[0], v01[1]):
-        note = "the two scorings order every positive-negative pair alike: the AUROCs are equal, nothing to test"
+    elif same_order:
+        note = f"the two scorings order every {pairs} alike: the AUROCs are equal, nothing to test"
     else:
         note = "not computable: the AUROC difference has zero estimated variance"
     return DeLongResult(
         auc_a=float(auc[0]), auc_b=float(auc[1]), difference=diff,
         var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), covariance=float(cov[0, 1]),
         se=float(np.sqrt(max(var_diff, 0.0))) if np.isfinite(var_diff) else float("nan"), z=z, p_value=p,
-        n_positive=int(y.sum()), n_negative=int((~y).sum()), note=note,
+        note=note, **counts,
     )  # fmt: skip
 
 
@@ -148,21 +154,6 @@ def delong_macro_test(y_true, probs_a, probs_b) -> DeLongResult:
             cov[:] = np.nan
             break
         cov += np.atleast_2d(np.cov(group)) * group.shape[1]
-    var_diff = cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]
-    diff = float(macro[0] - macro[1])
-    z = p = note = None
-    if not np.isfinite(var_diff):
-        note = f"not computable: DeLong's variance needs at least two cases of every class (have {counts.tolist()})"
-    elif var_diff > 1e-15:
-        z = float(diff / np.sqrt(var_diff))
-        p = float(2.0 * stats.norm.sf(abs(z)))
-    elif np.allclose(auc[0], auc[1]) and np.allclose(infl[0], infl[1]):
-        note = "the two scorings order every pair alike in every class: the AUROCs are equal, nothing to test"
-    else:
-        note = "not computable: the AUROC difference has zero estimated variance"
-    return DeLongResult(
-        auc_a=float(macro[0]), auc_b=float(macro[1]), difference=diff,
-        var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), covariance=float(cov[0, 1]),
-        se=float(np.sqrt(max(var_diff, 0.0))) if np.isfinite(var_diff) else float("nan"), z=z, p_value=p,
-        n_positive=None, n_negative=None, n_per_class=counts.tolist(), note=note,
-    )  # fmt: skip
+    return _result(macro, cov, np.allclose(auc[0], auc[1]) and np.allclose(infl[0], infl[1]),
+                   f"at least two cases of every class (have {counts.tolist()})", "pair in every class",
+                   n_positive=None, n_negative=None, n_per_class=counts.tolist())
