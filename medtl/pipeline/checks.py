@@ -12,7 +12,7 @@ from medtl.paths import resolve_inside
 from medtl.models.checkpoint import encoder_config
 from medtl.pipeline.config import DataSpec, closest
 from medtl.pipeline.context import Context, heterogeneous, modality_of
-from medtl.pipeline.jobs import label_budgets
+from medtl.pipeline.jobs import label_budgets, labelled_rows
 from medtl.strategies.registry import STRATEGIES, get_strategy
 
 
@@ -69,13 +69,11 @@ def check_before_run(ctx: Context) -> None:
                              + (f"; did you mean {guess!r}?" if guess else "") + f" (columns: {', '.join(columns)})",
                              f"{where}: tasks[{i}].label_column")
     heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
-    if cfg.label_counts:  # refused now, not hours later when the transfer stage starts
-        for task in cfg.tasks:
-            label_budgets(ctx, task)  # no count above the task's training rows
-            n_classes = len(ctx.load(cfg.target, "target", task).label_names)
-            if task.kind == "classification" and min(cfg.label_counts) < n_classes:
-                raise MedtlError(f"label_counts {min(cfg.label_counts)} cannot hold one row of each of the "
-                                 f"{n_classes} classes of task {task.name!r}", f"{where}: label_counts")
+    if cfg.label_counts:  # refused now, not hours later when the transfer stage starts: each count is drawn
+        for task in cfg.tasks:  # once, as the jobs will (too many rows, or fewer than one per class, fails)
+            train_rows = ctx.load(cfg.target, "target", task).select(split="train").rows
+            for budget in label_budgets(ctx, task):
+                labelled_rows(train_rows, budget, cfg.seeds[0], task)
     target_dims = Preset(modality_of(target, cfg.target)).spatial_dims
     for spec in cfg.strategies:
         if not spec.pretrained:

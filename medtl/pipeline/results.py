@@ -265,15 +265,12 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
     (a figure) and, per budget, the best strategy against the baseline with the page's verdict rule, the
     margin by which its interval clears (or misses) the baseline's, and DeLong per seed (classification).
     Multiclass tasks are judged by accuracy, binary ones by AUROC, regression by MAE (lower is better)."""
-    fractions = sorted({e.label_fraction for s in task.strategies.values() for e in s.entries()
-                        if e.label_fraction is not None})
+    fractions, budget = _budgets(task, label_counts)
     base = _baseline(list(task.strategies))
     if len(fractions) < 2 or base is None:
         return []
     metric = {"regression": "mae", "binary": "auroc"}.get(task.kind, "accuracy")
     lower = metric == "mae"
-    # label_counts: the fractions are count / training rows, in the same order as the counts
-    budget = dict(zip(fractions, label_counts)) if label_counts and len(label_counts) == len(fractions) else {}
     axis = "labelled training rows" if budget else "label fraction"
     by = {s_name: {e.label_fraction: e.metrics.get(metric) for e in s.entries()}
           for s_name, s in task.strategies.items() if s_name != TRAINING_MEAN}
@@ -322,11 +319,10 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         row = (f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | `{best_name}` | {_fmt(best)} | {judged} | "
                + (f"{margin:+.3f}" if margin is not None else "-") + " |")
         if delong:
-            row += f" {_delong_counts(task, best_name, base, f)} |"
+            row += f" {_delong_counts(task, best_name, base, f) or '-'} |"
         lines.append(row)
-    better = "upper 95% bound below" if lower else "lower 95% bound minus"
     lines += ["", (f"*Interval margin: `{base}`'s lower 95% bound minus the best strategy's upper bound"
-                   if lower else f"*Interval margin: the best strategy's {better} `{base}`'s upper bound")
+                   if lower else f"*Interval margin: the best strategy's lower 95% bound minus `{base}`'s upper bound")
               + "; positive means the intervals do not overlap (it beat the baseline), negative is by how much it "
               "missed." + (" DeLong: two-sided test of the two AUROCs (multiclass: macro one-vs-rest) on the same "
                            "test cases in each seed; how many seeds found the best strategy higher or lower at "
@@ -334,13 +330,14 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
     return lines
 
 
-def _delong_counts(task: Task, a: str, base: str, fraction: float | None) -> str:
+def _delong_counts(task: Task, a: str, base: str, fraction: float | None) -> str | None:
     """``a`` against ``base`` at one label budget, by DeLong per seed: how many seeds found ``a`` higher
-    and how many lower at p < 0.05 (a two-sided p alone would count a significant loss as a win)."""
+    and how many lower at p < 0.05 (a two-sided p alone would count a significant loss as a win); None
+    when no seed was tested."""
     tests = [c for c in task.comparisons if {c.strategy_a, c.strategy_b} == {a, base}
              and c.label_fraction == fraction and c.p_value is not None]
     if not tests:
-        return "-"
+        return None
     # difference is strategy_a - strategy_b: turn it into a - base
     signed = [(c.difference if c.strategy_a == a else -c.difference, c.p_value) for c in tests]
     higher = sum(d > 0 and p < 0.05 for d, p in signed)
@@ -385,20 +382,21 @@ def _lower_is_better_verdict(a: Metric, b: Metric) -> str:
     return "inconclusive (intervals overlap)"
 
 
-def _budget_names(task: Task, label_counts: list[int] | None) -> dict[float, str]:
-    """How the page names each label budget: its count under ``label_counts``, else the fraction."""
+def _budgets(task: Task, label_counts: list[int] | None) -> tuple[list[float], dict[float, int]]:
+    """The task's label fractions, ascending, and (under ``label_counts``) the count each stands for: the
+    fractions are count / training rows, in the counts' order."""
     fractions = sorted({e.label_fraction for s in task.strategies.values() for e in s.entries()
                         if e.label_fraction is not None})
-    if label_counts and len(label_counts) == len(fractions):
-        return {f: f"{c} labelled" for f, c in zip(fractions, label_counts)}
-    return {f: f"fraction {f:g}" for f in fractions}
+    counts = dict(zip(fractions, label_counts)) if label_counts and len(label_counts) == len(fractions) else {}
+    return fractions, counts
 
 
 def _task_section(name: str, task: Task, label_counts: list[int] | None = None) -> list[str]:
     lines = [f"### Task `{name}` ({task.kind}" + (f"; positive class {task.positive_class})" if
                                                  task.positive_class else ")"), ""]
     strategies = task.strategies
-    names = _budget_names(task, label_counts)
+    fractions, counts = _budgets(task, label_counts)
+    names = {f: f"{counts[f]} labelled" if counts else f"fraction {f:g}" for f in fractions}
     if task.kind == "regression":
         largest = max(names, default=None)
         if largest is not None and len(names) > 1:
@@ -443,10 +441,8 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                     continue
                 a_m, b_m = e.metrics.get("auroc"), b.metrics.get("auroc")
                 diff = (a_m.value - b_m.value) if a_m and b_m and None not in (a_m.value, b_m.value) else None
-                pvals = [c.p_value for c in task.comparisons
-                         if {c.strategy_a, c.strategy_b} == {s_name, base}
-                         and c.label_fraction == e.label_fraction and c.p_value is not None]
-                delong = f"; DeLong: {_delong_counts(task, s_name, base, e.label_fraction)}" if pvals else ""
+                tested = _delong_counts(task, s_name, base, e.label_fraction)
+                delong = f"; DeLong: {tested}" if tested else ""
                 at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
                 lines.append(f"- `{s_name}` at {at}: "
                              f"{verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + delong)

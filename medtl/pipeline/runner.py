@@ -164,8 +164,7 @@ def stage_pretrain(ctx: Context) -> dict:
         m, ctx.data_root, out, mode=cfg.pretrain.mode, preset=modality, image_size=size, arch=cfg.encoder.arch,
         stem_stride=cfg.encoder.stem_stride, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
         lr=cfg.pretrain.lr, kl_weight=cfg.pretrain.kl_weight, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
-        device=cfg.train.device, progress=ctx.progress,
-        **({"ssl_hparams": cfg.pretrain.hparams} if cfg.pretrain.hparams else {}),
+        device=cfg.train.device, ssl_hparams=cfg.pretrain.hparams, progress=ctx.progress,
     )
     record = {"checkpoint": str(result.path), "metrics": result.metrics}
     if cfg.sources:

@@ -161,7 +161,7 @@ def test_hparams_only_for_the_self_supervised_mode(tiny, make_config):
         load_pipeline(path)
 
 
-@pytest.mark.parametrize("counts, why", [("[5, 500]", "exceed"), ("[1, 4]", "one row of each")])
+@pytest.mark.parametrize("counts, why", [("[5, 500]", "exceed"), ("[1, 4]", "one per label")])
 def test_impossible_label_counts_stop_the_run_before_any_training(tiny, make_config, counts, why):
     path = tiny / "lc_big.yaml"
     path.write_text(make_config.config.replace("EPOCHS", "1").replace("label_fractions: [0.5, 1.0]",
