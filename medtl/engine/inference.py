@@ -70,8 +70,14 @@ def to_channels_last(module: nn.Module) -> list[nn.Parameter]:
     changed = []
     for p in module.parameters():
         fmt = torch.channels_last if p.dim() == 4 else torch.channels_last_3d if p.dim() == 5 else None
-        if fmt is not None and not p.is_contiguous(memory_format=fmt) and p.is_contiguous():
-            p.data = p.data.contiguous(memory_format=fmt)
+        if fmt is None or not p.is_contiguous():
+            continue
+        # Explicit channels-last strides, also where the shape leaves the layout ambiguous (one input
+        # channel, 1x1 kernels): ``contiguous(memory_format=...)`` keeps those as they are, and the
+        # convolution then picks the slow plain layout (a 2D ResNet-10 step in bf16: 169 vs 106 ms).
+        target = torch.empty_like(p.data, memory_format=fmt)
+        if target.stride() != p.data.stride():
+            p.data = target.copy_(p.data)
             changed.append(p)
     return changed
 
@@ -221,7 +227,7 @@ def _placed(model: nn.Module, device: torch.device, channels_last: bool):
         yield
     finally:
         for p in changed:
-            p.data = p.data.contiguous()
+            p.data = p.data.clone(memory_format=torch.contiguous_format)
         model.to(home)
 
 
