@@ -2,7 +2,7 @@
 
 ``build_dataset`` returns a dataset of dictionaries::
 
-    {"image": tensor (1, H, W) or (1, X, Y, Z), "label": long (-1 for ``unlabelled`` rows
+    {"image": float32 tensor (1, H, W) or (1, X, Y, Z), plain (no MONAI metadata), "label": long (-1 for ``unlabelled`` rows
      when the label set has real classes; float for regression),
      "case_id": manifest path, "patient_id": str, "domain": str}
 
@@ -24,7 +24,7 @@ from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
 from medtl.data.manifest import Manifest
-from medtl.data.transforms import preset
+from medtl.data.transforms import plain_tensor, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 
@@ -52,7 +52,9 @@ class Guarded(Transform):
             return {**item, ERROR_KEY: err.reason}
         except Exception as err:  # a transform failed on a file that opened: still this file's fault
             return {**item, ERROR_KEY: f"{type(err).__name__}: {err}"}
-        return out
+        # Cached as a plain tensor: nothing after the deterministic part reads the metadata, and the
+        # random part and collation run faster without it (see ``untracked_meta``).
+        return {**out, "image": plain_tensor(out["image"])}
 
 
 class ManifestDataset(TorchDataset):
@@ -74,7 +76,10 @@ class ManifestDataset(TorchDataset):
         item = self.base[self.indices[i]]
         if ERROR_KEY in item:
             raise MedtlError(item[ERROR_KEY], item["case_id"])
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        with untracked_meta():
+            return self.transform(item)
 
 
 def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str = "label",

@@ -46,7 +46,7 @@ from monai.transforms import (
 from torch.utils.data import ConcatDataset
 from torch.utils.data import Dataset as TorchDataset
 
-from medtl.data.transforms import Preset
+from medtl.data.transforms import Preset, plain_tensor, untracked_meta
 from medtl.errors import MedtlError
 
 SECOND_VIEW = "image_2"  # batch key of the second view; the first stays "image" (the trainer counts it)
@@ -175,14 +175,10 @@ class RandGaussianBlurd(RandomizableTransform, MapTransform):
 
 
 class _Plain(Transform):
-    """MetaTensor -> plain contiguous float32 tensor (collates faster; views need no metadata)."""
+    """A plain contiguous float32 tensor (collates faster; views need no metadata)."""
 
     def __call__(self, data):
-        d = dict(data)
-        x = d["image"]
-        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-        d["image"] = x.float().contiguous()
-        return d
+        return {**data, "image": plain_tensor(data["image"])}
 
 
 def view_options(modality: str, **overrides) -> dict[str, Any]:
@@ -247,7 +243,8 @@ class ViewsDataset(TorchDataset):
 
     def __getitem__(self, i: int) -> dict:
         item = self.base[i]
-        out = self.transform({"image": item["image"]})
+        with untracked_meta():
+            out = self.transform({"image": item["image"]})
         return {"image": out["image"], SECOND_VIEW: out[SECOND_VIEW], "label": torch.tensor(-1, dtype=torch.long),
                 **{k: item[k] for k in ("case_id", "patient_id", "domain") if k in item}}
 

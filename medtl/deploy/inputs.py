@@ -20,20 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor, get_track_meta, set_track_meta
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
-    NormalizeIntensity,
     NormalizeIntensityd,
     Resized,
     ResizeWithPadOrCropd,
-    ScaleIntensityRange,
-    ScaleIntensityRangePercentiles,
     ScaleIntensityRangePercentilesd,
 )
 
 from medtl.data import io
-from medtl.data.transforms import CLAHEd, LoadMedicalImaged, Preset, preset
+from medtl.data.transforms import CLAHEd, LoadMedicalImaged, Preset, preset, untracked_meta
 from medtl.deploy.discover import Series
 from medtl.errors import MedtlError
 
@@ -74,12 +71,8 @@ class SeriesLoader:
             # A plain tensor from here: the MetaTensor keeps the full-size input alive through its metadata.
             tensor = tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)
         if self.plain.transforms:
-            previous = get_track_meta()
-            set_track_meta(False)  # no metadata bookkeeping for transforms that never read it
-            try:
+            with untracked_meta():  # no metadata bookkeeping for transforms that never read it
                 tensor = self.plain({"image": tensor})["image"]
-            finally:
-                set_track_meta(previous)
         result = tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)
         return result.float().clone()
 
@@ -118,74 +111,17 @@ class SeriesLoader:
 _META_FREE = (ScaleIntensityRangePercentilesd, Resized, NormalizeIntensityd, ResizeWithPadOrCropd, CLAHEd)
 
 
-class _Percentiles(ScaleIntensityRangePercentiles):
-    """MONAI's percentile scaling with both percentiles from one ``np.percentile`` call.
-
-    MONAI computes each percentile of a tensor of up to 1 M elements with ``torch.quantile`` (a full
-    sort, twice); numpy selects (``np.partition``) once for both. Same definition (linear
-    interpolation), same values (tests/deploy/test_inputs.py compares with MONAI's own on real images).
-    """
-
-    def _normalize(self, img):
-        array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        a_min, a_max = (float(v) for v in np.percentile(array, [self.lower, self.upper]))
-        scaled = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max, clip=self.clip,
-                                     dtype=self.dtype)(img)
-        return scaled.as_tensor() if isinstance(scaled, MetaTensor) else torch.as_tensor(scaled)
-
-
-class _NonzeroZScore(NormalizeIntensity):
-    """MONAI's z-score over the nonzero voxels (``nonzero=True``), without selecting them.
-
-    MONAI gathers the nonzero voxels (a boolean index: most of a volume's preprocessing time) and
-    scatters the result back; here the mean and spread come from masked sums (in float64) and
-    ``torch.where`` writes the result: the same values up to float rounding (tests/deploy/test_inputs.py).
-    """
-
-    def _normalize(self, img, sub=None, div=None):
-        if sub is not None or div is not None or not isinstance(img, torch.Tensor):
-            return super()._normalize(img, sub, div)
-        img = img.float()
-        mask = img != 0
-        n = int(mask.sum())
-        if n == 0:
-            return img
-        mean = float(img.sum(dtype=torch.float64)) / n
-        std = float((((img.double() - mean) * mask).square().sum() / n).sqrt())
-        return torch.where(mask, (img - mean) / (std if std != 0.0 else 1.0), img)
-
-
 def _split_chain(transforms: list) -> tuple[Compose, Compose]:
     """``(with_meta, plain)``: the chain cut after its last transform that may read metadata.
 
     ``plain`` runs without MONAI's metadata tracking (a MetaTensor makes every small tensor operation
     go through Python bookkeeping: most of the preprocessing time of a 2D image, and of the masked
-    z-score of a volume). Percentile scaling in ``plain`` gets :class:`_Percentiles`, the nonzero
-    z-score :class:`_NonzeroZScore`.
+    z-score of a volume).
     """
     cut = len(transforms)
     while cut > 0 and type(transforms[cut - 1]) in _META_FREE:
         cut -= 1
-    plain = []
-    for t in transforms[cut:]:
-        scaler = getattr(t, "scaler", None)
-        if isinstance(t, ScaleIntensityRangePercentilesd) and type(scaler) is ScaleIntensityRangePercentiles \
-                and not scaler.relative and not scaler.channel_wise:
-            import copy
-
-            t = copy.copy(t)
-            t.scaler = _Percentiles(scaler.lower, scaler.upper, scaler.b_min, scaler.b_max, scaler.clip,
-                                    scaler.relative, scaler.channel_wise, scaler.dtype)
-        norm = getattr(t, "normalizer", None)
-        if isinstance(t, NormalizeIntensityd) and type(norm) is NormalizeIntensity and norm.nonzero \
-                and not norm.channel_wise and norm.subtrahend is None and norm.divisor is None \
-                and norm.dtype in (np.float32, torch.float32):
-            import copy
-
-            t = copy.copy(t)
-            t.normalizer = _NonzeroZScore(None, None, True, False, norm.dtype)
-        plain.append(t)
-    return Compose(transforms[:cut]), Compose(plain)
+    return Compose(transforms[:cut]), Compose(transforms[cut:])
 
 
 def _read_one(path: Path) -> io.Image:

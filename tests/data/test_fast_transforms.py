@@ -1,0 +1,61 @@
+"""The presets' faster transforms compute MONAI's own values, on real images.
+
+``PercentileScale`` (one ``np.percentile`` call instead of two ``torch.quantile`` sorts) and
+``NonzeroZScore`` (masked sums instead of gathering the nonzero voxels) replace MONAI's transforms
+inside the presets, so training and inference both use them; here they are checked against the MONAI
+transforms they replace, on real PNG, JPEG, DICOM and NIfTI data.
+"""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import NormalizeIntensity, ScaleIntensityRangePercentiles
+
+from medtl.data import io
+from medtl.data.transforms import NonzeroZScore, PercentileScale, preset
+
+pytestmark = pytest.mark.real_data
+
+
+def _pictures(data_root):
+    files = (sorted((data_root / "cxr_nih").rglob("*.png"))[:4] + sorted((data_root / "cxr_kermany").rglob("*.jp*g"))[:2]
+             + sorted((data_root / "mri2d_tumor4").rglob("*.jp*g"))[:3])
+    assert len(files) == 9
+    return [torch.from_numpy(io.read_picture(f).array)[None] for f in files]
+
+
+def test_percentile_scale_equals_monai(data_root):
+    dicom = next((data_root / "dicom").rglob("*.dcm"))
+    images = _pictures(data_root) + [torch.from_numpy(np.asarray(io.read_dicom(dicom).array, dtype=np.float32))[None]]
+    for lower, upper in ((0.5, 99.5), (5.0, 95.0)):
+        fast = PercentileScale(lower, upper, 0.0, 1.0, clip=True)
+        ref = ScaleIntensityRangePercentiles(lower, upper, 0.0, 1.0, clip=True)
+        for img in images:
+            a, b = fast(img), ref(img)
+            assert a.shape == b.shape and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+            torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), atol=1e-5, rtol=1e-5)
+        # a MetaTensor stays a MetaTensor with its metadata, as with MONAI's transform
+        meta = MetaTensor(images[0], meta={"filename_or_obj": "x.png"})
+        out = fast(meta)
+        assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "x.png"
+
+
+def test_nonzero_z_score_equals_monai(data_root):
+    volumes = sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[:2]
+    images = [torch.from_numpy(np.asarray(io.read_nifti(v).array, dtype=np.float32))[None] for v in volumes]
+    images += [img * (img > img.mean()) for img in _pictures(data_root)[:3]]  # 2D, with a zero background
+    ref = NormalizeIntensity(nonzero=True)
+    for img in images:
+        assert 0 < int((img == 0).sum()) < img.numel()  # both kinds of voxel are there
+        a, b = NonzeroZScore()(img), ref(img)
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), atol=2e-5, rtol=1e-5)
+        assert torch.equal(a == 0, img == 0)  # the background stays zero
+    assert torch.equal(NonzeroZScore()(torch.zeros(1, 4, 4)), torch.zeros(1, 4, 4))  # all zero: unchanged
+
+
+def test_presets_use_them():
+    det2d, _ = preset("cxr", False)
+    assert [type(getattr(t, "scaler", None)).__name__ for t in det2d].count("PercentileScale") == 1
+    det3d, _ = preset("mri3d", False)
+    assert [type(getattr(t, "normalizer", None)).__name__ for t in det3d].count("NonzeroZScore") == 1
