@@ -215,7 +215,8 @@ def predict_batch(
 
     ``workers``: DataLoader processes that read and preprocess series while the model runs; ``None``
     (default) chooses :func:`default_workers` from the usable CPUs (none on 2 cores, where measured
-    they only took CPU from the model: docs/performance.md, inference).
+    they only took CPU from the model: docs/performance.md, inference). Without workers a thread
+    reads ahead (:class:`ReadAhead`).
     """
     redactor = Redactor()
     with redacting(redactor):
@@ -271,7 +272,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
                          f"({predictor.label_names[0]}): run without --sr", "--sr")
 
     lock = OutputLock(out).acquire()
-    tmp_root = None
+    tmp_root = ahead = None
     ledger = Ledger(out)
     result = BatchResult(out)
     try:
@@ -316,6 +317,8 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         os.chmod(tmp_root, 0o700)  # whatever the umask: fetched DICOMs are patient data
         data = _Prepared(todo, loader, source, tmp_root, include_identifiers, limits)
         batches = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, collate_fn=_as_is)
+        if workers == 0:  # read the next series while the model runs on the last batch
+            batches = ahead = ReadAhead(batches, batch_size)
         writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
                             result, redactor)
         pending: list[tuple[Series, dict]] = []
@@ -346,6 +349,8 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
                         "resumes where this run stopped", str(source) if source else None)
             bar.update(_flush(pending, predictor, writer, batch_size))
     finally:
+        if ahead is not None:
+            ahead.close()  # no read may still be writing into tmp_root when it is removed
         ledger.close()  # fsyncs what the last batch wrote, also when stopped by an exception
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
@@ -359,6 +364,65 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
              result.ok + result.errors + result.duplicates, result.ok, result.errors, result.duplicates,
              out / "results.csv")
     return result
+
+
+class ReadAhead:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    Without DataLoader workers, reading and preprocessing would take turns with the model's forward
+    pass; the thread overlaps them. Decoding, numpy and torch release the GIL, so the reads fill the
+    gaps the forward pass leaves between its parallel regions (docs/performance.md, inference). An
+    exception in the thread is raised in the consumer; closing (or leaving the loop) stops the thread.
+    Resuming is unaffected: a series counts as done only when its row is written, and rows are written
+    by the consumer, so a kill loses at most what was read ahead.
+    """
+
+    _END = object()
+
+    def __init__(self, items, depth: int):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), name="medtl-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _fill(self, items) -> None:
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as err:  # noqa: BLE001 (re-raised in the consumer)
+            self._put((None, err))
+
+    def _put(self, entry) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        try:
+            while True:
+                item, err = self._queue.get()
+                if err is not None:
+                    raise err
+                if item is self._END:
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def default_workers(cpus: int | None = None) -> int:

@@ -1,0 +1,60 @@
+"""``ReadAhead``: batch inference reads the next series in a thread while the model runs."""
+
+import threading
+import time
+
+import pytest
+
+from medtl.deploy.batch import ReadAhead
+
+
+def test_items_arrive_in_order_and_the_thread_ends():
+    items = list(ReadAhead(iter(range(100)), depth=4))
+    assert items == list(range(100))
+    assert not [t for t in threading.enumerate() if t.name == "medtl-read-ahead"]
+
+
+def test_reads_run_at_most_depth_ahead():
+    produced = []
+
+    def source():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    it = iter(ReadAhead(source(), depth=3))
+    assert next(it) == 0
+    time.sleep(0.3)  # the thread fills the queue and then waits
+    # consumed 1, queued 3, and one more read that waits for room
+    assert len(produced) <= 1 + 3 + 1
+    assert list(it) == list(range(1, 50))
+
+
+def test_an_error_in_the_reader_reaches_the_consumer():
+    def source():
+        yield 1
+        raise ValueError("unreadable")
+
+    it = iter(ReadAhead(source(), depth=2))
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="unreadable"):
+        next(it)
+
+
+def test_leaving_the_loop_early_stops_the_reader():
+    produced = []
+
+    def source():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    ahead = ReadAhead(source(), depth=2)
+    for item in ahead:
+        if item == 5:
+            break
+    ahead.close()  # what the generator's finally does when the loop is left
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n < 10  # stopped, not reading the rest
+    assert not [t for t in threading.enumerate() if t.name == "medtl-read-ahead"]
