@@ -19,6 +19,7 @@ followed by a random training part (augmentation: run every epoch). Presets:
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,20 +191,41 @@ def preset(modality: str, train: bool, **options) -> tuple[list, list]:
     return det, (rand if train else [])
 
 
+# MONAI's switch for metadata tracking is one flag for the whole process: a thread that turned it off
+# would strip the affine from another thread's resampling. Whoever changes it, or runs transforms that
+# read the affine beside threads that may change it, holds this lock.
+METADATA_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def untracked_meta():
     """MONAI transforms without metadata bookkeeping (plain tensors in, plain tensors out).
 
     A MetaTensor sends every small tensor operation through Python bookkeeping: half of a 2D training
-    item's augmentation time and most of its collation. Only orientation and resampling read the
-    metadata (the affine); everything after them runs without it.
+    item's augmentation time, most of its collation and a third of its caching. Only orientation and
+    resampling read the metadata (the affine); everything after them runs without it.
     """
-    previous = get_track_meta()
-    set_track_meta(False)
-    try:
-        yield
-    finally:
-        set_track_meta(previous)
+    with METADATA_LOCK:
+        previous = get_track_meta()
+        set_track_meta(False)
+        try:
+            yield
+        finally:
+            set_track_meta(previous)
+
+
+def split_at_metadata(transforms: list) -> tuple[list, list]:
+    """``(tracked, untracked)``: a deterministic chain cut after its last transform that may read metadata.
+
+    The untracked part holds only transforms whose result does not depend on the image's metadata
+    (scaling, resizing, z-scores, CLAHE); orientation, resampling and any transform added to a preset
+    later stay in the tracked part, on a MetaTensor. Run the untracked part under :func:`untracked_meta`.
+    """
+    meta_free = (ScaleIntensityRangePercentilesd, Resized, NormalizeIntensityd, ResizeWithPadOrCropd, CLAHEd)
+    cut = len(transforms)
+    while cut > 0 and type(transforms[cut - 1]) in meta_free:
+        cut -= 1
+    return list(transforms[:cut]), list(transforms[cut:])
 
 
 def plain_tensor(x) -> torch.Tensor:

@@ -21,16 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import (
-    Compose,
-    NormalizeIntensityd,
-    Resized,
-    ResizeWithPadOrCropd,
-    ScaleIntensityRangePercentilesd,
-)
+from monai.transforms import Compose
 
 from medtl.data import io
-from medtl.data.transforms import CLAHEd, LoadMedicalImaged, Preset, preset, untracked_meta
+from medtl.data.transforms import METADATA_LOCK, LoadMedicalImaged, Preset, preset, split_at_metadata, untracked_meta
 from medtl.deploy.discover import Series
 from medtl.errors import MedtlError
 
@@ -45,7 +39,7 @@ class SeriesLoader:
                              "preprocess")
         self.chain = Compose(det[1:])  # the reference: what training ran (tests compare the split chain to it)
         self.spatial_dims = spatial_dims or Preset(preset_name).spatial_dims
-        self.with_meta, self.plain = _split_chain(det[1:])
+        self.with_meta, self.plain = (Compose(part) for part in split_at_metadata(det[1:]))
 
     def __call__(self, series: Series, files: list[Path] | None = None) -> torch.Tensor:
         files = list(files if files is not None else series.files)
@@ -63,11 +57,12 @@ class SeriesLoader:
         return batch
 
     def _prepare(self, image: io.Image) -> torch.Tensor:
-        """The preset chain on one image: the same transforms, computed faster (see :func:`_split_chain`)."""
+        """The preset chain on one image: the same transforms, computed faster (see :func:`medtl.data.transforms.split_at_metadata`)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None]
         if self.with_meta.transforms:  # transforms that read the affine (orientation, spacing) get a MetaTensor
-            tensor = self.with_meta({"image": MetaTensor(tensor, affine=torch.as_tensor(image.affine,
-                                                                                        dtype=torch.float64))})["image"]
+            with METADATA_LOCK:
+                tensor = self.with_meta({"image": MetaTensor(tensor, affine=torch.as_tensor(
+                    image.affine, dtype=torch.float64))})["image"]
             # A plain tensor from here: the MetaTensor keeps the full-size input alive through its metadata.
             tensor = tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)
         if self.plain.transforms:
@@ -104,24 +99,6 @@ class SeriesLoader:
             image = read_instances(files, series.series_uid)
         io.check_pixels(image.array, files[0])
         return image
-
-
-# Transforms whose result does not depend on the image's metadata (affine, spacing): they run on plain
-# tensors. Anything else (Orientationd, Spacingd, a transform added to a preset later) keeps its MetaTensor.
-_META_FREE = (ScaleIntensityRangePercentilesd, Resized, NormalizeIntensityd, ResizeWithPadOrCropd, CLAHEd)
-
-
-def _split_chain(transforms: list) -> tuple[Compose, Compose]:
-    """``(with_meta, plain)``: the chain cut after its last transform that may read metadata.
-
-    ``plain`` runs without MONAI's metadata tracking (a MetaTensor makes every small tensor operation
-    go through Python bookkeeping: most of the preprocessing time of a 2D image, and of the masked
-    z-score of a volume).
-    """
-    cut = len(transforms)
-    while cut > 0 and type(transforms[cut - 1]) in _META_FREE:
-        cut -= 1
-    return Compose(transforms[:cut]), Compose(transforms[cut:])
 
 
 def _read_one(path: Path) -> io.Image:

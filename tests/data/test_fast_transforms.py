@@ -59,3 +59,27 @@ def test_presets_use_them():
     assert [type(getattr(t, "scaler", None)).__name__ for t in det2d].count("PercentileScale") == 1
     det3d, _ = preset("mri3d", False)
     assert [type(getattr(t, "normalizer", None)).__name__ for t in det3d].count("NonzeroZScore") == 1
+
+
+def test_cached_items_equal_the_tracked_chain_also_from_threads(data_root):
+    """Datasets cache plain tensors through ``Guarded`` (metadata tracking off after the loader and
+    resampling); the values equal the whole preset chain run with tracking, also when the cache fills
+    from several threads (the 3D chain's resampling reads the affine that the switch could strip)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monai.transforms import Compose
+
+    from medtl.data.datasets import Guarded
+
+    cases = [("mri2d", {"image_size": 64}, sorted((data_root / "mri2d_tumor4").rglob("*.jp*g"))[:6]),
+             ("mri3d", {"spacing": (4.0, 4.0, 4.0), "volume_shape": (40, 48, 40)},
+              sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[:3])]
+    for name, options, files in cases:
+        det, _ = preset(name, False, **options)
+        reference = [Compose(det)({"image": str(f)})["image"] for f in files]
+        guarded = Guarded(det)
+        with ThreadPoolExecutor(3) as pool:
+            items = list(pool.map(lambda f: guarded({"image": str(f)}), files * 3))
+        for i, item in enumerate(items):
+            assert type(item["image"]) is torch.Tensor and item["image"].is_contiguous()
+            torch.testing.assert_close(item["image"], torch.as_tensor(reference[i % len(files)]), atol=1e-5, rtol=1e-5)
