@@ -317,7 +317,10 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         os.chmod(tmp_root, 0o700)  # whatever the umask: fetched DICOMs are patient data
         data = _Prepared(todo, loader, source, tmp_root, include_identifiers, limits)
         batches = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, collate_fn=_as_is)
-        if workers == 0:  # read the next series while the model runs on the last batch
+        # Without workers, read the next series while the model runs on the last batch. Resuming is
+        # unaffected: a series is done when this loop writes its row, so a kill loses at most the reads ahead.
+        # (Training does not read ahead: measured, the thread slowed a bf16 ResNet-18 epoch by 14%.)
+        if workers == 0:
             batches = ahead = ReadAhead(batches, batch_size)
         writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
                             result, redactor)
