@@ -42,10 +42,11 @@ def precision_dtype(policy: str, device: torch.device | str) -> torch.dtype | No
     The one policy: a checkpoint records it (meta ``precision``) and training, evaluation and
     ``medtl predict`` all resolve it here, so the deployed model computes as the evaluated one did.
     "auto" is bf16 on CUDA (fp16 where bf16 is missing) and fp32 on a CPU. bf16 on a CPU with native
-    bf16 (AVX512-BF16 or AMX) trains about 1.4x faster per step on a quiet machine, but beside other
-    CPU-bound work its oneDNN kernels slowed down 9x where fp32 slowed 1.1x, and its sums depend on the
-    thread order (two runs differ in the last bits); so it is asked for (``bf16``), not the default
-    (docs/performance.md). Autocast runs in channels-last memory (:func:`uses_channels_last`).
+    bf16 (AVX512-BF16 or AMX) trains about 1.45x faster per step on a quiet machine, but beside other
+    CPU-bound work it loses far more of its speed (``medtl demo`` beside two busy processes: 3.9x its
+    quiet time in bf16, 1.8x in fp32), and its sums depend on the thread order (two runs differ in the
+    last bits); so it is asked for (``bf16``), not the default (docs/performance.md). Autocast runs in
+    channels-last memory (:func:`uses_channels_last`).
     """
     if policy not in PRECISIONS:
         raise MedtlError(f"unknown precision {policy!r}; use one of {', '.join(PRECISIONS)}", "precision")
