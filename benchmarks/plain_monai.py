@@ -110,9 +110,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="at most this many images per split (smoke runs)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--manifest", type=Path, default=MANIFEST)
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
-    result = train_and_test(a.data_root.resolve(), epochs=a.epochs, seed=a.seed, limit=a.limit, device=a.device)
+    result = train_and_test(a.data_root.resolve(), epochs=a.epochs, image_size=a.image_size, seed=a.seed,
+                            limit=a.limit, manifest=a.manifest, device=a.device)
     print(json.dumps(result, indent=1))
     if a.out:
         a.out.write_text(json.dumps(result, indent=1))
