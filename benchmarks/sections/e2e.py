@@ -6,7 +6,7 @@ manifest's train split for training and its test split for scoring, ResNet-18 (s
 
 - plain: ``benchmarks/plain_monai.py``, written the way MONAI's tutorials write it (a CacheDataset,
   MONAI's ResNet, a standard loop); no medtl code;
-- medtl: ``medtl train --amp bf16`` (``medtl.pipeline.train.train_model``), its fastest CPU recipe:
+- medtl: ``medtl train --amp bf16``, its fastest CPU recipe:
   the same settings with bf16 autocast in channels-last memory, as a user runs it. It also scores
   the validation split every epoch, keeps the best epoch, chooses the operating threshold, and writes
   predictions, a report with bootstrap intervals and a deployable checkpoint, all inside its clock.
@@ -72,6 +72,7 @@ def test_scores(predictions: Path, label_names: list[str]) -> dict[str, float]:
 def medtl_arm(s: Settings, root: Path, manifest: Path, *, epochs: int, size: int, seed: int, amp: str = "auto") -> dict:
     """``python -m medtl train`` in its own process, as a user runs it; wall time of the whole process."""
     from medtl.engine.evaluate import precision_dtype
+    from medtl.engine.run_folder import RunFolder
 
     out = s.work_dir / "e2e" / f"medtl-{amp}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
@@ -82,8 +83,7 @@ def medtl_arm(s: Settings, root: Path, manifest: Path, *, epochs: int, size: int
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     labels = json.loads((out / "train_inputs.json").read_text())["labels"]
-    epochs_logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    best = max((r["epoch"] for r in epochs_logged if r.get("best")), default=None)
+    best = max((r["epoch"] for r in RunFolder.read_log_file(out / "metrics.jsonl") if r.get("best")), default=None)
     dtype = precision_dtype(amp, "cuda" if s.device.startswith("cuda") else "cpu")
     return {"wall_s": wall, **test_scores(out / "predictions.csv", labels), "best_epoch": best,
             "precision": str(dtype).replace("torch.", "") if dtype else "fp32"}

@@ -24,7 +24,7 @@ from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
 from medtl.data.manifest import Manifest
-from medtl.data.transforms import METADATA_LOCK, plain_tensor, preset, split_at_metadata, untracked_meta
+from medtl.data.transforms import SplitChain, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 
@@ -42,28 +42,17 @@ class Guarded(Transform):
 
     def __init__(self, transforms: list):
         self.transforms = transforms
-        self.tracked, self.untracked = split_at_metadata(transforms)
+        # Cached as a plain tensor: nothing after the deterministic part reads the metadata, and the
+        # random part and collation run faster without it (see ``untracked_meta``).
+        self.chain = SplitChain(transforms)
 
     def __call__(self, item: dict) -> dict:
-        out = item
         try:
-            # One item at a time (the cache fills in threads): the untracked part turns MONAI's
-            # process-wide metadata switch off. Caching is GIL-bound, so this costs no speed.
-            with METADATA_LOCK:
-                for t in self.tracked:
-                    out = t(out)
-                if self.untracked:
-                    out = {**out, "image": plain_tensor(out["image"])}
-                    with untracked_meta():
-                        for t in self.untracked:
-                            out = t(out)
+            return self.chain(item)
         except MedtlError as err:
             return {**item, ERROR_KEY: err.reason}
         except Exception as err:  # a transform failed on a file that opened: still this file's fault
             return {**item, ERROR_KEY: f"{type(err).__name__}: {err}"}
-        # Cached as a plain tensor: nothing after the deterministic part reads the metadata, and the
-        # random part and collation run faster without it (see ``untracked_meta``).
-        return {**out, "image": plain_tensor(out["image"])}
 
 
 class ManifestDataset(TorchDataset):

@@ -31,9 +31,11 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+import queue
 import secrets as _secrets
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,9 +385,6 @@ class ReadAhead:
     _END = object()
 
     def __init__(self, items, depth: int):
-        import queue
-        import threading
-
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(items,), name="medtl-read-ahead", daemon=True)
@@ -401,8 +400,6 @@ class ReadAhead:
             self._put((None, err))
 
     def _put(self, entry) -> bool:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._queue.put(entry, timeout=0.1)

@@ -24,7 +24,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from medtl.data import io
-from medtl.data.transforms import METADATA_LOCK, LoadMedicalImaged, Preset, preset, split_at_metadata, untracked_meta
+from medtl.data.transforms import LoadMedicalImaged, Preset, SplitChain, preset
 from medtl.deploy.discover import Series
 from medtl.errors import MedtlError
 
@@ -39,7 +39,7 @@ class SeriesLoader:
                              "preprocess")
         self.chain = Compose(det[1:])  # the reference: what training ran (tests compare the split chain to it)
         self.spatial_dims = spatial_dims or Preset(preset_name).spatial_dims
-        self.with_meta, self.plain = (Compose(part) for part in split_at_metadata(det[1:]))
+        self.steps = SplitChain(det[1:])  # the same transforms, computed the fast way
 
     def __call__(self, series: Series, files: list[Path] | None = None) -> torch.Tensor:
         files = list(files if files is not None else series.files)
@@ -57,19 +57,11 @@ class SeriesLoader:
         return batch
 
     def _prepare(self, image: io.Image) -> torch.Tensor:
-        """The preset chain on one image: the same transforms, computed faster (see :func:`medtl.data.transforms.split_at_metadata`)."""
+        """The preset chain on one image (:class:`medtl.data.transforms.SplitChain`)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None]
-        if self.with_meta.transforms:  # transforms that read the affine (orientation, spacing) get a MetaTensor
-            with METADATA_LOCK:
-                tensor = self.with_meta({"image": MetaTensor(tensor, affine=torch.as_tensor(
-                    image.affine, dtype=torch.float64))})["image"]
-            # A plain tensor from here: the MetaTensor keeps the full-size input alive through its metadata.
-            tensor = tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)
-        if self.plain.transforms:
-            with untracked_meta():  # no metadata bookkeeping for transforms that never read it
-                tensor = self.plain({"image": tensor})["image"]
-        result = tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)
-        return result.float().clone()
+        if self.steps.tracked:  # transforms that read the affine (orientation, spacing) get a MetaTensor
+            tensor = MetaTensor(tensor, affine=torch.as_tensor(image.affine, dtype=torch.float64))
+        return self.steps({"image": tensor})["image"].clone()
 
     def _images_2d(self, files: list[Path]):
         """Every usable 2D image of the files, lazily (a generator: one file decoded at a time)."""

@@ -70,8 +70,8 @@ def test_fast_2d_preprocessing_equals_the_training_chain(preset, options, data_r
     from medtl.deploy.inputs import _read_one
 
     loader = SeriesLoader(preset, options)
-    assert not loader.with_meta.transforms  # no 2D transform reads the affine
-    assert type(loader.plain.transforms[1 if options.get("clahe") else 0].scaler).__name__ == "PercentileScale"
+    assert not loader.steps.tracked  # no 2D transform reads the affine
+    assert type(loader.steps.untracked[1 if options.get("clahe") else 0].scaler).__name__ == "PercentileScale"
     files = sorted((data_root / "cxr_nih").rglob("*.png"))[:6] + sorted((data_root / "cxr_kermany").rglob("*.jp*g"))[:2]
     images = [_read_one(f) for f in files]
     images += list(loader._images_2d(list(real_series["MR10"].files)))[:3]
@@ -87,8 +87,8 @@ def test_fast_3d_preprocessing_equals_the_training_chain(data_root, real_series)
     from medtl.deploy.inputs import _read_one
 
     loader = SeriesLoader("mri3d", {})  # the defaults: RAS, 2 mm, 80x96x80
-    assert [type(t).__name__ for t in loader.with_meta.transforms] == ["Orientationd", "Spacingd"]
-    assert [type(getattr(t, "normalizer", t)).__name__ for t in loader.plain.transforms] == [
+    assert [type(t).__name__ for t in loader.steps.tracked] == ["Orientationd", "Spacingd"]
+    assert [type(getattr(t, "normalizer", t)).__name__ for t in loader.steps.untracked] == [
         "NonzeroZScore", "ResizeWithPadOrCropd"]
     nifti = sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[:2]
     images = [_read_one(f) for f in nifti] + [loader._volume(real_series["MR32"], list(real_series["MR32"].files))]

@@ -8,6 +8,13 @@ import pytest
 from medtl.deploy.batch import ReadAhead
 
 
+def _counted(n: int, produced: list):
+    """0..n-1, noting in ``produced`` each item as it is read."""
+    for i in range(n):
+        produced.append(i)
+        yield i
+
+
 def test_items_arrive_in_order_and_the_thread_ends():
     items = list(ReadAhead(iter(range(100)), depth=4))
     assert items == list(range(100))
@@ -16,13 +23,7 @@ def test_items_arrive_in_order_and_the_thread_ends():
 
 def test_reads_run_at_most_depth_ahead():
     produced = []
-
-    def source():
-        for i in range(50):
-            produced.append(i)
-            yield i
-
-    it = iter(ReadAhead(source(), depth=3))
+    it = iter(ReadAhead(_counted(50, produced), depth=3))
     assert next(it) == 0
     time.sleep(0.3)  # the thread fills the queue and then waits
     # consumed 1, queued 3, and one more read that waits for room
@@ -43,13 +44,7 @@ def test_an_error_in_the_reader_reaches_the_consumer():
 
 def test_leaving_the_loop_early_stops_the_reader():
     produced = []
-
-    def source():
-        for i in range(10_000):
-            produced.append(i)
-            yield i
-
-    ahead = ReadAhead(source(), depth=2)
+    ahead = ReadAhead(_counted(10_000, produced), depth=2)
     for item in ahead:
         if item == 5:
             break
