@@ -1,15 +1,23 @@
 """Thread pools sized to the CPUs this process may use, and polite on a shared machine.
 
 Two defaults of the CPU stack make a busy machine collapse rather than slow down: OpenMP worker threads
-spin while waiting for work (GNU libgomp's active wait policy), so with more runnable threads than cores
-each parallel region waits for spinning threads that hold the cores; and the pool is sized from the
-machine's cores, not from the process's CPU affinity or its cgroup quota (a container limited to 2 CPUs
-on a 64-core host would start 64 threads). Measured on the 2-core development machine under load 14:
-a resnet10 forward pass took 2.6 s with the defaults and 0.64 s with a passive wait policy.
+spin for a long time while waiting for work (GNU libgomp spins 300,000 rounds before it sleeps), so with
+more runnable threads than cores each parallel region waits for spinning threads that hold the cores;
+and the pool is sized from the machine's cores, not from the process's CPU affinity or its cgroup quota
+(a container limited to 2 CPUs on a 64-core host would start 64 threads). Measured on the 2-core
+development machine under load 14: a resnet10 forward pass took 2.6 s with the defaults and 0.64 s when
+the threads did not spin.
+
+Not spinning at all (``OMP_WAIT_POLICY=PASSIVE``) costs speed on a quiet machine: every parallel region
+then wakes its threads from sleep. A short spin, ``GOMP_SPINCOUNT=2000`` (some tens of microseconds),
+keeps both. Three interleaved rounds on the 2 cores (medians; docs/performance.md): a bf16 ResNet-18
+training step took 195 ms with it, 214 ms passive and 191 ms with libgomp's default spin; ``medtl demo``
+took 33 s quiet and 74 s beside two CPU-bound processes with it, 39 s and 82 s passive.
 
 ``configure_threads`` runs when medtl is imported. It only fills in what the user has not set
-(``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS``), so both can be overridden from the environment. The wait
-policy takes effect only if torch is first imported after medtl (OpenMP reads it at start-up).
+(``OMP_NUM_THREADS``; the wait: ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``), so each can
+be overridden from the environment. The wait settings take effect only if torch is first imported after
+medtl (OpenMP reads them at start-up).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ import math
 import os
 import sys
 from pathlib import Path
+
+
+SPIN_COUNT = 2000  # rounds an idle OpenMP thread spins before it sleeps (libgomp's default: 300,000)
 
 
 def cgroup_cpu_limit(cpu_max: str | None) -> int | None:
@@ -50,7 +61,9 @@ def usable_cpus() -> int:
 def configure_threads() -> int:
     """Size and calm the thread pools (see the module docstring); returns the thread count chosen."""
     n = usable_cpus()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    os.environ.setdefault("KMP_BLOCKTIME", "0")  # Intel's OpenMP (conda builds of torch) would spin 200 ms
     if n < (os.cpu_count() or n):
         os.environ.setdefault("OMP_NUM_THREADS", str(n))
     try:

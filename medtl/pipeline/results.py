@@ -13,6 +13,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from medtl.data.manifest import Manifest
@@ -149,35 +150,47 @@ def _previous_sections(out: Path, regenerated: set[str], keep: tuple[str, ...]) 
 
 
 def recommendation_section(runs: list[Path]) -> list[str]:
-    """The strategy recommendation of each run (made before training) beside what the run observed: rank
-    correlation, whether the top pick was best, and its regret; a tie is reported as a tie."""
+    """The strategy recommendation of each run (made before training) beside what the run observed, per label
+    budget: rank correlation, whether the top pick was best, and its regret; a tie is reported as a tie."""
     rows = []
     for run in runs:
         report = read_report(run / "report.json")
-        outcome = report.recommendation.outcome if report.recommendation else None
-        rec_path = run / "similarity" / "recommendation.json"
-        if not outcome or not rec_path.exists():
+        rec = report.recommendation
+        if not rec or not (rec.by_budget or rec.outcome):
             continue
-        record = json.loads(rec_path.read_text())
         name = yaml.safe_load((run / "config.yaml").read_text())["name"]
-        tie = record.get("tie") or []
-        pick = f"tie: {', '.join(tie)}" if tie else outcome.recommended
-        rows.append((name, pick, outcome))
+        if not rec.by_budget:  # a report from before the ranking was made per budget: its largest budget only
+            tie = json.loads((run / "similarity" / "recommendation.json").read_text()).get("tie") or []
+            rows.append((name, "largest", rec.outcome.model_copy(update={"tie": tie})))
+        for o in rec.by_budget:
+            budget = f"{o.n_labelled} ({o.label_fraction:.3g})" if o.n_labelled else f"{o.label_fraction:.3g}"
+            rows.append((name, budget, o))
     if not rows:
         return []
-    lines = ["## The recommendation against the outcomes", "",
-             "Each pipeline ranks its candidate strategies before training (similarity stage) and then observes "
-             "them (test metric of the first task at the largest label fraction, mean over seeds: AUROC, or MAE "
-             "for regression). Spearman and Kendall: rank correlation between the predicted order and the observed "
-             "one (undefined with fewer than 3 candidates); regret: best observed minus the pick's value.", "",
-             "| pipeline | recommended | best observed | top pick best | Spearman | Kendall | regret |",
-             "|---|---|---|---|---|---|---|"]
-    for name, pick, o in rows:
-        def num(v):
-            return "undefined" if v is None else f"{v:.3f}"
 
-        lines.append(f"| {name} | {pick} | {o.best_observed} | {'yes' if o.top1_is_best else 'no'} | "
+    def num(v):
+        return "undefined" if v is None else f"{v:.3f}"
+
+    lines = ["## The recommendation against the outcomes", "",
+             "Each pipeline ranks its candidate strategies before training (similarity stage). The ranking is made "
+             "for each label budget, since a strategy's prior depends on how many labelled cases a job has, and set "
+             "beside what the runs observed at that budget (test metric of the first task, mean over seeds: AUROC, "
+             "or MAE for regression). Spearman and Kendall: rank correlation between the predicted order and the "
+             "observed one (undefined with fewer than 3 candidates); regret: best observed minus the pick's value "
+             "(with a tie, the first tied candidate by name).", "",
+             "| pipeline | labelled cases (fraction) | recommended | best observed | top pick best | Spearman | Kendall | regret |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, budget, o in rows:
+        pick = f"tie: {', '.join(o.tie)}" if o.tie else o.recommended
+        lines.append(f"| {name} | {budget} | {pick} | {o.best_observed} | {'yes' if o.top1_is_best else 'no'} | "
                      f"{num(o.spearman)} | {num(o.kendall)} | {num(o.regret)} |")
+    rhos = [o.spearman for _, _, o in rows if o.spearman is not None]
+    regrets = [o.regret for _, _, o in rows if o.regret is not None]
+    hits = sum(bool(o.top1_is_best) for _, _, o in rows)
+    lines += ["", f"Over all {len(rows)} rows: the top pick was the best observed in {hits}; "
+              f"{sum(bool(o.tie) for _, _, o in rows)} were ties; median Spearman "
+              f"{num(float(np.median(rhos)) if rhos else None)} over the {len(rhos)} rows where it is defined; "
+              f"median regret {num(float(np.median(regrets)) if regrets else None)}."]
     return lines + [""]
 
 

@@ -9,8 +9,11 @@ Stages, in order (each writes into ``<out>/<stage>/`` and is skipped when alread
     report      predictions.csv -> report.json / .md / .html, recommendation vs outcome
 
 ``<out>/stages.json`` records each finished stage with the config it ran with. Resuming with a
-changed config refuses to mix results and names the stage (and keys) that differ. Inside
-``transfer`` every job is its own trainer run folder, so a killed job resumes from its last epoch.
+changed config refuses to mix results and names the stage (and keys) that differ, with one exception:
+a study may grow. Strategies, seeds or label fractions added to the lists (none removed, nothing else
+changed) run the new jobs only; the similarity stage ranks the longer candidate list again, and every
+stage after one that ran is run again. Inside ``transfer`` every job is its own trainer run folder, so
+a killed job resumes from its last epoch.
 
 This module sequences and records the stages; what they share is in ``context``, the checks made before
 a run in ``checks``, and one transfer job in ``jobs``.
@@ -49,7 +52,7 @@ from medtl.pipeline import jobs as transfer_jobs
 from medtl.pipeline.checks import check_before_run
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, load_pipeline
 from medtl.pipeline.context import Context, heterogeneous, modality_of, source_checkpoint
-from medtl.pipeline.jobs import TRAINING_MEAN, label_budgets, run_job, run_training_mean
+from medtl.pipeline.jobs import TRAINING_MEAN, label_budgets, labelled_rows, run_job, run_training_mean
 from medtl.plain import plain
 from medtl.progress import bar, format_seconds, logs_above_bars
 from medtl.similarity.assess import to_table
@@ -77,19 +80,24 @@ class StageBook:
 
     def check(self, stage: str, payload: dict, legacy: dict | None = None) -> bool:
         """True when ``stage`` finished with this payload; error when it ran with another. ``legacy``: the
-        same config as run folders before 2026-11-30 recorded it (defaults included), accepted as equal."""
+        same config as run folders before 2026-11-30 recorded it (defaults included), accepted as equal.
+        A payload that only grew (:data:`GROWABLE`) reopens the stage: False, and it runs again."""
         entry = self.done.get(stage)
         if entry is None:
             return False
         same = entry["digest"] == self.digest(payload) or (
             legacy is not None and _same_but_new_defaults(entry.get("payload"), legacy, payload))
+        if not same and _grown(entry.get("payload") or {}, payload, legacy):
+            self.reopen(stage, payload)
+            return False
         if not same:
             old = entry.get("payload", {})
             keys = sorted(k for k in set(old) | set(payload) if json.dumps(old.get(k), sort_keys=True, default=str)
                           != json.dumps(payload.get(k), sort_keys=True, default=str))
             raise MedtlError(
                 f"stage {stage!r} already ran with a different config (differs in: {', '.join(keys) or 'values'}); "
-                "results would mix: use a new --out folder, or delete that stage's folder and its entry in stages.json",
+                "results would mix: use a new --out folder, or delete that stage's folder and its entry in stages.json "
+                f"(adding to {', '.join(GROWABLE)} is allowed: the finished jobs are kept)",
                 self.path,
             )
         return entry.get("status") == "done"
@@ -106,6 +114,15 @@ class StageBook:
                                 "status": "running"}
             self.path.write_text(json.dumps(self.done, indent=2) + "\n")
         return 0.0 if self.done[stage].get("status") == "done" else float(self.done[stage].get("seconds") or 0)
+
+    def reopen(self, stage: str, payload: dict) -> None:
+        """Mark a stage whose inputs changed as running again under ``payload``. Only ``transfer`` keeps its
+        earlier seconds (its finished jobs stay and count); other stages redo all their work."""
+        entry = self.done[stage]
+        seconds = entry.get("seconds") if stage == "transfer" else 0.0
+        self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
+                            "status": "running", "seconds": seconds}
+        self.path.write_text(json.dumps(self.done, indent=2) + "\n")
 
     def tick(self, stage: str, seconds: float) -> None:
         """Record a running stage's time so far, so a killed and resumed run still reports its whole wall time."""
@@ -231,14 +248,21 @@ def stage_similarity(ctx: Context) -> dict:
     np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
                         domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
-    candidates = [{"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
-                   "method": spec.name, "scores": _flat_scores(results.get(enc_name, {}))}
-                  for spec in cfg.strategies for enc_name in [_encoder_name(spec)]]
-    record = recommend({"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}, candidates)
+    record = _ranking(ctx, results, n_labelled)
     (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
     (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(record["explanation"])
     return {"recommended": record["recommended"]}
+
+
+def _ranking(ctx: Context, results: dict, n_labelled: int) -> dict:
+    """The recommendation over the config's strategies from the similarity results per encoder, for a target
+    with ``n_labelled`` labelled training cases (the strategies' priors depend on it)."""
+    cfg = ctx.config
+    candidates = [{"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
+                   "method": spec.name, "scores": _flat_scores(results.get(enc_name, {}))}
+                  for spec in cfg.strategies for enc_name in [_encoder_name(spec)]]
+    return recommend({"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}, candidates)
 
 
 def _encoder_name(spec: StrategySpec) -> str:
@@ -302,17 +326,7 @@ def stage_report(ctx: Context) -> dict:
     report = Report.from_dict(evaluate_predictions(out / "predictions.csv", settings))  # the path: its source
     rec_path = out / "similarity" / "recommendation.json"
     if rec_path.exists():
-        record = json.loads(rec_path.read_text())
-        outcomes = _outcomes(report, ctx.config)
-        if outcomes:
-            by_key = {r["key"]: outcomes.get(r["strategy"]) for r in record["ranking"]}
-            comparison = compare_outcome(record, {k: v for k, v in by_key.items() if v is not None})
-            report.recommendation = Recommendation(explanation=record["explanation"], outcome=comparison)
-            report.notes.append(
-                ("Recommendation: tie between " + ", ".join(record["tie"]) if record.get("tie") else
-                 f"Recommendation: {record['recommended']}") + f". Best observed ({_outcome_metric(ctx.config)} on the "
-                f"first task, largest label fraction, mean over seeds): {comparison['best_observed']}; "
-                f"top pick was best: {comparison['top1_is_best']}; regret {_rounded(comparison['regret'])}.")
+        report.recommendation = _recommendation_vs_outcomes(ctx, report, json.loads(rec_path.read_text()))
     if ctx.config.unlabelled_target:
         report.notes.append(
             "Unsupervised adaptation: training saw no target label; each run's checkpoint was selected by the "
@@ -334,17 +348,43 @@ def _outcome_metric(cfg: PipelineConfig) -> str:
 
 
 
-def _outcomes(report: Report, cfg: PipelineConfig) -> dict[str, float]:
-    """Mean test metric per strategy for the first task at the largest label fraction (higher = better)."""
+def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> Recommendation | None:
+    """The similarity stage's ranking, made again for each label budget of the first task (a strategy's
+    prior depends on how many labels a job has), beside the test metric the runs observed at that budget."""
+    cfg, sim_path = ctx.config, ctx.out / "similarity" / "similarity.json"
+    results = json.loads(sim_path.read_text()) if sim_path.exists() else {}
+    task = cfg.tasks[0]
+    train_rows = ctx.load(cfg.target, "target", task).select(split="train").rows
+    by_budget = []
+    for budget in label_budgets(ctx, task):
+        outcomes = _outcomes(report, cfg, budget.fraction)
+        if not outcomes:
+            continue
+        n = 0 if cfg.unlabelled_target else len(labelled_rows(train_rows, budget, cfg.seeds[0], task))
+        ranked = _ranking(ctx, results, n) if results else record
+        by_key = {r["key"]: outcomes.get(r["strategy"]) for r in ranked["ranking"]}
+        comparison = compare_outcome(ranked, {k: v for k, v in by_key.items() if v is not None})
+        by_budget.append({**comparison, "label_fraction": budget.fraction, "n_labelled": n, "tie": ranked.get("tie") or []})
+    if not by_budget:
+        return None
+    last = by_budget[-1]
+    for o in by_budget:
+        pick = "tie between " + ", ".join(o["tie"]) if o["tie"] else o["recommended"]
+        report.notes.append(
+            f"Recommendation with {o['n_labelled']} labelled cases (label fraction {o['label_fraction']:.3g}): {pick}. "
+            f"Best observed ({_outcome_metric(cfg)} on the first task, mean over seeds): {o['best_observed']}; "
+            f"top pick was best: {o['top1_is_best']}; regret {_rounded(o['regret'])}.")
+    return Recommendation(explanation=record["explanation"], outcome=last, by_budget=by_budget)
+
+
+def _outcomes(report: Report, cfg: PipelineConfig, fraction: float) -> dict[str, float]:
+    """Mean test metric per strategy for the first task at label fraction ``fraction`` (higher = better)."""
     task = report.tasks.get(cfg.tasks[0].name)
     metric = _outcome_metric(cfg)
-    strategies = task.strategies if task else {}
-    fracs = [e.label_fraction for s in strategies.values() for e in s.entries() if e.label_fraction is not None]
-    frac = max(fracs, default=None)  # the largest label budget (a fraction, or count / training rows)
     found: dict[str, float] = {}
-    for name, strategy in strategies.items():
+    for name, strategy in (task.strategies if task else {}).items():
         for entry in strategy.entries():
-            if entry.label_fraction not in (None, frac):
+            if entry.label_fraction is not None and not np.isclose(entry.label_fraction, fraction):
                 continue
             m = entry.metrics.get(metric)
             if m is not None and m.value is not None:
@@ -371,6 +411,29 @@ def _same_but_new_defaults(stored: Any, full: Any, minimal: Any) -> bool:
         minimal = minimal if isinstance(minimal, list) and len(minimal) == len(full) else [None] * len(full)
         return len(stored) == len(full) and all(map(_same_but_new_defaults, stored, full, minimal))
     return json.dumps(stored, sort_keys=True, default=str) == json.dumps(full, sort_keys=True, default=str)
+
+
+# Config lists a finished study may extend: their new items add jobs and change none that ran.
+GROWABLE = ("strategies", "seeds", "label_fractions")
+
+
+def _grown(stored: dict, payload: dict, legacy: dict | None) -> bool:
+    """``payload`` equals the ``stored`` one except for :data:`GROWABLE` lists that kept every stored item
+    (in either recorded form, see :func:`_same_but_new_defaults`) and gained some."""
+    if not any(k in stored or k in payload for k in GROWABLE):
+        return False
+    trimmed = {k: v for k, v in stored.items() if k not in GROWABLE}
+    rest = {k: v for k, v in payload.items() if k not in GROWABLE}
+    full = {k: v for k, v in (legacy or {}).items() if k not in GROWABLE}
+    if StageBook.digest(trimmed) != StageBook.digest(rest) and not (
+            legacy is not None and _same_but_new_defaults(trimmed, full, rest)):
+        return False
+    for key in GROWABLE:
+        old = [json.dumps(v, sort_keys=True, default=str) for v in stored.get(key) or []]
+        new = {json.dumps(v, sort_keys=True, default=str) for src in (payload, legacy or {}) for v in src.get(key) or []}
+        if any(v not in new for v in old):
+            return False
+    return True
 
 
 def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False) -> dict[str, dict]:
@@ -415,13 +478,17 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     transfer_jobs._INNER_BARS = progress  # the per-epoch bars inside each job
     try:
         with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
+            upstream_ran = False  # a stage reads what the ones before it wrote: once one runs, the rest follow
             for stage in STAGES:
                 payload = payloads[stage]
                 if stage not in stages or (stage == "similarity" and not config.similarity.enabled):
                     continue
                 if book.check(stage, payload, legacy[stage]) and not (redo_report and stage == "report"):
-                    print(f"[{stage}] already complete: skipped")
-                    continue
+                    if not upstream_ran:
+                        print(f"[{stage}] already complete: skipped")
+                        continue
+                    book.reopen(stage, payload)
+                upstream_ran = True
                 before = book.start(stage, payload)
                 started = time.perf_counter()
                 ctx.tick = lambda: book.tick(stage, before + time.perf_counter() - started)  # noqa: B023 (called within this stage)

@@ -248,9 +248,9 @@ def compare_outcome(
         "spearman": None,
         "kendall": None,
     }
-    if len(keys) >= 3:
+    out = [observed[k] if higher_is_better else -observed[k] for k in keys]
+    if len(keys) >= 3 and len(set(out)) > 1:  # equal outcomes have no order to correlate with
         predicted = [-i for i in range(len(keys))]  # ranking order, best first
-        out = [observed[k] if higher_is_better else -observed[k] for k in keys]
         result["spearman"] = float(spearmanr(predicted, out).statistic)
         result["kendall"] = float(kendalltau(predicted, out).statistic)
     return result

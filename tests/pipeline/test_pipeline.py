@@ -36,6 +36,40 @@ def test_runs_end_to_end_then_skips_and_refuses_a_changed_config(tiny, make_conf
         run_pipeline(make_config(tiny, epochs=2), tiny / "data", out)
 
 
+def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny, make_config, tmp_path, capsys):
+    """Adding a strategy to a finished run's config runs only its jobs; the ranking and report are redone,
+    the transfer stage's wall time counts both sessions; dropping a strategy is still refused."""
+    import shutil
+
+    out = tiny / "run"
+    if not (out / "report.json").exists():
+        run_pipeline(make_config(tiny), tiny / "data", out)
+    grown = tmp_path / "grown"
+    shutil.copytree(out, grown)
+    before = json.loads((grown / "stages.json").read_text())
+    mtimes = {p: p.stat().st_mtime for p in (grown / "transfer").rglob("predictions.csv")}
+    bigger = tiny / "bigger.yaml"
+    bigger.write_text(make_config(tiny).read_text().replace("dann]", "dann, scratch]"))
+    capsys.readouterr()
+    run_pipeline(bigger, tiny / "data", grown)
+    printed = capsys.readouterr().out
+    assert printed.count("already complete") == 2  # prepare and pretrain; similarity, transfer, report ran
+    assert all(p.stat().st_mtime == t for p, t in mtimes.items())  # the finished jobs were kept as they were
+    jobs = {p.relative_to(grown / "transfer").parts[2] for p in (grown / "transfer").rglob("predictions.csv")}
+    assert jobs == {"feature_extraction", "full", "dann", "scratch"}
+    assert set(pd.read_csv(grown / "predictions.csv")["strategy"]) == jobs
+    ranked = json.loads((grown / "similarity" / "recommendation.json").read_text())["ranking"]
+    assert any(r["strategy"] == "scratch" for r in ranked)
+    after = json.loads((grown / "stages.json").read_text())
+    assert after["transfer"]["status"] == "done" and after["transfer"]["seconds"] > before["transfer"]["seconds"]
+    assert after["transfer"]["jobs"] == 8 and after["transfer"]["already_done"] == 6
+    assert "scratch" in (grown / "report.md").read_text()
+    smaller = tiny / "smaller.yaml"
+    smaller.write_text(make_config(tiny).read_text().replace(", dann]", "]"))
+    with pytest.raises(MedtlError, match="stage 'similarity'.*strategies.*adding to strategies"):
+        run_pipeline(smaller, tiny / "data", grown)
+
+
 def test_bad_configs_fail_before_training_naming_the_key(tiny, make_config):
     bad = tiny / "bad.yaml"
     bad.write_text(make_config.config.replace("EPOCHS", "1") + "learning_rate: 3\n")

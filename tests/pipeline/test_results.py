@@ -32,10 +32,55 @@ def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
     # the recommendation made before training, beside what the run observed
     import json
 
-    outcome = json.loads((out / "report.json").read_text())["recommendation"]["outcome"]
+    rec = json.loads((out / "report.json").read_text())["recommendation"]
     assert "## The recommendation against the outcomes" in page
-    row = next(line for line in page.splitlines() if line.startswith("| tiny |"))
-    assert f"| {outcome['best_observed']} |" in row and ("| yes |" if outcome["top1_is_best"] else "| no |") in row
+    assert [o["label_fraction"] for o in rec["by_budget"]] == [0.5, 1.0]  # one ranking per label budget
+    for o in rec["by_budget"]:
+        row = next(line for line in page.splitlines()
+                   if line.startswith(f"| tiny | {o['n_labelled']} ({o['label_fraction']:.3g}) |"))
+        assert f"| {o['best_observed']} |" in row and ("| yes |" if o["top1_is_best"] else "| no |") in row
+    assert f"Over all {len(rec['by_budget'])} rows" in page
+
+
+def test_the_recommendation_is_ranked_again_for_each_label_budget(tmp_path, tiny, make_config, monkeypatch):
+    """Each budget's ranking uses that budget's number of labelled cases: with all the training rows it is
+    the similarity stage's ranking; where the linear probe's prior changes between budgets, so does its score."""
+    import json
+    import shutil
+
+    from medtl.data.manifest import Manifest
+    from medtl.pipeline import run_pipeline
+    from medtl.strategies.finetune import FeatureExtraction
+
+    out = tiny / "run"
+    if not (out / "report.json").exists():
+        run_pipeline(make_config(tiny), tiny / "data", out)
+    record = json.loads((out / "similarity" / "recommendation.json").read_text())
+    full, half = json.loads((out / "report.json").read_text())["recommendation"]["by_budget"][::-1]
+    n_train = len(Manifest.load(tiny / "manifests" / "tgt.csv").select(split="train"))
+    assert full["n_labelled"] == n_train == record["target"]["n_labelled"] and 0 < half["n_labelled"] < n_train
+    assert full["recommended"] == record["recommended"] and full["tie"] == record["tie"]
+
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    # "few" labels below a threshold between the two budgets: the probe's prior (0.8 few, 0.4 many) now differs
+    monkeypatch.setattr(FeatureExtraction, "FEW_LABELS", (half["n_labelled"] + n_train) // 2 + 1)
+    run_pipeline(make_config(tiny), tiny / "data", run, redo_report=True)
+    again = json.loads((run / "report.json").read_text())["recommendation"]["by_budget"]
+    notes = json.loads((run / "report.json").read_text())["notes"]
+    assert sum(f"Recommendation with {o['n_labelled']} labelled cases" in n for o in again for n in notes) == 2
+    assert again[0]["n_labelled"] == half["n_labelled"]
+    from medtl.pipeline.runner import _ranking  # the same ranking, computed directly with each budget's count
+    from medtl.pipeline.context import Context
+    from medtl.pipeline import load_pipeline
+
+    ctx = Context(load_pipeline(make_config(tiny)), make_config(tiny), (tiny / "data").resolve(), run, None)
+    results = json.loads((run / "similarity" / "similarity.json").read_text())
+    few, many = (_ranking(ctx, results, o["n_labelled"]) for o in again)
+    probe = next(r for r in few["ranking"] if r["strategy"] == "feature_extraction")["scores"]["strategy_prior"]
+    assert probe == 0.8 and next(r for r in many["ranking"]
+                                 if r["strategy"] == "feature_extraction")["scores"]["strategy_prior"] == 0.4
+    assert [o["recommended"] for o in again] == [few["recommended"], many["recommended"]]
 
 
 def test_results_page_counts_scored_test_images_in_near_copy_groups(tmp_path, tiny, make_config):

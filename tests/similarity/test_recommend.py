@@ -56,6 +56,8 @@ def test_compare_outcome():
     assert out["best_observed"] == "cxr/densenet/coral" and not out["top1_is_best"]
     assert out["regret"] == pytest.approx(0.03)
     assert out["spearman"] == pytest.approx(0.5)
+    tied = compare_outcome(rec, {"cxr/resnet18/dann": 1.0, "cxr/densenet/coral": 1.0, "imagenet/resnet18/cdan": 1.0})
+    assert tied["spearman"] is None and tied["kendall"] is None and tied["regret"] == 0  # no order to correlate
     with pytest.raises(MedtlError):
         compare_outcome(rec, {"x": 1.0})
 

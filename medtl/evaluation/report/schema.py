@@ -152,11 +152,15 @@ class Outcome(_Node):
     regret: float | None = None
     spearman: float | None = None
     kendall: float | None = None
+    label_fraction: float | None = None  # the label budget it was ranked for and observed at
+    n_labelled: int | None = None
+    tie: list[str] = []  # the candidates the ranking could not separate (recommended is the first by name)
 
 
 class Recommendation(_Node):
     explanation: Any = None
-    outcome: Outcome | None = None
+    outcome: Outcome | None = None  # at the largest label budget
+    by_budget: list[Outcome] = []  # one per label budget, smallest first
 
 
 class Settings(_Node):
