@@ -93,6 +93,18 @@ def make_config():
     return _config
 
 
+@pytest.fixture
+def tiny_run(tiny):
+    """The tiny pipeline's finished run folder (``tiny/run``), made by the first test that needs it; tests
+    that change a run work on a copy."""
+    out = tiny / "run"
+    if not (out / "report.json").exists():
+        from medtl.pipeline import run_pipeline
+
+        run_pipeline(_config(tiny), tiny / "data", out)
+    return out
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Under CI (MEDTL_REQUIRE_DATA=1 or MEDTL_REQUIRE_SERVICES=1) any skip is a failure: the data and
     services are there, so a skipped real-data or service test means something silently did not run."""

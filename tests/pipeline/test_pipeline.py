@@ -36,14 +36,12 @@ def test_runs_end_to_end_then_skips_and_refuses_a_changed_config(tiny, make_conf
         run_pipeline(make_config(tiny, epochs=2), tiny / "data", out)
 
 
-def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny, make_config, tmp_path, capsys):
+def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny_run, tiny, make_config, tmp_path, capsys):
     """Adding a strategy to a finished run's config runs only its jobs; the ranking and report are redone,
     the transfer stage's wall time counts both sessions; dropping a strategy is still refused."""
     import shutil
 
-    out = tiny / "run"
-    if not (out / "report.json").exists():
-        run_pipeline(make_config(tiny), tiny / "data", out)
+    out = tiny_run
     grown = tmp_path / "grown"
     shutil.copytree(out, grown)
     before = json.loads((grown / "stages.json").read_text())
@@ -218,14 +216,12 @@ def test_stage_digests_ignore_values_left_at_their_defaults(tiny, make_config):
     assert digest["changed"]["pretrain"] == digest["base"]["pretrain"]
 
 
-def test_a_run_folder_from_before_a_field_was_added_still_resumes(tiny, make_config, tmp_path):
+def test_a_run_folder_from_before_a_field_was_added_still_resumes(tiny_run, tiny, make_config, tmp_path):
     """stages.json written before train.selector existed (every value recorded, no selector): accepted while
     the new field is at its default; a recorded value that differs is still refused."""
     import shutil
 
-    out = tiny / "run"
-    if not (out / "report.json").exists():
-        run_pipeline(make_config(tiny), tiny / "data", out)
+    out = tiny_run
     old = tmp_path / "old"
     shutil.copytree(out, old)
     book = json.loads((old / "stages.json").read_text())

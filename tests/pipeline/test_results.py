@@ -10,13 +10,8 @@ def test_verdict_rule():
     assert verdict(a, Metric(value=None)) == "undefined"
 
 
-def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
-    # reuse the tiny pipeline run of test_pipeline.py when it ran in this session, else make one
-    from medtl.pipeline import run_pipeline
-
-    out = tiny / "run"
-    if not (out / "report.json").exists():
-        run_pipeline(make_config(tiny), tiny / "data", out)
+def test_results_page_from_a_run_folder(tiny_run, tmp_path):
+    out = tiny_run
     (tmp_path / "results_notes").mkdir()
     (tmp_path / "results_notes" / "tiny.md").write_text("- A hand-written remark.\n")
     (tmp_path / "results_notes" / "summary.md").write_text("An overview.\n")
@@ -42,7 +37,7 @@ def test_results_page_from_a_run_folder(tmp_path, tiny, make_config):
     assert f"Over all {len(rec['by_budget'])} rows" in page
 
 
-def test_the_recommendation_is_ranked_again_for_each_label_budget(tmp_path, tiny, make_config, monkeypatch):
+def test_the_recommendation_is_ranked_again_for_each_label_budget(tiny_run, tmp_path, tiny, make_config, monkeypatch):
     """Each budget's ranking uses that budget's number of labelled cases: with all the training rows it is
     the similarity stage's ranking; where the linear probe's prior changes between budgets, so does its score."""
     import json
@@ -52,9 +47,7 @@ def test_the_recommendation_is_ranked_again_for_each_label_budget(tmp_path, tiny
     from medtl.pipeline import run_pipeline
     from medtl.strategies.finetune import FeatureExtraction
 
-    out = tiny / "run"
-    if not (out / "report.json").exists():
-        run_pipeline(make_config(tiny), tiny / "data", out)
+    out = tiny_run
     record = json.loads((out / "similarity" / "recommendation.json").read_text())
     full, half = json.loads((out / "report.json").read_text())["recommendation"]["by_budget"][::-1]
     n_train = len(Manifest.load(tiny / "manifests" / "tgt.csv").select(split="train"))
@@ -83,18 +76,15 @@ def test_the_recommendation_is_ranked_again_for_each_label_budget(tmp_path, tiny
     assert [o["recommended"] for o in again] == [few["recommended"], many["recommended"]]
 
 
-def test_results_page_counts_scored_test_images_in_near_copy_groups(tmp_path, tiny, make_config):
+def test_results_page_counts_scored_test_images_in_near_copy_groups(tiny_run, tmp_path):
     import csv
     import json
     import shutil
     from dataclasses import replace
 
     from medtl.data.manifest import Manifest
-    from medtl.pipeline import run_pipeline
 
-    out = tiny / "run"
-    if not (out / "report.json").exists():
-        run_pipeline(make_config(tiny), tiny / "data", out)
+    out = tiny_run
     run = tmp_path / "run"
     shutil.copytree(out, run)
     with open(run / "predictions.csv", newline="") as f:
@@ -116,13 +106,10 @@ def test_results_page_counts_scored_test_images_in_near_copy_groups(tmp_path, ti
     assert f"of the {len(scored)} target test images scored, 3 belong to 1 near-copy groups" in page
 
 
-def test_sections_of_pipelines_without_a_run_folder_can_be_kept_from_the_previous_page(tmp_path, tiny, make_config):
-    from medtl.pipeline import run_pipeline
+def test_sections_of_pipelines_without_a_run_folder_can_be_kept_from_the_previous_page(tiny_run, tmp_path):
     from medtl.pipeline.results import KEPT_MARK
 
-    out = tiny / "run"
-    if not (out / "report.json").exists():
-        run_pipeline(make_config(tiny), tiny / "data", out)
+    out = tiny_run
     page = tmp_path / "results.md"
     page.write_text("# Results\n\nold header\n\n## cxr_to_mri3d\n\nold 3D numbers 1.23\n\n## cxr_site_shift\n\nold cxr\n")
     text = write_results([out], page, keep=("cxr_to_mri3d",)).read_text()
