@@ -3,7 +3,7 @@
 from medtl.errors import MedtlError
 from medtl.runtime import configure_threads
 
-configure_threads()  # before anything imports torch: pools sized to this process's CPUs, no spin-waiting
+configure_threads()  # before anything imports torch: pools sized to this process's CPUs, short spins
 
 __version__ = "0.1.0"
 __all__ = ["MedtlError", "__version__"]

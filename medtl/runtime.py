@@ -15,8 +15,8 @@ training step took 195 ms with it, 214 ms passive and 191 ms with libgomp's defa
 took 33 s quiet and 74 s beside two CPU-bound processes with it, 39 s and 82 s passive.
 
 ``configure_threads`` runs when medtl is imported. It only fills in what the user has not set
-(``OMP_NUM_THREADS``; the wait: ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``), so each can
-be overridden from the environment. The wait settings take effect only if torch is first imported after
+(``OMP_NUM_THREADS``; the wait: any of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` set by
+the user leaves all three to the user), so each can be overridden from the environment. The wait settings take effect only if torch is first imported after
 medtl (OpenMP reads them at start-up).
 """
 
@@ -61,9 +61,11 @@ def usable_cpus() -> int:
 def configure_threads() -> int:
     """Size and calm the thread pools (see the module docstring); returns the thread count chosen."""
     n = usable_cpus()
-    if not any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+    if not any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
-    os.environ.setdefault("KMP_BLOCKTIME", "0")  # Intel's OpenMP (conda builds of torch) would spin 200 ms
+        # Intel's OpenMP (conda builds of torch) reads its own setting: by default it spins 200 ms; 0
+        # (sleep at once) is its passive wait, unmeasured here
+        os.environ["KMP_BLOCKTIME"] = "0"
     if n < (os.cpu_count() or n):
         os.environ.setdefault("OMP_NUM_THREADS", str(n))
     try:

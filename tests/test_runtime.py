@@ -9,7 +9,7 @@ import pytest
 from medtl.runtime import cgroup_cpu_limit, usable_cpus
 
 PROBE = ("import medtl, os, torch; print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY', '-'), "
-         "os.environ.get('GOMP_SPINCOUNT', '-'))")
+         "os.environ.get('GOMP_SPINCOUNT', '-'), os.environ.get('KMP_BLOCKTIME', '-'))")
 WAITS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
@@ -28,16 +28,16 @@ def test_an_affinity_of_one_cpu_gives_one_thread_and_a_short_spin():
     cpu = sorted(os.sched_getaffinity(0))[0]
     code = f"import os; os.sched_setaffinity(0, {{{cpu}}}); {PROBE}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True).stdout
-    assert out.split() == ["1", "-", "2000"]
+    assert out.split() == ["1", "-", "2000", "0"]
 
 
 def test_the_users_settings_win():
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
                          env=_env(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE")).stdout
-    assert out.split() == ["1", "ACTIVE", "-"]  # a wait policy of the user's: no spin count beside it
+    assert out.split() == ["1", "ACTIVE", "-", "-"]  # a wait of the user's: nothing of medtl's beside it
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
                          env=_env(GOMP_SPINCOUNT="100")).stdout
-    assert out.split()[1:] == ["-", "100"]
+    assert out.split()[1:] == ["-", "100", "-"]
 
 
 def test_torch_imported_first_is_resized_to_the_usable_cpus():

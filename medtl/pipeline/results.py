@@ -160,7 +160,8 @@ def recommendation_section(runs: list[Path]) -> list[str]:
             continue
         name = yaml.safe_load((run / "config.yaml").read_text())["name"]
         if not rec.by_budget:  # a report from before the ranking was made per budget: its largest budget only
-            tie = json.loads((run / "similarity" / "recommendation.json").read_text()).get("tie") or []
+            rec_path = run / "similarity" / "recommendation.json"
+            tie = (json.loads(rec_path.read_text()).get("tie") or []) if rec_path.exists() else []
             rows.append((name, "largest", rec.outcome.model_copy(update={"tie": tie})))
         for o in rec.by_budget:
             budget = f"{o.n_labelled} ({o.label_fraction:.3g})" if o.n_labelled else f"{o.label_fraction:.3g}"
@@ -176,8 +177,8 @@ def recommendation_section(runs: list[Path]) -> list[str]:
              "for each label budget, since a strategy's prior depends on how many labelled cases a job has, and set "
              "beside what the runs observed at that budget (test metric of the first task, mean over seeds: AUROC, "
              "or MAE for regression). Spearman and Kendall: rank correlation between the predicted order and the "
-             "observed one (undefined with fewer than 3 candidates); regret: best observed minus the pick's value "
-             "(with a tie, the first tied candidate by name).", "",
+             "observed one (undefined with fewer than 3 candidates or equal outcomes); regret: best observed minus "
+             "the pick's value (with a tie, the pick is the top-scored of the tied candidates).", "",
              "| pipeline | labelled cases (fraction) | recommended | best observed | top pick best | Spearman | Kendall | regret |",
              "|---|---|---|---|---|---|---|---|"]
     for name, budget, o in rows:
@@ -185,12 +186,10 @@ def recommendation_section(runs: list[Path]) -> list[str]:
         lines.append(f"| {name} | {budget} | {pick} | {o.best_observed} | {'yes' if o.top1_is_best else 'no'} | "
                      f"{num(o.spearman)} | {num(o.kendall)} | {num(o.regret)} |")
     rhos = [o.spearman for _, _, o in rows if o.spearman is not None]
-    regrets = [o.regret for _, _, o in rows if o.regret is not None]
     hits = sum(bool(o.top1_is_best) for _, _, o in rows)
     lines += ["", f"Over all {len(rows)} rows: the top pick was the best observed in {hits}; "
               f"{sum(bool(o.tie) for _, _, o in rows)} were ties; median Spearman "
-              f"{num(float(np.median(rhos)) if rhos else None)} over the {len(rhos)} rows where it is defined; "
-              f"median regret {num(float(np.median(regrets)) if regrets else None)}."]
+              f"{num(float(np.median(rhos)) if rhos else None)} over the {len(rhos)} rows where it is defined."]
     return lines + [""]
 
 

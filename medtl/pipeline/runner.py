@@ -78,29 +78,30 @@ class StageBook:
     def digest(payload: Any) -> str:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def check(self, stage: str, payload: dict, legacy: dict | None = None) -> bool:
-        """True when ``stage`` finished with this payload; error when it ran with another. ``legacy``: the
-        same config as run folders before 2026-11-30 recorded it (defaults included), accepted as equal.
-        A payload that only grew (:data:`GROWABLE`) reopens the stage: False, and it runs again."""
+    def check(self, stage: str, payload: dict, legacy: dict | None = None) -> str:
+        """What ``stage`` needs under this payload, changing nothing: ``"done"`` (finished with it),
+        ``"run"`` (never started, or started with it and interrupted) or ``"grown"`` (finished or started
+        with a payload this one only adds to, see :func:`_grown`); an error when it ran with another.
+        ``legacy``: the same config as run folders before 2026-11-30 recorded it (defaults included),
+        accepted as equal."""
         entry = self.done.get(stage)
         if entry is None:
-            return False
-        same = entry["digest"] == self.digest(payload) or (
-            legacy is not None and _same_but_new_defaults(entry.get("payload"), legacy, payload))
-        if not same and _grown(entry.get("payload") or {}, payload, legacy):
-            self.reopen(stage, payload)
-            return False
-        if not same:
-            old = entry.get("payload", {})
-            keys = sorted(k for k in set(old) | set(payload) if json.dumps(old.get(k), sort_keys=True, default=str)
-                          != json.dumps(payload.get(k), sort_keys=True, default=str))
-            raise MedtlError(
-                f"stage {stage!r} already ran with a different config (differs in: {', '.join(keys) or 'values'}); "
-                "results would mix: use a new --out folder, or delete that stage's folder and its entry in stages.json "
-                f"(adding to {', '.join(GROWABLE)} is allowed: the finished jobs are kept)",
-                self.path,
-            )
-        return entry.get("status") == "done"
+            return "run"
+        if entry["digest"] == self.digest(payload) or (
+                legacy is not None and _same_but_new_defaults(entry.get("payload"), legacy, payload)):
+            return "done" if entry.get("status") == "done" else "run"
+        if _grown(entry.get("payload") or {}, payload, legacy or payload):
+            return "grown"
+        old = entry.get("payload", {})
+        keys = sorted(k for k in set(old) | set(payload) if json.dumps(old.get(k), sort_keys=True, default=str)
+                      != json.dumps(payload.get(k), sort_keys=True, default=str))
+        raise MedtlError(
+            f"stage {stage!r} already ran with a different config (differs in: {', '.join(keys) or 'values'}); "
+            "results would mix: use a new --out folder, or delete that stage's folder and its entry in stages.json "
+            f"(items added to {', '.join(GROWABLE)}, keeping every earlier one and the first seed, are allowed: "
+            "only the new jobs run)",
+            self.path,
+        )
 
     def finish(self, stage: str, payload: dict, **info) -> None:
         self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
@@ -117,7 +118,8 @@ class StageBook:
 
     def reopen(self, stage: str, payload: dict) -> None:
         """Mark a stage whose inputs changed as running again under ``payload``. Only ``transfer`` keeps its
-        earlier seconds (its finished jobs stay and count); other stages redo all their work."""
+        earlier seconds (its finished jobs stay and count); other stages redo all their work, and their
+        seconds are the redo's."""
         entry = self.done[stage]
         seconds = entry.get("seconds") if stage == "transfer" else 0.0
         self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
@@ -134,9 +136,14 @@ class StageBook:
 # ----------------------------------------------------------------------------- stages
 
 
+def write_config(ctx: Context) -> None:
+    """``config.yaml``: the config the run folder's results were made with (profile applied)."""
+    (ctx.out / "config.yaml").write_text(yaml.safe_dump(ctx.config.model_dump(mode="json"), sort_keys=False))
+
+
 def stage_prepare(ctx: Context) -> dict:
     cfg = ctx.config
-    (ctx.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_config(ctx)
     env = {
         "medtl": medtl.__version__,
         "python": platform.python_version(),
@@ -356,7 +363,7 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
     task = cfg.tasks[0]
     train_rows = ctx.load(cfg.target, "target", task).select(split="train").rows
     by_budget = []
-    for budget in label_budgets(ctx, task):
+    for budget in sorted(label_budgets(ctx, task), key=lambda b: b.fraction):
         outcomes = _outcomes(report, cfg, budget.fraction)
         if not outcomes:
             continue
@@ -364,10 +371,11 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
         ranked = _ranking(ctx, results, n) if results else record
         by_key = {r["key"]: outcomes.get(r["strategy"]) for r in ranked["ranking"]}
         comparison = compare_outcome(ranked, {k: v for k, v in by_key.items() if v is not None})
-        by_budget.append({**comparison, "label_fraction": budget.fraction, "n_labelled": n, "tie": ranked.get("tie") or []})
+        by_budget.append({**comparison, "label_fraction": budget.fraction, "n_labelled": n, "tie": ranked.get("tie") or [],
+                          "ranking": [{"key": r["key"], "composite": r["composite"]} for r in ranked["ranking"]]})
     if not by_budget:
         return None
-    last = by_budget[-1]
+    last = by_budget[-1]  # the largest budget
     for o in by_budget:
         pick = "tie between " + ", ".join(o["tie"]) if o["tie"] else o["recommended"]
         report.notes.append(
@@ -417,23 +425,43 @@ def _same_but_new_defaults(stored: Any, full: Any, minimal: Any) -> bool:
 GROWABLE = ("strategies", "seeds", "label_fractions")
 
 
-def _grown(stored: dict, payload: dict, legacy: dict | None) -> bool:
-    """``payload`` equals the ``stored`` one except for :data:`GROWABLE` lists that kept every stored item
-    (in either recorded form, see :func:`_same_but_new_defaults`) and gained some."""
-    if not any(k in stored or k in payload for k in GROWABLE):
+def _grown(stored: dict, minimal: dict, full: dict) -> bool:
+    """The new payload (``minimal``: values off their defaults; ``full``: every value) equals the ``stored``
+    one (recorded in either form) except for :data:`GROWABLE` lists that kept every stored item and gained
+    at least one. A list left at its default is recorded as None and stands for the default's items."""
+    if not any(k in stored or k in minimal for k in GROWABLE):
         return False
     trimmed = {k: v for k, v in stored.items() if k not in GROWABLE}
-    rest = {k: v for k, v in payload.items() if k not in GROWABLE}
-    full = {k: v for k, v in (legacy or {}).items() if k not in GROWABLE}
-    if StageBook.digest(trimmed) != StageBook.digest(rest) and not (
-            legacy is not None and _same_but_new_defaults(trimmed, full, rest)):
+    rest = {k: v for k, v in minimal.items() if k not in GROWABLE}
+    if StageBook.digest(trimmed) != StageBook.digest(rest) and not _same_but_new_defaults(
+            trimmed, {k: v for k, v in full.items() if k not in GROWABLE}, rest):
         return False
+    gained = False
     for key in GROWABLE:
-        old = [json.dumps(v, sort_keys=True, default=str) for v in stored.get(key) or []]
-        new = {json.dumps(v, sort_keys=True, default=str) for src in (payload, legacy or {}) for v in src.get(key) or []}
-        if any(v not in new for v in old):
-            return False
-    return True
+        if key not in stored and key not in full:
+            continue  # not part of this stage's payload
+        new_full = full.get(key) or []
+        new_min = minimal.get(key) if isinstance(minimal.get(key), list) else [None] * len(new_full)
+        old = stored.get(key) if stored.get(key) is not None else _default_items(key)
+        if any(not any(_same_item(o, f, m) for f, m in zip(new_full, new_min)) for o in old):
+            return False  # an item was removed (or changed): results of jobs no longer asked for would mix in
+        gained = gained or len(new_full) > len(old)
+    return gained
+
+
+def _same_item(old: Any, full: Any, minimal: Any) -> bool:
+    """One recorded list item against one item of the new config, in either recorded form."""
+    as_json = json.dumps(old, sort_keys=True, default=str)
+    return as_json in (json.dumps(full, sort_keys=True, default=str), json.dumps(minimal, sort_keys=True, default=str)) \
+        or _same_but_new_defaults(old, full, minimal)
+
+
+def _default_items(key: str) -> list:
+    """A growable list's default items, in JSON form (what a full payload records)."""
+    field = PipelineConfig.model_fields[key]
+    if field.is_required():
+        return []
+    return json.loads(json.dumps(field.get_default(call_default_factory=True), default=str))
 
 
 def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False) -> dict[str, dict]:
@@ -478,15 +506,19 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     transfer_jobs._INNER_BARS = progress  # the per-epoch bars inside each job
     try:
         with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
+            # every stage is checked before any runs, so a refused config changes nothing in the folder
+            selected = [st for st in STAGES if st in stages and (st != "similarity" or config.similarity.enabled)]
+            needs = {st: book.check(st, payloads[st], legacy[st]) for st in selected}
+            if "grown" in needs.values():
+                write_config(ctx)  # the folder's config.yaml describes the grown study
             upstream_ran = False  # a stage reads what the ones before it wrote: once one runs, the rest follow
-            for stage in STAGES:
+            for stage in selected:
                 payload = payloads[stage]
-                if stage not in stages or (stage == "similarity" and not config.similarity.enabled):
-                    continue
-                if book.check(stage, payload, legacy[stage]) and not (redo_report and stage == "report"):
+                if needs[stage] == "done" and not (redo_report and stage == "report"):
                     if not upstream_ran:
                         print(f"[{stage}] already complete: skipped")
                         continue
+                if needs[stage] == "grown" or (needs[stage] == "done" and upstream_ran):
                     book.reopen(stage, payload)
                 upstream_ran = True
                 before = book.start(stage, payload)

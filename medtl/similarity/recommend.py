@@ -213,7 +213,7 @@ def recommend(
         "directions": {m: "higher" if directions[m] else "lower" for m in ranked_metrics},
         "ranking": rows,
         "excluded": excluded,
-        "recommended": best["key"],  # with a tie, the first of the tied options by name
+        "recommended": best["key"],  # with a tie, the top-scored of the tied options (by name when equal)
         "tie": [r["key"] for r in tied] if len(tied) > 1 else [],
         "explanation": " ".join(text),
     }

@@ -49,7 +49,9 @@ def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny_
     bigger = tiny / "bigger.yaml"
     bigger.write_text(make_config(tiny).read_text().replace("dann]", "dann, scratch]"))
     capsys.readouterr()
+    started = time.time()
     run_pipeline(bigger, tiny / "data", grown)
+    elapsed = time.time() - started
     printed = capsys.readouterr().out
     assert printed.count("already complete") == 2  # prepare and pretrain; similarity, transfer, report ran
     assert all(p.stat().st_mtime == t for p, t in mtimes.items())  # the finished jobs were kept as they were
@@ -59,13 +61,50 @@ def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny_
     ranked = json.loads((grown / "similarity" / "recommendation.json").read_text())["ranking"]
     assert any(r["strategy"] == "scratch" for r in ranked)
     after = json.loads((grown / "stages.json").read_text())
-    assert after["transfer"]["status"] == "done" and after["transfer"]["seconds"] > before["transfer"]["seconds"]
-    assert after["transfer"]["jobs"] == 8 and after["transfer"]["already_done"] == 6
+    assert after["transfer"]["status"] == "done" and after["transfer"]["jobs"] == 8 and after["transfer"]["already_done"] == 6
+    # both sessions count, each once
+    assert before["transfer"]["seconds"] < after["transfer"]["seconds"] <= before["transfer"]["seconds"] + elapsed
     assert "scratch" in (grown / "report.md").read_text()
+    assert "scratch" in (grown / "config.yaml").read_text()  # the folder's config is the grown one
+    # refused: a dropped strategy, or growth together with another change; either leaves the folder as it was
+    kept = {p: p.read_bytes() for p in (grown / "stages.json", grown / "config.yaml",
+                                        grown / "similarity" / "recommendation.json")}
     smaller = tiny / "smaller.yaml"
     smaller.write_text(make_config(tiny).read_text().replace(", dann]", "]"))
-    with pytest.raises(MedtlError, match="stage 'similarity'.*strategies.*adding to strategies"):
+    with pytest.raises(MedtlError, match="stage 'similarity'.*strategies.*items added to strategies"):
         run_pipeline(smaller, tiny / "data", grown)
+    mixed = tiny / "mixed.yaml"
+    mixed.write_text(make_config(tiny, epochs=2).read_text().replace("dann]", "dann, scratch, lp_ft]"))
+    with pytest.raises(MedtlError, match="stage 'transfer'.*train"):
+        run_pipeline(mixed, tiny / "data", grown)
+    assert all(p.read_bytes() == data for p, data in kept.items())
+
+
+def test_only_added_list_items_count_as_growth(tiny, make_config):
+    """Growth keeps every recorded item, in either recorded form, and adds one; a list left at its default
+    stands for the default's items; a reordering or a removal is not growth."""
+    from medtl.pipeline.runner import _grown, _payloads
+
+    root = (tiny / "data").resolve()
+
+    def payload(text, with_defaults=False):
+        path = tiny / "variant.yaml"
+        path.write_text(text)
+        return _payloads(load_pipeline(path), root, with_defaults)["transfer"]
+
+    base = make_config(tiny).read_text()
+    grown = base.replace("dann]", "dann, scratch]")
+    new = payload(grown), payload(grown, True)
+    assert _grown(payload(base), *new)
+    assert _grown(payload(base, True), *new)  # a run folder that recorded every value (before 2026-11-30)
+    assert not _grown(payload(base), payload(base.replace("feature_extraction, full", "full, feature_extraction")),
+                      payload(base.replace("feature_extraction, full", "full, feature_extraction"), True))
+    assert not _grown(payload(base), payload(base.replace("[feature_extraction, ", "[scratch, ")),
+                      payload(base.replace("[feature_extraction, ", "[scratch, "), True))
+    default_fractions = base.replace("label_fractions: [0.5, 1.0]\n", "")  # left at the default [1.0]
+    for fractions, ok in (("[1.0, 0.5]", True), ("[0.1, 0.5]", False)):
+        text = base.replace("label_fractions: [0.5, 1.0]", f"label_fractions: {fractions}")
+        assert _grown(payload(default_fractions), payload(text), payload(text, True)) is ok
 
 
 def test_bad_configs_fail_before_training_naming_the_key(tiny, make_config):

@@ -74,6 +74,11 @@ def test_the_recommendation_is_ranked_again_for_each_label_budget(tiny_run, tmp_
     assert probe == 0.8 and next(r for r in many["ranking"]
                                  if r["strategy"] == "feature_extraction")["scores"]["strategy_prior"] == 0.4
     assert [o["recommended"] for o in again] == [few["recommended"], many["recommended"]]
+    # the report stored each budget's own ranking: the probe's composite differs between them
+    stored = [{r["key"]: r["composite"] for r in o["ranking"]} for o in again]
+    assert stored == [{r["key"]: r["composite"] for r in x["ranking"]} for x in (few, many)]
+    key = next(r["key"] for r in few["ranking"] if r["strategy"] == "feature_extraction")
+    assert stored[0][key] > stored[1][key]
 
 
 def test_results_page_counts_scored_test_images_in_near_copy_groups(tiny_run, tmp_path):

@@ -154,7 +154,8 @@ class Outcome(_Node):
     kendall: float | None = None
     label_fraction: float | None = None  # the label budget it was ranked for and observed at
     n_labelled: int | None = None
-    tie: list[str] = []  # the candidates the ranking could not separate (recommended is the first by name)
+    tie: list[str] = []  # the candidates the ranking could not separate (recommended: the top-scored of them)
+    ranking: list[dict[str, Any]] = []  # {key, composite} per candidate, best first, as ranked for this budget
 
 
 class Recommendation(_Node):
