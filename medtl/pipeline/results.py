@@ -164,7 +164,7 @@ def recommendation_section(runs: list[Path]) -> list[str]:
             tie = (json.loads(rec_path.read_text()).get("tie") or []) if rec_path.exists() else []
             rows.append((name, "largest", rec.outcome.model_copy(update={"tie": tie})))
         for o in rec.by_budget:
-            budget = f"{o.n_labelled} ({o.label_fraction:.3g})" if o.n_labelled else f"{o.label_fraction:.3g}"
+            budget = f"{o.n_labelled} ({o.label_fraction:.3g})" if o.n_labelled else "0 (target unlabelled)"
             rows.append((name, budget, o))
     if not rows:
         return []

@@ -269,7 +269,10 @@ def _ranking(ctx: Context, results: dict, n_labelled: int) -> dict:
     candidates = [{"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
                    "method": spec.name, "scores": _flat_scores(results.get(enc_name, {}))}
                   for spec in cfg.strategies for enc_name in [_encoder_name(spec)]]
-    return recommend({"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}, candidates)
+    target = {"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}
+    if cfg.unlabelled_target:  # every job trains on the labelled source: a plain fine-tune is the source-only baseline
+        target["trains_on_source"] = True
+    return recommend(target, candidates)
 
 
 def _encoder_name(spec: StrategySpec) -> str:

@@ -70,7 +70,7 @@ def _eligibility(c: Mapping[str, Any], target: Mapping[str, Any]) -> str | None:
         return None
     n_labelled = target.get("n_labelled")
     shared = target.get("shared_labels")
-    if n_labelled == 0 and not cls.needs_target:
+    if n_labelled == 0 and not cls.needs_target and not target.get("trains_on_source"):
         return "fine-tuning needs labelled target cases and the target has none"
     if shared is False and cls.requires_shared_labels:
         return f"{c['strategy']} conditions on class predictions and needs one label set shared with the source"
@@ -103,8 +103,10 @@ def recommend(
 ) -> dict[str, Any]:
     """Rank ``candidates`` for ``target``.
 
-    ``target``: free-form description, recorded as given; used keys: ``n_labelled`` (int) and
-    ``shared_labels`` (bool, target label set = source label set).
+    ``target``: free-form description, recorded as given; used keys: ``n_labelled`` (int),
+    ``shared_labels`` (bool, target label set = source label set) and ``trains_on_source`` (bool: the
+    strategies train on the labelled source, as in unsupervised adaptation, so a plain fine-tune is the
+    source-only baseline and needs no target label).
     ``candidates``: ``{"source", "encoder", "strategy", "scores": {metric: value}}`` each (e.g. the
     ``distances`` and ``transferability`` of :func:`medtl.similarity.assess.assess`, flattened), and
     optionally ``method``, the strategy's registry name when ``strategy`` is a display label. With the

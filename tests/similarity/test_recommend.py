@@ -36,6 +36,17 @@ def test_exclusions_from_target_info():
         recommend({"n_labelled": 0, "shared_labels": False}, CANDIDATES[:2])
 
 
+def test_a_plain_fine_tune_is_the_source_only_baseline_when_the_jobs_train_on_the_source():
+    """Without target labels a fine-tune has nothing to learn from, unless the jobs train on the labelled
+    source (unsupervised adaptation): then it is the source-only baseline and is ranked with the rest."""
+    baseline = {"source": "cxr", "encoder": "resnet18", "strategy": "source_only", "method": "full",
+                "scores": {"proxy_a_distance": 1.2}}
+    alone = recommend({"n_labelled": 0, "shared_labels": True}, CANDIDATES + [baseline])
+    assert [e["key"] for e in alone["excluded"]] == ["cxr/resnet18/source_only"]
+    uda = recommend({"n_labelled": 0, "shared_labels": True, "trains_on_source": True}, CANDIDATES + [baseline])
+    assert uda["excluded"] == [] and "cxr/resnet18/source_only" in [r["key"] for r in uda["ranking"]]
+
+
 def test_distance_only_warning_and_bad_input():
     rec = recommend({}, [dict(c, scores={"mmd2": v}) for c, v in zip(CANDIDATES, (0.3, 0.1, 0.2))])
     assert rec["recommended"] == "cxr/densenet/coral"
