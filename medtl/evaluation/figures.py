@@ -143,21 +143,35 @@ def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
 
 
 def label_fraction_figure(series: Sequence[dict], metric: str, title: str,
-                          xlabel: str = "fraction of target labels used") -> bytes:
-    """``series``: label, x (fractions, or counts with their ``xlabel``), y, low, high (interval per point)."""
+                          xlabel: str = "fraction of target labels used", baseline: str | None = None) -> bytes:
+    """``series``: label, x (fractions, or counts with their ``xlabel``), y, low, high (interval per point).
+    ``baseline``: the label drawn in black, thicker, with its band, for the others to be read against.
+    Every series gets its own colour (up to 20) and the legend sits beside the axes, off the lines."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 4))
-    for s in series:
+    many = len(series) > 6
+    fig, ax = plt.subplots(figsize=(7.4 if many else 5.2, 4.2 if many else 4))
+    colours = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors
+    others = [s for s in series if s["label"] != baseline]
+    for i, s in enumerate(others + [s for s in series if s["label"] == baseline]):
         x, y = np.asarray(s["x"], dtype=float), _arr(s["y"])
         lo, hi = _arr(s["low"]), _arr(s["high"])
-        (line,) = ax.plot(x, y, marker="o", lw=1.6, label=s["label"])
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+        is_base = s["label"] == baseline
+        colour = "black" if is_base else colours[i % len(colours)]
+        ax.plot(x, y, marker="s" if is_base else "o", lw=2.4 if is_base else 1.4, color=colour, label=s["label"],
+                zorder=3 if is_base else 2)
+        # with many series only the baseline's band is drawn: a dozen overlapping bands hide each other
+        if is_base or not many:
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.15 if is_base else 0.18, lw=0)
     ax.set_xscale("log")
     ticks = sorted({float(x) for s in series for x in s["x"]})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set(xlabel=f"{xlabel} (log scale)", ylabel=metric, title=title)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.tight_layout()
+    else:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return to_png(fig)
 

@@ -299,9 +299,10 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
                                "high": [m.ci_high if m.ci_high is not None else m.value for _, m in pts]})
         figures_dir.mkdir(parents=True, exist_ok=True)
         path = figures_dir / f"{pipeline}_{name}_learning_curve.png"
-        path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}", xlabel=axis))
+        path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}", xlabel=axis, baseline=base))
         lines += [f"![{metric} by {axis}, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
-                  f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band) per strategy"
+                  f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band) per strategy; `{base}` in "
+                  "black (with more than six strategies only its band is drawn: the table below gives every interval)"
                   + (f"; as fractions of the training rows: {', '.join(f'{c} = {f:.3g}' for f, c in budget.items())}"
                      if budget else "") + ".*", ""]
     # every strategy at every budget (seed mean and 95% t-interval), then the best against the baseline
