@@ -12,7 +12,7 @@ Not spinning at all (``OMP_WAIT_POLICY=PASSIVE``) costs speed on a quiet machine
 then wakes its threads from sleep. A short spin, ``GOMP_SPINCOUNT=2000`` (some tens of microseconds),
 keeps both. Three interleaved rounds on the 2 cores (medians; docs/performance.md): a bf16 ResNet-18
 training step took 195 ms with it, 214 ms passive and 191 ms with libgomp's default spin; ``medtl demo``
-took 33 s quiet and 74 s beside two CPU-bound processes with it, 39 s and 82 s passive.
+took 33 s quiet and 74 s beside two CPU-bound processes with it, 39 s and 83 s passive.
 
 ``configure_threads`` runs when medtl is imported. It only fills in what the user has not set
 (``OMP_NUM_THREADS``; the wait: any of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` set by
