@@ -16,8 +16,8 @@ took 33 s quiet and 74 s beside two CPU-bound processes with it, 39 s and 83 s p
 
 ``configure_threads`` runs when medtl is imported. It only fills in what the user has not set
 (``OMP_NUM_THREADS``; the wait: any of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` set by
-the user leaves all three to the user), so each can be overridden from the environment. The wait settings take effect only if torch is first imported after
-medtl (OpenMP reads them at start-up).
+the user leaves all three to the user), so each can be overridden from the environment. The wait
+settings take effect only if torch is first imported after medtl (OpenMP reads them at start-up).
 """
 
 from __future__ import annotations

@@ -87,8 +87,7 @@ class StageBook:
         entry = self.done.get(stage)
         if entry is None:
             return "run"
-        if entry["digest"] == self.digest(payload) or (
-                legacy is not None and _same_but_new_defaults(entry.get("payload"), legacy, payload)):
+        if entry["digest"] == self.digest(payload) or _same_payload(entry.get("payload"), payload, legacy):
             return "done" if entry.get("status") == "done" else "run"
         if _grown(entry.get("payload") or {}, payload, legacy or payload):
             return "grown"
@@ -424,6 +423,13 @@ def _same_but_new_defaults(stored: Any, full: Any, minimal: Any) -> bool:
     return json.dumps(stored, sort_keys=True, default=str) == json.dumps(full, sort_keys=True, default=str)
 
 
+def _same_payload(stored: Any, minimal: dict, full: dict | None) -> bool:
+    """A recorded payload equals this config's (``minimal``: values off their defaults), also when it was
+    recorded in the older form with every value (compared with ``full``, see :func:`_same_but_new_defaults`)."""
+    return StageBook.digest(stored) == StageBook.digest(minimal) or (
+        full is not None and _same_but_new_defaults(stored, full, minimal))
+
+
 # Config lists a finished study may extend: their new items add jobs and change none that ran.
 GROWABLE = ("strategies", "seeds", "label_fractions")
 
@@ -434,10 +440,10 @@ def _grown(stored: dict, minimal: dict, full: dict) -> bool:
     at least one. A list left at its default is recorded as None and stands for the default's items."""
     if not any(k in stored or k in minimal for k in GROWABLE):
         return False
-    trimmed = {k: v for k, v in stored.items() if k not in GROWABLE}
-    rest = {k: v for k, v in minimal.items() if k not in GROWABLE}
-    if StageBook.digest(trimmed) != StageBook.digest(rest) and not _same_but_new_defaults(
-            trimmed, {k: v for k, v in full.items() if k not in GROWABLE}, rest):
+    def trimmed(payload: dict) -> dict:
+        return {k: v for k, v in payload.items() if k not in GROWABLE}
+
+    if not _same_payload(trimmed(stored), trimmed(minimal), trimmed(full)):
         return False
     gained = False
     for key in GROWABLE:
@@ -446,17 +452,10 @@ def _grown(stored: dict, minimal: dict, full: dict) -> bool:
         new_full = full.get(key) or []
         new_min = minimal.get(key) if isinstance(minimal.get(key), list) else [None] * len(new_full)
         old = stored.get(key) if stored.get(key) is not None else _default_items(key)
-        if any(not any(_same_item(o, f, m) for f, m in zip(new_full, new_min)) for o in old):
+        if any(not any(_same_but_new_defaults(o, f, m) for f, m in zip(new_full, new_min)) for o in old):
             return False  # an item was removed (or changed): results of jobs no longer asked for would mix in
         gained = gained or len(new_full) > len(old)
     return gained
-
-
-def _same_item(old: Any, full: Any, minimal: Any) -> bool:
-    """One recorded list item against one item of the new config, in either recorded form."""
-    as_json = json.dumps(old, sort_keys=True, default=str)
-    return as_json in (json.dumps(full, sort_keys=True, default=str), json.dumps(minimal, sort_keys=True, default=str)) \
-        or _same_but_new_defaults(old, full, minimal)
 
 
 def _default_items(key: str) -> list:
