@@ -1,5 +1,3 @@
-import sys
+from medtl.cli import run
 
-from medtl.cli import main
-
-sys.exit(main())
+run()

@@ -58,6 +58,35 @@ def usable_cpus() -> int:
     return max(1, min(n, limit or n))
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (glibc's malloc.h)
+MALLOC_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_",
+                   "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep the memory torch frees for the next step instead of handing it back.
+
+    By default glibc serves large blocks (an activation tensor) with ``mmap`` and returns them with
+    ``munmap`` when freed, and trims the heap's free top: every training step then faults its
+    activations in again, page by page, zero-filled (about 5,000 page faults per bf16 ResNet-18 step at
+    batch 32; 200 with this setting, 3-4% faster). Here every block comes from the heap and the heap is
+    never trimmed, so a process keeps its peak memory until it exits (peak memory itself does not grow).
+    Only with glibc, and only if the user has set none of glibc's malloc variables and preloads no
+    other allocator (jemalloc, tcmalloc). Returns whether it applied.
+    """
+    if any(k in os.environ for k in MALLOC_SETTINGS) or "alloc" in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl, macOS: not glibc's malloc
+            return False
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def configure_threads() -> int:
     """Size and calm the thread pools (see the module docstring); returns the thread count chosen."""
     n = usable_cpus()

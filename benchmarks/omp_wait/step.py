@@ -1,5 +1,4 @@
-import sys, time, statistics
-import medtl  # sets thread defaults first
+import time, statistics
 import torch, torch.nn as nn
 from medtl.models.encoders import build_encoder
 from medtl.engine.inference import to_channels_last, channels_last_input

@@ -77,5 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``medtl`` command: :func:`main`, then leave without tearing the interpreter down.
+
+    Unloading torch, MONAI and their thousands of modules takes about a second after every command;
+    the exit handlers (logging, worker pools, temporary files) still run first and the output is flushed.
+    """
+    import atexit
+    import os
+
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -18,8 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
@@ -125,8 +126,8 @@ def build_dataset(
 ):
     """A dataset over ``manifest`` (paths under ``data_root``) with the modality's preset chain.
 
-    ``cache``: ``"memory"`` (MONAI CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``)
-    or ``"none"``. ``preset_name`` defaults to the manifest's single modality. ``progress``: a loading bar while
+    ``cache``: ``"memory"`` (filled by :func:`fill_cache`), ``"disk"`` (PersistentDataset in ``cache_dir``)
+    or ``"none"``. ``num_workers``: processes that fill the memory cache (0: one per usable CPU). ``preset_name`` defaults to the manifest's single modality. ``progress``: a loading bar while
     the memory cache fills; by default only for more than 50 items on a terminal (a log file gets no bar lines).
     """
     if on_error not in ("raise", "skip"):
@@ -138,8 +139,7 @@ def build_dataset(
     items = manifest_items(manifest, data_root, label_column, task)
     random_part = Compose(rand) if rand else None
     if cache == "memory":
-        base = CacheDataset(items, guarded, num_workers=num_workers or None, progress=_show_progress(progress, len(items)))
-        cached = [base._cache[i] for i in range(len(items))]  # filled at construction
+        base = cached = fill_cache(items, guarded, num_workers, _show_progress(progress, len(items)))
     elif cache == "disk":
         if cache_dir is None:
             raise MedtlError("cache='disk' needs cache_dir", "cache_dir")
@@ -157,6 +157,54 @@ def build_dataset(
         _record_skipped(bad, run_dir)
     good = [i for i, c in enumerate(cached) if ERROR_KEY not in c]
     return ManifestDataset(base, random_part, good)
+
+
+_FILL: tuple | None = None  # (items, chain) of the running fill_cache, inherited by its forked workers
+MIN_ITEMS_PER_WORKER = 32  # below this a worker process costs more than it saves
+
+
+def _fill_one(i: int) -> dict:
+    items, chain = _FILL
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in chain(items[i]).items()}
+
+
+def fill_cache(items: list[dict], chain, workers: int = 0, progress: bool = False) -> list[dict]:
+    """``[chain(item) for item in items]``, computed by ``workers`` forked processes (0: one per usable CPU).
+
+    Processes, not threads: the chain holds MONAI's process-wide metadata switch (``SplitChain``), so
+    threads would run it one item at a time. Workers inherit the items and the chain when forked and
+    send back numpy arrays (tensors would travel as shared-memory handles, one open file each). One
+    torch thread per worker; results come back in order. Without ``fork`` (or with few items) it runs here.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medtl.progress import bar
+    from medtl.runtime import usable_cpus
+
+    global _FILL
+    workers = min(workers or usable_cpus(), len(items) // MIN_ITEMS_PER_WORKER)
+    out = []
+    with bar(total=len(items), desc="caching", enabled=progress, leave=False) as show:
+        if workers < 2 or "fork" not in mp.get_all_start_methods():
+            for item in items:
+                out.append(chain(item))
+                show.update(1)
+            return out
+        _FILL = (items, chain)
+        try:
+            with ProcessPoolExecutor(workers, mp.get_context("fork"), initializer=torch.set_num_threads,
+                                     initargs=(1,)) as pool:
+                for result in pool.map(_fill_one, range(len(items)), chunksize=8):
+                    out.append({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in result.items()})
+                    show.update(1)
+        except BrokenProcessPool:
+            raise MedtlError("a worker process filling the cache died (out of memory?); num_workers=1 caches "
+                             "in this process", "cache") from None
+        finally:
+            _FILL = None
+    return out
 
 
 def make_loader(dataset, batch_size: int, train: bool, seed: int, *, num_workers: int = 0, world_size: int = 1,

@@ -106,3 +106,19 @@ def test_unlabelled_rows_get_minus_one(root):
     m.rows[1] = ManifestRow("img/1.png", "unlabelled", "1", "d", "train", "mri2d")
     ds = build_dataset(m, root)
     assert [int(ds[i]["label"]) for i in range(2)] == [0, -1]
+
+
+def test_cache_filled_by_worker_processes_equals_one_process(root, tmp_path):
+    """The memory cache filled by two forked workers holds what one process computes, in order, and a
+    bad file still becomes its error entry (skip mode lists it)."""
+    paths = [f"img/{i % 4}.png" for i in range(70)] + ["img/broken.png"] + [f"img/{i % 4}.png" for i in range(3)]
+    m = _manifest(paths)
+    one = build_dataset(m, root, on_error="skip", run_dir=tmp_path / "one", num_workers=1, image_size=32)
+    two = build_dataset(m, root, on_error="skip", run_dir=tmp_path / "two", num_workers=2, image_size=32)
+    assert len(one) == len(two) == len(paths) - 1
+    for a, b in zip((one[i] for i in range(len(one))), (two[i] for i in range(len(two)))):
+        assert torch.equal(a["image"], b["image"]) and a["image"].dtype == b["image"].dtype == torch.float32
+        assert a["label"].dtype == b["label"].dtype == torch.long and int(a["label"]) == int(b["label"])
+        assert (a["case_id"], a["patient_id"], a["domain"]) == (b["case_id"], b["patient_id"], b["domain"])
+    for run in ("one", "two"):
+        assert "img/broken.png" in (tmp_path / run / "skipped.csv").read_text()

@@ -83,3 +83,32 @@ def test_cached_items_equal_the_tracked_chain_also_from_threads(data_root):
         for i, item in enumerate(items):
             assert type(item["image"]) is torch.Tensor and item["image"].is_contiguous()
             torch.testing.assert_close(item["image"], torch.as_tensor(reference[i % len(files)]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    {"prob": 0.5, "rotate_range": 0.17, "scale_range": 0.1, "translate_range": 8, "padding_mode": "border"},  # mri2d/cxr
+    {"prob": 0.9, "rotate_range": 0.3, "scale_range": (0.1, 0.2), "translate_range": (5, 9), "shear_range": 0.1,
+     "padding_mode": "zeros"},
+])
+def test_fast_rand_affine_equals_monai_draw_for_draw(data_root, options):
+    """Seeded alike, FastRandAffined gives MONAI's RandAffined images, item after item (same random
+    streams), on real images of the presets' size, square and not."""
+    from monai.transforms import RandAffined
+
+    from medtl.data.transforms import FastRandAffined, untracked_meta
+
+    images = [torch.nn.functional.interpolate(img[None].float(), size=size, mode="area")[0]
+              for img in _pictures(data_root) for size in ((128, 128), (96, 112))]
+    ref = RandAffined(["image"], **options).set_random_state(7)
+    fast = FastRandAffined(["image"], **options).set_random_state(7)
+    moved = 0
+    with untracked_meta():
+        for img in images * 3:
+            a, b = ref({"image": img})["image"], fast({"image": img})["image"]
+            assert type(b) is torch.Tensor and b.dtype == torch.float32
+            torch.testing.assert_close(torch.as_tensor(a), b, atol=1e-4 * float(img.abs().max()), rtol=1e-4)
+            moved += not torch.equal(b, img)
+    assert 0 < moved < len(images) * 3 or options["prob"] == 0.9  # some items moved, with prob 0.5 not all
+    # a MetaTensor (metadata tracked) goes to MONAI's own code and keeps its metadata
+    out = fast({"image": MetaTensor(images[0], meta={"filename_or_obj": "x.png"})})["image"]
+    assert isinstance(out, MetaTensor)
