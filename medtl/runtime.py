@@ -1,4 +1,6 @@
-"""Thread pools sized to the CPUs this process may use, and polite on a shared machine.
+"""Thread pools sized to the CPUs this process may use, polite on a shared machine; memory kept for reuse.
+
+``keep_freed_memory`` (below) stops glibc from handing every freed activation tensor back to the system.
 
 Two defaults of the CPU stack make a busy machine collapse rather than slow down: OpenMP worker threads
 spin for a long time while waiting for work (GNU libgomp spins 300,000 rounds before it sleeps), so with
