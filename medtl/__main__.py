@@ -1,3 +1,3 @@
-from medtl.cli import run
+from medtl.cli import entry
 
-run()
+entry()

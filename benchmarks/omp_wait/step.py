@@ -1,4 +1,5 @@
 import time, statistics
+import medtl  # noqa: F401 (sets thread defaults first)
 import torch, torch.nn as nn
 from medtl.models.encoders import build_encoder
 from medtl.engine.inference import to_channels_last, channels_last_input

@@ -77,21 +77,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run() -> None:
+def entry() -> None:
     """The ``medtl`` command: :func:`main`, then leave without tearing the interpreter down.
 
     Unloading torch, MONAI and their thousands of modules takes about a second after every command;
-    the exit handlers (logging, worker pools, temporary files) still run first and the output is flushed.
+    the exit handlers (logging, worker pools, temporary files) still run first and the output, Python's
+    and C's, is flushed. A thread still running (not a daemon) gets the normal exit, which waits for it.
     """
     import atexit
+    import ctypes
     import os
+    import threading
 
     code = main()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)  # C libraries' buffered output
+    except (OSError, AttributeError, TypeError):
+        pass
     os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    run()
+    entry()

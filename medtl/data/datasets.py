@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,7 @@ def build_dataset(
     """A dataset over ``manifest`` (paths under ``data_root``) with the modality's preset chain.
 
     ``cache``: ``"memory"`` (filled by :func:`fill_cache`), ``"disk"`` (PersistentDataset in ``cache_dir``)
-    or ``"none"``. ``num_workers``: processes that fill the memory cache (0: one per usable CPU). ``preset_name`` defaults to the manifest's single modality. ``progress``: a loading bar while
+    or ``"none"``. ``num_workers``: processes that fill the memory cache (0: :func:`cache_workers`). ``preset_name`` defaults to the manifest's single modality. ``progress``: a loading bar while
     the memory cache fills; by default only for more than 50 items on a terminal (a log file gets no bar lines).
     """
     if on_error not in ("raise", "skip"):
@@ -160,6 +161,7 @@ def build_dataset(
 
 
 _FILL: tuple | None = None  # (items, chain) of the running fill_cache, inherited by its forked workers
+_FILL_LOCK = threading.Lock()  # one fill at a time per process: _FILL is a module global
 MIN_ITEMS_PER_WORKER = 32  # below this a worker process costs more than it saves
 
 
@@ -168,40 +170,65 @@ def _fill_one(i: int) -> dict:
     return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in chain(items[i]).items()}
 
 
+def cache_workers(requested: int = 0) -> int:
+    """Processes for :func:`fill_cache`: ``requested``, else ``MEDTL_CACHE_WORKERS``, else this process's
+    share of the usable CPUs (under torchrun, the CPUs divided among the ranks of this machine)."""
+    import os
+
+    from medtl.runtime import usable_cpus
+
+    if requested:
+        return requested
+    if os.environ.get("MEDTL_CACHE_WORKERS", "").isdigit():
+        return max(1, int(os.environ["MEDTL_CACHE_WORKERS"]))
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, usable_cpus() // (int(ranks) if ranks.isdigit() and int(ranks) > 0 else 1))
+
+
 def fill_cache(items: list[dict], chain, workers: int = 0, progress: bool = False) -> list[dict]:
-    """``[chain(item) for item in items]``, computed by ``workers`` forked processes (0: one per usable CPU).
+    """``[chain(item) for item in items]``, computed by forked worker processes (:func:`cache_workers`).
 
     Processes, not threads: the chain holds MONAI's process-wide metadata switch (``SplitChain``), so
     threads would run it one item at a time. Workers inherit the items and the chain when forked and
-    send back numpy arrays (tensors would travel as shared-memory handles, one open file each). One
-    torch thread per worker; results come back in order. Without ``fork`` (or with few items) it runs here.
+    send back numpy arrays (tensors would travel as shared-memory handles, one open file each): the
+    chain's values must be tensors, arrays or plain objects at the top level, and the chain must run on
+    the CPU (a forked child cannot use CUDA; the presets never do). Results come back in order, with one
+    torch thread per worker. It runs in this process on one CPU, for fewer than 64 items, off Linux
+    (fork is unsafe on macOS) and inside a daemonic process (which may not have children).
     """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    from medtl.data.transforms import METADATA_LOCK
     from medtl.progress import bar
-    from medtl.runtime import usable_cpus
 
     global _FILL
-    workers = min(workers or usable_cpus(), len(items) // MIN_ITEMS_PER_WORKER)
-    out = []
-    with bar(total=len(items), desc="caching", enabled=progress, leave=False) as show:
-        if workers < 2 or "fork" not in mp.get_all_start_methods():
+    workers = min(cache_workers(workers), len(items) // MIN_ITEMS_PER_WORKER)
+    if workers < 2 or not sys.platform.startswith("linux") or mp.current_process().daemon:
+        out = []
+        with bar(total=len(items), desc="caching", enabled=progress, leave=False) as show:
             for item in items:
                 out.append(chain(item))
                 show.update(1)
-            return out
+        return out
+    # The workers fork while this thread holds the metadata lock, so no other thread is inside a chain
+    # (a child would inherit the lock taken and wait for it forever); the bar starts after the forks.
+    with _FILL_LOCK, METADATA_LOCK:
         _FILL = (items, chain)
         try:
             with ProcessPoolExecutor(workers, mp.get_context("fork"), initializer=torch.set_num_threads,
                                      initargs=(1,)) as pool:
-                for result in pool.map(_fill_one, range(len(items)), chunksize=8):
-                    out.append({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in result.items()})
-                    show.update(1)
+                results = pool.map(_fill_one, range(len(items)), chunksize=8)
+                out = []
+                with bar(total=len(items), desc="caching", enabled=progress, leave=False) as show:
+                    for result in results:
+                        out.append({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                                    for k, v in result.items()})
+                        show.update(1)
         except BrokenProcessPool:
-            raise MedtlError("a worker process filling the cache died (out of memory?); num_workers=1 caches "
-                             "in this process", "cache") from None
+            raise MedtlError("a worker process filling the cache died (out of memory?); MEDTL_CACHE_WORKERS=1 "
+                             "caches in this process", "cache") from None
         finally:
             _FILL = None
     return out

@@ -236,7 +236,8 @@ class SplitChain:
     float32 tensor. The one runner for the dataset cache and batch inference.
 
     One item at a time: the untracked part turns MONAI's process-wide metadata switch off, so the whole
-    call holds :data:`METADATA_LOCK` (caches fill in threads; caching is GIL-bound, so this costs no speed).
+    call holds :data:`METADATA_LOCK`; threads would take turns, so the memory cache is filled by worker
+    processes (``medtl.data.datasets.fill_cache``).
     """
 
     def __init__(self, transforms: list):
@@ -309,14 +310,16 @@ class FastRandAffined(RandAffined):
     per 128 px image it moves, most of a 2D training item's augmentation. Here MONAI's own draws, made
     in MONAI's order (a seed gives the same augmentations as MONAI's transform), become one 2x3 matrix
     in grid_sample's coordinates: the same images up to float rounding, in half the time
-    (tests/data/test_fast_transforms.py). Anything else (a MetaTensor, 3D, several keys, lazy
-    resampling, a fixed output size, another interpolation) runs MONAI's own code.
+    (tests/data/test_fast_transforms.py). Anything else (a MetaTensor, 3D, a GPU tensor, several keys,
+    lazy resampling, a fixed output size, another interpolation, numpy-style padding names) runs MONAI's
+    own code.
     """
 
     def __call__(self, data, lazy=None):
         img = data.get(self.keys[0]) if len(self.keys) == 1 else None
-        if not (type(img) is torch.Tensor and img.ndim == 3 and not get_track_meta() and not (lazy or self.lazy)
-                and self.rand_affine.spatial_size is None and self.mode[0] == "bilinear"):
+        if not (type(img) is torch.Tensor and img.ndim == 3 and img.device.type == "cpu" and not get_track_meta()
+                and not (lazy or self.lazy) and self.rand_affine.spatial_size is None and self.mode[0] == "bilinear"
+                and self.padding_mode[0] in ("zeros", "border", "reflection")):
             return super().__call__(data, lazy)
         d = dict(data)
         self.randomize(None)

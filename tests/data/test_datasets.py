@@ -122,3 +122,16 @@ def test_cache_filled_by_worker_processes_equals_one_process(root, tmp_path):
         assert (a["case_id"], a["patient_id"], a["domain"]) == (b["case_id"], b["patient_id"], b["domain"])
     for run in ("one", "two"):
         assert "img/broken.png" in (tmp_path / run / "skipped.csv").read_text()
+
+
+def test_cache_workers_follow_the_request_the_environment_and_the_ranks(monkeypatch):
+    from medtl.data.datasets import cache_workers
+    from medtl.runtime import usable_cpus
+
+    monkeypatch.delenv("MEDTL_CACHE_WORKERS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cache_workers(3) == 3 and cache_workers() == usable_cpus()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * usable_cpus()))  # more ranks than CPUs: one each
+    assert cache_workers() == 1
+    monkeypatch.setenv("MEDTL_CACHE_WORKERS", "1")
+    assert cache_workers() == 1 and cache_workers(2) == 2
