@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,10 @@ def test_the_command_exits_with_its_status_and_all_its_output():
 
     bare = subprocess.run([sys.executable, "-m", "medtl"], capture_output=True, text=True)  # help, status 2
     assert bare.returncode == 2 and bare.stdout == build_parser().format_help()
+    script = Path(sys.executable).with_name("medtl")  # the installed console script runs the same entry
+    assert script.exists(), "medtl is not installed as a command (pip install -e .)"
+    installed = subprocess.run([str(script)], capture_output=True, text=True)
+    assert installed.returncode == 2 and installed.stdout == bare.stdout
     bad = subprocess.run([sys.executable, "-m", "medtl", "train", "--train", "/nonexistent/x.csv", "--out", "/tmp/x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr and "/nonexistent/x.csv" in bad.stderr
