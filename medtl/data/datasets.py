@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
 from medtl.data.manifest import Manifest
-from medtl.data.transforms import SplitChain, preset, untracked_meta
+from medtl.data.transforms import METADATA_LOCK, SplitChain, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 
@@ -173,8 +174,6 @@ def _fill_one(i: int) -> dict:
 def cache_workers(requested: int = 0) -> int:
     """Processes for :func:`fill_cache`: ``requested``, else ``MEDTL_CACHE_WORKERS``, else this process's
     share of the usable CPUs (under torchrun, the CPUs divided among the ranks of this machine)."""
-    import os
-
     from medtl.runtime import usable_cpus
 
     if requested:
@@ -200,18 +199,10 @@ def fill_cache(items: list[dict], chain, workers: int = 0, progress: bool = Fals
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from medtl.data.transforms import METADATA_LOCK
-    from medtl.progress import bar
-
     global _FILL
     workers = min(cache_workers(workers), len(items) // MIN_ITEMS_PER_WORKER)
     if workers < 2 or not sys.platform.startswith("linux") or mp.current_process().daemon:
-        out = []
-        with bar(total=len(items), desc="caching", enabled=progress, leave=False) as show:
-            for item in items:
-                out.append(chain(item))
-                show.update(1)
-        return out
+        return _collected((chain(item) for item in items), len(items), progress)
     # The workers fork while this thread holds the metadata lock, so no other thread is inside a chain
     # (a child would inherit the lock taken and wait for it forever); the bar starts after the forks.
     with _FILL_LOCK, METADATA_LOCK:
@@ -219,18 +210,25 @@ def fill_cache(items: list[dict], chain, workers: int = 0, progress: bool = Fals
         try:
             with ProcessPoolExecutor(workers, mp.get_context("fork"), initializer=torch.set_num_threads,
                                      initargs=(1,)) as pool:
-                results = pool.map(_fill_one, range(len(items)), chunksize=8)
-                out = []
-                with bar(total=len(items), desc="caching", enabled=progress, leave=False) as show:
-                    for result in results:
-                        out.append({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                                    for k, v in result.items()})
-                        show.update(1)
+                results = pool.map(_fill_one, range(len(items)), chunksize=8)  # forks the workers now
+                return _collected(({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in r.items()}
+                                   for r in results), len(items), progress)
         except BrokenProcessPool:
             raise MedtlError("a worker process filling the cache died (out of memory?); MEDTL_CACHE_WORKERS=1 "
                              "caches in this process", "cache") from None
         finally:
             _FILL = None
+
+
+def _collected(results, total: int, progress: bool) -> list[dict]:
+    """The cached items, in order, with a loading bar (started only now: after the workers forked)."""
+    from medtl.progress import bar
+
+    out = []
+    with bar(total=total, desc="caching", enabled=progress, leave=False) as show:
+        for result in results:
+            out.append(result)
+            show.update(1)
     return out
 
 
