@@ -1,6 +1,6 @@
 """Diagnostic validation: predictions table -> metrics with CIs, calibration, comparisons -> reports.
 
-Three layers, MONAI-style: pure functions on arrays (metrics, calibration, bootstrap, delong,
+Three layers, MONAI-style: pure functions on arrays (metrics, calibration, bootstrap, delong, paired,
 thresholds), the predictions table that collects a run's outputs (``predictions``: built by
 ``predictions_from_arrays`` from ``medtl.engine.evaluate.predict``), and the report (evaluate + report)
 that calls them. Grad-CAM lives in ``explain``
@@ -28,6 +28,7 @@ from medtl.evaluation.metrics import (
     regression_metrics,
     roc_curve,
 )
+from medtl.evaluation.paired import PairedErrorResult, paired_error_test
 from medtl.evaluation.predictions import (
     load_predictions,
     predictions_from_arrays,
@@ -38,12 +39,13 @@ from medtl.evaluation.report import combine, combine_reports, make_report, rende
 from medtl.evaluation.thresholds import Threshold, apply_threshold, choose_threshold
 
 __all__ = [
-    "DeLongResult", "EvalSettings", "Threshold",
+    "DeLongResult", "EvalSettings", "PairedErrorResult", "Threshold",
     "apply_temperature", "apply_threshold", "auroc", "average_precision", "bootstrap", "bootstrap_ci",
     "bootstrap_counts", "brier_score", "calibration_errors", "choose_threshold", "classification_metrics",
     "combine", "combine_reports", "confusion_matrix", "delong_covariance", "delong_test", "evaluate_predictions",
     "evaluate_run", "expected_calibration_error", "fit_temperature", "load_predictions", "load_report",
-    "make_report", "maximum_calibration_error", "percentile_interval", "pr_curve", "predictions_from_arrays",
+    "make_report", "maximum_calibration_error", "paired_error_test", "percentile_interval", "pr_curve",
+    "predictions_from_arrays",
     "regression_metrics", "reliability", "render_report", "roc_curve", "seed_summary", "validate_predictions",
     "write_predictions",
 ]  # fmt: skip

@@ -31,6 +31,7 @@ from medtl.evaluation.metrics import (
     regression_metrics,
     safe_div,
 )
+from medtl.evaluation.paired import paired_error_test
 from medtl.evaluation.predictions import (
     TaskInfo,
     label_indices,
@@ -439,13 +440,12 @@ def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
     return head
 
 
-def _delong_pairs(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: dict, st: EvalSettings) -> list[dict]:
-    """DeLong tests between strategies, pairing runs with the same label fraction and seed (multiclass:
-    of the macro one-vs-rest AUROCs)."""
-    if info.kind not in ("binary", "multiclass"):
-        return []
+def _paired_comparisons(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: dict, st: EvalSettings) -> list[dict]:
+    """Paired tests between strategies on the same test cases, pairing runs with the same label fraction
+    and seed: DeLong for classification (multiclass: of the macro one-vs-rest AUROCs), the paired
+    t-test of absolute errors for regression (:func:`medtl.evaluation.paired.paired_error_test`)."""
     classes = list(info.classes)
-    if info.kind == "multiclass":
+    if info.kind != "binary":
         pos = None
     else:
         if st.positive_class is not None:
@@ -463,7 +463,8 @@ def _delong_pairs(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: dict, 
                 single = min(_n_at(runs_by_strategy[a], ra), _n_at(runs_by_strategy[b], rb)) == 1
                 if ra["seed"] != rb["seed"] and not single:
                     continue
-                out.append(_delong_one(scores[ra["run_id"]], scores[rb["run_id"]], pos, classes, a, b, ra, rb))
+                one = _mae_one if info.kind == "regression" else _delong_one
+                out.append(one(scores[ra["run_id"]], scores[rb["run_id"]], pos, classes, a, b, ra, rb))
     return out
 
 
@@ -471,19 +472,48 @@ def _n_at(runs: list[dict], run: dict) -> int:
     return sum(r["label_fraction"] == run["label_fraction"] for r in runs)
 
 
+def _paired_cases(ta: pd.DataFrame, tb: pd.DataFrame, a: str, b: str, ra: dict, rb: dict, test: str,
+                  numeric: bool = False):
+    """(comparison head, ta, tb) on the cases both runs share, in one order; the head gets a ``note``
+    (and the frames are None) when the runs cannot be paired. ``numeric``: regression targets agree when
+    equal to float32 precision (pipeline tables written before 2026-12-01 stored the model jobs'
+    targets as float32 copies)."""
+    head = {"strategy_a": a, "strategy_b": b, "run_a": ra["run_id"], "run_b": rb["run_id"], "seed": ra["seed"],
+            "label_fraction": ra["label_fraction"], "test": test}  # fmt: skip
+    common = ta.index.intersection(tb.index)
+    if len(common) != len(ta) or len(common) != len(tb):
+        head["note"] = f"not compared: the runs' test cases differ ({len(ta)} vs {len(tb)}, {len(common)} shared)"
+        return head, None, None
+    ta, tb = ta.loc[common], tb.loc[common]
+    if numeric:
+        same = np.allclose(pd.to_numeric(ta["label"]).to_numpy(float), pd.to_numeric(tb["label"]).to_numpy(float),
+                           rtol=1e-6, atol=0.0)
+    else:
+        same = (ta["label"] == tb["label"]).all()
+    if not same:
+        head["note"] = "not compared: the runs disagree on the true labels of the same cases"
+        return head, None, None
+    return head, ta, tb
+
+
+def _mae_one(ta: pd.DataFrame, tb: pd.DataFrame, pos, classes, a: str, b: str, ra: dict, rb: dict) -> dict:
+    """One paired t-test of the two runs' absolute errors (regression)."""
+    head, ta, tb = _paired_cases(ta, tb, a, b, ra, rb, "paired t-test of absolute errors, two-sided, MAE_a - MAE_b",
+                                 numeric=True)
+    if ta is None:
+        return head
+    y = pd.to_numeric(ta["label"]).to_numpy(dtype=float)
+    r = paired_error_test(y, ta["prediction"].to_numpy(dtype=float), tb["prediction"].to_numpy(dtype=float))
+    head.update(r.to_dict())
+    return head
+
+
 def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str | None, classes: list, a: str, b: str, ra: dict,
                 rb: dict) -> dict:
     """One DeLong test; ``pos`` None: multiclass, on the macro one-vs-rest AUROC over ``classes``."""
     what = "AUROC_a - AUROC_b" if pos is not None else "macro one-vs-rest AUROC_a - AUROC_b"
-    head = {"strategy_a": a, "strategy_b": b, "run_a": ra["run_id"], "run_b": rb["run_id"], "seed": ra["seed"],
-            "label_fraction": ra["label_fraction"], "test": f"DeLong, two-sided, {what}"}  # fmt: skip
-    common = ta.index.intersection(tb.index)
-    if len(common) != len(ta) or len(common) != len(tb):
-        head["note"] = f"not compared: the runs' test cases differ ({len(ta)} vs {len(tb)}, {len(common)} shared)"
-        return head
-    ta, tb = ta.loc[common], tb.loc[common]
-    if (ta["label"] != tb["label"]).any():
-        head["note"] = "not compared: the runs disagree on the true labels of the same cases"
+    head, ta, tb = _paired_cases(ta, tb, a, b, ra, rb, f"DeLong, two-sided, {what}")
+    if ta is None:
         return head
     if pos is None:
         index = {c: i for i, c in enumerate(classes)}
@@ -496,14 +526,14 @@ def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str | None, classes: li
             return head
         cols = [f"prob_{c}" for c in classes]
         head.update(delong_macro_test(y, ta[cols].to_numpy(float), tb[cols].to_numpy(float)).to_dict(),
-                    n_cases=len(common))
+                    n_cases=len(ta))
         return head
     y = (ta["label"] == pos).to_numpy()
     if y.all() or not y.any():
         head["note"] = "not compared: the test set holds one class, AUROC is undefined"
         return head
     col = f"prob_{pos}"
-    head.update(delong_test(y, ta[col].to_numpy(float), tb[col].to_numpy(float)).to_dict(), n_cases=len(common))
+    head.update(delong_test(y, ta[col].to_numpy(float), tb[col].to_numpy(float)).to_dict(), n_cases=len(ta))
     return head
 
 
@@ -554,9 +584,7 @@ def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kw
             t["strategies"][str(strategy)] = entry
             for r in runs:
                 t["notes"].extend(n for n in r["notes"] if n not in t["notes"])
-        t["comparisons"] = _delong_pairs(rows_t, info, runs_by_strategy, st)
-        if info.kind == "multiclass" and len(runs_by_strategy) > 1:
-            t["notes"].append("DeLong comparisons are made for binary tasks only")
+        t["comparisons"] = _paired_comparisons(rows_t, info, runs_by_strategy, st)
         report["tasks"][str(task)] = t
     return plain(report, "report")
 

@@ -162,7 +162,11 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
                       run_id=f"{task.name}/{spec.display}/{budget.name}/seed{seed}", strategy=spec.display,
                       task=task.name, seed=seed, label_fraction=fraction)
         if head_task == "regression":
-            tables.append(predictions_from_arrays(out["case_id"], out["label"], prediction=out["prob"], **common))
+            # the manifest's targets, not their float32 copies from the batches: the training-mean baseline
+            # writes the same cases' targets, and the paired tests compare the two tables case by case
+            truth = {r.path: float(r.label) for r in part.rows}
+            labels = np.array([truth[c] for c in out["case_id"]])
+            tables.append(predictions_from_arrays(out["case_id"], labels, prediction=out["prob"], **common))
         else:
             tables.append(predictions_from_arrays(out["case_id"], out["label"], out["prob"],
                                                   class_names=target.label_names, logits=out["logits"], **common))

@@ -176,21 +176,35 @@ def recommendation_section(runs: list[Path]) -> list[str]:
              "Each pipeline ranks its candidate strategies before training (similarity stage). The ranking is made "
              "for each label budget, since a strategy's prior depends on how many labelled cases a job has, and set "
              "beside what the runs observed at that budget (test metric of the first task, mean over seeds: AUROC, "
-             "or MAE for regression). Spearman and Kendall: rank correlation between the predicted order and the "
-             "observed one (undefined with fewer than 3 candidates or equal outcomes); regret: best observed minus "
-             "the pick's value (with a tie, the pick is the top-scored of the tied candidates).", "",
+             "or MAE for regression). Spearman and Kendall: rank correlation between the candidates' composite "
+             "scores and their observed values, equal scores sharing a rank (undefined with fewer than 3 candidates, "
+             "equal outcomes, or one score for all); top pick best: *tie* where the ranking could not separate its "
+             "top candidates, *all equal* where every candidate observed the same value (neither counts as a hit); "
+             "regret: best observed minus the pick's value (with a tie, the pick is the top-scored of the tied "
+             "candidates, by name where the scores are equal).", "",
              "| pipeline | labelled cases (fraction) | recommended | best observed | top pick best | Spearman | Kendall | regret |",
              "|---|---|---|---|---|---|---|---|"]
     for name, budget, o in rows:
         pick = f"tie: {', '.join(o.tie)}" if o.tie else o.recommended
-        lines.append(f"| {name} | {budget} | {pick} | {o.best_observed} | {'yes' if o.top1_is_best else 'no'} | "
+        best = f"tie: {', '.join(o.best_observed_tie)}" if o.best_observed_tie else o.best_observed
+        lines.append(f"| {name} | {budget} | {pick} | {best} | {_hit(o)} | "
                      f"{num(o.spearman)} | {num(o.kendall)} | {num(o.regret)} |")
     rhos = [o.spearman for _, _, o in rows if o.spearman is not None]
-    hits = sum(bool(o.top1_is_best) for _, _, o in rows)
+    hits = sum(_hit(o) == "yes" for _, _, o in rows)
     lines += ["", f"Over all {len(rows)} rows: the top pick was the best observed in {hits}; "
-              f"{sum(bool(o.tie) for _, _, o in rows)} were ties; median Spearman "
+              f"{sum(bool(o.tie) for _, _, o in rows)} were ties of the ranking, "
+              f"{sum(_hit(o) == 'all equal' for _, _, o in rows)} had every outcome equal; median Spearman "
               f"{num(float(np.median(rhos)) if rhos else None)} over the {len(rhos)} rows where it is defined."]
     return lines + [""]
+
+
+def _hit(o) -> str:
+    """Was the recommendation the best observed: yes, no, tie (the ranking picked none) or all equal."""
+    if o.tie:
+        return "tie"
+    if o.top1_is_best is None:
+        return "all equal" if o.best_observed_tie else "undefined"
+    return "yes" if o.top1_is_best else "no"
 
 
 def _mean_ci(values: list[float]) -> str:
@@ -311,11 +325,11 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
     for s_name, s in task.strategies.items():  # with the training-mean baseline of a regression task
         pts = {e.label_fraction: e.metrics.get(metric) for e in s.entries()}
         lines.append(f"| `{s_name}` | " + " | ".join(_fmt(pts.get(f)) for f in fractions) + " |")
-    lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds).*", ""]
-    delong = task.kind != "regression"
-    lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin |"
-              + (" DeLong per seed |" if delong else ""),
-              "|---|---|---|---|---|---|" + ("---|" if delong else "")]
+    lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds; where a budget "
+              "ran one seed, that run's bootstrap interval over the test cases).*", ""]
+    test_name = "paired t-test" if lower else "DeLong"
+    lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin | "
+              f"{test_name} per seed |", "|---|---|---|---|---|---|---|"]
     for f in fractions:
         b = by[base].get(f)
         others = [(s_name, pts.get(f)) for s_name, pts in by.items()
@@ -331,22 +345,23 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
             judged = verdict(best, b)
         row = (f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | `{best_name}` | {_fmt(best)} | {judged} | "
                + (f"{margin:+.3f}" if margin is not None else "-") + " |")
-        if delong:
-            row += f" {_delong_counts(task, best_name, base, f) or '-'} |"
+        row += f" {_seed_test_counts(task, best_name, base, f) or '-'} |"
         lines.append(row)
     lines += ["", (f"*Interval margin: `{base}`'s lower 95% bound minus the best strategy's upper bound"
                    if lower else f"*Interval margin: the best strategy's lower 95% bound minus `{base}`'s upper bound")
               + "; positive means the intervals do not overlap (it beat the baseline), negative is by how much it "
-              "missed." + (" DeLong: two-sided test of the two AUROCs (multiclass: macro one-vs-rest) on the same "
-                           "test cases in each seed; how many seeds found the best strategy higher or lower at "
-                           "p < 0.05, of those tested." if delong else "") + "*", ""]
+              "missed. " + ("Paired t-test: two-sided test of the two MAEs by the per-case absolute errors"
+                            if lower else "DeLong: two-sided test of the two AUROCs (multiclass: macro one-vs-rest)")
+              + " on the same test cases in each seed; how many seeds found the best strategy's "
+              + ("MAE" if lower else "AUROC") + " higher or lower at p < 0.05, of those tested.*", ""]
     return lines
 
 
-def _delong_counts(task: Task, a: str, base: str, fraction: float | None) -> str | None:
-    """``a`` against ``base`` at one label budget, by DeLong per seed: how many seeds found ``a`` higher
-    and how many lower at p < 0.05 (a two-sided p alone would count a significant loss as a win); None
-    when no seed was tested."""
+def _seed_test_counts(task: Task, a: str, base: str, fraction: float | None) -> str | None:
+    """``a`` against ``base`` at one label budget, by the paired test per seed (DeLong's for AUROC, the
+    paired t-test of absolute errors for MAE): how many seeds found ``a``'s metric higher and how many
+    lower at p < 0.05 (a two-sided p alone would count a significant loss as a win); None when no seed
+    was tested."""
     tests = [c for c in task.comparisons if {c.strategy_a, c.strategy_b} == {a, base}
              and c.label_fraction == fraction and c.p_value is not None]
     if not tests:
@@ -355,24 +370,30 @@ def _delong_counts(task: Task, a: str, base: str, fraction: float | None) -> str
     signed = [(c.difference if c.strategy_a == a else -c.difference, c.p_value) for c in tests]
     higher = sum(d > 0 and p < 0.05 for d, p in signed)
     lower = sum(d < 0 and p < 0.05 for d, p in signed)
-    return f"higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05)"
+    what = "MAE " if task.kind == "regression" else ""
+    return f"{what}higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05)"
 
 
 def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:
-    """A strategy's seed-level metrics; for runs that are all identical (the training-mean baseline, whose
-    t-interval over seeds has zero width) the first run's bootstrap intervals over the test cases."""
-    runs = strategy.runs
-    values = {json.dumps(m.model_dump() if (m := r.metrics.get("mae")) else None, sort_keys=True) for r in runs}
-    return runs[0].metrics if len(runs) > 1 and len(values) == 1 else strategy.metrics
+    """A strategy's headline metrics; when its runs at the headline budget all reached the same MAE, the
+    t-interval over seeds has zero width and says nothing, so the representative run's bootstrap intervals
+    over the test cases stand in. (The training-mean baseline: on an even-sized test set every constant
+    between the two middle targets has the same MAE, so seeds that draw different labelled rows agree.)"""
+    runs = [r for r in strategy.runs if r.label_fraction == strategy.label_fraction]
+    maes = {round(m.value, 9) for r in runs if (m := r.metrics.get("mae")) is not None and m.value is not None}
+    return strategy.representative().metrics if len(runs) > 1 and len(maes) == 1 else strategy.metrics
 
 
-def _against_training_mean(strategies: dict[str, Strategy]) -> list[str]:
-    """Each regression strategy's MAE against the trivial baseline that predicts the training mean."""
+def _against_training_mean(task: Task) -> list[str]:
+    """Each regression strategy's MAE against the trivial baseline that predicts the training mean: by the
+    intervals, and by the paired t-test of absolute errors per seed."""
+    strategies = task.strategies
     base = _regression_metrics(strategies[TRAINING_MEAN]).get("mae") if TRAINING_MEAN in strategies else None
     if not base or base.value is None:
         return []
     lines = [f"Compared with `{TRAINING_MEAN}` (every case predicted as the mean of the labelled training targets; "
-             f"MAE {base.value:.2f}; strategies: seed-mean MAE, 95% intervals):", ""]
+             f"MAE {base.value:.2f}; strategies: seed-mean MAE and its 95% t-interval over seeds; paired t-test of "
+             "absolute errors per seed on the same test cases):", ""]
     for s_name, s in strategies.items():
         if s_name == TRAINING_MEAN:
             continue
@@ -380,8 +401,9 @@ def _against_training_mean(strategies: dict[str, Strategy]) -> list[str]:
         if m is None or m.value is None:
             continue
         below = "below" if m.value < base.value else "NOT below"
+        tested = _seed_test_counts(task, s_name, TRAINING_MEAN, s.label_fraction)
         lines.append(f"- `{s_name}`: MAE {m.value:.2f} vs {base.value:.2f} ({below} the baseline mean; "
-                     f"{_lower_is_better_verdict(m, base)})")
+                     f"{_lower_is_better_verdict(m, base)})" + (f"; paired t-test: {tested}" if tested else ""))
     return lines + [""]
 
 
@@ -422,10 +444,10 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                 identical.append(s_name)
             lines.append(f"| {s_name} | {s.n_runs} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")
-        note = [f"{', '.join(f'`{n}`' for n in identical)} predicts the same values in every seed (the same "
-                "labelled rows), so its interval is its runs' bootstrap interval over the test cases, not a "
-                "t-interval over seeds.", ""]
-        return lines + [""] + (note if identical else []) + _against_training_mean(strategies)
+        note = [f"{', '.join(f'`{n}`' for n in identical)}: every seed reached the same MAE, so the interval "
+                "shown is its representative run's bootstrap interval over the test cases (sampling of the test "
+                "cases), not a t-interval over seeds (zero width).", ""]
+        return lines + [""] + (note if identical else []) + _against_training_mean(task)
     multiclass = task.kind == "multiclass"
     head = "| strategy | label budget | runs | n test | AUROC" + (" (macro)" if multiclass else "")
     head += " | balanced accuracy |" + ("" if multiclass else " sensitivity | specificity |")
@@ -454,11 +476,13 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                     continue
                 a_m, b_m = e.metrics.get("auroc"), b.metrics.get("auroc")
                 diff = (a_m.value - b_m.value) if a_m and b_m and None not in (a_m.value, b_m.value) else None
-                tested = _delong_counts(task, s_name, base, e.label_fraction)
+                tested = _seed_test_counts(task, s_name, base, e.label_fraction)
                 delong = f"; DeLong: {tested}" if tested else ""
                 at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
+                single = " (one run: bootstrap intervals over the test cases)" if min(e.n_runs, b.n_runs) == 1 else ""
                 lines.append(f"- `{s_name}` at {at}: "
-                             f"{verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + delong)
+                             f"{verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + single
+                             + delong)
         lines.append("")
     return lines
 
@@ -491,10 +515,23 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         "report.json; every number in the generated sections and figures comes from those files. Hand-written notes "
         f"(from `{notes_dir.as_posix()}/<pipeline>.md`) say so in their heading and only quote those numbers. "
         "Verdict rule: a strategy *helped* over the baseline "
-        "when the 95% intervals of the seed-mean AUROC do not overlap and its mean is higher, *did worse* when they "
-        "do not overlap and its mean is lower, and is *inconclusive* otherwise. These are CPU-profile runs (small "
-        "images, few epochs, capped data) unless a section says otherwise: they show what the pipeline measures and "
-        "how, not the best each strategy can reach.",
+        "when the 95% intervals of its seed-mean metric and the baseline's do not overlap and its mean is better, "
+        "*did worse* when they do not overlap and its mean is worse, and is *inconclusive* otherwise. The metric is "
+        "AUROC in the per-task bullets and for binary learning curves, accuracy for multiclass learning curves, and "
+        "MAE (lower is better) for regression.",
+        "",
+        "What the intervals cover: with several seeds, a 95% t-interval of the seed mean, which measures training "
+        "randomness on the one test set; with a single run (or seeds that all scored the same), that run's "
+        "bootstrap interval over the test cases, which measures the sampling of the test cases. They are "
+        "different statements, and a row says which it uses. The per-seed paired tests (DeLong's for AUROC, the "
+        "paired t-test of absolute errors for MAE) are made on the same test cases and cover their sampling. "
+        "Nothing on this page is corrected for multiple comparisons: a study with many strategies and budgets "
+        "makes many verdicts and many tests at p < 0.05, and the best other strategy at a budget is chosen by its "
+        "mean, so expect some *helped* or *did worse* verdicts and some significant seeds by chance alone. "
+        "Non-overlapping 95% intervals are a stricter test than p < 0.05 for a difference.",
+        "",
+        "These are CPU-profile runs (small images, few epochs, capped data) unless a section says otherwise: they "
+        "show what the pipeline measures and how, not the best each strategy can reach.",
         "",
     ]
     pipelines_dir = Path(__file__).resolve().parents[2] / "pipelines"

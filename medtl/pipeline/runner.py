@@ -383,8 +383,14 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
         report.notes.append(
             f"Recommendation with {o['n_labelled']} labelled cases (label fraction {o['label_fraction']:.3g}): {pick}. "
             f"Best observed ({_outcome_metric(cfg)} on the first task, mean over seeds): {o['best_observed']}; "
-            f"top pick was best: {o['top1_is_best']}; regret {_rounded(o['regret'])}.")
+            f"top pick was best: {_picked(o)}; regret {_rounded(o['regret'])}.")
     return Recommendation(explanation=record["explanation"], outcome=last, by_budget=by_budget)
+
+
+def _picked(o: dict) -> str:
+    if o["top1_is_best"] is not None:
+        return str(o["top1_is_best"])
+    return "no pick (the ranking is a tie)" if o["tie"] else "nothing to pick (every outcome equal)"
 
 
 def _outcomes(report: Report, cfg: PipelineConfig, fraction: float) -> dict[str, float]:

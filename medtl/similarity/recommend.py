@@ -226,9 +226,12 @@ def compare_outcome(
 ) -> dict[str, Any]:
     """Set a :func:`recommend` record beside observed outcomes (e.g. target AUC per candidate key).
 
-    Returns the Spearman and Kendall correlations between predicted order and outcome over the
-    candidates with an outcome, whether the recommended one was the best observed, and the regret
-    (best observed outcome minus the recommended one's, in the outcome's units; sign so that >= 0).
+    Returns the Spearman and Kendall correlations between the candidates' composite scores and their
+    outcomes (tie-aware: equal scores share a rank, and with a single score for all there is no
+    predicted order, so both are None), whether the recommended one was the best observed (None when
+    the ranking itself is a tie, or every outcome is equal: there was no pick, or nothing to pick), the
+    candidates that share the best outcome, and the regret (best observed outcome minus the
+    recommended one's, in the outcome's units; sign so that >= 0; with a tie, of the top-scored).
     """
     from scipy.stats import kendalltau, spearmanr
 
@@ -236,23 +239,26 @@ def compare_outcome(
     if not keys:
         raise MedtlError("no outcome matches a ranked candidate", "outcomes")
     observed = {k: float(outcomes[k]) for k in keys}
-    best = max(keys, key=observed.get) if higher_is_better else min(keys, key=observed.get)
+    out = [observed[k] if higher_is_better else -observed[k] for k in keys]  # higher = better
+    best_keys = [k for k, v in zip(keys, out) if v == max(out)]
+    best = best_keys[0]
     rec = record["recommended"]
-    regret = None
-    if rec in observed:
-        regret = abs(observed[best] - observed[rec])
+    regret = abs(observed[best] - observed[rec]) if rec in observed else None
+    no_pick = bool(record.get("tie")) or len(best_keys) == len(keys)
     result: dict[str, Any] = {
         "recommended": rec,
         "best_observed": best,
-        "top1_is_best": rec == best,
+        "best_observed_tie": best_keys if len(best_keys) > 1 else [],
+        "top1_is_best": None if no_pick or rec not in observed else rec in best_keys,
         "regret": regret,
         "n_compared": len(keys),
         "spearman": None,
         "kendall": None,
     }
-    out = [observed[k] if higher_is_better else -observed[k] for k in keys]
-    if len(keys) >= 3 and len(set(out)) > 1:  # equal outcomes have no order to correlate with
-        predicted = [-i for i in range(len(keys))]  # ranking order, best first
+    composite = {r["key"]: r["composite"] for r in record["ranking"]}
+    predicted = [composite[k] for k in keys]
+    # equal outcomes, or one score for every candidate, have no order to correlate
+    if len(keys) >= 3 and len(set(out)) > 1 and len(set(predicted)) > 1:
         result["spearman"] = float(spearmanr(predicted, out).statistic)
         result["kendall"] = float(kendalltau(predicted, out).statistic)
     return result

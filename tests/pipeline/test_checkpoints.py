@@ -104,6 +104,13 @@ def test_regression_jobs_learn_standardised_targets_and_carry_the_training_mean_
     assert set(report["tasks"]["score"]["strategies"]) == {"full", "training_mean"}
     full = pd.read_csv(out / "transfer" / "score" / "frac1" / "full" / "seed0" / "predictions.csv")
     assert full["prediction"].between(0, 100).all()  # in the target's units, not standard deviations
+    # both tables carry the manifest's targets as written, so the model is tested against the baseline case by case
+    truth = dict(zip(df["path"], df["score"].astype(float)))
+    for table in (full, baseline):
+        assert table["label"].tolist() == [truth[c] for c in table["case_id"]]
+    pair = [c for c in report["tasks"]["score"]["comparisons"] if {c["strategy_a"], c["strategy_b"]} == {"full",
+                                                                                                       "training_mean"}]
+    assert len(pair) == 1 and pair[0]["test"].startswith("paired t-test") and pair[0]["p_value"] is not None
 
 
 def test_predict_on_a_regression_checkpoint_gives_values_in_the_targets_units(regression_run, tiny, tmp_path):

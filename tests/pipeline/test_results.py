@@ -33,7 +33,9 @@ def test_results_page_from_a_run_folder(tiny_run, tmp_path):
     for o in rec["by_budget"]:
         row = next(line for line in page.splitlines()
                    if line.startswith(f"| tiny | {o['n_labelled']} ({o['label_fraction']:.3g}) |"))
-        assert f"| {o['best_observed']} |" in row and ("| yes |" if o["top1_is_best"] else "| no |") in row
+        hit = "tie" if o["tie"] else {True: "yes", False: "no", None: "all equal"}[o["top1_is_best"]]
+        best = f"tie: {', '.join(o['best_observed_tie'])}" if o["best_observed_tie"] else o["best_observed"]
+        assert f"| {best} | {hit} |" in row
     assert f"Over all {len(rec['by_budget'])} rows" in page
 
 
@@ -165,3 +167,37 @@ def test_learning_curve_section_reports_the_best_strategy_per_fraction_against_t
         s.by_label_fraction = [e for e in s.entries() if e.label_fraction == 0.6]
     assert len(one.strategies["scratch"].entries()) == 1
     assert learning_curve_section("curve", "tumor", one, None) == []
+
+
+def test_the_training_mean_baseline_is_judged_by_its_test_case_interval_and_a_paired_test_per_seed():
+    """Seeds of the training-mean baseline that predict different constants between the two middle targets of an
+    even-sized test set all score the same MAE: its t-interval over seeds has zero width, so the page uses its
+    bootstrap interval, and each model is also tested against it per seed on the same cases."""
+    import numpy as np
+    import pandas as pd
+
+    from medtl.evaluation import evaluate_predictions, predictions_from_arrays
+    from medtl.evaluation.report.schema import Report
+    from medtl.pipeline.results import _task_section
+
+    rng = np.random.default_rng(0)
+    y = np.sort(rng.uniform(20, 80, 20))
+    middle = (y[9], y[10])
+    ids = [f"c{i:02d}" for i in range(20)]
+    tables = []
+    for seed in range(3):
+        const = middle[0] + (seed + 1) / 4 * (middle[1] - middle[0])  # a different constant each seed, same MAE
+        tables.append(predictions_from_arrays(ids, y, prediction=np.full(20, const), run_id=f"mean{seed}",
+                                              strategy="training_mean", task="age", seed=seed))
+        tables.append(predictions_from_arrays(ids, y, prediction=y + rng.normal(0, 3, 20), run_id=f"model{seed}",
+                                              strategy="finetune", task="age", seed=seed))
+    task = Report.from_dict(evaluate_predictions(pd.concat(tables, ignore_index=True), n_boot=200)).tasks["age"]
+    base = task.strategies["training_mean"]
+    assert base.metrics["mae"].ci_high - base.metrics["mae"].ci_low < 1e-9  # zero-width t-interval over seeds
+    boot = base.representative().metrics["mae"]
+    assert boot.ci_low < boot.value < boot.ci_high
+    text = "\n".join(_task_section("age", task))
+    assert f"| training_mean | 3 | {boot.value:.2f} ({boot.ci_low:.2f}–{boot.ci_high:.2f}) |" in text
+    assert "every seed reached the same MAE" in text
+    line = next(x for x in text.splitlines() if x.startswith("- `finetune`"))
+    assert "better than the baseline" in line and "paired t-test: MAE higher in 0, lower in 3 of 3 seeds" in line

@@ -69,8 +69,35 @@ def test_compare_outcome():
     assert out["spearman"] == pytest.approx(0.5)
     tied = compare_outcome(rec, {"cxr/resnet18/dann": 1.0, "cxr/densenet/coral": 1.0, "imagenet/resnet18/cdan": 1.0})
     assert tied["spearman"] is None and tied["kendall"] is None and tied["regret"] == 0  # no order to correlate
+    assert tied["top1_is_best"] is None and len(tied["best_observed_tie"]) == 3  # nothing to pick: not a hit
     with pytest.raises(MedtlError):
         compare_outcome(rec, {"x": 1.0})
+
+
+def test_compare_outcome_correlates_the_scores_so_equal_scores_share_a_rank():
+    """Spearman and Kendall of the composite scores against the outcomes, as scipy computes them with ties
+    (not of the list position, which would order equal scores by name)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    four = CANDIDATES + [{"source": "cxr", "encoder": "resnet18", "strategy": "coral", "scores": {"logme": -0.5}}]
+    cands = [dict(c, scores={"logme": v}) for c, v in zip(four, (-0.5, -0.5, -0.9, -1.5))]
+    rec = recommend({}, cands)
+    composites = {r["key"]: r["composite"] for r in rec["ranking"]}
+    assert len(set(composites.values())) == 3 and rec["tie"]  # two candidates share the top score
+    outcome = {"cxr/resnet18/dann": 0.70, "cxr/densenet/coral": 0.80, "imagenet/resnet18/cdan": 0.75,
+               "cxr/resnet18/coral": 0.60}
+    out = compare_outcome(rec, outcome)
+    keys = list(outcome)
+    x, y = [composites[k] for k in keys], [outcome[k] for k in keys]
+    assert out["spearman"] == pytest.approx(spearmanr(x, y).statistic)
+    assert out["kendall"] == pytest.approx(kendalltau(x, y).statistic)
+    assert out["top1_is_best"] is None  # the ranking was a tie: it picked nothing to be right or wrong about
+    flat = recommend({}, [dict(c, scores={"logme": -0.5}) for c in CANDIDATES])
+    none = compare_outcome(flat, {"cxr/resnet18/dann": 0.7, "cxr/densenet/coral": 0.8, "imagenet/resnet18/cdan": 0.9})
+    assert none["spearman"] is None and none["kendall"] is None  # one score for all: no predicted order
+    lower = compare_outcome(recommend({}, CANDIDATES[:3]), {"cxr/resnet18/dann": 9.0, "cxr/densenet/coral": 9.0,
+                                                            "imagenet/resnet18/cdan": 12.0}, higher_is_better=False)
+    assert lower["best_observed_tie"] == ["cxr/resnet18/dann", "cxr/densenet/coral"] and lower["top1_is_best"]
 
 
 def test_equal_composites_are_a_tie_not_a_recommendation():

@@ -117,7 +117,9 @@ class Strategy(Entry):
 
 
 class Comparison(_Node):
-    """DeLong's test between two strategies' runs on the same test cases (or why it was not made)."""
+    """A paired test between two strategies' runs on the same test cases (or why it was not made):
+    DeLong's for classification (``auc_a``, ``auc_b``), the paired t-test of absolute errors for
+    regression (``mae_a``, ``mae_b``); ``difference`` is a minus b."""
 
     strategy_a: str
     strategy_b: str
@@ -128,6 +130,8 @@ class Comparison(_Node):
     test: str | None = None
     auc_a: float | None = None
     auc_b: float | None = None
+    mae_a: float | None = None
+    mae_b: float | None = None
     difference: float | None = None
     se: float | None = None
     p_value: float | None = None
@@ -148,7 +152,8 @@ class Outcome(_Node):
 
     recommended: str | None = None
     best_observed: str | None = None
-    top1_is_best: bool | None = None
+    best_observed_tie: list[str] = []  # the candidates sharing the best outcome, when several do
+    top1_is_best: bool | None = None  # None: the ranking was a tie, or every outcome was equal
     regret: float | None = None
     spearman: float | None = None
     kendall: float | None = None

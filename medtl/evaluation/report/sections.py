@@ -218,6 +218,7 @@ def _comparisons(doc: Document, t: dict) -> None:
     if not t["comparisons"]:
         return
     rows, hidden = [], 0
+    regression = t["kind"] == "regression"
     headline = {e["label_fraction"] for e in t["strategies"].values()}
     for c in t["comparisons"]:
         if c["label_fraction"] not in headline:
@@ -225,19 +226,21 @@ def _comparisons(doc: Document, t: dict) -> None:
             continue
         seed = "–" if c.get("seed") is None else str(c["seed"])
         # a pair that was not tested (note) still shows its AUROCs when they were computed
-        aucs = "–" if c.get("auc_a") is None else f"{c['auc_a']:.3f} vs {c['auc_b']:.3f}"
+        key = "mae" if regression else "auc"
+        aucs = "–" if c.get(f"{key}_a") is None else f"{c[f'{key}_a']:.3f} vs {c[f'{key}_b']:.3f}"
         p = "–" if c.get("p_value") is None else (f"{c['p_value']:.3f}" if c["p_value"] >= 1e-3 else "<0.001")
         diff = "–" if c.get("p_value") is None else f"{c['difference']:+.3f} ± {c['se']:.3f}"
         rows.append([c["strategy_a"], c["strategy_b"], seed, aucs, diff, p, c.get("note") or ""])
     # run ids are long and say again what A, B and the seed say: they stay in report.json, and the Note
     # column only appears when a pair has one, so the table fits the page instead of scrolling sideways
-    header = ["A", "B", "Seed", "AUROC A vs B", "Difference ± SE", "p", "Note"]
+    header = ["A", "B", "Seed", "MAE A vs B" if regression else "AUROC A vs B", "Difference ± SE", "p", "Note"]
     if not any(r[-1] for r in rows):
         header, rows = header[:-1], [r[:-1] for r in rows]
-    doc.h(3, "Pairwise comparison (DeLong)")
+    doc.h(3, "Pairwise comparison (" + ("paired t-test of absolute errors)" if regression else "DeLong)"))
     doc.table(header, rows,
-              "DeLong's test for two correlated AUROCs on the same test cases, two-sided; runs paired by seed "
-              "and label fraction (run ids in report.json); no correction for multiple comparisons"
+              ("Paired t-test of the two runs' absolute errors on the same test cases (MAE A - MAE B), two-sided"
+               if regression else "DeLong's test for two correlated AUROCs on the same test cases, two-sided")
+              + "; runs paired by seed and label fraction (run ids in report.json); no correction for multiple comparisons"
               + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else ""))  # fmt: skip
 
 
@@ -341,6 +344,10 @@ def methods_section(doc: Document, report: dict) -> None:
               "divides the log-probabilities by one T fitted on validation by negative log-likelihood.")  # fmt: skip
         doc.p("**Comparisons.** DeLong's test (1988) for two correlated AUROCs on the same test cases, using "
               "mid-rank structural components; two-sided normal p-value.")  # fmt: skip
+    if "regression" in kinds:
+        doc.p("**Comparisons.** The paired t-test of two runs' absolute errors on the same test cases: the mean of "
+              "|a − y| − |b − y| is MAE A − MAE B, its standard error the sample standard deviation over √n; "
+              "two-sided t p-value with n − 1 degrees of freedom.")  # fmt: skip
     doc.p("**Undefined values.** A metric whose denominator is zero on the test set (AUROC with one class, PPV with "
           "no positive calls, ...) is reported as undefined with the reason (null in report.json), never as a number.")
 

@@ -258,3 +258,32 @@ def test_multiclass_strategies_are_compared_by_macro_delong_per_seed():
     ref = delong_macro_test(a["label"].map({k: i for i, k in enumerate(classes)}).to_numpy(),
                             a[cols].to_numpy(float), b[cols].to_numpy(float))
     assert c["p_value"] == pytest.approx(ref.p_value) and c["auc_a"] == pytest.approx(ref.auc_a)
+    assert not any("binary tasks only" in n for n in evaluate_predictions(table, n_boot=50)["tasks"]["tumor4"]["notes"])
+
+
+def test_regression_strategies_are_compared_by_a_paired_test_of_absolute_errors(tmp_path):
+    """Two regressors on the same cases: one comparison per seed, equal to scipy's paired t-test of the absolute
+    errors, and the rendered report names that test."""
+    from scipy import stats
+
+    from medtl.evaluation.synthetic import synthetic_regression
+
+    good = synthetic_regression(80, strategy="finetune")
+    rng = np.random.default_rng(5)
+    base = good.assign(strategy="training_mean", run_id="training_mean-age",
+                       prediction=good["label"].mean() + rng.normal(0, 0.5, len(good)))
+    table = pd.concat([good, base], ignore_index=True)
+    paths = make_report(table, tmp_path / "rep", **FAST)
+    comps = json.loads(paths["json"].read_text())["tasks"]["age"]["comparisons"]
+    assert len(comps) == 1 and comps[0]["test"].startswith("paired t-test of absolute errors")
+    c = comps[0]
+    test = table[table["split"] == "test"]
+    a = test[test["run_id"] == c["run_a"]].set_index("case_id")
+    b = test[test["run_id"] == c["run_b"]].set_index("case_id").loc[a.index]
+    y = pd.to_numeric(a["label"]).to_numpy(float)
+    ea, eb = np.abs(a["prediction"].to_numpy(float) - y), np.abs(b["prediction"].to_numpy(float) - y)
+    ref = stats.ttest_rel(ea, eb)
+    assert c["p_value"] == pytest.approx(ref.pvalue) and c["difference"] == pytest.approx(ea.mean() - eb.mean())
+    assert c["mae_a"] == pytest.approx(ea.mean()) and c["difference"] < 0 and c["p_value"] < 0.05
+    md = paths["md"].read_text()
+    assert "### Pairwise comparison (paired t-test of absolute errors)" in md and "| MAE A vs B |" in md
