@@ -2,8 +2,9 @@
 
 Reads the evaluation's predictions tables and medtl predict's results.csv alike (same column names:
 case_id, label, split, prob_<class>). For results.csv, rows whose status is not ok are skipped (and
-counted), labels come from its label column or from --labels MANIFEST (joined by path), and without
-validation rows the model's own threshold (its threshold column) is used.
+counted), labels come from its label column or from --labels MANIFEST (joined by path); the binary threshold
+is chosen on the validation rows, and without them the threshold predict applied (its threshold column) is
+used. The output folder is created first: one that cannot be made is refused before anything is computed.
 """
 
 from __future__ import annotations
@@ -65,44 +66,32 @@ def summary_lines(report: dict) -> list[str]:
             thr = e.get("threshold") or {}
             at = f", threshold {thr['value']:.4g} ({thr['rule']})" if thr.get("value") is not None else ""
             lines.append(f"{task} / {strategy}: test n={e.get('n_test')}{at}, {level} CI: {shown}")
+            if thr.get("note"):  # where the threshold came from, or how it differs from predict's
+                lines.append(f"  threshold: {thr['note']}")
     return lines
 
 
 def run(args) -> int:
-    from dataclasses import replace
-
-    from medtl.evaluation.batch_results import is_batch_results, read_batch_results
-    from medtl.evaluation.evaluate import evaluate_predictions
+    from medtl.evaluation.batch_results import evaluate_files
     from medtl.evaluation.report import render_report
-    from medtl.errors import MedtlError
+    from medtl.evaluation.report.render import output_folder
 
-    settings = settings_from_args(args)
-    tables, notes, thresholds = [], [], set()
-    for path in args.predictions:
-        if is_batch_results(path):
-            res = read_batch_results(path, labels=args.labels)
-            tables.append(res.table)
-            notes += res.notes
-            thresholds.add(res.threshold)
-            print(f"{path}: {len(res.table)} of {res.n_rows} rows evaluated ({res.n_skipped} skipped: status not ok)")
-        elif args.labels:
-            raise MedtlError("--labels is for medtl predict's results.csv; a predictions table carries its labels",
-                             path)
-        else:
-            tables.append(path)
-    # one model's results only: its threshold is used where no val rows choose one (not for other tables)
-    if len(tables) == 1 and len(thresholds) == 1 and None not in thresholds and args.positive_class is None:
-        settings = replace(settings, model_threshold=thresholds.pop())
-    report = evaluate_predictions(tables, settings)
-    report["sources"] = [str(p) for p in args.predictions]
-    report["notes"] = notes + report["notes"]
+    output_folder(args.out)  # a folder that cannot be made fails now, not after the whole evaluation
+    report = evaluate_files(args.predictions, settings_from_args(args), args.labels)
     paths = render_report(report, args.out, **extras_from_args(args))
     for line in summary_lines(report):
         print(line)
-    for note in notes:
+    for note in report["notes"]:
         print(f"note: {note}")
     print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
     return 0
+
+
+def add_labels_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", default=None, metavar="MANIFEST",
+                   help="results.csv without labels: the manifest of the predicted images, joined by path "
+                        "(its split is kept: val rows choose the threshold, test rows are scored; default: the "
+                        "results' own label column)")  # fmt: skip
 
 
 def register(subparsers) -> None:
@@ -110,10 +99,7 @@ def register(subparsers) -> None:
                               description=__doc__)  # fmt: skip
     p.add_argument("--predictions", required=True, nargs="+",
                    help="predictions table(s) (.csv or .parquet) or medtl predict's results.csv")
-    p.add_argument("--labels", default=None, metavar="MANIFEST",
-                   help="results.csv without labels: the manifest of the predicted images, joined by path "
-                        "(its split is kept: val rows choose the threshold, test rows are scored; default: the "
-                        "results' own label column)")
+    add_labels_argument(p)
     p.add_argument("--out", required=True, help="output folder")
     add_settings_arguments(p)
     p.set_defaults(func=run)

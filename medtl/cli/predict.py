@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+from pathlib import Path
 
 
 def _list(text: str) -> tuple[str, ...]:
@@ -129,6 +131,17 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{result.ok} ok, {result.errors} error(s), {result.duplicates} duplicate file(s), {result.resumed} "
           f"already done, {result.excluded} excluded; results: {result.csv}")
+    if result.sr_pending:
+        print(f"{result.sr_pending} SR(s) not stored: the PACS could not take them; rerun the same command to send them")
+    if result.ok:
+        labelled = str(args.input).lower().endswith(".csv")  # a manifest's labels travel into the results
+        print("next: score the predictions against the true labels:\n"
+              f"  medtl evaluate --predictions {shlex.quote(str(result.csv))}"
+              + ("" if labelled else " --labels LABELS.csv")
+              + f" --out {shlex.quote(str(Path(args.out) / 'report'))}")
+        if not labelled:
+            print("  (LABELS.csv: a manifest of these images; for a folder of <label>/<file> images: medtl manifest "
+                  "build --from FOLDER --data-root FOLDER --out LABELS.csv --fractions 0 0 1)")
     return 0
 
 

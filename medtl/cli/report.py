@@ -1,18 +1,20 @@
 """``medtl report``: one comparison report from several report.json and/or predictions files.
 
-Prediction files are evaluated together, so strategies scored on the same test cases are compared
-by DeLong's test; report.json files are merged side by side (their own comparisons kept).
+Prediction files (predictions tables, medtl predict's results.csv) are evaluated together, so
+strategies scored on the same test cases are compared by DeLong's test; report.json files are merged
+side by side (their own comparisons kept).
 """
 
 from __future__ import annotations
 
-from medtl.cli.evaluate import add_settings_arguments, extras_from_args, settings_from_args
+from medtl.cli.evaluate import add_labels_argument, add_settings_arguments, extras_from_args, settings_from_args
 
 
 def run(args) -> int:
     from medtl.evaluation.report import combine
 
-    paths = combine(args.inputs, args.out, settings=settings_from_args(args), **extras_from_args(args))
+    paths = combine(args.inputs, args.out, settings=settings_from_args(args), labels=args.labels,
+                    **extras_from_args(args))
     print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
     return 0
 
@@ -20,7 +22,9 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="combined comparison report from report.json / predictions files",
                               description=__doc__)  # fmt: skip
-    p.add_argument("inputs", nargs="+", help="report.json files and/or predictions tables (.csv, .parquet)")
+    p.add_argument("inputs", nargs="+",
+                   help="report.json files, predictions tables (.csv, .parquet) and/or medtl predict's results.csv")
+    add_labels_argument(p)
     p.add_argument("--out", required=True, help="output folder")
     add_settings_arguments(p)
     p.set_defaults(func=run)

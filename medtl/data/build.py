@@ -54,21 +54,53 @@ def dicom_modality(path: Path) -> str:
     return "mri3d" if int(ds.get("NumberOfFrames", 1) or 1) > 1 else "mri2d"
 
 
+def is_input_file(path: Path) -> bool:
+    """Whether a file in an image folder is an input: an image, NIfTI, or DICOM. A file that is none of
+    these by its name (notes.txt, Thumbs.db) is one only if it reads as DICOM; a DICOM-like name
+    (``.dcm``, none ...) always is, so a broken DICOM is reported, not skipped (as batch inference does)."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if io.kind_of(path) != "dicom" or path.suffix.lower() in io.DICOM_LIKE:
+        return True
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        pydicom.dcmread(path, stop_before_pixels=True)
+        return True
+    except (InvalidDicomError, OSError):
+        return False
+    except Exception:  # noqa: BLE001 (a garbled header: DICOM, but broken; reading it reports why)
+        return True
+
+
 def rows_from_folder(folder: Path, data_root: Path, domain: str | None, modality: str | None) -> list[ManifestRow]:
-    """``<folder>/<label>/<file>``: one row per file, the label from its parent folder."""
+    """``<folder>/<label>/<file>``: one row per input file (:func:`is_input_file`), the label from its
+    parent folder. A class folder with no input is an error: training would silently lose the class."""
     rel_folder = _relative_to_root(folder, data_root)
     domain = domain or folder.name
-    rows = []
-    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+    rows, empty, ignored = [], [], []
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = 0
         for f in sorted(label_dir.rglob("*")):
-            if f.is_file() and not f.name.startswith("."):
-                rel = (rel_folder / f.relative_to(folder)).as_posix()
-                rows.append(
-                    ManifestRow(rel, label_dir.name, rel, domain, "", modality or guess_modality(rel, domain),
-                                {"patient_id_kind": "per_image"})
-                )
+            if not is_input_file(f):
+                if f.is_file() and not f.name.startswith("."):
+                    ignored.append(f.relative_to(folder).as_posix())
+                continue
+            rel = (rel_folder / f.relative_to(folder)).as_posix()
+            rows.append(ManifestRow(rel, label_dir.name, rel, domain, "", modality or guess_modality(rel, domain),
+                                    {"patient_id_kind": "per_image"}))
+            found += 1
+        if not found:
+            empty.append(label_dir.name + "/")
+    if ignored:
+        log.warning("%s: ignored %d file(s) that are neither images nor DICOM: %s%s", folder, len(ignored),
+                    ", ".join(ignored[:5]), " ..." if len(ignored) > 5 else "")
     if not rows:
-        raise MedtlError("no files found in <folder>/<label>/<file> layout", folder)
+        raise MedtlError("no image files found in the <folder>/<label>/<file> layout", folder)
+    if empty:
+        raise MedtlError(f"class folder(s) with no image files: {', '.join(empty)}; add images or remove the "
+                         "folder (a class without images cannot be learned)", folder)
     return rows
 
 
@@ -252,6 +284,7 @@ def build_manifest(
     exclude_copies_of: str | Path | None = None,
     label_names: list[str] | None = None,
     keep_source_split: bool = False,
+    progress: bool = True,
 ) -> Manifest:
     source, data_root = Path(source), Path(data_root)
     if not data_root.is_dir():
@@ -272,7 +305,7 @@ def build_manifest(
     groups = None
     scanned = None
     if group_near_copies:
-        scanned = scan(rows, data_root, desc="near-copy scan")
+        scanned = scan(rows, data_root, desc="near-copy scan", progress=progress)
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
         if bad:
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)

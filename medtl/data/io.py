@@ -31,6 +31,11 @@ class Image:
 ARRAY_MEMBER = "::"  # "<file>.npz::<array>/<index>": one image of an array archive (e.g. MedMNIST)
 
 
+# Suffixes that may hold DICOM (archives often store it with none): such a file that is not DICOM is bad
+# input; any other file that is neither an image nor DICOM (notes.txt, Thumbs.db) is not an input at all.
+DICOM_LIKE = (".dcm", ".dicom", ".ima", "")
+
+
 def kind_of(path: str | Path) -> str:
     """'image', 'nifti', 'dicom', 'dicom_series' (a folder) or 'array' (an .npz member), from the name."""
     if ARRAY_MEMBER in str(path):
@@ -128,11 +133,10 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
     except Exception as err:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
-        raise MedtlError(
-            f"cannot decode pixel data with transfer syntax {name}: {err}. "
-            "For JPEG 2000 install a decoder such as pylibjpeg-openjpeg or Pillow built with OpenJPEG",
-            path,
-        ) from None
+        # a decoder hint only where a decoder could help: an uncompressed file that fails is damaged
+        hint = (" For JPEG 2000 install a decoder such as pylibjpeg-openjpeg or Pillow built with OpenJPEG"
+                if getattr(syntax, "is_compressed", True) else " The file is probably truncated or damaged")
+        raise MedtlError(f"cannot decode pixel data with transfer syntax {name}: {err}.{hint}", path) from None
     pixels = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "MONOCHROME1":

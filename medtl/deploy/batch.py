@@ -68,8 +68,12 @@ IDENTIFIER_COLUMNS = {"PatientName": "patient_name", "PatientID": "patient_id", 
 # QIDO filters whose values identify a patient: scrubbed from every text, like header identifiers.
 IDENTIFYING_FILTERS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
                        "IssuerOfPatientID")
+NAME_TAGS = ("PatientName", "PatientAddress")  # scrubbed word by word too; other identifiers whole
 # Row values that are ours, not read from inputs: never passed through the identifier scrubber.
 OWN_COLUMNS = ("status", "predicted_label", "model_name", "model_version", "finished_utc", "sr_path")
+# The user's manifest's label and split of a row: their own vocabulary, which evaluate matches word for
+# word. Scrubbing them would turn "test" into "[redacted]" whenever a patient is called Test.
+MANIFEST_COLUMNS = ("label", "split")
 # UIDs are written as they are (a PatientID "123" must not cut a component out of "1.2.123.4"), with
 # control characters escaped.
 UID_COLUMNS = ("study_uid", "series_uid")
@@ -85,6 +89,7 @@ class BatchResult:
     duplicates: int = 0  # files that repeat an instance already used (a row each, status "duplicate")
     resumed: int = 0  # rows already in the ledger, not processed again
     excluded: int = 0
+    sr_pending: int = 0  # ok rows whose SR the PACS could not take: a rerun stores them
     rows: list[dict] = field(default_factory=list)
 
     @property
@@ -254,7 +259,9 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
     if source is not None:
         for secret in source.secrets():
             redactor.add_secret(secret)
-        redactor.add(v for k, v in source.filters.items() if k in IDENTIFYING_FILTERS)
+        redactor.add(v for k, v in source.filters.items() if k in IDENTIFYING_FILTERS and k in NAME_TAGS)
+        redactor.add((v for k, v in source.filters.items() if k in IDENTIFYING_FILTERS and k not in NAME_TAGS),
+                     parts=False)
     store_sr = bool(write_sr and source is not None) if store_sr is None else bool(store_sr)
     if store_sr and source is None:
         raise MedtlError("storing SRs needs a DICOMweb input", "store_sr")
@@ -291,7 +298,9 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if not include_identifiers:
             # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
             # file's path may hold the name its folder was given, which only other files' headers reveal).
-            redactor.add(v for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS)
+            found = [(k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS]
+            redactor.add(v for k, v in found if k in NAME_TAGS)
+            redactor.add((v for k, v in found if k not in NAME_TAGS), parts=False)
         if source is not None:
             shown_input = str(source)
         elif salt:
@@ -300,6 +309,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
             shown_input = redactor(str(input))
         done = ledger.start({
             "model_name": predictor.name, "model_version": predictor.version, "model_digest": predictor.digest,
+            "threshold": predictor.threshold,
             "label_names": predictor.label_names, "preprocess": predictor.preprocess, "input": shown_input,
             "redact_paths": bool(redact_paths), "limits": dataclasses.asdict(limits),
         })
@@ -340,6 +350,12 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
                         bar.update(_flush(pending, predictor, writer, batch_size))
                         ledger.sync()  # one fsync per model batch: a kill loses at most this batch's rows
                         pending, n_pending = [], 0
+                        if max_pacs_failures and writer.store_failures >= max_pacs_failures:
+                            raise PacsUnreachable(
+                                f"stopped: the PACS could not take {writer.store_failures} SRs in a row (last: "
+                                f"{writer.last_store_error}). The predictions and SR files so far are kept; rerun "
+                                "the same command when the PACS is back and it sends the SRs and goes on",
+                                str(source) if source else None)
                     continue
                 writer.write(s, item, None)  # durable with the next batch (or at the end)
                 bar.update(1)
@@ -506,6 +522,8 @@ class _RowWriter:
         self.predictor, self.ledger, self.out, self.store = predictor, ledger, out, store
         self.write_sr, self.include_identifiers, self.result = write_sr, include_identifiers, result
         self.redactor = redactor
+        self.store_failures = 0  # consecutive SRs the PACS could not take: counted by the circuit breaker
+        self.last_store_error = ""
 
     def write(self, s: Series, item: dict, probs: list[float] | None) -> None:
         pr = self.predictor
@@ -541,7 +559,7 @@ class _RowWriter:
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
                 row[k] = escape_controls(v)
-            elif isinstance(v, str) and k not in OWN_COLUMNS and k != "case_id":
+            elif isinstance(v, str) and k not in OWN_COLUMNS + MANIFEST_COLUMNS and k != "case_id":
                 row[k] = self.redactor(v)
         row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.ledger.append(row, sync=False)  # the loop syncs once per model batch
@@ -552,7 +570,8 @@ class _RowWriter:
             log.info("file %s: %s", row["source"], row["error"])
         else:
             self.result.errors += 1
-            log.warning("series %s: %s", row["case_id"], row["error"])
+            where = f" ({row['source']})" if row.get("source") and row["source"] != row["case_id"] else ""
+            log.warning("series %s%s: %s", row["case_id"], where, row["error"])  # source: redacted like the row
         if item.get("tmp"):
             shutil.rmtree(item["tmp"], ignore_errors=True)
 
@@ -572,8 +591,18 @@ class _RowWriter:
             os.replace(tmp, path)
             row["sr_path"] = path.relative_to(self.out).as_posix()
             if self.store is not None:
-                self.store.store([ds])
+                try:
+                    self.store.store([ds])
+                except PacsUnreachable as err:
+                    # The prediction and the SR file stand: the row stays ok (evaluate reads it) and is
+                    # retryable, so a rerun sends the SR; the outage counts towards the circuit breaker.
+                    self.store_failures += 1
+                    self.last_store_error = err.reason
+                    row.update(error=f"SR not stored: {err.reason}; a rerun stores it", retryable=True)
+                    self.result.sr_pending += 1
+                    return
                 row["sr_stored"] = True
+                self.store_failures = 0
         except Exception as err:  # the prediction stands; the row says what went wrong with its SR
             row.update(status="error", error="SR: " + describe_error(err, s, s.sop_uids, self.include_identifiers))
 

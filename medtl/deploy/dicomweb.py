@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 SERIES_FIELDS = ["Modality", "BodyPartExamined", "SeriesDescription", "NumberOfSeriesRelatedInstances",
                  "SeriesNumber"]
 RETRIED_STATUS = (408, 429, 502, 503, 504)
+QIDO_PAGE = 100  # answers per QIDO-RS request (servers may answer fewer: paging goes on until nothing new)
+STUDY_UID_TAG, SERIES_UID_TAG = "0020000D", "0020000E"  # keys of the QIDO-RS JSON answers
 ENV_USER, ENV_PASSWORD, ENV_TOKEN = "MEDTL_PACS_USER", "MEDTL_PACS_PASSWORD", "MEDTL_PACS_TOKEN"
 
 
@@ -262,18 +264,33 @@ class DicomwebSource:
         """One cheap authenticated request: wrong credentials or TLS trouble fail here, once, before the batch."""
         self._call("login check", self.client.search_for_studies, limit=1)
 
+    def _search_all(self, what: str, search, uid_tag: str, *args, **kwargs) -> list[dict]:
+        """Every answer of a QIDO-RS search, page by page, until a page is empty or brings no new UID.
+
+        Not dicomweb-client's ``get_remaining``: it stops only at an empty page, and a server that ignores
+        ``offset`` for some filter (Orthanc with ``ModalitiesInStudy``) answers the same page forever."""
+        out, seen, offset = [], set(), 0
+        while True:
+            page = self._call(what, search, *args, offset=offset, limit=QIDO_PAGE, **kwargs)
+            new = [r for r in page if (r.get(uid_tag, {}).get("Value") or [None])[0] not in seen]
+            if not new:
+                return out
+            seen.update((r.get(uid_tag, {}).get("Value") or [None])[0] for r in new)
+            out += new
+            offset += len(page)
+
     def list_series(self) -> list[Series]:
         """Every series of the studies matching the URL's filters (QIDO-RS)."""
         from pydicom import Dataset
 
-        studies = self._call("study search", self.client.search_for_studies, search_filters=self.filters or None,
-                             get_remaining=True)
+        studies = self._search_all("study search", self.client.search_for_studies, STUDY_UID_TAG,
+                                   search_filters=self.filters or None)
         out: list[Series] = []
         for study_json in studies:
             study = Dataset.from_json(study_json)
             study_uid = header_text(study, "StudyInstanceUID")
-            found = self._call("series search", self.client.search_for_series, study_uid, fields=SERIES_FIELDS,
-                               get_remaining=True)
+            found = self._search_all("series search", self.client.search_for_series, SERIES_UID_TAG, study_uid,
+                                     fields=SERIES_FIELDS)
             for series_json in found:
                 ds = Dataset.from_json(series_json)
                 uid = header_text(ds, "SeriesInstanceUID")

@@ -21,16 +21,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtl.data.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from medtl.data.io import DICOM_LIKE, IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medtl.deploy.limits import Limits, check_deflated, check_dicom, check_file, check_series
 from medtl.deploy.uids import digest
 from medtl.errors import MedtlError
 
 log = logging.getLogger(__name__)
 
-# Suffixes that claim to be DICOM: an unreadable one is an error row, any other unreadable file
-# (notes.txt, thumbs.db) is ignored.
-DICOM_LIKE = (".dcm", ".dicom", ".ima", "")
 IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate",
                    "OtherPatientIDs", "PatientAddress", "ReferringPhysicianName")
 # The ones also scrubbed from texts (a study date is not secret, and appears inside many UIDs).
@@ -211,6 +208,7 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
     groups: dict[str, Series] = {}
     singles: list[Series] = []
     used_sop: dict[str, str] = {}  # SOPInstanceUID -> the file (as displayed) whose copy is used
+    used_path: dict[str, Path] = {}  # SOPInstanceUID -> that file, when it sits in a series
     ignored = 0
     for item in paths:
         path, problem = item if isinstance(item, tuple) else (item, None)
@@ -266,6 +264,23 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
             single("incomplete DICOM header (no SOPInstanceUID): truncated or damaged file")
             continue
         if sop in used_sop:  # two files, one instance: use one, report the other on its own row
+            earlier = used_path.get(sop)
+            group = groups.get(header_text(ds, "SeriesInstanceUID"))
+            if earlier is not None and group is not None and earlier in group.files and _larger(path, earlier):
+                # The earlier copy is shorter: a truncated or partial copy would fail the whole series,
+                # so the fuller one is used and the earlier one is reported as the duplicate.
+                group.files[group.files.index(earlier)] = path
+                group.sop_uids[str(path)] = group.sop_uids.pop(str(earlier))
+                earlier_rel = used_sop[sop]
+                used_sop[sop], used_path[sop] = rel, path
+                dup = _new_series(_file_key(earlier_rel), ds, earlier_rel)
+                dup.files.append(earlier)
+                dup.sop_uids[str(earlier)] = sop
+                dup.error = (f"duplicate instance: SOP Instance UID {sop} is also in {rel}, a larger copy, which "
+                             "was used; this file was not")
+                dup.status = "duplicate"
+                singles.append(dup)
+                continue
             single(f"duplicate instance: SOP Instance UID {sop} was already read from {used_sop[sop]}, which "
                    "was used; this file was not", ds).status = "duplicate"
             continue
@@ -289,6 +304,7 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
         s.n_frames += _frames(ds)
         s.decoded_bytes += size
         s.sop_uids[str(path)] = sop
+        used_path[sop] = path
     for s in groups.values():
         try:
             check_series(s.decoded_bytes, limits, volume)
@@ -297,6 +313,13 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
     if ignored:
         log.info("ignored %d file(s) that are neither images nor DICOM", ignored)
     return list(groups.values()) + singles
+
+
+def _larger(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size > b.stat().st_size
+    except OSError:
+        return False
 
 
 def _new_series(key: str, ds, rel: str) -> Series:

@@ -36,7 +36,8 @@ class Ledger:
     def start(self, run_info: dict[str, Any]) -> dict[str, dict]:
         """Open for appending; returns the rows already done, by ``case_id``.
 
-        Refuses to mix models: ``run_info['model_digest']`` must match the ledger's first run.
+        Refuses to mix models: ``run_info['model_digest']`` must match the ledger's first run; and to mix
+        decision thresholds: rows made at another ``threshold`` would sit in one table with these.
         """
         self.out.mkdir(parents=True, exist_ok=True)
         run_file = self.out / RUN
@@ -47,6 +48,12 @@ class Ledger:
                     raise MedtlError(
                         f"this output folder holds results of another model ({k} {previous.get(k)!r}, now "
                         f"{run_info.get(k)!r}); choose a new --out", run_file)
+            # folders from before the threshold was recorded have no such key: nothing to compare with
+            if "threshold" in previous and previous["threshold"] != run_info.get("threshold"):
+                raise MedtlError(
+                    f"this output folder holds results at decision threshold {previous['threshold']!r}, now "
+                    f"{run_info.get('threshold')!r}; to resume, rerun with --threshold {previous['threshold']}, "
+                    "or choose a new --out for the new threshold", run_file)
         else:
             _atomic_write(run_file, json.dumps(run_info, indent=2) + "\n")
         done = self._read_and_repair()

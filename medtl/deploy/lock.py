@@ -35,8 +35,12 @@ class OutputLock:
         self.took_over: dict | None = None  # the stale holder's record, when one was found
 
     def acquire(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as err:  # a file where a folder should be, no permission, a read-only disk ...
+            raise MedtlError(f"cannot write the output folder: {err.strerror or type(err).__name__}",
+                             self.path.parent) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -51,13 +51,17 @@ class Redactor:
         self._secret_pattern = None
         self.add(values)
 
-    def add(self, values: Iterable[str]) -> None:
+    def add(self, values: Iterable[str], parts: bool = True) -> None:
+        """Scrub these values; with ``parts`` also each of their words (a name's family or given name
+        appears alone in folder names and notes). Identifiers such as an accession number are scrubbed
+        whole only: their words ("exam", "number") would cut ordinary words out of every message."""
         new = set()
         for value in values:
             value = str(value).strip()
             if len(value) >= 3:
                 new.add(value)
-            new.update(p.strip() for p in re.split(r"[\^=\s]+", value) if len(p.strip()) >= 3)
+            if parts:
+                new.update(p.strip() for p in re.split(r"[\^=\s]+", value) if len(p.strip()) >= 3)
         if new - self._values:
             self._values |= new
             # Longest first, so a whole name goes before its parts; whole tokens only, so a birth

@@ -82,9 +82,11 @@ def pretrain_on(
     num_workers: int = 0,
     meta: dict[str, Any] | None = None,
     resume: bool = True,
+    desc: str = "pretrain",
     **train_options,
 ) -> PretrainResult:
-    """Pretrain on datasets of ``{"image", "label"}`` dicts; ``train_options`` go to :class:`TrainConfig`."""
+    """Pretrain on datasets of ``{"image", "label"}`` dicts; ``train_options`` go to :class:`TrainConfig`;
+    ``desc`` names the progress bar (``medtl train`` trains its classifier through here too)."""
     from medtl.strategies.autoencoder import AutoencoderStrategy
     from medtl.strategies.registry import get_strategy
 
@@ -134,7 +136,7 @@ def pretrain_on(
     val_loader = (make_loader(val_dataset, batch_size, False, seed, num_workers=num_workers)
                   if val_dataset is not None and len(val_dataset) else None)
     # one bar over the epochs, with the losses, in place of the trainer's bar of steps per epoch
-    epochs_bar = bar(total=config.epochs, desc="pretrain", unit="epoch",
+    epochs_bar = bar(total=config.epochs, desc=desc, unit="epoch",
                      enabled=config.progress and (env is None or env.rank == 0))
 
     def advance(record: dict[str, Any]) -> None:

@@ -10,15 +10,17 @@ module only:
 - joins labels (and split, patient, domain) from a manifest when the CSV has no labels, matching
   each row's ``case_id``, else its ``source`` (the path under the input folder), else the unique
   manifest path that ends with that source, else the series folder holding it;
-- names the run after the model (``model_name`` / ``model_version``) and returns the model's
-  threshold, which the evaluation uses when there are no validation rows to choose one on.
+- names the run after the model (``model_name`` / ``model_version``) and returns the threshold predict
+  applied (the model's stored one, or predict's ``--threshold``), which the evaluation uses when there
+  are no validation rows to choose one on; rows made at different thresholds are refused.
 
 Older results.csv files named the columns ``key`` and ``prediction``; both are still read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -33,7 +35,7 @@ DROPPED = ("probabilities",)  # a JSON copy of the prob_ columns
 @dataclass
 class BatchResults:
     table: pd.DataFrame  # a predictions table (validated by the evaluation when it is read)
-    threshold: float | None  # the model's binary threshold, when one value was used for every row
+    threshold: float | None  # the binary threshold predict applied (one value for every row)
     notes: list[str] = field(default_factory=list)
     n_rows: int = 0
     n_skipped: int = 0
@@ -102,6 +104,22 @@ def join_labels(df: pd.DataFrame, manifest, where: str) -> tuple[pd.DataFrame, l
     return out, notes
 
 
+def _one_threshold(df: pd.DataFrame, path: Path) -> float | None:
+    """The decision threshold predict applied to every row (None: a multiclass model, no threshold).
+
+    Rows made at different thresholds (a run resumed with another --threshold) are refused: their
+    ``predicted_label`` columns disagree, and no one threshold describes the file."""
+    if "threshold" not in df:
+        return None
+    values = pd.to_numeric(df["threshold"], errors="coerce").dropna()
+    counts = values.value_counts()
+    if len(counts) > 1:
+        found = ", ".join(f"{v:g} ({n} row{'s' if n > 1 else ''})" for v, n in counts.items())
+        raise MedtlError(f"the rows were predicted at different decision thresholds: {found}; rerun medtl predict "
+                         "into a fresh --out (with one --threshold, or none for the model's own)", path)
+    return float(counts.index[0]) if len(counts) else None
+
+
 def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     """Read a results.csv into a predictions table; ``labels``: a manifest to take labels from."""
     path = Path(path)
@@ -127,6 +145,7 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     if df.empty:
         raise MedtlError(f"no rows with status ok (of {n_rows})", path)
     df = df.drop(columns=[c for c in DROPPED if c in df])
+    threshold = _one_threshold(df, path)  # over every ok row, before the labels join leaves some out
     has_labels = "label" in df and (df["label"] != "").all()
     if labels is not None:
         df, more = join_labels(df, labels, where)
@@ -142,9 +161,59 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     df["strategy"] = name
     df["run_id"] = f"{name} {version}".strip()
     df["task"] = "label"
-    thresholds = pd.to_numeric(df["threshold"], errors="coerce").dropna().unique() if "threshold" in df else []
-    threshold = float(thresholds[0]) if len(thresholds) == 1 else None
     return BatchResults(df.reset_index(drop=True), threshold, notes, n_rows, int(bad.sum()))
 
 
-__all__ = ["BatchResults", "OLD_NAMES", "is_batch_results", "join_labels", "read_batch_results"]
+def row_summary(path, res: BatchResults, st) -> str:
+    """What became of a results.csv's rows: scored (test), used for the threshold (val), left out (other
+    splits, failed reads, rows without a label)."""
+    splits = res.table["split"].value_counts() if "split" in res.table else pd.Series({st.test_split: len(res.table)})
+    n_test, n_val = int(splits.get(st.test_split, 0)), int(splits.get(st.val_split, 0))
+    other = {str(k): int(v) for k, v in splits.items() if k not in (st.test_split, st.val_split)}
+    parts = [f"{n_test} {st.test_split} rows scored",
+             f"{n_val} {st.val_split} rows used for the threshold and calibration only" if n_val
+             else f"no {st.val_split} rows"]  # fmt: skip
+    if other:
+        parts.append(f"{sum(other.values())} rows of other splits left out ("
+                     + ", ".join(f"{k} {v}" for k, v in other.items()) + ")")
+    if res.n_skipped:
+        parts.append(f"{res.n_skipped} skipped (status not ok)")
+    unmatched = res.n_rows - res.n_skipped - len(res.table)
+    if unmatched:
+        parts.append(f"{unmatched} without a label left out")
+    return f"{path}: {res.n_rows} rows: " + "; ".join(parts)
+
+
+def evaluate_files(predictions: Sequence, settings=None, labels=None, **kwargs) -> dict:
+    """Evaluate predictions tables (paths or DataFrames) and predict's results.csv files together: the
+    report.json content, with each results.csv's row accounting and notes first. ``labels``: the manifest
+    joined to results.csv files without labels (refused for predictions tables, which carry their own);
+    ``kwargs``: EvalSettings fields when ``settings`` is None. ``medtl evaluate`` and ``medtl report`` both
+    read their prediction inputs here."""
+    from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
+
+    st = settings or EvalSettings(**kwargs)
+    tables, notes, thresholds = [], [], []
+    for item in predictions:
+        if not isinstance(item, pd.DataFrame) and is_batch_results(item):
+            res = read_batch_results(item, labels=labels)
+            tables.append(res.table)
+            thresholds.append(res.threshold)
+            notes += [row_summary(item, res, st), *res.notes]
+        elif labels is not None:
+            raise MedtlError("--labels is for medtl predict's results.csv; a predictions table carries its labels",
+                             "<DataFrame>" if isinstance(item, pd.DataFrame) else item)  # fmt: skip
+        else:
+            tables.append(item)
+    # one model's results only: the threshold its predictions were made at (other tables' models differ); a
+    # --positive-class may name the class predict's threshold was not for
+    if len(tables) == 1 and len(thresholds) == 1 and thresholds[0] is not None and st.positive_class is None:
+        st = replace(st, model_threshold=thresholds[0])
+    report = evaluate_predictions(tables, st)
+    report["sources"] = ["<DataFrame>" if isinstance(p, pd.DataFrame) else str(p) for p in predictions]
+    report["notes"] = notes + report["notes"]
+    return report
+
+
+__all__ = ["BatchResults", "OLD_NAMES", "evaluate_files", "is_batch_results", "join_labels", "read_batch_results",
+           "row_summary"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from medtl.evaluation.metrics import (
     REGRESSION_METRICS,
     classification_metrics,
     cumulative_counts,
+    no_skill,
     regression_metrics,
     safe_div,
 )
@@ -48,6 +49,10 @@ SCHEMA = "medtl.evaluation.report"
 SCHEMA_VERSION = "1.0"
 CALIBRATION_METRICS = ("brier", "ece", "mce")
 CLASS_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "f1")
+# The rule name (report.json's since it was added) of a threshold taken from the predictions, and where it came
+# from: predict's results.csv does not say whether predict was given --threshold, so neither may the report.
+PREDICT_RULE = "model"
+PREDICT_SOURCE = "its results.csv's threshold column: the model's stored threshold, or predict's --threshold if given"
 
 
 @dataclass
@@ -64,7 +69,7 @@ class EvalSettings:
     level: float = 0.95
     n_bins: int = cal.DEFAULT_BINS
     curve_points: int = 101
-    model_threshold: float | None = None  # binary, no validation rows: the model's own (e.g. from predict's results)
+    model_threshold: float | None = None  # binary: the threshold the predictions were made at (predict's results)
 
     def __post_init__(self):
         if self.threshold_rule not in RULES:
@@ -230,6 +235,38 @@ def evaluate_run(rows: pd.DataFrame, info: TaskInfo, st: EvalSettings) -> dict:
     return _classification_run(rows, test, val, info, st)
 
 
+# Thresholds closer than this are one threshold: re-choosing on results.csv's 6-decimal probabilities
+# moves a midpoint by up to 5e-7.
+SAME_THRESHOLD = 1e-5
+
+
+def _run_threshold(yv: np.ndarray, Pv: np.ndarray, P: np.ndarray, st: EvalSettings) -> Threshold:
+    """A binary run's threshold: chosen on the validation rows; else the one the predictions were made at
+    (``st.model_threshold``, the threshold column of predict's results.csv); else 0.5. The note says which,
+    and when the validation choice differs from the threshold predict applied."""
+    given = st.model_threshold
+    why = f"no validation rows (split {st.val_split!r})"
+    if len(yv):
+        try:
+            thr = choose_threshold(yv == 1, Pv[:, 1], st.threshold_rule, st.target, chosen_on=st.val_split)
+        except MedtlError as err:
+            why = err.reason
+        else:
+            if given is None or abs(thr.value - given) <= SAME_THRESHOLD:
+                return thr
+            # the user's predicted_label column was made at the other threshold: say both, and what it changes
+            changed = int(((P[:, 1] >= thr.value) != (P[:, 1] >= given)).sum())
+            return replace(thr, note=f"the threshold chosen on {st.val_split} ({thr.value:.4g}, {thr.rule}) differs "
+                           f"from the threshold medtl predict applied ({given:.4g}) for its predicted_label column; "
+                           f"the metrics here are at {thr.value:.4g}, which calls {changed} of {len(P)} test cases "
+                           "differently from predicted_label")  # fmt: skip
+    if given is not None:
+        return Threshold(float(given), PREDICT_RULE, n=len(yv), note=f"{why}: the threshold medtl predict applied, "
+                         f"{given:.4g}, was used ({PREDICT_SOURCE})")  # fmt: skip
+    return Threshold(DEFAULT_THRESHOLD, "default", n=len(yv),
+                     note=f"{why}: the default threshold {DEFAULT_THRESHOLD} was used")  # fmt: skip
+
+
 def _bootstrap_table(stat, point, n, st: EvalSettings, strata, groups) -> tuple[dict, dict, dict]:
     """Point values, interval bounds and undefined-resample counts for every statistic ``stat`` returns."""
     if st.n_boot == 0:
@@ -261,18 +298,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
                      "note": "multiclass: the predicted class is the one with the highest probability"}  # fmt: skip
         thr_value = None
     else:
-        if val.empty and st.model_threshold is not None:
-            thr = Threshold(float(st.model_threshold), "model", note=f"no validation rows (split {st.val_split!r}): "
-                            f"the model's own threshold {st.model_threshold:.4g} was used")  # fmt: skip
-        elif val.empty:
-            thr = Threshold(DEFAULT_THRESHOLD, "default", note=f"no validation rows (split {st.val_split!r}): "
-                            f"the default threshold {DEFAULT_THRESHOLD} was used")  # fmt: skip
-        else:
-            try:
-                thr = choose_threshold(yv == 1, Pv[:, 1], st.threshold_rule, st.target, chosen_on=st.val_split)
-            except MedtlError as err:
-                thr = Threshold(DEFAULT_THRESHOLD, "default", n=len(val),
-                                note=f"{err.reason}: the default threshold {DEFAULT_THRESHOLD} was used")  # fmt: skip
+        thr = _run_threshold(yv, Pv, P, st)
         if thr.note:
             notes.append(f"run {out['run_id']}: {thr.note}")
         threshold = thr.to_dict()
@@ -337,6 +363,8 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         "test": {c: {"n": int(counts[k]), "fraction": float(counts[k] / len(y))} for k, c in enumerate(classes)},
         "val": {c: int(n) for c, n in zip(classes, np.bincount(yv, minlength=len(classes)))} if len(val) else None,
     }
+    if binary:  # a constant prediction's values, to read the model's against
+        out["no_skill"] = no_skill(y == 1)
     out["confusion_matrix"] = {"classes": classes, "counts": cm.astype(int).tolist(), "rows": "true",
                                "columns": "predicted", "threshold": thr_value}  # fmt: skip
     out["calibration"] = {

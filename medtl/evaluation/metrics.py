@@ -39,6 +39,7 @@ __all__ = [
     "rates_from_confusion",
     "classification_metrics",
     "regression_metrics",
+    "no_skill",
     "BINARY_METRICS",
     "MULTICLASS_METRICS",
     "REGRESSION_METRICS",
@@ -427,3 +428,14 @@ def regression_metrics(y_true, y_pred, weights=None) -> dict:
         "pearson_r": safe_div(cov, np.sqrt(ss_tot * var_f)),
     }
     return {k: unbatch(v, batched) for k, v in out.items()}
+
+
+def no_skill(y_true) -> dict[str, float]:
+    """What predictions that ignore the image score on these binary labels (1 = positive), to read a
+    model's values against: accuracy of always calling the majority class, the Brier score of always
+    predicting the prevalence p (p(1 - p)), AUPRC of a constant score (p) and AUROC (0.5)."""
+    y = check_binary_labels(y_true)
+    if not len(y):
+        raise MedtlError("y_true: no cases", "y_true")
+    p = float(y.mean())
+    return {"prevalence": p, "accuracy": max(p, 1.0 - p), "brier": p * (1.0 - p), "auprc": p, "auroc": 0.5}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,15 @@ class TrainOwnResult:
 
 
 def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | None, *, seed: int = 0,
-               fractions=DEFAULT_FRACTIONS, modality: str | None = None) -> tuple[Manifest, Path, Path]:
+               fractions=DEFAULT_FRACTIONS, modality: str | None = None,
+               progress: bool = True) -> tuple[Manifest, Path, Path]:
     """A manifest CSV or an image folder -> ``(manifest, its data root, where it is saved in out)``.
 
     A folder becomes a manifest through the manifest builder; its root is
     ``data_root`` when that contains it, else the folder itself. A CSV keeps its rows; its root is
     ``data_root``, else the one its .meta.json records, else the default. For ``role`` val or test
-    every row of the input belongs to that split (a separate set is used whole).
+    every row of the input belongs to that split (a separate set is used whole). ``modality``, when
+    given, is the preset for every row, also of a manifest that recorded another.
     """
     from medtl.data.build import build_manifest
 
@@ -90,13 +92,15 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
         root = Path(data_root) if data_root is not None and is_inside(p, Path(data_root)) else p
         # near-copy groups matter only where images are dealt into splits
         m = build_manifest(p, root, seed=seed, fractions=fractions if role == "train" else DEFAULT_FRACTIONS,
-                           group_near_copies=role == "train", modality=modality)
+                           group_near_copies=role == "train", modality=modality, progress=progress)
         if role != "train":
             m = m.with_splits([role] * len(m))
         return m, root.resolve(), out / name
     if p.suffix.lower() != ".csv" or not p.is_file():
         raise MedtlError("expected a manifest .csv or a folder of <label>/<file> images", p)
     m = Manifest.load(p)
+    if modality is not None:
+        m = Manifest([replace(r, modality=modality) for r in m.rows], list(m.label_names), dict(m.meta), m.source)
     root = Path(data_root_for(m, data_root)).resolve()
     require_files(m, root)  # before any decoding or training, naming the user's manifest
     if role != "train":
@@ -106,7 +110,7 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
 
 
 def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed: int = 0,
-                  modality: str | None = None) -> Inputs:
+                  modality: str | None = None, progress: bool = True) -> Inputs:
     """The train/val/test rows from ``train`` (its own splits) or separate ``val``/``test`` inputs,
     checked before any training: files exist (:func:`load_input`), one modality, val/test labels known
     to training."""
@@ -117,14 +121,14 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
     if test is not None:
         fr[0], fr[2] = fr[0] + fr[2], 0.0
     train_m, train_root, train_path = load_input(train, "train", out, data_root, seed=seed, fractions=tuple(fr),
-                                                 modality=modality)
+                                                 modality=modality, progress=progress)
     splits, roots, manifests = {}, {}, {}
     to_save = {train_path: (train_m, train_root)}
     for role, spec in (("train", None), ("val", val), ("test", test)):
         if spec is None:
             splits[role], roots[role], manifests[role] = train_m.select(split=role), train_root, train_path
         else:
-            m, root, path = load_input(spec, role, out, data_root, seed=seed, modality=modality)
+            m, root, path = load_input(spec, role, out, data_root, seed=seed, modality=modality, progress=progress)
             splits[role], roots[role], manifests[role] = m, root, path
             to_save[path] = (m, root)
     given = {"train": train, "val": val if val is not None else train, "test": test if test is not None else train}
@@ -142,9 +146,20 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
             raise MedtlError(f"{role} labels {unknown} are not among the training labels {labels}", given[role])
     mods = sorted({r.modality for m in splits.values() for r in m})
     if len(mods) != 1:
-        raise MedtlError(f"the inputs mix modalities {mods}; train on one (cxr, mri2d or mri3d)", where)
+        by_input: dict[str, set] = {}
+        for role in ("train", "val", "test"):
+            by_input.setdefault(str(given[role]), set()).update(r.modality for r in splits[role])
+        each = "; ".join(f"{name} ({', '.join(sorted(m))})" for name, m in by_input.items() if m)
+        raise MedtlError(f"the inputs mix modalities: {each}. Give --modality (cxr, mri2d or mri3d) to prepare "
+                         "every input with one preset", where)
     if not len(splits["test"]):
         log.warning("no test rows: the model is trained but not scored (give --test, or a manifest with a test split)")
+    if (val is None or test is None) and str(train_m.meta.get("patient_ids", "")).startswith("per image"):
+        # a folder knows no patients: two images of one patient may land in train and test
+        log.warning("%s: no patient ids, so each image counts as its own patient; images of one patient in both "
+                    "train and %s make the scores optimistic. Give a manifest with a patient_id column, or a "
+                    "separate --test set from other patients (docs/own_data.md)", train,
+                    "val and test" if val is None and test is None else ("val" if val is None else "test"))
     return Inputs(splits, roots, manifests, labels, mods[0], to_save)
 
 
@@ -243,7 +258,8 @@ def train_model(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
-    inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality)
+    inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality,
+                           progress=progress)
     from_init = _init_defaults(init)
     dims = Preset(inputs.modality).spatial_dims
     if from_init and from_init["spatial_dims"] != dims:
@@ -280,6 +296,7 @@ def train_model(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, init_weights=init, seed=seed,
         num_workers=num_workers, meta=meta, resume=resume, device=device, amp=amp,
         patience=patience if has_val else None, progress=progress, max_steps_per_epoch=max_steps_per_epoch,
+        desc="train",
     )
 
     # Val and test predictions from the saved model: exactly what medtl predict will load.

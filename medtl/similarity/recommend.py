@@ -31,6 +31,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 # directions of the scores that are not similarity metrics
 DIRECTIONS: dict[str, bool] = {"strategy_prior": True}
+# in each encoder's own feature units: ranked only among candidates that share one encoder
+# (MMD² sets its bandwidth from each pair's spread and PAD is an error rate: both are unit-free)
+ENCODER_UNITS = ("frechet",)
 
 
 # composite scores closer than this are a tie: rank averages of a handful of candidates move in steps
@@ -148,7 +151,11 @@ def recommend(
         v = (c.get("scores") or {}).get(metric)
         return None if v is None or not np.isfinite(float(v)) else float(v)
 
-    ranked_metrics = [m for m, w in weights.items() if w > 0 and any(score(c, m) is not None for c in eligible.values())]
+    encoders = sorted({str(c["encoder"]) for c in eligible.values()})
+    unit_bound = [m for m in ENCODER_UNITS if len(encoders) > 1 and weights.get(m, 0) > 0
+                  and any(score(c, m) is not None for c in eligible.values())]
+    ranked_metrics = [m for m, w in weights.items() if w > 0 and m not in unit_bound
+                      and any(score(c, m) is not None for c in eligible.values())]
     per_metric = {
         m: _rank_scores({k: score(c, m) for k, c in eligible.items() if score(c, m) is not None}, directions[m])
         for m in ranked_metrics
@@ -203,6 +210,9 @@ def recommend(
             text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
             if best["composite"] - second["composite"] < 0.05:
                 text.append("The top two are nearly tied: compare them by training both.")
+    for m in unit_bound:
+        text.append(f"{m} is not ranked: it is in each encoder's own feature units, and the options use "
+                    f"{len(encoders)} encoders ({', '.join(encoders)}).")
     if not any(m in ranked_metrics for m in ("logme", "leep", "h_score")):
         text.append("No transferability score (needs target labels): the ranking rests on domain distances only.")
     for e in excluded:

@@ -83,7 +83,8 @@ def test_the_printed_predict_and_evaluate_commands_score_the_same_test_images(tr
     finally:
         (folder / "tumor" / "broken.jpg").unlink()
     printed = capsys.readouterr().out
-    assert "24 of 25 rows evaluated (1 skipped: status not ok)" in printed
+    assert ("25 rows: 4 test rows scored; 4 val rows used for the threshold and calibration only; 16 rows of other "
+            "splits left out (train 16); 1 skipped (status not ok)") in printed
     ours = json.loads((tmp / "run" / "report.json").read_text())["tasks"]["label"]["strategies"]["full"]
     theirs = json.loads((tmp / "run" / "predict" / "report" / "report.json").read_text())["tasks"]["label"]
     (theirs,) = theirs["strategies"].values()
@@ -175,3 +176,27 @@ def test_help_is_plain_text_and_gives_every_default():
     for action in parser._actions:
         if action.option_strings and not isinstance(action, argparse._HelpAction):
             assert "default" in action.help or "required" in action.help, action.option_strings
+
+
+def test_modality_is_the_preset_for_every_input_and_a_mix_names_each_input(trained, tmp_path, capsys, caplog):
+    """A test manifest that recorded another modality (the builder guessed it) mixes presets; the error names
+    each input with its modality and the fix, and --modality prepares every input with the one preset."""
+    from dataclasses import replace
+
+    from medtl.pipeline.train import gather_inputs
+
+    tmp, folder, _ = trained
+    held = _copy(folder, tmp_path / "held", ("no_tumor", "tumor"), 0, 2)
+    m = Manifest.load(tmp / "run" / "manifest.csv")
+    other = Manifest([replace(r, modality="cxr") for r in m.rows], m.label_names, m.meta)
+    other.save(tmp_path / "held.csv", data_root=folder)
+    with pytest.raises(Exception, match=r"mix modalities: .*brain \(mri2d\); .*held.csv \(cxr\)\. Give --modality"):
+        gather_inputs(folder, tmp_path / "o1", test=tmp_path / "held.csv", progress=False)
+    inputs = gather_inputs(folder, tmp_path / "o2", test=tmp_path / "held.csv", modality="mri2d", progress=False)
+    assert inputs.modality == "mri2d" and {r.modality for r in inputs.splits["test"]} == {"mri2d"}
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="medtl.pipeline.train"):
+        gather_inputs(held, tmp_path / "o3", progress=False)  # a folder: its near-copy scan shows no bar either
+    assert "near-copy scan" not in capsys.readouterr().err
+    # a folder has no patient ids: the user is told before training that the splits may share patients
+    assert "no patient ids, so each image counts as its own patient" in caplog.text and "val and test" in caplog.text

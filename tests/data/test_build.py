@@ -95,3 +95,25 @@ def test_exclude_near_copies_of_another_manifest(folder_root, tmp_path):
     paths = {r.path for r in source}
     assert "site/pos/img00.png" not in paths and "site/pos/copy.jpg" not in paths
     assert len(source) == 23 and source.meta["excluded_rows"] == 2
+
+
+def test_a_folder_ignores_stray_files_but_not_broken_dicom_and_refuses_an_empty_class(folder_root, caplog):
+    """notes.txt or Thumbs.db beside the images are not inputs (as in batch inference), a broken .dcm is (its
+    error names it later), and a class folder without images is an error, not a class silently lost."""
+    site = folder_root / "site"
+    (site / "neg" / "notes.txt").write_text("scanned on the old machine")
+    (site / "pos" / "Thumbs.db").write_bytes(b"\0" * 300)
+    (site / ".hidden").mkdir()
+    with caplog.at_level("WARNING", logger="medtl.data.build"):
+        m = build_manifest(site, folder_root, seed=1, group_near_copies=False)
+    assert len(m) == 25 and not any(r.path.endswith((".txt", ".db")) for r in m)
+    assert "ignored 2 file(s) that are neither images nor DICOM: neg/notes.txt, pos/Thumbs.db" in caplog.text
+    (site / "pos" / "broken.dcm").write_bytes(b"not dicom")
+    with pytest.raises(MedtlError, match="broken.dcm: unreadable DICOM header"):
+        build_manifest(site, folder_root, group_near_copies=False)
+    (site / "pos" / "broken.dcm").unlink()
+    (site / "effusion").mkdir()
+    (site / "effusion" / "readme.txt").write_text("to do")
+    with pytest.raises(MedtlError, match=r"class folder\(s\) with no image files: effusion/") as err:
+        build_manifest(site, folder_root, seed=1, group_near_copies=False)
+    assert err.value.where == str(site) or str(site) in str(err.value)

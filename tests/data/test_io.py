@@ -203,3 +203,12 @@ def test_npz_manifest_keeps_the_source_split(tmp_path):
     counts = m.class_counts()
     assert sum(counts["train"].values()) == 11 and sum(counts["test"].values()) == 3
     assert m.label_names == ["normal", "pneumonia"] and "1 near-copy" in m.meta["split"]
+
+
+@pytest.mark.real_data
+def test_a_truncated_uncompressed_dicom_is_called_damaged_not_missing_a_decoder(data_root, tmp_path):
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes((data_root / "dicom/cr_chest/RG1_UNCR.dcm").read_bytes()[:-100000])
+    with pytest.raises(MedtlError, match="truncated or damaged") as err:
+        io.read(cut)
+    assert "JPEG 2000" not in str(err.value) and "cut.dcm" in str(err.value)

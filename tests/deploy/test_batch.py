@@ -16,6 +16,7 @@ import pytest
 
 from medtl.deploy import SeriesRules, load_model, predict_batch
 from medtl.deploy.sr import build_sr, read_headers, sr_summary
+from medtl.errors import MedtlError
 
 pytestmark = [pytest.mark.real_data, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
 
@@ -170,6 +171,52 @@ def test_resume_after_an_interrupt(hospital, model_2d, tmp_path):
     done = {r["case_id"] for r in first}
     missing_images = sum(r["n_images"] or 0 for r in rows if r["case_id"] not in done)
     assert len(resumed_calls) == missing_images  # only what was missing ran again
+
+
+def test_a_rerun_at_another_threshold_is_refused_not_mixed_into_the_table(hospital, model_2d, tmp_path):
+    """Rows made at one decision threshold never share a results table with rows made at another: a rerun
+    with another --threshold (or without the one the folder was made with) is refused, naming the way to
+    resume; the same threshold resumes."""
+    out = tmp_path / "out"
+    first = predict_batch(model_2d, hospital, out, threshold=0.3, progress=False)
+    assert first.ok > 0 and {r["threshold"] for r in _rows(out) if r["status"] == "ok"} == {0.3}
+    for other in (None, 0.5):  # None: the model's own threshold
+        with pytest.raises(MedtlError, match=r"threshold 0\.3.*--threshold 0\.3"):
+            predict_batch(model_2d, hospital, out, threshold=other, progress=False)
+    assert predict_batch(model_2d, hospital, out, threshold=0.3, progress=False).resumed == 8
+
+
+def test_a_manifests_labels_and_splits_are_kept_as_written_while_names_are_scrubbed(model_2d, mprage_files,
+                                                                                        new_series, tmp_path):
+    """A patient called "Alpha Test": identifiers are scrubbed from the texts, but the manifest's own split
+    'test' and labels reach results.csv as written, so medtl evaluate can still score the test rows."""
+    root = tmp_path / "root"
+    new_series(mprage_files[20:22], root / "s1", "scrub-1", PatientName="Alpha Test^Smithers", PatientID="ID-1")
+    new_series(mprage_files[22:24], root / "s2", "scrub-2", PatientName="Alpha Test^Smithers", PatientID="ID-1")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split\ns1,pneumonia,test\ns2,no_finding,val\n")
+    result = predict_batch(model_2d, manifest, tmp_path / "out", data_root=root, progress=False)
+    rows = {r["case_id"]: r for r in result.rows}
+    assert {k: (r["status"], r["split"], r["label"]) for k, r in rows.items()} == {
+        "s1": ("ok", "test", "pneumonia"), "s2": ("ok", "val", "no_finding")}
+    text = (tmp_path / "out" / "results.csv").read_text()
+    assert "Smithers" not in text and "ID-1" not in text
+
+
+def test_a_truncated_copy_found_first_does_not_replace_the_intact_instance(model_2d, mprage_files, new_series,
+                                                                             tmp_path):
+    """Copies of one instance are not merged: the fuller copy is used even when a partial copy comes first in walk
+    order (it would fail the whole series), and the partial one gets the duplicate row."""
+    root = tmp_path / "export"
+    files = new_series(mprage_files[24:28], root / "b_series", "dup-trunc")
+    partial = root / "a_partial" / files[1].name
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(files[1].read_bytes()[:-20000])  # header intact, pixels cut short
+    result = predict_batch(model_2d, root, tmp_path / "out", progress=False)
+    series = [r for r in result.rows if r["status"] != "duplicate"]
+    (dup,) = [r for r in result.rows if r["status"] == "duplicate"]
+    assert [(r["status"], r["n_instances"]) for r in series] == [("ok", 4)]
+    assert dup["source"] == f"a_partial/{files[1].name}" and f"b_series/{files[1].name}, a larger copy" in dup["error"]
 
 
 KILLER = """

@@ -50,6 +50,22 @@ def test_monai_runs_the_bundle_on_one_image(bundle, model_2d, data_root, tmp_pat
     assert list(got.values()) == pytest.approx(expected, abs=tolerance)
 
 
+def test_the_documented_monai_command_runs_the_bundle(bundle, data_root, tmp_path):
+    """docs/batch.md's command, as a user types it (MONAI's command line, which needs ``fire``)."""
+    import subprocess
+    import sys
+
+    image = min((data_root / "cxr_nih" / "images" / "pneumonia").glob("*.png"))
+    out = tmp_path / "prediction.json"
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(bundle / "configs" / "inference.json"), "--meta_file",
+                           str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle), "--image", str(image),
+                           "--output_path", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(out.read_text())["probabilities"]
+    assert list(got) == ["no_finding", "pneumonia"] and sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_medtl_predict_accepts_the_bundle(bundle, model_2d, dicom_root, tmp_path):
     from_bundle, from_checkpoint = load_model(bundle, device="cpu"), load_model(model_2d, device="cpu")
     assert (from_bundle.name, from_bundle.version) == (from_checkpoint.name, from_checkpoint.version)

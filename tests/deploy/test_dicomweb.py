@@ -100,6 +100,26 @@ def test_url_filters_and_rules(pacs, model_3d, tmp_path):
     assert json.loads((tmp_path / "out" / "run.json").read_text())["input"] == public_url(pacs)  # no query kept
 
 
+def test_a_filter_the_server_pages_badly_still_ends(pacs, model_2d, tmp_path):
+    """Orthanc ignores ``offset`` with ``ModalitiesInStudy`` (the filter docs/batch.md shows) and answers the same
+    page again: the search stops when a page brings nothing new, instead of asking forever. (In a child process
+    with a time limit: the old search never returned.)"""
+    import subprocess
+    import sys
+
+    url = f"{pacs}?ModalitiesInStudy=CR"
+    code = ("import json, sys; from medtl.deploy.dicomweb import DicomwebSource; "
+            "print(json.dumps([[s.study_uid, s.series_uid, s.modality] for s in DicomwebSource(sys.argv[1]).list_series()]))")
+    done = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = json.loads(done.stdout)
+    cr = [s for s in _image_series(DicomwebSource(pacs)) if s.modality == "CR"]
+    assert cr and {study for study, _, _ in listed} == {s.study_uid for s in cr}  # the CR study, once
+    assert len({series for _, series, _ in listed}) == len(listed)
+    result = predict_batch(model_2d, url, tmp_path / "out", progress=False)
+    assert result.ok == sum(m == "CR" for _, _, m in listed) and result.errors == 0
+
+
 def test_unreachable_pacs_is_a_clear_error(model_2d, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -183,3 +183,45 @@ def test_outage_trips_the_breaker_and_a_rerun_resumes(orthanc_server, mprage_fil
         assert len(latest) == 5 and all(r["status"] == "ok" for r in latest.values())
     finally:
         server.stop()
+
+
+def test_srs_the_pacs_could_not_take_are_sent_by_the_rerun(orthanc_server, mprage_files, model_2d, tmp_path,
+                                                           new_series):
+    """The PACS goes down after every series was fetched, so no SR can be stored: the predictions stay ok rows
+    (evaluate reads them) marked retryable, and the rerun with the PACS back sends every SR."""
+    import dataclasses
+
+    from medtl.deploy import load_model
+
+    server = orthanc_server(tmp_path / "pacs")
+    (tmp_path / "pacs").mkdir()
+    server.start()
+    try:
+        files = []
+        for i in range(3):
+            files += new_series(mprage_files[2 * i:2 * i + 2], tmp_path / "series", f"sr-outage-{i}")
+        DicomwebSource(server.url).store([pydicom.dcmread(f) for f in files])
+        predictor = load_model(model_2d, device="cpu")
+
+        def predict_then_pull_the_plug(batch):
+            server.stop()  # one batch holds every series (batch_size 100): all were fetched before this
+            return predictor.predict(batch)
+
+        out = tmp_path / "out"
+        first = predict_batch(dataclasses.replace(predictor, predict=predict_then_pull_the_plug),
+                              DicomwebSource(server.url, retries=2, backoff=0.1), out, write_sr=True, batch_size=100,
+                              progress=False)
+        assert first.ok == 3 and first.errors == 0 and first.sr_pending == 3
+        rows = first.rows
+        assert all(r["status"] == "ok" and r["retryable"] and not r["sr_stored"] and r["prob_pneumonia"] is not None
+                   for r in rows) and all("SR not stored" in r["error"] for r in rows)
+
+        server.start()
+        again = predict_batch(model_2d, DicomwebSource(server.url), out, write_sr=True, progress=False)
+        assert again.resumed == 0 and again.ok == 3 and again.sr_pending == 0
+        latest = {r["case_id"]: r for r in again.rows}
+        assert len(latest) == 3 and all(r["sr_stored"] and not r.get("retryable") for r in latest.values())
+        stored = [s for s in DicomwebSource(server.url).list_series() if s.modality == "SR"]
+        assert len(stored) == 3
+    finally:
+        server.stop()

@@ -178,6 +178,20 @@ def test_lock_in_process(tmp_path):
         assert again.took_over is None
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_one_line_error(model_2d, tmp_path, capsys):
+    """--out below a regular file: the CLI's one-line error naming the folder (exit 2), not an internal error."""
+    from medtl.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    image = tmp_path / "in"
+    image.mkdir()
+    assert main(["predict", "--model", str(model_2d), "--input", str(image), "--out", str(tmp_path / "afile" / "sub"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'afile' / 'sub'}: cannot write the output folder: Not a directory" in err
+    assert "internal error" not in err and "Traceback" not in err
+
+
 def test_excluded_csv_is_escaped_like_results(hostile, model_2d, tmp_path):
     root, _ = hostile
     out = tmp_path / "out"
@@ -274,6 +288,9 @@ def test_redactor():
     assert "https://pacs:8042/dicom-web/studies?[query]" in clean and "\\x0aINFO forged" in clean
     assert clean.count("[redacted]") == 3
     assert r("is it? yes") == "is it? yes"  # a question mark in prose is not a query string
+    # an accession number is scrubbed whole: its words are ordinary words that messages use
+    r.add(["exam Number"], parts=False)
+    assert r("The Number of bytes; exam Number 7") == "The Number of bytes; [redacted] 7"
     assert r.value({"a": ["x\ty"]}) == {"a": ["x\\x09y"]}
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -86,7 +87,9 @@ def test_evaluate_cli_uses_the_models_threshold_without_validation_rows(tmp_path
     path = _results(tmp_path, rows)
     assert main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / "rep"), "--n-boot", "20"]) == 0
     out = capsys.readouterr().out
-    assert "6 of 7 rows evaluated (1 skipped: status not ok)" in out
+    assert "results.csv: 7 rows: 6 test rows scored; no val rows; 1 skipped (status not ok)" in out
+    # where the threshold came from, printed: results.csv cannot tell the model's own from predict --threshold
+    assert "threshold: no validation rows (split 'val'): the threshold medtl predict applied, 0.3, was used" in out
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     entry = next(iter(report["tasks"]["label"]["strategies"].values()))
     assert entry["threshold"]["rule"] == "model" and entry["threshold"]["value"] == pytest.approx(0.3)
@@ -100,3 +103,90 @@ def test_evaluate_cli_uses_the_models_threshold_without_validation_rows(tmp_path
     assert main(["evaluate", "--predictions", str(tmp_path / "plain.csv"), "--labels", str(path),
                  "--out", str(tmp_path / "r2")]) == 2
     assert "--labels is for medtl predict's results.csv" in capsys.readouterr().err
+
+
+def test_rows_predicted_at_different_thresholds_are_refused_not_evaluated_at_half(tmp_path, capsys):
+    # a predict resumed with another --threshold: 0.3 for two rows, 0.5 for one
+    rows = [_row("a", "a.jpg", 0.9, label="yes"), _row("b", "b.jpg", 0.1, label="no"),
+            _row("c", "c.jpg", 0.4, label="yes", thr=0.5)]
+    path = _results(tmp_path, rows)
+    with pytest.raises(MedtlError, match=r"results.csv: the rows were predicted at different decision thresholds: "
+                                         r"0.3 \(2 rows\), 0.5 \(1 row\); rerun medtl predict into a fresh --out"):
+        read_batch_results(path)
+    assert main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / "rep"), "--n-boot", "10"]) == 2
+    assert "different decision thresholds" in capsys.readouterr().err
+    assert not (tmp_path / "rep" / "report.json").exists()
+
+
+def _split_rows(rng, n, split, thr):
+    """n labelled rows of one split whose scores separate the classes imperfectly."""
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, n), 0.001, 0.999).round(6)
+    return [_row(f"{split}{i}", f"{split}/{i}.jpg", float(q), label="yes" if t else "no", split=split, thr=thr)
+            for i, (t, q) in enumerate(zip(y, p))]
+
+
+def test_evaluate_says_when_the_val_threshold_differs_from_predicts_and_counts_the_rows(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    rows = _split_rows(rng, 40, "train", 0.5) + _split_rows(rng, 30, "val", 0.5) + _split_rows(rng, 25, "test", 0.5)
+    path = _results(tmp_path, rows)
+    assert main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / "rep"), "--n-boot", "10"]) == 0
+    out = capsys.readouterr().out
+    # train rows are not scored: the printed accounting says so, per split
+    assert (f"{path}: 95 rows: 25 test rows scored; 30 val rows used for the threshold and calibration only; "
+            "40 rows of other splits left out (train 40)") in out
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    thr = next(iter(report["tasks"]["label"]["strategies"].values()))["threshold"]
+    assert thr["rule"] == "youden" and abs(thr["value"] - 0.5) > 0.01
+    # both values, and how many test cases the two thresholds call differently (numpy, from the file)
+    df = pd.read_csv(path)
+    test = df[df["split"] == "test"]["prob_yes"].to_numpy()
+    changed = int(((test >= thr["value"]) != (test >= 0.5)).sum())
+    assert changed > 0
+    said = (f"the threshold chosen on val ({thr['value']:.4g}, youden) differs from the threshold medtl predict "
+            f"applied (0.5) for its predicted_label column; the metrics here are at {thr['value']:.4g}, which "
+            f"calls {changed} of 25 test cases differently from predicted_label")
+    assert thr["note"] == said and f"threshold: {said}" in out
+    assert said in (tmp_path / "rep" / "report.md").read_text()
+
+    # predict at the threshold val chooses (to results.csv's 6 decimals): nothing to say
+    df["threshold"] = round(thr["value"], 6)
+    same = tmp_path / "same.csv"
+    df.to_csv(same, index=False)
+    assert main(["evaluate", "--predictions", str(same), "--out", str(tmp_path / "rep2"), "--n-boot", "10"]) == 0
+    again = json.loads((tmp_path / "rep2" / "report.json").read_text())
+    assert next(iter(again["tasks"]["label"]["strategies"].values()))["threshold"]["note"] is None
+
+
+def test_evaluate_refuses_an_output_folder_it_cannot_make_before_evaluating(tmp_path, capsys, monkeypatch):
+    path = _results(tmp_path, [_row("a", "a.jpg", 0.9, label="yes"), _row("b", "b.jpg", 0.1, label="no")])
+    (tmp_path / "afile").write_text("")
+    import medtl.evaluation.evaluate as ev
+
+    def never(*a, **k):
+        raise AssertionError("evaluated before the output folder was checked")
+
+    monkeypatch.setattr(ev, "evaluate_predictions", never)
+    for cmd in (["evaluate", "--predictions", str(path)], ["report", str(path)]):
+        assert main([*cmd, "--out", str(tmp_path / "afile" / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {tmp_path / 'afile' / 'x'}: cannot create the output folder: Not a directory"
+
+
+def test_report_reads_predicts_results_like_evaluate(tmp_path, capsys):
+    rows = [_row(f"c{i}", f"img/{i}.jpg", p) for i, p in enumerate([0.9, 0.35, 0.25, 0.2, 0.1, 0.32])]
+    path = _results(tmp_path, rows)
+    # no labels: evaluate's clear refusal, not a "labels [None] ... prob_None" error
+    assert main(["report", str(path), "--out", str(tmp_path / "r0")]) == 2
+    err = capsys.readouterr().err
+    assert "results.csv: the results have no labels" in err and "--labels" in err and "None" not in err
+    labels = _manifest(tmp_path, [(f"img/{i}.jpg", lab, "test") for i, lab in
+                                  enumerate(["yes", "yes", "yes", "no", "no", "no"])])
+    assert main(["report", str(path), "--labels", str(labels), "--out", str(tmp_path / "r1"), "--n-boot", "20"]) == 0
+    assert main(["evaluate", "--predictions", str(path), "--labels", str(labels), "--out", str(tmp_path / "r2"),
+                 "--n-boot", "20"]) == 0
+    a, b = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2"))
+    ea, eb = (next(iter(r["tasks"]["label"]["strategies"].values())) for r in (a, b))
+    assert ea["threshold"] == eb["threshold"] and ea["threshold"]["rule"] == "model"
+    assert ea["metrics"] == eb["metrics"] and ea["metrics"]["sensitivity"]["value"] == pytest.approx(2 / 3)
+    assert a["sources"] == [str(path)] and a["notes"][0].startswith(f"{path}: 6 rows: 6 test rows scored")

@@ -233,3 +233,22 @@ def test_pearson_r_of_a_constant_prediction_is_undefined_not_rounding_noise():
     weights = np.random.default_rng(0).integers(0, 3, size=(4, 6)).astype(float) + 1
     assert np.isnan(regression_metrics(y, np.full(6, 42.066666666666666), weights)["pearson_r"]).all()
     assert np.isnan(regression_metrics(np.full(6, 3.3), y)["r2"])
+
+
+def test_no_skill_references_are_a_constant_predictions_scores():
+    from medtl.evaluation.calibration import brier_score
+    from medtl.evaluation.metrics import no_skill
+
+    rng = np.random.default_rng(12)
+    y = rng.random(83) < 0.48
+    ns = no_skill(y)
+    p = y.mean()
+    assert ns["prevalence"] == pytest.approx(p)
+    assert ns["accuracy"] == pytest.approx(max(np.mean(y), np.mean(~y)))  # always the majority class
+    assert ns["brier"] == pytest.approx(np.mean((p - y) ** 2))  # always predicting the prevalence
+    const = np.full(len(y), p)
+    assert ns["brier"] == pytest.approx(brier_score(np.c_[1 - const, const], y.astype(int)))
+    assert ns["auprc"] == pytest.approx(skm.average_precision_score(y, const))
+    assert ns["auroc"] == pytest.approx(skm.roc_auc_score(y, const)) == pytest.approx(0.5)
+    with pytest.raises(MedtlError, match="y_true"):
+        no_skill(np.array(["a", "b"]))

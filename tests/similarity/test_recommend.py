@@ -108,3 +108,15 @@ def test_equal_composites_are_a_tie_not_a_recommendation():
     assert rec["explanation"].startswith("Tie: 2 options") and "Recommended" not in rec["explanation"]
     assert "Runner-up" not in rec["explanation"]
     assert recommend({"n_labelled": 20}, CANDIDATES)["tie"] == []  # separated scores: a recommendation
+
+
+def test_frechet_ranks_only_candidates_that_share_an_encoder():
+    """Fréchet is in the encoder's feature units (docs/similarity.md): across two encoders it is not ranked, and
+    the explanation says why; within one encoder it is."""
+    cands = [dict(c, scores={"frechet": f}) for c, f in zip(CANDIDATES, (11.1, 0.22, 5.0))]
+    mixed = recommend({}, cands)  # resnet18 and densenet
+    assert mixed["weights"] == {} and "frechet is not ranked" in mixed["explanation"]
+    assert all(r["composite"] == 0.0 for r in mixed["ranking"]) and not any(r["metric_ranks"] for r in mixed["ranking"])
+    same = recommend({}, [dict(c, encoder="resnet18") for c in cands])
+    assert same["weights"] == {"frechet": 0.25} and same["recommended"] == "cxr/resnet18/coral"
+    assert "not ranked" not in same["explanation"]

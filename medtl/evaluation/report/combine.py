@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from medtl import __version__
 from medtl.errors import MedtlError
-from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions, load_report
-from medtl.evaluation.report.render import render_report
+from medtl.evaluation.batch_results import evaluate_files
+from medtl.evaluation.evaluate import EvalSettings, load_report
+from medtl.evaluation.report.render import output_folder, render_report
 from medtl.evaluation.report.schema import Report
+
+
+# The settings that change a report's numbers. model_threshold is left out: each model's results bring their
+# own, and every strategy's threshold entry says which it used.
+COMPARED_SETTINGS = ("val_split", "test_split", "threshold_rule", "target", "positive_class", "n_boot", "seed",
+                     "level", "n_bins")
+
+
+def _source(rep: dict) -> str:
+    return (rep.get("sources") or ["report"])[0]
 
 
 def combine_reports(reports: Sequence[dict | Report]) -> dict:
@@ -21,13 +34,17 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
     reports = [r.to_dict() if isinstance(r, Report) else r for r in reports]
     out = copy.deepcopy(reports[0])
     out["sources"], out["notes"] = list(out.get("sources", [])), list(out.get("notes", []))
+    if len(reports) > 1:  # the merge is made now, by this medtl; each input's own time is in its report.json
+        out["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        out["medtl_version"] = __version__
     for rep in reports[1:]:
-        src = Path((rep.get("sources") or ["report"])[0]).stem
+        src = Path(_source(rep)).stem  # appended to clashing strategy names
         out["sources"] += rep.get("sources", [])
         out["notes"] += [n for n in rep.get("notes", []) if n not in out["notes"]]
-        if {k: v for k, v in rep["settings"].items()} != out["settings"]:
-            out["notes"].append(f"{src}: evaluated with different settings ({rep['settings']['ci_method']}; "
-                                f"threshold rule {rep['settings']['threshold_rule']})")  # fmt: skip
+        differ = [f"{k} {rep['settings'].get(k)!r} (in {_source(reports[0])}: {out['settings'].get(k)!r})"
+                  for k in COMPARED_SETTINGS if rep["settings"].get(k) != out["settings"].get(k)]
+        if differ:
+            out["notes"].append(f"{_source(rep)} was evaluated with other settings: {'; '.join(differ)}")
         for name, t in rep["tasks"].items():
             if name not in out["tasks"]:
                 out["tasks"][name] = copy.deepcopy(t)
@@ -49,10 +66,14 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
     return out
 
 
-def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | None = None, **kwargs) -> dict[str, Path]:
-    """``medtl report``: predictions tables (evaluated together, so DeLong compares them) and report.json files
-    merged into one comparison report. ``kwargs``: EvalSettings fields and render_report extras."""
+def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | None = None, labels=None,
+            **kwargs) -> dict[str, Path]:
+    """``medtl report``: predictions tables and predict's results.csv files (evaluated together, so DeLong
+    compares them; ``labels``: the manifest for results.csv files without labels, as ``medtl evaluate
+    --labels``) and report.json files merged into one comparison report. ``kwargs``: EvalSettings fields
+    and render_report extras."""
     extras = {k: kwargs.pop(k) for k in ("metrics_log", "features", "embedding", "gradcam") if k in kwargs}
+    output_folder(out_dir)  # before anything is computed
     preds, reports = [], []
     for item in inputs:
         if isinstance(item, (dict, Report)):
@@ -64,5 +85,7 @@ def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | N
         else:
             raise MedtlError("inputs must be predictions (.csv, .parquet) or report.json files", item)
     if preds:
-        reports.insert(0, evaluate_predictions(preds, settings, **kwargs))
+        reports.insert(0, evaluate_files(preds, settings, labels, **kwargs))
+    elif labels is not None:
+        raise MedtlError("--labels is for medtl predict's results.csv; no results.csv was given", labels)
     return render_report(combine_reports(reports), out_dir, title="medtl comparison report", **extras)

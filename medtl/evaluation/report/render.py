@@ -5,11 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from medtl.errors import MedtlError
 from medtl.evaluation.embedding import Embedding, embed_features
 from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
 from medtl.evaluation.report import sections
 from medtl.evaluation.report.document import Document, write_document
 from medtl.evaluation.report.schema import Report
+
+
+def output_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` with its figures/ folder, created now: callers run this before computing a report, so a
+    folder that cannot be made (a file in its path, no permission) fails at once with a MedtlError."""
+    out = Path(out_dir)
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MedtlError(f"cannot create the output folder: {err.strerror or err}", out) from None
+    return out
 
 
 def render_report(
@@ -36,8 +48,7 @@ def render_report(
         emb = features if isinstance(features, Embedding) else embed_features(
             features, embedding, typed.settings.seed)
     report = typed.to_dict()  # the sections read the report.json content
-    out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     doc = Document(level=f"{report['settings'].get('level', 0.95):.0%}")
     fig_list: list[dict] = []
     extras: dict = {}

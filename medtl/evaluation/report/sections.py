@@ -56,6 +56,10 @@ def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
     return s
 
 
+# thresholds not chosen on validation, in words (evaluate.PREDICT_RULE: the one predict applied)
+RULE_WORDS = {"model": "medtl predict's", "default": "default"}
+
+
 def _fmt_threshold(t: dict | None) -> str:
     if t is None:
         return "–"
@@ -64,7 +68,7 @@ def _fmt_threshold(t: dict | None) -> str:
     if t.get("value") is None and t.get("per_run"):
         vals = [v for v in t["per_run"].values() if v is not None]
         return f"{t['rule']}: {min(vals):.3g}–{max(vals):.3g} per run" if vals else t["rule"]
-    rule = t["rule"] if t.get("target") is None else f"{t['rule']} ≥ {t['target']:g}"
+    rule = RULE_WORDS.get(t["rule"], t["rule"]) if t.get("target") is None else f"{t['rule']} ≥ {t['target']:g}"
     src = f" on {t['chosen_on']}" if t.get("chosen_on") else ""
     return f"{t['value']:.4g} ({rule}{src})"
 
@@ -79,6 +83,31 @@ def _rep_run(entry: dict) -> dict:
     return next(r for r in entry["runs"] if r["run_id"] == rid)
 
 
+def _test_sets(t: dict) -> list[tuple[str, dict]]:
+    """(who, representative run) per distinct test set (its size and class counts or label summary): one, with
+    who "", when every strategy was scored on the same set; a merged report may hold several."""
+    groups: dict[str, tuple[list[str], dict]] = {}
+    for s, e in t["strategies"].items():
+        r = _rep_run(e)
+        key = json.dumps([r["n_test"], r.get("n_test_patients"), (r.get("prevalence") or {}).get("test"),
+                          r.get("label_summary")], sort_keys=True)  # fmt: skip
+        groups.setdefault(key, ([], r))[0].append(_label(s, e))
+    if len(groups) == 1:
+        return [("", next(iter(groups.values()))[1])]
+    return [(", ".join(names), r) for names, r in groups.values()]
+
+
+def _no_skill_line(r: dict, who: str = "") -> str | None:
+    """The values of a constant prediction on a binary run's test set (reports from before they were recorded:
+    None)."""
+    ns = r.get("no_skill")
+    if not ns:
+        return None
+    return (f"{who + ': ' if who else ''}accuracy {ns['accuracy']:.3f} (always the majority class), "
+            f"Brier {ns['brier']:.3f} (always the prevalence {ns['prevalence']:.3f}), AUPRC {ns['auprc']:.3f} "
+            f"(the prevalence), AUROC {ns['auroc']:.1f}")
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -90,16 +119,16 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
     doc.h(2, f"Task: {name}")
     doc.p(f"Kind: {desc}.")
     strategies = t["strategies"]
-    first = next(iter(strategies.values()))
-    rep = _rep_run(first)
-    if kind != "regression":
-        prev = rep["prevalence"]["test"]
-        patients = f" from {rep['n_test_patients']} patients" if rep["n_test_patients"] else ""
-        counts = ", ".join(f"{c} {v['n']} ({v['fraction']:.1%})" for c, v in prev.items())
-        doc.p(f"Test prevalence: {counts} of {rep['n_test']} test cases{patients}.")
-    else:
-        s = rep["label_summary"]
-        doc.p(f"Test labels: mean {s['mean']:.3g}, range {s['min']:.3g}–{s['max']:.3g}, n = {rep['n_test']}.")
+    for who, rep in _test_sets(t):
+        of = f" ({who})" if who else ""
+        if kind != "regression":
+            prev = rep["prevalence"]["test"]
+            patients = f" from {rep['n_test_patients']} patients" if rep["n_test_patients"] else ""
+            counts = ", ".join(f"{c} {v['n']} ({v['fraction']:.1%})" for c, v in prev.items())
+            doc.p(f"Test prevalence{of}: {counts} of {rep['n_test']} test cases{patients}.")
+        else:
+            s = rep["label_summary"]
+            doc.p(f"Test labels{of}: mean {s['mean']:.3g}, range {s['min']:.3g}–{s['max']:.3g}, n = {rep['n_test']}.")
     doc.bullets(t.get("notes", []))
 
     foot: list[str] = []
@@ -127,6 +156,10 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
     if foot:
         doc.p("Undefined values:")
         doc.bullets([f"[{i + 1}] {f}" for i, f in enumerate(foot)])
+    no_skill = [line for who, r in _test_sets(t) if (line := _no_skill_line(r, who))]
+    if no_skill:
+        doc.p("**No-skill references** on the same test cases, what a prediction that ignores the image scores "
+              "(read the model's values against them): " + "; ".join(no_skill) + ".")  # fmt: skip
 
     if kind == "multiclass":
         _per_class_table(doc, strategies)
@@ -289,7 +322,8 @@ def _task_figures(doc: Document, name: str, t: dict, fig_list: list[dict]) -> No
                   f"Reliability diagrams ({reps[next(iter(reps))]['calibration']['binning']}); dashed: after "
                   "temperature scaling; marker size and lower row: cases per bin"))  # fmt: skip
     cms = [{"label": s, **r["confusion_matrix"]} for s, r in reps.items()]
-    thr = "at the validation-chosen threshold" if t["kind"] == "binary" else "argmax"
+    thr = ("at " + "; ".join(f"{s}: threshold {_fmt_threshold(r['threshold'])}" for s, r in reps.items())
+           if t["kind"] == "binary" else "argmax")
     items.append((f"{name}_confusion.png", fig.confusion_figure(cms, f"{name}: confusion matrices (test)"),
                   f"Confusion matrices on test, {thr}; colour: fraction of the true class"))  # fmt: skip
     add_figures(doc, fig_list, items)
@@ -306,15 +340,9 @@ def methods_section(doc: Document, report: dict) -> None:
     doc.p(f"Threshold-dependent metrics and temperature scaling are fitted on rows with split `{st['val_split']}` "
           f"and reported on rows with split `{st['test_split']}`; nothing is tuned on test.")  # fmt: skip
     if "binary" in kinds:
-        rule = {
-            "youden": "the threshold maximising Youden's J = sensitivity + specificity - 1 on validation",
-            "sensitivity": f"the highest threshold reaching sensitivity ≥ {st['target']} on validation",
-            "specificity": f"the lowest threshold reaching specificity ≥ {st['target']} on validation",
-        }[st["threshold_rule"]]
-        doc.p(f"**Threshold rule (binary).** A case is called positive when its positive-class probability is "
-              f"≥ the threshold: {rule}, placed midway between the chosen validation score and the next lower one, "
-              "and applied unchanged to test. Without validation rows (or with a single-class validation set) the "
-              "threshold is 0.5, and the report says so.")  # fmt: skip
+        doc.p("**Threshold (binary).** A case is called positive when its positive-class probability is ≥ the "
+              f"threshold. {_threshold_methods(report)} Each strategy's threshold and where it came from are in "
+              "the tables and notes.")  # fmt: skip
     if "multiclass" in kinds:
         doc.p("**Multiclass.** The predicted class is the most probable one; sensitivity, specificity, PPV, NPV, F1, "
               "AUROC and AUPRC are one-vs-rest per class and their unweighted (macro) mean.")  # fmt: skip
@@ -328,8 +356,9 @@ def methods_section(doc: Document, report: dict) -> None:
     prev = []
     for name, t in report["tasks"].items():
         if t["kind"] != "regression":
-            r = _rep_run(next(iter(t["strategies"].values())))
-            prev.append(f"{name}: " + ", ".join(f"{c} {v['fraction']:.1%}" for c, v in r["prevalence"]["test"].items()))
+            for who, r in _test_sets(t):
+                prev.append(f"{name}{f' ({who})' if who else ''}: "
+                            + ", ".join(f"{c} {v['fraction']:.1%}" for c, v in r["prevalence"]["test"].items()))
     if prev:
         doc.p("**Prevalence on test** (PPV, NPV and AUPRC depend on it; compare AUPRC with the prevalence): "
               + "; ".join(prev) + ".")  # fmt: skip
@@ -350,6 +379,37 @@ def methods_section(doc: Document, report: dict) -> None:
               "two-sided t p-value with n − 1 degrees of freedom.")  # fmt: skip
     doc.p("**Undefined values.** A metric whose denominator is zero on the test set (AUROC with one class, PPV with "
           "no positive calls, ...) is reported as undefined with the reason (null in report.json), never as a number.")
+
+
+def _threshold_methods(report: dict) -> str:
+    """How the binary thresholds of this report's runs were set, one sentence per way that was used."""
+    used = {}  # (rule, target, chosen on) -> None, in order
+    for t in report["tasks"].values():
+        if t["kind"] == "binary":
+            for e in t["strategies"].values():
+                for r in e["runs"]:
+                    thr = r.get("threshold") or {}
+                    used[(thr.get("rule"), thr.get("target"), thr.get("chosen_on"))] = None
+    out = []
+    for rule, target, on in used:
+        if rule == "youden":
+            out.append(f"The threshold maximising Youden's J = sensitivity + specificity − 1 on `{on}`")
+        elif rule == "sensitivity":
+            out.append(f"The highest threshold reaching sensitivity ≥ {target:g} on `{on}`")
+        elif rule == "specificity":
+            out.append(f"The lowest threshold reaching specificity ≥ {target:g} on `{on}`")
+    if out:  # rules chosen on validation
+        out = [f"{'; or '.join(out)}, placed midway between the chosen validation score and the next lower one, "
+               "and applied unchanged to test."]
+    rules = {rule for rule, _, _ in used}
+    if "model" in rules:
+        out.append("Without validation rows (or with one class in them), the threshold medtl predict applied: "
+                   "the `threshold` column of its results.csv, which is the model's stored threshold, or the one "
+                   "given to predict's --threshold.")  # fmt: skip
+    if "default" in rules:
+        out.append("Without validation rows (or with one class in them) and no threshold from the predictions, "
+                   "the default 0.5.")  # fmt: skip
+    return " ".join(out)
 
 
 def learning_curves(doc: Document, metrics_log, fig_list: list[dict]) -> dict:
@@ -452,22 +512,23 @@ def what_was_run(doc: Document, report: dict, out: Path) -> dict:
     items = _config_lines(config) if config else []
     warnings = []
     for name, t in report["tasks"].items():
-        rep = _rep_run(next(iter(t["strategies"].values())))
-        n, patients = rep["n_test"], rep.get("n_test_patients")
-        where = f"test set ({name})" if len(report["tasks"]) > 1 else "test set"
-        size = f"n = {n}" + (f" from {patients} patients" if patients and patients != n else "")
-        if t["kind"] == "regression":
-            items.append(f"**{where.capitalize()}:** {size}.")
-            few = None
-        else:
-            prev = rep["prevalence"]["test"]
-            items.append(f"**{where.capitalize()}:** {size}; "
-                         + ", ".join(f"{c} {v['n']} ({v['fraction']:.0%})" for c, v in prev.items()) + ".")
-            # binary: the positive class; multiclass: the rarest class (its one-vs-rest metrics are the weakest)
-            cls = t.get("positive_class") or min(prev, key=lambda c: prev[c]["n"])
-            few = (cls, prev[cls]["n"])
-        if n < SMALL_TEST_N or (few and few[1] < SMALL_TEST_POSITIVES):
-            warnings.append(_small_test_warning(name, t, n, few))
+        for who, rep in _test_sets(t):  # a merged report may hold several test sets: each its own line
+            n, patients = rep["n_test"], rep.get("n_test_patients")
+            label = ", ".join(w for w in (name if len(report["tasks"]) > 1 else "", who) if w)
+            where = f"test set ({label})" if label else "test set"
+            size = f"n = {n}" + (f" from {patients} patients" if patients and patients != n else "")
+            if t["kind"] == "regression":
+                items.append(f"**{where.capitalize()}:** {size}.")
+                few = None
+            else:
+                prev = rep["prevalence"]["test"]
+                items.append(f"**{where.capitalize()}:** {size}; "
+                             + ", ".join(f"{c} {v['n']} ({v['fraction']:.0%})" for c, v in prev.items()) + ".")
+                # binary: the positive class; multiclass: the rarest class (its one-vs-rest metrics are the weakest)
+                cls = t.get("positive_class") or min(prev, key=lambda c: prev[c]["n"])
+                few = (cls, prev[cls]["n"])
+            if n < SMALL_TEST_N or (few and few[1] < SMALL_TEST_POSITIVES):
+                warnings.append(_small_test_warning(name if not who else f"{name} ({who})", t, n, few))
     doc.h(2, "What was run")
     doc.bullets(items)
     for w in warnings:

@@ -28,3 +28,25 @@ def test_combining_typed_reports_matches_combining_dicts(binary_table):
     one = evaluate_predictions(binary_table[binary_table["seed"] == 0], **FAST)
     two = evaluate_predictions(binary_table[binary_table["seed"] == 1], **FAST)
     assert combine_reports([Report.from_dict(one), Report.from_dict(two)]) == combine_reports([one, two])
+
+
+def test_merged_reports_describe_each_test_set_and_name_the_settings_that_differ(tmp_path, binary_table):
+    one = evaluate_predictions(binary_table[binary_table["strategy"] == "scratch"], **FAST)
+    two = evaluate_predictions(binary_table[(binary_table["strategy"] == "finetune")
+                                            & (binary_table["case_id"].str[-1] != "0")], n_boot=40, seed=1,
+                               model_threshold=0.25)  # fmt: skip
+    one["sources"], two["sources"] = ["a/predictions.csv"], ["b/results.csv"]
+    one["created"] = "2020-01-01T00:00:00+00:00"
+    paths = combine([one, two], tmp_path)
+    rep = json.loads(paths["json"].read_text())
+    md = paths["md"].read_text()
+    assert rep["created"] != one["created"] and one["created"] not in md
+    # only the settings that differ, both values; model_threshold is each model's own and not compared
+    differ = [n for n in rep["notes"] if "other settings" in n]
+    assert differ == ["b/results.csv was evaluated with other settings: n_boot 40 (in a/predictions.csv: 60)"]
+    # one size and prevalence line per test set, each naming its strategies
+    n1 = one["tasks"]["tumor"]["strategies"]["scratch"]["n_test"]
+    n2 = two["tasks"]["tumor"]["strategies"]["finetune"]["n_test"]
+    assert n1 != n2
+    assert f"**Test set (scratch):** n = {n1}" in md and f"**Test set (finetune):** n = {n2}" in md
+    assert "Test prevalence (scratch): " in md and f"of {n2} test cases" in md

@@ -287,3 +287,41 @@ def test_regression_strategies_are_compared_by_a_paired_test_of_absolute_errors(
     assert c["mae_a"] == pytest.approx(ea.mean()) and c["difference"] < 0 and c["p_value"] < 0.05
     md = paths["md"].read_text()
     assert "### Pairwise comparison (paired t-test of absolute errors)" in md and "| MAE A vs B |" in md
+
+
+def _methods_threshold_paragraph(md: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith("**Threshold (binary).**"))
+
+
+def test_methods_and_caption_describe_the_threshold_actually_used(tmp_path):
+    df = _shifted_table()
+    # validation rows: the rule chosen on val
+    md = make_report(df, tmp_path / "val", **FAST)["md"].read_text()
+    assert "Youden's J" in _methods_threshold_paragraph(md) and "0.5" not in _methods_threshold_paragraph(md)
+    run = json.loads((tmp_path / "val" / "report.json").read_text())["tasks"]["default"]["strategies"]["s"]["runs"][0]
+    assert f"Confusion matrices on test, at s: threshold {run['threshold']['value']:.4g} (youden on val)" in md
+    # no validation rows, the threshold predict applied: no Youden, no 0.5, "medtl predict's" in the caption
+    test = df[df["split"] == "test"]
+    md = make_report(test, tmp_path / "predict", model_threshold=0.3, **FAST)["md"].read_text()
+    para = _methods_threshold_paragraph(md)
+    assert "Youden" not in para and "0.5" not in para and "the threshold medtl predict applied" in para
+    assert "Confusion matrices on test, at s: threshold 0.3 (medtl predict's)" in md
+    assert "validation-chosen" not in md and "model's own" not in md
+    # neither: the default, said as such
+    md = make_report(test, tmp_path / "default", **FAST)["md"].read_text()
+    assert "the default 0.5" in _methods_threshold_paragraph(md) and "Youden" not in _methods_threshold_paragraph(md)
+    assert "at s: threshold 0.5 (default)" in md
+
+
+def test_no_skill_references_are_computed_from_the_test_labels(tmp_path):
+    df = _shifted_table()
+    paths = make_report(df, tmp_path, **FAST)
+    run = json.loads(paths["json"].read_text())["tasks"]["default"]["strategies"]["s"]["runs"][0]
+    y = (df[df["split"] == "test"]["label"] == "pos").to_numpy()
+    p = y.mean()
+    assert run["no_skill"]["accuracy"] == pytest.approx(max(p, 1 - p))
+    assert run["no_skill"]["brier"] == pytest.approx(np.mean((y - p) ** 2))
+    assert run["no_skill"]["auprc"] == pytest.approx(p) and run["no_skill"]["auroc"] == 0.5
+    md = paths["md"].read_text()
+    assert (f"accuracy {max(p, 1 - p):.3f} (always the majority class), Brier {p * (1 - p):.3f} (always the "
+            f"prevalence {p:.3f}), AUPRC {p:.3f} (the prevalence), AUROC 0.5") in md
