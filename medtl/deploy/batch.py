@@ -36,6 +36,7 @@ import secrets as _secrets
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class BatchResult:
     resumed: int = 0  # rows already in the ledger, not processed again
     excluded: int = 0
     sr_pending: int = 0  # ok rows whose SR the PACS could not take: a rerun stores them
+    unexpected_modalities: dict[str, int] = field(default_factory=dict)  # modality -> series the model did not learn
     rows: list[dict] = field(default_factory=list)
 
     @property
@@ -314,6 +316,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
             "redact_paths": bool(redact_paths), "limits": dataclasses.asdict(limits),
         })
         chosen, excluded = rules.split(series)
+        _warn_unexpected_modalities(chosen, predictor, rules, result)
         _write_excluded(out, excluded, redactor)
         result.excluded = len(excluded)
         done = {k: r for k, r in done.items() if not r.get("retryable")}  # a PACS outage is not a result
@@ -439,6 +442,30 @@ class ReadAhead:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+# DICOM modalities a preset's images come from; a series of another imaging modality is not what the
+# model learned (a chest X-ray model still answers "pneumonia" on a brain MR). Secondary captures (OT, SC)
+# and non-DICOM pictures carry no telling modality and pass unremarked.
+PRESET_MODALITIES = {"cxr": ("CR", "DX", "DR", "RG"), "mri2d": ("MR",), "mri3d": ("MR",)}
+IMAGING_MODALITIES = ("CR", "DX", "DR", "RG", "MR", "CT", "PT", "NM", "US", "MG", "XA", "RF", "IO", "PX")
+
+
+def _warn_unexpected_modalities(chosen: list[Series], predictor: Predictor, rules: SeriesRules,
+                                result: BatchResult) -> None:
+    """Say (log and result) how many selected series are of a modality the model was not trained on,
+    unless the user chose the modalities with ``rules``; they are predicted all the same."""
+    expected = PRESET_MODALITIES.get(predictor.preset)
+    if not expected or rules.modalities:
+        return
+    odd = Counter(s.modality.upper() for s in chosen
+                  if s.modality.upper() in IMAGING_MODALITIES and s.modality.upper() not in expected)
+    if odd:
+        result.unexpected_modalities = dict(odd)
+        log.warning("%d series are %s, not the %s this model (preset %s) was trained on: they are predicted "
+                    "anyway; --modality %s predicts only those", sum(odd.values()),
+                    ", ".join(f"{m} ({n})" for m, n in sorted(odd.items())), "/".join(expected), predictor.preset,
+                    ",".join(expected))
 
 
 def default_workers(cpus: int | None = None) -> int:

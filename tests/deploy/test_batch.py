@@ -219,6 +219,20 @@ def test_a_truncated_copy_found_first_does_not_replace_the_intact_instance(model
     assert dup["source"] == f"a_partial/{files[1].name}" and f"b_series/{files[1].name}, a larger copy" in dup["error"]
 
 
+def test_series_of_a_modality_the_model_did_not_learn_are_named(hospital, model_2d, tmp_path, caplog):
+    """The chest X-ray model on an export holding brain MR: predicted (the user may mean it), but the run says
+    how many series are of a modality the model was not trained on and how to select the right ones;
+    choosing modalities yourself silences it."""
+    with caplog.at_level("WARNING", logger="medtl.deploy.batch"):
+        result = predict_batch(model_2d, hospital, tmp_path / "a", progress=False)
+    mr = sum(r["modality"] == "MR" and r["status"] != "duplicate" for r in result.rows)
+    assert mr >= 2 and result.unexpected_modalities == {"MR": mr}
+    assert f"{mr} series are MR ({mr}), not the CR/DX/DR/RG this model (preset cxr)" in caplog.text
+    assert "--modality CR,DX,DR,RG" in caplog.text
+    chosen = predict_batch(model_2d, hospital, tmp_path / "b", rules=SeriesRules(modalities=("MR",)), progress=False)
+    assert chosen.unexpected_modalities == {}
+
+
 KILLER = """
 import os, signal, sys
 from medtl.deploy import ledger, predict_batch
