@@ -12,11 +12,24 @@ import logging
 import sys
 
 from medtl import __version__
-from medtl.cli import demo, evaluate, manifest, predict, pretrain, recommend, report, results, run, similarity, train
+from medtl.cli import (
+    demo,
+    evaluate,
+    explain,
+    manifest,
+    predict,
+    pretrain,
+    recommend,
+    report,
+    results,
+    run,
+    similarity,
+    train,
+)
 from medtl.errors import MedtlError
 
 # Sub-command modules, in the order `medtl --help` lists them.
-COMMANDS = (demo, manifest, train, pretrain, evaluate, report, similarity, recommend, run, results, predict)
+COMMANDS = (demo, manifest, train, pretrain, evaluate, report, explain, similarity, recommend, run, results, predict)
 
 
 class HelpFormatter(argparse.HelpFormatter):

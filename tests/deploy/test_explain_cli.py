@@ -1,0 +1,75 @@
+"""medtl explain on real chest X-rays, and its files in the next command (medtl evaluate --gradcam)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from medtl.cli import main
+from medtl.evaluation.explain import load_deletion_test
+
+pytestmark = pytest.mark.real_data
+
+
+@pytest.fixture
+def xrays(data_root, tmp_path):
+    folder = tmp_path / "xrays"
+    for label in ("no_finding", "pneumonia"):
+        (folder / label).mkdir(parents=True)
+        for f in sorted((data_root / "cxr_nih" / "images" / label).glob("*.png"))[:3]:
+            shutil.copy(f, folder / label / f.name)
+    (folder / "pneumonia" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return folder
+
+
+def test_explain_writes_overlays_an_index_and_a_deletion_test_that_evaluate_embeds(model_2d, xrays, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "cams"
+    assert main(["explain", "--model", str(model_2d), "--input", str(xrays), "--out", str(out), "--deletion-test",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    with open(out / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    done = [r for r in rows if r["file"]]
+    assert len(done) == 6 and all((out / r["file"]).read_bytes().startswith(b"\x89PNG") for r in done)
+    assert {r["source"] for r in done} == {f"{p.parent.name}/{p.name}" for p in xrays.rglob("0*.png")}
+    (bad,) = [r for r in rows if r["error"]]
+    assert bad["source"] == "pneumonia/broken.png" and "broken.png" not in bad["file"]
+    assert all(r["file"] in (out / "index.html").read_text() for r in done)
+    result = load_deletion_test(out / "deletion.json")
+    assert result["n"] == 6 and result["target_layer"] == "encoder.layer4"
+    assert "6 overlay(s), 1 error(s)" in printed and "deletion test: Deletion test on 6 images" in printed
+
+    # the next command: the overlays and the test in a report, beside predict's results scored with labels
+    assert main(["predict", "--model", str(model_2d), "--input", str(xrays), "--out", str(tmp_path / "pred"),
+                 "--no-progress"]) == 0
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:  # the labels of every readable image, all in the test split
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id", "domain", "split", "modality"])
+        for p in sorted(xrays.rglob("0*.png")):
+            rel = f"{p.parent.name}/{p.name}"
+            w.writerow([rel, p.parent.name, rel, "xrays", "test", "cxr"])
+    assert main(["evaluate", "--predictions", str(tmp_path / "pred" / "results.csv"), "--labels", str(labels),
+                 "--out", str(tmp_path / "rep"), "--n-boot", "50", "--gradcam", str(out / done[0]["file"]),
+                 str(out / "deletion.json")]) == 0
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["extras"]["gradcam"] and report["extras"]["gradcam_faithfulness"][0]["n"] == 6
+
+
+def test_explain_refuses_an_unknown_class_or_layer_by_name(model_2d, xrays, tmp_path, capsys):
+    assert main(["explain", "--model", str(model_2d), "--input", str(xrays), "--out", str(tmp_path / "a"),
+                 "--class", "effusion"]) == 2
+    assert "'effusion' is not one of the model's classes ['no_finding', 'pneumonia']" in capsys.readouterr().err
+    assert main(["explain", "--model", str(model_2d), "--input", str(xrays), "--out", str(tmp_path / "b"),
+                 "--layer", "encoder.layer9"]) == 2
+    assert "no layer 'encoder.layer9'" in capsys.readouterr().err
+    assert main(["explain", "--model", str(model_2d), "--input", str(xrays), "--out", str(tmp_path / "c"),
+                 "--class", "pneumonia", "--max-images", "2", "--no-progress"]) == 0
+    with open(tmp_path / "c" / "index.csv", newline="") as f:
+        done = [r for r in csv.DictReader(f) if r["file"]]
+    assert len(done) == 2 and all("Grad-CAM of pneumonia" not in r["predicted"] for r in done)
+    assert all("P(pneumonia)" in r["predicted"] for r in done)  # the class asked for, whatever was predicted
