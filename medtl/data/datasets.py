@@ -132,6 +132,9 @@ def build_dataset(
     or ``"none"``. ``num_workers``: processes that fill the memory cache (0: :func:`cache_workers`). ``preset_name`` defaults to the manifest's single modality. ``progress``: a loading bar while
     the memory cache fills; by default only for more than 50 items on a terminal (a log file gets no bar lines).
     """
+    if not isinstance(manifest, Manifest):  # a DataFrame or a path would fail deep inside with another error
+        raise MedtlError(f"build_dataset needs a Manifest (medtl.data.Manifest.load(path)), got "
+                         f"{type(manifest).__name__}", "manifest")
     if on_error not in ("raise", "skip"):
         raise MedtlError(f"on_error must be 'raise' or 'skip', got {on_error!r}", "on_error")
     if cache not in ("memory", "disk", "none"):

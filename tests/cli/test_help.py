@@ -77,3 +77,12 @@ def test_out_is_a_folder_for_similarity_and_recommend(tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "file")]) == 2
     out, err = capsys.readouterr()
     assert "--out must be a folder" in err and "proxy_a_distance" not in out
+
+
+def test_verbose_is_accepted_after_the_command_too():
+    from medtl.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["predict", "--model", "m", "--input", "i", "--out", "o", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "predict", "--model", "m", "--input", "i", "--out", "o"]).verbose is True
+    assert parser.parse_args(["predict", "--model", "m", "--input", "i", "--out", "o"]).verbose is False

@@ -135,3 +135,13 @@ def test_cache_workers_follow_the_request_the_environment_and_the_ranks(monkeypa
     assert cache_workers() == 1
     monkeypatch.setenv("MEDTL_CACHE_WORKERS", "1")
     assert cache_workers() == 1 and cache_workers(2) == 2
+
+
+def test_a_table_instead_of_a_manifest_is_refused_by_name(tmp_path):
+    import pandas as pd
+
+    from medtl.data.datasets import build_dataset
+    from medtl.errors import MedtlError
+
+    with pytest.raises(MedtlError, match="needs a Manifest .* got DataFrame"):
+        build_dataset(pd.DataFrame({"path": ["a.png"], "label": ["x"]}), tmp_path, "cxr")
