@@ -68,4 +68,4 @@ def test_the_registries_list_every_method_and_command():
 
     assert set(ADAPTATION_STRATEGIES) < set(STRATEGIES) and len(STRATEGIES) == 14  # 7 fine-tuning + 7 adaptation
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert len(commands) == 12  # 11 command modules; predict adds export-bundle
+    assert len(commands) == 13  # 12 command modules; predict adds export-bundle

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     for child in subparsers_of(parser):  # one help style for every command, set here rather than in each module
         child.formatter_class = HelpFormatter
         if not any("-v" in a.option_strings for a in child._actions):  # `medtl predict -v` works like `medtl -v predict`
-            child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+            child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                               help="debug logging (default: off; also before the command)")
     return parser
 
 

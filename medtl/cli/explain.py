@@ -38,23 +38,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from medtl.deploy.batch import discover
     from medtl.deploy.discover import SCRUBBED_TAGS
     from medtl.deploy.inputs import SeriesLoader
     from medtl.deploy.model import predictor_from_meta
-    from medtl.deploy.redact import Redactor
+    from medtl.deploy.ledger import csv_cell
+    from medtl.deploy.redact import Redactor, add_identifiers, redacting
     from medtl.errors import MedtlError
-    from medtl.evaluation.explain import (
-        deletion_summary,
-        deletion_test,
-        gradcam,
-        overlay_png,
-        save_deletion_test,
-    )
+    from medtl.evaluation.explain import deletion_summary, deletion_test, save_deletion_test
     from medtl.models.checkpoint import load_checkpoint
-    from medtl.progress import bar
 
     model_path = Path(args.model)
     if model_path.is_dir():
@@ -81,10 +73,43 @@ def run(args) -> int:
         class_idx = predictor.label_names.index(args.class_name)
 
     series = discover(args.input, data_root=args.data_root, volume=predictor.spatial_dims == 3)
-    redactor = Redactor()  # names from the headers stay out of index.csv and the titles
-    redactor.add(v for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS)
+    redactor = Redactor()  # names from the headers stay out of index.csv, the titles and the log
+    add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS))
     loader = SeriesLoader(predictor.preset, predictor.preset_options, predictor.spatial_dims)
-    rows, images = [], []
+    if args.deletion_test and predictor.is_regression:
+        raise MedtlError("the deletion test measures a class probability; this model predicts a value",
+                         "--deletion-test")
+    with redacting(redactor):
+        rows, images, classes = _explain_series(series, args, module, predictor, loader, redactor, class_idx, out)
+    with open(out / "index.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "source", "predicted", "probability", "error"])
+        w.writeheader()
+        w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)  # a file named "=..." is no formula
+    _gallery(out, rows, model_path.name, args.layer)
+    done = [r for r in rows if r["file"]]
+    print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s): {out / 'index.html'}")
+    if not done:
+        raise MedtlError("no image could be explained (see index.csv)", args.input)
+    if args.deletion_test:
+        if len(images) < 2:
+            raise MedtlError("the deletion test needs at least 2 explained images", "--deletion-test")
+        result = deletion_test(module, images, args.layer, class_idx=classes)
+        path = save_deletion_test(result, out / "deletion.json")
+        print(f"deletion test: {deletion_summary(result)}")
+        print("next: put the overlays and the test in a report:\n  medtl evaluate --predictions PREDICTIONS.csv "
+              f"--out REPORT --gradcam {shlex.quote(str(out / done[0]['file']))} {shlex.quote(str(path))}")
+    return 0
+
+
+def _explain_series(series, args, module, predictor, loader, redactor, class_idx, out: Path):
+    """Overlays for the series' images, up to ``--max-images``: (index rows, explained images, their classes)."""
+    import torch
+
+    from medtl.errors import MedtlError
+    from medtl.evaluation.explain import gradcam, overlay_png
+    from medtl.progress import bar
+
+    rows, images, classes = [], [], []
     for s in bar(series, desc="explain", unit="series", enabled=args.progress):
         if len(images) >= args.max_images:
             break
@@ -94,9 +119,9 @@ def run(args) -> int:
             continue
         try:
             batch = loader(s)
-        except MedtlError as err:
-            rows.append({"file": "", "source": source, "predicted": "", "probability": "",
-                         "error": redactor(err.reason)})
+        except Exception as err:  # noqa: BLE001 (one bad input is an error row; the others go on)
+            why = err.reason if isinstance(err, MedtlError) else f"{type(err).__name__}: {err}"
+            rows.append({"file": "", "source": source, "predicted": "", "probability": "", "error": redactor(why)})
             continue
         for k, x in enumerate(batch[: args.max_images - len(images)]):
             with torch.no_grad():
@@ -114,26 +139,10 @@ def run(args) -> int:
                                               if not predictor.is_regression else "")
             (out / name).write_bytes(overlay_png(x.numpy(), cam, title))
             images.append(x)
+            classes.append(c)  # the class this overlay explains: the deletion test tests the same maps
             rows.append({"file": name, "source": source + (f" [image {k + 1}]" if len(batch) > 1 else ""),
                          "predicted": shown, "probability": f"{value:.6g}", "error": ""})
-    with open(out / "index.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "source", "predicted", "probability", "error"])
-        w.writeheader()
-        w.writerows(rows)
-    _gallery(out, rows, model_path.name, args.layer)
-    done = [r for r in rows if r["file"]]
-    print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s): {out / 'index.html'}")
-    if not done:
-        raise MedtlError("no image could be explained (see index.csv)", args.input)
-    if args.deletion_test:
-        if len(images) < 2:
-            raise MedtlError("the deletion test needs at least 2 explained images", "--deletion-test")
-        result = deletion_test(module, images, args.layer, class_idx=class_idx)
-        path = save_deletion_test(result, out / "deletion.json")
-        print(f"deletion test: {deletion_summary(result)}")
-        print("next: put the overlays and the test in a report:\n  medtl evaluate --predictions PREDICTIONS.csv "
-              f"--out REPORT --gradcam {shlex.quote(str(out / done[0]['file']))} {shlex.quote(str(path))}")
-    return 0
+    return rows, images, classes
 
 
 def _gallery(out: Path, rows: list[dict], model: str, layer: str) -> None:

@@ -83,6 +83,8 @@ def rows_from_folder(folder: Path, data_root: Path, domain: str | None, modality
     for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = 0
         for f in sorted(label_dir.rglob("*")):
+            if any(part.startswith(".") for part in f.relative_to(label_dir).parts[:-1]):
+                continue  # inside a hidden folder (.ipynb_checkpoints, .git): not the user's images
             if not is_input_file(f):
                 if f.is_file() and not f.name.startswith("."):
                     ignored.append(f.relative_to(folder).as_posix())

@@ -58,7 +58,7 @@ from medtl.deploy.ledger import Ledger, csv_cell, scrub
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.deploy.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
-from medtl.deploy.redact import Redactor, escape_controls, redacting, salted_path
+from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, redacting, salted_path
 from medtl.deploy.uids import safe_name
 from medtl.errors import MedtlError
 
@@ -69,7 +69,6 @@ IDENTIFIER_COLUMNS = {"PatientName": "patient_name", "PatientID": "patient_id", 
 # QIDO filters whose values identify a patient: scrubbed from every text, like header identifiers.
 IDENTIFYING_FILTERS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
                        "IssuerOfPatientID")
-NAME_TAGS = ("PatientName", "PatientAddress")  # scrubbed word by word too; other identifiers whole
 # Row values that are ours, not read from inputs: never passed through the identifier scrubber.
 OWN_COLUMNS = ("status", "predicted_label", "model_name", "model_version", "finished_utc", "sr_path")
 # The user's manifest's label and split of a row: their own vocabulary, which evaluate matches word for
@@ -261,9 +260,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
     if source is not None:
         for secret in source.secrets():
             redactor.add_secret(secret)
-        redactor.add(v for k, v in source.filters.items() if k in IDENTIFYING_FILTERS and k in NAME_TAGS)
-        redactor.add((v for k, v in source.filters.items() if k in IDENTIFYING_FILTERS and k not in NAME_TAGS),
-                     parts=False)
+        add_identifiers(redactor, ((k, v) for k, v in source.filters.items() if k in IDENTIFYING_FILTERS))
     store_sr = bool(write_sr and source is not None) if store_sr is None else bool(store_sr)
     if store_sr and source is None:
         raise MedtlError("storing SRs needs a DICOMweb input", "store_sr")
@@ -300,9 +297,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if not include_identifiers:
             # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
             # file's path may hold the name its folder was given, which only other files' headers reveal).
-            found = [(k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS]
-            redactor.add(v for k, v in found if k in NAME_TAGS)
-            redactor.add((v for k, v in found if k not in NAME_TAGS), parts=False)
+            add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS))
         if source is not None:
             shown_input = str(source)
         elif salt:
@@ -319,7 +314,10 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         _warn_unexpected_modalities(chosen, predictor, rules, result)
         _write_excluded(out, excluded, redactor)
         result.excluded = len(excluded)
-        done = {k: r for k, r in done.items() if not r.get("retryable")}  # a PACS outage is not a result
+        # A PACS outage is not a result, except where only the SR's upload failed: the prediction stands
+        # (it is never redone, so a failing rerun cannot replace it) and its SR file is sent again below.
+        unsent = {k: r for k, r in done.items() if r.get("retryable") and r.get("status") == "ok"}
+        done = {k: r for k, r in done.items() if not r.get("retryable") or k in unsent}
         if retry_errors:
             done = {k: r for k, r in done.items() if r.get("status") != "error"}
         todo = [s for s in chosen if _case_id(s, redactor) not in done]
@@ -338,7 +336,11 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if workers == 0:
             batches = ahead = ReadAhead(batches, batch_size)
         writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
-                            result, redactor)
+                            result, redactor, max_pacs_failures)
+        if store_sr:
+            writer.send_again(list(unsent.values()))
+        else:
+            result.sr_pending = len(unsent)
         pending: list[tuple[Series, dict]] = []
         n_pending = 0  # images in pending
         failures = 0  # consecutive series the PACS could not serve: the circuit breaker
@@ -353,12 +355,6 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
                         bar.update(_flush(pending, predictor, writer, batch_size))
                         ledger.sync()  # one fsync per model batch: a kill loses at most this batch's rows
                         pending, n_pending = [], 0
-                        if max_pacs_failures and writer.store_failures >= max_pacs_failures:
-                            raise PacsUnreachable(
-                                f"stopped: the PACS could not take {writer.store_failures} SRs in a row (last: "
-                                f"{writer.last_store_error}). The predictions and SR files so far are kept; rerun "
-                                "the same command when the PACS is back and it sends the SRs and goes on",
-                                str(source) if source else None)
                     continue
                 writer.write(s, item, None)  # durable with the next batch (or at the end)
                 bar.update(1)
@@ -545,12 +541,49 @@ def _predict(predictor: Predictor, x: torch.Tensor, batch_size: int) -> torch.Te
 class _RowWriter:
     """Builds a row (and the SR) for a finished series and appends it to the ledger."""
 
-    def __init__(self, predictor, ledger, out, store, write_sr, include_identifiers, result, redactor):
+    def __init__(self, predictor, ledger, out, store, write_sr, include_identifiers, result, redactor,
+                 max_store_failures: int = 0):
         self.predictor, self.ledger, self.out, self.store = predictor, ledger, out, store
         self.write_sr, self.include_identifiers, self.result = write_sr, include_identifiers, result
         self.redactor = redactor
-        self.store_failures = 0  # consecutive SRs the PACS could not take: counted by the circuit breaker
-        self.last_store_error = ""
+        self.max_store_failures = max_store_failures  # the circuit breaker for SR uploads (0: none)
+        self.store_failures = 0  # consecutive SRs the PACS could not take
+
+    def _store(self, ds) -> str | None:
+        """STOW-RS one SR: None when stored, else why not (the PACS unreachable); stops the run after
+        ``max_store_failures`` in a row, as a series the PACS cannot serve does."""
+        try:
+            self.store.store([ds])
+        except PacsUnreachable as err:
+            self.store_failures += 1
+            if self.max_store_failures and self.store_failures >= self.max_store_failures:
+                raise PacsUnreachable(
+                    f"stopped: the PACS could not take {self.store_failures} SRs in a row (last: {err.reason}). "
+                    "The predictions and SR files so far are kept; rerun the same command when the PACS is back: "
+                    "it sends the SRs and goes on", err.where) from None
+            return err.reason
+        self.store_failures = 0
+        return None
+
+    def send_again(self, rows: list[dict]) -> None:
+        """The SRs of earlier ok rows that the PACS could not take, sent from their files; each sent one
+        gets its row again, stored and no longer retryable (the table keeps the latest row)."""
+        import pydicom
+
+        for row in rows:
+            path = self.out / str(row.get("sr_path") or "")
+            if not row.get("sr_path") or not path.is_file():
+                self.result.sr_pending += 1
+                continue
+            why = self._store(pydicom.dcmread(path))
+            if why is not None:
+                self.result.sr_pending += 1
+                continue
+            again = {k: v for k, v in row.items() if k != "retryable"}
+            again.update(error="", sr_stored=True,
+                         finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            self.ledger.append(again, sync=False)
+        self.ledger.sync()
 
     def write(self, s: Series, item: dict, probs: list[float] | None) -> None:
         pr = self.predictor
@@ -618,18 +651,16 @@ class _RowWriter:
             os.replace(tmp, path)
             row["sr_path"] = path.relative_to(self.out).as_posix()
             if self.store is not None:
-                try:
-                    self.store.store([ds])
-                except PacsUnreachable as err:
-                    # The prediction and the SR file stand: the row stays ok (evaluate reads it) and is
-                    # retryable, so a rerun sends the SR; the outage counts towards the circuit breaker.
-                    self.store_failures += 1
-                    self.last_store_error = err.reason
-                    row.update(error=f"SR not stored: {err.reason}; a rerun stores it", retryable=True)
+                why = self._store(ds)
+                if why is not None:
+                    # The prediction and the SR file stand: the row stays ok (evaluate reads it), marked
+                    # retryable so that a rerun sends the SR (without predicting the series again).
+                    row.update(error=f"SR not stored: {why}; a rerun stores it", retryable=True)
                     self.result.sr_pending += 1
                     return
                 row["sr_stored"] = True
-                self.store_failures = 0
+        except PacsUnreachable:
+            raise  # the circuit breaker: the run stops
         except Exception as err:  # the prediction stands; the row says what went wrong with its SR
             row.update(status="error", error="SR: " + describe_error(err, s, s.sop_uids, self.include_identifiers))
 

@@ -268,16 +268,25 @@ class DicomwebSource:
         """Every answer of a QIDO-RS search, page by page, until a page is empty or brings no new UID.
 
         Not dicomweb-client's ``get_remaining``: it stops only at an empty page, and a server that ignores
-        ``offset`` for some filter (Orthanc with ``ModalitiesInStudy``) answers the same page forever."""
-        out, seen, offset = [], set(), 0
+        ``offset`` for some filter answers the same page forever. Paging can also end early: Orthanc with
+        ``ModalitiesInStudy`` answers a first page of ``limit`` and then nothing. So when the answers come to
+        a whole number of pages, one request without paging is made too, and the union is kept (anything
+        past the first page would otherwise be lost without a word)."""
+        def uid(r):
+            return (r.get(uid_tag, {}).get("Value") or [None])[0]
+
+        found: dict = {}
+        offset = 0
         while True:
             page = self._call(what, search, *args, offset=offset, limit=QIDO_PAGE, **kwargs)
-            new = [r for r in page if (r.get(uid_tag, {}).get("Value") or [None])[0] not in seen]
+            new = {uid(r): r for r in page if uid(r) not in found}
             if not new:
-                return out
-            seen.update((r.get(uid_tag, {}).get("Value") or [None])[0] for r in new)
-            out += new
+                break
+            found.update(new)
             offset += len(page)
+        if found and len(found) % QIDO_PAGE == 0:
+            found.update({uid(r): r for r in self._call(what, search, *args, **kwargs) if uid(r) not in found})
+        return list(found.values())
 
     def list_series(self) -> list[Series]:
         """Every series of the studies matching the URL's filters (QIDO-RS)."""

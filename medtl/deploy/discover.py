@@ -96,8 +96,16 @@ class SeriesRules:
 
 
 def header_text(ds, tag: str) -> str:
+    """A header value as text; a multi-valued one joined by DICOM's own separator (``\\``), not as a
+    Python list's text (which would hide its values from the identifier scrubber)."""
+    from pydicom.multival import MultiValue
+
     value = ds.get(tag, "")
-    return "" if value is None else str(value).strip()
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
 
 
 def _identifiers(ds) -> dict[str, str]:
@@ -208,7 +216,8 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
     groups: dict[str, Series] = {}
     singles: list[Series] = []
     used_sop: dict[str, str] = {}  # SOPInstanceUID -> the file (as displayed) whose copy is used
-    used_path: dict[str, Path] = {}  # SOPInstanceUID -> that file, when it sits in a series
+    # SOPInstanceUID -> (that file, its header, decoded bytes, frames), when it sits in a series
+    used_in_series: dict[str, tuple] = {}
     ignored = 0
     for item in paths:
         path, problem = item if isinstance(item, tuple) else (item, None)
@@ -264,16 +273,14 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
             single("incomplete DICOM header (no SOPInstanceUID): truncated or damaged file")
             continue
         if sop in used_sop:  # two files, one instance: use one, report the other on its own row
-            earlier = used_path.get(sop)
-            group = groups.get(header_text(ds, "SeriesInstanceUID"))
-            if earlier is not None and group is not None and earlier in group.files and _larger(path, earlier):
+            swapped = _use_larger_copy(groups, used_in_series.get(sop), path, ds, limits)
+            if swapped is not None:
                 # The earlier copy is shorter: a truncated or partial copy would fail the whole series,
                 # so the fuller one is used and the earlier one is reported as the duplicate.
-                group.files[group.files.index(earlier)] = path
-                group.sop_uids[str(path)] = group.sop_uids.pop(str(earlier))
+                earlier, earlier_ds, _, _ = used_in_series[sop]
                 earlier_rel = used_sop[sop]
-                used_sop[sop], used_path[sop] = rel, path
-                dup = _new_series(_file_key(earlier_rel), ds, earlier_rel)
+                used_sop[sop], used_in_series[sop] = rel, swapped
+                dup = _new_series(_file_key(earlier_rel), earlier_ds, earlier_rel)
                 dup.files.append(earlier)
                 dup.sop_uids[str(earlier)] = sop
                 dup.error = (f"duplicate instance: SOP Instance UID {sop} is also in {rel}, a larger copy, which "
@@ -304,7 +311,7 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
         s.n_frames += _frames(ds)
         s.decoded_bytes += size
         s.sop_uids[str(path)] = sop
-        used_path[sop] = path
+        used_in_series[sop] = (path, ds, size, _frames(ds))
     for s in groups.values():
         try:
             check_series(s.decoded_bytes, limits, volume)
@@ -315,11 +322,25 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
     return list(groups.values()) + singles
 
 
-def _larger(a: Path, b: Path) -> bool:
+def _use_larger_copy(groups: dict[str, Series], used: tuple | None, path: Path, ds, limits: Limits) -> tuple | None:
+    """Put ``path`` in its series in place of the earlier copy of the same instance (``used``: that copy's
+    file, header, decoded bytes, frames) when ``path`` is the larger file and passes the limits; returns
+    ``path``'s own (file, header, bytes, frames), or None to keep the earlier copy."""
+    if used is None:
+        return None
+    earlier, _, earlier_size, earlier_frames = used
+    group = groups.get(header_text(ds, "SeriesInstanceUID"))
     try:
-        return a.stat().st_size > b.stat().st_size
-    except OSError:
-        return False
+        if group is None or earlier not in group.files or path.stat().st_size <= earlier.stat().st_size:
+            return None
+        size = check_dicom(ds, limits)  # the copy used must pass the same limits as any instance
+    except (OSError, MedtlError):
+        return None
+    group.files[group.files.index(earlier)] = path
+    group.sop_uids[str(path)] = group.sop_uids.pop(str(earlier))
+    group.decoded_bytes += size - earlier_size
+    group.n_frames += _frames(ds) - earlier_frames
+    return path, ds, size, _frames(ds)
 
 
 def _new_series(key: str, ds, rel: str) -> Series:

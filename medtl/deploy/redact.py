@@ -39,6 +39,20 @@ def strip_url_secrets(text: str) -> str:
     return _QUERY.sub("?[query]", _USERINFO.sub(r"\1", text))
 
 
+WORDS = r"[\^=\\\s]+"  # a name's components (^), its representations (=), values (\\) and words
+COMPONENTS = r"[\^=\\]+"  # an ID's HL7 components (12345678^^^HOSP) and values, not its words
+NAME_TAGS = ("PatientName", "PatientAddress")
+
+
+def add_identifiers(redactor: "Redactor", pairs: Iterable[tuple[str, str]]) -> None:
+    """Scrub header identifiers ``(tag, value)``: names and addresses also word by word (a family name
+    appears alone in folder names); IDs and accession numbers by their components only, since their words
+    ("exam Number") are ordinary words every message uses."""
+    pairs = list(pairs)
+    redactor.add((v for k, v in pairs if k in NAME_TAGS), WORDS)
+    redactor.add((v for k, v in pairs if k not in NAME_TAGS), COMPONENTS)
+
+
 class Redactor:
     """``redactor(text)``: ``text`` safe to write. Values added with :meth:`add` are replaced by
     ``[redacted]`` as whole tokens (a name's parts too, 3+ characters); secrets with
@@ -51,17 +65,16 @@ class Redactor:
         self._secret_pattern = None
         self.add(values)
 
-    def add(self, values: Iterable[str], parts: bool = True) -> None:
-        """Scrub these values; with ``parts`` also each of their words (a name's family or given name
-        appears alone in folder names and notes). Identifiers such as an accession number are scrubbed
-        whole only: their words ("exam", "number") would cut ordinary words out of every message."""
+    def add(self, values: Iterable[str], split: str | None = WORDS) -> None:
+        """Scrub these values, and each of their parts cut at ``split`` (a regular expression; None: the
+        whole value only). See :func:`add_identifiers` for which identifier is cut where."""
         new = set()
         for value in values:
             value = str(value).strip()
             if len(value) >= 3:
                 new.add(value)
-            if parts:
-                new.update(p.strip() for p in re.split(r"[\^=\s]+", value) if len(p.strip()) >= 3)
+            if split:
+                new.update(p.strip() for p in re.split(split, value) if len(p.strip()) >= 3)
         if new - self._values:
             self._values |= new
             # Longest first, so a whole name goes before its parts; whole tokens only, so a birth

@@ -20,12 +20,13 @@ Older results.csv files named the columns ``key`` and ``prediction``; both are s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
 from medtl.errors import MedtlError
+from medtl.evaluation.predictions import PREDICT_THRESHOLD
 
 OLD_NAMES = {"key": "case_id", "prediction": "predicted_label"}  # results.csv before issue #14
 MARKERS = ("status", "model_name")  # columns only predict's results carry
@@ -161,6 +162,8 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     df["strategy"] = name
     df["run_id"] = f"{name} {version}".strip()
     df["task"] = "label"
+    if threshold is not None:  # each run is judged at its own model's threshold when no val rows choose one
+        df[PREDICT_THRESHOLD] = threshold
     return BatchResults(df.reset_index(drop=True), threshold, notes, n_rows, int(bad.sum()))
 
 
@@ -193,22 +196,24 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, **kwargs) 
     from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
 
     st = settings or EvalSettings(**kwargs)
-    tables, notes, thresholds = [], [], []
+    tables, notes, results = [], [], []
     for item in predictions:
         if not isinstance(item, pd.DataFrame) and is_batch_results(item):
             res = read_batch_results(item, labels=labels)
             tables.append(res.table)
-            thresholds.append(res.threshold)
+            results.append(res.table)
             notes += [row_summary(item, res, st), *res.notes]
         elif labels is not None:
             raise MedtlError("--labels is for medtl predict's results.csv; a predictions table carries its labels",
                              "<DataFrame>" if isinstance(item, pd.DataFrame) else item)  # fmt: skip
         else:
             tables.append(item)
-    # one model's results only: the threshold its predictions were made at (other tables' models differ); a
-    # --positive-class may name the class predict's threshold was not for
-    if len(tables) == 1 and len(thresholds) == 1 and thresholds[0] is not None and st.positive_class is None:
-        st = replace(st, model_threshold=thresholds[0])
+    # Two models of one name (medtl train names a model after its architecture and preset) are two
+    # strategies, not two runs of one: they are told apart by version (the weights' hash).
+    names = [t["strategy"].iloc[0] for t in results]
+    for t in results:
+        if names.count(t["strategy"].iloc[0]) > 1:
+            t["strategy"] = t["run_id"]
     report = evaluate_predictions(tables, st)
     report["sources"] = ["<DataFrame>" if isinstance(p, pd.DataFrame) else str(p) for p in predictions]
     report["notes"] = notes + report["notes"]

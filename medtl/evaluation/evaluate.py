@@ -34,6 +34,7 @@ from medtl.evaluation.metrics import (
 )
 from medtl.evaluation.paired import paired_error_test
 from medtl.evaluation.predictions import (
+    PREDICT_THRESHOLD,
     TaskInfo,
     label_indices,
     load_predictions,
@@ -240,6 +241,16 @@ def evaluate_run(rows: pd.DataFrame, info: TaskInfo, st: EvalSettings) -> dict:
 SAME_THRESHOLD = 1e-5
 
 
+def _with_predict_threshold(rows: pd.DataFrame, st: EvalSettings) -> EvalSettings:
+    """``st`` with this run's own ``model_threshold`` when its rows say which threshold predict applied
+    (results.csv's threshold column, see batch_results): several models' results each keep their own.
+    Not with a ``positive_class`` given, which may name the class predict's threshold was not for."""
+    if PREDICT_THRESHOLD not in rows or st.positive_class is not None:
+        return st
+    values = pd.to_numeric(rows[PREDICT_THRESHOLD], errors="coerce").dropna().unique()
+    return replace(st, model_threshold=float(values[0])) if len(values) == 1 else st
+
+
 def _run_threshold(yv: np.ndarray, Pv: np.ndarray, P: np.ndarray, st: EvalSettings) -> Threshold:
     """A binary run's threshold: chosen on the validation rows; else the one the predictions were made at
     (``st.model_threshold``, the threshold column of predict's results.csv); else 0.5. The note says which,
@@ -298,7 +309,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
                      "note": "multiclass: the predicted class is the one with the highest probability"}  # fmt: skip
         thr_value = None
     else:
-        thr = _run_threshold(yv, Pv, P, st)
+        thr = _run_threshold(yv, Pv, P, _with_predict_threshold(rows, st))
         if thr.note:
             notes.append(f"run {out['run_id']}: {thr.note}")
         threshold = thr.to_dict()

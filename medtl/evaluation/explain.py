@@ -15,7 +15,7 @@ explained class's probability over a set of images, with a confidence interval.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,7 +134,7 @@ def deletion_test(
     images: Iterable,
     target_layer: str | None = None,
     *,
-    class_idx: int | None = None,
+    class_idx: int | Sequence[int] | None = None,
     fraction: float = 0.2,
     fill: str | float = "mean",
     control: str = "pixels",
@@ -146,7 +146,8 @@ def deletion_test(
 ) -> dict:
     """Faithfulness of Grad-CAM maps: does blanking the map's hottest region hurt the model most?
 
-    For each image, the explained class ``c`` (``class_idx``, default the predicted class) has
+    For each image, the explained class ``c`` (``class_idx``: one class for all, or one per image as an
+    overlay explained it; default the class with the highest probability) has
     probability ``p``. The top ``fraction`` of the image's pixels/voxels by map value (ties in random
     order) are set to ``fill`` (``"mean"``: the image's per-channel mean, which is 0 for medtl's
     z-scored inputs; or a number) and ``p_top`` is measured; as a control, ``n_random`` masks of the
@@ -190,7 +191,8 @@ def deletion_test(
             x = _batch_of_one(_image_of(item), dims, f"images[{i}]").to(device)
             with torch.no_grad():
                 probs = torch.softmax(model(x).float(), 1)[0]
-            c = int(probs.argmax()) if class_idx is None else int(class_idx)
+            chosen = class_idx[i] if isinstance(class_idx, Sequence) else class_idx
+            c = int(probs.argmax()) if chosen is None else int(chosen)
             if not 0 <= c < len(probs):
                 raise MedtlError(f"class {c} is not one of the model's {len(probs)} classes", "class_idx")
             m = np.asarray(explain_fn(x, c), dtype=float)
@@ -233,7 +235,8 @@ def deletion_test(
         "fill": fill,
         "control": control,
         "n_random": int(n_random),
-        "class_idx": "predicted" if class_idx is None else int(class_idx),
+        "class_idx": ("predicted" if class_idx is None else
+                      "per image" if isinstance(class_idx, Sequence) else int(class_idx)),
         "target_layer": target_layer if explain is None else "custom explain function",
         "level": float(level),
         "ci_method": f"percentile bootstrap over images ({n_boot} resamples, seed {seed + 1})",
@@ -267,7 +270,8 @@ def deletion_summary(result: dict) -> str:
         return f"{d['mean']:.3f} ({lv} CI {d['ci'][0]:.3f} to {d['ci'][1]:.3f})"
 
     ctrl = f"a random {pct} of the pixels" if result["control"] == "pixels" else "the same mask moved at random"
-    explained = "the predicted class" if result["class_idx"] == "predicted" else f"class {result['class_idx']}"
+    explained = {"predicted": "the predicted class", "per image": "each image's explained class"}.get(
+        result["class_idx"], f"class {result['class_idx']}")
     return (f"Deletion test on {result['n']} images: blanking the top {pct} of each map lowered the probability "
             f"of {explained} by {fmt(result['drop_top'])}; blanking {ctrl} lowered it by "
             f"{fmt(result['drop_random'])}. Difference {fmt(result['difference'])}, larger for the map in "

@@ -62,6 +62,7 @@ TEXT_COLUMNS = ("case_id", "patient_id", "domain", "split", "run_id", "strategy"
 PROB_PREFIX = "prob_"
 LOGIT_PREFIX = "logit_"
 PREDICTION = "prediction"
+PREDICT_THRESHOLD = "predict_threshold"  # optional: the binary threshold medtl predict applied to a run's rows
 SUM_TOLERANCE = 1e-3
 RUN_KEY = ("task", "strategy", "run_id")
 

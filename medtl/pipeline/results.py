@@ -18,7 +18,7 @@ import yaml
 
 from medtl.data.manifest import Manifest
 from medtl.errors import MedtlError
-from medtl.evaluation.report.schema import Metric, Strategy, Task, read_report
+from medtl.evaluation.report.schema import Entry, Metric, Strategy, Task, read_report
 from medtl.pipeline.jobs import TRAINING_MEAN
 
 BASELINE_NAMES = ("scratch", "scratch_3d", "source_only")
@@ -323,10 +323,10 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
     heads = [str(budget.get(f, f"{f:g}")) for f in fractions]
     lines += [f"| strategy \\ {axis} | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for s_name, s in task.strategies.items():  # with the training-mean baseline of a regression task
-        pts = {e.label_fraction: e.metrics.get(metric) for e in s.entries()}
+        pts = {e.label_fraction: _seed_interval_or_bootstrap(s, e).get(metric) for e in s.entries()}
         lines.append(f"| `{s_name}` | " + " | ".join(_fmt(pts.get(f)) for f in fractions) + " |")
     lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds; where a budget "
-              "ran one seed, that run's bootstrap interval over the test cases).*", ""]
+              "ran one seed, or every seed scored the same, a run's bootstrap interval over the test cases).*", ""]
     test_name = "paired t-test" if lower else "DeLong"
     lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin | "
               f"{test_name} per seed |", "|---|---|---|---|---|---|---|"]
@@ -374,14 +374,21 @@ def _seed_test_counts(task: Task, a: str, base: str, fraction: float | None) -> 
     return f"{what}higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05)"
 
 
-def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:
-    """A strategy's headline metrics; when its runs at the headline budget all reached the same MAE, the
-    t-interval over seeds has zero width and says nothing, so the representative run's bootstrap intervals
-    over the test cases stand in. (The training-mean baseline: on an even-sized test set every constant
-    between the two middle targets has the same MAE, so seeds that draw different labelled rows agree.)"""
-    runs = [r for r in strategy.runs if r.label_fraction == strategy.label_fraction]
+def _seed_interval_or_bootstrap(strategy: Strategy, entry: Entry) -> dict[str, Metric]:
+    """An entry's metrics; when its runs all reached the same MAE, the t-interval over seeds has zero width
+    and says nothing, so its representative run's bootstrap intervals over the test cases stand in. (The
+    training-mean baseline: on an even-sized test set every constant between the two middle targets has the
+    same MAE, so seeds that draw different labelled rows agree.)"""
+    runs = [r for r in strategy.runs if r.label_fraction == entry.label_fraction]
     maes = {round(m.value, 9) for r in runs if (m := r.metrics.get("mae")) is not None and m.value is not None}
-    return strategy.representative().metrics if len(runs) > 1 and len(maes) == 1 else strategy.metrics
+    if len(runs) > 1 and len(maes) == 1:
+        return next(r for r in runs if r.run_id == entry.representative_run).metrics
+    return entry.metrics
+
+
+def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:
+    """The headline (largest budget) metrics, as :func:`_seed_interval_or_bootstrap` gives them."""
+    return _seed_interval_or_bootstrap(strategy, strategy)
 
 
 def _against_training_mean(task: Task) -> list[str]:

@@ -154,7 +154,9 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
                          "every input with one preset", where)
     if not len(splits["test"]):
         log.warning("no test rows: the model is trained but not scored (give --test, or a manifest with a test split)")
-    if (val is None or test is None) and str(train_m.meta.get("patient_ids", "")).startswith("per image"):
+    per_image = str(train_m.meta.get("patient_ids", "")).startswith("per image") or (
+        len(train_m) > 0 and all(r.extras.get("patient_id_kind") == "per_image" for r in train_m))
+    if (val is None or test is None) and per_image:
         # a folder knows no patients: two images of one patient may land in train and test
         log.warning("%s: no patient ids, so each image counts as its own patient; images of one patient in both "
                     "train and %s make the scores optimistic. Give a manifest with a patient_id column, or a "

@@ -1,5 +1,6 @@
 """medtl.data.build: manifests from folders and raw manifests, patient-level stratified splits, near copies."""
 
+import shutil
 from collections import defaultdict
 from dataclasses import replace
 
@@ -104,6 +105,8 @@ def test_a_folder_ignores_stray_files_but_not_broken_dicom_and_refuses_an_empty_
     (site / "neg" / "notes.txt").write_text("scanned on the old machine")
     (site / "pos" / "Thumbs.db").write_bytes(b"\0" * 300)
     (site / ".hidden").mkdir()
+    (site / "pos" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(site / "pos" / "img01.png", site / "pos" / ".ipynb_checkpoints" / "img01-checkpoint.png")
     with caplog.at_level("WARNING", logger="medtl.data.build"):
         m = build_manifest(site, folder_root, seed=1, group_near_copies=False)
     assert len(m) == 25 and not any(r.path.endswith((".txt", ".db")) for r in m)

@@ -217,6 +217,18 @@ def test_a_truncated_copy_found_first_does_not_replace_the_intact_instance(model
     (dup,) = [r for r in result.rows if r["status"] == "duplicate"]
     assert [(r["status"], r["n_instances"]) for r in series] == [("ok", 4)]
     assert dup["source"] == f"a_partial/{files[1].name}" and f"b_series/{files[1].name}, a larger copy" in dup["error"]
+    # a larger copy must pass the limits like any instance: one whose header claims 4000 frames is not swapped in
+    from medtl.deploy.discover import scan_files
+    from medtl.deploy.limits import Limits
+
+    big = pydicom.dcmread(files[2])
+    big.NumberOfFrames = 4000
+    big.PixelData = big.PixelData + b"\0" * 100000
+    (root / "c_big").mkdir()
+    big.save_as(root / "c_big" / "x.dcm")
+    found = scan_files(sorted(files) + [root / "c_big" / "x.dcm"], root, Limits(instance_bytes=8 * 2**20))
+    (series,) = [f for f in found if f.status != "duplicate"]
+    assert root / "c_big" / "x.dcm" not in series.files and series.n_frames == 4 and not series.error
 
 
 def test_series_of_a_modality_the_model_did_not_learn_are_named(hospital, model_2d, tmp_path, caplog):

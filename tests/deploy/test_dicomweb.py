@@ -120,6 +120,27 @@ def test_a_filter_the_server_pages_badly_still_ends(pacs, model_2d, tmp_path):
     assert result.ok == sum(m == "CR" for _, _, m in listed) and result.errors == 0
 
 
+def test_a_filtered_search_past_one_page_loses_no_study(orthanc_server, mprage_files, new_series, tmp_path):
+    """130 studies, more than one QIDO page (100): Orthanc pages ModalitiesInStudy searches wrongly (a first
+    page, then nothing), so the answers are completed by one search without paging."""
+    from medtl.deploy.dicomweb import QIDO_PAGE
+
+    server = orthanc_server(tmp_path / "pacs")
+    (tmp_path / "pacs").mkdir()
+    server.start()
+    try:
+        files = [f for i in range(130) for f in new_series(mprage_files[:1], tmp_path / "s" / str(i), f"page-{i}")]
+        source = DicomwebSource(server.url)
+        for k in range(0, len(files), 26):
+            source.store([pydicom.dcmread(f) for f in files[k:k + 26]])
+        assert QIDO_PAGE < 130
+        for url in (server.url, f"{server.url}?ModalitiesInStudy=MR"):
+            listed = DicomwebSource(url).list_series()
+            assert len(listed) == 130 and len({s.study_uid for s in listed}) == 130, url
+    finally:
+        server.stop()
+
+
 def test_unreachable_pacs_is_a_clear_error(model_2d, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -73,3 +73,31 @@ def test_explain_refuses_an_unknown_class_or_layer_by_name(model_2d, xrays, tmp_
         done = [r for r in csv.DictReader(f) if r["file"]]
     assert len(done) == 2 and all("Grad-CAM of pneumonia" not in r["predicted"] for r in done)
     assert all("P(pneumonia)" in r["predicted"] for r in done)  # the class asked for, whatever was predicted
+
+
+def test_the_deletion_test_tests_the_maps_the_overlays_show(xrays, tmp_path, capsys):
+    """A binary model decides at its own threshold (here 0.99, so every image is called no_finding although
+    pneumonia may have the higher probability): the deletion test explains the same class per image as the
+    overlays, and a regression model, which has no class probability, is refused the test."""
+    import torch
+
+    from medtl.models import Head, Model, build_encoder, save_checkpoint
+
+    def model(path, task, **meta):
+        torch.manual_seed(1)
+        enc = build_encoder("resnet10", spatial_dims=2, in_channels=1)
+        return save_checkpoint(path, Model(enc, Head(enc.out_features, task, 1 if task == "regression" else 2)),
+                               intensity={"preset": "cxr", "image_size": 32, "clahe": False}, image_size=32, **meta)
+
+    strict = model(tmp_path / "strict.pt", "binary", label_names=["no_finding", "pneumonia"], threshold=0.99)
+    assert main(["explain", "--model", str(strict), "--input", str(xrays), "--out", str(tmp_path / "s"),
+                 "--deletion-test", "--no-progress"]) == 0
+    with open(tmp_path / "s" / "index.csv", newline="") as f:
+        shown = [r["predicted"].split(";")[0] for r in csv.DictReader(f) if r["file"]]
+    assert set(shown) == {"no_finding"}
+    result = load_deletion_test(tmp_path / "s" / "deletion.json")
+    assert result["per_image"]["class"] == [0] * len(shown) and result["class_idx"] == "per image"
+    age = model(tmp_path / "age.pt", "regression", task_name="age")
+    assert main(["explain", "--model", str(age), "--input", str(xrays), "--out", str(tmp_path / "r"),
+                 "--deletion-test", "--no-progress"]) == 2
+    assert "measures a class probability; this model predicts a value" in capsys.readouterr().err

@@ -188,7 +188,8 @@ def test_outage_trips_the_breaker_and_a_rerun_resumes(orthanc_server, mprage_fil
 def test_srs_the_pacs_could_not_take_are_sent_by_the_rerun(orthanc_server, mprage_files, model_2d, tmp_path,
                                                            new_series):
     """The PACS goes down after every series was fetched, so no SR can be stored: the predictions stay ok rows
-    (evaluate reads them) marked retryable, and the rerun with the PACS back sends every SR."""
+    (evaluate reads them) marked retryable; after two SRs in a row the run stops (the circuit breaker). The
+    rerun, PACS back, sends the SR files without predicting those series again, and does the rest."""
     import dataclasses
 
     from medtl.deploy import load_model
@@ -198,7 +199,7 @@ def test_srs_the_pacs_could_not_take_are_sent_by_the_rerun(orthanc_server, mprag
     server.start()
     try:
         files = []
-        for i in range(3):
+        for i in range(4):
             files += new_series(mprage_files[2 * i:2 * i + 2], tmp_path / "series", f"sr-outage-{i}")
         DicomwebSource(server.url).store([pydicom.dcmread(f) for f in files])
         predictor = load_model(model_2d, device="cpu")
@@ -208,20 +209,31 @@ def test_srs_the_pacs_could_not_take_are_sent_by_the_rerun(orthanc_server, mprag
             return predictor.predict(batch)
 
         out = tmp_path / "out"
-        first = predict_batch(dataclasses.replace(predictor, predict=predict_then_pull_the_plug),
-                              DicomwebSource(server.url, retries=2, backoff=0.1), out, write_sr=True, batch_size=100,
-                              progress=False)
-        assert first.ok == 3 and first.errors == 0 and first.sr_pending == 3
-        rows = first.rows
-        assert all(r["status"] == "ok" and r["retryable"] and not r["sr_stored"] and r["prob_pneumonia"] is not None
-                   for r in rows) and all("SR not stored" in r["error"] for r in rows)
+        with pytest.raises(PacsUnreachable, match="could not take 2 SRs in a row"):
+            predict_batch(dataclasses.replace(predictor, predict=predict_then_pull_the_plug),
+                          DicomwebSource(server.url, retries=2, backoff=0.1), out, write_sr=True, batch_size=100,
+                          max_pacs_failures=2, progress=False)
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert len(rows) == 1  # the second failure stopped the run before its row
+        assert rows[0]["status"] == "ok" and rows[0]["retryable"] and not rows[0]["sr_stored"]
+        assert "SR not stored" in rows[0]["error"] and rows[0]["prob_pneumonia"] is not None
+        assert (out / rows[0]["sr_path"]).is_file()
 
         server.start()
-        again = predict_batch(model_2d, DicomwebSource(server.url), out, write_sr=True, progress=False)
-        assert again.resumed == 0 and again.ok == 3 and again.sr_pending == 0
+        predicted = []
+
+        def counting(batch):
+            predicted.append(batch.shape[0])
+            return predictor.predict(batch)
+
+        again = predict_batch(dataclasses.replace(predictor, predict=counting), DicomwebSource(server.url), out,
+                              write_sr=True, batch_size=1, progress=False)
+        assert again.resumed == 1 and again.ok == 3 and again.sr_pending == 0
+        assert sum(predicted) == 3 * 2  # the three other series (two slices each); the first was not redone
         latest = {r["case_id"]: r for r in again.rows}
-        assert len(latest) == 3 and all(r["sr_stored"] and not r.get("retryable") for r in latest.values())
+        assert len(latest) == 4 and all(r["status"] == "ok" and r["sr_stored"] and not r.get("retryable")
+                                        for r in latest.values())
         stored = [s for s in DicomwebSource(server.url).list_series() if s.modality == "SR"]
-        assert len(stored) == 3
+        assert len(stored) == 4
     finally:
         server.stop()

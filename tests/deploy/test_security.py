@@ -288,9 +288,14 @@ def test_redactor():
     assert "https://pacs:8042/dicom-web/studies?[query]" in clean and "\\x0aINFO forged" in clean
     assert clean.count("[redacted]") == 3
     assert r("is it? yes") == "is it? yes"  # a question mark in prose is not a query string
-    # an accession number is scrubbed whole: its words are ordinary words that messages use
-    r.add(["exam Number"], parts=False)
+    # identifiers by tag: an accession number whole (its words are ordinary words that messages use), an ID
+    # also by its HL7 components and values, a name also word by word
+    from medtl.deploy.redact import add_identifiers
+
+    add_identifiers(r, [("AccessionNumber", "exam Number"), ("PatientID", "12345678^^^HOSP"),
+                        ("OtherPatientIDs", "11112222\\33334444"), ("PatientName", "Roe^Richard Q")])
     assert r("The Number of bytes; exam Number 7") == "The Number of bytes; [redacted] 7"
+    assert r("exports/12345678/IM1 and 33334444, Richard") == "exports/[redacted]/IM1 and [redacted], [redacted]"
     assert r.value({"a": ["x\ty"]}) == {"a": ["x\\x09y"]}
 
 
@@ -309,3 +314,14 @@ def test_scrubbed_case_ids_still_resume_and_uids_stay_whole(tmp_path, mprage_fil
     assert row["case_id"] == "[redacted]_[redacted]/scrub-resume-000.dcm" and row["series_uid"] == "1.2.123.4"
     again = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
     assert again.resumed == 1 and again.ok + again.errors == 0 and len(_rows(out)) == 1
+
+
+def test_a_multi_valued_identifier_is_text_the_scrubber_can_cut():
+    from pydicom import Dataset
+
+    from medtl.deploy.discover import header_text
+
+    ds = Dataset()
+    ds.OtherPatientIDs = ["11112222", "33334444"]
+    ds.PatientID = "12345678"
+    assert header_text(ds, "OtherPatientIDs") == "11112222\\33334444" and header_text(ds, "PatientID") == "12345678"

@@ -190,3 +190,26 @@ def test_report_reads_predicts_results_like_evaluate(tmp_path, capsys):
     assert ea["threshold"] == eb["threshold"] and ea["threshold"]["rule"] == "model"
     assert ea["metrics"] == eb["metrics"] and ea["metrics"]["sensitivity"]["value"] == pytest.approx(2 / 3)
     assert a["sources"] == [str(path)] and a["notes"][0].startswith(f"{path}: 6 rows: 6 test rows scored")
+
+
+def test_two_models_of_one_name_are_two_strategies_each_at_its_own_threshold(tmp_path):
+    """medtl train names a model after its architecture and preset, so two models' results share a model_name:
+    report keeps them apart by version, compares them by DeLong, and scores each at the threshold predict
+    applied to it (not both at 0.5)."""
+    from medtl.evaluation.batch_results import evaluate_files
+
+    probs = [0.9, 0.35, 0.25, 0.2, 0.1, 0.32]
+    a = _results(tmp_path, [_row(f"c{i}", f"img/{i}.jpg", p, thr=0.3) for i, p in enumerate(probs)], name="a.csv")
+    rows_b = [_row(f"c{i}", f"img/{i}.jpg", p, thr=0.22) for i, p in enumerate([0.8, 0.5, 0.3, 0.25, 0.1, 0.2])]
+    for r in rows_b:
+        r[-3] = "def456"  # another model_version: other weights, the same name
+    b = _results(tmp_path, rows_b, name="b.csv")
+    labels = _manifest(tmp_path, [(f"img/{i}.jpg", lab, "test") for i, lab in
+                                  enumerate(["yes", "yes", "yes", "no", "no", "no"])])
+    task = evaluate_files([a, b], labels=labels, n_boot=20)["tasks"]["label"]
+    assert sorted(task["strategies"]) == ["medtl-resnet10-mri2d abc123", "medtl-resnet10-mri2d def456"]
+    thresholds = {k: (e["threshold"]["value"], e["threshold"]["rule"]) for k, e in task["strategies"].items()}
+    assert thresholds == {"medtl-resnet10-mri2d abc123": (0.3, "model"), "medtl-resnet10-mri2d def456": (0.22, "model")}
+    sens_b = task["strategies"]["medtl-resnet10-mri2d def456"]["metrics"]["sensitivity"]["value"]
+    assert sens_b == pytest.approx(1.0)  # 0.8, 0.5, 0.3 >= 0.22; at 0.5 it would be 2/3
+    assert len(task["comparisons"]) == 1 and task["comparisons"][0]["test"].startswith("DeLong")
