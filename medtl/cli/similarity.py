@@ -101,6 +101,11 @@ def run(args) -> int:
     from medtl.similarity.assess import assess, to_json, to_table
 
     path = output_file(args.out, args.json, "similarity.json")  # a bad --out is refused before any work
+    if args.save_features:  # its folder too (it may be the --out folder, not made yet)
+        try:
+            Path(args.save_features).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MedtlError(f"cannot create the folder: {err.strerror or err}", args.save_features) from None
 
     modes = [name for name, given in (("--matrix", args.matrix), ("--source/--target", args.source or args.target),
                                       ("--source-features/--target-features",

@@ -185,8 +185,10 @@ class Manifest:
         return path
 
     def sample(self, per_split: int, seed: int = 0) -> "Manifest":
-        """At most ``per_split`` rows of each split, drawn label-stratified and reproducibly from ``seed``
-        (what a pipeline's ``max_per_split`` does; handy for a quick look in a notebook)."""
+        """About ``per_split`` rows of each split, drawn label-stratified and reproducibly from ``seed``
+        (what a pipeline's ``max_per_split`` does; handy for a quick look in a notebook). Each label's share
+        is rounded up (every label keeps at least one row), so a split may get up to one row more per label;
+        a regression manifest gets exactly ``per_split``."""
         rng = np.random.default_rng(seed)
         keep: list[ManifestRow] = []
         for split in ("train", "val", "test"):

@@ -44,6 +44,28 @@ from medtl.models.weights import load_weights
 from medtl.progress import bar
 
 log = logging.getLogger(__name__)
+PRETRAIN_KEY_FILE = "pretrain_inputs.json"
+# train options a resumed run may change: how long and where it trains, not what it learns
+RESUMABLE_OPTIONS = ("epochs", "patience", "progress", "device", "num_workers", "max_steps_per_epoch")
+
+
+def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> None:
+    """Resuming continues the weights in ``out``: refuse when they were trained on other data or settings
+    (more epochs are fine), instead of silently mixing two runs; ``file`` in ``out`` keeps the key."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / file
+    key = json.loads(json.dumps(key, default=str))  # as it reads back: tuples as lists, paths as text
+    if resume and (out / "last.pt").exists() and path.exists():
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+        if differ:
+            raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new --out, or "
+                             "--no-resume to start over here", out)
+    path.write_text(json.dumps(key, indent=2) + "\n")
+
+
 MODES = ("supervised", "autoencoder", "moco")  # moco: contrastive self-supervised (medtl.strategies.ssl)
 
 
@@ -129,6 +151,17 @@ def pretrain_on(
     }
     env = torchrun_env() if config.distributed == "auto" else None
     world = env.world_size if env is not None else 1
+    if env is None or env.rank == 0:  # one writer of the run's key
+        # resuming continues these weights: only more (or fewer) epochs, another device or more workers
+        # may differ; a run key without paths, so the same command from another folder still resumes
+        run_options = {k: v for k, v in train_options.items() if k not in RESUMABLE_OPTIONS}
+        check_resumable(out, resume, {
+            "mode": mode, "arch": arch, "spatial_dims": spatial_dims, "in_channels": in_channels,
+            "stem_stride": stem_stride, "batch_size": batch_size, "latent_dim": latent_dim, "kl_weight": kl_weight,
+            "proj_dim": proj_dim, "proj_hidden": proj_hidden, "proj_batch_norm": proj_batch_norm,
+            "adapt_channels": adapt_channels, "train": run_options,
+            **{k: v for k, v in meta.items() if k not in ("manifest", "init_weights")},
+        }, PRETRAIN_KEY_FILE)
     if batch_size < world:
         raise MedtlError(f"batch_size {batch_size} is the global batch: it must be at least the number of "
                          f"processes ({world})", "batch_size")
@@ -157,7 +190,7 @@ def pretrain_on(
             meta.update(_validation_threshold(strategy, val_loader, trainer))
         save_checkpoint(path, strategy, **{**meta, "metrics": metrics, "epochs": len(result.history),
                                            "best_epoch": result.best_epoch})
-        log.info("pretrained model written to %s", path)
+        log.info("model written to %s", path)
     barrier(trainer.ctx)
     return PretrainResult(path, metrics, result)
 

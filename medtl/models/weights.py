@@ -90,6 +90,11 @@ def read_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise MedtlError("weights file not found", path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save: a zip, or a pickle (legacy)
+        raise MedtlError("not a PyTorch weights file (torch.save writes a zip archive; this is not one: a text, "
+                         "CSV or image file given as weights?)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -100,7 +105,7 @@ def read_file(path: str | Path) -> Any:
             "state_dict() and load that",
             path,
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
         raise MedtlError(f"not a readable PyTorch weights file: {str(err)[:200]}", path) from None
 
 

@@ -191,21 +191,6 @@ def _init_defaults(init: str | Path | None) -> dict[str, Any]:
 RUN_KEY_FILE = "train_inputs.json"
 
 
-def _check_resumable(out: Path, resume: bool, key: dict[str, Any]) -> None:
-    """Resuming continues the weights in ``out``: refuse when they were trained on other data or settings
-    (more epochs are fine), instead of silently mixing two runs."""
-    import json
-
-    path = out / RUN_KEY_FILE
-    if resume and (out / "last.pt").exists() and path.exists():
-        old = json.loads(path.read_text())
-        differ = sorted(k for k in set(old) | set(key) if old.get(k) != json.loads(json.dumps(key.get(k))))
-        if differ:
-            raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new --out, or "
-                             "--no-resume to start over here", out)
-    path.write_text(json.dumps(key, indent=2) + "\n")
-
-
 def _preset_options(modality: str, image_size) -> tuple[Any, dict[str, Any]]:
     from medtl.data.transforms import DEFAULTS
 
@@ -249,7 +234,7 @@ def train_model(
     from medtl.data.datasets import build_dataset
     from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
     from medtl.engine.evaluate import predict
-    from medtl.engine.pretrain import pretrain_on
+    from medtl.engine.pretrain import check_resumable, pretrain_on
     from medtl.engine.trainer import amp_dtype, resolve_device
     from medtl.evaluation.evaluate import EvalSettings, load_report
     from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
@@ -271,11 +256,11 @@ def train_model(
     size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
     lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
 
-    _check_resumable(out, resume, {
+    check_resumable(out, resume, {
         "train": inputs.splits["train"].content_hash(), "val": inputs.splits["val"].content_hash(),
         "modality": inputs.modality, "labels": inputs.label_names, "arch": arch, "image_size": size,
         "init": str(init) if init else None, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-        "seed": seed})
+        "seed": seed}, RUN_KEY_FILE)
     save_inputs(inputs)  # only now: a refused rerun leaves the folder's manifest as it was
     common = {"cache": cache, "run_dir": out, "progress": None if progress else False, **preset_options}
     datasets = {role: build_dataset(m, inputs.roots[role], inputs.modality, role == "train", **common)

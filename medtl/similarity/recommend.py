@@ -2,7 +2,8 @@
 
 :func:`recommend` turns each metric into a rank among the eligible candidates (1 = best, 0 = worst,
 ties averaged, direction from :data:`medtl.similarity.assess.METRICS` or ``higher_is_better``),
-combines them by a weighted mean over the metrics each candidate has, excludes options that cannot
+combines them by a weighted mean over the ranked metrics (one a candidate lacks counts as the middle
+rank), excludes options that cannot
 run on the target (fine-tuning with no target labels; label-conditioned adaptation without a shared
 label set), and explains the order in words. The record it returns is JSON-able, so a report can
 later set it beside the observed outcome with :func:`compare_outcome`.
@@ -10,6 +11,7 @@ later set it beside the observed outcome with :func:`compare_outcome`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -128,6 +130,7 @@ def recommend(
             raise MedtlError(f"metric weight must be >= 0, got {name}={w}", "weights")
 
     seen: set[str] = set()
+    unknown: list[str] = []  # strategies medtl does not know: no eligibility check, no prior
     eligible: dict[str, Mapping[str, Any]] = {}
     excluded = []
     for c in candidates:
@@ -138,6 +141,11 @@ def recommend(
         if key in seen:
             raise MedtlError("candidate listed twice", key)
         seen.add(key)
+        for metric, v in (c.get("scores") or {}).items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):  # numpy's too
+                raise MedtlError(f"score {metric} = {v!r} is not a number", key)
+        if _strategy_class(c) is None:
+            unknown.append(key)
         c = with_prior(c, target)
         why = _eligibility(c, target)
         if why:
@@ -217,6 +225,9 @@ def recommend(
         text.append("No transferability score (needs target labels): the ranking rests on domain distances only.")
     for e in excluded:
         text.append(f"Excluded {e['key']}: {e['reason']}.")
+    if unknown:
+        text.append(f"Not a medtl strategy (a typo?), so ranked without an eligibility check or a strategy prior: "
+                    f"{', '.join(unknown)}.")
     return {
         "version": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -36,6 +36,21 @@ def test_supervised_pretraining_writes_a_loadable_model(tmp_path):
     assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3))
 
 
+def test_a_resumed_pretraining_with_other_settings_is_refused(tmp_path):
+    """Resuming continues the weights: with another image size or learning rate the model.pt would claim settings
+    its weights never saw, so the run is refused, naming what differs; more epochs resume."""
+    common = dict(label_names=["a", "b"], arch="resnet10", batch_size=4, seed=0, progress=False, device="cpu",
+                  meta={"intensity": {"preset": "cxr"}, "manifest_hash": "feed"})
+    pretrain_on(_items(6), None, tmp_path, image_size=32, epochs=1, lr=1e-3, **common)
+    with pytest.raises(MedtlError, match=r"a run with other hparams, image_size; use a new --out"):
+        pretrain_on(_items(6), None, tmp_path, image_size=48, epochs=1, lr=0.5, **common)
+    with pytest.raises(MedtlError, match=r"a run with other manifest_hash"):
+        pretrain_on(_items(6), None, tmp_path, image_size=32, epochs=1, lr=1e-3,
+                    **{**common, "meta": {**common["meta"], "manifest_hash": "beef"}})
+    more = pretrain_on(_items(6), None, tmp_path, image_size=32, epochs=2, lr=1e-3, **common)
+    assert torch.load(more.path, weights_only=True)["meta"]["epochs"] == 2
+
+
 def test_autoencoder_pretraining(tmp_path):
     unlabelled = [{"image": d["image"], "label": torch.tensor(0)} for d in _items(5)]
     result = pretrain_on(unlabelled, None, tmp_path, mode="autoencoder", arch="resnet10", image_size=32, epochs=1,

@@ -126,6 +126,14 @@ def test_whole_model_pickle_and_code_are_refused_by_name(tmp_path):
     assert str(path3) in str(err.value)
 
 
+def test_a_text_or_csv_file_as_weights_is_named_for_what_it_is(tmp_path):
+    for name, content in (("junk.pt", b"hello\n"), ("manifest.pt", b"path,label\na.png,x\n")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(MedtlError, match="not a PyTorch weights file") as err:
+            load_weights(build_encoder("resnet10"), tmp_path / name)
+        assert str(tmp_path / name) in str(err.value) and "pickled" not in str(err.value)
+
+
 @pytest.mark.parametrize("depth, shortcut", [(10, "B"), (18, "A")])
 def test_medicalnet_3d_resnet(tmp_path, depth, shortcut):
     enc = build_encoder(f"resnet{depth}", spatial_dims=3, shortcut=shortcut)

@@ -3,7 +3,8 @@
 import pytest
 
 from medtl.errors import MedtlError
-from medtl.pipeline.train import _check_resumable, _init_defaults
+from medtl.engine.pretrain import check_resumable
+from medtl.pipeline.train import _init_defaults
 
 
 def _checkpoint(tmp_path, dims, **meta):
@@ -25,11 +26,11 @@ def test_init_checkpoint_gives_architecture_and_size(tmp_path):
 
 def test_resuming_is_refused_when_data_or_settings_differ(tmp_path):
     key = {"train": "abc", "seed": 0, "image_size": [16, 16, 16]}
-    _check_resumable(tmp_path, True, key)
+    check_resumable(tmp_path, True, key, "run.json")
     (tmp_path / "last.pt").write_bytes(b"")
-    _check_resumable(tmp_path, True, dict(key))  # the same: resumes (tuples and lists alike)
+    check_resumable(tmp_path, True, dict(key), "run.json")  # the same: resumes (tuples and lists alike)
     with pytest.raises(MedtlError, match=r"a run with other seed, train; use a new --out"):
-        _check_resumable(tmp_path, True, {**key, "train": "def", "seed": 1})
-    _check_resumable(tmp_path, False, {**key, "seed": 1})  # --no-resume starts over and records the new inputs
+        check_resumable(tmp_path, True, {**key, "train": "def", "seed": 1}, "run.json")
+    check_resumable(tmp_path, False, {**key, "seed": 1}, "run.json")  # --no-resume starts over and records the new inputs
     with pytest.raises(MedtlError, match="other seed"):
-        _check_resumable(tmp_path, True, key)
+        check_resumable(tmp_path, True, key, "run.json")

@@ -120,3 +120,13 @@ def test_frechet_ranks_only_candidates_that_share_an_encoder():
     same = recommend({}, [dict(c, encoder="resnet18") for c in cands])
     assert same["weights"] == {"frechet": 0.25} and same["recommended"] == "cxr/resnet18/coral"
     assert "not ranked" not in same["explanation"]
+
+
+def test_a_score_that_is_not_a_number_and_an_unknown_strategy_are_said():
+    bad = [dict(CANDIDATES[0], scores={"mmd2": "high"})] + CANDIDATES[1:]
+    with pytest.raises(MedtlError, match=r"score mmd2 = 'high' is not a number") as err:
+        recommend({}, bad)
+    assert "cxr/resnet18/dann" in str(err.value)
+    typo = CANDIDATES[:2] + [{"source": "cxr", "encoder": "resnet18", "strategy": "lpft_typo", "scores": {"logme": 0.0}}]
+    rec = recommend({"n_labelled": 20}, typo)
+    assert "Not a medtl strategy (a typo?)" in rec["explanation"] and "cxr/resnet18/lpft_typo" in rec["explanation"]
