@@ -10,6 +10,7 @@ from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 from medtl.models.checkpoint import encoder_config
+from medtl.models.encoders import ARCHITECTURES
 from medtl.pipeline.config import DataSpec, closest
 from medtl.pipeline.context import Context, heterogeneous, modality_of
 from medtl.pipeline.jobs import label_budgets, labelled_rows
@@ -37,6 +38,16 @@ def check_before_run(ctx: Context) -> None:
             raise MedtlError(f"unknown hyper-parameter {key!r} for {spec.name}"
                              + (f"; did you mean {guess!r}?" if guess else "")
                              + f" (known: {', '.join(sorted(cls.DEFAULTS))})", f"{where}: strategies[{i}].hparams")
+    if cfg.train.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MedtlError(f"device {cfg.train.device!r}, but torch sees no CUDA GPU here (device: auto uses one "
+                             "when there is one)", f"{where}: train.device")
+    if cfg.encoder.arch not in ARCHITECTURES:
+        guess = closest(cfg.encoder.arch, ARCHITECTURES)
+        raise MedtlError(f"unknown encoder {cfg.encoder.arch!r}" + (f"; did you mean {guess!r}?" if guess else "")
+                         + f" (known: {', '.join(ARCHITECTURES)})", f"{where}: encoder.arch")
     if cfg.pretrain.checkpoint:
         src = Path(cfg.pretrain.checkpoint)
         if not (src if src.is_absolute() else ctx.base / src).exists():
@@ -79,6 +90,9 @@ def check_before_run(ctx: Context) -> None:
         if not spec.pretrained:
             continue
         lifted = (spec.lift or cfg.encoder.lift or "none") != "none"
+        if lifted and target_dims == 2:  # a lift turns a 2D encoder into a 3D one: a 2D target has no use for it
+            raise MedtlError(f"lift {spec.lift or cfg.encoder.lift!r} makes a 3D encoder, but the target is 2D; "
+                             "remove the lift (encoder.lift or the strategy's)", f"{where}: strategies[{spec.display}]")
         dims = _encoder_dims(ctx, spec.source)
         if dims == 2 and target_dims == 3 and not lifted:
             raise MedtlError("a 3D target needs a lift (i3d, acs or 2.5d) to use the 2D pretrained encoder; set "

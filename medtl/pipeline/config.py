@@ -26,12 +26,12 @@ class Strict(BaseModel):
 
 
 class DataSpec(Strict):
-    manifest: str  # relative to the repository (or absolute); paths inside it are relative to the data root
+    manifest: str  # relative to the config file (or absolute); paths inside it are relative to the data root
     preset: Literal["cxr", "mri2d", "mri3d"] | None = None
-    image_size: int | None = None
+    image_size: int | None = Field(None, ge=8)
     spacing: tuple[float, float, float] | None = None
     volume_shape: tuple[int, int, int] | None = None
-    max_per_split: int | None = None  # cap rows per split (profiles use it to bound run time)
+    max_per_split: int | None = Field(None, ge=1)  # about this many rows per split (profiles bound run time)
 
     def preset_options(self) -> dict[str, Any]:
         opts = {"image_size": self.image_size, "spacing": self.spacing, "volume_shape": self.volume_shape}
@@ -48,10 +48,10 @@ class TaskSpec(Strict):
 class PretrainSpec(Strict):
     # supervised (the source labels), autoencoder (VAE) or moco (self-supervised MoCo v2, labels unused)
     mode: Literal["supervised", "autoencoder", "moco"] = "supervised"
-    checkpoint: str | None = None  # use this medtl checkpoint instead of training
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
+    checkpoint: str | None = None  # use this medtl checkpoint instead of training (relative to the config file)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
     kl_weight: float = 1e-3
     # the self-supervised method's hyper-parameters (moco: medtl.strategies.ssl.MoCo.DEFAULTS), e.g. a queue
     # shorter than a small data set, so few negatives are stale copies of the positive
@@ -85,10 +85,10 @@ class EncoderSpec(Strict):
 
 
 class TrainSpec(Strict):
-    epochs: int = 20
-    batch_size: int = 32
-    num_workers: int = 0
-    patience: int | None = 5
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    patience: int | None = Field(5, ge=1)
     device: str = "auto"
     # autocast policy, recorded in every checkpoint and used alike by training, evaluation and medtl predict:
     # "auto" = bf16 on CUDA, fp32 on CPU; "off" = fp32 everywhere; "bf16" / "fp16" = that autocast dtype (in
@@ -125,11 +125,11 @@ class StrategySpec(Strict):
 
 class SimilaritySpec(Strict):
     enabled: bool = True
-    max_images: int = 200
+    max_images: int = Field(200, ge=2)
 
 
 class EvaluationSpec(Strict):
-    bootstrap: int = 1000
+    bootstrap: int = Field(1000, ge=0)  # 0: no confidence intervals (the report says so)
     threshold_rule: str = "youden"
 
     @field_validator("threshold_rule")
@@ -150,7 +150,7 @@ class PipelineConfig(Strict):
     name: str
     description: str = ""
     synthetic: bool = False  # the images are generated (medtl.data.synthetic), not patients': the report says so
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     source: DataSpec
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     target: DataSpec
@@ -159,7 +159,7 @@ class PipelineConfig(Strict):
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     sources: dict[str, SourceSpec] = Field(default_factory=dict)
-    strategies: list[StrategySpec]
+    strategies: list[StrategySpec] = Field(min_length=1)
     label_fractions: list[float] = Field(default_factory=lambda: [1.0])
     # exactly these numbers of labelled training rows instead of fractions (e.g. [10, 20, 40] volumes), drawn
     # per label in proportion (at least one each); the reports record the fraction count / training rows

@@ -65,8 +65,7 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     per_stage = ", ".join(f"{k} {float(v.get('seconds') or 0):.0f} s" for k, v in stages.items())
     lines = [f"## {config['name']}", "", config.get("description", ""), ""]
     lines += [
-        f"- Command: `medtl run pipelines/{config['name']}.yaml --data-root ../shared/data --out runs/{config['name']}"
-        f" --profile {env.get('profile', 'default')}`",
+        f"- Command: `{_command(config, env)}`",
         f"- Profile `{env.get('profile')}`; seeds {config['seeds']}; "
         + (f"labelled training rows {config['label_counts']}; " if config.get("label_counts")
            else f"label fractions {config['label_fractions']}; ")
@@ -90,6 +89,22 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
         lines.append(f"> {note}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _command(config: dict, env: dict) -> str:
+    """The run's command as given (recorded since 2026-12-01), else the shipped layout's."""
+    import os
+
+    def shown(path: str) -> str:  # relative to the current folder where that is shorter
+        rel = os.path.relpath(path)
+        return rel if len(rel) < len(path) else path
+
+    profile = env.get("profile") or "default"
+    flag = "" if profile == "default" else f" --profile {profile}"  # the default profile has no flag
+    if env.get("config_path") and env.get("out"):
+        return (f"medtl run {shown(env['config_path'])} --data-root {shown(env['data_root'])} --out "
+                f"{shown(env['out'])}{flag}")
+    return f"medtl run pipelines/{config['name']}.yaml --data-root ../shared/data --out runs/{config['name']}{flag}"
 
 
 def selection_section(run: Path, config: dict) -> list[str]:

@@ -155,9 +155,38 @@ def stage_prepare(ctx: Context) -> dict:
         "profile": ctx.profile or "default",
         "data_root": str(ctx.data_root),
         "manifests": {key: str(ctx.manifest_path(spec, key)) for key, spec in (("source", cfg.source), ("target", cfg.target))},
+        "manifest_sha256": manifest_hashes(ctx),
+        # the command as given (medtl results prints it): config file and output folder
+        "config_path": str(ctx.config_path), "out": str(ctx.out),
     }
     (ctx.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     return {}
+
+
+def manifest_hashes(ctx: Context) -> dict[str, str]:
+    """The SHA-256 of the source and target manifest files: a run folder's splits are tied to them."""
+    from medtl.paths import file_sha256
+
+    cfg = ctx.config
+    return {key: file_sha256(ctx.manifest_path(spec, key)) for key, spec in (("source", cfg.source), ("target", cfg.target))}
+
+
+def check_manifests_unchanged(ctx: Context) -> None:
+    """Refuse to go on in a run folder whose manifests were edited since it was made: finished jobs
+    trained and scored on the old splits, new ones would use the new (folders from before the hashes
+    were recorded cannot be checked)."""
+    path = ctx.out / "environment.json"
+    recorded = json.loads(path.read_text()).get("manifest_sha256") if path.exists() else None
+    if not recorded:
+        return
+    now = manifest_hashes(ctx)
+    changed = [k for k in recorded if k in now and recorded[k] != now[k]]
+    if changed:
+        cfg = ctx.config
+        files = ", ".join(str(ctx.manifest_path(getattr(cfg, k), k)) for k in changed)
+        raise MedtlError(f"the {' and '.join(changed)} manifest changed since this run folder was made ({files}); "
+                         "its finished jobs used the old splits and new ones would use the new: use a new --out",
+                         path)
 
 
 def _cpu_model() -> str:
@@ -324,9 +353,10 @@ def stage_report(ctx: Context) -> dict:
     preds.to_csv(out / "predictions.csv", index=False)
     logs = []
     for p in RunFolder.logs_under(out / "transfer"):
-        job = p.parent.relative_to(out / "transfer")  # <task>/frac<f>/<strategy>/seed<n>
+        task, budget, strategy, seed = p.parent.relative_to(out / "transfer").parts  # the job's folder
+        run_id = f"{task}/{strategy}/{budget}/{seed}"  # as predictions.csv and report.json name the run
         for record in RunFolder.read_log_file(p):
-            logs.append({**record, "run_id": job.as_posix(), "strategy": job.parts[-2]})
+            logs.append({**record, "run_id": run_id, "strategy": strategy})
     log_path = None
     if logs:
         log_path = out / "metrics_log.csv"
@@ -508,6 +538,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     ctx = Context(config, config_path, data_root, out, profile)
     ctx.progress = progress
     check_before_run(ctx)
+    check_manifests_unchanged(ctx)
     out.mkdir(parents=True, exist_ok=True)
     book = StageBook(out)
     payloads, legacy = _payloads(config, data_root), _payloads(config, data_root, with_defaults=True)

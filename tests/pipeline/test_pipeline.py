@@ -124,6 +124,40 @@ def test_bad_configs_fail_before_training_naming_the_key(tiny, make_config):
     with pytest.raises(MedtlError, match="strategies\\[magic\\].*unknown strategy"):
         run_pipeline(bad, tiny / "data", tiny / "bad_run2")
     assert not (tiny / "bad_run2" / "pretrain").exists()
+    # values that cannot run are refused before anything is written, naming the key
+    base = make_config.config.replace("EPOCHS", "1")
+    for changed, key in ((base.replace("batch_size: 8", "batch_size: 0"), "train.batch_size"),
+                         (base + "seeds: []\n", "seeds"),
+                         (base.replace("{max_images: 20}", "{max_images: 0}"), "similarity.max_images"),
+                         (base.replace("{arch: resnet10}", "{arch: resnet11}"), "encoder.arch"),
+                         (base.replace("{arch: resnet10}", "{arch: resnet10, lift: i3d}"), "lift 'i3d' makes a 3D"),
+                         (base.replace("device: cpu", "device: cuda"), "train.device")):
+        bad.write_text(changed)
+        if key == "train.device" and __import__("torch").cuda.is_available():
+            continue  # a GPU is there: cuda is a valid device
+        with pytest.raises(MedtlError, match=key.replace(".", "\\.")):
+            run_pipeline(bad, tiny / "data", tiny / "bad_run3")
+        assert not (tiny / "bad_run3").exists(), key
+
+
+def test_a_run_folder_refuses_to_go_on_after_its_manifest_was_edited(tiny_run, tiny, make_config, tmp_path):
+    """Finished jobs trained and scored on the old splits: a manifest edited since is refused, naming it."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny / "manifests", root / "manifests")
+    config = root / "p.yaml"
+    config.write_text(make_config(tiny).read_text())
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    env = json.loads((out / "environment.json").read_text())
+    assert set(env["manifest_sha256"]) == {"source", "target"}
+    run_pipeline(config, tiny / "data", out)  # the same manifests (copied): goes on
+    lines = (root / "manifests" / "tgt.csv").read_text().splitlines()
+    moved = [lines[0]] + [line.replace(",test,", ",train,") for line in lines[1:]]  # test rows moved to train
+    (root / "manifests" / "tgt.csv").write_text("\n".join(moved) + "\n")
+    with pytest.raises(MedtlError, match="the target manifest changed since this run folder was made"):
+        run_pipeline(config, tiny / "data", out)
 
 
 def test_missing_data_files_are_listed(tiny, make_config, tmp_path):

@@ -31,7 +31,7 @@ def test_every_field_of_every_model_is_listed_with_its_default():
 def test_comments_beside_and_above_fields_become_meanings():
     comments = field_comments(config.TrainSpec)
     assert "frozen-encoder features" in comments["feature_cache"]  # the comment line above the field
-    assert "cap rows per split" in field_comments(config.DataSpec)["max_per_split"]  # the comment beside it
+    assert "about this many rows per split" in field_comments(config.DataSpec)["max_per_split"]  # the comment beside it
     assert "epochs" not in comments  # no comment: no invented meaning
 
 

@@ -20,6 +20,13 @@ def test_results_page_from_a_run_folder(tiny_run, tmp_path):
     assert page.index("## tiny") < page.index("A hand-written remark.")
     assert page.index("## Summary (written by hand") < page.index("An overview.") < page.index("## tiny")
     assert "## tiny" in page and "Wall time" in page and "Hardware" in page
+    # the command as it was run: this run's config file and output folder, no --profile for the default
+    import os
+
+    command = next(line for line in page.splitlines() if line.startswith("- Command:"))
+    for path in (out.parent / "p.yaml", out):  # as a relative or an absolute path, whichever is shorter
+        assert str(path) in command or os.path.relpath(path) in command
+    assert "--profile" not in command and "pipelines/tiny.yaml" not in command
     figure = tmp_path / "results_figures" / "tiny_tumor.png"  # the forest plot beside the task's table
     assert figure.read_bytes().startswith(b"\x89PNG") and "](results_figures/tiny_tumor.png)" in page
     assert "| feature_extraction | fraction 0.5 |" in page and "AUROC" in page
