@@ -67,6 +67,14 @@ STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
 # ----------------------------------------------------------------------------- stage bookkeeping
 
 
+def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ (``train.epochs``, ``strategies``), down through nested dicts."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix] if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True) else []
+    return [k for key in sorted(set(old) | set(new))
+            for k in _differing_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]
+
+
 class StageBook:
     """``stages.json``: per stage, the config slice it ran with; refuses a different one."""
 
@@ -91,12 +99,10 @@ class StageBook:
             return "done" if entry.get("status") == "done" else "run"
         if _grown(entry.get("payload") or {}, payload, legacy or payload):
             return "grown"
-        old = entry.get("payload", {})
-        keys = sorted(k for k in set(old) | set(payload) if json.dumps(old.get(k), sort_keys=True, default=str)
-                      != json.dumps(payload.get(k), sort_keys=True, default=str))
+        keys = _differing_keys(entry.get("payload", {}), json.loads(json.dumps(payload, default=str)))
         raise MedtlError(
             f"stage {stage!r} already ran with a different config (differs in: {', '.join(keys) or 'values'}); "
-            "results would mix: use a new --out folder, or delete that stage's folder and its entry in stages.json "
+            "results would mix: use a new --out folder, or delete that stage's outputs and its entry in stages.json "
             f"(items added to {', '.join(GROWABLE)}, keeping every earlier one and the first seed, are allowed: "
             "only the new jobs run)",
             self.path,
@@ -547,7 +553,9 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
         with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
             # every stage is checked before any runs, so a refused config changes nothing in the folder
             selected = [st for st in STAGES if st in stages and (st != "similarity" or config.similarity.enabled)]
-            needs = {st: book.check(st, payloads[st], legacy[st]) for st in selected}
+            # --redo-report re-renders the report under the config's evaluation settings, changed or not
+            needs = {st: "grown" if redo_report and st == "report" and st in book.done
+                     else book.check(st, payloads[st], legacy[st]) for st in selected}
             if "grown" in needs.values():
                 write_config(ctx)  # the folder's config.yaml describes the grown study
             upstream_ran = False  # a stage reads what the ones before it wrote: once one runs, the rest follow

@@ -32,7 +32,7 @@ def test_runs_end_to_end_then_skips_and_refuses_a_changed_config(tiny, make_conf
     run_pipeline(make_config(tiny), tiny / "data", out)
     assert capsys.readouterr().out.count("already complete") == 5
     assert mtimes == {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
-    with pytest.raises(MedtlError, match="stage 'transfer'.*train"):
+    with pytest.raises(MedtlError, match=r"stage 'transfer'.*differs in: train\.epochs\)"):
         run_pipeline(make_config(tiny, epochs=2), tiny / "data", out)
 
 
@@ -78,6 +78,24 @@ def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny_
     with pytest.raises(MedtlError, match="stage 'transfer'.*train"):
         run_pipeline(mixed, tiny / "data", grown)
     assert all(p.read_bytes() == data for p, data in kept.items())
+
+
+def test_redo_report_renders_under_changed_evaluation_settings(tiny_run, tiny, make_config, tmp_path):
+    """A report-only setting (the bootstrap count) is no reason to refuse --redo-report, which re-renders the
+    report anyway; without --redo-report the change is refused as before. Training stages are untouched."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    cheaper = tiny / "cheaper.yaml"
+    cheaper.write_text(make_config(tiny).read_text().replace("bootstrap: 50", "bootstrap: 20"))
+    with pytest.raises(MedtlError, match=r"stage 'report'.*evaluation\.bootstrap"):
+        run_pipeline(cheaper, tiny / "data", out)
+    mtimes = {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
+    run_pipeline(cheaper, tiny / "data", out, redo_report=True)
+    assert json.loads((out / "report.json").read_text())["settings"]["n_boot"] == 20
+    assert mtimes == {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
+    run_pipeline(cheaper, tiny / "data", out)  # recorded: the changed settings are now the folder's
 
 
 def test_only_added_list_items_count_as_growth(tiny, make_config):
