@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,13 +97,12 @@ class SeriesRules:
 
 def header_text(ds, tag: str) -> str:
     """A header value as text; a multi-valued one joined by DICOM's own separator (``\\``), not as a
-    Python list's text (which would hide its values from the identifier scrubber)."""
-    from pydicom.multival import MultiValue
-
+    Python list's text (which would hide its values from the identifier scrubber). (pydicom's
+    MultiValue is a MutableSequence: no import on this path, called for every tag of every file.)"""
     value = ds.get(tag, "")
     if value is None:
         return ""
-    if isinstance(value, (MultiValue, list, tuple)):
+    if isinstance(value, (MutableSequence, tuple)):
         return "\\".join(str(v).strip() for v in value)
     return str(value).strip()
 
@@ -216,7 +215,8 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
     groups: dict[str, Series] = {}
     singles: list[Series] = []
     used_sop: dict[str, str] = {}  # SOPInstanceUID -> the file (as displayed) whose copy is used
-    # SOPInstanceUID -> (that file, its header, decoded bytes, frames), when it sits in a series
+    # SOPInstanceUID -> (that file, decoded bytes, frames), when it sits in a series (no header kept: a
+    # large export holds many thousands of instances, and duplicates are rare)
     used_in_series: dict[str, tuple] = {}
     ignored = 0
     for item in paths:
@@ -277,9 +277,13 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
             if swapped is not None:
                 # The earlier copy is shorter: a truncated or partial copy would fail the whole series,
                 # so the fuller one is used and the earlier one is reported as the duplicate.
-                earlier, earlier_ds, _, _ = used_in_series[sop]
+                earlier = used_in_series[sop][0]
                 earlier_rel = used_sop[sop]
                 used_sop[sop], used_in_series[sop] = rel, swapped
+                try:  # its own header for its row (it was read once already)
+                    earlier_ds = pydicom.dcmread(earlier, stop_before_pixels=True)
+                except Exception:  # noqa: BLE001 (gone or changed since: the copy's header says the same)
+                    earlier_ds = ds
                 dup = _new_series(_file_key(earlier_rel), earlier_ds, earlier_rel)
                 dup.files.append(earlier)
                 dup.sop_uids[str(earlier)] = sop
@@ -311,7 +315,7 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
         s.n_frames += _frames(ds)
         s.decoded_bytes += size
         s.sop_uids[str(path)] = sop
-        used_in_series[sop] = (path, ds, size, _frames(ds))
+        used_in_series[sop] = (path, size, _frames(ds))
     for s in groups.values():
         try:
             check_series(s.decoded_bytes, limits, volume)
@@ -324,11 +328,11 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
 
 def _use_larger_copy(groups: dict[str, Series], used: tuple | None, path: Path, ds, limits: Limits) -> tuple | None:
     """Put ``path`` in its series in place of the earlier copy of the same instance (``used``: that copy's
-    file, header, decoded bytes, frames) when ``path`` is the larger file and passes the limits; returns
-    ``path``'s own (file, header, bytes, frames), or None to keep the earlier copy."""
+    file, decoded bytes, frames) when ``path`` is the larger file and passes the limits; returns ``path``'s
+    own (file, bytes, frames), or None to keep the earlier copy."""
     if used is None:
         return None
-    earlier, _, earlier_size, earlier_frames = used
+    earlier, earlier_size, earlier_frames = used
     group = groups.get(header_text(ds, "SeriesInstanceUID"))
     try:
         if group is None or earlier not in group.files or path.stat().st_size <= earlier.stat().st_size:
@@ -340,7 +344,7 @@ def _use_larger_copy(groups: dict[str, Series], used: tuple | None, path: Path, 
     group.sop_uids[str(path)] = group.sop_uids.pop(str(earlier))
     group.decoded_bytes += size - earlier_size
     group.n_frames += _frames(ds) - earlier_frames
-    return path, ds, size, _frames(ds)
+    return path, size, _frames(ds)
 
 
 def _new_series(key: str, ds, rel: str) -> Series:

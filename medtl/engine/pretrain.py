@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,6 @@ RESUMABLE_OPTIONS = ("epochs", "patience", "progress", "device", "num_workers", 
 def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> None:
     """Resuming continues the weights in ``out``: refuse when they were trained on other data or settings
     (more epochs are fine), instead of silently mixing two runs; ``file`` in ``out`` keeps the key."""
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     path = out / file
     key = json.loads(json.dumps(key, default=str))  # as it reads back: tuples as lists, paths as text
