@@ -122,9 +122,19 @@ def _dcmread(path: Path):
         raise MedtlError(f"unreadable DICOM: {err}", path) from None
 
 
+# transfer syntaxes the installed decoders cannot read, with what would read them
+_DECODER_HINTS = {
+    "1.2.840.10008.1.2.4.51": "12-bit JPEG Extended needs pylibjpeg with pylibjpeg-libjpeg (GPL); "
+                              "or convert the study to JPEG Lossless or JPEG 2000",
+}
+
+
 def _dicom_pixels(ds, path: Path) -> np.ndarray:
-    """Decoded pixels with the modality LUT applied and MONOCHROME1 inverted (bright = dense)."""
-    from pydicom.pixels import apply_modality_lut
+    """Decoded pixels as values a model can compare across slices: MONOCHROME1 inverted over the stored
+    bit range (bright = dense, with one offset for every slice of a series), the modality LUT or rescale
+    applied (per frame in an enhanced multi-frame file), colour and palette images as grey. Window
+    settings (VOI LUT) are not applied: the preset chains scale each image to its own percentiles."""
+    from pydicom.pixels import apply_color_lut
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise MedtlError("DICOM has no pixel data", path)
@@ -134,20 +144,73 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         # a decoder hint only where a decoder could help: an uncompressed file that fails is damaged
-        hint = (" For JPEG 2000 install a decoder such as pylibjpeg-openjpeg or Pillow built with OpenJPEG"
-                if getattr(syntax, "is_compressed", True) else " The file is probably truncated or damaged")
-        raise MedtlError(f"cannot decode pixel data with transfer syntax {name}: {err}.{hint}", path) from None
-    pixels = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+        if not getattr(syntax, "is_compressed", True):
+            hint = "the file is probably truncated or damaged"
+        else:
+            hint = _DECODER_HINTS.get(str(syntax), "no installed decoder reads it (medtl installs python-gdcm, "
+                                                   "pyjpegls and Pillow's JPEG 2000)")
+        raise MedtlError(f"cannot decode pixel data with transfer syntax {name}: {err}. {hint}", path) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels
-    elif photometric not in ("MONOCHROME2",) and pixels.shape[-1] == 3:
-        pixels = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return pixels
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)
+    elif photometric == "MONOCHROME1":
+        bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 16))
+        lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0)) == 1
+                  else (0, 2 ** bits - 1))
+        pixels = (lo + hi) - pixels.astype(np.int64)  # before the rescale, as the stored values it inverts
+    if int(ds.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR":
+        return np.asarray(pixels, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return _modality_values(pixels, ds)
+
+
+def _frame_item(ds, frame: int, sequence: str):
+    """The item of an enhanced multi-frame file's functional group ``sequence`` for ``frame`` (per-frame
+    groups first, then the shared ones), or None."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items is not None and index < len(items) and items[index].get(sequence):
+            return items[index].get(sequence)[0]
+    return None
+
+
+def _modality_values(pixels: np.ndarray, ds) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if "RescaleSlope" in ds or "ModalityLUTSequence" in ds or _frame_item(ds, 0, "PixelValueTransformationSequence") is None:
+        return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    # enhanced multi-frame: the rescale sits in each frame's (or the shared) Pixel Value Transformation
+    values = np.asarray(pixels, dtype=np.float32).reshape((frames,) + pixels.shape[-2:]).copy()
+    for k in range(frames):
+        item = _frame_item(ds, k, "PixelValueTransformationSequence")
+        if item is not None:
+            values[k] = values[k] * float(item.get("RescaleSlope", 1) or 1) + float(item.get("RescaleIntercept", 0) or 0)
+    return values.reshape(pixels.shape)
+
+
+def _frame_geometry(ds, frames: int):
+    """Per frame (orientation, position) and the in-plane spacing of an enhanced multi-frame file, or
+    None when some frame has no plane position (its orientation is then unknown)."""
+    orientations, positions = [], []
+    for k in range(frames):
+        orient = _frame_item(ds, k, "PlaneOrientationSequence")
+        where = _frame_item(ds, k, "PlanePositionSequence")
+        iop = orient.get("ImageOrientationPatient") if orient is not None else ds.get("ImageOrientationPatient")
+        ipp = where.get("ImagePositionPatient") if where is not None else None
+        if iop is None or ipp is None:
+            return None
+        orientations.append(iop)
+        positions.append(ipp)
+    return orientations, positions
 
 
 def read_dicom(path: Path) -> Image:
-    """One DICOM file: a 2D image, or a multi-frame file as a 3D volume (frames along depth)."""
+    """One DICOM file: a 2D image, or a multi-frame file as a 3D volume.
+
+    An enhanced multi-frame file whose functional groups place every frame is ordered along the slice
+    normal with its orientation kept, as a series is; one without (``meta["geometry"] == "unknown"``)
+    keeps its frames in file order along an assumed axial axis, which 3D models refuse
+    (:func:`require_geometry`) and 2D models, which read frame by frame, do not need."""
     ds = _dcmread(path)
     pixels = _dicom_pixels(ds, path)
     meta = {
@@ -159,12 +222,26 @@ def read_dicom(path: Path) -> Image:
     }
     if pixels.ndim == 2:
         return Image(pixels, meta=meta)
-    # Multi-frame: frames stacked along the last (slice) axis, in-plane spacing when present.
-    row, col = _pixel_spacing(ds)
+    frames = pixels.shape[0]
+    geometry = _frame_geometry(ds, frames)
+    measures = _frame_item(ds, 0, "PixelMeasuresSequence")
+    row, col = _pixel_spacing(measures if measures is not None else ds)
+    if geometry is not None:
+        volume, affine = _stack_slices(list(pixels), *geometry, [(row, col)] * frames,
+                                       [f"frame {k + 1}" for k in range(frames)], path)
+        return Image(volume, affine, {**meta, "geometry": "frames"})
     thickness = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
     volume = np.transpose(pixels, (2, 1, 0))  # (frames, rows, cols) -> (cols, rows, frames)
-    affine = np.diag([-col, -row, thickness, 1.0])  # LPS rows/cols flipped to RAS, orientation unknown
-    return Image(volume.astype(np.float32), affine, meta)
+    affine = np.diag([-col, -row, thickness, 1.0])  # a guess: LPS rows/cols flipped to RAS, axial
+    return Image(volume.astype(np.float32), affine, {**meta, "geometry": "unknown"})
+
+
+def require_geometry(image: Image, where) -> None:
+    """3D models need to know where each slice lies: refuse a volume whose orientation was guessed."""
+    if image.meta.get("geometry") == "unknown":
+        raise MedtlError("multi-frame DICOM without plane positions and orientation (no functional groups "
+                         "place its frames): a 3D model would see it in a guessed orientation. Export the "
+                         "series as single-frame instances or NIfTI with its geometry", where)
 
 
 def _pixel_spacing(ds) -> tuple[float, float]:
@@ -177,12 +254,66 @@ def _pixel_spacing(ds) -> tuple[float, float]:
     return float(spacing[0]), float(spacing[1])
 
 
+def _stack_slices(slices, orientations, positions, spacings, names, where=None) -> tuple[np.ndarray, np.ndarray]:
+    """2D slices ``(rows, cols)`` with their DICOM geometry into a volume ``(cols, rows, slices)`` and its
+    RAS affine, ordered along the slice normal. Slices that cannot form one regular grid are refused,
+    naming the slice: another orientation or pixel spacing, two at one position, or an uneven gap (a
+    missing slice) would put every voxel after it in the wrong place. ``names`` are the slices' files
+    (``where`` None) or their labels inside the file ``where``."""
+
+    def refuse(k: int, reason: str):
+        if where is None:  # the error names the slice's file, and the reason the other by its file name
+            raise MedtlError(reason.replace("{this}", "this instance"), names[k])
+        raise MedtlError(reason.replace("{this}", names[k]), where)
+
+    def short(k: int) -> str:
+        return Path(names[k]).name if where is None else names[k]
+
+    orients = np.asarray(orientations, dtype=np.float64)
+    pos = np.asarray(positions, dtype=np.float64)
+    for k in range(1, len(slices)):
+        if np.abs(orients[k] - orients[0]).max() > 1e-3:
+            refuse(k, f"{{this}} is oriented {[round(float(v), 4) for v in orients[k]]}, unlike {short(0)} "
+                      f"{[round(float(v), 4) for v in orients[0]]}: not one volume")
+        if not np.allclose(spacings[k], spacings[0], rtol=1e-3):
+            refuse(k, f"{{this}} has pixel spacing {[float(v) for v in spacings[k]]}, unlike {short(0)} "
+                      f"{[float(v) for v in spacings[0]]}: "
+                      "not one volume")
+        if slices[k].shape != slices[0].shape:
+            refuse(k, f"{{this}} has shape {slices[k].shape}, unlike {short(0)} {slices[0].shape}: not one volume")
+    row_dir, col_dir = orients[0][:3], orients[0][3:]
+    normal = np.cross(row_dir, col_dir)
+    depth = pos @ normal
+    order = np.argsort(depth, kind="stable")
+    gaps = np.diff(depth[order])
+    if len(gaps):
+        typical = float(np.median(gaps))
+        for k, gap in enumerate(gaps):
+            if gap < 1e-3 * max(typical, 1e-3):
+                refuse(order[k + 1], f"{{this}} lies where {short(order[k])} lies ({depth[order[k]]:.2f} mm "
+                                     "along the slice normal): two slices in one place")
+            if abs(gap - typical) > 0.1 * typical:
+                refuse(order[k + 1], f"{{this}} lies {gap:.2f} mm past the slice before it where the series' "
+                                     f"spacing is {typical:.2f} mm (a missing slice?)")
+    volume = np.stack([slices[i] for i in order], axis=-1)  # (rows, cols, slices)
+    volume = np.transpose(volume, (1, 0, 2)).astype(np.float32)  # voxel i runs along the row direction
+    row_spacing, col_spacing = spacings[0]
+    step = (pos[order[-1]] - pos[order[0]]) / (len(order) - 1) if len(order) > 1 else normal
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing  # moving one column moves along the row direction
+    lps[:3, 1] = col_dir * row_spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = pos[order[0]]
+    return volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI/MONAI RAS
+
+
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
     """A folder of single-frame DICOM instances into one volume.
 
     Instances are grouped by SeriesInstanceUID and sorted by their position along the slice normal
-    (from ImagePositionPatient and ImageOrientationPatient). The affine maps voxel (col, row, slice)
-    to RAS+ millimetres, so MONAI's Orientation and Spacing transforms can use it.
+    (from ImagePositionPatient and ImageOrientationPatient); see :func:`_stack_slices` for what is
+    refused. The affine maps voxel (col, row, slice) to RAS+ millimetres, so MONAI's Orientation and
+    Spacing transforms can use it.
     """
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     series: dict[str, list] = {}
@@ -202,40 +333,27 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
     first = instances[0][1]
     if "ImageOrientationPatient" not in first or "ImagePositionPatient" not in first:
         raise MedtlError("series lacks ImageOrientationPatient/ImagePositionPatient: cannot order slices", folder)
-    orient = np.array(first.ImageOrientationPatient, dtype=np.float64)
-    row_dir, col_dir = orient[:3], orient[3:]
-    normal = np.cross(row_dir, col_dir)
-    positions = []
+    slices, orientations, positions, spacings = [], [], [], []
     for f, ds in instances:
-        if "ImagePositionPatient" not in ds:
-            raise MedtlError("instance lacks ImagePositionPatient", f)
-        positions.append(np.array(ds.ImagePositionPatient, dtype=np.float64))
-    order = np.argsort([p @ normal for p in positions])
-    slices = []
-    for i in order:
-        f, ds = instances[i]
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient"):
+            if tag not in ds:
+                raise MedtlError(f"instance lacks {tag}", f)
         pixels = _dicom_pixels(ds, f)
-        if pixels.ndim != 2 or (slices and pixels.shape != slices[0].shape):
-            raise MedtlError(f"slice shape {pixels.shape} differs from the series' {slices[0].shape}", f)
+        if pixels.ndim != 2:
+            raise MedtlError(f"a multi-frame instance ({pixels.shape[0]} frames) inside a series of single "
+                             "frames: read it on its own", f)
         slices.append(pixels)
-    volume = np.stack(slices, axis=-1)  # (rows, cols, slices)
-    volume = np.transpose(volume, (1, 0, 2))  # (cols, rows, slices): voxel i runs along the row direction
-    row_spacing, col_spacing = _pixel_spacing(first)
-    sorted_pos = [positions[i] for i in order]
-    step = (sorted_pos[-1] - sorted_pos[0]) / (len(sorted_pos) - 1) if len(sorted_pos) > 1 else normal
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_spacing  # moving one column moves along the row direction
-    lps[:3, 1] = col_dir * row_spacing
-    lps[:3, 2] = step
-    lps[:3, 3] = sorted_pos[0]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI/MONAI RAS
+        orientations.append(ds.ImageOrientationPatient)
+        positions.append(ds.ImagePositionPatient)
+        spacings.append(_pixel_spacing(ds))
+    volume, affine = _stack_slices(slices, orientations, positions, spacings, [str(f) for f, _ in instances])
     meta = {
         "format": "dicom_series",
         "modality": str(first.get("Modality", "")),
         "series_uid": series_uid,
         "n_instances": len(slices),
     }
-    return Image(volume.astype(np.float32), affine, meta)
+    return Image(volume, affine, meta)
 
 
 @functools.lru_cache(maxsize=8)

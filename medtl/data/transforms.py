@@ -99,6 +99,8 @@ class LoadMedicalImage(Transform):
         image = io.read(path)
         if self.ndim is not None and image.array.ndim != self.ndim:
             raise MedtlError(f"expected a {self.ndim}D image, got shape {image.array.shape}", path)
+        if image.array.ndim == 3:
+            io.require_geometry(image, path)
         tensor = torch.from_numpy(np.ascontiguousarray(image.array))[None]
         meta = {"filename_or_obj": str(path), "format": image.meta.get("format", "")}
         return MetaTensor(tensor, affine=torch.as_tensor(image.affine, dtype=torch.float64), meta=meta)

@@ -87,6 +87,7 @@ class SeriesLoader:
             if image.array.ndim != 3:
                 raise MedtlError(f"a 3D model needs a volume; this series is one 2D image {image.array.shape}",
                                  files[0])
+            io.require_geometry(image, files[0])
         else:
             image = read_instances(files, series.series_uid)
         io.check_pixels(image.array, files[0])

@@ -1,4 +1,6 @@
+import copy
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -123,9 +125,11 @@ def test_nifti_nan_and_4d_refused(tmp_path):
 @pytest.mark.real_data
 def test_monochrome1_radiograph_is_inverted(data_root):
     path = data_root / "dicom/cr_chest/RG1_UNCR.dcm"
-    raw = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    ds = pydicom.dcmread(path)
+    raw = ds.pixel_array.astype(np.float32)
     out = io.read(path).array
-    np.testing.assert_allclose(out, raw.max() + raw.min() - raw)
+    # inverted over the stored bit range (one offset for every image), so bright means dense
+    np.testing.assert_allclose(out, (2 ** ds.BitsStored - 1) - raw)
 
 
 @pytest.mark.real_data
@@ -212,3 +216,145 @@ def test_a_truncated_uncompressed_dicom_is_called_damaged_not_missing_a_decoder(
     with pytest.raises(MedtlError, match="truncated or damaged") as err:
         io.read(cut)
     assert "JPEG 2000" not in str(err.value) and "cut.dcm" in str(err.value)
+
+
+# -- DICOM geometry and pixel values against pydicom/numpy references (the series is a real sagittal
+# MPRAGE of 32 slices; the variants are copies made here) ------------------------------------------
+
+
+def _mprage(data_root):
+    files = sorted((data_root / "dicom/mr_series_t1_mprage").glob("*.dcm"))
+    return [pydicom.dcmread(f) for f in files]
+
+
+def _save_series(folder, datasets):
+    folder.mkdir()
+    for k, ds in enumerate(datasets):
+        ds.save_as(folder / f"{k:03d}.dcm")
+    return folder
+
+
+@pytest.mark.real_data
+def test_monochrome1_series_is_inverted_with_one_offset_for_every_slice(data_root, tmp_path):
+    """Inverting each slice over its own range banded the volume and lost its zero background."""
+    dss = _mprage(data_root)
+    for ds in dss:  # the same values stored inverted: 12 bits, so 4095 - x
+        ds.PixelData = (4095 - ds.pixel_array).astype(np.uint16).tobytes()
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    inverted = io.read(_save_series(tmp_path / "mono1", dss)).array
+    np.testing.assert_array_equal(inverted, io.read(data_root / "dicom/mr_series_t1_mprage").array)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("damage, message", [
+    ("duplicate", "two slices in one place"),
+    ("missing", "a missing slice"),
+    ("orientation", "is oriented"),
+    ("spacing", "pixel spacing"),
+])
+def test_a_series_that_is_not_one_regular_grid_is_refused_naming_the_instance(data_root, tmp_path, damage, message):
+    dss = _mprage(data_root)
+    if damage == "duplicate":  # a second instance at the position of another (a repeated acquisition)
+        extra = copy.deepcopy(dss[5])
+        extra.SOPInstanceUID = pydicom.uid.generate_uid()
+        dss.append(extra)
+    elif damage == "missing":
+        dss.pop(10)
+    elif damage == "orientation":
+        dss[7].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    else:
+        dss[7].PixelSpacing = [0.5, 0.5]
+    folder = _save_series(tmp_path / damage, dss)
+    with pytest.raises(MedtlError, match=message) as err:
+        io.read(folder)
+    assert Path(err.value.where).parent == folder  # the instance, not just the folder
+
+
+@pytest.mark.real_data
+def test_enhanced_multiframe_volume_matches_the_same_slices_as_a_series(data_root, tmp_path):
+    """Frames placed by the functional groups are ordered along the normal with their orientation, and
+    the rescale stored there is applied, as for a series (it was read as axial, in file order, unscaled)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    dss = _mprage(data_root)
+    mf = copy.deepcopy(dss[0])
+    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceLocation"):
+        delattr(mf, kw)
+    mf.SOPClassUID = mf.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR
+    mf.NumberOfFrames = len(dss)
+    shared, orient, measures, rescale = Dataset(), Dataset(), Dataset(), Dataset()
+    orient.ImageOrientationPatient = dss[0].ImageOrientationPatient
+    measures.PixelSpacing = dss[0].PixelSpacing
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 2, -1024, "US"
+    shared.PlaneOrientationSequence = Sequence([orient])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PixelValueTransformationSequence = Sequence([rescale])
+    mf.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for ds in reversed(dss):  # frames in another order than the files
+        frame, position = Dataset(), Dataset()
+        position.ImagePositionPatient = ds.ImagePositionPatient
+        frame.PlanePositionSequence = Sequence([position])
+        frames.append(frame)
+    mf.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    mf.PixelData = np.stack([ds.pixel_array for ds in reversed(dss)]).astype(np.uint16).tobytes()
+    mf.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
+
+    volume, series = io.read(tmp_path / "enhanced.dcm"), io.read(data_root / "dicom/mr_series_t1_mprage")
+    np.testing.assert_array_equal(volume.array, 2 * series.array - 1024)
+    np.testing.assert_allclose(volume.affine, series.affine, atol=1e-9)
+
+
+@pytest.mark.real_data
+def test_multiframe_without_plane_geometry_is_refused_by_3d_models_only(data_root):
+    """emri_small places none of its frames: 2D models read it frame by frame, a 3D model would guess."""
+    from medtl.data.transforms import LoadMedicalImage
+
+    path = data_root / "dicom/emri_small_multiframe_mr.dcm"
+    assert io.read(path).meta["geometry"] == "unknown"
+    with pytest.raises(MedtlError, match="guessed orientation"):
+        LoadMedicalImage(ndim=3)(path)
+
+
+@pytest.mark.real_data
+def test_palette_colour_image_is_read_as_the_grey_it_displays(data_root, tmp_path):
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(data_root / "dicom/mr_series_t1_mprage/00085.dcm")
+    index = (ds.pixel_array / ds.pixel_array.max() * 255).astype(np.uint8)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    lut = (np.arange(256)[::-1].astype(np.uint16) * 257).tobytes()  # a reversed grey palette
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", lut)
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].VR = "US"
+        ds[f"{colour}PaletteColorLookupTableData"].VR = "OW"
+    ds.PixelData = index.tobytes()
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "palette.dcm")
+    shown = apply_color_lut(index, ds).astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(io.read(tmp_path / "palette.dcm").array, shown, rtol=1e-5)
+
+
+@pytest.mark.real_data
+def test_jpeg_lossless_dicom_decodes_to_the_original_pixels(data_root, tmp_path):
+    """JPEG Lossless (process 14), the usual lossless syntax in PACS archives, written here by GDCM."""
+    import gdcm
+
+    source = data_root / "dicom/mr_series_t1_mprage/00085.dcm"
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(tmp_path / "lossless.dcm"))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    assert pydicom.dcmread(tmp_path / "lossless.dcm").file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    np.testing.assert_array_equal(io.read(tmp_path / "lossless.dcm").array, io.read(source).array)
