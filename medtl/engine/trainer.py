@@ -388,7 +388,8 @@ class Trainer:
         if self.config.optimizer == "sgd":
             m = self.config.momentum
             return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=m, nesterov=m > 0)
-        return torch.optim.AdamW(groups, lr=groups[0]["lr"])
+        # a group without weight_decay gets none, under either optimiser (not AdamW's own default of 0.01)
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=0.0)
 
     def _lr_factor(self, step: int, total: int) -> float:
         cfg = self.config

@@ -95,7 +95,8 @@ class Strategy(nn.Module):
         (LP-FT's phase switch). Parameters frozen with ``requires_grad=False`` may stay listed: they
         get no gradient, so the optimiser leaves them alone.
         """
-        return [{"params": list(self.parameters()), "lr": self.hparams["lr"]}]
+        return [{"params": list(self.parameters()), "lr": self.hparams["lr"],
+                 "weight_decay": self.hparams.get("weight_decay", 0.0)}]
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Hook for schedules (unfreezing, phase switches). Default: nothing."""

@@ -188,3 +188,20 @@ def test_epoch_end_handlers_run_in_order_and_decide_as_documented():
     assert not lower.improved(0.95, 1.0)  # within min_delta
     assert not lower.improved(float("nan"), None) and not lower.improved(None, None)
     assert BestCheckpoint("val_auroc", "max", 0.0, False).improved(0.9, 0.8)
+
+
+def test_the_optimiser_uses_each_strategys_own_weight_decay(tmp_path):
+    """AdamW's own default (0.01) must never stand in for a strategy's weight_decay (the autoencoder's
+    groups once had none, so it trained at 100 times its 1e-4)."""
+    from medtl.models.autoencoder import VAEHead
+    from medtl.strategies.autoencoder import AutoencoderStrategy
+
+    enc = build_encoder("resnet10")
+    auto = AutoencoderStrategy(enc, VAEHead(enc.out_features, 16, 2, 1, 8), {"weight_decay": 3e-4})
+    for strategy, expected in ((auto, 3e-4), (_strategy("full", {"weight_decay": 2e-4}), 2e-4),
+                               (_strategy("l2sp"), 0.0)):
+        for optimizer in ("adamw", "sgd"):
+            trainer = Trainer(strategy, TrainConfig(epochs=1, optimizer=optimizer, progress=False, device="cpu"),
+                              tmp_path / f"{strategy.name}-{optimizer}")
+            opt = trainer._optimizer(trainer._groups())
+            assert [g["weight_decay"] for g in opt.param_groups] == [expected] * len(opt.param_groups)
