@@ -75,7 +75,8 @@ def information_maximization(probs) -> float:
 
 
 def soft_neighborhood_density(probs, temperature: float = 0.05) -> float:
-    """SND (Saito et al. 2021) on target predictions. Higher is better.
+    """SND (Saito et al. 2021) on target predictions. Higher is better. Near-uniform predictions (an
+    untrained model) and identical ones both score the maximum, log(N - 1): read it beside InfoMax.
 
     Rows are L2-normalised, cosine similarities divided by ``temperature`` are soft-maxed over the
     *other* points (self excluded), and the mean entropy of those neighbourhood distributions is returned.

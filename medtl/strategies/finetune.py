@@ -10,7 +10,8 @@
                        thawed (Howard & Ruder 2018)
 ``discriminative_lr``  encoder stage i of G (0 = input side) at ``lr * decay ** (G - i)``, head at ``lr``
 ``lp_ft``              linear probe at ``lp_lr`` for the first ``lp_epochs`` (default: ``lp_fraction`` of
-                       training), then everything at ``lr`` (Kumar et al. 2022)
+                       training), then everything at ``lr`` (Kumar et al. 2022), on the rest of the run's
+                       schedule; batch norm switches to batch statistics at the switch unless ``freeze_norm``
 ``l2sp``               full fine-tuning plus ``alpha/2 ||w - w0||^2`` toward the starting (pretrained)
                        encoder weights and ``beta/2 ||w_head||^2`` (Li et al. 2018); weight decay 0
 =====================  ===========================================================================
