@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medtl"
 # Lowest first; a module belongs to the longest name that prefixes it (docs/architecture.md, "Floors").
 FLOORS = [
     ["medtl.errors"],
-    ["medtl", "medtl.paths", "medtl.plain", "medtl.runtime", "medtl.progress"],
+    ["medtl", "medtl.paths", "medtl.plain", "medtl.runtime", "medtl.progress", "medtl.lock"],
     ["medtl.data"],
     ["medtl.evaluation"],
     ["medtl.models"],

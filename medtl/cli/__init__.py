@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from medtl import __version__
@@ -89,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         with logs_above_bars():
             return int(args.func(args) or 0)
     except MedtlError as err:
-        print(f"error: {err}", file=sys.stderr)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+        print(f"error{f' [rank {rank}]' if rank else ''}: {err}", file=sys.stderr)  # torchrun: whose error
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is kept; run the same command again to continue", file=sys.stderr)
+        return 130
 
 
 def entry() -> None:

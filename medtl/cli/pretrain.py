@@ -66,7 +66,25 @@ def run(args) -> int:
                "ssl_hparams": {k: v for k, v in hp.items() if v is not None}}
     elif len(args.manifest) > 1:
         raise MedtlError(f"--mode {args.mode} reads one manifest; several are for --mode moco", "--manifest")
-    result = pretrain(
+    import contextlib
+    import os
+
+    from medtl.lock import OutputLock
+
+    # one writer per folder; under torchrun rank 0 writes the run folder and holds it for every rank
+    lock = OutputLock(args.out, "medtl pretrain") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
+        result = _pretrain(args, pretrain, manifest, size, ssl)
+    from medtl.engine.distributed import current
+
+    if current().is_main:  # under torchrun, one summary rather than one per process
+        print(f"wrote {result.path}")
+        print(json.dumps(result.metrics, indent=2, default=str))
+    return 0
+
+
+def _pretrain(args, pretrain, manifest, size, ssl):
+    return pretrain(
         manifest, args.data_root or default_data_root(), args.out, mode=args.mode, image_size=size,
         cache=args.cache, on_error=args.on_error, arch=args.arch, stem_stride=args.stem_stride, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, latent_dim=args.latent_dim,
@@ -75,9 +93,3 @@ def run(args) -> int:
         deterministic=args.deterministic, grad_clip=args.grad_clip, patience=args.patience,
         max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress, **ssl,
     )
-    from medtl.engine.distributed import current
-
-    if current().is_main:  # under torchrun, one summary rather than one per process
-        print(f"wrote {result.path}")
-        print(json.dumps(result.metrics, indent=2, default=str))
-    return 0

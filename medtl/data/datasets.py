@@ -106,7 +106,14 @@ def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str 
     return items
 
 
+def _reporting_rank() -> bool:
+    """Under torchrun every rank builds the same dataset: only rank 0 shows its bar and lists skipped items."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _show_progress(progress: bool | None, n_items: int) -> bool:
+    if not _reporting_rank():
+        return False
     return progress if progress is not None else n_items > 50 and sys.stderr.isatty()
 
 
@@ -254,6 +261,8 @@ def make_loader(dataset, batch_size: int, train: bool, seed: int, *, num_workers
 
 
 def _record_skipped(bad: list[tuple[str, str]], run_dir: str | Path | None) -> None:
+    if not _reporting_rank():
+        return
     for case_id, reason in bad:
         log.warning("skipped %s: %s", case_id, reason)
     if run_dir is None:

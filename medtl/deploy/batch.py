@@ -2,7 +2,7 @@
 
 ``predict_batch`` is the whole job; ``medtl predict`` only parses arguments and calls it.
 
-Outputs in ``out`` (one writer at a time: ``.medtl.lock``, see ``medtl.deploy.lock``):
+Outputs in ``out`` (one writer at a time: ``.medtl.lock``, see ``medtl.lock``):
 
 - ``results.jsonl``: the ledger, one JSON object per series, appended as each finishes and fsync'd
   once per model batch (resumable: a kill loses at most the rows of the batch in flight; see
@@ -56,7 +56,7 @@ from medtl.deploy.discover import (
 from medtl.deploy.inputs import SeriesLoader
 from medtl.deploy.ledger import Ledger, csv_cell, scrub
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
-from medtl.deploy.lock import OutputLock
+from medtl.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
 from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, redacting, salted_path
 from medtl.deploy.uids import safe_name

@@ -67,6 +67,15 @@ def torchrun_env() -> DistContext | None:
     return DistContext(rank, world, local)
 
 
+def require_single_process(command: str) -> None:
+    """Refuse ``command`` under torchrun with more than one process: its steps after training (files,
+    predictions, reports) would run once per rank on the same files."""
+    env = torchrun_env()
+    if env is not None and env.world_size > 1:
+        raise MedtlError(f"{command} runs in one process; under torchrun ({env.world_size} processes) use "
+                         "medtl pretrain, whose model.pt feeds --init or a pipeline's source", "torchrun")
+
+
 def _dist():
     import torch.distributed as dist
 

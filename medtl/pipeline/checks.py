@@ -8,6 +8,7 @@ from medtl.data.check import wrong_root_hint
 from medtl.data.io import ARRAY_MEMBER
 from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
+from medtl.lock import LOCK
 from medtl.paths import resolve_inside
 from medtl.models.checkpoint import encoder_config
 from medtl.models.encoders import ARCHITECTURES
@@ -23,7 +24,8 @@ def check_before_run(ctx: Context) -> None:
     cfg, where = ctx.config, ctx.config_path
     if ctx.out.exists() and not ctx.out.is_dir():
         raise MedtlError("--out must be a folder (the run folder), not a file", ctx.out)
-    if ctx.out.is_dir() and any(ctx.out.iterdir()) and not (ctx.out / "stages.json").exists():
+    others = [p for p in ctx.out.iterdir() if p.name != LOCK] if ctx.out.is_dir() else []
+    if others and not (ctx.out / "stages.json").exists():  # a lock alone: a run stopped before its first stage
         raise MedtlError("--out is a folder with other files and no stages.json (not a medtl run folder): "
                          "choose a new or empty folder", ctx.out)
     for i, spec in enumerate(cfg.strategies):

@@ -41,6 +41,8 @@ import medtl
 from medtl.data.manifest import Manifest
 from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
 from medtl.data.transforms import Preset
+from medtl.lock import OutputLock
+from medtl.engine.distributed import require_single_process
 from medtl.engine.pretrain import pretrain
 from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
@@ -535,6 +537,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     predictions even though that stage is complete (after upgrading medtl, say); no training stage is
     touched. ``progress``: one bar per long stage (pretrain, similarity, transfer); False shows none.
     """
+    require_single_process("medtl run")
     started_run = time.perf_counter()
     config_path = Path(config_path).resolve()
     config = load_pipeline(config_path, profile)
@@ -546,6 +549,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     check_before_run(ctx)
     check_manifests_unchanged(ctx)
     out.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(out, "medtl run").acquire()  # two runs in one folder would overwrite each other's jobs
     book = StageBook(out)
     payloads, legacy = _payloads(config, data_root), _payloads(config, data_root, with_defaults=True)
     transfer_jobs._INNER_BARS = progress  # the per-epoch bars inside each job
@@ -578,6 +582,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
                 print(f"[{stage}] done in {format_seconds(seconds)}")
     finally:
         transfer_jobs._INNER_BARS = True
+        lock.release()
     html = out / "report.html"
     print(f"report: {html}")
     print(f"medtl run finished in {format_seconds(time.perf_counter() - started_run)}")

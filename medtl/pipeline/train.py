@@ -231,6 +231,9 @@ def train_model(
     progress: bool = True,
 ) -> TrainOwnResult:
     """Train, choose the threshold on val, score test; see the module note for what ``out`` holds."""
+    from medtl.engine.distributed import require_single_process
+
+    require_single_process("medtl train")
     from medtl.data.datasets import build_dataset
     from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
     from medtl.engine.evaluate import predict
@@ -241,98 +244,100 @@ def train_model(
     from medtl.evaluation.report import make_report
     from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, checkpoint_threshold
     from medtl.models.checkpoint import load_checkpoint, save_checkpoint
+    from medtl.lock import OutputLock
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
-    inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality,
-                           progress=progress)
-    from_init = _init_defaults(init)
-    dims = Preset(inputs.modality).spatial_dims
-    if from_init and from_init["spatial_dims"] != dims:
-        raise MedtlError(f"the checkpoint's encoder is {from_init['spatial_dims']}D but the images are "
-                         f"{inputs.modality} ({dims}D)", init)
-    arch = arch or from_init.get("arch") or "resnet18"
-    size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
-    lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
+    with OutputLock(out, "medtl train"):  # a second run into this folder would overwrite this one's weights
+        settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
+        inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality,
+                               progress=progress)
+        from_init = _init_defaults(init)
+        dims = Preset(inputs.modality).spatial_dims
+        if from_init and from_init["spatial_dims"] != dims:
+            raise MedtlError(f"the checkpoint's encoder is {from_init['spatial_dims']}D but the images are "
+                             f"{inputs.modality} ({dims}D)", init)
+        arch = arch or from_init.get("arch") or "resnet18"
+        size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
+        lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
 
-    check_resumable(out, resume, {
-        "train": inputs.splits["train"].content_hash(), "val": inputs.splits["val"].content_hash(),
-        "modality": inputs.modality, "labels": inputs.label_names, "arch": arch, "image_size": size,
-        "init": str(init) if init else None, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-        "seed": seed}, RUN_KEY_FILE)
-    save_inputs(inputs)  # only now: a refused rerun leaves the folder's manifest as it was
-    common = {"cache": cache, "run_dir": out, "progress": None if progress else False, **preset_options}
-    datasets = {role: build_dataset(m, inputs.roots[role], inputs.modality, role == "train", **common)
-                for role, m in inputs.splits.items() if len(m)}
-    train_m = inputs.splits["train"]
-    meta = {
-        "task_name": TASK_NAME,
-        "intensity": {"preset": inputs.modality, **PRESET_DEFAULTS[inputs.modality], **preset_options},
-        "manifest_hash": train_m.content_hash(),
-        "manifest": str(inputs.manifests["train"]),
-        "domains": sorted({r.domain for r in train_m}),
-        "strategy": STRATEGY,
-        "precision": amp,
-        "name": f"medtl-{arch}-{inputs.modality}-{out.resolve().name}",
-    }
-    has_val = "val" in datasets
-    result = pretrain_on(
-        datasets["train"], datasets.get("val"), out, label_names=inputs.label_names, mode="supervised", arch=arch,
-        spatial_dims=dims, image_size=size, stem_stride=from_init.get("stem_stride") or 2, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, init_weights=init, seed=seed,
-        num_workers=num_workers, meta=meta, resume=resume, device=device, amp=amp,
-        patience=patience if has_val else None, progress=progress, max_steps_per_epoch=max_steps_per_epoch,
-        desc="train",
-    )
+        check_resumable(out, resume, {
+            "train": inputs.splits["train"].content_hash(), "val": inputs.splits["val"].content_hash(),
+            "modality": inputs.modality, "labels": inputs.label_names, "arch": arch, "image_size": size,
+            "init": str(init) if init else None, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+            "seed": seed}, RUN_KEY_FILE)
+        save_inputs(inputs)  # only now: a refused rerun leaves the folder's manifest as it was
+        common = {"cache": cache, "run_dir": out, "progress": None if progress else False, **preset_options}
+        datasets = {role: build_dataset(m, inputs.roots[role], inputs.modality, role == "train", **common)
+                    for role, m in inputs.splits.items() if len(m)}
+        train_m = inputs.splits["train"]
+        meta = {
+            "task_name": TASK_NAME,
+            "intensity": {"preset": inputs.modality, **PRESET_DEFAULTS[inputs.modality], **preset_options},
+            "manifest_hash": train_m.content_hash(),
+            "manifest": str(inputs.manifests["train"]),
+            "domains": sorted({r.domain for r in train_m}),
+            "strategy": STRATEGY,
+            "precision": amp,
+            "name": f"medtl-{arch}-{inputs.modality}-{out.resolve().name}",
+        }
+        has_val = "val" in datasets
+        result = pretrain_on(
+            datasets["train"], datasets.get("val"), out, label_names=inputs.label_names, mode="supervised", arch=arch,
+            spatial_dims=dims, image_size=size, stem_stride=from_init.get("stem_stride") or 2, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, init_weights=init, seed=seed,
+            num_workers=num_workers, meta=meta, resume=resume, device=device, amp=amp,
+            patience=patience if has_val else None, progress=progress, max_steps_per_epoch=max_steps_per_epoch,
+            desc="train",
+        )
 
-    # Val and test predictions from the saved model: exactly what medtl predict will load.
-    model, ck_meta = load_checkpoint(result.path)
-    dev = resolve_device(device)
-    model.to(dev)
-    tables, outputs = [], {}
-    for split in ("val", "test"):
-        if split not in datasets:
-            continue
-        loader = make_loader(datasets[split], batch_size, False, seed, num_workers=num_workers)
-        p = predict(model, loader, dev, amp_dtype(amp, dev), progress=progress)
-        outputs[split] = p
-        tables.append(predictions_from_arrays(
-            p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
-            domain=p.get("domain", ""), split=split, run_id=f"seed{seed}", strategy=STRATEGY, task=TASK_NAME,
-            seed=seed))  # fmt: skip
+        # Val and test predictions from the saved model: exactly what medtl predict will load.
+        model, ck_meta = load_checkpoint(result.path)
+        dev = resolve_device(device)
+        model.to(dev)
+        tables, outputs = [], {}
+        for split in ("val", "test"):
+            if split not in datasets:
+                continue
+            loader = make_loader(datasets[split], batch_size, False, seed, num_workers=num_workers)
+            p = predict(model, loader, dev, amp_dtype(amp, dev), progress=progress)
+            outputs[split] = p
+            tables.append(predictions_from_arrays(
+                p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
+                domain=p.get("domain", ""), split=split, run_id=f"seed{seed}", strategy=STRATEGY, task=TASK_NAME,
+                seed=seed))  # fmt: skip
 
-    notes: list[str] = []
-    threshold, extra = None, {}
-    if len(inputs.label_names) == 2:
-        if "val" in outputs:
-            extra = checkpoint_threshold(outputs["val"]["label"] == 1, outputs["val"]["prob"][:, 1], threshold_rule,
-                                         target)
+        notes: list[str] = []
+        threshold, extra = None, {}
+        if len(inputs.label_names) == 2:
+            if "val" in outputs:
+                extra = checkpoint_threshold(outputs["val"]["label"] == 1, outputs["val"]["prob"][:, 1], threshold_rule,
+                                             target)
+            else:
+                extra = {"threshold": DEFAULT_THRESHOLD,
+                         "threshold_rule": {"value": DEFAULT_THRESHOLD, "rule": "default", "note": "no validation rows"}}
+            threshold = extra["threshold_rule"]
+            if threshold["rule"] == "default":  # one class in val, or none: say so and keep the default
+                notes.append(f"threshold: {threshold['note']}; the default {DEFAULT_THRESHOLD} is stored in the model")
+        # The deployable checkpoint: the trainer's meta plus the operating threshold chosen on validation.
+        kept = {k: v for k, v in ck_meta.items() if k != "model"}  # the model config is rebuilt from the weights
+        save_checkpoint(result.path, model.cpu(), **{**kept, **extra})
+
+        import pandas as pd
+
+        pred_path = write_predictions(pd.concat(tables, ignore_index=True), out / "predictions.csv") if tables else None
+        report_paths, headline = None, {}
+        if "test" in outputs:
+            curves = out / "metrics.jsonl" if len(result.train.history) > 1 else None  # one epoch draws no curve
+            report_paths = make_report(pred_path, out, settings=settings, metrics_log=curves)
+            report = load_report(report_paths["json"])
+            entry = report["tasks"][TASK_NAME]["strategies"][STRATEGY]
+            headline = entry.get("metrics") or {}
+            notes += report.get("notes", []) + report["tasks"][TASK_NAME].get("notes", [])
         else:
-            extra = {"threshold": DEFAULT_THRESHOLD,
-                     "threshold_rule": {"value": DEFAULT_THRESHOLD, "rule": "default", "note": "no validation rows"}}
-        threshold = extra["threshold_rule"]
-        if threshold["rule"] == "default":  # one class in val, or none: say so and keep the default
-            notes.append(f"threshold: {threshold['note']}; the default {DEFAULT_THRESHOLD} is stored in the model")
-    # The deployable checkpoint: the trainer's meta plus the operating threshold chosen on validation.
-    kept = {k: v for k, v in ck_meta.items() if k != "model"}  # the model config is rebuilt from the weights
-    save_checkpoint(result.path, model.cpu(), **{**kept, **extra})
-
-    import pandas as pd
-
-    pred_path = write_predictions(pd.concat(tables, ignore_index=True), out / "predictions.csv") if tables else None
-    report_paths, headline = None, {}
-    if "test" in outputs:
-        curves = out / "metrics.jsonl" if len(result.train.history) > 1 else None  # one epoch draws no curve
-        report_paths = make_report(pred_path, out, settings=settings, metrics_log=curves)
-        report = load_report(report_paths["json"])
-        entry = report["tasks"][TASK_NAME]["strategies"][STRATEGY]
-        headline = entry.get("metrics") or {}
-        notes += report.get("notes", []) + report["tasks"][TASK_NAME].get("notes", [])
-    else:
-        notes.append("no test rows: nothing was scored")
-    return TrainOwnResult(out, result.path, inputs, pred_path, report_paths, threshold, headline,
-                          result.train.best_epoch, len(result.train.history), notes)
+            notes.append("no test rows: nothing was scored")
+        return TrainOwnResult(out, result.path, inputs, pred_path, report_paths, threshold, headline,
+                              result.train.best_epoch, len(result.train.history), notes)
 
 
 def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: str | Path | None = None) -> list[str]:

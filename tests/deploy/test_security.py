@@ -20,7 +20,7 @@ import pytest
 from medtl.deploy import predict_batch
 from medtl.deploy.discover import scan_folder
 from medtl.deploy.limits import Limits
-from medtl.deploy.lock import OutputLock
+from medtl.lock import OutputLock
 from medtl.deploy.redact import Redactor, salted_path
 from medtl.errors import MedtlError
 

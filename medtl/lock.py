@@ -29,8 +29,9 @@ LOCK = ".medtl.lock"
 class OutputLock:
     """``with OutputLock(out): ...``; raises :class:`MedtlError` when another process holds ``out``."""
 
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, command: str = "medtl predict"):
         self.path = Path(out) / LOCK
+        self.command = command  # named to a second process that finds the folder taken
         self._fd: int | None = None
         self.took_over: dict | None = None  # the stale holder's record, when one was found
 
@@ -47,9 +48,9 @@ class OutputLock:
             holder = _read(fd)
             os.close(fd)
             raise MedtlError(
-                f"another medtl predict is writing to this output folder (PID {holder.get('pid', '?')} on "
-                f"{holder.get('host', '?')}, started {holder.get('started_utc', '?')}); wait for it to finish "
-                "or choose another --out", self.path.parent) from None
+                f"another {holder.get('command', 'medtl process')} is writing to this output folder (PID "
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started_utc', '?')}); "
+                "wait for it to finish or choose another --out", self.path.parent) from None
         except OSError:
             os.close(fd)
             raise
@@ -58,7 +59,7 @@ class OutputLock:
             self.took_over = previous
             log.warning("output folder was locked by PID %s on %s (started %s), which is gone: taking the lock over",
                         previous.get("pid"), previous.get("host"), previous.get("started_utc"))
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
+        record = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(),
                   "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
