@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtl.errors import MedtlError
+from medtl.data.duplicates import NEAR_COPY_CORRELATION
 from medtl.paths import default_data_root
 
 
@@ -36,6 +37,9 @@ def register(sub) -> None:
         "--no-group-near-copies", dest="group", action="store_false",
         help="do not keep near-copy images in one split (faster, but test images may copy training ones)",
     )
+    build.add_argument("--near-copy-correlation", type=float, default=NEAR_COPY_CORRELATION, metavar="R",
+                       help="64 px thumbnails correlating above R are near-copies, kept in one split (recorded in "
+                            "the .meta.json)")
     build.set_defaults(func=run_build)
 
     check = msub.add_parser("check", help="validate a manifest; exit status 0 only when valid")
@@ -43,6 +47,9 @@ def register(sub) -> None:
     check.add_argument("--data-root", type=Path, default=None, help="folder the manifest's paths are relative to "
                        "(default: $MEDTL_DATA_ROOT or ../shared/data)")
     check.add_argument("--labels", help="comma-separated declared label set (default: the manifest's .meta.json)")
+    check.add_argument("--near-copy-correlation", type=float, default=None, metavar="R",
+                       help="judge near-copies at R (default: the threshold the manifest was built with, else "
+                            f"{NEAR_COPY_CORRELATION})")
     check.add_argument("--no-progress", dest="progress", action="store_false", help="show no progress bar")
     check.set_defaults(func=run_check)
 
@@ -60,6 +67,7 @@ def run_build(args) -> int:
         domain=args.domain, modality=args.modality, labelled=not args.unlabelled,
         exclude_copies_of=args.exclude_near_copies_of,
         label_names=args.label_names.split(",") if args.label_names else None, keep_source_split=args.keep_source_split,
+        near_copy_correlation=args.near_copy_correlation,
     )
     manifest.save(out)
     meta = manifest.meta
@@ -77,10 +85,13 @@ def run_build(args) -> int:
 
 def run_check(args) -> int:
     from medtl.data.check import check_manifest
-    from medtl.data.manifest import Manifest
+    from medtl.data.manifest import Manifest, data_root_for
 
     manifest = Manifest.load(args.manifest)
     labels = args.labels.split(",") if args.labels else None
-    report = check_manifest(manifest, args.data_root or default_data_root(), labels=labels, progress=args.progress)
+    root = data_root_for(manifest, args.data_root)  # the root its .meta.json records, as train reads it
+    print(f"data root: {root}")
+    report = check_manifest(manifest, root, labels=labels, progress=args.progress,
+                            near_copy_correlation=args.near_copy_correlation)
     print(report.render())
     return 0 if report.ok else 1

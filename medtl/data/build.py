@@ -17,7 +17,7 @@ import numpy as np
 
 from medtl.data import io
 from medtl.data.check import near_copy_groups, scan
-from medtl.data.duplicates import near_copy_pairs
+from medtl.data.duplicates import NEAR_COPY_CORRELATION, near_copy_pairs
 from medtl.data.manifest import Manifest, ManifestRow
 from medtl.errors import MedtlError
 from medtl.paths import is_inside, resolve_inside
@@ -246,7 +246,7 @@ def assign_splits(
     return split
 
 
-# Looser than the 0.99 used for grouping inside one set: copies between collections were re-encoded,
+# Looser than the 0.97 used for grouping inside one set (0.99 in the data README): copies between collections were re-encoded,
 # resized and sharpened. Measured on mri2d_tumor4 vs mri2d_yesno: 0.99 finds 370 of the 623 copies
 # the data README lists, 0.9 finds 621 (602 notumor) from the same 116 yes/no images. Dropping a
 # few look-alikes too many from a source is harmless; keeping copies of the target is not.
@@ -287,6 +287,7 @@ def build_manifest(
     label_names: list[str] | None = None,
     keep_source_split: bool = False,
     progress: bool = True,
+    near_copy_correlation: float = NEAR_COPY_CORRELATION,
 ) -> Manifest:
     source, data_root = Path(source), Path(data_root)
     if not data_root.is_dir():
@@ -311,7 +312,7 @@ def build_manifest(
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
         if bad:
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)
-        groups = near_copy_groups(scanned)
+        groups = near_copy_groups(scanned, near_copy_correlation)
     moved = 0
     if keep_source_split:
         splits = [SOURCE_SPLITS.get(r.extras.get("source_split", ""), "") for r in rows]
@@ -334,6 +335,7 @@ def build_manifest(
         "split": (f"kept from the source; {moved} near-copy image(s) moved so each group sits in one split"
                   if keep_source_split else "patient-level, label-stratified, seeded"),
         "near_copy_grouping": group_near_copies,
+        "near_copy_correlation": near_copy_correlation if group_near_copies else None,
         # every group sits in one split, so the per-split counts add up to the totals
         "near_copy_groups": sum(v["groups"] for v in by_split.values()) if by_split else 0,
         "near_copy_images": sum(v["images"] for v in by_split.values()) if by_split else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +43,9 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
     return out
 
 
-def near_copy_groups(scanned: list[ScannedFile]) -> np.ndarray:
-    """Group id per row (rows that failed to open are their own group); 2D and 3D compared apart."""
+def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.NEAR_COPY_CORRELATION) -> np.ndarray:
+    """Group id per row (rows that failed to open are their own group); 2D and 3D compared apart;
+    thumbnails correlating above ``threshold`` are copies."""
     groups = np.arange(len(scanned))
     by_size: dict[int, list[int]] = defaultdict(list)
     for i, s in enumerate(scanned):
@@ -53,7 +54,7 @@ def near_copy_groups(scanned: list[ScannedFile]) -> np.ndarray:
     pairs = []
     for idx in by_size.values():
         idx = np.asarray(idx)
-        p = duplicates.near_copy_pairs(np.stack([scanned[i].thumb for i in idx]))
+        p = duplicates.near_copy_pairs(np.stack([scanned[i].thumb for i in idx]), threshold=threshold)
         pairs.extend(zip(idx[p[:, 0]], idx[p[:, 1]]))
     # identical bytes are copies even if the thumbnail could not be compared
     first_of: dict[str, int] = {}
@@ -84,6 +85,7 @@ class CheckReport:
     counts: dict = field(default_factory=dict)
     near_copy_groups_across_splits: int = 0
     identical_across_splits: int = 0
+    near_copy_correlation: float = duplicates.NEAR_COPY_CORRELATION
 
     @property
     def ok(self) -> bool:
@@ -104,7 +106,8 @@ class CheckReport:
     def render(self) -> str:
         parts = [f"manifest: {self.manifest}", self.table()]
         parts.append(
-            f"near-copy groups spanning splits: {self.near_copy_groups_across_splits}; "
+            f"near-copy groups (correlation > {self.near_copy_correlation:g}) spanning splits: "
+            f"{self.near_copy_groups_across_splits}; "
             f"identical files across splits: {self.identical_across_splits}"
         )
         parts += [f"WARNING {w}" for w in self.warnings]
@@ -115,11 +118,15 @@ class CheckReport:
 
 def check_manifest(
     manifest: Manifest, data_root: str | Path, labels: list[str] | None = None, max_listed: int = 20,
-    scanned: list[ScannedFile] | None = None, progress: bool = True,
+    scanned: list[ScannedFile] | None = None, progress: bool = True, near_copy_correlation: float | None = None,
 ) -> CheckReport:
-    """Validate paths, files, labels, splits, patient leakage and copies across splits."""
+    """Validate paths, files, labels, splits, patient leakage and copies across splits. Near-copies are
+    judged at ``near_copy_correlation``, by default the threshold the manifest was built with (its
+    ``.meta.json``), else :data:`medtl.data.duplicates.NEAR_COPY_CORRELATION`."""
     data_root = Path(data_root)
-    report = CheckReport(manifest.source, counts=manifest.class_counts())
+    threshold = float(near_copy_correlation or manifest.meta.get("near_copy_correlation")
+                      or duplicates.NEAR_COPY_CORRELATION)
+    report = CheckReport(manifest.source, counts=manifest.class_counts(), near_copy_correlation=threshold)
     label_set = list(labels or manifest.label_names)
     where = manifest.source or "manifest"
 
@@ -137,6 +144,20 @@ def check_manifest(
     add(report.errors, bad_split, f"splits other than {list(SPLITS)}")
     bad_mod = [f"line {i + 2} ({r.modality!r})" for i, r in enumerate(manifest) if r.modality not in MODALITIES]
     add(report.errors, bad_mod, f"modalities other than {list(MODALITIES)}")
+    if not len(manifest):
+        report.errors.append("the manifest has no rows")
+    # one preset reads a manifest for training: a stray modality fails it later with "mixes modalities"
+    modality_counts = Counter(r.modality for r in manifest if r.modality in MODALITIES)
+    if len(modality_counts) > 1:
+        usual = modality_counts.most_common(1)[0][0]
+        odd = [f"line {i + 2} ({r.modality!r})" for i, r in enumerate(manifest)
+               if r.modality in MODALITIES and r.modality != usual]
+        add(report.warnings, odd, f"mixed modalities: training reads a manifest with one preset and refuses this "
+                                  f"one (most rows are {usual!r}; predict uses the model's own)")
+    first_line: dict[str, int] = {}
+    repeated = [f"line {i + 2} repeats line {first_line[r.path]} ({r.path})" for i, r in enumerate(manifest)
+                if first_line.setdefault(r.path, i + 2) != i + 2]
+    add(report.errors, repeated, f"{len(repeated)} repeated path(s) (an image counted twice)")
 
     splits_of_patient: dict[str, set[str]] = defaultdict(set)
     for r in manifest:
@@ -159,18 +180,19 @@ def check_manifest(
         return report
     if scanned is None or len(scanned) != len(manifest):  # a build passes the scan it already made
         scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}", progress=progress)
-    unreadable = [f"{r.path} ({s.error})" for r, s in zip(manifest, scanned) if s.error]
+    unreadable = [f"line {i + 2} {r.path} ({s.error})" for i, (r, s) in enumerate(zip(manifest, scanned)) if s.error]
     add(report.errors, unreadable, f"{len(unreadable)} file(s) missing, unreadable or outside the data root")
 
-    by_sha: dict[str, set[str]] = defaultdict(set)
+    by_sha: dict[str, list[ManifestRow]] = defaultdict(list)
     for r, s in zip(manifest, scanned):
         if s.sha256:
-            by_sha[s.sha256].add(r.split)
-    report.identical_across_splits = sum(len(s) > 1 for s in by_sha.values())
-    if report.identical_across_splits:
-        report.errors.append(f"{report.identical_across_splits} identical file(s) appear in more than one split")
+            by_sha[s.sha256].append(r)
+    identical = [" = ".join(f"{r.path} ({r.split})" for r in rows) for rows in by_sha.values()
+                 if len({r.split for r in rows}) > 1]
+    report.identical_across_splits = len(identical)
+    add(report.errors, identical, f"{len(identical)} identical file(s) appear in more than one split")
 
-    groups = near_copy_groups(scanned)
+    groups = near_copy_groups(scanned, threshold)
     splits_of_group: dict[int, set[str]] = defaultdict(set)
     for g, r in zip(groups, manifest):
         splits_of_group[int(g)].add(r.split)
@@ -178,8 +200,9 @@ def check_manifest(
     report.near_copy_groups_across_splits = len(spanning)
     if spanning:
         rows_in = sum(1 for g in groups if int(g) in set(spanning))
-        report.warnings.append(
-            f"{len(spanning)} near-copy group(s) ({rows_in} images) span more than one split: "
-            "test metrics may measure memorisation; rebuild with near-duplicate grouping"
-        )
+        members = [" ~ ".join(f"{r.path} ({r.split})" for gg, r in zip(groups, manifest) if int(gg) == g)
+                   for g in spanning]
+        add(report.warnings, members,
+            f"{len(spanning)} near-copy group(s) ({rows_in} images) span more than one split: test metrics may "
+            "measure memorisation; rebuild the manifest (medtl manifest build groups them at this threshold)")
     return report

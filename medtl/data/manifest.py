@@ -135,18 +135,29 @@ class Manifest:
         path = Path(path)
         if not path.exists():
             raise MedtlError("manifest not found", path)
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise MedtlError(f"manifest lacks required column(s) {missing}; has {reader.fieldnames}", path)
-            rows = []
-            for i, raw in enumerate(reader, start=2):  # line 1 is the header
-                values = {k: (raw[k] or "").strip() for k in REQUIRED_COLUMNS}
-                if not values["path"]:
-                    raise MedtlError("empty path", f"{path}:{i}")
-                extras = {k: v for k, v in raw.items() if k not in REQUIRED_COLUMNS and k is not None}
-                rows.append(ManifestRow(**values, extras=extras))
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which is not part of "path"
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise MedtlError(f"manifest lacks required column(s) {missing}; has {reader.fieldnames}", path)
+                rows = []
+                for i, raw in enumerate(reader, start=2):  # line 1 is the header
+                    values = {k: (raw[k] or "").strip() for k in REQUIRED_COLUMNS}
+                    if not values["path"]:
+                        raise MedtlError("empty path", f"{path}:{i}")
+                    extras = {k: v for k, v in raw.items() if k not in REQUIRED_COLUMNS and k is not None}
+                    rows.append(ManifestRow(**values, extras=extras))
+        except UnicodeDecodeError:
+            data = path.read_bytes()
+            try:
+                data.decode("utf-8-sig")
+                line = "?"
+            except UnicodeDecodeError as err:  # the whole file, so the position is the file's
+                line = data[: err.start].count(b"\n") + 1
+            raise MedtlError("not UTF-8 text (saved as Latin-1 or a Windows code page?); save the CSV as UTF-8",
+                             f"{path}:{line}") from None
         meta_path = meta_path_for(path)
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         labels = meta.get("label_names") or sorted({r.label for r in rows})

@@ -74,3 +74,50 @@ def test_check_flags_unknown_label_missing_file_escape_and_identical_files(folde
     assert "gone.png (file not found)" in text
     assert "../escape.png" in text and "data root" in text
     assert "identical file" in text
+
+
+def test_repeated_paths_empty_manifests_and_stray_modalities(folder_root):
+    rows = [ManifestRow("site/neg/img00.png", "neg", "A", "d", "train", "cxr"),
+            ManifestRow("site/neg/img01.png", "neg", "B", "d", "train", "cxr"),
+            ManifestRow("site/neg/img00.png", "neg", "A", "d", "train", "cxr"),
+            ManifestRow("site/pos/img00.png", "pos", "C", "d", "test", "mri2d")]
+    report = check_manifest(Manifest(rows, ["neg", "pos"]), folder_root)
+    assert any("1 repeated path(s)" in e and "line 4 repeats line 2 (site/neg/img00.png)" in e for e in report.errors)
+    # a stray modality is a warning (a predict manifest may mix them), naming the line
+    assert any("mixed modalities" in w and "line 5 ('mri2d')" in w for w in report.warnings)
+    empty = check_manifest(Manifest([], ["neg"]), folder_root)
+    assert "the manifest has no rows" in empty.errors
+
+
+def test_identical_files_across_splits_are_named(folder_root):
+    rows = [ManifestRow("site/neg/img00.png", "neg", "A", "d", "train", "cxr"),
+            ManifestRow("site/neg/img00.png", "neg", "B", "d", "test", "cxr")]
+    report = check_manifest(Manifest(rows, ["neg"]), folder_root)
+    assert any("site/neg/img00.png (train) = site/neg/img00.png (test)" in e for e in report.errors)
+
+
+def test_a_spreadsheets_csv_with_a_byte_order_mark_loads_and_latin1_is_named(folder_root, tmp_path, write_csv, capsys):
+    rows = [{"path": "site/neg/img00.png", "label": "neg", "patient_id": "A", "domain": "d", "split": "train",
+             "modality": "cxr"}]
+    plain = write_csv(tmp_path / "plain.csv", rows)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # Excel's "CSV UTF-8"
+    assert [r.path for r in Manifest.load(bom)] == ["site/neg/img00.png"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(plain.read_bytes().replace(b",d,", b",caf\xe9,"))
+    assert main(["manifest", "check", str(latin), "--data-root", str(folder_root)]) == 2
+    assert f"{latin}:2: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_check_judges_near_copies_at_the_threshold_the_manifest_was_built_with(folder_root):
+    m = build_manifest(folder_root / "site", folder_root, seed=1, near_copy_correlation=0.999)
+    assert m.meta["near_copy_correlation"] == 0.999
+    assert check_manifest(m, folder_root).near_copy_correlation == 0.999
+    assert check_manifest(m, folder_root, near_copy_correlation=0.9).near_copy_correlation == 0.9
+
+
+def test_check_without_data_root_reads_the_root_the_manifest_records(folder_root, tmp_path, monkeypatch, capsys):
+    path = build_manifest(folder_root / "site", folder_root, seed=1).save(tmp_path / "m.csv", folder_root)
+    monkeypatch.setenv("MEDTL_DATA_ROOT", str(tmp_path / "elsewhere"))  # the default would miss every file
+    assert main(["manifest", "check", str(path), "--no-progress"]) == 0
+    assert f"data root: {folder_root.resolve()}" in capsys.readouterr().out

@@ -28,7 +28,8 @@ def test_committed_manifest_passes_check(data_root, manifests_dir, name):
 
 def test_committed_manifest_is_what_the_command_builds(data_root, manifests_dir):
     committed = Manifest.load(manifests_dir / "cxr_nih.csv")
-    rebuilt = build_manifest(data_root / "cxr_nih/manifest.csv", data_root, seed=committed.meta["seed"])
+    rebuilt = build_manifest(data_root / "cxr_nih/manifest.csv", data_root, seed=committed.meta["seed"],
+                             near_copy_correlation=committed.meta["near_copy_correlation"])
     assert [(r.path, r.split) for r in rebuilt] == [(r.path, r.split) for r in committed]
     # patients with images in both classes (7 of them) still sit in one split
     splits = {}
