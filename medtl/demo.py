@@ -65,18 +65,21 @@ evaluation: {bootstrap: 500}
 
 def run_demo(out: str | Path = "medtl-demo", seed: int = 0, progress: bool = True) -> Path:
     """Generate the data, run the demo pipeline (resumable) and return its HTML report's path."""
+    from medtl.engine.distributed import require_single_process
+    from medtl.lock import OutputLock
     from medtl.pipeline import run_pipeline
 
+    require_single_process("medtl demo")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MedtlError("--out must be a folder", out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if not (out / "manifests" / "mri2d_synthetic.csv").exists():
-        make_demo_data(out, seed)
-    config = out / "demo.yaml"
-    config.write_text(DEMO_PIPELINE)
-    html = run_pipeline(config, out / "data", out / "run", progress=progress)
+    with OutputLock(out, "medtl demo"):  # the data too: a second demo would write the same files
+        if not (out / "manifests" / "mri2d_synthetic.csv").exists():
+            make_demo_data(out, seed)
+        config = out / "demo.yaml"
+        config.write_text(DEMO_PIPELINE)
+        html = run_pipeline(config, out / "data", out / "run", progress=progress)
     seconds = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps({"report": str(html), "seconds": round(seconds, 1)}, indent=2) + "\n")
     print(f"demo finished in {format_seconds(seconds)} (data generation included); open {html}")

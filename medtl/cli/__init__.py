@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that keep their finished work and continue it when run again with the same arguments
+RESUMABLE_COMMANDS = ("run", "demo", "train", "pretrain", "predict")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -94,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error{f' [rank {rank}]' if rank else ''}: {err}", file=sys.stderr)  # torchrun: whose error
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: finished work is kept; run the same command again to continue", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one message
+            resumes = args.command in RESUMABLE_COMMANDS
+            print("\ninterrupted" + (": finished work is kept; run the same command again to continue"
+                                      if resumes else ""), file=sys.stderr)
         return 130
 
 

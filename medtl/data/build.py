@@ -41,7 +41,8 @@ def guess_modality(path: str, domain: str) -> str:
 
 
 def dicom_modality(path: Path) -> str:
-    """``cxr`` for radiographs (CR/DX), ``mri3d`` for multi-frame MR, ``mri2d`` for single MR frames."""
+    """``cxr`` for radiographs (CR/DX), ``mri3d`` for a multi-frame MR whose frames form one volume (placed
+    on one grid by its functional groups), ``mri2d`` for single MR frames and other multi-frame files."""
     import pydicom
 
     try:
@@ -51,7 +52,13 @@ def dicom_modality(path: Path) -> str:
     modality = str(ds.get("Modality", ""))
     if modality in ("CR", "DX", "DR", "RG"):
         return "cxr"
-    return "mri3d" if int(ds.get("NumberOfFrames", 1) or 1) > 1 else "mri2d"
+    if int(ds.get("NumberOfFrames", 1) or 1) == 1:
+        return "mri2d"
+    try:
+        io.frame_grid(ds, path)
+    except MedtlError:  # a cine, echoes at one position, or no geometry: frames, not a volume
+        return "mri2d"
+    return "mri3d"
 
 
 def is_input_file(path: Path) -> bool:

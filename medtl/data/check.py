@@ -33,6 +33,8 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
         try:
             full = resolve_inside(data_root, row.path, row.path)
             image = io.read(full)
+            if image.array.ndim == 3 and row.modality == "mri3d":
+                io.require_geometry(image, full)  # what the 3D loader refuses, check refuses
             if io.ARRAY_MEMBER in str(full):  # one archive holds many images: hash the image itself
                 sha = duplicates.array_sha256(image.array)
             else:
@@ -124,8 +126,8 @@ def check_manifest(
     judged at ``near_copy_correlation``, by default the threshold the manifest was built with (its
     ``.meta.json``), else :data:`medtl.data.duplicates.NEAR_COPY_CORRELATION`."""
     data_root = Path(data_root)
-    threshold = float(near_copy_correlation or manifest.meta.get("near_copy_correlation")
-                      or duplicates.NEAR_COPY_CORRELATION)
+    threshold = float(next(t for t in (near_copy_correlation, manifest.meta.get("near_copy_correlation"),
+                                       duplicates.NEAR_COPY_CORRELATION) if t is not None))
     report = CheckReport(manifest.source, counts=manifest.class_counts(), near_copy_correlation=threshold)
     label_set = list(labels or manifest.label_names)
     where = manifest.source or "manifest"

@@ -130,10 +130,11 @@ _DECODER_HINTS = {
 
 
 def _dicom_pixels(ds, path: Path) -> np.ndarray:
-    """Decoded pixels as values a model can compare across slices: MONOCHROME1 inverted over the stored
-    bit range (bright = dense, with one offset for every slice of a series), the modality LUT or rescale
-    applied (per frame in an enhanced multi-frame file), colour and palette images as grey. Window
-    settings (VOI LUT) are not applied: the preset chains scale each image to its own percentiles."""
+    """Decoded pixels as values a model can compare across slices: the modality LUT or rescale applied
+    (per frame in an enhanced multi-frame file), then MONOCHROME1 inverted over the range those values
+    can take (bright = dense, with one offset for every slice of a series); colour and palette images
+    as the grey they display. Window settings (VOI LUT) are not applied: the preset chains scale each
+    image to its own percentiles."""
     from pydicom.pixels import apply_color_lut
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -148,19 +149,21 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
             hint = "the file is probably truncated or damaged"
         else:
             hint = _DECODER_HINTS.get(str(syntax), "no installed decoder reads it (medtl installs python-gdcm, "
-                                                   "pyjpegls and Pillow's JPEG 2000)")
+                                                   "which reads JPEG Lossless, JPEG-LS and JPEG 2000)")
         raise MedtlError(f"cannot decode pixel data with transfer syntax {name}: {err}. {hint}", path) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)
-    elif photometric == "MONOCHROME1":
-        bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 16))
-        lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0)) == 1
-                  else (0, 2 ** bits - 1))
-        pixels = (lo + hi) - pixels.astype(np.int64)  # before the rescale, as the stored values it inverts
     if int(ds.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR":
         return np.asarray(pixels, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return _modality_values(pixels, ds)
+    values = _modality_values(pixels, ds)
+    if photometric == "MONOCHROME1":
+        bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 16))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
+        ends = _modality_values(stored, ds, frame=0)  # the range the values can take, through the same LUT
+        values = np.float32(ends.min() + ends.max()) - values
+    return values
 
 
 def _frame_item(ds, frame: int, sequence: str):
@@ -173,24 +176,33 @@ def _frame_item(ds, frame: int, sequence: str):
     return None
 
 
-def _modality_values(pixels: np.ndarray, ds) -> np.ndarray:
+def _modality_values(pixels: np.ndarray, ds, frame: int | None = None) -> np.ndarray:
+    """Stored values through the modality LUT or rescale: the top-level one, else (enhanced multi-frame)
+    each frame's Pixel Value Transformation; ``frame`` applies that frame's to all of ``pixels``."""
     from pydicom.pixels import apply_modality_lut
 
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     if "RescaleSlope" in ds or "ModalityLUTSequence" in ds or _frame_item(ds, 0, "PixelValueTransformationSequence") is None:
         return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-    # enhanced multi-frame: the rescale sits in each frame's (or the shared) Pixel Value Transformation
-    values = np.asarray(pixels, dtype=np.float32).reshape((frames,) + pixels.shape[-2:]).copy()
-    for k in range(frames):
+
+    def rescale(values, k):
         item = _frame_item(ds, k, "PixelValueTransformationSequence")
-        if item is not None:
-            values[k] = values[k] * float(item.get("RescaleSlope", 1) or 1) + float(item.get("RescaleIntercept", 0) or 0)
-    return values.reshape(pixels.shape)
+        if item is None:
+            return values
+        return values * float(item.get("RescaleSlope", 1) or 1) + float(item.get("RescaleIntercept", 0) or 0)
+
+    values = np.asarray(pixels, dtype=np.float32)
+    if frame is not None:
+        return rescale(values, frame)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    stack = values.reshape((frames,) + values.shape[-2:]).copy()
+    for k in range(frames):
+        stack[k] = rescale(stack[k], k)
+    return stack.reshape(values.shape)
 
 
 def _frame_geometry(ds, frames: int):
-    """Per frame (orientation, position) and the in-plane spacing of an enhanced multi-frame file, or
-    None when some frame has no plane position (its orientation is then unknown)."""
+    """Per frame (orientation, position) of an enhanced multi-frame file, or None when some frame has no
+    plane position (its orientation is then unknown)."""
     orientations, positions = [], []
     for k in range(frames):
         orient = _frame_item(ds, k, "PlaneOrientationSequence")
@@ -207,10 +219,12 @@ def _frame_geometry(ds, frames: int):
 def read_dicom(path: Path) -> Image:
     """One DICOM file: a 2D image, or a multi-frame file as a 3D volume.
 
-    An enhanced multi-frame file whose functional groups place every frame is ordered along the slice
-    normal with its orientation kept, as a series is; one without (``meta["geometry"] == "unknown"``)
-    keeps its frames in file order along an assumed axial axis, which 3D models refuse
-    (:func:`require_geometry`) and 2D models, which read frame by frame, do not need."""
+    An enhanced multi-frame file whose functional groups place its frames on one regular grid is ordered
+    along the slice normal with its orientation kept, as a series is (``meta["geometry"] == "frames"``).
+    Otherwise (no plane positions, or frames that are no grid: a cine, several echoes at one position)
+    the frames stay in file order along an assumed axial axis (``"unknown"``, with the reason in
+    ``meta["geometry_note"]``): 2D models, which read frame by frame, use them; 3D models refuse them
+    (:func:`require_geometry`)."""
     ds = _dcmread(path)
     pixels = _dicom_pixels(ds, path)
     meta = {
@@ -222,26 +236,39 @@ def read_dicom(path: Path) -> Image:
     }
     if pixels.ndim == 2:
         return Image(pixels, meta=meta)
-    frames = pixels.shape[0]
-    geometry = _frame_geometry(ds, frames)
-    measures = _frame_item(ds, 0, "PixelMeasuresSequence")
-    row, col = _pixel_spacing(measures if measures is not None else ds)
-    if geometry is not None:
-        volume, affine = _stack_slices(list(pixels), *geometry, [(row, col)] * frames,
-                                       [f"frame {k + 1}" for k in range(frames)], path)
-        return Image(volume, affine, {**meta, "geometry": "frames"})
+    try:
+        order, affine = frame_grid(ds, path)
+        return Image(_stack([pixels[k] for k in order]), affine, {**meta, "geometry": "frames"})
+    except MedtlError as err:
+        note = err.reason
+    row, col = _frame_spacing(ds)
     thickness = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
     volume = np.transpose(pixels, (2, 1, 0))  # (frames, rows, cols) -> (cols, rows, frames)
     affine = np.diag([-col, -row, thickness, 1.0])  # a guess: LPS rows/cols flipped to RAS, axial
-    return Image(volume.astype(np.float32), affine, {**meta, "geometry": "unknown"})
+    return Image(volume.astype(np.float32), affine, {**meta, "geometry": "unknown", "geometry_note": note})
+
+
+def _frame_spacing(ds) -> tuple[float, float]:
+    measures = _frame_item(ds, 0, "PixelMeasuresSequence")
+    return _pixel_spacing(measures if measures is not None else ds)
+
+
+def frame_grid(ds, where) -> tuple[np.ndarray, np.ndarray]:
+    """Frame order and RAS affine of a multi-frame file whose functional groups place its frames on one
+    regular grid (from the header alone), or a MedtlError saying why they are no volume."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    geometry = _frame_geometry(ds, frames)
+    if geometry is None:
+        raise MedtlError("no functional groups place its frames (no plane positions)", where)
+    return _grid(*geometry, [_frame_spacing(ds)] * frames, [f"frame {k + 1}" for k in range(frames)], where)
 
 
 def require_geometry(image: Image, where) -> None:
     """3D models need to know where each slice lies: refuse a volume whose orientation was guessed."""
     if image.meta.get("geometry") == "unknown":
-        raise MedtlError("multi-frame DICOM without plane positions and orientation (no functional groups "
-                         "place its frames): a 3D model would see it in a guessed orientation. Export the "
-                         "series as single-frame instances or NIfTI with its geometry", where)
+        raise MedtlError(f"multi-frame DICOM whose frames are not placed on one grid ({image.meta.get('geometry_note')}): "
+                         "a 3D model would see it in a guessed orientation. Export the series as single-frame "
+                         "instances or NIfTI with its geometry", where)
 
 
 def _pixel_spacing(ds) -> tuple[float, float]:
@@ -254,66 +281,70 @@ def _pixel_spacing(ds) -> tuple[float, float]:
     return float(spacing[0]), float(spacing[1])
 
 
-def _stack_slices(slices, orientations, positions, spacings, names, where=None) -> tuple[np.ndarray, np.ndarray]:
-    """2D slices ``(rows, cols)`` with their DICOM geometry into a volume ``(cols, rows, slices)`` and its
-    RAS affine, ordered along the slice normal. Slices that cannot form one regular grid are refused,
-    naming the slice: another orientation or pixel spacing, two at one position, or an uneven gap (a
-    missing slice) would put every voxel after it in the wrong place. ``names`` are the slices' files
-    (``where`` None) or their labels inside the file ``where``."""
+GRID_TOLERANCE = 0.25  # of the slice step: positions written with few decimals stay on the grid, a missing slice does not
+
+
+def _grid(orientations, positions, spacings, names, where=None) -> tuple[np.ndarray, np.ndarray]:
+    """The slice order along the normal and the RAS affine of slices with DICOM geometry, or a refusal
+    naming the slice when they are not one regular grid: another orientation or pixel spacing, two slices
+    at one position, or one off the evenly spaced line from the first to the last (a missing slice moves
+    every voxel after it). ``names`` are the slices' files (``where`` None: the error names the file) or
+    their labels inside the file ``where``."""
 
     def refuse(k: int, reason: str):
-        if where is None:  # the error names the slice's file, and the reason the other by its file name
-            raise MedtlError(reason.replace("{this}", "this instance"), names[k])
-        raise MedtlError(reason.replace("{this}", names[k]), where)
+        raise MedtlError(f"{'this instance' if where is None else names[k]} {reason}", names[k] if where is None else where)
 
     def short(k: int) -> str:
         return Path(names[k]).name if where is None else names[k]
 
     orients = np.asarray(orientations, dtype=np.float64)
     pos = np.asarray(positions, dtype=np.float64)
-    for k in range(1, len(slices)):
+    for k in range(1, len(pos)):
         if np.abs(orients[k] - orients[0]).max() > 1e-3:
-            refuse(k, f"{{this}} is oriented {[round(float(v), 4) for v in orients[k]]}, unlike {short(0)} "
+            refuse(k, f"is oriented {[round(float(v), 4) for v in orients[k]]}, unlike {short(0)} "
                       f"{[round(float(v), 4) for v in orients[0]]}: not one volume")
         if not np.allclose(spacings[k], spacings[0], rtol=1e-3):
-            refuse(k, f"{{this}} has pixel spacing {[float(v) for v in spacings[k]]}, unlike {short(0)} "
-                      f"{[float(v) for v in spacings[0]]}: "
-                      "not one volume")
-        if slices[k].shape != slices[0].shape:
-            refuse(k, f"{{this}} has shape {slices[k].shape}, unlike {short(0)} {slices[0].shape}: not one volume")
+            refuse(k, f"has pixel spacing {[float(v) for v in spacings[k]]}, unlike {short(0)} "
+                      f"{[float(v) for v in spacings[0]]}: not one volume")
     row_dir, col_dir = orients[0][:3], orients[0][3:]
     normal = np.cross(row_dir, col_dir)
     depth = pos @ normal
     order = np.argsort(depth, kind="stable")
-    gaps = np.diff(depth[order])
-    if len(gaps):
-        typical = float(np.median(gaps))
-        for k, gap in enumerate(gaps):
-            if gap < 1e-3 * max(typical, 1e-3):
-                refuse(order[k + 1], f"{{this}} lies where {short(order[k])} lies ({depth[order[k]]:.2f} mm "
-                                     "along the slice normal): two slices in one place")
-            if abs(gap - typical) > 0.1 * typical:
-                refuse(order[k + 1], f"{{this}} lies {gap:.2f} mm past the slice before it where the series' "
-                                     f"spacing is {typical:.2f} mm (a missing slice?)")
-    volume = np.stack([slices[i] for i in order], axis=-1)  # (rows, cols, slices)
-    volume = np.transpose(volume, (1, 0, 2)).astype(np.float32)  # voxel i runs along the row direction
+    d = depth[order]
+    if len(d) > 1:
+        step = (d[-1] - d[0]) / (len(d) - 1)
+        for k in range(1, len(d)):
+            if d[k] - d[k - 1] < 1e-3 * max(step, 1e-3):
+                refuse(order[k], f"lies where {short(order[k - 1])} lies ({d[k]:.2f} mm along the slice normal): "
+                                 "two slices in one place")
+        off = d - (d[0] + step * np.arange(len(d)))
+        worst = int(np.argmax(np.abs(off)))
+        if abs(off[worst]) > GRID_TOLERANCE * step:
+            refuse(order[worst], f"lies {off[worst]:+.2f} mm off the series' even spacing of {step:.3f} mm "
+                                 "(a missing or extra slice, or uneven spacing): not one regular volume")
+    step_vec = (pos[order[-1]] - pos[order[0]]) / (len(order) - 1) if len(order) > 1 else normal
     row_spacing, col_spacing = spacings[0]
-    step = (pos[order[-1]] - pos[order[0]]) / (len(order) - 1) if len(order) > 1 else normal
     lps = np.eye(4)
     lps[:3, 0] = row_dir * col_spacing  # moving one column moves along the row direction
     lps[:3, 1] = col_dir * row_spacing
-    lps[:3, 2] = step
+    lps[:3, 2] = step_vec
     lps[:3, 3] = pos[order[0]]
-    return volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI/MONAI RAS
+    return order, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI/MONAI RAS
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
+def _stack(slices: list[np.ndarray]) -> np.ndarray:
+    """Ordered 2D slices ``(rows, cols)`` as a volume ``(cols, rows, slices)``: voxel i runs along the row direction."""
+    return np.transpose(np.stack(slices, axis=-1), (1, 0, 2)).astype(np.float32)
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None, names: dict[str, str] | None = None) -> Image:
     """A folder of single-frame DICOM instances into one volume.
 
     Instances are grouped by SeriesInstanceUID and sorted by their position along the slice normal
-    (from ImagePositionPatient and ImageOrientationPatient); see :func:`_stack_slices` for what is
-    refused. The affine maps voxel (col, row, slice) to RAS+ millimetres, so MONAI's Orientation and
-    Spacing transforms can use it.
+    (from ImagePositionPatient and ImageOrientationPatient); see :func:`_grid` for what is refused, which
+    is decided from the headers before any pixels are decoded. The affine maps voxel (col, row, slice) to
+    RAS+ millimetres, so MONAI's Orientation and Spacing transforms can use it. ``names`` maps a file to
+    the name errors should give it (the real file behind a temporary link).
     """
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     series: dict[str, list] = {}
@@ -333,27 +364,32 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Image:
     first = instances[0][1]
     if "ImageOrientationPatient" not in first or "ImagePositionPatient" not in first:
         raise MedtlError("series lacks ImageOrientationPatient/ImagePositionPatient: cannot order slices", folder)
-    slices, orientations, positions, spacings = [], [], [], []
-    for f, ds in instances:
+    shown = [(names or {}).get(str(f), str(f)) for f, _ in instances]
+    for (f, ds), name in zip(instances, shown):
         for tag in ("ImagePositionPatient", "ImageOrientationPatient"):
             if tag not in ds:
-                raise MedtlError(f"instance lacks {tag}", f)
-        pixels = _dicom_pixels(ds, f)
+                raise MedtlError(f"instance lacks {tag}", name)
+    order, affine = _grid([ds.ImageOrientationPatient for _, ds in instances],
+                          [ds.ImagePositionPatient for _, ds in instances],
+                          [_pixel_spacing(ds) for _, ds in instances], shown)
+    slices = []
+    for i in order:
+        (f, ds), name = instances[i], shown[i]
+        pixels = _dicom_pixels(ds, name)
         if pixels.ndim != 2:
             raise MedtlError(f"a multi-frame instance ({pixels.shape[0]} frames) inside a series of single "
-                             "frames: read it on its own", f)
+                             "frames: read it on its own", name)
+        if slices and pixels.shape != slices[0].shape:
+            raise MedtlError(f"this instance has shape {pixels.shape}, unlike {Path(shown[order[0]]).name} "
+                             f"{slices[0].shape}: not one volume", name)
         slices.append(pixels)
-        orientations.append(ds.ImageOrientationPatient)
-        positions.append(ds.ImagePositionPatient)
-        spacings.append(_pixel_spacing(ds))
-    volume, affine = _stack_slices(slices, orientations, positions, spacings, [str(f) for f, _ in instances])
     meta = {
         "format": "dicom_series",
         "modality": str(first.get("Modality", "")),
         "series_uid": series_uid,
         "n_instances": len(slices),
     }
-    return Image(volume, affine, meta)
+    return Image(_stack(slices), affine, meta)
 
 
 @functools.lru_cache(maxsize=8)

@@ -126,7 +126,8 @@ def read_instances(files: list[Path], series_uid: str) -> io.Image:
                 shutil.copyfile(f, link)
             links[str(link)] = str(f)
         try:
-            return io.read_dicom_series(Path(tmp), series_uid or None)
+            return io.read_dicom_series(Path(tmp), series_uid or None, names=links)
         except MedtlError as err:
-            # Name the real file, not the temporary link.
-            raise MedtlError(err.reason, links.get(err.where or "", files[0])) from None
+            # Name the real file, not the temporary link (nor the temporary folder).
+            real = err.where if err.where in links.values() else links.get(err.where or "", str(files[0]))
+            raise MedtlError(err.reason, real) from None

@@ -550,10 +550,10 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     check_manifests_unchanged(ctx)
     out.mkdir(parents=True, exist_ok=True)
     lock = OutputLock(out, "medtl run").acquire()  # two runs in one folder would overwrite each other's jobs
-    book = StageBook(out)
-    payloads, legacy = _payloads(config, data_root), _payloads(config, data_root, with_defaults=True)
-    transfer_jobs._INNER_BARS = progress  # the per-epoch bars inside each job
     try:
+        book = StageBook(out)
+        payloads, legacy = _payloads(config, data_root), _payloads(config, data_root, with_defaults=True)
+        transfer_jobs._INNER_BARS = progress  # the per-epoch bars inside each job
         with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
             # every stage is checked before any runs, so a refused config changes nothing in the folder
             selected = [st for st in STAGES if st in stages and (st != "similarity" or config.similarity.enabled)]

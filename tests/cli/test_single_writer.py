@@ -34,16 +34,16 @@ def test_a_second_medtl_train_into_a_folder_in_use_is_refused(tiny, tmp_path, ca
     assert not (out / "model.pt").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize("command", ["train", "run", "demo"])
 def test_single_process_commands_refuse_torchrun_before_writing(tiny, make_config, tmp_path, monkeypatch, capsys,
                                                                 command):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     out = tmp_path / "out"
-    args = (["train", "--train", str(tiny / "manifests" / "tgt.csv")] if command == "train"
-            else ["run", str(make_config(tiny))])
-    status = main(args + ["--data-root", str(tiny / "data"), "--out", str(out), "--no-progress"])
+    args = {"train": ["train", "--train", str(tiny / "manifests" / "tgt.csv"), "--data-root", str(tiny / "data")],
+            "run": ["run", str(make_config(tiny)), "--data-root", str(tiny / "data")], "demo": ["demo"]}[command]
+    status = main(args + ["--out", str(out), "--no-progress"])
     assert status == 2
     err = capsys.readouterr().err
     assert f"error [rank 1]: torchrun: medtl {command} runs in one process" in err
@@ -74,3 +74,20 @@ def test_other_ranks_do_not_list_skipped_items(tmp_path, monkeypatch):
     _record_skipped([("a.png", "corrupt")], tmp_path)
     with open(tmp_path / "skipped.csv", newline="") as f:
         assert list(csv.reader(f)) == [["case_id", "reason"], ["a.png", "corrupt"]]
+
+
+def test_a_folder_holding_only_a_stale_lock_is_a_fresh_run_folder(tiny, make_config):
+    """A run killed before its first stage leaves only .medtl.lock: that is not 'a folder with other files'."""
+    from medtl.errors import MedtlError
+    from medtl.pipeline.checks import check_before_run
+    from medtl.pipeline.config import load_pipeline
+    from medtl.pipeline.context import Context
+
+    out = tiny / "stale_lock_run"
+    out.mkdir()
+    (out / ".medtl.lock").write_text('{"command": "medtl run", "pid": 999999}\n')  # its holder is gone
+    config = make_config(tiny)
+    check_before_run(Context(load_pipeline(config, None), config, tiny / "data", out, None))
+    (out / "notes.txt").write_text("not a run")
+    with pytest.raises(MedtlError, match="not a medtl run folder"):
+        check_before_run(Context(load_pipeline(config, None), config, tiny / "data", out, None))

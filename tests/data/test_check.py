@@ -1,5 +1,7 @@
 """medtl.data.check: a manifest against its files (labels, splits, leakage, copies, a wrong data root)."""
 
+import pytest
+
 from medtl.cli import main
 from medtl.data.build import build_manifest
 from medtl.data.check import CheckReport, check_manifest, wrong_root_hint
@@ -121,3 +123,14 @@ def test_check_without_data_root_reads_the_root_the_manifest_records(folder_root
     monkeypatch.setenv("MEDTL_DATA_ROOT", str(tmp_path / "elsewhere"))  # the default would miss every file
     assert main(["manifest", "check", str(path), "--no-progress"]) == 0
     assert f"data root: {folder_root.resolve()}" in capsys.readouterr().out
+
+
+@pytest.mark.real_data
+def test_check_refuses_a_3d_row_the_3d_loader_would_refuse(data_root):
+    """emri_small is a multi-frame MR whose frames nothing places: read as frames (mri2d) it passes, as a
+    volume (mri3d) a 3D model would refuse it, so check does too."""
+    row = ManifestRow("dicom/emri_small_multiframe_mr.dcm", "x", "p", "dicom", "test", "mri2d")
+    assert check_manifest(Manifest([row], ["x"]), data_root, near_copy_correlation=0.99).ok
+    volume_row = ManifestRow(row.path, "x", "p", "dicom", "test", "mri3d")
+    as_volume = check_manifest(Manifest([volume_row], ["x"]), data_root)
+    assert any("guessed orientation" in e for e in as_volume.errors)

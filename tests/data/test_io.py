@@ -248,7 +248,7 @@ def test_monochrome1_series_is_inverted_with_one_offset_for_every_slice(data_roo
 @pytest.mark.real_data
 @pytest.mark.parametrize("damage, message", [
     ("duplicate", "two slices in one place"),
-    ("missing", "a missing slice"),
+    ("missing", "a missing or extra slice"),
     ("orientation", "is oriented"),
     ("spacing", "pixel spacing"),
 ])
@@ -268,6 +268,54 @@ def test_a_series_that_is_not_one_regular_grid_is_refused_naming_the_instance(da
     with pytest.raises(MedtlError, match=message) as err:
         io.read(folder)
     assert Path(err.value.where).parent == folder  # the instance, not just the folder
+
+
+@pytest.mark.real_data
+def test_positions_written_with_few_decimals_still_make_one_volume(data_root, tmp_path):
+    """A 0.625 mm axial step written to one decimal gives gaps of 0.6 and 0.7 mm: rounding, not a missing slice."""
+    dss = _mprage(data_root)[:20]
+    for k, ds in enumerate(dss):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-100, -100, round(-50 + 0.625 * k, 1)]
+    volume = io.read(_save_series(tmp_path / "rounded", dss))
+    assert volume.array.shape == (256, 256, 20)
+    assert volume.affine[2, 2] == pytest.approx(0.625, abs=0.01)
+
+
+@pytest.mark.real_data
+def test_monochrome1_is_inverted_after_its_modality_lut(data_root, tmp_path):
+    """Inverting the stored values before a (non-linear) LUT looked them up where it was never defined."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(data_root / "dicom/mr_series_t1_mprage/00085.dcm")
+    x = ds.pixel_array.astype(np.int64)
+    ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = "MONOCHROME1", 16, 15
+    ds.PixelData = (4095 - x).astype(np.uint16).tobytes()
+    lut = Dataset()
+    lut.LUTDescriptor, lut.ModalityLUTType = [4096, 0, 16], "US"
+    lut.LUTData = (np.sqrt(np.arange(4096)) * 1000).astype(np.uint16).tobytes()
+    lut["LUTData"].VR = "OW"
+    ds.ModalityLUTSequence = Sequence([lut])
+    ds.save_as(tmp_path / "lut.dcm")
+    shown = apply_modality_lut((4095 - x).astype(np.uint16), ds).astype(np.float64)
+    top = float(np.sqrt(4095) * 1000 // 1)  # the LUT's last entry: every stored value above 4095 maps there
+    np.testing.assert_allclose(io.read(tmp_path / "lut.dcm").array, top - shown)
+
+
+@pytest.mark.real_data
+def test_a_series_read_from_chosen_files_names_the_real_files(data_root, tmp_path):
+    from medtl.deploy.inputs import read_instances
+
+    dss = _mprage(data_root)[:6]
+    dss[4].ImagePositionPatient = dss[2].ImagePositionPatient
+    folder = _save_series(tmp_path / "chosen", dss)
+    files = sorted(folder.iterdir())
+    with pytest.raises(MedtlError) as err:
+        read_instances(files, str(dss[0].SeriesInstanceUID))
+    assert err.value.where in (str(files[2]), str(files[4]))
+    assert "lies where" in err.value.reason and ("002.dcm" in err.value.reason or "004.dcm" in err.value.reason)
 
 
 @pytest.mark.real_data
@@ -304,6 +352,37 @@ def test_enhanced_multiframe_volume_matches_the_same_slices_as_a_series(data_roo
     volume, series = io.read(tmp_path / "enhanced.dcm"), io.read(data_root / "dicom/mr_series_t1_mprage")
     np.testing.assert_array_equal(volume.array, 2 * series.array - 1024)
     np.testing.assert_allclose(volume.affine, series.affine, atol=1e-9)
+
+
+@pytest.mark.real_data
+def test_a_cine_of_frames_at_one_position_is_read_frame_by_frame_and_refused_as_a_volume(data_root, tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from medtl.data.transforms import LoadMedicalImage
+    from medtl.deploy.inputs import SeriesLoader
+
+    dss = _mprage(data_root)
+    cine = copy.deepcopy(dss[0])
+    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "SliceLocation"):
+        delattr(cine, kw)
+    cine.NumberOfFrames = 5
+    shared, orient = Dataset(), Dataset()
+    orient.ImageOrientationPatient = dss[0].ImageOrientationPatient
+    shared.PlaneOrientationSequence = Sequence([orient])
+    cine.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for _ in range(5):  # every frame at one position: a cine, not a volume
+        frame, position = Dataset(), Dataset()
+        position.ImagePositionPatient = dss[10].ImagePositionPatient
+        frame.PlanePositionSequence = Sequence([position])
+        frames.append(frame)
+    cine.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    cine.PixelData = np.stack([ds.pixel_array for ds in dss[:5]]).astype(np.uint16).tobytes()
+    cine.save_as(tmp_path / "cine.dcm", enforce_file_format=True)
+    assert SeriesLoader("mri2d", {"image_size": 32})(None, [tmp_path / "cine.dcm"]).shape == (5, 1, 32, 32)
+    with pytest.raises(MedtlError, match="two slices in one place"):
+        LoadMedicalImage(ndim=3)(tmp_path / "cine.dcm")
 
 
 @pytest.mark.real_data
