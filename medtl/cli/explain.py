@@ -1,11 +1,15 @@
 """``medtl explain``: Grad-CAM overlays of a model's decisions on your images, and how faithful they are.
 
 The model's own preprocessing is applied (the same reading and preset chain as ``medtl predict``), each
-image gets an overlay PNG titled with the model's decision, ``index.html`` shows them side by side, and
-``index.csv`` says which input each overlay is. With ``--deletion-test`` the maps are checked: blanking
-the hottest 20% of each image should lower the explained class's probability more than blanking
-random pixels (``medtl.evaluation.explain.deletion_test``); ``deletion.json`` and the overlays go to
-``medtl evaluate --gradcam``. Unreadable inputs get an error row in index.csv; the others go on.
+image gets an overlay PNG titled with the model's decision and the class its map explains, ``index.html``
+shows them side by side, and ``index.csv`` says which input each overlay is, with every class's
+probability. A manifest is explained on its test split (``--split``). The layer is the deepest encoder
+stage whose grid has at least 4 cells along every axis for the model's input size (``--layer`` chooses
+another). With ``--deletion-test`` the maps are checked: blanking the hottest 20% of each image should
+lower the explained class's probability more than blanking random pixels
+(``medtl.evaluation.explain.deletion_test``); its verdict (pass, fail or inconclusive) heads index.html.
+``deletion.json`` and the overlays go to ``medtl evaluate --gradcam``. Unreadable inputs get an error
+row in index.csv; the others go on. Regression models are refused: Grad-CAM explains a class.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import html
 import shlex
 from pathlib import Path
 
-DEFAULT_LAYER = "encoder.layer4"
+LAYERS = ("encoder.layer4", "encoder.layer3", "encoder.layer2", "encoder.layer1")  # deepest first
 
 
 def register(subparsers) -> None:
@@ -28,11 +32,17 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", default=None, help="root of a manifest's paths (default: the configured data root)")
     p.add_argument("--class", dest="class_name", default=None,
                    help="the class to explain (default: each image's predicted class)")
-    p.add_argument("--layer", default=DEFAULT_LAYER, help=f"the layer whose activations explain (default: {DEFAULT_LAYER})")
+    p.add_argument("--layer", default=None,
+                   help="the layer whose activations explain (default: the deepest of " + ", ".join(LAYERS)
+                        + " with at least 4 cells along every axis)")
+    p.add_argument("--split", default="test",
+                   help="a manifest's split to explain, or 'all' (default: test; folders and files: every image)")
     p.add_argument("--max-images", type=int, default=50, help="explain at most this many images (default: 50)")
     p.add_argument("--deletion-test", action="store_true",
                    help="also test the maps' faithfulness on the explained images (needs 2 or more; 50+ for a number "
                         "worth reporting)")
+    p.add_argument("--control", choices=["pixels", "shifted"], default="pixels",
+                   help="the deletion test's reference: random pixels, or the map's own mask moved at random")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="show no progress bar")
     p.set_defaults(func=run)
 
@@ -63,99 +73,130 @@ def run(args) -> int:
     module, meta = load_checkpoint(model_path, map_location="cpu")
     module = module.float().eval()
     predictor = predictor_from_meta(module, meta, str(model_path), "", "cpu")
-    if args.layer not in dict(module.named_modules()):
+    if predictor.is_regression:
+        raise MedtlError("this model predicts a value: Grad-CAM and its deletion test explain a class", model_path)
+    if args.layer is not None and args.layer not in dict(module.named_modules()):
         raise MedtlError(f"the model has no layer {args.layer!r} (e.g. encoder.layer3, encoder.layer4)", "--layer")
     class_idx = None
     if args.class_name is not None:
-        if predictor.is_regression or args.class_name not in predictor.label_names:
+        if args.class_name not in predictor.label_names:
             raise MedtlError(f"{args.class_name!r} is not one of the model's classes {predictor.label_names}",
                              "--class")
         class_idx = predictor.label_names.index(args.class_name)
 
-    series = discover(args.input, data_root=args.data_root, volume=predictor.spatial_dims == 3)
+    split = None if args.split == "all" else args.split
+    series = discover(args.input, data_root=args.data_root, volume=predictor.spatial_dims == 3, split=split)
+    if not series:
+        raise MedtlError(f"no images to explain (a manifest's --split {args.split} has no rows? --split all takes "
+                         "every row)", args.input)
     redactor = Redactor()  # names from the headers stay out of index.csv, the titles and the log
     add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS))
     loader = SeriesLoader(predictor.preset, predictor.preset_options, predictor.spatial_dims)
-    if args.deletion_test and predictor.is_regression:
-        raise MedtlError("the deletion test measures a class probability; this model predicts a value",
-                         "--deletion-test")
     with redacting(redactor):
-        rows, images, classes = _explain_series(series, args, module, predictor, loader, redactor, class_idx, out)
-    with open(out / "index.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "source", "predicted", "probability", "error"])
-        w.writeheader()
-        w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)  # a file named "=..." is no formula
-    _gallery(out, rows, model_path.name, args.layer)
+        rows, images, classes, layer = _explain_series(series, args, module, predictor, loader, redactor, class_idx,
+                                                       out)
     done = [r for r in rows if r["file"]]
-    print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s): {out / 'index.html'}")
-    if not done:
-        raise MedtlError("no image could be explained (see index.csv)", args.input)
-    if args.deletion_test:
+    result = None
+    if args.deletion_test and done:  # before index.html, which leads with its verdict
         if len(images) < 2:
             raise MedtlError("the deletion test needs at least 2 explained images", "--deletion-test")
-        result = deletion_test(module, images, args.layer, class_idx=classes)
-        path = save_deletion_test(result, out / "deletion.json")
+        result = deletion_test(module, images, layer, class_idx=classes, control=args.control)
+        save_deletion_test(result, out / "deletion.json")
+    columns = ["file", "source", "predicted", "explained_class", "p_explained", "map",
+               *[f"prob_{c}" for c in predictor.label_names], "error"]
+    with open(out / "index.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, restval="")
+        w.writeheader()
+        w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)  # a file named "=..." is no formula
+    _gallery(out, rows, model_path.name, layer, result)
+    print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s) ({layer}): {out / 'index.html'}")
+    if not done:
+        raise MedtlError("no image could be explained (see index.csv)", args.input)
+    if result is not None:
         print(f"deletion test: {deletion_summary(result)}")
         print("next: put the overlays and the test in a report:\n  medtl evaluate --predictions PREDICTIONS.csv "
-              f"--out REPORT --gradcam {shlex.quote(str(out / done[0]['file']))} {shlex.quote(str(path))}")
+              f"--out REPORT --gradcam {shlex.quote(str(out / done[0]['file']))} "
+              f"{shlex.quote(str(out / 'deletion.json'))}")
     return 0
 
 
+MIN_CELLS = 4  # a grid with fewer cells along an axis places evidence in halves (or nowhere)
+
+
 def _explain_series(series, args, module, predictor, loader, redactor, class_idx, out: Path):
-    """Overlays for the series' images, up to ``--max-images``: (index rows, explained images, their classes)."""
+    """Overlays for the series' images, up to ``--max-images``: (index rows, explained images, their
+    classes, the layer explained: ``--layer``, or chosen on the first image)."""
     import torch
 
     from medtl.errors import MedtlError
-    from medtl.evaluation.explain import gradcam, overlay_png
+    from medtl.evaluation.explain import choose_layer, gradcam, overlay_png
     from medtl.progress import bar
 
-    rows, images, classes = [], [], []
+    rows, images, classes, layer = [], [], [], args.layer
     for s in bar(series, desc="explain", unit="series", enabled=args.progress):
         if len(images) >= args.max_images:
             break
         source = redactor(s.source or s.key)
         if s.error:
-            rows.append({"file": "", "source": source, "predicted": "", "probability": "", "error": redactor(s.error)})
+            rows.append({"file": "", "source": source, "error": redactor(s.error)})
             continue
         try:
             batch = loader(s)
         except Exception as err:  # noqa: BLE001 (one bad input is an error row; the others go on)
             why = err.reason if isinstance(err, MedtlError) else f"{type(err).__name__}: {err}"
-            rows.append({"file": "", "source": source, "predicted": "", "probability": "", "error": redactor(why)})
+            rows.append({"file": "", "source": source, "error": redactor(why)})
             continue
         for k, x in enumerate(batch[: args.max_images - len(images)]):
+            if layer is None or not images:
+                chosen, grid = choose_layer(module, x, [layer] if layer else LAYERS, MIN_CELLS)
+                if min(grid) < MIN_CELLS:
+                    print(f"warning: {chosen} has a {'x'.join(map(str, grid))} grid at this input size: its maps "
+                          f"place evidence no finer than that; a shallower --layer places it better")
+                layer = chosen
             with torch.no_grad():
-                out_ = module(x[None]).float()[0]
-            if predictor.is_regression:
-                c, value, shown = 0, float(out_[0]), f"{predictor.label_names[0]} {float(out_[0]):.3g}"
-            else:
-                probs = torch.softmax(out_, 0).tolist()
-                c = class_idx if class_idx is not None else predictor.label_names.index(predictor.decide(probs))
-                value = probs[c]
-                shown = f"{predictor.decide(probs)}; P({predictor.label_names[c]}) = {value:.3f}"
-            cam = gradcam(module, x, args.layer, c)
+                probs = torch.softmax(module(x[None]).float()[0], 0).tolist()
+            decided = predictor.decide(probs)
+            c = class_idx if class_idx is not None else predictor.label_names.index(decided)
+            explained = predictor.label_names[c]
+            cam = gradcam(module, x, layer, c)
+            constant = bool(cam.max() == cam.min())
             name = f"case{len(images) + 1:04d}.png"
-            title = f"{name[:-4]}: {shown}" + (f" (Grad-CAM of {predictor.label_names[c]})"
-                                              if not predictor.is_regression else "")
+            shown_source = source + (f" [image {k + 1}]" if len(batch) > 1 else "")
+            title = (f"{name[:-4]} ({shown_source[-40:]}): {decided}; Grad-CAM of {explained}, "
+                     f"P = {probs[c]:.3f}")
             (out / name).write_bytes(overlay_png(x.numpy(), cam, title))
             images.append(x)
             classes.append(c)  # the class this overlay explains: the deletion test tests the same maps
-            rows.append({"file": name, "source": source + (f" [image {k + 1}]" if len(batch) > 1 else ""),
-                         "predicted": shown, "probability": f"{value:.6g}", "error": ""})
-    return rows, images, classes
+            rows.append({"file": name, "source": shown_source, "predicted": decided, "explained_class": explained,
+                         "p_explained": f"{probs[c]:.6g}", "map": "constant (no location)" if constant else "",
+                         **{f"prob_{n}": f"{p:.6g}" for n, p in zip(predictor.label_names, probs)}, "error": ""})
+    return rows, images, classes, layer or LAYERS[0]
 
 
-def _gallery(out: Path, rows: list[dict], model: str, layer: str) -> None:
-    """index.html: every overlay with its source and decision, self-contained beside the PNGs."""
+def _gallery(out: Path, rows: list[dict], model: str, layer: str, test: dict | None) -> None:
+    """index.html: the deletion test's verdict first, then every overlay with its source, decision and
+    explained class, self-contained beside the PNGs."""
+    from medtl.evaluation.explain import deletion_summary
+
     cells = "".join(
         f'<figure><img src="{html.escape(r["file"])}" alt="{html.escape(r["file"])}"><figcaption>'
-        f'{html.escape(r["source"])}<br>{html.escape(r["predicted"])}</figcaption></figure>'
+        f'{html.escape(r["source"])}<br>decision: {html.escape(r["predicted"])}; Grad-CAM of '
+        f'{html.escape(r["explained_class"])} (P = {float(r["p_explained"]):.3f})'
+        + (f'<br><b>{html.escape(r["map"])}</b>' if r["map"] else "") + "</figcaption></figure>"
         for r in rows if r["file"])
     errors = "".join(f"<li>{html.escape(r['source'])}: {html.escape(r['error'])}</li>" for r in rows if r["error"])
+    if test is None:
+        check = ("<p><b>Not tested:</b> nothing here shows that these maps mark what the model uses; run medtl "
+                 "explain with --deletion-test on 50 or more images before showing them as evidence.</p>")
+    else:
+        colour = {"pass": "#e6f4ea", "fail": "#fde7e7", "inconclusive": "#fff4e0"}[test["verdict"]]
+        check = (f"<p style='background:{colour};padding:8px'><b>Deletion test: {test['verdict'].upper()}.</b> "
+                 f"{html.escape(deletion_summary(test))}</p>")
     (out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>Grad-CAM</title><style>body{font-family:sans-serif}"
         "figure{display:inline-block;width:300px;margin:6px;vertical-align:top}img{width:100%}"
         "figcaption{font-size:12px}</style>"
-        f"<h1>Grad-CAM of {html.escape(model)} ({html.escape(layer)})</h1><p>Bright: where the evidence for the "
-        "explained class is strongest. A map shows what the model used, not whether it was right.</p>"
+        f"<h1>Grad-CAM of {html.escape(model)} ({html.escape(layer)})</h1>{check}<p>Red and opaque: where the "
+        "evidence for the explained class is strongest on the layer's grid; blue and faint: weakest (colour bar "
+        "beside each overlay). A map shows where the model found evidence, not whether it was right.</p>"
         + cells + (f"<h2>Not explained</h2><ul>{errors}</ul>" if errors else ""), encoding="utf-8")

@@ -26,7 +26,7 @@ from torch import nn
 from medtl.errors import MedtlError
 from medtl.evaluation.figures import pyplot, to_png
 
-__all__ = ["deletion_summary", "deletion_test", "gradcam", "load_deletion_test", "minmax", "overlay_png",
+__all__ = ["choose_layer", "deletion_summary", "deletion_test", "deletion_verdict", "gradcam", "load_deletion_test", "minmax", "overlay_png",
            "save_deletion_test", "save_gradcam"]
 
 DELETION_KIND = "medtl.gradcam_deletion_test"  # marks a JSON file as save_deletion_test output
@@ -159,8 +159,11 @@ def deletion_test(
     ``p - p_random``, ``difference`` = mean of their per-image difference (paired), each with a
     ``level`` percentile-bootstrap interval over images (``difference`` also with a paired t
     interval, ``ci_t``); ``top_larger``: the share of images whose top drop beats the control's;
-    ``per_image`` lists. A map that marks the evidence gives a difference clearly above 0; an
-    inverted map gives one below 0. ``explain(x, c) -> map`` tests another map (``x`` is
+    ``per_image`` lists; ``verdict`` (:func:`deletion_verdict`) and ``constant_maps`` (maps with no
+    location, blanked at random). A map that marks the evidence gives a difference clearly above 0; one
+    that points elsewhere (or away from the evidence, as an inverted map does) gives 0 or less. This is
+    one point (``fraction``) of the deletion curve of Petsiuk et al. 2018 (RISE), with a random mask of the
+    same size as the reference. ``explain(x, c) -> map`` tests another map (``x`` is
     ``(1, C, *spatial)``); by default it is :func:`gradcam` on ``target_layer``.
 
     ``images``: arrays or tensors ``(C, *spatial)``, or dataset items with an ``"image"``; use at
@@ -183,7 +186,7 @@ def deletion_test(
     dims = _spatial_dims(model)
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {"class": [], "p": [], "drop_top": [], "drop_random": []}
+    rows: dict[str, list] = {"class": [], "p": [], "drop_top": [], "drop_random": [], "constant": []}
     was_training = model.training
     with _grad_cam(model, target_layer) if explain is None else _eval(model) as cam:
         explain_fn = explain or (lambda x, c: _cam_of(cam, x, c))
@@ -196,6 +199,7 @@ def deletion_test(
             if not 0 <= c < len(probs):
                 raise MedtlError(f"class {c} is not one of the model's {len(probs)} classes", "class_idx")
             m = np.asarray(explain_fn(x, c), dtype=float)
+            rows["constant"].append(bool(m.max() == m.min()))
             spatial = tuple(x.shape[2:])
             if m.shape != spatial:
                 raise MedtlError(f"map shape {m.shape} differs from image {spatial}", f"images[{i}]")
@@ -225,9 +229,13 @@ def deletion_test(
     n = len(rows["p"])
     if n < 2:
         raise MedtlError(f"the deletion test needs at least 2 images, got {n}", "images")
+    if all(rows["constant"]):  # random against random: there is no map to test
+        raise MedtlError("every map is constant (no positive evidence on the layer's grid, or a grid too coarse to "
+                         "place any): nothing to test; explain a shallower layer", "target_layer")
     top_d, rand_d = np.array(rows["drop_top"]), np.array(rows["drop_random"])
     diff = top_d - rand_d
     boot = np.random.default_rng(seed + 1)
+    difference = {**_mean_ci(diff, level, n_boot, boot), "ci_t": _t_ci(diff, level)}
     return {
         "kind": DELETION_KIND,
         "n": n,
@@ -244,7 +252,9 @@ def deletion_test(
         "p_mean": float(np.mean(rows["p"])),
         "drop_top": _mean_ci(top_d, level, n_boot, boot),
         "drop_random": _mean_ci(rand_d, level, n_boot, boot),
-        "difference": {**_mean_ci(diff, level, n_boot, boot), "ci_t": _t_ci(diff, level)},
+        "difference": difference,
+        "verdict": deletion_verdict(difference),
+        "constant_maps": int(sum(rows["constant"])),
         "top_larger": float(np.mean(diff > 0)),
         "per_image": rows,
     }
@@ -261,6 +271,21 @@ def _eval(model: nn.Module):
         model.train(was_training)
 
 
+VERDICTS = {
+    "pass": "the maps mark what the model uses (the interval of the difference lies above 0)",
+    "fail": "the maps do NOT mark what the model uses (the interval of the difference lies below 0: blanking "
+            "them hurts the model less than blanking random pixels); do not show them as evidence",
+    "inconclusive": "not shown that the maps mark what the model uses (the interval of the difference includes "
+                    "0); do not show them as evidence without a larger test",
+}
+
+
+def deletion_verdict(difference: dict) -> str:
+    """``pass`` when the difference's interval lies above 0, ``fail`` below, else ``inconclusive``."""
+    lo, hi = difference["ci"]
+    return "pass" if lo > 0 else "fail" if hi < 0 else "inconclusive"
+
+
 def deletion_summary(result: dict) -> str:
     """One sentence a report can print for a :func:`deletion_test` result."""
     lv = f"{result['level']:.0%}"
@@ -272,11 +297,14 @@ def deletion_summary(result: dict) -> str:
     ctrl = f"a random {pct} of the pixels" if result["control"] == "pixels" else "the same mask moved at random"
     explained = {"predicted": "the predicted class", "per image": "each image's explained class"}.get(
         result["class_idx"], f"class {result['class_idx']}")
+    verdict = result.get("verdict") or deletion_verdict(result["difference"])
+    constant = result.get("constant_maps", 0)
     return (f"Deletion test on {result['n']} images: blanking the top {pct} of each map lowered the probability "
             f"of {explained} by {fmt(result['drop_top'])}; blanking {ctrl} lowered it by "
             f"{fmt(result['drop_random'])}. Difference {fmt(result['difference'])}, larger for the map in "
-            f"{result['top_larger']:.0%} of images. A map that marks the model's evidence gives a difference "
-            f"above 0; an inverted map, one below 0.")  # fmt: skip
+            f"{result['top_larger']:.0%} of images"
+            + (f"; {constant} map(s) were constant (no location)" if constant else "")
+            + f". Verdict: {verdict.upper()}: {VERDICTS[verdict]}.")  # fmt: skip
 
 
 def save_deletion_test(result: dict, path: str | Path) -> Path:
@@ -337,8 +365,11 @@ def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6) -> byt
         ]
     else:
         raise MedtlError(f"Grad-CAM overlays need 2D or 3D maps, got {cam.ndim}D", "gradcam")
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    constant = cam.max() == cam.min()  # no location: no peak to mark, and the title says so
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.8, 3.4), squeeze=False)
     volume = cam.ndim == 3
+    # RAS volumes in neurological view (patient's right on the viewer's right): edge letters per panel
+    letters = {"sagittal": ("P", "A", "I", "S"), "coronal": ("L", "R", "I", "S"), "axial": ("L", "R", "P", "A")}
     for ax, (name, im, cm, peak) in zip(axes[0], panels):
         # 2D images are (rows, columns): shown as stored. Slices of RAS volumes are transposed so the
         # first axis runs left-right and the second bottom-up.
@@ -349,13 +380,49 @@ def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6) -> byt
         rgba = plt.get_cmap("jet")(np.clip(view(cm), 0, 1))
         rgba[..., 3] = alpha * np.clip(view(cm), 0, 1)
         ax.imshow(rgba, origin=origin)
-        if peak is not None:
+        if peak is not None and not constant:
             ax.plot(peak[0], peak[1], "w+", ms=10, mew=1.5)
-        ax.set_title(name, fontsize=9)
+        if volume:
+            left, right, bottom, top = letters[name.split()[0]]
+            for text, xy, ha, va in ((left, (0.02, 0.5), "left", "center"), (right, (0.98, 0.5), "right", "center"),
+                                     (bottom, (0.5, 0.02), "center", "bottom"), (top, (0.5, 0.98), "center", "top")):
+                ax.text(*xy, text, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=9, weight="bold")
+        ax.set_title(name + (" (constant map: no location)" if constant else ""), fontsize=9)
         ax.axis("off")
+    import matplotlib as mpl
+
+    bar = fig.colorbar(mpl.cm.ScalarMappable(mpl.colors.Normalize(0, 1), "jet"), ax=list(axes[0]), fraction=0.04,
+                       pad=0.02)
+    bar.set_label("Grad-CAM: 1 = strongest evidence", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return to_png(fig)
+
+
+def choose_layer(model: nn.Module, image, candidates: Sequence[str], min_cells: int = 4) -> tuple[str, tuple]:
+    """The deepest of ``candidates`` (deepest first) whose activation grid has at least ``min_cells`` cells
+    along every axis for ``image``, with that grid; else the shallowest. A 2x2 (or 1x1x1) grid places
+    evidence in quadrants (or nowhere): upsampled, it looks like a location it does not have."""
+    names = dict(model.named_modules())
+    present = [c for c in candidates if c in names]
+    if not present:
+        raise MedtlError(f"none of the layers {list(candidates)} is in the model: give --layer", "layer")
+    grids: dict[str, tuple] = {}
+    hooks = [names[c].register_forward_hook(lambda m, i, o, c=c: grids.__setitem__(c, tuple(o.shape[2:])))
+             for c in present]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(_batch_of_one(image, _spatial_dims(model)).to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    for c in present:
+        if min(grids[c]) >= min_cells:
+            return c, grids[c]
+    return present[-1], grids[present[-1]]
 
 
 def save_gradcam(

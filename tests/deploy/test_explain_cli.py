@@ -40,8 +40,12 @@ def test_explain_writes_overlays_an_index_and_a_deletion_test_that_evaluate_embe
     assert bad["source"] == "pneumonia/broken.png" and "broken.png" not in bad["file"]
     assert all(r["file"] in (out / "index.html").read_text() for r in done)
     result = load_deletion_test(out / "deletion.json")
-    assert result["n"] == 6 and result["target_layer"] == "encoder.layer4"
-    assert "6 overlay(s), 1 error(s)" in printed and "deletion test: Deletion test on 6 images" in printed
+    # 32 px: layer4's grid is 1x1 and layer3's 2x2; layer2 is the deepest with 4 cells per axis
+    assert result["n"] == 6 and result["target_layer"] == "encoder.layer2"
+    assert "6 overlay(s), 1 error(s) (encoder.layer2)" in printed and "deletion test: Deletion test on 6 images" in printed
+    assert f"Deletion test: {result['verdict'].upper()}." in (out / "index.html").read_text()  # the verdict leads
+    assert result["verdict"] in ("pass", "fail", "inconclusive") and "Verdict:" in printed
+    assert all(float(r["prob_no_finding"]) + float(r["prob_pneumonia"]) == pytest.approx(1, abs=1e-5) for r in done)
 
     # the next command: the overlays and the test in a report, beside predict's results scored with labels
     assert main(["predict", "--model", str(model_2d), "--input", str(xrays), "--out", str(tmp_path / "pred"),
@@ -71,8 +75,12 @@ def test_explain_refuses_an_unknown_class_or_layer_by_name(model_2d, xrays, tmp_
                  "--class", "pneumonia", "--max-images", "2", "--no-progress"]) == 0
     with open(tmp_path / "c" / "index.csv", newline="") as f:
         done = [r for r in csv.DictReader(f) if r["file"]]
-    assert len(done) == 2 and all("Grad-CAM of pneumonia" not in r["predicted"] for r in done)
-    assert all("P(pneumonia)" in r["predicted"] for r in done)  # the class asked for, whatever was predicted
+    assert len(done) == 2 and all(r["explained_class"] == "pneumonia" for r in done)  # asked for, whatever was decided
+    assert all(r["predicted"] in ("no_finding", "pneumonia") for r in done)
+    assert all(float(r["p_explained"]) == pytest.approx(float(r["prob_pneumonia"]), abs=1e-6) for r in done)
+    assert main(["explain", "--model", str(model_2d), "--input", str(xrays), "--out", str(tmp_path / "d"),
+                 "--layer", "encoder.layer4", "--max-images", "1", "--no-progress"]) == 0
+    assert "encoder.layer4 has a 1x1 grid at this input size" in capsys.readouterr().out
 
 
 def test_the_deletion_test_tests_the_maps_the_overlays_show(xrays, tmp_path, capsys):
@@ -91,13 +99,31 @@ def test_the_deletion_test_tests_the_maps_the_overlays_show(xrays, tmp_path, cap
 
     strict = model(tmp_path / "strict.pt", "binary", label_names=["no_finding", "pneumonia"], threshold=0.99)
     assert main(["explain", "--model", str(strict), "--input", str(xrays), "--out", str(tmp_path / "s"),
-                 "--deletion-test", "--no-progress"]) == 0
+                 "--deletion-test", "--layer", "encoder.layer1", "--no-progress"]) == 0
     with open(tmp_path / "s" / "index.csv", newline="") as f:
-        shown = [r["predicted"].split(";")[0] for r in csv.DictReader(f) if r["file"]]
+        shown = [r["predicted"] for r in csv.DictReader(f) if r["file"]]
     assert set(shown) == {"no_finding"}
     result = load_deletion_test(tmp_path / "s" / "deletion.json")
     assert result["per_image"]["class"] == [0] * len(shown) and result["class_idx"] == "per image"
     age = model(tmp_path / "age.pt", "regression", task_name="age")
     assert main(["explain", "--model", str(age), "--input", str(xrays), "--out", str(tmp_path / "r"),
-                 "--deletion-test", "--no-progress"]) == 2
-    assert "measures a class probability; this model predicts a value" in capsys.readouterr().err
+                 "--no-progress"]) == 2
+    assert "this model predicts a value: Grad-CAM and its deletion test explain a class" in capsys.readouterr().err
+
+
+def test_a_manifest_is_explained_on_its_test_split(model_2d, xrays, tmp_path):
+    """A manifest medtl train wrote holds its training images too: those are not what a reader should see."""
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id", "domain", "split", "modality"])
+        for i, p in enumerate(sorted(xrays.rglob("0*.png"))):
+            rel = f"{p.parent.name}/{p.name}"
+            w.writerow([rel, p.parent.name, rel, "xrays", "test" if i < 2 else "train", "cxr"])
+    for split, n in (("test", 2), ("all", 6)):
+        out = tmp_path / split
+        assert main(["explain", "--model", str(model_2d), "--input", str(manifest), "--data-root", str(xrays),
+                     "--out", str(out), "--split", split, "--no-progress"]) == 0
+        with open(out / "index.csv", newline="") as f:
+            assert len([r for r in csv.DictReader(f) if r["file"]]) == n
+    assert "Not tested" in (tmp_path / "test" / "index.html").read_text()

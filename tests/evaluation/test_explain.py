@@ -18,6 +18,7 @@ from medtl.evaluation.explain import (
     _peak,
     deletion_summary,
     deletion_test,
+    deletion_verdict,
     gradcam,
     load_deletion_test,
     overlay_png,
@@ -178,6 +179,7 @@ def test_overlay_hot_region_is_coloured():
     cam[:, 20:] = 1.0  # right half hot
     rgb = np.asarray(Image.open(io.BytesIO(overlay_png(img, cam))).convert("RGB"), dtype=float)
     h, w, _ = rgb.shape
+    w = int(w * 3.2 / 4.0)  # the panel: the colour bar takes the figure's right fifth
     right, left = rgb[h // 4 : 3 * h // 4, 5 * w // 8 : 7 * w // 8], rgb[h // 4 : 3 * h // 4, w // 8 : 3 * w // 8]
     assert (right[..., 0] - right[..., 2]).mean() > 50  # red over blue: hot
     assert np.abs(left[..., 0] - left[..., 2]).mean() < 5  # grey: untouched
@@ -209,6 +211,10 @@ def test_deletion_map_beats_random_and_inverted_map_loses(blobs):
     inverted = deletion_test(model, blobs, class_idx=1, n_boot=500,
                              explain=lambda x, c: 1.0 - gradcam(model, x, "features", c))  # fmt: skip
     assert inverted["difference"]["ci"][1] < 0 < good["difference"]["ci"][0]
+    assert (good["verdict"], inverted["verdict"]) == ("pass", "fail")
+    assert "Verdict: FAIL: the maps do NOT mark what the model uses" in deletion_summary(inverted)
+    # a map of noise neither passes nor fails by much: whatever it gets, it is not "pass" with this margin
+    assert deletion_verdict({"ci": [-0.01, 0.02]}) == "inconclusive"
     # Independent arithmetic: the reported means are the means of the per-image lists.
     d = np.array(good["per_image"]["drop_top"]) - np.array(good["per_image"]["drop_random"])
     assert good["difference"]["mean"] == pytest.approx(d.mean())
@@ -271,3 +277,21 @@ def test_deletion_json_round_trip_and_report(tmp_path, blobs, binary_table):
     assert rep["extras"]["gradcam_faithfulness"][0]["difference"]["mean"] == pytest.approx(res["difference"]["mean"])
     without = make_report(binary_table, tmp_path / "rep2", gradcam=[png], n_boot=60, seed=1)
     assert "No deletion test" in without["md"].read_text()
+
+
+def test_deletion_refuses_maps_that_are_all_constant(blobs):
+    """A 1x1 grid gives every image a constant map: the test would compare random pixels with random pixels."""
+    with pytest.raises(MedtlError, match="every map is constant"):
+        deletion_test(Brightness(2), blobs[:4], class_idx=1, n_boot=50, explain=lambda x, c: np.zeros(x.shape[2:]))
+
+
+def test_choose_layer_takes_the_deepest_grid_of_four_cells():
+    from medtl.evaluation.explain import choose_layer
+    from medtl.models import Head, Model, build_encoder
+
+    enc = build_encoder("resnet10", spatial_dims=2, in_channels=1)
+    model = Model(enc, Head(enc.out_features, "binary", 2)).eval()
+    layers = ["encoder.layer4", "encoder.layer3", "encoder.layer2", "encoder.layer1"]
+    assert choose_layer(model, torch.zeros(1, 128, 128), layers) == ("encoder.layer4", (4, 4))
+    assert choose_layer(model, torch.zeros(1, 64, 64), layers) == ("encoder.layer3", (4, 4))
+    assert choose_layer(model, torch.zeros(1, 8, 8), layers)[0] == "encoder.layer1"  # none has 4: the shallowest
