@@ -320,6 +320,12 @@ def build_manifest(
         if bad:
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)
         groups = near_copy_groups(scanned, near_copy_correlation)
+        largest = int(np.bincount(groups).max()) if len(groups) else 0
+        if largest > max(2, len(rows) // 2):  # copies are a minority; this many means the threshold is wrong
+            raise MedtlError(f"{largest} of {len(rows)} images form one near-copy group at correlation "
+                             f"{near_copy_correlation}: they are too alike for that threshold to tell copies "
+                             "(generated or very uniform images?), and one split would get them all. Pass a "
+                             "higher --near-copy-correlation (e.g. 0.995) or --no-group-near-copies", source)
     moved = 0
     if keep_source_split:
         splits = [SOURCE_SPLITS.get(r.extras.get("source_split", ""), "") for r in rows]

@@ -120,3 +120,14 @@ def test_a_folder_ignores_stray_files_but_not_broken_dicom_and_refuses_an_empty_
     with pytest.raises(MedtlError, match=r"class folder\(s\) with no image files: effusion/") as err:
         build_manifest(site, folder_root, seed=1, group_near_copies=False)
     assert err.value.where == str(site) or str(site) in str(err.value)
+
+
+def test_a_threshold_that_joins_most_images_into_one_group_is_refused(tmp_path):
+    """Generated images correlate above 0.97 with each other: grouping them put all 16 in train, silently."""
+    from medtl.data.synthetic import write_synthetic_source
+
+    src = write_synthetic_source(tmp_path / "data", "cxr", 16, seed=0, size=32)
+    with pytest.raises(MedtlError, match="16 of 16 images form one near-copy group at correlation 0.97"):
+        build_manifest(src, tmp_path / "data", progress=False)
+    m = build_manifest(src, tmp_path / "data", group_near_copies=False, progress=False)
+    assert {r.split for r in m} == {"train", "val", "test"}
