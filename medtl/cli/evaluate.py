@@ -77,7 +77,7 @@ def run(args) -> int:
     from medtl.evaluation.report.render import output_folder
 
     output_folder(args.out)  # a folder that cannot be made fails now, not after the whole evaluation
-    report = evaluate_files(args.predictions, settings_from_args(args), args.labels)
+    report = evaluate_files(args.predictions, settings_from_args(args), args.labels, exclude=args.exclude)
     paths = render_report(report, args.out, **extras_from_args(args))
     for line in summary_lines(report):
         print(line)
@@ -100,6 +100,9 @@ def register(subparsers) -> None:
     p.add_argument("--predictions", required=True, nargs="+",
                    help="predictions table(s) (.csv or .parquet) or medtl predict's results.csv")
     add_labels_argument(p)
+    p.add_argument("--exclude", default=None, metavar="CSV",
+                   help="leave out the cases a CSV lists (its case_id or path column), e.g. the near-copies "
+                        "`medtl manifest check --spanning-csv` lists; the report says how many")
     p.add_argument("--out", required=True, help="output folder")
     add_settings_arguments(p)
     p.set_defaults(func=run)

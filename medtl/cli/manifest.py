@@ -50,6 +50,9 @@ def register(sub) -> None:
     check.add_argument("--near-copy-correlation", type=float, default=None, metavar="R",
                        help="judge near-copies at R (default: the threshold the manifest was built with, else "
                             f"{NEAR_COPY_CORRELATION})")
+    check.add_argument("--spanning-csv", type=Path, default=None, metavar="FILE",
+                       help="write the rows of the near-copy groups that span splits to FILE (path, split, label, "
+                            "group): `medtl evaluate --exclude FILE` scores without them")
     check.add_argument("--no-progress", dest="progress", action="store_false", help="show no progress bar")
     check.set_defaults(func=run_check)
 
@@ -94,4 +97,15 @@ def run_check(args) -> int:
     report = check_manifest(manifest, root, labels=labels, progress=args.progress,
                             near_copy_correlation=args.near_copy_correlation)
     print(report.render())
+    if args.spanning_csv is not None:
+        import csv
+
+        args.spanning_csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.spanning_csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "split", "label", "group", "splits_of_group"],
+                               lineterminator="\n")
+            w.writeheader()
+            w.writerows(report.spanning_rows)
+        print(f"wrote {args.spanning_csv}: {len(report.spanning_rows)} row(s) of "
+              f"{report.near_copy_groups_across_splits} group(s) spanning splits")
     return 0 if report.ok else 1

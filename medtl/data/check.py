@@ -88,6 +88,7 @@ class CheckReport:
     near_copy_groups_across_splits: int = 0
     identical_across_splits: int = 0
     near_copy_correlation: float = duplicates.NEAR_COPY_CORRELATION
+    spanning_rows: list[dict] = field(default_factory=list)  # rows of the near-copy groups that span splits
 
     @property
     def ok(self) -> bool:
@@ -204,6 +205,10 @@ def check_manifest(
         rows_in = sum(1 for g in groups if int(g) in set(spanning))
         members = [" ~ ".join(f"{r.path} ({r.split})" for gg, r in zip(groups, manifest) if int(gg) == g)
                    for g in spanning]
+        number = {g: k + 1 for k, g in enumerate(spanning)}
+        report.spanning_rows = [{"path": r.path, "split": r.split, "label": r.label, "group": number[int(g)],
+                                 "splits_of_group": "+".join(sorted(splits_of_group[int(g)]))}
+                                for g, r in zip(groups, manifest) if int(g) in number]
         add(report.warnings, members,
             f"{len(spanning)} near-copy group(s) ({rows_in} images) span more than one split: test metrics may "
             "measure memorisation; rebuild the manifest (medtl manifest build groups them at this threshold)")

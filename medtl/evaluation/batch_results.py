@@ -187,13 +187,30 @@ def row_summary(path, res: BatchResults, st) -> str:
     return f"{path}: {res.n_rows} rows: " + "; ".join(parts)
 
 
-def evaluate_files(predictions: Sequence, settings=None, labels=None, **kwargs) -> dict:
+def read_exclusions(path: str | Path) -> set[str]:
+    """The case ids a CSV lists in a ``case_id`` or ``path`` column (``medtl manifest check --spanning-csv``
+    writes one), to leave out of an evaluation."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise MedtlError(f"cannot read the exclusion list: {err}", path) from None
+    column = next((c for c in ("case_id", "path") if c in table.columns), None)
+    if column is None:
+        raise MedtlError(f"the exclusion list needs a case_id or path column; has {list(table.columns)}", path)
+    return set(table[column])
+
+
+def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: str | Path | None = None,
+                   **kwargs) -> dict:
     """Evaluate predictions tables (paths or DataFrames) and predict's results.csv files together: the
     report.json content, with each results.csv's row accounting and notes first. ``labels``: the manifest
     joined to results.csv files without labels (refused for predictions tables, which carry their own);
-    ``kwargs``: EvalSettings fields when ``settings`` is None. ``medtl evaluate`` and ``medtl report`` both
-    read their prediction inputs here."""
+    ``exclude``: a CSV of case ids (:func:`read_exclusions`) left out of every split, e.g. test images with
+    a near-copy in training, with a note saying how many; ``kwargs``: EvalSettings fields when ``settings``
+    is None. ``medtl evaluate`` and ``medtl report`` both read their prediction inputs here."""
     from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
+    from medtl.evaluation.predictions import load_predictions
 
     st = settings or EvalSettings(**kwargs)
     tables, notes, results = [], [], []
@@ -214,6 +231,16 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, **kwargs) 
     for t in results:
         if names.count(t["strategy"].iloc[0]) > 1:
             t["strategy"] = t["run_id"]
+    if exclude is not None:
+        left_out = read_exclusions(exclude)
+        tables = [t if isinstance(t, pd.DataFrame) else load_predictions(t) for t in tables]
+        gone = [t["case_id"].astype(str).isin(left_out) for t in tables]
+        n_rows, n_cases = sum(int(g.sum()) for g in gone), len({c for t, g in zip(tables, gone)
+                                                              for c in t.loc[g, "case_id"].astype(str)})
+        n_test = sum(int((g & (t["split"] == st.test_split)).sum()) for t, g in zip(tables, gone))
+        tables = [t[~g] for t, g in zip(tables, gone)]
+        notes.append(f"left out {n_cases} case(s) listed in {exclude} ({n_rows} row(s), {n_test} of them "
+                     f"{st.test_split} rows): every metric here is computed without them")
     report = evaluate_predictions(tables, st)
     report["sources"] = ["<DataFrame>" if isinstance(p, pd.DataFrame) else str(p) for p in predictions]
     report["notes"] = notes + report["notes"]
@@ -221,4 +248,5 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, **kwargs) 
 
 
 __all__ = ["BatchResults", "OLD_NAMES", "evaluate_files", "is_batch_results", "join_labels", "read_batch_results",
+           "read_exclusions",
            "row_summary"]

@@ -134,3 +134,20 @@ def test_check_refuses_a_3d_row_the_3d_loader_would_refuse(data_root):
     volume_row = ManifestRow(row.path, "x", "p", "dicom", "test", "mri3d")
     as_volume = check_manifest(Manifest([volume_row], ["x"]), data_root)
     assert any("guessed orientation" in e for e in as_volume.errors)
+
+
+def test_check_writes_the_rows_of_groups_that_span_splits(folder_root, tmp_path, capsys):
+    m = build_manifest(folder_root / "site", folder_root, seed=1, group_near_copies=False)
+    split_of = {x.path: x.split for x in m}
+    other = "test" if split_of["site/pos/img00.png"] != "test" else "train"
+    rows = [r if r.path != "site/pos/copy.jpg" else ManifestRow(r.path, r.label, r.patient_id, r.domain, other,
+                                                                 r.modality, r.extras) for r in m]
+    path = Manifest(rows, m.label_names).save(tmp_path / "m.csv", folder_root)
+    listed = tmp_path / "spanning.csv"
+    assert main(["manifest", "check", str(path), "--spanning-csv", str(listed), "--no-progress"]) == 0
+    import csv
+
+    with open(listed, newline="") as f:
+        got = list(csv.DictReader(f))
+    assert {r["path"] for r in got} == {"site/pos/img00.png", "site/pos/copy.jpg"} and {r["group"] for r in got} == {"1"}
+    assert "wrote" in capsys.readouterr().out

@@ -213,3 +213,25 @@ def test_two_models_of_one_name_are_two_strategies_each_at_its_own_threshold(tmp
     sens_b = task["strategies"]["medtl-resnet10-mri2d def456"]["metrics"]["sensitivity"]["value"]
     assert sens_b == pytest.approx(1.0)  # 0.8, 0.5, 0.3 >= 0.22; at 0.5 it would be 2/3
     assert len(task["comparisons"]) == 1 and task["comparisons"][0]["test"].startswith("DeLong")
+
+
+def test_exclude_leaves_the_listed_cases_out_of_every_metric_and_says_so(tmp_path, binary_table):
+    """A sensitivity analysis: the same predictions scored without, say, the test images that have a
+    near-copy in training; the metrics must equal those of the table without those rows."""
+    from medtl.evaluation.batch_results import evaluate_files
+    from medtl.evaluation.evaluate import evaluate_predictions
+
+    table = binary_table.copy()
+    cases = sorted(table.loc[table["split"] == "test", "case_id"].unique())[:10]
+    listed = tmp_path / "spanning.csv"
+    pd.DataFrame({"path": cases, "split": "test"}).to_csv(listed, index=False)
+    got = evaluate_files([table], exclude=listed, n_boot=50)
+    expected = evaluate_predictions(table[~table["case_id"].isin(cases)], n_boot=50)
+    for name in ("scratch", "finetune"):
+        a = got["tasks"]["tumor"]["strategies"][name]["metrics"]["auroc"]["value"]
+        b = expected["tasks"]["tumor"]["strategies"][name]["metrics"]["auroc"]["value"]
+        assert a == pytest.approx(b)
+    assert any(n.startswith("left out 10 case(s) listed in") for n in got["notes"])
+    with pytest.raises(MedtlError, match="needs a case_id or path column"):
+        pd.DataFrame({"file": cases}).to_csv(tmp_path / "bad.csv", index=False)
+        evaluate_files([table], exclude=tmp_path / "bad.csv", n_boot=50)
