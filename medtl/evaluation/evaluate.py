@@ -101,6 +101,32 @@ def _num(v) -> float | None:
     return v if np.isfinite(v) else None
 
 
+def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]:
+    """Wilson's score interval of a proportion (Wilson 1927)."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes == 0 else low), (1.0 if successes == n else high)  # exact at the ends
+
+
+def _wilson_where_degenerate(metrics: dict, cm: np.ndarray, level: float) -> None:
+    """A proportion of 0 or 1 (30 of 30 negatives called negative) cannot vary under the bootstrap, whose
+    interval collapses to the point; Wilson's interval says how uncertain it still is."""
+    (tn, fp), (fn, tp) = cm
+    denominators = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
+                    "npv": (tn, tn + fn), "accuracy": (tp + tn, cm.sum())}
+    for name, (k, n) in denominators.items():
+        d = metrics.get(name)
+        if not d or d["value"] is None or n == 0 or d["value"] not in (0.0, 1.0) or d["ci_low"] != d["ci_high"]:
+            continue
+        d["ci_low"], d["ci_high"] = wilson_interval(int(k), int(n), level)
+        d["ci_method"] = "Wilson score interval (a proportion of 0 or 1 does not vary under the bootstrap)"
+
+
 def _metric(value, low, high, reason: str | None = None, n_undefined: int = 0) -> dict:
     d = {"value": _num(value), "ci_low": _num(low), "ci_high": _num(high)}
     if d["value"] is None:
@@ -223,6 +249,9 @@ def _run_header(rows: pd.DataFrame, test: pd.DataFrame, val: pd.DataFrame) -> di
         "n_test": int(len(test)),
         "n_val": int(len(val)),
         "n_test_patients": None if groups is None else int(len(set(groups))),
+        # a manifest without patient ids uses each image's path as its id (medtl.data.build)
+        "patient_ids_per_image": None if groups is None else bool(
+            (test["patient_id"].astype(str) == test["case_id"].astype(str)).all()),
         "domains_test": {str(k): int(v) for k, v in test["domain"].value_counts().items() if k != ""},
     }
 
@@ -360,6 +389,8 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         return _metric(v, low[key], high[key], reason, undef[key])
 
     out["metrics"] = {m: entry(m, m) for m in (*BINARY_METRICS, *CALIBRATION_METRICS)}
+    if binary:
+        _wilson_where_degenerate(out["metrics"], np.asarray(cm), st.level)
     if not binary:
         out["per_class"] = {}
         for k, c in enumerate(classes):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 _DPI = 100
+PANELS_PER_ROW = 4  # per-strategy panels wrap: 14 in one row shrank their text to 2 px in the HTML
 
 
 def pyplot():
@@ -47,14 +48,20 @@ def _fmt(m: dict | None) -> str:
 
 
 def roc_figure(curves: Sequence[dict], title: str) -> bytes:
-    """``curves``: dicts with label, fpr, tpr, tpr_low, tpr_high (bands optional), auc (metric dict)."""
+    """``curves``: dicts with label, fpr, tpr, tpr_low, tpr_high (bands optional), auc (metric dict), and
+    optionally ``point`` ``(fpr, tpr, threshold)``: the operating point the report's sensitivity and
+    specificity describe, marked on the curve."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.6))
     for c in curves:
         (line,) = ax.plot(c["fpr"], c["tpr"], lw=1.8, label=f"{c['label']}: AUROC {_fmt(c.get('auc'))}")
         if c.get("tpr_low") is not None:
             ax.fill_between(c["fpr"], _arr(c["tpr_low"]), _arr(c["tpr_high"]), color=line.get_color(), alpha=0.18, lw=0)
-    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+        if c.get("point") is not None:
+            x, y, thr = c["point"]
+            ax.plot([x], [y], ls="none", marker="o", ms=7, mfc="white", mec=line.get_color(), mew=2, zorder=4,
+                    label=f"  operating point (threshold {thr:.3g}): sens {y:.2f}, spec {1 - x:.2f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title)
     ax.legend(loc="lower right", fontsize=7.5)
     ax.grid(alpha=0.3)
@@ -87,10 +94,15 @@ def reliability_figure(panels: Sequence[dict], title: str, xlabel: str) -> bytes
     """
     plt = pyplot()
     n = len(panels)
-    fig, axes = plt.subplots(2, n, figsize=(3.4 * n + 0.3, 4.6), squeeze=False, sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
+    cols = min(n, PANELS_PER_ROW)
+    grid_rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(2 * grid_rows, cols, figsize=(3.4 * cols + 0.3, 4.6 * grid_rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] * grid_rows})  # fmt: skip
+    for j in range(n, grid_rows * cols):  # the last row's empty places
+        axes[2 * (j // cols), j % cols].axis("off")
+        axes[2 * (j // cols) + 1, j % cols].axis("off")
     for j, panel in enumerate(panels):
-        ax, axh = axes[0, j], axes[1, j]
+        ax, axh = axes[2 * (j // cols), j % cols], axes[2 * (j // cols) + 1, j % cols]
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
         for line in panel["lines"]:
             r = line["reliability"]
@@ -106,12 +118,13 @@ def reliability_figure(panels: Sequence[dict], title: str, xlabel: str) -> bytes
         ax.title.set_fontsize(9)
         ax.legend(loc="upper left", fontsize=6.5)
         ax.grid(alpha=0.3)
-        axh.set(xlabel=xlabel)
+        axh.set(xlabel=xlabel, xlim=(0, 1))
         axh.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("observed frequency")
-    axes[1, 0].set_ylabel("cases")
+        if j % cols == 0:
+            ax.set_ylabel("observed frequency")
+            axh.set_ylabel("cases")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the panels
     return to_png(fig)
 
 
@@ -121,8 +134,13 @@ def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
     n = len(matrices)
     k = max(len(m["classes"]) for m in matrices)
     size = 1.2 + 0.55 * k
-    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.8 * (n - 1) + 0.6, size + 0.6), squeeze=False)
-    for j, (ax, m) in enumerate(zip(axes[0], matrices)):
+    cols = min(n, PANELS_PER_ROW)
+    grid_rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(size * cols + 0.8 * (cols - 1) + 0.6, (size + 1.4) * grid_rows),
+                             squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for j, (ax, m) in enumerate(zip(axes.ravel(), matrices)):
         cm = np.asarray(m["counts"], dtype=float)
         rows = cm.sum(axis=1, keepdims=True)
         frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -134,11 +152,11 @@ def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
         ax.set_xticks(range(len(m["classes"])), m["classes"], rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(m["classes"])), m["classes"], fontsize=8)
         ax.set_xlabel("predicted")
-        if j == 0:
+        if j % cols == 0:
             ax.set_ylabel("true")
         ax.set_title(m["label"], fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the panels
     return to_png(fig)
 
 
@@ -202,8 +220,10 @@ def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None, c
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     groups = list(log.groupby(by, sort=True)) if by else [("", log)]
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    hues = sorted(log[colour].astype(str).unique()) if colour else []
+    # one colour per strategy that has a curve (a linear probe fitted on cached features logs none)
+    hues = sorted(log.dropna(subset=[m for m in metrics if m in log], how="all")[colour].astype(str).unique()) \
+        if colour else []
+    palette = list(plt.get_cmap("tab20" if len(hues) > 10 else "tab10").colors)
     for ax, name in zip(axes.ravel(), metrics):
         labelled: set[str] = set()
         for i, (g, rows_) in enumerate(groups):

@@ -58,3 +58,30 @@ def test_the_report_is_strict_json_and_reads_back(table, tmp_path):
     path.write_text(json.dumps({"schema": "something else"}))
     with pytest.raises(MedtlError, match="not a medtl evaluation report"):
         load_report(path)
+
+
+def test_a_proportion_of_one_gets_a_wilson_interval_not_a_point(tmp_path):
+    """30 of 30 negatives called negative: the bootstrap interval of the specificity is 1.000-1.000; Wilson's
+    (checked against statsmodels' formula written out: centre and half-width) is about 0.886-1."""
+    from medtl.evaluation.evaluate import evaluate_predictions, wilson_interval
+
+    rng = np.random.default_rng(0)
+    n_neg, n_pos = 30, 14
+    p_pos = np.r_[rng.uniform(0.0, 0.3, n_neg), rng.uniform(0.2, 1.0, n_pos)]
+    y = np.r_[["normal"] * n_neg, ["tumor"] * n_pos]
+    rows = pd.DataFrame({"case_id": [f"c{i}" for i in range(len(y))], "patient_id": None, "domain": "d",
+                         "split": "test", "label": y, "prob_normal": 1 - p_pos, "prob_tumor": p_pos, "run_id": "r",
+                         "strategy": "s", "task": "t", "seed": 0})
+    val = rows.copy()
+    val["split"], val["case_id"] = "val", [f"v{i}" for i in range(len(y))]
+    report = evaluate_predictions(pd.concat([rows, val]), n_boot=200, threshold_rule="youden")
+    spec = report["tasks"]["t"]["strategies"]["s"]["metrics"]["specificity"]
+    assert spec["value"] == 1.0  # every negative lies below every positive but a few: the threshold spares them
+    lo, hi = wilson_interval(30, 30, 0.95)
+    z = 1.959963984540054
+    assert lo == pytest.approx((1 + z * z / 60 - z * np.sqrt(z * z / 3600)) / (1 + z * z / 30))
+    assert (spec["ci_low"], spec["ci_high"]) == (pytest.approx(lo), 1.0) and spec["ci_method"].startswith("Wilson")
+    sens = report["tasks"]["t"]["strategies"]["s"]["metrics"]["sensitivity"]
+    assert "ci_method" not in sens or sens["value"] in (0.0, 1.0)  # a proportion inside (0, 1) keeps its bootstrap
+    assert wilson_interval(30, 30, 0.95)[0] == pytest.approx(0.8865, abs=1e-4)
+    assert wilson_interval(0, 10, 0.95) == (0.0, pytest.approx(0.2775, abs=1e-4))

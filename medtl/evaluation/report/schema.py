@@ -52,6 +52,7 @@ class Metric(_Node):
     reason: str | None = None
     n_undefined_resamples: int | None = None
     outside_interval: bool | None = None
+    ci_method: str | None = None  # when not the report's bootstrap (e.g. Wilson for a proportion of 0 or 1)
 
 
 class Threshold(_Node):
@@ -72,6 +73,7 @@ class Run(_Node):
     n_test: int
     n_val: int | None = None
     n_test_patients: int | None = None
+    patient_ids_per_image: bool | None = None  # every patient id is the case's own id: no real patient ids
     domains_test: dict[str, int] = {}
     metrics: dict[str, Metric] = {}
     per_class: dict[str, dict[str, Metric]] | None = None  # multiclass, one-vs-rest

@@ -52,7 +52,8 @@ def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
     if m.get("outside_interval"):
         s += " *"
     if m.get("ci_low") is not None:
-        s += f"\n({m['ci_low']:.3f}–{m['ci_high']:.3f})"  # the interval goes on a second line in HTML
+        mark = " W" if (m.get("ci_method") or "").startswith("Wilson") else ""
+        s += f"\n({m['ci_low']:.3f}–{m['ci_high']:.3f}{mark})"  # the interval goes on a second line in HTML
     return s
 
 
@@ -89,12 +90,21 @@ def _test_sets(t: dict) -> list[tuple[str, dict]]:
     groups: dict[str, tuple[list[str], dict]] = {}
     for s, e in t["strategies"].items():
         r = _rep_run(e)
+        summary = {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in (r.get("label_summary") or {}).items()}
+        # label summaries rounded: float32 and float64 copies of one test set's labels are one set
         key = json.dumps([r["n_test"], r.get("n_test_patients"), (r.get("prevalence") or {}).get("test"),
-                          r.get("label_summary")], sort_keys=True)  # fmt: skip
+                          summary], sort_keys=True)  # fmt: skip
         groups.setdefault(key, ([], r))[0].append(_label(s, e))
     if len(groups) == 1:
         return [("", next(iter(groups.values()))[1])]
     return [(", ".join(names), r) for names, r in groups.values()]
+
+
+def _patients(rep: dict) -> str:
+    """' from N patients', or what stands in for patient ids when there are none."""
+    if rep.get("patient_ids_per_image"):
+        return " (no patient ids: each image counts as its own patient in the bootstrap)"
+    return f" from {rep['n_test_patients']} patients" if rep.get("n_test_patients") else ""
 
 
 def _no_skill_line(r: dict, who: str = "") -> str | None:
@@ -123,7 +133,7 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
         of = f" ({who})" if who else ""
         if kind != "regression":
             prev = rep["prevalence"]["test"]
-            patients = f" from {rep['n_test_patients']} patients" if rep["n_test_patients"] else ""
+            patients = _patients(rep)
             counts = ", ".join(f"{c} {v['n']} ({v['fraction']:.1%})" for c, v in prev.items())
             doc.p(f"Test prevalence{of}: {counts} of {rep['n_test']} test cases{patients}.")
         else:
@@ -147,7 +157,15 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
             header.append("Threshold")
         cap = f"Value ({doc.level} CI)"
         if seeds:
-            cap += "; with several runs: mean ± SD over seeds and a t-interval of the mean"
+            cap += ("; with several runs: mean ± SD over seeds and a t-interval of that mean, which covers the "
+                    "training randomness on this one test set, not the sampling of the test cases (each run's "
+                    "bootstrap interval over the test cases is in the Runs table)"
+                    + ("; a thresholded metric is then the mean over runs, each at its own threshold"
+                       if kind == "binary" else ""))
+        if any((e["metrics"].get(m) or {}).get("ci_method", "").startswith("Wilson") for e in strategies.values()
+               for m in metrics):
+            cap += ("; W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary "
+                    "(it treats the cases as independent)")
         if any(e["metrics"].get(m, {}).get("outside_interval") for e in strategies.values() for m in metrics):
             cap += ("; * the estimate lies outside its bootstrap interval: the statistic is biased upwards under "
                     "resampling (binned ECE/MCE are, when bins hold few cases)")  # fmt: skip
@@ -242,9 +260,13 @@ def _fraction_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -
         series.append({"label": s, "x": xs, "y": ys, "low": lo, "high": hi})
     doc.h(3, "Label-fraction curve")
     doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows)
-    png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction")
+    baseline = next((s for s in with_fractions if s.split("/")[-1] == "scratch" or s == "scratch"), None)
+    png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction", baseline=baseline)
+    bands = ("band: t-interval over seeds, or a bootstrap interval over the test cases for a single run"
+             + (f"; with more than six strategies only {baseline}'s band (black) is drawn" if len(series) > 6
+                and baseline else "; with more than six strategies no bands are drawn" if len(series) > 6 else ""))
     add_figures(doc, fig_list, [(f"{name}_label_fraction.png", png, f"{name}: {NAMES[m]} against the fraction of "
-                                "target labels used (band: CI over seeds, or bootstrap CI for single runs)")])  # fmt: skip
+                                f"target labels used ({bands}; the table gives every interval)")])  # fmt: skip
 
 
 def _comparisons(doc: Document, t: dict) -> None:
@@ -294,10 +316,13 @@ def _task_figures(doc: Document, name: str, t: dict, fig_list: list[dict]) -> No
         return
     items = []
     if t["kind"] == "binary":
-        roc = [{**r["curves"]["roc"][0], "label": s, "auc": r["metrics"]["auroc"]} for s, r in reps.items()]
+        roc = [{**r["curves"]["roc"][0], "label": s, "auc": r["metrics"]["auroc"], "point": _operating_point(r)}
+               for s, r in reps.items()]
         pr = [{**r["curves"]["pr"][0], "label": s, "ap": r["metrics"]["auprc"]} for s, r in reps.items()]
-        items.append((f"{name}_roc.png", fig.roc_figure(roc, f"{name}: ROC ({t['positive_class']})"),
-                      f"ROC curves with {doc.level} bootstrap bands; {note}"))  # fmt: skip
+        n_test = ", ".join(sorted({str(r["n_test"]) for r in reps.values()}))
+        items.append((f"{name}_roc.png", fig.roc_figure(roc, f"{name}: ROC ({t['positive_class']}), test n={n_test}"),
+                      f"ROC curves on test with {doc.level} bootstrap bands; circle: the operating point at the "
+                      f"stated threshold (its sensitivity and specificity); dotted: chance; {note}"))  # fmt: skip
         items.append((f"{name}_pr.png", fig.pr_figure(pr, f"{name}: precision-recall"),
                       f"Precision-recall curves with bootstrap bands; dotted: prevalence; {note}"))  # fmt: skip
     else:
@@ -327,6 +352,15 @@ def _task_figures(doc: Document, name: str, t: dict, fig_list: list[dict]) -> No
     items.append((f"{name}_confusion.png", fig.confusion_figure(cms, f"{name}: confusion matrices (test)"),
                   f"Confusion matrices on test, {thr}; colour: fraction of the true class"))  # fmt: skip
     add_figures(doc, fig_list, items)
+
+
+def _operating_point(run: dict) -> tuple[float, float, float] | None:
+    """(FPR, TPR, threshold) of a binary run at its threshold, for the ROC figure."""
+    thr, m = run.get("threshold") or {}, run.get("metrics") or {}
+    sens, spec = (m.get("sensitivity") or {}).get("value"), (m.get("specificity") or {}).get("value")
+    if thr.get("value") is None or sens is None or spec is None:
+        return None
+    return 1 - spec, sens, thr["value"]
 
 
 def _rep_metrics(entry: dict, run: dict) -> dict:
@@ -516,7 +550,8 @@ def what_was_run(doc: Document, report: dict, out: Path) -> dict:
             n, patients = rep["n_test"], rep.get("n_test_patients")
             label = ", ".join(w for w in (name if len(report["tasks"]) > 1 else "", who) if w)
             where = f"test set ({label})" if label else "test set"
-            size = f"n = {n}" + (f" from {patients} patients" if patients and patients != n else "")
+            size = f"n = {n}" + (_patients(rep) if patients and (patients != n or rep.get("patient_ids_per_image"))
+                                 else "")
             if t["kind"] == "regression":
                 items.append(f"**{where.capitalize()}:** {size}.")
                 few = None
@@ -551,11 +586,16 @@ def _config_lines(c: dict) -> list[str]:
              f"pretrained on the source ({pre['mode']}, {pre['epochs']} epochs)")
     lines.append(f"**Encoder:** {enc['arch']}{lift}; {start}.")
     strategies = [s["label"] or s["name"] for s in c["strategies"]]
-    lines.append(f"**Transfer:** {train['epochs']} epochs per run, batch {train['batch_size']}; "
+    steps = (f" (at least {train['min_steps']} optimiser steps: more epochs where few labels make an epoch short)"
+             if train.get("min_steps") else "")
+    lines.append(f"**Transfer:** {train['epochs']} epochs per run{steps}, batch {train['batch_size']}; "
                  f"{len(strategies)} strategies ({', '.join(strategies)}); "
                  + (f"labelled training rows {', '.join(map(str, c['label_counts']))}" if c.get("label_counts")
                     else f"label fractions {', '.join(f'{f:g}' for f in c['label_fractions'])}")
-                 + f"; seeds {', '.join(map(str, c['seeds']))}.")
+                 + f"; seeds {', '.join(map(str, c['seeds']))}"
+                 + "".join(f" ({n} at label fraction {float(f):g})"
+                           for f, n in (c.get("seeds_per_fraction") or {}).items())
+                 + ".")
     lines.append(f"**Image size:** source {_size(src)}, target {_size(tgt)}.")
     return lines
 
@@ -571,11 +611,12 @@ def _size(spec: dict) -> str:
 
 def _small_test_warning(name: str, t: dict, n: int, few: tuple[str, int] | None) -> str:
     m = HEADLINE[t["kind"]]
-    widths = [(v["ci_high"] - v["ci_low"], v) for e in t["strategies"].values()
-              if (v := e["metrics"].get(m)) and v.get("ci_low") is not None]
+    # the test cases' sampling: each run's bootstrap interval (a seed t-interval is narrow however few cases)
+    widths = [(v["ci_high"] - v["ci_low"], v) for e in t["strategies"].values() for r in (e.get("runs") or [e])
+              if (v := (r.get("metrics") or {}).get(m)) and v.get("ci_low") is not None]
     width = max(widths, key=lambda w: w[0], default=None)
-    spread = (f"; here {NAMES[m]} intervals reach {width[1]['ci_low']:.2f}–{width[1]['ci_high']:.2f}"
-              if width else "")
+    spread = (f"; here one run's bootstrap {NAMES[m]} interval over the test cases reaches "
+              f"{width[1]['ci_low']:.2f}–{width[1]['ci_high']:.2f}" if width else "")
     counted = f" with {few[1]} {few[0]}" if few else ""
     return (f"The test set of task {name} is small (n = {n}{counted}; below {SMALL_TEST_N} cases or "
             f"{SMALL_TEST_POSITIVES} of a class the intervals are wide{spread}). Differences between strategies "
