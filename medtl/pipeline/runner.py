@@ -419,7 +419,8 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
     for o in by_budget:
         pick = "tie between " + ", ".join(o["tie"]) if o["tie"] else o["recommended"]
         report.notes.append(
-            f"Recommendation with {o['n_labelled']} labelled cases (label fraction {o['label_fraction']:.3g}): {pick}. "
+            f"Recommendation with {o['n_labelled']} labelled cases (label fraction {o['label_fraction']:.3g}; "
+            f"candidates named source/encoder/strategy): {pick}. "
             f"Best observed ({_outcome_metric(cfg)} on the first task, mean over seeds): {o['best_observed']}; "
             f"top pick was best: {_picked(o)}; regret {_rounded(o['regret'])}.")
     return Recommendation(explanation=record["explanation"], outcome=last, by_budget=by_budget)
@@ -427,7 +428,7 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
 
 def _picked(o: dict) -> str:
     if o["top1_is_best"] is not None:
-        return str(o["top1_is_best"])
+        return "yes" if o["top1_is_best"] else "no"
     return "no pick (the ranking is a tie)" if o["tie"] else "nothing to pick (every outcome equal)"
 
 

@@ -307,7 +307,9 @@ def add_figures(doc: Document, fig_list: list[dict], items):
 def _task_figures(doc: Document, name: str, t: dict, fig_list: list[dict]) -> None:
     strategies = t["strategies"]
     reps = {s: _rep_run(e) for s, e in strategies.items()}
-    note = "representative run per strategy (largest label fraction, first seed)"
+    several_runs = any(e["n_runs"] > 1 or e.get("by_label_fraction") for e in strategies.values())
+    note = ("representative run per strategy (largest label fraction, first seed)" if several_runs
+            else "one run per strategy")
     doc.h(3, "Figures")
     if t["kind"] == "regression":
         png = fig.scatter_figure([{"label": s, "points": r["scatter"], "mae": r["metrics"]["mae"]}
@@ -406,7 +408,11 @@ def methods_section(doc: Document, report: dict) -> None:
               "|observed_b − confidence_b|, MCE = max_b of the same gap over non-empty bins. Temperature scaling "
               "divides the log-probabilities by one T fitted on validation by negative log-likelihood.")  # fmt: skip
         doc.p("**Comparisons.** DeLong's test (1988) for two correlated AUROCs on the same test cases, using "
-              "mid-rank structural components; two-sided normal p-value.")  # fmt: skip
+              "mid-rank structural components; two-sided normal p-value. Multiclass: the same test for the "
+              "difference of two macro one-vs-rest AUROCs, medtl's extension (medtl.evaluation.delong."
+              "delong_macro_test): each case's structural components are averaged over the classes, with the "
+              "cases of each true class as one sample; it agrees with a paired bootstrap of the difference "
+              "(tests/evaluation/test_delong.py).")  # fmt: skip
     if "regression" in kinds:
         doc.p("**Comparisons.** The paired t-test of two runs' absolute errors on the same test cases: the mean of "
               "|a − y| − |b − y| is MAE A − MAE B, its standard error the sample standard deviation over √n; "
@@ -618,6 +624,8 @@ def _small_test_warning(name: str, t: dict, n: int, few: tuple[str, int] | None)
     spread = (f"; here one run's bootstrap {NAMES[m]} interval over the test cases reaches "
               f"{width[1]['ci_low']:.2f}–{width[1]['ci_high']:.2f}" if width else "")
     counted = f" with {few[1]} {few[0]}" if few else ""
+    several = len(t["strategies"]) > 1
     return (f"The test set of task {name} is small (n = {n}{counted}; below {SMALL_TEST_N} cases or "
-            f"{SMALL_TEST_POSITIVES} of a class the intervals are wide{spread}). Differences between strategies "
-            "are not resolved by this test set: read the ranking as unsettled.")
+            f"{SMALL_TEST_POSITIVES} of a class the intervals are wide{spread}). "
+            + ("Differences between strategies are not resolved by this test set: read the ranking as unsettled."
+               if several else "Read the model's values with their intervals, not as settled numbers."))
