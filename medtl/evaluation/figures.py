@@ -238,8 +238,13 @@ def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None, c
                 labelled.add(hue)
             elif by:
                 style["label"] = str(g)
-            ax.plot(d[x], d[name], **style)
-        ax.set(xlabel=x, title=name)
+            # epochs are logged from 0 and printed from 1 (medtl train's "best epoch 3"): drawn from 1
+            ax.plot(d[x] + 1 if x == "epoch" else d[x], d[name], **style)
+        ax.set(xlabel="epoch (from 1)" if x == "epoch" else x, title=name)
+        if x == "epoch":
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
