@@ -164,6 +164,15 @@ def pretrain_on(
     if batch_size < world:
         raise MedtlError(f"batch_size {batch_size} is the global batch: it must be at least the number of "
                          f"processes ({world})", "batch_size")
+    if mode == "moco":
+        # both views of every image are queued, so the queue holds keys of its last queue_size / 2 images:
+        # past the images left after one batch, a query meets stale keys of its own image as negatives
+        stale_from = 2 * max(1, len(train_dataset) - batch_size)
+        if int(strategy.hparams["queue_size"]) > stale_from:
+            log.warning("the MoCo queue (%d keys) is longer than %d, twice the %d images left after one batch: "
+                        "queries will meet stale keys of their own image among the negatives; pass a queue_size "
+                        "(--queue-size) of at most %d", strategy.hparams["queue_size"], stale_from,
+                        stale_from // 2, stale_from)
     train_loader = make_loader(train_dataset, batch_size, True, seed, num_workers=num_workers, world_size=world)
     val_loader = (make_loader(val_dataset, batch_size, False, seed, num_workers=num_workers)
                   if val_dataset is not None and len(val_dataset) else None)

@@ -17,8 +17,11 @@ Pieces (plain modules, wired by one strategy; the trainer knows nothing of them)
 - a queue of ``queue_size`` normalised keys (the negatives); the two views of every image swap roles
   (symmetric loss) and both keys are queued;
 - "shuffle BN" on one device: the key batch is shuffled and run in ``key_groups`` separate chunks, so
-  a query and its positive key never share batch-norm statistics (otherwise the network can find its
-  positive through the batch statistics instead of the image, the leak MoCo's shuffle BN prevents).
+  a key's batch-norm statistics come from a random part of the batch while its query's come from the
+  whole local batch. That weakens the leak MoCo's shuffle BN prevents (a network finding its positive
+  through the batch statistics instead of the image) but does not remove it as MoCo's independent
+  per-GPU sub-batches do: each key's group lies inside its query's batch, and a batch of 2-3 images is
+  one group.
   Under torchrun each process does the same on its share, and keys are gathered from all processes
   before they are queued.
 
@@ -60,14 +63,24 @@ class InfoNCELoss(nn.Module):
 
 
 def _gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` over torchrun processes (no gradient); ``x`` itself with one process."""
+    """Concatenate ``x`` over torchrun processes in rank order (no gradient); ``x`` itself with one process.
+
+    The processes may hold different numbers of rows (a last global batch of 5 splits 3 + 2): all_gather
+    needs equal shapes, so the rows are padded to the largest count and the padding dropped after."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    world = dist.get_world_size()
+    n = torch.tensor([len(x)], device=x.device)
+    counts = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    counts = [int(c) for c in counts]
+    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: len(x)] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
 class MoCoStrategy(Strategy):

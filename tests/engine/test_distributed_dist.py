@@ -128,6 +128,14 @@ def _state(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def scenario_uneven_gather(rank: int) -> torch.Tensor:
+    """MoCo's queue gathers keys from every rank; a last global batch of 5 splits 3 + 2."""
+    from medtl.strategies.ssl import _gather
+
+    rows = torch.arange(3.0).view(3, 1) if rank == 0 else torch.tensor([[10.0], [11.0]])
+    return _gather(rows)
+
+
 def worker(out: Path) -> None:
     from medtl.engine.distributed import init_distributed
 
@@ -144,6 +152,7 @@ def worker(out: Path) -> None:
     torch.save(_state(scenario_dann()), mine / "dann.pt")
     (mine / "predict.pkl").write_bytes(pickle.dumps(scenario_predict()))
     (mine / "unused.txt").write_text(scenario_unused())
+    torch.save(scenario_uneven_gather(ctx.rank), mine / "gather.pt")
     (mine / "done").write_text("ok")
 
 
@@ -313,6 +322,29 @@ def test_sharded_inference_equals_single_process_dist(two_ranks):
             np.testing.assert_allclose(merged[key], ref[key], rtol=1e-5, atol=1e-6)
         assert merged["loss"] == single["loss"] and merged["task"] == single["task"] == "binary"
         assert res["sharded_metrics"] == res["single_metrics"]
+
+
+def test_uneven_batches_gather_in_rank_order_dist(two_ranks):
+    for rank in (0, 1):
+        got = torch.load(two_ranks / f"rank{rank}" / "gather.pt", weights_only=True)
+        assert got.flatten().tolist() == [0.0, 1.0, 2.0, 10.0, 11.0]
+
+
+def test_medtl_pretrain_moco_with_an_odd_batch_under_torchrun_dist(tmp_path):
+    """A global batch of 5 on 2 processes is split 3 + 2 every step: MoCo's key gather once crashed on it."""
+    from medtl.data.build import build_manifest
+    from medtl.data.synthetic import write_synthetic_source
+
+    src = write_synthetic_source(tmp_path / "data", "cxr", 16, seed=0, size=32)
+    build_manifest(src, tmp_path / "data", group_near_copies=False).save(tmp_path / "m.csv")
+    out = tmp_path / "moco"
+    proc = torchrun(["-m", "medtl", "pretrain", "--mode", "moco", "--manifest", str(tmp_path / "m.csv"),
+                     "--data-root", str(tmp_path / "data"), "--out", str(out), "--arch", "resnet10", "--image-size",
+                     "32", "--epochs", "1", "--batch-size", "5", "--queue-size", "16", "--device", "cpu",
+                     "--no-progress"])
+    assert "wrote" in proc.stdout
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
 
 
 def test_medtl_pretrain_under_torchrun_dist(tmp_path):

@@ -198,3 +198,20 @@ def test_cli_moco_on_several_real_manifests_gives_an_init_for_medtl_train(tmp_pa
     assert load_weights(build_encoder("resnet10"), out / "model.pt").ok
     with pytest.raises(SystemExit):
         main(["pretrain", "--mode", "moco", "--manifest", "x.csv", "--out", str(out), "--splits", "holdout"])
+
+
+def test_a_queue_longer_than_the_data_set_is_warned_about(tmp_path, data_root, manifests_dir, caplog):
+    """70 images, batch 16: keys of a query's own image stay in a queue longer than 2 x 54 = 108."""
+    from medtl.cli import main
+
+    args = ["pretrain", "--mode", "moco", "--manifest", str(manifests_dir / "cxr_kermany.csv"),
+            str(manifests_dir / "cxr_actualmed.csv"), "--splits", "train", "val", "test", "--data-root",
+            str(data_root), "--arch", "resnet10", "--image-size", "32", "--epochs", "1", "--batch-size", "16",
+            "--device", "cpu", "--no-progress", "--max-steps-per-epoch", "1"]
+    with caplog.at_level("WARNING"):
+        assert main(args + ["--out", str(tmp_path / "long"), "--queue-size", "200"]) == 0
+    assert "stale keys of their own image" in caplog.text and "at most 108" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(args + ["--out", str(tmp_path / "short"), "--queue-size", "64"]) == 0
+    assert "stale keys" not in caplog.text
