@@ -6,9 +6,12 @@
          border slices (in-plane padding stays zero), so on a volume constant along depth every
          layer's output is constant along depth and equals the 2D layer's output on one slice: the
          inflated network reproduces the 2D features exactly, whatever the depth.
-``acs``  ACS convolutions (Yang et al. 2021): each 2D kernel's output channels are split into
-         axial, coronal and sagittal groups, the kernel applied as 1 x k x k, k x 1 x k and k x k x 1.
-         The weights keep their 2D shapes: a 2D state dict loads as is.
+``acs``  ACS convolutions (Yang et al. 2021): each 2D kernel's output channels are split into three
+         groups, the kernel applied as 1 x k x k, k x 1 x k and k x k x 1 (in the planes across axes 0,
+         1 and 2: for the data layer's RAS volumes sagittal, coronal and axial). The weights keep their
+         2D shapes: a 2D state dict loads as is. The first group takes the remainder channels (the
+         reference implementation spreads them over the first two), so ACS-trained weights from it
+         would meet other channel groups; 2D weights are unaffected.
 ``2.5d`` The 2D encoder applied to every slice (or every ``slice_stride``-th) with shared weights; slice
          features aggregated by their mean or by attention pooling (Ilse et al. 2018).
 
@@ -198,16 +201,18 @@ def inflate(encoder: nn.Module, depth_kernel: int | None = None, init: str = "re
 
 
 def acs_split(out_channels: int) -> tuple[int, int, int]:
-    """Output channels of the axial, coronal and sagittal groups (axial takes the remainder)."""
+    """Output channels of the groups whose kernels are flat along axes 0, 1 and 2 (sagittal, coronal and
+    axial for RAS volumes); the first takes the remainder."""
     third = out_channels // 3
     return out_channels - 2 * third, third, third
 
 
 class ACSConv(nn.Module):
-    """A 2D kernel ``(O, I, k, k)`` applied to volumes as three views (axial, coronal, sagittal).
+    """A 2D kernel ``(O, I, k, k)`` applied to volumes as three views, one per plane.
 
-    Output channels ``[0, a)`` use the kernel as 1 x k x k (plane of axes 1, 2: axial when axis 0 is
-    the depth), ``[a, a + c)`` as k x 1 x k and the rest as k x k x 1. Same weight and bias shapes as
+    Output channels ``[0, a)`` use the kernel as 1 x k x k (plane of axes 1, 2: sagittal for RAS
+    volumes, axial when axis 0 is the depth), ``[a, a + c)`` as k x 1 x k (coronal for RAS) and the
+    rest as k x k x 1 (axial for RAS). Same weight and bias shapes as
     the 2D convolution, so 2D weights are reused unchanged.
     """
 

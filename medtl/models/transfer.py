@@ -28,6 +28,11 @@ def encoder_for(checkpoint: str | Path | None, dims: int, lift: str | None = "no
     (e.g. self-supervised on volumes) and a network from scratch need none."""
     lift = lift or "none"
     enc_cfg = encoder_config(checkpoint) if checkpoint is not None else {}
+    lifted = enc_cfg.get("lift")
+    if lifted not in (None, "none"):  # its config says 2D: it would be read as a 2D encoder
+        method = lifted.get("method", lifted) if isinstance(lifted, dict) else lifted
+        raise MedtlError(f"{checkpoint} holds an encoder lifted to 3D ({method}): a source is the 2D encoder it "
+                         "was lifted from (lifted here again) or a 3D encoder", "source")
     enc_cfg.pop("lift", None)
     checkpoint_dims = int(enc_cfg.get("spatial_dims", 2))
     if checkpoint is not None and checkpoint_dims != 2 and (checkpoint_dims != dims or lift != "none"):

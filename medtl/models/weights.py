@@ -213,7 +213,9 @@ def check_and_load(
             else:
                 raise MedtlError(
                     f"the weights expect {s[1]}-channel images but the model takes {t[1]} channel(s) ({stem} is "
-                    f"{tuple(s)}, model {tuple(t)}); for RGB weights on grey images pass adapt_channels='sum'",
+                    f"{tuple(s)}, model {tuple(t)}); "
+                    + ("for RGB weights on grey images pass adapt_channels='sum'" if t[1] == 1 else
+                       "grey weights do not adapt to an RGB model: build the model with in_channels=1"),
                     where,
                 )
 
@@ -250,7 +252,8 @@ def check_and_load(
 
     if not report.ok:
         hint = ""
-        if any(k.startswith("downsample") or ".downsample." in k for k in report.missing + report.unexpected):
+        differing = report.missing + report.unexpected
+        if differing and all(k.startswith("downsample") or ".downsample." in k for k in differing):
             hint = " (shortcut type differs: MedicalNet ResNet-18/34 need shortcut='A')"
         log.warning("weights do not fit the model: %s", report.summary(limit=None))  # every key, not a sample
         err = MedtlError(
@@ -306,8 +309,11 @@ def load_weights(
         sd = map_keys({k: v for k, v in sd.items() if k not in ignored}, fmt)
         if full_model:
             sd = {f"encoder.{k}": v for k, v in sd.items()}
-    # A 2.5D encoder given 2D weights: they belong to its slice encoder.
+    # A 2.5D encoder given 2D weights: they belong to its slice encoder (in a full model, model.encoder.encoder).
     if not full_model and hasattr(target, "slice_features") and not any(k.startswith("encoder.") for k in sd):
         target = target.encoder
+    elif (full_model and hasattr(getattr(target, "encoder", None), "slice_features")
+          and not any(k.startswith("encoder.encoder.") for k in sd)):
+        sd = {f"encoder.{k}" if k.startswith("encoder.") else k: v for k, v in sd.items()}
     return check_and_load(target, sd, allow=allow, where=where, source=fmt, ignored=ignored,
                           adapt_channels=adapt_channels)

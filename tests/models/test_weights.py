@@ -239,3 +239,36 @@ def test_medtl_checkpoint_into_encoder_and_into_model_with_new_head(tmp_path):
     torch.save(enc.state_dict(), tmp_path / "plain.pth")
     report = load_weights(Model(build_encoder("resnet10"), Head(512)), tmp_path / "plain.pth", allow=["head.*"])
     assert report.ok and report.loaded == len(enc.state_dict())
+
+
+def test_2d_weights_load_into_a_full_model_whose_encoder_is_2_5d(tmp_path):
+    """docs/models.md: a 2.5D encoder loads 2D weights into its slice encoder, in a full model too."""
+    torch.manual_seed(0)
+    enc2d = build_encoder("resnet10")
+    ck = save_checkpoint(tmp_path / "m.pt", Model(enc2d, Head(enc2d.out_features, "binary", 2)))
+    enc25 = lift(build_encoder("resnet10"), "2.5d")
+    model = Model(enc25, Head(enc25.out_features, "binary", 2))
+    assert load_weights(model, ck).ok
+    assert torch.equal(model.encoder.encoder.conv1.weight, enc2d.conv1.weight)
+    torch.save(enc2d.state_dict(), tmp_path / "bare.pt")
+    assert load_weights(lift(build_encoder("resnet10"), "2.5d"), tmp_path / "bare.pt").ok  # the encoder alone
+
+
+def test_the_shortcut_hint_only_when_only_shortcuts_differ(tmp_path):
+    torch.save(build_encoder("resnet18").state_dict(), tmp_path / "r18.pt")
+    torch.save(build_encoder("resnet10").state_dict(), tmp_path / "r10.pt")
+    with pytest.raises(MedtlError) as err:
+        load_weights(build_encoder("resnet10"), tmp_path / "r18.pt")
+    assert "shortcut type differs" not in str(err.value)
+    with pytest.raises(MedtlError, match="grey weights do not adapt to an RGB model"):
+        load_weights(build_encoder("resnet10", in_channels=3), tmp_path / "r10.pt")
+
+
+def test_a_lifted_checkpoint_is_refused_as_a_source(tmp_path):
+    from medtl.models.transfer import encoder_for
+
+    enc = lift(build_encoder("resnet10"), "acs")
+    ck = save_checkpoint(tmp_path / "acs.pt", Model(enc, Head(enc.out_features, "binary", 2)))
+    for lift_name in ("none", "i3d"):
+        with pytest.raises(MedtlError, match=r"lifted to 3D \(acs\)"):
+            encoder_for(ck, 3, lift_name, arch="resnet10")
