@@ -84,7 +84,7 @@ def run(args) -> int:
                              "--class")
         class_idx = predictor.label_names.index(args.class_name)
 
-    split = None if args.split == "all" else args.split
+    split = None if args.split == "all" or not _has_split_column(args.input) else args.split
     series = discover(args.input, data_root=args.data_root, volume=predictor.spatial_dims == 3, split=split)
     if not series:
         raise MedtlError(f"no images to explain (a manifest's --split {args.split} has no rows? --split all takes "
@@ -96,22 +96,27 @@ def run(args) -> int:
         rows, images, classes, layer = _explain_series(series, args, module, predictor, loader, redactor, class_idx,
                                                        out)
     done = [r for r in rows if r["file"]]
-    result = None
-    if args.deletion_test and done:  # before index.html, which leads with its verdict
-        if len(images) < 2:
-            raise MedtlError("the deletion test needs at least 2 explained images", "--deletion-test")
-        result = deletion_test(module, images, layer, class_idx=classes, control=args.control)
-        save_deletion_test(result, out / "deletion.json")
     columns = ["file", "source", "predicted", "explained_class", "p_explained", "map",
                *[f"prob_{c}" for c in predictor.label_names], "error"]
     with open(out / "index.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns, restval="")
         w.writeheader()
         w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)  # a file named "=..." is no formula
-    _gallery(out, rows, model_path.name, layer, result)
+    result, refused = None, None
+    if args.deletion_test and done:  # before index.html, which leads with its verdict
+        try:
+            if len(images) < 2:
+                raise MedtlError("the deletion test needs at least 2 explained images", "--deletion-test")
+            result = deletion_test(module, images, layer, class_idx=classes, control=args.control)
+            save_deletion_test(result, out / "deletion.json")
+        except MedtlError as err:
+            refused = err
+    _gallery(out, rows, model_path.name, layer, result, refused.reason if refused else None)
     print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s) ({layer}): {out / 'index.html'}")
     if not done:
         raise MedtlError("no image could be explained (see index.csv)", args.input)
+    if refused is not None:
+        raise refused
     if result is not None:
         print(f"deletion test: {deletion_summary(result)}")
         print("next: put the overlays and the test in a report:\n  medtl evaluate --predictions PREDICTIONS.csv "
@@ -121,6 +126,38 @@ def run(args) -> int:
 
 
 MIN_CELLS = 4  # a grid with fewer cells along an axis places evidence in halves (or nowhere)
+
+
+def _has_split_column(path) -> bool:
+    """Whether ``path`` is a CSV with a ``split`` column (a manifest); a plain list of paths has none."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix.lower() == ".csv"):
+        return False
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        return "split" in (next(csv.reader(f), None) or [])
+
+
+def _stages(module) -> tuple[str, ...]:
+    """The encoder's stages by name, deepest first (medtl.models.layer_groups), else the ResNet names."""
+    from torch import nn
+
+    from medtl.models.lift import layer_groups
+
+    encoder = getattr(module, "encoder", None)
+    try:
+        groups = layer_groups(encoder) if encoder is not None else []
+    except Exception:  # noqa: BLE001 (an encoder the grouping does not know: the ResNet names)
+        return LAYERS
+    names = {id(m): n for n, m in module.named_modules()}
+
+    def name_of(group):  # a stage module, or a list of modules (densenet: a block and its transition)
+        if id(group) in names:
+            return names[id(group)]
+        members = [names[id(m)] for m in group if id(m) in names] if isinstance(group, nn.ModuleList) else []
+        return members[-1] if members else None
+
+    found = tuple(n for n in (name_of(g) for g in reversed(groups)) if n)
+    return found or LAYERS
 
 
 def _explain_series(series, args, module, predictor, loader, redactor, class_idx, out: Path):
@@ -148,10 +185,11 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
             continue
         for k, x in enumerate(batch[: args.max_images - len(images)]):
             if layer is None or not images:
-                chosen, grid = choose_layer(module, x, [layer] if layer else LAYERS, MIN_CELLS)
+                chosen, grid = choose_layer(module, x, [layer] if layer else _stages(module), MIN_CELLS)
                 if min(grid) < MIN_CELLS:
                     print(f"warning: {chosen} has a {'x'.join(map(str, grid))} grid at this input size: its maps "
-                          f"place evidence no finer than that; a shallower --layer places it better")
+                          "place evidence no finer than that"
+                          + ("; a shallower --layer places it better" if args.layer else ""))
                 layer = chosen
             with torch.no_grad():
                 probs = torch.softmax(module(x[None]).float()[0], 0).tolist()
@@ -173,7 +211,7 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
     return rows, images, classes, layer or LAYERS[0]
 
 
-def _gallery(out: Path, rows: list[dict], model: str, layer: str, test: dict | None) -> None:
+def _gallery(out: Path, rows: list[dict], model: str, layer: str, test: dict | None, refused: str | None) -> None:
     """index.html: the deletion test's verdict first, then every overlay with its source, decision and
     explained class, self-contained beside the PNGs."""
     from medtl.evaluation.explain import deletion_summary
@@ -185,7 +223,10 @@ def _gallery(out: Path, rows: list[dict], model: str, layer: str, test: dict | N
         + (f'<br><b>{html.escape(r["map"])}</b>' if r["map"] else "") + "</figcaption></figure>"
         for r in rows if r["file"])
     errors = "".join(f"<li>{html.escape(r['source'])}: {html.escape(r['error'])}</li>" for r in rows if r["error"])
-    if test is None:
+    if refused is not None:
+        check = (f"<p style='background:#fde7e7;padding:8px'><b>Deletion test refused:</b> {html.escape(refused)}. "
+                 "Nothing here shows that these maps mark what the model uses.</p>")
+    elif test is None:
         check = ("<p><b>Not tested:</b> nothing here shows that these maps mark what the model uses; run medtl "
                  "explain with --deletion-test on 50 or more images before showing them as evidence.</p>")
     else:

@@ -321,11 +321,11 @@ def build_manifest(
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)
         groups = near_copy_groups(scanned, near_copy_correlation)
         largest = int(np.bincount(groups).max()) if len(groups) else 0
-        if largest > max(2, len(rows) // 2):  # copies are a minority; this many means the threshold is wrong
-            raise MedtlError(f"{largest} of {len(rows)} images form one near-copy group at correlation "
-                             f"{near_copy_correlation}: they are too alike for that threshold to tell copies "
-                             "(generated or very uniform images?), and one split would get them all. Pass a "
-                             "higher --near-copy-correlation (e.g. 0.995) or --no-group-near-copies", source)
+        if largest > max(3, len(rows) // 2):  # copies are a minority; this many means the threshold is wrong
+            raise MedtlError(f"{largest} of {len(rows)} images form one group of near-copies (correlation above "
+                             f"{near_copy_correlation}) or identical files, and one split would get them all: "
+                             "images this alike need a higher --near-copy-correlation (e.g. 0.995), identical "
+                             "files need removing, generated images need --no-group-near-copies", source)
     moved = 0
     if keep_source_split:
         splits = [SOURCE_SPLITS.get(r.extras.get("source_split", ""), "") for r in rows]

@@ -201,6 +201,31 @@ def read_exclusions(path: str | Path) -> set[str]:
     return set(table[column])
 
 
+def _exclude(tables: list, exclude: str | Path, test_split: str) -> tuple[list[pd.DataFrame], str]:
+    """The tables without the rows of the listed cases, and the note saying how many went. A row is listed
+    by its case id, or by its source path (predict's results.csv: a path relative to its input folder,
+    matched as the end of a listed path); a list that matches nothing is refused, not reported as done."""
+    from medtl.evaluation.predictions import load_predictions
+
+    listed = read_exclusions(exclude)
+    ends = {"/".join(p.split("/")[i:]) for p in listed for i in range(len(p.split("/")))}
+    tables = [t if isinstance(t, pd.DataFrame) else load_predictions(t) for t in tables]
+    gone = []
+    for t in tables:
+        hit = t["case_id"].astype(str).isin(listed)
+        if "source" in t:
+            hit |= t["source"].astype(str).isin(ends)
+        gone.append(hit)
+    n_rows = sum(int(g.sum()) for g in gone)
+    if not n_rows:
+        raise MedtlError("no row of the predictions matches a case_id or path the exclusion list gives", exclude)
+    n_cases = len({c for t, g in zip(tables, gone) for c in t.loc[g, "case_id"].astype(str)})
+    n_test = sum(int((g & (t["split"] == test_split)).sum()) for t, g in zip(tables, gone))
+    note = (f"left out {n_cases} case(s) listed in {exclude} ({n_rows} row(s), {n_test} of them {test_split} "
+            "rows): every metric here is computed without them")
+    return [t[~g] for t, g in zip(tables, gone)], note
+
+
 def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: str | Path | None = None,
                    **kwargs) -> dict:
     """Evaluate predictions tables (paths or DataFrames) and predict's results.csv files together: the
@@ -210,7 +235,6 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
     a near-copy in training, with a note saying how many; ``kwargs``: EvalSettings fields when ``settings``
     is None. ``medtl evaluate`` and ``medtl report`` both read their prediction inputs here."""
     from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
-    from medtl.evaluation.predictions import load_predictions
 
     st = settings or EvalSettings(**kwargs)
     tables, notes, results = [], [], []
@@ -232,15 +256,8 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
         if names.count(t["strategy"].iloc[0]) > 1:
             t["strategy"] = t["run_id"]
     if exclude is not None:
-        left_out = read_exclusions(exclude)
-        tables = [t if isinstance(t, pd.DataFrame) else load_predictions(t) for t in tables]
-        gone = [t["case_id"].astype(str).isin(left_out) for t in tables]
-        n_rows, n_cases = sum(int(g.sum()) for g in gone), len({c for t, g in zip(tables, gone)
-                                                              for c in t.loc[g, "case_id"].astype(str)})
-        n_test = sum(int((g & (t["split"] == st.test_split)).sum()) for t, g in zip(tables, gone))
-        tables = [t[~g] for t, g in zip(tables, gone)]
-        notes.append(f"left out {n_cases} case(s) listed in {exclude} ({n_rows} row(s), {n_test} of them "
-                     f"{st.test_split} rows): every metric here is computed without them")
+        tables, note = _exclude(tables, exclude, st.test_split)
+        notes.append(note)
     report = evaluate_predictions(tables, st)
     report["sources"] = ["<DataFrame>" if isinstance(p, pd.DataFrame) else str(p) for p in predictions]
     report["notes"] = notes + report["notes"]

@@ -389,7 +389,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         return _metric(v, low[key], high[key], reason, undef[key])
 
     out["metrics"] = {m: entry(m, m) for m in (*BINARY_METRICS, *CALIBRATION_METRICS)}
-    if binary:
+    if binary and st.n_boot > 0:  # without a bootstrap no metric has an interval
         _wilson_where_degenerate(out["metrics"], np.asarray(cm), st.level)
     if not binary:
         out["per_class"] = {}

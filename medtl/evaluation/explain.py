@@ -38,8 +38,10 @@ def minmax(cam: torch.Tensor) -> torch.Tensor:
     shape = (-1,) + (1,) * (cam.ndim - 1)
     lo, hi = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
     span = hi - lo
-    # A constant map (e.g. ReLU removed everything) carries no location: all zero, not all hot.
-    return torch.where(span > 0, (cam.detach() - lo) / span.clamp_min(torch.finfo(cam.dtype).tiny),
+    # A constant map (e.g. ReLU removed everything, or a 1x1 grid upsampled) carries no location: all zero,
+    # not all hot. Upsampling a single cell leaves float rounding, which scaling would blow up to 0-1 specks.
+    flat_enough = span <= 1e-5 * torch.maximum(hi.abs(), lo.abs()).clamp_min(torch.finfo(cam.dtype).tiny)
+    return torch.where(~flat_enough, (cam.detach() - lo) / span.clamp_min(torch.finfo(cam.dtype).tiny),
                        torch.zeros_like(cam))  # fmt: skip
 
 
@@ -419,6 +421,11 @@ def choose_layer(model: nn.Module, image, candidates: Sequence[str], min_cells: 
         model.train(was_training)
         for h in hooks:
             h.remove()
+    spatial = _spatial_dims(model)
+    flat = [c for c in present if len(grids.get(c, ())) != spatial]
+    if flat:
+        raise MedtlError(f"{flat[0]} has no spatial output to place evidence on (output grid {grids.get(flat[0])}): "
+                         "explain a convolutional stage of the encoder", "layer")
     for c in present:
         if min(grids[c]) >= min_cells:
             return c, grids[c]

@@ -127,3 +127,11 @@ def test_a_manifest_is_explained_on_its_test_split(model_2d, xrays, tmp_path):
         with open(out / "index.csv", newline="") as f:
             assert len([r for r in csv.DictReader(f) if r["file"]]) == n
     assert "Not tested" in (tmp_path / "test" / "index.html").read_text()
+
+
+def test_the_index_is_written_when_the_deletion_test_is_refused(model_2d, xrays, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert main(["explain", "--model", str(model_2d), "--input", str(xrays), "--out", str(out), "--max-images",
+                 "1", "--deletion-test", "--no-progress"]) == 2
+    assert "needs at least 2 explained images" in capsys.readouterr().err
+    assert (out / "index.csv").exists() and "Deletion test refused" in (out / "index.html").read_text()

@@ -235,3 +235,18 @@ def test_exclude_leaves_the_listed_cases_out_of_every_metric_and_says_so(tmp_pat
     with pytest.raises(MedtlError, match="needs a case_id or path column"):
         pd.DataFrame({"file": cases}).to_csv(tmp_path / "bad.csv", index=False)
         evaluate_files([table], exclude=tmp_path / "bad.csv", n_boot=50)
+
+
+def test_exclude_matches_predicts_source_paths_and_refuses_a_list_that_matches_nothing(tmp_path):
+    """predict's results.csv names a case by series UID or file hash; the list gives manifest paths."""
+    from medtl.evaluation.batch_results import _exclude
+
+    table = pd.DataFrame({"case_id": ["file-a1", "file-b2", "file-c3"], "source": ["neg/1.png", "pos/2.png", "pos/3.png"],
+                          "split": "test"})
+    listed = tmp_path / "spanning.csv"
+    pd.DataFrame({"path": ["site/pos/2.png", "site/neg/9.png"]}).to_csv(listed, index=False)
+    (kept,), note = _exclude([table], listed, "test")
+    assert kept["case_id"].tolist() == ["file-a1", "file-c3"] and note.startswith("left out 1 case(s)")
+    pd.DataFrame({"path": ["other/7.png"]}).to_csv(listed, index=False)
+    with pytest.raises(MedtlError, match="no row of the predictions matches"):
+        _exclude([table], listed, "test")

@@ -295,3 +295,18 @@ def test_choose_layer_takes_the_deepest_grid_of_four_cells():
     assert choose_layer(model, torch.zeros(1, 128, 128), layers) == ("encoder.layer4", (4, 4))
     assert choose_layer(model, torch.zeros(1, 64, 64), layers) == ("encoder.layer3", (4, 4))
     assert choose_layer(model, torch.zeros(1, 8, 8), layers)[0] == "encoder.layer1"  # none has 4: the shallowest
+
+
+def test_a_one_cell_grid_gives_a_constant_map_not_scaled_rounding():
+    """Upsampling a 1x1 grid leaves float rounding, which min-max scaling once turned into hot specks."""
+    from medtl.evaluation.explain import choose_layer
+    from medtl.models import Head, Model, build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("resnet10", spatial_dims=2, in_channels=1)
+    model = Model(enc, Head(enc.out_features, "binary", 2)).eval()
+    for seed in range(8):
+        x = torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(seed))
+        assert gradcam(model, x, "encoder.layer4", 1).max() == 0.0  # layer4's grid is 1x1 at 32 px
+    with pytest.raises(MedtlError, match="no spatial output"):
+        choose_layer(model, torch.zeros(1, 32, 32), ["encoder"])

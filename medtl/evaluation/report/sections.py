@@ -162,7 +162,7 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
                     "bootstrap interval over the test cases is in the Runs table)"
                     + ("; a thresholded metric is then the mean over runs, each at its own threshold"
                        if kind == "binary" else ""))
-        if any((e["metrics"].get(m) or {}).get("ci_method", "").startswith("Wilson") for e in strategies.values()
+        if any(((e["metrics"].get(m) or {}).get("ci_method") or "").startswith("Wilson") for e in strategies.values()
                for m in metrics):
             cap += ("; W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary "
                     "(it treats the cases as independent)")
@@ -260,7 +260,7 @@ def _fraction_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -
         series.append({"label": s, "x": xs, "y": ys, "low": lo, "high": hi})
     doc.h(3, "Label-fraction curve")
     doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows)
-    baseline = next((s for s in with_fractions if s.split("/")[-1] == "scratch" or s == "scratch"), None)
+    baseline = next((s for s in with_fractions if s.split("/")[-1] == "scratch"), None)
     png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction", baseline=baseline)
     bands = ("band: t-interval over seeds, or a bootstrap interval over the test cases for a single run"
              + (f"; with more than six strategies only {baseline}'s band (black) is drawn" if len(series) > 6
