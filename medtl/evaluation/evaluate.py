@@ -391,6 +391,10 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
     out["metrics"] = {m: entry(m, m) for m in (*BINARY_METRICS, *CALIBRATION_METRICS)}
     if binary and st.n_boot > 0:  # without a bootstrap no metric has an interval
         _wilson_where_degenerate(out["metrics"], np.asarray(cm), st.level)
+    elif st.n_boot > 0:  # multiclass: accuracy is a proportion (the macro averages are not)
+        m = np.asarray(cm)
+        _wilson_where_degenerate({"accuracy": out["metrics"].get("accuracy")},
+                                 np.array([[0, m.sum() - np.trace(m)], [0, np.trace(m)]]), st.level)
     if not binary:
         out["per_class"] = {}
         for k, c in enumerate(classes):
@@ -400,6 +404,11 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
                 v = point[key][k]
                 reason = None if np.isfinite(v) else _class_reason(m, k, counts, cm, classes, thr_value)
                 out["per_class"][c][m] = _metric(v, low[key][k], high[key][k], reason, undef[key][k])
+            if st.n_boot > 0:  # one class against the rest: a 2x2 table, whose proportions get Wilson at 0 or 1
+                tp = cm[k][k]
+                fn, fp = sum(cm[k]) - tp, sum(row[k] for row in cm) - tp
+                tn = sum(map(sum, cm)) - tp - fn - fp
+                _wilson_where_degenerate(out["per_class"][c], np.array([[tn, fp], [fn, tp]]), st.level)
     out["threshold"] = threshold
     out["prevalence"] = {
         "test": {c: {"n": int(counts[k]), "fraction": float(counts[k] / len(y))} for k, c in enumerate(classes)},

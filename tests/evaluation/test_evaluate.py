@@ -85,3 +85,17 @@ def test_a_proportion_of_one_gets_a_wilson_interval_not_a_point(tmp_path):
     assert "ci_method" not in sens or sens["value"] in (0.0, 1.0)  # a proportion inside (0, 1) keeps its bootstrap
     assert wilson_interval(30, 30, 0.95)[0] == pytest.approx(0.8865, abs=1e-4)
     assert wilson_interval(0, 10, 0.95) == (0.0, pytest.approx(0.2775, abs=1e-4))
+
+
+def test_multiclass_accuracy_and_per_class_proportions_of_one_get_wilson_intervals():
+    n = 30
+    y = np.repeat(["a", "b", "c"], 10)
+    P = np.full((n, 3), 0.05)
+    P[np.arange(n), np.repeat([0, 1, 2], 10)] = 0.9  # every case right
+    df = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient_id": None, "domain": "d", "split": "test",
+                       "label": y, "prob_a": P[:, 0], "prob_b": P[:, 1], "prob_c": P[:, 2], "run_id": "r",
+                       "strategy": "s", "task": "t", "seed": 0})
+    entry = evaluate_predictions(df, n_boot=100)["tasks"]["t"]["strategies"]["s"]
+    assert entry["metrics"]["accuracy"]["ci_low"] == pytest.approx(1 / (1 + 1.959963984540054 ** 2 / 30))  # 30/30
+    assert entry["per_class"]["a"]["sensitivity"]["ci_low"] == pytest.approx(1 / (1 + 1.959963984540054 ** 2 / 10))
+    assert entry["metrics"]["sensitivity"].get("ci_method") is None  # a macro average is no proportion

@@ -196,8 +196,11 @@ def _per_class_table(doc: Document, strategies: dict) -> None:
     for s, e in strategies.items():
         for c, ms in e["per_class"].items():
             rows.append([_label(s, e), c] + [_fmt(ms[m], foot, f"{s}, {c}, {NAMES[m]}") for m in CLASS_METRICS])
+    wilson = any(((ms.get(m) or {}).get("ci_method") or "").startswith("Wilson") for e in strategies.values()
+                 for ms in e["per_class"].values() for m in CLASS_METRICS)
     doc.table(["Strategy", "Class"] + [NAMES[m] for m in CLASS_METRICS], rows,
-              f"Value ({doc.level} CI), one class against the rest")  # fmt: skip
+              f"Value ({doc.level} CI), one class against the rest"
+              + ("; W: Wilson score interval, for a proportion of 0 or 1" if wilson else ""))  # fmt: skip
     if foot:
         doc.bullets([f"[{i + 1}] {f}" for i, f in enumerate(foot)])
 
