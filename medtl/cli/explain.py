@@ -113,15 +113,18 @@ def run(args) -> int:
             refused = err
     _gallery(out, rows, model_path.name, layer, result, refused.reason if refused else None)
     print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s) ({layer}): {out / 'index.html'}")
+    if len(done) == args.max_images and len(series) > len(rows):
+        print(f"note: stopped at --max-images {args.max_images}; {len(series)} input(s) were found")
     if not done:
         raise MedtlError("no image could be explained (see index.csv)", args.input)
     if refused is not None:
         raise refused
     if result is not None:
         print(f"deletion test: {deletion_summary(result)}")
-        print("next: put the overlays and the test in a report:\n  medtl evaluate --predictions PREDICTIONS.csv "
-              f"--out REPORT --gradcam {shlex.quote(str(out / done[0]['file']))} "
-              f"{shlex.quote(str(out / 'deletion.json'))}")
+        print("next: put the overlays and the test in a report beside the model's scores (RESULTS.csv: medtl "
+              "predict's results on these images, with --labels LABELS.csv when they carry none):\n"
+              "  medtl evaluate --predictions RESULTS.csv [--labels LABELS.csv] --out REPORT --gradcam "
+              f"{shlex.quote(str(out / done[0]['file']))} {shlex.quote(str(out / 'deletion.json'))}")
     return 0
 
 

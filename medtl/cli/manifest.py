@@ -45,7 +45,7 @@ def register(sub) -> None:
     check = msub.add_parser("check", help="validate a manifest; exit status 0 only when valid")
     check.add_argument("manifest", type=Path, help="manifest CSV to check")
     check.add_argument("--data-root", type=Path, default=None, help="folder the manifest's paths are relative to "
-                       "(default: $MEDTL_DATA_ROOT or ../shared/data)")
+                       "(default: the root its .meta.json records, else $MEDTL_DATA_ROOT or ../shared/data)")
     check.add_argument("--labels", help="comma-separated declared label set (default: the manifest's .meta.json)")
     check.add_argument("--near-copy-correlation", type=float, default=None, metavar="R",
                        help="judge near-copies at R (default: the threshold the manifest was built with, else "

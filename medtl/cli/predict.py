@@ -137,16 +137,38 @@ def run(args: argparse.Namespace) -> int:
               "--modality selects the ones it was")
     if result.sr_pending:
         print(f"{result.sr_pending} SR(s) not stored: the PACS could not take them; rerun the same command to send them")
-    if result.ok:
+    if result.ok and not is_url(args.input):  # a PACS holds no labels to score against
         labelled = str(args.input).lower().endswith(".csv")  # a manifest's labels travel into the results
+        own = None if labelled else _training_manifest(args.model, args.input)
+        labels = "" if labelled else f" --labels {shlex.quote(str(own)) if own else 'LABELS.csv'}"
         print("next: score the predictions against the true labels:\n"
-              f"  medtl evaluate --predictions {shlex.quote(str(result.csv))}"
-              + ("" if labelled else " --labels LABELS.csv")
-              + f" --out {shlex.quote(str(Path(args.out) / 'report'))}")
-        if not labelled:
-            print("  (LABELS.csv: a manifest of these images; for a folder of <label>/<file> images: medtl manifest "
-                  "build --from FOLDER --data-root FOLDER --out LABELS.csv --fractions 0 0 1)")
+              f"  medtl evaluate --predictions {shlex.quote(str(result.csv))}{labels}"
+              f" --out {shlex.quote(str(Path(args.out) / 'report'))}")
+        if own:
+            print("  (these are the model's training images: its own manifest keeps their split, so only its "
+                  "test images are scored)")
+        elif not labelled:
+            folder = shlex.quote(str(args.input))
+            print(f"  (LABELS.csv: a manifest of these images; for a folder of <label>/<file> images: medtl manifest "
+                  f"build --from {folder} --data-root {folder} --out LABELS.csv --fractions 0 0 1; not for the "
+                  "model's training images, which it would score as test)")
     return 0
+
+
+def _training_manifest(model: str, input_path: str) -> Path | None:
+    """The manifest a medtl train model was trained from, when ``input_path`` is its data root (the
+    training folder): scoring that folder needs its split, not a manifest that calls every image test."""
+    try:
+        from medtl.data.manifest import Manifest
+        from medtl.models.checkpoint import read_checkpoint
+
+        path = (read_checkpoint(model).get("meta") or {}).get("manifest")
+        if not path or not Path(path).is_file():
+            return None
+        root = Manifest.load(path).recorded_root
+        return Path(path) if root is not None and root == Path(input_path).resolve() else None
+    except Exception:  # noqa: BLE001 (a hint only: a bundle or an unreadable checkpoint gives the generic one)
+        return None
 
 
 def export(args: argparse.Namespace) -> int:

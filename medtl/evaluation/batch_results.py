@@ -222,7 +222,7 @@ def _exclude(tables: list, exclude: str | Path, test_split: str) -> tuple[list[p
     n_cases = len({c for t, g in zip(tables, gone) for c in t.loc[g, "case_id"].astype(str)})
     n_test = sum(int((g & (t["split"] == test_split)).sum()) for t, g in zip(tables, gone))
     note = (f"left out {n_cases} case(s) listed in {exclude} ({n_rows} row(s), {n_test} of them {test_split} "
-            "rows): every metric here is computed without them")
+            "rows): every metric here is computed without them (row counts above are before this)")
     return [t[~g] for t, g in zip(tables, gone)], note
 
 
@@ -244,11 +244,11 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
             tables.append(res.table)
             results.append(res.table)
             notes += [row_summary(item, res, st), *res.notes]
-        elif labels is not None:
-            raise MedtlError("--labels is for medtl predict's results.csv; a predictions table carries its labels",
-                             "<DataFrame>" if isinstance(item, pd.DataFrame) else item)  # fmt: skip
         else:
             tables.append(item)
+    if labels is not None and not results:  # beside results.csv files a predictions table keeps its own labels
+        raise MedtlError("--labels is for medtl predict's results.csv; a predictions table carries its labels",
+                         "<DataFrame>" if isinstance(predictions[0], pd.DataFrame) else predictions[0])  # fmt: skip
     # Two models of one name (medtl train names a model after its architecture and preset) are two
     # strategies, not two runs of one: they are told apart by version (the weights' hash).
     names = [t["strategy"].iloc[0] for t in results]

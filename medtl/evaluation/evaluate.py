@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -348,7 +349,9 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
     Lv, L = logit_matrix(val, classes), logit_matrix(test, classes)
     if Lv is None or L is None:
         Lv = L = None  # log-probabilities stand in for the logits
-    temperature = cal.fit_temperature(Pv, yv, logits=Lv) if len(val) >= 2 else None
+    with warnings.catch_warnings():  # a temperature at its bound is said once, in the notes below
+        warnings.filterwarnings("ignore", message="fitted temperature", category=RuntimeWarning)
+        temperature = cal.fit_temperature(Pv, yv, logits=Lv) if len(val) >= 2 else None
     P_ts = cal.apply_temperature(P, temperature, logits=L) if temperature is not None else None
     if temperature is None:
         notes.append(f"run {out['run_id']}: no validation rows, so no temperature scaling")

@@ -78,7 +78,8 @@ def test_the_printed_predict_and_evaluate_commands_score_the_same_test_images(tr
         results = tmp / "run" / "predict" / "results.csv"
         header = results.read_text().splitlines()[0].split(",")
         assert "case_id" in header and "predicted_label" in header  # the predictions table's names
-        capsys.readouterr()
+        # predict's own next step, given the training folder, scores it through the model's manifest (its split)
+        assert f"--labels {tmp / 'run' / 'manifest.csv'}" in capsys.readouterr().out
         assert main([*shlex.split(commands[1])[1:], "--n-boot", "50"]) == 0
     finally:
         (folder / "tumor" / "broken.jpg").unlink()
