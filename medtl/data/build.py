@@ -105,6 +105,11 @@ def rows_from_folder(folder: Path, data_root: Path, domain: str | None, modality
     if ignored:
         log.warning("%s: ignored %d file(s) that are neither images nor DICOM: %s%s", folder, len(ignored),
                     ", ".join(ignored[:5]), " ..." if len(ignored) > 5 else "")
+    # files beside the class folders have no class: an image there is not trained on, and should be said
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if loose:
+        log.warning("%s: ignored %d file(s) beside the class folders (only <label>/<file> images have a label): "
+                    "%s%s", folder, len(loose), ", ".join(loose[:5]), " ..." if len(loose) > 5 else "")
     if not rows:
         raise MedtlError("no image files found in the <folder>/<label>/<file> layout", folder)
     if empty:

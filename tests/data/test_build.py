@@ -131,3 +131,12 @@ def test_a_threshold_that_joins_most_images_into_one_group_is_refused(tmp_path):
         build_manifest(src, tmp_path / "data", progress=False)
     m = build_manifest(src, tmp_path / "data", group_near_copies=False, progress=False)
     assert {r.split for r in m} == {"train", "val", "test"}
+
+
+def test_files_beside_the_class_folders_are_named_in_a_warning(folder_root, caplog):
+    (folder_root / "site" / "notes.txt").write_text("scanner settings")
+    (folder_root / "site" / "stray.png").write_bytes((folder_root / "site" / "neg" / "img00.png").read_bytes())
+    with caplog.at_level("WARNING"):
+        m = build_manifest(folder_root / "site", folder_root, seed=1, group_near_copies=False, progress=False)
+    assert "ignored 2 file(s) beside the class folders" in caplog.text and "notes.txt, stray.png" in caplog.text
+    assert not any(r.path.endswith("stray.png") for r in m)
