@@ -102,6 +102,17 @@ def _num(v) -> float | None:
     return v if np.isfinite(v) else None
 
 
+def holm(comparisons: list[dict]) -> list[dict]:
+    """Each comparison with ``p_holm``: its p-value adjusted by Holm's step-down method (Holm 1979) over
+    every tested comparison of the task, which holds the family-wise error rate at the nominal level."""
+    tested = sorted((c["p_value"], i) for i, c in enumerate(comparisons) if c.get("p_value") is not None)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))  # step-down: never below an earlier one
+        comparisons[i]["p_holm"] = running
+    return comparisons
+
+
 def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]:
     """Wilson's score interval of a proportion (Wilson 1927)."""
     from scipy.stats import norm
@@ -666,7 +677,7 @@ def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kw
             t["strategies"][str(strategy)] = entry
             for r in runs:
                 t["notes"].extend(n for n in r["notes"] if n not in t["notes"])
-        t["comparisons"] = _paired_comparisons(rows_t, info, runs_by_strategy, st)
+        t["comparisons"] = holm(_paired_comparisons(rows_t, info, runs_by_strategy, st))
         report["tasks"][str(task)] = t
     return plain(report, "report")
 

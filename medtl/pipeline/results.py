@@ -386,7 +386,13 @@ def _seed_test_counts(task: Task, a: str, base: str, fraction: float | None) -> 
     higher = sum(d > 0 and p < 0.05 for d, p in signed)
     lower = sum(d < 0 and p < 0.05 for d, p in signed)
     what = "MAE " if task.kind == "regression" else ""
-    return f"{what}higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05)"
+    text = f"{what}higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05"
+    if all(c.p_holm is not None for c in tests):  # reports from before Holm was recorded have none
+        adjusted = [(c.difference if c.strategy_a == a else -c.difference, c.p_holm) for c in tests]
+        n_task = sum(c.p_value is not None for c in task.comparisons)
+        text += (f"; after Holm over the task's {n_task} tests: higher in {sum(d > 0 and p < 0.05 for d, p in adjusted)}"
+                 f", lower in {sum(d < 0 and p < 0.05 for d, p in adjusted)}")
+    return text + ")"
 
 
 def _seed_interval_or_bootstrap(strategy: Strategy, entry: Entry) -> dict[str, Metric]:
@@ -547,10 +553,12 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         "bootstrap interval over the test cases, which measures the sampling of the test cases. They are "
         "different statements, and a row says which it uses. The per-seed paired tests (DeLong's for AUROC, the "
         "paired t-test of absolute errors for MAE) are made on the same test cases and cover their sampling. "
-        "Nothing on this page is corrected for multiple comparisons: a study with many strategies and budgets "
-        "makes many verdicts and many tests at p < 0.05, and the best other strategy at a budget is chosen by its "
-        "mean, so expect some *helped* or *did worse* verdicts and some significant seeds by chance alone. "
-        "Non-overlapping 95% intervals are a stricter test than p < 0.05 for a difference.",
+        "The verdicts by intervals are not corrected for multiple comparisons: a study with many strategies and "
+        "budgets makes many verdicts, and the best other strategy at a budget is chosen by its mean, so expect "
+        "some *helped* or *did worse* verdicts by chance alone. Non-overlapping 95% intervals are a stricter test "
+        "than p < 0.05 for a difference. The per-seed test counts are given at p < 0.05 and again after Holm's "
+        "step-down adjustment over all of the task's paired tests (every budget, strategy pair and seed, as in "
+        "the run's report.json), which holds the chance of any false positive among them at 5%.",
         "",
         "These are CPU-profile runs (small images, few epochs, capped data) unless a section says otherwise: they "
         "show what the pipeline measures and how, not the best each strategy can reach.",

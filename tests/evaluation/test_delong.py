@@ -165,3 +165,13 @@ def test_macro_delong_refuses_bad_input_and_explains_tiny_classes():
     rng = np.random.default_rng(0)
     r = delong_macro_test(y, rng.random((5, 3)), rng.random((5, 3)))
     assert r.p_value is None and "two cases of every class" in r.note
+
+
+def test_holm_adjusts_every_tested_comparison_step_down():
+    """Holm (1979) by hand, m = 4 tested: sorted p 0.01, 0.03, 0.04, 0.6 times 4, 3, 2, 1 -> 0.04, 0.09,
+    0.08, 0.6 -> running maximum 0.04, 0.09, 0.09, 0.6; the untested pair gets none."""
+    from medtl.evaluation.evaluate import holm
+
+    comps = holm([{"p_value": 0.01}, {"p_value": 0.04}, {"p_value": None}, {"p_value": 0.03}, {"p_value": 0.6}])
+    assert [c.get("p_holm") for c in comps] == [pytest.approx(0.04), pytest.approx(0.09), None, pytest.approx(0.09),
+                                                pytest.approx(0.6)]

@@ -167,7 +167,13 @@ def test_learning_curve_section_reports_the_best_strategy_per_fraction_against_t
         signed = [(c.auc_a - c.auc_b) * (1 if c.strategy_a == best else -1) for c in tests]  # best - scratch
         higher = sum(d > 0 and c.p_value < 0.05 for d, c in zip(signed, tests))
         lower = sum(d < 0 and c.p_value < 0.05 for d, c in zip(signed, tests))
-        assert cells[7] == (f"higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05)" if tests else "-")
+        n_task = sum(c.p_value is not None for c in task.comparisons)
+        holm_higher = sum(d > 0 and c.p_holm < 0.05 for d, c in zip(signed, tests))
+        holm_lower = sum(d < 0 and c.p_holm < 0.05 for d, c in zip(signed, tests))
+        assert all(c.p_holm >= c.p_value for c in tests)  # an adjusted p is never smaller
+        assert cells[7] == (f"higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05; after Holm over "
+                            f"the task's {n_task} tests: higher in {holm_higher}, lower in {holm_lower})"
+                            if tests else "-")
     # one fraction is not a curve
     one = task.model_copy(deep=True)
     for s in one.strategies.values():

@@ -137,6 +137,7 @@ class Comparison(_Node):
     difference: float | None = None
     se: float | None = None
     p_value: float | None = None
+    p_holm: float | None = None  # adjusted over the task's tested comparisons (Holm)
     note: str | None = None
 
 

@@ -286,19 +286,23 @@ def _comparisons(doc: Document, t: dict) -> None:
         # a pair that was not tested (note) still shows its AUROCs when they were computed
         key = "mae" if regression else "auc"
         aucs = "–" if c.get(f"{key}_a") is None else f"{c[f'{key}_a']:.3f} vs {c[f'{key}_b']:.3f}"
-        p = "–" if c.get("p_value") is None else (f"{c['p_value']:.3f}" if c["p_value"] >= 1e-3 else "<0.001")
+        p, p_holm = (("–" if v is None else f"{v:.3f}" if v >= 1e-3 else "<0.001")
+                     for v in (c.get("p_value"), c.get("p_holm")))
         diff = "–" if c.get("p_value") is None else f"{c['difference']:+.3f} ± {c['se']:.3f}"
-        rows.append([c["strategy_a"], c["strategy_b"], seed, aucs, diff, p, c.get("note") or ""])
+        rows.append([c["strategy_a"], c["strategy_b"], seed, aucs, diff, p, p_holm, c.get("note") or ""])
     # run ids are long and say again what A, B and the seed say: they stay in report.json, and the Note
     # column only appears when a pair has one, so the table fits the page instead of scrolling sideways
-    header = ["A", "B", "Seed", "MAE A vs B" if regression else "AUROC A vs B", "Difference ± SE", "p", "Note"]
+    header = ["A", "B", "Seed", "MAE A vs B" if regression else "AUROC A vs B", "Difference ± SE", "p", "p (Holm)",
+              "Note"]
+    n_tested = sum(c.get("p_value") is not None for c in t["comparisons"])
     if not any(r[-1] for r in rows):
         header, rows = header[:-1], [r[:-1] for r in rows]
     doc.h(3, "Pairwise comparison (" + ("paired t-test of absolute errors)" if regression else "DeLong)"))
     doc.table(header, rows,
               ("Paired t-test of the two runs' absolute errors on the same test cases (MAE A - MAE B), two-sided"
                if regression else "DeLong's test for two correlated AUROCs on the same test cases, two-sided")
-              + "; runs paired by seed and label fraction (run ids in report.json); no correction for multiple comparisons"
+              + "; runs paired by seed and label fraction (run ids in report.json); p uncorrected, p (Holm) adjusted "
+              f"by Holm's step-down method over all {n_tested} tested comparisons of this task (report.json included)"
               + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else ""))  # fmt: skip
 
 

@@ -236,7 +236,7 @@ def test_delong_table_fits_the_page(full_report):
     paths, rep = full_report
     md = paths["md"].read_text()
     table = md[md.index("### Pairwise comparison (DeLong)"):].split("\n\n")[1]
-    assert table.splitlines()[0] == "| A | B | Seed | AUROC A vs B | Difference ± SE | p |"  # no run ids, no empty Note
+    assert table.splitlines()[0] == "| A | B | Seed | AUROC A vs B | Difference ± SE | p | p (Holm) |"  # no run ids, no empty Note
     assert rep["tasks"]["tumor"]["comparisons"][0]["run_a"]  # the run ids stay in report.json
 
 
