@@ -125,13 +125,17 @@ def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]
     return (0.0 if successes == 0 else low), (1.0 if successes == n else high)  # exact at the ends
 
 
-def _wilson_where_degenerate(metrics: dict, cm: np.ndarray, level: float) -> None:
+def _proportions(tp: int, fp: int, fn: int, tn: int) -> dict[str, tuple[int, int]]:
+    """(successes, denominator) of each proportion a 2x2 table gives."""
+    return {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp), "npv": (tn, tn + fn),
+            "accuracy": (tp + tn, tp + fp + fn + tn)}
+
+
+def _wilson_where_degenerate(metrics: dict, counts: dict[str, tuple[int, int]], level: float) -> None:
     """A proportion of 0 or 1 (30 of 30 negatives called negative) cannot vary under the bootstrap, whose
-    interval collapses to the point; Wilson's interval says how uncertain it still is."""
-    (tn, fp), (fn, tp) = cm
-    denominators = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
-                    "npv": (tn, tn + fn), "accuracy": (tp + tn, cm.sum())}
-    for name, (k, n) in denominators.items():
+    interval collapses to the point; Wilson's interval says how uncertain it still is. ``counts``: the
+    (successes, denominator) of each proportion in ``metrics`` that may get one."""
+    for name, (k, n) in counts.items():
         d = metrics.get(name)
         if not d or d["value"] is None or n == 0 or d["value"] not in (0.0, 1.0) or d["ci_low"] != d["ci_high"]:
             continue
@@ -403,12 +407,13 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         return _metric(v, low[key], high[key], reason, undef[key])
 
     out["metrics"] = {m: entry(m, m) for m in (*BINARY_METRICS, *CALIBRATION_METRICS)}
-    if binary and st.n_boot > 0:  # without a bootstrap no metric has an interval
-        _wilson_where_degenerate(out["metrics"], np.asarray(cm), st.level)
-    elif st.n_boot > 0:  # multiclass: accuracy is a proportion (the macro averages are not)
-        m = np.asarray(cm)
-        _wilson_where_degenerate({"accuracy": out["metrics"].get("accuracy")},
-                                 np.array([[0, m.sum() - np.trace(m)], [0, np.trace(m)]]), st.level)
+    table = np.asarray(cm)
+    if st.n_boot > 0:  # without a bootstrap no metric has an interval to replace
+        if binary:
+            (tn, fp), (fn, tp) = table
+            _wilson_where_degenerate(out["metrics"], _proportions(tp, fp, fn, tn), st.level)
+        else:  # accuracy is a proportion; the macro averages are not
+            _wilson_where_degenerate(out["metrics"], {"accuracy": (np.trace(table), table.sum())}, st.level)
     if not binary:
         out["per_class"] = {}
         for k, c in enumerate(classes):
@@ -418,11 +423,11 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
                 v = point[key][k]
                 reason = None if np.isfinite(v) else _class_reason(m, k, counts, cm, classes, thr_value)
                 out["per_class"][c][m] = _metric(v, low[key][k], high[key][k], reason, undef[key][k])
-            if st.n_boot > 0:  # one class against the rest: a 2x2 table, whose proportions get Wilson at 0 or 1
-                tp = cm[k][k]
-                fn, fp = sum(cm[k]) - tp, sum(row[k] for row in cm) - tp
-                tn = sum(map(sum, cm)) - tp - fn - fp
-                _wilson_where_degenerate(out["per_class"][c], np.array([[tn, fp], [fn, tp]]), st.level)
+            if st.n_boot > 0:  # one class against the rest: a 2x2 table
+                tp = table[k, k]
+                fn, fp = table[k].sum() - tp, table[:, k].sum() - tp
+                _wilson_where_degenerate(out["per_class"][c], _proportions(tp, fp, fn, table.sum() - tp - fn - fp),
+                                         st.level)
     out["threshold"] = threshold
     out["prevalence"] = {
         "test": {c: {"n": int(counts[k]), "fraction": float(counts[k] / len(y))} for k, c in enumerate(classes)},
