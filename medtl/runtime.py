@@ -33,6 +33,16 @@ from pathlib import Path
 SPIN_COUNT = 2000  # rounds an idle OpenMP thread spins before it sleeps (libgomp's default: 300,000)
 
 
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun started several (``RANK``, ``WORLD_SIZE`` > 1), else None: for code
+    below the engine that must act once per run (messages, listings, locks). medtl.engine.distributed
+    validates the variables when the process group starts."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+    except (KeyError, ValueError):
+        return None
+
+
 def cgroup_cpu_limit(cpu_max: str | None) -> int | None:
     """CPUs allowed by a cgroup v2 ``cpu.max`` line ("max 100000" or "<quota> <period>"), rounded up."""
     if not cpu_max:

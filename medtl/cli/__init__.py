@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from medtl import __version__
@@ -28,6 +27,7 @@ from medtl.cli import (
     train,
 )
 from medtl.errors import MedtlError
+from medtl.runtime import torchrun_rank
 
 # Sub-command modules, in the order `medtl --help` lists them.
 COMMANDS = (demo, manifest, train, pretrain, evaluate, report, explain, similarity, recommend, run, results, predict)
@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         with logs_above_bars():
             return int(args.func(args) or 0)
     except MedtlError as err:
-        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
-        print(f"error{f' [rank {rank}]' if rank else ''}: {err}", file=sys.stderr)  # torchrun: whose error
+        rank = torchrun_rank()
+        print(f"error{'' if rank is None else f' [rank {rank}]'}: {err}", file=sys.stderr)  # torchrun: whose error
         return 2
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, one message
+        if not torchrun_rank():  # under torchrun, one message (rank 0's)
             resumes = args.command in RESUMABLE_COMMANDS
             print("\ninterrupted" + (": finished work is kept; run the same command again to continue"
                                       if resumes else ""), file=sys.stderr)

@@ -67,12 +67,12 @@ def run(args) -> int:
     elif len(args.manifest) > 1:
         raise MedtlError(f"--mode {args.mode} reads one manifest; several are for --mode moco", "--manifest")
     import contextlib
-    import os
 
     from medtl.lock import OutputLock
+    from medtl.runtime import torchrun_rank
 
     # one writer per folder; under torchrun rank 0 writes the run folder and holds it for every rank
-    lock = OutputLock(args.out, "medtl pretrain") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    lock = OutputLock(args.out, "medtl pretrain") if not torchrun_rank() else contextlib.nullcontext()
     with lock:
         result = _pretrain(args, pretrain, manifest, size, ssl)
     from medtl.engine.distributed import current

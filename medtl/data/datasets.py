@@ -30,6 +30,7 @@ from medtl.data.manifest import Manifest
 from medtl.data.transforms import METADATA_LOCK, SplitChain, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
+from medtl.runtime import torchrun_rank
 
 log = logging.getLogger(__name__)
 ERROR_KEY = "medtl_error"
@@ -108,7 +109,7 @@ def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str 
 
 def _reporting_rank() -> bool:
     """Under torchrun every rank builds the same dataset: only rank 0 shows its bar and lists skipped items."""
-    return os.environ.get("RANK", "0") == "0"
+    return not torchrun_rank()
 
 
 def _show_progress(progress: bool | None, n_items: int) -> bool:

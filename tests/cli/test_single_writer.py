@@ -68,6 +68,7 @@ def test_other_ranks_do_not_list_skipped_items(tmp_path, monkeypatch):
     from medtl.data.datasets import _record_skipped
 
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them
     _record_skipped([("a.png", "corrupt")], tmp_path)
     assert not (tmp_path / "skipped.csv").exists()
     monkeypatch.setenv("RANK", "0")
