@@ -131,10 +131,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{result.ok} ok, {result.errors} error(s), {result.duplicates} duplicate file(s), {result.resumed} "
           f"already done, {result.excluded} excluded; results: {result.csv}")
-    if result.unexpected_modalities:
-        odd = ", ".join(f"{m} ({n})" for m, n in sorted(result.unexpected_modalities.items()))
-        print(f"warning: series of modalities this model was not trained on were predicted: {odd}; "
-              "--modality selects the ones it was")
     if result.sr_pending:
         print(f"{result.sr_pending} SR(s) not stored: the PACS could not take them; rerun the same command to send them")
     if result.ok and not is_url(args.input):  # a PACS holds no labels to score against

@@ -50,7 +50,7 @@ def dicom_modality(path: Path) -> str:
     except Exception as err:
         raise MedtlError(f"unreadable DICOM header: {err}", path) from None
     modality = str(ds.get("Modality", ""))
-    if modality in ("CR", "DX", "DR", "RG"):
+    if modality in io.RADIOGRAPH_MODALITIES:
         return "cxr"
     if int(ds.get("NumberOfFrames", 1) or 1) == 1:
         return "mri2d"

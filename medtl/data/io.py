@@ -34,6 +34,7 @@ ARRAY_MEMBER = "::"  # "<file>.npz::<array>/<index>": one image of an array arch
 # Suffixes that may hold DICOM (archives often store it with none): such a file that is not DICOM is bad
 # input; any other file that is neither an image nor DICOM (notes.txt, Thumbs.db) is not an input at all.
 DICOM_LIKE = (".dcm", ".dicom", ".ima", "")
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")  # DICOM modalities of projection radiographs (the cxr preset)
 
 
 def kind_of(path: str | Path) -> str:

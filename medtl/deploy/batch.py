@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from medtl.data.io import RADIOGRAPH_MODALITIES
 from medtl.data.transforms import Preset
 from medtl.deploy.dicomweb import DicomwebSource, PacsAuth, PacsUnreachable, is_url
 from medtl.deploy.discover import (
@@ -77,6 +78,7 @@ MANIFEST_COLUMNS = ("label", "split")
 # UIDs are written as they are (a PatientID "123" must not cut a component out of "1.2.123.4"), with
 # control characters escaped.
 UID_COLUMNS = ("study_uid", "series_uid")
+UNREDACTED_COLUMNS = frozenset(OWN_COLUMNS + MANIFEST_COLUMNS + ("case_id",))  # our words, or the user's labels
 SALT = ".path-salt"
 MAX_PACS_FAILURES = 5
 
@@ -443,7 +445,7 @@ class ReadAhead:
 # DICOM modalities a preset's images come from; a series of another imaging modality is not what the
 # model learned (a chest X-ray model still answers "pneumonia" on a brain MR). Secondary captures (OT, SC)
 # and non-DICOM pictures carry no telling modality and pass unremarked.
-PRESET_MODALITIES = {"cxr": ("CR", "DX", "DR", "RG"), "mri2d": ("MR",), "mri3d": ("MR",)}
+PRESET_MODALITIES = {"cxr": RADIOGRAPH_MODALITIES, "mri2d": ("MR",), "mri3d": ("MR",)}
 IMAGING_MODALITIES = ("CR", "DX", "DR", "RG", "MR", "CT", "PT", "NM", "US", "MG", "XA", "RF", "IO", "PX")
 
 
@@ -619,7 +621,7 @@ class _RowWriter:
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
                 row[k] = escape_controls(v)
-            elif isinstance(v, str) and k not in OWN_COLUMNS + MANIFEST_COLUMNS and k != "case_id":
+            elif isinstance(v, str) and k not in UNREDACTED_COLUMNS:
                 row[k] = self.redactor(v)
         row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.ledger.append(row, sync=False)  # the loop syncs once per model batch
