@@ -34,3 +34,14 @@ def plain(obj: Any, where: str = "value") -> Any:
         return [plain(v, where) for v in obj]
     raise MedtlError(f"must be plain values (dict, list, str, number, bool or None); {type(obj).__name__} is not",
                      where)
+
+
+def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two JSON-like values (``train.epochs``, ``seed``), down
+    through nested dicts: what a refused resume names."""
+    import json
+
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix] if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True) else []
+    return [k for key in sorted(set(old) | set(new))
+            for k in differing_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]

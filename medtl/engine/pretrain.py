@@ -39,6 +39,7 @@ from medtl.engine.trainer import TrainConfig, Trainer, TrainResult, seed_everyth
 from medtl.errors import MedtlError
 from medtl.models.autoencoder import VAEHead
 from medtl.models.checkpoint import save_checkpoint
+from medtl.plain import differing_keys
 from medtl.models.encoders import build_encoder
 from medtl.models.heads import Head, task_for
 from medtl.models.weights import load_weights
@@ -58,7 +59,7 @@ def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> 
     key = json.loads(json.dumps(key, default=str))  # as it reads back: tuples as lists, paths as text
     if resume and (out / "last.pt").exists() and path.exists():
         old = json.loads(path.read_text())
-        differ = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+        differ = sorted({k.split(".")[0] for k in differing_keys(old, key)})  # the top-level settings
         if differ:
             raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new --out, or "
                              "--no-resume to start over here", out)

@@ -55,7 +55,7 @@ from medtl.pipeline.checks import check_before_run
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, load_pipeline
 from medtl.pipeline.context import Context, heterogeneous, modality_of, source_checkpoint
 from medtl.pipeline.jobs import TRAINING_MEAN, label_budgets, labelled_rows, run_job, run_training_mean
-from medtl.plain import plain
+from medtl.plain import differing_keys, plain
 from medtl.progress import bar, format_seconds, logs_above_bars
 from medtl.similarity.assess import to_table
 from medtl.similarity.images import compare_manifests
@@ -67,14 +67,6 @@ STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
 
 
 # ----------------------------------------------------------------------------- stage bookkeeping
-
-
-def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ (``train.epochs``, ``strategies``), down through nested dicts."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return [prefix] if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True) else []
-    return [k for key in sorted(set(old) | set(new))
-            for k in _differing_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]
 
 
 class StageBook:
@@ -101,7 +93,7 @@ class StageBook:
             return "done" if entry.get("status") == "done" else "run"
         if _grown(entry.get("payload") or {}, payload, legacy or payload):
             return "grown"
-        keys = _differing_keys(entry.get("payload", {}), json.loads(json.dumps(payload, default=str)))
+        keys = differing_keys(entry.get("payload", {}), json.loads(json.dumps(payload, default=str)))
         raise MedtlError(
             f"stage {stage!r} already ran with a different config (differs in: {', '.join(keys) or 'values'}); "
             "results would mix: use a new --out folder, or delete that stage's outputs and its entry in stages.json "
