@@ -37,6 +37,15 @@ HEADLINE = {"binary": "auroc", "multiclass": "auroc", "regression": "mae"}
 # ----------------------------------------------------------------------------- formatting
 
 
+WILSON_NOTE = ("; W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary (it treats "
+               "the cases as independent)")
+
+
+def _wilson(m: dict | None) -> bool:
+    """Whether a metric's interval is Wilson's (marked W) rather than the report's bootstrap."""
+    return ((m or {}).get("ci_method") or "").startswith("Wilson")
+
+
 def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
     """``0.853 (0.801-0.897)``; over seeds ``0.853 ± 0.012 (...)``; undefined values point to a footnote."""
     if m is None:
@@ -52,7 +61,7 @@ def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
     if m.get("outside_interval"):
         s += " *"
     if m.get("ci_low") is not None:
-        mark = " W" if (m.get("ci_method") or "").startswith("Wilson") else ""
+        mark = " W" if _wilson(m) else ""
         s += f"\n({m['ci_low']:.3f}–{m['ci_high']:.3f}{mark})"  # the interval goes on a second line in HTML
     return s
 
@@ -162,10 +171,8 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
                     "bootstrap interval over the test cases is in the Runs table)"
                     + ("; a thresholded metric is then the mean over runs, each at its own threshold"
                        if kind == "binary" else ""))
-        if any(((e["metrics"].get(m) or {}).get("ci_method") or "").startswith("Wilson") for e in strategies.values()
-               for m in metrics):
-            cap += ("; W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary "
-                    "(it treats the cases as independent)")
+        if any(_wilson(e["metrics"].get(m)) for e in strategies.values() for m in metrics):
+            cap += WILSON_NOTE
         if any(e["metrics"].get(m, {}).get("outside_interval") for e in strategies.values() for m in metrics):
             cap += ("; * the estimate lies outside its bootstrap interval: the statistic is biased upwards under "
                     "resampling (binned ECE/MCE are, when bins hold few cases)")  # fmt: skip
@@ -196,11 +203,10 @@ def _per_class_table(doc: Document, strategies: dict) -> None:
     for s, e in strategies.items():
         for c, ms in e["per_class"].items():
             rows.append([_label(s, e), c] + [_fmt(ms[m], foot, f"{s}, {c}, {NAMES[m]}") for m in CLASS_METRICS])
-    wilson = any(((ms.get(m) or {}).get("ci_method") or "").startswith("Wilson") for e in strategies.values()
-                 for ms in e["per_class"].values() for m in CLASS_METRICS)
+    wilson = any(_wilson(ms.get(m)) for e in strategies.values() for ms in e["per_class"].values()
+                 for m in CLASS_METRICS)
     doc.table(["Strategy", "Class"] + [NAMES[m] for m in CLASS_METRICS], rows,
-              f"Value ({doc.level} CI), one class against the rest"
-              + ("; W: Wilson score interval, for a proportion of 0 or 1" if wilson else ""))  # fmt: skip
+              f"Value ({doc.level} CI), one class against the rest" + (WILSON_NOTE if wilson else ""))  # fmt: skip
     if foot:
         doc.bullets([f"[{i + 1}] {f}" for i, f in enumerate(foot)])
 
