@@ -55,7 +55,7 @@ from medtl.deploy.discover import (
     scan_manifest,
 )
 from medtl.deploy.inputs import SeriesLoader
-from medtl.deploy.ledger import Ledger, csv_cell, scrub
+from medtl.deploy.ledger import Ledger, csv_cell
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
@@ -175,11 +175,11 @@ def describe_error(err: BaseException, s: Series, sops: dict[str, str], include_
             text += f" ({s.source or Path(where).name})"
     else:
         text = f"{type(err).__name__}: {err}"
-    if not include_identifiers:
-        text = scrub(text, s.identifiers)
-        for f in s.files:  # paths of DICOM files may hold patient names in folder names
-            if s.is_dicom:
-                text = text.replace(str(f), "[file]")
+    if not include_identifiers and s.is_dicom:
+        # Identifiers are scrubbed where the row is written (the run's redactor knows every series' headers);
+        # paths of DICOM files may hold patient names in folder names that no header spells alike.
+        for f in s.files:
+            text = text.replace(str(f), "[file]")
     return " ".join(text.split())[:1000]
 
 

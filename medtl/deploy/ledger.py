@@ -133,19 +133,3 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def scrubber(values) -> callable:
-    """A function replacing every value (and each part of a person name, 3+ characters) by ``[redacted]``:
-    the one redaction layer (:class:`medtl.deploy.redact.Redactor`), newlines kept."""
-    from medtl.deploy.redact import Redactor
-
-    redactor = Redactor(values)
-    return lambda text: redactor.text(text, controls=False) if text else text
-
-
-def scrub(text: str, identifiers: dict[str, str]) -> str:
-    """``text`` without the patient-identifying values of ``identifiers`` (see :func:`scrubber`)."""
-    from medtl.deploy.discover import SCRUBBED_TAGS
-
-    return scrubber(v for k, v in identifiers.items() if k in SCRUBBED_TAGS)(text)

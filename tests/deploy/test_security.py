@@ -325,3 +325,26 @@ def test_a_multi_valued_identifier_is_text_the_scrubber_can_cut():
     ds.OtherPatientIDs = ["11112222", "33334444"]
     ds.PatientID = "12345678"
     assert header_text(ds, "OtherPatientIDs") == "11112222\\33334444" and header_text(ds, "PatientID") == "12345678"
+
+
+def _scrub(text: str, identifiers: dict[str, str]) -> str:
+    """``text`` through a run's redactor that has seen these header identifiers."""
+    from medtl.deploy.redact import Redactor, add_identifiers
+
+    redactor = Redactor()
+    add_identifiers(redactor, identifiers.items())
+    return redactor(text)
+
+
+def test_scrub_removes_names_and_their_parts():
+    ids = {"PatientName": "Doe^John", "PatientBirthDate": "19010203", "PatientID": "X1"}
+    text = _scrub("failed for DOE^JOHN born 19010203 (john doe); id X1 kept (too short)", ids)
+    assert "doe" not in text.lower() and "john" not in text.lower() and "19010203" not in text
+    assert text.count("[redacted]") == 4
+
+
+def test_scrub_leaves_uids_whole():
+    ids = {"PatientBirthDate": "20040826", "StudyDate": "20040826"}
+    assert _scrub("series 1.3.6.1.4.1.5962.1.3.9.1.20040826185059.5457", ids).endswith("20040826185059.5457")
+    assert _scrub("born 20040826.", ids) == "born [redacted]."
+    assert _scrub("Müller^Anna", {"PatientName": "müller^anna"}) == "[redacted]"
