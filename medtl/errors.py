@@ -6,6 +6,8 @@ the input without reading a traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -16,3 +18,19 @@ class MedtlError(Exception):
         self.reason = reason
         self.where = None if where is None else str(where)
         super().__init__(f"{self.where}: {reason}" if self.where else reason)
+
+
+def closest(word: str, known: Iterable[str]) -> str | None:
+    """The known name a misspelt ``word`` most likely meant (for "did you mean"), or None."""
+    match = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown(what: str, name: str, known: Iterable[str], where: str | Path | None, *, of: str = "",
+            listed: str = "known") -> MedtlError:
+    """The error for a name that is not one of ``known``: "unknown encoder 'resnet81'; did you mean
+    'resnet18'? (known: ...)"; ``of`` follows the name (" for full"), ``listed`` names the list ("columns")."""
+    known = list(known)
+    guess = closest(name, known)
+    return MedtlError(f"unknown {what} {name!r}{of}" + (f"; did you mean {guess!r}?" if guess else "")
+                      + f" ({listed}: {', '.join(known)})", where)

@@ -162,9 +162,10 @@ def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise MedtlError(f"unknown device {device!r}", "train.device") from None
+        raise MedtlError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)", "train.device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedtlError("CUDA requested but no GPU is available", "train.device")
+        raise MedtlError(f"device {device!r}, but torch sees no CUDA GPU here (device auto uses one when there is "
+                         "one)", "train.device")
     if dev.type == "cuda" and dev.index is None and local_rank is not None:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev

@@ -23,7 +23,7 @@ from monai.networks.nets.densenet import DenseNet
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 from torch import nn
 
-from medtl.errors import MedtlError
+from medtl.errors import MedtlError, unknown
 from medtl.models.lift import lift
 
 # name: (block, layers per stage)
@@ -150,6 +150,12 @@ class DenseNetEncoder(DenseNet):
         return _run(self, lambda t: self.pool(self.features(t)), x)
 
 
+def check_arch(arch: str) -> None:
+    """Refuse an encoder name medtl does not build (with the name it most likely meant)."""
+    if arch not in ARCHITECTURES:
+        raise unknown("encoder", arch, ARCHITECTURES, "encoder.arch")
+
+
 def build_encoder(
     arch: str | dict[str, Any] = "resnet18", spatial_dims: int = 2, in_channels: int = 1, stem_stride: int = 2, **options
 ) -> nn.Module:
@@ -164,6 +170,7 @@ def build_encoder(
         if lift_cfg:
             enc = lift(enc, **lift_cfg)
         return enc
+    check_arch(arch)
     if spatial_dims not in (2, 3):
         raise MedtlError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}", "encoder.spatial_dims")
     if not isinstance(in_channels, int) or in_channels < 1:
@@ -173,9 +180,7 @@ def build_encoder(
     try:
         if arch in _RESNETS:
             return ResNetEncoder(arch, spatial_dims, in_channels, stem_stride, **options)
-        if arch in _DENSENETS:
-            return DenseNetEncoder(arch, spatial_dims, in_channels, stem_stride, **options)
+        return DenseNetEncoder(arch, spatial_dims, in_channels, stem_stride, **options)
     except TypeError as err:  # an option this architecture does not take
         raise MedtlError(f"bad option for {arch}: {err}", "encoder") from None
-    raise MedtlError(f"unknown encoder {arch!r}; known: {', '.join(ARCHITECTURES)}", "encoder.arch")
 

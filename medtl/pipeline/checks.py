@@ -7,15 +7,16 @@ from pathlib import Path
 from medtl.data.check import wrong_root_hint
 from medtl.data.io import ARRAY_MEMBER
 from medtl.data.transforms import Preset
-from medtl.errors import MedtlError
+from medtl.engine.trainer import resolve_device
+from medtl.errors import MedtlError, unknown
 from medtl.lock import LOCK
 from medtl.paths import resolve_inside
 from medtl.models.checkpoint import encoder_config
-from medtl.models.encoders import ARCHITECTURES
-from medtl.pipeline.config import DataSpec, closest
+from medtl.models.encoders import check_arch
+from medtl.pipeline.config import DataSpec
 from medtl.pipeline.context import Context, heterogeneous, modality_of
 from medtl.pipeline.jobs import label_budgets, labelled_rows
-from medtl.strategies.registry import STRATEGIES, get_strategy
+from medtl.strategies.registry import get_strategy
 
 
 def check_before_run(ctx: Context) -> None:
@@ -31,25 +32,15 @@ def check_before_run(ctx: Context) -> None:
     for i, spec in enumerate(cfg.strategies):
         try:
             cls = get_strategy(spec.name)
-        except MedtlError:
-            guess = closest(spec.name, STRATEGIES)
-            raise MedtlError(f"unknown strategy {spec.name!r}" + (f"; did you mean {guess!r}?" if guess else "")
-                             + f" (known: {', '.join(sorted(STRATEGIES))})", f"{where}: strategies[{spec.display}]") from None
-        for key in sorted(set(spec.hparams) - set(cls.DEFAULTS)):
-            guess = closest(key, cls.DEFAULTS)
-            raise MedtlError(f"unknown hyper-parameter {key!r} for {spec.name}"
-                             + (f"; did you mean {guess!r}?" if guess else "")
-                             + f" (known: {', '.join(sorted(cls.DEFAULTS))})", f"{where}: strategies[{i}].hparams")
-    if cfg.train.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MedtlError(f"device {cfg.train.device!r}, but torch sees no CUDA GPU here (device: auto uses one "
-                             "when there is one)", f"{where}: train.device")
-    if cfg.encoder.arch not in ARCHITECTURES:
-        guess = closest(cfg.encoder.arch, ARCHITECTURES)
-        raise MedtlError(f"unknown encoder {cfg.encoder.arch!r}" + (f"; did you mean {guess!r}?" if guess else "")
-                         + f" (known: {', '.join(ARCHITECTURES)})", f"{where}: encoder.arch")
+        except MedtlError as err:
+            raise MedtlError(err.reason, f"{where}: strategies[{spec.display}]") from None
+        cls.check_hparams(spec.hparams, f"{where}: strategies[{i}].hparams")
+    for field, check in (("train.device", lambda: resolve_device(cfg.train.device)),
+                         ("encoder.arch", lambda: check_arch(cfg.encoder.arch))):
+        try:
+            check()
+        except MedtlError as err:
+            raise MedtlError(err.reason, f"{where}: {field}") from None
     if cfg.pretrain.checkpoint:
         src = Path(cfg.pretrain.checkpoint)
         if not (src if src.is_absolute() else ctx.base / src).exists():
@@ -77,10 +68,8 @@ def check_before_run(ctx: Context) -> None:
     for i, task in enumerate(cfg.tasks):
         if task.label_column != "label" and target.rows and task.label_column not in target.rows[0].extras:
             columns = ["label", *target.rows[0].extras]
-            guess = closest(task.label_column, columns)
-            raise MedtlError(f"the target manifest has no column {task.label_column!r}"
-                             + (f"; did you mean {guess!r}?" if guess else "") + f" (columns: {', '.join(columns)})",
-                             f"{where}: tasks[{i}].label_column")
+            raise unknown("label column", task.label_column, columns, f"{where}: tasks[{i}].label_column",
+                          of=" in the target manifest", listed="columns")
     heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
     if cfg.label_counts:  # refused now, not hours later when the transfer stage starts: each count is drawn
         for task in cfg.tasks:  # once, as the jobs will (too many rows, or fewer than one per class, fails)

@@ -10,14 +10,13 @@ nearest known one: "did you mean").
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medtl.errors import MedtlError
+from medtl.errors import MedtlError, closest
 from medtl.evaluation.thresholds import RULES
 
 
@@ -278,12 +277,6 @@ def _problem(error: dict) -> str:
     close = closest(str(loc[-1]), known)
     hint = f"did you mean {_dotted((*loc[:-1], close))!r}?" if close else f"known keys here: {', '.join(known)}"
     return f"{_dotted(loc)}: unknown key; {hint}"
-
-
-def closest(word: str, known) -> str | None:
-    """The known name a misspelt ``word`` most likely meant (for "did you mean"), or None."""
-    match = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return match[0] if match else None
 
 
 def _dotted(loc) -> str:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from medtl.errors import MedtlError
+from medtl.errors import MedtlError, unknown
 from medtl.models.heads import task_loss
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
@@ -73,15 +73,15 @@ class Strategy(nn.Module):
         hparams for the training that follows)``."""
         return None
 
+    @classmethod
+    def check_hparams(cls, hparams: dict[str, Any], where: str = "hparams") -> None:
+        """Refuse a hyper-parameter this strategy does not have (with the one it most likely meant)."""
+        for key in sorted(set(hparams) - set(cls.DEFAULTS)):
+            raise unknown("hyper-parameter", key, sorted(cls.DEFAULTS), where, of=f" for {cls.name}")
+
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         super().__init__()
-        unknown = set(hparams or {}) - set(self.DEFAULTS)
-        if unknown:
-            raise MedtlError(
-                f"unknown hyper-parameter(s) {sorted(unknown)} for strategy {self.name!r}; "
-                f"known: {sorted(self.DEFAULTS)}",
-                "hparams",
-            )
+        self.check_hparams(hparams or {})
         self.hparams = {**self.DEFAULTS, **(hparams or {})}
         self.encoder = encoder
         self.head = head

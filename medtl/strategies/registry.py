@@ -11,13 +11,13 @@ from typing import Any
 
 import medtl.adapt.strategies  # noqa: F401  (registers joint, dann, cdan, cdan_e, dan, coral, mcc)
 import medtl.strategies.finetune  # noqa: F401  (registers scratch, full, feature_extraction, ...)
-from medtl.errors import MedtlError
+from medtl.errors import unknown
 from medtl.strategies.base import STRATEGIES, Strategy
 
 
 def get_strategy(name: str) -> type[Strategy]:
     if name not in STRATEGIES:
-        raise MedtlError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}", "strategy")
+        raise unknown("strategy", name, sorted(STRATEGIES), "strategy")
     return STRATEGIES[name]
 
 

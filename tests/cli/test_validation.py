@@ -35,6 +35,19 @@ def test_unknown_hyper_parameter_and_config_key_get_did_you_mean(tiny, config, c
     assert not (tiny / "hp").exists() and not (tiny / "key").exists()
 
 
+def test_unknown_encoder_device_and_label_column_get_did_you_mean(tiny, config, capsys):
+    cases = [("encoder: {arch: resnet10}", "encoder: {arch: resnet81}",
+              "train.yaml: encoder.arch: unknown encoder 'resnet81'; did you mean 'resnet18'?"),
+             ("device: cpu", "device: gpu", "train.device: unknown device 'gpu' (auto, cpu, cuda or cuda:N)"),
+             ("tasks: [{name: tumor}]", "tasks: [{name: tumor, label_column: lable}]",
+              "tasks[0].label_column: unknown label column 'lable' in the target manifest; did you mean 'label'?")]
+    for old, new, message in cases:
+        assert old in config
+        assert main(_run(tiny, config.replace(old, new), "train")) == 2
+        assert message.split("train.yaml: ")[-1] in capsys.readouterr().err
+        assert not (tiny / "train").exists()
+
+
 def test_threshold_rule_is_checked_with_the_config(tiny, config, capsys):
     rule = config.replace("evaluation: {bootstrap: 50}", "evaluation: {threshold_rule: sensitivity}")
     assert main(_run(tiny, rule, "rule")) == 2
