@@ -125,6 +125,44 @@ def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]
     return (0.0 if successes == 0 else low), (1.0 if successes == n else high)  # exact at the ends
 
 
+def auroc_score_interval(auroc: float, n_pos: int, n_neg: int, level: float) -> tuple[float, float]:
+    """Newcombe's score interval of an AUROC (Newcombe 2006, Stat Med 25:559, method 5): the AUROCs
+    theta whose Hanley-McNeil variance, with both class sizes replaced by their mean N* = (m + n) / 2, puts
+    the estimate within z standard errors, ``m n (est - theta)^2 = z^2 theta (1 - theta) (2 + h + (1 + 2h)
+    theta (1 - theta)) / ((2 - theta) (1 + theta))`` with h = N* - 1. Unlike the bootstrap it has width
+    at an AUROC of 0 or 1 (perfect separation)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    z2, mn, h = float(norm.ppf(0.5 + level / 2)) ** 2, float(n_pos * n_neg), (n_pos + n_neg) / 2 - 1
+
+    def inner(t):
+        return 2 + h + (1 + 2 * h) * t * (1 - t)
+
+    if auroc >= 1:  # the estimate is itself a root: with (1 - t) divided out, the search finds the other end
+        return float(brentq(lambda t: mn * (1 - t) * (2 - t) * (1 + t) - z2 * t * inner(t), 0.0, 1.0)), 1.0
+    if auroc <= 0:  # likewise with t divided out
+        return 0.0, float(brentq(lambda t: mn * t * (2 - t) * (1 + t) - z2 * (1 - t) * inner(t), 0.0, 1.0))
+
+    def excess(t):  # >= 0 outside the interval, < 0 inside
+        return mn * (auroc - t) ** 2 * (2 - t) * (1 + t) - z2 * t * (1 - t) * inner(t)
+
+    low, high = brentq(excess, 0.0, auroc), brentq(excess, auroc, 1.0)
+    return float(low), float(high)
+
+
+def _auroc_where_degenerate(d: dict | None, n_pos: int, n_neg: int, level: float) -> None:
+    """An AUROC of 1 (every positive above every negative) is 1 in every bootstrap resample; Newcombe's
+    interval says how uncertain it still is on this many cases."""
+    if not d or d["value"] not in (0.0, 1.0) or d["ci_low"] != d["ci_high"] or min(n_pos, n_neg) == 0:
+        return
+    d["ci_low"], d["ci_high"] = auroc_score_interval(d["value"], int(n_pos), int(n_neg), level)
+    d["ci_method"] = "Newcombe score interval (an AUROC of 0 or 1 does not vary under the bootstrap)"
+
+
+SAME_IN_EVERY_RUN = "Same in every run: the representative run's interval over the test cases"
+
+
 def _proportions(tp: int, fp: int, fn: int, tn: int) -> dict[str, tuple[int, int]]:
     """(successes, denominator) of each proportion a 2x2 table gives."""
     return {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp), "npv": (tn, tn + fn),
@@ -412,6 +450,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         if binary:
             (tn, fp), (fn, tp) = table
             _wilson_where_degenerate(out["metrics"], _proportions(tp, fp, fn, tn), st.level)
+            _auroc_where_degenerate(out["metrics"]["auroc"], counts[1], counts[0], st.level)
         else:  # accuracy is a proportion; the macro averages are not
             _wilson_where_degenerate(out["metrics"], {"accuracy": (np.trace(table), table.sum())}, st.level)
     if not binary:
@@ -428,6 +467,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
                 fn, fp = table[k].sum() - tp, table[:, k].sum() - tp
                 _wilson_where_degenerate(out["per_class"][c], _proportions(tp, fp, fn, table.sum() - tp - fn - fp),
                                          st.level)
+                _auroc_where_degenerate(out["per_class"][c]["auroc"], counts[k], len(y) - counts[k], st.level)
     out["threshold"] = threshold
     out["prevalence"] = {
         "test": {c: {"n": int(counts[k]), "fraction": float(counts[k] / len(y))} for k, c in enumerate(classes)},
@@ -514,6 +554,13 @@ def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
         if s["ci_low"] is not None:  # a t-interval can overshoot a bounded metric's range
             s["ci_low"], s["ci_high"] = max(s["ci_low"], lo), min(s["ci_high"], hi)
         d = {"value": s["value"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "std": s["std"], "n_runs": s["n"]}
+        first = vals[0] or {}
+        scored = {round(v["value"], 9) for v in vals if v is not None and v["value"] is not None}
+        if s["n"] > 1 and len(scored) == 1 and first.get("ci_low") is not None:
+            # every run scored the same: a t-interval over seeds has no width and says nothing, while the test
+            # cases are still a sample; the representative run's interval over them stands in
+            d.update(ci_low=first["ci_low"], ci_high=first["ci_high"], ci_method=SAME_IN_EVERY_RUN
+                     + (f" ({first['ci_method']})" if first.get("ci_method") else ""))
         if d["value"] is None:
             d["reason"] = "undefined in every run: " + next((v["reason"] for v in vals if v and v.get("reason")), "")
         return d

@@ -18,7 +18,8 @@ import yaml
 
 from medtl.data.manifest import Manifest
 from medtl.errors import MedtlError
-from medtl.evaluation.report.schema import Entry, Metric, Strategy, Task, read_report
+from medtl.evaluation.evaluate import SAME_IN_EVERY_RUN
+from medtl.evaluation.report.schema import Metric, Task, read_report
 from medtl.pipeline.jobs import TRAINING_MEAN
 
 BASELINE_NAMES = ("scratch", "scratch_3d", "source_only")
@@ -338,7 +339,7 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
     heads = [str(budget.get(f, f"{f:g}")) for f in fractions]
     lines += [f"| strategy \\ {axis} | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for s_name, s in task.strategies.items():  # with the training-mean baseline of a regression task
-        pts = {e.label_fraction: _seed_interval_or_bootstrap(s, e).get(metric) for e in s.entries()}
+        pts = {e.label_fraction: e.metrics.get(metric) for e in s.entries()}
         lines.append(f"| `{s_name}` | " + " | ".join(_fmt(pts.get(f)) for f in fractions) + " |")
     lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds; where a budget "
               "ran one seed, or every seed scored the same, a run's bootstrap interval over the test cases).*", ""]
@@ -395,28 +396,11 @@ def _seed_test_counts(task: Task, a: str, base: str, fraction: float | None) -> 
     return text + ")"
 
 
-def _seed_interval_or_bootstrap(strategy: Strategy, entry: Entry) -> dict[str, Metric]:
-    """An entry's metrics; when its runs all reached the same MAE, the t-interval over seeds has zero width
-    and says nothing, so its representative run's bootstrap intervals over the test cases stand in. (The
-    training-mean baseline: on an even-sized test set every constant between the two middle targets has the
-    same MAE, so seeds that draw different labelled rows agree.)"""
-    runs = [r for r in strategy.runs if r.label_fraction == entry.label_fraction]
-    maes = {round(m.value, 9) for r in runs if (m := r.metrics.get("mae")) is not None and m.value is not None}
-    if len(runs) > 1 and len(maes) == 1:
-        return next(r for r in runs if r.run_id == entry.representative_run).metrics
-    return entry.metrics
-
-
-def _regression_metrics(strategy: Strategy) -> dict[str, Metric]:
-    """The headline (largest budget) metrics, as :func:`_seed_interval_or_bootstrap` gives them."""
-    return _seed_interval_or_bootstrap(strategy, strategy)
-
-
 def _against_training_mean(task: Task) -> list[str]:
     """Each regression strategy's MAE against the trivial baseline that predicts the training mean: by the
     intervals, and by the paired t-test of absolute errors per seed."""
     strategies = task.strategies
-    base = _regression_metrics(strategies[TRAINING_MEAN]).get("mae") if TRAINING_MEAN in strategies else None
+    base = strategies[TRAINING_MEAN].metrics.get("mae") if TRAINING_MEAN in strategies else None
     if not base or base.value is None:
         return []
     lines = [f"Compared with `{TRAINING_MEAN}` (every case predicted as the mean of the labelled training targets; "
@@ -467,8 +451,8 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
         lines += ["| strategy | runs | MAE (years) | RMSE | R² | Pearson r |", "|---|---|---|---|---|---|"]
         identical = []
         for s_name, s in strategies.items():
-            m = _regression_metrics(s)
-            if m is not s.metrics:
+            m = s.metrics
+            if ((m.get("mae") and m["mae"].ci_method) or "").startswith(SAME_IN_EVERY_RUN):
                 identical.append(s_name)
             lines.append(f"| {s_name} | {s.n_runs} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")

@@ -87,6 +87,66 @@ def test_a_proportion_of_one_gets_a_wilson_interval_not_a_point(tmp_path):
     assert wilson_interval(0, 10, 0.95) == (0.0, pytest.approx(0.2775, abs=1e-4))
 
 
+def _hanley_mcneil_score_set(auroc: float, m: int, n: int, level: float) -> tuple[float, float]:
+    """Reference for Newcombe's interval, written independently: on a fine grid of theta, the Hanley-McNeil
+    variance in its original Q1/Q2 form with m and n replaced by N* = (m + n) / 2, and the theta within
+    z standard errors of the estimate."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + level / 2)
+    theta = np.linspace(0, 1, 2_000_001)
+    q1, q2, big_n = theta / (2 - theta), 2 * theta ** 2 / (1 + theta), (m + n) / 2
+    var = (theta * (1 - theta) + (big_n - 1) * (q1 - theta ** 2) + (big_n - 1) * (q2 - theta ** 2)) / (m * n)
+    inside = theta[(auroc - theta) ** 2 <= z * z * var]
+    return inside.min(), inside.max()
+
+
+def test_newcombe_auroc_interval_matches_a_published_example_and_a_grid_reference():
+    from sklearn.metrics import roc_auc_score
+
+    from medtl.evaluation.evaluate import auroc_score_interval
+
+    # SingleCaseES's NAP example (NAP is the AUROC of phase B over phase A): 0.917, 95% CI 0.597-0.986
+    a, b = [20, 20, 26, 25, 22, 23], [28, 25, 24, 27, 30, 30, 29]
+    auc = roc_auc_score([0] * 6 + [1] * 7, a + b)
+    assert auc == pytest.approx(11 / 12)
+    assert auroc_score_interval(auc, 7, 6, 0.95) == pytest.approx((0.5973193600384168, 0.9859976893703788), abs=1e-9)
+    assert auroc_score_interval(auc, 7, 6, 0.90) == pytest.approx((0.6591091902344411, 0.9822247870934007), abs=1e-9)
+    for est, m, n in [(1.0, 9, 9), (1.0, 4, 30), (0.0, 12, 5), (0.73, 20, 35)]:
+        assert auroc_score_interval(est, m, n, 0.95) == pytest.approx(_hanley_mcneil_score_set(est, m, n, 0.95),
+                                                                      abs=2e-6)
+    low, high = auroc_score_interval(1.0, 9, 9, 0.95)
+    assert high == 1.0 and 0.75 < low < 0.8  # 18 perfectly separated cases: far from certain
+
+
+def test_a_perfect_auroc_gets_newcombes_interval_in_the_report(tmp_path):
+    """Perfect separation: every bootstrap resample has AUROC 1, so the percentile interval is 1.000-1.000;
+    the report shows Newcombe's interval, marked N and explained in the caption; over the two seeds that scored the
+    same, that run's interval (S) instead of a zero-width t-interval."""
+    from medtl.evaluation.evaluate import auroc_score_interval, evaluate_predictions
+    from medtl.evaluation.report import render_report
+
+    n_neg, n_pos = 9, 9
+    p = np.r_[np.linspace(0.05, 0.4, n_neg), np.linspace(0.6, 0.95, n_pos)]
+    frames = []
+    for seed in (0, 1):
+        df = pd.DataFrame({"case_id": [f"c{i}" for i in range(18)], "patient_id": None, "domain": "d",
+                           "split": "test", "label": ["F"] * n_neg + ["M"] * n_pos, "prob_F": 1 - p, "prob_M": p,
+                           "run_id": f"r{seed}", "strategy": "s", "task": "sex", "seed": seed})
+        frames.append(df)
+    report = evaluate_predictions(pd.concat(frames), n_boot=200)
+    run = report["tasks"]["sex"]["strategies"]["s"]["runs"][0]["metrics"]["auroc"]
+    assert run["value"] == 1.0 and (run["ci_low"], run["ci_high"]) == pytest.approx(auroc_score_interval(1.0, 9, 9, 0.95))
+    assert run["ci_method"].startswith("Newcombe")
+    md = render_report(report, tmp_path / "report")["md"].read_text()
+    low = f"{run['ci_low']:.3f}"
+    assert f"({low}–1.000 N)" in md and "N: Newcombe's score interval" in md  # each run
+    # both seeds scored the same: the headline shows a run's interval over the test cases, not a zero-width one
+    assert f"1.000 ± 0.000 ({low}–1.000 S)" in md and "S: every run scored the same" in md
+    assert "1.000–1.000)" not in md  # an interval of no width (AUPRC, MCC of 1) is marked D and explained
+    assert "1.000–1.000 D)" in md and "D: every resample scored the same" in md
+
+
 def test_multiclass_accuracy_and_per_class_proportions_of_one_get_wilson_intervals():
     n = 30
     y = np.repeat(["a", "b", "c"], 10)

@@ -52,7 +52,7 @@ class Metric(_Node):
     reason: str | None = None
     n_undefined_resamples: int | None = None
     outside_interval: bool | None = None
-    ci_method: str | None = None  # when not the report's bootstrap (e.g. Wilson for a proportion of 0 or 1)
+    ci_method: str | None = None  # when not the report's bootstrap: Wilson (a proportion) or Newcombe (an AUROC) at 0 or 1
 
 
 class Threshold(_Node):

@@ -37,13 +37,35 @@ HEADLINE = {"binary": "auroc", "multiclass": "auroc", "regression": "mae"}
 # ----------------------------------------------------------------------------- formatting
 
 
-WILSON_NOTE = ("; W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary (it treats "
-               "the cases as independent)")
+# Intervals that are not the report's bootstrap, where a metric at 0 or 1 cannot vary under it: mark and note
+SCORE_INTERVALS = {
+    "Wilson": ("W", "W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary (it treats "
+                    "the cases as independent)"),
+    "Same in every run": ("S", "S: every run scored the same, so a t-interval over seeds would have no width; the "
+                               "interval is the representative run's over the test cases"),
+    "Newcombe": ("N", "N: Newcombe's score interval (2006, method 5), for an AUROC of 0 or 1, which the bootstrap "
+                      "cannot vary (it treats the cases as independent)"),
+}
 
 
-def _wilson(m: dict | None) -> bool:
-    """Whether a metric's interval is Wilson's (marked W) rather than the report's bootstrap."""
-    return ((m or {}).get("ci_method") or "").startswith("Wilson")
+NO_WIDTH = ("D", "D: every resample scored the same, so the interval has no width; that is no certainty (an AUPRC, "
+                 "kappa or MCC of 1 on few cases)")
+
+
+def _mark(m: dict | None) -> str:
+    """The letter of a metric's interval when it is not the report's usual one ("W", "N", "S"), "D" for an
+    interval of no width, or ""."""
+    m = m or {}
+    if m.get("ci_low") is not None and m["ci_low"] == m["ci_high"]:
+        return NO_WIDTH[0]
+    method = m.get("ci_method") or ""
+    return next((mark for name, (mark, _) in SCORE_INTERVALS.items() if method.startswith(name)), "")
+
+
+def _marks_note(metrics) -> str:
+    """The caption's note on the marks that appear among ``metrics`` (metric dicts)."""
+    marks = {_mark(m) for m in metrics}
+    return "".join(f"; {note}" for mark, note in (*SCORE_INTERVALS.values(), NO_WIDTH) if mark in marks)
 
 
 def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
@@ -61,7 +83,7 @@ def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
     if m.get("outside_interval"):
         s += " *"
     if m.get("ci_low") is not None:
-        mark = " W" if _wilson(m) else ""
+        mark = f" {_mark(m)}" if _mark(m) else ""
         s += f"\n({m['ci_low']:.3f}–{m['ci_high']:.3f}{mark})"  # the interval goes on a second line in HTML
     return s
 
@@ -171,8 +193,7 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
                     "bootstrap interval over the test cases is in the Runs table)"
                     + ("; a thresholded metric is then the mean over runs, each at its own threshold"
                        if kind == "binary" else ""))
-        if any(_wilson(e["metrics"].get(m)) for e in strategies.values() for m in metrics):
-            cap += WILSON_NOTE
+        cap += _marks_note(e["metrics"].get(m) for e in strategies.values() for m in metrics)
         if any(e["metrics"].get(m, {}).get("outside_interval") for e in strategies.values() for m in metrics):
             cap += ("; * the estimate lies outside its bootstrap interval: the statistic is biased upwards under "
                     "resampling (binned ECE/MCE are, when bins hold few cases)")  # fmt: skip
@@ -203,10 +224,9 @@ def _per_class_table(doc: Document, strategies: dict) -> None:
     for s, e in strategies.items():
         for c, ms in e["per_class"].items():
             rows.append([_label(s, e), c] + [_fmt(ms[m], foot, f"{s}, {c}, {NAMES[m]}") for m in CLASS_METRICS])
-    wilson = any(_wilson(ms.get(m)) for e in strategies.values() for ms in e["per_class"].values()
-                 for m in CLASS_METRICS)
+    note = _marks_note(ms.get(m) for e in strategies.values() for ms in e["per_class"].values() for m in CLASS_METRICS)
     doc.table(["Strategy", "Class"] + [NAMES[m] for m in CLASS_METRICS], rows,
-              f"Value ({doc.level} CI), one class against the rest" + (WILSON_NOTE if wilson else ""))  # fmt: skip
+              f"Value ({doc.level} CI), one class against the rest" + note)
     if foot:
         doc.bullets([f"[{i + 1}] {f}" for i, f in enumerate(foot)])
 
@@ -245,8 +265,9 @@ def _runs_table(doc: Document, strategies: dict, kind: str) -> None:
                          _fmt(r["metrics"][m]), _fmt_threshold(r["threshold"])])  # fmt: skip
     doc.h(3, "Runs")
     more = f"; {hidden} runs at smaller label fractions are in report.json" if hidden else ""
+    note = _marks_note(r["metrics"][m] for e in strategies.values() for r in e["runs"])
     doc.table(["Strategy", "Run", "Seed", "Label fraction", "n test", NAMES[m], "Threshold"], rows,
-              f"Each run with its own bootstrap interval{more}")  # fmt: skip
+              f"Each run with its own bootstrap interval{more}{note}")  # fmt: skip
 
 
 def _fraction_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> None:
@@ -268,7 +289,8 @@ def _fraction_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -
             hi.append(v["ci_high"])
         series.append({"label": s, "x": xs, "y": ys, "low": lo, "high": hi})
     doc.h(3, "Label-fraction curve")
-    doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows)
+    note = _marks_note(g["metrics"][m] for e in with_fractions.values() for g in e["by_label_fraction"])
+    doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows, note.removeprefix("; ") or None)
     baseline = next((s for s in with_fractions if s.split("/")[-1] == "scratch"), None)
     png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction", baseline=baseline)
     bands = ("band: t-interval over seeds, or a bootstrap interval over the test cases for a single run"
