@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import hashlib
 import logging
 import os
 import queue
@@ -287,8 +288,8 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
     result = BatchResult(out)
     try:
         _remove_leftovers(out)
-        salt = _salt(out) if redact_paths else None
-        display = (lambda rel: salted_path(rel, salt)) if salt else None
+        salt = _salt(out)
+        display = (lambda rel: salted_path(rel, salt)) if redact_paths else None
         if source is not None:
             source.check()  # a wrong password or an untrusted certificate: one clear error, now
         dims = predictor.spatial_dims or Preset(predictor.preset).spatial_dims
@@ -300,9 +301,11 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
             # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
             # file's path may hold the name its folder was given, which only other files' headers reveal).
             add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS))
+        for s in series:
+            s.case_id = _case_id(s, redactor, salt)
         if source is not None:
             shown_input = str(source)
-        elif salt:
+        elif redact_paths:
             shown_input = salted_path(str(Path(input).resolve()), salt)
         else:
             shown_input = redactor(str(input))
@@ -322,7 +325,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         done = {k: r for k, r in done.items() if not r.get("retryable") or k in unsent}
         if retry_errors:
             done = {k: r for k, r in done.items() if r.get("status") != "error"}
-        todo = [s for s in chosen if _case_id(s, redactor) not in done]
+        todo = [s for s in chosen if s.case_id not in done]
         result.resumed = len(chosen) - len(todo)
         log.info("%d series found, %d selected, %d already done, %d to predict", len(series), len(chosen),
                  result.resumed, len(todo))
@@ -338,7 +341,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if workers == 0:
             batches = ahead = ReadAhead(batches, batch_size)
         writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
-                            result, redactor, max_pacs_failures)
+                            result, redactor, max_pacs_failures, sr_modalities=_sr_modalities(predictor, rules))
         if store_sr:
             writer.send_again(list(unsent.values()))
         else:
@@ -452,7 +455,7 @@ IMAGING_MODALITIES = ("CR", "DX", "DR", "RG", "MR", "CT", "PT", "NM", "US", "MG"
 def _warn_unexpected_modalities(chosen: list[Series], predictor: Predictor, rules: SeriesRules,
                                 result: BatchResult) -> None:
     """Say (log and result) how many selected series are of a modality the model was not trained on,
-    unless the user chose the modalities with ``rules``; they are predicted all the same."""
+    unless the user chose the modalities with ``rules``; they are predicted all the same (with no SR)."""
     expected = PRESET_MODALITIES.get(predictor.preset)
     if not expected or rules.modalities:
         return
@@ -461,9 +464,16 @@ def _warn_unexpected_modalities(chosen: list[Series], predictor: Predictor, rule
     if odd:
         result.unexpected_modalities = dict(odd)
         log.warning("%d series are %s, not the %s this model (preset %s) was trained on: they are predicted "
-                    "anyway; --modality %s predicts only those", sum(odd.values()),
+                    "anyway (with no SR); --modality %s predicts only those", sum(odd.values()),
                     ", ".join(f"{m} ({n})" for m, n in sorted(odd.items())), "/".join(expected), predictor.preset,
                     ",".join(expected))
+
+
+def _sr_modalities(predictor: Predictor, rules: SeriesRules) -> tuple[str, ...] | None:
+    """The modalities whose series get an SR: the model's own, unless the user chose them (--modality)."""
+    if rules.modalities:
+        return None
+    return PRESET_MODALITIES.get(predictor.preset)
 
 
 def default_workers(cpus: int | None = None) -> int:
@@ -479,9 +489,16 @@ def default_workers(cpus: int | None = None) -> int:
     return max(0, min(4, n - 2))
 
 
-def _case_id(s: Series, redactor: Redactor) -> str:
-    """The row's ``case_id`` as written (and as a rerun finds it in the ledger)."""
-    return escape_controls(s.key) if s.key == s.series_uid else redactor(s.key)
+def _case_id(s: Series, redactor: Redactor, salt: bytes) -> str:
+    """The row's ``case_id`` as written (and as a rerun finds it in the ledger). A path the redactor changed
+    gets a salted hash of itself: ``Smith_Jane/study1`` and ``Brown_Paul/study1`` both read
+    ``[redacted]_[redacted]/study1``, and must stay two cases."""
+    if s.key == s.series_uid:
+        return escape_controls(s.key)
+    shown = redactor(s.key)
+    if shown == s.key:
+        return shown
+    return f"{shown}#{hashlib.blake2b(s.key.encode('utf-8', 'surrogateescape'), key=salt[:64], digest_size=4).hexdigest()}"
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -544,8 +561,9 @@ class _RowWriter:
     """Builds a row (and the SR) for a finished series and appends it to the ledger."""
 
     def __init__(self, predictor, ledger, out, store, write_sr, include_identifiers, result, redactor,
-                 max_store_failures: int = 0):
+                 max_store_failures: int = 0, sr_modalities: tuple[str, ...] | None = None):
         self.predictor, self.ledger, self.out, self.store = predictor, ledger, out, store
+        self.sr_modalities = sr_modalities  # series of other modalities get no SR (None: every series)
         self.write_sr, self.include_identifiers, self.result = write_sr, include_identifiers, result
         self.redactor = redactor
         self.max_store_failures = max_store_failures  # the circuit breaker for SR uploads (0: none)
@@ -590,7 +608,7 @@ class _RowWriter:
     def write(self, s: Series, item: dict, probs: list[float] | None) -> None:
         pr = self.predictor
         row: dict[str, Any] = {
-            "case_id": _case_id(s, self.redactor),
+            "case_id": s.case_id,
             "source": s.source,  # relative path of a one-file row; empty for a DICOM series
             "study_uid": s.study_uid, "series_uid": s.series_uid, "modality": s.modality,
             "n_instances": len(item["files"]), "n_images": item.get("n_images"),
@@ -617,7 +635,13 @@ class _RowWriter:
             row.update(predicted_label=pr.decide(probs), probabilities=named,
                        **{f"prob_{label}": p for label, p in named.items()})
             if self.write_sr and s.is_dicom:
-                self._sr(s, item, row)
+                modality = s.modality.upper()
+                if self.sr_modalities is None or modality in self.sr_modalities or modality not in IMAGING_MODALITIES:
+                    self._sr(s, item, row)
+                else:  # a chest X-ray model's finding must not reach a radiologist's MR study as a report
+                    row["error"] = (f"no SR: a {s.modality or 'modality-less'} series, not the "
+                                    f"{'/'.join(self.sr_modalities)} this model was trained on (--modality "
+                                    f"{s.modality or 'X'} writes one)")
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
                 row[k] = escape_controls(v)
@@ -673,7 +697,7 @@ def _write_excluded(out: Path, excluded: list[tuple[Series, str]], redactor: Red
         w = csv.writer(f)
         w.writerow(["case_id", "study_uid", "series_uid", "modality", "reason"])
         for s, why in excluded:  # header values, like results.csv: redacted and formula-escaped
-            w.writerow([csv_cell(v) for v in (_case_id(s, redactor), escape_controls(s.study_uid),
+            w.writerow([csv_cell(v) for v in (s.case_id, escape_controls(s.study_uid),
                                            escape_controls(s.series_uid), redactor(s.modality), redactor(why))])
     os.replace(tmp, out / "excluded.csv")
 
@@ -683,7 +707,8 @@ def _finish_csv(ledger: Ledger, predictor: Predictor, include_identifiers: bool)
                "error", "predicted_label", "probabilities",
                *([f"predicted_{predictor.label_names[0]}"] if predictor.is_regression else
                  [f"prob_{label}" for label in predictor.label_names]),
-               "threshold", "model_name", "model_version", "sr_path", "sr_stored", "label", "split", "finished_utc"]
+               "threshold", "model_name", "model_version", "sr_path", "sr_stored", "retryable", "label", "split",
+               "finished_utc"]  # a fixed header, whichever rows this run holds
     if include_identifiers:
         columns += list(IDENTIFIER_COLUMNS.values())
     try:

@@ -56,6 +56,7 @@ class Series:
     status: str = ""  # "duplicate" for a second copy of an instance already used; else set by the run
     remote: tuple | None = None  # DICOMweb: (study_uid, series_uid) to retrieve
     decoded_bytes: int = 0  # pixel data once decoded, from the headers (limits)
+    case_id: str = ""  # the key as results show it (batch: redacted, and still unique)
 
     @property
     def is_dicom(self) -> bool:

@@ -68,6 +68,14 @@ def model_2d(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_mr2d(tmp_path_factory) -> Path:
+    """The same random-weight 2D ResNet-10, as a brain MRI model (mri2d preset): the model whose SRs an MR
+    series gets (a chest X-ray model's finding is never written into an MR study)."""
+    return _save(tmp_path_factory.mktemp("models") / "mr2d.pt", 2, {"preset": "mri2d", "image_size": 32},
+                 ["no_finding", "pneumonia"], image_size=32)
+
+
+@pytest.fixture(scope="session")
 def model_3d(tmp_path_factory) -> Path:
     """A random-weight 3D ResNet-10 brain MRI classifier (mri3d preset, 16^3 voxels at 8 mm)."""
     return _save(tmp_path_factory.mktemp("models") / "mri3d.pt", 3,

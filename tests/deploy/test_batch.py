@@ -76,9 +76,9 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-def test_rows_and_error_rows(hospital, model_2d, tmp_path, dciodvfy):
+def test_rows_and_error_rows(hospital, model_mr2d, tmp_path, dciodvfy):
     out = tmp_path / "out"
-    result = predict_batch(model_2d, hospital, out, write_sr=True, progress=False)
+    result = predict_batch(model_mr2d, hospital, out, write_sr=True, progress=False)
     rows = {_tag(r): r for r in _rows(out)}
     assert len(rows) == len(_rows(out)) == 8
     assert {t: r["status"] for t, r in rows.items()} == {t: s for t, (s, _) in EXPECTED.items()}
@@ -89,7 +89,7 @@ def test_rows_and_error_rows(hospital, model_2d, tmp_path, dciodvfy):
     assert good["n_instances"] == 4 and good["n_images"] == 4 and good["modality"] == "MR"
     assert abs(sum(good["probabilities"].values()) - 1) < 1e-5
     assert good["predicted_label"] in ("no_finding", "pneumonia") and good["threshold"] == 0.5
-    assert good["model_name"] == "medtl-resnet10-cxr" and len(good["model_version"]) == 12
+    assert good["model_name"] == "medtl-resnet10-mri2d" and len(good["model_version"]) == 12
     assert rows["chest.png"]["source"] == "chest.png" and rows["chest.png"]["sr_path"] == ""  # no SR without DICOM
     # The CSV holds the same rows as the ledger.
     table = _table(out / "results.csv")
@@ -328,3 +328,22 @@ def test_default_workers_leave_two_cpus_to_the_model():
     from medtl.deploy.batch import default_workers
 
     assert [default_workers(n) for n in (1, 2, 3, 4, 6, 16)] == [0, 0, 1, 2, 4, 4]
+
+
+def test_a_series_of_a_modality_the_model_never_learned_gets_no_sr(mprage_files, new_series, model_2d, model_mr2d,
+                                                                  tmp_path):
+    """A chest X-ray model still answers on an MR series (a warning says so), but its finding must not reach
+    the MR study as a report; naming the modality (--modality MR) writes one."""
+    from medtl.deploy import SeriesRules
+
+    new_series(mprage_files[:3], tmp_path / "in" / "mr", "no-sr")
+    for model, rules, written in ((model_2d, None, False), (model_2d, SeriesRules(modalities=("MR",)), True),
+                                  (model_mr2d, None, True)):
+        out = tmp_path / f"out-{model.stem}-{bool(rules)}"
+        result = predict_batch(model, tmp_path / "in", out, write_sr=True, rules=rules, progress=False)
+        (row,) = _rows(out)
+        assert row["status"] == "ok" and bool(row["sr_path"]) == written and result.ok == 1
+        assert list(out.glob("sr/*/*.dcm")) if written else not (out / "sr").exists()
+        if not written:
+            assert row["error"].startswith("no SR: a MR series, not the CR/DX/DR/RG this model was trained on")
+

@@ -9,9 +9,9 @@ from medtl.cli import main
 pytestmark = pytest.mark.real_data
 
 
-def test_predict_a_manifest_split_with_sr(model_2d, data_root, manifests_dir, tmp_path, capsys, dciodvfy):
+def test_predict_a_manifest_split_with_sr(model_mr2d, data_root, manifests_dir, tmp_path, capsys, dciodvfy):
     out = tmp_path / "out"
-    status = main(["predict", "--model", str(model_2d), "--input", str(manifests_dir / "dicom.csv"),
+    status = main(["predict", "--model", str(model_mr2d), "--input", str(manifests_dir / "dicom.csv"),
                    "--data-root", str(data_root), "--split", "test", "--out", str(out), "--sr", "--no-progress"])
     assert status == 0
     assert "1 ok, 0 error(s)" in capsys.readouterr().out

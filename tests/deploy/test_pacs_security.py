@@ -185,7 +185,7 @@ def test_outage_trips_the_breaker_and_a_rerun_resumes(orthanc_server, mprage_fil
         server.stop()
 
 
-def test_srs_the_pacs_could_not_take_are_sent_by_the_rerun(orthanc_server, mprage_files, model_2d, tmp_path,
+def test_srs_the_pacs_could_not_take_are_sent_by_the_rerun(orthanc_server, mprage_files, model_mr2d, tmp_path,
                                                            new_series):
     """The PACS goes down after every series was fetched, so no SR can be stored: the predictions stay ok rows
     (evaluate reads them) marked retryable; after two SRs in a row the run stops (the circuit breaker). The
@@ -202,7 +202,7 @@ def test_srs_the_pacs_could_not_take_are_sent_by_the_rerun(orthanc_server, mprag
         for i in range(4):
             files += new_series(mprage_files[2 * i:2 * i + 2], tmp_path / "series", f"sr-outage-{i}")
         DicomwebSource(server.url).store([pydicom.dcmread(f) for f in files])
-        predictor = load_model(model_2d, device="cpu")
+        predictor = load_model(model_mr2d, device="cpu")
 
         def predict_then_pull_the_plug(batch):
             server.stop()  # one batch holds every series (batch_size 100): all were fetched before this

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -311,9 +312,29 @@ def test_scrubbed_case_ids_still_resume_and_uids_stay_whole(tmp_path, mprage_fil
     out = tmp_path / "out"
     first = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
     (row,) = first.rows
-    assert row["case_id"] == "[redacted]_[redacted]/scrub-resume-000.dcm" and row["series_uid"] == "1.2.123.4"
+    assert re.fullmatch(r"\[redacted\]_\[redacted\]/scrub-resume-000\.dcm#[0-9a-f]{8}", row["case_id"])
+    assert row["series_uid"] == "1.2.123.4"
     again = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
     assert again.resumed == 1 and again.ok + again.errors == 0 and len(_rows(out)) == 1
+
+
+def test_two_patients_folders_that_scrub_alike_stay_two_cases_and_resume(tmp_path, mprage_files, new_series, model_2d):
+    """Smith_Jane/study1 and Brown_Paul/study1 both scrub to [redacted]_[redacted]/study1: each case id
+    carries a salted hash of its path, so both are results, and a killed run resumes the missing one."""
+    data = tmp_path / "data"
+    for i, name in enumerate(("Smith^Jane", "Brown^Paul")):
+        new_series(mprage_files[i:i + 1], data / name.replace("^", "_") / "study1", f"two-{i}", PatientName=name)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nSmith_Jane/study1,x\nBrown_Paul/study1,y\n")
+    out = tmp_path / "out"
+    first = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
+    ids = [r["case_id"] for r in first.rows]
+    assert len(set(ids)) == 2 and all(i.startswith("[redacted]_[redacted]/study1#") for i in ids)
+    assert "smith" not in " ".join(ids).lower() and len(_rows(out)) == 2
+    ledger = out / "results.jsonl"
+    ledger.write_text(ledger.read_text().splitlines(keepends=True)[0])  # killed after the first row
+    again = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
+    assert again.resumed == 1 and again.ok == 1 and sorted(r["case_id"] for r in _rows(out)) == sorted(ids)
 
 
 def test_a_multi_valued_identifier_is_text_the_scrubber_can_cut():
