@@ -12,10 +12,10 @@ DATA_ROOT_ENV = "MEDTL_DATA_ROOT"
 
 
 def default_data_root() -> Path:
-    """``$MEDTL_DATA_ROOT`` when set, else ``../shared/data`` beside the working directory or, when that
-    does not exist (a notebook runs in ``notebooks/``), beside the medtl checkout."""
-    if DATA_ROOT_ENV in os.environ:
-        return Path(os.environ[DATA_ROOT_ENV]).expanduser()
+    """``$MEDTL_DATA_ROOT`` when set (and not empty), else ``../shared/data`` beside the working directory
+    or, when that does not exist (a notebook runs in ``notebooks/``), beside the medtl checkout."""
+    if os.environ.get(DATA_ROOT_ENV, "").strip():  # an empty value (MEDTL_DATA_ROOT=) is not "the current folder"
+        return Path(os.environ[DATA_ROOT_ENV].strip()).expanduser()
     beside_cwd = Path("../shared/data")
     beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
     return beside_checkout if not beside_cwd.is_dir() and beside_checkout.is_dir() else beside_cwd

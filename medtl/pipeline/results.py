@@ -189,9 +189,14 @@ def recommendation_section(runs: list[Path]) -> list[str]:
         return "undefined" if v is None else f"{v:.3f}"
 
     lines = ["## The recommendation against the outcomes", "",
-             "Each pipeline ranks its candidate strategies before training (similarity stage). The ranking is made "
-             "for each label budget, since a strategy's prior depends on how many labelled cases a job has, and set "
-             "beside what the runs observed at that budget (test metric of the first task, mean over seeds: AUROC, "
+             "Each pipeline measures, before training and from the images alone, how the encoders its candidate "
+             "strategies start from see the source and the target (the similarity stage). The ranking below is made "
+             "from those measurements by the recommendation rule of the code that wrote this page (the stage's own "
+             "record, `similarity/recommendation.json`, keeps the ranking the run's code made then); a candidate "
+             "that no measurement applies to (training from scratch uses nothing of the source; a 3D encoder cannot "
+             "read 2D source images) sits at the middle rank of each measure, so its strategy prior places it. The "
+             "ranking is made for each label budget, since a strategy's prior depends on how many labelled cases a "
+             "job has, and set beside what the runs observed at that budget (test metric of the first task, mean over seeds: AUROC, "
              "or MAE for regression). Spearman and Kendall: rank correlation between the candidates' composite "
              "scores and their observed values, equal scores sharing a rank (undefined with fewer than 3 candidates, "
              "equal outcomes, or one score for all); top pick best: *tie* where the ranking could not separate its "

@@ -259,7 +259,7 @@ def stage_similarity(ctx: Context) -> dict:
     source = ctx.load(cfg.source, "source")
     target = ctx.load(cfg.target, "target", task)
     results, feats = {}, {}
-    encoders = {"pretrained": source_checkpoint(ctx, None), "random_init": None,
+    encoders = {"pretrained": source_checkpoint(ctx, None), RANDOM_INIT: None,
                 **{name: source_checkpoint(ctx, name) for name in cfg.sources}}
     source_dims = Preset(modality_of(source, cfg.source)).spatial_dims
     for enc_name, checkpoint in encoders.items():
@@ -294,19 +294,29 @@ def _ranking(ctx: Context, results: dict, n_labelled: int) -> dict:
     """The recommendation over the config's strategies from the similarity results per encoder, for a target
     with ``n_labelled`` labelled training cases (the strategies' priors depend on it)."""
     cfg = ctx.config
-    candidates = [{"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name, "strategy": spec.display,
-                   "method": spec.name, "scores": _flat_scores(results.get(enc_name, {}))}
-                  for spec in cfg.strategies for enc_name in [_encoder_name(spec)]]
+    candidates = []
+    for spec in cfg.strategies:
+        enc_name = _encoder_name(spec)
+        candidate = {"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name,
+                     "strategy": spec.display, "method": spec.name}
+        if enc_name == RANDOM_INIT:  # it uses nothing of the source: no source-target measurement speaks for it
+            candidate.update(scores={}, unmeasured="trains from random weights, using nothing of the source")
+        else:
+            candidate["scores"] = _flat_scores(results.get(enc_name, {}))
+        candidates.append(candidate)
     target = {"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}
     if cfg.unlabelled_target:  # every job trains on the labelled source: a plain fine-tune is the source-only baseline
         target["trains_on_source"] = True
     return recommend(target, candidates)
 
 
+RANDOM_INIT = "random_init"  # the similarity stage's name for an untrained encoder
+
+
 def _encoder_name(spec: StrategySpec) -> str:
     """The similarity stage's name for the encoder a strategy starts from."""
     if not spec.pretrained or not get_strategy(spec.name).uses_pretrained:
-        return "random_init"
+        return RANDOM_INIT
     return spec.source or "pretrained"
 
 

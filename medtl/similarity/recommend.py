@@ -114,7 +114,8 @@ def recommend(
     source-only baseline and needs no target label).
     ``candidates``: ``{"source", "encoder", "strategy", "scores": {metric: value}}`` each (e.g. the
     ``distances`` and ``transferability`` of :func:`medtl.similarity.assess.assess`, flattened), and
-    optionally ``method``, the strategy's registry name when ``strategy`` is a display label. With the
+    optionally ``method``, the strategy's registry name when ``strategy`` is a display label, and
+    ``unmeasured``, why no score applies to it (training from scratch uses nothing of the source). With the
     target's ``n_labelled``, a known strategy's prior joins its scores (:func:`with_prior`).
     ``weights``: metric -> weight (default :data:`DEFAULT_WEIGHTS`); metrics without a weight are
     reported but not ranked. ``higher_is_better``: directions of metrics not in ``METRICS``.
@@ -195,11 +196,13 @@ def recommend(
             values = sorted(
                 (s for s in (score(c, m) for c in eligible.values()) if s is not None), reverse=directions[m]
             )
-            pos = values.index(row["scores"][m]) + 1
+            pos, shared = values.index(row["scores"][m]) + 1, values.count(row["scores"][m])
             word = ("highest" if directions[m] else "lowest") if pos == 1 else _ordinal(pos)
-            reasons.append(f"{word} {m} ({row['scores'][m]:.4g}) of {len(values)}")
+            level = f", level with {shared - 1} other{'s' if shared > 2 else ''}" if shared > 1 else ""
+            reasons.append(f"{word} {m} ({row['scores'][m]:.4g}) of {len(values)}{level}")
         if row["missing_metrics"]:
-            reasons.append(f"no {', '.join(row['missing_metrics'])} (counted as the middle rank)")
+            why = f": {eligible[row['key']]['unmeasured']}" if eligible[row["key"]].get("unmeasured") else ""
+            reasons.append(f"no {', '.join(row['missing_metrics'])}{why} (counted as the middle rank)")
         row["reasons"] = reasons
 
     best = rows[0]
@@ -214,8 +217,13 @@ def recommend(
         text = [f"Recommended: {best['key']} (composite {best['composite']:.3f}): {why}."]
         if len(rows) > 1:
             second = rows[1]
-            why = "; ".join(second["reasons"])
-            text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
+            level = [r["key"] for r in rows[1:] if second["composite"] - r["composite"] <= TIE_TOLERANCE]
+            if len(level) > 1:  # no one runner-up: naming the first by name would invent an order
+                text.append(f"Runners-up, level with each other (composite {second['composite']:.3f}): "
+                            f"{', '.join(level)}.")
+            else:
+                why = "; ".join(second["reasons"])
+                text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
             if best["composite"] - second["composite"] < 0.05:
                 text.append("The top two are nearly tied: compare them by training both.")
     for m in unit_bound:

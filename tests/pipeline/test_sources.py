@@ -51,6 +51,9 @@ def test_named_source_is_pretrained_and_used_with_fewer_seeds_at_full_labels(tin
     assert set(sim) == {"pretrained", "random_init", "tgt_ssl"}
     rec = json.loads((out / "similarity" / "recommendation.json").read_text())
     assert {r["key"].split("/")[1] for r in rec["ranking"]} == {"random_init", "tgt_ssl"}
+    scratch = next(r for r in rec["ranking"] if r["key"].split("/")[1] == "random_init")
+    assert scratch["scores"].keys() <= {"strategy_prior"}  # no random-feature distance speaks for training from scratch
+    assert any("using nothing of the source" in reason for reason in scratch["reasons"])
 
 
 def test_job_starts_from_its_source(tiny, make_config, monkeypatch):

@@ -130,3 +130,24 @@ def test_a_score_that_is_not_a_number_and_an_unknown_strategy_are_said():
     typo = CANDIDATES[:2] + [{"source": "cxr", "encoder": "resnet18", "strategy": "lpft_typo", "scores": {"logme": 0.0}}]
     rec = recommend({"n_labelled": 20}, typo)
     assert "Not a medtl strategy (a typo?)" in rec["explanation"] and "cxr/resnet18/lpft_typo" in rec["explanation"]
+
+
+def test_runners_up_level_with_each_other_are_named_together_and_tied_values_are_said():
+    cands = [{"source": "cxr", "encoder": "e", "strategy": "a", "scores": {"logme": 0.0}},
+             {"source": "cxr", "encoder": "e", "strategy": "b", "scores": {"logme": -1.0}},
+             {"source": "cxr", "encoder": "e", "strategy": "c", "scores": {"logme": -1.0}}]
+    rec = recommend({}, cands)
+    assert rec["recommended"] == "cxr/e/a" and rec["tie"] == []
+    assert "Runners-up, level with each other (composite 0.250): cxr/e/b, cxr/e/c." in rec["explanation"]
+    assert "Runner-up:" not in rec["explanation"]
+    assert rec["ranking"][1]["reasons"] == ["2nd best logme (-1) of 3, level with 1 other"]
+
+
+def test_a_candidate_no_measurement_applies_to_says_why():
+    """Training from scratch uses nothing of the source: the pipeline gives it no scores, with the reason."""
+    cands = [dict(CANDIDATES[0]), {"source": "cxr", "encoder": "random_init", "strategy": "scratch", "scores": {},
+                                   "unmeasured": "trains from random weights, using nothing of the source"}]
+    row = next(r for r in recommend({"n_labelled": 20}, cands)["ranking"] if r["strategy"] == "scratch")
+    assert row["missing_metrics"] == ["logme", "proxy_a_distance"] and row["metric_ranks"].keys() == {"strategy_prior"}
+    assert "no logme, proxy_a_distance: trains from random weights, using nothing of the source (counted as the " \
+           "middle rank)" in row["reasons"]
