@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from medtl.errors import MedtlError
-from medtl.evaluation.predictions import PREDICT_THRESHOLD
+from medtl.evaluation.predictions import NEAR_COPY_GROUP, PREDICT_THRESHOLD
 
 OLD_NAMES = {"key": "case_id", "prediction": "predicted_label"}  # results.csv before issue #14
 MARKERS = ("status", "model_name")  # columns only predict's results carry
@@ -93,6 +93,8 @@ def join_labels(df: pd.DataFrame, manifest, where: str) -> tuple[pd.DataFrame, l
     # the manifest's split (val picks the threshold, test is scored) and its patients (bootstrap units)
     for col, attr in (("label", "label"), ("split", "split"), ("patient_id", "patient_id"), ("domain", "domain")):
         out[col] = [getattr(r, attr) if r is not None else None for r in found]
+    if NEAR_COPY_GROUP in m.extra_columns:  # near-copies: one bootstrap unit, as in a pipeline's report
+        out[NEAR_COPY_GROUP] = [(r.extras.get(NEAR_COPY_GROUP) or None) if r is not None else None for r in found]
     notes = []
     if missing:
         out = out[[r is not None for r in found]]

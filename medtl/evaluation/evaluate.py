@@ -35,6 +35,7 @@ from medtl.evaluation.metrics import (
 )
 from medtl.evaluation.paired import paired_error_test
 from medtl.evaluation.predictions import (
+    NEAR_COPY_GROUP,
     PREDICT_THRESHOLD,
     TaskInfo,
     label_indices,
@@ -212,11 +213,29 @@ def _as_frame(predictions) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _groups(test: pd.DataFrame) -> np.ndarray | None:
-    # Cases without a patient id are their own sampling unit.
+    """The bootstrap's sampling unit of each case: its patient (a case without one is its own unit), with the
+    patients of a near-copy group (``near_copy_group``: images that are one scan re-encoded or re-cut, which
+    per-image data sets give different "patients") joined into one unit; None when every case is its own."""
     pid = test["patient_id"]
-    if pid.isna().all():
+    copies = test[NEAR_COPY_GROUP] if NEAR_COPY_GROUP in test else pd.Series([None] * len(test), index=test.index)
+    if pid.isna().all() and copies.isna().all():
         return None
-    return np.where(pid.isna(), "case:" + test["case_id"].astype(str), "patient:" + pid.astype(str))
+    units = np.where(pid.isna(), "case:" + test["case_id"].astype(str), "patient:" + pid.astype(str))
+    if copies.isna().all():
+        return units
+    parent: dict[str, str] = {}
+
+    def root(u: str) -> str:
+        while parent.get(u, u) != u:
+            u = parent[u] = parent.get(parent[u], parent[u])
+        return u
+
+    for unit, group in zip(units, copies):  # union: a unit and its group, so a group joins all its units
+        if group is not None and not pd.isna(group):
+            a, b = root(unit), root("copies:" + str(group))
+            if a != b:
+                parent[a] = b
+    return np.array([root(u) for u in units])
 
 
 def _grid_curves(y: np.ndarray, s: np.ndarray, W: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -504,8 +523,10 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
 
 def _boot_info(st: EvalSettings, test: pd.DataFrame) -> dict:
     groups = _groups(test)
-    return {"n_boot": st.n_boot, "seed": st.seed, "level": st.level, "method": "percentile",
-            "unit": "case" if groups is None else "patient"}  # fmt: skip
+    unit = "case" if groups is None else "patient"
+    if groups is not None and NEAR_COPY_GROUP in test and test[NEAR_COPY_GROUP].notna().any():
+        unit += ", near-copy groups joined"
+    return {"n_boot": st.n_boot, "seed": st.seed, "level": st.level, "method": "percentile", "unit": unit}
 
 
 def _regression_run(rows, test, val, st: EvalSettings) -> dict:
@@ -703,7 +724,7 @@ def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kw
         "notes": [],
         "tasks": {},
     }
-    if df["patient_id"].isna().all():
+    if df["patient_id"].isna().all() and (NEAR_COPY_GROUP not in df or df[NEAR_COPY_GROUP].isna().all()):
         report["notes"].append("no patient ids in the table: the bootstrap resamples cases, which assumes one image "
                                "per patient (intervals are too narrow otherwise)")  # fmt: skip
     for task, info in task_infos(df).items():

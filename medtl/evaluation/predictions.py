@@ -17,6 +17,8 @@ One row per case and run. Columns:
 ``task``           the task name; a table may hold several tasks with different classes
 ``seed``           the run's seed (integer, may be empty)
 ``label_fraction`` optional: fraction of target labels used in training (a label-fraction curve)
+``near_copy_group`` optional: images that are near-copies of each other (one scan re-encoded) share a
+                   name; the bootstrap resamples such a group as one unit with its patients
 =================  ==========================================================================
 
 Extra columns are kept. In a table holding several tasks, a task's classes are the ``prob_``
@@ -62,6 +64,7 @@ TEXT_COLUMNS = ("case_id", "patient_id", "domain", "split", "run_id", "strategy"
 PROB_PREFIX = "prob_"
 LOGIT_PREFIX = "logit_"
 PREDICTION = "prediction"
+NEAR_COPY_GROUP = "near_copy_group"  # optional: one bootstrap unit with its patients (medtl manifest build's groups)
 PREDICT_THRESHOLD = "predict_threshold"  # optional: the binary threshold medtl predict applied to a run's rows
 SUM_TOLERANCE = 1e-3
 RUN_KEY = ("task", "strategy", "run_id")
@@ -142,8 +145,8 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
     if df.empty:
         raise MedtlError("the predictions table has no rows", where)
     df = _fill_defaults(df)
-    for col in TEXT_COLUMNS:
-        if col == "patient_id":
+    for col in TEXT_COLUMNS + ((NEAR_COPY_GROUP,) if NEAR_COPY_GROUP in df else ()):
+        if col in ("patient_id", NEAR_COPY_GROUP):
             # An empty patient id means "unknown": that case is its own sampling unit.
             df[col] = df[col].astype(object).where(df[col].notna(), None)
             df[col] = [None if v is None or str(v) == "" else str(v) for v in df[col]]

@@ -47,6 +47,7 @@ from medtl.engine.pretrain import pretrain
 from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
 from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
+from medtl.evaluation.predictions import NEAR_COPY_GROUP
 from medtl.evaluation.report import Report, render_report
 from medtl.evaluation.report.schema import Recommendation
 from medtl.models.checkpoint import encoder_config
@@ -360,6 +361,10 @@ def stage_report(ctx: Context) -> dict:
     if not tables:
         raise MedtlError("no predictions to report", out / "transfer")
     preds = pd.concat([pd.read_csv(p, dtype={"case_id": str, "patient_id": str}) for p in tables], ignore_index=True)
+    # near-copies of one image (the manifest's groups) are one bootstrap unit, like the images of one patient
+    groups = {r.path: r.extras.get(NEAR_COPY_GROUP) or None for r in ctx.manifest(ctx.config.target, "target")}
+    if any(groups.values()):
+        preds[NEAR_COPY_GROUP] = preds["case_id"].map(groups)
     preds.to_csv(out / "predictions.csv", index=False)
     logs = []
     for p in RunFolder.logs_under(out / "transfer"):

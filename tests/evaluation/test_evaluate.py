@@ -159,3 +159,33 @@ def test_multiclass_accuracy_and_per_class_proportions_of_one_get_wilson_interva
     assert entry["metrics"]["accuracy"]["ci_low"] == pytest.approx(1 / (1 + 1.959963984540054 ** 2 / 30))  # 30/30
     assert entry["per_class"]["a"]["sensitivity"]["ci_low"] == pytest.approx(1 / (1 + 1.959963984540054 ** 2 / 10))
     assert entry["metrics"]["sensitivity"].get("ci_method") is None  # a macro average is no proportion
+
+
+def test_near_copies_are_one_bootstrap_unit_with_their_patients():
+    """Per-image data sets give every image its own "patient", so a re-encoded copy of a scan in the test set
+    counts twice; the manifest's near-copy groups join such images (and, through them, patients) into one
+    unit: whole groups are resampled, so the interval is wider than one that takes copies for new cases."""
+    from medtl.evaluation.evaluate import _groups, evaluate_predictions
+
+    df = pd.DataFrame({"case_id": list("abcdef"), "patient_id": ["p1", "p2", "p1", "p3", None, None],
+                       "near_copy_group": ["g1", "g1", None, "g2", "g2", None]})
+    units = _groups(df)  # a and b share g1, a and c share p1: a, b, c one unit; d, e one; f its own
+    assert len({units[0], units[1], units[2]}) == 1 and units[3] == units[4] and len(set(units)) == 3
+
+    rng = np.random.default_rng(1)
+    n = 40
+    p = np.clip(np.r_[rng.normal(0.35, 0.2, n), rng.normal(0.65, 0.2, n)], 0.01, 0.99)
+    y = np.r_[["a"] * n, ["b"] * n]
+    base = pd.DataFrame({"case_id": [f"c{i}" for i in range(2 * n)], "label": y, "prob_a": 1 - p, "prob_b": p})
+    # every image four times, as copies of one another
+    table = pd.concat([base.assign(case_id=base["case_id"] + f"-{k}", near_copy_group=base["case_id"])
+                       for k in range(4)], ignore_index=True)
+    grouped = evaluate_predictions(table, n_boot=400)["tasks"]["default"]["strategies"]["default"]
+    loose = evaluate_predictions(table.drop(columns="near_copy_group"), n_boot=400)
+    loose = loose["tasks"]["default"]["strategies"]["default"]
+    width = {k: e["metrics"]["auroc"]["ci_high"] - e["metrics"]["auroc"]["ci_low"]
+             for k, e in (("grouped", grouped), ("loose", loose))}
+    assert grouped["metrics"]["auroc"]["value"] == loose["metrics"]["auroc"]["value"]
+    assert width["grouped"] > 1.6 * width["loose"]  # four copies: about twice as wide (sqrt 4)
+    assert grouped["runs"][0]["bootstrap"]["unit"] == "patient, near-copy groups joined"
+    assert loose["runs"][0]["bootstrap"]["unit"] == "case"
