@@ -52,7 +52,12 @@ def load_candidates(path: Path) -> tuple[dict, list[dict]]:
             raise MedtlError("each candidate must be an object", f"{path}: candidate {i}")
         c = dict(c)
         if "assessment" in c:
-            a = _read_json(path.parent / c.pop("assessment"), "assessment")
+            where = path.parent / c.pop("assessment")
+            a = _read_json(where, "assessment")
+            if not isinstance(a, dict) or not ({"distances", "transferability"} & set(a)):
+                keys = ", ".join(map(str, a)) if isinstance(a, dict) else type(a).__name__
+                raise MedtlError("not the similarity.json of one source-target pair (medtl similarity --source S "
+                                 f"--target T --out DIR writes one); this file holds {keys}", where)
             scores = {**a.get("distances", {}), **a.get("transferability", {})}
             c["scores"] = {**scores, **c.get("scores", {})}
         out.append(c)

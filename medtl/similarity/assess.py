@@ -112,7 +112,10 @@ def to_table(result: dict[str, Any], markdown: bool = False) -> str:
         for key, value in result.get(section, {}).items():
             higher, _ = METRICS.get(key, (True, ""))
             shown = "n/a" if value is None else f"{value:.4g}"
-            rows.append((f"{key} ({'higher' if higher else 'lower'} = closer/better)", shown))
+            # a p-value tests "the domains differ"; a large one is no evidence that they are alike
+            how = "small = the domains differ" if key == "mmd_p_value" else \
+                f"{'higher' if higher else 'lower'} = closer/better"
+            rows.append((f"{key} ({how})", shown))
     width = max(len(r[0]) for r in rows)
     head = f"source n={result['n_source']}, target n={result['n_target']}, features={result['n_features']}"
     if markdown:

@@ -47,9 +47,13 @@ def extract_features(
 
 
 def load_array(path: str | Path, key: str = "features") -> np.ndarray:
-    """An array from ``.npy``, ``.npz`` (``key`` or its only array) or ``.csv``/``.txt`` (numbers;
-    a single column of non-numbers is read as string labels)."""
+    """An array from ``.npy``, ``.npz`` (``key`` or its only array; ``file.npz:name`` picks one, e.g. the
+    ``source`` array medtl similarity --save-features writes) or ``.csv``/``.txt`` (numbers; a single column
+    of non-numbers is read as string labels)."""
     p = Path(path)
+    name, sep, member = str(path).rpartition(":")
+    if not p.is_file() and sep and name.lower().endswith(".npz") and Path(name).is_file():
+        p, key = Path(name), member
     if not p.is_file():
         raise MedtlError("file not found", p)
     suffix = p.suffix.lower()
@@ -62,7 +66,8 @@ def load_array(path: str | Path, key: str = "features") -> np.ndarray:
                     return z[key]
                 if len(z.files) == 1:
                     return z[z.files[0]]
-                raise MedtlError(f"npz holds {z.files}; expected a {key!r} array or a single array", p)
+                raise MedtlError(f"npz holds {z.files}; expected a {key!r} array or a single array (name one: "
+                                 f"{p}:{z.files[0]})", p)
         if suffix in (".csv", ".txt", ".tsv"):
             delim = "\t" if suffix == ".tsv" else ("," if suffix == ".csv" else None)
             try:

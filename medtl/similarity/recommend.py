@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl.errors import MedtlError
+from medtl.errors import MedtlError, closest
 from medtl.similarity.assess import METRICS
 from medtl.strategies.registry import get_strategy
 
@@ -62,7 +62,7 @@ def with_prior(c: Mapping[str, Any], target: Mapping[str, Any]) -> Mapping[str, 
     scores = dict(c.get("scores") or {})
     cls = _strategy_class(c)
     n_labelled = target.get("n_labelled")
-    if "strategy_prior" in scores or cls is None or not isinstance(n_labelled, int):
+    if "strategy_prior" in scores or cls is None or not isinstance(n_labelled, numbers.Integral):
         return c
     scores["strategy_prior"] = float(cls.prior(n_labelled, scores.get("proxy_a_distance")))
     return {**c, "scores": scores}
@@ -122,6 +122,10 @@ def recommend(
     """
     if not candidates:
         raise MedtlError("no candidates to rank", "candidates")
+    n_labelled = target.get("n_labelled")
+    if n_labelled is not None and (isinstance(n_labelled, bool) or not isinstance(n_labelled, numbers.Integral)):
+        raise MedtlError(f"n_labelled must be a whole number, got {n_labelled!r} (without it no strategy prior is "
+                         "added)", "target.n_labelled")
     weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
     directions = {k: v[0] for k, v in METRICS.items()} | DIRECTIONS | dict(higher_is_better or {})
     for name, w in weights.items():
@@ -236,6 +240,10 @@ def recommend(
     if unknown:
         text.append(f"Not a medtl strategy (a typo?), so ranked without an eligibility check or a strategy prior: "
                     f"{', '.join(unknown)}.")
+    strange = sorted({m for c in candidates for m in (c.get("scores") or {}) if m not in directions})
+    if strange:  # reported with the candidate, but no direction says which way is better
+        named = [m + (f" (did you mean {guess}?)" if (guess := closest(m, directions)) else "") for m in strange]
+        text.append(f"Scores medtl does not know are not ranked: {', '.join(named)}.")
     return {
         "version": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

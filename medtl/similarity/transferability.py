@@ -79,6 +79,9 @@ def logme(features: Any, labels: Any) -> float:
     on one target data set."""
     f = as_features(features, "target features")
     codes = _class_labels(labels, len(f))
+    if not np.any(f):  # no feature varies: the evidence's fixed point divides by zero
+        raise MedtlError("every feature is zero: LogME is undefined (a dead encoder or blank images?)",
+                         "target features")
     onehot = np.eye(codes.max() + 1)[codes]
     return float(np.mean([_logme_single(f, onehot[:, k])[0] for k in range(onehot.shape[1])]))
 

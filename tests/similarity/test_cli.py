@@ -70,3 +70,38 @@ def test_recommend_cli(tmp_path, capsys):
     assert "Recommended: cxr/resnet18/dann" in capsys.readouterr().out
     assert main(["recommend", str(tmp_path / "c.json"), "--weight", "logme"]) == 2
     assert main(["recommend", str(tmp_path / "missing.json")]) == 2
+
+
+def test_recommend_refuses_what_it_would_silently_ignore(tmp_path, capsys):
+    """A matrix or pipeline similarity.json given as one pair's assessment, a text n_labelled, misspelt score
+    names: each said, instead of a ranking that rests on nothing."""
+    (tmp_path / "matrix.json").write_text(json.dumps({"pretrained": {"distances": {}}, "random_init": {}}))
+    cand = {"source": "cxr", "encoder": "e", "strategy": "full"}
+    (tmp_path / "c.json").write_text(json.dumps({"candidates": [{**cand, "assessment": "matrix.json"}]}))
+    assert main(["recommend", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert "not the similarity.json of one source-target pair" in err and "pretrained, random_init" in err
+    (tmp_path / "c.json").write_text(json.dumps({"target": {"n_labelled": "50"}, "candidates": [
+        {**cand, "scores": {"logme": -0.5}}]}))
+    assert main(["recommend", str(tmp_path / "c.json")]) == 2
+    assert "n_labelled must be a whole number, got '50'" in capsys.readouterr().err
+    (tmp_path / "c.json").write_text(json.dumps({"target": {"n_labelled": 50}, "candidates": [
+        {**cand, "scores": {"logMe": -0.5, "mmd": 0.3}}, {**cand, "strategy": "dann", "scores": {"logme": -0.9}}]}))
+    assert main(["recommend", str(tmp_path / "c.json")]) == 0
+    assert ("Scores medtl does not know are not ranked: logMe (did you mean logme?), mmd (did you mean mmd2?)."
+            in capsys.readouterr().out)
+
+
+def test_saved_features_feed_the_array_mode_by_name(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    saved = tmp_path / "features.npz"  # as medtl similarity --save-features writes a pair
+    np.savez(saved, source=rng.normal(size=(30, 4)), target=rng.normal(size=(20, 4)) + 1,
+             target_labels=np.array([0, 1] * 10))
+    assert main(["similarity", "--source-features", str(saved), "--target-features", f"{saved}:target"]) == 2
+    assert f"name one: {saved}:source" in capsys.readouterr().err
+    rc = main(["similarity", "--source-features", f"{saved}:source", "--target-features", f"{saved}:target",
+               "--target-labels", f"{saved}:target_labels", "--permutations", "10", "--json", str(tmp_path / "o.json")])
+    assert rc == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["n_source"] == 30 and out["n_target"] == 20 and out["n_target_classes"] == 2
+    assert "mmd_p_value (small = the domains differ)" in capsys.readouterr().out
