@@ -318,6 +318,14 @@ def _grid(orientations, positions, spacings, names, where=None) -> tuple[np.ndar
             if d[k] - d[k - 1] < 1e-3 * max(step, 1e-3):
                 refuse(order[k], f"lies where {short(order[k - 1])} lies ({d[k]:.2f} mm along the slice normal): "
                                  "two slices in one place")
+        gaps = np.diff(d)
+        usual = float(np.median(gaps))
+        wide = np.flatnonzero(gaps > (1 + 2 * GRID_TOLERANCE) * usual) if len(gaps) > 2 else []
+        if len(wide):  # the plain case said plainly: a gap of about two slices is a missing slice
+            k = int(wide[0]) + 1
+            refuse(order[k], f"lies {gaps[k - 1]:.2f} mm from {short(order[k - 1])}, the slice before it, where the "
+                             f"series' slices are {usual:.2f} mm apart: a slice is missing (or the spacing is "
+                             "uneven): not one regular volume")
         off = d - (d[0] + step * np.arange(len(d)))
         worst = int(np.argmax(np.abs(off)))
         if abs(off[worst]) > GRID_TOLERANCE * step:

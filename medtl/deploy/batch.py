@@ -119,6 +119,9 @@ def discover(input: str | Path, *, out: Path | None = None, data_root: str | Pat
         return scan_files([p], p.parent, limits, display, volume)
     if p.exists():
         raise MedtlError("input is not a regular file or folder (a FIFO, socket or device)", p)
+    scheme, sep, _ = str(input).partition("://")
+    if sep and scheme.isalnum():  # as typed: a path would fold the '//' into one '/'
+        raise MedtlError(f"unknown URL scheme {scheme!r}: a DICOMweb URL starts with http:// or https://", str(input))
     raise MedtlError("input is neither a folder, a file, a manifest (.csv) nor a DICOMweb URL (http[s]://...)", p)
 
 

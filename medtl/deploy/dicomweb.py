@@ -245,6 +245,9 @@ class DicomwebSource:
                     hint = ""
                     if status == 400 and self.url.startswith("https://") and not self.client_cert:
                         hint = " (a TLS gateway answers 400 when it wants a client certificate: --client-cert)"
+                    elif status == 404 and what == "connection check":
+                        hint = (f" (the server answers, but {where} is not its DICOMweb root: Orthanc's is "
+                                "http://HOST:8042/dicom-web, dcm4chee's .../dcm4chee-arc/aets/AET/rs)")
                     raise MedtlError(f"DICOMweb {what} failed: HTTP {status} {_short(err)}{hint}", where) from None
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
@@ -262,7 +265,7 @@ class DicomwebSource:
 
     def check(self) -> None:
         """One cheap authenticated request: wrong credentials or TLS trouble fail here, once, before the batch."""
-        self._call("login check", self.client.search_for_studies, limit=1)
+        self._call("connection check", self.client.search_for_studies, limit=1)
 
     def _search_all(self, what: str, search, uid_tag: str, *args, **kwargs) -> list[dict]:
         """Every answer of a QIDO-RS search, page by page, until a page is empty or brings no new UID.

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from medtl.errors import MedtlError
+
+log = logging.getLogger(__name__)
 
 LEDGER = "results.jsonl"
 CSV = "results.csv"
@@ -54,6 +57,10 @@ class Ledger:
                     f"this output folder holds results at decision threshold {previous['threshold']!r}, now "
                     f"{run_info.get('threshold')!r}; to resume, rerun with --threshold {previous['threshold']}, "
                     "or choose a new --out for the new threshold", run_file)
+            if previous.get("input") not in (None, run_info.get("input")):  # allowed (new studies each night)
+                log.warning("this output folder's results were made from %s; this run reads %s: its rows join "
+                            "the same table (a file reached from both inputs would be two rows)", previous["input"],
+                            run_info.get("input"))
         else:
             _atomic_write(run_file, json.dumps(run_info, indent=2) + "\n")
         done = self._read_and_repair()

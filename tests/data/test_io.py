@@ -248,7 +248,8 @@ def test_monochrome1_series_is_inverted_with_one_offset_for_every_slice(data_roo
 @pytest.mark.real_data
 @pytest.mark.parametrize("damage, message", [
     ("duplicate", "two slices in one place"),
-    ("missing", "a missing or extra slice"),
+    ("missing", "mm apart: a slice is missing"),
+    ("uneven", "off the series' even spacing"),
     ("orientation", "is oriented"),
     ("spacing", "pixel spacing"),
 ])
@@ -260,6 +261,11 @@ def test_a_series_that_is_not_one_regular_grid_is_refused_naming_the_instance(da
         dss.append(extra)
     elif damage == "missing":
         dss.pop(10)
+    elif damage == "uneven":  # one slice 40% of a step out of line: no gap of a whole slice
+        normal = np.cross(np.asarray(dss[0].ImageOrientationPatient[:3], float),
+                          np.asarray(dss[0].ImageOrientationPatient[3:], float))
+        step = abs(float(np.dot(np.subtract(dss[1].ImagePositionPatient, dss[0].ImagePositionPatient), normal)))
+        dss[12].ImagePositionPatient = list(np.asarray(dss[12].ImagePositionPatient, float) + 0.4 * step * normal)
     elif damage == "orientation":
         dss[7].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     else:

@@ -147,9 +147,21 @@ def test_unreachable_pacs_is_a_clear_error(model_2d, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again at once: nothing listens there
-    with pytest.raises(MedtlError, match="DICOMweb login check failed: cannot reach the PACS"):
+    with pytest.raises(MedtlError, match="DICOMweb connection check failed: cannot reach the PACS"):
         source = DicomwebSource(f"http://127.0.0.1:{port}/dicom-web", retries=1)  # no back-off in a test
         predict_batch(model_2d, source, tmp_path / "out", progress=False)
+
+
+def test_a_mistyped_url_scheme_is_named_as_typed(model_2d, tmp_path):
+    with pytest.raises(MedtlError, match="unknown URL scheme 'htp'") as err:
+        predict_batch(model_2d, "htp://127.0.0.1:8042/dicom-web", tmp_path / "out", progress=False)
+    assert err.value.where == "htp://127.0.0.1:8042/dicom-web"  # not folded into a path (htp:/127...)
+
+
+def test_a_url_that_is_not_the_dicomweb_root_says_so(pacs, model_2d, tmp_path):
+    wrong = pacs.replace("/dicom-web", "/dicomweb")  # the server answers, the path is not its DICOMweb root
+    with pytest.raises(MedtlError, match="DICOMweb connection check failed: HTTP 404.*is not its DICOMweb root"):
+        predict_batch(model_2d, DicomwebSource(wrong, retries=1), tmp_path / "out", progress=False)
 
 
 def test_a_pacs_answer_over_the_limit_is_not_read(pacs, model_2d, tmp_path):

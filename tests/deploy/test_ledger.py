@@ -33,6 +33,14 @@ def test_an_output_folder_belongs_to_one_model(tmp_path):
         Ledger(tmp_path).start({**RUN, "model_digest": "other"})
 
 
+def test_another_input_into_one_output_folder_is_said(tmp_path, caplog):
+    Ledger(tmp_path).start({**RUN, "input": "export/monday"})
+    Ledger(tmp_path).start({**RUN, "input": "export/monday"})
+    assert "were made from" not in caplog.text  # resuming the same input: nothing to say
+    Ledger(tmp_path).start({**RUN, "input": "export/tuesday"})
+    assert "were made from export/monday; this run reads export/tuesday" in caplog.text
+
+
 def test_csv_from_the_ledger_defuses_formulas(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.start(RUN)
