@@ -576,7 +576,8 @@ def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
             s["ci_low"], s["ci_high"] = max(s["ci_low"], lo), min(s["ci_high"], hi)
         d = {"value": s["value"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "std": s["std"], "n_runs": s["n"]}
         first = vals[0] or {}
-        scored = {round(v["value"], 9) for v in vals if v is not None and v["value"] is not None}
+        # the same to 6 decimals: runs that differ only by floating-point noise scored the same
+        scored = {round(v["value"], 6) for v in vals if v is not None and v["value"] is not None}
         if s["n"] > 1 and len(scored) == 1 and first.get("ci_low") is not None:
             # every run scored the same: a t-interval over seeds has no width and says nothing, while the test
             # cases are still a sample; the representative run's interval over them stands in

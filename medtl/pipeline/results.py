@@ -347,7 +347,8 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         pts = {e.label_fraction: e.metrics.get(metric) for e in s.entries()}
         lines.append(f"| `{s_name}` | " + " | ".join(_fmt(pts.get(f)) for f in fractions) + " |")
     lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds; where a budget "
-              "ran one seed, or every seed scored the same, a run's bootstrap interval over the test cases).*", ""]
+              "ran one seed, or every seed scored the same, a run's interval over the test cases: its bootstrap, or "
+              "Wilson's or Newcombe's score interval for a value of 0 or 1, which the bootstrap cannot vary).*", ""]
     test_name = "paired t-test" if lower else "DeLong"
     lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin | "
               f"{test_name} per seed |", "|---|---|---|---|---|---|---|"]
@@ -461,9 +462,9 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                 identical.append(s_name)
             lines.append(f"| {s_name} | {s.n_runs} | {_fmt(m.get('mae'), 2)} | {_fmt(m.get('rmse'), 2)} | "
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")
-        note = [f"{', '.join(f'`{n}`' for n in identical)}: every seed reached the same MAE, so the interval "
-                "shown is its representative run's bootstrap interval over the test cases (sampling of the test "
-                "cases), not a t-interval over seeds (zero width).", ""]
+        note = [f"{', '.join(f'`{n}`' for n in identical)}: every seed reached the same MAE, so its MAE interval is "
+                "the representative run's bootstrap interval over the test cases (sampling of the test cases), not a "
+                "t-interval over seeds (zero width); the other columns are seed means with their t-intervals.", ""]
         return lines + [""] + (note if identical else []) + _against_training_mean(task)
     multiclass = task.kind == "multiclass"
     head = "| strategy | label budget | runs | n test | AUROC" + (" (macro)" if multiclass else "")
