@@ -1,5 +1,6 @@
 """`medtl run <pipeline.yaml> --data-root <dir> --out <dir> [--profile quick|cpu]`."""
 
+import argparse
 from pathlib import Path
 
 from medtl.paths import default_data_root
@@ -13,8 +14,11 @@ def register(sub) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder; rerunning resumes it")
     parser.add_argument("--profile", default=None,
                         help="profile from the config: quick (CI), cpu (2 cores); default: the config as written (one GPU)")
-    parser.add_argument("--redo-report", action="store_true",
-                        help="render report.json/html again from the finished predictions (no training is redone)")
+    parser.add_argument("--redo", action="append", default=[], choices=["similarity", "report"], metavar="STAGE",
+                        help="run a finished stage again, no training redone: report (render report.json/html again "
+                             "from the finished predictions) or similarity (measure again; the report follows)")
+    parser.add_argument("--redo-report", dest="redo", action="append_const", const="report",
+                        help=argparse.SUPPRESS)  # the older spelling of --redo report
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="show no progress bars")
     parser.set_defaults(func=_run)
 
@@ -23,5 +27,5 @@ def _run(args) -> int:
     from medtl.pipeline import run_pipeline
 
     run_pipeline(args.config, args.data_root or default_data_root(), args.out, args.profile,
-                 redo_report=args.redo_report, progress=args.progress)
+                 redo=tuple(args.redo), progress=args.progress)
     return 0

@@ -284,31 +284,74 @@ def stage_similarity(ctx: Context) -> dict:
     np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
                         domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
-    record = _ranking(ctx, results, n_labelled)
+    resamples = _resampled_scores(feats)
+    (out / RESAMPLES).write_text(json.dumps(plain(resamples, "similarity"), indent=1) + "\n")
+    record = _ranking(ctx, results, n_labelled, resamples)
     (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
     (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(record["explanation"])
     return {"recommended": record["recommended"]}
 
 
-def _ranking(ctx: Context, results: dict, n_labelled: int) -> dict:
+REDOABLE = ("similarity", "report")  # stages `medtl run --redo` runs again: nothing they redo is training
+RESAMPLES = "resamples.json"  # the similarity stage's measures on random halves of the images, per encoder
+N_RESAMPLES = 20
+
+
+def _resampled_scores(feats: dict[str, dict], n: int = N_RESAMPLES, seed: int = 0) -> list[dict[str, dict]]:
+    """The ranked measures again on ``n`` random halves of the source and target images (the same halves for
+    every encoder, so encoders are compared on one draw): how much a ranking made from them moves with the
+    images that happened to be drawn. No permutation test: its p-value ranks nothing."""
+    from medtl.similarity.assess import assess
+
+    if not feats:
+        return []
+    first = next(iter(feats.values()))
+    n_src, n_tgt = len(first["source"]), len(first["target"])
+    if min(n_src, n_tgt) < 8:  # halves of fewer than four images measure nothing
+        return []
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s_idx = rng.choice(n_src, n_src // 2, replace=False)
+        t_idx = rng.choice(n_tgt, n_tgt // 2, replace=False)
+        draw = {}
+        for enc_name, f in feats.items():
+            labels, probs = f.get("target_labels"), f.get("target_probs")
+            if labels is not None and len(np.unique(np.asarray(labels)[t_idx])) < 2:
+                labels = probs = None  # a half with one class: no transferability score on it
+            result = assess(f["source"][s_idx], f["target"][t_idx], None if labels is None else np.asarray(labels)[t_idx],
+                            source_model_probs=None if probs is None else np.asarray(probs)[t_idx],
+                            n_permutations=1, seed=seed)
+            draw[enc_name] = _flat_scores(result)
+        out.append(draw)
+    return out
+
+
+def _ranking(ctx: Context, results: dict, n_labelled: int, resamples: list[dict] | None = None) -> dict:
     """The recommendation over the config's strategies from the similarity results per encoder, for a target
-    with ``n_labelled`` labelled training cases (the strategies' priors depend on it)."""
+    with ``n_labelled`` labelled training cases (the strategies' priors depend on it); with ``resamples``
+    (the measures on random halves of the images), how stable its pick is."""
     cfg = ctx.config
-    candidates = []
-    for spec in cfg.strategies:
-        enc_name = _encoder_name(spec)
-        candidate = {"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name,
-                     "strategy": spec.display, "method": spec.name}
-        if enc_name == RANDOM_INIT:  # it uses nothing of the source: no source-target measurement speaks for it
-            candidate.update(scores={}, unmeasured="trains from random weights, using nothing of the source")
-        else:
-            candidate["scores"] = _flat_scores(results.get(enc_name, {}))
-        candidates.append(candidate)
+
+    def candidates(scores_of: dict) -> list[dict]:
+        out = []
+        for spec in cfg.strategies:
+            enc_name = _encoder_name(spec)
+            c = {"source": spec.source or Path(cfg.source.manifest).stem, "encoder": enc_name,
+                 "strategy": spec.display, "method": spec.name}
+            if enc_name == RANDOM_INIT:  # it uses nothing of the source: no source-target measurement speaks for it
+                c.update(scores={}, unmeasured="trains from random weights, using nothing of the source")
+            else:
+                c["scores"] = dict(scores_of.get(enc_name, {}))
+            out.append(c)
+        return out
+
     target = {"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}
     if cfg.unlabelled_target:  # every job trains on the labelled source: a plain fine-tune is the source-only baseline
         target["trains_on_source"] = True
-    return recommend(target, candidates)
+    measured = {name: _flat_scores(r) for name, r in results.items()}
+    return recommend(target, candidates(measured), resampled=[candidates(r) for r in resamples or []] or None)
 
 
 RANDOM_INIT = "random_init"  # the similarity stage's name for an untrained encoder
@@ -407,6 +450,8 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
     prior depends on how many labels a job has), beside the test metric the runs observed at that budget."""
     cfg, sim_path = ctx.config, ctx.out / "similarity" / "similarity.json"
     results = json.loads(sim_path.read_text()) if sim_path.exists() else {}
+    resamples_path = sim_path.with_name(RESAMPLES)  # folders from before it was measured have none
+    resamples = json.loads(resamples_path.read_text()) if resamples_path.exists() else None
     task = cfg.tasks[0]
     train_rows = ctx.load(cfg.target, "target", task).select(split="train").rows
     by_budget = []
@@ -415,7 +460,7 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
         if not outcomes:
             continue
         n = 0 if cfg.unlabelled_target else len(labelled_rows(train_rows, budget, cfg.seeds[0], task))
-        ranked = _ranking(ctx, results, n) if results else record
+        ranked = _ranking(ctx, results, n, resamples) if results else record
         by_key = {r["key"]: outcomes.get(r["strategy"]) for r in ranked["ranking"]}
         comparison = compare_outcome(ranked, {k: v for k, v in by_key.items() if v is not None})
         by_budget.append({**comparison, "label_fraction": budget.fraction, "n_labelled": n, "tie": ranked.get("tie") or [],
@@ -520,7 +565,7 @@ def _default_items(key: str) -> list:
 
 def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False) -> dict[str, dict]:
     # Only values that differ from the defaults: a field added to the config later (with a default) leaves a
-    # finished run's stages valid, so a run folder resumes and --redo-report works after upgrading medtl.
+    # finished run's stages valid, so a run folder resumes and --redo report works after upgrading medtl.
     # (with_defaults: the earlier form, every value, still accepted when reading older run folders.)
     c = cfg.model_dump(mode="json", exclude_defaults=not with_defaults)
     return {
@@ -537,12 +582,13 @@ def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False)
 
 
 def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path, profile: str | None = None,
-                 stages: tuple[str, ...] = STAGES, redo_report: bool = False, progress: bool = True) -> Path:
+                 stages: tuple[str, ...] = STAGES, redo: tuple[str, ...] = (), progress: bool = True) -> Path:
     """Run (or resume) a pipeline; returns the path of its HTML report.
 
     Everything cheap is checked first (config, data root, output folder, manifests and files, strategy
-    names): a refused run writes nothing. ``redo_report``: render the report again from the finished
-    predictions even though that stage is complete (after upgrading medtl, say); no training stage is
+    names): a refused run writes nothing. ``redo``: stages to run again though complete (:data:`REDOABLE`:
+    ``report`` renders the report again from the finished predictions after upgrading medtl, say;
+    ``similarity`` measures again, and the report follows); no training stage is
     touched. ``progress``: one bar per long stage (pretrain, similarity, transfer); False shows none.
     """
     require_single_process("medtl run")
@@ -565,15 +611,19 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
         with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
             # every stage is checked before any runs, so a refused config changes nothing in the folder
             selected = [st for st in STAGES if st in stages and (st != "similarity" or config.similarity.enabled)]
-            # --redo-report re-renders the report under the config's evaluation settings, changed or not
-            needs = {st: "grown" if redo_report and st == "report" and st in book.done
+            bad = sorted(set(redo) - set(REDOABLE))
+            if bad:
+                raise MedtlError(f"cannot redo {', '.join(bad)}: only {', '.join(REDOABLE)} (training stages resume)",
+                                 "--redo")
+            # a redone stage runs under the config's settings, changed or not (the report's evaluation settings)
+            needs = {st: "grown" if st in redo and st in book.done
                      else book.check(st, payloads[st], legacy[st]) for st in selected}
             if "grown" in needs.values():
                 write_config(ctx)  # the folder's config.yaml describes the grown study
             upstream_ran = False  # a stage reads what the ones before it wrote: once one runs, the rest follow
             for stage in selected:
                 payload = payloads[stage]
-                if needs[stage] == "done" and not (redo_report and stage == "report"):
+                if needs[stage] == "done" and stage not in redo:
                     if not upstream_ran:
                         print(f"[{stage}] already complete: skipped")
                         continue

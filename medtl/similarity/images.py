@@ -282,7 +282,8 @@ def compare_manifests(
     ``arch`` and ``stem_stride`` choose it). With a classification head, its softmax on the target
     images gives LEEP. ``target_labels=False``: the target's labels are not read (no transferability
     score from them). Returns the :func:`medtl.similarity.assess.assess` dictionary plus ``encoder`` and
-    ``datasets`` entries, and with ``return_features`` the arrays under ``features`` (source, target).
+    ``datasets`` entries, and with ``return_features`` the arrays under ``features`` (source, target, and the
+    target's labels and source-model probabilities, None when there are none).
     """
     from medtl.similarity.assess import assess
 
@@ -317,7 +318,8 @@ def compare_manifests(
     result["notes"] = notes + result["notes"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 2)
     if return_features:
-        result["features"] = {"source": src["features"], "target": tgt["features"]}
+        result["features"] = {"source": src["features"], "target": tgt["features"], "target_labels": tgt["labels"],
+                              "target_probs": tgt["probs"]}
     return result
 
 

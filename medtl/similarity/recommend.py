@@ -41,6 +41,9 @@ ENCODER_UNITS = ("frechet",)
 # composite scores closer than this are a tie: rank averages of a handful of candidates move in steps
 # of 1/(n-1), so a smaller gap says nothing about which option is better
 TIE_TOLERANCE = 0.01
+# a pick must stay on top on at least this share of image resamples to stand alone (three in four: a pick
+# that half the draws overturn says more about the images drawn than about the options)
+STABLE_SUPPORT = 0.75
 
 
 def candidate_key(c: Mapping[str, Any]) -> str:
@@ -105,6 +108,7 @@ def recommend(
     candidates: Sequence[Mapping[str, Any]],
     weights: Mapping[str, float] | None = None,
     higher_is_better: Mapping[str, bool] | None = None,
+    resampled: Sequence[Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Rank ``candidates`` for ``target``.
 
@@ -119,6 +123,10 @@ def recommend(
     target's ``n_labelled``, a known strategy's prior joins its scores (:func:`with_prior`).
     ``weights``: metric -> weight (default :data:`DEFAULT_WEIGHTS`); metrics without a weight are
     reported but not ranked. ``higher_is_better``: directions of metrics not in ``METRICS``.
+    ``resampled``: the same candidates scored again on random subsets of the images (the pipeline's
+    similarity stage draws halves); the record's ``stability`` says how often each came out on top, and a
+    pick on top in fewer than :data:`STABLE_SUPPORT` of them is no pick: the candidates that were on top
+    in at least a tenth of them are reported as a tie (the images drawn, not the measures, chose).
     """
     if not candidates:
         raise MedtlError("no candidates to rank", "candidates")
@@ -211,7 +219,19 @@ def recommend(
 
     best = rows[0]
     tied = [r for r in rows if best["composite"] - r["composite"] <= TIE_TOLERANCE]
-    if len(tied) > 1:  # the scores cannot order these: saying "recommended" would invent a winner
+    stability, unstable = None, False
+    if resampled:
+        shares = _top_shares(target, resampled, weights, higher_is_better)
+        stability = {"resamples": len(resampled), "top_share": shares, "support": shares.get(best["key"], 0.0)}
+        contenders = [r for r in rows if shares.get(r["key"], 0.0) >= 0.1]
+        if len(tied) == 1 and stability["support"] < STABLE_SUPPORT and len(contenders) > 1:
+            tied, unstable = contenders, True
+    if unstable:  # the composite separates them, but which images were drawn decides the order
+        names = ", ".join(f"{r['key']} (on top in {shares.get(r['key'], 0.0):.0%})" for r in tied)
+        text = [f"Unstable: on {len(resampled)} random halves of the images the top option changes ({names}; "
+                f"{best['key']} scores highest on all of them, composite {best['composite']:.3f}), so the "
+                "measurements recommend none of them over the others. Train them and compare on validation."]
+    elif len(tied) > 1:  # the scores cannot order these: saying "recommended" would invent a winner
         names = ", ".join(f"{r['key']} ({'; '.join(r['reasons'])})" for r in tied)
         text = [f"Tie: {len(tied)} options have composite scores within {TIE_TOLERANCE} of each other "
                 f"({best['composite']:.3f}), so the scores recommend none of them over the others: {names}. "
@@ -230,6 +250,9 @@ def recommend(
                 text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
             if best["composite"] - second["composite"] < 0.05:
                 text.append("The top two are nearly tied: compare them by training both.")
+        if stability:
+            text.append(f"It stays on top on {stability['support']:.0%} of {len(resampled)} random halves of the "
+                        "images.")
     for m in unit_bound:
         text.append(f"{m} is not ranked: it is in each encoder's own feature units, and the options use "
                     f"{len(encoders)} encoders ({', '.join(encoders)}).")
@@ -254,8 +277,20 @@ def recommend(
         "excluded": excluded,
         "recommended": best["key"],  # with a tie, the top-scored of the tied options (by name when equal)
         "tie": [r["key"] for r in tied] if len(tied) > 1 else [],
+        "stability": stability,
         "explanation": " ".join(text),
     }
+
+
+def _top_shares(target, resampled, weights, higher_is_better) -> dict[str, float]:
+    """The share of resamples in which each candidate came out on top (a tie splits its resample)."""
+    shares: dict[str, float] = {}
+    for candidates in resampled:
+        record = recommend(target, candidates, weights, higher_is_better)
+        top = record["tie"] or [record["recommended"]]
+        for key in top:
+            shares[key] = shares.get(key, 0.0) + 1 / (len(top) * len(resampled))
+    return {k: round(v, 6) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}  # 10 x 0.1 is 1
 
 
 def compare_outcome(

@@ -80,6 +80,40 @@ def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny_
     assert all(p.read_bytes() == data for p, data in kept.items())
 
 
+def test_redo_similarity_measures_again_and_trains_nothing(tiny_run, tiny, make_config, tmp_path):
+    """--redo similarity measures the domains again (with the image resamples that say how stable the pick
+    is) and renders the report again; no job is trained again, and a training stage cannot be redone."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    (out / "similarity" / "resamples.json").unlink(missing_ok=True)  # a folder from before they were measured
+    mtimes = {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
+    with pytest.raises(MedtlError, match="cannot redo transfer: only similarity, report"):
+        run_pipeline(make_config(tiny), tiny / "data", out, redo=("transfer",))
+    run_pipeline(make_config(tiny), tiny / "data", out, redo=("similarity",))
+    resamples = json.loads((out / "similarity" / "resamples.json").read_text())
+    record = json.loads((out / "similarity" / "recommendation.json").read_text())
+    assert "stability" in record and (record["stability"] is None) == (resamples == [])
+    assert mtimes == {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
+
+
+def test_resampled_scores_draw_the_same_halves_for_every_encoder():
+    import numpy as np
+
+    from medtl.pipeline.runner import _resampled_scores
+
+    rng = np.random.default_rng(0)
+    src, tgt = rng.normal(size=(20, 6)), rng.normal(size=(16, 6)) + 0.5
+    feats = {"a": {"source": src, "target": tgt, "target_labels": np.array([0, 1] * 8), "target_probs": None},
+             "b": {"source": src, "target": tgt, "target_labels": np.array([0, 1] * 8), "target_probs": None}}
+    draws = _resampled_scores(feats, n=5)
+    assert len(draws) == 5 and all(d["a"] == d["b"] for d in draws)  # same features, same halves: same scores
+    assert len({round(d["a"]["mmd2"], 9) for d in draws}) == 5  # different halves each time
+    assert {"logme", "h_score", "proxy_a_distance", "mmd2", "frechet"} <= set(draws[0]["a"])
+    assert _resampled_scores({"a": {**feats["a"], "source": src[:6]}}) == []  # halves of 3 images: not measured
+
+
 def test_redo_report_renders_under_changed_evaluation_settings(tiny_run, tiny, make_config, tmp_path):
     """A report-only setting (the bootstrap count) is no reason to refuse --redo-report, which re-renders the
     report anyway; without --redo-report the change is refused as before. Training stages are untouched."""
@@ -92,7 +126,7 @@ def test_redo_report_renders_under_changed_evaluation_settings(tiny_run, tiny, m
     with pytest.raises(MedtlError, match=r"stage 'report'.*evaluation\.bootstrap"):
         run_pipeline(cheaper, tiny / "data", out)
     mtimes = {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
-    run_pipeline(cheaper, tiny / "data", out, redo_report=True)
+    run_pipeline(cheaper, tiny / "data", out, redo=("report",))
     assert json.loads((out / "report.json").read_text())["settings"]["n_boot"] == 20
     assert mtimes == {p: p.stat().st_mtime for p in (out / "transfer").rglob("predictions.csv")}
     run_pipeline(cheaper, tiny / "data", out)  # recorded: the changed settings are now the folder's
@@ -323,13 +357,13 @@ def test_a_run_folder_from_before_a_field_was_added_still_resumes(tiny_run, tiny
     full["train"].pop("selector")
     book["transfer"].update(payload=full, digest="0123456789abcdef")  # as an older medtl wrote it
     (old / "stages.json").write_text(json.dumps(book))
-    assert run_pipeline(make_config(tiny), tiny / "data", old, redo_report=True).exists()
+    assert run_pipeline(make_config(tiny), tiny / "data", old, redo=("report",)).exists()
     book = json.loads((old / "stages.json").read_text())
     book["transfer"]["payload"]["train"]["epochs"] = 99
     book["transfer"]["digest"] = "0123456789abcdef"
     (old / "stages.json").write_text(json.dumps(book))
     with pytest.raises(MedtlError, match="stage 'transfer'.*train"):
-        run_pipeline(make_config(tiny), tiny / "data", old, redo_report=True)
+        run_pipeline(make_config(tiny), tiny / "data", old, redo=("report",))
 
 
 def test_a_pipeline_can_pretrain_its_source_self_supervised(tiny, make_config, tmp_path):

@@ -151,3 +151,20 @@ def test_a_candidate_no_measurement_applies_to_says_why():
     assert row["missing_metrics"] == ["logme", "proxy_a_distance"] and row["metric_ranks"].keys() == {"strategy_prior"}
     assert "no logme, proxy_a_distance: trains from random weights, using nothing of the source (counted as the " \
            "middle rank)" in row["reasons"]
+
+
+def test_a_pick_the_image_resamples_overturn_is_reported_as_unstable():
+    """On the full images a scores best, but on random halves b comes out on top as often: the measures do
+    not order them, and the record says so instead of recommending a."""
+    def cands(a, b):
+        return [{"source": "s", "encoder": "e1", "strategy": "a", "scores": {"logme": a}},
+                {"source": "s", "encoder": "e2", "strategy": "b", "scores": {"logme": b}},
+                {"source": "s", "encoder": "e3", "strategy": "c", "scores": {"logme": -5.0}}]
+
+    flips = [cands(-0.44, -0.45) if i % 2 else cands(-0.46, -0.45) for i in range(10)]
+    rec = recommend({}, cands(-0.44, -0.45), resampled=flips)
+    assert rec["stability"] == {"resamples": 10, "top_share": {"s/e1/a": 0.5, "s/e2/b": 0.5}, "support": 0.5}
+    assert rec["tie"] == ["s/e1/a", "s/e2/b"] and rec["explanation"].startswith("Unstable: on 10 random halves")
+    steady = recommend({}, cands(-0.44, -0.45), resampled=[cands(-0.44, -0.45)] * 10)
+    assert steady["tie"] == [] and steady["stability"]["support"] == 1.0
+    assert "It stays on top on 100% of 10 random halves of the images." in steady["explanation"]
