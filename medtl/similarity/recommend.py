@@ -209,6 +209,9 @@ def recommend(
                 (s for s in (score(c, m) for c in eligible.values()) if s is not None), reverse=directions[m]
             )
             pos, shared = values.index(row["scores"][m]) + 1, values.count(row["scores"][m])
+            if shared == len(values) > 1:  # nothing to rank: "highest" would claim an order
+                reasons.append(f"{m} ({row['scores'][m]:.4g}) the same for all {len(values)}")
+                continue
             word = ("highest" if directions[m] else "lowest") if pos == 1 else _ordinal(pos)
             level = f", level with {shared - 1} other{'s' if shared > 2 else ''}" if shared > 1 else ""
             reasons.append(f"{word} {m} ({row['scores'][m]:.4g}) of {len(values)}{level}")

@@ -168,3 +168,9 @@ def test_a_pick_the_image_resamples_overturn_is_reported_as_unstable():
     steady = recommend({}, cands(-0.44, -0.45), resampled=[cands(-0.44, -0.45)] * 10)
     assert steady["tie"] == [] and steady["stability"]["support"] == 1.0
     assert "It stays on top on 100% of 10 random halves of the images." in steady["explanation"]
+
+
+def test_a_score_every_candidate_shares_is_not_called_the_highest():
+    same = [{"source": "s", "encoder": "e", "strategy": k, "scores": {"logme": -0.5}} for k in ("a", "b")]
+    rec = recommend({}, same)
+    assert rec["ranking"][0]["reasons"] == ["logme (-0.5) the same for all 2"] and "highest" not in rec["explanation"]
