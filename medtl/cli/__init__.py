@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # one INFO line per HTTP request (three per paged search) is noise in a system journal
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -31,6 +31,14 @@ class Embedding:
         return f"{self.method.upper()} of standardised features"
 
     @property
+    def axis_labels(self) -> tuple[str, str]:
+        """``PC1 (41%)``, ``PC2 (12%)`` for PCA (the variance each explains); the method's axes otherwise."""
+        ratio = self.info.get("explained_variance_ratio")
+        if ratio:
+            return f"PC1 ({ratio[0]:.0%} of the variance)", f"PC2 ({ratio[1]:.0%})"
+        return f"{self.method} 1", f"{self.method} 2"
+
+    @property
     def detail(self) -> str:
         """What a caption adds: PCA's explained variance."""
         ratio = self.info.get("explained_variance_ratio")

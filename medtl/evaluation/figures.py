@@ -254,15 +254,17 @@ def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None, c
     return to_png(fig)
 
 
-def embedding_figure(xy: np.ndarray, domains: Sequence[str], title: str) -> bytes:
-    """2D embedding of features, coloured by domain."""
+def embedding_figure(xy: np.ndarray, domains: Sequence[str], title: str,
+                     axis_labels: tuple[str, str] = ("component 1", "component 2")) -> bytes:
+    """2D embedding of features, coloured by domain; ``axis_labels`` name its axes (PCA: the variance each
+    component explains)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     domains = np.asarray([str(d) for d in domains])
     for d in sorted(set(domains)):
         m = domains == d
         ax.scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.6, label=f"{d} (n={int(m.sum())})")
-    ax.set(title=title, xticks=[], yticks=[])
+    ax.set(title=title, xticks=[], yticks=[], xlabel=axis_labels[0], ylabel=axis_labels[1])
     ax.legend(fontsize=8, markerscale=2)
     return to_png(fig)
 

@@ -532,7 +532,7 @@ LOSSES = ("train_loss", "val_loss")
 def embedding_section(doc: Document, emb: Embedding, fig_list: list[dict]) -> dict:
     """The domain embedding computed by evaluation.embedding; what report.json records of it."""
     doc.h(2, "Feature embedding")
-    add_figures(doc, fig_list, [("embedding.png", fig.embedding_figure(emb.xy, emb.domains, emb.title),
+    add_figures(doc, fig_list, [("embedding.png", fig.embedding_figure(emb.xy, emb.domains, emb.title, emb.axis_labels),
                                  f"{emb.title}, coloured by domain (n = {len(emb.xy)}){emb.detail}")])  # fmt: skip
     return emb.info
 
