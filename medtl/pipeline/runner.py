@@ -464,6 +464,7 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
         by_key = {r["key"]: outcomes.get(r["strategy"]) for r in ranked["ranking"]}
         comparison = compare_outcome(ranked, {k: v for k, v in by_key.items() if v is not None})
         by_budget.append({**comparison, "label_fraction": budget.fraction, "n_labelled": n, "tie": ranked.get("tie") or [],
+                          "support": (ranked.get("stability") or {}).get("support"),
                           "ranking": [{"key": r["key"], "composite": r["composite"]} for r in ranked["ranking"]]})
     if not by_budget:
         return None

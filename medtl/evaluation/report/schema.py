@@ -163,6 +163,7 @@ class Outcome(_Node):
     label_fraction: float | None = None  # the label budget it was ranked for and observed at
     n_labelled: int | None = None
     tie: list[str] = []  # the candidates the ranking could not separate (recommended: the top-scored of them)
+    support: float | None = None  # share of image resamples with the top-scored candidate on top (None: not measured)
     ranking: list[dict[str, Any]] = []  # {key, composite} per candidate, best first, as ranked for this budget
 
 
