@@ -189,3 +189,22 @@ def test_near_copies_are_one_bootstrap_unit_with_their_patients():
     assert width["grouped"] > 1.6 * width["loose"]  # four copies: about twice as wide (sqrt 4)
     assert grouped["runs"][0]["bootstrap"]["unit"] == "patient, near-copy groups joined"
     assert loose["runs"][0]["bootstrap"]["unit"] == "case"
+
+
+def test_delong_comparisons_say_that_near_copies_make_their_p_values_small(tmp_path):
+    from medtl.evaluation.evaluate import evaluate_predictions
+    from medtl.evaluation.report import render_report
+
+    rng = np.random.default_rng(0)
+    n = 30
+    frames = []
+    for strategy in ("a", "b"):
+        p = np.clip(np.r_[rng.normal(0.4, 0.2, n), rng.normal(0.6, 0.2, n)], 0.01, 0.99)
+        frames.append(pd.DataFrame({"case_id": [f"c{i}" for i in range(2 * n)], "label": ["x"] * n + ["y"] * n,
+                                    "prob_x": 1 - p, "prob_y": p, "strategy": strategy, "seed": 0}))
+    table = pd.concat(frames, ignore_index=True)
+    plain = render_report(evaluate_predictions(table, n_boot=50), tmp_path / "plain")["md"].read_text()
+    grouped = table.assign(near_copy_group=[f"g{i // 2}" for i in range(2 * n)] * 2)
+    copies = render_report(evaluate_predictions(grouped, n_boot=50), tmp_path / "copies")["md"].read_text()
+    assert "DeLong's test for two correlated AUROCs" in plain and "near-copies of one image" not in plain
+    assert "its p-values are somewhat too small" in copies

@@ -331,7 +331,16 @@ def _comparisons(doc: Document, t: dict) -> None:
                if regression else "DeLong's test for two correlated AUROCs on the same test cases, two-sided")
               + "; runs paired by seed and label fraction (run ids in report.json); p uncorrected, p (Holm) adjusted "
               f"by Holm's step-down method over all {n_tested} tested comparisons of this task (report.json included)"
-              + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else ""))  # fmt: skip
+              + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else "")
+              + ("; the test takes the test cases as independent, so where some are near-copies of one image (as "
+                 "here: the bootstrap resamples them as one unit) its p-values are somewhat too small"
+                 if _near_copies(t) else ""))  # fmt: skip
+
+
+def _near_copies(t: dict) -> bool:
+    """Whether the task's bootstrap joined near-copy groups (medtl.evaluation.evaluate._boot_info)."""
+    return any("near-copy" in ((r.get("bootstrap") or {}).get("unit") or "")
+               for e in t["strategies"].values() for r in e.get("runs", []))
 
 
 def add_figures(doc: Document, fig_list: list[dict], items):
