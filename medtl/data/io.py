@@ -320,7 +320,9 @@ def _grid(orientations, positions, spacings, names, where=None) -> tuple[np.ndar
                                  "two slices in one place")
         gaps = np.diff(d)
         usual = float(np.median(gaps))
-        wide = np.flatnonzero(gaps > (1 + 2 * GRID_TOLERANCE) * usual) if len(gaps) > 2 else []
+        # about two steps where one is usual (1.75: rounded positions make gaps of 1.5 steps, which the
+        # even-spacing check below judges)
+        wide = np.flatnonzero(gaps > 1.75 * usual) if len(gaps) > 2 else []
         if len(wide):  # the plain case said plainly: a gap of about two slices is a missing slice
             k = int(wide[0]) + 1
             refuse(order[k], f"lies {gaps[k - 1]:.2f} mm from {short(order[k - 1])}, the slice before it, where the "

@@ -81,6 +81,7 @@ MANIFEST_COLUMNS = ("label", "split")
 UID_COLUMNS = ("study_uid", "series_uid")
 UNREDACTED_COLUMNS = frozenset(OWN_COLUMNS + MANIFEST_COLUMNS + ("case_id",))  # our words, or the user's labels
 SALT = ".path-salt"
+ERROR_CHARS = 1000  # an error row's text is cut to this length
 MAX_PACS_FAILURES = 5
 
 
@@ -184,7 +185,7 @@ def describe_error(err: BaseException, s: Series, sops: dict[str, str], include_
         # paths of DICOM files may hold patient names in folder names that no header spells alike.
         for f in s.files:
             text = text.replace(str(f), "[file]")
-    return " ".join(text.split())[:1000]
+    return " ".join(text.split())  # cut to ERROR_CHARS where the row is written, after the redaction
 
 
 def predict_batch(
@@ -328,6 +329,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         done = {k: r for k, r in done.items() if not r.get("retryable") or k in unsent}
         if retry_errors:
             done = {k: r for k, r in done.items() if r.get("status") != "error"}
+        _adopt_unsalted_ids(chosen, done)
         todo = [s for s in chosen if s.case_id not in done]
         result.resumed = len(chosen) - len(todo)
         log.info("%d series found, %d selected, %d already done, %d to predict", len(series), len(chosen),
@@ -492,6 +494,17 @@ def default_workers(cpus: int | None = None) -> int:
     return max(0, min(4, n - 2))
 
 
+def _adopt_unsalted_ids(series: list[Series], done: dict[str, dict]) -> None:
+    """A folder written before scrubbed case ids carried their salted hash holds them without it: a series
+    whose id, less the hash, is such a row (and is the only one that scrubs to it) keeps that id, so the
+    rerun neither predicts it again nor writes it twice."""
+    bare = Counter(s.case_id.rpartition("#")[0] for s in series if "#" in s.case_id)
+    for s in series:
+        old = s.case_id.rpartition("#")[0]
+        if old and s.case_id not in done and old in done and bare[old] == 1:
+            s.case_id = old
+
+
 def _case_id(s: Series, redactor: Redactor, salt: bytes) -> str:
     """The row's ``case_id`` as written (and as a rerun finds it in the ledger). A path the redactor changed
     gets a salted hash of itself: ``Smith_Jane/study1`` and ``Brown_Paul/study1`` both read
@@ -642,14 +655,16 @@ class _RowWriter:
                 if self.sr_modalities is None or modality in self.sr_modalities or modality not in IMAGING_MODALITIES:
                     self._sr(s, item, row)
                 else:  # a chest X-ray model's finding must not reach a radiologist's MR study as a report
-                    row["error"] = (f"no SR: a {s.modality or 'modality-less'} series, not the "
-                                    f"{'/'.join(self.sr_modalities)} this model was trained on (--modality "
-                                    f"{s.modality or 'X'} writes one)")
+                    row["error"] = (f"no SR: a {s.modality} series, not the {'/'.join(self.sr_modalities)} this "
+                                    f"model was trained on (predicting it into a new --out with --modality "
+                                    f"{s.modality} writes one)")
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
                 row[k] = escape_controls(v)
             elif isinstance(v, str) and k not in UNREDACTED_COLUMNS:
                 row[k] = self.redactor(v)
+        if isinstance(row["error"], str):  # cut after the redaction: an identifier cut in two would survive it
+            row["error"] = row["error"][:ERROR_CHARS]
         row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.ledger.append(row, sync=False)  # the loop syncs once per model batch
         if row["status"] == "ok":

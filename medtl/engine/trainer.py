@@ -163,9 +163,13 @@ def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise MedtlError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)", "train.device") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise MedtlError(f"device {device!r}: medtl trains on cpu or cuda (auto picks)", "train.device")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MedtlError(f"device {device!r}, but torch sees no CUDA GPU here (device auto uses one when there is "
                          "one)", "train.device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MedtlError(f"device {device!r}, but torch sees {torch.cuda.device_count()} GPU(s)", "train.device")
     if dev.type == "cuda" and dev.index is None and local_rank is not None:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev

@@ -7,6 +7,12 @@ fraction of positives that out-score it. AUC = mean V10 = mean V01 and
     Var(AUC) = S10 / m + S01 / n        (m positives, n negatives, S = sample covariance)
 
 which extends to the covariance of two AUCs on the same cases.
+
+When cases come in clusters (several images of one patient, near-copies of one image), the variance is
+Obuchowski's (1997): each case's influence on the AUC ((V10 - AUC) / m for a positive, (V01 - AUC) / n for
+a negative) is summed per cluster, and Var = K / (K - 1) * sum of the squared cluster sums over the K
+clusters, which equals her S10 / m + S01 / n + 2 S11 / (m n). With one case per cluster DeLong's own
+estimate is kept.
 """
 
 from __future__ import annotations
@@ -71,13 +77,37 @@ class DeLongResult:
     n_negative: int | None
     note: str | None = None
     n_per_class: list[int] | None = None
+    n_clusters: int | None = None  # the sampling units of a cluster-robust variance (None: one case each)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def delong_test(y_true, score_a, score_b) -> DeLongResult:
-    """Two-sided DeLong test of AUROC(score_a) == AUROC(score_b) on the same labelled cases.
+def _units(clusters, n: int) -> np.ndarray | None:
+    """Cluster codes 0..K-1 of ``n`` cases, or None when there are none or every case is its own."""
+    if clusters is None:
+        return None
+    c = np.asarray(clusters)
+    if len(c) != n:
+        raise MedtlError(f"need one cluster per case: {n} cases, {len(c)} clusters", "clusters")
+    codes = np.unique(c.astype(str), return_inverse=True)[1]
+    return codes if codes.max(initial=-1) + 1 < n else None
+
+
+def _clustered_covariance(influence: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Obuchowski's covariance of the AUCs from each case's influence (k, n): the cluster sums' second
+    moment times K / (K - 1); nan with fewer than two clusters."""
+    k_units = int(units.max()) + 1
+    if k_units < 2:
+        return np.full((len(influence), len(influence)), np.nan)
+    sums = np.stack([np.bincount(units, weights=row, minlength=k_units) for row in influence])  # (k, K)
+    return sums @ sums.T * k_units / (k_units - 1)
+
+
+def delong_test(y_true, score_a, score_b, clusters=None) -> DeLongResult:
+    """Two-sided DeLong test of AUROC(score_a) == AUROC(score_b) on the same labelled cases; ``clusters``
+    (one label per case: patient, near-copy group) makes the variance cluster-robust (Obuchowski 1997)
+    when some cases share one.
 
     ``p_value`` is None, with a ``note`` saying why, when the test cannot be computed (fewer than two
     cases of a class, or a difference with zero estimated variance) or is not needed (both scorings
@@ -86,11 +116,20 @@ def delong_test(y_true, score_a, score_b) -> DeLongResult:
     a = check_scores(score_a, "score_a", n=len(y))
     b = check_scores(score_b, "score_b", n=len(y))
     v10, v01 = structural_components(y, np.vstack([a, b]))
-    auc, cov = v10.mean(axis=1), _covariance(v10, v01)
+    auc = v10.mean(axis=1)
     m, n = v10.shape[1], v01.shape[1]
+    units = _units(clusters, len(y))
+    if units is None:
+        cov = _covariance(v10, v01)
+    else:
+        influence = np.zeros((2, len(y)))
+        influence[:, y] = (v10 - auc[:, None]) / m
+        influence[:, ~y] = (v01 - auc[:, None]) / n
+        cov = _clustered_covariance(influence, units)
     return _result(auc, cov, np.array_equal(v10[0], v10[1]) and np.array_equal(v01[0], v01[1]),
                    f"at least two positive and two negative cases (have {m} and {n})", "positive-negative pair",
-                   n_positive=int(y.sum()), n_negative=int((~y).sum()))
+                   n_positive=int(y.sum()), n_negative=int((~y).sum()),
+                   n_clusters=None if units is None else int(units.max()) + 1)
 
 
 def _result(auc, cov, same_order: bool, needs: str, pairs: str, **counts) -> DeLongResult:
@@ -116,7 +155,7 @@ def _result(auc, cov, same_order: bool, needs: str, pairs: str, **counts) -> DeL
     )  # fmt: skip
 
 
-def delong_macro_test(y_true, probs_a, probs_b) -> DeLongResult:
+def delong_macro_test(y_true, probs_a, probs_b, clusters=None) -> DeLongResult:
     """DeLong's test for the difference of two macro one-vs-rest AUROCs (multiclass) on the same cases.
 
     ``y_true``: class indices 0..K-1; ``probs_a`` / ``probs_b``: (n, K) scores. The macro AUROC is the
@@ -147,13 +186,18 @@ def delong_macro_test(y_true, probs_a, probs_b) -> DeLongResult:
         infl[:, pos] += (v10 - auc[:, [c]]) / pos.sum() / k
         infl[:, ~pos] += (v01 - auc[:, [c]]) / (~pos).sum() / k
     macro = auc.mean(axis=1)
-    cov = np.zeros((2, 2))
-    for c in range(k):
-        group = infl[:, y == c]
-        if group.shape[1] < 2:
-            cov[:] = np.nan
-            break
-        cov += np.atleast_2d(np.cov(group)) * group.shape[1]
+    units = _units(clusters, n)
+    if units is not None:  # clusters of cases (of one class or several): Obuchowski's cluster sums
+        cov = _clustered_covariance(infl, units)
+    else:
+        cov = np.zeros((2, 2))
+        for c in range(k):
+            group = infl[:, y == c]
+            if group.shape[1] < 2:
+                cov[:] = np.nan
+                break
+            cov += np.atleast_2d(np.cov(group)) * group.shape[1]
     return _result(macro, cov, np.allclose(auc[0], auc[1]) and np.allclose(infl[0], infl[1]),
                    f"at least two cases of every class (have {counts.tolist()})", "pair in every class",
-                   n_positive=None, n_negative=None, n_per_class=counts.tolist())
+                   n_positive=None, n_negative=None, n_per_class=counts.tolist(),
+                   n_clusters=None if units is None else int(units.max()) + 1)

@@ -164,10 +164,17 @@ def _auroc_where_degenerate(d: dict | None, n_pos: int, n_neg: int, level: float
 SAME_IN_EVERY_RUN = "Same in every run: the representative run's interval over the test cases"
 
 
-def _proportions(tp: int, fp: int, fn: int, tn: int) -> dict[str, tuple[int, int]]:
-    """(successes, denominator) of each proportion a 2x2 table gives."""
-    return {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp), "npv": (tn, tn + fn),
-            "accuracy": (tp + tn, tp + fp + fn + tn)}
+def _proportions(positive: np.ndarray, called: np.ndarray, units: np.ndarray | None) -> dict[str, tuple[int, int]]:
+    """(successes, denominator) of each proportion of one class against the rest, in sampling units: a
+    patient or near-copy group counts once (its cases share one outcome when the proportion is 0 or 1,
+    the only time these counts are used). ``positive``: the true class; ``called``: the decision."""
+    def count(mask):
+        return int(mask.sum()) if units is None else len(np.unique(units[mask]))
+
+    tp, tn = positive & called, ~positive & ~called
+    return {"sensitivity": (count(tp), count(positive)), "specificity": (count(tn), count(~positive)),
+            "ppv": (count(tp), count(called)), "npv": (count(tn), count(~called)),
+            "accuracy": (count(tp | tn), count(np.ones_like(positive)))}
 
 
 def _wilson_where_degenerate(metrics: dict, counts: dict[str, tuple[int, int]], level: float) -> None:
@@ -220,14 +227,19 @@ def _groups(test: pd.DataFrame) -> np.ndarray | None:
     copies = test[NEAR_COPY_GROUP] if NEAR_COPY_GROUP in test else pd.Series([None] * len(test), index=test.index)
     if pid.isna().all() and copies.isna().all():
         return None
-    units = np.where(pid.isna(), "case:" + test["case_id"].astype(str), "patient:" + pid.astype(str))
+    case = test["case_id"] if "case_id" in test else test.index.to_series()  # paired frames are indexed by case
+    units = np.where(pid.isna(), ("case:" + case.astype(str)).to_numpy(), ("patient:" + pid.astype(str)).to_numpy())
     if copies.isna().all():
         return units
     parent: dict[str, str] = {}
 
     def root(u: str) -> str:
+        path = []
         while parent.get(u, u) != u:
-            u = parent[u] = parent.get(parent[u], parent[u])
+            path.append(u)
+            u = parent[u]
+        for p in path:  # every node on the way now points at the root
+            parent[p] = u
         return u
 
     for unit, group in zip(units, copies):  # union: a unit and its group, so a group joins all its units
@@ -464,14 +476,21 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         return _metric(v, low[key], high[key], reason, undef[key])
 
     out["metrics"] = {m: entry(m, m) for m in (*BINARY_METRICS, *CALIBRATION_METRICS)}
-    table = np.asarray(cm)
+    units = _groups(test)  # the counts of a score interval are the bootstrap's sampling units
+    # the decision as classification_metrics makes it
+    called = (P[:, 1] >= (0.5 if thr_value is None else thr_value)).astype(int) if binary else P.argmax(axis=1)
+
+    def n_units(mask) -> int:
+        return int(mask.sum()) if units is None else len(np.unique(units[mask]))
+
     if st.n_boot > 0:  # without a bootstrap no metric has an interval to replace
         if binary:
-            (tn, fp), (fn, tp) = table
-            _wilson_where_degenerate(out["metrics"], _proportions(tp, fp, fn, tn), st.level)
-            _auroc_where_degenerate(out["metrics"]["auroc"], counts[1], counts[0], st.level)
+            _wilson_where_degenerate(out["metrics"], _proportions(y == 1, called == 1, units), st.level)
+            _auroc_where_degenerate(out["metrics"]["auroc"], n_units(y == 1), n_units(y == 0), st.level)
         else:  # accuracy is a proportion; the macro averages are not
-            _wilson_where_degenerate(out["metrics"], {"accuracy": (np.trace(table), table.sum())}, st.level)
+            right = y == called
+            _wilson_where_degenerate(out["metrics"], {"accuracy": (n_units(right), n_units(right | ~right))},
+                                     st.level)
     if not binary:
         out["per_class"] = {}
         for k, c in enumerate(classes):
@@ -482,11 +501,8 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
                 reason = None if np.isfinite(v) else _class_reason(m, k, counts, cm, classes, thr_value)
                 out["per_class"][c][m] = _metric(v, low[key][k], high[key][k], reason, undef[key][k])
             if st.n_boot > 0:  # one class against the rest: a 2x2 table
-                tp = table[k, k]
-                fn, fp = table[k].sum() - tp, table[:, k].sum() - tp
-                _wilson_where_degenerate(out["per_class"][c], _proportions(tp, fp, fn, table.sum() - tp - fn - fp),
-                                         st.level)
-                _auroc_where_degenerate(out["per_class"][c]["auroc"], counts[k], len(y) - counts[k], st.level)
+                _wilson_where_degenerate(out["per_class"][c], _proportions(y == k, called == k, units), st.level)
+                _auroc_where_degenerate(out["per_class"][c]["auroc"], n_units(y == k), n_units(y != k), st.level)
     out["threshold"] = threshold
     out["prevalence"] = {
         "test": {c: {"n": int(counts[k]), "fraction": float(counts[k] / len(y))} for k, c in enumerate(classes)},
@@ -576,9 +592,10 @@ def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
             s["ci_low"], s["ci_high"] = max(s["ci_low"], lo), min(s["ci_high"], hi)
         d = {"value": s["value"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "std": s["std"], "n_runs": s["n"]}
         first = vals[0] or {}
-        # the same to 6 decimals: runs that differ only by floating-point noise scored the same
-        scored = {round(v["value"], 6) for v in vals if v is not None and v["value"] is not None}
-        if s["n"] > 1 and len(scored) == 1 and first.get("ci_low") is not None:
+        scored = [v["value"] for v in vals if v is not None and v["value"] is not None]
+        # every run defined and within 1e-6 of each other: runs that differ only by floating-point noise
+        same = len(scored) == len(vals) > 1 and max(scored) - min(scored) <= 1e-6
+        if same and first.get("ci_low") is not None:
             # every run scored the same: a t-interval over seeds has no width and says nothing, while the test
             # cases are still a sample; the representative run's interval over them stands in
             d.update(ci_low=first["ci_low"], ci_high=first["ci_high"], ci_method=SAME_IN_EVERY_RUN
@@ -692,7 +709,7 @@ def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str | None, classes: li
             head["note"] = "not compared: a class has no test cases, the macro AUROC is undefined"
             return head
         cols = [f"prob_{c}" for c in classes]
-        head.update(delong_macro_test(y, ta[cols].to_numpy(float), tb[cols].to_numpy(float)).to_dict(),
+        head.update(delong_macro_test(y, ta[cols].to_numpy(float), tb[cols].to_numpy(float), _groups(ta)).to_dict(),
                     n_cases=len(ta))
         return head
     y = (ta["label"] == pos).to_numpy()
@@ -700,7 +717,8 @@ def _delong_one(ta: pd.DataFrame, tb: pd.DataFrame, pos: str | None, classes: li
         head["note"] = "not compared: the test set holds one class, AUROC is undefined"
         return head
     col = f"prob_{pos}"
-    head.update(delong_test(y, ta[col].to_numpy(float), tb[col].to_numpy(float)).to_dict(), n_cases=len(ta))
+    head.update(delong_test(y, ta[col].to_numpy(float), tb[col].to_numpy(float), _groups(ta)).to_dict(),
+                n_cases=len(ta))
     return head
 
 

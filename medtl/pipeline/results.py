@@ -26,11 +26,16 @@ BASELINE_NAMES = ("scratch", "scratch_3d", "source_only")
 
 
 def _fmt(m: Metric | None, digits: int = 3) -> str:
+    """``0.853 (0.801–0.897)``, with the report's mark when the interval is not the row's usual one (S: every
+    seed scored the same, a run's interval; W / N: a score interval at 0 or 1; D: no width)."""
+    from medtl.evaluation.report.sections import _mark
+
     if not m or m.value is None:
         return "undefined" + (f" ({m.reason})" if m and m.reason else "")
     text = f"{m.value:.{digits}f}"
     if m.ci_low is not None and m.ci_high is not None:
-        text += f" ({m.ci_low:.{digits}f}–{m.ci_high:.{digits}f})"
+        mark = _mark({"ci_low": m.ci_low, "ci_high": m.ci_high, "ci_method": m.ci_method})
+        text += f" ({m.ci_low:.{digits}f}–{m.ci_high:.{digits}f}{' ' + mark if mark else ''})"
     return text
 
 
@@ -193,7 +198,8 @@ def recommendation_section(runs: list[Path]) -> list[str]:
              "strategies start from see the source and the target (the similarity stage). The ranking below is made "
              "from those measurements by the recommendation rule of the code that wrote this page (the stage's own "
              "record, `similarity/recommendation.json`, keeps the ranking the run's code made then), and a pick that "
-             "does not stay on top on three in four random halves of the images is reported as a tie (unstable); "
+             "does not stay on top on three in four random halves of the images, while another candidate tops a tenth of "
+             "them, is reported as a tie (unstable); "
              "a candidate "
              "that no measurement applies to (training from scratch uses nothing of the source; a 3D encoder cannot "
              "read 2D source images) sits at the middle rank of each measure, so its strategy prior places it. The "
@@ -468,7 +474,7 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                          f"{_fmt(m.get('r2'))} | {_fmt(m.get('pearson_r'))} |")
         note = [f"{', '.join(f'`{n}`' for n in identical)}: every seed reached the same MAE, so its MAE interval is "
                 "the representative run's bootstrap interval over the test cases (sampling of the test cases), not a "
-                "t-interval over seeds (zero width); the other columns are seed means with their t-intervals.", ""]
+                "t-interval over seeds (zero width); so is any other column marked S.", ""]
         return lines + [""] + (note if identical else []) + _against_training_mean(task)
     multiclass = task.kind == "multiclass"
     head = "| strategy | label budget | runs | n test | AUROC" + (" (macro)" if multiclass else "")
@@ -545,10 +551,14 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         "What the intervals cover: with several seeds, a 95% t-interval of the seed mean, which measures training "
         "randomness on the one test set; with a single run (or seeds that all scored the same), that run's "
         "bootstrap interval over the test cases, which measures the sampling of the test cases. They are "
-        "different statements, and a row says which it uses. The per-seed paired tests (DeLong's for AUROC, the "
-        "paired t-test of absolute errors for MAE) are made on the same test cases and cover their sampling, "
-        "taking the cases as independent: where the test set holds near-copies of one image (the sections' notes "
-        "count them; the bootstrap resamples them as one unit), their p-values are somewhat too small. "
+        "different statements, and a row says which it uses: a mark after an interval names the exception (S: "
+        "every seed scored the same, so the interval is the representative run's over the test cases; W and N: "
+        "Wilson's and Newcombe's score intervals, for a proportion or an AUROC of 0 or 1, which the bootstrap "
+        "cannot vary; D: an interval of no width, which is no certainty). The per-seed paired tests (DeLong's for AUROC, the "
+        "paired t-test of absolute errors for MAE) are made on the same test cases and cover their sampling; "
+        "DeLong's variance is cluster-robust (Obuchowski 1997) over patients and near-copy groups, as the "
+        "bootstrap resamples them (the sections' notes count the near-copies), while the paired t-test takes the "
+        "cases as independent. "
         "The verdicts by intervals are not corrected for multiple comparisons: a study with many strategies and "
         "budgets makes many verdicts, and the best other strategy at a budget is chosen by its mean, so expect "
         "some *helped* or *did worse* verdicts by chance alone. Non-overlapping 95% intervals are a stricter test "

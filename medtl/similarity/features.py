@@ -52,7 +52,8 @@ def load_array(path: str | Path, key: str = "features") -> np.ndarray:
     of non-numbers is read as string labels)."""
     p = Path(path)
     name, sep, member = str(path).rpartition(":")
-    if not p.is_file() and sep and name.lower().endswith(".npz") and Path(name).is_file():
+    named = not p.is_file() and sep and name.lower().endswith(".npz") and Path(name).is_file()
+    if named:
         p, key = Path(name), member
     if not p.is_file():
         raise MedtlError("file not found", p)
@@ -64,6 +65,8 @@ def load_array(path: str | Path, key: str = "features") -> np.ndarray:
             with np.load(p, allow_pickle=False) as z:
                 if key in z.files:
                     return z[key]
+                if named:  # asked for by name: another array is not it
+                    raise MedtlError(f"npz holds {z.files}, no {key!r}", p)
                 if len(z.files) == 1:
                     return z[z.files[0]]
                 raise MedtlError(f"npz holds {z.files}; expected a {key!r} array or a single array (name one: "

@@ -125,8 +125,8 @@ def recommend(
     reported but not ranked. ``higher_is_better``: directions of metrics not in ``METRICS``.
     ``resampled``: the same candidates scored again on random subsets of the images (the pipeline's
     similarity stage draws halves); the record's ``stability`` says how often each came out on top, and a
-    pick on top in fewer than :data:`STABLE_SUPPORT` of them is no pick: the candidates that were on top
-    in at least a tenth of them are reported as a tie (the images drawn, not the measures, chose).
+    pick on top in fewer than :data:`STABLE_SUPPORT` of them, while another was on top in at least a tenth,
+    is no pick: it and those others are reported as a tie (the images drawn, not the measures, chose).
     """
     if not candidates:
         raise MedtlError("no candidates to rank", "candidates")
@@ -226,7 +226,8 @@ def recommend(
     if resampled:
         shares = _top_shares(target, resampled, weights, higher_is_better)
         stability = {"resamples": len(resampled), "top_share": shares, "support": shares.get(best["key"], 0.0)}
-        contenders = [r for r in rows if shares.get(r["key"], 0.0) >= 0.1]
+        # the full images' pick and every candidate on top in at least a tenth of the halves
+        contenders = [r for r in rows if r is best or shares.get(r["key"], 0.0) >= 0.1]
         if len(tied) == 1 and stability["support"] < STABLE_SUPPORT and len(contenders) > 1:
             tied, unstable = contenders, True
     if unstable:  # the composite separates them, but which images were drawn decides the order

@@ -39,6 +39,7 @@ def test_unknown_encoder_device_and_label_column_get_did_you_mean(tiny, config, 
     cases = [("encoder: {arch: resnet10}", "encoder: {arch: resnet81}",
               "train.yaml: encoder.arch: unknown encoder 'resnet81'; did you mean 'resnet18'?"),
              ("device: cpu", "device: gpu", "train.device: unknown device 'gpu' (auto, cpu, cuda or cuda:N)"),
+             ("device: cpu", "device: mps", "train.device: device 'mps': medtl trains on cpu or cuda"),
              ("tasks: [{name: tumor}]", "tasks: [{name: tumor, label_column: lable}]",
               "tasks[0].label_column: unknown label column 'lable' in the target manifest; did you mean 'label'?")]
     for old, new, message in cases:

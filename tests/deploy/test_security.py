@@ -318,6 +318,44 @@ def test_scrubbed_case_ids_still_resume_and_uids_stay_whole(tmp_path, mprage_fil
     assert again.resumed == 1 and again.ok + again.errors == 0 and len(_rows(out)) == 1
 
 
+def test_a_folder_written_before_case_ids_carried_their_hash_still_resumes(tmp_path, mprage_files, new_series,
+                                                                            model_2d):
+    data = tmp_path / "data"
+    (f,) = new_series(mprage_files[7:8], data / "Oldname^Patient", "old-resume", PatientName="Oldname^Patient")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{f.relative_to(data).as_posix()},x\n")
+    out = tmp_path / "out"
+    predict_batch(model_2d, manifest, out, data_root=data, progress=False)
+    ledger = out / "results.jsonl"
+    (row,) = _rows(out)
+    old_id = row["case_id"].rpartition("#")[0]  # as the row was written before the hash was added
+    ledger.write_text(json.dumps({**row, "case_id": old_id}) + "\n")
+    again = predict_batch(model_2d, manifest, out, data_root=data, progress=False)
+    assert again.resumed == 1 and again.ok == 0 and [r["case_id"] for r in _rows(out)] == [old_id]
+
+
+def test_an_identifier_at_the_cut_of_a_long_error_text_is_still_scrubbed(tmp_path, model_2d):
+    """The row writer redacts an error text, then cuts it to ERROR_CHARS: cut first, a PatientID straddling
+    the cut would lose its tail and escape the redactor."""
+    from medtl.deploy.batch import ERROR_CHARS, BatchResult, _RowWriter
+    from medtl.deploy.discover import Series
+    from medtl.deploy.ledger import Ledger
+    from medtl.deploy.model import load_model
+    from medtl.deploy.redact import Redactor, add_identifiers
+
+    redactor = Redactor()
+    add_identifiers(redactor, [("PatientID", "98765432")])
+    ledger = Ledger(tmp_path)
+    ledger.start({"model_digest": "d", "model_name": "m", "model_version": "1"})
+    writer = _RowWriter(load_model(model_2d, device="cpu"), ledger, tmp_path, None, False, False,
+                        BatchResult(tmp_path), redactor)
+    text = "x " * ((ERROR_CHARS - 5) // 2) + "98765432 and more"  # the ID straddles character ERROR_CHARS
+    writer.write(Series("k", case_id="k", status="error"), {"files": [], "error": text}, None)
+    ledger.close()
+    (row,) = _rows(tmp_path)
+    assert "9876" not in row["error"] and len(row["error"]) == ERROR_CHARS
+
+
 def test_two_patients_folders_that_scrub_alike_stay_two_cases_and_resume(tmp_path, mprage_files, new_series, model_2d):
     """Smith_Jane/study1 and Brown_Paul/study1 both scrub to [redacted]_[redacted]/study1: each case id
     carries a salted hash of its path, so both are results, and a killed run resumes the missing one."""

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medtl.errors import MedtlError
-from medtl.evaluation.delong import delong_covariance, delong_test
+from medtl.evaluation.delong import delong_covariance, delong_macro_test, delong_test
 
 
 def _direct(y, a, b):
@@ -175,3 +175,50 @@ def test_holm_adjusts_every_tested_comparison_step_down():
     comps = holm([{"p_value": 0.01}, {"p_value": 0.04}, {"p_value": None}, {"p_value": 0.03}, {"p_value": 0.6}])
     assert [c.get("p_holm") for c in comps] == [pytest.approx(0.04), pytest.approx(0.09), None, pytest.approx(0.09),
                                                 pytest.approx(0.6)]
+
+
+def _obuchowski(y, a, b, clusters):
+    """Obuchowski (1997) written out independently: per cluster, the sums of the positives' V10 and the
+    negatives' V01 (pairwise comparisons, ties 1/2), S10, S01, S11 and Var = S10/m + S01/n + 2 S11/(m n)."""
+    y, clusters = np.asarray(y, bool), np.asarray(clusters)
+    units = sorted(set(clusters.tolist()))
+    m, n, k = y.sum(), (~y).sum(), len(units)
+    out = []
+    for s in (np.asarray(a, float), np.asarray(b, float)):
+        pos, neg = s[y], s[~y]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        v10, v01 = np.zeros(len(y)), np.zeros(len(y))
+        v10[y], v01[~y] = psi.mean(1), psi.mean(0)
+        auc = psi.mean()
+        c10 = np.array([v10[(clusters == u) & y].sum() - ((clusters == u) & y).sum() * auc for u in units])
+        c01 = np.array([v01[(clusters == u) & ~y].sum() - ((clusters == u) & ~y).sum() * auc for u in units])
+        out.append((auc, c10, c01))
+    (_, a10, a01), (_, b10, b01) = out
+    f = k / (k - 1)
+
+    def cov(x10, x01, z10, z01):
+        return f * ((x10 @ z10) / m**2 + (x01 @ z01) / n**2 + (x10 @ z01 + x01 @ z10) / (m * n))
+
+    return cov(a10, a01, a10, a01) + cov(b10, b01, b10, b01) - 2 * cov(a10, a01, b10, b01)
+
+
+def test_clustered_delong_is_obuchowskis_and_copies_do_not_shrink_it():
+    rng = np.random.default_rng(3)
+    n = 60
+    y = np.r_[np.ones(n // 2, bool), np.zeros(n // 2, bool)]
+    a, b = rng.normal(y * 1.0, 1), rng.normal(y * 0.6, 1)
+    clusters = rng.integers(0, 25, n)  # 25 patients, some with several images
+    r = delong_test(y, a, b, clusters=clusters)
+    assert r.se ** 2 == pytest.approx(_obuchowski(y, a, b, clusters), rel=1e-10)
+    assert r.n_clusters == len(set(clusters.tolist()))
+    assert delong_test(y, a, b, clusters=np.arange(n)) == delong_test(y, a, b)  # one case each: DeLong's own
+    # every case four times over: plain DeLong takes the copies for new cases and halves the SE;
+    # clustered by the original case, the SE stays about the original's
+    rep = np.repeat(np.arange(n), 4)
+    plain, grouped, original = delong_test(y[rep], a[rep], b[rep]), delong_test(y[rep], a[rep], b[rep], rep), \
+        delong_test(y, a, b)
+    assert plain.se == pytest.approx(original.se / 2, rel=0.05)
+    assert grouped.se == pytest.approx(original.se, rel=0.05)
+    # the macro test with two classes and clusters is the binary one
+    macro = delong_macro_test(y.astype(int), np.c_[-a, a], np.c_[-b, b], clusters=clusters)
+    assert macro.se == pytest.approx(r.se, rel=1e-9) and macro.n_clusters == r.n_clusters

@@ -145,6 +145,8 @@ def test_a_perfect_auroc_gets_newcombes_interval_in_the_report(tmp_path):
     assert f"1.000 ± 0.000 ({low}–1.000 S)" in md and "S: every run scored the same" in md
     assert "1.000–1.000)" not in md  # an interval of no width (AUPRC, MCC of 1) is marked D and explained
     assert "1.000–1.000 D)" in md and "D: every resample scored the same" in md
+    calibration = md[md.index("### Calibration"):].split("\n\n")[2]  # its caption explains its S marks too
+    assert " S)" in md[md.index("### Calibration"):md.index("### Runs")] and "S: every run scored the same" in calibration
 
 
 def test_multiclass_accuracy_and_per_class_proportions_of_one_get_wilson_intervals():
@@ -171,6 +173,21 @@ def test_near_copies_are_one_bootstrap_unit_with_their_patients():
                        "near_copy_group": ["g1", "g1", None, "g2", "g2", None]})
     units = _groups(df)  # a and b share g1, a and c share p1: a, b, c one unit; d, e one; f its own
     assert len({units[0], units[1], units[2]}) == 1 and units[3] == units[4] and len(set(units)) == 3
+    chain = pd.DataFrame({"case_id": list("abcde"), "patient_id": ["P1"] * 4 + ["P2"],
+                          "near_copy_group": ["G1", "G2", "G3", "G4", "G3"]})
+    assert len(set(_groups(chain))) == 1  # P2 shares G3 with P1: one unit, however the union is walked
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    for trial in range(100):  # against scipy's connected components of "same patient or same group"
+        pid = np.random.default_rng(trial).integers(0, 5, 12).astype(str)
+        grp = np.where(np.random.default_rng(trial + 1000).random(12) < 0.5,
+                       np.random.default_rng(trial + 2000).integers(0, 4, 12).astype(str), None)
+        table = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "patient_id": pid, "near_copy_group": grp})
+        linked = [(i, j) for i in range(12) for j in range(12) if pid[i] == pid[j] or (grp[i] and grp[i] == grp[j])]
+        _, label = connected_components(coo_matrix((np.ones(len(linked)), tuple(zip(*linked))), shape=(12, 12)))
+        units = _groups(table)
+        assert ((label[:, None] == label[None, :]) == (units[:, None] == units[None, :])).all(), trial
 
     rng = np.random.default_rng(1)
     n = 40
@@ -191,7 +208,36 @@ def test_near_copies_are_one_bootstrap_unit_with_their_patients():
     assert loose["runs"][0]["bootstrap"]["unit"] == "case"
 
 
-def test_delong_comparisons_say_that_near_copies_make_their_p_values_small(tmp_path):
+def test_score_intervals_at_0_or_1_count_sampling_units_not_images():
+    """9 + 9 perfectly separated cases, each four times as near-copies: Newcombe's and Wilson's intervals
+    are those of 9 + 9 cases, not of 36 + 36 images."""
+    from medtl.evaluation.evaluate import auroc_score_interval, evaluate_predictions, wilson_interval
+
+    p = np.r_[np.linspace(0.05, 0.4, 9), np.linspace(0.6, 0.95, 9)]
+    base = pd.DataFrame({"case_id": [f"c{i}" for i in range(18)], "label": ["F"] * 9 + ["M"] * 9,
+                         "prob_F": 1 - p, "prob_M": p})
+    table = pd.concat([base.assign(case_id=base["case_id"] + f"-{k}", near_copy_group=base["case_id"])
+                       for k in range(4)], ignore_index=True)
+    m = evaluate_predictions(table, n_boot=100)["tasks"]["default"]["strategies"]["default"]["metrics"]
+    assert (m["auroc"]["ci_low"], m["auroc"]["ci_high"]) == pytest.approx(auroc_score_interval(1.0, 9, 9, 0.95))
+    assert m["sensitivity"]["ci_low"] == pytest.approx(wilson_interval(9, 9, 0.95)[0])
+
+
+def test_runs_within_float_noise_of_each_other_scored_the_same_and_an_undefined_run_does_not():
+    from medtl.evaluation.evaluate import _aggregate, EvalSettings
+
+    def run(i, value):
+        metric = None if value is None else {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.05}
+        return {"run_id": f"r{i}", "seed": i, "metrics": {"auc": metric}, "threshold": None, "n_test": 10}
+
+    same = _aggregate([run(i, 0.1234565 + d) for i, d in enumerate((1e-12, -1e-12, 0.0))], 1.0, EvalSettings())
+    assert same["metrics"]["auc"]["ci_method"].startswith("Same in every run")
+    assert same["metrics"]["auc"]["ci_low"] == pytest.approx(0.1234565 - 0.1)
+    gap = _aggregate([run(0, None), run(1, 0.5), run(2, 0.5)], 1.0, EvalSettings())
+    assert "ci_method" not in gap["metrics"]["auc"]  # one run undefined: not "the same in every run"
+
+
+def test_delong_comparisons_say_their_variance_is_cluster_robust_over_near_copies(tmp_path):
     from medtl.evaluation.evaluate import evaluate_predictions
     from medtl.evaluation.report import render_report
 
@@ -206,5 +252,5 @@ def test_delong_comparisons_say_that_near_copies_make_their_p_values_small(tmp_p
     plain = render_report(evaluate_predictions(table, n_boot=50), tmp_path / "plain")["md"].read_text()
     grouped = table.assign(near_copy_group=[f"g{i // 2}" for i in range(2 * n)] * 2)
     copies = render_report(evaluate_predictions(grouped, n_boot=50), tmp_path / "copies")["md"].read_text()
-    assert "DeLong's test for two correlated AUROCs" in plain and "near-copies of one image" not in plain
-    assert "its p-values are somewhat too small" in copies
+    assert "DeLong's test for two correlated AUROCs" in plain and "cluster-robust" not in plain
+    assert "DeLong's variance is cluster-robust over those units (Obuchowski 1997)" in copies

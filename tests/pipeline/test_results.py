@@ -213,7 +213,7 @@ def test_the_training_mean_baseline_is_judged_by_its_test_case_interval_and_a_pa
     assert (base.metrics["mae"].ci_low, base.metrics["mae"].ci_high) == (boot.ci_low, boot.ci_high)
     assert base.metrics["mae"].ci_method.startswith("Same in every run")
     text = "\n".join(_task_section("age", task))
-    assert f"| training_mean | 3 | {boot.value:.2f} ({boot.ci_low:.2f}–{boot.ci_high:.2f}) |" in text
+    assert f"| training_mean | 3 | {boot.value:.2f} ({boot.ci_low:.2f}–{boot.ci_high:.2f} S) |" in text
     assert "every seed reached the same MAE" in text
     line = next(x for x in text.splitlines() if x.startswith("- `finetune`"))
     assert "better than the baseline" in line and "paired t-test: MAE higher in 0, lower in 3 of 3 seeds" in line

@@ -105,3 +105,7 @@ def test_saved_features_feed_the_array_mode_by_name(tmp_path, capsys):
     out = json.loads((tmp_path / "o.json").read_text())
     assert out["n_source"] == 30 and out["n_target"] == 20 and out["n_target_classes"] == 2
     assert "mmd_p_value (small = the domains differ)" in capsys.readouterr().out
+    np.savez(tmp_path / "one.npz", features=np.ones((5, 4)))
+    assert main(["similarity", "--source-features", f"{tmp_path / 'one.npz'}:target", "--target-features",
+                 f"{saved}:target"]) == 2  # asked for by name: the file's only array is not it
+    assert "no 'target'" in capsys.readouterr().err

@@ -174,3 +174,14 @@ def test_a_score_every_candidate_shares_is_not_called_the_highest():
     same = [{"source": "s", "encoder": "e", "strategy": k, "scores": {"logme": -0.5}} for k in ("a", "b")]
     rec = recommend({}, same)
     assert rec["ranking"][0]["reasons"] == ["logme (-0.5) the same for all 2"] and "highest" not in rec["explanation"]
+
+
+def test_a_pick_the_halves_never_support_is_a_tie_with_the_one_they_do():
+    def cands(a, b):
+        return [{"source": "s", "encoder": "e1", "strategy": "a", "scores": {"logme": a}},
+                {"source": "s", "encoder": "e2", "strategy": "b", "scores": {"logme": b}}]
+
+    halves = [cands(-0.46, -0.45)] * 19 + [cands(-0.44, -0.45)]  # b on top in 19 of 20
+    rec = recommend({}, cands(-0.44, -0.45), resampled=halves)
+    assert rec["stability"]["support"] == 0.05 and rec["tie"] == ["s/e1/a", "s/e2/b"]
+    assert rec["explanation"].startswith("Unstable")

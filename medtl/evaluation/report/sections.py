@@ -247,7 +247,9 @@ def _calibration_table(doc: Document, strategies: dict) -> None:
               f"ECE: {first['quantity']}, {first['binning']}. T fitted on validation (NLL), applied to test; "
               "T > 1 means the model was over-confident; T shown for the representative run"
               + ("; * the estimate lies outside its bootstrap interval: binned ECE is biased upwards under "
-                 "resampling when bins hold few cases" if star else ""))  # fmt: skip
+                 "resampling when bins hold few cases" if star else "")
+              + _marks_note(m for e in strategies.values() for m in (
+                  e["metrics"]["ece"], e["metrics"]["brier"], *((e.get("calibration_scaled") or {}).values()))))
 
 
 def _runs_table(doc: Document, strategies: dict, kind: str) -> None:
@@ -265,7 +267,8 @@ def _runs_table(doc: Document, strategies: dict, kind: str) -> None:
                          _fmt(r["metrics"][m]), _fmt_threshold(r["threshold"])])  # fmt: skip
     doc.h(3, "Runs")
     more = f"; {hidden} runs at smaller label fractions are in report.json" if hidden else ""
-    note = _marks_note(r["metrics"][m] for e in strategies.values() for r in e["runs"])
+    note = _marks_note(r["metrics"][m] for e in strategies.values() for r in e["runs"]
+                       if r["label_fraction"] == e["label_fraction"])  # the rows shown
     doc.table(["Strategy", "Run", "Seed", "Label fraction", "n test", NAMES[m], "Threshold"], rows,
               f"Each run with its own bootstrap interval{more}{note}")  # fmt: skip
 
@@ -289,7 +292,8 @@ def _fraction_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -
             hi.append(v["ci_high"])
         series.append({"label": s, "x": xs, "y": ys, "low": lo, "high": hi})
     doc.h(3, "Label-fraction curve")
-    note = _marks_note(g["metrics"][m] for e in with_fractions.values() for g in e["by_label_fraction"])
+    note = _marks_note(g["metrics"][m] for e in with_fractions.values() for g in e["by_label_fraction"]
+                       if g["label_fraction"] is not None)  # the rows shown
     doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows, note.removeprefix("; ") or None)
     baseline = next((s for s in with_fractions if s.split("/")[-1] == "scratch"), None)
     png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction", baseline=baseline)
@@ -332,9 +336,12 @@ def _comparisons(doc: Document, t: dict) -> None:
               + "; runs paired by seed and label fraction (run ids in report.json); p uncorrected, p (Holm) adjusted "
               f"by Holm's step-down method over all {n_tested} tested comparisons of this task (report.json included)"
               + (f"; {hidden} comparisons at smaller label fractions are in report.json" if hidden else "")
-              + ("; the test takes the test cases as independent, so where some are near-copies of one image (as "
-                 "here: the bootstrap resamples them as one unit) its p-values are somewhat too small"
-                 if _near_copies(t) else ""))  # fmt: skip
+              + ("; where cases share a patient or are near-copies of one image, DeLong's variance is "
+                 "cluster-robust over those units (Obuchowski 1997), as the bootstrap resamples them"
+                 if not regression and any(c.get("n_clusters") for c in t["comparisons"]) else "")
+              + ("; the paired t-test takes the test cases as independent, so where some are near-copies of one "
+                 "image (as here: the bootstrap resamples them as one unit) its p-values are somewhat too small"
+                 if regression and _near_copies(t) else ""))  # fmt: skip
 
 
 def _near_copies(t: dict) -> bool:

@@ -82,7 +82,9 @@ def test_delong_comparisons_match_direct_test(full_report, binary_table):
     test = binary_table[binary_table["split"] == "test"]
     a = test[test["run_id"] == c["run_a"]].set_index("case_id")
     b = test[test["run_id"] == c["run_b"]].set_index("case_id").loc[a.index]
-    ref = delong_test(a["label"] == "tumor", a["prob_tumor"], b["prob_tumor"])
+    # several images per patient: the variance is cluster-robust over patients
+    assert a["patient_id"].duplicated().any() and c["n_clusters"] == a["patient_id"].nunique()
+    ref = delong_test(a["label"] == "tumor", a["prob_tumor"], b["prob_tumor"], clusters=a["patient_id"])
     assert c["p_value"] == pytest.approx(ref.p_value) and c["auc_a"] == pytest.approx(ref.auc_a)
 
 
@@ -255,8 +257,10 @@ def test_multiclass_strategies_are_compared_by_macro_delong_per_seed():
     a = test[test["run_id"] == c["run_a"]].set_index("case_id")
     b = test[test["run_id"] == c["run_b"]].set_index("case_id").loc[a.index]
     cols = [f"prob_{k}" for k in classes]
+    clustered = a["patient_id"].duplicated().any()  # several images per patient: cluster-robust over patients
+    assert c["n_clusters"] == (a["patient_id"].nunique() if clustered else None)
     ref = delong_macro_test(a["label"].map({k: i for i, k in enumerate(classes)}).to_numpy(),
-                            a[cols].to_numpy(float), b[cols].to_numpy(float))
+                            a[cols].to_numpy(float), b[cols].to_numpy(float), a["patient_id"] if clustered else None)
     assert c["p_value"] == pytest.approx(ref.p_value) and c["auc_a"] == pytest.approx(ref.auc_a)
     assert not any("binary tasks only" in n for n in evaluate_predictions(table, n_boot=50)["tasks"]["tumor4"]["notes"])
 
