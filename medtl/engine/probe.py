@@ -90,7 +90,11 @@ def fit_head_lbfgs(
     device = fc.weight.device
     x, y = train.features.to(device), train.labels.to(device)
     mu = x.mean(0)
-    sd = x.std(0).nan_to_num(1.0).clamp_min(1e-6) if len(x) > 1 else torch.ones_like(mu)
+    sd = x.std(0).nan_to_num(1.0) if len(x) > 1 else torch.ones_like(mu)
+    # a feature nearly constant on these images would get a weight of W / sd in raw units: once fine-tuning
+    # (LP-FT) moves the encoder, its small shifts would swamp the logits; its spread counts as at least a
+    # tenth of the typical one
+    sd = sd.clamp_min(max(1e-6, 0.1 * float(sd.median())))
     z = (x - mu) / sd
     has_val = val is not None and val.labels is not None and len(val) > 0
     if not has_val and len(penalties) != 1:

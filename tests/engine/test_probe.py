@@ -79,3 +79,19 @@ def test_lbfgs_probe_picks_the_penalty_with_the_lowest_validation_loss():
     assert chosen[0]["weight_decay"] > PROBE_PENALTIES[0]  # the weakest penalty is not the best here
     with pytest.raises(MedtlError, match="one penalty"):
         fit_head_lbfgs(Head(40, "binary"), train)
+
+
+def test_a_nearly_constant_feature_gets_no_outsized_weight_in_raw_units():
+    """A feature all but constant on the probe's images (a dead unit of a barely trained encoder) would get
+    a raw-unit weight of W / sd: when LP-FT then fine-tunes the encoder and that unit moves a little, the
+    logits explode. Its spread counts as at least a tenth of the typical one, so its weight stays of the order
+    of the others'."""
+    rng = np.random.default_rng(0)
+    n = 80
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 8)) + 0.5 * y[:, None]
+    x[:, 0] = 3.0 + 1e-5 * (y - 0.5) + 1e-6 * rng.normal(size=n)  # separates the classes, on a spread of 1e-5
+    head = Head(8, "binary")
+    fit_head_lbfgs(head, FeatureSet(torch.tensor(x, dtype=torch.float32), torch.tensor(y)), penalties=(0.1,))
+    weight = head.fc.weight.detach().abs()
+    assert weight[:, 0].max() < 20 * weight[:, 1:].max()  # without the floor: about 1e4 times the others
