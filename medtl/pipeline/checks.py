@@ -70,6 +70,16 @@ def check_before_run(ctx: Context) -> None:
             columns = ["label", *target.rows[0].extras]
             raise unknown("label column", task.label_column, columns, f"{where}: tasks[{i}].label_column",
                           of=" in the target manifest", listed="columns")
+    source = ctx.manifest(cfg.source, "source")
+    for i, task in enumerate(cfg.tasks):  # a task's label_map renames the classes of the source and the target
+        if task.label_map:
+            values = {r.label if task.label_column == "label" else r.extras.get(task.label_column)
+                      for m in (source, target) for r in m.rows}
+            unused = sorted(set(task.label_map) - values)
+            if unused:  # a misspelt class would silently keep its old name
+                raise MedtlError(f"label_map names {', '.join(map(repr, unused))}, which neither manifest's "
+                                 f"{task.label_column} column holds (they hold {', '.join(sorted(map(str, values)))})",
+                                 f"{where}: tasks[{i}].label_map")
     heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
     if cfg.label_counts:  # refused now, not hours later when the transfer stage starts: each count is drawn
         for task in cfg.tasks:  # once, as the jobs will (too many rows, or fewer than one per class, fails)

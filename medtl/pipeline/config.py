@@ -97,7 +97,9 @@ class TrainSpec(Strict):
     # label-free selector of medtl.adapt.selection; every one is logged each epoch for the regret table
     selector: Literal["source_loss", "source_accuracy", "dev", "entropy", "infomax", "snd"] = "source_loss"
     deterministic: bool = False
-    # linear probes train on frozen-encoder features computed once (no per-epoch augmentation)
+    # linear probes train on frozen-encoder features computed once (no per-epoch augmentation), fitted to
+    # convergence by L-BFGS over a penalty sweep: feature_extraction's lr, weight_decay and epochs are then not
+    # used, nor LP-FT's lp_lr and lp_fraction unless lp_epochs is set (the probe is its first phase)
     feature_cache: bool = True
     # at least this many optimiser steps per job: a small label fraction trains for more epochs (patience
     # grows alike), so every fraction gets a comparable budget in steps rather than in passes over its data
@@ -175,6 +177,13 @@ class PipelineConfig(Strict):
     def _fractions(cls, v: list[float]) -> list[float]:
         if not v or any(not 0 < f <= 1 for f in v):
             raise ValueError("each label fraction must be in (0, 1]")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):  # a repeated seed is the same run again, not another one
+            raise ValueError(f"seeds must differ from each other, got {v}")
         return v
 
     @field_validator("label_counts")

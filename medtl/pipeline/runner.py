@@ -164,6 +164,15 @@ def stage_prepare(ctx: Context) -> dict:
     return {}
 
 
+def _record_command(ctx: Context) -> None:
+    """environment.json's config file and output folder: the command that reproduces the folder as it is."""
+    path = ctx.out / "environment.json"
+    if path.exists():
+        env = json.loads(path.read_text())
+        env.update(config_path=str(ctx.config_path), out=str(ctx.out))
+        path.write_text(json.dumps(env, indent=2) + "\n")
+
+
 def manifest_hashes(ctx: Context) -> dict[str, str]:
     """The SHA-256 of the source and target manifest files: a run folder's splits are tied to them."""
     from medtl.paths import file_sha256
@@ -465,6 +474,7 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
         comparison = compare_outcome(ranked, {k: v for k, v in by_key.items() if v is not None})
         by_budget.append({**comparison, "label_fraction": budget.fraction, "n_labelled": n, "tie": ranked.get("tie") or [],
                           "support": (ranked.get("stability") or {}).get("support"),
+                          "prior_only": bool(ranked.get("prior_only")),
                           "ranking": [{"key": r["key"], "composite": r["composite"]} for r in ranked["ranking"]]})
     if not by_budget:
         return None
@@ -621,6 +631,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
                      else book.check(st, payloads[st], legacy[st]) for st in selected}
             if "grown" in needs.values():
                 write_config(ctx)  # the folder's config.yaml describes the grown study
+                _record_command(ctx)  # and the command that grew it is the one that makes it now
             upstream_ran = False  # a stage reads what the ones before it wrote: once one runs, the rest follow
             for stage in selected:
                 payload = payloads[stage]

@@ -230,6 +230,10 @@ def recommend(
         contenders = [r for r in rows if r is best or shares.get(r["key"], 0.0) >= 0.1]
         if len(tied) == 1 and stability["support"] < STABLE_SUPPORT and len(contenders) > 1:
             tied, unstable = contenders, True
+    # measured values that differ between candidates: without any, the order is the strategy prior's alone
+    informative = [m for m in ranked_metrics if m not in DIRECTIONS
+                   and len({score(c, m) for c in eligible.values() if score(c, m) is not None}) > 1]
+    prior_only = bool(ranked_metrics) and not informative
     if unstable:  # the composite separates them, but which images were drawn decides the order
         names = ", ".join(f"{r['key']} (on top in {shares.get(r['key'], 0.0):.0%})" for r in tied)
         text = [f"Unstable: on {len(resampled)} random halves of the images the top option changes ({names}; "
@@ -254,9 +258,12 @@ def recommend(
                 text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
             if best["composite"] - second["composite"] < 0.05:
                 text.append("The top two are nearly tied: compare them by training both.")
-        if stability:
+        if stability and not prior_only:
             text.append(f"It stays on top on {stability['support']:.0%} of {len(resampled)} random halves of the "
                         "images.")
+    if prior_only:
+        text.append("No measurement tells these candidates apart (the same for every one that has it): the order "
+                    "is the strategy prior's alone, a rule of thumb on the number of labels.")
     for m in unit_bound:
         text.append(f"{m} is not ranked: it is in each encoder's own feature units, and the options use "
                     f"{len(encoders)} encoders ({', '.join(encoders)}).")
@@ -282,6 +289,7 @@ def recommend(
         "recommended": best["key"],  # with a tie, the top-scored of the tied options (by name when equal)
         "tie": [r["key"] for r in tied] if len(tied) > 1 else [],
         "stability": stability,
+        "prior_only": prior_only,
         "explanation": " ".join(text),
     }
 

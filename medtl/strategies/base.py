@@ -75,9 +75,20 @@ class Strategy(nn.Module):
 
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any], where: str = "hparams") -> None:
-        """Refuse a hyper-parameter this strategy does not have (with the one it most likely meant)."""
+        """Refuse a hyper-parameter this strategy does not have (with the one it most likely meant), or a value of
+        another kind than its default's (a number, a true/false), or a learning rate that is not positive."""
         for key in sorted(set(hparams) - set(cls.DEFAULTS)):
             raise unknown("hyper-parameter", key, sorted(cls.DEFAULTS), where, of=f" for {cls.name}")
+        for key, value in hparams.items():
+            default = cls.DEFAULTS[key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise MedtlError(f"{key} of {cls.name} is true or false, got {value!r}", where)
+            number = isinstance(default, (int, float)) and not isinstance(default, bool)
+            if number and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise MedtlError(f"{key} of {cls.name} is a number, got {value!r}", where)
+            if number and value < 0 or key.endswith("lr") and isinstance(value, (int, float)) and value <= 0:
+                raise MedtlError(f"{key} of {cls.name} must be {'positive' if key.endswith('lr') else 'at least 0'}, "
+                                 f"got {value!r}", where)
 
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         super().__init__()

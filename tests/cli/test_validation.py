@@ -35,13 +35,20 @@ def test_unknown_hyper_parameter_and_config_key_get_did_you_mean(tiny, config, c
     assert not (tiny / "hp").exists() and not (tiny / "key").exists()
 
 
-def test_unknown_encoder_device_and_label_column_get_did_you_mean(tiny, config, capsys):
+def test_wrong_encoder_device_label_column_label_map_hparam_values_and_seeds_are_refused(tiny, config, capsys):
     cases = [("encoder: {arch: resnet10}", "encoder: {arch: resnet81}",
               "train.yaml: encoder.arch: unknown encoder 'resnet81'; did you mean 'resnet18'?"),
              ("device: cpu", "device: gpu", "train.device: unknown device 'gpu' (auto, cpu, cuda or cuda:N)"),
              ("device: cpu", "device: mps", "train.device: device 'mps': medtl trains on cpu or cuda"),
              ("tasks: [{name: tumor}]", "tasks: [{name: tumor, label_column: lable}]",
-              "tasks[0].label_column: unknown label column 'lable' in the target manifest; did you mean 'label'?")]
+              "tasks[0].label_column: unknown label column 'lable' in the target manifest; did you mean 'label'?"),
+             ("tasks: [{name: tumor}]", "tasks: [{name: tumor, label_map: {tumour: tumor}}]",
+              "tasks[0].label_map: label_map names 'tumour', which neither manifest's label column holds"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: full, hparams: {lr: fast}}]",
+              "strategies[0].hparams: lr of full is a number, got 'fast'"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: full, hparams: {lr: -1.0}}]",
+              "strategies[0].hparams: lr of full must be positive, got -1.0"),
+             ("seeds: [0]", "seeds: [0, 0]", "seeds: seeds must differ from each other, got [0, 0]")]
     for old, new, message in cases:
         assert old in config
         assert main(_run(tiny, config.replace(old, new), "train")) == 2

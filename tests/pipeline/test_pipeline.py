@@ -66,6 +66,8 @@ def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny_
     assert before["transfer"]["seconds"] < after["transfer"]["seconds"] <= before["transfer"]["seconds"] + elapsed
     assert "scratch" in (grown / "report.md").read_text()
     assert "scratch" in (grown / "config.yaml").read_text()  # the folder's config is the grown one
+    env = json.loads((grown / "environment.json").read_text())  # the command the results page prints
+    assert env["config_path"] == str(bigger.resolve()) and env["out"] == str(grown)
     # refused: a dropped strategy, or growth together with another change; either leaves the folder as it was
     kept = {p: p.read_bytes() for p in (grown / "stages.json", grown / "config.yaml",
                                         grown / "similarity" / "recommendation.json")}

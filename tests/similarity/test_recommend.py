@@ -185,3 +185,14 @@ def test_a_pick_the_halves_never_support_is_a_tie_with_the_one_they_do():
     rec = recommend({}, cands(-0.44, -0.45), resampled=halves)
     assert rec["stability"]["support"] == 0.05 and rec["tie"] == ["s/e1/a", "s/e2/b"]
     assert rec["explanation"].startswith("Unstable")
+
+
+def test_an_order_made_by_the_prior_alone_says_so():
+    """One encoder for every candidate: every measurement is the same for all, so the strategy prior orders
+    them, and a stability over image halves would be 100% by construction: the record says prior_only."""
+    same = [{"source": "s", "encoder": "e", "strategy": k, "scores": {"logme": -0.5, "proxy_a_distance": 1.2}}
+            for k in ("lp_ft", "full", "feature_extraction")]
+    rec = recommend({"n_labelled": 40}, same, resampled=[same] * 4)
+    assert rec["prior_only"] and "the order is the strategy prior's alone" in rec["explanation"]
+    assert "It stays on top" not in rec["explanation"]
+    assert not recommend({"n_labelled": 40}, CANDIDATES)["prior_only"]

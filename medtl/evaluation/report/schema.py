@@ -164,6 +164,7 @@ class Outcome(_Node):
     n_labelled: int | None = None
     tie: list[str] = []  # the candidates the ranking could not separate (recommended: the top-scored of them)
     support: float | None = None  # share of image resamples with the top-scored candidate on top (None: not measured)
+    prior_only: bool = False  # no measurement told the candidates apart: the strategy prior ordered them
     ranking: list[dict[str, Any]] = []  # {key, composite} per candidate, best first, as ranked for this budget
 
 
