@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import secrets as _secrets
 import shutil
 import tempfile
@@ -498,9 +499,13 @@ def _adopt_unsalted_ids(series: list[Series], done: dict[str, dict]) -> None:
     """A folder written before scrubbed case ids carried their salted hash holds them without it: a series
     whose id, less the hash, is such a row (and is the only one that scrubs to it) keeps that id, so the
     rerun neither predicts it again nor writes it twice."""
-    bare = Counter(s.case_id.rpartition("#")[0] for s in series if "#" in s.case_id)
+    def unsalted(s: Series) -> str:  # the id without the salted hash _case_id added to a scrubbed path
+        old, _, suffix = s.case_id.rpartition("#")
+        return old if s.case_id != s.key and re.fullmatch(r"[0-9a-f]{8}", suffix) else ""
+
+    bare = Counter(unsalted(s) for s in series)
     for s in series:
-        old = s.case_id.rpartition("#")[0]
+        old = unsalted(s)
         if old and s.case_id not in done and old in done and bare[old] == 1:
             s.case_id = old
 

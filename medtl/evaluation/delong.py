@@ -9,10 +9,12 @@ fraction of positives that out-score it. AUC = mean V10 = mean V01 and
 which extends to the covariance of two AUCs on the same cases.
 
 When cases come in clusters (several images of one patient, near-copies of one image), the variance is
-Obuchowski's (1997): each case's influence on the AUC ((V10 - AUC) / m for a positive, (V01 - AUC) / n for
-a negative) is summed per cluster, and Var = K / (K - 1) * sum of the squared cluster sums over the K
-clusters, which equals her S10 / m + S01 / n + 2 S11 / (m n). With one case per cluster DeLong's own
-estimate is kept.
+Obuchowski's (1997): with V10_k and V01_k the sums of a cluster's positives' V10 and negatives' V01, and
+m_k, n_k its counts, S10 = I10 / (I10 - 1) / m * sum (V10_k - m_k AUC)^2 over the I10 clusters holding a
+positive, S01 likewise over the I01 holding a negative, S11 = I / (I - 1) * sum (V10_k - m_k AUC)(V01_k -
+n_k AUC), and Var = S10 / m + S01 / n + 2 S11 / (m n). Exact copies clustered by their original give
+DeLong's variance of the originals. With one case per cluster DeLong's own estimate is kept. The macro
+(multiclass) test sums each case's influence per cluster and takes K / (K - 1) times the sums' second moment.
 """
 
 from __future__ import annotations
@@ -84,23 +86,48 @@ class DeLongResult:
 
 
 def _units(clusters, n: int) -> np.ndarray | None:
-    """Cluster codes 0..K-1 of ``n`` cases, or None when there are none or every case is its own."""
+    """Cluster codes 0..K-1 of ``n`` cases (a case without one, None or NaN, is its own), or None when there
+    are none or every case is its own."""
     if clusters is None:
         return None
-    c = np.asarray(clusters)
-    if len(c) != n:
-        raise MedtlError(f"need one cluster per case: {n} cases, {len(c)} clusters", "clusters")
-    codes = np.unique(c.astype(str), return_inverse=True)[1]
+    if len(clusters) != n:
+        raise MedtlError(f"need one cluster per case: {n} cases, {len(clusters)} clusters", "clusters")
+    names = [f"\0case{i}" if c is None or (isinstance(c, float) and np.isnan(c)) else str(c)
+             for i, c in enumerate(clusters)]
+    codes = np.unique(names, return_inverse=True)[1]
     return codes if codes.max(initial=-1) + 1 < n else None
 
 
+def _sums(values: np.ndarray, units: np.ndarray, k_units: int) -> np.ndarray:
+    """Per-cluster sums of each row of ``values`` (k, n) -> (k, K)."""
+    return np.stack([np.bincount(units, weights=row, minlength=k_units) for row in values])
+
+
+def _obuchowski_covariance(v10: np.ndarray, v01: np.ndarray, y: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Obuchowski's (1997) covariance of the AUCs of score rows (k, .) from their structural components;
+    nan when fewer than two clusters hold a positive or a negative."""
+    k_units, m, n = int(units.max()) + 1, v10.shape[1], v01.shape[1]
+    auc = v10.mean(axis=1, keepdims=True)
+    m_k = np.bincount(units[y], minlength=k_units)
+    n_k = np.bincount(units[~y], minlength=k_units)
+    i10, i01, i_all = int((m_k > 0).sum()), int((n_k > 0).sum()), int(((m_k + n_k) > 0).sum())
+    if min(i10, i01) < 2:
+        return np.full((len(v10), len(v10)), np.nan)
+    d10 = _sums(v10, units[y], k_units) - m_k * auc  # (k, K): zero for clusters without a positive
+    d01 = _sums(v01, units[~y], k_units) - n_k * auc
+    s10 = d10 @ d10.T * i10 / (i10 - 1) / m
+    s01 = d01 @ d01.T * i01 / (i01 - 1) / n
+    s11 = (d10 @ d01.T + d01 @ d10.T) / 2 * i_all / (i_all - 1)
+    return s10 / m + s01 / n + 2 * s11 / (m * n)
+
+
 def _clustered_covariance(influence: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """Obuchowski's covariance of the AUCs from each case's influence (k, n): the cluster sums' second
-    moment times K / (K - 1); nan with fewer than two clusters."""
+    """The covariance of the AUCs from each case's influence (k, n): the cluster sums' second moment times
+    K / (K - 1) (the macro test's; a binary test has Obuchowski's own); nan with fewer than two clusters."""
     k_units = int(units.max()) + 1
     if k_units < 2:
         return np.full((len(influence), len(influence)), np.nan)
-    sums = np.stack([np.bincount(units, weights=row, minlength=k_units) for row in influence])  # (k, K)
+    sums = _sums(influence, units, k_units)
     return sums @ sums.T * k_units / (k_units - 1)
 
 
@@ -121,11 +148,10 @@ def delong_test(y_true, score_a, score_b, clusters=None) -> DeLongResult:
     units = _units(clusters, len(y))
     if units is None:
         cov = _covariance(v10, v01)
+    elif m < 2 or n < 2:  # as without clusters: no variance from one case of a class
+        cov = np.full((2, 2), np.nan)
     else:
-        influence = np.zeros((2, len(y)))
-        influence[:, y] = (v10 - auc[:, None]) / m
-        influence[:, ~y] = (v01 - auc[:, None]) / n
-        cov = _clustered_covariance(influence, units)
+        cov = _obuchowski_covariance(v10, v01, y, units)
     return _result(auc, cov, np.array_equal(v10[0], v10[1]) and np.array_equal(v01[0], v01[1]),
                    f"at least two positive and two negative cases (have {m} and {n})", "positive-negative pair",
                    n_positive=int(y.sum()), n_negative=int((~y).sum()),
@@ -187,7 +213,9 @@ def delong_macro_test(y_true, probs_a, probs_b, clusters=None) -> DeLongResult:
         infl[:, ~pos] += (v01 - auc[:, [c]]) / (~pos).sum() / k
     macro = auc.mean(axis=1)
     units = _units(clusters, n)
-    if units is not None:  # clusters of cases (of one class or several): Obuchowski's cluster sums
+    if units is not None and counts.min() < 2:  # as without clusters: no variance from one case of a class
+        cov = np.full((2, 2), np.nan)
+    elif units is not None:  # clusters of cases (of one class or several): their influences summed
         cov = _clustered_covariance(infl, units)
     else:
         cov = np.zeros((2, 2))

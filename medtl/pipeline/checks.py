@@ -35,6 +35,12 @@ def check_before_run(ctx: Context) -> None:
         except MedtlError as err:
             raise MedtlError(err.reason, f"{where}: strategies[{spec.display}]") from None
         cls.check_hparams(spec.hparams, f"{where}: strategies[{i}].hparams")
+    pretrains = [("pretrain", cfg.pretrain)] + [(f"sources.{n}.pretrain", src.pretrain) for n, src in cfg.sources.items()]
+    for key, spec in pretrains:  # self-supervised pretraining's hyper-parameters, before hours of it
+        if spec.hparams and spec.mode == "moco":
+            from medtl.strategies.ssl import MoCoStrategy
+
+            MoCoStrategy.check_hparams(spec.hparams, f"{where}: {key}.hparams")
     for field, check in (("train.device", lambda: resolve_device(cfg.train.device)),
                          ("encoder.arch", lambda: check_arch(cfg.encoder.arch))):
         try:

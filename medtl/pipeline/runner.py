@@ -169,7 +169,8 @@ def _record_command(ctx: Context) -> None:
     path = ctx.out / "environment.json"
     if path.exists():
         env = json.loads(path.read_text())
-        env.update(config_path=str(ctx.config_path), out=str(ctx.out))
+        env.update(config_path=str(ctx.config_path), out=str(ctx.out), profile=ctx.profile or "default",
+                   data_root=str(ctx.data_root))
         path.write_text(json.dumps(env, indent=2) + "\n")
 
 

@@ -230,10 +230,11 @@ def recommend(
         contenders = [r for r in rows if r is best or shares.get(r["key"], 0.0) >= 0.1]
         if len(tied) == 1 and stability["support"] < STABLE_SUPPORT and len(contenders) > 1:
             tied, unstable = contenders, True
-    # measured values that differ between candidates: without any, the order is the strategy prior's alone
+    # measurements that move some candidate off the middle rank: without any, no measurement orders them
     informative = [m for m in ranked_metrics if m not in DIRECTIONS
-                   and len({score(c, m) for c in eligible.values() if score(c, m) is not None}) > 1]
-    prior_only = bool(ranked_metrics) and not informative
+                   and any(abs(r - 0.5) > 1e-12 for r in per_metric[m].values())]
+    unordered = not informative
+    prior_only = unordered and "strategy_prior" in ranked_metrics  # then the prior alone orders them
     if unstable:  # the composite separates them, but which images were drawn decides the order
         names = ", ".join(f"{r['key']} (on top in {shares.get(r['key'], 0.0):.0%})" for r in tied)
         text = [f"Unstable: on {len(resampled)} random halves of the images the top option changes ({names}; "
@@ -258,12 +259,13 @@ def recommend(
                 text.append(f"Runner-up: {second['key']} (composite {second['composite']:.3f}): {why}.")
             if best["composite"] - second["composite"] < 0.05:
                 text.append("The top two are nearly tied: compare them by training both.")
-        if stability and not prior_only:
+        if stability and not unordered:
             text.append(f"It stays on top on {stability['support']:.0%} of {len(resampled)} random halves of the "
                         "images.")
-    if prior_only:
-        text.append("No measurement tells these candidates apart (the same for every one that has it): the order "
-                    "is the strategy prior's alone, a rule of thumb on the number of labels.")
+    if unordered:
+        text.append("No measurement tells these candidates apart (the same for every one that has it)"
+                    + (": the order is the strategy prior's alone, a rule of thumb on the number of labels."
+                       if prior_only else "."))
     for m in unit_bound:
         text.append(f"{m} is not ranked: it is in each encoder's own feature units, and the options use "
                     f"{len(encoders)} encoders ({', '.join(encoders)}).")

@@ -17,6 +17,9 @@ Strategies register themselves here with :func:`register_strategy`; look them up
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 from typing import Any, ClassVar
 
 import torch
@@ -76,7 +79,8 @@ class Strategy(nn.Module):
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any], where: str = "hparams") -> None:
         """Refuse a hyper-parameter this strategy does not have (with the one it most likely meant), or a value of
-        another kind than its default's (a number, a true/false), or a learning rate that is not positive."""
+        another kind than its default's (a number, a whole number, true/false), or one out of its range (negative;
+        a fraction above 1; a temperature of 0)."""
         for key in sorted(set(hparams) - set(cls.DEFAULTS)):
             raise unknown("hyper-parameter", key, sorted(cls.DEFAULTS), where, of=f" for {cls.name}")
         for key, value in hparams.items():
@@ -84,11 +88,26 @@ class Strategy(nn.Module):
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise MedtlError(f"{key} of {cls.name} is true or false, got {value!r}", where)
             number = isinstance(default, (int, float)) and not isinstance(default, bool)
-            if number and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise MedtlError(f"{key} of {cls.name} is a number, got {value!r}", where)
-            if number and value < 0 or key.endswith("lr") and isinstance(value, (int, float)) and value <= 0:
-                raise MedtlError(f"{key} of {cls.name} must be {'positive' if key.endswith('lr') else 'at least 0'}, "
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and not is_number:
+                hint = ""
+                if isinstance(value, str):
+                    with contextlib.suppress(ValueError):
+                        float(value)
+                        hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
+                raise MedtlError(f"{key} of {cls.name} is a number, got {value!r}{hint}", where)
+            if not is_number:
+                continue
+            if not math.isfinite(value):
+                raise MedtlError(f"{key} of {cls.name} must be a finite number, got {value!r}", where)
+            if isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
+                raise MedtlError(f"{key} of {cls.name} is a whole number, got {value!r}", where)
+            positive = "temperature" in key  # a learning rate of 0 is allowed: a model that does not move
+            if value < 0 or (positive and value <= 0):
+                raise MedtlError(f"{key} of {cls.name} must be {'positive' if positive else 'at least 0'}, "
                                  f"got {value!r}", where)
+            if ("fraction" in key or "dropout" in key) and value > 1:
+                raise MedtlError(f"{key} of {cls.name} is a fraction of 0 to 1, got {value!r}", where)
 
     def __init__(self, encoder: nn.Module, head: nn.Module, hparams: dict[str, Any] | None = None):
         super().__init__()

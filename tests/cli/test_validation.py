@@ -47,8 +47,17 @@ def test_wrong_encoder_device_label_column_label_map_hparam_values_and_seeds_are
              ("strategies: [feature_extraction, full, dann]", "strategies: [{name: full, hparams: {lr: fast}}]",
               "strategies[0].hparams: lr of full is a number, got 'fast'"),
              ("strategies: [feature_extraction, full, dann]", "strategies: [{name: full, hparams: {lr: -1.0}}]",
-              "strategies[0].hparams: lr of full must be positive, got -1.0"),
-             ("seeds: [0]", "seeds: [0, 0]", "seeds: seeds must differ from each other, got [0, 0]")]
+              "strategies[0].hparams: lr of full must be at least 0, got -1.0"),
+             ("seeds: [0]", "seeds: [0, 0]", "seeds: seeds must differ from each other, got [0, 0]"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: full, hparams: {lr: 1e-3}}]",
+              "lr of full is a number, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: lp_ft, hparams: {lp_fraction: 2.0}}]",
+              "lp_fraction of lp_ft is a fraction of 0 to 1, got 2.0"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: dann, hparams: {disc_hidden: 512.5}}]",
+              "disc_hidden of dann is a whole number, got 512.5"),
+             ("pretrain: {epochs: 1, batch_size: 8}", "pretrain: {mode: moco, epochs: 1, batch_size: 8, "
+              "hparams: {temprature: 0.1}}", "pretrain.hparams: unknown hyper-parameter 'temprature' for moco; "
+              "did you mean 'temperature'?")]
     for old, new, message in cases:
         assert old in config
         assert main(_run(tiny, config.replace(old, new), "train")) == 2

@@ -334,6 +334,16 @@ def test_a_folder_written_before_case_ids_carried_their_hash_still_resumes(tmp_p
     assert again.resumed == 1 and again.ok == 0 and [r["case_id"] for r in _rows(out)] == [old_id]
 
 
+def test_only_a_salted_hash_suffix_is_taken_off_when_an_old_folder_resumes():
+    """'scans/knee#2' is a path of its own, not 'scans/knee' with a hash: it must not take that case's id."""
+    from medtl.deploy.batch import _adopt_unsalted_ids
+    from medtl.deploy.discover import Series
+
+    plain, hashed = Series("scans/knee#2", case_id="scans/knee#2"), Series("Doe/a", case_id="[redacted]/a#0badc0de")
+    _adopt_unsalted_ids([plain, hashed], {"scans/knee": {}, "[redacted]/a": {}})
+    assert plain.case_id == "scans/knee#2" and hashed.case_id == "[redacted]/a"
+
+
 def test_an_identifier_at_the_cut_of_a_long_error_text_is_still_scrubbed(tmp_path, model_2d):
     """The row writer redacts an error text, then cuts it to ERROR_CHARS: cut first, a PatientID straddling
     the cut would lose its tail and escape the redactor."""

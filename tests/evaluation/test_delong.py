@@ -105,8 +105,6 @@ def _softmax_scores(rng, y, k, signal):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_macro_delong_with_two_classes_is_delong(seed):
-    from medtl.evaluation.delong import delong_macro_test
-
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, 80)
     a, b = rng.random(80) + 0.5 * y, rng.random(80) + 0.2 * y
@@ -118,8 +116,6 @@ def test_macro_delong_with_two_classes_is_delong(seed):
 
 def test_macro_delong_aucs_are_sklearns_and_its_se_matches_a_paired_bootstrap():
     from sklearn.metrics import roc_auc_score
-
-    from medtl.evaluation.delong import delong_macro_test
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 4, 400)
@@ -138,8 +134,6 @@ def test_macro_delong_aucs_are_sklearns_and_its_se_matches_a_paired_bootstrap():
 
 
 def test_macro_delong_holds_its_size_under_the_null_and_finds_a_real_difference():
-    from medtl.evaluation.delong import delong_macro_test
-
     rng = np.random.default_rng(11)
     null_p, alt_p = [], []
     for _ in range(300):
@@ -154,8 +148,6 @@ def test_macro_delong_holds_its_size_under_the_null_and_finds_a_real_difference(
 
 
 def test_macro_delong_refuses_bad_input_and_explains_tiny_classes():
-    from medtl.evaluation.delong import delong_macro_test
-
     y = np.array([0, 0, 1, 1, 2])
     p = np.full((5, 3), 1 / 3)
     with pytest.raises(MedtlError, match="class indices"):
@@ -179,27 +171,39 @@ def test_holm_adjusts_every_tested_comparison_step_down():
 
 def _obuchowski(y, a, b, clusters):
     """Obuchowski (1997) written out independently: per cluster, the sums of the positives' V10 and the
-    negatives' V01 (pairwise comparisons, ties 1/2), S10, S01, S11 and Var = S10/m + S01/n + 2 S11/(m n)."""
+    negatives' V01 (pairwise comparisons, ties 1/2); S10 over the I10 clusters holding a positive, S01 over
+    the I01 holding a negative, S11 over all I clusters; Var = S10/m + S01/n + 2 S11/(m n), for the difference."""
     y, clusters = np.asarray(y, bool), np.asarray(clusters)
     units = sorted(set(clusters.tolist()))
-    m, n, k = y.sum(), (~y).sum(), len(units)
-    out = []
+    m, n = y.sum(), (~y).sum()
+    pos_units = [u for u in units if ((clusters == u) & y).any()]
+    neg_units = [u for u in units if ((clusters == u) & ~y).any()]
+    i10, i01, i = len(pos_units), len(neg_units), len(units)
+    comps = []
     for s in (np.asarray(a, float), np.asarray(b, float)):
         pos, neg = s[y], s[~y]
         psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
         v10, v01 = np.zeros(len(y)), np.zeros(len(y))
         v10[y], v01[~y] = psi.mean(1), psi.mean(0)
         auc = psi.mean()
-        c10 = np.array([v10[(clusters == u) & y].sum() - ((clusters == u) & y).sum() * auc for u in units])
-        c01 = np.array([v01[(clusters == u) & ~y].sum() - ((clusters == u) & ~y).sum() * auc for u in units])
-        out.append((auc, c10, c01))
-    (_, a10, a01), (_, b10, b01) = out
-    f = k / (k - 1)
+        c10 = {u: v10[(clusters == u) & y].sum() - ((clusters == u) & y).sum() * auc for u in units}
+        c01 = {u: v01[(clusters == u) & ~y].sum() - ((clusters == u) & ~y).sum() * auc for u in units}
+        comps.append((c10, c01))
 
-    def cov(x10, x01, z10, z01):
-        return f * ((x10 @ z10) / m**2 + (x01 @ z01) / n**2 + (x10 @ z01 + x01 @ z10) / (m * n))
+    def s10(p, q):
+        return i10 / ((i10 - 1) * m) * sum(comps[p][0][u] * comps[q][0][u] for u in pos_units)
 
-    return cov(a10, a01, a10, a01) + cov(b10, b01, b10, b01) - 2 * cov(a10, a01, b10, b01)
+    def s01(p, q):
+        return i01 / ((i01 - 1) * n) * sum(comps[p][1][u] * comps[q][1][u] for u in neg_units)
+
+    def s11(p, q):
+        return i / (i - 1) * sum(comps[p][0][u] * comps[q][1][u] + comps[p][1][u] * comps[q][0][u]
+                                 for u in units) / 2
+
+    def cov(p, q):
+        return s10(p, q) / m + s01(p, q) / n + 2 * s11(p, q) / (m * n)
+
+    return cov(0, 0) + cov(1, 1) - 2 * cov(0, 1)
 
 
 def test_clustered_delong_is_obuchowskis_and_copies_do_not_shrink_it():
@@ -218,7 +222,13 @@ def test_clustered_delong_is_obuchowskis_and_copies_do_not_shrink_it():
     plain, grouped, original = delong_test(y[rep], a[rep], b[rep]), delong_test(y[rep], a[rep], b[rep], rep), \
         delong_test(y, a, b)
     assert plain.se == pytest.approx(original.se / 2, rel=0.05)
-    assert grouped.se == pytest.approx(original.se, rel=0.05)
-    # the macro test with two classes and clusters is the binary one
-    macro = delong_macro_test(y.astype(int), np.c_[-a, a], np.c_[-b, b], clusters=clusters)
-    assert macro.se == pytest.approx(r.se, rel=1e-9) and macro.n_clusters == r.n_clusters
+    assert grouped.se == pytest.approx(original.se, rel=1e-9)  # Obuchowski's on copies is DeLong's on originals
+    # one positive case: no variance, clusters or not; a case without a cluster is its own
+    one = np.r_[True, np.zeros(20, bool)]
+    lone = delong_test(one, rng.normal(size=21), rng.normal(size=21), clusters=[0] + [k // 2 for k in range(20)])
+    assert lone.p_value is None and "two positive" in lone.note
+    tiny = delong_macro_test(np.array([0, 1, 1, 1, 1, 2, 2, 2, 2, 2]), rng.random((10, 3)), rng.random((10, 3)),
+                             clusters=[0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    assert tiny.p_value is None  # a class of one case: no variance, clustered or not
+    loose = delong_test(y, a, b, clusters=[None] * (n - 2) + ["p1", "p1"])
+    assert loose.n_clusters == n - 1 and loose.se == pytest.approx(original.se, rel=0.05)  # not one big cluster

@@ -196,3 +196,15 @@ def test_an_order_made_by_the_prior_alone_says_so():
     assert rec["prior_only"] and "the order is the strategy prior's alone" in rec["explanation"]
     assert "It stays on top" not in rec["explanation"]
     assert not recommend({"n_labelled": 40}, CANDIDATES)["prior_only"]
+
+
+def test_a_lone_measurement_orders_and_a_zero_prior_weight_does_not_claim_the_prior():
+    lone = [{"source": "s", "encoder": "e", "strategy": "feature_extraction", "scores": {"logme": -0.5}},
+            {"source": "s", "encoder": "e", "strategy": "full", "scores": {}},
+            {"source": "s", "encoder": "e", "strategy": "lp_ft", "scores": {}}]
+    assert not recommend({"n_labelled": 1000}, lone)["prior_only"]  # the one logme moves its candidate
+    same = [{"source": "s", "encoder": "e", "strategy": k, "scores": {"logme": -0.5}}
+            for k in ("feature_extraction", "full", "lp_ft")]
+    rec = recommend({"n_labelled": 40}, same, weights={"logme": 1.0, "strategy_prior": 0.0})
+    assert not rec["prior_only"] and "No measurement tells these candidates apart (the same for every one that " \
+        "has it)." in rec["explanation"] and "prior's alone" not in rec["explanation"]
