@@ -272,7 +272,8 @@ def embedding_figure(xy: np.ndarray, domains: Sequence[str], title: str,
 def strategy_interval_figure(rows: Sequence[dict], metric: str, title: str, reference: float | None = None) -> bytes:
     """Seed-mean ``metric`` with its interval per strategy, one marker per label fraction (a forest plot).
 
-    ``rows``: dicts with ``strategy``, ``label_fraction``, ``value``, ``ci_low``, ``ci_high``;
+    ``rows``: dicts with ``strategy``, ``label_fraction``, ``value``, ``ci_low``, ``ci_high`` (and ``budget``, the
+    labelled count a fraction stands for, to name it by);
     ``reference``: a vertical line (e.g. AUROC 0.5, chance).
     """
     plt = pyplot()
@@ -286,7 +287,9 @@ def strategy_interval_figure(rows: Sequence[dict], metric: str, title: str, refe
         x = [r["value"] for r in pts]
         lo = [r["value"] - r["ci_low"] if r.get("ci_low") is not None else 0 for r in pts]
         hi = [r["ci_high"] - r["value"] if r.get("ci_high") is not None else 0 for r in pts]
-        label = f"label fraction {frac:g}" if isinstance(frac, (int, float)) else "all labels"
+        budget = next((r.get("budget") for r in rows if r["label_fraction"] == frac and r.get("budget")), None)
+        label = (f"{budget} labelled" if budget else f"label fraction {frac:g}" if isinstance(frac, (int, float))
+                 else "all labels")
         ax.errorbar(x, y, xerr=[lo, hi], fmt="o", ms=4, capsize=2, lw=1.2, label=label)
     if reference is not None:
         ax.axvline(reference, color="grey", ls=":", lw=1)

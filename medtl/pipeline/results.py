@@ -53,10 +53,15 @@ def verdict(a: Metric | None, b: Metric | None) -> str:
     if None in (a.ci_low, a.ci_high, b.ci_low, b.ci_high):
         return "no interval"
     if a.ci_low > b.ci_high:
-        return "helped"
-    if a.ci_high < b.ci_low:
-        return "did worse"
-    return "inconclusive (intervals overlap)"
+        word = "helped"
+    elif a.ci_high < b.ci_low:
+        word = "did worse"
+    else:
+        word = "inconclusive (intervals overlap)"
+    same = [(m.ci_method or "").startswith("Same in every run") for m in (a, b)]
+    if same[0] != same[1]:  # a seed interval beside one over the test cases: they measure different things
+        word += " [S: one interval is over the test cases, the other over seeds]"
+    return word
 
 
 def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
@@ -88,7 +93,7 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     for task_name, task in report.tasks.items():
         lines += _task_section(task_name, task, config.get("label_counts"))
         if figures_dir is not None:
-            lines += _task_figure(config["name"], task_name, task, figures_dir)
+            lines += _task_figure(config["name"], task_name, task, figures_dir, config.get("label_counts"))
         lines += learning_curve_section(config["name"], task_name, task, figures_dir, config.get("label_counts"))
     lines += selection_section(run, config)
     for note in report.notes:
@@ -208,7 +213,8 @@ def recommendation_section(runs: list[Path]) -> list[str]:
              "or MAE for regression). Spearman and Kendall: rank correlation between the candidates' composite "
              "scores and their observed values, equal scores sharing a rank (undefined with fewer than 3 candidates, "
              "equal outcomes, or one score for all); top pick best: *tie* where the ranking could not separate its "
-             "top candidates, *all equal* where every candidate observed the same value (neither counts as a hit); "
+             "top candidates (reported first, even if the outcomes were equal too), *all equal* where every candidate "
+             "observed the same value (neither counts as a hit); "
              "regret: best observed minus the pick's value (with a tie, the pick is the top-scored of the tied "
              "candidates, by name where the scores are equal).", "",
              "| pipeline | labelled cases (fraction) | recommended | best observed | top pick best | Spearman | Kendall | regret |",
@@ -295,17 +301,19 @@ def _evaluated_test_copies(run: Path, manifest: Manifest) -> str:
     return "; " + "; ".join(parts) + " (each group wholly inside the test split)" if parts else ""
 
 
-def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path) -> list[str]:
-    """A forest plot of the seed-mean headline metric per strategy and label fraction, beside the table."""
+def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path,
+                 label_counts: list[int] | None = None) -> list[str]:
+    """A forest plot of the seed-mean headline metric per strategy and label budget, beside the table."""
     from medtl.evaluation.figures import strategy_interval_figure
 
     metric = "mae" if task.kind == "regression" else "auroc"
+    _, counts = _budgets(task, label_counts)  # a study by label count names its budgets by the count
     rows = []
     for s_name, s in task.strategies.items():
         for e in s.entries():
             m = e.metrics.get(metric) or Metric()
             rows.append({"strategy": s_name, "label_fraction": e.label_fraction, "value": m.value,
-                         "ci_low": m.ci_low, "ci_high": m.ci_high})
+                         "ci_low": m.ci_low, "ci_high": m.ci_high, "budget": counts.get(e.label_fraction)})
     if not any(r["value"] is not None for r in rows):
         return []
     label = "MAE (years)" if metric == "mae" else "AUROC" + (" (macro)" if task.kind == "multiclass" else "")
@@ -314,7 +322,8 @@ def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path) -> lis
     path = figures_dir / f"{pipeline}_{name}.png"
     path.write_bytes(png)
     return [f"![{label} per strategy, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
-            f"*{label}: seed mean and 95% t-interval per strategy and label fraction"
+            f"*{label}: seed mean and 95% t-interval per strategy and label {'count' if counts else 'fraction'} "
+            "(where a budget ran one seed or every seed scored the same, a run's interval over the test cases)"
             + ("; dotted line: chance (0.5)" if metric != "mae" else "") + ".*", ""]
 
 
@@ -348,7 +357,9 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         path = figures_dir / f"{pipeline}_{name}_learning_curve.png"
         path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}", xlabel=axis, baseline=base))
         lines += [f"![{metric} by {axis}, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
-                  f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band) per strategy; `{base}` in "
+                  f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band; where a budget ran one seed "
+                  "or every seed scored the same, a run's interval over the test cases, as the table below marks) per "
+                  f"strategy; `{base}` in "
                   "black (with more than six strategies only its band is drawn: the table below gives every interval)"
                   + (f"; as fractions of the training rows: {', '.join(f'{c} = {f:.3g}' for f, c in budget.items())}"
                      if budget else "") + ".*", ""]

@@ -142,9 +142,9 @@ def test_a_perfect_auroc_gets_newcombes_interval_in_the_report(tmp_path):
     low = f"{run['ci_low']:.3f}"
     assert f"({low}–1.000 N)" in md and "N: Newcombe's score interval" in md  # each run
     # both seeds scored the same: the headline shows a run's interval over the test cases, not a zero-width one
-    assert f"1.000 ± 0.000 ({low}–1.000 S)" in md and "S: every run scored the same" in md
+    assert f"1.000 ± 0.000 ({low}–1.000 S N)" in md and "S: every run scored the same" in md
     assert "1.000–1.000)" not in md  # an interval of no width (AUPRC, MCC of 1) is marked D and explained
-    assert "1.000–1.000 D)" in md and "D: every resample scored the same" in md
+    assert "1.000–1.000 D)" in md and "D: the interval has no width at the decimals shown" in md
     calibration = md[md.index("### Calibration"):].split("\n\n")[2]  # its caption explains its S marks too
     assert " S)" in md[md.index("### Calibration"):md.index("### Runs")] and "S: every run scored the same" in calibration
 

@@ -38,33 +38,34 @@ HEADLINE = {"binary": "auroc", "multiclass": "auroc", "regression": "mae"}
 
 
 # Intervals that are not the report's bootstrap, where a metric at 0 or 1 cannot vary under it: mark and note
-SCORE_INTERVALS = {
-    "Wilson": ("W", "W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary (it treats "
-                    "the cases as independent)"),
+SCORE_INTERVALS = {  # in the order their letters are written ("S N": a run's Newcombe interval for all seeds)
     "Same in every run": ("S", "S: every run scored the same, so a t-interval over seeds would have no width; the "
                                "interval is the representative run's over the test cases"),
+    "Wilson": ("W", "W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary (it treats "
+                    "the cases as independent)"),
     "Newcombe": ("N", "N: Newcombe's score interval (2006, method 5), for an AUROC of 0 or 1, which the bootstrap "
                       "cannot vary (it treats the cases as independent)"),
 }
 
 
-NO_WIDTH = ("D", "D: every resample scored the same, so the interval has no width; that is no certainty (an AUPRC, "
-                 "kappa or MCC of 1 on few cases)")
+NO_WIDTH = ("D", "D: the interval has no width at the decimals shown (every resample, or every seed, scored about "
+                 "the same); that is no certainty (an AUPRC, kappa or MCC of 1 on few cases)")
 
 
 def _mark(m: dict | None) -> str:
-    """The letter of a metric's interval when it is not the report's usual one ("W", "N", "S"), "D" for an
-    interval of no width, or ""."""
+    """The letters of a metric's interval when it is not the report's usual one ("S", "W", "N", or "S N":
+    a run's Newcombe interval standing in for seeds that all scored the same), "D" for an interval with no
+    width at the three decimals shown, or ""."""
     m = m or {}
-    if m.get("ci_low") is not None and m["ci_low"] == m["ci_high"]:
+    if m.get("ci_low") is not None and abs(m["ci_high"] - m["ci_low"]) < 5e-4:
         return NO_WIDTH[0]
     method = m.get("ci_method") or ""
-    return next((mark for name, (mark, _) in SCORE_INTERVALS.items() if method.startswith(name)), "")
+    return " ".join(mark for name, (mark, _) in SCORE_INTERVALS.items() if name in method)
 
 
 def _marks_note(metrics) -> str:
     """The caption's note on the marks that appear among ``metrics`` (metric dicts)."""
-    marks = {_mark(m) for m in metrics}
+    marks = {letter for m in metrics for letter in _mark(m).split()}
     return "".join(f"; {note}" for mark, note in (*SCORE_INTERVALS.values(), NO_WIDTH) if mark in marks)
 
 
