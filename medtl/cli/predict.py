@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         if own:
             print("  (these are the model's training images: its own manifest keeps their split, so only its "
                   "test images are scored)")
-        elif not labelled and any(r.get("source") for r in result.rows):  # image files, perhaps in label folders
+        elif not labelled and not any(r.get("status") == "ok" and r.get("series_uid") for r in result.rows):
+            # image files, perhaps in label folders (error rows say nothing: an unreadable .dcm has a source too)
             # the user's own path, unless they asked for paths to stay out of what medtl writes and prints
             folder = "INPUT_FOLDER" if args.redact_paths else shlex.quote(str(args.input))
             print(f"  (LABELS.csv: a manifest of these images; for a folder of <label>/<file> images: medtl manifest "
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                   "model's training images, which it would score as test)")
         elif not labelled:  # DICOM series: their labels come from elsewhere (a report, a registry)
             print("  (LABELS.csv: a manifest, columns path,label,split,patient_id,domain,modality, whose path is each "
-                  "series' case_id in results.csv and split is test)")
+                  "series' case_id in results.csv (its SeriesInstanceUID) and split is test)")
     return 0
 
 

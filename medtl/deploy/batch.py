@@ -280,18 +280,21 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         raise MedtlError(f"workers must be 0 or more, got {workers}", "workers")
     rules = rules or SeriesRules()
 
-    predictor = model if isinstance(model, Predictor) else load_model(model, device=device, threshold=threshold)
-    if threshold is not None and isinstance(model, Predictor):
-        predictor = dataclasses.replace(predictor, threshold=float(threshold))
-    if write_sr and predictor.is_regression:  # checked before anything is written or locked
-        raise MedtlError("the DICOM SR medtl writes reports class probabilities; this model predicts a value "
-                         f"({predictor.label_names[0]}): run without --sr", "--sr")
-
+    if source is None:  # a local input's mistakes, before anything is loaded or written
+        _check_local_input(input, Path(out))
+    # The lock first: a second run into the same folder is refused at once, not after loading the model.
+    created = not out.exists()
     lock = OutputLock(out).acquire()
-    tmp_root = ahead = None
+    tmp_root = ahead = predictor = None
     ledger = Ledger(out)
     result = BatchResult(out)
     try:
+        predictor = model if isinstance(model, Predictor) else load_model(model, device=device, threshold=threshold)
+        if threshold is not None and isinstance(model, Predictor):
+            predictor = dataclasses.replace(predictor, threshold=float(threshold))
+        if write_sr and predictor.is_regression:
+            raise MedtlError("the DICOM SR medtl writes reports class probabilities; this model predicts a value "
+                             f"({predictor.label_names[0]}): run without --sr", "--sr")
         _remove_leftovers(out)
         salt = _salt(out)
         display = (lambda rel: salted_path(rel, salt)) if redact_paths else None
@@ -312,8 +315,8 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
             shown_input = str(source)
         elif redact_paths:
             shown_input = salted_path(str(Path(input).resolve()), salt)
-        else:
-            shown_input = redactor(str(input))
+        else:  # resolved: the same folder given as 'export' or './export/' is the same input
+            shown_input = redactor(str(Path(input).resolve()))
         done = ledger.start({
             "model_name": predictor.name, "model_version": predictor.version, "model_digest": predictor.digest,
             "threshold": predictor.threshold,
@@ -331,6 +334,12 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if retry_errors:
             done = {k: r for k, r in done.items() if r.get("status") != "error"}
         _adopt_unsalted_ids(chosen, done)
+        grown = _changed_since(chosen, done)
+        if grown:  # images that arrived (or went) after the series was predicted: its row would be stale
+            log.warning("%d series have another number of instances than when they were predicted: predicted "
+                        "again (a new row replaces the old one; a new SR is another instance)", len(grown))
+            done = {k: r for k, r in done.items() if k not in grown}
+            unsent = {k: r for k, r in unsent.items() if k not in grown}  # their old SR is not sent either
         todo = [s for s in chosen if s.case_id not in done]
         result.resumed = len(chosen) - len(todo)
         log.info("%d series found, %d selected, %d already done, %d to predict", len(series), len(chosen),
@@ -386,10 +395,12 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
         try:
-            if ledger.path.exists():
+            if ledger.path.exists() and predictor is not None:
                 _finish_csv(ledger, predictor, include_identifiers)
         finally:
             lock.release()
+            if created and not ledger.path.exists():  # stopped before any result: leave no empty folder
+                shutil.rmtree(out, ignore_errors=True)
     result.rows = ledger.rows()
     log.info("predicted %d series: %d ok, %d error(s), %d duplicate file(s); results in %s",
              result.ok + result.errors + result.duplicates, result.ok, result.errors, result.duplicates,
@@ -473,6 +484,37 @@ def _warn_unexpected_modalities(chosen: list[Series], predictor: Predictor, rule
                     "anyway (with no SR); --modality %s predicts only those", sum(odd.values()),
                     ", ".join(f"{m} ({n})" for m, n in sorted(odd.items())), "/".join(expected), predictor.preset,
                     ",".join(expected))
+
+
+def _check_local_input(input: str | Path, out: Path) -> None:
+    p = Path(input)
+    if not p.exists():
+        scheme, sep, _ = str(input).partition("://")
+        if sep and scheme.isalnum():  # as typed: a path would fold the '//' into one '/'
+            raise MedtlError(f"unknown URL scheme {scheme!r}: a DICOMweb URL starts with http:// or https://",
+                             str(input))
+        raise MedtlError("input not found: no such file or folder", p)
+    if p.is_dir() and p.resolve() == out.resolve():
+        raise MedtlError("--out is the input folder: results and SRs would be written among the images (and read "
+                         "as input by the next run); choose another folder", out)
+
+
+def _changed_since(chosen: list[Series], done: dict[str, dict]) -> set[str]:
+    """The DICOM series predicted before (ok rows) whose instance count differs now: a folder's files, or
+    the count the PACS lists (nightly runs into one --out meet series that were still arriving)."""
+    changed = set()
+    for s in chosen:
+        row = done.get(s.case_id)
+        listed = len(s.files) if s.remote is None else s.n_frames  # a PACS lists instances, not frames
+        if (row and s.is_dicom and row.get("status") == "ok" and listed
+                and isinstance(row.get("n_instances"), int) and row["n_instances"] != listed):
+            changed.add(s.case_id)
+    return changed
+
+
+def _an(abbreviation: str) -> str:
+    """The article an abbreviation takes when read out by letters: an MR, an SR, a CT."""
+    return "an" if abbreviation[:1].upper() in "AEFHILMNORSX" else "a"
 
 
 def _sr_modalities(predictor: Predictor, rules: SeriesRules) -> tuple[str, ...] | None:
@@ -660,9 +702,9 @@ class _RowWriter:
                 if self.sr_modalities is None or modality in self.sr_modalities or modality not in IMAGING_MODALITIES:
                     self._sr(s, item, row)
                 else:  # a chest X-ray model's finding must not reach a radiologist's MR study as a report
-                    row["error"] = (f"no SR: a {s.modality} series, not the {'/'.join(self.sr_modalities)} this "
-                                    f"model was trained on (predicting it into a new --out with --modality "
-                                    f"{s.modality} writes one)")
+                    row["error"] = (f"no SR: {_an(s.modality)} {s.modality} series, not the "
+                                    f"{'/'.join(self.sr_modalities)} this model was trained on, so its prediction "
+                                    "here is outside what the model learned")
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
                 row[k] = escape_controls(v)

@@ -35,6 +35,7 @@ class Ledger:
         self.path = self.out / LEDGER
         self._fh = None
         self._unsynced = 0  # rows written since the last fsync
+        self._warned = False  # damaged lines are reported once, not at every read
 
     def start(self, run_info: dict[str, Any]) -> dict[str, dict]:
         """Open for appending; returns the rows already done, by ``case_id``.
@@ -57,7 +58,8 @@ class Ledger:
                     f"this output folder holds results at decision threshold {previous['threshold']!r}, now "
                     f"{run_info.get('threshold')!r}; to resume, rerun with --threshold {previous['threshold']}, "
                     "or choose a new --out for the new threshold", run_file)
-            if previous.get("input") not in (None, run_info.get("input")):  # allowed (new studies each night)
+            if previous.get("input") is not None and not _same_input(previous["input"], run_info.get("input")):
+                # allowed (new studies each night), but said
                 log.warning("this output folder's results were made from %s; this run reads %s: its rows join "
                             "the same table (a file reached from both inputs would be two rows)", previous["input"],
                             run_info.get("input"))
@@ -76,10 +78,22 @@ class Ledger:
             with open(self.path, "r+b") as f:
                 f.truncate(end)
         done: dict[str, dict] = {}
-        for line in data[:end].decode("utf-8").splitlines():
-            if line.strip():
+        damaged = []
+        for number, line in enumerate(data[:end].decode("utf-8", "replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                done[row.get("case_id", row.get("key"))] = row  # "key": ledgers written before the rename
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):  # a block of the disk lost (power loss): that series is redone
+                damaged.append(number)
+                continue
+            done[row.get("case_id", row.get("key"))] = row  # "key": ledgers written before the rename
+        if damaged and not self._warned:
+            self._warned = True
+            log.warning("%s: line(s) %s are damaged and were skipped; the series they held are predicted again",
+                        self.path, ", ".join(map(str, damaged[:10])) + (" ..." if len(damaged) > 10 else ""))
         return done
 
     def append(self, row: dict[str, Any], sync: bool = True) -> None:
@@ -134,6 +148,13 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r", "|", "%"):
         return "'" + value  # a header value must not run as a spreadsheet formula
     return value
+
+
+def _same_input(before: str, now: str | None) -> bool:
+    """One input, however it was written: folders compare resolved (older folders recorded the path as typed)."""
+    if now is None or "://" in before or "://" in now:
+        return before == now
+    return before == now or Path(before).resolve() == Path(now).resolve()
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -15,6 +15,7 @@ Sources understood by :func:`load_model`:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from medtl.errors import MedtlError
 from medtl.models.checkpoint import build_model, load_checkpoint
 from medtl.models.weights import check_and_load, read_file
 from medtl.paths import file_sha256
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,6 +135,11 @@ def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, dig
     # Without an explicit version the weights' own hash is one: it names exactly these weights.
     version = str(meta.get("version") or digest[:12] or "0")
     chosen = threshold if threshold is not None else meta.get("threshold", 0.5)
+    if threshold is None and "threshold" not in meta and len(labels) == 2 and not regression:
+        # e.g. medtl train's best.pt (the training checkpoint): its model.pt carries the chosen threshold
+        log.warning("%s records no decision threshold, so decisions (and SRs) use 0.5; if this is medtl train's "
+                    "best.pt, use the model.pt beside it, which carries the threshold chosen on validation, or "
+                    "give --threshold", where)
     return Predictor.from_module(module, label_names=list(labels), preprocess=dict(intensity), name=name,
                                  version=version, threshold=float(chosen), device=device, digest=digest, meta=meta,
                                  regression=regression)

@@ -9,7 +9,10 @@ Content (TID 1500 Imaging Measurement Report, built with highdicom):
 - every source instance referenced, in each group and in the evidence sequence.
 
 The SR's UIDs derive from the source series and the model (``uids.derived_uid``), so writing it
-again (a resumed run) gives the same object, and a PACS keeps one copy.
+again (a resumed run) gives the same object, and a PACS keeps one copy. The SOP Instance UID also
+derives from what the SR says (decision, threshold, probabilities to 3 decimals, the source
+instances): an SR with other content is another instance in the same SR series, never a silent
+overwrite the PACS may refuse or ignore while the run reports it stored.
 Classes are coded in a private scheme ``99MEDTL`` (the model's label names are not standard codes).
 """
 
@@ -82,7 +85,8 @@ def build_sr(evidence: list, probabilities: dict[str, float], prediction: str, *
             content=report,
             series_instance_uid=derived_uid(study, series, model_name, model_version, "sr-series"),
             series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=derived_uid(study, series, model_name, model_version, "sr-instance"),
+            sop_instance_uid=derived_uid(study, series, model_name, model_version, "sr-instance",
+                                         *_content_key(evidence, probabilities, prediction, threshold)),
             instance_number=1,
             manufacturer="medtl",
             is_complete=True,
@@ -90,6 +94,16 @@ def build_sr(evidence: list, probabilities: dict[str, float], prediction: str, *
         )
     except (ValueError, TypeError, AttributeError) as err:  # highdicom's checks on the source headers
         raise MedtlError(f"cannot build the SR: {err}") from None
+
+
+def _content_key(evidence: list, probabilities: dict[str, float], prediction: str,
+                 threshold: float | None) -> list[str]:
+    """What the SR says, as text: another value here must give another SOP Instance UID (DICOM PS3.3
+    C.12.1.1.1: one UID, one content). Probabilities to 3 decimals, so float noise between two runs of
+    one model on one series keeps the UID."""
+    return [str(prediction), "none" if threshold is None else f"{threshold:.6g}",
+            *(f"{label}={float(p):.3f}" for label, p in probabilities.items()),
+            *sorted(str(d.SOPInstanceUID) for d in evidence)]
 
 
 def read_headers(files: list[Path]) -> list:

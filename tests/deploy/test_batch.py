@@ -173,6 +173,28 @@ def test_resume_after_an_interrupt(hospital, model_2d, tmp_path):
     assert len(resumed_calls) == missing_images  # only what was missing ran again
 
 
+def test_a_series_that_gained_an_instance_is_predicted_again(mprage_files, new_series, model_mr2d, tmp_path, caplog):
+    # A nightly run into one --out met a series still arriving: its row (and SR) would describe 2 of 3 slices.
+    series = new_series(mprage_files[20:23], tmp_path / "in" / "mr", "growing")
+    late = series[-1].rename(tmp_path / "late.dcm")
+    out = tmp_path / "out"
+    predict_batch(model_mr2d, tmp_path / "in", out, write_sr=True, progress=False)
+    (first,) = _rows(out)
+    assert first["n_instances"] == 2
+    late.rename(series[-1])
+    result = predict_batch(model_mr2d, tmp_path / "in", out, write_sr=True, progress=False)
+    assert "1 series have another number of instances than when they were predicted" in caplog.text
+    assert result.resumed == 0 and result.ok == 1
+    rows = _table(out / "results.csv")
+    assert len(rows) == 1 and rows[0]["n_instances"] == "3"  # the new row replaces the old one
+    srs = sorted(out.glob("sr/*/*.dcm"))
+    assert len(srs) == 1 and len(read_headers(srs)[0].CurrentRequestedProcedureEvidenceSequence[0]
+                                 .ReferencedSeriesSequence[0].ReferencedSOPSequence) == 3
+    caplog.clear()
+    assert predict_batch(model_mr2d, tmp_path / "in", out, progress=False).resumed == 1  # and then it is done
+    assert "another number of instances" not in caplog.text
+
+
 def test_a_rerun_at_another_threshold_is_refused_not_mixed_into_the_table(hospital, model_2d, tmp_path):
     """Rows made at one decision threshold never share a results table with rows made at another: a rerun
     with another --threshold (or without the one the folder was made with) is refused, naming the way to
@@ -345,5 +367,5 @@ def test_a_series_of_a_modality_the_model_never_learned_gets_no_sr(mprage_files,
         assert row["status"] == "ok" and bool(row["sr_path"]) == written and result.ok == 1
         assert list(out.glob("sr/*/*.dcm")) if written else not (out / "sr").exists()
         if not written:
-            assert row["error"].startswith("no SR: a MR series, not the CR/DX/DR/RG this model was trained on")
+            assert row["error"].startswith("no SR: an MR series, not the CR/DX/DR/RG this model was trained on")
 

@@ -42,7 +42,27 @@ def test_export_bundle_then_predict_with_it(model_2d, mprage_files, tmp_path, ca
 def test_bad_input_is_a_clear_error(model_2d, tmp_path, capsys):
     assert main(["predict", "--model", str(model_2d), "--input", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path / "out")]) == 2
-    assert "neither a folder, a file, a manifest" in capsys.readouterr().err
+    assert "input not found: no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written for a run that could not start
+    (tmp_path / "in").mkdir()
+    assert main(["predict", "--model", str(model_2d), "--input", str(tmp_path / "in"),
+                 "--out", str(tmp_path / "in" / ".")]) == 2
+    assert "--out is the input folder" in capsys.readouterr().err
+
+
+def test_a_taken_folder_is_refused_before_the_model_loads_and_a_failed_start_leaves_nothing(model_2d, tmp_path,
+                                                                                          capsys):
+    from medtl.lock import OutputLock
+
+    (tmp_path / "in").mkdir()
+    with OutputLock(tmp_path / "taken"):  # another predict holds it: refused before a model is even read
+        assert main(["predict", "--model", str(tmp_path / "no-model.pt"), "--input", str(tmp_path / "in"),
+                     "--out", str(tmp_path / "taken")]) == 2
+        assert "is writing to this output folder" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "no-model.pt"), "--input", str(tmp_path / "in"),
+                 "--out", str(tmp_path / "new")]) == 2
+    assert "model not found" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # not an empty folder holding a lock and a salt
 
 
 def test_every_predict_option_has_a_plain_help_line_with_its_default(capsys):

@@ -49,3 +49,26 @@ def test_csv_from_the_ledger_defuses_formulas(tmp_path):
     with open(ledger.write_csv(["case_id", "status", "probabilities", "sr_stored"]), newline="") as f:
         (row,) = csv.DictReader(f)
     assert row == {"case_id": "'=HYPERLINK(\"x\")", "status": "ok", "probabilities": '{"a": 0.5}', "sr_stored": "false"}
+
+
+def test_a_damaged_line_is_skipped_and_named_not_a_traceback(tmp_path, caplog):
+    ledger = Ledger(tmp_path)
+    ledger.start(RUN)
+    for case in "abc":
+        ledger.append({"case_id": case, "status": "ok"})
+    ledger.close()
+    lines = (tmp_path / "results.jsonl").read_bytes().split(b"\n")
+    lines[1] = b"\x00" * len(lines[1])  # a block lost mid-file (power loss, writeback out of order)
+    (tmp_path / "results.jsonl").write_bytes(b"\n".join(lines))
+    again = Ledger(tmp_path)
+    assert sorted(again.start(RUN)) == ["a", "c"]  # b is predicted again
+    assert "line(s) 2 are damaged" in caplog.text
+    again.close()
+
+
+def test_one_folder_written_two_ways_is_one_input(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "export").mkdir()
+    Ledger(tmp_path / "out").start({**RUN, "input": "export"})  # as an older folder recorded it
+    Ledger(tmp_path / "out").start({**RUN, "input": str(tmp_path / "export")})
+    assert "were made from" not in caplog.text

@@ -19,6 +19,15 @@ def test_checkpoint_becomes_a_predictor(model_2d):
     assert load_model(model_2d, device="cpu", threshold=0.9).threshold == 0.9
 
 
+def test_a_binary_checkpoint_without_a_threshold_is_said(model_2d, caplog):
+    # medtl train's best.pt has none (its model.pt has the validation-chosen one): 0.5 must not pass silently
+    load_model(model_2d, device="cpu")
+    assert "records no decision threshold, so decisions (and SRs) use 0.5" in caplog.text
+    caplog.clear()
+    load_model(model_2d, device="cpu", threshold=0.3)
+    assert "records no decision threshold" not in caplog.text
+
+
 def test_decide_uses_the_threshold_for_binary_and_argmax_otherwise():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
     common = {"preprocess": {"preset": "mri2d", "image_size": 8}, "device": "cpu"}

@@ -27,7 +27,18 @@ def test_sr_for_each_real_series_is_valid(dicom_root, tmp_path, modality, dciodv
     evidence = {ref.ReferencedSOPInstanceUID for study in back.CurrentRequestedProcedureEvidenceSequence
                 for ser in study.ReferencedSeriesSequence for ref in ser.ReferencedSOPSequence}
     assert evidence == {h.SOPInstanceUID for h in headers}
-    # Same series, same model: same UIDs (a resumed run stores the same object again).
-    again = build_sr(headers, {"no_finding": 0.25, "pneumonia": 0.75}, "pneumonia", model_name="tiny",
-                     model_version="v1")
+    # Same series, model and content: same UIDs (a resumed run stores the same object again), float noise
+    # in the probabilities included.
+    again = build_sr(headers, {"no_finding": 0.25 + 1e-7, "pneumonia": 0.75 - 1e-7}, "pneumonia",
+                     model_name="tiny", model_version="v1", threshold=0.5)
     assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (back.SOPInstanceUID, back.SeriesInstanceUID)
+    # Other content is another instance in the same SR series: another threshold and decision, or the
+    # series' instances as they were before one more arrived. (One UID for both let a PACS keep the old SR
+    # while the run reported the new one stored.)
+    changed = [build_sr(headers, {"no_finding": 0.25, "pneumonia": 0.75}, "no_finding", model_name="tiny",
+                        model_version="v1", threshold=0.8)]
+    if len(headers) > 1:
+        changed.append(build_sr(headers[:-1], {"no_finding": 0.25, "pneumonia": 0.75}, "pneumonia",
+                                model_name="tiny", model_version="v1", threshold=0.5))
+    for other in changed:
+        assert other.SeriesInstanceUID == back.SeriesInstanceUID and other.SOPInstanceUID != back.SOPInstanceUID
