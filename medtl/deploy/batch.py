@@ -57,7 +57,7 @@ from medtl.deploy.discover import (
     scan_manifest,
 )
 from medtl.deploy.inputs import SeriesLoader
-from medtl.deploy.ledger import Ledger, csv_cell
+from medtl.deploy.ledger import SUPERSEDED, Ledger, csv_cell
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
@@ -332,7 +332,10 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         unsent = {k: r for k, r in done.items() if r.get("retryable") and r.get("status") == "ok"}
         done = {k: r for k, r in done.items() if not r.get("retryable") or k in unsent}
         if retry_errors:
-            done = {k: r for k, r in done.items() if r.get("status") != "error"}
+            errors = {k for k, r in done.items() if r.get("status") == "error"}
+            done = {k: r for k, r in done.items() if k not in errors}
+            if source is None and Path(input).is_dir():
+                _supersede_file_rows(ledger, errors, chosen, Path(input), display)
         _adopt_unsalted_ids(chosen, done)
         grown = _changed_since(chosen, done)
         if grown:  # images that arrived (or went) after the series was predicted: its row would be stale
@@ -484,6 +487,22 @@ def _warn_unexpected_modalities(chosen: list[Series], predictor: Predictor, rule
                     "anyway (with no SR); --modality %s predicts only those", sum(odd.values()),
                     ", ".join(f"{m} ({n})" for m, n in sorted(odd.items())), "/".join(expected), predictor.preset,
                     ",".join(expected))
+
+
+def _supersede_file_rows(ledger: Ledger, errors: set[str], chosen: list[Series], root: Path, display) -> None:
+    """An unreadable file's error row, once the repaired file reads as part of a DICOM series, is replaced
+    by that series' row: a ``superseded`` line (left out of results.csv) keeps the table one row per unit."""
+    from medtl.deploy.discover import file_key
+
+    show = display or (lambda rel: rel)
+    for s in chosen:
+        if not s.is_dicom or s.key.startswith("file-"):
+            continue
+        for f in s.files:
+            key = file_key(show(Path(f).relative_to(root).as_posix())) if Path(f).is_relative_to(root) else None
+            if key in errors:
+                ledger.append({"case_id": key, "status": SUPERSEDED, "error": f"now part of series {s.case_id}"})
+                errors.discard(key)
 
 
 def _check_local_input(input: str | Path, out: Path) -> None:

@@ -194,7 +194,8 @@ def regular_file(path: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _file_key(rel: str) -> str:
+def file_key(rel: str) -> str:
+    """The key of a file that is a unit of its own (a picture, an unreadable file), from its shown path."""
     return "file-" + digest(rel, 16)
 
 
@@ -225,7 +226,7 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
         rel = display(path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name)
 
         def single(error: str | None = None, ds=None) -> Series:
-            s = _new_series(_file_key(rel), ds, rel) if ds is not None else Series(_file_key(rel), source=rel)
+            s = _new_series(file_key(rel), ds, rel) if ds is not None else Series(file_key(rel), source=rel)
             s.files.append(path)
             s.error = error
             if ds is not None:
@@ -285,7 +286,7 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
                     earlier_ds = pydicom.dcmread(earlier, stop_before_pixels=True)
                 except Exception:  # noqa: BLE001 (gone or changed since: the copy's header says the same)
                     earlier_ds = ds
-                dup = _new_series(_file_key(earlier_rel), earlier_ds, earlier_rel)
+                dup = _new_series(file_key(earlier_rel), earlier_ds, earlier_rel)
                 dup.files.append(earlier)
                 dup.sop_uids[str(earlier)] = sop
                 dup.error = (f"duplicate instance: SOP Instance UID {sop} is also in {rel}, a larger copy, which "

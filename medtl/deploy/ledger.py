@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 LEDGER = "results.jsonl"
 CSV = "results.csv"
 RUN = "run.json"
+SUPERSEDED = "superseded"  # a unit whose file now reads as part of another (predict --retry-errors)
 
 
 class Ledger:
@@ -120,7 +121,8 @@ class Ledger:
                 self._fh = None
 
     def rows(self) -> list[dict]:
-        return list(self._read_and_repair().values())
+        """The latest row of each unit, less the units another row replaced (``superseded``)."""
+        return [r for r in self._read_and_repair().values() if r.get("status") != SUPERSEDED]
 
     def write_csv(self, columns: list[str]) -> Path:
         """``results.csv`` from the ledger: ``columns`` first, any other keys after them."""

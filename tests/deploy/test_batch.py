@@ -195,6 +195,20 @@ def test_a_series_that_gained_an_instance_is_predicted_again(mprage_files, new_s
     assert "another number of instances" not in caplog.text
 
 
+def test_a_repaired_file_retried_joins_its_series_and_its_error_row_goes(mprage_files, new_series, model_mr2d,
+                                                                        tmp_path):
+    series = new_series(mprage_files[24:26], tmp_path / "in" / "mr", "repaired")
+    good = series[-1].read_bytes()
+    series[-1].write_bytes(good[:200])  # cut short in transfer: a row of its own, an error
+    out = tmp_path / "out"
+    predict_batch(model_mr2d, tmp_path / "in", out, progress=False)
+    assert sorted(r["status"] for r in _table(out / "results.csv")) == ["error", "ok"]
+    series[-1].write_bytes(good)  # sent again, whole
+    predict_batch(model_mr2d, tmp_path / "in", out, progress=False, retry_errors=True)
+    (row,) = _table(out / "results.csv")  # one series of two instances; the file's error row is gone
+    assert row["status"] == "ok" and row["n_instances"] == "2"
+
+
 def test_a_rerun_at_another_threshold_is_refused_not_mixed_into_the_table(hospital, model_2d, tmp_path):
     """Rows made at one decision threshold never share a results table with rows made at another: a rerun
     with another --threshold (or without the one the folder was made with) is refused, naming the way to
