@@ -98,7 +98,7 @@ def read_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:200]
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[0][:200]  # torch bolds its text
         raise MedtlError(
             "refused: the file holds pickled Python objects (possibly code), not plain weights "
             f"(torch.load weights_only=True: {first}). If it is a trusted whole-model file, re-save its "
