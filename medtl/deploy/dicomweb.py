@@ -6,7 +6,10 @@ An input URL is the service root, optionally with QIDO-RS study filters as its q
     http://pacs:8042/dicom-web?ModalitiesInStudy=MR               studies holding MR series
     https://pacs.hospital/dicom-web?StudyInstanceUID=1.2.3        one study, over TLS
 
-The query string may hold identifiers (PatientID=...): it is never logged or written to the results.
+The query string may hold identifiers (PatientID=...): it is never logged or written to the results
+(a query that matches no study is named by its keys, with only coded values such as a modality shown).
+Its keys are checked before anything is asked of the PACS (``check_filters``): a server ignores a key it
+does not know (Orthanc does), so a mistyped filter (``PatientId``) would otherwise list every study.
 
 Authentication (``PacsAuth``) comes from the environment or from files, never from a command-line
 value, and is never written anywhere: basic (``MEDTL_PACS_USER`` + ``MEDTL_PACS_PASSWORD`` or a
@@ -28,11 +31,11 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from medtl.deploy.discover import IDENTIFIER_TAGS, Series, header_text
 from medtl.deploy.limits import MiB
-from medtl.errors import MedtlError
+from medtl.errors import MedtlError, closest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,11 @@ RETRIED_STATUS = (408, 429, 502, 503, 504)
 QIDO_PAGE = 100  # answers per QIDO-RS request (servers may answer fewer: paging goes on until nothing new)
 STUDY_UID_TAG, SERIES_UID_TAG = "0020000D", "0020000E"  # keys of the QIDO-RS JSON answers
 ENV_USER, ENV_PASSWORD, ENV_TOKEN = "MEDTL_PACS_USER", "MEDTL_PACS_PASSWORD", "MEDTL_PACS_TOKEN"
+QIDO_PARAMETERS = ("limit", "offset", "fuzzymatching", "includefield")  # PS3.18's own query keys, lower case
+# Filters whose values are codes, never a patient's: the only values a message may show. Every other
+# value (PatientID, a name, a UID, a free-text description) is withheld.
+SHOWN_VALUES = ("ModalitiesInStudy", "Modality", "SOPClassesInStudy", "BodyPartExamined") + QIDO_PARAMETERS
+ROOT_EXAMPLES = "Orthanc's is http://HOST:8042/dicom-web, dcm4chee's .../dcm4chee-arc/aets/AET/rs"
 
 
 class PacsUnreachable(MedtlError):
@@ -62,6 +70,69 @@ def public_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _attribute(key: str) -> str | None:
+    """The DICOM keyword a QIDO-RS attribute key names (a keyword, or a tag as 8 hex digits; a sequence's
+    attributes joined by dots), its last component as a keyword where it has one; None for anything else."""
+    from pydicom.datadict import keyword_dict, keyword_for_tag
+
+    last = None
+    for part in key.split("."):
+        if part in keyword_dict:
+            last = part
+        elif len(part) == 8 and all(c in "0123456789abcdefABCDEF" for c in part):
+            last = keyword_for_tag(int(part, 16)) or part
+        else:
+            return None
+    return last
+
+
+def _did_you_mean(key: str) -> str:
+    from pydicom.datadict import keyword_dict
+
+    # The same letters in another case first (modalitiesinstudy), then the nearest spelling.
+    known = {k.lower(): k for k in (*keyword_dict, *QIDO_PARAMETERS)}
+    guess = known.get(key.lower()) or known.get(closest(key.lower(), known) or "")
+    return f"; did you mean {guess!r}?" if guess else ""
+
+
+def check_filters(query: str, where: str) -> dict[str, str]:
+    """The QIDO-RS study filters of a URL's query string, each key checked: a DICOM keyword or tag, or a
+    QIDO-RS parameter. A server ignores what it does not know (Orthanc does), so a mistyped key would
+    list every study of the PACS; a key without a value, or given twice, would be as quietly lost.
+    Values may be identifiers: no message shows one."""
+    filters: dict[str, str] = {}
+    for item in query.split("&"):
+        if not item:
+            continue
+        raw_key, eq, raw_value = item.partition("=")
+        key, value = unquote_plus(raw_key).strip(), unquote_plus(raw_value).strip()
+        if not eq:  # not named: it may be an identifier typed without its key (?MRN700001)
+            raise MedtlError("the URL's query holds an item without '=' (not shown: it may be an identifier); "
+                             "write KEY=VALUE, e.g. ?PatientID=... or ?ModalitiesInStudy=MR", where)
+        if key not in QIDO_PARAMETERS and _attribute(key) is None:
+            raise MedtlError(f"unknown DICOMweb filter {key!r} in the URL{_did_you_mean(key)} (a filter is a "
+                             "DICOM keyword as in ModalitiesInStudy=MR, a tag as 8 hex digits, or one of "
+                             f"{', '.join(QIDO_PARAMETERS)}; a PACS may ignore it and list every study)", where)
+        if key in filters:
+            raise MedtlError(f"DICOMweb filter {key!r} is given twice in the URL: give it once", where)
+        if not value:
+            raise MedtlError(f"DICOMweb filter {key!r} has no value in the URL (the PACS would match every "
+                             "study)", where)
+        if key in ("limit", "offset") and not (value.isdigit() and int(value) >= (key == "limit")):
+            raise MedtlError(f"DICOMweb filter {key!r} must be a whole number{' of 1 or more' * (key == 'limit')}, "
+                             f"got {value!r}", where)
+        if key == "fuzzymatching" and value not in ("true", "false"):
+            raise MedtlError(f"DICOMweb filter 'fuzzymatching' must be true or false, got {value!r}", where)
+        filters[key] = value
+    return filters
+
+
+def shown_filters(filters: dict[str, str]) -> str:
+    """``filters`` as a message may show them: the values of identifying attributes withheld."""
+    return "&".join(f"{k}={v if (_attribute(k) or k) in SHOWN_VALUES else '[value withheld]'}"
+                    for k, v in filters.items())
 
 
 def _read_secret(path: str | Path, what: str) -> str:
@@ -153,7 +224,7 @@ class DicomwebSource:
         if parts.port:
             netloc += f":{parts.port}"
         self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self.filters = dict(parse_qsl(parts.query))
+        self.filters = check_filters(parts.query, public_url(url))  # before any request, and before the model
         self.auth = auth
         self.retries, self.backoff = max(1, int(retries)), float(backoff)
         session = session or requests.Session()
@@ -242,13 +313,18 @@ class DicomwebSource:
                                       f"check {ENV_USER}/{ENV_PASSWORD}, {ENV_TOKEN} or the credential files",
                                       where) from None
                 if status not in RETRIED_STATUS:
-                    hint = ""
+                    hints = []
                     if status == 400 and self.url.startswith("https://") and not self.client_cert:
-                        hint = " (a TLS gateway answers 400 when it wants a client certificate: --client-cert)"
-                    elif status == 404 and what == "connection check":
-                        hint = (f" (the server answers, but {where} is not its DICOMweb root: Orthanc's is "
-                                "http://HOST:8042/dicom-web, dcm4chee's .../dcm4chee-arc/aets/AET/rs)")
-                    raise MedtlError(f"DICOMweb {what} failed: HTTP {status} {_short(err)}{hint}", where) from None
+                        hints.append("a TLS gateway answers 400 when it wants a client certificate: --client-cert")
+                    if status == 404 and what == "connection check":
+                        hints.append(f"the server answers, but {where} is not its DICOMweb root: {ROOT_EXAMPLES}")
+                    elif status == 400 and what == "connection check" and not _mentions_certificate(err):
+                        # A server's own REST API refuses a DICOMweb search with 400 (Orthanc at http://HOST:8042).
+                        hints.append(f"the server answers, but refused a DICOMweb search: is {where} its DICOMweb "
+                                     f"root? {ROOT_EXAMPLES}")
+                    hint = f" ({'; or '.join(hints)})" if hints else ""
+                    raise MedtlError(f"DICOMweb {what} failed: HTTP {_status_text(err, status)}{hint}",
+                                     where) from None
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
                                           f"{self.retries} attempt(s)", where) from None
@@ -267,8 +343,10 @@ class DicomwebSource:
         """One cheap authenticated request: wrong credentials or TLS trouble fail here, once, before the batch."""
         self._call("connection check", self.client.search_for_studies, limit=1)
 
-    def _search_all(self, what: str, search, uid_tag: str, *args, **kwargs) -> list[dict]:
-        """Every answer of a QIDO-RS search, page by page, until a page is empty or brings no new UID.
+    def _search_all(self, what: str, search, uid_tag: str, *args, start: int = 0, most: int | None = None,
+                    **kwargs) -> list[dict]:
+        """Every answer of a QIDO-RS search (from the ``start``-th, at most ``most``), page by page, until a
+        page is empty or brings no new UID.
 
         Not dicomweb-client's ``get_remaining``: it stops only at an empty page, and a server that ignores
         ``offset`` for some filter answers the same page forever. Paging can also end early: Orthanc with
@@ -279,24 +357,35 @@ class DicomwebSource:
             return (r.get(uid_tag, {}).get("Value") or [None])[0]
 
         found: dict = {}
-        offset = 0
-        while True:
-            page = self._call(what, search, *args, offset=offset, limit=QIDO_PAGE, **kwargs)
+        offset = start
+        while most is None or len(found) < most:
+            size = QIDO_PAGE if most is None else min(QIDO_PAGE, most - len(found))
+            page = self._call(what, search, *args, offset=offset, limit=size, **kwargs)
             new = {uid(r): r for r in page if uid(r) not in found}
             if not new:
                 break
             found.update(new)
             offset += len(page)
-        if found and len(found) % QIDO_PAGE == 0:
-            found.update({uid(r): r for r in self._call(what, search, *args, **kwargs) if uid(r) not in found})
-        return list(found.values())
+        if found and len(found) % QIDO_PAGE == 0 and (most is None or len(found) < most):
+            bounds = {"offset": start} if start else {}
+            if most is not None:
+                bounds["limit"] = most
+            rest = self._call(what, search, *args, **bounds, **kwargs)
+            found.update({uid(r): r for r in rest if uid(r) not in found})
+        return list(found.values())[:most]
 
     def list_series(self) -> list[Series]:
         """Every series of the studies matching the URL's filters (QIDO-RS)."""
         from pydicom import Dataset
 
+        # The URL's limit and offset bound the studies listed, not the size of each page asked for.
+        filters = {k: v for k, v in self.filters.items() if k not in ("limit", "offset")}
+        most = int(self.filters["limit"]) if "limit" in self.filters else None
         studies = self._search_all("study search", self.client.search_for_studies, STUDY_UID_TAG,
-                                   search_filters=self.filters or None)
+                                   start=int(self.filters.get("offset", 0)), most=most,
+                                   search_filters=filters or None)
+        if not studies:
+            self._warn_no_study()
         out: list[Series] = []
         for study_json in studies:
             study = Dataset.from_json(study_json)
@@ -319,6 +408,17 @@ class DicomwebSource:
                 ))
         log.info("DICOMweb %s: %d studies, %d series", public_url(self.url), len(studies), len(out))
         return out
+
+    def _warn_no_study(self) -> None:
+        where = public_url(self.url)
+        if not self.filters:
+            log.warning("DICOMweb %s: the PACS holds no study", where)
+            return
+        hint = ""
+        if any(_attribute(k) == "Modality" for k in self.filters):
+            hint = " (Modality is a series attribute; a study is found by ModalitiesInStudy=...)"
+        log.warning("DICOMweb %s: the query %s matched no study: nothing to predict; check the URL's filters%s",
+                    where, shown_filters(self.filters), hint)
 
     def fetch(self, series: Series, folder: Path) -> tuple[list[Path], dict[str, str]]:
         """Retrieve the series' instances (WADO-RS) into ``folder``; returns (files, {file: SOPInstanceUID})."""
@@ -348,6 +448,23 @@ class DicomwebSource:
             reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
             raise MedtlError(f"the PACS refused {len(failed)} instance(s) (failure reasons {reasons})",
                              public_url(self.url))
+
+
+def _status_text(err, status: int) -> str:
+    """'404 Not Found': requests' own text ('404 Client Error: Not Found for url: ...') repeats the status,
+    and the URL is named by the error already."""
+    reason = err.response.reason if err.response is not None else None
+    if reason:
+        return f"{status} {reason}"
+    text = _short(err)
+    return text if text.startswith(str(status)) else f"{status} {text}"
+
+
+def _mentions_certificate(err) -> bool:
+    try:
+        return "certificate" in (err.response.text or "")[:2000].lower()
+    except Exception:  # a body that cannot be read as text says nothing about certificates
+        return False
 
 
 def _short(err: BaseException) -> str:

@@ -44,18 +44,61 @@ COMPONENTS = r"[\^=\\]+"  # an ID's HL7 components (12345678^^^HOSP) and values,
 NAME_TAGS = ("PatientName", "PatientAddress")
 
 
+def name_forms(name: str) -> list[str]:
+    """How a DICOM person name ("Yamada^Tarou=山田^太郎") is also written in file and folder names and
+    reports: each representation's family and given name run together ("山田太郎", "YamadaTarou"), in
+    either order. Joined by a space or an underscore only where a part is too short to be scrubbed on its
+    own ("Li Wei"): otherwise the parts are scrubbed one by one, and the paths of output folders written
+    before (whose case ids a rerun looks up) still scrub as they did."""
+    forms = []
+    for group in str(name).split("="):
+        family, _, rest = group.partition("^")
+        given = rest.partition("^")[0]
+        family, given = family.strip(), given.strip()
+        if not family or not given:
+            continue
+        for a, b in ((family, given), (given, family)):
+            forms.append(a + b)
+            if not (_scrubbed_alone(a) and _scrubbed_alone(b)):
+                forms += [f"{a} {b}", f"{a}_{b}"]
+    return forms
+
+
+def date_forms(date: str) -> list[str]:
+    """A DICOM date (YYYYMMDD) as people write it: 1901-02-03, 03.02.1901, 03/02/1901, 02/03/1901."""
+    date = str(date).strip()
+    if not re.fullmatch(r"\d{8}", date):
+        return []
+    y, m, d = date[:4], date[4:6], date[6:]
+    return [f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}"]
+
+
 def add_identifiers(redactor: "Redactor", pairs: Iterable[tuple[str, str]]) -> None:
     """Scrub header identifiers ``(tag, value)``: names and addresses also word by word (a family name
-    appears alone in folder names); IDs and accession numbers by their components only, since their words
-    ("exam Number") are ordinary words every message uses."""
+    appears alone in folder names), names also as :func:`name_forms` and birth dates as :func:`date_forms`;
+    IDs and accession numbers by their components only, since their words ("exam Number") are ordinary
+    words every message uses."""
     pairs = list(pairs)
     redactor.add((v for k, v in pairs if k in NAME_TAGS), WORDS)
     redactor.add((v for k, v in pairs if k not in NAME_TAGS), COMPONENTS)
+    redactor.add((f for k, v in pairs if k == "PatientName" for f in name_forms(v)), None)
+    redactor.add((f for k, v in pairs if k == "PatientBirthDate" for f in date_forms(v)), None)
+
+
+def _scrubbed_alone(part: str) -> bool:
+    """Whether a value or a part of one is worth scrubbing by itself. Three characters or more; shorter
+    only when not ASCII: a CJK or Hangul name part is often one or two characters (山田, 김), and no
+    English message (ours, or a library's) holds such a word. A short ASCII part (Li, Wu, Do, An) is an
+    ordinary word or abbreviation too often: it is scrubbed within the whole name and its joined forms."""
+    part = part.strip()
+    if len(part) >= 3:
+        return True
+    return bool(part) and not part.isascii() and any(c.isalnum() for c in part)
 
 
 class Redactor:
     """``redactor(text)``: ``text`` safe to write. Values added with :meth:`add` are replaced by
-    ``[redacted]`` as whole tokens (a name's parts too, 3+ characters); secrets with
+    ``[redacted]`` as whole tokens (a name's parts too: 3+ characters, or 1+ not ASCII); secrets with
     :meth:`add_secret` wherever they appear, even inside a word."""
 
     def __init__(self, values: Iterable[str] = ()):
@@ -71,10 +114,10 @@ class Redactor:
         new = set()
         for value in values:
             value = str(value).strip()
-            if len(value) >= 3:
+            if _scrubbed_alone(value):
                 new.add(value)
             if split:
-                new.update(p.strip() for p in re.split(split, value) if len(p.strip()) >= 3)
+                new.update(p.strip() for p in re.split(split, value) if _scrubbed_alone(p))
         if new - self._values:
             self._values |= new
             # Longest first, so a whole name goes before its parts; whole tokens only, so a birth

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import numpy as np
@@ -160,8 +161,103 @@ def test_a_mistyped_url_scheme_is_named_as_typed(model_2d, tmp_path):
 
 def test_a_url_that_is_not_the_dicomweb_root_says_so(pacs, model_2d, tmp_path):
     wrong = pacs.replace("/dicom-web", "/dicomweb")  # the server answers, the path is not its DICOMweb root
-    with pytest.raises(MedtlError, match="DICOMweb connection check failed: HTTP 404.*is not its DICOMweb root"):
+    with pytest.raises(MedtlError, match=r"DICOMweb connection check failed: HTTP 404 Not Found \(the server "
+                                         "answers, but .* is not its DICOMweb root") as err:
         predict_batch(model_2d, DicomwebSource(wrong, retries=1), tmp_path / "out", progress=False)
+    assert "404 404" not in str(err.value)  # the status once
+    # The server's root (no /dicom-web): Orthanc's own REST API refuses the search with 400. Same hint.
+    root = pacs.removesuffix("/dicom-web")
+    with pytest.raises(MedtlError, match=r"DICOMweb connection check failed: HTTP 400 Bad Request \(the server "
+                                         r"answers, but refused a DICOMweb search: is .* its DICOMweb root\? "
+                                         "Orthanc's is http://HOST:8042/dicom-web") as err:
+        predict_batch(model_2d, DicomwebSource(root, retries=1), tmp_path / "out2", progress=False)
+    assert "400 400" not in str(err.value) and "client certificate" not in str(err.value)
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again at once: any request there would fail to connect
+    return f"http://127.0.0.1:{port}/dicom-web"
+
+
+@pytest.mark.parametrize("query, meant", [("PatientId=MRN700001", "PatientID"),
+                                          ("StudyInstanceUid=1.2.3", "StudyInstanceUID"),
+                                          ("modalitiesinstudy=MR", "ModalitiesInStudy"),
+                                          ("ModalitiesInStudy=MR&Limit=5", "limit")])
+def test_a_mistyped_filter_is_refused_before_the_pacs_and_the_model(query, meant, tmp_path):
+    """Orthanc ignores a key it does not know and lists every study: the key is refused, with the keyword
+    meant, before any request (nothing listens on the port) and before the model loads (there is none)."""
+    url = f"{_closed_port_url()}?{query}"
+    refused = rf"unknown DICOMweb filter '\w+' in the URL; did you mean '{meant}'\?"
+    with pytest.raises(MedtlError, match=refused) as err:
+        predict_batch(tmp_path / "no-model.pt", url, tmp_path / "out", progress=False)
+    assert "MRN700001" not in str(err.value) and "?" + query not in str(err.value)
+    assert err.value.where == public_url(url) and not (tmp_path / "out").exists()
+
+
+def test_the_cli_refuses_a_mistyped_filter_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    cli = "import sys; from medtl.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", cli, "predict", "--model", str(tmp_path / "no-model.pt"), "--input",
+                          f"{_closed_port_url()}?PatientId=MRN700001", "--out", str(tmp_path / "out"),
+                          "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "unknown DICOMweb filter 'PatientId' in the URL; did you mean 'PatientID'?" in run.stderr
+    assert "MRN700001" not in run.stderr + run.stdout and "Traceback" not in run.stderr
+
+
+def test_filter_keys_values_and_qido_parameters():
+    from medtl.deploy.dicomweb import check_filters, shown_filters
+
+    ok = check_filters("PatientID=MRN1&00080061=CT%5CMR&ReferencedStudySequence.ReferencedSOPInstanceUID=1.2"
+                       "&limit=5&offset=0&fuzzymatching=true&includefield=all&PatientName=Doe%5EJohn", "u")
+    assert ok["00080061"] == "CT\\MR" and ok["PatientName"] == "Doe^John" and ok["limit"] == "5"
+    assert shown_filters(ok) == ("PatientID=[value withheld]&00080061=CT\\MR&ReferencedStudySequence."
+                                 "ReferencedSOPInstanceUID=[value withheld]&limit=5&offset=0&fuzzymatching=true"
+                                 "&includefield=all&PatientName=[value withheld]")
+    refused = {"MRN700001": "an item without '=' (not shown", "PatientID=": "'PatientID' has no value",
+               "PatientID=1&PatientID=2": "'PatientID' is given twice", "limit=0": "'limit' must be a whole number",
+               "offset=-1": "'offset' must be a whole number", "fuzzymatching=yes": "must be true or false",
+               "0010002=X": "unknown DICOMweb filter '0010002'", "Patient%20ID=X": "did you mean 'PatientID'?",
+               "ReferencedStudySequence.ReferencedSopInstanceUid=1": "unknown DICOMweb filter"}
+    for query, reason in refused.items():
+        with pytest.raises(MedtlError, match=re.escape(reason)) as err:
+            check_filters(query, "u")
+        assert "MRN700001" not in str(err.value), query
+    assert check_filters("", "u") == {}
+
+
+def test_limit_and_offset_bound_the_studies_listed(pacs):
+    """The URL's limit is how many studies, not the size of each page: the old search paged by it and
+    listed every study."""
+    every = {s.study_uid for s in DicomwebSource(pacs).list_series()}
+    assert len(every) >= 3
+    two = {s.study_uid for s in DicomwebSource(f"{pacs}?limit=2").list_series()}
+    rest = {s.study_uid for s in DicomwebSource(f"{pacs}?offset=2").list_series()}
+    assert len(two) == 2 and len(rest) == len(every) - 2 and two | rest == every
+    (one,) = {s.study_uid for s in DicomwebSource(f"{pacs}?offset=1&limit=1").list_series()}
+    assert one in every
+
+
+def test_a_query_that_matches_no_study_warns_without_identifiers(pacs, model_2d, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    source = DicomwebSource(f"{pacs}?ModalitiesInStudy=CRX&PatientID=MRN700001")
+    assert source.list_series() == []
+    assert ("the query ModalitiesInStudy=CRX&PatientID=[value withheld] matched no study: nothing to predict"
+            in caplog.text)
+    assert "MRN700001" not in caplog.text
+    caplog.clear()
+    result = predict_batch(model_2d, f"{pacs}?Modality=MR", tmp_path / "out", progress=False)
+    assert result.ok == result.errors == 0
+    assert "the query Modality=MR matched no study" in caplog.text and "ModalitiesInStudy=..." in caplog.text
+    caplog.clear()
+    DicomwebSource(pacs).list_series()  # studies found: no warning
+    assert "matched no study" not in caplog.text
 
 
 def test_a_pacs_answer_over_the_limit_is_not_read(pacs, model_2d, tmp_path):

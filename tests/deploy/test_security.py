@@ -417,3 +417,59 @@ def test_scrub_leaves_uids_whole():
     assert _scrub("series 1.3.6.1.4.1.5962.1.3.9.1.20040826185059.5457", ids).endswith("20040826185059.5457")
     assert _scrub("born 20040826.", ids) == "born [redacted]."
     assert _scrub("Müller^Anna", {"PatientName": "müller^anna"}) == "[redacted]"
+
+
+def test_cjk_and_short_non_ascii_name_parts_are_scrubbed():
+    """A name part of one or two characters was never scrubbed: CJK and Hangul names are made of them."""
+    ids = {"PatientName": "Yamada^Tarou=山田^太郎", "PatientBirthDate": "19010203"}
+    for text in ("山田 太郎", "/exports/山田太郎/IM1", "山田_太郎_19010203", "太郎山田", "YamadaTarou", "Tarou_Yamada",
+                 "山田^太郎", "Yamada^Tarou=山田^太郎"):
+        scrubbed = _scrub(text, ids)
+        assert not re.search("[山田太郎]|yamada|tarou|1901", scrubbed, re.IGNORECASE), (text, scrubbed)
+    assert _scrub("/exports/山田太郎/IM1", ids) == "/exports/[redacted]/IM1"
+    korean = {"PatientName": "Kim^Min=김^민준"}
+    assert _scrub("김 민준; 김민준; 민준 김", korean) == "[redacted] [redacted]; [redacted]; [redacted] [redacted]"
+    # Ordinary messages keep their words; Korean or Japanese words other than the name stay too.
+    assert _scrub("series 1.2.3: 2 mins, 김치 and 山本 kept", korean | ids) == \
+        "series 1.2.3: 2 mins, 김치 and 山本 kept"
+
+
+def test_a_short_ascii_name_part_is_scrubbed_with_its_name_only():
+    """'Li' alone is an ordinary word too often ('li', 'do', 'an' in messages): it is scrubbed where the
+    name is written whole or joined, not wherever the two letters stand alone."""
+    ids = {"PatientName": "Li^Wei"}
+    assert _scrub("Li Wei, Li_Wei, LiWei, WeiLi, Wei Li: li is kept, do not, an error", ids) == \
+        "[redacted], [redacted], [redacted], [redacted], [redacted]: li is kept, do not, an error"
+    ids = {"PatientName": "Do^An"}
+    assert _scrub("do not redact an error; Do An and DoAn are the patient", ids) == \
+        "do not redact an error; [redacted] and [redacted] are the patient"
+    # A name whose parts are scrubbed one by one keeps its old scrubbed form (a rerun finds its case ids).
+    assert _scrub("Smith_Jane/study1, SmithJane", {"PatientName": "Smith^Jane"}) == \
+        "[redacted]_[redacted]/study1, [redacted]"
+
+
+def test_a_birth_date_is_scrubbed_as_people_write_it():
+    ids = {"PatientBirthDate": "19010203"}
+    assert _scrub("born 19010203, 1901-02-03, 03.02.1901, 03/02/1901 or 02/03/1901", ids) == \
+        "born [redacted], [redacted], [redacted], [redacted] or [redacted]"
+    assert _scrub("1901-02-04 and 2001-02-03 and uid 1.2.1901.2.3 stay", ids) == \
+        "1901-02-04 and 2001-02-03 and uid 1.2.1901.2.3 stay"
+    assert _scrub("19010203-19011231", {"PatientBirthDate": "19010203-19011231"}) == "[redacted]"  # a range: whole
+
+
+def test_a_cjk_patients_name_reaches_no_output(tmp_path, mprage_files, new_series, model_2d, caplog):
+    """End to end: a folder named after the patient in kanji, the name in the header's ideographic group."""
+    data = tmp_path / "data"
+    name = "Yamada^Tarou=山田^太郎"
+    new_series(mprage_files[3:4], data / "山田太郎" / "山田 太郎_19010203", "cjk", PatientName=name,
+               SpecificCharacterSet="ISO_IR 192", PatientBirthDate="19010203", PatientID="MRN700001")
+    (data / "山田太郎" / "notes_山田.png").write_bytes(b"not a png")  # an error row: its path is written
+    out = tmp_path / "out"
+    result = predict_batch(model_2d, data, out, progress=False)
+    assert result.ok == 1 and result.errors == 1
+    written = "\n".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()) + caplog.text
+    assert "notes_[redacted].png" in caplog.text  # the error row's warning: logged, scrubbed
+    for part in ("山田", "太郎", "Yamada", "Tarou", "19010203", "MRN700001"):
+        assert part not in written, part
+    (error,) = [r for r in _rows(out) if r["status"] == "error"]
+    assert error["source"] == "[redacted]/notes_[redacted].png"
