@@ -537,6 +537,12 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
     folders are not at hand), each marked as kept from the earlier page; ``("all",)`` keeps every one."""
     notes_dir = Path(notes_dir) if notes_dir is not None else Path(out).parent / "results_notes"
     names = [yaml.safe_load((Path(r) / "config.yaml").read_text())["name"] for r in runs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # one section, one set of figures and one notes file per pipeline name
+        folders = [str(r) for r, n in zip(runs, names) if n == repeated[0]]
+        raise MedtlError(f"{len(folders)} run folders of pipeline {repeated[0]!r} ({', '.join(folders)}): their "
+                         "sections would share one set of figures and notes; give one folder per pipeline (a "
+                         "second study needs its own 'name:' in its YAML)")
     sections = []
     for r, name in zip(runs, names):
         section = pipeline_section(Path(r), Path(out).parent / "results_figures")
@@ -586,7 +592,9 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
     pipelines_dir = Path(__file__).resolve().parents[2] / "pipelines"
     kept = _previous_sections(Path(out), set(names), keep)
     sections += list(kept.values())
-    missing = sorted(p.stem for p in pipelines_dir.glob("*.yaml") if p.stem not in names and p.stem not in kept)
+    shipped = {p.stem for p in pipelines_dir.glob("*.yaml")}
+    # the project's own page lists its pipelines not yet run; a user's page of their own studies does not
+    missing = sorted(shipped - set(names) - set(kept)) if shipped & (set(names) | set(kept)) else []
     if missing:
         header += ["Pipelines with no finished run on this page yet (run them, then regenerate this page):", ""]
         header += [f"- `{m}`: `medtl run pipelines/{m}.yaml --data-root ../shared/data --out runs/{m} --profile cpu`"

@@ -1,3 +1,5 @@
+import pytest
+
 from medtl.evaluation.report.schema import Metric
 from medtl.pipeline.results import verdict, write_results
 
@@ -30,7 +32,7 @@ def test_results_page_from_a_run_folder(tiny_run, tmp_path):
     figure = tmp_path / "results_figures" / "tiny_tumor.png"  # the forest plot beside the task's table
     assert figure.read_bytes().startswith(b"\x89PNG") and "](results_figures/tiny_tumor.png)" in page
     assert "| feature_extraction | fraction 0.5 |" in page and "AUROC" in page
-    assert "cxr_to_mri2d" in page  # shipped pipelines without a run are listed, with their command
+    assert "cxr_to_mri2d" not in page  # a page of one's own study: the shipped pipelines are not listed
     # the recommendation made before training, beside what the run observed
     import json
 
@@ -217,3 +219,18 @@ def test_the_training_mean_baseline_is_judged_by_its_test_case_interval_and_a_pa
     assert "every seed reached the same MAE" in text
     line = next(x for x in text.splitlines() if x.startswith("- `finetune`"))
     assert "better than the baseline" in line and "paired t-test: MAE higher in 0, lower in 3 of 3 seeds" in line
+
+
+def test_two_run_folders_of_one_pipeline_are_refused_not_drawn_into_one_figure(tiny_run, tmp_path):
+    import shutil
+
+    from medtl.errors import MedtlError
+
+    copy = shutil.copytree(tiny_run, tmp_path / "again")
+    with pytest.raises(MedtlError, match="2 run folders of pipeline 'tiny'"):
+        write_results([tiny_run, copy], tmp_path / "results.md")
+
+
+def test_a_page_of_ones_own_studies_does_not_list_the_projects_pipelines(tiny_run, tmp_path):
+    page = write_results([tiny_run], tmp_path / "results.md").read_text()
+    assert "no finished run on this page yet" not in page  # 'tiny' is not one of pipelines/*.yaml
