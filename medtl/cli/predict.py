@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if result.ok and not is_url(args.input):  # a PACS holds no labels to score against
         labelled = str(args.input).lower().endswith(".csv")  # a manifest's labels travel into the results
         own = None if labelled else _training_manifest(args.model, args.input)
-        labels = "" if labelled else f" --labels {shlex.quote(str(own)) if own else 'LABELS.csv'}"
+        # a manifest's labels are in the results already, but its patients and near-copy groups are not (the
+        # patient ids stay out of results.csv): given again, they make the bootstrap's units
+        labels = f" --labels {shlex.quote(str(args.input if labelled else own or 'LABELS.csv'))}"
         print("next: score the predictions against the true labels:\n"
               f"  medtl evaluate --predictions {shlex.quote(str(result.csv))}{labels}"
               f" --out {shlex.quote(str(Path(args.out) / 'report'))}")

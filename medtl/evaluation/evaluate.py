@@ -90,7 +90,7 @@ class EvalSettings:
             return "no confidence intervals (n_boot = 0)"
         return (f"{self.level:.0%} percentile bootstrap, {self.n_boot} resamples (seed {self.seed}), stratified by "
                 "true class, resampling patients (all their images together) when patient ids are given, "
-                "else cases")  # fmt: skip
+                "else cases, and near-copies of one image (near_copy_group) together")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -337,6 +337,8 @@ def _run_header(rows: pd.DataFrame, test: pd.DataFrame, val: pd.DataFrame) -> di
         # a manifest without patient ids uses each image's path as its id (medtl.data.build)
         "patient_ids_per_image": None if groups is None else bool(
             (test["patient_id"].astype(str) == test["case_id"].astype(str)).all()),
+        # near-copies joined into one unit: the units are then fewer than the patients (or images)
+        "near_copy_units": bool(NEAR_COPY_GROUP in test and test[NEAR_COPY_GROUP].notna().any()) or None,
         "domains_test": {str(k): int(v) for k, v in test["domain"].value_counts().items() if k != ""},
     }
 

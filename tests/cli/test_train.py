@@ -103,6 +103,10 @@ def test_results_of_a_labelled_manifest_are_scored_at_the_models_threshold(train
     # evaluation applies the threshold stored in the model and reproduces medtl train's test numbers
     assert main(["predict", "--model", str(run / "model.pt"), "--input", str(run / "manifest.csv"), "--data-root",
                  str(folder), "--split", "test", "--out", str(tmp / "p_test"), "--no-progress"]) == 0
+    # its next step gives the manifest again: its patients and near-copy groups are the bootstrap's units
+    (command,) = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("medtl ")]
+    assert f"--labels {run / 'manifest.csv'}" in command
+    assert main([*shlex.split(command)[1:], "--n-boot", "50"]) == 0
     assert main(["evaluate", "--predictions", str(tmp / "p_test" / "results.csv"), "--out", str(tmp / "p_test" / "rep"),
                  "--n-boot", "50"]) == 0
     capsys.readouterr()

@@ -206,6 +206,13 @@ def test_near_copies_are_one_bootstrap_unit_with_their_patients():
     assert width["grouped"] > 1.6 * width["loose"]  # four copies: about twice as wide (sqrt 4)
     assert grouped["runs"][0]["bootstrap"]["unit"] == "patient, near-copy groups joined"
     assert loose["runs"][0]["bootstrap"]["unit"] == "case"
+    # and the report says what it resampled: 80 units of 320 images, not 'each image its own patient'
+    from medtl.evaluation.report.sections import _patients
+
+    assert grouped["runs"][0]["near_copy_units"] and grouped["runs"][0]["n_test_patients"] == 2 * n
+    assert _patients(grouped["runs"][0]).startswith(f" in {2 * n} bootstrap units (")
+    assert "near-copies of one image joined" in _patients(grouped["runs"][0])
+    assert "near_copy_group" in evaluate_predictions(table, n_boot=10)["settings"]["ci_method"]
 
 
 def test_score_intervals_at_0_or_1_count_sampling_units_not_images():

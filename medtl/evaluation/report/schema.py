@@ -74,6 +74,7 @@ class Run(_Node):
     n_val: int | None = None
     n_test_patients: int | None = None
     patient_ids_per_image: bool | None = None  # every patient id is the case's own id: no real patient ids
+    near_copy_units: bool | None = None  # near-copies of one image were joined into one bootstrap unit
     domains_test: dict[str, int] = {}
     metrics: dict[str, Metric] = {}
     per_class: dict[str, dict[str, Metric]] | None = None  # multiclass, one-vs-rest

@@ -134,9 +134,13 @@ def _test_sets(t: dict) -> list[tuple[str, dict]]:
 
 def _patients(rep: dict) -> str:
     """' from N patients', or what stands in for patient ids when there are none."""
+    units = rep.get("n_test_patients")
+    if rep.get("near_copy_units"):  # the bootstrap's units are fewer than the images: say what they are
+        who = "images" if rep.get("patient_ids_per_image") else "patients, or images without one"
+        return f" in {units} bootstrap units ({who}, with near-copies of one image joined into one unit)"
     if rep.get("patient_ids_per_image"):
         return " (no patient ids: each image counts as its own patient in the bootstrap)"
-    return f" from {rep['n_test_patients']} patients" if rep.get("n_test_patients") else ""
+    return f" from {units} patients" if units else ""
 
 
 def _no_skill_line(r: dict, who: str = "") -> str | None:
@@ -608,8 +612,8 @@ def what_was_run(doc: Document, report: dict, out: Path) -> dict:
             n, patients = rep["n_test"], rep.get("n_test_patients")
             label = ", ".join(w for w in (name if len(report["tasks"]) > 1 else "", who) if w)
             where = f"test set ({label})" if label else "test set"
-            size = f"n = {n}" + (_patients(rep) if patients and (patients != n or rep.get("patient_ids_per_image"))
-                                 else "")
+            size = f"n = {n}" + (_patients(rep) if patients and (patients != n or rep.get("patient_ids_per_image")
+                                                                 or rep.get("near_copy_units")) else "")
             if t["kind"] == "regression":
                 items.append(f"**{where.capitalize()}:** {size}.")
                 few = None
