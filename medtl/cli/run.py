@@ -26,6 +26,17 @@ def register(sub) -> None:
 def _run(args) -> int:
     from medtl.pipeline import run_pipeline
 
-    run_pipeline(args.config, args.data_root or default_data_root(), args.out, args.profile,
-                 redo=tuple(args.redo), progress=args.progress)
+    import shlex
+
+    report = run_pipeline(args.config, args.data_root or default_data_root(), args.out, args.profile,
+                          redo=tuple(args.redo), progress=args.progress)
+    out = shlex.quote(str(args.out))
+    print(f"report: {report} (and report.md, report.json beside it)\n"
+          "next: a results page of this run (hand-written notes go in DIR/results_notes/<pipeline name>.md):\n"
+          f"  medtl results {out} --out DIR\n"
+          "  each job's model (for medtl predict, explain, train --init) is its folder's best.pt under "
+          f"{shlex.quote(str(Path(args.out) / 'transfer'))}")
+    example = next(iter(sorted((Path(args.out) / "transfer").rglob("best.pt"))), None)
+    if example is not None:
+        print(f"  e.g. medtl predict --model {shlex.quote(str(example))} --input IMAGES --out PREDICTIONS")
     return 0

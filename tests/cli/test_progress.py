@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import sys
+from pathlib import Path
 
 from medtl import progress
 from medtl.cli import main
@@ -35,7 +36,11 @@ def test_a_whole_run_shows_stage_bars_times_and_one_weights_line(tiny, make_conf
     out, err = capsys.readouterr()
     for stage in ("prepare", "pretrain", "similarity", "transfer", "report"):
         assert f"[{stage}] done in " in out, stage
-    assert "medtl run finished in " in out.splitlines()[-1]
+    assert "medtl run finished in " in out
+    # then what to do with it: the results page, and a model to give predict (a file that exists)
+    assert f"medtl results {tiny / 'progress'} --out DIR" in out
+    model = out.split("e.g. medtl predict --model ")[1].split()[0]
+    assert model.endswith("best.pt") and Path(model).is_file()
     for bar in ("pretrain:", "similarity:", "transfer:"):
         assert bar in err, bar
     # two transfer jobs and the similarity stage load the pretrained weights: the INFO line shows once
