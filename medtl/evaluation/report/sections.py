@@ -302,7 +302,8 @@ def _fraction_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -
     doc.table(["Strategy", "Label fraction", "Runs", NAMES[m]], rows, note.removeprefix("; ") or None)
     baseline = next((s for s in with_fractions if s.split("/")[-1] == "scratch"), None)
     png = fig.label_fraction_figure(series, NAMES[m], f"{name}: {NAMES[m]} by label fraction", baseline=baseline)
-    bands = ("band: t-interval over seeds, or a bootstrap interval over the test cases for a single run"
+    bands = ("band: t-interval over seeds, or a run's interval over the test cases for a single run or where "
+             "every seed scored the same (marked in the table)"
              + (f"; with more than six strategies only {baseline}'s band (black) is drawn" if len(series) > 6
                 and baseline else "; with more than six strategies no bands are drawn" if len(series) > 6 else ""))
     add_figures(doc, fig_list, [(f"{name}_label_fraction.png", png, f"{name}: {NAMES[m]} against the fraction of "
