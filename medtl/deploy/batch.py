@@ -174,7 +174,8 @@ def describe_error(err: BaseException, s: Series, sops: dict[str, str], include_
         text = err.reason
         where = err.where or ""
         if where and where in sops and sops[where]:
-            text += f" (instance {sops[where]})"  # a UID locates the file without naming the patient
+            # a UID locates the file without naming the patient; asked for identifiers, the path too
+            text += f" (instance {sops[where]}{', ' + where if include_identifiers else ''})"
         elif where and include_identifiers:
             text += f" ({where})"
         elif where and not s.is_dicom:
