@@ -79,6 +79,21 @@ def wrong_root_hint(n_missing: int, n_total: int, data_root: str | Path) -> str 
             "manifest's paths are relative to? Pass --data-root DIR (or set MEDTL_DATA_ROOT)")
 
 
+def outside_or_missing(manifest: Manifest, data_root: str | Path) -> tuple[list[str], list[str]]:
+    """The rows whose path leaves the data root (``..``, absolute, or a link pointing elsewhere) and the rows
+    whose file is not there, each as ``line N: ...``; cheap: no file is read."""
+    outside, missing = [], []
+    for i, r in enumerate(manifest):
+        try:
+            full = resolve_inside(data_root, r.path, r.path)
+        except MedtlError as err:
+            outside.append(f"line {i + 2}: {err.reason}")
+            continue
+        if not Path(str(full).split(io.ARRAY_MEMBER)[0]).exists():  # an array member: its archive
+            missing.append(f"line {i + 2}: {r.path}")
+    return outside, missing
+
+
 @dataclass
 class CheckReport:
     manifest: Path | None
@@ -176,8 +191,7 @@ def check_manifest(
     add(report.errors, split_named, f"recorded near-copy group(s) split across splits: {len(split_named)}")
 
     # a wrong root makes every file "missing": say that in one line instead of listing them (cheap: no reads)
-    absent = sum(not (data_root / r.path.split(io.ARRAY_MEMBER)[0]).exists() for r in manifest)
-    hint = wrong_root_hint(absent, len(manifest), data_root)
+    hint = wrong_root_hint(len(outside_or_missing(manifest, data_root)[1]), len(manifest), data_root)
     if hint:
         report.errors.append(hint)
         return report

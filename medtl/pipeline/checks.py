@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtl.data.check import wrong_root_hint
-from medtl.data.io import ARRAY_MEMBER
+from medtl.data.check import outside_or_missing, wrong_root_hint
+from medtl.data.manifest import Manifest
 from medtl.data.transforms import Preset
 from medtl.engine.trainer import resolve_device
 from medtl.errors import MedtlError, unknown
 from medtl.lock import LOCK
-from medtl.paths import resolve_inside
 from medtl.models.checkpoint import encoder_config
 from medtl.models.encoders import check_arch
-from medtl.pipeline.config import DataSpec
-from medtl.pipeline.context import Context, heterogeneous, modality_of
+from medtl.pipeline.config import DataSpec, TaskSpec
+from medtl.pipeline.context import Context, apply_task, heterogeneous, modality_of
 from medtl.pipeline.jobs import label_budgets, labelled_rows
 from medtl.strategies.registry import get_strategy
 
@@ -55,27 +54,27 @@ def check_before_run(ctx: Context) -> None:
     for key, spec in (("source", cfg.source), ("target", cfg.target)):
         m = ctx.manifest(spec, key)
         total += len(m)
-        for r in m:
-            try:
-                p = resolve_inside(ctx.data_root, r.path, f"{m.source}")
-            except MedtlError as err:
-                missing.append(f"{r.path} ({err.reason})")
-                continue
-            if not Path(str(p).split(ARRAY_MEMBER)[0]).exists():  # an .npz member: its archive
-                missing.append(r.path)
+        outside, absent = outside_or_missing(m, ctx.data_root)
+        if outside:  # not "missing": the file may be there, but medtl reads nothing outside the data root
+            raise MedtlError(f"{len(outside)} of {len(m)} row(s) name a file outside the data root "
+                             f"{ctx.data_root.resolve()} (links must point inside it too):\n  {_listed(outside)}",
+                             f"{m.source} ({key} manifest)")
+        missing += [f"{Path(str(m.source)).name} {line}" for line in absent]
     hint = wrong_root_hint(len(missing), total, ctx.data_root)
     if hint:
         raise MedtlError(hint, f"{where}: data root")
     if missing:
-        shown = "\n  ".join(missing[:20]) + (f"\n  (+{len(missing) - 20} more)" if len(missing) > 20 else "")
-        raise MedtlError(f"{len(missing)} file(s) named by the manifests are missing under the data root:\n  {shown}",
-                         ctx.data_root)
+        raise MedtlError(f"{len(missing)} file(s) named by the manifests are missing under the data root:\n  "
+                         f"{_listed(missing)}", ctx.data_root)
     target = ctx.manifest(cfg.target, "target")
     for i, task in enumerate(cfg.tasks):
         if task.label_column != "label" and target.rows and task.label_column not in target.rows[0].extras:
             columns = ["label", *target.rows[0].extras]
             raise unknown("label column", task.label_column, columns, f"{where}: tasks[{i}].label_column",
                           of=" in the target manifest", listed="columns")
+    for i, task in enumerate(cfg.tasks):  # refused now, not at the transfer stage after pretraining
+        if task.kind == "regression":
+            _require_numeric(apply_task(target, task), task, f"{where}: tasks[{i}].kind")
     source = ctx.manifest(cfg.source, "source")
     for i, task in enumerate(cfg.tasks):  # a task's label_map renames the classes of the source and the target
         if task.label_map:
@@ -108,6 +107,24 @@ def check_before_run(ctx: Context) -> None:
         if dims == 3 and (target_dims != 3 or lifted):
             raise MedtlError(f"source {spec.source!r} pretrains a 3D encoder: it fits a 3D target with lift: none",
                              f"{where}: strategies[{spec.display}]")
+
+
+def _require_numeric(target: Manifest, task: TaskSpec, where: str) -> None:
+    """A regression task's target values (the relabelled rows; ``unlabelled`` aside) must be numbers."""
+    for line, r in enumerate(target.rows, start=2):
+        if r.label == "unlabelled":
+            continue
+        try:
+            float(r.label)
+        except ValueError:
+            raise MedtlError(f"task {task.name!r} is a regression, but the target manifest's {task.label_column} "
+                             f"column holds {r.label!r} ({Path(str(target.source)).name} line {line}), not a "
+                             "number: use kind: classification for class names, or a numeric label_column",
+                             where) from None
+
+
+def _listed(items: list[str], shown: int = 20) -> str:
+    return "\n  ".join(items[:shown]) + (f"\n  (+{len(items) - shown} more)" if len(items) > shown else "")
 
 
 def _encoder_dims(ctx: Context, source: str | None) -> int:

@@ -175,8 +175,13 @@ class PipelineConfig(Strict):
     @field_validator("label_fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
-        if not v or any(not 0 < f <= 1 for f in v):
-            raise ValueError("each label fraction must be in (0, 1]")
+        if not v:
+            raise ValueError("give at least one label fraction")
+        bad = [f for f in v if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"each label fraction must be in (0, 1], got {bad[0]:g}")
+        if len(set(v)) != len(v):  # a repeated fraction runs the same jobs again, like a repeated seed
+            raise ValueError(f"label fractions must differ from each other, got {v}")
         return v
 
     @field_validator("seeds")
@@ -198,6 +203,15 @@ class PipelineConfig(Strict):
     def _names(cls, v):
         return [{"name": s} if isinstance(s, str) else s for s in v]
 
+    @field_validator("strategies")
+    @classmethod
+    def _labels(cls, v: list[StrategySpec]) -> list[StrategySpec]:
+        labels = [s.display for s in v]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:  # each job's folder and table row is named by it
+            raise ValueError(f"strategy labels must differ; {twice} appear twice (give each a label)")
+        return v
+
     @model_validator(mode="after")
     def _sources(self) -> "PipelineConfig":
         for i, spec in enumerate(self.strategies):
@@ -218,10 +232,6 @@ class PipelineConfig(Strict):
         for fraction, n in self.seeds_per_fraction.items():
             if n < 1:
                 raise ValueError(f"seeds_per_fraction: {fraction}: {n}: at least one seed")
-        labels = [s.display for s in self.strategies]
-        twice = sorted({x for x in labels if labels.count(x) > 1})
-        if twice:  # each job's folder and table row is named by it
-            raise ValueError(f"strategy labels must differ; {twice} appear twice (give each a label)")
         target = Path(self.target.manifest).name
         for name, src in self.sources.items():
             if src.pretrain.mode != "moco":  # several manifests, labels unused: the self-supervised path
@@ -247,15 +257,40 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping: plain YAML keeps the last one silently,
+    so an edited copy of a section (``similarity:`` twice) would quietly replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    earlier = first.get(key)
+                except TypeError:  # an unhashable key: the base loader names it
+                    continue
+                if earlier is not None:
+                    raise MedtlError(f"key {key!r} appears twice in one mapping (lines {earlier} and {line}); "
+                                     "YAML would keep only the last: give it once")
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_pipeline(path: str | Path, profile: str | None = None) -> PipelineConfig:
     """Read, apply ``profile`` and validate a pipeline YAML; errors name the file and key."""
     path = Path(path)
     if not path.exists():
         raise MedtlError("pipeline config not found", path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise MedtlError(f"not valid YAML: {err}", path) from None
+    except MedtlError as err:  # a repeated key
+        raise MedtlError(err.reason, path) from None
     if not isinstance(raw, dict):
         raise MedtlError("a pipeline config is a mapping of keys", path)
     profiles = raw.get("profiles") or {}
@@ -281,7 +316,8 @@ def _problem(error: dict) -> str:
     """One validation error as a line naming the dotted key; an unknown key gets the nearest known one."""
     loc = error["loc"]
     if error["type"] != "extra_forbidden":
-        return f"{_dotted(loc)}: {error['msg'].removeprefix('Value error, ')}"
+        msg = error["msg"].removeprefix("Value error, ")
+        return f"{_dotted(loc)}: {msg}" if loc else msg  # a check across keys names them in its message
     known = _known_keys(loc[:-1])
     close = closest(str(loc[-1]), known)
     hint = f"did you mean {_dotted((*loc[:-1], close))!r}?" if close else f"known keys here: {', '.join(known)}"

@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import shutil
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -73,9 +74,18 @@ STAGES = ("prepare", "pretrain", "similarity", "transfer", "report")
 class StageBook:
     """``stages.json``: per stage, the config slice it ran with; refuses a different one."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, profile: str | None = None):
         self.path = out / "stages.json"
         self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.profile = profile or "default"  # this run's, named when the folder was made with another
+        self._lock = threading.RLock()  # the stage's clock (StageClock) ticks from its own thread
+
+    def _write(self) -> None:
+        # whole or not at all: a run killed mid-write must leave the previous stages.json readable
+        with self._lock:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.done, indent=2) + "\n")
+            os.replace(tmp, self.path)
 
     @staticmethod
     def digest(payload: Any) -> str:
@@ -94,26 +104,39 @@ class StageBook:
             return "done" if entry.get("status") == "done" else "run"
         if _grown(entry.get("payload") or {}, payload, legacy or payload):
             return "grown"
-        keys = differing_keys(entry.get("payload", {}), json.loads(json.dumps(payload, default=str)))
-        raise MedtlError(
-            f"stage {stage!r} already ran with a different config (differs in: {', '.join(keys) or 'values'}); "
-            "results would mix: use a new --out folder, or delete that stage's outputs and its entry in stages.json "
-            f"(items added to {', '.join(GROWABLE)}, keeping every earlier one and the first seed, are allowed: "
-            "only the new jobs run)",
-            self.path,
-        )
+        keys = _changed_keys(entry.get("payload", {}), json.loads(json.dumps(payload, default=str)))
+        made_with = self._made_with()
+        profile = (f"; this folder was made with --profile {made_with}, this run uses {self.profile}"
+                   if made_with and made_with != self.profile else "")
+        if stage == "report":  # only the report's settings changed: rendering it again is all it takes
+            advice = ("run with --redo report to render the report again from the finished predictions under "
+                      "the new settings (nothing is trained)")
+        else:
+            advice = ("results would mix: use a new --out folder, or delete that stage's outputs and its entry in "
+                      f"stages.json (items added to {', '.join(GROWABLE)}, keeping every earlier one and the first "
+                      "seed, are allowed: only the new jobs run)")
+        raise MedtlError(f"stage {stage!r} already ran with a different config (differs in: "
+                         f"{', '.join(keys) or 'values'}{profile}); {advice}", self.path)
+
+    def _made_with(self) -> str | None:
+        """The --profile the run folder was made with, as environment.json records it (None if it does not)."""
+        env = self.path.with_name("environment.json")
+        try:
+            return json.loads(env.read_text()).get("profile") if env.exists() else None
+        except (OSError, ValueError):
+            return None
 
     def finish(self, stage: str, payload: dict, **info) -> None:
         self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
                             "status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        self.path.write_text(json.dumps(self.done, indent=2) + "\n")
+        self._write()
 
     def start(self, stage: str, payload: dict) -> float:
         """Mark ``stage`` running; returns the seconds it already ran in earlier, interrupted sessions."""
         if stage not in self.done:  # a started stage is tied to its config too, so a resume cannot mix
             self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
                                 "status": "running"}
-            self.path.write_text(json.dumps(self.done, indent=2) + "\n")
+            self._write()
         return 0.0 if self.done[stage].get("status") == "done" else float(self.done[stage].get("seconds") or 0)
 
     def reopen(self, stage: str, payload: dict) -> None:
@@ -124,13 +147,49 @@ class StageBook:
         seconds = entry.get("seconds") if stage == "transfer" else 0.0
         self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
                             "status": "running", "seconds": seconds}
-        self.path.write_text(json.dumps(self.done, indent=2) + "\n")
+        self._write()
 
     def tick(self, stage: str, seconds: float) -> None:
         """Record a running stage's time so far, so a killed and resumed run still reports its whole wall time."""
-        if self.done.get(stage, {}).get("status") == "running":
-            self.done[stage]["seconds"] = round(seconds, 1)
-            self.path.write_text(json.dumps(self.done, indent=2) + "\n")
+        with self._lock:
+            if self.done.get(stage, {}).get("status") == "running":
+                self.done[stage]["seconds"] = round(seconds, 1)
+                self._write()
+
+
+TICK_SECONDS = 30.0  # how often a running stage's time is recorded: what a killed session can lose at most
+
+
+class StageClock:
+    """A running stage's time so far, written to stages.json every :data:`TICK_SECONDS` from a background
+    thread and once more if the stage stops with an error, so an interrupted session's time counts in the
+    stage's total: pretraining and the similarity measures have no step of their own to record it at."""
+
+    def __init__(self, book: StageBook, stage: str, before: float):
+        self.book, self.stage, self.before = book, stage, before
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"medtl-{stage}-clock", daemon=True)
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def tick(self) -> None:
+        self.book.tick(self.stage, self.seconds())
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            self.tick()
+
+    def __enter__(self) -> "StageClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_type is not None:  # interrupted (Ctrl-C) or failed: the time spent still counts on resume
+            self.tick()
 
 
 # ----------------------------------------------------------------------------- stages
@@ -154,11 +213,12 @@ def stage_prepare(ctx: Context) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "profile": ctx.profile or "default",
-        "data_root": str(ctx.data_root),
+        "data_root": str(Path(ctx.data_root).resolve()),
         "manifests": {key: str(ctx.manifest_path(spec, key)) for key, spec in (("source", cfg.source), ("target", cfg.target))},
         "manifest_sha256": manifest_hashes(ctx),
         # the command as given (medtl results prints it): config file and output folder
-        "config_path": str(ctx.config_path), "out": str(ctx.out),
+        # resolved: a later --redo or `medtl results` from another folder must still name the same files
+        "config_path": str(Path(ctx.config_path).resolve()), "out": str(Path(ctx.out).resolve()),
     }
     (ctx.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     return {}
@@ -169,8 +229,9 @@ def _record_command(ctx: Context) -> None:
     path = ctx.out / "environment.json"
     if path.exists():
         env = json.loads(path.read_text())
-        env.update(config_path=str(ctx.config_path), out=str(ctx.out), profile=ctx.profile or "default",
-                   data_root=str(ctx.data_root))
+        env.update(config_path=str(Path(ctx.config_path).resolve()), out=str(Path(ctx.out).resolve()),
+                   profile=ctx.profile or "default",
+                   data_root=str(Path(ctx.data_root).resolve()))
         path.write_text(json.dumps(env, indent=2) + "\n")
 
 
@@ -269,10 +330,36 @@ def stage_similarity(ctx: Context) -> dict:
     task = cfg.tasks[0]
     source = ctx.load(cfg.source, "source")
     target = ctx.load(cfg.target, "target", task)
-    results, feats = {}, {}
     encoders = {"pretrained": source_checkpoint(ctx, None), RANDOM_INIT: None,
                 **{name: source_checkpoint(ctx, name) for name in cfg.sources}}
     source_dims = Preset(modality_of(source, cfg.source)).spatial_dims
+    counts = [(len(m.select(split="train")), name) for m, name in ((source, "source"), (target, "target"))]
+    log.info("similarity: %s training images measured (similarity.max_images: %d)",
+             " and ".join(f"{min(n, cfg.similarity.max_images)} of {n} {name}" for n, name in counts),
+             cfg.similarity.max_images)
+    results, feats = _measure(ctx, source, target, task, encoders, source_dims, out)
+    shown = "pretrained" if "pretrained" in feats else next(iter(feats))  # the embedding figure's features
+    src_f, tgt_f = feats[shown]["source"], feats[shown]["target"]
+    np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
+                        domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
+    n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
+    # a measure the recommendation leaves unranked (Frechet, in each encoder's own units, when the candidates
+    # use several encoders) is not worth measuring again on each half: it was most of the resamples' time
+    ranked = _ranking(ctx, results, n_labelled)["weights"]
+    resamples = _resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
+    (out / RESAMPLES).write_text(json.dumps(plain(resamples, "similarity"), indent=1) + "\n")
+    record = _ranking(ctx, results, n_labelled, resamples)
+    (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
+    (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(record["explanation"])
+    return {"recommended": record["recommended"]}
+
+
+def _measure(ctx: Context, source: Manifest, target: Manifest, task, encoders: dict, source_dims: int,
+             out: Path) -> tuple[dict, dict]:
+    """Each encoder's similarity results (written as ``<encoder>.md``) and features."""
+    cfg = ctx.config
+    results, feats = {}, {}
     for enc_name, checkpoint in encoders.items():
         dims = int(encoder_config(checkpoint).get("spatial_dims", 2)) if checkpoint is not None else 2
         if dims == 3 and source_dims == 2:
@@ -289,18 +376,7 @@ def stage_similarity(ctx: Context) -> dict:
         feats[enc_name] = result.pop("features")
         results[enc_name] = result
         (out / f"{enc_name}.md").write_text(to_table(result, markdown=True) + "\n")
-    shown = "pretrained" if "pretrained" in feats else next(iter(feats))  # the embedding figure's features
-    src_f, tgt_f = feats[shown]["source"], feats[shown]["target"]
-    np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
-                        domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
-    n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
-    resamples = _resampled_scores(feats)
-    (out / RESAMPLES).write_text(json.dumps(plain(resamples, "similarity"), indent=1) + "\n")
-    record = _ranking(ctx, results, n_labelled, resamples)
-    (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
-    (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(record["explanation"])
-    return {"recommended": record["recommended"]}
+    return results, feats
 
 
 REDOABLE = ("similarity", "report")  # stages `medtl run --redo` runs again: nothing they redo is training
@@ -308,10 +384,15 @@ RESAMPLES = "resamples.json"  # the similarity stage's measures on random halves
 N_RESAMPLES = 20
 
 
-def _resampled_scores(feats: dict[str, dict], n: int = N_RESAMPLES, seed: int = 0) -> list[dict[str, dict]]:
+SKIPPABLE = ("frechet",)  # measures the resamples leave out when the recommendation does not rank them
+
+
+def _resampled_scores(feats: dict[str, dict], n: int = N_RESAMPLES, seed: int = 0, skip: tuple[str, ...] = (),
+                      progress: bool = False) -> list[dict[str, dict]]:
     """The ranked measures again on ``n`` random halves of the source and target images (the same halves for
     every encoder, so encoders are compared on one draw): how much a ranking made from them moves with the
-    images that happened to be drawn. No permutation test: its p-value ranks nothing."""
+    images that happened to be drawn. No permutation test: its p-value ranks nothing. ``skip``: measures of
+    :data:`SKIPPABLE` not to take (the ranking leaves them out)."""
     from medtl.similarity.assess import assess
 
     if not feats:
@@ -322,7 +403,7 @@ def _resampled_scores(feats: dict[str, dict], n: int = N_RESAMPLES, seed: int = 
         return []
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
+    for _ in bar(range(n), desc="similarity resamples", unit="half", enabled=progress):
         s_idx = rng.choice(n_src, n_src // 2, replace=False)
         t_idx = rng.choice(n_tgt, n_tgt // 2, replace=False)
         draw = {}
@@ -330,10 +411,11 @@ def _resampled_scores(feats: dict[str, dict], n: int = N_RESAMPLES, seed: int = 
             labels, probs = f.get("target_labels"), f.get("target_probs")
             if labels is not None and len(np.unique(np.asarray(labels)[t_idx])) < 2:
                 labels = probs = None  # a half with one class: no transferability score on it
-            result = assess(f["source"][s_idx], f["target"][t_idx], None if labels is None else np.asarray(labels)[t_idx],
-                            source_model_probs=None if probs is None else np.asarray(probs)[t_idx],
-                            n_permutations=1, seed=seed)
-            draw[enc_name] = _flat_scores(result)
+            labels = None if labels is None else np.asarray(labels)[t_idx]
+            probs = None if probs is None else np.asarray(probs)[t_idx]
+            draw[enc_name] = _flat_scores(assess(f["source"][s_idx], f["target"][t_idx], labels,
+                                                 source_model_probs=probs, n_permutations=1, seed=seed,
+                                                 frechet="frechet" not in skip))
         out.append(draw)
     return out
 
@@ -575,6 +657,30 @@ def _default_items(key: str) -> list:
     return json.loads(json.dumps(field.get_default(call_default_factory=True), default=str))
 
 
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """:func:`medtl.plain.differing_keys`, also stepping into lists of mappings of the same length, each item
+    named by its label or name: ``strategies[full].hparams.lr`` rather than ``strategies``."""
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) \
+            and all(isinstance(x, dict) for x in old + new):
+        return [k for i, (a, b) in enumerate(zip(old, new)) for k in _changed_keys(a, b, f"{prefix}[{_item_name(a, i)}]")]
+    if isinstance(old, dict) and new is None or old is None and isinstance(new, dict):
+        old, new = old or {}, new or {}  # a mapping left at its default ({}) is absent from the payload
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]
+    return differing_keys(old, new, prefix)
+
+
+def _item_name(item: dict, index: int) -> str:
+    """How an error names a list item: a strategy's label (name + lift), a task's name, else its index."""
+    if item.get("label"):
+        return str(item["label"])
+    if item.get("name"):
+        lift = item.get("lift")
+        return str(item["name"]) + (f"+{lift}" if lift and lift != "none" else "")
+    return str(index)
+
+
 def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False) -> dict[str, dict]:
     # Only values that differ from the defaults: a field added to the config later (with a default) leaves a
     # finished run's stages valid, so a run folder resumes and --redo report works after upgrading medtl.
@@ -584,7 +690,10 @@ def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False)
         "prepare": {"source": c.get("source"), "target": c.get("target"), "data_root": str(data_root)},
         "pretrain": {"source": c.get("source"), "pretrain": c.get("pretrain"), "encoder": c.get("encoder"),
                      "seed": cfg.seeds[0], **({"sources": c["sources"]} if c.get("sources") else {})},
-        "similarity": {"target": c.get("target"), "tasks": c["tasks"][:1], "similarity": c.get("similarity"),
+        # the first task, in the same form (a task list left at its default is absent from ``c``)
+        "similarity": {"target": c.get("target"),
+                       "tasks": [cfg.tasks[0].model_dump(mode="json", exclude_defaults=not with_defaults)],
+                       "similarity": c.get("similarity"),
                        "strategies": c.get("strategies")},
         "transfer": {**{k: c.get(k) for k in ("target", "tasks", "encoder", "train", "strategies", "label_fractions",
                                               "seeds", "unlabelled_target")},
@@ -617,7 +726,7 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     out.mkdir(parents=True, exist_ok=True)
     lock = OutputLock(out, "medtl run").acquire()  # two runs in one folder would overwrite each other's jobs
     try:
-        book = StageBook(out)
+        book = StageBook(out, profile)
         payloads, legacy = _payloads(config, data_root), _payloads(config, data_root, with_defaults=True)
         transfer_jobs._INNER_BARS = progress  # the per-epoch bars inside each job
         with logs_above_bars():  # log lines print above the stage's bar, and the weights-loaded line once
@@ -644,13 +753,12 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
                     book.reopen(stage, payload)
                 upstream_ran = True
                 before = book.start(stage, payload)
-                started = time.perf_counter()
-                ctx.tick = lambda: book.tick(stage, before + time.perf_counter() - started)  # noqa: B023 (called within this stage)
                 print(f"[{stage}] running" + (f" (resumed; {format_seconds(before)} spent before)" if before else ""))
-                info = STAGE_FUNCS[stage](ctx)
-                seconds = time.perf_counter() - started
-                book.finish(stage, payload, seconds=round(before + seconds, 1), **plain(info, stage))
-                print(f"[{stage}] done in {format_seconds(seconds)}")
+                with StageClock(book, stage, before) as clock:
+                    ctx.tick = clock.tick  # transfer also records it after each job
+                    info = STAGE_FUNCS[stage](ctx)
+                book.finish(stage, payload, seconds=round(clock.seconds(), 1), **plain(info, stage))
+                print(f"[{stage}] done in {format_seconds(clock.seconds() - before)}")
     finally:
         transfer_jobs._INNER_BARS = True
         lock.release()

@@ -170,8 +170,8 @@ def select_cases(manifest, split: str | None = None, max_cases: int | None = Non
             rng = np.random.default_rng([seed, int(m.content_hash(), 16)])
             keep = np.sort(rng.choice(n, max_cases, replace=False))
             m = Manifest([m.rows[i] for i in keep], list(m.label_names), dict(m.meta), m.source)
-            log.info("%s: %d of %d images used (max_cases %d; 0 or None uses all)", Path(str(m.source)).name,
-                     max_cases, n, max_cases)
+            # debug: the features' own line says "N of M cases" once the images are read
+            log.debug("%s: %d of %d images drawn (max_cases %d)", Path(str(m.source)).name, max_cases, n, max_cases)
     return m, n
 
 

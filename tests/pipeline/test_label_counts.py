@@ -155,8 +155,8 @@ def test_label_counts_config_mistakes_are_named(tiny, make_config, extra, why):
 
 def test_hparams_only_for_the_self_supervised_mode(tiny, make_config):
     path = tiny / "hp_bad.yaml"
-    path.write_text(make_config.config.replace("EPOCHS", "1")
-                    + "pretrain: {mode: supervised, hparams: {queue_size: 8}}\n")
+    path.write_text(make_config.config.replace("EPOCHS", "1").replace(
+        "pretrain: {epochs: 1, batch_size: 8}", "pretrain: {mode: supervised, hparams: {queue_size: 8}}"))
     with pytest.raises(Exception, match="only the self-supervised mode"):
         load_pipeline(path)
 

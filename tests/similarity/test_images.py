@@ -126,9 +126,10 @@ def test_the_command_caps_images_by_default_and_says_so(synth, caplog):
     args = parser.parse_args(["similarity", "--source", "a.csv", "--target", "b.csv"])
     assert args.max_cases == 500  # 0 uses every image
     _, paths = synth
-    with caplog.at_level(logging.INFO, logger="medtl.similarity.images"):
+    with caplog.at_level(logging.DEBUG, logger="medtl.similarity.images"):
         select_cases(paths["cxr_a"], max_cases=5, seed=0)
-    assert "5 of 8 images used" in caplog.text
+    # the draw is a debug line; the user reads "N of M cases" once the features are made (dataset_features)
+    assert "5 of 8 images drawn" in caplog.text
 
 
 # --- source vs target: the interface ---------------------------------------------------------------

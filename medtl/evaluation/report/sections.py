@@ -528,12 +528,16 @@ def learning_curves(doc: Document, metrics_log, fig_list: list[dict]) -> dict:
     # the losses and the validation metric the runs are judged by; the other log keys (loss terms, learning
     # rates, domain accuracy) are in the log for whoever debugs a method, not for a reader of the report.
     # Metrics that never change (a loss a method does not use) say nothing as curves.
-    metrics = [c for c in CURVES if c in log and pd.api.types.is_numeric_dtype(log[c])
-               and log[c].nunique(dropna=True) > 1]
-    metrics = [c for c in metrics if c in LOSSES] + [c for c in metrics if c not in LOSSES][:1]
-    if not metrics:
+    logged = [c for c in CURVES if c in log and pd.api.types.is_numeric_dtype(log[c])]
+    if not logged:  # not a training log at all
         raise MedtlError(f"the metrics log has none of the columns {', '.join(CURVES)} to plot", path)
+    metrics = [c for c in logged if log[c].nunique(dropna=True) > 1]
+    metrics = [c for c in metrics if c in LOSSES] + [c for c in metrics if c not in LOSSES][:1]
     doc.h(2, "Learning curves")
+    if not metrics:  # one epoch (or values that never moved): a point is no curve
+        doc.p(f"No curve to draw: every logged value ({', '.join(CURVES[c] for c in logged)}) has a single value "
+              f"per run ({len(log)} row(s) in {path.name}).")
+        return {"source": str(path), "x": x, "metrics": [], "by": by, "colour": colour}
     named = log.rename(columns=CURVES)
     png = fig.learning_curve_figure(named, x, [CURVES[m] for m in metrics], by, colour)
     panels = ", ".join(CURVES[m] for m in metrics)

@@ -43,6 +43,11 @@ def test_learning_curves_show_loss_and_one_validation_metric_by_name(tmp_path):
     pd.DataFrame([{"epoch": 0, "lr": 0.1}, {"epoch": 1, "lr": 0.2}]).to_csv(log, index=False)
     with pytest.raises(Exception, match="none of the columns train_loss"):
         learning_curves(Document(), log, [])
+    # one epoch: a point, no curve, and no failed report (a 1-epoch pipeline's report stage crashed here)
+    pd.DataFrame([{"epoch": 1, "train_loss": 0.7, "val_loss": 0.8}]).to_csv(log, index=False)
+    doc, figs = Document(), []
+    assert learning_curves(doc, log, figs)["metrics"] == [] and figs == []
+    assert "No curve to draw" in doc.markdown()
 
 
 def test_embedding_section_draws_the_coordinates_it_is_given():
