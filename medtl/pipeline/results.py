@@ -520,7 +520,9 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                 tested = _seed_test_counts(task, s_name, base, e.label_fraction)
                 delong = f"; DeLong: {tested}" if tested else ""
                 at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
-                single = " (one run: bootstrap intervals over the test cases)" if min(e.n_runs, b.n_runs) == 1 else ""
+                bounded = a_m is not None and b_m is not None and None not in (a_m.ci_low, b_m.ci_low)
+                single = (" (one run: bootstrap intervals over the test cases)" if bounded
+                          else " (one run, no interval: the bootstrap is off)") if min(e.n_runs, b.n_runs) == 1 else ""
                 lines.append(f"- `{s_name}` at {at}: "
                              f"{verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + single
                              + delong)

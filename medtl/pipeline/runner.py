@@ -471,14 +471,20 @@ def stage_transfer(ctx: Context) -> dict:
     budgets = {task.name: label_budgets(ctx, task) for task in cfg.tasks}
     jobs = [(task, budget, seed, spec) for task in cfg.tasks for budget in budgets[task.name]
             for seed in cfg.seeds_at(budget.fraction) for spec in cfg.strategies]
-    done = 0
-    for task, budget, seed, spec in bar(jobs, desc="transfer", unit="job", enabled=ctx.progress):
-        job_dir = ctx.out / "transfer" / task.name / budget.name / spec.display / f"seed{seed}"
-        if RunFolder(job_dir).predictions.exists():
-            done += 1
-            continue
-        run_job(ctx, task, budget, seed, spec, job_dir)
-        ctx.tick()
+    def folder(task, budget, seed, spec) -> Path:
+        return ctx.out / "transfer" / task.name / budget.name / spec.display / f"seed{seed}"
+
+    todo = [job for job in jobs if not RunFolder(folder(*job)).predictions.exists()]
+    done = len(jobs) - len(todo)
+    print(f"[transfer] {len(jobs)} jobs ({len(cfg.strategies)} strategies x {len(cfg.tasks)} task(s) x their "
+          f"budgets and seeds): {done} already done, {len(todo)} to run")
+    # the bar starts at the finished jobs and names the running one (in a log file too)
+    with bar(total=len(jobs), initial=done, desc="transfer", unit="job", enabled=ctx.progress) as jobs_bar:
+        for task, budget, seed, spec in todo:
+            jobs_bar.set_postfix_str(f"{task.name} {budget.name} {spec.display} seed {seed}")
+            run_job(ctx, task, budget, seed, spec, folder(task, budget, seed, spec))
+            ctx.tick()
+            jobs_bar.update()
     for task in cfg.tasks:  # regression tables carry the trivial baseline (seconds: no model)
         if task.kind != "regression":
             continue

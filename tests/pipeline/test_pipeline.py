@@ -54,6 +54,8 @@ def test_a_finished_study_grows_by_new_strategies_without_redoing_its_jobs(tiny_
     elapsed = time.time() - started
     printed = capsys.readouterr().out
     assert printed.count("already complete") == 2  # prepare and pretrain; similarity, transfer, report ran
+    assert "[transfer] 8 jobs (4 strategies x 1 task(s) x their budgets and seeds): 6 already done, 2 to run" \
+        in printed  # the plan, before the first job
     assert all(p.stat().st_mtime == t for p, t in mtimes.items())  # the finished jobs were kept as they were
     jobs = {p.relative_to(grown / "transfer").parts[2] for p in (grown / "transfer").rglob("predictions.csv")}
     assert jobs == {"feature_extraction", "full", "dann", "scratch"}
