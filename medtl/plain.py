@@ -38,10 +38,26 @@ def plain(obj: Any, where: str = "value") -> Any:
 
 def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two JSON-like values (``train.epochs``, ``seed``), down
-    through nested dicts: what a refused resume names."""
+    through nested dicts and lists of mappings of one length, each item named by its label or name
+    (``strategies[full].hparams.lr``): what a refused resume names."""
     import json
 
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) \
+            and all(isinstance(x, dict) for x in old + new):
+        return [k for i, (a, b) in enumerate(zip(old, new)) for k in differing_keys(a, b, f"{prefix}[{_item_name(a, i)}]")]
+    if isinstance(old, dict) and new is None or old is None and isinstance(new, dict):
+        old, new = old or {}, new or {}  # a mapping left at its default ({}) is absent from a minimal record
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return [prefix] if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True) else []
     return [k for key in sorted(set(old) | set(new))
             for k in differing_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]
+
+
+def _item_name(item: dict, index: int) -> str:
+    """How a key path names a list item: its label (a strategy's: name + lift), its name, else its index."""
+    if item.get("label"):
+        return str(item["label"])
+    if item.get("name"):
+        lift = item.get("lift")
+        return str(item["name"]) + (f"+{lift}" if lift and lift != "none" else "")
+    return str(index)

@@ -121,10 +121,15 @@ def discover(input: str | Path, *, out: Path | None = None, data_root: str | Pat
         return scan_files([p], p.parent, limits, display, volume)
     if p.exists():
         raise MedtlError("input is not a regular file or folder (a FIFO, socket or device)", p)
+    raise _missing_input(input)
+
+
+def _missing_input(input: str | Path) -> MedtlError:
+    """The error for an input that is not there: a mistyped URL scheme named as typed, else not found."""
     scheme, sep, _ = str(input).partition("://")
     if sep and scheme.isalnum():  # as typed: a path would fold the '//' into one '/'
-        raise MedtlError(f"unknown URL scheme {scheme!r}: a DICOMweb URL starts with http:// or https://", str(input))
-    raise MedtlError("input is neither a folder, a file, a manifest (.csv) nor a DICOMweb URL (http[s]://...)", p)
+        return MedtlError(f"unknown URL scheme {scheme!r}: a DICOMweb URL starts with http:// or https://", str(input))
+    return MedtlError("input not found: no such file or folder", Path(input))
 
 
 class _Prepared(torch.utils.data.Dataset):
@@ -509,11 +514,7 @@ def _supersede_file_rows(ledger: Ledger, errors: set[str], chosen: list[Series],
 def _check_local_input(input: str | Path, out: Path) -> None:
     p = Path(input)
     if not p.exists():
-        scheme, sep, _ = str(input).partition("://")
-        if sep and scheme.isalnum():  # as typed: a path would fold the '//' into one '/'
-            raise MedtlError(f"unknown URL scheme {scheme!r}: a DICOMweb URL starts with http:// or https://",
-                             str(input))
-        raise MedtlError("input not found: no such file or folder", p)
+        raise _missing_input(input)
     if p.is_dir() and p.resolve() == out.resolve():
         raise MedtlError("--out is the input folder: results and SRs would be written among the images (and read "
                          "as input by the next run); choose another folder", out)

@@ -162,14 +162,25 @@ def _auroc_where_degenerate(d: dict | None, n_pos: int, n_neg: int, level: float
 
 
 SAME_IN_EVERY_RUN = "Same in every run: the representative run's interval over the test cases"
+SHOWN_RESOLUTION = 5e-4  # values closer than this look the same at the three decimals reports show
+
+
+def _count_units(mask: np.ndarray, units: np.ndarray | None) -> int:
+    """The sampling units among the cases ``mask`` selects: a patient or near-copy group counts once."""
+    return int(mask.sum()) if units is None else len(np.unique(units[mask]))
+
+
+def _has_copies(test: pd.DataFrame) -> bool:
+    """Whether the cases carry near-copy groups, which join cases into one bootstrap unit."""
+    return bool(NEAR_COPY_GROUP in test and test[NEAR_COPY_GROUP].notna().any())
 
 
 def _proportions(positive: np.ndarray, called: np.ndarray, units: np.ndarray | None) -> dict[str, tuple[int, int]]:
-    """(successes, denominator) of each proportion of one class against the rest, in sampling units: a
-    patient or near-copy group counts once (its cases share one outcome when the proportion is 0 or 1,
-    the only time these counts are used). ``positive``: the true class; ``called``: the decision."""
+    """(successes, denominator) of each proportion of one class against the rest, in sampling units (its
+    cases share one outcome when the proportion is 0 or 1, the only time these counts are used).
+    ``positive``: the true class; ``called``: the decision."""
     def count(mask):
-        return int(mask.sum()) if units is None else len(np.unique(units[mask]))
+        return _count_units(mask, units)
 
     tp, tn = positive & called, ~positive & ~called
     return {"sensitivity": (count(tp), count(positive)), "specificity": (count(tn), count(~positive)),
@@ -338,7 +349,7 @@ def _run_header(rows: pd.DataFrame, test: pd.DataFrame, val: pd.DataFrame) -> di
         "patient_ids_per_image": None if groups is None else bool(
             (test["patient_id"].astype(str) == test["case_id"].astype(str)).all()),
         # near-copies joined into one unit: the units are then fewer than the patients (or images)
-        "near_copy_units": bool(NEAR_COPY_GROUP in test and test[NEAR_COPY_GROUP].notna().any()) or None,
+        "near_copy_units": _has_copies(test) or None,
         "domains_test": {str(k): int(v) for k, v in test["domain"].value_counts().items() if k != ""},
     }
 
@@ -483,7 +494,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
     called = (P[:, 1] >= (0.5 if thr_value is None else thr_value)).astype(int) if binary else P.argmax(axis=1)
 
     def n_units(mask) -> int:
-        return int(mask.sum()) if units is None else len(np.unique(units[mask]))
+        return _count_units(mask, units)
 
     if st.n_boot > 0:  # without a bootstrap no metric has an interval to replace
         if binary:
@@ -542,7 +553,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
 def _boot_info(st: EvalSettings, test: pd.DataFrame) -> dict:
     groups = _groups(test)
     unit = "case" if groups is None else "patient"
-    if groups is not None and NEAR_COPY_GROUP in test and test[NEAR_COPY_GROUP].notna().any():
+    if groups is not None and _has_copies(test):
         unit += ", near-copy groups joined"
     return {"n_boot": st.n_boot, "seed": st.seed, "level": st.level, "method": "percentile", "unit": unit}
 
@@ -595,9 +606,8 @@ def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
         d = {"value": s["value"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "std": s["std"], "n_runs": s["n"]}
         first = vals[0] or {}
         scored = [v["value"] for v in vals if v is not None and v["value"] is not None]
-        # every run defined and within 5e-4 of each other: the same at the three decimals a report shows (a
-        # t-interval over them would show no width)
-        same = len(scored) == len(vals) > 1 and max(scored) - min(scored) < 5e-4
+        # every run defined and the same at the decimals a report shows (a t-interval would show no width)
+        same = len(scored) == len(vals) > 1 and max(scored) - min(scored) < SHOWN_RESOLUTION
         if same and first.get("ci_low") is not None:
             # every run scored the same: a t-interval over seeds has no width and says nothing, while the test
             # cases are still a sample; the representative run's interval over them stands in

@@ -28,13 +28,13 @@ BASELINE_NAMES = ("scratch", "scratch_3d", "source_only")
 def _fmt(m: Metric | None, digits: int = 3) -> str:
     """``0.853 (0.801–0.897)``, with the report's mark when the interval is not the row's usual one (S: every
     seed scored the same, a run's interval; W / N: a score interval at 0 or 1; D: no width)."""
-    from medtl.evaluation.report.sections import _mark
+    from medtl.evaluation.report.sections import interval_mark
 
     if not m or m.value is None:
         return "undefined" + (f" ({m.reason})" if m and m.reason else "")
     text = f"{m.value:.{digits}f}"
     if m.ci_low is not None and m.ci_high is not None:
-        mark = _mark({"ci_low": m.ci_low, "ci_high": m.ci_high, "ci_method": m.ci_method})
+        mark = interval_mark({"ci_low": m.ci_low, "ci_high": m.ci_high, "ci_method": m.ci_method})
         text += f" ({m.ci_low:.{digits}f}–{m.ci_high:.{digits}f}{' ' + mark if mark else ''})"
     return text
 
@@ -58,7 +58,7 @@ def verdict(a: Metric | None, b: Metric | None) -> str:
         word = "did worse"
     else:
         word = "inconclusive (intervals overlap)"
-    same = [(m.ci_method or "").startswith("Same in every run") for m in (a, b)]
+    same = [(m.ci_method or "").startswith(SAME_IN_EVERY_RUN) for m in (a, b)]
     if same[0] != same[1]:  # a seed interval beside one over the test cases: they measure different things
         word += " [S: one interval is over the test cases, the other over seeds]"
     return word

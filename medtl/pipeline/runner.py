@@ -104,7 +104,7 @@ class StageBook:
             return "done" if entry.get("status") == "done" else "run"
         if _grown(entry.get("payload") or {}, payload, legacy or payload):
             return "grown"
-        keys = _changed_keys(entry.get("payload", {}), json.loads(json.dumps(payload, default=str)))
+        keys = differing_keys(entry.get("payload", {}), json.loads(json.dumps(payload, default=str)))
         made_with = self._made_with()
         profile = (f"; this folder was made with --profile {made_with}, this run uses {self.profile}"
                    if made_with and made_with != self.profile else "")
@@ -661,30 +661,6 @@ def _default_items(key: str) -> list:
     if field.is_required():
         return []
     return json.loads(json.dumps(field.get_default(call_default_factory=True), default=str))
-
-
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """:func:`medtl.plain.differing_keys`, also stepping into lists of mappings of the same length, each item
-    named by its label or name: ``strategies[full].hparams.lr`` rather than ``strategies``."""
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) \
-            and all(isinstance(x, dict) for x in old + new):
-        return [k for i, (a, b) in enumerate(zip(old, new)) for k in _changed_keys(a, b, f"{prefix}[{_item_name(a, i)}]")]
-    if isinstance(old, dict) and new is None or old is None and isinstance(new, dict):
-        old, new = old or {}, new or {}  # a mapping left at its default ({}) is absent from the payload
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new))
-                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]
-    return differing_keys(old, new, prefix)
-
-
-def _item_name(item: dict, index: int) -> str:
-    """How an error names a list item: a strategy's label (name + lift), a task's name, else its index."""
-    if item.get("label"):
-        return str(item["label"])
-    if item.get("name"):
-        lift = item.get("lift")
-        return str(item["name"]) + (f"+{lift}" if lift and lift != "none" else "")
-    return str(index)
 
 
 def _payloads(cfg: PipelineConfig, data_root: Path, with_defaults: bool = False) -> dict[str, dict]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl.data.io import ARRAY_MEMBER
 from medtl.errors import MedtlError
 
 
@@ -47,12 +48,12 @@ def extract_features(
 
 
 def load_array(path: str | Path, key: str = "features") -> np.ndarray:
-    """An array from ``.npy``, ``.npz`` (``key`` or its only array; ``file.npz:name`` picks one, e.g. the
+    """An array from ``.npy``, ``.npz`` (``key`` or its only array; ``file.npz::name`` picks one, as a manifest names an array, e.g. the
     ``source`` array medtl similarity --save-features writes) or ``.csv``/``.txt`` (numbers; a single column
     of non-numbers is read as string labels)."""
     p = Path(path)
-    name, sep, member = str(path).rpartition(":")
-    named = not p.is_file() and sep and name.lower().endswith(".npz") and Path(name).is_file()
+    name, sep, member = str(path).partition(ARRAY_MEMBER)
+    named = bool(sep) and name.lower().endswith(".npz")
     if named:
         p, key = Path(name), member
     if not p.is_file():
@@ -70,7 +71,7 @@ def load_array(path: str | Path, key: str = "features") -> np.ndarray:
                 if len(z.files) == 1:
                     return z[z.files[0]]
                 raise MedtlError(f"npz holds {z.files}; expected a {key!r} array or a single array (name one: "
-                                 f"{p}:{z.files[0]})", p)
+                                 f"{p}{ARRAY_MEMBER}{z.files[0]})", p)
         if suffix in (".csv", ".txt", ".tsv"):
             delim = "\t" if suffix == ".tsv" else ("," if suffix == ".csv" else None)
             try:

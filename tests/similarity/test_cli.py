@@ -97,15 +97,15 @@ def test_saved_features_feed_the_array_mode_by_name(tmp_path, capsys):
     saved = tmp_path / "features.npz"  # as medtl similarity --save-features writes a pair
     np.savez(saved, source=rng.normal(size=(30, 4)), target=rng.normal(size=(20, 4)) + 1,
              target_labels=np.array([0, 1] * 10))
-    assert main(["similarity", "--source-features", str(saved), "--target-features", f"{saved}:target"]) == 2
-    assert f"name one: {saved}:source" in capsys.readouterr().err
-    rc = main(["similarity", "--source-features", f"{saved}:source", "--target-features", f"{saved}:target",
-               "--target-labels", f"{saved}:target_labels", "--permutations", "10", "--json", str(tmp_path / "o.json")])
+    assert main(["similarity", "--source-features", str(saved), "--target-features", f"{saved}::target"]) == 2
+    assert f"name one: {saved}::source" in capsys.readouterr().err
+    rc = main(["similarity", "--source-features", f"{saved}::source", "--target-features", f"{saved}::target",
+               "--target-labels", f"{saved}::target_labels", "--permutations", "10", "--json", str(tmp_path / "o.json")])
     assert rc == 0
     out = json.loads((tmp_path / "o.json").read_text())
     assert out["n_source"] == 30 and out["n_target"] == 20 and out["n_target_classes"] == 2
     assert "mmd_p_value (small = the domains differ)" in capsys.readouterr().out
     np.savez(tmp_path / "one.npz", features=np.ones((5, 4)))
-    assert main(["similarity", "--source-features", f"{tmp_path / 'one.npz'}:target", "--target-features",
-                 f"{saved}:target"]) == 2  # asked for by name: the file's only array is not it
+    assert main(["similarity", "--source-features", f"{tmp_path / 'one.npz'}::target", "--target-features",
+                 f"{saved}::target"]) == 2  # asked for by name: the file's only array is not it
     assert "no 'target'" in capsys.readouterr().err

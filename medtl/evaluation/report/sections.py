@@ -14,7 +14,7 @@ import yaml
 from medtl.errors import MedtlError
 from medtl.evaluation import figures as fig
 from medtl.evaluation.embedding import Embedding
-from medtl.evaluation.evaluate import CLASS_METRICS
+from medtl.evaluation.evaluate import CLASS_METRICS, SAME_IN_EVERY_RUN, SHOWN_RESOLUTION
 from medtl.evaluation.metrics import DEFINITIONS
 from medtl.evaluation.report.document import Document, figure_name
 
@@ -39,7 +39,7 @@ HEADLINE = {"binary": "auroc", "multiclass": "auroc", "regression": "mae"}
 
 # Intervals that are not the report's bootstrap, where a metric at 0 or 1 cannot vary under it: mark and note
 SCORE_INTERVALS = {  # in the order their letters are written ("S N": a run's Newcombe interval for all seeds)
-    "Same in every run": ("S", "S: every run scored the same, so a t-interval over seeds would have no width; the "
+    SAME_IN_EVERY_RUN: ("S", "S: every run scored the same, so a t-interval over seeds would have no width; the "
                                "interval is the representative run's over the test cases"),
     "Wilson": ("W", "W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary (it treats "
                     "the cases as independent)"),
@@ -52,12 +52,12 @@ NO_WIDTH = ("D", "D: the interval has no width at the decimals shown (every resa
                  "the same); that is no certainty (an AUPRC, kappa or MCC of 1 on few cases)")
 
 
-def _mark(m: dict | None) -> str:
+def interval_mark(m: dict | None) -> str:
     """The letters of a metric's interval when it is not the report's usual one ("S", "W", "N", or "S N":
     a run's Newcombe interval standing in for seeds that all scored the same), "D" for an interval with no
     width at the three decimals shown, or ""."""
     m = m or {}
-    if m.get("ci_low") is not None and abs(m["ci_high"] - m["ci_low"]) < 5e-4:
+    if m.get("ci_low") is not None and abs(m["ci_high"] - m["ci_low"]) < SHOWN_RESOLUTION:
         return NO_WIDTH[0]
     method = m.get("ci_method") or ""
     return " ".join(mark for name, (mark, _) in SCORE_INTERVALS.items() if name in method)
@@ -65,7 +65,7 @@ def _mark(m: dict | None) -> str:
 
 def _marks_note(metrics) -> str:
     """The caption's note on the marks that appear among ``metrics`` (metric dicts)."""
-    marks = {letter for m in metrics for letter in _mark(m).split()}
+    marks = {letter for m in metrics for letter in interval_mark(m).split()}
     return "".join(f"; {note}" for mark, note in (*SCORE_INTERVALS.values(), NO_WIDTH) if mark in marks)
 
 
@@ -84,7 +84,7 @@ def _fmt(m: dict | None, foot: list[str] | None = None, where: str = "") -> str:
     if m.get("outside_interval"):
         s += " *"
     if m.get("ci_low") is not None:
-        mark = f" {_mark(m)}" if _mark(m) else ""
+        mark = f" {interval_mark(m)}" if interval_mark(m) else ""
         s += f"\n({m['ci_low']:.3f}–{m['ci_high']:.3f}{mark})"  # the interval goes on a second line in HTML
     return s
 
