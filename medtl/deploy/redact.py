@@ -96,9 +96,24 @@ def _scrubbed_alone(part: str) -> bool:
     return bool(part) and not part.isascii() and any(c.isalnum() for c in part)
 
 
+# Scripts written without spaces between words: Thai, kana, Han, Hangul (whose particles and honorifics
+# attach to a name: 김민준님).
+_UNSPACED = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def _alternative(value: str) -> str:
+    """The pattern that finds ``value``: as a whole token, or anywhere when it holds two characters or more
+    of a script written without spaces, where a name runs into the words around it (山田さん, 王伟先生). A
+    single such character (김, 王) stays a whole token: 김치 is not the family name 김."""
+    if len(value) >= 2 and _UNSPACED.search(value):
+        return re.escape(value)
+    return rf"(?<![^\W_]){re.escape(value)}(?![^\W_])"
+
+
 class Redactor:
     """``redactor(text)``: ``text`` safe to write. Values added with :meth:`add` are replaced by
-    ``[redacted]`` as whole tokens (a name's parts too: 3+ characters, or 1+ not ASCII); secrets with
+    ``[redacted]`` as whole tokens (a name's parts too: 3+ characters, or 1+ not ASCII; see :func:`_alternative`
+    for scripts without spaces); secrets with
     :meth:`add_secret` wherever they appear, even inside a word."""
 
     def __init__(self, values: Iterable[str] = ()):
@@ -121,9 +136,9 @@ class Redactor:
         if new - self._values:
             self._values |= new
             # Longest first, so a whole name goes before its parts; whole tokens only, so a birth
-            # date is not cut out of the middle of a UID.
-            alternatives = "|".join(re.escape(n) for n in sorted(self._values, key=len, reverse=True))
-            self._pattern = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
+            # date is not cut out of the middle of a UID, except in scripts written without spaces.
+            alternatives = "|".join(_alternative(n) for n in sorted(self._values, key=len, reverse=True))
+            self._pattern = re.compile(alternatives, re.IGNORECASE)
 
     def add_secret(self, secret: str | None) -> None:
         if secret and len(secret) >= 3 and secret not in self._secrets:

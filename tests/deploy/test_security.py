@@ -434,6 +434,17 @@ def test_cjk_and_short_non_ascii_name_parts_are_scrubbed():
         "series 1.2.3: 2 mins, 김치 and 山本 kept"
 
 
+def test_a_name_joined_to_an_honorific_is_scrubbed():
+    """Japanese, Chinese and Korean write honorifics and particles onto the name (山田さん, 王伟先生, 민준님):
+    two or more characters of such a script are found inside the words around them; one character
+    (김) stays a whole token, so 김치 is kept."""
+    cases = [({"PatientName": "Yamada^Tarou=山田^太郎"}, "/exports/山田さん/太郎様_scan", "/exports/[redacted]さん/[redacted]様_scan"),
+             ({"PatientName": "Wang^Wei=王^伟"}, "王伟先生 CT", "[redacted]先生 CT"),
+             ({"PatientName": "Kim^Minjun=김^민준"}, "김민준님 폴더, 민준씨, 김치", "[redacted]님 폴더, [redacted]씨, 김치")]
+    for ids, text, expected in cases:
+        assert _scrub(text, ids) == expected
+
+
 def test_a_short_ascii_name_part_is_scrubbed_with_its_name_only():
     """'Li' alone is an ordinary word too often ('li', 'do', 'an' in messages): it is scrubbed where the
     name is written whole or joined, not wherever the two letters stand alone."""
