@@ -333,10 +333,9 @@ def _split_rows(rows: pd.DataFrame, st: EvalSettings, run: str) -> tuple[pd.Data
     return test, val
 
 
-def _run_header(rows: pd.DataFrame, test: pd.DataFrame, val: pd.DataFrame) -> dict:
+def _run_header(rows: pd.DataFrame, test: pd.DataFrame, val: pd.DataFrame, groups: np.ndarray | None) -> dict:
     first = rows.iloc[0]
     lf = first.get("label_fraction") if "label_fraction" in rows else None
-    groups = _groups(test)
     return {
         "run_id": str(first["run_id"]),
         "strategy": str(first["strategy"]),
@@ -358,9 +357,10 @@ def evaluate_run(rows: pd.DataFrame, info: TaskInfo, st: EvalSettings) -> dict:
     """Evaluate one run (all its rows, every split) of one task; a JSON-ready dict."""
     run = str(rows.iloc[0]["run_id"])
     test, val = _split_rows(rows, st, run)
+    units = _groups(test)  # the bootstrap's sampling units, also the counts of a score interval
     if info.kind == "regression":
-        return _regression_run(rows, test, val, st)
-    return _classification_run(rows, test, val, info, st)
+        return _regression_run(rows, test, val, units, st)
+    return _classification_run(rows, test, val, units, info, st)
 
 
 # Thresholds closer than this are one threshold: re-choosing on results.csv's 6-decimal probabilities
@@ -418,7 +418,7 @@ def _bootstrap_table(stat, point, n, st: EvalSettings, strata, groups) -> tuple[
     return low, high, undefined
 
 
-def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> dict:
+def _classification_run(rows, test, val, units, info: TaskInfo, st: EvalSettings) -> dict:
     classes = list(info.classes)
     if info.kind == "binary" and st.positive_class is not None:
         if st.positive_class not in classes:
@@ -427,7 +427,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
     binary = info.kind == "binary"
     y, P = label_indices(test, classes), probabilities(test, classes)
     yv, Pv = label_indices(val, classes), probabilities(val, classes)
-    out = _run_header(rows, test, val)
+    out = _run_header(rows, test, val, units)
     notes: list[str] = []
 
     # Threshold: chosen on validation only, then applied unchanged to test.
@@ -475,7 +475,7 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
 
     point = {k: np.asarray(v)[0] for k, v in stat(np.ones((1, len(y)))).items()}
     strata = y
-    low, high, undef = _bootstrap_table(stat, point, len(y), st, strata, _groups(test))
+    low, high, undef = _bootstrap_table(stat, point, len(y), st, strata, units)
 
     counts = np.bincount(y, minlength=len(classes))
     cm = classification_metrics(y, P, thr_value)["confusion_matrix"]
@@ -489,7 +489,6 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         return _metric(v, low[key], high[key], reason, undef[key])
 
     out["metrics"] = {m: entry(m, m) for m in (*BINARY_METRICS, *CALIBRATION_METRICS)}
-    units = _groups(test)  # the counts of a score interval are the bootstrap's sampling units
     # the decision as classification_metrics makes it
     called = (P[:, 1] >= (0.5 if thr_value is None else thr_value)).astype(int) if binary else P.argmax(axis=1)
 
@@ -545,25 +544,24 @@ def _classification_run(rows, test, val, info: TaskInfo, st: EvalSettings) -> di
         out["curves"]["pr"].append({"class": classes[k], "recall": grid_l, "precision": r(point[f"pr/{k}"]),
                                     "precision_low": r(low[f"pr/{k}"]), "precision_high": r(high[f"pr/{k}"]),
                                     "prevalence": float(counts[k] / len(y))})  # fmt: skip
-    out["bootstrap"] = _boot_info(st, test)
+    out["bootstrap"] = _boot_info(st, test, units)
     out["notes"] = notes
     return out
 
 
-def _boot_info(st: EvalSettings, test: pd.DataFrame) -> dict:
-    groups = _groups(test)
-    unit = "case" if groups is None else "patient"
-    if groups is not None and _has_copies(test):
-        unit += ", near-copy groups joined"
-    return {"n_boot": st.n_boot, "seed": st.seed, "level": st.level, "method": "percentile", "unit": unit}
+def _boot_info(st: EvalSettings, test: pd.DataFrame, units: np.ndarray | None) -> dict:
+    copies = units is not None and _has_copies(test)
+    unit = "case" if units is None else "patient" + (", near-copy groups joined" if copies else "")
+    return {"n_boot": st.n_boot, "seed": st.seed, "level": st.level, "method": "percentile", "unit": unit,
+            "near_copy_groups": copies}
 
 
-def _regression_run(rows, test, val, st: EvalSettings) -> dict:
+def _regression_run(rows, test, val, units, st: EvalSettings) -> dict:
     y = pd.to_numeric(test["label"]).to_numpy(dtype=float)
     f = test["prediction"].to_numpy(dtype=float)
-    out = _run_header(rows, test, val)
+    out = _run_header(rows, test, val, units)
     point = {k: np.asarray([v])[0] for k, v in regression_metrics(y, f).items()}
-    low, high, undef = _bootstrap_table(lambda W: regression_metrics(y, f, W), point, len(y), st, None, _groups(test))
+    low, high, undef = _bootstrap_table(lambda W: regression_metrics(y, f, W), point, len(y), st, None, units)
     out["metrics"] = {
         m: _metric(point[m], low[m], high[m], None if np.isfinite(point[m]) else _reason(m, "regression", *[None] * 4),
                    undef[m])
@@ -575,7 +573,7 @@ def _regression_run(rows, test, val, st: EvalSettings) -> dict:
     # A bounded sample of points for the scatter plot.
     keep = np.random.default_rng(0).permutation(len(y))[:1000]
     out["scatter"] = {"label": np.round(y[keep], 4).tolist(), "prediction": np.round(f[keep], 4).tolist()}
-    out["bootstrap"] = _boot_info(st, test)
+    out["bootstrap"] = _boot_info(st, test, units)
     out["notes"] = []
     return out
 

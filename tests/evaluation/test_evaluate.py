@@ -206,6 +206,7 @@ def test_near_copies_are_one_bootstrap_unit_with_their_patients():
     assert width["grouped"] > 1.6 * width["loose"]  # four copies: about twice as wide (sqrt 4)
     assert grouped["runs"][0]["bootstrap"]["unit"] == "patient, near-copy groups joined"
     assert loose["runs"][0]["bootstrap"]["unit"] == "case"
+    assert grouped["runs"][0]["bootstrap"]["near_copy_groups"] and not loose["runs"][0]["bootstrap"]["near_copy_groups"]
     # and the report says what it resampled: 80 units of 320 images, not 'each image its own patient'
     from medtl.evaluation.report.sections import _patients
 
@@ -261,3 +262,21 @@ def test_delong_comparisons_say_their_variance_is_cluster_robust_over_near_copie
     copies = render_report(evaluate_predictions(grouped, n_boot=50), tmp_path / "copies")["md"].read_text()
     assert "DeLong's test for two correlated AUROCs" in plain and "cluster-robust" not in plain
     assert "DeLong's variance is cluster-robust over those units (Obuchowski 1997)" in copies
+
+
+def test_a_regression_report_warns_that_its_paired_t_test_ignores_near_copies(tmp_path):
+    """The paired t-test takes cases as independent: the report says so where the bootstrap joined
+    near-copies, and only there."""
+    from medtl.evaluation.evaluate import evaluate_predictions
+    from medtl.evaluation.report import render_report
+
+    rng = np.random.default_rng(1)
+    y = rng.normal(50, 10, 40)
+    table = pd.concat([pd.DataFrame({"case_id": [f"c{i}" for i in range(40)], "label": y,
+                                     "prediction": y + rng.normal(0, s, 40), "strategy": name, "seed": 0})
+                       for name, s in (("a", 3.0), ("b", 5.0))], ignore_index=True)
+    warning = "the paired t-test takes the test cases as independent"
+    plain = render_report(evaluate_predictions(table, n_boot=50), tmp_path / "plain")["md"].read_text()
+    grouped = table.assign(near_copy_group=[f"g{i // 2}" for i in range(40)] * 2)
+    copies = render_report(evaluate_predictions(grouped, n_boot=50), tmp_path / "copies")["md"].read_text()
+    assert warning not in plain and warning in copies

@@ -352,7 +352,7 @@ def _comparisons(doc: Document, t: dict) -> None:
 
 def _near_copies(t: dict) -> bool:
     """Whether the task's bootstrap joined near-copy groups (medtl.evaluation.evaluate._boot_info)."""
-    return any("near-copy" in ((r.get("bootstrap") or {}).get("unit") or "")
+    return any((r.get("bootstrap") or {}).get("near_copy_groups")
                for e in t["strategies"].values() for r in e.get("runs", []))
 
 
