@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="a medtl model.pt (medtl train, a pipeline's best.pt)")
     p.add_argument("--input", required=True, help="a folder, an image or DICOM file, or a manifest .csv")
     p.add_argument("--out", required=True, help="output folder (overlays, index.html, index.csv)")
-    p.add_argument("--data-root", default=None, help="root of a manifest's paths (default: the configured data root)")
+    p.add_argument("--data-root", default=None, help="root of a manifest's paths (default: the root its .meta.json records, else the configured data root)")
     p.add_argument("--class", dest="class_name", default=None,
                    help="the class to explain (default: each image's predicted class)")
     p.add_argument("--layer", default=None,
@@ -55,7 +55,7 @@ def run(args) -> int:
     from medtl.deploy.ledger import csv_cell
     from medtl.deploy.redact import Redactor, add_identifiers, redacting
     from medtl.errors import MedtlError
-    from medtl.evaluation.explain import deletion_summary, deletion_test, save_deletion_test
+    from medtl.evaluation.explain import deletion_summary, deletion_test, require_explainable, save_deletion_test
     from medtl.models.checkpoint import load_checkpoint
 
     model_path = Path(args.model)
@@ -75,6 +75,7 @@ def run(args) -> int:
     predictor = predictor_from_meta(module, meta, str(model_path), "", "cpu")
     if predictor.is_regression:
         raise MedtlError("this model predicts a value: Grad-CAM and its deletion test explain a class", model_path)
+    require_explainable(module)
     if args.layer is not None and args.layer not in dict(module.named_modules()):
         raise MedtlError(f"the model has no layer {args.layer!r} (e.g. encoder.layer3, encoder.layer4)", "--layer")
     class_idx = None
@@ -128,9 +129,6 @@ def run(args) -> int:
     return 0
 
 
-MIN_CELLS = 4  # a grid with fewer cells along an axis places evidence in halves (or nowhere)
-
-
 def _has_split_column(path) -> bool:
     """Whether ``path`` is a CSV with a ``split`` column (a manifest); a plain list of paths has none."""
     p = Path(path)
@@ -169,7 +167,7 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
     import torch
 
     from medtl.errors import MedtlError
-    from medtl.evaluation.explain import choose_layer, gradcam, overlay_png
+    from medtl.evaluation.explain import choose_layer, coarse, gradcam, overlay_png
     from medtl.progress import bar
 
     rows, images, classes, layer = [], [], [], args.layer
@@ -188,8 +186,8 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
             continue
         for k, x in enumerate(batch[: args.max_images - len(images)]):
             if layer is None or not images:
-                chosen, grid = choose_layer(module, x, [layer] if layer else _stages(module), MIN_CELLS)
-                if min(grid) < MIN_CELLS:
+                chosen, grid = choose_layer(module, x, [layer] if layer else _stages(module))
+                if coarse(grid):
                     print(f"warning: {chosen} has a {'x'.join(map(str, grid))} grid at this input size: its maps "
                           "place evidence no finer than that"
                           + ("; a shallower --layer places it better" if args.layer else ""))

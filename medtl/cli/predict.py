@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--sr", action="store_true", help="write a DICOM Comprehensive SR per DICOM series (default: off)")
     p.add_argument("--no-store", action="store_true",
                    help="with a DICOMweb input and --sr: do not store the SRs back in the PACS (default: stored)")
-    p.add_argument("--data-root", help="data root for manifest paths (default: $MEDTL_DATA_ROOT, else ../shared/data)")
+    p.add_argument("--data-root", help="data root for manifest paths (default: the root the manifest's .meta.json records, else $MEDTL_DATA_ROOT, else ../shared/data)")
     p.add_argument("--split", help="manifest input: only rows of this split, e.g. test (default: all rows)")
     p.add_argument("--modality", type=_list, default=(),
                    help="select series by Modality, comma-separated, e.g. CR,DX (default: any)")
@@ -131,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{result.ok} ok, {result.errors} error(s), {result.duplicates} duplicate file(s), {result.resumed} "
           f"already done, {result.excluded} excluded; results: {result.csv}")
+    if result.errors and not result.ok and not result.resumed:  # a scheduler must see that nothing came out
+        print(f"error: no input could be predicted: all {result.errors} gave an error (the error column of "
+              f"{result.csv} says why)", file=sys.stderr)
+        return 1
     if result.sr_pending:
         print(f"{result.sr_pending} SR(s) not stored: the PACS could not take them; rerun the same command to send them")
     if result.ok and not is_url(args.input):  # a PACS holds no labels to score against

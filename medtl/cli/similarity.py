@@ -50,7 +50,9 @@ def register(sub) -> None:
                         help="data root of the --target manifest alone (default: --data-root, else its recorded root)")
     images.add_argument("--encoder", "--checkpoint", dest="encoder", type=Path,
                         help="medtl model file whose encoder gives the features (default: untrained resnet10, seed 0)")
-    images.add_argument("--split", default=None, help="use only this split of each manifest (e.g. train)")
+    images.add_argument("--split", default="train",
+                        help="the split of each manifest to use (default: train, so no transferability score reads "
+                             "the test labels; 'all': every row)")
     images.add_argument("--max-cases", type=int, default=500,
                         help="at most this many images per data set, a random subset seeded by --seed and the "
                              "manifest's rows, so a large data set does not run for hours; 0 uses every image")

@@ -123,7 +123,7 @@ def rows_from_raw_manifest(
 ) -> list[ManifestRow]:
     """A source's own manifest.csv (path relative to its folder, label, optional patient_id)."""
     folder = raw.parent
-    rel_folder = _relative_to_root(folder, data_root)
+    rel_folder = _relative_to_root(folder, data_root, f"the folder of {raw.name} (its paths are relative to it),")
     domain = domain or folder.name
     with open(raw, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -301,6 +301,17 @@ def build_manifest(
     progress: bool = True,
     near_copy_correlation: float = NEAR_COPY_CORRELATION,
 ) -> Manifest:
+    """A manifest of ``source`` with a patient-level, label-stratified train/val/test split (``medtl manifest
+    build``; the README's "Data root and manifests" describes the result).
+
+    ``source``: a folder ``<label>/<file>``, a raw manifest ``.csv`` (a data set's own ``manifest.csv``), or an
+    ``.npz`` archive; its paths are stored relative to ``data_root``, under which it must lie. ``fractions``
+    (train, val, test) and ``seed`` make the split. ``group_near_copies`` keeps images whose thumbnails
+    correlate above ``near_copy_correlation`` (or that are identical) in one split and names each group in a
+    ``near_copy_group`` column; ``exclude_copies_of`` drops images that copy one in another manifest.
+    ``domain`` and ``modality`` fill those columns (default: from the source); ``labelled=False`` reads a raw
+    manifest's rows as unlabelled; ``keep_source_split`` keeps the source's own split. Save the result
+    with ``manifest.save(path)``, which also writes its ``.meta.json``."""
     source, data_root = Path(source), Path(data_root)
     if not data_root.is_dir():
         raise MedtlError("data root is not a folder", data_root)
@@ -397,8 +408,9 @@ def _unite_groups(splits: list[str], groups: np.ndarray) -> tuple[list[str], int
     return united, sum(a != b for a, b in zip(splits, united))
 
 
-def _relative_to_root(path: Path, data_root: Path) -> Path:
+def _relative_to_root(path: Path, data_root: Path, what: str = "source") -> Path:
     try:
         return path.resolve().relative_to(data_root.resolve())
     except ValueError:
-        raise MedtlError(f"source lies outside the data root {data_root}", path) from None
+        raise MedtlError(f"{what} {path.resolve()} lies outside the data root {data_root.resolve()}: manifests hold "
+                         "paths relative to the data root, so give --data-root a folder that holds it", path) from None

@@ -68,6 +68,24 @@ def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.N
     return groups
 
 
+def label_warnings(manifest: Manifest) -> list[str]:
+    """Labels that look like typos: names equal but for case or spaces ('F' and 'f'), and classes of one image.
+    Each becomes a class of its own, which training then learns (and scores) from one or two images."""
+    counts = Counter(r.label for r in manifest if r.label != "unlabelled")
+    alike: dict[str, list[str]] = defaultdict(list)
+    for label in counts:
+        alike[" ".join(label.split()).casefold()].append(label)
+    out = [f"labels {' and '.join(repr(x) for x in sorted(names))} differ only in case or spaces "
+           f"({', '.join(f'{counts[x]} row' + 's' * (counts[x] != 1) for x in sorted(names))}): each is a class of "
+           "its own; a typo?"
+           for names in alike.values() if len(names) > 1]
+    single = sorted(label for label, n in counts.items() if n == 1)
+    if single and len(counts) > 1:
+        out.append(f"class(es) with a single image: {', '.join(repr(x) for x in single)}; nothing can learn or "
+                   "score a class from one image (a typo, or rows to remove?)")
+    return out
+
+
 WRONG_ROOT_FRACTION = 0.5  # more missing than this: the data root is wrong rather than the files
 
 
@@ -164,6 +182,7 @@ def check_manifest(
     add(report.errors, bad_mod, f"modalities other than {list(MODALITIES)}")
     if not len(manifest):
         report.errors.append("the manifest has no rows")
+    report.warnings += label_warnings(manifest)
     # one preset reads a manifest for training: a stray modality fails it later with "mixes modalities"
     modality_counts = Counter(r.modality for r in manifest if r.modality in MODALITIES)
     if len(modality_counts) > 1:

@@ -74,6 +74,10 @@ class ManifestDataset(TorchDataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __repr__(self) -> str:
+        steps = len(self.transform.transforms) if self.transform is not None else 0
+        return f"ManifestDataset({len(self)} items, {type(self.base).__name__}, {steps} random transform(s))"
+
     def __getitem__(self, i: int) -> dict:
         item = self.base[self.indices[i]]
         if ERROR_KEY in item:

@@ -72,6 +72,13 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __repr__(self) -> str:
+        # a summary: the dataclass's repr lists every row (hundreds of thousands of characters in a notebook)
+        splits = ", ".join(f"{s} {n}" for s, n in sorted(Counter(r.split for r in self.rows).items()))
+        mods = ", ".join(sorted({r.modality for r in self.rows}))
+        return (f"Manifest({self.name}: {len(self.rows)} rows ({splits or 'none'}), labels {self.label_names}, "
+                f"modality {mods or 'none'})")
+
     def __iter__(self):
         return iter(self.rows)
 
@@ -273,6 +280,22 @@ def data_root_for(manifest: Manifest, given: str | Path | None = None) -> Path:
     if given is not None:
         return Path(given)
     return manifest.recorded_root or default_data_root()
+
+
+def data_root_of_file(manifest_path: str | Path, given: str | Path | None = None) -> Path:
+    """:func:`data_root_for` of a manifest file without reading its rows (``medtl predict`` and ``medtl
+    explain`` read only its paths): ``given``, else the root its ``.meta.json`` records, else the default."""
+    if given is not None:
+        return Path(given)
+    from medtl.paths import default_data_root
+
+    meta = meta_path_for(Path(manifest_path))
+    try:
+        recorded = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    except (OSError, ValueError):
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return Manifest([], [], recorded, Path(manifest_path)).recorded_root or default_data_root()
 
 
 def require_files(manifest: Manifest, data_root: str | Path, show: int = 3) -> None:

@@ -111,10 +111,9 @@ def discover(input: str | Path, *, out: Path | None = None, data_root: str | Pat
         return source.list_series()
     p = Path(input)
     if p.is_file() and p.suffix.lower() == ".csv":
-        from medtl.paths import default_data_root
+        from medtl.data.manifest import data_root_of_file
 
-        return scan_manifest(p, data_root if data_root is not None else default_data_root(), split, limits, display,
-                             volume)
+        return scan_manifest(p, data_root_of_file(p, data_root), split, limits, display, volume)
     if p.is_dir():
         return scan_folder(p, skip=out, limits=limits, display=display, volume=volume)
     if p.is_file():  # one image file, or one multi-frame DICOM

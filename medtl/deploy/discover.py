@@ -426,4 +426,9 @@ def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None
                        "one series")
         s.key, s.source, s.extra = shown, shown, extra
         out.append(s)
+    from medtl.data.check import wrong_root_hint
+
+    hint = wrong_root_hint(sum(s.error == "file not found" for s in out), len(out), data_root)
+    if hint:
+        log.warning("%s: %s", mpath.name, hint)
     return out

@@ -35,7 +35,7 @@ from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
 from medtl.data.transforms import Preset
 from medtl.data.views import views_dataset
 from medtl.engine.distributed import barrier, torchrun_env
-from medtl.engine.trainer import TrainConfig, Trainer, TrainResult, seed_everything
+from medtl.engine.trainer import RESUMABLE_OPTIONS, TrainConfig, Trainer, TrainResult, seed_everything
 from medtl.errors import MedtlError
 from medtl.models.autoencoder import VAEHead
 from medtl.models.checkpoint import save_checkpoint
@@ -47,8 +47,6 @@ from medtl.progress import bar
 
 log = logging.getLogger(__name__)
 PRETRAIN_KEY_FILE = "pretrain_inputs.json"
-# train options a resumed run may change: how long and where it trains, not what it learns
-RESUMABLE_OPTIONS = ("epochs", "patience", "progress", "device", "num_workers", "max_steps_per_epoch")
 
 
 def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> None:
@@ -61,8 +59,8 @@ def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> 
         old = json.loads(path.read_text())
         differ = sorted({k.split(".")[0] for k in differing_keys(old, key)})  # the top-level settings
         if differ:
-            raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new --out, or "
-                             "--no-resume to start over here", out)
+            raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new folder (--out, "
+                             "out=), or start over here (--no-resume, resume=False)", out)
     path.write_text(json.dumps(key, indent=2) + "\n")
 
 

@@ -62,9 +62,13 @@ from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
 from medtl.models.checkpoint import model_config, model_state_dict, save_checkpoint
 from medtl.models.formats import TRAIN_STATE_FORMAT
-from medtl.plain import plain
+from medtl.plain import differing_keys, plain
 
 log = logging.getLogger(__name__)
+
+
+# Training options a resumed run may change: how long and where it trains, not what it learns.
+RESUMABLE_OPTIONS = ("epochs", "patience", "progress", "device", "num_workers", "max_steps_per_epoch")
 
 
 @dataclass
@@ -246,6 +250,13 @@ def _cycle(loader):
             yield batch
         if empty:
             raise MedtlError("the target loader is empty", "target_loader")
+
+
+def _at(record: dict, dotted: str):
+    """The value at a dotted key of ``differing_keys`` (None where absent)."""
+    for part in dotted.split("."):
+        record = record.get(part) if isinstance(record, dict) else None
+    return record
 
 
 @dataclass
@@ -444,7 +455,39 @@ class Trainer:
         name = getattr(self.strategy, "name", None)
         if state.get("strategy") != name:
             raise MedtlError(f"the run was trained with strategy {state.get('strategy')!r}, not {name!r}", path)
+        self._require_same_settings()
         return state
+
+    def _settings(self) -> dict[str, Any]:
+        """What trains the run, as ``config.json`` records it."""
+        return {
+            "train": dataclasses.asdict(self.config),
+            "strategy": getattr(self.strategy, "name", None),
+            "hparams": getattr(self.strategy, "hparams", None),
+            "model": model_config(self.strategy),
+            "distributed": {"world_size": self.ctx.world_size, "backend": self.ctx.backend},
+        }
+
+    def _require_same_settings(self) -> None:
+        """Resuming continues the saved weights: refuse when the hyper-parameters, model or training options
+        (other than RESUMABLE_OPTIONS) changed, instead of going on with the old ones under a record of the new."""
+        import json
+
+        if not self.folder.config.exists():
+            return
+        try:
+            old = json.loads(self.folder.config.read_text())
+        except (OSError, ValueError):
+            return  # an unreadable record: the run's own state decides, as before config.json existed
+        new = json.loads(json.dumps(self._settings(), default=str))
+        differ = [k for k in differing_keys({s: old.get(s) for s in ("train", "strategy", "hparams", "model")},
+                                            {s: new.get(s) for s in ("train", "strategy", "hparams", "model")})
+                  if not (k.startswith("train.") and k.split(".")[1] in RESUMABLE_OPTIONS)]
+        if differ:
+            shown = "; ".join(f"{k}: {_at(old, k)!r} -> {_at(new, k)!r}" for k in differ[:5])
+            raise MedtlError(f"this folder holds a run trained with other settings ({shown}); to go on with them, "
+                             "give the same settings; else use another folder (run_dir, --out) or start over "
+                             "(resume=False, --no-resume)", self.folder.path)
 
     def _apply_state(self, state: dict[str, Any], path: Path) -> None:
         try:
@@ -453,13 +496,7 @@ class Trainer:
             raise MedtlError(f"the saved weights do not fit this model: {str(err)[:300]}", path) from None
 
     def _write_config(self) -> None:
-        self.folder.write_config({
-            "train": dataclasses.asdict(self.config),
-            "strategy": getattr(self.strategy, "name", None),
-            "hparams": getattr(self.strategy, "hparams", None),
-            "model": model_config(self.strategy),
-            "distributed": {"world_size": self.ctx.world_size, "backend": self.ctx.backend},
-        })
+        self.folder.write_config(self._settings())
 
     def _save_best(self) -> None:
         if self.ctx.is_main and self.folder is not None and hasattr(self.strategy, "encoder") and hasattr(self.strategy, "head"):

@@ -7,7 +7,7 @@ that calls them. Grad-CAM lives in ``explain``
 (imported on use: it needs torch and MONAI).
 """
 
-from medtl.evaluation.bootstrap import bootstrap, bootstrap_ci, bootstrap_counts, percentile_interval, seed_summary
+from medtl.evaluation.bootstrap import bootstrap_ci, bootstrap_counts, bootstrap_samples, percentile_interval, seed_summary
 from medtl.evaluation.calibration import (
     apply_temperature,
     brier_score,
@@ -40,7 +40,7 @@ from medtl.evaluation.thresholds import Threshold, apply_threshold, choose_thres
 
 __all__ = [
     "DeLongResult", "EvalSettings", "PairedErrorResult", "Threshold",
-    "apply_temperature", "apply_threshold", "auroc", "average_precision", "bootstrap", "bootstrap_ci",
+    "apply_temperature", "apply_threshold", "auroc", "average_precision", "bootstrap_ci", "bootstrap_samples",
     "bootstrap_counts", "brier_score", "calibration_errors", "choose_threshold", "classification_metrics",
     "combine", "combine_reports", "confusion_matrix", "delong_covariance", "delong_test", "evaluate_predictions",
     "evaluate_run", "expected_calibration_error", "fit_temperature", "load_predictions", "load_report",

@@ -6,6 +6,7 @@ the model's ``threshold``, and carries the manifest's ``label``/``split`` when t
 manifest. Those are the predictions table's own column names (medtl.evaluation.predictions); this
 module only:
 
+- reads a regression model's value column (``predicted_<target>``, e.g. ``predicted_age``) as ``prediction``;
 - skips rows whose ``status`` is not ``ok`` (failed reads have no probabilities), saying how many;
 - joins labels (and split, patient, domain) from a manifest when the CSV has no labels, matching
   each row's ``case_id``, else its ``source`` (the path under the input folder), else the unique
@@ -26,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from medtl.errors import MedtlError
-from medtl.evaluation.predictions import NEAR_COPY_GROUP, PREDICT_THRESHOLD
+from medtl.evaluation.predictions import NEAR_COPY_GROUP, PREDICT_THRESHOLD, PREDICTION
 
 OLD_NAMES = {"key": "case_id", "prediction": "predicted_label"}  # results.csv before issue #14
 MARKERS = ("status", "model_name")  # columns only predict's results carry
@@ -132,6 +133,10 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise MedtlError(f"cannot read results: {err}", path) from None
     df = df.rename(columns={old: new for old, new in OLD_NAMES.items() if old in df and new not in df})
+    value = [c for c in df if c.startswith("predicted_") and c != "predicted_label"]
+    if len(value) == 1 and PREDICTION not in df and not any(c.startswith("prob_") for c in df):
+        # a regression model's value, named after its target (predicted_age); its predicted_label is empty
+        df = df.drop(columns=["predicted_label"], errors="ignore").rename(columns={value[0]: PREDICTION})
     for col in ("case_id", "status"):
         if col not in df:
             raise MedtlError(f"not a medtl predict results.csv: no {col!r} column", path)

@@ -82,7 +82,7 @@ def _check_level(level) -> float:
     return float(level)
 
 
-def bootstrap(
+def bootstrap_samples(
     stat: Callable[[np.ndarray], dict[str, np.ndarray]],
     n: int,
     *,
@@ -140,11 +140,28 @@ def bootstrap_ci(
     if len(set(lengths)) > 1:
         raise MedtlError(f"arrays differ in length {lengths}: resampling needs one entry per case in each", "arrays")
     _check_level(level)
+    _require_weights(metric)
     value = float(metric(*arrays))
-    boot = bootstrap(lambda W: {"m": metric(*arrays, weights=W)}, n, strata=strata, groups=groups,
+    boot = bootstrap_samples(lambda W: {"m": metric(*arrays, weights=W)}, n, strata=strata, groups=groups,
                      n_boot=n_boot, seed=seed)["m"]  # fmt: skip
     low, high = percentile_interval(boot, level)
     return value, float(low), float(high)
+
+
+def _require_weights(metric) -> None:
+    """The resamples reach ``metric`` as ``weights``, a (resamples, cases) matrix of counts: a function
+    without that argument (scikit-learn's take ``sample_weight``, one vector) cannot be resampled this way."""
+    import inspect
+
+    try:
+        params = inspect.signature(metric).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: let the call say
+        return
+    if not any(p.name == "weights" or p.kind is p.VAR_KEYWORD for p in params):
+        name = getattr(metric, "__name__", repr(metric))
+        raise MedtlError(f"{name} takes no weights= argument, through which the bootstrap passes its resamples "
+                         "(a matrix of counts, one row per resample): use a function of medtl.evaluation.metrics "
+                         "(auroc, average_precision, ...) or one that takes weights=W the same way", "metric")
 
 
 def seed_summary(values, level: float = DEFAULT_LEVEL) -> dict:

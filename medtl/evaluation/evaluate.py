@@ -21,7 +21,7 @@ import pandas as pd
 from medtl import __version__
 from medtl.errors import MedtlError
 from medtl.evaluation import calibration as cal
-from medtl.evaluation.bootstrap import bootstrap, percentile_interval, seed_summary
+from medtl.evaluation.bootstrap import bootstrap_samples, percentile_interval, seed_summary
 from medtl.evaluation.delong import delong_macro_test, delong_test
 from medtl.evaluation.metrics import (
     BINARY_METRICS,
@@ -410,7 +410,7 @@ def _bootstrap_table(stat, point, n, st: EvalSettings, strata, groups) -> tuple[
     if st.n_boot == 0:
         nan = {k: np.full(np.shape(v), np.nan) for k, v in point.items()}
         return nan, nan, {k: np.zeros(np.shape(v), int) for k, v in point.items()}
-    boot = bootstrap(stat, n, strata=strata, groups=groups, n_boot=st.n_boot, seed=st.seed)
+    boot = bootstrap_samples(stat, n, strata=strata, groups=groups, n_boot=st.n_boot, seed=st.seed)
     low, high, undefined = {}, {}, {}
     for k, v in boot.items():
         low[k], high[k] = percentile_interval(v, st.level)

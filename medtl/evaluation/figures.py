@@ -15,23 +15,25 @@ _DPI = 100
 PANELS_PER_ROW = 4  # per-strategy panels wrap: 14 in one row shrank their text to 2 px in the HTML
 
 
-def pyplot():
-    # Lazily, and headless unless pyplot is already in use (a notebook keeps its inline backend).
-    import sys
+def subplots(*args, **kwargs):
+    """``(figure, axes)`` as ``pyplot.subplots`` makes them, but as a standalone ``Figure``: pyplot's backend
+    and figure list stay untouched, so a notebook's inline plots keep working and nothing needs closing."""
+    from matplotlib.figure import Figure
 
-    import matplotlib
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    return plt
+def colormap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name]
 
 
 def to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
-    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -51,8 +53,7 @@ def roc_figure(curves: Sequence[dict], title: str) -> bytes:
     """``curves``: dicts with label, fpr, tpr, tpr_low, tpr_high (bands optional), auc (metric dict), and
     optionally ``point`` ``(fpr, tpr, threshold)``: the operating point the report's sensitivity and
     specificity describe, marked on the curve."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.6))
+    fig, ax = subplots(figsize=(5, 4.6))
     for c in curves:
         (line,) = ax.plot(c["fpr"], c["tpr"], lw=1.8, label=f"{c['label']}: AUROC {_fmt(c.get('auc'))}")
         if c.get("tpr_low") is not None:
@@ -70,8 +71,7 @@ def roc_figure(curves: Sequence[dict], title: str) -> bytes:
 
 def pr_figure(curves: Sequence[dict], title: str) -> bytes:
     """``curves``: label, recall, precision, precision_low/high, prevalence, ap (metric dict)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.6))
+    fig, ax = subplots(figsize=(5, 4.6))
     for c in curves:
         (line,) = ax.plot(c["recall"], c["precision"], lw=1.8, drawstyle="steps-post",
                           label=f"{c['label']}: AUPRC {_fmt(c.get('ap'))}")  # fmt: skip
@@ -92,11 +92,10 @@ def reliability_figure(panels: Sequence[dict], title: str, xlabel: str) -> bytes
     Marker area grows with the number of cases in the bin, so sparse bins do not look as certain as
     full ones; the lower row shows the cases per bin.
     """
-    plt = pyplot()
     n = len(panels)
     cols = min(n, PANELS_PER_ROW)
     grid_rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(2 * grid_rows, cols, figsize=(3.4 * cols + 0.3, 4.6 * grid_rows), squeeze=False,
+    fig, axes = subplots(2 * grid_rows, cols, figsize=(3.4 * cols + 0.3, 4.6 * grid_rows), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1] * grid_rows})  # fmt: skip
     for j in range(n, grid_rows * cols):  # the last row's empty places
         axes[2 * (j // cols), j % cols].axis("off")
@@ -130,13 +129,12 @@ def reliability_figure(panels: Sequence[dict], title: str, xlabel: str) -> bytes
 
 def confusion_figure(matrices: Sequence[dict], title: str) -> bytes:
     """``matrices``: label, classes, counts (rows true, columns predicted)."""
-    plt = pyplot()
     n = len(matrices)
     k = max(len(m["classes"]) for m in matrices)
     size = 1.2 + 0.55 * k
     cols = min(n, PANELS_PER_ROW)
     grid_rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(size * cols + 0.8 * (cols - 1) + 0.6, (size + 1.4) * grid_rows),
+    fig, axes = subplots(grid_rows, cols, figsize=(size * cols + 0.8 * (cols - 1) + 0.6, (size + 1.4) * grid_rows),
                              squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
@@ -165,10 +163,9 @@ def label_fraction_figure(series: Sequence[dict], metric: str, title: str,
     """``series``: label, x (fractions, or counts with their ``xlabel``), y, low, high (interval per point).
     ``baseline``: the label drawn in black, thicker, with its band, for the others to be read against.
     Every series gets its own colour (up to 20) and the legend sits beside the axes, off the lines."""
-    plt = pyplot()
     many = len(series) > 6
-    fig, ax = plt.subplots(figsize=(7.4 if many else 5.2, 4.2 if many else 4))
-    colours = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors
+    fig, ax = subplots(figsize=(7.4 if many else 5.2, 4.2 if many else 4))
+    colours = colormap("tab20" if len(series) > 10 else "tab10").colors
     others = [s for s in series if s["label"] != baseline]
     for i, s in enumerate(others + [s for s in series if s["label"] == baseline]):
         x, y = np.asarray(s["x"], dtype=float), _arr(s["y"])
@@ -194,10 +191,10 @@ def label_fraction_figure(series: Sequence[dict], metric: str, title: str,
     return to_png(fig)
 
 
-def scatter_figure(series: Sequence[dict], title: str) -> bytes:
-    """Regression: predicted against true (``series``: label, points {label, prediction}), identity line."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+def scatter_figure(series: Sequence[dict], title: str, quantity: str = "value") -> bytes:
+    """Regression: predicted against true ``quantity`` (the task's name, e.g. age, in its label units;
+    ``series``: label, points {label, prediction}), identity line."""
+    fig, ax = subplots(figsize=(4.8, 4.6))
     lo, hi = np.inf, -np.inf
     for s in series:
         y = np.asarray(s["points"]["label"], dtype=float)
@@ -205,7 +202,7 @@ def scatter_figure(series: Sequence[dict], title: str) -> bytes:
         ax.scatter(y, f, s=9, alpha=0.55, label=f"{s['label']}: MAE {_fmt(s.get('mae'))}")
         lo, hi = min(lo, y.min(), f.min()), max(hi, y.max(), f.max())
     ax.plot([lo, hi], [lo, hi], ls=":", c="grey")
-    ax.set(xlabel="true", ylabel="predicted", title=title)
+    ax.set(xlabel=f"true {quantity} (label units)", ylabel=f"predicted {quantity} (label units)", title=title)
     ax.legend(fontsize=7.5)
     ax.grid(alpha=0.3)
     return to_png(fig)
@@ -214,16 +211,15 @@ def scatter_figure(series: Sequence[dict], title: str) -> bytes:
 def learning_curve_figure(log, x: str, metrics: Sequence[str], by: str | None, colour: str | None = None) -> bytes:
     """One panel per logged metric against ``x``; one line per ``by`` group (e.g. run_id), and, with
     ``colour`` (e.g. strategy), one colour and legend entry per value of that column instead of per line."""
-    plt = pyplot()
     n = len(metrics)
     cols = min(3, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     groups = list(log.groupby(by, sort=True)) if by else [("", log)]
     # one colour per strategy that has a curve (a linear probe fitted on cached features logs none)
     hues = sorted(log.dropna(subset=[m for m in metrics if m in log], how="all")[colour].astype(str).unique()) \
         if colour else []
-    palette = list(plt.get_cmap("tab20" if len(hues) > 10 else "tab10").colors)
+    palette = list(colormap("tab20" if len(hues) > 10 else "tab10").colors)
     for ax, name in zip(axes.ravel(), metrics):
         labelled: set[str] = set()
         for i, (g, rows_) in enumerate(groups):
@@ -258,8 +254,7 @@ def embedding_figure(xy: np.ndarray, domains: Sequence[str], title: str,
                      axis_labels: tuple[str, str] = ("component 1", "component 2")) -> bytes:
     """2D embedding of features, coloured by domain; ``axis_labels`` name its axes (PCA: the variance each
     component explains)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig, ax = subplots(figsize=(5.2, 4.6))
     domains = np.asarray([str(d) for d in domains])
     for d in sorted(set(domains)):
         m = domains == d
@@ -276,10 +271,9 @@ def strategy_interval_figure(rows: Sequence[dict], metric: str, title: str, refe
     labelled count a fraction stands for, to name it by);
     ``reference``: a vertical line (e.g. AUROC 0.5, chance).
     """
-    plt = pyplot()
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     fractions = sorted({r["label_fraction"] for r in rows}, key=lambda f: (f is None, f or 0))
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(strategies) * max(1, len(fractions)) ** 0.5 + 1.4))
+    fig, ax = subplots(figsize=(6.4, 0.45 * len(strategies) * max(1, len(fractions)) ** 0.5 + 1.4))
     step = 0.6 / max(1, len(fractions))
     for j, frac in enumerate(fractions):
         pts = [r for r in rows if r["label_fraction"] == frac and r["value"] is not None]

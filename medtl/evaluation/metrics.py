@@ -295,6 +295,8 @@ def confusion_matrix(y_true, y_pred, n_classes: int, weights=None):
     cell = np.zeros((len(y), n_classes * n_classes))
     cell[np.arange(len(y)), y * n_classes + p] = 1.0
     cm = (W @ cell).reshape(len(W), n_classes, n_classes)
+    if weights is None:
+        cm = cm.astype(np.int64)  # unweighted: counts
     return cm if batched else cm[0]
 
 
@@ -398,7 +400,7 @@ def classification_metrics(y_true, probs, threshold: float | None = 0.5, weights
     if not batched:
         m = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in m.items()}
         per_class = {k: np.asarray(v)[0] for k, v in per_class.items()}
-        cm = cm[0]
+        cm = cm[0].astype(np.int64) if weights is None else cm[0]  # unweighted: counts
     return {"metrics": m, "per_class": per_class, "confusion_matrix": cm}
 
 

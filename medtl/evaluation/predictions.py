@@ -64,6 +64,9 @@ TEXT_COLUMNS = ("case_id", "patient_id", "domain", "split", "run_id", "strategy"
 PROB_PREFIX = "prob_"
 LOGIT_PREFIX = "logit_"
 PREDICTION = "prediction"
+# A regression "strategy" that predicts the mean of the labelled training targets for every case: the
+# trivial baseline medtl run scores beside each regression task; reports read every MAE against it.
+TRAINING_MEAN = "training_mean"
 NEAR_COPY_GROUP = "near_copy_group"  # optional: one bootstrap unit with its patients (medtl manifest build's groups)
 PREDICT_THRESHOLD = "predict_threshold"  # optional: the binary threshold medtl predict applied to a run's rows
 SUM_TOLERANCE = 1e-3
@@ -392,6 +395,14 @@ def predictions_from_arrays(
         if len(names) != P.shape[1]:
             raise MedtlError(f"{len(names)} class names for {P.shape[1]} probability columns", "class_names")
         lab = np.asarray(labels)
+        if lab.dtype == bool or np.issubdtype(lab.dtype, np.floating):
+            # indices held as floats (0.0, 1.0: as the metric functions accept them) or booleans
+            whole = np.isfinite(lab) & (lab == np.round(lab)) if lab.dtype != bool else np.ones(len(lab), bool)
+            if not whole.all():
+                bad = lab[~whole][0].item()
+                raise MedtlError(f"numeric labels must be class indices 0..{len(names) - 1}, got {bad!r}; give class "
+                                 "names or whole numbers (use prediction= for a regression task)", "labels")
+            lab = lab.astype(int)
         if np.issubdtype(lab.dtype, np.integer):
             if lab.min(initial=0) < 0 or lab.max(initial=0) >= len(names):
                 raise MedtlError(f"label indices outside 0..{len(names) - 1}", "labels")

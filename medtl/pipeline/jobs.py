@@ -22,7 +22,7 @@ from medtl.engine.run_folder import RunFolder
 from medtl.engine.selection import SELECTOR_MONITORS, SelectorScores
 from medtl.engine.trainer import fit, resolve_device, seed_everything
 from medtl.errors import MedtlError
-from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
+from medtl.evaluation.predictions import TRAINING_MEAN, predictions_from_arrays, write_predictions
 from medtl.evaluation.thresholds import checkpoint_threshold
 from medtl.models import Head, task_for
 from medtl.models.checkpoint import update_checkpoint_meta
@@ -31,7 +31,6 @@ from medtl.pipeline.context import Context, apply_task, dataset, heterogeneous, 
 from medtl.progress import in_notebook
 from medtl.strategies.registry import get_strategy
 
-TRAINING_MEAN = "training_mean"  # the regression baseline's strategy name (see run_training_mean)
 _INNER_BARS = True  # run_pipeline turns them off with progress=False
 
 

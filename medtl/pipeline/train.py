@@ -96,6 +96,8 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
         if role != "train":
             m = m.with_splits([role] * len(m))
         return m, root.resolve(), out / name
+    if not p.exists():
+        raise MedtlError("not found: no such manifest or folder", p)
     if p.suffix.lower() != ".csv" or not p.is_file():
         raise MedtlError("expected a manifest .csv or a folder of <label>/<file> images", p)
     m = Manifest.load(p)
@@ -136,6 +138,10 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
     if not len(splits["train"]):
         raise MedtlError("no rows in the train split", where)
     labels = [name for name in train_m.label_names if name != "unlabelled"]
+    from medtl.data.check import label_warnings
+
+    for warning in label_warnings(Manifest([r for m in splits.values() for r in m], labels)):
+        log.warning("%s: %s", where, warning)
     unlabelled = sum(r.label == "unlabelled" for r in splits["train"])
     if unlabelled:
         raise MedtlError(f"{unlabelled} training rows are 'unlabelled': medtl train needs a class label per image",
@@ -240,7 +246,7 @@ def train_model(
     from medtl.engine.pretrain import check_resumable, pretrain_on
     from medtl.engine.trainer import amp_dtype, resolve_device
     from medtl.evaluation.evaluate import EvalSettings, load_report
-    from medtl.evaluation.predictions import predictions_from_arrays, write_predictions
+    from medtl.evaluation.predictions import NEAR_COPY_GROUP, predictions_from_arrays, write_predictions
     from medtl.evaluation.report import make_report
     from medtl.evaluation.thresholds import DEFAULT_THRESHOLD, checkpoint_threshold
     from medtl.models.checkpoint import load_checkpoint, save_checkpoint
@@ -256,7 +262,10 @@ def train_model(
         dims = Preset(inputs.modality).spatial_dims
         if from_init and from_init["spatial_dims"] != dims:
             raise MedtlError(f"the checkpoint's encoder is {from_init['spatial_dims']}D but the images are "
-                             f"{inputs.modality} ({dims}D)", init)
+                             f"{inputs.modality} ({dims}D)"
+                             + ("; medtl train does not lift a 2D encoder to 3D: a medtl run pipeline does, with a "
+                                "strategy's lift: i3d, acs or 2.5d (docs/pipeline_reference.md)" if dims == 3 else ""),
+                             init)
         arch = arch or from_init.get("arch") or "resnet18"
         size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
         lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
@@ -302,10 +311,13 @@ def train_model(
             loader = make_loader(datasets[split], batch_size, False, seed, num_workers=num_workers)
             p = predict(model, loader, dev, amp_dtype(amp, dev), progress=progress)
             outputs[split] = p
+            # near-copies of one image are one bootstrap unit, as in medtl evaluate --labels with this manifest
+            groups = {r.path: r.extras.get(NEAR_COPY_GROUP) or None for r in inputs.splits[split]}
+            copies = {NEAR_COPY_GROUP: [groups.get(str(c)) for c in p["case_id"]]} if any(groups.values()) else {}
             tables.append(predictions_from_arrays(
                 p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
                 domain=p.get("domain", ""), split=split, run_id=f"seed{seed}", strategy=STRATEGY, task=TASK_NAME,
-                seed=seed))  # fmt: skip
+                seed=seed, **copies))  # fmt: skip
 
         notes: list[str] = []
         threshold, extra = None, {}

@@ -151,18 +151,29 @@ def _load_manifest(manifest):
     return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
 
 
-def select_cases(manifest, split: str | None = None, max_cases: int | None = None, seed: int = 0):
-    """The rows of ``split`` (all when None), then at most ``max_cases`` of them drawn at random.
+DEFAULT_SPLIT = "train"  # a transferability score from the test labels would choose the strategy with them
+EVERY_SPLIT = "all"
+
+
+def select_cases(manifest, split: str | None = DEFAULT_SPLIT, max_cases: int | None = None, seed: int = 0):
+    """The rows of ``split`` (every row when ``"all"`` or None), then at most ``max_cases`` of them drawn at
+    random.
     The draw is seeded by ``seed`` and the manifest's content, so a data set gets the same subset
     whatever it is compared with. Returns ``(manifest, n_available)``."""
     from medtl.data.manifest import Manifest
 
     m = _load_manifest(manifest)
-    if split:
+    if split in (None, EVERY_SPLIT):
+        split = None
+    else:
+        present = sorted({r.split for r in m})
         m = m.select(split=split)
+        if not len(m) and present:
+            raise MedtlError(f"no rows in split {split!r} (splits present: {', '.join(present)}); choose one of "
+                             f"them, or split='{EVERY_SPLIT}' (--split {EVERY_SPLIT}) for every row", m.source)
     n = len(m)
     if n == 0:
-        raise MedtlError("empty domain: no rows" + (f" in split {split!r}" if split else ""), m.source)
+        raise MedtlError("empty domain: no rows", m.source)
     if max_cases is not None:
         if max_cases < 2:
             raise MedtlError(f"max_cases must be at least 2, got {max_cases}", "max_cases")
@@ -175,7 +186,7 @@ def select_cases(manifest, split: str | None = None, max_cases: int | None = Non
     return m, n
 
 
-def checked_root(manifest, data_root: str | Path | None = None, split: str | None = None,
+def checked_root(manifest, data_root: str | Path | None = None, split: str | None = DEFAULT_SPLIT,
                  max_cases: int | None = None, seed: int = 0) -> Path:
     """The root ``manifest`` is read from (``data_root``, else its recorded root, else the default), once
     every file of the rows to be used is found there; else an error naming the manifest and the root."""
@@ -193,7 +204,7 @@ def dataset_name(manifest, index: int = 0) -> str:
 
 
 def dataset_features(manifest, data_root: str | Path, encoder, *, intensity: Mapping[str, Any] | None = None,
-                     overrides: Mapping[str, Any] | None = None, split: str | None = None,
+                     overrides: Mapping[str, Any] | None = None, split: str | None = DEFAULT_SPLIT,
                      max_cases: int | None = None, seed: int = 0, head=None, batch_size: int = 16,
                      device: str = "cpu", name: str | None = None, labels: bool = True) -> dict[str, Any]:
     """Features of one data set: ``{"features", "labels", "probs", "info"}``; ``info`` says which
@@ -255,7 +266,7 @@ def compare_manifests(
     data_root: str | Path | None = None,
     encoder: str | Path | None = None,
     *,
-    split: str | None = None,
+    split: str | None = DEFAULT_SPLIT,
     max_cases: int | None = None,
     image_size: int | None = None,
     spacing: Sequence[float] | None = None,
@@ -277,6 +288,9 @@ def compare_manifests(
 
     Each manifest is read from its own root: ``source_root`` / ``target_root``, else ``data_root``,
     else the root its .meta.json records, else the default; every file is checked to exist first.
+
+    ``split``: the rows of each manifest used (default ``"train"``: LogME, H-score and LEEP read the target's
+    labels, which must not come from its test images; ``"all"``: every row).
 
     ``encoder``: a medtl checkpoint, or None for the untrained default (see :func:`load_encoder`;
     ``arch`` and ``stem_stride`` choose it). With a classification head, its softmax on the target
@@ -349,7 +363,7 @@ def similarity_matrix(
     data_root: str | Path | None = None,
     encoder: str | Path | None = None,
     *,
-    split: str | None = None,
+    split: str | None = DEFAULT_SPLIT,
     max_cases: int | None = None,
     image_size: int | None = None,
     spacing: Sequence[float] | None = None,

@@ -149,6 +149,24 @@ def test_train_from_a_checkpoint_with_a_test_folder_under_its_own_root(trained, 
         assert theirs["metrics"][k]["value"] == pytest.approx(ours["metrics"][k]["value"], abs=1e-6), k
 
 
+def test_train_scores_near_copies_as_one_unit_as_evaluate_does(data_root, tmp_path, one_torch_thread, capsys):
+    """train's predictions.csv carries the manifest's near-copy groups, so its report resamples a group as one
+    unit, as medtl evaluate --labels manifest.csv does with predict's results (they had given two intervals)."""
+    folder = _copy(data_root / "mri2d_yesno" / "images", tmp_path / "brain", ("no_tumor", "tumor"), 60, 8)
+    for f in sorted(folder.rglob("*.*")):
+        shutil.copy(f, f.with_name("copy_" + f.name))  # every image twice: groups in every split
+    assert main(["train", "--train", str(folder), "--out", str(tmp_path / "run"), *FAST]) == 0
+    capsys.readouterr()
+    import pandas as pd
+
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype=str)
+    manifest = {r.path: r.extras.get("near_copy_group") for r in Manifest.load(tmp_path / "run" / "manifest.csv")}
+    assert preds["near_copy_group"].tolist() == [manifest[c] for c in preds["case_id"]]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    (run,) = report["tasks"]["label"]["strategies"]["full"]["runs"]
+    assert run["bootstrap"]["near_copy_groups"] and run["n_test_patients"] < run["n_test"]
+
+
 def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path, capsys):
     tmp, folder, _ = trained
     m = Manifest.load(tmp / "run" / "manifest.csv")
@@ -157,6 +175,8 @@ def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path,
     err = capsys.readouterr().err
     assert f"mine.csv (root {tmp_path.resolve()}): " in err and "file not found" in err
     assert not (tmp_path / "o" / "last.pt").exists()  # nothing trained
+    assert main(["train", "--train", str(tmp_path / "typo.csv"), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert f"{tmp_path / 'typo.csv'}: not found: no such manifest or folder" in capsys.readouterr().err
     wrong = _copy(folder, tmp_path / "wrong", ("tumor",), 0, 2)
     (wrong / "glioma").mkdir()
     shutil.copy(next((wrong / "tumor").iterdir()), wrong / "glioma" / "x.jpg")
@@ -166,7 +186,7 @@ def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path,
         capsys.readouterr().err
     # a rerun into a finished run's folder resumes it only when the data and settings are the same
     assert main(["train", "--train", str(folder), "--out", str(tmp / "run"), *FAST, "--seed", "1"]) == 2
-    assert "this folder holds a run with other seed, train, val; use a new --out" in capsys.readouterr().err
+    assert "this folder holds a run with other seed, train, val; use a new folder (--out" in capsys.readouterr().err
     assert Manifest.load(tmp / "run" / "manifest.csv").content_hash() == m.content_hash()  # left as it was
 
 

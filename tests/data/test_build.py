@@ -31,6 +31,12 @@ def test_bad_fractions_and_sources_are_refused(folder_root, tmp_path):
         build_manifest(tmp_path / "notes.txt", tmp_path)
     with pytest.raises(MedtlError, match="not a folder"):
         build_manifest(folder_root / "site", tmp_path / "nowhere")
+    # a raw manifest beside, not inside, the data root: the message names both folders and what to give
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "own.csv").write_text("path,label\na.png,x\n")
+    with pytest.raises(MedtlError, match=r"the folder of own.csv \(its paths are relative to it\), "
+                                         rf"{tmp_path / 'raw'} lies outside the data root {folder_root.resolve()}"):
+        build_manifest(tmp_path / "raw" / "own.csv", folder_root)
 
 
 def test_a_kept_source_split_moves_each_near_copy_group_to_its_earliest_split():

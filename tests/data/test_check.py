@@ -151,3 +151,23 @@ def test_check_writes_the_rows_of_groups_that_span_splits(folder_root, tmp_path,
         got = list(csv.DictReader(f))
     assert {r["path"] for r in got} == {"site/pos/img00.png", "site/pos/copy.jpg"} and {r["group"] for r in got} == {"1"}
     assert "wrote" in capsys.readouterr().out
+
+
+def test_labels_that_look_like_typos_are_warned_about(folder_root):
+    """One row labelled 'f' beside 'F' made a third class that training learned from one image, and check said OK."""
+    from medtl.data.check import label_warnings
+
+    rows = [ManifestRow(f"site/neg/img0{i}.png", "F", f"p{i}", "d", "train", "cxr") for i in range(3)]
+    rows += [ManifestRow("site/pos/img00.png", "M", "q", "d", "train", "cxr"),
+             ManifestRow("site/pos/img01.png", "M ", "r", "d", "train", "cxr"),
+             ManifestRow("site/pos/img02.png", "f", "s", "d", "test", "cxr")]
+    m = Manifest(rows, ["F", "M", "M ", "f"])
+    warnings = label_warnings(m)
+    assert "labels 'F' and 'f' differ only in case or spaces (3 rows, 1 row): each is a class of its own; a typo?" \
+        in warnings
+    assert any(w.startswith("labels 'M' and 'M '") for w in warnings)
+    assert "class(es) with a single image: 'M', 'M ', 'f'" in warnings[-1]
+    assert check_manifest(m, folder_root).warnings[:3] == warnings
+    two = Manifest([r for r in rows if r.label in ("F",)] + [ManifestRow("site/pos/img00.png", "G", "q", "d",
+                                                                         "test", "cxr")] * 2, ["F", "G"])
+    assert label_warnings(two) == []

@@ -71,3 +71,12 @@ def test_default_data_root_env_then_beside_cwd_then_beside_checkout(tmp_path, mo
     checkout = Path(paths.__file__).resolve().parents[2] / "shared" / "data"
     expected = checkout if checkout.is_dir() else Path("../shared/data")
     assert paths.default_data_root() == expected
+
+
+def test_a_manifest_shows_a_summary_not_its_rows(tmp_path):
+    """A notebook cell that evaluates a manifest printed every row (230,000 characters for cxr_nih)."""
+    rows = [ManifestRow(f"{i}.png", "xy"[i % 2], f"p{i}", "d", ("train", "train", "test")[i % 3], "cxr")
+            for i in range(600)]
+    m = Manifest(rows, ["x", "y"])
+    assert repr(m) == "Manifest(manifest: 600 rows (test 200, train 400), labels ['x', 'y'], modality cxr)"
+    assert "m.csv: 600 rows" in repr(Manifest.load(m.save(tmp_path / "m.csv")))

@@ -78,3 +78,29 @@ def test_every_predict_option_has_a_plain_help_line_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "`" not in text  # no reStructuredText markup in a terminal
     assert "--max-instance-mb" in text and "MiB (default: 128)" in text
+
+
+def test_a_manifest_is_read_from_its_recorded_root_and_a_run_with_no_prediction_fails(model_2d, data_root, tmp_path,
+                                                                                      capsys, caplog):
+    """predict reads a manifest's paths under the root its .meta.json records, as train does; when every input
+    fails (here: a wrong --data-root) it exits 1, so a scheduler notices, and says the root looks wrong."""
+    import logging
+    import shutil
+
+    from medtl.data.manifest import Manifest, ManifestRow
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i, f in enumerate(sorted((data_root / "cxr_nih" / "images" / "pneumonia").glob("*.png"))[:2]):
+        shutil.copy(f, images / f.name)
+        rows.append(ManifestRow(f.name, "pneumonia", f"p{i}", "nih", "test", "cxr"))
+    manifest = Manifest(rows, ["no_finding", "pneumonia"]).save(tmp_path / "project" / "own.csv", data_root=images)
+    assert main(["predict", "--model", str(model_2d), "--input", str(manifest), "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    assert "2 ok, 0 error(s)" in capsys.readouterr().out
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", "--model", str(model_2d), "--input", str(manifest), "--data-root", str(tmp_path),
+                     "--out", str(tmp_path / "b"), "--no-progress"]) == 1
+    assert "no input could be predicted: all 2 gave an error" in capsys.readouterr().err
+    assert "2 of 2 files are missing under the data root" in caplog.text and "--data-root" in caplog.text

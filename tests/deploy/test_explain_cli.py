@@ -40,9 +40,9 @@ def test_explain_writes_overlays_an_index_and_a_deletion_test_that_evaluate_embe
     assert bad["source"] == "pneumonia/broken.png" and "broken.png" not in bad["file"]
     assert all(r["file"] in (out / "index.html").read_text() for r in done)
     result = load_deletion_test(out / "deletion.json")
-    # 32 px: layer4's grid is 1x1 and layer3's 2x2; layer2 is the deepest with 4 cells per axis
-    assert result["n"] == 6 and result["target_layer"] == "encoder.layer2"
-    assert "6 overlay(s), 1 error(s) (encoder.layer2)" in printed and "deletion test: Deletion test on 6 images" in printed
+    # 32 px: layer4's grid is 1x1, layer3's 2x2 and layer2's 4x4; layer1's 8x8 is the deepest fine enough
+    assert result["n"] == 6 and result["target_layer"] == "encoder.layer1"
+    assert "6 overlay(s), 1 error(s) (encoder.layer1)" in printed and "deletion test: Deletion test on 6 images" in printed
     assert f"Deletion test: {result['verdict'].upper()}." in (out / "index.html").read_text()  # the verdict leads
     assert result["verdict"] in ("pass", "fail", "inconclusive") and "Verdict:" in printed
     assert all(float(r["prob_no_finding"]) + float(r["prob_pneumonia"]) == pytest.approx(1, abs=1e-5) for r in done)
@@ -135,3 +135,34 @@ def test_the_index_is_written_when_the_deletion_test_is_refused(model_2d, xrays,
                  "1", "--deletion-test", "--no-progress"]) == 2
     assert "needs at least 2 explained images" in capsys.readouterr().err
     assert (out / "index.csv").exists() and "Deletion test refused" in (out / "index.html").read_text()
+
+
+def test_a_regression_models_results_go_into_evaluate(xrays, tmp_path, capsys):
+    """predict names a regression model's value after its target (predicted_age); evaluate reads that file with
+    the ages from a manifest, and its MAE is the one computed from the CSV by hand."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from medtl.models import Head, Model, build_encoder, save_checkpoint
+
+    torch.manual_seed(2)
+    enc = build_encoder("resnet10", spatial_dims=2, in_channels=1)
+    age = save_checkpoint(tmp_path / "age.pt", Model(enc, Head(enc.out_features, "regression", target_mean=50.0,
+                                                              target_std=10.0)),
+                          intensity={"preset": "cxr", "image_size": 32, "clahe": False}, image_size=32,
+                          label_names=None, task_name="age")
+    assert main(["predict", "--model", str(age), "--input", str(xrays), "--out", str(tmp_path / "pred"),
+                 "--no-progress"]) == 0
+    results = pd.read_csv(tmp_path / "pred" / "results.csv")
+    assert "predicted_age" in results
+    labels = tmp_path / "ages.csv"
+    ok = results[results["status"] == "ok"].reset_index(drop=True)
+    truth = 30.0 + 5 * np.arange(len(ok))
+    pd.DataFrame({"path": ok["source"], "label": truth, "patient_id": ok["source"], "domain": "xrays",
+                  "split": "test", "modality": "cxr"}).to_csv(labels, index=False)
+    assert main(["evaluate", "--predictions", str(tmp_path / "pred" / "results.csv"), "--labels", str(labels),
+                 "--out", str(tmp_path / "rep"), "--n-boot", "50"]) == 0
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (entry,) = report["tasks"]["label"]["strategies"].values()
+    assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(ok["predicted_age"] - truth).mean(), abs=1e-4)

@@ -89,6 +89,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, name):
     assert [json.loads(line)["epoch"] for line in log] == [0, 1, 2]
 
 
+def test_a_resume_with_other_settings_is_refused_and_longer_training_is_not(tmp_path):
+    """A notebook cell rerun with a new learning rate must not silently continue the old run (and record the
+    new rate in config.json); more epochs continue it."""
+    cfg = dict(epochs=1, device="cpu", progress=False, amp="off")
+    train, val = _loaders()
+    fit(_strategy("full", {"lr": 1e-3}), train, val, run_dir=tmp_path, **cfg)
+    with pytest.raises(MedtlError, match=r"other settings \(hparams.lr: 0.001 -> 0.01\).*resume=False"):
+        fit(_strategy("full", {"lr": 1e-2}), train, val, run_dir=tmp_path, **cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["hparams"]["lr"] == 1e-3  # the record stays true
+    with pytest.raises(MedtlError, match=r"train.optimizer: 'adamw' -> 'sgd'"):
+        fit(_strategy("full", {"lr": 1e-3}), train, val, run_dir=tmp_path, **{**cfg, "optimizer": "sgd"})
+    result = fit(_strategy("full", {"lr": 1e-3}), train, val, run_dir=tmp_path, **{**cfg, "epochs": 2})
+    assert [r["epoch"] for r in result.history] == [0, 1]
+    fresh = fit(_strategy("full", {"lr": 1e-2}), train, val, run_dir=tmp_path, resume=False, **cfg)
+    assert [r["epoch"] for r in fresh.history] == [0]
+    assert json.loads((tmp_path / "config.json").read_text())["hparams"]["lr"] == 1e-2
+
+
 def test_early_stopping_and_restore_best(tmp_path):
     train, val = _loaders()
     s = _strategy("full", {"lr": 0.0})  # nothing can improve after the first epoch

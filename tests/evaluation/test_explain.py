@@ -113,6 +113,36 @@ def test_matches_hand_written_gradcam(dims, shape):
         assert np.corrcoef(cam.ravel(), ref.ravel())[0, 1] > 0.999  # not 1 - ref, as before the fix
 
 
+@pytest.mark.parametrize("method", ["acs", "i3d"])
+def test_a_2d_encoder_lifted_to_3d_is_explained_on_the_volume(method):
+    """A pipeline's lifted model reads volumes although its weights came from 2D: ACS keeps no Conv3d at all
+    (explain had refused it, 'no 2D or 3D convolution'). Its map is the hand-written Grad-CAM's."""
+    from medtl.models import Head, Model, build_encoder
+    from medtl.models.lift import lift
+
+    torch.manual_seed(0)
+    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), method)
+    model = Model(enc, Head(enc.out_features, "binary", 2)).eval()
+    image = torch.rand(1, 32, 40, 32) * 0.1
+    image[0, 8:20, 10:24, 8:20] += 1.0
+    cams = [gradcam(model, image, "encoder.layer2", class_idx=c) for c in (0, 1)]
+    assert all(cam.shape == (32, 40, 32) for cam in cams)
+    compared = [c for c in (0, 1) if cams[c].max() > 0]  # a class with no positive evidence has a flat map
+    assert compared
+    for c in compared:
+        np.testing.assert_allclose(cams[c], reference_gradcam(model, image[None], model.encoder.layer2, c), atol=1e-5)
+
+
+def test_a_2_5d_model_is_refused_with_the_reason():
+    from medtl.models import Head, Model, build_encoder
+    from medtl.models.lift import lift
+
+    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), "2.5d")
+    model = Model(enc, Head(enc.out_features, "binary", 2))
+    with pytest.raises(MedtlError, match="2.5D model is not available: its 2D encoder sees each slice apart"):
+        gradcam(model, torch.rand(1, 16, 16, 16), "encoder.encoder.layer2")
+
+
 def test_no_hooks_left_and_mode_restored():
     model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2)
     model.train()
@@ -153,6 +183,23 @@ def test_gradcam_bad_layer_and_shape():
         gradcam(model, torch.rand(1, 32, 32), "layer9")
     with pytest.raises(MedtlError, match="expected one 2D image"):
         gradcam(model, torch.rand(2, 1, 32, 32), "layer3")
+    with pytest.raises(MedtlError, match=r"class 5 is not one of the model's 2 outputs \(0..1\)"):
+        gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=5)
+    with pytest.raises(MedtlError, match=r"class_idx: .*got 'square'.*label_names"):
+        gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx="square")
+    assert gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=np.int64(1)).shape == (32, 32)
+
+
+def test_the_callers_gradients_are_left_as_they_were():
+    """Grad-CAM's backward pass must not add to (or leave) gradients on the caller's model: a notebook may
+    explain a model between optimiser steps."""
+    model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2)
+    assert gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=1) is not None
+    assert all(p.grad is None for p in model.parameters())
+    model(torch.rand(2, 1, 32, 32)).sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=0)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
 
 
 def test_2d_overlay_is_not_transposed():
@@ -213,6 +260,8 @@ def test_deletion_map_beats_random_and_inverted_map_loses(blobs):
     assert inverted["difference"]["ci"][1] < 0 < good["difference"]["ci"][0]
     assert (good["verdict"], inverted["verdict"]) == ("pass", "fail")
     assert "Verdict: FAIL: the maps do NOT mark what the model uses" in deletion_summary(inverted)
+    assert "probability of class 1 by" in deletion_summary(good)
+    assert "probability of class 'tumour' by" in deletion_summary(good, ["none", "tumour"])
     # a map of noise neither passes nor fails by much: whatever it gets, it is not "pass" with this margin
     assert deletion_verdict({"ci": [-0.01, 0.02]}) == "inconclusive"
     # Independent arithmetic: the reported means are the means of the per-image lists.
@@ -285,16 +334,23 @@ def test_deletion_refuses_maps_that_are_all_constant(blobs):
         deletion_test(Brightness(2), blobs[:4], class_idx=1, n_boot=50, explain=lambda x, c: np.zeros(x.shape[2:]))
 
 
-def test_choose_layer_takes_the_deepest_grid_of_four_cells():
+def test_choose_layer_takes_the_deepest_grid_fine_enough_to_place_evidence():
+    """At least 4 cells per axis and 49 in all (Grad-CAM's 7x7 at 224 px): a 4x4 grid placed a small lesion
+    3.5x farther from its centre than the 8x8 grid one stage shallower (docs/evaluation.md)."""
     from medtl.evaluation.explain import choose_layer
     from medtl.models import Head, Model, build_encoder
 
     enc = build_encoder("resnet10", spatial_dims=2, in_channels=1)
     model = Model(enc, Head(enc.out_features, "binary", 2)).eval()
     layers = ["encoder.layer4", "encoder.layer3", "encoder.layer2", "encoder.layer1"]
-    assert choose_layer(model, torch.zeros(1, 128, 128), layers) == ("encoder.layer4", (4, 4))
-    assert choose_layer(model, torch.zeros(1, 64, 64), layers) == ("encoder.layer3", (4, 4))
-    assert choose_layer(model, torch.zeros(1, 8, 8), layers)[0] == "encoder.layer1"  # none has 4: the shallowest
+    assert choose_layer(model, torch.zeros(1, 224, 224), layers) == ("encoder.layer4", (7, 7))
+    assert choose_layer(model, torch.zeros(1, 128, 128), layers) == ("encoder.layer3", (8, 8))
+    assert choose_layer(model, torch.zeros(1, 64, 64), layers) == ("encoder.layer2", (8, 8))
+    assert choose_layer(model, torch.zeros(1, 8, 8), layers)[0] == "encoder.layer1"  # none is fine: the shallowest
+    enc3 = build_encoder("resnet10", spatial_dims=3, in_channels=1)
+    model3 = Model(enc3, Head(enc3.out_features, "binary", 2)).eval()
+    # the default 3D volume: layer4's 3x3x3 is too coarse, layer3's 5x6x5 (150 cells) is not
+    assert choose_layer(model3, torch.zeros(1, 80, 96, 80), layers) == ("encoder.layer3", (5, 6, 5))
 
 
 def test_a_one_cell_grid_gives_a_constant_map_not_scaled_rounding():

@@ -252,3 +252,14 @@ def test_no_skill_references_are_a_constant_predictions_scores():
     assert ns["auroc"] == pytest.approx(skm.roc_auc_score(y, const)) == pytest.approx(0.5)
     with pytest.raises(MedtlError, match="y_true"):
         no_skill(np.array(["a", "b"]))
+
+
+def test_an_unweighted_confusion_matrix_holds_counts():
+    """Counts are integers (a notebook showed 12., 3.); weighted resamples stay real numbers."""
+    from medtl.evaluation.metrics import classification_metrics, confusion_matrix
+
+    y, P = np.array([0, 1, 1, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    cm = classification_metrics(y, P, 0.5)["confusion_matrix"]
+    assert cm.dtype.kind == "i" and cm.tolist() == [[1, 1], [1, 1]]
+    assert confusion_matrix(y, [0, 1, 0, 1], 2).dtype.kind == "i"
+    assert confusion_matrix(y, [0, 1, 0, 1], 2, weights=[0.5, 1, 1, 1]).dtype.kind == "f"

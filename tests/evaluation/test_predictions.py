@@ -157,3 +157,16 @@ def test_predictions_from_arrays_checks_logits():
         predictions_from_arrays(["a", "b"], [0, 1], logits=[0.3, 0.2])  # one logit per case: not (n, K)
     with pytest.raises(MedtlError, match="logits"):
         predictions_from_arrays(["a", "b"], [0, 1], [[0.5, 0.5], [0.5, 0.5]], logits=np.zeros((2, 3)))
+
+
+def test_float_and_boolean_class_indices_are_indices():
+    """Labels as a float or boolean array (what a numpy pipeline often holds, and what the metric functions
+    accept) are class indices; a fraction is refused as such, not as a missing probability column."""
+    P = [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]
+    ints = predictions_from_arrays(["a", "b", "c"], [0, 1, 0], P)
+    for labels in (np.array([0.0, 1.0, 0.0]), np.array([False, True, False])):
+        assert predictions_from_arrays(["a", "b", "c"], labels, P)["label"].tolist() == ints["label"].tolist()
+    with pytest.raises(MedtlError, match=r"class indices 0..1, got 0.5"):
+        predictions_from_arrays(["a", "b", "c"], np.array([0.0, 0.5, 1.0]), P)
+    with pytest.raises(MedtlError, match="label indices outside 0..1"):
+        predictions_from_arrays(["a", "b", "c"], np.array([0.0, 2.0, 1.0]), P)

@@ -46,7 +46,7 @@ def test_similarity_from_images(tmp_path):
     rc = main(["similarity", "--checkpoint", str(ckpt), "--source-manifest", str(paths["src"]),
                "--target-manifest", str(paths["tgt"]), "--data-root", str(tmp_path), "--image-size", "32",
                "--permutations", "5", "--json", str(tmp_path / "sim.json"),
-               "--save-features", str(tmp_path / "f.npz")])
+               "--save-features", str(tmp_path / "f.npz"), "--split", "all"])
     assert rc == 0
     out = json.loads((tmp_path / "sim.json").read_text())
     assert out["n_source"] == 6 and out["n_features"] == enc.out_features

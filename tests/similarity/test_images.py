@@ -104,15 +104,25 @@ def test_encoder_for_volumes_is_the_2p5d_lift_over_axial_slices():
 
 def test_select_cases_is_seeded_by_content_not_position(synth):
     _, paths = synth
-    a, n = select_cases(paths["cxr_a"], max_cases=5, seed=0)
-    b, _ = select_cases(paths["cxr_a"], max_cases=5, seed=0)
-    c, _ = select_cases(paths["cxr_a"], max_cases=5, seed=1)
+    a, n = select_cases(paths["cxr_a"], "all", max_cases=5, seed=0)
+    b, _ = select_cases(paths["cxr_a"], "all", max_cases=5, seed=0)
+    c, _ = select_cases(paths["cxr_a"], "all", max_cases=5, seed=1)
     assert n == 8 and len(a) == 5 and [r.path for r in a] == [r.path for r in b]
     assert [r.path for r in a] != [r.path for r in c]
-    train, n_train = select_cases(paths["cxr_a"], split="train")
-    assert n_train == len(train) and {r.split for r in train} == {"train"}
-    with pytest.raises(MedtlError, match="empty domain"):
+    with pytest.raises(MedtlError, match=r"no rows in split 'nope' \(splits present: test, train.*\).*--split all"):
         select_cases(paths["cxr_a"], split="nope")
+
+
+def test_similarity_reads_the_training_split_unless_told_otherwise(synth):
+    """LogME, H-score and LEEP read the target's labels: by default never those of its test images."""
+    _, paths = synth
+    train, n_train = select_cases(paths["cxr_a"])
+    assert n_train == len(train) < 8 and {r.split for r in train} == {"train"}
+    assert len(select_cases(paths["cxr_a"], None)[0]) == 8
+    import inspect
+
+    assert inspect.signature(compare_manifests).parameters["split"].default == "train"
+    assert inspect.signature(similarity_matrix).parameters["split"].default == "train"
 
 
 def test_the_command_caps_images_by_default_and_says_so(synth, caplog):
@@ -124,10 +134,10 @@ def test_the_command_caps_images_by_default_and_says_so(synth, caplog):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["similarity", "--source", "a.csv", "--target", "b.csv"])
-    assert args.max_cases == 500  # 0 uses every image
+    assert args.max_cases == 500 and args.split == "train"  # 0 uses every image; --split all every row
     _, paths = synth
     with caplog.at_level(logging.DEBUG, logger="medtl.similarity.images"):
-        select_cases(paths["cxr_a"], max_cases=5, seed=0)
+        select_cases(paths["cxr_a"], "all", max_cases=5, seed=0)
     # the draw is a debug line; the user reads "N of M cases" once the features are made (dataset_features)
     assert "5 of 8 images drawn" in caplog.text
 
@@ -139,7 +149,7 @@ def test_issue_flags_with_encoder_use_the_checkpoints_sizes_and_lift_volumes(syn
     root, paths = synth
     out = root / "pair.json"
     rc = main(["similarity", "--source", str(paths["cxr_a"]), "--target", str(paths["vol"]), "--data-root",
-               str(root), "--encoder", str(ckpt_32), "--out", str(out), "--permutations", "10", *SMALL_3D])
+               str(root), "--encoder", str(ckpt_32), "--out", str(out), "--permutations", "10", "--split", "all", *SMALL_3D])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["encoder"]["trained"] is True and res["encoder"]["checkpoint"] == str(ckpt_32)

@@ -33,7 +33,7 @@ def two_roots(tmp_path, data_root):
 
 def test_manifests_under_different_roots_are_compared_with_their_recorded_roots(two_roots, one_torch_thread):
     a, b = two_roots
-    result = images.compare_manifests(a, b, image_size=32, n_permutations=10)
+    result = images.compare_manifests(a, b, image_size=32, n_permutations=10, split="all")
     assert result["datasets"]["source"]["n_cases"] == 8 and result["datasets"]["target"]["n_cases"] == 8
     matrix = images.similarity_matrix([a, b], image_size=32, n_permutations=10, max_cases=4)
     assert matrix["names"] == ["a", "b"] and matrix["metrics"]["mmd2"][0][1] is not None
@@ -48,7 +48,7 @@ def test_a_missing_file_names_manifest_and_root_before_the_encoder_loads(two_roo
     monkeypatch.setattr(images, "load_encoder", no_encoder)
     wrong = tmp_path / "site_a"
     with pytest.raises(MedtlError) as err:
-        images.compare_manifests(a, b, target_root=wrong)
+        images.compare_manifests(a, b, target_root=wrong, split="all")
     assert str(err.value).startswith(f"b.csv (root {wrong}): no_tumor/")
     assert "file not found (and 7 more of 8 rows" in str(err.value)
     with pytest.raises(MedtlError, match=r"^a.csv \(root .*\): no_tumor/.*: file not found"):

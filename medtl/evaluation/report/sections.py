@@ -16,6 +16,7 @@ from medtl.evaluation import figures as fig
 from medtl.evaluation.embedding import Embedding
 from medtl.evaluation.evaluate import CLASS_METRICS, SAME_IN_EVERY_RUN, SHOWN_RESOLUTION
 from medtl.evaluation.metrics import DEFINITIONS
+from medtl.evaluation.predictions import TRAINING_MEAN
 from medtl.evaluation.report.document import Document, figure_name
 
 NAMES = {
@@ -154,6 +155,18 @@ def _no_skill_line(r: dict, who: str = "") -> str | None:
             f"(the prevalence), AUROC {ns['auroc']:.1f}")
 
 
+def _against_training_mean(strategies: dict) -> str:
+    """Which strategies predict worse (by MAE) than the constant that is the training targets' mean."""
+    base = (strategies[TRAINING_MEAN]["metrics"].get("mae") or {}).get("value")
+    maes = {s: (e["metrics"].get("mae") or {}).get("value") for s, e in strategies.items() if s != TRAINING_MEAN}
+    worse = [s for s, v in maes.items() if v is not None and base is not None and v >= base]
+    shown = "n/a" if base is None else f"{base:.3g}"
+    text = (f"`{TRAINING_MEAN}` predicts the mean of the labelled training targets for every test case (MAE "
+            f"{shown}): a model with a higher MAE has learned nothing a constant would not give. ")
+    return text + (f"Here {len(worse)} of {len(maes)} strategies are worse than it: {', '.join(worse)}." if worse
+                   else f"Here every strategy ({len(maes)}) has a lower MAE.")
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -212,6 +225,8 @@ def task_section(doc: Document, name: str, t: dict, fig_list: list[dict]) -> Non
         doc.p("**No-skill references** on the same test cases, what a prediction that ignores the image scores "
               "(read the model's values against them): " + "; ".join(no_skill) + ".")  # fmt: skip
 
+    if kind == "regression" and TRAINING_MEAN in strategies:
+        doc.p(_against_training_mean(strategies))
     if kind == "multiclass":
         _per_class_table(doc, strategies)
     if kind != "regression":
@@ -370,7 +385,7 @@ def _task_figures(doc: Document, name: str, t: dict, fig_list: list[dict]) -> No
     doc.h(3, "Figures")
     if t["kind"] == "regression":
         png = fig.scatter_figure([{"label": s, "points": r["scatter"], "mae": r["metrics"]["mae"]}
-                                  for s, r in reps.items()], f"{name}: predicted vs true")  # fmt: skip
+                                  for s, r in reps.items()], f"{name}: predicted vs true", name)  # fmt: skip
         add_figures(doc, fig_list, [(f"{name}_scatter.png", png, f"{name}: predicted against true ({note})")])
         return
     items = []

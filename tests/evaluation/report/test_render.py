@@ -291,6 +291,14 @@ def test_regression_strategies_are_compared_by_a_paired_test_of_absolute_errors(
     assert c["mae_a"] == pytest.approx(ea.mean()) and c["difference"] < 0 and c["p_value"] < 0.05
     md = paths["md"].read_text()
     assert "### Pairwise comparison (paired t-test of absolute errors)" in md and "| MAE A vs B |" in md
+    # the baseline is explained, and each strategy read against it (here the model beats it)
+    base_mae = np.abs(test[test["strategy"] == "training_mean"]["prediction"] - test[test["strategy"] ==
+                      "training_mean"]["label"].astype(float)).mean()
+    assert (f"`training_mean` predicts the mean of the labelled training targets for every test case (MAE "
+            f"{base_mae:.3g})") in md and "Here every strategy (1) has a lower MAE." in md
+    worse = pd.concat([good.assign(prediction=good["prediction"] + 40), base], ignore_index=True)
+    assert "Here 1 of 1 strategies are worse than it: finetune." in make_report(worse, tmp_path / "w", **FAST)[
+        "md"].read_text()
 
 
 def _methods_threshold_paragraph(md: str) -> str:
@@ -329,3 +337,25 @@ def test_no_skill_references_are_computed_from_the_test_labels(tmp_path):
     md = paths["md"].read_text()
     assert (f"accuracy {max(p, 1 - p):.3f} (always the majority class), Brier {p * (1 - p):.3f} (always the "
             f"prevalence {p:.3f}), AUPRC {p:.3f} (the prevalence), AUROC 0.5") in md
+
+
+def test_report_figures_leave_the_users_matplotlib_backend_alone(tmp_path):
+    """A notebook imports pyplot after medtl has drawn a report: its inline backend must still be the one
+    pyplot picks (medtl had switched an untouched matplotlib to Agg, and the user's own plots vanished)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, matplotlib
+from medtl.evaluation.report import make_report
+from medtl.evaluation.synthetic import synthetic_predictions
+make_report(synthetic_predictions(30, seeds=(0,)), {str(tmp_path / "rep")!r}, n_boot=20)
+assert "matplotlib.pyplot" not in sys.modules, "the report imported pyplot"
+import matplotlib.pyplot as plt
+print(matplotlib.get_backend())
+"""
+    env = {**__import__("os").environ, "MPLBACKEND": "svg"}  # a backend other than Agg that needs no display
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "svg"
+    assert any((tmp_path / "rep" / "figures").glob("*.png"))
