@@ -55,7 +55,7 @@ def run(args) -> int:
     from medtl.deploy.ledger import csv_cell
     from medtl.deploy.redact import Redactor, add_identifiers, redacting
     from medtl.errors import MedtlError
-    from medtl.evaluation.explain import deletion_summary, deletion_test, require_explainable, save_deletion_test
+    from medtl.evaluation.explain import deletion_summary, deletion_test, save_deletion_test
     from medtl.models.checkpoint import load_checkpoint
 
     model_path = Path(args.model)
@@ -75,7 +75,6 @@ def run(args) -> int:
     predictor = predictor_from_meta(module, meta, str(model_path), "", "cpu")
     if predictor.is_regression:
         raise MedtlError("this model predicts a value: Grad-CAM and its deletion test explain a class", model_path)
-    require_explainable(module)
     if args.layer is not None and args.layer not in dict(module.named_modules()):
         raise MedtlError(f"the model has no layer {args.layer!r} (e.g. encoder.layer3, encoder.layer4)", "--layer")
     class_idx = None

@@ -27,7 +27,7 @@ from torch import nn
 from medtl.errors import MedtlError
 from medtl.evaluation.figures import colormap, subplots, to_png
 
-__all__ = ["choose_layer", "coarse", "require_explainable", "deletion_summary", "deletion_test", "deletion_verdict", "gradcam", "load_deletion_test", "minmax", "overlay_png",
+__all__ = ["choose_layer", "coarse", "deletion_summary", "deletion_test", "deletion_verdict", "gradcam", "load_deletion_test", "minmax", "overlay_png",
            "save_deletion_test", "save_gradcam"]
 
 DELETION_KIND = "medtl.gradcam_deletion_test"  # marks a JSON file as save_deletion_test output
@@ -49,7 +49,6 @@ def minmax(cam: torch.Tensor) -> torch.Tensor:
 def _spatial_dims(model: nn.Module) -> int:
     """2 for images, 3 for volumes: what the encoder says it reads (a 2D encoder lifted to 3D reads volumes),
     else the kind of its first convolution."""
-    require_explainable(model)
     for m in (getattr(model, "encoder", None), model):
         if getattr(m, "spatial_dims", None) in (2, 3):
             return int(m.spatial_dims)
@@ -59,14 +58,25 @@ def _spatial_dims(model: nn.Module) -> int:
     raise MedtlError("the model has no 2D or 3D convolution to explain", "model")
 
 
-def require_explainable(model: nn.Module) -> None:
-    """Refuse a 2.5D model: its 2D encoder sees one slice at a time, so a stage's activations are per slice
-    (a batch of 2D maps), not one map of the volume that Grad-CAM could weigh and upsample."""
+def _slice_encoder(model: nn.Module):
+    """The 2.5D encoder of a model (medtl.models.lift.SliceEncoder), or None."""
     from medtl.models.lift import SliceEncoder
 
-    if any(isinstance(m, SliceEncoder) for m in model.modules()):
-        raise MedtlError("Grad-CAM of a 2.5D model is not available: its 2D encoder sees each slice apart, so no "
-                         "layer holds one map of the volume; explain an I3D or ACS lift, or a 3D model", "model")
+    return next((m for m in model.modules() if isinstance(m, SliceEncoder)), None)
+
+
+def _as_volume(per_slice: torch.Tensor, encoder) -> torch.Tensor:
+    """A 2.5D stage's output for one volume, ``(S, K, h, w)`` (its 2D encoder sees the S slices as a batch), as
+    one 3D map ``(1, K, *grid)`` with the slices back on the volume's slice axis."""
+    return per_slice.movedim(0, 1)[None].movedim(2, 2 + encoder.slice_axis)
+
+
+def _grid(model: nn.Module, output: torch.Tensor) -> tuple:
+    """The spatial grid of a stage's output for one input (a 2.5D stage's slices make its third axis)."""
+    encoder = _slice_encoder(model)
+    if encoder is not None and output.ndim == 4:
+        return tuple(_as_volume(output, encoder).shape[2:])
+    return tuple(output.shape[2:])
 
 
 def _batch_of_one(image, dims: int, what: str = "image") -> torch.Tensor:
@@ -79,14 +89,13 @@ def _batch_of_one(image, dims: int, what: str = "image") -> torch.Tensor:
 
 
 @contextmanager
-def _grad_cam(model: nn.Module, target_layer: str):
-    """MONAI GradCAM on ``target_layer`` with the model in eval mode; hooks and mode undone on exit.
+def _explaining(model: nn.Module, target_layer: str):
+    """The model in eval mode for the block, yielding ``target_layer``'s module; on exit the hooks added to it,
+    the mode and the caller's gradients are as they were.
 
     MONAI registers its forward/backward hooks without keeping the handles, so every call would
     leave two more hooks on the caller's model; we remove the ones that were not there before.
     """
-    from monai.visualize import GradCAM  # lazy: only explanations need it
-
     names = dict(model.named_modules())
     if target_layer not in names:
         raise MedtlError(f"no layer {target_layer!r} in the model (e.g. {', '.join(list(names)[1:6])} ...)",
@@ -97,7 +106,7 @@ def _grad_cam(model: nn.Module, target_layer: str):
     was_training = model.training
     model.eval()  # batch statistics of one image would be meaningless
     try:
-        yield GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
+        yield layer
     finally:
         for hooks in (layer._forward_hooks, layer._backward_hooks):
             for key in [k for k in hooks if k not in before[id(hooks)]]:
@@ -107,20 +116,55 @@ def _grad_cam(model: nn.Module, target_layer: str):
         model.train(was_training)
 
 
-def _cam_of(cam, x: torch.Tensor, class_idx: int | None) -> np.ndarray:
-    if class_idx is not None and (isinstance(class_idx, bool) or not isinstance(class_idx, (int, np.integer))):
+def _class_of(logits: torch.Tensor, class_idx) -> int:
+    """The class explained: ``class_idx`` (checked against the model's outputs), else the predicted one."""
+    n = logits.shape[1]
+    if class_idx is None:
+        return int(logits[0].argmax())
+    if isinstance(class_idx, bool) or not isinstance(class_idx, (int, np.integer)):
         raise MedtlError(f"must be the index of one of the model's outputs (an int), got {class_idx!r}; a model "
                          "knows no class names: its checkpoint's meta['label_names'].index(name) gives the index",
                          "class_idx")
+    if not 0 <= class_idx < n:
+        raise MedtlError(f"class {class_idx} is not one of the model's {n} outputs (0..{n - 1})", "class_idx")
+    return int(class_idx)
+
+
+def _monai_cam(model: nn.Module, x: torch.Tensor, target_layer: str, class_idx) -> np.ndarray:
+    from monai.visualize import GradCAM  # lazy: only explanations need it
+
+    with torch.no_grad():
+        c = _class_of(model(x), class_idx)
     # requires_grad on the input: the target layer then gets gradients even when its weights are
     # frozen (a linear-probe model), which MONAI's backward hook needs.
+    cam = GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
+    return cam(x.clone().requires_grad_(True), class_idx=c)[0, 0].detach().cpu().numpy()
+
+
+def _slice_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target_layer: str, class_idx) -> np.ndarray:
+    """Grad-CAM of a 2.5D model: its 2D stage's per-slice activations and gradients stacked into one map of the
+    volume (:func:`_as_volume`), channel weights averaged over all of it, as for a 3D stage."""
+    encoder = _slice_encoder(model)
+    if not any(m is layer for m in encoder.encoder.modules()):
+        inner = next(n for n, m in model.named_modules() if m is encoder.encoder)
+        raise MedtlError(f"{target_layer} is not a stage of the 2.5D model's 2D encoder (its stages: {inner}.layer1 "
+                         f"... {inner}.layer4)", "target_layer")
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(module, inputs, output):
+        store["A"] = output
+        output.register_hook(lambda g: store.__setitem__("G", g))
+
+    hook = layer.register_forward_hook(keep)
     try:
-        out = cam(x.clone().requires_grad_(True), class_idx=None if class_idx is None else int(class_idx))
-    except IndexError:
-        with torch.no_grad():
-            n = cam.nn_module.model(x).shape[1]  # the bare model: its hooked wrapper would run backward
-        raise MedtlError(f"class {class_idx} is not one of the model's {n} outputs (0..{n - 1})", "class_idx") from None
-    return out[0, 0].detach().cpu().numpy()
+        logits = model(x.clone().requires_grad_(True))  # the input's grad: frozen weights still give gradients
+        logits[0, _class_of(logits, class_idx)].backward()
+    finally:
+        hook.remove()
+    acts, grads = _as_volume(store["A"].detach(), encoder), _as_volume(store["G"], encoder)
+    cam = torch.relu((grads.mean(dim=(2, 3, 4), keepdim=True) * acts).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+    return minmax(cam)[0, 0].cpu().numpy()
 
 
 def gradcam(model: nn.Module, image, target_layer: str, class_idx: int | None = None) -> np.ndarray:
@@ -131,10 +175,11 @@ def gradcam(model: nn.Module, image, target_layer: str, class_idx: int | None = 
     ``class_idx`` is the class explained (default: the predicted one). The model is run in eval mode
     and restored to its previous mode; no hooks are left on it.
     """
-    x = _batch_of_one(image, _spatial_dims(model))
-    device = next(model.parameters()).device
-    with _grad_cam(model, target_layer) as cam:
-        return _cam_of(cam, x.to(device), class_idx)
+    x = _batch_of_one(image, _spatial_dims(model)).to(next(model.parameters()).device)
+    with _explaining(model, target_layer) as layer:
+        if _slice_encoder(model) is not None:
+            return _slice_cam(model, x, layer, target_layer, class_idx)
+        return _monai_cam(model, x, target_layer, class_idx)
 
 
 # ----------------------------------------------------------------------------- faithfulness
@@ -218,8 +263,8 @@ def deletion_test(
     rng = np.random.default_rng(seed)
     rows: dict[str, list] = {"class": [], "p": [], "drop_top": [], "drop_random": [], "constant": []}
     was_training = model.training
-    with _grad_cam(model, target_layer) if explain is None else _eval(model) as cam:
-        explain_fn = explain or (lambda x, c: _cam_of(cam, x, c))
+    with _eval(model):
+        explain_fn = explain or (lambda x, c: gradcam(model, x, target_layer, c))
         for i, item in enumerate(images):
             x = _batch_of_one(_image_of(item), dims, f"images[{i}]").to(device)
             with torch.no_grad():
@@ -292,7 +337,7 @@ def deletion_test(
 
 @contextmanager
 def _eval(model: nn.Module):
-    # Stands in for _grad_cam when the caller brings its own map.
+    # The model in eval mode for a whole deletion test (gradcam restores the mode it finds: eval).
     was_training = model.training
     model.eval()
     try:
@@ -448,13 +493,12 @@ def coarse(grid: Sequence[int]) -> bool:
 def choose_layer(model: nn.Module, image, candidates: Sequence[str]) -> tuple[str, tuple]:
     """The deepest of ``candidates`` (deepest first) whose activation grid for ``image`` is not :func:`coarse`,
     with that grid; else the shallowest. A coarse grid, upsampled, looks like a location it does not have."""
-    require_explainable(model)
     names = dict(model.named_modules())
     present = [c for c in candidates if c in names]
     if not present:
         raise MedtlError(f"none of the layers {list(candidates)} is in the model: give --layer", "layer")
     grids: dict[str, tuple] = {}
-    hooks = [names[c].register_forward_hook(lambda m, i, o, c=c: grids.__setitem__(c, tuple(o.shape[2:])))
+    hooks = [names[c].register_forward_hook(lambda m, i, o, c=c: grids.__setitem__(c, _grid(model, o)))
              for c in present]
     was_training = model.training
     model.eval()

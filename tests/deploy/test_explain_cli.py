@@ -166,3 +166,31 @@ def test_a_regression_models_results_go_into_evaluate(xrays, tmp_path, capsys):
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     (entry,) = report["tasks"]["label"]["strategies"].values()
     assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(ok["predicted_age"] - truth).mean(), abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["acs", "2.5d"])
+def test_a_lifted_pipeline_model_is_explained_on_volumes(method, data_root, tmp_path, capsys):
+    """A pipeline's best.pt of a 2D encoder lifted to 3D: ACS keeps no Conv3d (explain had refused it) and 2.5D
+    runs its 2D encoder on the slices (explain had failed on the input's shape). Both give overlays of the volume
+    and a deletion test."""
+    import torch
+
+    from medtl.models import Head, Model, build_encoder, save_checkpoint
+    from medtl.models.lift import lift
+
+    torch.manual_seed(0)
+    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), method)
+    model = save_checkpoint(tmp_path / "lifted.pt", Model(enc, Head(enc.out_features, "binary", 2)),
+                            intensity={"preset": "mri3d", "spacing": [6.0, 6.0, 6.0], "volume_shape": [24, 32, 24]},
+                            label_names=["F", "M"], image_size=[24, 32, 24])
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    for f in sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[:3]:
+        shutil.copy(f, volumes / f.name)
+    out = tmp_path / "cams"
+    assert main(["explain", "--model", str(model), "--input", str(volumes), "--out", str(out), "--deletion-test",
+                 "--no-progress"]) == 0
+    with open(out / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(r["file"] and not r["error"] for r in rows)
+    assert load_deletion_test(out / "deletion.json")["n"] == 3

@@ -133,14 +133,46 @@ def test_a_2d_encoder_lifted_to_3d_is_explained_on_the_volume(method):
         np.testing.assert_allclose(cams[c], reference_gradcam(model, image[None], model.encoder.layer2, c), atol=1e-5)
 
 
-def test_a_2_5d_model_is_refused_with_the_reason():
+@pytest.mark.parametrize("slice_axis", [0, 2])
+def test_a_2_5d_model_is_explained_on_its_slices_stacked_into_the_volume(slice_axis):
+    """A 2.5D model's 2D stage sees the slices as a batch: its activations and gradients, stacked back along the
+    slice axis, are one 3D map (weights averaged over all of it), checked against that computed by hand."""
+    from medtl.evaluation.explain import choose_layer
     from medtl.models import Head, Model, build_encoder
     from medtl.models.lift import lift
 
-    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), "2.5d")
-    model = Model(enc, Head(enc.out_features, "binary", 2))
-    with pytest.raises(MedtlError, match="2.5D model is not available: its 2D encoder sees each slice apart"):
-        gradcam(model, torch.rand(1, 16, 16, 16), "encoder.encoder.layer2")
+    torch.manual_seed(0)
+    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), "2.5d", slice_axis=slice_axis)
+    model = Model(enc, Head(enc.out_features, "binary", 2)).eval()
+    image = torch.rand(1, 24, 32, 28) * 0.1
+    image[0, 6:14, 10:20, 8:16] += 1.0
+    layer = "encoder.encoder.layer2"
+    # layer2 has stride 8 within a slice; the slices keep their full count along the slice axis
+    assert choose_layer(model, image, ["encoder.encoder.layer4", "encoder.encoder.layer3", layer]) == (
+        layer, (24, 4, 4) if slice_axis == 0 else (3, 4, 28))
+    store = {}
+
+    def keep(module, inputs, output):  # returns None: the output stays as it is
+        store["A"] = output
+        output.register_hook(lambda g: store.__setitem__("G", g))
+
+    hook = model.encoder.encoder.layer2.register_forward_hook(keep)
+    logits = model(image[None].clone().requires_grad_(True))
+    c = int(logits[0].argmax())
+    logits[0, c].backward()
+    hook.remove()
+    acts, grads = store["A"].detach(), store["G"]  # (slices, K, h, w)
+    weights = grads.mean(dim=(0, 2, 3))  # one per channel, over every slice and cell
+    per_slice = torch.relu((weights[None, :, None, None] * acts).sum(1))  # (slices, h, w)
+    ref = F.interpolate(per_slice.movedim(0, slice_axis)[None, None], size=(24, 32, 28), mode="trilinear",
+                        align_corners=False)[0, 0]
+    ref = ((ref - ref.min()) / (ref.max() - ref.min())).numpy()
+    model.zero_grad()
+    cam = gradcam(model, image, layer)
+    assert cam.shape == (24, 32, 28)
+    np.testing.assert_allclose(cam, ref, atol=1e-5)
+    with pytest.raises(MedtlError, match="not a stage of the 2.5D model's 2D encoder"):
+        gradcam(model, image, "encoder")
 
 
 def test_no_hooks_left_and_mode_restored():
