@@ -55,7 +55,7 @@ def run(args) -> int:
     from medtl.deploy.ledger import csv_cell
     from medtl.deploy.redact import Redactor, add_identifiers, redacting
     from medtl.errors import MedtlError
-    from medtl.evaluation.explain import deletion_summary, deletion_test, save_deletion_test
+    from medtl.evaluation.explain import deletion_summary, deletion_test, overlay_png, save_deletion_test
     from medtl.models.checkpoint import load_checkpoint
 
     model_path = Path(args.model)
@@ -93,8 +93,8 @@ def run(args) -> int:
     add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS))
     loader = SeriesLoader(predictor.preset, predictor.preset_options, predictor.spatial_dims)
     with redacting(redactor):
-        rows, images, classes, layer = _explain_series(series, args, module, predictor, loader, redactor, class_idx,
-                                                       out)
+        rows, images, classes, layer, overlays = _explain_series(series, args, module, predictor, loader, redactor,
+                                                                 class_idx)
     done = [r for r in rows if r["file"]]
     columns = ["file", "source", "predicted", "explained_class", "p_explained", "map",
                *[f"prob_{c}" for c in predictor.label_names], "error"]
@@ -111,6 +111,9 @@ def run(args) -> int:
             save_deletion_test(result, out / "deletion.json")
         except MedtlError as err:
             refused = err
+    footer = _verdict_line(result, refused.reason if refused else None)
+    for name, x, cam, title in overlays:  # each PNG carries the verdict: one copied alone must not pass for evidence
+        (out / name).write_bytes(overlay_png(x, cam, title, footer=footer))
     _gallery(out, rows, model_path.name, layer, result, refused.reason if refused else None)
     print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s) ({layer}): {out / 'index.html'}")
     if len(done) == args.max_images and len(series) > len(rows):
@@ -160,16 +163,30 @@ def _stages(module) -> tuple[str, ...]:
     return found or LAYERS
 
 
-def _explain_series(series, args, module, predictor, loader, redactor, class_idx, out: Path):
-    """Overlays for the series' images, up to ``--max-images``: (index rows, explained images, their
-    classes, the layer explained: ``--layer``, or chosen on the first image)."""
+def _verdict_line(test: dict | None, refused: str | None) -> str:
+    """The line under each overlay: what the deletion test said of these maps, or that none said anything."""
+    if refused is not None:
+        return f"Deletion test refused ({refused[:120]}): nothing shows that this map marks what the model uses."
+    if test is None:
+        return ("Not tested: nothing shows that this map marks what the model uses (medtl explain --deletion-test on "
+                "50+ images).")
+    d = test["difference"]
+    return (f"Deletion test of these maps: {test['verdict'].upper()} on {test['n']} images (difference "
+            f"{d['mean']:+.3f}, {test['level']:.0%} CI {d['ci'][0]:.3f} to {d['ci'][1]:.3f})"
+            + ("." if test["verdict"] == "pass" else ": do not show this map as evidence."))
+
+
+def _explain_series(series, args, module, predictor, loader, redactor, class_idx):
+    """Maps for the series' images, up to ``--max-images``: (index rows, explained images, their classes, the
+    layer explained: ``--layer``, or chosen on the first image, and the overlays to draw: (file name, image,
+    map, title), drawn once the deletion test has spoken)."""
     import torch
 
     from medtl.errors import MedtlError
-    from medtl.evaluation.explain import choose_layer, coarse, gradcam, overlay_png
+    from medtl.evaluation.explain import choose_layer, coarse, gradcam
     from medtl.progress import bar
 
-    rows, images, classes, layer = [], [], [], args.layer
+    rows, images, classes, layer, overlays = [], [], [], args.layer, []
     for s in bar(series, desc="explain", unit="series", enabled=args.progress):
         if len(images) >= args.max_images:
             break
@@ -202,13 +219,13 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
             shown_source = source + (f" [image {k + 1}]" if len(batch) > 1 else "")
             title = (f"{name[:-4]} ({shown_source[-40:]}): {decided}; Grad-CAM of {explained}, "
                      f"P = {probs[c]:.3f}")
-            (out / name).write_bytes(overlay_png(x.numpy(), cam, title))
+            overlays.append((name, x.numpy(), cam, title))
             images.append(x)
             classes.append(c)  # the class this overlay explains: the deletion test tests the same maps
             rows.append({"file": name, "source": shown_source, "predicted": decided, "explained_class": explained,
                          "p_explained": f"{probs[c]:.6g}", "map": "constant (no location)" if constant else "",
                          **{f"prob_{n}": f"{p:.6g}" for n, p in zip(predictor.label_names, probs)}, "error": ""})
-    return rows, images, classes, layer or LAYERS[0]
+    return rows, images, classes, layer or LAYERS[0], overlays
 
 
 def _gallery(out: Path, rows: list[dict], model: str, layer: str, test: dict | None, refused: str | None) -> None:

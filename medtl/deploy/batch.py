@@ -164,7 +164,9 @@ class _Prepared(torch.utils.data.Dataset):
                     except MedtlError as err:
                         raise MedtlError(err.reason, f) from None
                 check_series(total, self.limits, self.loader.spatial_dims == 3)
-            item["x"] = self.loader(s, files)
+            notes: list[str] = []
+            item["x"] = self.loader(s, files, notes)
+            item["note"] = "; ".join(notes)
         except PacsUnreachable as err:  # the PACS, not the series: a rerun retries it
             item["error"], item["retryable"] = describe_error(err, s, sops, self.include_identifiers), True
         except Exception as err:  # every failure is a row, never the end of the run
@@ -713,18 +715,19 @@ class _RowWriter:
                 row["retryable"] = True  # not a result: the next run tries this series again
         elif pr.is_regression:  # a value in the target's units (the head de-standardises), no class
             row[f"predicted_{pr.label_names[0]}"] = round(float(probs[0]), 6)
+            row["error"] = item.get("note") or ""
         else:
             named = {label: round(float(p), 6) for label, p in zip(pr.label_names, probs)}
-            row.update(predicted_label=pr.decide(probs), probabilities=named,
+            row.update(predicted_label=pr.decide(probs), probabilities=named, error=item.get("note") or "",
                        **{f"prob_{label}": p for label, p in named.items()})
             if self.write_sr and s.is_dicom:
                 modality = s.modality.upper()
                 if self.sr_modalities is None or modality in self.sr_modalities or modality not in IMAGING_MODALITIES:
                     self._sr(s, item, row)
                 else:  # a chest X-ray model's finding must not reach a radiologist's MR study as a report
-                    row["error"] = (f"no SR: {_an(s.modality)} {s.modality} series, not the "
-                                    f"{'/'.join(self.sr_modalities)} this model was trained on, so its prediction "
-                                    "here is outside what the model learned")
+                    why = (f"no SR: {_an(s.modality)} {s.modality} series, not the {'/'.join(self.sr_modalities)} "
+                           "this model was trained on, so its prediction here is outside what the model learned")
+                    row["error"] = "; ".join(filter(None, [row["error"], why]))
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
                 row[k] = escape_controls(v)
@@ -736,6 +739,8 @@ class _RowWriter:
         self.ledger.append(row, sync=False)  # the loop syncs once per model batch
         if row["status"] == "ok":
             self.result.ok += 1
+            if row["error"]:  # a result with a caveat (little coverage, no SR): said where the run is watched
+                log.warning("series %s: %s", row["case_id"], row["error"])
         elif row["status"] == "duplicate":
             self.result.duplicates += 1
             log.info("file %s: %s", row["source"], row["error"])

@@ -24,9 +24,23 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from medtl.data import io
-from medtl.data.transforms import LoadMedicalImaged, Preset, SplitChain, preset
+from medtl.data.transforms import DEFAULTS, LoadMedicalImaged, Preset, SplitChain, preset
 from medtl.deploy.discover import Series
 from medtl.errors import MedtlError
+
+
+MIN_COVERAGE = 0.5  # a volume filling less of the model's field of view gets a note on its result row
+
+
+def field_of_view_coverage(image: io.Image, spacing, volume_shape) -> float:
+    """The fraction of the model's field of view (``volume_shape`` voxels of ``spacing`` mm, centred, as the
+    mri3d chain crops or pads after resampling to RAS) that the volume's own extent fills."""
+    axes = np.asarray(image.affine, dtype=float)[:3, :3]
+    extent = np.zeros(3)
+    for i in range(3):  # voxel axis i runs mostly along one RAS axis
+        extent[int(np.argmax(np.abs(axes[:, i])))] = image.array.shape[i] * np.linalg.norm(axes[:, i])
+    field = np.asarray(volume_shape, dtype=float) * np.asarray(spacing, dtype=float)
+    return float(np.prod(np.minimum(1.0, extent / field)))
 
 
 class SeriesLoader:
@@ -39,13 +53,18 @@ class SeriesLoader:
                              "preprocess")
         self.chain = Compose(det[1:])  # the reference: what training ran (tests compare the split chain to it)
         self.spatial_dims = spatial_dims or Preset(preset_name).spatial_dims
+        self.chain_options = {**DEFAULTS.get(preset_name, {}), **options}
         self.steps = SplitChain(det[1:])  # the same transforms, computed the fast way
 
-    def __call__(self, series: Series, files: list[Path] | None = None) -> torch.Tensor:
+    def __call__(self, series: Series, files: list[Path] | None = None, notes: list[str] | None = None) -> torch.Tensor:
+        """The model's input; ``notes`` (when given) gets what the result's reader should know (a volume that
+        covers little of the model's field of view)."""
         files = list(files if files is not None else series.files)
         if not files:
             raise MedtlError("series has no files")
         images = self._images_2d(files) if self.spatial_dims == 2 else [self._volume(series, files)]
+        if self.spatial_dims == 3 and notes is not None:
+            notes += self._coverage_notes(images[0])
         # One image at a time, from the reader to the model's input size: a series of large images
         # never sits in memory at full resolution all at once (see limits in docs/batch.md).
         out = [self._prepare(image) for image in images]
@@ -55,6 +74,15 @@ class SeriesLoader:
         if not torch.isfinite(batch).all():
             raise MedtlError("preprocessing produced NaN/Inf values")
         return batch
+
+    def _coverage_notes(self, image: io.Image) -> list[str]:
+        options = self.chain_options
+        covered = field_of_view_coverage(image, options["spacing"], options["volume_shape"])
+        if covered >= MIN_COVERAGE:
+            return []
+        mm = "x".join(f"{s * v:g}" for s, v in zip(options["spacing"], options["volume_shape"]))
+        return [f"the volume covers {covered:.0%} of the model's {mm} mm field of view; the rest is padding (a slab "
+                "or partial acquisition?), so this prediction rests on little of the anatomy the model learned"]
 
     def _prepare(self, image: io.Image) -> torch.Tensor:
         """The preset chain on one image (:class:`medtl.data.transforms.SplitChain`)."""

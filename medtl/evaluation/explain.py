@@ -424,8 +424,9 @@ def _peak(cam: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in nearest)
 
 
-def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6) -> bytes:
-    """PNG of the map over the image's first channel: one panel (2D) or three orthogonal slices (3D)."""
+def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6, footer: str | None = None) -> bytes:
+    """PNG of the map over the image's first channel: one panel (2D) or three orthogonal slices (3D);
+    ``footer``: a line under the panels (medtl explain: what the deletion test said of these maps)."""
     img = np.asarray(image, dtype=float)
     img = img[0] if img.ndim == np.asarray(cam).ndim + 1 else img  # drop the channel axis
     cam = np.asarray(cam, dtype=float)
@@ -473,6 +474,8 @@ def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6) -> byt
     bar.set_label("Grad-CAM: 1 = strongest evidence", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    if footer:
+        fig.text(0.01, -0.02, footer, fontsize=7.5, ha="left", va="top", wrap=True)
     return to_png(fig)
 
 

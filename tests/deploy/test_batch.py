@@ -137,6 +137,8 @@ def test_rules_and_a_3d_model(hospital, model_3d, tmp_path):
     rows = {_tag(r): r for r in _rows(out)}
     # good-a (4 slices) runs as one volume; broken files are never filtered away by rules.
     assert rows["good-a"]["status"] == "ok" and rows["good-a"]["n_images"] == 1
+    # 4 slices of 1 mm against the model's 128 mm (3%): the prediction rests on padding, and the row says so
+    assert "the volume covers 3% of the model's 128x128x128 mm field of view" in rows["good-a"]["error"]
     assert set(rows) == {"good-a", "corrupt.dcm"}
     assert result.excluded == 6
     excluded = _table(out / "excluded.csv")
@@ -386,3 +388,20 @@ def test_a_series_of_a_modality_the_model_never_learned_gets_no_sr(mprage_files,
         if not written:
             assert row["error"].startswith("no SR: an MR series, not the CR/DX/DR/RG this model was trained on")
 
+
+
+def test_field_of_view_coverage_follows_the_axes_to_ras(data_root):
+    """The extent of each voxel axis lands on the RAS axis it runs along (IXI volumes are stored PSR), and the
+    coverage is the product over axes of min(1, extent / field)."""
+    import numpy as np
+
+    from medtl.data import io
+    from medtl.deploy.inputs import field_of_view_coverage
+
+    ixi = io.read(min((data_root / "mri3d_ixi").rglob("*.nii.gz")))
+    assert field_of_view_coverage(ixi, (2.0, 2.0, 2.0), (80, 96, 80)) == 1.0  # 240 x 240 x 180 mm: all of it
+    slab = io.Image(np.zeros((32, 200, 10)), np.diag([1.0, 1.0, 5.0, 1.0]))  # 32 x 200 x 50 mm, RAS
+    assert field_of_view_coverage(slab, (2.0, 2.0, 2.0), (80, 96, 80)) == (32 / 160) * 1.0 * (50 / 160)
+    permuted = io.Image(np.zeros((10, 32, 200)), np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [5.0, 0, 0, 0],
+                                                            [0, 0, 0, 1]]))  # the same slab, stored S, R, A
+    assert field_of_view_coverage(permuted, (2.0, 2.0, 2.0), (80, 96, 80)) == (32 / 160) * (50 / 160)

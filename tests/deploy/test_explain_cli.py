@@ -194,3 +194,21 @@ def test_a_lifted_pipeline_model_is_explained_on_volumes(method, data_root, tmp_
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(r["file"] and not r["error"] for r in rows)
     assert load_deletion_test(out / "deletion.json")["n"] == 3
+
+
+def test_each_overlay_carries_what_the_deletion_test_said():
+    """A PNG copied out of the folder alone must not pass for evidence: its footer says the verdict, or that
+    the maps were not tested (the review found a FAILed model's overlay that said nothing)."""
+    from medtl.cli.explain import _verdict_line
+    from medtl.evaluation.explain import overlay_png
+
+    failed = {"verdict": "fail", "n": 50, "level": 0.95, "difference": {"mean": -0.03, "ci": [-0.05, -0.01]}}
+    assert _verdict_line(failed, None) == ("Deletion test of these maps: FAIL on 50 images (difference -0.030, 95% CI "
+                                           "-0.050 to -0.010): do not show this map as evidence.")
+    assert _verdict_line({**failed, "verdict": "pass"}, None).endswith("to -0.010).")
+    assert _verdict_line(None, None).startswith("Not tested: nothing shows that this map marks what the model uses")
+    assert _verdict_line(None, "needs at least 2 images").startswith("Deletion test refused (needs at least 2 images)")
+    import numpy as np
+
+    image, cam = np.zeros((1, 32, 32)), np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    assert overlay_png(image, cam, "t", footer=_verdict_line(failed, None)) != overlay_png(image, cam, "t")
