@@ -48,6 +48,8 @@ def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and new is None or old is None and isinstance(new, dict):
         old, new = old or {}, new or {}  # a mapping left at its default ({}) is absent from a minimal record
     if not (isinstance(old, dict) and isinstance(new, dict)):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new)):
+            return [prefix] if float(old) != float(new) else []  # 1 and 1.0 are one setting
         return [prefix] if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True) else []
     return [k for key in sorted(set(old) | set(new))
             for k in differing_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]

@@ -24,7 +24,7 @@ import torch
 
 from medtl.data import Manifest, build_dataset
 from medtl.evaluation.explain import deletion_summary, deletion_test, gradcam, save_deletion_test
-from medtl.evaluation.figures import pyplot, to_png
+from medtl.evaluation.figures import colormap, subplots, to_png
 from medtl.models import load_checkpoint
 from medtl.paths import default_data_root
 
@@ -86,14 +86,13 @@ def main() -> None:
     x = it["image"][None]
     before, after = old_gradcam(model, x, args.layer, c), gradcam(model, it["image"], args.layer, c)
     print(f"case {it['case_id']}: before == 1 - after: {np.allclose(before, 1 - after, atol=1e-5)}")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.8))
+    fig, axes = subplots(1, 3, figsize=(9.6, 3.8))
     img = it["image"][0].numpy()
     for ax, (title, cam) in zip(axes, [("slice", None), ("before: MONAI default (inverted)", before),
                                        ("after: explain.gradcam", after)]):  # fmt: skip
         ax.imshow(img, cmap="gray")
         if cam is not None:
-            rgba = plt.get_cmap("jet")(np.clip(cam, 0, 1))
+            rgba = colormap("jet")(np.clip(cam, 0, 1))
             rgba[..., 3] = 0.6 * np.clip(cam, 0, 1)  # as overlay_png: opacity follows the map
             ax.imshow(rgba)
         ax.set_title(title, fontsize=9)

@@ -144,7 +144,7 @@ def _stages(module) -> tuple[str, ...]:
     """The encoder's stages by name, deepest first (medtl.models.layer_groups), else the ResNet names."""
     from torch import nn
 
-    from medtl.models.lift import layer_groups
+    from medtl.models.lift import AttentionPool, layer_groups
 
     encoder = getattr(module, "encoder", None)
     try:
@@ -156,7 +156,9 @@ def _stages(module) -> tuple[str, ...]:
     def name_of(group):  # a stage module, or a list of modules (densenet: a block and its transition)
         if id(group) in names:
             return names[id(group)]
-        members = [names[id(m)] for m in group if id(m) in names] if isinstance(group, nn.ModuleList) else []
+        # the stage's last member with a spatial output: not the 2.5D attention pooling that learns with it
+        members = [names[id(m)] for m in group if id(m) in names and not isinstance(m, AttentionPool)] \
+            if isinstance(group, nn.ModuleList) else []
         return members[-1] if members else None
 
     found = tuple(n for n in (name_of(g) for g in reversed(groups)) if n)
@@ -203,7 +205,7 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
         for k, x in enumerate(batch[: args.max_images - len(images)]):
             if layer is None or not images:
                 chosen, grid = choose_layer(module, x, [layer] if layer else _stages(module))
-                if coarse(grid):
+                if coarse(grid, module):
                     print(f"warning: {chosen} has a {'x'.join(map(str, grid))} grid at this input size: its maps "
                           "place evidence no finer than that"
                           + ("; a shallower --layer places it better" if args.layer else ""))

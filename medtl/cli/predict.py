@@ -132,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{result.ok} ok, {result.errors} error(s), {result.duplicates} duplicate file(s), {result.resumed} "
           f"already done, {result.excluded} excluded; results: {result.csv}")
-    if result.errors and not result.ok and not result.resumed:  # a scheduler must see that nothing came out
-        print(f"error: no input could be predicted: all {result.errors} gave an error (the error column of "
-              f"{result.csv} says why)", file=sys.stderr)
+    failed = [r for r in result.rows if r.get("status") == "error"]
+    if failed and not any(r.get("status") == "ok" for r in result.rows):  # also on a rerun: a scheduler must see it
+        print(f"error: no input could be predicted: the results hold no prediction, only {len(failed)} error row(s) "
+              f"(the error column of {result.csv} says why)", file=sys.stderr)
         return 1
     if result.sr_pending:
         print(f"{result.sr_pending} SR(s) not stored: the PACS could not take them; rerun the same command to send them")

@@ -68,10 +68,20 @@ def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.N
     return groups
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def label_warnings(manifest: Manifest) -> list[str]:
     """Labels that look like typos: names equal but for case or spaces ('F' and 'f'), and classes of one image.
     Each becomes a class of its own, which training then learns (and scores) from one or two images."""
     counts = Counter(r.label for r in manifest if r.label != "unlabelled")
+    if counts and all(_is_number(label) for label in counts):
+        return []  # regression targets (ages): every value is its own "class"
     alike: dict[str, list[str]] = defaultdict(list)
     for label in counts:
         alike[" ".join(label.split()).casefold()].append(label)

@@ -1,7 +1,7 @@
 """Identical files and near-copies.
 
 Public image sets are full of near-copies (re-encoded, resized or sharpened versions of one slice).
-Two images are near-copies when the Pearson correlation of their 64x64 grey thumbnails (3D: 16^3)
+Two images are near-copies when the Pearson correlation of their 64x64 grey thumbnails (3D: 32^3)
 exceeds a threshold: 0.97 by default (see NEAR_COPY_CORRELATION; the data README measured its overlaps
 at 0.99). Groups are the connected
 components of that relation, so a split that keeps each group on one side cannot leak a copy.

@@ -252,6 +252,14 @@ def _cycle(loader):
             raise MedtlError("the target loader is empty", "target_loader")
 
 
+def _has(record: dict, dotted: str) -> bool:
+    """Whether a dotted key of ``differing_keys`` is present in ``record``."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        record = record.get(part) if isinstance(record, dict) else None
+    return isinstance(record, dict) and last in record
+
+
 def _at(record: dict, dotted: str):
     """The value at a dotted key of ``differing_keys`` (None where absent)."""
     for part in dotted.split("."):
@@ -479,10 +487,20 @@ class Trainer:
             old = json.loads(self.folder.config.read_text())
         except (OSError, ValueError):
             return  # an unreadable record: the run's own state decides, as before config.json existed
-        new = json.loads(json.dumps(self._settings(), default=str))
-        differ = [k for k in differing_keys({s: old.get(s) for s in ("train", "strategy", "hparams", "model")},
-                                            {s: new.get(s) for s in ("train", "strategy", "hparams", "model")})
-                  if not (k.startswith("train.") and k.split(".")[1] in RESUMABLE_OPTIONS)]
+        new = plain(self._settings())  # as config.json records it (NaN and infinity as None)
+        defaults = plain(dataclasses.asdict(TrainConfig()))
+
+        def changed(key: str) -> bool:
+            option = key.split(".")[1] if key.startswith("train.") else None
+            if option in RESUMABLE_OPTIONS:
+                return False
+            if not _has(old, key):  # a setting this run's older medtl did not record: only off its default
+                return option is not None and _at(new, key) != defaults.get(option)
+            return True
+
+        sections = ("train", "strategy", "hparams", "model")
+        differ = [k for k in differing_keys({s: old.get(s) for s in sections}, {s: new.get(s) for s in sections})
+                  if changed(k)]
         if differ:
             shown = "; ".join(f"{k}: {_at(old, k)!r} -> {_at(new, k)!r}" for k in differ[:5])
             raise MedtlError(f"this folder holds a run trained with other settings ({shown}); to go on with them, "

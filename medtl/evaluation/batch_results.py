@@ -66,11 +66,16 @@ def _suffix_index(paths: list[str]) -> dict[str, str | None]:
     return index
 
 
-def join_labels(df: pd.DataFrame, manifest, where: str) -> tuple[pd.DataFrame, list[str]]:
-    """Labels, split, patient and domain of each row from ``manifest`` (a Manifest or CSV path)."""
+def join_labels(df: pd.DataFrame, manifest, where: str, target: str = "label") -> tuple[pd.DataFrame, list[str]]:
+    """Labels, split, patient and domain of each row from ``manifest`` (a Manifest or CSV path); ``target``: the
+    manifest column holding the truth (a regression model's target, e.g. ``age``, when not ``label``)."""
     from medtl.data.manifest import Manifest
 
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    if target != "label" and target not in m.extra_columns:
+        raise MedtlError(f"the model predicts {target!r}, but the labels manifest {m.name} has no {target!r} column "
+                         f"(its columns: label, {', '.join(m.extra_columns) or 'no others'}): give the manifest that "
+                         f"holds the true {target}", where)
     rows = {r.path: r for r in m}
     suffixes = _suffix_index(list(rows))
 
@@ -94,6 +99,8 @@ def join_labels(df: pd.DataFrame, manifest, where: str) -> tuple[pd.DataFrame, l
     # the manifest's split (val picks the threshold, test is scored) and its patients (bootstrap units)
     for col, attr in (("label", "label"), ("split", "split"), ("patient_id", "patient_id"), ("domain", "domain")):
         out[col] = [getattr(r, attr) if r is not None else None for r in found]
+    if target != "label":
+        out["label"] = [(r.extras.get(target) or "unlabelled") if r is not None else None for r in found]
     if NEAR_COPY_GROUP in m.extra_columns:  # near-copies: one bootstrap unit, as in a pipeline's report
         out[NEAR_COPY_GROUP] = [(r.extras.get(NEAR_COPY_GROUP) or None) if r is not None else None for r in found]
     notes = []
@@ -103,7 +110,8 @@ def join_labels(df: pd.DataFrame, manifest, where: str) -> tuple[pd.DataFrame, l
                      f"(e.g. {', '.join(missing[:3])})")
     unlabelled = out["label"] == "unlabelled"
     if unlabelled.any():
-        notes.append(f"{int(unlabelled.sum())} rows are 'unlabelled' in {m.name} and were left out")
+        notes.append(f"{int(unlabelled.sum())} rows are 'unlabelled' in {m.name} and were left out" if target == "label"
+                     else f"{int(unlabelled.sum())} rows have no {target} in {m.name} and were left out")
         out = out[~unlabelled]
     return out, notes
 
@@ -134,9 +142,16 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
         raise MedtlError(f"cannot read results: {err}", path) from None
     df = df.rename(columns={old: new for old, new in OLD_NAMES.items() if old in df and new not in df})
     value = [c for c in df if c.startswith("predicted_") and c != "predicted_label"]
+    target = "label"
     if len(value) == 1 and PREDICTION not in df and not any(c.startswith("prob_") for c in df):
         # a regression model's value, named after its target (predicted_age); its predicted_label is empty
         df = df.drop(columns=["predicted_label"], errors="ignore").rename(columns={value[0]: PREDICTION})
+        target = value[0][len("predicted_"):]
+        if target != "label":  # the input manifest's label column (copied by predict) is not this truth
+            df = df.drop(columns=["label"], errors="ignore")
+            if labels is None:
+                raise MedtlError(f"the model predicts {target!r}: give the manifest with the true {target} values "
+                                 f"(a {target!r} column) with --labels", path)
     for col in ("case_id", "status"):
         if col not in df:
             raise MedtlError(f"not a medtl predict results.csv: no {col!r} column", path)
@@ -156,7 +171,7 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     threshold = _one_threshold(df, path)  # over every ok row, before the labels join leaves some out
     has_labels = "label" in df and (df["label"] != "").all()
     if labels is not None:
-        df, more = join_labels(df, labels, where)
+        df, more = join_labels(df, labels, where, target)
         notes += more
     elif not has_labels:
         raise MedtlError("the results have no labels: predict from a labelled manifest (--input manifest.csv), or "

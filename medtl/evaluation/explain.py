@@ -488,9 +488,12 @@ MIN_CELLS_PER_AXIS = 4
 MIN_CELLS = 49
 
 
-def coarse(grid: Sequence[int]) -> bool:
-    """Whether a layer's activation grid is too coarse to place evidence (see MIN_CELLS)."""
-    return min(grid) < MIN_CELLS_PER_AXIS or math.prod(grid) < MIN_CELLS
+def coarse(grid: Sequence[int], model: nn.Module | None = None) -> bool:
+    """Whether a layer's activation grid is too coarse to place evidence (see MIN_CELLS). A 2.5D ``model``'s
+    slices are not pooled: its grid is as fine as its in-plane axes."""
+    encoder = _slice_encoder(model) if model is not None else None
+    plane = [g for i, g in enumerate(grid) if encoder is None or i != encoder.slice_axis]
+    return min(plane) < MIN_CELLS_PER_AXIS or math.prod(plane) < MIN_CELLS
 
 
 def choose_layer(model: nn.Module, image, candidates: Sequence[str]) -> tuple[str, tuple]:
@@ -518,7 +521,7 @@ def choose_layer(model: nn.Module, image, candidates: Sequence[str]) -> tuple[st
         raise MedtlError(f"{flat[0]} has no spatial output to place evidence on (output grid {grids.get(flat[0])}): "
                          "explain a convolutional stage of the encoder", "layer")
     for c in present:
-        if not coarse(grids[c]):
+        if not coarse(grids[c], model):
             return c, grids[c]
     return present[-1], grids[present[-1]]
 

@@ -171,3 +171,6 @@ def test_labels_that_look_like_typos_are_warned_about(folder_root):
     two = Manifest([r for r in rows if r.label in ("F",)] + [ManifestRow("site/pos/img00.png", "G", "q", "d",
                                                                          "test", "cxr")] * 2, ["F", "G"])
     assert label_warnings(two) == []
+    ages = Manifest([ManifestRow(f"site/neg/img0{i}.png", str(40 + i), f"p{i}", "d", "train", "cxr") for i in range(3)],
+                    ["40", "41", "42"])
+    assert label_warnings(ages) == []  # regression targets: each value once is expected

@@ -138,8 +138,11 @@ def test_the_index_is_written_when_the_deletion_test_is_refused(model_2d, xrays,
 
 
 def test_a_regression_models_results_go_into_evaluate(xrays, tmp_path, capsys):
-    """predict names a regression model's value after its target (predicted_age); evaluate reads that file with
-    the ages from a manifest, and its MAE is the one computed from the CSV by hand."""
+    """predict names a regression model's value after its target (predicted_age); its own next step (evaluate
+    --labels with the input manifest) scores it against that manifest's age column, not its label column (here
+    the class folders), and the MAE is the one computed from the CSV by hand."""
+    import shlex
+
     import numpy as np
     import pandas as pd
     import torch
@@ -152,34 +155,41 @@ def test_a_regression_models_results_go_into_evaluate(xrays, tmp_path, capsys):
                                                               target_std=10.0)),
                           intensity={"preset": "cxr", "image_size": 32, "clahe": False}, image_size=32,
                           label_names=None, task_name="age")
-    assert main(["predict", "--model", str(age), "--input", str(xrays), "--out", str(tmp_path / "pred"),
-                 "--no-progress"]) == 0
+    images = sorted(p.relative_to(xrays).as_posix() for p in xrays.rglob("0*.png"))
+    manifest = tmp_path / "own.csv"
+    pd.DataFrame({"path": images, "label": [p.split("/")[0] for p in images], "patient_id": images,
+                  "domain": "xrays", "split": "test", "modality": "cxr",
+                  "age": 30.0 + 5 * np.arange(len(images))}).to_csv(manifest, index=False)
+    assert main(["predict", "--model", str(age), "--input", str(manifest), "--data-root", str(xrays),
+                 "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
     results = pd.read_csv(tmp_path / "pred" / "results.csv")
-    assert "predicted_age" in results
-    labels = tmp_path / "ages.csv"
-    ok = results[results["status"] == "ok"].reset_index(drop=True)
-    truth = 30.0 + 5 * np.arange(len(ok))
-    pd.DataFrame({"path": ok["source"], "label": truth, "patient_id": ok["source"], "domain": "xrays",
-                  "split": "test", "modality": "cxr"}).to_csv(labels, index=False)
-    assert main(["evaluate", "--predictions", str(tmp_path / "pred" / "results.csv"), "--labels", str(labels),
-                 "--out", str(tmp_path / "rep"), "--n-boot", "50"]) == 0
-    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert "predicted_age" in results and set(results["label"]) == {"no_finding", "pneumonia"}
+    (command,) = [line.strip() for line in printed.splitlines() if line.strip().startswith("medtl evaluate")]
+    assert f"--labels {manifest}" in command
+    assert main([*shlex.split(command)[1:], "--n-boot", "50"]) == 0
+    report = json.loads((tmp_path / "pred" / "report" / "report.json").read_text())
     (entry,) = report["tasks"]["label"]["strategies"].values()
-    assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(ok["predicted_age"] - truth).mean(), abs=1e-4)
+    truth = pd.read_csv(manifest).set_index("path")["age"].loc[results["case_id"]].to_numpy()
+    assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(results["predicted_age"] - truth).mean(), abs=1e-4)
+    # without the manifest, the results' label column (the class folders) is not taken for ages
+    assert main(["evaluate", "--predictions", str(tmp_path / "pred" / "results.csv"), "--out",
+                 str(tmp_path / "r2")]) == 2
+    assert "the model predicts 'age': give the manifest with the true age values" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["acs", "2.5d"])
-def test_a_lifted_pipeline_model_is_explained_on_volumes(method, data_root, tmp_path, capsys):
+@pytest.mark.parametrize("method, options", [("acs", {}), ("2.5d", {}), ("2.5d", {"aggregate": "attention"})])
+def test_a_lifted_pipeline_model_is_explained_on_volumes(method, options, data_root, tmp_path, capsys):
     """A pipeline's best.pt of a 2D encoder lifted to 3D: ACS keeps no Conv3d (explain had refused it) and 2.5D
     runs its 2D encoder on the slices (explain had failed on the input's shape). Both give overlays of the volume
-    and a deletion test."""
+    and a deletion test; with attention pooling the pool, which learns with the last stage, is not a stage."""
     import torch
 
     from medtl.models import Head, Model, build_encoder, save_checkpoint
     from medtl.models.lift import lift
 
     torch.manual_seed(0)
-    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), method)
+    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), method, **options)
     model = save_checkpoint(tmp_path / "lifted.pt", Model(enc, Head(enc.out_features, "binary", 2)),
                             intensity={"preset": "mri3d", "spacing": [6.0, 6.0, 6.0], "volume_shape": [24, 32, 24]},
                             label_names=["F", "M"], image_size=[24, 32, 24])

@@ -107,6 +107,26 @@ def test_a_resume_with_other_settings_is_refused_and_longer_training_is_not(tmp_
     assert json.loads((tmp_path / "config.json").read_text())["hparams"]["lr"] == 1e-2
 
 
+def test_a_resume_accepts_an_older_record_and_the_same_settings_written_another_way(tmp_path):
+    """A run folder from an older medtl lacks settings added since (resumed when they are at their defaults);
+    an infinite grad_clip is recorded as null and 1 equals 1.0: none of these is a change."""
+    cfg = dict(epochs=1, device="cpu", progress=False, amp="off", grad_clip=float("inf"))
+    train, val = _loaders()
+    fit(_strategy("full", {"lr": 1e-3}), train, val, run_dir=tmp_path, **cfg)
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["train"]["sync_batchnorm"]  # as written before that option existed
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    result = fit(_strategy("full", {"lr": 1e-3}), train, val, run_dir=tmp_path, **{**cfg, "epochs": 2})
+    assert [r["epoch"] for r in result.history] == [0, 1]
+    assert fit(_strategy("full", {"lr": 1}), train, val, run_dir=tmp_path / "b", **cfg).history
+    assert len(fit(_strategy("full", {"lr": 1.0}), train, val, run_dir=tmp_path / "b",
+                   **{**cfg, "epochs": 2}).history) == 2
+    (tmp_path / "config.json").write_text(json.dumps(record))  # absent again, but now asked for: a change
+    with pytest.raises(MedtlError, match=r"train.sync_batchnorm: None -> True"):
+        fit(_strategy("full", {"lr": 1e-3}), train, val, run_dir=tmp_path, **{**cfg, "epochs": 3,
+                                                                              "sync_batchnorm": True})
+
+
 def test_early_stopping_and_restore_best(tmp_path):
     train, val = _loaders()
     s = _strategy("full", {"lr": 0.0})  # nothing can improve after the first epoch

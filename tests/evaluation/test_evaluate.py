@@ -278,5 +278,10 @@ def test_a_regression_report_warns_that_its_paired_t_test_ignores_near_copies(tm
     warning = "the paired t-test takes the test cases as independent"
     plain = render_report(evaluate_predictions(table, n_boot=50), tmp_path / "plain")["md"].read_text()
     grouped = table.assign(near_copy_group=[f"g{i // 2}" for i in range(40)] * 2)
-    copies = render_report(evaluate_predictions(grouped, n_boot=50), tmp_path / "copies")["md"].read_text()
+    evaluated = evaluate_predictions(grouped, n_boot=50)
+    copies = render_report(evaluated, tmp_path / "copies")["md"].read_text()
     assert warning not in plain and warning in copies
+    for entry in evaluated["tasks"]["default"]["strategies"].values():  # a report.json from before the flag
+        for run in entry["runs"]:
+            del run["bootstrap"]["near_copy_groups"]
+    assert warning in render_report(evaluated, tmp_path / "older")["md"].read_text()

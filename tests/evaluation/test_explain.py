@@ -175,6 +175,20 @@ def test_a_2_5d_model_is_explained_on_its_slices_stacked_into_the_volume(slice_a
         gradcam(model, image, "encoder")
 
 
+def test_a_2_5d_stage_is_as_fine_as_its_in_plane_grid():
+    """The slices of a 2.5D stage are not pooled, so they must not make a 4x4 in-plane grid look fine (the
+    rule that sends a 128 px 2D model to layer3 sends a 2.5D one there too)."""
+    from medtl.evaluation.explain import choose_layer, coarse
+    from medtl.models import Head, Model, build_encoder
+    from medtl.models.lift import lift
+
+    enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), "2.5d", slice_axis=2)
+    model = Model(enc, Head(enc.out_features, "binary", 2)).eval()
+    stages = ["encoder.encoder.layer4", "encoder.encoder.layer3", "encoder.encoder.layer2"]
+    assert choose_layer(model, torch.zeros(1, 128, 128, 24), stages) == ("encoder.encoder.layer3", (8, 8, 24))
+    assert coarse((4, 4, 24), model) and not coarse((4, 4, 24))
+
+
 def test_no_hooks_left_and_mode_restored():
     model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2)
     model.train()

@@ -367,8 +367,10 @@ def _comparisons(doc: Document, t: dict) -> None:
 
 def _near_copies(t: dict) -> bool:
     """Whether the task's bootstrap joined near-copy groups (medtl.evaluation.evaluate._boot_info)."""
-    return any((r.get("bootstrap") or {}).get("near_copy_groups")
-               for e in t["strategies"].values() for r in e.get("runs", []))
+    def joined(boot: dict) -> bool:  # a report.json from before the flag says it in the unit's words
+        return boot.get("near_copy_groups", "near-copy" in (boot.get("unit") or ""))
+
+    return any(joined(r.get("bootstrap") or {}) for e in t["strategies"].values() for r in e.get("runs", []))
 
 
 def add_figures(doc: Document, fig_list: list[dict], items):
