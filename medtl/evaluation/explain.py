@@ -59,10 +59,9 @@ def _spatial_dims(model: nn.Module) -> int:
 
 
 def _slice_encoder(model: nn.Module):
-    """The 2.5D encoder of a model (medtl.models.lift.SliceEncoder), or None."""
-    from medtl.models.lift import SliceEncoder
-
-    return next((m for m in model.modules() if isinstance(m, SliceEncoder)), None)
+    """The 2.5D encoder of a model (medtl.models.lift.SliceEncoder), or None. Known by what it does, its
+    slice_features and slice_axis, since evaluation sits below medtl.models (docs/architecture.md)."""
+    return next((m for m in model.modules() if hasattr(m, "slice_features") and hasattr(m, "slice_axis")), None)
 
 
 def _as_volume(per_slice: torch.Tensor, encoder) -> torch.Tensor:
