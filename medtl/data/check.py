@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medtl.data import duplicates, io
-from medtl.data.manifest import MODALITIES, SPLITS, Manifest, ManifestRow
+from medtl.data.manifest import MODALITIES, SPLITS, Manifest, ManifestRow, is_number
 from medtl.errors import MedtlError
 from medtl.paths import file_sha256, resolve_inside
 
@@ -68,19 +68,11 @@ def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.N
     return groups
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def label_warnings(manifest: Manifest) -> list[str]:
     """Labels that look like typos: names equal but for case or spaces ('F' and 'f'), and classes of one image.
     Each becomes a class of its own, which training then learns (and scores) from one or two images."""
     counts = Counter(r.label for r in manifest if r.label != "unlabelled")
-    if counts and all(_is_number(label) for label in counts):
+    if counts and all(is_number(label) for label in counts):
         return []  # regression targets (ages): every value is its own "class"
     alike: dict[str, list[str]] = defaultdict(list)
     for label in counts:

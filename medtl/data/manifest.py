@@ -268,6 +268,15 @@ def _share(count: int, sizes: list[int]) -> list[int]:
     return share
 
 
+def is_number(label: str) -> bool:
+    """Whether a label is a regression target's value (a number) rather than a class name."""
+    try:
+        float(label)
+    except ValueError:
+        return False
+    return True
+
+
 def meta_path_for(manifest_path: Path) -> Path:
     return manifest_path.with_name(manifest_path.stem + ".meta.json")
 

@@ -85,6 +85,13 @@ class Preset:
         """The options of ``given`` this preset takes (a data spec names both 2D and 3D ones)."""
         return {k: v for k, v in given.items() if k in DEFAULTS[self.name]}
 
+    def resolved(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option of this preset: ``options`` over the defaults (None means the default); refuses others."""
+        unknown = set(options) - set(DEFAULTS[self.name])
+        if unknown:
+            raise MedtlError(f"unknown option(s) {sorted(unknown)} for preset {self.name!r}", "transforms")
+        return {**DEFAULTS[self.name], **{k: v for k, v in options.items() if v is not None}}
+
 
 class LoadMedicalImage(Transform):
     """Path -> channel-first MetaTensor (2D ``(1, H, W)`` or 3D ``(1, X, Y, Z)`` with its affine).
@@ -154,11 +161,8 @@ class CLAHEd(MapTransform):
 
 def preset(modality: str, train: bool, **options) -> tuple[list, list]:
     """(deterministic transforms, random transforms) for ``modality``; see the module docstring."""
-    dims = Preset(modality).spatial_dims  # refuses an unknown modality
-    unknown = set(options) - set(DEFAULTS[modality])
-    if unknown:
-        raise MedtlError(f"unknown option(s) {sorted(unknown)} for preset {modality!r}", "transforms")
-    opts = {**DEFAULTS[modality], **{k: v for k, v in options.items() if v is not None}}
+    spec = Preset(modality)  # refuses an unknown modality
+    dims, opts = spec.spatial_dims, spec.resolved(options)
     k = ["image"]
     if dims == 2:
         size = (int(opts["image_size"]),) * 2

@@ -24,7 +24,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from medtl.data import io
-from medtl.data.transforms import DEFAULTS, LoadMedicalImaged, Preset, SplitChain, preset
+from medtl.data.transforms import LoadMedicalImaged, Preset, SplitChain, preset
 from medtl.deploy.discover import Series
 from medtl.errors import MedtlError
 
@@ -53,7 +53,7 @@ class SeriesLoader:
                              "preprocess")
         self.chain = Compose(det[1:])  # the reference: what training ran (tests compare the split chain to it)
         self.spatial_dims = spatial_dims or Preset(preset_name).spatial_dims
-        self.chain_options = {**DEFAULTS.get(preset_name, {}), **options}
+        self.chain_options = Preset(preset_name).resolved(options)
         self.steps = SplitChain(det[1:])  # the same transforms, computed the fast way
 
     def __call__(self, series: Series, files: list[Path] | None = None, notes: list[str] | None = None) -> torch.Tensor:

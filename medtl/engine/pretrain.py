@@ -31,7 +31,6 @@ from typing import Any
 
 from medtl.data.datasets import build_dataset, make_loader
 from medtl.data.manifest import Manifest
-from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
 from medtl.data.transforms import Preset
 from medtl.data.views import views_dataset
 from medtl.engine.distributed import barrier, torchrun_env
@@ -234,9 +233,7 @@ def pretrain(
                             on_error=on_error, **options)
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
     preset = preset or m.modality
-    if preset not in PRESET_DEFAULTS:
-        raise MedtlError(f"unknown preset {preset!r}; known: {sorted(PRESET_DEFAULTS)}", "preset")
-    spatial_dims = Preset(preset).spatial_dims
+    spatial_dims = Preset(preset).spatial_dims  # refuses an unknown preset
     if spatial_dims == 3:
         size = [int(s) for s in (image_size if isinstance(image_size, (list, tuple)) else [image_size] * 3)]
         preset_options = {"volume_shape": tuple(size)}
@@ -253,7 +250,7 @@ def pretrain(
     train_ds = build_dataset(train_m, data_root, preset, True, **common)
     val_ds = build_dataset(val_m, data_root, preset, False, **common) if val_m is not None and len(val_m) else None
     meta = {
-        "intensity": {"preset": preset, **PRESET_DEFAULTS[preset], **preset_options},
+        "intensity": {"preset": preset, **Preset(preset).resolved(preset_options)},
         "manifest_hash": m.content_hash(),
         "manifest": str(m.source) if m.source else None,
         "domains": sorted({r.domain for r in train_m}),
@@ -292,7 +289,7 @@ def pretrain_ssl(
     meta = {
         # the deterministic chains of cxr and mri2d are the same (no CLAHE): the first manifest's preset
         # describes how every image was normalised
-        "intensity": {"preset": first["modality"], **PRESET_DEFAULTS[first["modality"]], **first["preset_options"]},
+        "intensity": {"preset": first["modality"], **Preset(first["modality"]).resolved(first["preset_options"])},
         "manifest_hash": h,
         "manifest": first["manifest"] if len(parts) == 1 else [p["manifest"] for p in parts],
         "domains": sorted({d for p in parts for d in p["domains"]}),

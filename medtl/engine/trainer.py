@@ -252,18 +252,15 @@ def _cycle(loader):
             raise MedtlError("the target loader is empty", "target_loader")
 
 
-def _has(record: dict, dotted: str) -> bool:
-    """Whether a dotted key of ``differing_keys`` is present in ``record``."""
-    *parents, last = dotted.split(".")
-    for part in parents:
-        record = record.get(part) if isinstance(record, dict) else None
-    return isinstance(record, dict) and last in record
+_ABSENT = object()
 
 
-def _at(record: dict, dotted: str):
-    """The value at a dotted key of ``differing_keys`` (None where absent)."""
+def _at(record: dict, dotted: str, absent=None):
+    """The value at a dotted key of ``differing_keys``; ``absent`` where ``record`` lacks it."""
     for part in dotted.split("."):
-        record = record.get(part) if isinstance(record, dict) else None
+        if not isinstance(record, dict) or part not in record:
+            return absent
+        record = record[part]
     return record
 
 
@@ -494,7 +491,7 @@ class Trainer:
             option = key.split(".")[1] if key.startswith("train.") else None
             if option in RESUMABLE_OPTIONS:
                 return False
-            if not _has(old, key):  # a setting this run's older medtl did not record: only off its default
+            if _at(old, key, _ABSENT) is _ABSENT:  # a setting this run's older medtl did not record: only off its default
                 return option is not None and _at(new, key) != defaults.get(option)
             return True
 

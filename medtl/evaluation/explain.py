@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -58,10 +59,21 @@ def _spatial_dims(model: nn.Module) -> int:
     raise MedtlError("the model has no 2D or 3D convolution to explain", "model")
 
 
-def _slice_encoder(model: nn.Module):
-    """The 2.5D encoder of a model (medtl.models.lift.SliceEncoder), or None. Known by what it does, its
-    slice_features and slice_axis, since evaluation sits below medtl.models (docs/architecture.md)."""
-    return next((m for m in model.modules() if hasattr(m, "slice_features") and hasattr(m, "slice_axis")), None)
+@runtime_checkable
+class SlicedEncoder(Protocol):
+    """What Grad-CAM needs of a 2.5D encoder (``medtl.models.lift.SliceEncoder`` is one): a 2D ``encoder`` run
+    on the slices of a volume along ``slice_axis`` (0, 1 or 2 of its spatial axes), the slices as its batch.
+    Declared here, not imported, because evaluation sits below medtl.models (docs/architecture.md)."""
+
+    encoder: nn.Module
+    slice_axis: int
+
+    def slice_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def _slice_encoder(model: nn.Module) -> SlicedEncoder | None:
+    """The 2.5D encoder of a model, or None."""
+    return next((m for m in model.modules() if isinstance(m, SlicedEncoder)), None)
 
 
 def _as_volume(per_slice: torch.Tensor, encoder) -> torch.Tensor:
@@ -115,16 +127,25 @@ def _explaining(model: nn.Module, target_layer: str):
         model.train(was_training)
 
 
-def _class_of(logits: torch.Tensor, class_idx) -> int:
-    """The class explained: ``class_idx`` (checked against the model's outputs), else the predicted one."""
-    n = logits.shape[1]
+def _check_class_idx(class_idx) -> None:
+    """``class_idx`` is None or a non-negative int (its upper bound is the model's, checked by :func:`_class_of`)."""
     if class_idx is None:
-        return int(logits[0].argmax())
+        return
     if isinstance(class_idx, bool) or not isinstance(class_idx, (int, np.integer)):
         raise MedtlError(f"must be the index of one of the model's outputs (an int), got {class_idx!r}; a model "
                          "knows no class names: its checkpoint's meta['label_names'].index(name) gives the index",
                          "class_idx")
-    if not 0 <= class_idx < n:
+    if class_idx < 0:
+        raise MedtlError(f"class {class_idx} is not an output index (0 or more)", "class_idx")
+
+
+def _class_of(logits: torch.Tensor, class_idx) -> int:
+    """The class explained: ``class_idx`` (checked against the model's outputs), else the predicted one."""
+    _check_class_idx(class_idx)
+    n = logits.shape[1]
+    if class_idx is None:
+        return int(logits[0].argmax())
+    if class_idx >= n:
         raise MedtlError(f"class {class_idx} is not one of the model's {n} outputs (0..{n - 1})", "class_idx")
     return int(class_idx)
 
@@ -132,12 +153,16 @@ def _class_of(logits: torch.Tensor, class_idx) -> int:
 def _monai_cam(model: nn.Module, x: torch.Tensor, target_layer: str, class_idx) -> np.ndarray:
     from monai.visualize import GradCAM  # lazy: only explanations need it
 
-    with torch.no_grad():
-        c = _class_of(model(x), class_idx)
+    _check_class_idx(class_idx)  # None: MONAI explains the predicted class, from the one forward pass it runs
     # requires_grad on the input: the target layer then gets gradients even when its weights are
     # frozen (a linear-probe model), which MONAI's backward hook needs.
     cam = GradCAM(nn_module=model, target_layers=target_layer, postprocessing=minmax)
-    return cam(x.clone().requires_grad_(True), class_idx=c)[0, 0].detach().cpu().numpy()
+    try:
+        return cam(x.clone().requires_grad_(True), class_idx=class_idx)[0, 0].detach().cpu().numpy()
+    except IndexError:  # class_idx past the model's outputs: say so with their count
+        with torch.no_grad():
+            _class_of(model(x), class_idx)
+        raise
 
 
 def _slice_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target_layer: str, class_idx) -> np.ndarray:

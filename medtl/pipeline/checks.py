@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtl.data.check import outside_or_missing, wrong_root_hint
-from medtl.data.manifest import Manifest
+from medtl.data.manifest import Manifest, is_number
 from medtl.data.transforms import Preset
 from medtl.engine.trainer import resolve_device
 from medtl.errors import MedtlError, unknown
@@ -112,15 +112,11 @@ def check_before_run(ctx: Context) -> None:
 def _require_numeric(target: Manifest, task: TaskSpec, where: str) -> None:
     """A regression task's target values (the relabelled rows; ``unlabelled`` aside) must be numbers."""
     for line, r in enumerate(target.rows, start=2):
-        if r.label == "unlabelled":
-            continue
-        try:
-            float(r.label)
-        except ValueError:
+        if r.label != "unlabelled" and not is_number(r.label):
             raise MedtlError(f"task {task.name!r} is a regression, but the target manifest's {task.label_column} "
                              f"column holds {r.label!r} ({Path(str(target.source)).name} line {line}), not a "
                              "number: use kind: classification for class names, or a numeric label_column",
-                             where) from None
+                             where)
 
 
 def _listed(items: list[str], shown: int = 20) -> str:

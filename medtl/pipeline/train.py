@@ -241,7 +241,6 @@ def train_model(
 
     require_single_process("medtl train")
     from medtl.data.datasets import build_dataset
-    from medtl.data.transforms import DEFAULTS as PRESET_DEFAULTS
     from medtl.engine.evaluate import predict
     from medtl.engine.pretrain import check_resumable, pretrain_on
     from medtl.engine.trainer import amp_dtype, resolve_device
@@ -282,7 +281,7 @@ def train_model(
         train_m = inputs.splits["train"]
         meta = {
             "task_name": TASK_NAME,
-            "intensity": {"preset": inputs.modality, **PRESET_DEFAULTS[inputs.modality], **preset_options},
+            "intensity": {"preset": inputs.modality, **Preset(inputs.modality).resolved(preset_options)},
             "manifest_hash": train_m.content_hash(),
             "manifest": str(inputs.manifests["train"]),
             "domains": sorted({r.domain for r in train_m}),

@@ -155,17 +155,17 @@ DEFAULT_SPLIT = "train"  # a transferability score from the test labels would ch
 EVERY_SPLIT = "all"
 
 
-def select_cases(manifest, split: str | None = DEFAULT_SPLIT, max_cases: int | None = None, seed: int = 0):
-    """The rows of ``split`` (every row when ``"all"`` or None), then at most ``max_cases`` of them drawn at
+def select_cases(manifest, split: str = DEFAULT_SPLIT, max_cases: int | None = None, seed: int = 0):
+    """The rows of ``split`` (every row when ``"all"``), then at most ``max_cases`` of them drawn at
     random.
     The draw is seeded by ``seed`` and the manifest's content, so a data set gets the same subset
     whatever it is compared with. Returns ``(manifest, n_available)``."""
     from medtl.data.manifest import Manifest
 
     m = _load_manifest(manifest)
-    if split in (None, EVERY_SPLIT):
-        split = None
-    else:
+    if not isinstance(split, str):
+        raise MedtlError(f"must be a split name, or '{EVERY_SPLIT}' for every row; got {split!r}", "split")
+    if split != EVERY_SPLIT:
         present = sorted({r.split for r in m})
         m = m.select(split=split)
         if not len(m) and present:
@@ -186,7 +186,7 @@ def select_cases(manifest, split: str | None = DEFAULT_SPLIT, max_cases: int | N
     return m, n
 
 
-def checked_root(manifest, data_root: str | Path | None = None, split: str | None = DEFAULT_SPLIT,
+def checked_root(manifest, data_root: str | Path | None = None, split: str = DEFAULT_SPLIT,
                  max_cases: int | None = None, seed: int = 0) -> Path:
     """The root ``manifest`` is read from (``data_root``, else its recorded root, else the default), once
     every file of the rows to be used is found there; else an error naming the manifest and the root."""
@@ -204,7 +204,7 @@ def dataset_name(manifest, index: int = 0) -> str:
 
 
 def dataset_features(manifest, data_root: str | Path, encoder, *, intensity: Mapping[str, Any] | None = None,
-                     overrides: Mapping[str, Any] | None = None, split: str | None = DEFAULT_SPLIT,
+                     overrides: Mapping[str, Any] | None = None, split: str = DEFAULT_SPLIT,
                      max_cases: int | None = None, seed: int = 0, head=None, batch_size: int = 16,
                      device: str = "cpu", name: str | None = None, labels: bool = True) -> dict[str, Any]:
     """Features of one data set: ``{"features", "labels", "probs", "info"}``; ``info`` says which
@@ -266,7 +266,7 @@ def compare_manifests(
     data_root: str | Path | None = None,
     encoder: str | Path | None = None,
     *,
-    split: str | None = DEFAULT_SPLIT,
+    split: str = DEFAULT_SPLIT,
     max_cases: int | None = None,
     image_size: int | None = None,
     spacing: Sequence[float] | None = None,
@@ -363,7 +363,7 @@ def similarity_matrix(
     data_root: str | Path | None = None,
     encoder: str | Path | None = None,
     *,
-    split: str | None = DEFAULT_SPLIT,
+    split: str = DEFAULT_SPLIT,
     max_cases: int | None = None,
     image_size: int | None = None,
     spacing: Sequence[float] | None = None,

@@ -70,6 +70,8 @@ def test_evidence_is_hot(dims, size):
     assert cam[far].max() < 0.15  # MONAI's default postprocessing made these ~1 and the blob ~0.16
     # The 3D overlay's slices go through the blob, i.e. the strongest evidence.
     assert all(8 <= p < 20 for p in _peak(cam))
+    # No class given: the predicted one (class 1: the image is bright), from the same single forward pass.
+    np.testing.assert_array_equal(gradcam(Brightness(dims), image, "features"), cam)
 
 
 def test_class_without_evidence_gives_an_empty_map():
@@ -137,12 +139,13 @@ def test_a_2d_encoder_lifted_to_3d_is_explained_on_the_volume(method):
 def test_a_2_5d_model_is_explained_on_its_slices_stacked_into_the_volume(slice_axis):
     """A 2.5D model's 2D stage sees the slices as a batch: its activations and gradients, stacked back along the
     slice axis, are one 3D map (weights averaged over all of it), checked against that computed by hand."""
-    from medtl.evaluation.explain import choose_layer
+    from medtl.evaluation.explain import SlicedEncoder, choose_layer
     from medtl.models import Head, Model, build_encoder
     from medtl.models.lift import lift
 
     torch.manual_seed(0)
     enc = lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), "2.5d", slice_axis=slice_axis)
+    assert isinstance(enc, SlicedEncoder)  # the contract explain relies on, which evaluation cannot import
     model = Model(enc, Head(enc.out_features, "binary", 2)).eval()
     image = torch.rand(1, 24, 32, 28) * 0.1
     image[0, 6:14, 10:20, 8:16] += 1.0
@@ -173,6 +176,7 @@ def test_a_2_5d_model_is_explained_on_its_slices_stacked_into_the_volume(slice_a
     np.testing.assert_allclose(cam, ref, atol=1e-5)
     with pytest.raises(MedtlError, match="not a stage of the 2.5D model's 2D encoder"):
         gradcam(model, image, "encoder")
+    assert not isinstance(lift(build_encoder("resnet10", spatial_dims=2, in_channels=1), "i3d"), SlicedEncoder)
 
 
 def test_a_2_5d_stage_is_as_fine_as_its_in_plane_grid():
@@ -231,6 +235,8 @@ def test_gradcam_bad_layer_and_shape():
         gradcam(model, torch.rand(2, 1, 32, 32), "layer3")
     with pytest.raises(MedtlError, match=r"class 5 is not one of the model's 2 outputs \(0..1\)"):
         gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=5)
+    with pytest.raises(MedtlError, match=r"class -1 is not an output index"):  # torch would take the last
+        gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=-1)
     with pytest.raises(MedtlError, match=r"class_idx: .*got 'square'.*label_names"):
         gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx="square")
     assert gradcam(model, torch.rand(1, 32, 32), "layer3", class_idx=np.int64(1)).shape == (32, 32)

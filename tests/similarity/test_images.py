@@ -118,7 +118,9 @@ def test_similarity_reads_the_training_split_unless_told_otherwise(synth):
     _, paths = synth
     train, n_train = select_cases(paths["cxr_a"])
     assert n_train == len(train) < 8 and {r.split for r in train} == {"train"}
-    assert len(select_cases(paths["cxr_a"], None)[0]) == 8
+    assert len(select_cases(paths["cxr_a"], "all")[0]) == 8
+    with pytest.raises(MedtlError, match="split: must be a split name, or 'all' for every row; got None"):
+        select_cases(paths["cxr_a"], None)
     import inspect
 
     assert inspect.signature(compare_manifests).parameters["split"].default == "train"
