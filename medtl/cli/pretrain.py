@@ -46,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("--patience", type=int, help="stop after this many epochs without improvement (default: never)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--cache", choices=["memory", "disk", "none"], default="memory",
-                   help="where the decoded, resized images are kept between epochs")
+                   help="where the decoded, resized images are kept between epochs: memory, disk (under <out>/cache) "
+                        "or none")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="unreadable images")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap the batches per epoch (default: the whole split)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if <out> has a run")

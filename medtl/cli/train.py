@@ -53,7 +53,8 @@ def register(sub) -> None:
                         "off on CPU; bf16 is faster on a quiet CPU with native bf16)")
     m.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
     m.add_argument("--cache", choices=["memory", "disk", "none"], default="memory",
-                   help="cache of decoded images (default: memory)")
+                   help="cache of decoded images: memory, disk (under OUT/cache, kept for the next run) or none "
+                        "(default: memory)")
     m.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (default: no cap)")
     m.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if --out holds an unfinished run (default: resume it)")

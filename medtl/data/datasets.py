@@ -27,9 +27,10 @@ from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
 from medtl.data.manifest import Manifest
-from medtl.data.transforms import METADATA_LOCK, SplitChain, preset, untracked_meta
+from medtl.data.transforms import METADATA_LOCK, Preset, SplitChain, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
+from medtl.plain import plain
 from medtl.runtime import torchrun_rank
 
 log = logging.getLogger(__name__)
@@ -151,16 +152,19 @@ def build_dataset(
         raise MedtlError(f"on_error must be 'raise' or 'skip', got {on_error!r}", "on_error")
     if cache not in ("memory", "disk", "none"):
         raise MedtlError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}", "cache")
-    det, rand = preset(preset_name or manifest.modality, train, **preset_options)
+    name = preset_name or manifest.modality
+    det, rand = preset(name, train, **preset_options)
     guarded = Guarded(det)
     items = manifest_items(manifest, data_root, label_column, task)
     random_part = Compose(rand) if rand else None
     if cache == "memory":
         base = cached = fill_cache(items, guarded, num_workers, _show_progress(progress, len(items)))
     elif cache == "disk":
-        if cache_dir is None:
-            raise MedtlError("cache='disk' needs cache_dir", "cache_dir")
-        base = PersistentDataset(items, guarded, cache_dir=str(cache_dir))
+        folder = cache_dir if cache_dir is not None else Path(run_dir) / "cache" if run_dir is not None else None
+        if folder is None:
+            raise MedtlError("cache='disk' needs cache_dir (or run_dir, whose cache/ it then uses)", "cache_dir")
+        # MONAI keys each entry by its item only: one subfolder per chain, so other options never read stale images
+        base = PersistentDataset(items, guarded, cache_dir=str(Path(folder) / chain_key(name, preset_options)))
         cached = [base[i] for i in range(len(items))]  # computes (or reads) each entry once, now
     else:
         base = Dataset(items, guarded)
@@ -174,6 +178,15 @@ def build_dataset(
         _record_skipped(bad, run_dir)
     good = [i for i, c in enumerate(cached) if ERROR_KEY not in c]
     return ManifestDataset(base, random_part, good)
+
+
+def chain_key(preset_name: str, options: dict) -> str:
+    """A short name for a preset chain with these options (every option resolved: defaults given or not agree)."""
+    import hashlib
+    import json
+
+    resolved = Preset(preset_name).resolved(options)
+    return f"{preset_name}-" + hashlib.sha256(json.dumps(plain(resolved), sort_keys=True).encode()).hexdigest()[:12]
 
 
 _FILL: tuple | None = None  # (items, chain) of the running fill_cache, inherited by its forked workers

@@ -11,9 +11,15 @@ followed by a random training part (augmentation: run every epoch). Presets:
     load -> one channel -> percentile scaling -> resize -> z-score. Augment: left-right flip
     (the brain is roughly symmetric), small rotation/scale, contrast and noise.
 ``mri3d`` (brain MRI volumes: NIfTI or DICOM series)
-    load with affine -> RAS orientation -> resample to ``spacing`` mm -> z-score over non-zero
-    (brain) voxels only, so the empty background does not dilute the statistics -> centre
-    crop/pad to ``volume_shape``. Augment: left-right flip, small affine, intensity shift, noise.
+    load with affine -> RAS orientation -> resample to ``spacing`` mm -> crop/pad to ``volume_shape``
+    around the head (``crop="head"``: :class:`CropToHead`, which keeps the top of the head where the
+    volume is taller than the field of view) -> z-score over non-zero voxels only, so the empty
+    background does not dilute the statistics. Augment: left-right flip, small affine, intensity
+    shift, noise. ``crop="center"`` is the chain of checkpoints that predate the option (z-score, then
+    a crop/pad about the volume's centre, which cut the top of the cortex in tall head volumes).
+
+A checkpoint records every option of its chain; :func:`recorded_options` reads an older record with
+the values its medtl used (:data:`RECORDED_BEFORE`).
 """
 
 from __future__ import annotations
@@ -56,8 +62,12 @@ PRESETS = ("cxr", "mri2d", "mri3d")
 DEFAULTS = {
     "cxr": {"image_size": 128, "clahe": False},
     "mri2d": {"image_size": 128},
-    "mri3d": {"spacing": (2.0, 2.0, 2.0), "volume_shape": (80, 96, 80)},
+    "mri3d": {"spacing": (2.0, 2.0, 2.0), "volume_shape": (80, 96, 80), "crop": "head"},
 }
+# What a checkpoint's recorded options meant before each option existed (and before every option was
+# recorded): the defaults of that time. A record's own values always win over these.
+RECORDED_BEFORE = {**DEFAULTS, "mri3d": {**DEFAULTS["mri3d"], "crop": "center"}}
+CROPS = ("head", "center")
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,15 @@ class Preset:
         if unknown:
             raise MedtlError(f"unknown option(s) {sorted(unknown)} for preset {self.name!r}", "transforms")
         return {**DEFAULTS[self.name], **{k: v for k, v in options.items() if v is not None}}
+
+
+def recorded_options(intensity: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recorded preprocessing (``{"preset": ..., **options}``) with every option of its preset:
+    one it lacks takes the value the medtl that wrote it used (:data:`RECORDED_BEFORE`), not today's default."""
+    name = intensity["preset"]
+    Preset(name)  # refuses an unknown preset
+    options = {k: v for k, v in intensity.items() if k != "preset" and v is not None}
+    return {"preset": name, **RECORDED_BEFORE[name], **options}
 
 
 class LoadMedicalImage(Transform):
@@ -183,13 +202,18 @@ def preset(modality: str, train: bool, **options) -> tuple[list, list]:
         if modality == "mri2d":
             rand.insert(0, RandFlipd(k, prob=0.5, spatial_axis=1))
     else:
+        shape = tuple(int(n) for n in opts["volume_shape"])
+        if opts["crop"] not in CROPS:
+            raise MedtlError(f"crop must be one of {list(CROPS)}, got {opts['crop']!r}", "transforms")
         det = [
             LoadMedicalImaged(k, ndim=3),
             Orientationd(k, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(k, pixdim=tuple(opts["spacing"]), mode="bilinear"),
-            _nonzero_z_scored(k),
-            ResizeWithPadOrCropd(k, spatial_size=tuple(opts["volume_shape"])),
         ]
+        if opts["crop"] == "head":
+            det += [CropToHeadd(k, shape), _nonzero_z_scored(k)]
+        else:  # the chain before crop="head": z-score the whole volume, then crop about its centre
+            det += [_nonzero_z_scored(k), ResizeWithPadOrCropd(k, spatial_size=shape)]
         rand = [
             RandFlipd(k, prob=0.5, spatial_axis=0),  # RAS axis 0 is left-right
             RandAffined(k, prob=0.3, rotate_range=0.1, scale_range=0.05, padding_mode="zeros"),
@@ -229,7 +253,8 @@ def split_at_metadata(transforms: list) -> tuple[list, list]:
     (scaling, resizing, z-scores, CLAHE); orientation, resampling and any transform added to a preset
     later stay in the tracked part, on a MetaTensor. Run the untracked part under :func:`untracked_meta`.
     """
-    meta_free = (ScaleIntensityRangePercentilesd, Resized, NormalizeIntensityd, ResizeWithPadOrCropd, CLAHEd)
+    meta_free = (ScaleIntensityRangePercentilesd, Resized, NormalizeIntensityd, ResizeWithPadOrCropd, CLAHEd,
+                 CropToHeadd)
     cut = len(transforms)
     while cut > 0 and type(transforms[cut - 1]) in meta_free:
         cut -= 1
@@ -307,6 +332,62 @@ class NonzeroZScore(NormalizeIntensity):
         mean = float(img.sum(dtype=torch.float64)) / n
         std = float((((img.double() - mean) * mask).square().sum() / n).sqrt())
         return torch.where(mask, (img - mean) / (std if std != 0.0 else 1.0), img)
+
+
+class CropToHead(Transform):
+    """Crop or pad a volume ``(C, X, Y, Z)`` in RAS orientation to ``spatial_size`` about the head it holds.
+
+    The head is the box of the slices (along each axis) where at least 1% as many voxels as in the fullest
+    slice are brighter than ``fraction`` of the way from the volume's minimum to its 99th percentile
+    (estimated on every 4th voxel): noise specks in the background do not move it. Along each axis the
+    output is centred on the head, except that a head taller (axis 2, inferior -> superior) than the field
+    of view keeps its top: the cortex matters more to a brain model than the neck. Padding is 0, as the
+    z-score that follows leaves the background. A volume with no such head is centred as it is.
+    """
+
+    def __init__(self, spatial_size: Sequence[int], fraction: float = 0.1):
+        self.spatial_size = tuple(int(n) for n in spatial_size)
+        self.fraction = fraction
+
+    def head_box(self, img: torch.Tensor) -> list[tuple[int, int]]:
+        """``[(first, last + 1)]`` of the head along each spatial axis (the whole axis when none is found)."""
+        x = img.detach().float().amax(0)  # channels (one for MRI) -> one volume
+        sample = x[::4, ::4, ::4].flatten()
+        lo = float(sample.min())
+        hi = float(torch.quantile(sample, 0.99)) if sample.numel() else lo
+        head = x > lo + self.fraction * (hi - lo)
+        box = []
+        for axis in range(3):
+            counts = head.sum(dim=tuple(a for a in range(3) if a != axis))
+            kept = torch.nonzero(counts >= max(1.0, 0.01 * float(counts.max()))).flatten()
+            box.append((int(kept[0]), int(kept[-1]) + 1) if hi > lo and len(kept) else (0, x.shape[axis]))
+        return box
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        img = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+        out = img.new_zeros((img.shape[0], *self.spatial_size))
+        src, dst = [], []
+        for axis, ((first, last), size) in enumerate(zip(self.head_box(img), self.spatial_size)):
+            start = last - size if axis == 2 and last - first > size else (first + last) // 2 - size // 2
+            n = img.shape[1 + axis]
+            a, b = max(start, 0), min(start + size, n)  # the part of the window inside the volume
+            src.append(slice(a, b))
+            dst.append(slice(a - start, b - start))
+        out[(slice(None), *dst)] = img[(slice(None), *src)]
+        return out
+
+
+class CropToHeadd(MapTransform):
+    def __init__(self, keys: Sequence[str], spatial_size: Sequence[int], fraction: float = 0.1,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.cropper = CropToHead(spatial_size, fraction)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.cropper(d[key])
+        return d
 
 
 class FastRandAffined(RandAffined):

@@ -33,8 +33,8 @@ MIN_COVERAGE = 0.5  # a volume filling less of the model's field of view gets a 
 
 
 def field_of_view_coverage(image: io.Image, spacing, volume_shape) -> float:
-    """The fraction of the model's field of view (``volume_shape`` voxels of ``spacing`` mm, centred, as the
-    mri3d chain crops or pads after resampling to RAS) that the volume's own extent fills."""
+    """The fraction of the model's field of view (``volume_shape`` voxels of ``spacing`` mm, after resampling
+    to RAS) that the volume's own extent fills, wherever the chain places the window."""
     axes = np.asarray(image.affine, dtype=float)[:3, :3]
     extent = np.zeros(3)
     for i in range(3):  # voxel axis i runs mostly along one RAS axis

@@ -26,7 +26,7 @@ from torch import nn
 
 from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
-from medtl.models.checkpoint import build_model, load_checkpoint
+from medtl.models.checkpoint import build_model, load_checkpoint, with_recorded_options
 from medtl.models.weights import check_and_load, read_file
 from medtl.paths import file_sha256
 
@@ -174,6 +174,7 @@ def load_bundle(folder: str | Path, device: str | torch.device | None = None,
     if not isinstance(meta, dict) or not meta.get("model"):
         raise MedtlError("this bundle was not exported by medtl (metadata.json has no 'medtl' model description)",
                          meta_file)
+    meta = with_recorded_options(meta)
     model = build_model(meta["model"])
     check_and_load(model, read_file(weights), where=str(weights))
     return predictor_from_meta(model.eval(), meta, str(folder), file_sha256(weights), device, threshold)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from medtl import __version__
+from medtl.data.transforms import recorded_options
 from medtl.errors import MedtlError
 from medtl.models.encoders import build_encoder
 from medtl.models.formats import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, is_checkpoint
@@ -150,7 +151,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                          f"({CHECKPOINT_FORMAT_VERSION})", path)
     if not isinstance(obj.get("state_dict"), dict) or not isinstance(obj.get("meta"), dict):
         raise MedtlError("checkpoint lacks its state_dict or meta", path)
-    return obj
+    return {**obj, "meta": with_recorded_options(obj["meta"])}
+
+
+def with_recorded_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its ``intensity`` record complete: options an older medtl did not record take the values it
+    used (``medtl.data.transforms.recorded_options``), so the model keeps the preprocessing it was trained with."""
+    intensity = meta.get("intensity")
+    if not isinstance(intensity, dict) or "preset" not in intensity:
+        return meta
+    try:
+        return {**meta, "intensity": recorded_options(intensity)}
+    except MedtlError:  # an unknown preset: left for the reader that needs it to refuse
+        return meta
 
 
 def encoder_config(path: str | Path) -> dict[str, Any]:

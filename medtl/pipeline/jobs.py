@@ -118,7 +118,7 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
     # "task" is the head's (what predict and export-bundle need); the pipeline's name for it is task_name
     meta = {"label_names": list(target.label_names), "task": head_task, "task_name": task.name,
             "strategy": spec.display, "precision": tc.amp, "seed": seed, "label_fraction": fraction,
-            "intensity": {"preset": t_mod, **Preset(t_mod).options(cfg.target.preset_options())}}
+            "intensity": {"preset": t_mod, **Preset(t_mod).resolved(Preset(t_mod).options(cfg.target.preset_options()))}}
     epochs, patience = _budget(tc, len(train_ds))
     common = dict(epochs=epochs, seed=seed, device=tc.device, amp=tc.amp, deterministic=tc.deterministic,
                   patience=patience if val_loader is not None else None, progress=_interactive())

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from medtl.data import Manifest, ManifestRow, build_dataset
+from medtl.data.datasets import chain_key
 from medtl.data.transforms import CLAHE, preset
 from medtl.errors import MedtlError
 
@@ -68,6 +69,21 @@ def test_skip_mode_logs_and_lists_every_skipped_item(root, tmp_path, cache, capl
     assert "truncated" in rows[0]["reason"] or "corrupt" in rows[0]["reason"]
     assert "constant" in rows[1]["reason"]
     assert "broken.png" in caplog.text
+
+
+def test_the_disk_cache_lives_in_the_run_folder_one_subfolder_per_chain(root, tmp_path):
+    """medtl train --cache disk gives only its run folder; MONAI keys entries by item only, so a second set of
+    options in the same folder must not read the first one's images."""
+    m = _manifest([f"img/{i}.png" for i in range(4)])
+    run = tmp_path / "run"
+    small = build_dataset(m, root, cache="disk", run_dir=run, image_size=16)
+    large = build_dataset(m, root, cache="disk", run_dir=run, image_size=24)
+    assert small[0]["image"].shape == (1, 16, 16) and large[0]["image"].shape == (1, 24, 24)
+    assert sorted(p.name for p in (run / "cache").iterdir()) == sorted([chain_key("mri2d", {"image_size": 16}),
+                                                                        chain_key("mri2d", {"image_size": 24})])
+    assert chain_key("mri2d", {}) == chain_key("mri2d", {"image_size": 128})  # the default, given or not
+    with pytest.raises(MedtlError, match="cache='disk' needs cache_dir"):
+        build_dataset(m, root, cache="disk")
 
 
 def test_unknown_label_names_the_row(root):

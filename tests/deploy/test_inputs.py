@@ -83,13 +83,14 @@ def test_fast_2d_preprocessing_equals_the_training_chain(preset, options, data_r
         assert torch.allclose(fast, ref, atol=1e-5, rtol=1e-5), (fast - ref).abs().max()
 
 
-def test_fast_3d_preprocessing_equals_the_training_chain(data_root, real_series):
+@pytest.mark.parametrize("crop, untracked", [({}, ["CropToHeadd", "NonzeroZScore"]),  # the defaults
+                                              ({"crop": "center"}, ["NonzeroZScore", "ResizeWithPadOrCropd"])])
+def test_fast_3d_preprocessing_equals_the_training_chain(data_root, real_series, crop, untracked):
     from medtl.deploy.inputs import _read_one
 
-    loader = SeriesLoader("mri3d", {})  # the defaults: RAS, 2 mm, 80x96x80
+    loader = SeriesLoader("mri3d", crop)  # RAS, 2 mm, 80x96x80
     assert [type(t).__name__ for t in loader.steps.tracked] == ["Orientationd", "Spacingd"]
-    assert [type(getattr(t, "normalizer", t)).__name__ for t in loader.steps.untracked] == [
-        "NonzeroZScore", "ResizeWithPadOrCropd"]
+    assert [type(getattr(t, "normalizer", t)).__name__ for t in loader.steps.untracked] == untracked
     nifti = sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[:2]
     images = [_read_one(f) for f in nifti] + [loader._volume(real_series["MR32"], list(real_series["MR32"].files))]
     for image in images:

@@ -62,7 +62,7 @@ def test_preset_owns_spatial_dims_and_its_options():
     assert Preset("cxr").defaults == {"image_size": 128, "clahe": False}
     # Every option, given over the defaults; None is the default (what the chain and a checkpoint record agree on)
     assert Preset("mri3d").resolved({"spacing": None, "volume_shape": (8, 8, 8)}) == {
-        "spacing": (2.0, 2.0, 2.0), "volume_shape": (8, 8, 8)}
+        "spacing": (2.0, 2.0, 2.0), "volume_shape": (8, 8, 8), "crop": "head"}
     with pytest.raises(MedtlError, match=r"unknown option\(s\) \['image_size'\] for preset 'mri3d'"):
         Preset("mri3d").resolved({"image_size": 64})
     with pytest.raises(MedtlError, match="unknown modality preset 'ct'"):

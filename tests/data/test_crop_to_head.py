@@ -1,0 +1,94 @@
+"""The mri3d field of view: ``CropToHead`` against slicing computed by hand, on real IXI heads, and the
+versioned record that keeps older checkpoints on the centre crop they were trained with."""
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+
+from medtl.data.transforms import CropToHead, preset, recorded_options
+from medtl.errors import MedtlError
+
+
+def _head_volume(rng) -> np.ndarray:
+    """(1, 60, 70, 100): a bright box (the head) at x 10-39, y 20-59, z 5-94 over faint noise, with
+    single bright specks in the background that must not move the box."""
+    v = rng.random((1, 60, 70, 100)).astype(np.float32) * 0.05
+    v[0, 10:40, 20:60, 5:95] = 1.0 + rng.random((30, 40, 90)).astype(np.float32)
+    v[0, 55, 2, 98] = v[0, 1, 68, 0] = 3.0
+    return v
+
+
+def test_a_tall_head_keeps_its_top_and_is_centred_across():
+    v = _head_volume(np.random.default_rng(0))
+    out = CropToHead((20, 30, 40))(torch.from_numpy(v))
+    # x: head centre 25 -> 15..35; y: centre 40 -> 25..55; z: 90 tall > 40 -> the top 40, 55..95
+    np.testing.assert_array_equal(out.numpy(), v[:, 15:35, 25:55, 55:95])
+
+
+def test_a_small_head_is_centred_and_padded_with_zeros():
+    v = _head_volume(np.random.default_rng(1))
+    out = CropToHead((50, 50, 120))(torch.from_numpy(v)).numpy()
+    ref = np.zeros((1, 50, 50, 120), np.float32)
+    # x: centre 25 -> 0..50; y: centre 40 -> 15..65; z: 90 fits in 120: centre 50 -> -10..110, 10 zeros below
+    ref[:, :, :, 10:110] = v[:, 0:50, 15:65, 0:100]
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.real_data
+def test_the_preset_chain_keeps_the_top_of_real_heads(data_root):
+    """IXI heads are taller than the default 160 mm: the centre crop cut 2-30 mm off their top (the cortex),
+    the head crop none, and the brain below it (cerebellum) stays inside."""
+    files = sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[:6]
+    resampled = Compose(preset("mri3d", False)[0][:3])  # load, RAS, 2 mm: before any crop
+    head_crop, centre_crop = Compose(preset("mri3d", False)[0]), Compose(preset("mri3d", False, crop="center")[0])
+    cut_by_centre = []
+    for f in files:
+        v = resampled({"image": str(f)})["image"][0].as_tensor()
+        first, last = CropToHead((80, 96, 80)).head_box(v[None])[2]
+        assert last - first > 80  # taller than the field of view: the case the crop decides
+        new = head_crop({"image": str(f)})["image"]
+        old = centre_crop({"image": str(f)})["image"]
+        assert new.shape == old.shape == (1, 80, 96, 80)
+        # the head's top slice is the window's top slice: nothing above it is lost
+        np.testing.assert_array_equal(new[0, :, :, -1] != 0, (v[:, :, last - 1] != 0)[_window(v, 0, 80),
+                                                                                      _window(v, 1, 96)])
+        cut_by_centre.append(last - (v.shape[2] - 80) // 2 - 80)
+    assert max(cut_by_centre) >= 5  # at 2 mm: the centre crop lost at least 10 mm of one head's top
+
+
+def _window(v: torch.Tensor, axis: int, size: int) -> slice:
+    first, last = CropToHead((80, 96, 80)).head_box(v[None])[axis]
+    start = (first + last) // 2 - size // 2
+    assert 0 <= start and start + size <= v.shape[axis]  # inside the volume for IXI in x and y
+    return slice(start, start + size)
+
+
+def test_a_record_without_the_option_keeps_the_chain_it_was_trained_with():
+    # before crop existed (and when a pipeline recorded only the options its config set)
+    assert recorded_options({"preset": "mri3d"}) == {"preset": "mri3d", "spacing": (2.0, 2.0, 2.0),
+                                                      "volume_shape": (80, 96, 80), "crop": "center"}
+    assert recorded_options({"preset": "mri3d", "volume_shape": [64, 64, 64], "crop": "head"})["crop"] == "head"
+    assert recorded_options({"preset": "cxr", "image_size": 64}) == {"preset": "cxr", "image_size": 64,
+                                                                       "clahe": False}
+    with pytest.raises(MedtlError, match="crop must be one of \\['head', 'center'\\], got 'top'"):
+        preset("mri3d", False, crop="top")
+
+
+def test_an_older_3d_checkpoint_is_read_with_the_centre_crop(tmp_path):
+    from medtl.deploy.inputs import SeriesLoader
+    from medtl.deploy.model import load_model
+    from medtl.models import Head, Model, build_encoder, save_checkpoint
+
+    enc = build_encoder("resnet10", spatial_dims=3)
+    model = Model(enc, Head(enc.out_features, "binary"))
+    old = save_checkpoint(tmp_path / "old.pt", model, intensity={"preset": "mri3d", "volume_shape": [16, 16, 16]},
+                          label_names=["F", "M"])
+    p = load_model(old, device="cpu", threshold=0.5)
+    assert p.preset_options == {"spacing": (2.0, 2.0, 2.0), "volume_shape": [16, 16, 16], "crop": "center"}
+    loader = SeriesLoader(p.preset, p.preset_options, p.spatial_dims)
+    assert [type(t).__name__ for t in loader.steps.untracked] == ["NormalizeIntensityd", "ResizeWithPadOrCropd"]
+    # what a checkpoint written now records (medtl train, pretrain and the pipeline record Preset.resolved)
+    from medtl.data.transforms import Preset
+
+    assert Preset("mri3d").resolved({"volume_shape": [16, 16, 16]})["crop"] == "head"
