@@ -55,3 +55,36 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# Where medtl predict keeps an output folder's path salt (0600), beside its results.csv.
+PATH_SALT_FILE = ".path-salt"
+
+
+def salted_path(rel: str, salt: bytes) -> str:
+    """``rel`` with every component replaced by ``h-<salted hash>`` (the suffix kept): folder and
+    file names often hold patient names, and an unsalted hash of a name is guessed by trying names."""
+    parts = [p for p in rel.replace("\\", "/").split("/") if p]
+    out = []
+    for i, part in enumerate(parts):
+        suffix = ""
+        if i == len(parts) - 1:
+            lower = part.lower()
+            suffix = next((s for s in (".nii.gz", ".dcm", ".nii", ".png", ".jpg", ".jpeg", ".dicom", ".ima")
+                           if lower.endswith(s)), "")
+        out.append("h-" + hashlib.blake2b(part.encode("utf-8", "surrogateescape"), key=salt[:64],
+                                          digest_size=8).hexdigest() + suffix)
+    return "/".join(out)
+
+
+def path_tag(key: str, salt: bytes) -> str:
+    """The salted hash a scrubbed case id carries after its ``#`` (``[redacted]_[redacted]/study1#0a1b2c3d``)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), key=salt[:64], digest_size=4).hexdigest()
+
+
+def read_path_salt(folder: Path) -> bytes | None:
+    """The path salt of a medtl predict output folder, or None (none there, or unreadable)."""
+    try:
+        return bytes.fromhex((Path(folder) / PATH_SALT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -132,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{result.ok} ok, {result.errors} error(s), {result.duplicates} duplicate file(s), {result.resumed} "
           f"already done, {result.excluded} excluded; results: {result.csv}")
+    if not result.rows and not result.resumed and not result.excluded and not is_url(args.input):
+        # an empty folder is a failed mount or an export that never arrived, not a quiet day: a scheduler must see it
+        print(f"error: no input found: {shlex.quote(str(args.input))} holds no image, volume or DICOM file "
+              "medtl reads", file=sys.stderr)
+        return 1
     failed = [r for r in result.rows if r.get("status") == "error"]
     if failed and not any(r.get("status") == "ok" for r in result.rows):  # also on a rerun: a scheduler must see it
         print(f"error: no input could be predicted: the results hold no prediction, only {len(failed)} error row(s) "

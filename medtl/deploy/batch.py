@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
-import hashlib
 import logging
 import os
 import queue
@@ -61,9 +60,10 @@ from medtl.deploy.ledger import SUPERSEDED, Ledger, csv_cell
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
-from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, redacting, salted_path
+from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, redacting
 from medtl.deploy.uids import safe_name
 from medtl.errors import MedtlError
+from medtl.paths import PATH_SALT_FILE, path_tag, salted_path
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ MANIFEST_COLUMNS = ("label", "split")
 # control characters escaped.
 UID_COLUMNS = ("study_uid", "series_uid")
 UNREDACTED_COLUMNS = frozenset(OWN_COLUMNS + MANIFEST_COLUMNS + ("case_id",))  # our words, or the user's labels
-SALT = ".path-salt"
+SALT = PATH_SALT_FILE
 ERROR_CHARS = 1000  # an error row's text is cut to this length
 MAX_PACS_FAILURES = 5
 
@@ -191,8 +191,12 @@ def describe_error(err: BaseException, s: Series, sops: dict[str, str], include_
     if not include_identifiers and s.is_dicom:
         # Identifiers are scrubbed where the row is written (the run's redactor knows every series' headers);
         # paths of DICOM files may hold patient names in folder names that no header spells alike.
+        # The data layer's series errors name instances by file name alone (Smith_Alice_00091.dcm): a series row
+        # shows no path, so those go too. (A row of one file shows its own path, scrubbed by the redactor.)
         for f in s.files:
             text = text.replace(str(f), "[file]")
+        for name in {Path(f).name for f in s.files} if not s.source else ():
+            text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", "[file]", text)
     return " ".join(text.split())  # cut to ERROR_CHARS where the row is written, after the redaction
 
 
@@ -472,11 +476,15 @@ class ReadAhead:
         self._thread.join()
 
 
-# DICOM modalities a preset's images come from; a series of another imaging modality is not what the
-# model learned (a chest X-ray model still answers "pneumonia" on a brain MR). Secondary captures (OT, SC)
-# and non-DICOM pictures carry no telling modality and pass unremarked.
+# DICOM modalities a preset's images come from; a series of any other modality (an MR, a CT, an RT dose
+# grid) is not what the model learned (a chest X-ray model still answers "pneumonia" on a brain MR).
+# Secondary captures (OT, SC), a missing Modality and non-DICOM pictures carry no telling modality and pass
+# unremarked.
 PRESET_MODALITIES = {"cxr": RADIOGRAPH_MODALITIES, "mri2d": ("MR",), "mri3d": ("MR",)}
-IMAGING_MODALITIES = ("CR", "DX", "DR", "RG", "MR", "CT", "PT", "NM", "US", "MG", "XA", "RF", "IO", "PX")
+UNTELLING_MODALITIES = ("OT", "SC", "")
+# Objects without pixels (reports, key images, presentation states, RT plans): their rows are errors, not
+# predictions, so the warning about predicting another modality leaves them out.
+PIXELLESS_MODALITIES = ("SR", "KO", "PR", "DOC", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "FID", "PLAN")
 
 
 def _warn_unexpected_modalities(chosen: list[Series], predictor: Predictor, rules: SeriesRules,
@@ -487,7 +495,7 @@ def _warn_unexpected_modalities(chosen: list[Series], predictor: Predictor, rule
     if not expected or rules.modalities:
         return
     odd = Counter(s.modality.upper() for s in chosen
-                  if s.modality.upper() in IMAGING_MODALITIES and s.modality.upper() not in expected)
+                  if s.modality.upper() not in (*UNTELLING_MODALITIES, *PIXELLESS_MODALITIES, *expected))
     if odd:
         result.unexpected_modalities = dict(odd)
         log.warning("%d series are %s, not the %s this model (preset %s) was trained on: they are predicted "
@@ -583,7 +591,7 @@ def _case_id(s: Series, redactor: Redactor, salt: bytes) -> str:
     shown = redactor(s.key)
     if shown == s.key:
         return shown
-    return f"{shown}#{hashlib.blake2b(s.key.encode('utf-8', 'surrogateescape'), key=salt[:64], digest_size=4).hexdigest()}"
+    return f"{shown}#{path_tag(s.key, salt)}"
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -722,7 +730,7 @@ class _RowWriter:
                        **{f"prob_{label}": p for label, p in named.items()})
             if self.write_sr and s.is_dicom:
                 modality = s.modality.upper()
-                if self.sr_modalities is None or modality in self.sr_modalities or modality not in IMAGING_MODALITIES:
+                if self.sr_modalities is None or modality in self.sr_modalities or modality in UNTELLING_MODALITIES:
                     self._sr(s, item, row)
                 else:  # a chest X-ray model's finding must not reach a radiologist's MR study as a report
                     why = (f"no SR: {_an(s.modality)} {s.modality} series, not the {'/'.join(self.sr_modalities)} "
@@ -777,8 +785,9 @@ class _RowWriter:
                 row["sr_stored"] = True
         except PacsUnreachable:
             raise  # the circuit breaker: the run stops
-        except Exception as err:  # the prediction stands; the row says what went wrong with its SR
-            row.update(status="error", error="SR: " + describe_error(err, s, s.sop_uids, self.include_identifiers))
+        except Exception as err:  # the prediction stands (the row stays ok, evaluate reads it); it says why no SR
+            why = "no SR: " + describe_error(err, s, s.sop_uids, self.include_identifiers)
+            row["error"] = "; ".join(filter(None, [row["error"], why]))
 
 
 def _write_excluded(out: Path, excluded: list[tuple[Series, str]], redactor: Redactor) -> None:

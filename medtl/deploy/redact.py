@@ -16,11 +16,12 @@ for identifiers. ``redacting(redactor)`` installs it for the duration of a run o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator
+
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#'\"]*@")
 # A '?' followed by key=value: a query string, not a question mark in prose.
@@ -86,14 +87,30 @@ def add_identifiers(redactor: "Redactor", pairs: Iterable[tuple[str, str]]) -> N
 
 
 def _scrubbed_alone(part: str) -> bool:
-    """Whether a value or a part of one is worth scrubbing by itself. Three characters or more; shorter
-    only when not ASCII: a CJK or Hangul name part is often one or two characters (山田, 김), and no
-    English message (ours, or a library's) holds such a word. A short ASCII part (Li, Wu, Do, An) is an
-    ordinary word or abbreviation too often: it is scrubbed within the whole name and its joined forms."""
+    """Whether a value or a part of one is worth scrubbing by itself: it holds a letter or digit (a name
+    of carets, ``^^^``, would cut traceback markers) and is three characters or more; shorter only when
+    not ASCII: a CJK or Hangul name part is often one or two characters (山田, 김), and no English
+    message (ours, or a library's) holds such a word. A short ASCII part (Li, Wu, Do, An) is an ordinary
+    word or abbreviation too often: it is scrubbed within the whole name and its joined forms."""
     part = part.strip()
-    if len(part) >= 3:
-        return True
-    return bool(part) and not part.isascii() and any(c.isalnum() for c in part)
+    if not any(c.isalnum() for c in part):
+        return False
+    return len(part) >= 3 or not part.isascii()
+
+
+# How German names are written without umlauts (Müller -> Mueller); other accents are dropped (Åström -> Astrom).
+_TRANSLITERATED = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"})
+
+
+def spellings(value: str) -> set[str]:
+    """``value`` as file systems and people also write it: composed and decomposed Unicode (macOS and SMB
+    copies decompose: u + combining diaeresis), without accents, and with German umlauts spelled out."""
+    composed = unicodedata.normalize("NFC", value)
+    out = {composed, unicodedata.normalize("NFD", composed)}
+    for text in (composed, composed.translate(_TRANSLITERATED)):
+        out.add(text)
+        out.add("".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)))
+    return out
 
 
 # Scripts written without spaces between words: Thai, kana, Han, Hangul (whose particles and honorifics
@@ -127,12 +144,12 @@ class Redactor:
         """Scrub these values, and each of their parts cut at ``split`` (a regular expression; None: the
         whole value only). See :func:`add_identifiers` for which identifier is cut where."""
         new = set()
-        for value in values:
-            value = str(value).strip()
-            if _scrubbed_alone(value):
-                new.add(value)
-            if split:
-                new.update(p.strip() for p in re.split(split, value) if _scrubbed_alone(p))
+        for given in values:
+            for value in spellings(str(given).strip()):
+                if _scrubbed_alone(value):
+                    new.add(value)
+                if split:
+                    new.update(p.strip() for p in re.split(split, value) if _scrubbed_alone(p))
         if new - self._values:
             self._values |= new
             # Longest first, so a whole name goes before its parts; whole tokens only, so a birth
@@ -169,22 +186,6 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.value(v) for v in value]
         return value
-
-
-def salted_path(rel: str, salt: bytes) -> str:
-    """``rel`` with every component replaced by ``h-<salted hash>`` (the suffix kept): folder and
-    file names often hold patient names, and an unsalted hash of a name is guessed by trying names."""
-    parts = [p for p in rel.replace("\\", "/").split("/") if p]
-    out = []
-    for i, part in enumerate(parts):
-        suffix = ""
-        if i == len(parts) - 1:
-            lower = part.lower()
-            suffix = next((s for s in (".nii.gz", ".dcm", ".nii", ".png", ".jpg", ".jpeg", ".dicom", ".ima")
-                           if lower.endswith(s)), "")
-        out.append("h-" + hashlib.blake2b(part.encode("utf-8", "surrogateescape"), key=salt[:64],
-                                          digest_size=8).hexdigest() + suffix)
-    return "/".join(out)
 
 
 class _RedactingFactory:

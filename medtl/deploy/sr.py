@@ -46,7 +46,8 @@ def build_sr(evidence: list, probabilities: dict[str, float], prediction: str, *
         bad = [t for t in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
                if not is_valid_uid(str(d.get(t, "")))]
         if bad:  # an SR that references them would itself be invalid DICOM
-            raise MedtlError(f"no SR written: the source's {', '.join(bad)} break(s) the DICOM UID grammar")
+            raise MedtlError(f"the source's {', '.join(bad)} break(s) the DICOM UID grammar")
+    evidence = [_with_type2_attributes(d) for d in evidence]
     first = evidence[0]
     study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     params = [f"threshold={threshold:g}"] if threshold is not None else None
@@ -94,6 +95,25 @@ def build_sr(evidence: list, probabilities: dict[str, float], prediction: str, *
         )
     except (ValueError, TypeError, AttributeError) as err:  # highdicom's checks on the source headers
         raise MedtlError(f"cannot build the SR: {err}") from None
+
+
+# The Patient and General Study attributes an SR copies from its source: Type 2, so they must be present but
+# may be empty. De-identified exports often drop them altogether; the SR then carries them empty.
+TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
+                "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _with_type2_attributes(header):
+    """The header (a copy when anything is missing) with every attribute of :data:`TYPE2_COPIED` present."""
+    missing = [t for t in TYPE2_COPIED if t not in header]
+    if not missing:
+        return header
+    import copy
+
+    header = copy.deepcopy(header)
+    for tag in missing:
+        setattr(header, tag, "")
+    return header
 
 
 def _content_key(evidence: list, probabilities: dict[str, float], prediction: str,

@@ -28,6 +28,7 @@ import pandas as pd
 
 from medtl.errors import MedtlError
 from medtl.evaluation.predictions import NEAR_COPY_GROUP, PREDICT_THRESHOLD, PREDICTION
+from medtl.paths import path_tag, read_path_salt, salted_path
 
 OLD_NAMES = {"key": "case_id", "prediction": "predicted_label"}  # results.csv before issue #14
 MARKERS = ("status", "model_name")  # columns only predict's results carry
@@ -66,9 +67,14 @@ def _suffix_index(paths: list[str]) -> dict[str, str | None]:
     return index
 
 
-def join_labels(df: pd.DataFrame, manifest, where: str, target: str = "label") -> tuple[pd.DataFrame, list[str]]:
+def join_labels(df: pd.DataFrame, manifest, where: str, target: str = "label",
+                salt: bytes | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Labels, split, patient and domain of each row from ``manifest`` (a Manifest or CSV path); ``target``: the
-    manifest column holding the truth (a regression model's target, e.g. ``age``, when not ``label``)."""
+    manifest column holding the truth (a regression model's target, e.g. ``age``, when not ``label``).
+
+    ``salt``: the predict output folder's path salt. Where predict scrubbed an identifier out of a path
+    (``[redacted]_UNCR.dcm#0a1b2c3d``) or hashed every path (``--redact-paths``), the row is found by hashing
+    the manifest's paths the same way."""
     from medtl.data.manifest import Manifest
 
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
@@ -78,11 +84,17 @@ def join_labels(df: pd.DataFrame, manifest, where: str, target: str = "label") -
                          f"holds the true {target}", where)
     rows = {r.path: r for r in m}
     suffixes = _suffix_index(list(rows))
+    hashed = {}
+    if salt is not None:
+        for path in rows:
+            hashed[salted_path(path, salt)] = hashed[f"#{path_tag(path, salt)}"] = path
 
     def find(case_id: str, source: str):
-        for key in (case_id, source):
+        for key in (case_id, source, "#" + case_id.rpartition("#")[2] if "#" in case_id else ""):
             if key in rows:
                 return rows[key]
+            if key in hashed:
+                return rows[hashed[key]]
         for key in (source, str(PurePosixPath(source).parent) if source else ""):  # a file, or its series folder
             hit = suffixes.get(key) if key and key != "." else None
             if hit:
@@ -171,7 +183,7 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     threshold = _one_threshold(df, path)  # over every ok row, before the labels join leaves some out
     has_labels = "label" in df and (df["label"] != "").all()
     if labels is not None:
-        df, more = join_labels(df, labels, where, target)
+        df, more = join_labels(df, labels, where, target, read_path_salt(path.parent))
         notes += more
     elif not has_labels:
         raise MedtlError("the results have no labels: predict from a labelled manifest (--input manifest.csv), or "

@@ -50,6 +50,17 @@ def test_bad_input_is_a_clear_error(model_2d, tmp_path, capsys):
     assert "--out is the input folder" in capsys.readouterr().err
 
 
+def test_an_input_with_nothing_to_read_fails_so_a_scheduler_sees_it(model_2d, tmp_path, capsys):
+    """An empty export folder (a failed mount, an export that never arrived) or a folder of notes only."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("exported 2026-11-30")
+    for folder in ("empty", "notes"):
+        assert main(["predict", "--model", str(model_2d), "--input", str(tmp_path / folder),
+                     "--out", str(tmp_path / f"out-{folder}"), "--no-progress"]) == 1, folder
+        assert "error: no input found" in capsys.readouterr().err
+
+
 def test_a_taken_folder_is_refused_before_the_model_loads_and_a_failed_start_leaves_nothing(model_2d, tmp_path,
                                                                                           capsys):
     from medtl.lock import OutputLock

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pydicom
@@ -22,7 +23,8 @@ from medtl.deploy import predict_batch
 from medtl.deploy.discover import scan_folder
 from medtl.deploy.limits import Limits
 from medtl.lock import OutputLock
-from medtl.deploy.redact import Redactor, salted_path
+from medtl.deploy.redact import Redactor
+from medtl.paths import salted_path
 from medtl.errors import MedtlError
 
 pytestmark = [pytest.mark.real_data, pytest.mark.filterwarnings("ignore:Invalid value for VR")]
@@ -484,3 +486,16 @@ def test_a_cjk_patients_name_reaches_no_output(tmp_path, mprage_files, new_serie
         assert part not in written, part
     (error,) = [r for r in _rows(out) if r["status"] == "error"]
     assert error["source"] == "[redacted]/notes_[redacted].png"
+
+
+def test_a_name_is_scrubbed_however_the_file_system_or_a_person_spelled_its_accents():
+    """Folder names copied through macOS or SMB are decomposed (u + combining diaeresis); people write
+    Müller as Mueller or Muller and Åström as Astrom."""
+    ids = {"PatientName": "Müller^Jürgen", "PatientID": "P1"}
+    for text in ("Mu\u0308ller_Ju\u0308rgen", "Müller_Jürgen", "Mueller_Juergen", "Muller Jurgen", "MÜLLER^JÜRGEN"):
+        scrubbed = unicodedata.normalize("NFC", _scrub(f"/exports/{text}/IM1", ids))
+        assert scrubbed.startswith("/exports/[redacted]") and not re.search("m(u|ü|ue)ll|j(u|ü|ue)rg", scrubbed, re.I), \
+            (text, scrubbed)
+    assert _scrub("Astrom_Marta_2019", {"PatientName": "Åström^Marta"}) == "[redacted]_[redacted]_2019"
+    # A name of carets only (empty components) scrubs nothing: traceback markers (^^^) stay.
+    assert _scrub("    ^^^^^^ here", {"PatientName": "^^^"}) == "    ^^^^^^ here"

@@ -42,3 +42,22 @@ def test_sr_for_each_real_series_is_valid(dicom_root, tmp_path, modality, dciodv
                                 model_name="tiny", model_version="v1", threshold=0.5))
     for other in changed:
         assert other.SeriesInstanceUID == back.SeriesInstanceUID and other.SOPInstanceUID != back.SOPInstanceUID
+
+
+def test_a_source_without_its_type2_patient_and_study_attributes_still_gets_a_valid_sr(dicom_root, tmp_path, dciodvfy):
+    """De-identified exports often drop PatientID and the like altogether; the SR carries them empty (Type 2)."""
+    from medtl.deploy.sr import TYPE2_COPIED
+
+    series = {s.modality + str(s.n_frames): s for s in scan_folder(dicom_root)}["CR2"]
+    headers = read_headers(series.files)
+    for h in headers:
+        for tag in TYPE2_COPIED:
+            if tag in h:
+                delattr(h, tag)
+    ds = build_sr(headers, {"no_finding": 0.25, "pneumonia": 0.75}, "pneumonia", model_name="tiny", model_version="v1")
+    path = tmp_path / "sr.dcm"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    assert dciodvfy(path) == []
+    back = pydicom.dcmread(path)
+    assert back.PatientID == "" and str(back.PatientName) == "" and back.AccessionNumber == ""
+    assert all("PatientID" not in h for h in headers)  # the caller's headers are left as they were
