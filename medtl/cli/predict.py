@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not getattr(args, "verbose", False):
         logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every attribute it copies into an SR
+        # pydicom logs each failed decoder with a traceback before raising; the error row already says why
+        logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
     rules = SeriesRules(modalities=args.modality, body_parts=args.body_part, description=args.series_description,
                         min_slices=args.min_slices)

@@ -139,6 +139,10 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
     from pydicom.pixels import apply_color_lut
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        sop_class = getattr(ds.get("SOPClassUID"), "name", "")
+        if "Image Storage" in sop_class:  # an image object must hold pixels: its file was cut off before them
+            raise MedtlError(f"DICOM has no pixel data, though its SOP class ({sop_class}) holds an image: the file "
+                             "is probably truncated", path)
         raise MedtlError("DICOM has no pixel data", path)
     try:
         pixels = ds.pixel_array

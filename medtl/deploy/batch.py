@@ -26,6 +26,7 @@ redaction layer (``medtl.deploy.redact``): URL credentials and query strings, se
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -371,6 +372,8 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
             batches = ahead = ReadAhead(batches, batch_size)
         writer = _RowWriter(predictor, ledger, out, source if store_sr else None, write_sr, include_identifiers,
                             result, redactor, max_pacs_failures, sr_modalities=_sr_modalities(predictor, rules))
+        if source is None and Path(input).is_dir():
+            writer.input_folder = Path(input).resolve()
         if store_sr:
             writer.send_again(list(unsent.values()))
         else:
@@ -660,7 +663,15 @@ class _RowWriter:
         self.write_sr, self.include_identifiers, self.result = write_sr, include_identifiers, result
         self.redactor = redactor
         self.max_store_failures = max_store_failures  # the circuit breaker for SR uploads (0: none)
+        self.input_folder: Path | None = None  # set for a folder input: series folders are shown relative to it
         self.store_failures = 0  # consecutive SRs the PACS could not take
+
+    def _shown_folder(self, folder: Path) -> str:
+        """A series' folder as file rows show their paths: relative to the input folder when under it."""
+        if self.input_folder is not None:
+            with contextlib.suppress(ValueError):
+                return folder.resolve().relative_to(self.input_folder).as_posix() or "."
+        return str(folder)
 
     def _store(self, ds) -> str | None:
         """STOW-RS one SR: None when stored, else why not (the PACS unreachable); stops the run after
@@ -716,7 +727,7 @@ class _RowWriter:
             for tag, column in IDENTIFIER_COLUMNS.items():
                 row[column] = s.identifiers.get(tag, "")
             if s.is_dicom and item["files"] and s.remote is None and not row["source"]:
-                row["source"] = str(Path(item["files"][0]).parent)
+                row["source"] = "; ".join(sorted({self._shown_folder(Path(f).parent) for f in item["files"]}))
         if probs is None:
             row.update(status=s.status or "error", error=item["error"])
             if item.get("retryable"):

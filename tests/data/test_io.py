@@ -81,8 +81,16 @@ def test_dicom_without_pixel_data(tmp_path):
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
     del ds.PixelData
     ds.save_as(tmp_path / "nopix.dcm")
-    with pytest.raises(MedtlError, match="no pixel data"):
+    with pytest.raises(MedtlError, match=r"no pixel data, though its SOP class \(CT Image Storage\) holds an "
+                                         "image: the file is probably truncated"):
         io.read(tmp_path / "nopix.dcm")
+    # A file cut off inside its header reads as far as it goes: no pixels, and the same reason
+    whole = pydicom.data.get_testdata_file("CT_small.dcm")
+    cut = tmp_path / "cut.dcm"
+    with open(whole, "rb") as f:
+        cut.write_bytes(f.read()[:1500])
+    with pytest.raises(MedtlError, match="probably truncated"):
+        io.read(cut)
 
 
 def test_dicom_modality_lut_applied():

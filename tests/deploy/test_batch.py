@@ -125,6 +125,9 @@ def test_identifiers_stay_out_unless_asked(hospital, model_2d, tmp_path, caplog,
     table = {r["patient_name"] for r in _table(named / "results.csv")}
     assert NAME in table
     assert any(NAME in r["source"] for r in _rows(named))
+    # a series row's folder is shown as a file row's path is: relative to the input folder
+    good = next(r for r in _rows(named) if _tag(r) == "good-a")
+    assert good["source"] == f"{NAME}_{BIRTH}/mr_a"
     # asked for identifiers, a bad instance's row names its file, not only its UID (IT has to find it)
     trunc = next(r for r in _rows(named) if _tag(r) == "trunc")
     assert "(instance " in trunc["error"] and str(hospital / f"{NAME}_{BIRTH}" / "trunc") in trunc["error"]

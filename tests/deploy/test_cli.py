@@ -61,6 +61,24 @@ def test_an_input_with_nothing_to_read_fails_so_a_scheduler_sees_it(model_2d, tm
         assert "error: no input found" in capsys.readouterr().err
 
 
+def test_a_file_no_decoder_reads_is_one_clear_error_row_without_a_library_traceback(model_2d, tmp_path, capsys):
+    """pydicom logs every failed decoder with a traceback before it raises; the row already says why (and what
+    would read the file), so the log of a batch run stays one line per bad file."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(get_testdata_file("JPEG-lossy.dcm", download=False), tmp_path / "in" / "x.dcm")  # 12-bit JPEG
+    assert main(["predict", "--model", str(model_2d), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "error" and "12-bit JPEG Extended needs pylibjpeg" in row["error"]
+    assert "Traceback" not in err and "12-bit JPEG Extended needs pylibjpeg" in err
+
+
 def test_a_taken_folder_is_refused_before_the_model_loads_and_a_failed_start_leaves_nothing(model_2d, tmp_path,
                                                                                           capsys):
     from medtl.lock import OutputLock
