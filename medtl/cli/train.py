@@ -36,6 +36,9 @@ def register(sub) -> None:
     m.add_argument("--init", type=Path, default=None,
                    help="start from these weights: a medtl pretrain model.pt, a pipeline best.pt or local "
                         "torchvision/MONAI weights (default: random initialisation)")
+    m.add_argument("--lift", choices=["i3d", "acs", "2.5d"], default=None,
+                   help="for 3D images from a 2D --init checkpoint (a chest X-ray encoder): how its 2D filters read "
+                        "volumes (docs/models.md; default: none, and a 2D checkpoint on 3D images is refused)")
     m.add_argument("--arch", default=None,
                    help="resnet10/18/34/50 or densenet121 (default: the --init checkpoint's, else resnet18)")
     m.add_argument("--image-size", type=int, nargs="+", default=None,
@@ -75,6 +78,7 @@ def run(args) -> int:
     size = None if args.image_size is None else (args.image_size[0] if len(args.image_size) == 1 else args.image_size)
     r = train_model(
         args.train, args.out, val=args.val, test=args.test, data_root=args.data_root, init=args.init, arch=args.arch,
+        lift=args.lift,
         image_size=size, modality=args.modality, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device, amp=args.amp,
         threshold_rule=args.threshold_rule, target=args.target, n_boot=args.n_boot, cache=args.cache,

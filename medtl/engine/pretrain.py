@@ -41,6 +41,8 @@ from medtl.models.checkpoint import save_checkpoint
 from medtl.plain import differing_keys
 from medtl.models.encoders import build_encoder
 from medtl.models.heads import Head, task_for
+from medtl.models.lift import lift as lift_encoder
+from medtl.models.transfer import LIFT_OPTIONS
 from medtl.models.weights import load_weights
 from medtl.progress import bar
 
@@ -97,6 +99,7 @@ def pretrain_on(
     ssl_hparams: dict[str, Any] | None = None,
     init_weights: str | Path | None = None,
     adapt_channels: str | None = None,
+    lift: str | None = None,
     seed: int = 0,
     num_workers: int = 0,
     meta: dict[str, Any] | None = None,
@@ -105,7 +108,9 @@ def pretrain_on(
     **train_options,
 ) -> PretrainResult:
     """Pretrain on datasets of ``{"image", "label"}`` dicts; ``train_options`` go to :class:`TrainConfig`;
-    ``desc`` names the progress bar (``medtl train`` trains its classifier through here too)."""
+    ``desc`` names the progress bar (``medtl train`` trains its classifier through here too). ``lift``
+    (``i3d``, ``acs``, ``2.5d``): a 2D encoder (with ``init_weights`` loaded) lifted to read the volumes of a
+    3D data set (``spatial_dims=3``), supervised only."""
     from medtl.strategies.autoencoder import AutoencoderStrategy
     from medtl.strategies.registry import get_strategy
 
@@ -118,9 +123,15 @@ def pretrain_on(
     config = TrainConfig.from_dict({"epochs": epochs, "seed": seed, **train_options})
     out = Path(out)
     seed_everything(seed)  # the initial weights depend on the seed alone
-    encoder = build_encoder(arch, spatial_dims=spatial_dims, in_channels=in_channels, stem_stride=stem_stride)
+    if lift is not None and (mode != "supervised" or spatial_dims != 3):
+        raise MedtlError(f"a lift makes a 2D encoder read volumes: supervised training on 3D data only (mode {mode!r}, "
+                         f"{spatial_dims}D data)", "lift")
+    encoder = build_encoder(arch, spatial_dims=2 if lift else spatial_dims, in_channels=in_channels,
+                            stem_stride=stem_stride)
     if init_weights is not None:
         load_weights(encoder, init_weights, adapt_channels=adapt_channels)
+    if lift is not None:  # pointed at the RAS volume's axial planes, as in the pipelines
+        encoder = lift_encoder(encoder, lift, **LIFT_OPTIONS.get(lift, {}))
     if mode == "supervised":
         if not label_names or len(label_names) < 2:
             raise MedtlError(f"supervised pretraining needs at least two labels, got {label_names}", "label_names")
@@ -156,7 +167,7 @@ def pretrain_on(
             "mode": mode, "arch": arch, "spatial_dims": spatial_dims, "in_channels": in_channels,
             "stem_stride": stem_stride, "batch_size": batch_size, "latent_dim": latent_dim, "kl_weight": kl_weight,
             "proj_dim": proj_dim, "proj_hidden": proj_hidden, "proj_batch_norm": proj_batch_norm,
-            "adapt_channels": adapt_channels, "train": run_options,
+            "adapt_channels": adapt_channels, "train": run_options, **({"lift": lift} if lift else {}),
             **{k: v for k, v in meta.items() if k not in ("manifest", "init_weights")},
         }, PRETRAIN_KEY_FILE)
     if batch_size < world:

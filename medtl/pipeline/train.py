@@ -217,6 +217,7 @@ def train_model(
     data_root: str | Path | None = None,
     init: str | Path | None = None,
     arch: str | None = None,
+    lift: str | None = None,
     image_size: int | list[int] | None = None,
     modality: str | None = None,
     epochs: int = 20,
@@ -259,11 +260,15 @@ def train_model(
                                progress=progress)
         from_init = _init_defaults(init)
         dims = Preset(inputs.modality).spatial_dims
-        if from_init and from_init["spatial_dims"] != dims:
-            raise MedtlError(f"the checkpoint's encoder is {from_init['spatial_dims']}D but the images are "
-                             f"{inputs.modality} ({dims}D)"
-                             + ("; medtl train does not lift a 2D encoder to 3D: a medtl run pipeline does, with a "
-                                "strategy's lift: i3d, acs or 2.5d (docs/pipeline_reference.md)" if dims == 3 else ""),
+        init_dims = from_init.get("spatial_dims", 2 if init is not None else None)
+        if lift is not None and dims != 3:
+            raise MedtlError(f"--lift makes a 2D encoder read volumes; these images are {inputs.modality} (2D)", "--lift")
+        if lift is not None and init_dims == 3:
+            raise MedtlError("--lift lifts a 2D encoder; this checkpoint's encoder is 3D already: leave --lift out",
+                             init)
+        if from_init and init_dims != dims and lift is None:
+            raise MedtlError(f"the checkpoint's encoder is {init_dims}D but the images are {inputs.modality} ({dims}D)"
+                             + ("; give --lift i3d, acs or 2.5d to lift it to 3D (docs/models.md)" if dims == 3 else ""),
                              init)
         arch = arch or from_init.get("arch") or "resnet18"
         size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
@@ -273,7 +278,7 @@ def train_model(
             "train": inputs.splits["train"].content_hash(), "val": inputs.splits["val"].content_hash(),
             "modality": inputs.modality, "labels": inputs.label_names, "arch": arch, "image_size": size,
             "init": str(init) if init else None, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-            "seed": seed}, RUN_KEY_FILE)
+            "seed": seed, **({"lift": lift} if lift else {})}, RUN_KEY_FILE)
         save_inputs(inputs)  # only now: a refused rerun leaves the folder's manifest as it was
         common = {"cache": cache, "run_dir": out, "progress": None if progress else False, **preset_options}
         datasets = {role: build_dataset(m, inputs.roots[role], inputs.modality, role == "train", **common)
@@ -293,7 +298,7 @@ def train_model(
         result = pretrain_on(
             datasets["train"], datasets.get("val"), out, label_names=inputs.label_names, mode="supervised", arch=arch,
             spatial_dims=dims, image_size=size, stem_stride=from_init.get("stem_stride") or 2, epochs=epochs,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, init_weights=init, seed=seed,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, init_weights=init, lift=lift, seed=seed,
             num_workers=num_workers, meta=meta, resume=resume, device=device, amp=amp,
             patience=patience if has_val else None, progress=progress, max_steps_per_epoch=max_steps_per_epoch,
             desc="train",

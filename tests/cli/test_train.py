@@ -225,3 +225,30 @@ def test_modality_is_the_preset_for_every_input_and_a_mix_names_each_input(train
     assert "near-copy scan" not in capsys.readouterr().err
     # a folder has no patient ids: the user is told before training that the splits may share patients
     assert "no patient ids, so each image counts as its own patient" in caplog.text and "val and test" in caplog.text
+
+
+def test_a_2d_checkpoint_trains_on_volumes_through_a_lift_and_the_model_predicts(trained, data_root, tmp_path,
+                                                                                one_torch_thread, capsys):
+    """The scenario in one command: a 2D encoder's weights (here the brain-slice model above) lifted to read brain
+    MRI volumes; the 3D model it writes is what medtl predict then loads."""
+    tmp, _, _ = trained
+    rows = Manifest.load("data_manifests/mri3d_ixi.csv").rows
+    volumes = tmp_path / "volumes"
+    for sex in ("F", "M"):
+        (volumes / sex).mkdir(parents=True)
+        for r in [r for r in rows if r.label == sex][:6]:
+            shutil.copy(data_root / r.path, volumes / sex / (r.path.rsplit("/", 1)[-1]))
+    common = ["--train", str(volumes), "--init", str(tmp / "run" / "model.pt"), "--image-size", "16", "16", "16",
+              "--epochs", "1", "--batch-size", "4", "--n-boot", "50", "--no-progress"]
+    assert main(["train", *common, "--out", str(tmp_path / "refused")]) == 2
+    assert "give --lift i3d, acs or 2.5d to lift it to 3D" in capsys.readouterr().err
+    assert main(["train", *common, "--lift", "2.5d", "--out", str(tmp_path / "run3d")]) == 0
+    printed = capsys.readouterr().out
+    meta = torch.load(tmp_path / "run3d" / "model.pt", weights_only=True)["meta"]
+    lifted = meta["model"]["encoder"]["lift"]
+    assert lifted["method"] == "2.5d" and lifted["slice_axis"] == 2  # axial slices, as the pipelines take them
+    assert meta["intensity"]["crop"] == "head"
+    assert meta["init_weights"] == str(tmp / "run" / "model.pt")
+    predict = next(line.strip() for line in printed.splitlines() if line.strip().startswith("medtl predict"))
+    assert main([*shlex.split(predict)[1:], "--no-progress"]) == 0
+    assert "ok, 0 error(s)" in capsys.readouterr().out
