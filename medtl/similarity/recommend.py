@@ -172,9 +172,10 @@ def recommend(
         v = (c.get("scores") or {}).get(metric)
         return None if v is None or not np.isfinite(float(v)) else float(v)
 
-    encoders = sorted({str(c["encoder"]) for c in eligible.values()})
-    unit_bound = [m for m in ENCODER_UNITS if len(encoders) > 1 and weights.get(m, 0) > 0
-                  and any(score(c, m) is not None for c in eligible.values())]
+    # the encoders whose features measured each score: a score in feature units compares only within one
+    measured_by = {m: sorted({str(c["encoder"]) for c in eligible.values() if score(c, m) is not None})
+                   for m in weights}
+    unit_bound = [m for m in ENCODER_UNITS if weights.get(m, 0) > 0 and len(measured_by.get(m, ())) > 1]
     ranked_metrics = [m for m, w in weights.items() if w > 0 and m not in unit_bound
                       and any(score(c, m) is not None for c in eligible.values())]
     per_metric = {
@@ -267,8 +268,8 @@ def recommend(
                     + (": the order is the strategy prior's alone, a rule of thumb on the number of labels."
                        if prior_only else "."))
     for m in unit_bound:
-        text.append(f"{m} is not ranked: it is in each encoder's own feature units, and the options use "
-                    f"{len(encoders)} encoders ({', '.join(encoders)}).")
+        text.append(f"{m} is not ranked: it is in each encoder's own feature units, and the options that have it "
+                    f"use {len(measured_by[m])} encoders ({', '.join(measured_by[m])}).")
     if not any(m in ranked_metrics for m in ("logme", "leep", "h_score")):
         text.append("No transferability score (needs target labels): the ranking rests on domain distances only.")
     for e in excluded:

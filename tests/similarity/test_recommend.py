@@ -120,6 +120,11 @@ def test_frechet_ranks_only_candidates_that_share_an_encoder():
     same = recommend({}, [dict(c, encoder="resnet18") for c in cands])
     assert same["weights"] == {"frechet": 0.25} and same["recommended"] == "cxr/resnet18/coral"
     assert "not ranked" not in same["explanation"]
+    # A candidate of another encoder without the score (a network from scratch: nothing measured) does not
+    # stop the ranking of the ones that share an encoder
+    scratch = dict(CANDIDATES[2], key="scratch/resnet18/full", encoder="scratch", scores={})
+    with_scratch = recommend({}, [dict(c, encoder="resnet18") for c in cands] + [scratch])
+    assert with_scratch["weights"] == {"frechet": 0.25} and "not ranked" not in with_scratch["explanation"]
 
 
 def test_a_score_that_is_not_a_number_and_an_unknown_strategy_are_said():
