@@ -57,6 +57,8 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+REDACTED = "[redacted]"  # what medtl predict writes in place of an identifier
+
 # Where medtl predict keeps an output folder's path salt (0600), beside its results.csv.
 PATH_SALT_FILE = ".path-salt"
 

@@ -349,27 +349,29 @@ class CropToHead(Transform):
         self.spatial_size = tuple(int(n) for n in spatial_size)
         self.fraction = fraction
 
-    def head_box(self, img: torch.Tensor) -> list[tuple[int, int]]:
-        """``[(first, last + 1)]`` of the head along each spatial axis (the whole axis when none is found)."""
+    def head_box(self, img: torch.Tensor) -> list[tuple[int, int] | None]:
+        """``[(first, last + 1)]`` of the head along each spatial axis; None where no head is found."""
         x = img.detach().float().amax(0)  # channels (one for MRI) -> one volume
         sample = x[::4, ::4, ::4].flatten()
-        lo = float(sample.min())
-        hi = float(torch.quantile(sample, 0.99)) if sample.numel() else lo
+        # percentiles, not the extremes: a fill value or a few outliers (a resampler's corner) must not move it
+        lo, hi = (float(v) for v in torch.quantile(sample, torch.tensor([0.01, 0.99])))
         head = x > lo + self.fraction * (hi - lo)
         box = []
         for axis in range(3):
             counts = head.sum(dim=tuple(a for a in range(3) if a != axis))
             kept = torch.nonzero(counts >= max(1.0, 0.01 * float(counts.max()))).flatten()
-            box.append((int(kept[0]), int(kept[-1]) + 1) if hi > lo and len(kept) else (0, x.shape[axis]))
+            box.append((int(kept[0]), int(kept[-1]) + 1) if hi > lo and len(kept) else None)
         return box
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         img = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         out = img.new_zeros((img.shape[0], *self.spatial_size))
         src, dst = [], []
-        for axis, ((first, last), size) in enumerate(zip(self.head_box(img), self.spatial_size)):
-            start = last - size if axis == 2 and last - first > size else (first + last) // 2 - size // 2
+        for axis, (found, size) in enumerate(zip(self.head_box(img), self.spatial_size)):
             n = img.shape[1 + axis]
+            first, last = found or (0, n)  # no head found: the volume's centre
+            tall = found is not None and axis == 2 and last - first > size
+            start = last - size if tall else (first + last) // 2 - size // 2
             a, b = max(start, 0), min(start + size, n)  # the part of the window inside the volume
             src.append(slice(a, b))
             dst.append(slice(a - start, b - start))

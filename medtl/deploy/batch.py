@@ -40,7 +40,7 @@ import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -192,13 +192,22 @@ def describe_error(err: BaseException, s: Series, sops: dict[str, str], include_
     if not include_identifiers and s.is_dicom:
         # Identifiers are scrubbed where the row is written (the run's redactor knows every series' headers);
         # paths of DICOM files may hold patient names in folder names that no header spells alike.
-        # The data layer's series errors name instances by file name alone (Smith_Alice_00091.dcm): a series row
-        # shows no path, so those go too. (A row of one file shows its own path, scrubbed by the redactor.)
+        # The data layer's series errors name instances by file name alone (Smith_Alice_00091.dcm): those go
+        # too, but for the one file a row of one file shows as its own path (scrubbed by the redactor), and names
+        # without a letter (1, 00091.dcm), which identify no one and would garble the numbers of the message.
         for f in s.files:
             text = text.replace(str(f), "[file]")
-        for name in {Path(f).name for f in s.files} if not s.source else ():
-            text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", "[file]", text)
+        for name in {Path(f).name for f in s.files}:
+            shown_as_source = len(s.files) == 1 and PurePosixPath(s.source or "").name == name
+            if not shown_as_source and any(c.isalpha() for c in _stem(name)):
+                text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", "[file]", text)
     return " ".join(text.split())  # cut to ERROR_CHARS where the row is written, after the redaction
+
+
+def _stem(name: str) -> str:
+    """A file name without its image suffix (``00091.dcm`` -> ``00091``)."""
+    lower = name.lower()
+    return next((name[: -len(x)] for x in (".nii.gz", ".dcm", ".dicom", ".ima", ".nii") if lower.endswith(x)), name)
 
 
 def predict_batch(
@@ -796,9 +805,12 @@ class _RowWriter:
                 row["sr_stored"] = True
         except PacsUnreachable:
             raise  # the circuit breaker: the run stops
-        except Exception as err:  # the prediction stands (the row stays ok, evaluate reads it); it says why no SR
+        except MedtlError as err:  # the source's headers forbid an SR (invalid UIDs): for good, not for this run
             why = "no SR: " + describe_error(err, s, s.sop_uids, self.include_identifiers)
-            row["error"] = "; ".join(filter(None, [row["error"], why]))
+            row["error"] = "; ".join(filter(None, [row["error"], why]))  # the prediction stands: the row stays ok
+        except Exception as err:  # writing failed (disk full, permissions): the next run predicts and writes again
+            row.update(status="error", retryable=True,
+                       error="SR not written: " + describe_error(err, s, s.sop_uids, self.include_identifiers))
 
 
 def _write_excluded(out: Path, excluded: list[tuple[Series, str]], redactor: Redactor) -> None:

@@ -22,6 +22,7 @@ import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator
 
+from medtl.paths import REDACTED
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#'\"]*@")
 # A '?' followed by key=value: a query string, not a question mark in prose.
@@ -29,7 +30,6 @@ _QUERY = re.compile(r"\?(?=[\w.%\-]+=)[^\s'\"<>)\]]*")
 # C0 and C1 controls, DEL and the Unicode line/paragraph separators some viewers break lines on.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-REDACTED = "[redacted]"
 
 
 def escape_controls(text: str) -> str:
@@ -102,14 +102,23 @@ def _scrubbed_alone(part: str) -> bool:
 _TRANSLITERATED = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"})
 
 
+def _without_latin_accents(text: str) -> str:
+    """Accented Latin letters as their base letter (Å -> A); other scripts as they are (a kana's voicing mark
+    makes another syllable: ご is not こ)."""
+    out = []
+    for c in text:
+        base = unicodedata.normalize("NFD", c)
+        out.append(base[0] if base[0].isascii() and base[0].isalpha() and len(base) > 1 else c)
+    return "".join(out)
+
+
 def spellings(value: str) -> set[str]:
     """``value`` as file systems and people also write it: composed and decomposed Unicode (macOS and SMB
-    copies decompose: u + combining diaeresis), without accents, and with German umlauts spelled out."""
+    copies decompose: u + combining diaeresis), without Latin accents, and with German umlauts spelled out."""
     composed = unicodedata.normalize("NFC", value)
     out = {composed, unicodedata.normalize("NFD", composed)}
     for text in (composed, composed.translate(_TRANSLITERATED)):
-        out.add(text)
-        out.add("".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)))
+        out.update((text, _without_latin_accents(text)))
     return out
 
 

@@ -20,6 +20,7 @@ Older results.csv files named the columns ``key`` and ``prediction``; both are s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,7 +29,7 @@ import pandas as pd
 
 from medtl.errors import MedtlError
 from medtl.evaluation.predictions import NEAR_COPY_GROUP, PREDICT_THRESHOLD, PREDICTION
-from medtl.paths import path_tag, read_path_salt, salted_path
+from medtl.paths import REDACTED, path_tag, read_path_salt, salted_path
 
 OLD_NAMES = {"key": "case_id", "prediction": "predicted_label"}  # results.csv before issue #14
 MARKERS = ("status", "model_name")  # columns only predict's results carry
@@ -84,17 +85,28 @@ def join_labels(df: pd.DataFrame, manifest, where: str, target: str = "label",
                          f"holds the true {target}", where)
     rows = {r.path: r for r in m}
     suffixes = _suffix_index(list(rows))
-    hashed = {}
+    hashed, tagged = {}, {}
     if salt is not None:
         for path in rows:
-            hashed[salted_path(path, salt)] = hashed[f"#{path_tag(path, salt)}"] = path
+            hashed[salted_path(path, salt)] = path
+            tagged.setdefault(path_tag(path, salt), []).append(path)
+
+    def untagged(case_id: str):
+        """The manifest row of a scrubbed case id (``[redacted]_UNCR.dcm#0a1b2c3d``): its tag, and its visible
+        part as a pattern ([redacted]: anything), must name one path; a 4-byte tag alone can collide."""
+        shown, _, tag = case_id.rpartition("#")
+        pattern = re.compile(".+?".join(re.escape(part) for part in shown.split(REDACTED)))
+        fits = [p for p in tagged.get(tag, []) if pattern.fullmatch(p)]
+        return rows[fits[0]] if len(fits) == 1 else None
 
     def find(case_id: str, source: str):
-        for key in (case_id, source, "#" + case_id.rpartition("#")[2] if "#" in case_id else ""):
+        for key in (case_id, source):
             if key in rows:
                 return rows[key]
             if key in hashed:
                 return rows[hashed[key]]
+        if "#" in case_id and tagged:
+            return untagged(case_id)
         for key in (source, str(PurePosixPath(source).parent) if source else ""):  # a file, or its series folder
             hit = suffixes.get(key) if key and key != "." else None
             if hit:

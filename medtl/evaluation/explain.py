@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,7 +59,6 @@ def _spatial_dims(model: nn.Module) -> int:
     raise MedtlError("the model has no 2D or 3D convolution to explain", "model")
 
 
-@runtime_checkable
 class SlicedEncoder(Protocol):
     """What Grad-CAM needs of a 2.5D encoder (``medtl.models.lift.SliceEncoder`` is one): a 2D ``encoder`` run
     on the slices of a volume along ``slice_axis`` (0, 1 or 2 of its spatial axes), the slices as its batch.
@@ -71,9 +70,18 @@ class SlicedEncoder(Protocol):
     def slice_features(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+SLICED_ENCODER_MEMBERS = ("encoder", "slice_axis", "slice_features")
+
+
+def is_sliced_encoder(module: nn.Module) -> bool:
+    """Whether ``module`` meets :class:`SlicedEncoder`. By ``hasattr``, not ``isinstance``: from Python 3.12 a
+    runtime protocol looks attributes up statically and misses a submodule (``encoder`` lives in ``_modules``)."""
+    return all(hasattr(module, name) for name in SLICED_ENCODER_MEMBERS)
+
+
 def _slice_encoder(model: nn.Module) -> SlicedEncoder | None:
     """The 2.5D encoder of a model, or None."""
-    return next((m for m in model.modules() if isinstance(m, SlicedEncoder)), None)
+    return next((m for m in model.modules() if is_sliced_encoder(m)), None)
 
 
 def _as_volume(per_slice: torch.Tensor, encoder) -> torch.Tensor:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from medtl import __version__
-from medtl.data.transforms import recorded_options
+from medtl.data.transforms import DEFAULTS, recorded_options
 from medtl.errors import MedtlError
 from medtl.models.encoders import build_encoder
 from medtl.models.formats import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, is_checkpoint
@@ -119,6 +119,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
     }
     if isinstance(full["image_size"], int):
         full["image_size"] = [full["image_size"]] * int(enc_cfg.get("spatial_dims", 2))
+    full["intensity"] = complete_intensity(full["intensity"])
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
                "state_dict": model_state_dict(model), "meta": plain(full, "meta")}
     path = Path(path)
@@ -152,6 +153,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj.get("state_dict"), dict) or not isinstance(obj.get("meta"), dict):
         raise MedtlError("checkpoint lacks its state_dict or meta", path)
     return {**obj, "meta": with_recorded_options(obj["meta"])}
+
+
+def complete_intensity(intensity):
+    """A preprocessing record as written: every option of its preset, today's default where none was given (what
+    the preset chain ran with). A record without an option is then one an older medtl wrote, which
+    :func:`with_recorded_options` reads with that medtl's values."""
+    if not isinstance(intensity, dict) or intensity.get("preset") not in DEFAULTS:
+        return intensity
+    given = {k: v for k, v in intensity.items() if v is not None}
+    return {"preset": intensity["preset"], **DEFAULTS[intensity["preset"]], **given}
 
 
 def with_recorded_options(meta: dict[str, Any]) -> dict[str, Any]:

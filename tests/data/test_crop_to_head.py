@@ -26,6 +26,17 @@ def test_a_tall_head_keeps_its_top_and_is_centred_across():
     np.testing.assert_array_equal(out.numpy(), v[:, 15:35, 25:55, 55:95])
 
 
+def test_a_fill_value_corner_does_not_move_the_head_and_no_head_is_centred():
+    v = _head_volume(np.random.default_rng(2))
+    v[0, :4, :4, :4] = -5.0  # a resampler's fill value in one corner
+    out = CropToHead((20, 30, 40))(torch.from_numpy(v))
+    np.testing.assert_array_equal(out.numpy(), v[:, 15:35, 25:55, 55:95])
+    flat = np.full((1, 60, 70, 100), 7.0, np.float32)  # nothing stands out: no head, the volume's centre
+    flat[0, 0, 0, 0] = 8.0
+    assert CropToHead((20, 30, 40)).head_box(torch.from_numpy(flat)) == [None, None, None]
+    np.testing.assert_array_equal(CropToHead((20, 30, 40))(torch.from_numpy(flat)).numpy(), flat[:, 20:40, 20:50, 30:70])
+
+
 def test_a_small_head_is_centred_and_padded_with_zeros():
     v = _head_volume(np.random.default_rng(1))
     out = CropToHead((50, 50, 120))(torch.from_numpy(v)).numpy()
@@ -75,20 +86,23 @@ def test_a_record_without_the_option_keeps_the_chain_it_was_trained_with():
         preset("mri3d", False, crop="top")
 
 
-def test_an_older_3d_checkpoint_is_read_with_the_centre_crop(tmp_path):
+def test_an_older_3d_checkpoint_is_read_with_the_centre_crop_and_one_written_now_with_the_head_crop(tmp_path):
     from medtl.deploy.inputs import SeriesLoader
     from medtl.deploy.model import load_model
     from medtl.models import Head, Model, build_encoder, save_checkpoint
 
     enc = build_encoder("resnet10", spatial_dims=3)
     model = Model(enc, Head(enc.out_features, "binary"))
-    old = save_checkpoint(tmp_path / "old.pt", model, intensity={"preset": "mri3d", "volume_shape": [16, 16, 16]},
+    # written now with only the options given: the record holds every option, as the chain ran
+    new = save_checkpoint(tmp_path / "new.pt", model, intensity={"preset": "mri3d", "volume_shape": [16, 16, 16]},
                           label_names=["F", "M"])
-    p = load_model(old, device="cpu", threshold=0.5)
+    assert torch.load(new, weights_only=True)["meta"]["intensity"]["crop"] == "head"
+    assert load_model(new, device="cpu", threshold=0.5).preset_options["crop"] == "head"
+    # as an older medtl wrote it: no crop (and, from a pipeline, no spacing either)
+    obj = torch.load(new, weights_only=True)
+    obj["meta"]["intensity"] = {"preset": "mri3d", "volume_shape": [16, 16, 16]}
+    torch.save(obj, tmp_path / "old.pt")
+    p = load_model(tmp_path / "old.pt", device="cpu", threshold=0.5)
     assert p.preset_options == {"spacing": (2.0, 2.0, 2.0), "volume_shape": [16, 16, 16], "crop": "center"}
     loader = SeriesLoader(p.preset, p.preset_options, p.spatial_dims)
     assert [type(t).__name__ for t in loader.steps.untracked] == ["NormalizeIntensityd", "ResizeWithPadOrCropd"]
-    # what a checkpoint written now records (medtl train, pretrain and the pipeline record Preset.resolved)
-    from medtl.data.transforms import Preset
-
-    assert Preset("mri3d").resolved({"volume_shape": [16, 16, 16]})["crop"] == "head"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -431,13 +432,24 @@ def test_a_series_error_names_no_file_whose_name_holds_the_patient(mprage_files,
     (tmp_path / "in" / "mr" / "gap-004.dcm").unlink()  # one slice missing: the grid check names a neighbour
     for i, f in enumerate(files):
         f.rename(f.with_name(f"Smith_Alice_{i:05d}.dcm"))
-    for include, redact in ((False, False), (False, True), (True, False)):
-        out = tmp_path / f"out-{include}-{redact}"
-        predict_batch(model_3d, tmp_path / "in", out, include_identifiers=include, redact_paths=redact, progress=False)
+    manifest = tmp_path / "labels.csv"  # a manifest row naming the series folder (how docs/own_data.md predicts DICOM)
+    manifest.write_text("path,label,split\nmr,F,test\n")
+    for include, redact, given in ((False, False, "in"), (False, True, "in"), (True, False, "in"),
+                                   (False, False, "manifest")):
+        out = tmp_path / f"out-{include}-{redact}-{given}"
+        source = tmp_path / "in" if given == "in" else manifest
+        predict_batch(model_3d, source, out, data_root=tmp_path / "in", include_identifiers=include,
+                      redact_paths=redact, progress=False)
         (row,) = _rows(out)
         assert row["status"] == "error" and "mm" in row["error"], row["error"]
         written = " ".join(p.read_text() for p in out.iterdir() if p.is_file())
         assert ("Smith_Alice" in written) == include, written[:500]
+    # files named by bare numbers identify no one: the message keeps them (and its numbers readable)
+    for i, f in enumerate(sorted((tmp_path / "in" / "mr").iterdir())):
+        f.rename(f.with_name(f"{i + 1}"))
+    predict_batch(model_3d, tmp_path / "in", tmp_path / "numbers", progress=False)
+    (row,) = _rows(tmp_path / "numbers")
+    assert "[file]" not in row["error"] and re.search(r"2\.00 mm from \d+, the slice before", row["error"]), row["error"]
 
 
 @pytest.mark.parametrize("redact_paths", [False, True])
@@ -464,3 +476,20 @@ def test_results_with_scrubbed_or_hashed_paths_still_join_their_labels_manifest(
     res = read_batch_results(out / "results.csv", labels=manifest)
     assert len(res.table) == 4 and not [n for n in res.notes if "left out" in n], res.notes
     assert sorted(res.table["patient_id"]) == ["P0", "P1", "P2", "P3"]  # from the labels manifest: bootstrap units
+
+
+def test_an_sr_that_could_not_be_written_is_written_by_the_next_run(mprage_files, new_series, model_mr2d, tmp_path):
+    """A failed write (here: sr/ is a file; a full disk, a permission) is not the source's fault: the row is a
+    retryable error, and the next run predicts the series again and writes its SR."""
+    new_series(mprage_files[:2], tmp_path / "in" / "mr", "sr-retry")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sr").write_text("in the way")
+    first = predict_batch(model_mr2d, tmp_path / "in", out, write_sr=True, progress=False)
+    (row,) = _rows(out)
+    assert row["status"] == "error" and row["retryable"] and row["error"].startswith("SR not written")
+    assert first.errors == 1
+    (out / "sr").unlink()
+    again = predict_batch(model_mr2d, tmp_path / "in", out, write_sr=True, progress=False)
+    assert again.ok == 1 and again.resumed == 0 and len(list(out.glob("sr/*/*.dcm"))) == 1
+    assert _table(out / "results.csv")[0]["status"] == "ok"

@@ -497,5 +497,7 @@ def test_a_name_is_scrubbed_however_the_file_system_or_a_person_spelled_its_acce
         assert scrubbed.startswith("/exports/[redacted]") and not re.search("m(u|ü|ue)ll|j(u|ü|ue)rg", scrubbed, re.I), \
             (text, scrubbed)
     assert _scrub("Astrom_Marta_2019", {"PatientName": "Åström^Marta"}) == "[redacted]_[redacted]_2019"
+    # Only Latin accents are dropped: a kana's voicing mark makes another name (ごとう is not ことう)
+    assert _scrub("ごとう and ことう", {"PatientName": "Gotou^Taro=ごとう^たろう"}) == "[redacted] and ことう"
     # A name of carets only (empty components) scrubs nothing: traceback markers (^^^) stay.
     assert _scrub("    ^^^^^^ here", {"PatientName": "^^^"}) == "    ^^^^^^ here"

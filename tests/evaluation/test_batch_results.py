@@ -250,3 +250,31 @@ def test_exclude_matches_predicts_source_paths_and_refuses_a_list_that_matches_n
     pd.DataFrame({"path": ["other/7.png"]}).to_csv(listed, index=False)
     with pytest.raises(MedtlError, match="no row of the predictions matches"):
         _exclude([table], listed, "test")
+
+
+def test_a_scrubbed_case_id_joins_its_own_row_even_when_two_paths_share_a_tag():
+    """The 4-byte tag of a scrubbed case id can collide (about 1 in 2**32 per pair): the visible part of the id
+    must fit the path too, and a tag that still names two paths joins neither (rather than a wrong label)."""
+    from medtl.evaluation.batch_results import join_labels
+    from medtl.paths import path_tag
+
+    salt = bytes(range(32))
+    seen, pair = {}, None
+    for i in range(400_000):  # a collision between a site-a and a site-b path (found within ~100k in practice)
+        path = f"{'ab'[i % 2]}/Patient{i:06d}_CT.dcm"
+        tag = path_tag(path, salt)
+        if tag in seen and seen[tag][0] != path[0]:
+            pair = (seen[tag], path)
+            break
+        seen.setdefault(tag, path)
+    assert pair is not None
+    rows = [ManifestRow(p, lab, f"P{k}", "d", "test", "cxr") for k, (p, lab) in enumerate(zip(pair, ("yes", "no")))]
+    manifest = Manifest(rows, ["no", "yes"])
+    tag = path_tag(pair[0], salt)
+    df = pd.DataFrame({"case_id": [f"{pair[0][0]}/[redacted]_CT.dcm#{tag}"], "source": [""]})
+    joined, notes = join_labels(df, manifest, "results.csv", salt=salt)
+    assert list(joined["label"]) == ["yes"] and list(joined["patient_id"]) == ["P0"] and not notes
+    # the visible part fits both paths: ambiguous, so the row is left out and said
+    df = pd.DataFrame({"case_id": [f"[redacted]#{tag}", pair[0]], "source": ["", ""]})
+    joined, notes = join_labels(df, manifest, "results.csv", salt=salt)
+    assert list(joined["case_id"]) == [pair[0]] and "1 of 2 rows are not in the labels manifest" in notes[0]
