@@ -15,12 +15,14 @@ def _items(n, size=32, seed=0):
 def test_supervised_pretraining_writes_a_loadable_model(tmp_path):
     result = pretrain_on(_items(6), _items(4, seed=1), tmp_path, label_names=["no_finding", "pneumonia"],
                          arch="resnet10", image_size=32, epochs=1, batch_size=4, seed=5, progress=False, device="cpu",
-                         meta={"intensity": {"preset": "cxr"}, "manifest_hash": "feed"})
+                         meta={"intensity": {"preset": "cxr", "image_size": 32}, "manifest_hash": "feed"})
     assert result.path == tmp_path / "model.pt"
     raw = torch.load(result.path, weights_only=True)
     meta = raw["meta"]
     assert meta["label_names"] == ["no_finding", "pneumonia"] and meta["seed"] == 5 and meta["mode"] == "supervised"
-    assert meta["manifest_hash"] == "feed" and meta["intensity"] == {"preset": "cxr"} and meta["image_size"] == [32, 32]
+    assert meta["manifest_hash"] == "feed" and meta["image_size"] == [32, 32]
+    # the record holds every option of its preset, the defaults where none was given (as the chain ran)
+    assert meta["intensity"] == {"preset": "cxr", "image_size": 32, "clahe": False}
     assert "val_loss" in meta["metrics"] and meta["task"] == "binary"
     model, _ = load_checkpoint(result.path)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 2)
