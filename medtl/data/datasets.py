@@ -27,7 +27,7 @@ from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
 from medtl.data.manifest import Manifest
-from medtl.data.transforms import METADATA_LOCK, Preset, SplitChain, preset, untracked_meta
+from medtl.data.transforms import CHAIN_VERSION, METADATA_LOCK, Preset, SplitChain, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
 from medtl.plain import plain
@@ -181,11 +181,12 @@ def build_dataset(
 
 
 def chain_key(preset_name: str, options: dict) -> str:
-    """A short name for a preset chain with these options (every option resolved: defaults given or not agree)."""
+    """A short name for a preset chain with these options (every option resolved: defaults given or not agree)
+    at this :data:`~medtl.data.transforms.CHAIN_VERSION`."""
     import hashlib
     import json
 
-    resolved = Preset(preset_name).resolved(options)
+    resolved = {**Preset(preset_name).resolved(options), "chain_version": CHAIN_VERSION}
     return f"{preset_name}-" + hashlib.sha256(json.dumps(plain(resolved), sort_keys=True).encode()).hexdigest()[:12]
 
 

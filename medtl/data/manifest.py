@@ -269,12 +269,12 @@ def _share(count: int, sizes: list[int]) -> list[int]:
 
 
 def is_number(label: str) -> bool:
-    """Whether a label is a regression target's value (a number) rather than a class name."""
+    """Whether a label is a regression target's value (a finite number) rather than a class name; "nan" and
+    "inf" are not values a model can learn or be scored against (a missing target is ``unlabelled``)."""
     try:
-        float(label)
+        return math.isfinite(float(label))
     except ValueError:
         return False
-    return True
 
 
 def meta_path_for(manifest_path: Path) -> Path:

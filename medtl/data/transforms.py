@@ -68,6 +68,9 @@ DEFAULTS = {
 # recorded): the defaults of that time. A record's own values always win over these.
 RECORDED_BEFORE = {**DEFAULTS, "mri3d": {**DEFAULTS["mri3d"], "crop": "center"}}
 CROPS = ("head", "center")
+# Bumped whenever a preset chain computes other values for the same options: caches of preprocessed images
+# (medtl.data.datasets.chain_key) then miss instead of serving images of the old chain.
+CHAIN_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,10 @@ def test_a_manifest_shows_a_summary_not_its_rows(tmp_path):
     m = Manifest(rows, ["x", "y"])
     assert repr(m) == "Manifest(manifest: 600 rows (test 200, train 400), labels ['x', 'y'], modality cxr)"
     assert "m.csv: 600 rows" in repr(Manifest.load(m.save(tmp_path / "m.csv")))
+
+
+def test_a_regression_target_is_a_finite_number():
+    from medtl.data.manifest import is_number
+
+    assert [is_number(x) for x in ("41.5", "7", "-0.2", "1e3")] == [True] * 4
+    assert [is_number(x) for x in ("F", "nan", "inf", "-Infinity", "", "unlabelled")] == [False] * 6
