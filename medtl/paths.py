@@ -63,17 +63,22 @@ REDACTED = "[redacted]"  # what medtl predict writes in place of an identifier
 PATH_SALT_FILE = ".path-salt"
 
 
+IMAGE_SUFFIXES = (".nii.gz", ".dcm", ".nii", ".png", ".jpg", ".jpeg", ".dicom", ".ima")
+
+
+def image_suffix(name: str) -> str:
+    """The image suffix a file name ends with, in lower case (``IM1.DCM`` -> ``.dcm``), or ""."""
+    lower = name.lower()
+    return next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), "")
+
+
 def salted_path(rel: str, salt: bytes) -> str:
     """``rel`` with every component replaced by ``h-<salted hash>`` (the suffix kept): folder and
     file names often hold patient names, and an unsalted hash of a name is guessed by trying names."""
     parts = [p for p in rel.replace("\\", "/").split("/") if p]
     out = []
     for i, part in enumerate(parts):
-        suffix = ""
-        if i == len(parts) - 1:
-            lower = part.lower()
-            suffix = next((s for s in (".nii.gz", ".dcm", ".nii", ".png", ".jpg", ".jpeg", ".dicom", ".ima")
-                           if lower.endswith(s)), "")
+        suffix = image_suffix(part) if i == len(parts) - 1 else ""
         out.append("h-" + hashlib.blake2b(part.encode("utf-8", "surrogateescape"), key=salt[:64],
                                           digest_size=8).hexdigest() + suffix)
     return "/".join(out)

@@ -106,13 +106,14 @@ class Preset:
         return {**DEFAULTS[self.name], **{k: v for k, v in options.items() if v is not None}}
 
 
-def recorded_options(intensity: Mapping[str, Any]) -> dict[str, Any]:
+def recorded_options(intensity: Mapping[str, Any], missing: Mapping[str, dict] = RECORDED_BEFORE) -> dict[str, Any]:
     """A checkpoint's recorded preprocessing (``{"preset": ..., **options}``) with every option of its preset:
-    one it lacks takes the value the medtl that wrote it used (:data:`RECORDED_BEFORE`), not today's default."""
+    one it lacks takes the value the medtl that wrote it used (:data:`RECORDED_BEFORE`), not today's default.
+    ``missing=DEFAULTS`` completes a record being written now (what the chain ran with)."""
     name = intensity["preset"]
     Preset(name)  # refuses an unknown preset
     options = {k: v for k, v in intensity.items() if k != "preset" and v is not None}
-    return {"preset": name, **RECORDED_BEFORE[name], **options}
+    return {"preset": name, **missing[name], **options}
 
 
 class LoadMedicalImage(Transform):

@@ -64,7 +64,7 @@ from medtl.deploy.model import Predictor, load_model
 from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, redacting
 from medtl.deploy.uids import safe_name
 from medtl.errors import MedtlError
-from medtl.paths import PATH_SALT_FILE, path_tag, salted_path
+from medtl.paths import PATH_SALT_FILE, image_suffix, path_tag, salted_path
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ MANIFEST_COLUMNS = ("label", "split")
 # control characters escaped.
 UID_COLUMNS = ("study_uid", "series_uid")
 UNREDACTED_COLUMNS = frozenset(OWN_COLUMNS + MANIFEST_COLUMNS + ("case_id",))  # our words, or the user's labels
-SALT = PATH_SALT_FILE
 ERROR_CHARS = 1000  # an error row's text is cut to this length
 MAX_PACS_FAILURES = 5
 
@@ -199,15 +198,9 @@ def describe_error(err: BaseException, s: Series, sops: dict[str, str], include_
             text = text.replace(str(f), "[file]")
         for name in {Path(f).name for f in s.files}:
             shown_as_source = len(s.files) == 1 and PurePosixPath(s.source or "").name == name
-            if not shown_as_source and any(c.isalpha() for c in _stem(name)):
+            if not shown_as_source and any(c.isalpha() for c in name[: len(name) - len(image_suffix(name))]):
                 text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", "[file]", text)
     return " ".join(text.split())  # cut to ERROR_CHARS where the row is written, after the redaction
-
-
-def _stem(name: str) -> str:
-    """A file name without its image suffix (``00091.dcm`` -> ``00091``)."""
-    lower = name.lower()
-    return next((name[: -len(x)] for x in (".nii.gz", ".dcm", ".dicom", ".ima", ".nii") if lower.endswith(x)), name)
 
 
 def predict_batch(
@@ -619,7 +612,7 @@ def _remove_leftovers(out: Path) -> None:
 def _salt(out: Path) -> bytes:
     """The output folder's path salt (made once, 0600): the same input path hashes the same way on a
     rerun (resuming needs it), and differently in every other output folder."""
-    path = out / SALT
+    path = out / PATH_SALT_FILE
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:

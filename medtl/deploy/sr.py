@@ -18,6 +18,7 @@ Classes are coded in a private scheme ``99MEDTL`` (the model's label names are n
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from medtl.deploy.uids import derived_uid, is_valid_uid
@@ -108,8 +109,6 @@ def _with_type2_attributes(header):
     missing = [t for t in TYPE2_COPIED if t not in header]
     if not missing:
         return header
-    import copy
-
     header = copy.deepcopy(header)
     for tag in missing:
         setattr(header, tag, "")

@@ -161,8 +161,7 @@ def complete_intensity(intensity):
     :func:`with_recorded_options` reads with that medtl's values."""
     if not isinstance(intensity, dict) or intensity.get("preset") not in DEFAULTS:
         return intensity
-    given = {k: v for k, v in intensity.items() if v is not None}
-    return {"preset": intensity["preset"], **DEFAULTS[intensity["preset"]], **given}
+    return recorded_options(intensity, missing=DEFAULTS)
 
 
 def with_recorded_options(meta: dict[str, Any]) -> dict[str, Any]:
