@@ -72,8 +72,12 @@ def label_warnings(manifest: Manifest) -> list[str]:
     """Labels that look like typos: names equal but for case or spaces ('F' and 'f'), and classes of one image.
     Each becomes a class of its own, which training then learns (and scores) from one or two images."""
     counts = Counter(r.label for r in manifest if r.label != "unlabelled")
-    if counts and all(is_number(label) for label in counts):
-        return []  # regression targets (ages): every value is its own "class"
+    not_finite = sorted(label for label in counts if not is_number(label) and _is_float(label))
+    if counts and all(is_number(label) or label in not_finite for label in counts):
+        # regression targets (ages): every value is its own "class"; nan/inf is a missing value misspelt
+        return [f"{sum(counts[x] for x in not_finite)} row(s) hold the target {' or '.join(map(repr, not_finite))}, "
+                "which no model can learn or be scored against: write 'unlabelled' for a missing target"
+                ] if not_finite else []
     alike: dict[str, list[str]] = defaultdict(list)
     for label in counts:
         alike[" ".join(label.split()).casefold()].append(label)
@@ -86,6 +90,14 @@ def label_warnings(manifest: Manifest) -> list[str]:
         out.append(f"class(es) with a single image: {', '.join(repr(x) for x in single)}; nothing can learn or "
                    "score a class from one image (a typo, or rows to remove?)")
     return out
+
+
+def _is_float(label: str) -> bool:
+    try:
+        float(label)
+        return True
+    except ValueError:
+        return False
 
 
 WRONG_ROOT_FRACTION = 0.5  # more missing than this: the data root is wrong rather than the files

@@ -174,3 +174,15 @@ def test_labels_that_look_like_typos_are_warned_about(folder_root):
     ages = Manifest([ManifestRow(f"site/neg/img0{i}.png", str(40 + i), f"p{i}", "d", "train", "cxr") for i in range(3)],
                     ["40", "41", "42"])
     assert label_warnings(ages) == []  # regression targets: each value once is expected
+
+
+def test_a_regression_manifest_with_nan_targets_gets_one_warning_not_typo_warnings():
+    """Ages with a few 'nan' (a missing age, spelt as pandas writes it) were warned about as single-image classes,
+    one per value; the warning now names the non-finite targets once and says how to mark a missing one."""
+    from medtl.data.check import label_warnings
+
+    labels = ["40", "41", "42", "nan", "NaN", "inf"]
+    ages = Manifest([ManifestRow(f"site/neg/img{i}.png", x, f"p{i}", "d", "train", "mri3d")
+                     for i, x in enumerate(labels + ["nan"])], labels)
+    assert label_warnings(ages) == ["4 row(s) hold the target 'NaN' or 'inf' or 'nan', which no model can learn or "
+                                    "be scored against: write 'unlabelled' for a missing target"]
