@@ -93,8 +93,8 @@ def run(args) -> int:
     add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS))
     loader = SeriesLoader(predictor.preset, predictor.preset_options, predictor.spatial_dims)
     with redacting(redactor):
-        rows, images, classes, layer, overlays = _explain_series(series, args, module, predictor, loader, redactor,
-                                                                 class_idx)
+        rows, images, classes, layer, overlays, keys = _explain_series(series, args, module, predictor, loader,
+                                                                       redactor, class_idx)
     done = [r for r in rows if r["file"]]
     columns = ["file", "source", "predicted", "explained_class", "p_explained", "map",
                *[f"prob_{c}" for c in predictor.label_names], "error"]
@@ -107,7 +107,8 @@ def run(args) -> int:
         try:
             if len(images) < 2:
                 raise MedtlError("the deletion test needs at least 2 explained images", "--deletion-test")
-            result = deletion_test(module, images, layer, class_idx=classes, control=args.control)
+            result = deletion_test(module, images, layer, class_idx=classes, control=args.control,
+                                   groups=_resampling_units(args.input, keys))
             save_deletion_test(result, out / "deletion.json")
         except MedtlError as err:
             refused = err
@@ -180,15 +181,15 @@ def _verdict_line(test: dict | None, refused: str | None) -> str:
 
 def _explain_series(series, args, module, predictor, loader, redactor, class_idx):
     """Maps for the series' images, up to ``--max-images``: (index rows, explained images, their classes, the
-    layer explained: ``--layer``, or chosen on the first image, and the overlays to draw: (file name, image,
-    map, title), drawn once the deletion test has spoken)."""
+    layer explained: ``--layer``, or chosen on the first image, the overlays to draw: (file name, image,
+    map, title), drawn once the deletion test has spoken, and each image's series key)."""
     import torch
 
     from medtl.errors import MedtlError
     from medtl.evaluation.explain import choose_layer, coarse, gradcam
     from medtl.progress import bar
 
-    rows, images, classes, layer, overlays = [], [], [], args.layer, []
+    rows, images, classes, layer, overlays, keys = [], [], [], args.layer, [], []
     for s in bar(series, desc="explain", unit="series", enabled=args.progress):
         if len(images) >= args.max_images:
             break
@@ -224,10 +225,29 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
             overlays.append((name, x.numpy(), cam, title))
             images.append(x)
             classes.append(c)  # the class this overlay explains: the deletion test tests the same maps
+            keys.append(s.key)
             rows.append({"file": name, "source": shown_source, "predicted": decided, "explained_class": explained,
                          "p_explained": f"{probs[c]:.6g}", "map": "constant (no location)" if constant else "",
                          **{f"prob_{n}": f"{p:.6g}" for n, p in zip(predictor.label_names, probs)}, "error": ""})
-    return rows, images, classes, layer or LAYERS[0], overlays
+    return rows, images, classes, layer or LAYERS[0], overlays, keys
+
+
+def _resampling_units(input: str, keys: list[str]) -> list[str]:
+    """The deletion test's unit of each image: its series (a multi-frame file's images are one), and for a
+    manifest its patient, with the patients of one near-copy group joined (as ``medtl evaluate`` resamples)."""
+    from medtl.data.manifest import NEAR_COPY_GROUP
+    from medtl.evaluation.bootstrap import sampling_units
+
+    own, copies = [f"series:{k}" for k in keys], [None] * len(keys)
+    if Path(input).is_file() and Path(input).suffix.lower() == ".csv":
+        with open(input, newline="", encoding="utf-8-sig") as f:
+            of_path = {(r.get("path") or "").strip(): r for r in csv.DictReader(f)}
+        for i, key in enumerate(keys):
+            row = of_path.get(key, {})
+            if (row.get("patient_id") or "").strip():
+                own[i] = f"patient:{row['patient_id'].strip()}"
+            copies[i] = (row.get(NEAR_COPY_GROUP) or "").strip() or None
+    return list(sampling_units(own, copies))
 
 
 def _gallery(out: Path, rows: list[dict], model: str, layer: str, test: dict | None, refused: str | None) -> None:

@@ -4,7 +4,7 @@
 
     {"image": float32 tensor (1, H, W) or (1, X, Y, Z), plain (no MONAI metadata), "label": long (-1 for ``unlabelled`` rows
      when the label set has real classes; float for regression),
-     "case_id": manifest path, "patient_id": str, "domain": str}
+     "case_id": manifest path, "patient_id": str, "domain": str, "near_copy_group": str ("" for none)}
 
 Bad items: with ``on_error="raise"`` (default) the first bad file stops with its ``MedtlError``.
 With ``on_error="skip"`` every bad file is logged, written to ``<run_dir>/skipped.csv`` (path and
@@ -26,7 +26,7 @@ from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
-from medtl.data.manifest import Manifest
+from medtl.data.manifest import NEAR_COPY_GROUP, Manifest
 from medtl.data.transforms import CHAIN_VERSION, METADATA_LOCK, Preset, SplitChain, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
@@ -108,7 +108,8 @@ def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str 
                 raise MedtlError(f"label {raw!r} is not in the label set {manifest.label_names}", where)
             label = torch.tensor(manifest.label_names.index(raw), dtype=torch.long)
         items.append({"image": str(path), "label": label, "case_id": row.path,
-                      "patient_id": row.patient_id, "domain": row.domain})
+                      "patient_id": row.patient_id, "domain": row.domain,
+                      NEAR_COPY_GROUP: row.extras.get(NEAR_COPY_GROUP, "")})
     return items
 
 

@@ -48,6 +48,9 @@ ROOT_ABSOLUTE_KEY = "data_root_absolute"
 REQUIRED_COLUMNS = ("path", "label", "patient_id", "domain", "split", "modality")
 SPLITS = ("train", "val", "test")
 MODALITIES = ("cxr", "mri2d", "mri3d")
+# An extra column `manifest build` writes: the near-copies of one image (one scan re-encoded or re-cut) share
+# a name; every split and every resampling keeps them together.
+NEAR_COPY_GROUP = "near_copy_group"
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,39 @@ def bootstrap_counts(
     return unit_counts[:, unit]
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and not np.isfinite(value)) or str(value) == ""
+
+
+def sampling_units(units, copies=None) -> np.ndarray:
+    """The resampling unit of each case (one label per case): ``units`` (a case's patient, or the case itself)
+    with the units of one near-copy group (``copies``: images that are one scan re-encoded or re-cut, which
+    per-image data sets give different "patients") joined into one. A missing group (None, NaN, "") joins
+    nothing."""
+    units = [str(u) for u in units]
+    if copies is None:
+        return np.array(units)
+    if len(copies) != len(units):
+        raise MedtlError(f"need one near-copy group per case ({len(units)}), got {len(copies)}", "copies")
+    parent: dict[str, str] = {}
+
+    def root(u: str) -> str:
+        path = []
+        while parent.get(u, u) != u:
+            path.append(u)
+            u = parent[u]
+        for p in path:  # every node on the way now points at the root
+            parent[p] = u
+        return u
+
+    for unit, group in zip(units, copies):  # union: a unit and its group, so a group joins all its units
+        if not _missing(group):
+            a, b = root(unit), root("copies:" + str(group))
+            if a != b:
+                parent[a] = b
+    return np.array([root(u) for u in units])
+
+
 def _check_n_boot(n_boot, allow_zero: bool) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < (0 if allow_zero else 1):
         raise MedtlError(f"must be a positive integer, got {n_boot!r}", "n_boot")

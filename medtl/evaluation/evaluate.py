@@ -21,7 +21,7 @@ import pandas as pd
 from medtl import __version__
 from medtl.errors import MedtlError
 from medtl.evaluation import calibration as cal
-from medtl.evaluation.bootstrap import bootstrap_samples, percentile_interval, seed_summary
+from medtl.evaluation.bootstrap import bootstrap_samples, percentile_interval, sampling_units, seed_summary
 from medtl.evaluation.delong import delong_macro_test, delong_test
 from medtl.evaluation.metrics import (
     BINARY_METRICS,
@@ -240,25 +240,7 @@ def _groups(test: pd.DataFrame) -> np.ndarray | None:
         return None
     case = test["case_id"] if "case_id" in test else test.index.to_series()  # paired frames are indexed by case
     units = np.where(pid.isna(), ("case:" + case.astype(str)).to_numpy(), ("patient:" + pid.astype(str)).to_numpy())
-    if copies.isna().all():
-        return units
-    parent: dict[str, str] = {}
-
-    def root(u: str) -> str:
-        path = []
-        while parent.get(u, u) != u:
-            path.append(u)
-            u = parent[u]
-        for p in path:  # every node on the way now points at the root
-            parent[p] = u
-        return u
-
-    for unit, group in zip(units, copies):  # union: a unit and its group, so a group joins all its units
-        if group is not None and not pd.isna(group):
-            a, b = root(unit), root("copies:" + str(group))
-            if a != b:
-                parent[a] = b
-    return np.array([root(u) for u in units])
+    return units if copies.isna().all() else sampling_units(units, copies.to_numpy(object))
 
 
 def _grid_curves(y: np.ndarray, s: np.ndarray, W: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl.data.manifest import NEAR_COPY_GROUP
 from medtl.errors import MedtlError
 from medtl.evaluation.figures import colormap, subplots, to_png
 
@@ -222,9 +223,12 @@ def _image_of(item):
     return item["image"] if isinstance(item, dict) else item
 
 
-def _mean_ci(v: np.ndarray, level: float, n_boot: int, rng: np.random.Generator) -> dict:
-    """Mean with a percentile-bootstrap interval over images."""
-    means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(1)
+def _mean_ci(v: np.ndarray, level: float, n_boot: int, rng: np.random.Generator, unit: np.ndarray) -> dict:
+    """Mean over images with a percentile-bootstrap interval that draws units (``unit``: codes 0..U-1 per image;
+    a patient's images, or near-copies, are one unit), each bringing all its images."""
+    sums, counts = np.bincount(unit, weights=v), np.bincount(unit)
+    draws = rng.integers(0, len(counts), (n_boot, len(counts)))
+    means = sums[draws].sum(1) / counts[draws].sum(1)
     a = (1 - level) / 2
     return {"mean": float(v.mean()), "ci": [float(np.quantile(means, a)), float(np.quantile(means, 1 - a))]}
 
@@ -250,6 +254,7 @@ def deletion_test(
     level: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
+    groups: Sequence | str | None = "auto",
 ) -> dict:
     """Faithfulness of Grad-CAM maps: does blanking the map's hottest region hurt the model most?
 
@@ -264,8 +269,12 @@ def deletion_test(
 
     Returns a JSON-able dict: ``drop_top`` = mean of ``p - p_top``, ``drop_random`` = mean of
     ``p - p_random``, ``difference`` = mean of their per-image difference (paired), each with a
-    ``level`` percentile-bootstrap interval over images (``difference`` also with a paired t
-    interval, ``ci_t``); ``top_larger``: the share of images whose top drop beats the control's;
+    ``level`` percentile-bootstrap interval (``difference`` also with a paired t interval, ``ci_t``).
+    Images are not independent when one patient gives several, or one scan is in the set twice (near-copies):
+    the intervals resample units, each bringing all its images, and the t interval is over unit means.
+    ``groups``: one unit label per image; ``"auto"`` (default) takes dataset items' ``patient_id`` and
+    ``near_copy_group`` (a patient's images are one unit, and so are the patients of a near-copy group),
+    else each image is its own unit; None makes every image its own. ``top_larger``: the share of images whose top drop beats the control's;
     ``per_image`` lists; ``verdict`` (:func:`deletion_verdict`) and ``constant_maps`` (maps with no
     location, blanked at random). A map that marks the evidence gives a difference clearly above 0; one
     that points elsewhere (or away from the evidence, as an inverted map does) gives 0 or less. This is
@@ -290,15 +299,20 @@ def deletion_test(
         raise MedtlError(f"n_boot must be at least 1, got {n_boot}", "n_boot")
     if explain is None and target_layer is None:
         raise MedtlError("give the target_layer to explain (or an explain function)", "target_layer")
+    if isinstance(groups, str) and groups != "auto":
+        raise MedtlError(f"groups must be 'auto', None or one label per image, got {groups!r}", "groups")
     dims = _spatial_dims(model)
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     rows: dict[str, list] = {"class": [], "p": [], "drop_top": [], "drop_random": [], "constant": []}
+    patients, copies = [], []  # for groups="auto"
     was_training = model.training
     with _eval(model):
         explain_fn = explain or (lambda x, c: gradcam(model, x, target_layer, c))
         for i, item in enumerate(images):
             x = _batch_of_one(_image_of(item), dims, f"images[{i}]").to(device)
+            patients.append(item.get("patient_id") if isinstance(item, dict) else None)
+            copies.append(item.get(NEAR_COPY_GROUP) if isinstance(item, dict) else None)
             with torch.no_grad():
                 probs = torch.softmax(model(x).float(), 1)[0]
             chosen = class_idx[i] if isinstance(class_idx, Sequence) else class_idx
@@ -341,8 +355,12 @@ def deletion_test(
                          "place any): nothing to test; explain a shallower layer", "target_layer")
     top_d, rand_d = np.array(rows["drop_top"]), np.array(rows["drop_random"])
     diff = top_d - rand_d
+    unit = _units_of(groups, patients, copies, n)
+    n_units = int(unit.max()) + 1
     boot = np.random.default_rng(seed + 1)
-    difference = {**_mean_ci(diff, level, n_boot, boot), "ci_t": _t_ci(diff, level)}
+    unit_diff = np.bincount(unit, weights=diff) / np.bincount(unit)
+    difference = {**_mean_ci(diff, level, n_boot, boot, unit), "ci_t": _t_ci(unit_diff, level)}
+    over = "images" if n_units == n else f"{n_units} units of the {n} images (a patient or near-copy group each)"
     return {
         "kind": DELETION_KIND,
         "n": n,
@@ -354,17 +372,37 @@ def deletion_test(
                       "per image" if isinstance(class_idx, Sequence) else int(class_idx)),
         "target_layer": target_layer if explain is None else "custom explain function",
         "level": float(level),
-        "ci_method": f"percentile bootstrap over images ({n_boot} resamples, seed {seed + 1})",
+        "n_units": n_units,
+        "ci_method": f"percentile bootstrap over {over} ({n_boot} resamples, seed {seed + 1})",
         "seed": int(seed),
         "p_mean": float(np.mean(rows["p"])),
-        "drop_top": _mean_ci(top_d, level, n_boot, boot),
-        "drop_random": _mean_ci(rand_d, level, n_boot, boot),
+        "drop_top": _mean_ci(top_d, level, n_boot, boot, unit),
+        "drop_random": _mean_ci(rand_d, level, n_boot, boot, unit),
         "difference": difference,
         "verdict": deletion_verdict(difference),
         "constant_maps": int(sum(rows["constant"])),
         "top_larger": float(np.mean(diff > 0)),
         "per_image": rows,
     }
+
+
+def _units_of(groups, patients: list, copies: list, n: int) -> np.ndarray:
+    """Codes 0..U-1 of each image's resampling unit (see :func:`deletion_test`'s ``groups``), in the order of
+    their first images, so images that are each their own unit draw as the unit-free bootstrap did."""
+    from medtl.evaluation.bootstrap import sampling_units
+
+    if groups is None:
+        labels = np.arange(n)
+    elif isinstance(groups, str):  # "auto": the items' patients joined by their near-copy groups
+        own = [f"patient:{p}" if p not in (None, "") else f"image:{i}" for i, p in enumerate(patients)]
+        labels = sampling_units(own, copies)
+    else:
+        labels = np.asarray(list(groups), dtype=object)
+        if len(labels) != n:
+            raise MedtlError(f"need one group per image ({n}), got {len(labels)}", "groups")
+        labels = labels.astype(str)
+    _, first, code = np.unique(labels, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[code.reshape(-1)]  # numbered by first image: one image each = 0..n-1
 
 
 @contextmanager
@@ -409,7 +447,10 @@ def deletion_summary(result: dict, class_names: Sequence[str] | None = None) -> 
             class_names) else f"class {index}")
     verdict = result.get("verdict") or deletion_verdict(result["difference"])
     constant = result.get("constant_maps", 0)
-    return (f"Deletion test on {result['n']} images: blanking the top {pct} of each map lowered the probability "
+    units = result.get("n_units", result["n"])
+    where = f"{result['n']} images" + (f" ({units} independent units: a patient's images and near-copies resampled "
+                                       "together)" if units != result["n"] else "")
+    return (f"Deletion test on {where}: blanking the top {pct} of each map lowered the probability "
             f"of {explained} by {fmt(result['drop_top'])}; blanking {ctrl} lowered it by "
             f"{fmt(result['drop_random'])}. Difference {fmt(result['difference'])}, larger for the map in "
             f"{result['top_larger']:.0%} of images"

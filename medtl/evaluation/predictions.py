@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medtl.data.manifest import NEAR_COPY_GROUP  # noqa: F401 (optional column: one bootstrap unit with its patients)
 from medtl.errors import MedtlError
 
 __all__ = [
@@ -67,7 +68,6 @@ PREDICTION = "prediction"
 # A regression "strategy" that predicts the mean of the labelled training targets for every case: the
 # trivial baseline medtl run scores beside each regression task; reports read every MAE against it.
 TRAINING_MEAN = "training_mean"
-NEAR_COPY_GROUP = "near_copy_group"  # optional: one bootstrap unit with its patients (medtl manifest build's groups)
 PREDICT_THRESHOLD = "predict_threshold"  # optional: the binary threshold medtl predict applied to a run's rows
 SUM_TOLERANCE = 1e-3
 RUN_KEY = ("task", "strategy", "run_id")

@@ -222,3 +222,22 @@ def test_each_overlay_carries_what_the_deletion_test_said():
 
     image, cam = np.zeros((1, 32, 32)), np.linspace(0, 1, 32 * 32).reshape(32, 32)
     assert overlay_png(image, cam, "t", footer=_verdict_line(failed, None)) != overlay_png(image, cam, "t")
+
+
+def test_a_manifests_patients_and_near_copies_are_the_deletion_tests_units(model_2d, xrays, tmp_path, capsys):
+    """The deletion test's interval drew images singly, so a patient's images and near-copies of one scan
+    counted as independent evidence; from a manifest they are now resampled together (as medtl evaluate does)."""
+    files = sorted(f"{p.parent.name}/{p.name}" for p in xrays.rglob("0*.png"))
+    patient = {f: f for f in files}
+    patient[files[1]] = files[0]  # one patient, two images
+    group = {files[3]: "g1", files[4]: "g1"}  # two per-image "patients" that are one scan
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id", "domain", "split", "modality", "near_copy_group"])
+        w.writerows([x, x.split("/")[0], patient[x], "d", "test", "cxr", group.get(x, "")] for x in files)
+    assert main(["explain", "--model", str(model_2d), "--input", str(manifest), "--data-root", str(xrays),
+                 "--out", str(tmp_path / "cams"), "--deletion-test", "--no-progress"]) == 0
+    result = load_deletion_test(tmp_path / "cams" / "deletion.json")
+    assert (result["n"], result["n_units"]) == (6, 4) and "4 units of the 6 images" in result["ci_method"]
+    assert "Deletion test on 6 images (4 independent units" in capsys.readouterr().out

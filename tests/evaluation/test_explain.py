@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import resnet18
+from scipy import stats
 from torch import nn
 
 from medtl.errors import MedtlError
@@ -418,3 +419,43 @@ def test_a_one_cell_grid_gives_a_constant_map_not_scaled_rounding():
         assert gradcam(model, x, "encoder.layer4", 1).max() == 0.0  # layer4's grid is 1x1 at 32 px
     with pytest.raises(MedtlError, match="no spatial output"):
         choose_layer(model, torch.zeros(1, 32, 32), ["encoder"])
+
+
+def test_deletion_intervals_resample_patients_and_near_copies_as_units(blobs):
+    """38 test slices of mri2d_yesno are 26 near-copy groups: resampling them singly made the interval too
+    narrow. Dataset items' patient_id and near_copy_group now make the units; checked against a numpy cluster
+    bootstrap with the same draws, and each image its own unit reproduces the unit-free numbers."""
+    model = Brightness(2)
+    group_of = [f"g{i // 4}" if i < 20 else "" for i in range(40)]  # 5 groups of 4 copies, then 20 single images
+    items = [{"image": b, "patient_id": f"p{i}", "near_copy_group": g} for i, (b, g) in enumerate(zip(blobs, group_of))]
+    got = deletion_test(model, items, "features", class_idx=1, n_boot=300, seed=4)
+    assert got["n"] == 40 and got["n_units"] == 25 and "25 units of the 40 images" in got["ci_method"]
+    assert "40 images (25 independent units" in deletion_summary(got)
+
+    # reference: units drawn with replacement, each bringing its images; the draws as the test makes them
+    diff = np.array(got["per_image"]["drop_top"]) - np.array(got["per_image"]["drop_random"])
+    # units are numbered by their first image: the 5 groups, then the 20 single images
+    own = np.array([i // 4 if i < 20 else i - 15 for i in range(40)])
+    rng = np.random.default_rng(5)  # seed + 1; the difference's interval is drawn first, then drop_top's
+    rng.integers(0, 25, (300, 25))
+    top = np.array(got["per_image"]["drop_top"])
+    draws = rng.integers(0, 25, (300, 25))
+    sums, counts = np.bincount(own, weights=top), np.bincount(own)
+    ref = sums[draws].sum(1) / counts[draws].sum(1)
+    assert got["drop_top"]["ci"] == pytest.approx([np.quantile(ref, 0.025), np.quantile(ref, 0.975)])
+    # the t interval is over the 25 unit means, not the 40 images
+    means = np.bincount(own, weights=diff) / np.bincount(own)
+    half = stats.t.ppf(0.975, 24) * means.std(ddof=1) / np.sqrt(25)
+    assert got["difference"]["ci_t"] == pytest.approx([means.mean() - half, means.mean() + half])
+
+    single = deletion_test(model, items, "features", class_idx=1, n_boot=300, seed=4, groups=None)
+    plain = deletion_test(model, blobs, "features", class_idx=1, n_boot=300, seed=4)  # arrays: no ids
+    assert single["n_units"] == plain["n_units"] == 40 and single["difference"] == plain["difference"]
+    assert plain["ci_method"].startswith("percentile bootstrap over images")
+    by_hand = deletion_test(model, items, "features", class_idx=1, n_boot=300, seed=4,
+                            groups=[g or f"p{i}" for i, g in enumerate(group_of)])
+    assert by_hand["n_units"] == 25
+    with pytest.raises(MedtlError, match="one group per image"):
+        deletion_test(model, items, "features", class_idx=1, n_boot=10, groups=["a"])
+    with pytest.raises(MedtlError, match="groups must be 'auto'"):
+        deletion_test(model, items, "features", class_idx=1, n_boot=10, groups="patients")
