@@ -106,3 +106,28 @@ def test_an_older_3d_checkpoint_is_read_with_the_centre_crop_and_one_written_now
     assert p.preset_options == {"spacing": (2.0, 2.0, 2.0), "volume_shape": [16, 16, 16], "crop": "center"}
     loader = SeriesLoader(p.preset, p.preset_options, p.spatial_dims)
     assert [type(t).__name__ for t in loader.steps.untracked] == ["NormalizeIntensityd", "ResizeWithPadOrCropd"]
+
+
+@pytest.mark.real_data
+def test_background_noise_of_a_raw_scan_does_not_make_the_head_the_whole_volume(data_root):
+    """Rician background noise at 4% of the tissue's brightness (a raw, unmasked scan) passed the brightness
+    threshold in every slice: the box became the whole volume and, with air above the head, the window kept
+    32 mm of air and cut the cerebellum. The mean filter and the largest blob find the clean head's box."""
+    f = sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[0]
+    v = Compose(preset("mri3d", False)[0][:3])({"image": str(f)})["image"].as_tensor().float()
+    clean = CropToHead((80, 96, 80)).head_box(v)
+    air = torch.nn.functional.pad(v, (0, 20))  # 40 mm of air above the head
+    rng = np.random.default_rng(0)
+    sigma = 0.04 * float(torch.quantile(v.flatten()[::7], 0.99))
+    noise = rng.normal(0, sigma, (2, *air.shape)).astype(np.float32)
+    noisy = torch.from_numpy(np.hypot(air.numpy() + noise[0], noise[1]))  # magnitude image: Rician
+    # the threshold alone, as the crop was: more than 1% of the fullest slice's count in every slice
+    lo, hi = (float(q) for q in torch.quantile(noisy.flatten()[::64], torch.tensor([0.01, 0.99])))
+    counts = (noisy[0] > lo + 0.1 * (hi - lo)).sum(dim=(0, 1))
+    assert bool((counts >= 0.01 * counts.max()).all())
+    box = CropToHead((80, 96, 80)).head_box(noisy)
+    assert all(abs(a - b) <= 1 for got, want in zip(box, clean) for a, b in zip(got, want)), (box, clean)
+    out = CropToHead((80, 96, 80))(noisy)
+    assert box[2][1] - box[2][0] > 80  # a tall head: the window's top is the head's top, not the air above it
+    np.testing.assert_array_equal(out[0, :, :, -1].numpy(), noisy[0, :, :, box[2][1] - 1].numpy()[
+        _window(v[0], 0, 80), _window(v[0], 1, 96)])
