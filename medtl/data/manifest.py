@@ -100,6 +100,8 @@ class Manifest:
     def modality(self) -> str:
         """The one modality of every row (it chooses the preset); an error when the rows mix modalities."""
         mods = sorted({r.modality for r in self.rows})
+        if not mods:
+            raise MedtlError("manifest has no rows: no modality to choose a preset from", self.source)
         if len(mods) != 1:
             raise MedtlError(f"manifest mixes modalities {mods}; choose a preset", self.source)
         return mods[0]

@@ -85,6 +85,13 @@ def check_before_run(ctx: Context) -> None:
                 raise MedtlError(f"label_map names {', '.join(map(repr, unused))}, which neither manifest's "
                                  f"{task.label_column} column holds (they hold {', '.join(sorted(map(str, values)))})",
                                  f"{where}: tasks[{i}].label_map")
+    for i, task in enumerate(cfg.tasks):  # a split with no labelled rows fails only after hours of training
+        rows = ctx.load(cfg.target, "target", task).rows
+        for split, labelled in (("train", False), ("test", True)):  # an adaptation target's train rows may be unlabelled
+            if not any(r.split == split and (r.label != "unlabelled" or not labelled) for r in rows):
+                raise MedtlError(f"the target manifest has no {'labelled ' * labelled}{split} rows for task "
+                                 f"{task.name!r}: nothing to {'score' if labelled else 'train on'} (give it a {split} "
+                                 "split, e.g. medtl manifest build --fractions)", f"{target.source} (target manifest)")
     heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
     if cfg.label_counts:  # refused now, not hours later when the transfer stage starts: each count is drawn
         for task in cfg.tasks:  # once, as the jobs will (too many rows, or fewer than one per class, fails)

@@ -111,7 +111,7 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
         target_loader = make_loader(dataset(ctx, target_train, cfg.target, True, task), tc.batch_size, True, seed)
     else:
         train_ds = dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target, True, task)
-        val_ds = dataset(ctx, val_part, cfg.target, False, task)
+        val_ds = dataset(ctx, val_part, cfg.target, False, task) if len(val_part) else None  # no val rows: no early stop
         target_loader = None
     if val_ds is not None and len(val_ds):
         val_loader = make_loader(val_ds, tc.batch_size, False, seed)

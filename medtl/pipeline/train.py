@@ -362,13 +362,14 @@ def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: s
     q = lambda p: shlex.quote(str(p))  # noqa: E731
     pred_dir = result.out / "predict"
     source = Path(test_input if test_input is not None else train_input)
+    # --labels in both cases: the manifest's patient ids and near-copy groups are the bootstrap's units (predict
+    # carries only label and split), so the intervals are those medtl train reported
+    labels = f" --labels {q(result.inputs.manifests['test'])}"
     if source.is_dir():  # a folder: predict every image, the labels and splits come from the manifest
         predict = f"--input {q(source)}"
-        labels = f" --labels {q(result.inputs.manifests['test'])}"
     else:  # a manifest: predict carries its label and split columns into results.csv
         role = "test" if test_input is not None else "train"
         predict = f"--input {q(result.inputs.manifests[role])} --data-root {q(result.inputs.roots[role])}"
-        labels = ""
     return [
         f"medtl predict --model {q(result.model)} {predict} --out {q(pred_dir)}",
         f"medtl evaluate --predictions {q(pred_dir / 'results.csv')}{labels} --out {q(pred_dir / 'report')}",

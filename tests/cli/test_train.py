@@ -252,3 +252,19 @@ def test_a_2d_checkpoint_trains_on_volumes_through_a_lift_and_the_model_predicts
     predict = next(line.strip() for line in printed.splitlines() if line.strip().startswith("medtl predict"))
     assert main([*shlex.split(predict)[1:], "--no-progress"]) == 0
     assert "ok, 0 error(s)" in capsys.readouterr().out
+
+
+def test_the_printed_evaluate_gives_the_manifest_as_labels_when_training_from_a_manifest(tmp_path):
+    """From a manifest the printed evaluate had no --labels: predict's results carry label and split but not the
+    patient ids, so its intervals resampled images singly and came out narrower than train's report."""
+    from types import SimpleNamespace
+
+    from medtl.pipeline.train import next_commands
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,patient_id,domain,split,modality\n")
+    inputs = SimpleNamespace(manifests={"train": manifest, "test": manifest}, roots={"train": tmp_path, "test": tmp_path})
+    result = SimpleNamespace(out=tmp_path / "run", model=tmp_path / "run" / "model.pt", inputs=inputs)
+    predict, evaluate = next_commands(result, manifest)
+    assert f"--input {manifest} --data-root {tmp_path}" in predict
+    assert f"--labels {manifest}" in evaluate

@@ -191,3 +191,38 @@ def test_the_similarity_stage_names_max_images_once(tiny_run, tiny, make_config,
     named = [line for line in lines if "similarity.max_images" in line]
     assert named == ["similarity: 10 of 20 source and 10 of 20 target training images measured "
                      "(similarity.max_images: 10)"], named
+
+
+def _with_splits(tiny, tmp_path, new_split):
+    """A copy of the tiny manifests whose target rows of one split are moved to another; the config reads it."""
+    manifests = tmp_path / "manifests"
+    shutil.copytree(tiny / "manifests", manifests)
+    m = pd.read_csv(manifests / "tgt.csv")
+    m["split"] = m["split"].replace(new_split)
+    m.to_csv(manifests / "tgt.csv", index=False)
+    return manifests
+
+
+def test_a_target_without_test_rows_is_refused_before_pretraining(tiny, make_config, tmp_path):
+    """All jobs trained and the report then failed, naming no file (researcher review)."""
+    _with_splits(tiny, tmp_path, {"test": "val"})
+    config = tmp_path / "p.yaml"
+    config.write_text(_base(make_config))
+    with pytest.raises(MedtlError, match=r"tgt\.csv \(target manifest\): the target manifest has no labelled test rows "
+                                         r"for task 'tumor': nothing to score"):
+        run_pipeline(config, tiny / "data", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_target_without_val_rows_trains_without_early_stopping(tiny, make_config, tmp_path):
+    """An empty val split failed after pretraining with 'manifest mixes modalities []' unless the config named a
+    preset; it now trains every job to its epochs and scores the test split at the default threshold."""
+    _with_splits(tiny, tmp_path, {"val": "train"})
+    text = (_base(make_config).replace("feature_extraction, full, dann", "full")
+            .replace("label_fractions: [0.5, 1.0]", "label_fractions: [1.0]").replace("{max_images: 20}", "{enabled: false}"))
+    config = tmp_path / "p.yaml"
+    config.write_text(text)
+    run_pipeline(config, tiny / "data", tmp_path / "run", progress=False)
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert set(predictions["split"]) == {"test"} and len(predictions) == (pd.read_csv(tmp_path / "manifests" / "tgt.csv")
+                                                                          ["split"] == "test").sum()
