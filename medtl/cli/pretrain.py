@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--proj-dim", type=int, default=128, help="moco: projection (embedding) size")
     p.add_argument("--arch", default="resnet18", help="resnet10/18/34/50 or densenet121")
     p.add_argument("--image-size", type=int, nargs="+", default=[128], help="side in pixels (three sizes for 3D)")
+    p.add_argument("--spacing", type=float, nargs="+", default=None,
+                   help="voxel size in mm of 3D volumes, one or three values (default: with three --image-size values, "
+                        "the 160x192x160 mm field of view divided by them: 2 mm at 80 96 80, 4 mm at 40 48 40)")
     p.add_argument("--stem-stride", type=int, default=2, help="stride of the first convolution (1 keeps small images' detail)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training split")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun processes)")
@@ -59,6 +62,14 @@ def run(args) -> int:
     from medtl.engine.pretrain import pretrain
 
     size = args.image_size[0] if len(args.image_size) == 1 else list(args.image_size)
+    spacing = args.spacing
+    if spacing is None and len(args.image_size) == 3:  # a 3D size keeps the whole head in view, as medtl train does
+        from medtl.data.transforms import field_of_view_spacing
+
+        spacing = list(field_of_view_spacing(args.image_size))
+    elif spacing is not None and len(spacing) not in (1, 3):
+        raise MedtlError(f"give one or three voxel sizes in mm, got {spacing}", "--spacing")
+    spacing = spacing * 3 if spacing is not None and len(spacing) == 1 else spacing
     manifest = args.manifest[0] if len(args.manifest) == 1 else list(args.manifest)
     ssl = {}
     if args.mode == "moco":
@@ -75,7 +86,7 @@ def run(args) -> int:
     # one writer per folder; under torchrun rank 0 writes the run folder and holds it for every rank
     lock = OutputLock(args.out, "medtl pretrain") if not torchrun_rank() else contextlib.nullcontext()
     with lock:
-        result = _pretrain(args, pretrain, manifest, size, ssl)
+        result = _pretrain(args, pretrain, manifest, size, spacing, ssl)
     from medtl.engine.distributed import current
 
     if current().is_main:  # under torchrun, one summary rather than one per process
@@ -84,9 +95,9 @@ def run(args) -> int:
     return 0
 
 
-def _pretrain(args, pretrain, manifest, size, ssl):
+def _pretrain(args, pretrain, manifest, size, spacing, ssl):
     return pretrain(
-        manifest, args.data_root or default_data_root(), args.out, mode=args.mode, image_size=size,
+        manifest, args.data_root or default_data_root(), args.out, mode=args.mode, image_size=size, spacing=spacing,
         cache=args.cache, on_error=args.on_error, arch=args.arch, stem_stride=args.stem_stride, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, latent_dim=args.latent_dim,
         kl_weight=args.kl_weight, init_weights=args.init_weights, adapt_channels=args.adapt_channels, seed=args.seed,

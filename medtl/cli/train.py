@@ -44,6 +44,10 @@ def register(sub) -> None:
     m.add_argument("--image-size", type=int, nargs="+", default=None,
                    help="image side in pixels; three sizes for 3D volumes (default: the --init checkpoint's, "
                         "else 128 for 2D, 80 96 80 for 3D)")
+    m.add_argument("--spacing", type=float, nargs="+", default=None,
+                   help="voxel size in mm of 3D volumes, one or three values (default: the --init checkpoint's; "
+                        "else the 160x192x160 mm field of view divided by --image-size: 2 mm at 80 96 80, 4 mm at "
+                        "40 48 40)")
     m.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
     m.add_argument("--patience", type=int, default=5,
                    help="stop after this many epochs without a better validation loss (default: 5)")
@@ -79,7 +83,7 @@ def run(args) -> int:
     r = train_model(
         args.train, args.out, val=args.val, test=args.test, data_root=args.data_root, init=args.init, arch=args.arch,
         lift=args.lift,
-        image_size=size, modality=args.modality, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        image_size=size, spacing=args.spacing, modality=args.modality, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device, amp=args.amp,
         threshold_rule=args.threshold_rule, target=args.target, n_boot=args.n_boot, cache=args.cache,
         num_workers=args.workers, max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume,
@@ -87,6 +91,11 @@ def run(args) -> int:
     )
     counts = ", ".join(f"{k} {len(v)}" for k, v in r.inputs.splits.items())
     print(f"data: {counts} images; labels {r.inputs.label_names}; preset {r.inputs.modality}")
+    intensity = r.intensity
+    if intensity.get("spacing"):  # what a 3D model sees: its input size is voxels, the head is millimetres
+        shape, mm = intensity["volume_shape"], intensity["spacing"]
+        print(f"3D input: {'x'.join(map(str, shape))} voxels of {'x'.join(f'{v:g}' for v in mm)} mm (field of view "
+              f"{'x'.join(f'{n * v:g}' for n, v in zip(shape, mm))} mm, crop {intensity.get('crop')})")
     for role in ("train", "val", "test"):
         if role == "train" or r.inputs.manifests[role] != r.inputs.manifests["train"]:
             print(f"  {role} manifest: {r.inputs.manifests[role]} (root {r.inputs.roots[role]})")

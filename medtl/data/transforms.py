@@ -106,6 +106,13 @@ class Preset:
         return {**DEFAULTS[self.name], **{k: v for k, v in options.items() if v is not None}}
 
 
+def field_of_view_spacing(volume_shape: Sequence[int]) -> tuple[float, float, float]:
+    """The voxel size (mm) at which ``volume_shape`` covers the mri3d preset's field of view (160x192x160 mm):
+    a smaller input sees the whole head coarser, not the top of it at 2 mm."""
+    default = DEFAULTS["mri3d"]
+    return tuple(s * n / m for s, n, m in zip(default["spacing"], default["volume_shape"], volume_shape))
+
+
 def recorded_options(intensity: Mapping[str, Any], missing: Mapping[str, dict] = RECORDED_BEFORE) -> dict[str, Any]:
     """A checkpoint's recorded preprocessing (``{"preset": ..., **options}``) with every option of its preset:
     one it lacks takes the value the medtl that wrote it used (:data:`RECORDED_BEFORE`), not today's default.

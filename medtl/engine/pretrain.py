@@ -229,28 +229,32 @@ def pretrain(
     mode: str = "supervised",
     preset: str | None = None,
     image_size: int | list[int] = 128,
+    spacing: list[float] | tuple[float, ...] | None = None,
     cache: str = "memory",
     on_error: str = "raise",
     train_split: str = "train",
     val_split: str | None = "val",
     **options,
 ) -> PretrainResult:
-    """Pretrain from a manifest (CSV path or Manifest); ``options`` as :func:`pretrain_on`.
+    """Pretrain from a manifest (CSV path or Manifest); ``options`` as :func:`pretrain_on`. ``spacing``: the voxel
+    size (mm) of 3D volumes (default the preset's 2 mm).
 
     Self-supervised modes (``moco``) take one manifest or a list, and ``splits`` (default ``["train"]``)
     in place of the train/val splits: see :func:`pretrain_ssl`."""
     if mode == "moco":
-        return pretrain_ssl(manifest, data_root, out, mode=mode, image_size=image_size, cache=cache,
+        return pretrain_ssl(manifest, data_root, out, mode=mode, image_size=image_size, spacing=spacing, cache=cache,
                             on_error=on_error, **options)
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
     preset = preset or m.modality
     spatial_dims = Preset(preset).spatial_dims  # refuses an unknown preset
     if spatial_dims == 3:
         size = [int(s) for s in (image_size if isinstance(image_size, (list, tuple)) else [image_size] * 3)]
-        preset_options = {"volume_shape": tuple(size)}
+        preset_options = {"volume_shape": tuple(size), **({"spacing": tuple(float(v) for v in spacing)} if spacing else {})}
     else:
         if not isinstance(image_size, int):
             raise MedtlError(f"image_size must be one integer for 2D images, got {image_size!r}", "image_size")
+        if spacing is not None:
+            raise MedtlError(f"spacing is the voxel size of 3D volumes; these images are {preset} (2D)", "spacing")
         size, preset_options = image_size, {"image_size": image_size}
     train_m = m.select(split=train_split)
     val_m = m.select(split=val_split) if val_split else None

@@ -71,6 +71,7 @@ class TrainOwnResult:
     best_epoch: int | None = None
     epochs_run: int = 0
     notes: list[str] = field(default_factory=list)
+    intensity: dict[str, Any] = field(default_factory=dict)  # the preprocessing the model records (its preset's options)
 
 
 def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | None, *, seed: int = 0,
@@ -191,19 +192,32 @@ def _init_defaults(init: str | Path | None) -> dict[str, Any]:
         size = intensity.get("volume_shape") or meta.get("image_size")
     else:
         size = intensity.get("image_size") or (meta.get("image_size") or [None])[0]
-    return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size, "spatial_dims": dims}
+    return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size, "spatial_dims": dims,
+            "spacing": intensity.get("spacing") if dims == 3 else None}
 
 
 RUN_KEY_FILE = "train_inputs.json"
 
 
-def _preset_options(modality: str, image_size) -> tuple[Any, dict[str, Any]]:
-    from medtl.data.transforms import DEFAULTS
+def _preset_options(modality: str, image_size, spacing=None) -> tuple[Any, dict[str, Any]]:
+    """The model's input size and the preset's options. A 3D size without a spacing keeps the preset's field of
+    view (160x192x160 mm): 40 48 40 voxels are 4 mm each, not 2 mm voxels that cover the top 80 mm of a head."""
+    from medtl.data.transforms import DEFAULTS, field_of_view_spacing
 
     if Preset(modality).spatial_dims == 3:
         shape = image_size if isinstance(image_size, (list, tuple)) else DEFAULTS["mri3d"]["volume_shape"]
+        if len(shape) != 3:
+            raise MedtlError(f"3D volumes need three sizes (e.g. 80 96 80), got {list(shape)}", "--image-size")
         size = [int(s) for s in shape]
-        return size, {"volume_shape": tuple(size)}
+        if spacing is None:
+            spacing = field_of_view_spacing(size)
+        spacing = [float(x) for x in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
+        spacing = spacing * 3 if len(spacing) == 1 else spacing
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise MedtlError(f"give one or three positive voxel sizes in mm, got {spacing}", "--spacing")
+        return size, {"volume_shape": tuple(size), "spacing": tuple(spacing)}
+    if spacing is not None:
+        raise MedtlError(f"--spacing sets the voxel size of 3D volumes; these images are {modality} (2D)", "--spacing")
     size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size or DEFAULTS[modality]["image_size"])
     return size, {"image_size": size}
 
@@ -219,6 +233,7 @@ def train_model(
     arch: str | None = None,
     lift: str | None = None,
     image_size: int | list[int] | None = None,
+    spacing: float | list[float] | None = None,
     modality: str | None = None,
     epochs: int = 20,
     batch_size: int = 32,
@@ -244,6 +259,7 @@ def train_model(
     from medtl.data.datasets import build_dataset
     from medtl.engine.evaluate import predict
     from medtl.engine.pretrain import check_resumable, pretrain_on
+    from medtl.data.transforms import DEFAULTS
     from medtl.engine.trainer import amp_dtype, resolve_device
     from medtl.evaluation.evaluate import EvalSettings, load_report
     from medtl.evaluation.predictions import NEAR_COPY_GROUP, predictions_from_arrays, write_predictions
@@ -271,14 +287,19 @@ def train_model(
                              + ("; give --lift i3d, acs or 2.5d to lift it to 3D (docs/models.md)" if dims == 3 else ""),
                              init)
         arch = arch or from_init.get("arch") or "resnet18"
-        size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"))
+        # the checkpoint's voxel size goes with its input size; a size given here keeps the field of view
+        size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"),
+                                               spacing if spacing is not None or image_size else from_init.get("spacing"))
         lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
 
         check_resumable(out, resume, {
             "train": inputs.splits["train"].content_hash(), "val": inputs.splits["val"].content_hash(),
             "modality": inputs.modality, "labels": inputs.label_names, "arch": arch, "image_size": size,
             "init": str(init) if init else None, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-            "seed": seed, **({"lift": lift} if lift else {})}, RUN_KEY_FILE)
+            "seed": seed, **({"lift": lift} if lift else {}),
+            # only when not the default, so that folders of runs from before the option still resume
+            **({"spacing": list(preset_options["spacing"])} if tuple(preset_options.get("spacing", ()))
+               not in ((), tuple(DEFAULTS["mri3d"]["spacing"])) else {})}, RUN_KEY_FILE)
         save_inputs(inputs)  # only now: a refused rerun leaves the folder's manifest as it was
         common = {"cache": cache, "run_dir": out, "progress": None if progress else False, **preset_options}
         datasets = {role: build_dataset(m, inputs.roots[role], inputs.modality, role == "train", **common)
@@ -353,7 +374,7 @@ def train_model(
         else:
             notes.append("no test rows: nothing was scored")
         return TrainOwnResult(out, result.path, inputs, pred_path, report_paths, threshold, headline,
-                              result.train.best_epoch, len(result.train.history), notes)
+                              result.train.best_epoch, len(result.train.history), notes, dict(meta["intensity"]))
 
 
 def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: str | Path | None = None) -> list[str]:

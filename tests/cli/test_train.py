@@ -248,6 +248,9 @@ def test_a_2d_checkpoint_trains_on_volumes_through_a_lift_and_the_model_predicts
     lifted = meta["model"]["encoder"]["lift"]
     assert lifted["method"] == "2.5d" and lifted["slice_axis"] == 2  # axial slices, as the pipelines take them
     assert meta["intensity"]["crop"] == "head"
+    # 16 voxels a side keep the 160x192x160 mm field of view (2 mm voxels would see the top 32 mm of the head)
+    assert list(meta["intensity"]["spacing"]) == [10.0, 12.0, 10.0]
+    assert "3D input: 16x16x16 voxels of 10x12x10 mm (field of view 160x192x160 mm, crop head)" in printed
     assert meta["init_weights"] == str(tmp / "run" / "model.pt")
     predict = next(line.strip() for line in printed.splitlines() if line.strip().startswith("medtl predict"))
     assert main([*shlex.split(predict)[1:], "--no-progress"]) == 0
@@ -268,3 +271,33 @@ def test_the_printed_evaluate_gives_the_manifest_as_labels_when_training_from_a_
     predict, evaluate = next_commands(result, manifest)
     assert f"--input {manifest} --data-root {tmp_path}" in predict
     assert f"--labels {manifest}" in evaluate
+
+
+def test_3d_sizes_keep_the_field_of_view_unless_a_spacing_is_given():
+    from medtl.errors import MedtlError
+    from medtl.pipeline.train import _preset_options
+
+    assert _preset_options("mri3d", None) == ([80, 96, 80], {"volume_shape": (80, 96, 80), "spacing": (2.0, 2.0, 2.0)})
+    assert _preset_options("mri3d", [40, 48, 40])[1]["spacing"] == (4.0, 4.0, 4.0)
+    assert _preset_options("mri3d", [40, 48, 40], [3])[1]["spacing"] == (3.0, 3.0, 3.0)
+    with pytest.raises(MedtlError, match="three sizes"):
+        _preset_options("mri3d", [40, 48])
+    with pytest.raises(MedtlError, match="one or three positive voxel sizes"):
+        _preset_options("mri3d", [40, 48, 40], [1, 2])
+    with pytest.raises(MedtlError, match="--spacing sets the voxel size of 3D volumes; these images are cxr"):
+        _preset_options("cxr", 64, 2.0)
+
+
+def test_pretrain_on_volumes_keeps_the_field_of_view_at_a_smaller_size(data_root, tmp_path, one_torch_thread, capsys):
+    """medtl pretrain --image-size 16 16 16 on brain volumes used 2 mm voxels: the model saw the top 32 mm of each
+    head. Three sizes now keep the 160x192x160 mm field of view; --spacing chooses the voxel size."""
+    m = Manifest.load("data_manifests/mri3d_ixi.csv").sample(2)
+    m.save(tmp_path / "ixi.csv")
+    common = ["pretrain", "--manifest", str(tmp_path / "ixi.csv"), "--data-root", str(data_root), "--arch", "resnet10",
+              "--image-size", "16", "16", "16", "--epochs", "1", "--batch-size", "2", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "kept")]) == 0
+    meta = torch.load(tmp_path / "kept" / "model.pt", weights_only=True)["meta"]
+    assert list(meta["intensity"]["spacing"]) == [10.0, 12.0, 10.0] and list(meta["intensity"]["volume_shape"]) == [16] * 3
+    assert main([*common, "--spacing", "3", "--out", str(tmp_path / "given")]) == 0
+    assert list(torch.load(tmp_path / "given" / "model.pt", weights_only=True)["meta"]["intensity"]["spacing"]) == [3.0] * 3
+    capsys.readouterr()
