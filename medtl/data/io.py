@@ -270,10 +270,15 @@ def frame_grid(ds, where) -> tuple[np.ndarray, np.ndarray]:
 
 def require_geometry(image: Image, where) -> None:
     """3D models need to know where each slice lies: refuse a volume whose orientation was guessed."""
-    if image.meta.get("geometry") == "unknown":
-        raise MedtlError(f"multi-frame DICOM whose frames are not placed on one grid ({image.meta.get('geometry_note')}): "
-                         "a 3D model would see it in a guessed orientation. Export the series as single-frame "
-                         "instances or NIfTI with its geometry", where)
+    if image.meta.get("geometry") != "unknown":
+        return
+    if image.meta.get("format") == "nifti":
+        raise MedtlError("NIfTI without an orientation (qform_code and sform_code are both 0): a 3D model would see "
+                         "it in a guessed orientation. Write the file again with its scanner geometry (a qform or "
+                         "sform), e.g. with dcm2niix from the DICOM series", where)
+    raise MedtlError(f"multi-frame DICOM whose frames are not placed on one grid ({image.meta.get('geometry_note')}): "
+                     "a 3D model would see it in a guessed orientation. Export the series as single-frame "
+                     "instances or NIfTI with its geometry", where)
 
 
 def _pixel_spacing(ds) -> tuple[float, float]:
@@ -446,4 +451,8 @@ def read_nifti(path: Path) -> Image:
         data = data[..., 0]
     if data.ndim != 3:
         raise MedtlError(f"expected a 3D volume, got {data.ndim}D with shape {data.shape}", path)
-    return Image(data, np.asarray(img.affine, dtype=np.float64), {"format": "nifti"})
+    meta = {"format": "nifti"}
+    header = img.header
+    if int(header.get("qform_code", 1)) == 0 and int(header.get("sform_code", 1)) == 0:
+        meta["geometry"] = "unknown"  # nibabel's affine is then a guess from the voxel sizes alone
+    return Image(data, np.asarray(img.affine, dtype=np.float64), meta)

@@ -451,3 +451,25 @@ def test_jpeg_lossless_dicom_decodes_to_the_original_pixels(data_root, tmp_path)
     assert writer.Write()
     assert pydicom.dcmread(tmp_path / "lossless.dcm").file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
     np.testing.assert_array_equal(io.read(tmp_path / "lossless.dcm").array, io.read(source).array)
+
+
+@pytest.mark.real_data
+def test_a_nifti_without_orientation_is_refused_by_3d_models(data_root, tmp_path):
+    """qform_code = sform_code = 0: nibabel's affine is a guess from the voxel sizes (an IXI head read that way
+    correlates 0.21 with itself in RAS), and predict wrote an ok row with no caveat (3D review); its reader
+    (deploy.inputs) and manifest check refuse through the same io.require_geometry."""
+    from medtl.data.transforms import LoadMedicalImage
+
+    src = nib.load(str(next(iter(sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))))))
+    img = nib.Nifti1Image(np.asarray(src.dataobj), src.affine, src.header)
+    img.set_sform(src.affine, code=0)
+    img.set_qform(src.affine, code=0)
+    nib.save(img, tmp_path / "no_orientation.nii.gz")
+    assert io.read(tmp_path / "no_orientation.nii.gz").meta["geometry"] == "unknown"
+    with pytest.raises(MedtlError, match=r"no_orientation\.nii\.gz: NIfTI without an orientation \(qform_code and "
+                                         r"sform_code are both 0\): a 3D model would see it in a guessed orientation"):
+        LoadMedicalImage(ndim=3)(tmp_path / "no_orientation.nii.gz")
+    img.set_sform(src.affine, code=1)  # either code placing the volume is enough
+    nib.save(img, tmp_path / "placed.nii.gz")
+    assert "geometry" not in io.read(tmp_path / "placed.nii.gz").meta
+    assert LoadMedicalImage(ndim=3)(tmp_path / "placed.nii.gz").ndim == 4
