@@ -353,8 +353,9 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         _adopt_unsalted_ids(chosen, done)
         grown = _changed_since(chosen, done)
         if grown:  # images that arrived (or went) after the series was predicted: its row would be stale
-            log.warning("%d series have another number of instances than when they were predicted: predicted "
-                        "again (a new row replaces the old one; a new SR is another instance)", len(grown))
+            log.warning("%d input(s) changed since they were predicted (a series' number of instances, or another "
+                        "file saved at a file's path): predicted again (a new row replaces the old one; a new SR is "
+                        "another instance)", len(grown))
             done = {k: r for k, r in done.items() if k not in grown}
             unsent = {k: r for k, r in unsent.items() if k not in grown}  # their old SR is not sent either
         todo = [s for s in chosen if s.case_id not in done]
@@ -534,15 +535,35 @@ def _check_local_input(input: str | Path, out: Path) -> None:
                          "as input by the next run); choose another folder", out)
 
 
+FILE_STAMP = "_file_stamp"  # a one-file input's size and modification time when it was predicted (ledger only)
+
+
+def _file_stamp(s: Series) -> str | None:
+    """Size and modification time of a one-file, non-DICOM-series input (a PNG, a NIfTI): another file saved
+    at the same path changes it."""
+    if s.remote is not None or s.is_dicom or len(s.files) != 1:
+        return None
+    try:
+        st = Path(s.files[0]).stat()
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _changed_since(chosen: list[Series], done: dict[str, dict]) -> set[str]:
-    """The DICOM series predicted before (ok rows) whose instance count differs now: a folder's files, or
-    the count the PACS lists (nightly runs into one --out meet series that were still arriving)."""
+    """The inputs whose row would be stale: DICOM series predicted before (ok rows) whose instance count
+    differs now (a folder's files, or the count the PACS lists: nightly runs into one --out meet series that
+    were still arriving), and one-file inputs replaced by another file at the same path since their row."""
     changed = set()
     for s in chosen:
         row = done.get(s.case_id)
+        if not row:
+            continue
         listed = len(s.files) if s.remote is None else s.n_frames  # a PACS lists instances, not frames
-        if (row and s.is_dicom and row.get("status") == "ok" and listed
+        if (s.is_dicom and row.get("status") == "ok" and listed
                 and isinstance(row.get("n_instances"), int) and row["n_instances"] != listed):
+            changed.add(s.case_id)
+        elif row.get(FILE_STAMP) and row[FILE_STAMP] != _file_stamp(s):
             changed.add(s.case_id)
     return changed
 
@@ -724,6 +745,7 @@ class _RowWriter:
             "threshold": pr.threshold, "model_name": pr.name, "model_version": pr.version,
             "sr_path": "", "sr_stored": False,
             **s.extra,
+            **({FILE_STAMP: stamp} if (stamp := _file_stamp(s)) else {}),
         }
         if self.include_identifiers:
             for tag, column in IDENTIFIER_COLUMNS.items():

@@ -125,9 +125,10 @@ class Ledger:
         return [r for r in self._read_and_repair().values() if r.get("status") != SUPERSEDED]
 
     def write_csv(self, columns: list[str]) -> Path:
-        """``results.csv`` from the ledger: ``columns`` first, any other keys after them."""
+        """``results.csv`` from the ledger: ``columns`` first, any other keys after them (not the ledger's own
+        bookkeeping, whose keys start with ``_``)."""
         rows = self.rows()
-        names = list(columns) + sorted({k for r in rows for k in r} - set(columns))
+        names = list(columns) + sorted({k for r in rows for k in r if not k.startswith("_")} - set(columns))
         tmp = self.out / (CSV + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, names, extrasaction="ignore")

@@ -192,7 +192,7 @@ def test_a_series_that_gained_an_instance_is_predicted_again(mprage_files, new_s
     assert first["n_instances"] == 2
     late.rename(series[-1])
     result = predict_batch(model_mr2d, tmp_path / "in", out, write_sr=True, progress=False)
-    assert "1 series have another number of instances than when they were predicted" in caplog.text
+    assert "1 input(s) changed since they were predicted (a series' number of instances" in caplog.text
     assert result.resumed == 0 and result.ok == 1
     rows = _table(out / "results.csv")
     assert len(rows) == 1 and rows[0]["n_instances"] == "3"  # the new row replaces the old one
@@ -201,7 +201,7 @@ def test_a_series_that_gained_an_instance_is_predicted_again(mprage_files, new_s
                                  .ReferencedSeriesSequence[0].ReferencedSOPSequence) == 3
     caplog.clear()
     assert predict_batch(model_mr2d, tmp_path / "in", out, progress=False).resumed == 1  # and then it is done
-    assert "another number of instances" not in caplog.text
+    assert "changed since they were predicted" not in caplog.text
 
 
 def test_a_repaired_file_retried_joins_its_series_and_its_error_row_goes(mprage_files, new_series, model_mr2d,
@@ -493,3 +493,26 @@ def test_an_sr_that_could_not_be_written_is_written_by_the_next_run(mprage_files
     again = predict_batch(model_mr2d, tmp_path / "in", out, write_sr=True, progress=False)
     assert again.ok == 1 and again.resumed == 0 and len(list(out.glob("sr/*/*.dcm"))) == 1
     assert _table(out / "results.csv")[0]["status"] == "ok"
+
+
+@pytest.mark.real_data
+def test_a_file_replaced_at_its_path_is_predicted_again(data_root, model_2d, tmp_path):
+    """Another image saved under a predicted file's name kept the old row ('already done'): a one-file input's
+    size and modification time are now in the ledger, and a change predicts it again (3D review)."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    a, b, c = sorted((data_root / "cxr_nih" / "images" / "pneumonia").glob("*.png"))[:3]
+    shutil.copy(a, folder / "x.png")
+    shutil.copy(b, folder / "y.png")
+    predict_batch(model_2d, folder, out, progress=False)
+    before = {r["source"]: r for r in _table(out / "results.csv")}
+    assert "_file_stamp" not in before["x.png"]  # bookkeeping stays out of results.csv
+    shutil.copy(c, folder / "x.png")  # another patient's image under the same name
+    result = predict_batch(model_2d, folder, out, progress=False)
+    after = {r["source"]: r for r in _table(out / "results.csv")}
+    assert result.resumed == 1 and len(after) == 2 and len(_rows(out)) == 3  # x.png again: a new line replaces it
+    fresh = predict_batch(model_2d, folder, tmp_path / "fresh", progress=False)
+    assert fresh.ok == 2
+    want = {r["source"]: r for r in _table(tmp_path / "fresh" / "results.csv")}["x.png"]
+    assert after["x.png"]["prob_pneumonia"] == want["prob_pneumonia"] != before["x.png"]["prob_pneumonia"]
+    assert after["y.png"] == before["y.png"]
