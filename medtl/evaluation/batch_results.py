@@ -207,7 +207,7 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     version = df["model_version"].iloc[0] if "model_version" in df else ""
     df["strategy"] = name
     df["run_id"] = f"{name} {version}".strip()
-    df["task"] = "label"
+    df["task"] = target  # a regression model's target (age), else "label"
     if threshold is not None:  # each run is judged at its own model's threshold when no val rows choose one
         df[PREDICT_THRESHOLD] = threshold
     return BatchResults(df.reset_index(drop=True), threshold, notes, n_rows, int(bad.sum()))

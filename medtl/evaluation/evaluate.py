@@ -85,11 +85,15 @@ class EvalSettings:
             raise MedtlError("the validation and test splits must differ (thresholds are never picked on test)",
                              "val_split")  # fmt: skip
 
-    def ci_method(self) -> str:
+    def ci_method(self, kinds: Sequence[str] = ("classification",)) -> str:
+        """How the intervals were made, for tasks of these kinds (a regression has no classes to stratify by)."""
         if self.n_boot == 0:
             return "no confidence intervals (n_boot = 0)"
-        return (f"{self.level:.0%} percentile bootstrap, {self.n_boot} resamples (seed {self.seed}), stratified by "
-                "true class, resampling patients (all their images together) when patient ids are given, "
+        classes = set(kinds) != {"regression"}
+        strata = ("stratified by true class" + (" (classification; regression cases unstratified)"
+                                                 if "regression" in kinds else "")) if classes else "unstratified"
+        return (f"{self.level:.0%} percentile bootstrap, {self.n_boot} resamples (seed {self.seed}), {strata}, "
+                "resampling patients (all their images together) when patient ids are given, "
                 "else cases, and near-copies of one image (near_copy_group) together")  # fmt: skip
 
 
@@ -563,13 +567,13 @@ def _regression_run(rows, test, val, units, st: EvalSettings) -> dict:
 # ----------------------------------------------------------------------------- aggregation
 
 
-def _aggregate(runs: list[dict], fraction, st: EvalSettings) -> dict:
+def _aggregate(runs: list[dict], fraction, st: EvalSettings, kind: str = "classification") -> dict:
     """One entry per (strategy, label fraction): the single run's bootstrap CIs, or a summary over seeds."""
     head = {"label_fraction": fraction, "n_runs": len(runs), "seeds": [r["seed"] for r in runs],
             "run_ids": [r["run_id"] for r in runs], "representative_run": runs[0]["run_id"]}  # fmt: skip
     if len(runs) == 1:
         r = runs[0]
-        head.update(aggregation=f"single run; {st.ci_method()}", metrics=r["metrics"], threshold=r["threshold"],
+        head.update(aggregation=f"single run; {st.ci_method([kind])}", metrics=r["metrics"], threshold=r["threshold"],
                     n_test=r["n_test"])  # fmt: skip
         if "per_class" in r:
             head["per_class"] = r["per_class"]
@@ -751,8 +755,8 @@ def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kw
             runs.sort(key=lambda r: (_fraction_key(r), -1 if r["seed"] is None else r["seed"], r["run_id"]))
             runs_by_strategy[str(strategy)] = runs
             fractions = sorted({_fraction_key(r) for r in runs})
-            by_fraction = [_aggregate([r for r in runs if _fraction_key(r) == f], None if np.isinf(f) else f, st)
-                           for f in fractions]  # fmt: skip
+            by_fraction = [_aggregate([r for r in runs if _fraction_key(r) == f], None if np.isinf(f) else f, st,
+                                      info.kind) for f in fractions]  # fmt: skip
             entry = dict(by_fraction[-1])  # headline: the largest label fraction
             entry["by_label_fraction"] = by_fraction if len(by_fraction) > 1 else None
             entry["runs"] = runs
@@ -764,6 +768,8 @@ def evaluate_predictions(predictions, settings: EvalSettings | None = None, **kw
                 t["notes"].extend(n for n in r["notes"] if n not in t["notes"])
         t["comparisons"] = holm(_paired_comparisons(rows_t, info, runs_by_strategy, st))
         report["tasks"][str(task)] = t
+    if report["tasks"]:  # the method as these tasks' kinds make it (a regression is not stratified)
+        report["settings"]["ci_method"] = st.ci_method([t["kind"] for t in report["tasks"].values()])
     return plain(report, "report")
 
 

@@ -278,3 +278,24 @@ def test_a_scrubbed_case_id_joins_its_own_row_even_when_two_paths_share_a_tag():
     df = pd.DataFrame({"case_id": [f"[redacted]#{tag}", pair[0]], "source": ["", ""]})
     joined, notes = join_labels(df, manifest, "results.csv", salt=salt)
     assert list(joined["case_id"]) == [pair[0]] and "1 of 2 rows are not in the labels manifest" in notes[0]
+
+
+def test_a_regression_models_results_are_scored_under_its_target_unstratified(tmp_path, capsys):
+    """predict's predicted_age scored with --labels: the task was called 'label' and the method text said the
+    bootstrap was stratified by true class, which a regression has none of (3D review). MAE against numpy."""
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(20, 80, 30).round(1)
+    pred = ages + rng.normal(0, 5, 30)
+    results = pd.DataFrame({"case_id": [f"file-{i}" for i in range(30)], "source": [f"v{i}.nii.gz" for i in range(30)],
+                            "status": "ok", "error": "", "predicted_label": "", "predicted_age": pred.round(4),
+                            "model_name": "m", "model_version": "1", "label": "", "split": ""})
+    results.to_csv(tmp_path / "results.csv", index=False)
+    rows = [ManifestRow(f"v{i}.nii.gz", "F", f"p{i}", "ixi", "test", "mri3d", {"age": str(a)}) for i, a in enumerate(ages)]
+    Manifest(rows, ["F"]).save(tmp_path / "labels.csv")
+    assert main(["evaluate", "--predictions", str(tmp_path / "results.csv"), "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(tmp_path / "rep"), "--n-boot", "50"]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (entry,) = report["tasks"]["age"]["strategies"].values()
+    assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(pred.round(4) - ages).mean(), abs=1e-6)
+    assert "unstratified" in report["settings"]["ci_method"] and "stratified by true class" not in entry["aggregation"]
