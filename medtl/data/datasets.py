@@ -81,8 +81,8 @@ class ManifestDataset(TorchDataset):
 
     def __getitem__(self, i: int) -> dict:
         item = self.base[self.indices[i]]
-        if ERROR_KEY in item:
-            raise MedtlError(item[ERROR_KEY], item["case_id"])
+        if ERROR_KEY in item:  # named by its full path: a wrong data root shows in it
+            raise MedtlError(item[ERROR_KEY], item["image"] if isinstance(item.get("image"), str) else item["case_id"])
         if self.transform is None:
             return item
         with untracked_meta():
@@ -174,7 +174,8 @@ def build_dataset(
         return ManifestDataset(base, random_part)
     bad = [(items[i]["case_id"], c[ERROR_KEY]) for i, c in enumerate(cached) if ERROR_KEY in c]
     if bad and on_error == "raise":
-        raise MedtlError(bad[0][1], bad[0][0])
+        first = next(i for i, c in enumerate(cached) if ERROR_KEY in c)
+        raise MedtlError(bad[0][1], items[first]["image"])  # the full path: a wrong data root shows in it
     if bad:
         _record_skipped(bad, run_dir)
     good = [i for i, c in enumerate(cached) if ERROR_KEY not in c]

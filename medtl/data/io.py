@@ -118,6 +118,9 @@ def _dcmread(path: Path):
     try:
         return pydicom.dcmread(path)
     except InvalidDicomError:
+        if Path(path).suffix.lower() not in DICOM_LIKE:  # README.md, notes.txt: not a format medtl reads at all
+            raise MedtlError(f"not an image medtl reads: {Path(path).suffix} is neither a picture (PNG, JPEG, ...), "
+                             "NIfTI nor DICOM", path) from None
         raise MedtlError("not a DICOM file (no DICM preamble/marker)", path) from None
     except Exception as err:  # pydicom raises many types for broken headers
         raise MedtlError(f"unreadable DICOM: {err}", path) from None

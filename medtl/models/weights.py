@@ -87,6 +87,8 @@ class LoadReport:
 
 def read_file(path: str | Path) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, every failure a :class:`MedtlError` naming the file."""
+    if not isinstance(path, (str, Path)):
+        raise MedtlError(f"give the weights file's path (a str or Path), got {type(path).__name__} {path!r:.60}", "path")
     path = Path(path)
     if not path.is_file():
         raise MedtlError("weights file not found", path)

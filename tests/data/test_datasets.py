@@ -161,3 +161,12 @@ def test_a_table_instead_of_a_manifest_is_refused_by_name(tmp_path):
 
     with pytest.raises(MedtlError, match="needs a Manifest .* got DataFrame"):
         build_dataset(pd.DataFrame({"path": ["a.png"], "label": ["x"]}), tmp_path, "cxr")
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_a_wrong_data_root_shows_in_the_error(tmp_path, cache):
+    """The error named the manifest's relative path only, so a notebook user could not see that the root was
+    wrong (notebook review); it names the full path now."""
+    m = Manifest([ManifestRow("site/a.png", "x", "p", "d", "train", "cxr")], ["x"])
+    with pytest.raises(MedtlError, match=f"{tmp_path / 'nope' / 'site' / 'a.png'}: file not found"):
+        build_dataset(m, tmp_path / "nope", image_size=32, cache=cache)[0]

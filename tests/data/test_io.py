@@ -473,3 +473,21 @@ def test_a_nifti_without_orientation_is_refused_by_3d_models(data_root, tmp_path
     nib.save(img, tmp_path / "placed.nii.gz")
     assert "geometry" not in io.read(tmp_path / "placed.nii.gz").meta
     assert LoadMedicalImage(ndim=3)(tmp_path / "placed.nii.gz").ndim == 4
+
+
+def test_a_file_of_no_image_format_is_not_called_bad_dicom(tmp_path):
+    """io.read('README.md') said 'not a DICOM file (no DICM preamble/marker)': any unknown suffix was reported as
+    broken DICOM (notebook review). A DICOM-like name still gets the DICOM message."""
+    (tmp_path / "notes.md").write_text("# notes\n")
+    (tmp_path / "fake.dcm").write_text("# notes\n")
+    with pytest.raises(MedtlError, match=r"notes\.md: not an image medtl reads: \.md is neither a picture"):
+        io.read(tmp_path / "notes.md")
+    with pytest.raises(MedtlError, match=r"fake\.dcm: not a DICOM file"):
+        io.read(tmp_path / "fake.dcm")
+
+
+def test_load_checkpoint_given_no_path_says_so():
+    from medtl.models import load_checkpoint
+
+    with pytest.raises(MedtlError, match="give the weights file's path \\(a str or Path\\), got int 123"):
+        load_checkpoint(123)
