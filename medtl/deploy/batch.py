@@ -756,21 +756,24 @@ class _RowWriter:
             row.update(status=s.status or "error", error=item["error"])
             if item.get("retryable"):
                 row["retryable"] = True  # not a result: the next run tries this series again
-        elif pr.is_regression:  # a value in the target's units (the head de-standardises), no class
-            row[f"predicted_{pr.label_names[0]}"] = round(float(probs[0]), 6)
-            row["error"] = item.get("note") or ""
         else:
-            named = {label: round(float(p), 6) for label, p in zip(pr.label_names, probs)}
-            row.update(predicted_label=pr.decide(probs), probabilities=named, error=item.get("note") or "",
-                       **{f"prob_{label}": p for label, p in named.items()})
-            if self.write_sr and s.is_dicom:
-                modality = s.modality.upper()
-                if self.sr_modalities is None or modality in self.sr_modalities or modality in UNTELLING_MODALITIES:
-                    self._sr(s, item, row)
-                else:  # a chest X-ray model's finding must not reach a radiologist's MR study as a report
-                    why = (f"no SR: {_an(s.modality)} {s.modality} series, not the {'/'.join(self.sr_modalities)} "
-                           "this model was trained on, so its prediction here is outside what the model learned")
-                    row["error"] = "; ".join(filter(None, [row["error"], why]))
+            modality = s.modality.upper()
+            # a series of a modality the model never saw (a chest X-ray model on an MR series): said in its row
+            outside = (s.is_dicom and self.sr_modalities is not None and modality not in self.sr_modalities
+                       and modality not in UNTELLING_MODALITIES)
+            caveat = (f"{_an(s.modality)} {s.modality} series, not the {'/'.join(self.sr_modalities or ())} this model "
+                      "was trained on, so its prediction here is outside what the model learned") if outside else ""
+            if pr.is_regression:  # a value in the target's units (the head de-standardises), no class
+                row[f"predicted_{pr.label_names[0]}"] = round(float(probs[0]), 6)
+            else:
+                named = {label: round(float(p), 6) for label, p in zip(pr.label_names, probs)}
+                row.update(predicted_label=pr.decide(probs), probabilities=named,
+                           **{f"prob_{label}": p for label, p in named.items()})
+            row["error"] = item.get("note") or ""
+            if outside:  # a chest X-ray model's finding must not reach a radiologist's MR study as a report
+                row["error"] = "; ".join(filter(None, [row["error"], ("no SR: " if self.write_sr else "") + caveat]))
+            elif self.write_sr and s.is_dicom and not pr.is_regression:
+                self._sr(s, item, row)
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
                 row[k] = escape_controls(v)

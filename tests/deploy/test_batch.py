@@ -391,6 +391,13 @@ def test_a_series_of_a_modality_the_model_never_learned_gets_no_sr(mprage_files,
         assert list(out.glob("sr/*/*.dcm")) if written else not (out / "sr").exists()
         if not written:
             assert row["error"].startswith("no SR: an MR series, not the CR/DX/DR/RG this model was trained on")
+    # without --sr the row says so too: a results table read in a notebook looked like a normal result
+    predict_batch(model_2d, tmp_path / "in", tmp_path / "no-sr", progress=False)
+    (row,) = _rows(tmp_path / "no-sr")
+    assert row["status"] == "ok" and row["error"].startswith("an MR series, not the CR/DX/DR/RG this model was "
+                                                             "trained on, so its prediction here is outside")
+    predict_batch(model_mr2d, tmp_path / "in", tmp_path / "mr-model", progress=False)
+    assert _rows(tmp_path / "mr-model")[0]["error"] == ""
 
 
 def test_a_non_imaging_pixel_object_gets_no_sr_and_is_named(model_2d, tmp_path, caplog):

@@ -169,7 +169,7 @@ def test_a_regression_models_results_go_into_evaluate(xrays, tmp_path, capsys):
     assert f"--labels {manifest}" in command
     assert main([*shlex.split(command)[1:], "--n-boot", "50"]) == 0
     report = json.loads((tmp_path / "pred" / "report" / "report.json").read_text())
-    (entry,) = report["tasks"]["label"]["strategies"].values()
+    (entry,) = report["tasks"]["age"]["strategies"].values()
     truth = pd.read_csv(manifest).set_index("path")["age"].loc[results["case_id"]].to_numpy()
     assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(results["predicted_age"] - truth).mean(), abs=1e-4)
     # without the manifest, the results' label column (the class folders) is not taken for ages
