@@ -385,6 +385,10 @@ def read_dicom_series(folder: Path, series_uid: str | None = None, names: dict[s
         raise MedtlError(f"series {series_uid} not found", folder)
     instances = series[series_uid]
     first = instances[0][1]
+    modality = str(first.get("Modality", "")).upper()
+    if modality in RADIOGRAPH_MODALITIES:  # several radiographs (views) are images, not the slices of a volume
+        raise MedtlError(f"a {modality} series of {len(instances)} projection radiograph(s), not the slices of a "
+                         "volume: a 3D model reads MR or CT volumes", folder)
     if "ImageOrientationPatient" not in first or "ImagePositionPatient" not in first:
         raise MedtlError("series lacks ImageOrientationPatient/ImagePositionPatient: cannot order slices", folder)
     shown = [(names or {}).get(str(f), str(f)) for f, _ in instances]

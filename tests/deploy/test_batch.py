@@ -523,3 +523,14 @@ def test_a_file_replaced_at_its_path_is_predicted_again(data_root, model_2d, tmp
     want = {r["source"]: r for r in _table(tmp_path / "fresh" / "results.csv")}["x.png"]
     assert after["x.png"]["prob_pneumonia"] == want["prob_pneumonia"] != before["x.png"]["prob_pneumonia"]
     assert after["y.png"] == before["y.png"]
+
+
+def test_radiographs_given_to_a_3d_model_are_named_as_such(dicom_root, model_3d, tmp_path):
+    """A chest CR series under a 3D brain model failed with 'series lacks ImageOrientationPatient/...: cannot
+    order slices', which sent the reader looking for a broken header (notebook review)."""
+    shutil.copytree(dicom_root / "cr_chest", tmp_path / "in" / "cr")
+    predict_batch(model_3d, tmp_path / "in", tmp_path / "out", progress=False)
+    rows = _rows(tmp_path / "out")
+    assert rows and all(r["status"] == "error" for r in rows)
+    assert all("projection radiograph(s), not the slices of a volume: a 3D model reads MR or CT volumes" in r["error"]
+               for r in rows), [r["error"] for r in rows]
