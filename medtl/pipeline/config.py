@@ -294,19 +294,25 @@ def load_pipeline(path: str | Path, profile: str | None = None) -> PipelineConfi
     if not isinstance(raw, dict):
         raise MedtlError("a pipeline config is a mapping of keys", path)
     profiles = raw.get("profiles") or {}
-    if profile not in (None, "default"):
-        if profile not in profiles:
-            raise MedtlError(f"unknown profile {profile!r}; this pipeline has {sorted(profiles) or 'none'}", path)
-        raw = _merge(raw, profiles[profile])
+    if profile not in (None, "default") and profile not in profiles:
+        raise MedtlError(f"unknown profile {profile!r}; this pipeline has {sorted(profiles) or 'none'}", path)
+    chosen = None if profile in (None, "default") else profile
+    config = _validated(_merge(raw, profiles[chosen]) if chosen else raw, path, chosen)
+    for name, overrides in profiles.items():  # a typo in a profile not run today is refused today too
+        if name != chosen and isinstance(overrides, dict):
+            _validated(_merge(raw, overrides), path, name)
+    return config
+
+
+def _validated(raw: dict, path: Path, profile: str | None) -> PipelineConfig:
     try:
-        config = PipelineConfig.model_validate(raw)
+        return PipelineConfig.model_validate(raw)
     except ValidationError as err:
         problems = [_problem(e) for e in err.errors()]
         shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
         more = f"\n  (+{len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
-        where = f"{path} (profile {profile})" if profile not in (None, "default") else path
+        where = f"{path} (profile {profile})" if profile else path
         raise MedtlError(f"{len(problems)} problem(s) in the config:\n  {shown}{more}", where) from None
-    return config
 
 
 MAX_PROBLEMS_SHOWN = 10

@@ -226,3 +226,13 @@ def test_a_target_without_val_rows_trains_without_early_stopping(tiny, make_conf
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert set(predictions["split"]) == {"test"} and len(predictions) == (pd.read_csv(tmp_path / "manifests" / "tgt.csv")
                                                                           ["split"] == "test").sum()
+
+
+def test_a_typo_in_a_profile_not_chosen_is_refused_too(tiny, make_config):
+    """profiles: {quick: {train: {epoch: 1}}} was accepted until someone ran --profile quick (researcher review)."""
+    text = _base(make_config) + "profiles: {quick: {train: {epoch: 1}}}\n"
+    with pytest.raises(MedtlError, match=r"\(profile quick\): 1 problem\(s\) in the config:\n  train\.epoch: unknown "
+                                         r"key; did you mean 'train\.epochs'\?"):
+        load_pipeline(_write(tiny, text))
+    ok = _base(make_config) + "profiles: {quick: {train: {epochs: 1}}}\n"
+    assert load_pipeline(_write(tiny, ok)).train.epochs == 1 and load_pipeline(_write(tiny, ok), "quick")

@@ -210,7 +210,8 @@ def test_a_run_folder_refuses_to_go_on_after_its_manifest_was_edited(tiny_run, t
     assert set(env["manifest_sha256"]) == {"source", "target"}
     run_pipeline(config, tiny / "data", out)  # the same manifests (copied): goes on
     lines = (root / "manifests" / "tgt.csv").read_text().splitlines()
-    moved = [lines[0]] + [line.replace(",test,", ",train,") for line in lines[1:]]  # test rows moved to train
+    first_test = next(i for i, line in enumerate(lines) if ",test," in line)
+    moved = [line.replace(",test,", ",train,") if i == first_test else line for i, line in enumerate(lines)]  # one row
     (root / "manifests" / "tgt.csv").write_text("\n".join(moved) + "\n")
     with pytest.raises(MedtlError, match="the target manifest changed since this run folder was made"):
         run_pipeline(config, tiny / "data", out)

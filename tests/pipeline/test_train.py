@@ -18,7 +18,8 @@ def _checkpoint(tmp_path, dims, **meta):
 
 def test_init_checkpoint_gives_architecture_and_size(tmp_path):
     three = _checkpoint(tmp_path, 3, intensity={"preset": "mri3d", "volume_shape": [16, 20, 16]}, image_size=[16, 20, 16])
-    assert _init_defaults(three) == {"arch": "resnet10", "stem_stride": 1, "image_size": [16, 20, 16], "spatial_dims": 3}
+    assert _init_defaults(three) == {"arch": "resnet10", "stem_stride": 1, "image_size": [16, 20, 16], "spatial_dims": 3,
+                                    "spacing": [2.0, 2.0, 2.0]}  # the voxel size goes with the input size
     two = _checkpoint(tmp_path, 2, intensity={"preset": "cxr", "image_size": 48}, image_size=48)
     assert _init_defaults(two)["image_size"] == 48 and _init_defaults(two)["spatial_dims"] == 2
     assert _init_defaults(None) == {}
