@@ -47,7 +47,9 @@ class TaskSpec(Strict):
 class PretrainSpec(Strict):
     # supervised (the source labels), autoencoder (VAE) or moco (self-supervised MoCo v2, labels unused)
     mode: Literal["supervised", "autoencoder", "moco"] = "supervised"
-    checkpoint: str | None = None  # use this medtl checkpoint instead of training (relative to the config file)
+    # use this medtl checkpoint instead of training (relative to the config file): e.g. an earlier run's
+    # pretrain/model.pt, when its target manifest changed and the run starts again in a new --out
+    checkpoint: str | None = None
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)

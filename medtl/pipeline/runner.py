@@ -202,6 +202,7 @@ def write_config(ctx: Context) -> None:
 
 def stage_prepare(ctx: Context) -> dict:
     cfg = ctx.config
+    read = _read_target_images(ctx)  # before the folder records its manifests: fixing one then starts afresh
     write_config(ctx)
     env = {
         "medtl": medtl.__version__,
@@ -221,7 +222,30 @@ def stage_prepare(ctx: Context) -> dict:
         "config_path": str(Path(ctx.config_path).resolve()), "out": str(Path(ctx.out).resolve()),
     }
     (ctx.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-    return {}
+    return {"target_images_read": read}
+
+
+def _read_target_images(ctx: Context) -> int:
+    """Read every target image once, as the run will: a broken one failed the run only at the transfer stage,
+    after hours of pretraining. The source's are read by the pretraining, its first heavy step."""
+    from medtl.data import io
+    from medtl.paths import resolve_inside
+
+    m = ctx.load(ctx.config.target, "target")
+    volumes = Preset(modality_of(m, ctx.config.target)).spatial_dims == 3
+    bad = []
+    for r in bar(m.rows, desc="prepare: reading the target images", unit="image", leave=False, enabled=ctx.progress):
+        try:
+            image = io.read(resolve_inside(ctx.data_root, r.path, r.path))
+            if volumes:
+                io.require_geometry(image, r.path)  # what the 3D chain refuses, refused now
+        except MedtlError as err:
+            bad.append(f"{r.path}: {err.reason}")
+    if bad:
+        listed = "\n  ".join(bad[:20]) + (f"\n  (+{len(bad) - 20} more)" if len(bad) > 20 else "")
+        raise MedtlError(f"{len(bad)} of {len(m)} target image(s) cannot be read; repair them or remove their rows "
+                         f"(medtl manifest check lists them too):\n  {listed}", f"{m.source} (target manifest)")
+    return len(m)
 
 
 def _record_command(ctx: Context) -> None:
@@ -256,9 +280,13 @@ def check_manifests_unchanged(ctx: Context) -> None:
     if changed:
         cfg = ctx.config
         files = ", ".join(str(ctx.manifest_path(getattr(cfg, k), k)) for k in changed)
+        reuse = ""
+        if "source" not in changed and (ctx.out / "pretrain" / "model.pt").exists():  # often the hours of a run
+            reuse = (f". Its pretraining read only the unchanged source: set pretrain.checkpoint: "
+                     f"{(ctx.out / 'pretrain' / 'model.pt').resolve()} in the config to reuse it in the new --out")
         raise MedtlError(f"the {' and '.join(changed)} manifest changed since this run folder was made ({files}); "
-                         "its finished jobs used the old splits and new ones would use the new: use a new --out",
-                         path)
+                         "its finished jobs used the old splits and new ones would use the new: use a new --out"
+                         + reuse, path)
 
 
 def _cpu_model() -> str:

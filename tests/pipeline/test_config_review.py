@@ -236,3 +236,26 @@ def test_a_typo_in_a_profile_not_chosen_is_refused_too(tiny, make_config):
         load_pipeline(_write(tiny, text))
     ok = _base(make_config) + "profiles: {quick: {train: {epochs: 1}}}\n"
     assert load_pipeline(_write(tiny, ok)).train.epochs == 1 and load_pipeline(_write(tiny, ok), "quick")
+
+
+def test_a_broken_target_image_is_found_before_pretraining_and_the_folder_goes_on_once_its_row_is_gone(
+        tiny, make_config, tmp_path):
+    """A truncated target image stopped the run only at the transfer stage, after pretraining, and removing its
+    row was then refused as an edited manifest (researcher review). The prepare stage reads every target image."""
+    shutil.copytree(tiny / "data", tmp_path / "data")
+    manifests = _with_splits(tiny, tmp_path, {})
+    m = pd.read_csv(manifests / "tgt.csv")
+    broken = m["path"].iloc[-1]
+    data = (tmp_path / "data" / broken).read_bytes()
+    (tmp_path / "data" / broken).write_bytes(data[: len(data) // 3])
+    text = (_base(make_config).replace("feature_extraction, full, dann", "full")
+            .replace("label_fractions: [0.5, 1.0]", "label_fractions: [1.0]").replace("{max_images: 20}", "{enabled: false}"))
+    config = tmp_path / "p.yaml"
+    config.write_text(text)
+    with pytest.raises(MedtlError, match=rf"tgt\.csv \(target manifest\): 1 of 30 target image\(s\) cannot be read; "
+                                         rf"repair them or remove their rows .*\n  {broken}: "):
+        run_pipeline(config, tmp_path / "data", tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "pretrain").exists() and not (tmp_path / "run" / "environment.json").exists()
+    m.iloc[:-1].to_csv(manifests / "tgt.csv", index=False)
+    run_pipeline(config, tmp_path / "data", tmp_path / "run", progress=False)  # the same folder, not refused
+    assert json.loads((tmp_path / "run" / "stages.json").read_text())["prepare"]["target_images_read"] == 29

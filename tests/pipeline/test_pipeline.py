@@ -213,8 +213,10 @@ def test_a_run_folder_refuses_to_go_on_after_its_manifest_was_edited(tiny_run, t
     first_test = next(i for i, line in enumerate(lines) if ",test," in line)
     moved = [line.replace(",test,", ",train,") if i == first_test else line for i, line in enumerate(lines)]  # one row
     (root / "manifests" / "tgt.csv").write_text("\n".join(moved) + "\n")
-    with pytest.raises(MedtlError, match="the target manifest changed since this run folder was made"):
+    with pytest.raises(MedtlError, match="the target manifest changed since this run folder was made") as err:
         run_pipeline(config, tiny / "data", out)
+    # the pretraining read only the unchanged source: the refusal says how to reuse it in a new folder
+    assert f"set pretrain.checkpoint: {(out / 'pretrain' / 'model.pt').resolve()}" in str(err.value)
 
 
 def test_missing_data_files_are_listed(tiny, make_config, tmp_path):
