@@ -35,7 +35,9 @@ def resolve_inside(root: str | Path, relative: str, where: str | None = None) ->
     root_resolved = Path(root).resolve()
     full = (root_resolved / rel).resolve()
     if root_resolved != full and root_resolved not in full.parents:
-        raise MedtlError(f"path {relative!r} resolves outside the data root {root_resolved}", where)
+        # a link (or a linked folder on the way) points elsewhere: say where, so the reader sees it is a link
+        raise MedtlError(f"path {relative!r} resolves outside the data root {root_resolved} (a link to {full})",
+                         where)
     return Path(f"{full}{sep}{member}") if sep else full
 
 

@@ -334,7 +334,10 @@ def build_manifest(
         scanned = scan(rows, data_root, desc="near-copy scan", progress=progress)
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
         if bad:
-            raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}", source)
+            links = any("resolves outside the data root" in b for b in bad)
+            raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}"
+                             + (". medtl reads nothing outside the data root: give a --data-root that holds the files "
+                                "the links point to (a folder above both)" if links else ""), source)
         groups = near_copy_groups(scanned, near_copy_correlation)
         largest = int(np.bincount(groups).max()) if len(groups) else 0
         if largest > max(3, len(rows) // 2):  # copies are a minority; this many means the threshold is wrong

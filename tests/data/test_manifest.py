@@ -1,6 +1,8 @@
 """medtl.data.manifest: the manifest file, its paths and its data root (build.py and check.py have their own
 test files; the `medtl manifest` command's round trip is here)."""
 
+import os
+
 import pytest
 
 from medtl.cli import main
@@ -87,3 +89,20 @@ def test_a_regression_target_is_a_finite_number():
 
     assert [is_number(x) for x in ("41.5", "7", "-0.2", "1e3")] == [True] * 4
     assert [is_number(x) for x in ("F", "nan", "inf", "-Infinity", "", "unlabelled")] == [False] * 6
+
+
+def test_a_folder_of_links_to_images_elsewhere_says_where_they_point_and_what_to_do(folder_root, tmp_path, capsys):
+    """Each linked file said only 'resolves outside the data root' (researcher review): the error names the
+    link's target, and the build says once which --data-root reads them; a root above both builds."""
+    links = tmp_path / "links" / "pos"
+    links.mkdir(parents=True)
+    for f in sorted((folder_root / "site" / "pos").glob("*.png"))[:2]:
+        (links / f.name).symlink_to(f)
+    assert main(["manifest", "build", "--from", str(tmp_path / "links"), "--data-root", str(tmp_path / "links"),
+                 "--out", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"(a link to {folder_root.resolve() / 'site' / 'pos'}" in err
+    assert err.count("give a --data-root that holds the files the links point to") == 1
+    common = os.path.commonpath([tmp_path / "links", folder_root.resolve()])  # a folder above both
+    assert main(["manifest", "build", "--from", str(tmp_path / "links"), "--data-root", common,
+                 "--out", str(tmp_path / "m.csv")]) == 0
