@@ -186,3 +186,27 @@ def test_a_regression_manifest_with_nan_targets_gets_one_warning_not_typo_warnin
                      for i, x in enumerate(labels + ["nan"])], labels)
     assert label_warnings(ages) == ["4 row(s) hold the target 'NaN' or 'inf' or 'nan', which no model can learn or "
                                     "be scored against: write 'unlabelled' for a missing target"]
+
+
+@pytest.mark.real_data
+def test_one_head_saved_in_other_orientations_is_one_near_copy_group(data_root, tmp_path):
+    """The same IXI head saved as LPS and PIR (nibabel as_reoriented: the same world geometry) went to different
+    splits ungrouped, since thumbnails were taken in stored voxel order (3D review)."""
+    import shutil
+
+    import nibabel as nib
+
+    from medtl.data.check import near_copy_groups, scan
+
+    volumes = sorted((data_root / "mri3d_ixi").rglob("*.nii.gz"))[:3]
+    img = nib.load(str(volumes[0]))
+    for code in ("LPS", "PIR"):
+        turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                               nib.orientations.axcodes2ornt(code))
+        nib.save(img.as_reoriented(turn), tmp_path / f"o_{code}.nii.gz")
+    for i, f in enumerate(volumes):
+        shutil.copy(f, tmp_path / f"v{i}.nii.gz")
+    names = ["o_LPS.nii.gz", "o_PIR.nii.gz", "v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
+    groups = near_copy_groups(scan([ManifestRow(n, "x", n, "d", "train", "mri3d") for n in names], tmp_path,
+                                   progress=False))
+    assert groups[0] == groups[1] == groups[2] and len(set(groups)) == 3  # one head, and two other heads
