@@ -29,8 +29,8 @@ def register(sub) -> None:
     p.add_argument("--arch", default="resnet18", help="resnet10/18/34/50 or densenet121")
     p.add_argument("--image-size", type=int, nargs="+", default=[128], help="side in pixels (three sizes for 3D)")
     p.add_argument("--spacing", type=float, nargs="+", default=None,
-                   help="voxel size in mm of 3D volumes, one or three values (default: with three --image-size values, "
-                        "the 160x192x160 mm field of view divided by them: 2 mm at 80 96 80, 4 mm at 40 48 40)")
+                   help="voxel size in mm of 3D volumes, one or three values (default: the 160x192x160 mm field of view "
+                        "divided by --image-size: 2 mm at 80 96 80, 4 mm at 40 48 40)")
     p.add_argument("--stem-stride", type=int, default=2, help="stride of the first convolution (1 keeps small images' detail)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training split")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (split across torchrun processes)")
@@ -63,10 +63,11 @@ def run(args) -> int:
 
     size = args.image_size[0] if len(args.image_size) == 1 else list(args.image_size)
     spacing = args.spacing
-    if spacing is None and len(args.image_size) == 3:  # a 3D size keeps the whole head in view, as medtl train does
+    if spacing is None and _volumes(args.manifest):  # a 3D size keeps the whole head in view, as medtl train does
         from medtl.data.transforms import field_of_view_spacing
 
-        spacing = list(field_of_view_spacing(args.image_size))
+        shape = args.image_size * 3 if len(args.image_size) == 1 else args.image_size
+        spacing = list(field_of_view_spacing(shape)) if len(shape) == 3 else None
     elif spacing is not None and len(spacing) not in (1, 3):
         raise MedtlError(f"give one or three voxel sizes in mm, got {spacing}", "--spacing")
     spacing = spacing * 3 if spacing is not None and len(spacing) == 1 else spacing
@@ -93,6 +94,16 @@ def run(args) -> int:
         print(f"wrote {result.path}")
         print(json.dumps(result.metrics, indent=2, default=str))
     return 0
+
+
+def _volumes(manifests: list[str]) -> bool:
+    """Whether the manifests hold only 3D volumes (mri3d rows); unreadable ones are left to pretrain's errors."""
+    from medtl.data.manifest import Manifest
+
+    try:
+        return all({r.modality for r in Manifest.load(m)} == {"mri3d"} for m in manifests)
+    except MedtlError:
+        return False
 
 
 def _pretrain(args, pretrain, manifest, size, spacing, ssl):

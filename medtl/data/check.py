@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ def label_warnings(manifest: Manifest) -> list[str]:
     """Labels that look like typos: names equal but for case or spaces ('F' and 'f'), and classes of one image.
     Each becomes a class of its own, which training then learns (and scores) from one or two images."""
     counts = Counter(r.label for r in manifest if r.label != "unlabelled")
-    not_finite = sorted(label for label in counts if not is_number(label) and _is_float(label))
+    not_finite = sorted(label for label in counts if _not_finite(label))
     if counts and all(is_number(label) or label in not_finite for label in counts):
         # regression targets (ages): every value is its own "class"; nan/inf is a missing value misspelt
         return [f"{sum(counts[x] for x in not_finite)} row(s) hold the target {' or '.join(map(repr, not_finite))}, "
@@ -92,10 +93,10 @@ def label_warnings(manifest: Manifest) -> list[str]:
     return out
 
 
-def _is_float(label: str) -> bool:
+def _not_finite(label: str) -> bool:
+    """A number that is no value: nan, inf (how pandas and spreadsheets write a missing one)."""
     try:
-        float(label)
-        return True
+        return not math.isfinite(float(label))
     except ValueError:
         return False
 

@@ -118,8 +118,9 @@ def _dcmread(path: Path):
     try:
         return pydicom.dcmread(path)
     except InvalidDicomError:
-        if Path(path).suffix.lower() not in DICOM_LIKE:  # README.md, notes.txt: not a format medtl reads at all
-            raise MedtlError(f"not an image medtl reads: {Path(path).suffix} is neither a picture (PNG, JPEG, ...), "
+        suffix = Path(path).suffix.lower()
+        if suffix not in DICOM_LIKE and not suffix[1:].isdigit():  # README.md, not a file named by its UID (1.2.840.5)
+            raise MedtlError(f"not an image medtl reads: {suffix} is neither a picture (PNG, JPEG, ...), "
                              "NIfTI nor DICOM", path) from None
         raise MedtlError("not a DICOM file (no DICM preamble/marker)", path) from None
     except Exception as err:  # pydicom raises many types for broken headers
@@ -388,7 +389,8 @@ def read_dicom_series(folder: Path, series_uid: str | None = None, names: dict[s
     modality = str(first.get("Modality", "")).upper()
     if modality in RADIOGRAPH_MODALITIES:  # several radiographs (views) are images, not the slices of a volume
         raise MedtlError(f"a {modality} series of {len(instances)} projection radiograph(s), not the slices of a "
-                         "volume: a 3D model reads MR or CT volumes", folder)
+                         "volume: read as a volume by a 3D model (which reads MR or CT volumes) or as a series folder; "
+                         "a 2D model reads each radiograph's file", folder)
     if "ImageOrientationPatient" not in first or "ImagePositionPatient" not in first:
         raise MedtlError("series lacks ImageOrientationPatient/ImagePositionPatient: cannot order slices", folder)
     shown = [(names or {}).get(str(f), str(f)) for f, _ in instances]

@@ -421,7 +421,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
             lock.release()
             if created and not ledger.path.exists():  # stopped before any result: leave no empty folder
                 shutil.rmtree(out, ignore_errors=True)
-    result.rows = ledger.rows()
+    result.rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ledger.rows()]  # as results.csv
     log.info("predicted %d series: %d ok, %d error(s), %d duplicate file(s); results in %s",
              result.ok + result.errors + result.duplicates, result.ok, result.errors, result.duplicates,
              out / "results.csv")

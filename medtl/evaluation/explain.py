@@ -233,11 +233,17 @@ def _mean_ci(v: np.ndarray, level: float, n_boot: int, rng: np.random.Generator,
     return {"mean": float(v.mean()), "ci": [float(np.quantile(means, a)), float(np.quantile(means, 1 - a))]}
 
 
-def _t_ci(v: np.ndarray, level: float) -> list[float]:
-    from medtl.evaluation.bootstrap import seed_summary  # the project's one t-interval of a mean
+def _t_ci(v: np.ndarray, level: float, unit: np.ndarray) -> list[float]:
+    """A t interval of the mean over images whose units (codes 0..U-1) are resampled together: the ratio
+    estimator's cluster-robust standard error, U - 1 degrees of freedom. With one image per unit it is the
+    paired t interval of the images."""
+    from scipy import stats
 
-    m = seed_summary(v, level)
-    return [m["ci_low"], m["ci_high"]]
+    sums, counts = np.bincount(unit, weights=v), np.bincount(unit)
+    u, mean = len(counts), v.mean()
+    se = np.sqrt(u / (u - 1) * np.sum((sums - mean * counts) ** 2)) / counts.sum()
+    half = stats.t.ppf(0.5 + level / 2, u - 1) * se
+    return [float(mean - half), float(mean + half)]
 
 
 def deletion_test(
@@ -357,9 +363,11 @@ def deletion_test(
     diff = top_d - rand_d
     unit = _units_of(groups, patients, copies, n)
     n_units = int(unit.max()) + 1
+    if n_units < 2:  # one unit resampled is the same images every time: an interval of width 0, not evidence
+        raise MedtlError(f"the {n} images are one unit (one patient, series or near-copy group): the deletion test "
+                         "needs images of at least 2, as its interval resamples units", "images")
     boot = np.random.default_rng(seed + 1)
-    unit_diff = np.bincount(unit, weights=diff) / np.bincount(unit)
-    difference = {**_mean_ci(diff, level, n_boot, boot, unit), "ci_t": _t_ci(unit_diff, level)}
+    difference = {**_mean_ci(diff, level, n_boot, boot, unit), "ci_t": _t_ci(diff, level, unit)}
     over = "images" if n_units == n else f"{n_units} units of the {n} images (a patient or near-copy group each)"
     return {
         "kind": DELETION_KIND,
@@ -448,8 +456,8 @@ def deletion_summary(result: dict, class_names: Sequence[str] | None = None) -> 
     verdict = result.get("verdict") or deletion_verdict(result["difference"])
     constant = result.get("constant_maps", 0)
     units = result.get("n_units", result["n"])
-    where = f"{result['n']} images" + (f" ({units} independent units: a patient's images and near-copies resampled "
-                                       "together)" if units != result["n"] else "")
+    where = f"{result['n']} images" + (f" ({units} independent units: the images of one patient, series or near-copy "
+                                       "group resampled together)" if units != result["n"] else "")
     return (f"Deletion test on {where}: blanking the top {pct} of each map lowered the probability "
             f"of {explained} by {fmt(result['drop_top'])}; blanking {ctrl} lowered it by "
             f"{fmt(result['drop_random'])}. Difference {fmt(result['difference'])}, larger for the map in "

@@ -231,10 +231,13 @@ def _read_target_images(ctx: Context) -> int:
     from medtl.data import io
     from medtl.paths import resolve_inside
 
-    m = ctx.load(ctx.config.target, "target")
-    volumes = Preset(modality_of(m, ctx.config.target)).spatial_dims == 3
+    cfg = ctx.config
+    rows = {r.path: r for task in cfg.tasks for r in ctx.load(cfg.target, "target", task).rows}  # as the jobs take them
+    m = ctx.manifest(cfg.target, "target")
+    volumes = Preset(modality_of(m, cfg.target)).spatial_dims == 3
     bad = []
-    for r in bar(m.rows, desc="prepare: reading the target images", unit="image", leave=False, enabled=ctx.progress):
+    for r in bar(list(rows.values()), desc="prepare: reading the target images", unit="image", leave=False,
+                 enabled=ctx.progress):
         try:
             image = io.read(resolve_inside(ctx.data_root, r.path, r.path))
             if volumes:
@@ -243,9 +246,9 @@ def _read_target_images(ctx: Context) -> int:
             bad.append(f"{r.path}: {err.reason}")
     if bad:
         listed = "\n  ".join(bad[:20]) + (f"\n  (+{len(bad) - 20} more)" if len(bad) > 20 else "")
-        raise MedtlError(f"{len(bad)} of {len(m)} target image(s) cannot be read; repair them or remove their rows "
+        raise MedtlError(f"{len(bad)} of {len(rows)} target image(s) cannot be read; repair them or remove their rows "
                          f"(medtl manifest check lists them too):\n  {listed}", f"{m.source} (target manifest)")
-    return len(m)
+    return len(rows)
 
 
 def _record_command(ctx: Context) -> None:

@@ -192,8 +192,14 @@ def _init_defaults(init: str | Path | None) -> dict[str, Any]:
         size = intensity.get("volume_shape") or meta.get("image_size")
     else:
         size = intensity.get("image_size") or (meta.get("image_size") or [None])[0]
+    if dims == 3 and intensity.get("preset"):  # a record without spacing is one of a medtl that used 2 mm
+        from medtl.data.transforms import recorded_options
+
+        spacing = recorded_options(intensity)["spacing"]
+    else:
+        spacing = intensity.get("spacing") if dims == 3 else None
     return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size, "spatial_dims": dims,
-            "spacing": intensity.get("spacing") if dims == 3 else None}
+            "spacing": spacing}
 
 
 RUN_KEY_FILE = "train_inputs.json"
@@ -205,7 +211,9 @@ def _preset_options(modality: str, image_size, spacing=None) -> tuple[Any, dict[
     from medtl.data.transforms import DEFAULTS, field_of_view_spacing
 
     if Preset(modality).spatial_dims == 3:
-        shape = image_size if isinstance(image_size, (list, tuple)) else DEFAULTS["mri3d"]["volume_shape"]
+        if image_size is not None and not isinstance(image_size, (list, tuple)):
+            image_size = [image_size]  # one value given for volumes: refused below, not silently the default
+        shape = image_size if image_size is not None else DEFAULTS["mri3d"]["volume_shape"]
         if len(shape) != 3:
             raise MedtlError(f"3D volumes need three sizes (e.g. 80 96 80), got {list(shape)}", "--image-size")
         size = [int(s) for s in shape]

@@ -282,6 +282,8 @@ def test_3d_sizes_keep_the_field_of_view_unless_a_spacing_is_given():
     assert _preset_options("mri3d", [40, 48, 40], [3])[1]["spacing"] == (3.0, 3.0, 3.0)
     with pytest.raises(MedtlError, match="three sizes"):
         _preset_options("mri3d", [40, 48])
+    with pytest.raises(MedtlError, match=r"three sizes \(e\.g\. 80 96 80\), got \[40\]"):  # was silently 80 96 80
+        _preset_options("mri3d", 40)
     with pytest.raises(MedtlError, match="one or three positive voxel sizes"):
         _preset_options("mri3d", [40, 48, 40], [1, 2])
     with pytest.raises(MedtlError, match="--spacing sets the voxel size of 3D volumes; these images are cxr"):
@@ -298,6 +300,9 @@ def test_pretrain_on_volumes_keeps_the_field_of_view_at_a_smaller_size(data_root
     assert main([*common, "--out", str(tmp_path / "kept")]) == 0
     meta = torch.load(tmp_path / "kept" / "model.pt", weights_only=True)["meta"]
     assert list(meta["intensity"]["spacing"]) == [10.0, 12.0, 10.0] and list(meta["intensity"]["volume_shape"]) == [16] * 3
+    assert main([*common[:7], "--image-size", "16", *common[11:], "--out", str(tmp_path / "one")]) == 0
+    one = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["meta"]["intensity"]
+    assert list(one["spacing"]) == [10.0, 12.0, 10.0] and list(one["volume_shape"]) == [16] * 3  # one size: a cube
     assert main([*common, "--spacing", "3", "--out", str(tmp_path / "given")]) == 0
     assert list(torch.load(tmp_path / "given" / "model.pt", weights_only=True)["meta"]["intensity"]["spacing"]) == [3.0] * 3
     capsys.readouterr()

@@ -491,3 +491,9 @@ def test_load_checkpoint_given_no_path_says_so():
 
     with pytest.raises(MedtlError, match="give the weights file's path \\(a str or Path\\), got int 123"):
         load_checkpoint(123)
+
+
+def test_a_dicom_file_named_by_its_uid_is_still_called_dicom(tmp_path):
+    (tmp_path / "1.2.840.113619.2.320").write_text("not dicom")
+    with pytest.raises(MedtlError, match="not a DICOM file"):
+        io.read(tmp_path / "1.2.840.113619.2.320")

@@ -532,5 +532,5 @@ def test_radiographs_given_to_a_3d_model_are_named_as_such(dicom_root, model_3d,
     predict_batch(model_3d, tmp_path / "in", tmp_path / "out", progress=False)
     rows = _rows(tmp_path / "out")
     assert rows and all(r["status"] == "error" for r in rows)
-    assert all("projection radiograph(s), not the slices of a volume: a 3D model reads MR or CT volumes" in r["error"]
+    assert all("projection radiograph(s), not the slices of a volume: read as a volume by a 3D model" in r["error"]
                for r in rows), [r["error"] for r in rows]

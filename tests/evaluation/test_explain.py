@@ -443,10 +443,13 @@ def test_deletion_intervals_resample_patients_and_near_copies_as_units(blobs):
     sums, counts = np.bincount(own, weights=top), np.bincount(own)
     ref = sums[draws].sum(1) / counts[draws].sum(1)
     assert got["drop_top"]["ci"] == pytest.approx([np.quantile(ref, 0.025), np.quantile(ref, 0.975)])
-    # the t interval is over the 25 unit means, not the 40 images
-    means = np.bincount(own, weights=diff) / np.bincount(own)
-    half = stats.t.ppf(0.975, 24) * means.std(ddof=1) / np.sqrt(25)
-    assert got["difference"]["ci_t"] == pytest.approx([means.mean() - half, means.mean() + half])
+    # the t interval is of the same mean over images, with a cluster-robust standard error over the 25 units
+    # (the ratio estimator's, by hand) and 24 degrees of freedom; it holds the mean it is reported with
+    sums, counts = np.bincount(own, weights=diff), np.bincount(own)
+    se = np.sqrt(25 / 24 * ((sums - diff.mean() * counts) ** 2).sum()) / 40
+    half = stats.t.ppf(0.975, 24) * se
+    assert got["difference"]["ci_t"] == pytest.approx([diff.mean() - half, diff.mean() + half])
+    assert got["difference"]["ci_t"][0] < got["difference"]["mean"] < got["difference"]["ci_t"][1]
 
     single = deletion_test(model, items, "features", class_idx=1, n_boot=300, seed=4, groups=None)
     plain = deletion_test(model, blobs, "features", class_idx=1, n_boot=300, seed=4)  # arrays: no ids
@@ -459,3 +462,10 @@ def test_deletion_intervals_resample_patients_and_near_copies_as_units(blobs):
         deletion_test(model, items, "features", class_idx=1, n_boot=10, groups=["a"])
     with pytest.raises(MedtlError, match="groups must be 'auto'"):
         deletion_test(model, items, "features", class_idx=1, n_boot=10, groups="patients")
+    # one unit (a multi-frame series, one patient) resampled is the same images every time: refused, not a
+    # zero-width interval with a firm verdict
+    with pytest.raises(MedtlError, match="the 40 images are one unit .*needs images of at least 2"):
+        deletion_test(model, items, "features", class_idx=1, n_boot=10, groups=["one"] * 40)
+    # with one image per unit the t interval is the paired t interval of the images, as before units
+    t = stats.t.ppf(0.975, 39) * diff.std(ddof=1) / np.sqrt(40)
+    assert plain["difference"]["ci_t"] == pytest.approx([plain["difference"]["mean"] - t, plain["difference"]["mean"] + t])

@@ -35,3 +35,15 @@ def test_resuming_is_refused_when_data_or_settings_differ(tmp_path):
     check_resumable(tmp_path, False, {**key, "seed": 1}, "run.json")  # --no-resume starts over and records the new inputs
     with pytest.raises(MedtlError, match="other seed"):
         check_resumable(tmp_path, True, key, "run.json")
+
+
+def test_an_older_3d_checkpoint_without_spacing_starts_training_at_the_2_mm_it_was_trained_at(tmp_path):
+    """A record without spacing was written by a medtl that used 2 mm (what predict reads it with); --init with
+    it took the field-of-view rule instead (4 mm at 40 48 40) and trained on other voxels (diff review)."""
+    import torch
+
+    path = _checkpoint(tmp_path, 3, intensity={"preset": "mri3d", "volume_shape": [40, 48, 40]}, image_size=[40, 48, 40])
+    obj = torch.load(path, weights_only=True)
+    del obj["meta"]["intensity"]["spacing"]
+    torch.save(obj, path)
+    assert tuple(_init_defaults(path)["spacing"]) == (2.0, 2.0, 2.0)
