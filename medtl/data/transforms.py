@@ -348,11 +348,12 @@ class NonzeroZScore(NormalizeIntensity):
 class CropToHead(Transform):
     """Crop or pad a volume ``(C, X, Y, Z)`` in RAS orientation to ``spatial_size`` about the head it holds.
 
-    The head is the largest connected blob of voxels brighter, after a 3x3x3 mean filter, than ``fraction`` of
-    the way from the volume's 1st to its 99th percentile (estimated on every 4th voxel); its box is the slices
-    (along each axis) that hold at least 1% as many of its voxels as the fullest slice. The filter and the blob
-    keep a raw scanner's background noise (Rician, a few % of the tissue's brightness: without them it filled
-    every slice and the window kept air above the head) and ghosts beside the head from moving it. Along each axis the
+    The head is the largest connected blob of voxels brighter than ``fraction`` of the way from the volume's 1st
+    to its 99th percentile, found at half resolution after a 3x3x3 mean filter there (2x2x2 means: an 8th of
+    the voxels); its box is the slices (along each axis) that hold at least 1% as many of the blob's bright
+    full-resolution voxels as the fullest slice. The filter and the blob keep a raw scanner's background noise
+    (Rician, a few % of the tissue's brightness: without them it filled every slice and the window kept air
+    above the head) and ghosts beside the head from moving it. Along each axis the
     output is centred on the head, except that a head taller (axis 2, inferior -> superior) than the field
     of view keeps its top: the cortex matters more to a brain model than the neck. Padding is 0, as the
     z-score that follows leaves the background. A volume with no such head is centred as it is.
@@ -366,19 +367,23 @@ class CropToHead(Transform):
         """``[(first, last + 1)]`` of the head along each spatial axis; None where no head is found."""
         from scipy import ndimage
 
-        x = img.detach().float().amax(0).numpy()  # channels (one for MRI) -> one volume
-        smooth = ndimage.uniform_filter(x, 3, mode="nearest")
+        x = img.detach().float().amax(0)  # channels (one for MRI) -> one volume
+        thin = [(0, 1) if n == 1 else (0, 0) for n in reversed(x.shape)]  # a one-voxel axis: pooled as two
+        half = F.avg_pool3d(F.pad(x[None, None], [p for pair in thin for p in pair], mode="replicate"), 2, stride=2,
+                            ceil_mode=True)[0, 0].numpy()  # the blob at an 8th of the cost
+        smooth = ndimage.uniform_filter(half, 3, mode="nearest")
         # percentiles, not the extremes: a fill value or a few outliers (a resampler's corner) must not move it
-        lo, hi = (float(v) for v in np.quantile(smooth[::4, ::4, ::4], [0.01, 0.99]))
+        lo, hi = (float(v) for v in np.quantile(smooth[::2, ::2, ::2], [0.01, 0.99]))
         threshold = lo + self.fraction * (hi - lo)
         blobs, n = ndimage.label(smooth > threshold)
-        sizes = np.bincount(blobs.ravel())
-        # the blob's bright voxels: the filter found the head, and does not widen its box by a voxel
-        head = torch.from_numpy((blobs == int(sizes[1:].argmax()) + 1 if n else blobs > 0) & (x > threshold))
+        blob = blobs == int(np.bincount(blobs.ravel())[1:].argmax()) + 1 if n else blobs > 0
+        # back to full resolution, where the box is read: the blob's bright voxels, not its 2-voxel blocks
+        head = blob.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: x.shape[0], : x.shape[1], : x.shape[2]]
+        head &= x.numpy() > threshold
         box = []
         for axis in range(3):
-            counts = head.sum(dim=tuple(a for a in range(3) if a != axis))
-            kept = torch.nonzero(counts >= max(1.0, 0.01 * float(counts.max()))).flatten()
+            counts = head.sum(axis=tuple(a for a in range(3) if a != axis))
+            kept = np.flatnonzero(counts >= max(1.0, 0.01 * float(counts.max())))
             box.append((int(kept[0]), int(kept[-1]) + 1) if hi > lo and len(kept) else None)
         return box
 
