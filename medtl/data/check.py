@@ -40,7 +40,7 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
                 sha = duplicates.array_sha256(image.array)
             else:
                 sha = file_sha256(full) if full.is_file() else None
-            out.append(ScannedFile(sha, duplicates.thumbnail(duplicates.in_ras_axes(image.array, image.affine))))
+            out.append(ScannedFile(sha, duplicates.thumbnail(image.array, image.affine)))
         except MedtlError as err:
             out.append(ScannedFile(error=err.reason))
     return out

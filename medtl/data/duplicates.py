@@ -31,17 +31,16 @@ def array_sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
 
 
-def in_ras_axes(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """A volume's voxels flipped and transposed (no resampling) so its axes run as close to R, A, S as its
-    affine allows: one head stored in two orientations (LPS, PIR) then gives one thumbnail."""
-    from nibabel.orientations import apply_orientation, io_orientation
-
-    return apply_orientation(array, io_orientation(affine)) if array.ndim == 3 else array
-
-
-def thumbnail(array: np.ndarray) -> np.ndarray:
-    """Zero-mean, unit-norm thumbnail vector: dot products of two are their correlation."""
+def thumbnail(array: np.ndarray, affine: np.ndarray | None = None) -> np.ndarray:
+    """Zero-mean, unit-norm thumbnail vector: dot products of two are their correlation. A volume with its
+    ``affine`` is first flipped and transposed (no resampling) so its axes run as close to R, A, S as the affine
+    allows: one head stored in two orientations (LPS, PIR) gives one thumbnail."""
     from skimage.transform import resize
+
+    if array.ndim == 3 and affine is not None:
+        from nibabel.orientations import apply_orientation, io_orientation
+
+        array = apply_orientation(array, io_orientation(affine))
 
     size = (THUMB_2D,) * 2 if array.ndim == 2 else (THUMB_3D,) * 3
     small = resize(array.astype(np.float32), size, anti_aliasing=True, preserve_range=True).ravel()

@@ -192,14 +192,12 @@ def _init_defaults(init: str | Path | None) -> dict[str, Any]:
         size = intensity.get("volume_shape") or meta.get("image_size")
     else:
         size = intensity.get("image_size") or (meta.get("image_size") or [None])[0]
-    if dims == 3 and intensity.get("preset"):  # a record without spacing is one of a medtl that used 2 mm
+    found = {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size, "spatial_dims": dims}
+    if dims == 3:  # the voxel size goes with the input size; a record without one is of a medtl that used 2 mm
         from medtl.data.transforms import recorded_options
 
-        spacing = recorded_options(intensity)["spacing"]
-    else:
-        spacing = intensity.get("spacing") if dims == 3 else None
-    return {"arch": enc.get("arch"), "stem_stride": enc.get("stem_stride"), "image_size": size, "spatial_dims": dims,
-            "spacing": spacing}
+        found["spacing"] = recorded_options(intensity)["spacing"] if intensity.get("preset") else intensity.get("spacing")
+    return found
 
 
 RUN_KEY_FILE = "train_inputs.json"

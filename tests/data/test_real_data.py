@@ -81,8 +81,9 @@ def test_aligned_brain_volumes_of_different_people_are_not_near_copies(data_root
 
     rows = Manifest.load(manifests_dir / "mri3d_ixi.csv").rows[:40]
     scanned = scan(rows, data_root, progress=False)
-    original = io.read(data_root / rows[0].path).array.astype(np.float32)
+    image = io.read(data_root / rows[0].path)
+    original = image.array.astype(np.float32)
     copy = np.round(original * 0.9) + np.random.default_rng(0).normal(0, 0.05 * original.std(), original.shape)
-    groups = near_copy_groups([*scanned, ScannedFile(thumb=duplicates.thumbnail(copy))])
+    groups = near_copy_groups([*scanned, ScannedFile(thumb=duplicates.thumbnail(copy, image.affine))])
     assert len(set(groups[:40])) == 40  # 40 subjects, 40 groups
     assert groups[40] == groups[0]
