@@ -273,7 +273,10 @@ def frame_grid(ds, where) -> tuple[np.ndarray, np.ndarray]:
 
 
 def require_geometry(image: Image, where) -> None:
-    """3D models need to know where each slice lies: refuse a volume whose orientation was guessed."""
+    """3D models need a volume and to know where each slice lies: refuse one slice (a 120x120x1 NIfTI, as a
+    single 2D DICOM image is refused) and a volume whose orientation was guessed."""
+    if image.array.ndim == 3 and min(image.array.shape) == 1:
+        raise MedtlError(f"a 3D model needs a volume; this file is one 2D slice {image.array.shape}", where)
     if image.meta.get("geometry") != "unknown":
         return
     if image.meta.get("format") == "nifti":

@@ -497,3 +497,18 @@ def test_a_dicom_file_named_by_its_uid_is_still_called_dicom(tmp_path):
     (tmp_path / "1.2.840.113619.2.320").write_text("not dicom")
     with pytest.raises(MedtlError, match="not a DICOM file"):
         io.read(tmp_path / "1.2.840.113619.2.320")
+
+
+def test_one_slice_is_not_a_volume_for_3d_models(tmp_path):
+    """A 120x120x1 NIfTI reached a 3D model as a volume (an ok row with a coverage caveat) while one 2D DICOM image
+    was an error row (3D review)."""
+    from medtl.data.transforms import LoadMedicalImage
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 1)).astype(np.float32), np.eye(4)),
+             tmp_path / "slice.nii.gz")
+    with pytest.raises(MedtlError, match=r"slice\.nii\.gz: a 3D model needs a volume; this file is one 2D slice "
+                                         r"\(40, 40, 1\)"):
+        LoadMedicalImage(ndim=3)(tmp_path / "slice.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 2)).astype(np.float32), np.eye(4)),
+             tmp_path / "slab.nii.gz")
+    assert LoadMedicalImage(ndim=3)(tmp_path / "slab.nii.gz").shape == (1, 40, 40, 2)  # a slab: read, with caveats later
