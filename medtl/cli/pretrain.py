@@ -63,14 +63,11 @@ def run(args) -> int:
 
     size = args.image_size[0] if len(args.image_size) == 1 else list(args.image_size)
     spacing = args.spacing
-    if spacing is None and _volumes(args.manifest):  # a 3D size keeps the whole head in view, as medtl train does
-        from medtl.data.transforms import field_of_view_spacing
+    shape = args.image_size * 3 if len(args.image_size) == 1 else args.image_size
+    if len(shape) == 3 and (spacing is not None or _volumes(args.manifest)):  # a 3D size keeps the head in view
+        from medtl.data.transforms import voxel_spacing
 
-        shape = args.image_size * 3 if len(args.image_size) == 1 else args.image_size
-        spacing = list(field_of_view_spacing(shape)) if len(shape) == 3 else None
-    elif spacing is not None and len(spacing) not in (1, 3):
-        raise MedtlError(f"give one or three voxel sizes in mm, got {spacing}", "--spacing")
-    spacing = spacing * 3 if spacing is not None and len(spacing) == 1 else spacing
+        spacing = list(voxel_spacing(shape, spacing))  # as medtl train does
     manifest = args.manifest[0] if len(args.manifest) == 1 else list(args.manifest)
     ssl = {}
     if args.mode == "moco":

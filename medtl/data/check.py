@@ -32,10 +32,7 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
     out = []
     for row in bar(rows, desc=desc, unit="file", leave=False, enabled=progress):
         try:
-            full = resolve_inside(data_root, row.path, row.path)
-            image = io.read(full)
-            if image.array.ndim == 3 and row.modality == "mri3d":
-                io.require_geometry(image, full)  # what the 3D loader refuses, check refuses
+            full, image = read_row(row, data_root, volume=row.modality == "mri3d")
             if io.ARRAY_MEMBER in str(full):  # one archive holds many images: hash the image itself
                 sha = duplicates.array_sha256(image.array)
             else:
@@ -44,6 +41,16 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
         except MedtlError as err:
             out.append(ScannedFile(error=err.reason))
     return out
+
+
+def read_row(row: ManifestRow, data_root: Path, volume: bool) -> tuple[Path, io.Image]:
+    """A row's file read as training will read it: inside the data root, decodable, and for a ``volume`` (a 3D
+    preset) one the 3D loader takes; a :class:`MedtlError` with the reason otherwise."""
+    full = resolve_inside(data_root, row.path, row.path)
+    image = io.read(full)
+    if volume and image.array.ndim == 3:
+        io.require_geometry(image, full)  # what the 3D loader refuses, refused here
+    return full, image
 
 
 def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.NEAR_COPY_CORRELATION) -> np.ndarray:

@@ -106,11 +106,18 @@ class Preset:
         return {**DEFAULTS[self.name], **{k: v for k, v in options.items() if v is not None}}
 
 
-def field_of_view_spacing(volume_shape: Sequence[int]) -> tuple[float, float, float]:
-    """The voxel size (mm) at which ``volume_shape`` covers the mri3d preset's field of view (160x192x160 mm):
-    a smaller input sees the whole head coarser, not the top of it at 2 mm."""
-    default = DEFAULTS["mri3d"]
-    return tuple(s * n / m for s, n, m in zip(default["spacing"], default["volume_shape"], volume_shape))
+def voxel_spacing(volume_shape: Sequence[int], spacing=None) -> tuple[float, float, float]:
+    """The voxel size (mm) of a 3D input of ``volume_shape``: ``spacing`` (one value or three, all positive), else
+    the size at which it covers the mri3d preset's field of view (160x192x160 mm): a smaller input sees the whole
+    head coarser, not the top of it at 2 mm."""
+    if spacing is None:
+        default = DEFAULTS["mri3d"]
+        return tuple(s * n / m for s, n, m in zip(default["spacing"], default["volume_shape"], volume_shape))
+    values = [float(x) for x in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
+    values = values * 3 if len(values) == 1 else values
+    if len(values) != 3 or min(values) <= 0:
+        raise MedtlError(f"give one or three positive voxel sizes in mm, got {spacing!r}", "--spacing")
+    return tuple(values)
 
 
 def recorded_options(intensity: Mapping[str, Any], missing: Mapping[str, dict] = RECORDED_BEFORE) -> dict[str, Any]:

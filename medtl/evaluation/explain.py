@@ -277,7 +277,8 @@ def deletion_test(
     ``p - p_random``, ``difference`` = mean of their per-image difference (paired), each with a
     ``level`` percentile-bootstrap interval (``difference`` also with a paired t interval, ``ci_t``).
     Images are not independent when one patient gives several, or one scan is in the set twice (near-copies):
-    the intervals resample units, each bringing all its images, and the t interval is over unit means.
+    the intervals resample units, each bringing all its images, and the t interval's standard error is over
+    units (cluster-robust; the paired t interval when each image is its own unit).
     ``groups``: one unit label per image; ``"auto"`` (default) takes dataset items' ``patient_id`` and
     ``near_copy_group`` (a patient's images are one unit, and so are the patients of a near-copy group),
     else each image is its own unit; None makes every image its own. ``top_larger``: the share of images whose top drop beats the control's;
@@ -368,7 +369,7 @@ def deletion_test(
                          "needs images of at least 2, as its interval resamples units", "images")
     boot = np.random.default_rng(seed + 1)
     difference = {**_mean_ci(diff, level, n_boot, boot, unit), "ci_t": _t_ci(diff, level, unit)}
-    over = "images" if n_units == n else f"{n_units} units of the {n} images (a patient or near-copy group each)"
+    over = "images" if n_units == n else f"{n_units} units of the {n} images (a patient, series or near-copy group each)"
     return {
         "kind": DELETION_KIND,
         "n": n,

@@ -57,7 +57,7 @@ def check_before_run(ctx: Context) -> None:
         outside, absent = outside_or_missing(m, ctx.data_root)
         if outside:  # not "missing": the file may be there, but medtl reads nothing outside the data root
             raise MedtlError(f"{len(outside)} of {len(m)} row(s) name a file outside the data root "
-                             f"{ctx.data_root.resolve()} (links must point inside it too):\n  {_listed(outside)}",
+                             f"{ctx.data_root.resolve()} (links must point inside it too):\n  {listed(outside)}",
                              f"{m.source} ({key} manifest)")
         missing += [f"{Path(str(m.source)).name} {line}" for line in absent]
     hint = wrong_root_hint(len(missing), total, ctx.data_root)
@@ -65,7 +65,7 @@ def check_before_run(ctx: Context) -> None:
         raise MedtlError(hint, f"{where}: data root")
     if missing:
         raise MedtlError(f"{len(missing)} file(s) named by the manifests are missing under the data root:\n  "
-                         f"{_listed(missing)}", ctx.data_root)
+                         f"{listed(missing)}", ctx.data_root)
     target = ctx.manifest(cfg.target, "target")
     for i, task in enumerate(cfg.tasks):
         if task.label_column != "label" and target.rows and task.label_column not in target.rows[0].extras:
@@ -126,7 +126,7 @@ def _require_numeric(target: Manifest, task: TaskSpec, where: str) -> None:
                              where)
 
 
-def _listed(items: list[str], shown: int = 20) -> str:
+def listed(items: list[str], shown: int = 20) -> str:
     return "\n  ".join(items[:shown]) + (f"\n  (+{len(items) - shown} more)" if len(items) > shown else "")
 
 

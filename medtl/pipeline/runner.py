@@ -228,8 +228,8 @@ def stage_prepare(ctx: Context) -> dict:
 def _read_target_images(ctx: Context) -> int:
     """Read every target image once, as the run will: a broken one failed the run only at the transfer stage,
     after hours of pretraining. The source's are read by the pretraining, its first heavy step."""
-    from medtl.data import io
-    from medtl.paths import resolve_inside
+    from medtl.data.check import read_row
+    from medtl.pipeline.checks import listed
 
     cfg = ctx.config
     rows = {r.path: r for task in cfg.tasks for r in ctx.load(cfg.target, "target", task).rows}  # as the jobs take them
@@ -239,15 +239,12 @@ def _read_target_images(ctx: Context) -> int:
     for r in bar(list(rows.values()), desc="prepare: reading the target images", unit="image", leave=False,
                  enabled=ctx.progress):
         try:
-            image = io.read(resolve_inside(ctx.data_root, r.path, r.path))
-            if volumes:
-                io.require_geometry(image, r.path)  # what the 3D chain refuses, refused now
+            read_row(r, ctx.data_root, volumes)
         except MedtlError as err:
             bad.append(f"{r.path}: {err.reason}")
     if bad:
-        listed = "\n  ".join(bad[:20]) + (f"\n  (+{len(bad) - 20} more)" if len(bad) > 20 else "")
         raise MedtlError(f"{len(bad)} of {len(rows)} target image(s) cannot be read; repair them or remove their rows "
-                         f"(medtl manifest check lists them too):\n  {listed}", f"{m.source} (target manifest)")
+                         f"(medtl manifest check lists them too):\n  {listed(bad)}", f"{m.source} (target manifest)")
     return len(rows)
 
 

@@ -206,7 +206,7 @@ RUN_KEY_FILE = "train_inputs.json"
 def _preset_options(modality: str, image_size, spacing=None) -> tuple[Any, dict[str, Any]]:
     """The model's input size and the preset's options. A 3D size without a spacing keeps the preset's field of
     view (160x192x160 mm): 40 48 40 voxels are 4 mm each, not 2 mm voxels that cover the top 80 mm of a head."""
-    from medtl.data.transforms import DEFAULTS, field_of_view_spacing
+    from medtl.data.transforms import DEFAULTS, voxel_spacing
 
     if Preset(modality).spatial_dims == 3:
         if image_size is not None and not isinstance(image_size, (list, tuple)):
@@ -215,13 +215,7 @@ def _preset_options(modality: str, image_size, spacing=None) -> tuple[Any, dict[
         if len(shape) != 3:
             raise MedtlError(f"3D volumes need three sizes (e.g. 80 96 80), got {list(shape)}", "--image-size")
         size = [int(s) for s in shape]
-        if spacing is None:
-            spacing = field_of_view_spacing(size)
-        spacing = [float(x) for x in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
-        spacing = spacing * 3 if len(spacing) == 1 else spacing
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise MedtlError(f"give one or three positive voxel sizes in mm, got {spacing}", "--spacing")
-        return size, {"volume_shape": tuple(size), "spacing": tuple(spacing)}
+        return size, {"volume_shape": tuple(size), "spacing": voxel_spacing(size, spacing)}
     if spacing is not None:
         raise MedtlError(f"--spacing sets the voxel size of 3D volumes; these images are {modality} (2D)", "--spacing")
     size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size or DEFAULTS[modality]["image_size"])
