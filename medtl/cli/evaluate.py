@@ -65,7 +65,8 @@ def summary_lines(report: dict) -> list[str]:
             shown = "; ".join(f"{k} {fmt_metric(e['metrics'][k])}" for k in HEADLINE if k in e.get("metrics", {}))
             thr = e.get("threshold") or {}
             at = f", threshold {thr['value']:.4g} ({thr['rule']})" if thr.get("value") is not None else ""
-            lines.append(f"{task} / {strategy}: test n={e.get('n_test')}{at}, {level} CI: {shown}")
+            positive = f", positive class {t['positive_class']}" if t.get("positive_class") else ""
+            lines.append(f"{task} / {strategy}: test n={e.get('n_test')}{positive}{at}, {level} CI: {shown}")
             if thr.get("note"):  # where the threshold came from, or how it differs from predict's
                 lines.append(f"  threshold: {thr['note']}")
     return lines

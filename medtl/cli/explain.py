@@ -4,7 +4,7 @@ The model's own preprocessing is applied (the same reading and preset chain as `
 image gets an overlay PNG titled with the model's decision and the class its map explains, ``index.html``
 shows them side by side, and ``index.csv`` says which input each overlay is, with every class's
 probability. A manifest is explained on its test split (``--split``). The layer is the deepest encoder
-stage whose grid has at least 4 cells along every axis for the model's input size (``--layer`` chooses
+stage whose grid has at least 4 cells along every axis and 49 in all for the model's input size (``--layer`` chooses
 another). With ``--deletion-test`` the maps are checked: blanking the hottest 20% of each image should
 lower the explained class's probability more than blanking random pixels
 (``medtl.evaluation.explain.deletion_test``); its verdict (pass, fail or inconclusive) heads index.html.
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                    help="the class to explain (default: each image's predicted class)")
     p.add_argument("--layer", default=None,
                    help="the layer whose activations explain (default: the deepest of " + ", ".join(LAYERS)
-                        + " with at least 4 cells along every axis)")
+                        + " with at least 4 cells along every axis and 49 in all: layer3 at 128 px, layer2 at 64)")
     p.add_argument("--split", default="test",
                    help="a manifest's split to explain, or 'all' (default: test; folders and files: every image)")
     p.add_argument("--max-images", type=int, default=50, help="explain at most this many images (default: 50)")

@@ -40,6 +40,10 @@ def register(sub) -> None:
     build.add_argument("--near-copy-correlation", type=float, default=NEAR_COPY_CORRELATION, metavar="R",
                        help="64 px thumbnails correlating above R are near-copies, kept in one split (recorded in "
                             "the .meta.json)")
+    build.add_argument("--skip-unreadable", action="store_true",
+                       help="leave files that cannot be read out of the manifest, each named with its reason (and "
+                            "listed in the .meta.json), instead of refusing the build; e.g. a held-out folder that "
+                            "medtl predict read past")
     build.set_defaults(func=run_build)
 
     check = msub.add_parser("check", help="validate a manifest; exit status 0 only when valid")
@@ -70,11 +74,13 @@ def run_build(args) -> int:
         domain=args.domain, modality=args.modality, labelled=not args.unlabelled,
         exclude_copies_of=args.exclude_near_copies_of,
         label_names=args.label_names.split(",") if args.label_names else None, keep_source_split=args.keep_source_split,
-        near_copy_correlation=args.near_copy_correlation,
+        near_copy_correlation=args.near_copy_correlation, skip_unreadable=args.skip_unreadable,
     )
     manifest.save(out)
     meta = manifest.meta
     print(f"wrote {out}: {len(manifest)} rows, labels {manifest.label_names}, patient ids: {meta['patient_ids']}")
+    for item in meta.get("left_out", []):
+        print(f"left out {item['path']}: {item['reason']}")
     if args.exclude_near_copies_of:
         print(f"dropped {meta['excluded_rows']} row(s) that copy images of {args.exclude_near_copies_of}")
     if meta["near_copy_grouping"]:

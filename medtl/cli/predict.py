@@ -162,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
             # image files, perhaps in label folders (error rows say nothing: an unreadable .dcm has a source too)
             # the user's own path, unless they asked for paths to stay out of what medtl writes and prints
             folder = "INPUT_FOLDER" if args.redact_paths else shlex.quote(str(args.input))
+            skip = " --skip-unreadable" if failed else ""  # the files predict read past would refuse the build
             print(f"  (LABELS.csv: a manifest of these images; for a folder of <label>/<file> images: medtl manifest "
-                  f"build --from {folder} --data-root {folder} --out LABELS.csv --fractions 0 0 1; not for the "
+                  f"build --from {folder} --data-root {folder} --out LABELS.csv --fractions 0 0 1{skip}; not for the "
                   "model's training images, which it would score as test)")
         elif not labelled:  # DICOM series: their labels come from elsewhere (a report, a registry)
             print("  (LABELS.csv: a manifest, columns path,label,split,patient_id,domain,modality, whose path is each "

@@ -68,6 +68,9 @@ def register(sub) -> None:
     m.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (default: bars on)")
     e = p.add_argument_group("evaluation")
+    e.add_argument("--positive-class", default=None, metavar="CLASS",
+                   help="two classes: the one sensitivity, AUROC and the threshold rules are about (default: the last "
+                        "in alphabetical order, e.g. tumor of no_tumor/tumor; printed with the scores)")
     e.add_argument("--threshold-rule", choices=["youden", "sensitivity", "specificity"], default="youden",
                    help="how the binary threshold is chosen on the validation split (default: youden)")
     e.add_argument("--target", type=float, default=None,
@@ -83,14 +86,16 @@ def run(args) -> int:
     r = train_model(
         args.train, args.out, val=args.val, test=args.test, data_root=args.data_root, init=args.init, arch=args.arch,
         lift=args.lift,
-        image_size=size, spacing=args.spacing, modality=args.modality, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        image_size=size, spacing=args.spacing, modality=args.modality,
+        positive_class=args.positive_class, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device, amp=args.amp,
         threshold_rule=args.threshold_rule, target=args.target, n_boot=args.n_boot, cache=args.cache,
         num_workers=args.workers, max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume,
         progress=args.progress,
     )
     counts = ", ".join(f"{k} {len(v)}" for k, v in r.inputs.splits.items())
-    print(f"data: {counts} images; labels {r.inputs.label_names}; preset {r.inputs.modality}")
+    positive = f" (positive class {r.inputs.label_names[-1]})" if len(r.inputs.label_names) == 2 else ""
+    print(f"data: {counts} images; labels {r.inputs.label_names}{positive}; preset {r.inputs.modality}")
     intensity = r.intensity
     if intensity.get("spacing"):  # what a 3D model sees: its input size is voxels, the head is millimetres
         shape, mm = intensity["volume_shape"], intensity["spacing"]

@@ -300,6 +300,7 @@ def build_manifest(
     keep_source_split: bool = False,
     progress: bool = True,
     near_copy_correlation: float = NEAR_COPY_CORRELATION,
+    skip_unreadable: bool = False,
 ) -> Manifest:
     """A manifest of ``source`` with a patient-level, label-stratified train/val/test split (``medtl manifest
     build``; the README's "Data root and manifests" describes the result).
@@ -310,7 +311,9 @@ def build_manifest(
     correlate above ``near_copy_correlation`` (or that are identical) in one split and names each group in a
     ``near_copy_group`` column; ``exclude_copies_of`` drops images that copy one in another manifest.
     ``domain`` and ``modality`` fill those columns (default: from the source); ``labelled=False`` reads a raw
-    manifest's rows as unlabelled; ``keep_source_split`` keeps the source's own split. Save the result
+    manifest's rows as unlabelled; ``keep_source_split`` keeps the source's own split. Files that cannot be
+    read are refused, naming each, unless ``skip_unreadable`` leaves them out (listed in the meta's
+    ``left_out``), as a labels manifest of a held-out folder that ``medtl predict`` read past needs. Save the result
     with ``manifest.save(path)``, which also writes its ``.meta.json``."""
     source, data_root = Path(source), Path(data_root)
     if not data_root.is_dir():
@@ -324,20 +327,39 @@ def build_manifest(
     else:
         raise MedtlError("expected a folder (<root>/<label>/<file>) or a raw manifest .csv", source)
     rows = collapse_dicom_series(rows, data_root)
-    rows = [r if r.modality != "dicom" else replace(r, modality=dicom_modality(data_root / r.path)) for r in rows]
+    left_out: list[dict[str, str]] = []  # files skip_unreadable leaves out, each with its reason
+    typed = []
+    for r in rows:
+        try:
+            typed.append(r if r.modality != "dicom" else replace(r, modality=dicom_modality(data_root / r.path)))
+        except MedtlError as err:
+            if not skip_unreadable:
+                raise
+            left_out.append({"path": r.path, "reason": err.reason})
+    rows = typed
     excluded = 0
     if exclude_copies_of is not None:
         rows, excluded = drop_near_copies_of(rows, Manifest.load(exclude_copies_of), data_root)
     groups = None
     scanned = None
-    if group_near_copies:
-        scanned = scan(rows, data_root, desc="near-copy scan", progress=progress)
+    if group_near_copies or skip_unreadable:
+        scanned = scan(rows, data_root, desc="near-copy scan" if group_near_copies else "reading", progress=progress)
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
-        if bad:
+        if bad and skip_unreadable:
+            left_out += [{"path": r.path, "reason": s.error} for r, s in zip(rows, scanned) if s.error]
+            kept = [i for i, s in enumerate(scanned) if not s.error]
+            rows, scanned = [rows[i] for i in kept], [scanned[i] for i in kept]
+        elif bad:
             links = any("resolves outside the data root" in b for b in bad)
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}"
                              + (". medtl reads nothing outside the data root: give a --data-root that holds the files "
-                                "the links point to (a folder above both)" if links else ""), source)
+                                "the links point to (a folder above both)" if links else
+                                ". Remove or repair them, or leave them out: `medtl manifest build --skip-unreadable` "
+                                "writes a manifest without them (listed in its .meta.json)"), source)
+    if left_out and not rows:
+        raise MedtlError(f"none of the {len(left_out)} file(s) can be read: "
+                         + "; ".join(f"{f['path']} ({f['reason']})" for f in left_out[:10]), source)
+    if group_near_copies:
         groups = near_copy_groups(scanned, near_copy_correlation)
         largest = int(np.bincount(groups).max()) if len(groups) else 0
         if largest > max(3, len(rows) // 2):  # copies are a minority; this many means the threshold is wrong
@@ -379,6 +401,8 @@ def build_manifest(
         meta["excluded_rows"] = excluded
     if by_split is not None:
         meta["near_copy_groups_by_split"] = by_split
+    if left_out:
+        meta["left_out"] = left_out
     manifest = Manifest(rows, labels, meta).with_splits(splits)
     manifest.scanned = scanned  # reused by the check that follows a build: every file is read once
     return manifest

@@ -26,7 +26,7 @@ from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset as TorchDataset
 
-from medtl.data.manifest import NEAR_COPY_GROUP, Manifest
+from medtl.data.manifest import NEAR_COPY_GROUP, REQUIRED_COLUMNS, Manifest
 from medtl.data.transforms import CHAIN_VERSION, METADATA_LOCK, Preset, SplitChain, preset, untracked_meta
 from medtl.errors import MedtlError
 from medtl.paths import resolve_inside
@@ -67,10 +67,14 @@ class ManifestDataset(TorchDataset):
     a skip-mode build already listed.
     """
 
-    def __init__(self, base, transform: Compose | None, indices: list[int] | None = None):
+    def __init__(self, base, transform: Compose | None, indices: list[int] | None = None,
+                 deployment: dict | None = None):
         self.base = base
         self.transform = transform  # named `transform` so MONAI's worker seeding finds the random part
         self.indices = list(range(len(base))) if indices is None else indices
+        # what a checkpoint of a model trained on these items needs for medtl predict: the class names (or the
+        # regression target's name) and the preprocessing; the trainer stores it in best.pt
+        self.deployment = dict(deployment or {})
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -91,6 +95,10 @@ class ManifestDataset(TorchDataset):
 
 def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str = "label",
                    task: str = "classification") -> list[dict]:
+    if label_column != "label" and len(manifest) and label_column not in manifest.extra_columns:
+        columns = list(REQUIRED_COLUMNS) + manifest.extra_columns
+        raise MedtlError(f"the manifest has no column {label_column!r}; its columns are {columns}",
+                         manifest.source or "label_column")
     items = []
     for i, row in enumerate(manifest, start=2):
         where = f"{manifest.source or 'manifest'}:{i}"
@@ -155,6 +163,9 @@ def build_dataset(
         raise MedtlError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}", "cache")
     name = preset_name or manifest.modality
     det, rand = preset(name, train, **preset_options)
+    deployment = {"intensity": {"preset": name, **Preset(name).resolved(preset_options)},
+                  **({"task_name": label_column} if task == "regression"
+                     else {"label_names": [n for n in manifest.label_names if n != UNLABELLED]})}
     guarded = Guarded(det)
     items = manifest_items(manifest, data_root, label_column, task)
     random_part = Compose(rand) if rand else None
@@ -171,7 +182,7 @@ def build_dataset(
         base = Dataset(items, guarded)
         cached = [guarded(item) for item in items] if on_error == "skip" else None
     if cached is None:  # uncached, raise mode: each bad file raises when it is read
-        return ManifestDataset(base, random_part)
+        return ManifestDataset(base, random_part, deployment=deployment)
     bad = [(items[i]["case_id"], c[ERROR_KEY]) for i, c in enumerate(cached) if ERROR_KEY in c]
     if bad and on_error == "raise":
         first = next(i for i, c in enumerate(cached) if ERROR_KEY in c)
@@ -179,7 +190,7 @@ def build_dataset(
     if bad:
         _record_skipped(bad, run_dir)
     good = [i for i, c in enumerate(cached) if ERROR_KEY not in c]
-    return ManifestDataset(base, random_part, good)
+    return ManifestDataset(base, random_part, good, deployment)
 
 
 def chain_key(preset_name: str, options: dict) -> str:

@@ -126,11 +126,16 @@ def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, dig
     regression = task == "regression"
     # a regression model's one output is named after its task (e.g. "age"): results get predicted_<name>
     labels = [str(meta.get("task_name") or "value")] if regression else meta.get("label_names")
-    if not labels:
-        raise MedtlError("the model does not record its label_names", where)
     intensity = meta.get("intensity")
-    if not isinstance(intensity, dict) or "preset" not in intensity:
-        raise MedtlError("the model does not record its preprocessing (meta 'intensity' with a 'preset')", where)
+    missing = ([] if labels else ["label_names (the class of each output)"]) + (
+        [] if isinstance(intensity, dict) and "preset" in intensity else ["intensity (its preprocessing: a preset "
+                                                                          "and its options)"])
+    if missing:
+        raise MedtlError(f"the model does not record {' and '.join(missing)}. A model trained in Python records them "
+                         "when fit's checkpoint_meta is the deployment of the dataset it is to predict "
+                         "(fit(..., checkpoint_meta=target_ds.deployment); plain supervised fit takes them from "
+                         "its train_loader); add them to a written checkpoint with medtl.models.checkpoint."
+                         "update_checkpoint_meta(path, **dataset.deployment) (docs/models.md)", where)
     name = str(meta.get("name") or f"medtl-{meta.get('architecture') or 'model'}-{intensity['preset']}")
     # Without an explicit version the weights' own hash is one: it names exactly these weights.
     version = str(meta.get("version") or digest[:12] or "0")

@@ -121,6 +121,12 @@ def pretrain_on(
     if mode == "moco":  # the last epoch is the model: a contrastive loss is no model-selection criterion
         train_options.setdefault("restore_best", False)
     config = TrainConfig.from_dict({"epochs": epochs, "seed": seed, **train_options})
+    stride = 16 * stem_stride  # the stem, its pooling and three strided stages: the last stage's cell, in pixels
+    smallest = min(image_size) if isinstance(image_size, (list, tuple)) else image_size
+    if smallest < stride:
+        log.warning("image size %s is smaller than the encoder's last-stage cell (%d px): its features summarise the "
+                    "whole image at one point or less, so little of what a larger input shows is left; %d px or more "
+                    "is the useful range", image_size, stride, 2 * stride)
     out = Path(out)
     seed_everything(seed)  # the initial weights depend on the seed alone
     if lift is not None and (mode != "supervised" or spatial_dims != 3):

@@ -649,6 +649,9 @@ class Trainer:
         strategy = self.strategy
         if getattr(strategy, "needs_target", False) and target_loader is None:
             raise MedtlError(f"strategy {strategy.name!r} adapts to a target domain: give a target_loader", "target_loader")
+        if target_loader is None:  # the model predicts what it trained on: best.pt records how to read it
+            known = getattr(getattr(train_loader, "dataset", None), "deployment", None) or {}
+            self.checkpoint_meta = {**known, **self.checkpoint_meta}
         ctx = self.ctx = self._start_distributed()
         loaders = self._plan(train_loader, val_loader, target_loader)
         monitor, mode = self._monitor(val_loader is not None)

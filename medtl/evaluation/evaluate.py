@@ -531,6 +531,12 @@ def _classification_run(rows, test, val, units, info: TaskInfo, st: EvalSettings
                                     "precision_low": r(low[f"pr/{k}"]), "precision_high": r(high[f"pr/{k}"]),
                                     "prevalence": float(counts[k] / len(y))})  # fmt: skip
     out["bootstrap"] = _boot_info(st, test, units)
+    auroc = out["metrics"].get("auroc") or {}
+    if auroc.get("ci_high") is not None and auroc["ci_high"] < 0.5:  # worse than chance, beyond the sampling
+        notes.append(f"run {out['run_id']}: the AUROC interval lies below 0.5 ({auroc['ci_low']:.3f}–"
+                     f"{auroc['ci_high']:.3f}): the model ranks these cases worse than chance. Check that the "
+                     + (f"positive class ({classes[1]}) and the " if binary else "") + "labels mean what the model "
+                     "was trained to predict, then whether the test images differ from its training images")
     out["notes"] = notes
     return out
 
@@ -556,6 +562,12 @@ def _regression_run(rows, test, val, units, st: EvalSettings) -> dict:
     out["threshold"] = None
     out["label_summary"] = {"mean": float(y.mean()), "std": float(y.std(ddof=1)) if len(y) > 1 else None,
                             "min": float(y.min()), "max": float(y.max())}  # fmt: skip
+    # what a constant scores, to read the model's errors against: the validation mean (a value a model could
+    # know), else the test mean (which knows the test labels: R² 0 by definition, and a hard reference)
+    yv = pd.to_numeric(val["label"], errors="coerce").dropna().to_numpy(dtype=float) if len(val) else np.array([])
+    constant, source = (float(yv.mean()), "val") if len(yv) else (float(y.mean()), "test")
+    out["no_skill"] = {"constant": constant, "from": source, "mae": float(np.abs(y - constant).mean()),
+                       "rmse": float(np.sqrt(((y - constant) ** 2).mean()))}
     # A bounded sample of points for the scatter plot.
     keep = np.random.default_rng(0).permutation(len(y))[:1000]
     out["scatter"] = {"label": np.round(y[keep], 4).tolist(), "prediction": np.round(f[keep], 4).tolist()}
@@ -633,7 +645,8 @@ def _paired_comparisons(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: 
             classes = [c for c in classes if c != st.positive_class] + [st.positive_class]
         pos = classes[1]
     test = rows_t[rows_t["split"] == st.test_split]
-    scores = {rid: g.set_index("case_id") for rid, g in test.groupby("run_id", sort=False)}
+    # run ids are unique within a strategy only (medtl train writes seed0 for every model)
+    scores = {(str(s), str(r)): g.set_index("case_id") for (s, r), g in test.groupby(["strategy", "run_id"], sort=False)}
     out = []
     for a, b in itertools.combinations(runs_by_strategy, 2):
         for ra in runs_by_strategy[a]:
@@ -645,7 +658,7 @@ def _paired_comparisons(rows_t: pd.DataFrame, info: TaskInfo, runs_by_strategy: 
                 if ra["seed"] != rb["seed"] and not single:
                     continue
                 one = _mae_one if info.kind == "regression" else _delong_one
-                out.append(one(scores[ra["run_id"]], scores[rb["run_id"]], pos, classes, a, b, ra, rb))
+                out.append(one(scores[a, str(ra["run_id"])], scores[b, str(rb["run_id"])], pos, classes, a, b, ra, rb))
     return out
 
 

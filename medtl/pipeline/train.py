@@ -113,7 +113,7 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
 
 
 def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed: int = 0,
-                  modality: str | None = None, progress: bool = True) -> Inputs:
+                  modality: str | None = None, positive_class: str | None = None, progress: bool = True) -> Inputs:
     """The train/val/test rows from ``train`` (its own splits) or separate ``val``/``test`` inputs,
     checked before any training: files exist (:func:`load_input`), one modality, val/test labels known
     to training."""
@@ -139,6 +139,11 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
     if not len(splits["train"]):
         raise MedtlError("no rows in the train split", where)
     labels = [name for name in train_m.label_names if name != "unlabelled"]
+    if positive_class is not None:  # the class sensitivity finds: the model's last output, as evaluate reads it
+        if len(labels) != 2 or positive_class not in labels:
+            raise MedtlError(f"{positive_class!r} is not one of the two classes; the labels are {labels}",
+                             "--positive-class")
+        labels = [name for name in labels if name != positive_class] + [positive_class]
     from medtl.data.check import label_warnings
 
     for warning in label_warnings(Manifest([r for m in splits.values() for r in m], labels)):
@@ -147,10 +152,19 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
     if unlabelled:
         raise MedtlError(f"{unlabelled} training rows are 'unlabelled': medtl train needs a class label per image",
                          where)
+    unseen = [name for name in labels if not any(r.label == name for r in splits["train"])]
+    if len(labels) < 2 or unseen:  # a model cannot learn a class it never sees; it would score test all the same
+        raise MedtlError(f"medtl train needs training images of at least two classes; the train split has none of "
+                         f"{unseen or 'a second class'} (labels {labels})", given["train"])
     for role in ("val", "test"):
         unknown = sorted({r.label for r in splits[role]} - set(labels))
         if unknown:
             raise MedtlError(f"{role} labels {unknown} are not among the training labels {labels}", given[role])
+    # one class order for every split (a separate test folder lists only its own classes): a label's index is the
+    # model's output for it, and the positive class comes last
+    splits = {role: Manifest(m.rows, list(labels), dict(m.meta), m.source) for role, m in splits.items()}
+    to_save = {path: (Manifest(m.rows, list(labels), dict(m.meta), m.source), root)
+               for path, (m, root) in to_save.items()}
     mods = sorted({r.modality for m in splits.values() for r in m})
     if len(mods) != 1:
         by_input: dict[str, set] = {}
@@ -235,6 +249,7 @@ def train_model(
     image_size: int | list[int] | None = None,
     spacing: float | list[float] | None = None,
     modality: str | None = None,
+    positive_class: str | None = None,
     epochs: int = 20,
     batch_size: int = 32,
     lr: float | None = None,
@@ -273,7 +288,7 @@ def train_model(
     with OutputLock(out, "medtl train"):  # a second run into this folder would overwrite this one's weights
         settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
         inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality,
-                               progress=progress)
+                               positive_class=positive_class, progress=progress)
         from_init = _init_defaults(init)
         dims = Preset(inputs.modality).spatial_dims
         init_dims = from_init.get("spatial_dims", 2 if init is not None else None)
@@ -336,12 +351,14 @@ def train_model(
             loader = make_loader(datasets[split], batch_size, False, seed, num_workers=num_workers)
             p = predict(model, loader, dev, amp_dtype(amp, dev), progress=progress)
             outputs[split] = p
-            # near-copies of one image are one bootstrap unit, as in medtl evaluate --labels with this manifest
+            # near-copies of one image are one bootstrap unit, as in medtl evaluate --labels with this manifest;
+            # the strategy column is the model's name, as predict's results call it: medtl report on two runs'
+            # predictions compares two models (one name for both pooled them as seeds of one strategy)
             groups = {r.path: r.extras.get(NEAR_COPY_GROUP) or None for r in inputs.splits[split]}
             copies = {NEAR_COPY_GROUP: [groups.get(str(c)) for c in p["case_id"]]} if any(groups.values()) else {}
             tables.append(predictions_from_arrays(
                 p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
-                domain=p.get("domain", ""), split=split, run_id=f"seed{seed}", strategy=STRATEGY, task=TASK_NAME,
+                domain=p.get("domain", ""), split=split, run_id=f"seed{seed}", strategy=meta["name"], task=TASK_NAME,
                 seed=seed, **copies))  # fmt: skip
 
         notes: list[str] = []
@@ -368,7 +385,7 @@ def train_model(
             curves = out / "metrics.jsonl" if len(result.train.history) > 1 else None  # one epoch draws no curve
             report_paths = make_report(pred_path, out, settings=settings, metrics_log=curves)
             report = load_report(report_paths["json"])
-            entry = report["tasks"][TASK_NAME]["strategies"][STRATEGY]
+            entry = report["tasks"][TASK_NAME]["strategies"][meta["name"]]
             headline = entry.get("metrics") or {}
             notes += report.get("notes", []) + report["tasks"][TASK_NAME].get("notes", [])
         else:

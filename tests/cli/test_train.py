@@ -55,7 +55,7 @@ def test_train_writes_a_deployable_model_a_report_and_the_next_commands(trained)
     assert meta["intensity"]["preset"] == "mri2d" and meta["intensity"]["image_size"] == 32
     assert meta["precision"] == "auto"
     report = json.loads((run / "report.json").read_text())
-    entry = report["tasks"]["label"]["strategies"]["full"]
+    entry = report["tasks"]["label"]["strategies"]["medtl-resnet10-mri2d-run"]
     # the threshold in the model is the one the report applied: chosen on val by the same rule
     assert entry["threshold"]["rule"] == "youden" and entry["threshold"]["chosen_on"] == "val"
     assert meta["threshold"] == pytest.approx(entry["threshold"]["value"])
@@ -63,7 +63,8 @@ def test_train_writes_a_deployable_model_a_report_and_the_next_commands(trained)
     m = Manifest.load(run / "manifest.csv")
     assert m.recorded_root == folder.resolve() and len(m) == 24
     assert entry["n_test"] == len(m.select(split="test"))
-    assert f"label / full: test n={entry['n_test']}" in out and "auroc" in out
+    assert f"label / medtl-resnet10-mri2d-run: test n={entry['n_test']}" in out and "auroc" in out
+    assert "(positive class tumor)" in out and f"test n={entry['n_test']}, positive class tumor," in out
     assert f"medtl predict --model {run / 'model.pt'} --input {folder}" in out
 
 
@@ -86,7 +87,7 @@ def test_the_printed_predict_and_evaluate_commands_score_the_same_test_images(tr
     printed = capsys.readouterr().out
     assert ("25 rows: 4 test rows scored; 4 val rows used for the threshold and calibration only; 16 rows of other "
             "splits left out (train 16); 1 skipped (status not ok)") in printed
-    ours = json.loads((tmp / "run" / "report.json").read_text())["tasks"]["label"]["strategies"]["full"]
+    ours = json.loads((tmp / "run" / "report.json").read_text())["tasks"]["label"]["strategies"]["medtl-resnet10-mri2d-run"]
     theirs = json.loads((tmp / "run" / "predict" / "report" / "report.json").read_text())["tasks"]["label"]
     (theirs,) = theirs["strategies"].values()
     # the manifest's splits came along: the same test images, the same threshold rule, the same numbers
@@ -110,7 +111,7 @@ def test_results_of_a_labelled_manifest_are_scored_at_the_models_threshold(train
     assert main(["evaluate", "--predictions", str(tmp / "p_test" / "results.csv"), "--out", str(tmp / "p_test" / "rep"),
                  "--n-boot", "50"]) == 0
     capsys.readouterr()
-    ours = json.loads((run / "report.json").read_text())["tasks"]["label"]["strategies"]["full"]
+    ours = json.loads((run / "report.json").read_text())["tasks"]["label"]["strategies"]["medtl-resnet10-mri2d-run"]
     (theirs,) = json.loads((tmp / "p_test" / "rep" / "report.json").read_text())["tasks"]["label"]["strategies"].values()
     assert theirs["threshold"]["rule"] == "model"
     assert theirs["threshold"]["value"] == pytest.approx(ours["threshold"]["value"])
@@ -134,7 +135,7 @@ def test_train_from_a_checkpoint_with_a_test_folder_under_its_own_root(trained, 
     assert meta["init_weights"] == str(tmp / "run" / "model.pt")
     assert meta["hparams"]["lr"] == 1e-4  # the gentler default when starting from trained weights
     assert meta["intensity"]["image_size"] == 32
-    ours = json.loads((out / "report.json").read_text())["tasks"]["label"]["strategies"]["full"]
+    ours = json.loads((out / "report.json").read_text())["tasks"]["label"]["strategies"]["medtl-resnet10-mri2d-from_init"]
     assert ours["n_test"] == 6  # the whole separate test set
     # the printed commands predict that test folder and score it at the model's threshold: the same numbers
     commands = [line.strip() for line in printed.splitlines() if line.strip().startswith("medtl ")]
@@ -163,7 +164,7 @@ def test_train_scores_near_copies_as_one_unit_as_evaluate_does(data_root, tmp_pa
     manifest = {r.path: r.extras.get("near_copy_group") for r in Manifest.load(tmp_path / "run" / "manifest.csv")}
     assert preds["near_copy_group"].tolist() == [manifest[c] for c in preds["case_id"]]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    (run,) = report["tasks"]["label"]["strategies"]["full"]["runs"]
+    (run,) = report["tasks"]["label"]["strategies"]["medtl-resnet10-mri2d-run"]["runs"]
     assert run["bootstrap"]["near_copy_groups"] and run["n_test_patients"] < run["n_test"]
 
 
@@ -306,3 +307,53 @@ def test_pretrain_on_volumes_keeps_the_field_of_view_at_a_smaller_size(data_root
     assert main([*common, "--spacing", "3", "--out", str(tmp_path / "given")]) == 0
     assert list(torch.load(tmp_path / "given" / "model.pt", weights_only=True)["meta"]["intensity"]["spacing"]) == [3.0] * 3
     capsys.readouterr()
+
+
+def test_the_positive_class_is_printed_chosen_and_every_class_must_be_in_training(trained, tmp_path, capsys, caplog):
+    """abnormal/normal made 'normal' positive with nothing said; a test folder of one class had its labels
+    indexed by its own class list (tumor became 0, the model's no_tumor); a train split without a class trained."""
+    from medtl.data.datasets import build_dataset
+    from medtl.errors import MedtlError
+    from medtl.pipeline.train import gather_inputs
+
+    tmp, folder, _ = trained
+    inputs = gather_inputs(folder, tmp_path / "g", positive_class="no_tumor", progress=False)
+    assert inputs.label_names == ["tumor", "no_tumor"]
+    assert all(m.label_names == ["tumor", "no_tumor"] for m in inputs.splits.values())
+    with pytest.raises(MedtlError, match=r"'glioma' is not one of the two classes; the labels are"):
+        gather_inputs(folder, tmp_path / "g", positive_class="glioma", progress=False)
+    tumors = _copy(folder, tmp_path / "tumors_only", ("tumor",), 0, 3)
+    inputs = gather_inputs(tmp / "run" / "manifest.csv", tmp_path / "g", test=tumors, progress=False)
+    assert inputs.splits["test"].label_names == ["no_tumor", "tumor"]
+    ds = build_dataset(inputs.splits["test"], inputs.roots["test"], "mri2d", image_size=16, cache="none")
+    assert [int(ds[i]["label"]) for i in range(len(ds))] == [1, 1, 1]
+    m = Manifest.load(tmp / "run" / "manifest.csv")
+    one_class = Manifest([r for r in m if not (r.split == "train" and r.label == "no_tumor")], m.label_names, m.meta)
+    one_class.save(tmp_path / "one_class.csv", data_root=folder)
+    assert main(["train", "--train", str(tmp_path / "one_class.csv"), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert "needs training images of at least two classes; the train split has none of ['no_tumor']" in \
+        capsys.readouterr().err
+    small = [*FAST[:1], "16", *FAST[2:]]  # a 16 px input is below the encoder's last-stage cell: said
+    with caplog.at_level("WARNING", logger="medtl.engine.pretrain"):
+        assert main(["train", "--train", str(folder), "--positive-class", "no_tumor", "--out", str(tmp_path / "pc"),
+                     *small]) == 0
+    assert "image size 16 is smaller than the encoder's last-stage cell (32 px)" in caplog.text
+    out = capsys.readouterr().out
+    assert "labels ['tumor', 'no_tumor'] (positive class no_tumor)" in out and ", positive class no_tumor," in out
+    assert torch.load(tmp_path / "pc" / "model.pt", weights_only=True)["meta"]["label_names"] == ["tumor", "no_tumor"]
+    report = json.loads((tmp_path / "pc" / "report.json").read_text())
+    assert report["tasks"]["label"]["positive_class"] == "no_tumor"
+
+
+def test_medtl_report_compares_two_trained_models_with_a_paired_test(trained, tmp_path, capsys):
+    """Every medtl train run wrote strategy 'full' and run id seed0: report refused two runs at one seed and pooled
+    two at different seeds as seeds of one strategy. The strategy is now the model's name."""
+    tmp, folder, _ = trained
+    assert main(["train", "--train", str(folder), "--out", str(tmp_path / "slower"), *FAST, "--lr", "3e-4"]) == 0
+    assert main(["report", str(tmp / "run" / "predictions.csv"), str(tmp_path / "slower" / "predictions.csv"),
+                 "--out", str(tmp_path / "cmp"), "--n-boot", "50"]) == 0
+    capsys.readouterr()
+    task = json.loads((tmp_path / "cmp" / "report.json").read_text())["tasks"]["label"]
+    assert sorted(task["strategies"]) == ["medtl-resnet10-mri2d-run", "medtl-resnet10-mri2d-slower"]
+    (c,) = task["comparisons"]
+    assert c.get("note") is None and c["p_value"] is not None and c["test"].startswith("DeLong")

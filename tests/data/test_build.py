@@ -146,3 +146,26 @@ def test_files_beside_the_class_folders_are_named_in_a_warning(folder_root, capl
         m = build_manifest(folder_root / "site", folder_root, seed=1, group_near_copies=False, progress=False)
     assert "ignored 2 file(s) beside the class folders" in caplog.text and "notes.txt, stray.png" in caplog.text
     assert not any(r.path.endswith("stray.png") for r in m)
+
+
+def test_unreadable_files_are_refused_by_name_or_left_out_on_request(folder_root):
+    """A held-out folder that medtl predict read past (error rows) must still become a labels manifest:
+    --skip-unreadable leaves the bad files out, each named with its reason; without it the build refuses."""
+    site = folder_root / "site"
+    data = (site / "pos" / "img01.png").read_bytes()
+    (site / "pos" / "cut.png").write_bytes(data[: len(data) // 2])
+    (site / "neg" / "broken.dcm").write_bytes(b"not dicom")
+    for group in (True, False):
+        with pytest.raises(MedtlError, match="broken.dcm: unreadable DICOM header"):
+            build_manifest(site, folder_root, group_near_copies=group)
+    (site / "neg" / "broken.dcm").unlink()
+    with pytest.raises(MedtlError, match=r"1 file\(s\) cannot be read: site/pos/cut.png \(.*\)\. Remove or repair "
+                                         r"them, or leave them out: `medtl manifest build --skip-unreadable`"):
+        build_manifest(site, folder_root)
+    (site / "neg" / "broken.dcm").write_bytes(b"not dicom")
+    for group in (True, False):
+        m = build_manifest(site, folder_root, fractions=(0, 0, 1), group_near_copies=group, skip_unreadable=True)
+        assert len(m) == 25 and {r.split for r in m} == {"test"}
+        assert [f["path"] for f in m.meta["left_out"]] == ["site/neg/broken.dcm", "site/pos/cut.png"]
+        assert "unreadable DICOM header" in m.meta["left_out"][0]["reason"]
+        assert check_manifest(m, folder_root).ok  # what is left is a valid manifest

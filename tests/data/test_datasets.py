@@ -170,3 +170,17 @@ def test_a_wrong_data_root_shows_in_the_error(tmp_path, cache):
     m = Manifest([ManifestRow("site/a.png", "x", "p", "d", "train", "cxr")], ["x"])
     with pytest.raises(MedtlError, match=f"{tmp_path / 'nope' / 'site' / 'a.png'}: file not found"):
         build_dataset(m, tmp_path / "nope", image_size=32, cache=cache)[0]
+
+
+def test_a_dataset_carries_what_predict_needs_and_a_missing_label_column_is_named(root):
+    ds = build_dataset(_manifest([f"img/{i}.png" for i in range(4)]), root, image_size=32)
+    from medtl.data.transforms import Preset
+
+    assert ds.deployment == {"label_names": ["a", "b"],
+                             "intensity": {"preset": "mri2d", **Preset("mri2d").resolved({"image_size": 32})}}
+    m = _manifest(["img/0.png"])
+    m.rows[0] = ManifestRow("img/0.png", "a", "0", "d", "train", "mri2d", extras={"age": "41"})
+    assert build_dataset(m, root, label_column="age", task="regression").deployment["task_name"] == "age"
+    with pytest.raises(MedtlError, match=r"no column 'diagnosis'; its columns are \['path', 'label', 'patient_id', "
+                                         r"'domain', 'split', 'modality', 'age'\]"):
+        build_dataset(m, root, label_column="diagnosis")

@@ -62,3 +62,32 @@ def test_refuses_what_it_cannot_run(tmp_path):
         load_model(unlabelled)
     with pytest.raises(MedtlError, match="not found"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_a_model_trained_in_python_goes_to_predict(tmp_path, one_torch_thread):
+    """fit stores its train set's label names and preprocessing in best.pt, so medtl predict loads it; a
+    checkpoint without them is refused with both names and how to add them."""
+    import numpy as np
+    from PIL import Image
+
+    from medtl.data import Manifest, ManifestRow, build_dataset
+    from medtl.data.datasets import make_loader
+    from medtl.engine import fit
+    from medtl.models import Head, Model, build_encoder, save_checkpoint
+    from medtl.strategies.registry import get_strategy
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(ManifestRow(f"{i}.png", ("no", "yes")[i % 2], str(i), "d", "train", "mri2d"))
+    ds = build_dataset(Manifest(rows, ["no", "yes"]), tmp_path, image_size=32)
+    enc = build_encoder("resnet10", spatial_dims=2)
+    strategy = get_strategy("full")(enc, Head(enc.out_features, "binary"), {"lr": 1e-3})
+    fit(strategy, make_loader(ds, 4, True, 0), run_dir=tmp_path / "run", epochs=1, progress=False)
+    predictor = load_model(tmp_path / "run" / "best.pt")
+    assert predictor.label_names == ["no", "yes"] and predictor.preprocess == ds.deployment["intensity"]
+    bare = save_checkpoint(tmp_path / "bare.pt", Model(enc, Head(enc.out_features, "binary")))
+    with pytest.raises(MedtlError, match=r"does not record label_names .* and intensity .*checkpoint_meta=target_ds"
+                                         r"\.deployment.*update_checkpoint_meta\(path, \*\*dataset\.deployment\)"):
+        load_model(bare)

@@ -145,11 +145,14 @@ def _patients(rep: dict) -> str:
 
 
 def _no_skill_line(r: dict, who: str = "") -> str | None:
-    """The values of a constant prediction on a binary run's test set (reports from before they were recorded:
-    None)."""
+    """The values of a constant prediction on a run's test set: binary, the majority class and the prevalence;
+    regression, the validation (else test) mean. Reports from before they were recorded: None."""
     ns = r.get("no_skill")
     if not ns:
         return None
+    if "mae" in ns:  # regression
+        return (f"{who + ': ' if who else ''}MAE {ns['mae']:.3g}, RMSE {ns['rmse']:.3g} (always {ns['constant']:.3g}, "
+                f"the {'validation' if ns['from'] == 'val' else 'test'} mean)")
     return (f"{who + ': ' if who else ''}accuracy {ns['accuracy']:.3f} (always the majority class), "
             f"Brier {ns['brier']:.3f} (always the prevalence {ns['prevalence']:.3f}), AUPRC {ns['auprc']:.3f} "
             f"(the prevalence), AUROC {ns['auroc']:.1f}")
@@ -702,8 +705,16 @@ def _small_test_warning(name: str, t: dict, n: int, few: tuple[str, int] | None)
     spread = (f"; here one run's bootstrap {NAMES[m]} interval over the test cases reaches "
               f"{width[1]['ci_low']:.2f}–{width[1]['ci_high']:.2f}" if width else "")
     counted = f" with {few[1]} {few[0]}" if few else ""
-    several = len(t["strategies"]) > 1
+    tested = [c for c in t.get("comparisons") or [] if c.get("p_holm") is not None]
+    resolved = sum(c["p_holm"] < 0.05 for c in tested)
+    if len(t["strategies"]) < 2:
+        verdict = "Read the model's values with their intervals, not as settled numbers."
+    elif resolved:  # the paired test on the same cases resolves what overlapping intervals do not
+        verdict = (f"Compare strategies by the paired tests, not by their overlapping intervals: {resolved} of "
+                   f"{len(tested)} paired comparison(s) resolve a difference (Holm-adjusted p < 0.05); the rest "
+                   "of the ranking is unsettled.")
+    else:
+        verdict = ("No paired test resolves a difference between strategies on this test set"
+                   + ("" if tested else " (none could be run)") + ": read the ranking as unsettled.")
     return (f"The test set of task {name} is small (n = {n}{counted}; below {SMALL_TEST_N} cases or "
-            f"{SMALL_TEST_POSITIVES} of a class the intervals are wide{spread}). "
-            + ("Differences between strategies are not resolved by this test set: read the ranking as unsettled."
-               if several else "Read the model's values with their intervals, not as settled numbers."))
+            f"{SMALL_TEST_POSITIVES} of a class the intervals are wide{spread}). " + verdict)

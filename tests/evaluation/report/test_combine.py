@@ -27,7 +27,9 @@ def test_combining_reports_renames_clashing_strategies(tmp_path, binary_table):
 def test_combining_typed_reports_matches_combining_dicts(binary_table):
     one = evaluate_predictions(binary_table[binary_table["seed"] == 0], **FAST)
     two = evaluate_predictions(binary_table[binary_table["seed"] == 1], **FAST)
-    assert combine_reports([Report.from_dict(one), Report.from_dict(two)]) == combine_reports([one, two])
+    typed, plain = combine_reports([Report.from_dict(one), Report.from_dict(two)]), combine_reports([one, two])
+    typed.pop("created"), plain.pop("created")  # the second may turn between the two calls
+    assert typed == plain
 
 
 def test_merged_reports_describe_each_test_set_and_name_the_settings_that_differ(tmp_path, binary_table):
