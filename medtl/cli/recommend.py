@@ -59,9 +59,33 @@ def load_candidates(path: Path) -> tuple[dict, list[dict]]:
                 raise MedtlError("not the similarity.json of one source-target pair (medtl similarity --source S "
                                  f"--target T --out DIR writes one); this file holds {keys}", where)
             scores = {**a.get("distances", {}), **a.get("transferability", {})}
-            c["scores"] = {**scores, **c.get("scores", {})}
+            given = c.get("scores", {})
+            c["scores"] = {**scores, **given}
+            if a.get("resamples"):  # the same measures on random halves of the images: the ranking's stability
+                c["resamples"] = [{**r, **given} for r in a["resamples"]]
+                c["resampling"] = a.get("resampling")
         out.append(c)
     return dict(data.get("target") or {}), out
+
+
+def _plain(c: dict) -> dict:
+    return {k: v for k, v in c.items() if k not in ("resamples", "resampling")}
+
+
+def resampled_candidates(candidates: list[dict]) -> tuple[list[list[dict]] | None, str]:
+    """The candidates scored on each random half their assessments measured (one list per half), or None and
+    why not: halves compare options only when every assessment drew them from the same images."""
+    measured = [c for c in candidates if "resamples" in c]
+    if not measured:
+        return None, ("no assessment holds measures on random halves of the images (medtl similarity from images "
+                      "or feature arrays writes them)")
+    draws = {json.dumps(c.get("resampling"), sort_keys=True) for c in measured}
+    if len(draws) > 1 or len({len(c["resamples"]) for c in measured}) > 1:
+        return None, ("the assessments drew their halves from different images (another --seed, --max-cases or "
+                      "data set): run medtl similarity for every option with the same settings")
+    n = len(measured[0]["resamples"])
+    return [[{**_plain(c), "scores": c["resamples"][i]} if "resamples" in c else _plain(c) for c in candidates]
+            for i in range(n)], ""
 
 
 def run(args) -> int:
@@ -83,13 +107,16 @@ def run(args) -> int:
                 raise MedtlError(f"expected METRIC=NUMBER, got {item!r}", "--weight") from None
             if not sep or not name:
                 raise MedtlError(f"expected METRIC=NUMBER, got {item!r}", "--weight")
-    record = recommend(target, candidates, weights)
+    resampled, why_not = resampled_candidates(candidates)
+    record = recommend(target, [_plain(c) for c in candidates], weights, resampled=resampled)
     for row in record["ranking"]:
         print(f"{row['rank']:>2}. {row['key']:<40} composite {row['composite']:.3f}  {'; '.join(row['reasons'])}")
     for e in record["excluded"]:
         print(f" -  {e['key']:<40} excluded: {e['reason']}")
     print()
     print(record["explanation"])
+    if why_not:
+        print(f"No stability check: {why_not}.")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")

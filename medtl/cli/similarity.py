@@ -91,6 +91,23 @@ def _image_options(args) -> dict:
     }
 
 
+def _add_resamples(result: dict, feats: dict, args) -> None:
+    """The measures again on random halves of these images, which medtl recommend reads to say how often each
+    option stays on top (a pipeline's similarity stage measures the same)."""
+    from medtl.similarity.assess import N_RESAMPLES, resampled_scores
+
+    draws = resampled_scores({"encoder": feats}, seed=args.seed, progress=args.progress)
+    if draws:
+        result["resamples"] = [d["encoder"] for d in draws]
+        result["resampling"] = {"halves": len(draws), "seed": args.seed, "n_source": len(feats["source"]),
+                                "n_target": len(feats["target"])}
+        print(f"measured again on {len(draws)} random halves of the images (resamples in similarity.json: medtl "
+              "recommend says how often each option stays on top)")
+    else:
+        print(f"not measured on random halves (fewer than 8 images on a side; {N_RESAMPLES} halves need more): "
+              "medtl recommend cannot say how stable its ranking is")
+
+
 def _emit(text_plain: str, text_md: str, args) -> None:
     print(text_md if args.markdown == "-" else text_plain)
     if args.markdown and args.markdown != "-":
@@ -131,7 +148,8 @@ def run(args) -> int:
                 raise MedtlError("give both --source and --target manifests", "similarity")
             result = compare_manifests(args.source, args.target, args.data_root, args.encoder,
                                        source_root=args.source_root, target_root=args.target_root,
-                                       **_image_options(args))
+                                       return_features=True, **_image_options(args))
+            feats = result.pop("features")
             lead = f"encoder: {result['encoder']['description']}\n"
         else:
             from medtl.similarity.features import load_array
@@ -143,8 +161,13 @@ def run(args) -> int:
             src, tgt = load_array(args.source_features), load_array(args.target_features)
             result = assess(src, tgt, labels, source_model_probs=probs, paired=args.paired,
                             n_permutations=args.permutations, seed=args.seed)
+            # paired rows are one set of cases seen twice: halves drawn apart would pair nothing
+            feats = None if args.paired else {"source": src, "target": tgt, "target_labels": labels,
+                                              "target_probs": probs}
             lead = ""
         _emit(lead + to_table(result), lead + to_table(result, markdown=True), args)
+        if feats is not None:
+            _add_resamples(result, feats, args)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         to_json(result, path)

@@ -59,7 +59,7 @@ from medtl.pipeline.context import Context, heterogeneous, modality_of, source_c
 from medtl.pipeline.jobs import TRAINING_MEAN, label_budgets, labelled_rows, run_job, run_training_mean
 from medtl.plain import differing_keys, plain
 from medtl.progress import bar, format_seconds, logs_above_bars
-from medtl.similarity.assess import to_table
+from medtl.similarity.assess import flat_scores, resampled_scores, to_table
 from medtl.similarity.images import compare_manifests
 from medtl.similarity.recommend import compare_outcome, recommend
 from medtl.strategies.registry import get_strategy
@@ -374,7 +374,7 @@ def stage_similarity(ctx: Context) -> dict:
     # a measure the recommendation leaves unranked (Frechet, in each encoder's own units, when the candidates
     # use several encoders) is not worth measuring again on each half: it was most of the resamples' time
     ranked = _ranking(ctx, results, n_labelled)["weights"]
-    resamples = _resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
+    resamples = resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
     (out / RESAMPLES).write_text(json.dumps(plain(resamples, "similarity"), indent=1) + "\n")
     record = _ranking(ctx, results, n_labelled, resamples)
     (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
@@ -409,43 +409,9 @@ def _measure(ctx: Context, source: Manifest, target: Manifest, task, encoders: d
 
 REDOABLE = ("similarity", "report")  # stages `medtl run --redo` runs again: nothing they redo is training
 RESAMPLES = "resamples.json"  # the similarity stage's measures on random halves of the images, per encoder
-N_RESAMPLES = 20
 
 
 SKIPPABLE = ("frechet",)  # measures the resamples leave out when the recommendation does not rank them
-
-
-def _resampled_scores(feats: dict[str, dict], n: int = N_RESAMPLES, seed: int = 0, skip: tuple[str, ...] = (),
-                      progress: bool = False) -> list[dict[str, dict]]:
-    """The ranked measures again on ``n`` random halves of the source and target images (the same halves for
-    every encoder, so encoders are compared on one draw): how much a ranking made from them moves with the
-    images that happened to be drawn. No permutation test: its p-value ranks nothing. ``skip``: measures of
-    :data:`SKIPPABLE` not to take (the ranking leaves them out)."""
-    from medtl.similarity.assess import assess
-
-    if not feats:
-        return []
-    first = next(iter(feats.values()))
-    n_src, n_tgt = len(first["source"]), len(first["target"])
-    if min(n_src, n_tgt) < 8:  # halves of fewer than four images measure nothing
-        return []
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in bar(range(n), desc="similarity resamples", unit="half", enabled=progress):
-        s_idx = rng.choice(n_src, n_src // 2, replace=False)
-        t_idx = rng.choice(n_tgt, n_tgt // 2, replace=False)
-        draw = {}
-        for enc_name, f in feats.items():
-            labels, probs = f.get("target_labels"), f.get("target_probs")
-            if labels is not None and len(np.unique(np.asarray(labels)[t_idx])) < 2:
-                labels = probs = None  # a half with one class: no transferability score on it
-            labels = None if labels is None else np.asarray(labels)[t_idx]
-            probs = None if probs is None else np.asarray(probs)[t_idx]
-            draw[enc_name] = _flat_scores(assess(f["source"][s_idx], f["target"][t_idx], labels,
-                                                 source_model_probs=probs, n_permutations=1, seed=seed,
-                                                 frechet="frechet" not in skip))
-        out.append(draw)
-    return out
 
 
 def _ranking(ctx: Context, results: dict, n_labelled: int, resamples: list[dict] | None = None) -> dict:
@@ -470,7 +436,7 @@ def _ranking(ctx: Context, results: dict, n_labelled: int, resamples: list[dict]
     target = {"n_labelled": n_labelled, "shared_labels": not heterogeneous(ctx)}
     if cfg.unlabelled_target:  # every job trains on the labelled source: a plain fine-tune is the source-only baseline
         target["trains_on_source"] = True
-    measured = {name: _flat_scores(r) for name, r in results.items()}
+    measured = {name: flat_scores(r) for name, r in results.items()}
     return recommend(target, candidates(measured), resampled=[candidates(r) for r in resamples or []] or None)
 
 
@@ -482,16 +448,6 @@ def _encoder_name(spec: StrategySpec) -> str:
     if not spec.pretrained or not get_strategy(spec.name).uses_pretrained:
         return RANDOM_INIT
     return spec.source or "pretrained"
-
-
-def _flat_scores(result: dict) -> dict[str, float]:
-    flat = {}
-    for section in ("distances", "transferability"):
-        for k, v in (result.get(section) or {}).items():
-            value = v.get("value") if isinstance(v, dict) else v
-            if isinstance(value, (int, float)) and value is not None and np.isfinite(value):
-                flat[k] = float(value)
-    return flat
 
 
 def stage_transfer(ctx: Context) -> dict:

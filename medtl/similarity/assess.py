@@ -134,3 +134,52 @@ def to_json(result: dict[str, Any], path: str | Path | None = None) -> str:
     if path is not None:
         Path(path).write_text(text + "\n")
     return text
+
+
+# how many random halves of the images measure a ranking's stability (pipelines and medtl similarity)
+N_RESAMPLES = 20
+
+
+def resampled_scores(feats: dict[str, dict], n: int = N_RESAMPLES, seed: int = 0, skip: tuple[str, ...] = (),
+                      progress: bool = False) -> list[dict[str, dict]]:
+    """The ranked measures again on ``n`` random halves of the source and target images (the same halves for
+    every encoder, so encoders are compared on one draw): how much a ranking made from them moves with the
+    images that happened to be drawn. No permutation test: its p-value ranks nothing. ``skip``: measures not
+    to take (``"frechet"``, when the ranking leaves it out). ``feats``: encoder name -> ``source``, ``target``
+    arrays and optionally ``target_labels``, ``target_probs``. Fewer than 8 images on a side: none."""
+    from medtl.progress import bar
+
+    if not feats:
+        return []
+    first = next(iter(feats.values()))
+    n_src, n_tgt = len(first["source"]), len(first["target"])
+    if min(n_src, n_tgt) < 8:  # halves of fewer than four images measure nothing
+        return []
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in bar(range(n), desc="similarity resamples", unit="half", enabled=progress):
+        s_idx = rng.choice(n_src, n_src // 2, replace=False)
+        t_idx = rng.choice(n_tgt, n_tgt // 2, replace=False)
+        draw = {}
+        for enc_name, f in feats.items():
+            labels, probs = f.get("target_labels"), f.get("target_probs")
+            if labels is not None and len(np.unique(np.asarray(labels)[t_idx])) < 2:
+                labels = probs = None  # a half with one class: no transferability score on it
+            labels = None if labels is None else np.asarray(labels)[t_idx]
+            probs = None if probs is None else np.asarray(probs)[t_idx]
+            draw[enc_name] = flat_scores(assess(f["source"][s_idx], f["target"][t_idx], labels,
+                                                source_model_probs=probs, n_permutations=1, seed=seed,
+                                                frechet="frechet" not in skip))
+        out.append(draw)
+    return out
+
+
+def flat_scores(result: dict) -> dict[str, float]:
+    """The finite measure values of an :func:`assess` result, by name (what the recommender ranks)."""
+    flat = {}
+    for section in ("distances", "transferability"):
+        for k, v in (result.get(section) or {}).items():
+            value = v.get("value") if isinstance(v, dict) else v
+            if isinstance(value, (int, float)) and value is not None and np.isfinite(value):
+                flat[k] = float(value)
+    return flat

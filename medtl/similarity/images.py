@@ -317,8 +317,10 @@ def compare_manifests(
     steps.update()
     if save_features:
         labels = tgt["labels"]
+        # source_probs (the encoder's own head on the target images) is what LEEP needs in the array mode
         np.savez(save_features, source=src["features"], target=tgt["features"],
-                 target_labels=labels if labels is not None else np.zeros(0))
+                 target_labels=labels if labels is not None else np.zeros(0),
+                 **({"source_probs": tgt["probs"]} if tgt["probs"] is not None else {}))
     result = assess(src["features"], tgt["features"], tgt["labels"], source_model_probs=tgt["probs"],
                     n_permutations=n_permutations, seed=seed)
     steps.update()

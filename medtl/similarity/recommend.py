@@ -88,10 +88,12 @@ def _eligibility(c: Mapping[str, Any], target: Mapping[str, Any]) -> str | None:
 
 
 def _rank_scores(values: dict[str, float], higher: bool) -> dict[str, float]:
-    """Map each key's value to [0, 1], 1 = best, ties share the mean position."""
+    """Map each key's value to [0, 1], 1 = best, ties share the mean position; a value no other candidate has
+    is the middle rank (0.5), as a missing one is: a LEEP only a classifier-headed encoder has, however bad,
+    gave it the top rank."""
     keys = list(values)
     if len(keys) == 1:
-        return {keys[0]: 1.0}
+        return {keys[0]: 0.5}
     v = np.array([values[k] for k in keys], dtype=np.float64)
     from scipy.stats import rankdata
 
@@ -236,7 +238,16 @@ def recommend(
                    and any(abs(r - 0.5) > 1e-12 for r in per_metric[m].values())]
     unordered = not informative
     prior_only = unordered and "strategy_prior" in ranked_metrics  # then the prior alone orders them
-    if unstable:  # the composite separates them, but which images were drawn decides the order
+    if prior_only and len(rows) > 1:  # a rule of thumb is no measured basis for a pick: every option stays open
+        order = " > ".join(f"{r['key']} ({r['scores'].get('strategy_prior', 0.5):.1f})" for r in rows)
+        text = [f"No pick: no measurement tells these {len(rows)} options apart (the same for every one that has it), "
+                f"so nothing measured recommends one. The strategies' prior, a rule of thumb on the number of labels "
+                f"and the domain gap, would order them {order}; it is no evidence for this target: on this project's "
+                "own chest X-ray to brain MRI studies no transfer recipe beat training from scratch by its interval, "
+                "and a pick by the prior alone lost to scratch (docs/results.md). Train the options, scratch "
+                "included, and compare them on validation."]
+        tied, unordered = rows, False
+    elif unstable:  # the composite separates them, but which images were drawn decides the order
         names = ", ".join(f"{r['key']} (on top in {shares.get(r['key'], 0.0):.0%})" for r in tied)
         text = [f"Unstable: on {len(resampled)} random halves of the images the top option changes ({names}; "
                 f"{best['key']} scores highest on all of them, composite {best['composite']:.3f}), so the "

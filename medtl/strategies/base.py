@@ -56,7 +56,7 @@ class Strategy(nn.Module):
     uses_pretrained: ClassVar[bool] = True  # False: the method re-initialises the encoder it is given
     # Rule-of-thumb prior in [0, 1] for the recommender (not a measurement): "few" / "many" target labels
     # (fewer than FEW_LABELS or not), or, where the domain gap decides, "gap" / "no_gap" (proxy A-distance
-    # above LARGE_GAP or not).
+    # above LARGE_GAP or not); "far" caps the few/many value across a large gap.
     PRIOR: ClassVar[dict[str, float]] = {"few": 0.5, "many": 0.5}
     FEW_LABELS: ClassVar[int] = 200
     LARGE_GAP: ClassVar[float] = 1.5
@@ -67,7 +67,10 @@ class Strategy(nn.Module):
         proxy A-distance ``pad`` from the source (see ``PRIOR``)."""
         if "gap" in cls.PRIOR:
             return cls.PRIOR["gap"] if (pad or 0.0) > cls.LARGE_GAP else cls.PRIOR["no_gap"]
-        return cls.PRIOR["few"] if n_labelled < cls.FEW_LABELS else cls.PRIOR["many"]
+        value = cls.PRIOR["few"] if n_labelled < cls.FEW_LABELS else cls.PRIOR["many"]
+        if "far" in cls.PRIOR and (pad or 0.0) > cls.LARGE_GAP:
+            value = min(value, cls.PRIOR["far"])
+        return value
 
     @classmethod
     def probe_first(cls, hparams: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:

@@ -12,6 +12,7 @@ import pytest
 from medtl.errors import MedtlError
 from medtl.pipeline import load_pipeline, run_pipeline
 from medtl.pipeline import runner
+from medtl.similarity.assess import assess, flat_scores, resampled_scores
 
 
 def _write(tiny, text, name="review.yaml"):
@@ -125,8 +126,8 @@ def test_resamples_skip_frechet_only_and_the_ranking_stability_stays(capsys):
     from medtl.similarity.recommend import recommend
 
     feats = _two_encoder_features()
-    full = runner._resampled_scores(feats, n=6)
-    lean = runner._resampled_scores(feats, n=6, skip=("frechet",), progress=True)
+    full = resampled_scores(feats, n=6)
+    lean = resampled_scores(feats, n=6, skip=("frechet",), progress=True)
     assert "similarity resamples" in capsys.readouterr().err  # a bar while the halves are measured
     assert all("frechet" in d["other"] for d in full) and not any("frechet" in d["other"] for d in lean)
     assert [{e: {k: v for k, v in s.items() if k != "frechet"} for e, s in d.items()} for d in full] == lean
@@ -135,7 +136,7 @@ def test_resamples_skip_frechet_only_and_the_ranking_stability_stays(capsys):
         return [{"source": "s", "encoder": "pretrained", "strategy": "full", "scores": scores["pretrained"]},
                 {"source": "s", "encoder": "other", "strategy": "feature_extraction", "scores": scores["other"]}]
 
-    measured = {e: runner._flat_scores(__import__("medtl.similarity.assess", fromlist=["assess"]).assess(
+    measured = {e: flat_scores(assess(
         f["source"], f["target"], f["target_labels"], n_permutations=1)) for e, f in feats.items()}
     target = {"n_labelled": 8, "shared_labels": True}
     with_full = recommend(target, candidates(measured), resampled=[candidates(d) for d in full])

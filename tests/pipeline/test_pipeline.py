@@ -105,7 +105,7 @@ def test_redo_similarity_measures_again_and_trains_nothing(tiny_run, tiny, make_
 def test_resampled_scores_draw_the_same_halves_for_every_encoder():
     import numpy as np
 
-    from medtl.pipeline.runner import _resampled_scores
+    from medtl.similarity.assess import resampled_scores as _resampled_scores
 
     rng = np.random.default_rng(0)
     src, tgt = rng.normal(size=(20, 6)), rng.normal(size=(16, 6)) + 0.5

@@ -69,6 +69,7 @@ def test_the_recommendation_is_ranked_again_for_each_label_budget(tiny_run, tmp_
     shutil.copytree(out, run)
     # "few" labels below a threshold between the two budgets: the probe's prior (0.8 few, 0.4 many) now differs
     monkeypatch.setattr(FeatureExtraction, "FEW_LABELS", (half["n_labelled"] + n_train) // 2 + 1)
+    monkeypatch.setattr(FeatureExtraction, "LARGE_GAP", 2.0)  # no cap for a far source: the budget alone decides
     run_pipeline(make_config(tiny), tiny / "data", run, redo=("report",))
     again = json.loads((run / "report.json").read_text())["recommendation"]["by_budget"]
     notes = json.loads((run / "report.json").read_text())["notes"]

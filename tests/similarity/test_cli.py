@@ -52,6 +52,14 @@ def test_similarity_from_images(tmp_path):
     assert out["n_source"] == 6 and out["n_features"] == enc.out_features
     assert out["transferability"]["leep"] is not None  # the checkpoint's head gives source probabilities
     assert np.load(tmp_path / "f.npz")["target"].shape == (6, enc.out_features)
+    assert "resamples" not in out  # halves of 3 images measure nothing
+    # the saved file feeds the array mode with everything the image mode measured, LEEP included
+    f = tmp_path / "f.npz"
+    assert main(["similarity", "--source-features", f"{f}::source", "--target-features", f"{f}::target",
+                 "--target-labels", f"{f}::target_labels", "--source-probs", f"{f}::source_probs",
+                 "--permutations", "5", "--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["transferability"] == out["transferability"]
 
 
 def test_recommend_cli(tmp_path, capsys):
@@ -109,3 +117,37 @@ def test_saved_features_feed_the_array_mode_by_name(tmp_path, capsys):
     assert main(["similarity", "--source-features", f"{tmp_path / 'one.npz'}::target", "--target-features",
                  f"{saved}::target"]) == 2  # asked for by name: the file's only array is not it
     assert "no 'target'" in capsys.readouterr().err
+
+
+def test_recommend_says_how_stable_its_pick_is_from_the_similarity_halves(tmp_path, capsys):
+    """medtl similarity measures each pair again on 20 random halves; medtl recommend reads them as the
+    pipelines do (it had given a bare 'Recommended' with no stability statement)."""
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(40, 4))
+    tgt = rng.normal(size=(40, 4)) + 0.3
+    labels = np.array([0, 1] * 20)
+    near = tgt + np.outer(labels, [2.0, 0, 0, 0])  # an encoder whose features separate the target's classes
+    np.savez(tmp_path / "f.npz", source=src, target=tgt, near=near, target_labels=labels)
+    f = tmp_path / "f.npz"
+    for name, target, seed in (("a", "target", "0"), ("b", "near", "0"), ("c", "near", "1")):
+        assert main(["similarity", "--source-features", f"{f}::source", "--target-features", f"{f}::{target}",
+                     "--target-labels", f"{f}::target_labels", "--permutations", "5", "--seed", seed,
+                     "--out", str(tmp_path / name), "--no-progress"]) == 0
+    sim = json.loads((tmp_path / "b" / "similarity.json").read_text())
+    assert len(sim["resamples"]) == 20 and sim["resampling"] == {"halves": 20, "seed": 0, "n_source": 40,
+                                                                 "n_target": 40}
+    assert "measured again on 20 random halves" in capsys.readouterr().out
+
+    def cands(second):
+        return {"target": {"n_labelled": 40}, "candidates": [
+            {"source": "s", "encoder": "plain", "strategy": "full", "assessment": "a/similarity.json"},
+            {"source": "s", "encoder": "sep", "strategy": "full", "assessment": f"{second}/similarity.json"}]}
+
+    (tmp_path / "same.json").write_text(json.dumps(cands("b")))
+    assert main(["recommend", str(tmp_path / "same.json"), "--out", str(tmp_path / "r")]) == 0
+    record = json.loads((tmp_path / "r" / "recommendation.json").read_text())
+    assert record["stability"]["resamples"] == 20 and record["recommended"] == "s/sep/full"
+    assert "random halves of the images" in capsys.readouterr().out
+    (tmp_path / "mixed.json").write_text(json.dumps(cands("c")))  # halves drawn with another seed
+    assert main(["recommend", str(tmp_path / "mixed.json")]) == 0
+    assert "No stability check: the assessments drew their halves from different images" in capsys.readouterr().out

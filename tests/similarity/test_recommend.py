@@ -198,8 +198,12 @@ def test_an_order_made_by_the_prior_alone_says_so():
     same = [{"source": "s", "encoder": "e", "strategy": k, "scores": {"logme": -0.5, "proxy_a_distance": 1.2}}
             for k in ("lp_ft", "full", "feature_extraction")]
     rec = recommend({"n_labelled": 40}, same, resampled=[same] * 4)
-    assert rec["prior_only"] and "the order is the strategy prior's alone" in rec["explanation"]
-    assert "It stays on top" not in rec["explanation"]
+    # a rule of thumb is no measured basis: no pick, every option open (it had said "Recommended: lp_ft", where
+    # this project's own study found scratch best)
+    assert rec["prior_only"] and rec["explanation"].startswith("No pick: no measurement tells these 3 options apart")
+    assert rec["tie"] == ["s/e/lp_ft", "s/e/feature_extraction", "s/e/full"]
+    assert "would order them s/e/lp_ft (0.9) > s/e/feature_extraction (0.8) > s/e/full (0.5)" in rec["explanation"]
+    assert "Recommended" not in rec["explanation"] and "It stays on top" not in rec["explanation"]
     assert not recommend({"n_labelled": 40}, CANDIDATES)["prior_only"]
 
 
@@ -207,7 +211,15 @@ def test_a_lone_measurement_orders_and_a_zero_prior_weight_does_not_claim_the_pr
     lone = [{"source": "s", "encoder": "e", "strategy": "feature_extraction", "scores": {"logme": -0.5}},
             {"source": "s", "encoder": "e", "strategy": "full", "scores": {}},
             {"source": "s", "encoder": "e", "strategy": "lp_ft", "scores": {}}]
-    assert not recommend({"n_labelled": 1000}, lone)["prior_only"]  # the one logme moves its candidate
+    # a measurement only one option has ranks it nowhere: the middle rank, as a missing one (a lone, absurd LEEP
+    # of -50 had made its candidate the recommendation)
+    rec = recommend({"n_labelled": 1000}, lone)
+    probe = next(r for r in rec["ranking"] if r["strategy"] == "feature_extraction")
+    assert probe["metric_ranks"]["logme"] == 0.5 and rec["prior_only"] and rec["explanation"].startswith("No pick")
+    absurd = [{"source": "s", "encoder": "e", "strategy": "lp_ft", "scores": {"logme": -0.4, "leep": -50.0}},
+              {"source": "s", "encoder": "f", "strategy": "lp_ft", "scores": {"logme": -0.4}}]
+    rec = recommend({}, absurd)
+    assert [r["composite"] for r in rec["ranking"]] == [0.5, 0.5] and len(rec["tie"]) == 2
     same = [{"source": "s", "encoder": "e", "strategy": k, "scores": {"logme": -0.5}}
             for k in ("feature_extraction", "full", "lp_ft")]
     rec = recommend({"n_labelled": 40}, same, weights={"logme": 1.0, "strategy_prior": 0.0})
