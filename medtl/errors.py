@@ -20,6 +20,14 @@ class MedtlError(Exception):
         super().__init__(f"{self.where}: {reason}" if self.where else reason)
 
 
+class TemporaryFailure(MedtlError):
+    """A service or resource that may be back later (a PACS outage, an output folder another run is writing):
+    the command exits with :data:`TEMPFAIL_EXIT`, so a scheduler retries it and does not retry a typo."""
+
+
+TEMPFAIL_EXIT = 75  # EX_TEMPFAIL of sysexits.h: "try again later"
+
+
 def closest(word: str, known: Iterable[str]) -> str | None:
     """The known name a misspelt ``word`` most likely meant (for "did you mean"), or None."""
     match = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)

@@ -19,7 +19,7 @@ import os
 import socket
 from pathlib import Path
 
-from medtl.errors import MedtlError
+from medtl.errors import MedtlError, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class OutputLock:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise MedtlError(
+            raise TemporaryFailure(
                 f"another {holder.get('command', 'medtl process')} is writing to this output folder (PID "
                 f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started_utc', '?')}); "
                 "wait for it to finish or choose another --out", self.path.parent) from None

@@ -123,8 +123,9 @@ class ConditionalDomainAdversarialLoss(nn.Module):
     """CDAN loss: the discriminator sees ``T(f, softmax(logits))``; with ``entropy_conditioning`` (CDAN+E)
     each sample is weighted by ``1 + exp(-H)`` of its prediction, normalised per domain.
 
-    The predictions enter detached, as in Long et al.'s implementation: the classifier is trained by
-    the classification loss, the conditioning only shapes what the discriminator compares.
+    The predictions enter detached, as in Long et al.'s implementation, and so do CDAN+E's entropy weights (as
+    in TLlib; the original code reverses a gradient through them): the classifier is trained by the
+    classification loss, the conditioning only shapes what the discriminator compares.
     """
 
     def __init__(

@@ -26,7 +26,7 @@ from medtl.cli import (
     similarity,
     train,
 )
-from medtl.errors import MedtlError
+from medtl.errors import TEMPFAIL_EXIT, MedtlError, TemporaryFailure
 from medtl.runtime import torchrun_rank
 
 # Sub-command modules, in the order `medtl --help` lists them.
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     except MedtlError as err:
         rank = torchrun_rank()
         print(f"error{'' if rank is None else f' [rank {rank}]'}: {err}", file=sys.stderr)  # torchrun: whose error
-        return 2
+        # a PACS outage or a busy output folder is worth retrying later; a bad command is not
+        return TEMPFAIL_EXIT if isinstance(err, TemporaryFailure) else 2
     except KeyboardInterrupt:
         if not torchrun_rank():  # under torchrun, one message (rank 0's)
             resumes = args.command in RESUMABLE_COMMANDS

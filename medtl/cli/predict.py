@@ -21,7 +21,16 @@ def _positive(kind):
     return parse
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also NaN: every comparison with it is false, so nothing would be positive
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text}"
+                                         + (" (30% is 0.3)" if value > 1 else ""))
+    return value
+
+
 def register(subparsers) -> None:
+    from medtl.deploy.dicomweb import READ_TIMEOUT
     from medtl.deploy.limits import Limits, MiB
 
     d = Limits()
@@ -56,8 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--redact-paths", action="store_true",
                    help="store salted hashes instead of input file and folder names, which may hold patient "
                         "names (default: off, relative paths are kept with identifiers scrubbed)")
-    p.add_argument("--threshold", type=float,
-                   help="binary models: decision threshold (default: the model's, else 0.5)")
+    p.add_argument("--threshold", type=_probability,
+                   help="binary models: decision threshold, a probability in [0, 1] (default: the model's, else 0.5)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader worker processes for reading and preprocessing (default: the usable CPUs "
@@ -92,6 +101,9 @@ def register(subparsers) -> None:
     a.add_argument("--pacs-retries", type=_positive(int), default=3,
                    help="attempts per PACS request on connection errors and busy answers, with back-off 1 s, 2 s, "
                         "... (default: 3)")
+    a.add_argument("--pacs-timeout", type=_positive(float), default=READ_TIMEOUT, metavar="SECONDS",
+                   help="seconds the PACS may take to start answering a request; one that sends nothing in time "
+                        f"is not retried (default: {READ_TIMEOUT:g})")
     a.add_argument("--max-pacs-failures", type=int, default=5,
                    help="stop the run after this many consecutive series the PACS could not serve; a rerun "
                         "resumes (default: 5; 0 never stops)")
@@ -116,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
         # pydicom logs each failed decoder with a traceback before raising; the error row already says why
         logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
+    if args.device:  # a typo is a refused command before the model loads and the output folder is made
+        from medtl.engine.trainer import resolve_device
+
+        resolve_device(args.device, where="--device")
     rules = SeriesRules(modalities=args.modality, body_parts=args.body_part, description=args.series_description,
                         min_slices=args.min_slices)
     limits = Limits(instance_bytes=int(args.max_instance_mb * MiB), series_bytes=int(args.max_series_mb * MiB),
@@ -128,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         store_sr=False if args.no_store else None, include_identifiers=args.include_identifiers,
         redact_paths=args.redact_paths, limits=limits, pacs_auth=auth, ca_bundle=args.ca_bundle,
         client_cert=args.client_cert, client_key=args.client_key, pacs_retries=args.pacs_retries,
-        max_pacs_failures=args.max_pacs_failures,
+        pacs_timeout=args.pacs_timeout, max_pacs_failures=args.max_pacs_failures,
         batch_size=args.batch_size, workers=args.workers, device=args.device, threshold=args.threshold,
         progress=not args.no_progress, retry_errors=args.retry_errors,
     )

@@ -47,7 +47,7 @@ import torch
 
 from medtl.data.io import RADIOGRAPH_MODALITIES
 from medtl.data.transforms import Preset
-from medtl.deploy.dicomweb import DicomwebSource, PacsAuth, PacsUnreachable, is_url
+from medtl.deploy.dicomweb import READ_TIMEOUT, DicomwebSource, PacsAuth, PacsUnreachable, is_url
 from medtl.deploy.discover import (
     SCRUBBED_TAGS,
     Series,
@@ -221,6 +221,7 @@ def predict_batch(
     client_cert: str | Path | None = None,
     client_key: str | Path | None = None,
     pacs_retries: int = 3,
+    pacs_timeout: float = READ_TIMEOUT,
     max_pacs_failures: int = MAX_PACS_FAILURES,
     batch_size: int = 8,
     workers: int | None = None,
@@ -239,7 +240,8 @@ def predict_batch(
     Security (docs/batch.md, "Security and data protection"): one process per ``out`` (a second one
     raises :class:`MedtlError` naming the holder); ``limits`` bound what any input may make us
     decode; ``redact_paths`` stores salted hashes instead of input paths; ``pacs_auth``,
-    ``ca_bundle``, ``client_cert``/``client_key`` and ``pacs_retries`` configure a DICOMweb input
+    ``ca_bundle``, ``client_cert``/``client_key``, ``pacs_retries`` and ``pacs_timeout`` (seconds a PACS may
+    take to start answering) configure a DICOMweb input
     given as a URL, whose credentials are checked once before the batch; after
     ``max_pacs_failures`` consecutive series the PACS could not serve, the run stops (rerun to resume).
 
@@ -255,7 +257,8 @@ def predict_batch(
                                   write_sr=write_sr, store_sr=store_sr, include_identifiers=include_identifiers,
                                   redact_paths=redact_paths, limits=limits or Limits(), pacs_auth=pacs_auth,
                                   ca_bundle=ca_bundle, client_cert=client_cert, client_key=client_key,
-                                  pacs_retries=pacs_retries, max_pacs_failures=max_pacs_failures,
+                                  pacs_retries=pacs_retries, pacs_timeout=pacs_timeout,
+                                  max_pacs_failures=max_pacs_failures,
                                   batch_size=batch_size, workers=workers, device=device, threshold=threshold,
                                   progress=progress, retry_errors=retry_errors)
         except MedtlError as err:  # its text reaches stderr: through the same redaction as everything else
@@ -268,7 +271,7 @@ def predict_batch(
 
 def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, split, rules, write_sr, store_sr,
                    include_identifiers, redact_paths, limits, pacs_auth, ca_bundle, client_cert, client_key,
-                   pacs_retries, max_pacs_failures, batch_size, workers, device, threshold, progress,
+                   pacs_retries, pacs_timeout, max_pacs_failures, batch_size, workers, device, threshold, progress,
                    retry_errors) -> BatchResult:
     from medtl.progress import bar as progress_bar
 
@@ -276,7 +279,7 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         source = input
     elif is_url(str(input)):
         source = DicomwebSource(str(input), auth=pacs_auth, ca_bundle=ca_bundle, client_cert=client_cert,
-                                client_key=client_key, retries=pacs_retries)
+                                client_key=client_key, retries=pacs_retries, timeout=(10.0, float(pacs_timeout)))
     else:
         source = None
     if source is not None:
@@ -479,7 +482,9 @@ class ReadAhead:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        # bounded: a read stuck in a PACS request (up to --pacs-timeout) must not hold up Ctrl-C or a stopped
+        # run; the thread is a daemon and puts nothing more once stopped
+        self._thread.join(timeout=1.0)
 
 
 # DICOM modalities a preset's images come from; a series of any other modality (an MR, a CT, an RT dose

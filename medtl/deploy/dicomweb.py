@@ -29,13 +29,13 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from medtl.deploy.discover import IDENTIFIER_TAGS, Series, header_text
 from medtl.deploy.limits import MiB
-from medtl.errors import MedtlError, closest
+from medtl.errors import MedtlError, TemporaryFailure, closest
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ SHOWN_VALUES = ("ModalitiesInStudy", "Modality", "SOPClassesInStudy", "BodyPartE
 ROOT_EXAMPLES = "Orthanc's is http://HOST:8042/dicom-web, dcm4chee's .../dcm4chee-arc/aets/AET/rs"
 
 
-class PacsUnreachable(MedtlError):
+class PacsUnreachable(TemporaryFailure):
     """No connection to the PACS (refused, timed out, or busy) after the retries."""
 
 
@@ -195,17 +195,40 @@ def _bearer(token: str):
     return Bearer()
 
 
+def _one_per_series(listed: list[Series]) -> list[Series]:
+    """One unit per SeriesInstanceUID, as a folder gives: a series the PACS lists under several studies (its
+    instances name different StudyInstanceUIDs) is one error row, not two rows with one key, each failing to
+    retrieve with a bare HTTP 404."""
+    by_uid: dict[str, list[Series]] = {}
+    for s in listed:
+        by_uid.setdefault(s.series_uid, []).append(s)
+    out = []
+    for uid, group in by_uid.items():
+        studies = list(dict.fromkeys(s.study_uid for s in group))
+        if len(studies) > 1:
+            out.append(replace(group[0], remote=None, error=f"the PACS lists this series under {len(studies)} "
+                               f"studies ({', '.join(studies)}): a series belongs to one study, so its record needs "
+                               "fixing in the PACS"))
+        else:
+            out.append(group[0])  # listed twice in one study (a repeated page): one unit
+    return out
+
+
+READ_TIMEOUT = 60.0  # seconds a PACS may take to start answering one request (--pacs-timeout)
+
+
 class DicomwebSource:
     """A DICOMweb service.
 
     ``retries``: attempts per request for connection errors and busy answers, with exponential
-    back-off (``backoff`` s, then twice that, ...); ``timeout``: (connect, read) seconds;
+    back-off (``backoff`` s, then twice that, ...); ``timeout``: (connect, read) seconds (a read timeout is not
+    retried: a PACS that took the request and sent nothing would keep a retry waiting as long again);
     ``auth``: :class:`PacsAuth`; ``ca_bundle``: a PEM file of CAs to trust (default: the system's);
     ``client_cert``/``client_key``: PEM files for mutual TLS; ``session``: a prepared
     ``requests.Session`` (then auth and TLS options are applied to it).
     """
 
-    def __init__(self, url: str, timeout: float | tuple = (10.0, 120.0), retries: int = 3, session=None, *,
+    def __init__(self, url: str, timeout: float | tuple = (10.0, READ_TIMEOUT), retries: int = 3, session=None, *,
                  auth: PacsAuth | None = None, ca_bundle: str | Path | None = None,
                  client_cert: str | Path | None = None, client_key: str | Path | None = None,
                  backoff: float = 1.0):
@@ -254,6 +277,7 @@ class DicomwebSource:
         self.client_cert = client_cert
         self._session = session
         self.max_response_bytes: int | None = None
+        self.read_timeout = float(timeout[1] if isinstance(timeout, tuple) else timeout)
         self.client = DICOMwebClient(self.url, session=session, timeout=timeout)
         self.client.set_http_retry_params(retry=False)  # ours sorts errors first (see the module docstring)
         # The retrying package logs every failed attempt with a traceback; our errors say it once.
@@ -328,6 +352,9 @@ class DicomwebSource:
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
                                           f"{self.retries} attempt(s)", where) from None
+            except requests.ReadTimeout:  # it took the request and sent nothing back: a retry waits as long again
+                raise PacsUnreachable(f"DICOMweb {what} failed: the PACS sent no answer within {self.read_timeout:g} s "
+                                      "(--pacs-timeout)", where) from None
             except (requests.ConnectionError, requests.Timeout) as err:
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: cannot reach the PACS after {self.retries} "
@@ -406,6 +433,7 @@ class DicomwebSource:
                     n_frames=n,  # instances: QIDO does not count frames
                     identifiers={k: v for k, v in ids.items() if v}, remote=(study_uid, uid),
                 ))
+        out = _one_per_series(out)
         log.info("DICOMweb %s: %d studies, %d series", public_url(self.url), len(studies), len(out))
         return out
 

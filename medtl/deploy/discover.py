@@ -73,6 +73,14 @@ class SeriesRules:
     min_slices: int = 0
     skip_own_sr: bool = True  # SRs that medtl stored back to a PACS are outputs, not inputs
 
+    def __post_init__(self) -> None:  # a bad pattern is a refused command, before any series is read
+        if self.description:
+            try:
+                re.compile(self.description)
+            except re.error as err:
+                raise MedtlError(f"not a regular expression: {self.description!r} ({err})",
+                                 "--series-description") from None
+
     def reason_to_exclude(self, s: Series) -> str | None:
         if s.error:
             return None  # broken inputs are reported as errors, not silently filtered out

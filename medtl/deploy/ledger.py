@@ -48,11 +48,15 @@ class Ledger:
         run_file = self.out / RUN
         if run_file.exists():
             previous = json.loads(run_file.read_text())
-            for k in ("model_digest", "model_name", "model_version"):
+            for k in ("model_name", "model_version", "model_digest"):
                 if previous.get(k) != run_info.get(k):
+                    # same name and version, other file: e.g. the MONAI bundle exported from this checkpoint
+                    same = " (same name and version, another weights file: a bundle exported from the checkpoint "
+                    "that made them, or the checkpoint of a bundle? Predict with the file that made these "
+                    "results to resume)" if k == "model_digest" else ""
                     raise MedtlError(
                         f"this output folder holds results of another model ({k} {previous.get(k)!r}, now "
-                        f"{run_info.get(k)!r}); choose a new --out", run_file)
+                        f"{run_info.get(k)!r}){same}; choose a new --out", run_file)
             # folders from before the threshold was recorded have no such key: nothing to compare with
             if "threshold" in previous and previous["threshold"] != run_info.get("threshold"):
                 raise MedtlError(

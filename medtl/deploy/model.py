@@ -89,7 +89,9 @@ class Predictor:
 
         if "preset" not in preprocess:
             raise MedtlError("preprocess must name the data preset ('cxr', 'mri2d' or 'mri3d')", "preprocess")
-        dev = torch.device(device) if device is not None else _default_device()
+        from medtl.engine.trainer import resolve_device
+
+        dev = resolve_device(str(device), where="device") if device is not None else _default_device()
         module = module.to(dev).eval()
         dtype = precision_dtype(str((meta or {}).get("precision") or "auto"), dev)  # as the model was evaluated
         if uses_channels_last(dtype):  # once: forward_batch puts each input batch in the same layout
@@ -140,6 +142,10 @@ def predictor_from_meta(module: nn.Module, meta: dict[str, Any], where: str, dig
     # Without an explicit version the weights' own hash is one: it names exactly these weights.
     version = str(meta.get("version") or digest[:12] or "0")
     chosen = threshold if threshold is not None else meta.get("threshold", 0.5)
+    if not isinstance(chosen, (int, float)) or isinstance(chosen, bool) or not 0.0 <= float(chosen) <= 1.0:
+        # NaN too: no probability reaches it, so every case would be called negative, silently
+        raise MedtlError(f"decision threshold {chosen!r} is not a probability in [0, 1]",
+                         "threshold" if threshold is not None else where)
     if threshold is None and "threshold" not in meta and len(labels) == 2 and not regression:
         # e.g. medtl train's best.pt (the training checkpoint): its model.pt carries the chosen threshold
         log.warning("%s records no decision threshold, so decisions (and SRs) use 0.5; if this is medtl train's "

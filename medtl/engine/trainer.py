@@ -158,22 +158,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CUDA generators too
 
 
-def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
+def resolve_device(device: str, local_rank: int | None = None, where: str = "train.device") -> torch.device:
     """``device`` as a torch device; with ``local_rank`` (a torchrun process), "auto" and "cuda" mean
-    GPU ``local_rank`` (modulo the GPUs present)."""
+    GPU ``local_rank`` (modulo the GPUs present). ``where`` names the setting in errors."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise MedtlError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)", "train.device") from None
+        raise MedtlError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)", where) from None
     if dev.type not in ("cpu", "cuda"):
-        raise MedtlError(f"device {device!r}: medtl trains on cpu or cuda (auto picks)", "train.device")
+        raise MedtlError(f"device {device!r}: medtl runs on cpu or cuda (auto picks)", where)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MedtlError(f"device {device!r}, but torch sees no CUDA GPU here (device auto uses one when there is "
-                         "one)", "train.device")
+                         "one)", where)
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise MedtlError(f"device {device!r}, but torch sees {torch.cuda.device_count()} GPU(s)", "train.device")
+        raise MedtlError(f"device {device!r}, but torch sees {torch.cuda.device_count()} GPU(s)", where)
     if dev.type == "cuda" and dev.index is None and local_rank is not None:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
@@ -713,7 +713,7 @@ class Trainer:
             self._wrap_ddp()
 
         sums: dict[str, float] = {}
-        seen = 0
+        seen: dict[str, int] = {}  # items behind each sum: a part logged on some steps only is averaged over those
         targets = _cycle(loaders.target_iter) if getattr(strategy, "needs_target", False) else None
         # Distributed: the loaders draw from a random stream that is the same on every rank (so the
         # ranks agree on the global batches); the steps (dropout, ...) from a per-rank one.
@@ -736,14 +736,12 @@ class Trainer:
             else:
                 target = None
             n, raw_loss, parts = self._step(state, batch, target, state.step / loaders.total_steps, epoch, i)
-            seen += n
-            sums["loss"] = sums.get("loss", 0.0) + raw_loss * n
-            for k, v in parts.items():
-                if k != "loss":
-                    sums[k] = sums.get(k, 0.0) + float(v) * n
+            for k, v in {**parts, "loss": raw_loss}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+                seen[k] = seen.get(k, 0) + n
             state.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+            bar.set_postfix(loss=f"{sums['loss'] / seen['loss']:.4f}")
         bar.close()
         if ctx.enabled:
             sums, seen = self._gather_sums(sums, seen)
@@ -799,11 +797,12 @@ class Trainer:
             optimizer.step()
         return n, raw_loss, parts
 
-    def _epoch_record(self, epoch: int, sums: dict[str, float], seen: int, val_loader, optimizer,
+    def _epoch_record(self, epoch: int, sums: dict[str, float], seen: dict[str, int], val_loader, optimizer,
                       t0: float) -> dict[str, Any]:
-        """The epoch's log line: mean training losses, validation metrics, extra measurements, lr, time."""
+        """The epoch's log line: mean training losses (each over the steps that computed it, e.g. a target loss
+        only on steps with labelled target rows), validation metrics, extra measurements, lr, time."""
         record: dict[str, Any] = {"epoch": epoch}
-        record.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
+        record.update({f"train_{k}": v / max(seen.get(k, 0), 1) for k, v in sums.items()})
         if val_loader is not None:
             if self.ctx.enabled:  # each rank predicts a part; metrics on the gathered predictions
                 show = self.config.progress and self.ctx.is_main
@@ -824,14 +823,14 @@ class Trainer:
                               "set find_unused_parameters=True in the training options", "train.find_unused_parameters")
         return err
 
-    def _gather_sums(self, sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
-        """The epoch's loss sums over all ranks (keys may differ: a part logged only on some ranks)."""
+    def _gather_sums(self, sums: dict[str, float], seen: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
+        """The epoch's loss sums and item counts over all ranks (keys may differ: a part logged only on some)."""
         total: dict[str, float] = {}
-        n = 0
+        n: dict[str, int] = {}
         for part_sums, part_seen in D.all_gather_object((sums, seen), self.ctx):
-            n += part_seen
             for k, v in part_sums.items():
                 total[k] = total.get(k, 0.0) + v
+                n[k] = n.get(k, 0) + part_seen[k]
         return total, n
 
 

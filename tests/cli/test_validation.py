@@ -39,7 +39,7 @@ def test_wrong_encoder_device_label_column_label_map_hparam_values_and_seeds_are
     cases = [("encoder: {arch: resnet10}", "encoder: {arch: resnet81}",
               "train.yaml: encoder.arch: unknown encoder 'resnet81'; did you mean 'resnet18'?"),
              ("device: cpu", "device: gpu", "train.device: unknown device 'gpu' (auto, cpu, cuda or cuda:N)"),
-             ("device: cpu", "device: mps", "train.device: device 'mps': medtl trains on cpu or cuda"),
+             ("device: cpu", "device: mps", "train.device: device 'mps': medtl runs on cpu or cuda"),
              ("tasks: [{name: tumor}]", "tasks: [{name: tumor, label_column: lable}]",
               "tasks[0].label_column: unknown label column 'lable' in the target manifest; did you mean 'label'?"),
              ("tasks: [{name: tumor}]", "tasks: [{name: tumor, label_map: {tumour: tumor}}]",

@@ -275,3 +275,101 @@ def test_a_pacs_answer_over_the_limit_is_not_read(pacs, model_2d, tmp_path):
     with pytest.raises(MedtlError, match=r"the PACS answer (declares 4 MiB|is larger than the limit of 1 MiB)"):
         source.fetch(mprage, tmp_path / "fetched")
     assert not (tmp_path / "fetched").exists()
+
+
+class _SilentServer:
+    """A real TCP server that accepts every connection and reads the request, but never answers: a hung PACS."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/dicom-web"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(conn)  # kept open, never answered
+
+    def close(self):
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+def test_a_pacs_that_hangs_is_one_timeout_and_exits_for_a_retry_later(model_2d, tmp_path, capsys):
+    """A PACS that takes the request and sends nothing: one wait of --pacs-timeout, not three (each retry waited
+    120 s again, and a stopped run waited on the read-ahead's request), and exit status 75 (retry later), not 2."""
+    import time
+
+    from medtl.cli import main
+    from medtl.deploy.dicomweb import PacsUnreachable
+
+    server = _SilentServer()
+    try:
+        start = time.monotonic()
+        with pytest.raises(PacsUnreachable, match=r"the PACS sent no answer within 1 s \(--pacs-timeout\)"):
+            predict_batch(model_2d, DicomwebSource(server.url, timeout=(2.0, 1.0), retries=3), tmp_path / "out",
+                          progress=False)
+        assert server.accepted == 1 and time.monotonic() - start < 10
+        assert main(["predict", "--model", str(model_2d), "--input", server.url, "--out", str(tmp_path / "o2"),
+                     "--pacs-timeout", "1", "--no-progress"]) == 75
+        assert "sent no answer within 1 s" in capsys.readouterr().err
+    finally:
+        server.close()
+
+
+def test_what_cannot_be_right_is_refused_before_the_model_and_the_output_folder(model_2d, tmp_path, capsys):
+    from medtl.cli import main
+    from medtl.deploy.model import load_model
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for bad in ("nan", "1.5", "-3", "30"):  # NaN: no probability reaches it, every case was called negative
+        with pytest.raises(SystemExit) as stop:
+            main(["predict", "--model", str(model_2d), "--input", str(folder), "--out", str(tmp_path / "o"),
+                  "--threshold", bad])
+        assert stop.value.code == 2
+        assert f"--threshold: must be a probability in [0, 1], got {bad}" in capsys.readouterr().err
+    with pytest.raises(MedtlError, match=r"decision threshold nan is not a probability in \[0, 1\]"):
+        load_model(model_2d, threshold=float("nan"))
+    assert main(["predict", "--model", str(model_2d), "--input", str(folder), "--out", str(tmp_path / "o"),
+                 "--series-description", "("]) == 2
+    assert "--series-description: not a regular expression: '('" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model_2d), "--input", str(folder), "--out", str(tmp_path / "o"),
+                 "--device", "tpu"]) == 2
+    assert "--device: unknown device 'tpu'" in capsys.readouterr().err  # was an "internal error" with a traceback
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_series_the_pacs_lists_under_two_studies_is_one_error_row(orthanc_server, data_root, model_2d, tmp_path):
+    """One SeriesInstanceUID in two studies (a broken PACS record): a folder gives one error row; the PACS path
+    gave two rows with one key, each a bare 'HTTP 404', and counts that disagreed with results.csv."""
+    import csv
+
+    from pydicom.uid import generate_uid
+
+    server = orthanc_server(tmp_path / "pacs")
+    (tmp_path / "pacs").mkdir()
+    server.start()
+    try:
+        first, second = _chest_sc(data_root), _chest_sc(data_root)
+        second.StudyInstanceUID, second.SOPInstanceUID = generate_uid(), generate_uid()
+        DicomwebSource(server.url).store([first, second])
+        result = predict_batch(model_2d, server.url, tmp_path / "out", progress=False)
+        assert (result.ok, result.errors) == (0, 1)
+        with open(tmp_path / "out" / "results.csv", newline="") as f:
+            (row,) = list(csv.DictReader(f))
+        assert row["status"] == "error" and "the PACS lists this series under 2 studies" in row["error"]
+        assert first.StudyInstanceUID in row["error"] and second.StudyInstanceUID in row["error"]
+    finally:
+        server.stop()

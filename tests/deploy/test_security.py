@@ -152,7 +152,7 @@ def test_one_writer_per_output_folder_and_stale_lock_takeover(hostile, model_2d,
                                  "sys.exit(main(sys.argv[1:]))", "predict", "--model", str(model_2d), "--input",
                                  str(root), "--out", str(out), "--no-progress"],
                                 capture_output=True, text=True, timeout=300, check=False)
-        assert second.returncode == 2
+        assert second.returncode == 75  # busy, not wrong: a scheduler retries later
         assert f"another medtl predict is writing to this output folder (PID {holder.pid} on" in second.stderr
         assert "started 20" in second.stderr
         print(f"\nSHOW second process: rc={second.returncode} {second.stderr.strip().splitlines()[-1]}")

@@ -179,6 +179,31 @@ def test_target_batches_cycle_for_adaptation_strategies():
         fit(_CountingDA(enc, Head(512)), train, None, epochs=1, progress=False, device="cpu")
 
 
+class _SometimesLogged(Strategy):
+    """Logs a part on the first step only, as a target loss is logged only on steps with labelled target rows."""
+
+    name = "sometimes_logged"
+
+    def __init__(self, encoder, head):
+        super().__init__(encoder, head)
+        self.steps = 0
+
+    def training_loss(self, batch, target, progress):
+        loss, _ = self.supervised_loss(batch)
+        self.steps += 1
+        return loss, ({"rare": 3.0} if self.steps == 1 else {})
+
+
+def test_a_part_logged_on_some_steps_is_averaged_over_those_steps(tmp_path):
+    """It was divided by every item of the epoch: a target loss of 1.39 on the one step with labelled target
+    rows was logged as 0.46 over three steps."""
+    enc = build_encoder("resnet10")
+    fit(_SometimesLogged(enc, Head(512)), DataLoader(TinyImages(8), batch_size=2), None, epochs=1, progress=False,
+        device="cpu", run_dir=tmp_path / "run")
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["train_rare"] == pytest.approx(3.0) and np.isfinite(record["train_loss"])
+
+
 def test_non_finite_loss_is_a_clear_error():
     train, _ = _loaders()
     s = _strategy("full", {"lr": 1e30})
