@@ -61,9 +61,13 @@ class OutputLock:
                         previous.get("pid"), previous.get("host"), previous.get("started_utc"))
         record = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(),
                   "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError as err:  # a full disk: said with the file, not a traceback
+            os.close(fd)
+            raise MedtlError(f"cannot write the lock file: {err.strerror or type(err).__name__}", self.path) from None
         self._fd = fd
         return self
 

@@ -64,11 +64,12 @@ class FeatureSet:
 
     def save(self, path: str | Path) -> Path:
         """Write the set to one ``torch.save`` file (readable with ``weights_only=True``)."""
+        from medtl.models.checkpoint import save_atomic
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": "medtl-features", "features": self.features, "labels": self.labels,
-                    "fields": {k: list(v) for k, v in self.fields.items()}}, path)
-        return path
+        return save_atomic({"format": "medtl-features", "features": self.features, "labels": self.labels,
+                            "fields": {k: list(v) for k, v in self.fields.items()}}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:

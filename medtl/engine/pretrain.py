@@ -39,6 +39,7 @@ from medtl.errors import MedtlError
 from medtl.models.autoencoder import VAEHead
 from medtl.models.checkpoint import save_checkpoint
 from medtl.plain import differing_keys
+from medtl.paths import file_sha256
 from medtl.models.encoders import build_encoder
 from medtl.models.heads import Head, task_for
 from medtl.models.lift import lift as lift_encoder
@@ -50,6 +51,13 @@ log = logging.getLogger(__name__)
 PRETRAIN_KEY_FILE = "pretrain_inputs.json"
 
 
+# keys a run key no longer compares: the model's name holds the output folder's name, so a run copied to
+# another folder (off a full disk) was refused as "other name"
+NOT_COMPARED = ("name",)
+# keys compared only when the folder's key has them (runs from before they were recorded still resume)
+COMPARED_WHEN_RECORDED = ("init_sha256",)
+
+
 def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> None:
     """Resuming continues the weights in ``out``: refuse when they were trained on other data or settings
     (more epochs are fine), instead of silently mixing two runs; ``file`` in ``out`` keeps the key."""
@@ -57,12 +65,20 @@ def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> 
     path = out / file
     key = json.loads(json.dumps(key, default=str))  # as it reads back: tuples as lists, paths as text
     if resume and (out / "last.pt").exists() and path.exists():
-        old = json.loads(path.read_text())
-        differ = sorted({k.split(".")[0] for k in differing_keys(old, key)})  # the top-level settings
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise MedtlError(f"cannot read this run's settings to check a resume ({err}): start over here "
+                             "(--no-resume, resume=False), or delete the file to resume unchecked", path) from None
+        drop = set(NOT_COMPARED) | {k for k in COMPARED_WHEN_RECORDED if k not in old}
+        differ = sorted({k.split(".")[0] for k in differing_keys({k: v for k, v in old.items() if k not in drop},
+                                                                   {k: v for k, v in key.items() if k not in drop})})
         if differ:
             raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new folder (--out, "
                              "out=), or start over here (--no-resume, resume=False)", out)
-    path.write_text(json.dumps(key, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # a kill mid-write keeps the previous key whole
+    tmp.write_text(json.dumps(key, indent=2) + "\n")
+    tmp.replace(path)
 
 
 MODES = ("supervised", "autoencoder", "moco")  # moco: contrastive self-supervised (medtl.strategies.ssl)
@@ -175,6 +191,7 @@ def pretrain_on(
             "proj_dim": proj_dim, "proj_hidden": proj_hidden, "proj_batch_norm": proj_batch_norm,
             "adapt_channels": adapt_channels, "train": run_options, **({"lift": lift} if lift else {}),
             **{k: v for k, v in meta.items() if k not in ("manifest", "init_weights")},
+            **({"init_sha256": file_sha256(init_weights)} if init_weights else {}),
         }, PRETRAIN_KEY_FILE)
     if batch_size < world:
         raise MedtlError(f"batch_size {batch_size} is the global batch: it must be at least the number of "

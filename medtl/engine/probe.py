@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,6 @@ def fit_linear_probe(
     if solver not in ("lbfgs", "trainer"):
         raise MedtlError(f"solver must be 'lbfgs' or 'trainer', got {solver!r}", "solver")
     if _has_dataset_randomness(train_data):
-        import logging
-
         logging.getLogger(__name__).warning(
             "the training dataset has random transforms: they are drawn once and frozen into the feature cache")
     device = resolve_device(train_options.get("device", "auto"))
@@ -199,7 +198,11 @@ def fit_linear_probe(
             return None
         path = Path(cache_dir) / f"{name}.pt" if cache_dir is not None else None
         if path is not None and path.exists():
-            return FeatureSet.load(path)
+            try:
+                return FeatureSet.load(path)
+            except MedtlError as err:  # cut short by a kill or a full disk (before writes were atomic): redo it
+                logging.getLogger(__name__).warning("%s; extracting the features again", err)
+                path.unlink()
         fs = extract_features(encoder, data, batch_size=extract_batch_size, device=device, amp_dtype=amp_dtype,
                               channels_last=channels_last, num_workers=num_workers,
                               pin_memory=device.type == "cuda")

@@ -15,9 +15,11 @@ through :class:`RunFolder`; the names are those run folders have always had, so 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from medtl.errors import MedtlError
 from medtl.plain import plain
 
 
@@ -64,6 +66,19 @@ class RunFolder:
     def features(self) -> Path:
         return self.path / self.FEATURES
 
+    def best_pending(self, epoch: int) -> Path:
+        """``best.pt`` of ``epoch`` before ``last.pt`` records that epoch as the best: a kill between the two
+        writes must not leave a best.pt whose epoch the resumed run's record does not name."""
+        return self.path / f"{self.BEST}.epoch{epoch}.pending"
+
+    def settle_best(self, best_epoch: int | None) -> None:
+        """Make the pending ``best.pt`` of ``best_epoch`` (the one ``last.pt`` records) the best; drop others."""
+        for pending in self.path.glob(f"{self.BEST}.epoch*.pending"):
+            if best_epoch is not None and pending == self.best_pending(best_epoch):
+                pending.replace(self.best)
+            else:
+                pending.unlink(missing_ok=True)
+
     def create(self) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
@@ -75,8 +90,23 @@ class RunFolder:
     # -- the metrics log: one JSON object a line --------------------------------------------------
     @staticmethod
     def read_log_file(path: str | Path) -> list[dict[str, Any]]:
+        """The records; a last line cut short (a kill or a full disk mid-append) is left out, as the epoch it
+        logged is trained again; a damaged line before it is an error naming the line."""
         path = Path(path)
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if not path.exists():
+            return []
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if i == len(lines):
+                    logging.getLogger(__name__).warning("%s: its last line is cut short (%s): left out", path, err)
+                    break
+                raise MedtlError(f"line {i} is not a JSON record ({err}); only the last line may be cut short",
+                                 path) from None
+        return records
 
     def read_log(self) -> list[dict[str, Any]]:
         return self.read_log_file(self.metrics)
@@ -86,15 +116,15 @@ class RunFolder:
             f.write(json.dumps(plain(record)) + "\n")
 
     def write_log(self, records: list[dict[str, Any]]) -> None:
-        with open(self.metrics, "w") as f:
+        tmp = self.metrics.with_name(self.metrics.name + ".tmp")  # a kill mid-write keeps the old log whole
+        with open(tmp, "w") as f:
             f.writelines(json.dumps(plain(record)) + "\n" for record in records)
+        tmp.replace(self.metrics)
 
     def truncate_log(self, upto_epoch: int) -> None:
         """Keep the records of the epochs before ``upto_epoch`` (a resumed run rewrites the rest)."""
         if self.metrics.exists():
-            lines = self.metrics.read_text().splitlines()
-            keep = [line for line in lines if line.strip() and json.loads(line)["epoch"] < upto_epoch]
-            self.metrics.write_text("".join(line + "\n" for line in keep))
+            self.write_log([r for r in self.read_log() if r["epoch"] < upto_epoch])
 
     def clear_log(self) -> None:
         self.metrics.unlink(missing_ok=True)

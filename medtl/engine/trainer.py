@@ -60,7 +60,7 @@ from medtl.engine.inference import (
 )
 from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
-from medtl.models.checkpoint import model_config, model_state_dict, save_checkpoint
+from medtl.models.checkpoint import model_config, model_state_dict, save_atomic, save_checkpoint
 from medtl.models.formats import TRAIN_STATE_FORMAT
 from medtl.plain import differing_keys, plain
 
@@ -300,7 +300,7 @@ class BestCheckpoint:
         improved = self.improved(record[self.monitor], state.best["value"])
         if improved:
             state.best = {"value": record[self.monitor], "epoch": record["epoch"], "bad_epochs": 0}
-            trainer._save_best()
+            trainer._save_best(record["epoch"])
             if self.keep_in_memory:
                 state.best_weights = {k: v.detach().clone() for k, v in trainer.strategy.state_dict().items()}
         else:
@@ -318,11 +318,13 @@ class MetricLogger:
 
 
 class LastCheckpoint:
-    """The full training state into ``last.pt`` (rank 0), for resume."""
+    """The full training state into ``last.pt`` (rank 0), for resume; then the epoch's best.pt, written pending
+    by :class:`BestCheckpoint`, becomes ``best.pt``: the two change together as far as a resume can tell."""
 
     def epoch_completed(self, trainer: Trainer, state: TrainState, record: dict[str, Any]) -> None:
         if trainer.folder is not None and trainer.ctx.is_main:
             trainer._save_state(trainer.folder.last, state)
+            trainer.folder.settle_best(state.best.get("epoch"))
 
 
 class EarlyStopping:
@@ -446,9 +448,7 @@ class Trainer:
             "best": plain(state.best),
             "strategy": getattr(self.strategy, "name", None),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(saved, tmp)
-        os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous state intact
+        save_atomic(saved, path)  # a crash or a full disk mid-save leaves the previous state intact
 
     def _read_state(self, path: Path) -> dict[str, Any]:
         try:
@@ -513,9 +513,9 @@ class Trainer:
     def _write_config(self) -> None:
         self.folder.write_config(self._settings())
 
-    def _save_best(self) -> None:
+    def _save_best(self, epoch: int) -> None:
         if self.ctx.is_main and self.folder is not None and hasattr(self.strategy, "encoder") and hasattr(self.strategy, "head"):
-            save_checkpoint(self.folder.best, self.strategy, **self.checkpoint_meta)
+            save_checkpoint(self.folder.best_pending(epoch), self.strategy, **self.checkpoint_meta)
 
     def _resume_state(self, resume: bool) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Rank 0 reads ``last.pt`` and the log and shares them (the other ranks need no shared disk)."""
@@ -525,10 +525,13 @@ class Trainer:
                 self.folder.create()
                 if resume and self.folder.last.exists():
                     state = self._read_state(self.folder.last)
+                    # a best.pt written after last.pt's epoch (killed in between) is not the recorded best
+                    self.folder.settle_best((state.get("best") or {}).get("epoch"))
                     self.folder.truncate_log(int(state["epoch"]))
                     history = self.folder.read_log()
                 else:
                     self.folder.clear_log()  # a fresh run: no stale lines
+                    self.folder.settle_best(None)
             except MedtlError as err:
                 error = (err.reason, err.where)
         if self.ctx.enabled:

@@ -124,9 +124,22 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
                "state_dict": model_state_dict(model), "meta": plain(full, "meta")}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return save_atomic(payload, path)
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` into a temporary file, then renamed: a kill or a full disk leaves the previous file (or
+    none), never half of one that a rerun would trip over; a failed write is an error naming the file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a model file
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError "unexpected pos"
+        tmp.unlink(missing_ok=True)
+        why = "no space left on the device" if getattr(err, "errno", None) == 28 else \
+            f"{type(err).__name__}: {str(err)[:120]}; a full disk fails this way"
+        raise MedtlError(f"cannot write the file ({why}); the previous version, if any, is kept", path) from None
     return path
 
 
@@ -134,11 +147,7 @@ def update_checkpoint_meta(path: str | Path, **meta: Any) -> Path:
     """Add or replace ``meta`` keys of an existing checkpoint (weights untouched), atomically."""
     obj = read_checkpoint(path)
     obj["meta"] = plain({**obj["meta"], **meta}, "meta")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_atomic(obj, path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from medtl.data.datasets import make_loader
 from medtl.data.manifest import Manifest, data_root_for, require_files
 from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
-from medtl.paths import is_inside
+from medtl.paths import file_sha256, is_inside
 
 log = logging.getLogger(__name__)
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -311,6 +311,8 @@ def train_model(
             "train": inputs.splits["train"].content_hash(), "val": inputs.splits["val"].content_hash(),
             "modality": inputs.modality, "labels": inputs.label_names, "arch": arch, "image_size": size,
             "init": str(init) if init else None, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+            # the file's content: another model saved over the same path is other weights to start from
+            "init_sha256": file_sha256(init) if init else None,
             "seed": seed, **({"lift": lift} if lift else {}),
             # only when not the default, so that folders of runs from before the option still resume
             **({"spacing": list(preset_options["spacing"])} if tuple(preset_options.get("spacing", ()))

@@ -95,3 +95,20 @@ def test_a_nearly_constant_feature_gets_no_outsized_weight_in_raw_units():
     fit_head_lbfgs(head, FeatureSet(torch.tensor(x, dtype=torch.float32), torch.tensor(y)), penalties=(0.1,))
     weight = head.fc.weight.detach().abs()
     assert weight[:, 0].max() < 20 * weight[:, 1:].max()  # without the floor: about 1e4 times the others
+
+
+def test_a_cut_off_feature_cache_is_extracted_again(tmp_path, caplog):
+    """A kill or a full disk while the cache was written left a file every rerun failed on ('cannot read
+    cached features'); writes are atomic now, and a damaged file from before is extracted again."""
+    from medtl.engine.probe import fit_linear_probe
+
+    enc, head = _model()
+    fit_linear_probe(enc, head, _images(24), cache_dir=tmp_path, device="cpu")
+    whole = FeatureSet.load(tmp_path / "train.pt").features
+    data = (tmp_path / "train.pt").read_bytes()
+    (tmp_path / "train.pt").write_bytes(data[: len(data) // 3])
+    with caplog.at_level("WARNING", logger="medtl.engine.probe"):
+        fit_linear_probe(enc, Head(enc.out_features, "binary"), _images(24), cache_dir=tmp_path, device="cpu")
+    assert "cannot read cached features" in caplog.text and "extracting the features again" in caplog.text
+    assert torch.equal(FeatureSet.load(tmp_path / "train.pt").features, whole)
+    assert not list(tmp_path.glob("*.tmp"))

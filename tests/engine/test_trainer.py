@@ -89,6 +89,70 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, name):
     assert [json.loads(line)["epoch"] for line in log] == [0, 1, 2]
 
 
+def test_a_kill_between_best_pt_and_last_pt_never_leaves_a_best_pt_of_another_epoch(tmp_path, monkeypatch):
+    """best.pt was written before last.pt: killed between them, the resumed run kept a best.pt of the epoch its
+    record had thrown away, and the final model was not the epoch its metadata named. Now best.pt is written
+    pending and takes effect with last.pt."""
+    from medtl.engine.trainer import Trainer as T
+
+    calls = []
+    save_state = T._save_state
+
+    def killed_on_the_third(self, path, state):
+        calls.append(state.epoch)
+        if len(calls) == 3:  # epoch 2 finished: its best.pt is written, last.pt not yet
+            raise _Crash("killed")
+        save_state(self, path, state)
+
+    rising = iter(range(100))  # every epoch improves: each writes a best.pt
+    cfg = dict(device="cpu", progress=False, seed=3, amp="off", monitor="score", mode="max",
+               epoch_metrics=[lambda strategy: {"score": next(rising)}])
+    monkeypatch.setattr(T, "_save_state", killed_on_the_third)
+    train, val = _loaders()
+    with pytest.raises(_Crash):
+        fit(_strategy(), train, val, run_dir=tmp_path / "run", epochs=6, **cfg)
+    monkeypatch.setattr(T, "_save_state", save_state)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["best"]["epoch"] == 1
+    train, val = _loaders()
+    resumed = _strategy()
+    fit(resumed, train, val, run_dir=tmp_path / "run", epochs=2, **cfg)  # fewer epochs: nothing retrains epoch 2
+    best = read_checkpoint(tmp_path / "run" / "best.pt")["state_dict"]
+    for k, v in best.items():  # the best epoch (1) is the last one kept: best.pt holds its weights
+        assert torch.equal(v, last["model"][k]), k
+    assert not list((tmp_path / "run").glob("*.pending"))
+
+
+def test_a_cut_off_last_log_line_is_left_out_and_a_damaged_key_file_is_named(tmp_path):
+    from medtl.engine.pretrain import check_resumable
+    from medtl.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run").create()
+    folder.append_log({"epoch": 0, "train_loss": 1.0})
+    with open(folder.metrics, "a") as f:
+        f.write('{"epoch": 1, "train_lo')  # a kill (or a full disk) mid-append
+    assert folder.read_log() == [{"epoch": 0, "train_loss": 1.0}]
+    folder.truncate_log(1)
+    assert folder.metrics.read_text() == '{"epoch": 0, "train_loss": 1.0}\n'
+    folder.metrics.write_text('{"epoch": 0\n{"epoch": 1}\n')
+    with pytest.raises(MedtlError, match="line 1 is not a JSON record"):
+        folder.read_log()
+    torch.save({}, folder.last)
+    (folder.path / "key.json").write_text("")
+    with pytest.raises(MedtlError, match=r"key.json: cannot read this run's settings to check a resume"):
+        check_resumable(folder.path, True, {"lr": 1}, "key.json")
+    check_resumable(folder.path, False, {"lr": 1}, "key.json")  # starting over writes it afresh
+    check_resumable(folder.path, True, {"lr": 1, "name": "medtl-resnet10-mri2d-copy"}, "key.json")  # a copied run
+    # another model saved over the --init path: other weights to start from (the path alone had resumed)
+    check_resumable(folder.path, True, {"lr": 1, "init_sha256": "a"}, "key.json")  # a key from before: resumes
+    with pytest.raises(MedtlError, match="this folder holds a run with other init_sha256"):
+        check_resumable(folder.path, True, {"lr": 1, "init_sha256": "b"}, "key.json")
+    from medtl.models.checkpoint import save_atomic
+
+    with pytest.raises(MedtlError, match=r"x.pt: cannot write the file \(.*\); the previous version, if any, is kept"):
+        save_atomic({}, tmp_path / "no-such-folder" / "x.pt")
+
+
 def test_a_resume_with_other_settings_is_refused_and_longer_training_is_not(tmp_path):
     """A notebook cell rerun with a new learning rate must not silently continue the old run (and record the
     new rate in config.json); more epochs continue it."""
