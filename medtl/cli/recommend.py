@@ -75,10 +75,19 @@ def _plain(c: dict) -> dict:
 def resampled_candidates(candidates: list[dict]) -> tuple[list[list[dict]] | None, str]:
     """The candidates scored on each random half their assessments measured (one list per half), or None and
     why not: halves compare options only when every assessment drew them from the same images."""
+    from medtl.similarity.recommend import candidate_key
+
     measured = [c for c in candidates if "resamples" in c]
     if not measured:
         return None, ("no assessment holds measures on random halves of the images (medtl similarity from images "
                       "or feature arrays writes them)")
+    # scores of all the images beside those of halves: a half's LogME or H-score moves with its size, so the
+    # mix would favour one side in every half
+    whole = [candidate_key(c) for c in candidates if c.get("scores") and "resamples" not in c]
+    if whole:
+        return None, (f"{', '.join(whole)} {'has' if len(whole) == 1 else 'have'} scores of all the images but none "
+                      "of random halves (an assessment written before medtl similarity measured halves, or scores "
+                      "given by hand): run medtl similarity again for every measured option")
     draws = {json.dumps(c.get("resampling"), sort_keys=True) for c in measured}
     if len(draws) > 1 or len({len(c["resamples"]) for c in measured}) > 1:
         return None, ("the assessments drew their halves from different images (another --seed, --max-cases or "

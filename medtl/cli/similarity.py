@@ -96,9 +96,14 @@ def _add_resamples(result: dict, feats: dict, args) -> None:
     option stays on top (a pipeline's similarity stage measures the same)."""
     from medtl.similarity.assess import N_RESAMPLES, resampled_scores
 
+    import time
+
+    t0 = time.perf_counter()
     draws = resampled_scores({"encoder": feats}, seed=args.seed, progress=args.progress)
-    if draws:
-        result["resamples"] = [d["encoder"] for d in draws]
+    if "wall_seconds" in result:
+        result["wall_seconds"] = round(result["wall_seconds"] + time.perf_counter() - t0, 2)
+    if draws:  # a half's p-value from one permutation means nothing: left out
+        result["resamples"] = [{k: v for k, v in d["encoder"].items() if k != "mmd_p_value"} for d in draws]
         result["resampling"] = {"halves": len(draws), "seed": args.seed, "n_source": len(feats["source"]),
                                 "n_target": len(feats["target"])}
         print(f"measured again on {len(draws)} random halves of the images (resamples in similarity.json: medtl "
@@ -166,7 +171,7 @@ def run(args) -> int:
                                               "target_probs": probs}
             lead = ""
         _emit(lead + to_table(result), lead + to_table(result, markdown=True), args)
-        if feats is not None:
+        if feats is not None and path is not None:  # the halves are for medtl recommend, which reads the file
             _add_resamples(result, feats, args)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,8 @@ def register(sub) -> None:
     e = p.add_argument_group("evaluation")
     e.add_argument("--positive-class", default=None, metavar="CLASS",
                    help="two classes: the one sensitivity, AUROC and the threshold rules are about (default: the last "
-                        "in alphabetical order, e.g. tumor of no_tumor/tumor; printed with the scores)")
+                        "in the manifest's class order, which for a folder is alphabetical, e.g. tumor of "
+                        "no_tumor/tumor; printed with the scores)")
     e.add_argument("--threshold-rule", choices=["youden", "sensitivity", "specificity"], default="youden",
                    help="how the binary threshold is chosen on the validation split (default: youden)")
     e.add_argument("--target", type=float, default=None,

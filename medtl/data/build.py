@@ -345,18 +345,21 @@ def build_manifest(
     if group_near_copies or skip_unreadable:
         scanned = scan(rows, data_root, desc="near-copy scan" if group_near_copies else "reading", progress=progress)
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
-        if bad and skip_unreadable:
+        # a missing file, or one outside the root, is a wrong path or data root, not a damaged file: refused
+        misplaced = [b for b in bad if "file not found" in b or "outside the data root" in b]
+        if bad and skip_unreadable and not misplaced:
             left_out += [{"path": r.path, "reason": s.error} for r, s in zip(rows, scanned) if s.error]
             kept = [i for i, s in enumerate(scanned) if not s.error]
             rows, scanned = [rows[i] for i in kept], [scanned[i] for i in kept]
         elif bad:
+            bad = misplaced or bad
             links = any("resolves outside the data root" in b for b in bad)
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}"
                              + (". medtl reads nothing outside the data root: give a --data-root that holds the files "
                                 "the links point to (a folder above both)" if links else
                                 ". Remove or repair them, or leave them out: `medtl manifest build --skip-unreadable` "
                                 "writes a manifest without them (listed in its .meta.json)"), source)
-    if left_out and not rows:
+    if left_out and not rows and not excluded:  # every file left out as unreadable (not as a copy)
         raise MedtlError(f"none of the {len(left_out)} file(s) can be read: "
                          + "; ".join(f"{f['path']} ({f['reason']})" for f in left_out[:10]), source)
     if group_near_copies:

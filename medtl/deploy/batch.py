@@ -412,11 +412,14 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
                         "resumes where this run stopped", str(source) if source else None)
             bar.update(_flush(pending, predictor, writer, batch_size))
     finally:
+        # fetched DICOMs are removed once no read can still be writing into tmp_root (a read in a PACS request
+        # finishes, then removes them: it recreated the folder after an early removal)
+        remove_tmp = (lambda: shutil.rmtree(tmp_root, ignore_errors=True)) if tmp_root is not None else None
         if ahead is not None:
-            ahead.close()  # no read may still be writing into tmp_root when it is removed
+            ahead.close(remove_tmp)
+        elif remove_tmp is not None:
+            remove_tmp()
         ledger.close()  # fsyncs what the last batch wrote, also when stopped by an exception
-        if tmp_root is not None:
-            shutil.rmtree(tmp_root, ignore_errors=True)
         try:
             if ledger.path.exists() and predictor is not None:
                 _finish_csv(ledger, predictor, include_identifiers)
@@ -447,6 +450,9 @@ class ReadAhead:
     def __init__(self, items, depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
+        self._handover = threading.Lock()  # who runs the cleanup: the consumer, or a thread still reading
+        self._finished = False
+        self._cleanup = None  # set by close() when the thread outlives it
         self._thread = threading.Thread(target=self._fill, args=(items,), name="medtl-read-ahead", daemon=True)
         self._thread.start()
 
@@ -458,6 +464,12 @@ class ReadAhead:
             self._put((self._END, None))
         except BaseException as err:  # noqa: BLE001 (re-raised in the consumer)
             self._put((None, err))
+        finally:
+            with self._handover:
+                self._finished = True
+                cleanup = self._cleanup
+            if cleanup is not None:  # the consumer left while this thread read: what it wrote goes now
+                cleanup()
 
     def _put(self, entry) -> bool:
         while not self._stop.is_set():
@@ -480,11 +492,18 @@ class ReadAhead:
         finally:
             self.close()
 
-    def close(self) -> None:
+    def close(self, cleanup=None) -> None:
+        """Stop reading; ``cleanup`` (removing the folder reads write into) runs once no read can write there:
+        now, or, when a read is still in a PACS request (up to --pacs-timeout), in the thread as it ends, so
+        Ctrl-C and a stopped run need not wait for it."""
         self._stop.set()
-        # bounded: a read stuck in a PACS request (up to --pacs-timeout) must not hold up Ctrl-C or a stopped
-        # run; the thread is a daemon and puts nothing more once stopped
         self._thread.join(timeout=1.0)
+        with self._handover:
+            if not self._finished:
+                self._cleanup = cleanup
+                return
+        if cleanup is not None:
+            cleanup()
 
 
 # DICOM modalities a preset's images come from; a series of any other modality (an MR, a CT, an RT dose

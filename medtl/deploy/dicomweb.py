@@ -214,6 +214,35 @@ def _one_per_series(listed: list[Series]) -> list[Series]:
     return out
 
 
+def _causes(err: BaseException):
+    """The exception and everything it wraps (requests wraps urllib3's, which wraps the socket's)."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+
+
+def _read_timed_out(err: BaseException) -> bool:
+    """A read timeout, also one while the body streams in (requests raises that as a ConnectionError)."""
+    import requests
+    from urllib3.exceptions import ReadTimeoutError
+
+    return any(isinstance(e, (requests.ReadTimeout, ReadTimeoutError)) for e in _causes(err))
+
+
+def _unknown_host(err: BaseException) -> bool:
+    """The name does not exist (EAI_NONAME), not a DNS server that is down for now (EAI_AGAIN)."""
+    import socket
+
+    return any(isinstance(e, socket.gaierror) and e.errno == socket.EAI_NONAME for e in _causes(err))
+
+
 READ_TIMEOUT = 60.0  # seconds a PACS may take to start answering one request (--pacs-timeout)
 
 
@@ -352,10 +381,13 @@ class DicomwebSource:
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
                                           f"{self.retries} attempt(s)", where) from None
-            except requests.ReadTimeout:  # it took the request and sent nothing back: a retry waits as long again
-                raise PacsUnreachable(f"DICOMweb {what} failed: the PACS sent no answer within {self.read_timeout:g} s "
-                                      "(--pacs-timeout)", where) from None
             except (requests.ConnectionError, requests.Timeout) as err:
+                if _read_timed_out(err):  # it took the request and stopped answering: a retry waits as long again
+                    raise PacsUnreachable(f"DICOMweb {what} failed: the PACS sent no answer within "
+                                          f"{self.read_timeout:g} s (--pacs-timeout)", where) from None
+                if _unknown_host(err):  # a typo in the URL: retrying later will not fix it
+                    raise MedtlError(f"DICOMweb {what} failed: the host name {urlsplit(self.url).hostname!r} is not "
+                                     "known (DNS): check the URL", where) from None
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: cannot reach the PACS after {self.retries} "
                                           f"attempt(s): {type(err).__name__}: {_short(err)}", where) from None

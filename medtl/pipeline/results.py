@@ -221,8 +221,9 @@ def recommendation_section(runs: list[Path]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for name, budget, o in rows:
         pick = f"tie: {', '.join(o.tie)}" if o.tie else o.recommended
-        if o.prior_only:  # nothing measured told them apart
-            pick += " (by the strategy prior alone)"
+        if o.prior_only:  # nothing measured told them apart: a rule of thumb is no pick
+            pick = ("no pick: no measurement separates the candidates"
+                    + (f" ({', '.join(o.tie)})" if o.tie else f"; the prior alone would put {o.recommended} first"))
         elif o.support is not None:  # how often the top-scored candidate stayed on top over the image resamples
             pick += f" (top on {o.support:.0%} of image halves)"
         best = f"tie: {', '.join(o.best_observed_tie)}" if o.best_observed_tie else o.best_observed

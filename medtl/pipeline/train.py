@@ -358,8 +358,14 @@ def train_model(
             # predictions compares two models (one name for both pooled them as seeds of one strategy)
             groups = {r.path: r.extras.get(NEAR_COPY_GROUP) or None for r in inputs.splits[split]}
             copies = {NEAR_COPY_GROUP: [groups.get(str(c)) for c in p["case_id"]]} if any(groups.values()) else {}
+            cases = [str(c) for c in p["case_id"]]
+            if split == "test" and inputs.roots["test"] != inputs.roots["val"] and \
+                    set(cases) & {str(c) for c in outputs.get("val", {}).get("case_id", [])}:
+                # a separate test folder laid out as the training one (tumor/Y105.jpg in both): one table, so
+                # its cases are named with their folder
+                cases = [f"{inputs.roots['test'].name}/{c}" for c in cases]
             tables.append(predictions_from_arrays(
-                p["case_id"], p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
+                cases, p["label"], p["prob"], class_names=inputs.label_names, patient_ids=p.get("patient_id"),
                 domain=p.get("domain", ""), split=split, run_id=f"seed{seed}", strategy=meta["name"], task=TASK_NAME,
                 seed=seed, **copies))  # fmt: skip
 

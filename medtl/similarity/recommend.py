@@ -101,6 +101,12 @@ def _rank_scores(values: dict[str, float], higher: bool) -> dict[str, float]:
     return {k: float((ri - 1) / (len(keys) - 1)) for k, ri in zip(keys, r)}
 
 
+def _same_measurements(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two ranked options have the same rank in every measurement (the strategy prior aside)."""
+    ranks = [{m: v for m, v in r["metric_ranks"].items() if m not in DIRECTIONS} for r in (a, b)]
+    return ranks[0] == ranks[1] and a["missing_metrics"] == b["missing_metrics"] and bool(ranks[0])
+
+
 def _ordinal(i: int) -> str:
     return {1: "best", 2: "2nd best", 3: "3rd best"}.get(i, f"{i}th best")
 
@@ -215,6 +221,9 @@ def recommend(
             if shared == len(values) > 1:  # nothing to rank: "highest" would claim an order
                 reasons.append(f"{m} ({row['scores'][m]:.4g}) the same for all {len(values)}")
                 continue
+            if len(values) == 1:  # nothing to rank it against: the middle rank
+                reasons.append(f"{m} ({row['scores'][m]:.4g}) measured for this option only (the middle rank)")
+                continue
             word = ("highest" if directions[m] else "lowest") if pos == 1 else _ordinal(pos)
             level = f", level with {shared - 1} other{'s' if shared > 2 else ''}" if shared > 1 else ""
             reasons.append(f"{word} {m} ({row['scores'][m]:.4g}) of {len(values)}{level}")
@@ -225,6 +234,9 @@ def recommend(
 
     best = rows[0]
     tied = [r for r in rows if best["composite"] - r["composite"] <= TIE_TOLERANCE]
+    # options that share every measurement with the best (strategies on one encoder): only the prior, a rule of
+    # thumb, puts the best above them, so the measurements pick none of them over the others
+    twins = [r for r in rows[1:] if _same_measurements(r, best) and best["composite"] - r["composite"] > TIE_TOLERANCE]
     stability, unstable = None, False
     if resampled:
         shares = _top_shares(target, resampled, weights, higher_is_better)
@@ -247,6 +259,15 @@ def recommend(
                 "and a pick by the prior alone lost to scratch (docs/results.md). Train the options, scratch "
                 "included, and compare them on validation."]
         tied, unordered = rows, False
+    elif twins:
+        tied = list({r["key"]: r for r in [best, *twins, *tied]}.values())  # each once, the best first
+        order = " > ".join(f"{r['key']} ({r['scores'].get('strategy_prior', 0.5):.1f})" for r in tied)
+        text = [f"No pick between {', '.join(r['key'] for r in tied)}: they share every measurement (one encoder "
+                f"and source), so only the strategies' prior, a rule of thumb, orders them ({order}); it is no "
+                "evidence for this target (docs/results.md). "
+                + (f"The measurements place them above the other {len(rows) - len(tied)} option(s). "
+                   if len(rows) > len(tied) else "")
+                + "Train them and compare on validation."]
     elif unstable:  # the composite separates them, but which images were drawn decides the order
         names = ", ".join(f"{r['key']} (on top in {shares.get(r['key'], 0.0):.0%})" for r in tied)
         text = [f"Unstable: on {len(resampled)} random halves of the images the top option changes ({names}; "

@@ -357,3 +357,34 @@ def test_medtl_report_compares_two_trained_models_with_a_paired_test(trained, tm
     assert sorted(task["strategies"]) == ["medtl-resnet10-mri2d-run", "medtl-resnet10-mri2d-slower"]
     (c,) = task["comparisons"]
     assert c.get("note") is None and c["p_value"] is not None and c["test"].startswith("DeLong")
+    # the second model trained into a folder of the first one's name (b/run): one strategy name for both
+    import pandas as pd
+
+    other = tmp_path / "b" / "run"
+    other.mkdir(parents=True)
+    pd.read_csv(tmp_path / "slower" / "predictions.csv", dtype=str).assign(
+        strategy="medtl-resnet10-mri2d-run").to_csv(other / "predictions.csv", index=False)
+    assert main(["report", str(tmp / "run" / "predictions.csv"), str(other / "predictions.csv"),
+                 "--out", str(tmp_path / "cmp2"), "--n-boot", "50"]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "cmp2" / "report.json").read_text())
+    names = sorted(report["tasks"]["label"]["strategies"])
+    assert len(names) == 2 and all(n.startswith("medtl-resnet10-mri2d-run [") for n in names), names
+    (c2,) = report["tasks"]["label"]["comparisons"]
+    assert c2["p_value"] == pytest.approx(c["p_value"])  # the same two models, the same paired test
+    assert any("each strategy is named with its file's folder" in n for n in report["notes"])
+
+
+def test_a_test_folder_laid_out_as_the_training_one_is_scored(trained, tmp_path, capsys):
+    """A separate --test folder whose files have the training folder's relative paths (tumor/Y105.jpg in both)
+    stopped medtl train after training: its test rows and the val rows shared case ids in one table."""
+    tmp, folder, _ = trained
+    copy = shutil.copytree(folder, tmp_path / "site_b")
+    assert main(["train", "--train", str(folder), "--test", str(copy), "--out", str(tmp_path / "run"), *FAST]) == 0
+    capsys.readouterr()
+    import pandas as pd
+
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype=str)
+    test = preds[preds["split"] == "test"]
+    assert len(test) == 24 and test["case_id"].str.startswith("site_b/").all()
+    assert not preds["case_id"].duplicated().any()

@@ -169,3 +169,12 @@ def test_unreadable_files_are_refused_by_name_or_left_out_on_request(folder_root
         assert [f["path"] for f in m.meta["left_out"]] == ["site/neg/broken.dcm", "site/pos/cut.png"]
         assert "unreadable DICOM header" in m.meta["left_out"][0]["reason"]
         assert check_manifest(m, folder_root).ok  # what is left is a valid manifest
+
+
+def test_skip_unreadable_still_refuses_a_missing_file(folder_root):
+    """A missing file is a wrong path or data root, not a damaged file: --skip-unreadable dropped it too."""
+    raw = folder_root / "raw.csv"
+    rows = [f"site/{c}/img{i:02d}.png,{c}" for c in ("neg", "pos") for i in range(6)] + ["site/pos/missing.png,pos"]
+    raw.write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(MedtlError, match=r"site/pos/missing.png \(file not found\)"):
+        build_manifest(raw, folder_root, skip_unreadable=True, group_near_copies=False)

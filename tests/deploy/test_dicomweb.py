@@ -278,11 +278,13 @@ def test_a_pacs_answer_over_the_limit_is_not_read(pacs, model_2d, tmp_path):
 
 
 class _SilentServer:
-    """A real TCP server that accepts every connection and reads the request, but never answers: a hung PACS."""
+    """A real TCP server that accepts every connection and reads the request, but never answers: a hung PACS;
+    with ``start`` it sends that much of an answer (headers and two bytes of a body) first, then stalls."""
 
-    def __init__(self):
+    def __init__(self, start: bytes = b""):
         import threading
 
+        self.start = start
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -298,7 +300,10 @@ class _SilentServer:
             except OSError:
                 return
             self.accepted += 1
-            self.held.append(conn)  # kept open, never answered
+            self.held.append(conn)  # kept open, never answered (beyond its start)
+            if self.start:
+                conn.recv(65536)
+                conn.sendall(self.start)
 
     def close(self):
         for c in self.held:
@@ -326,6 +331,34 @@ def test_a_pacs_that_hangs_is_one_timeout_and_exits_for_a_retry_later(model_2d, 
         assert "sent no answer within 1 s" in capsys.readouterr().err
     finally:
         server.close()
+    # headers and the start of a body, then nothing: requests says ConnectionError, and it was retried
+    stalled = _SilentServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 1000\r\n\r\n[{")
+    try:
+        with pytest.raises(PacsUnreachable, match="sent no answer within 1 s"):
+            DicomwebSource(stalled.url, timeout=(2.0, 1.0), retries=3).check()
+        assert stalled.accepted == 1
+    finally:
+        stalled.close()
+
+
+def test_an_unknown_host_name_is_a_refused_command_not_an_outage():
+    """A typo in the host name exited 75 (retry later) like an outage, so a scheduler retried it forever."""
+    from medtl.deploy.dicomweb import PacsUnreachable
+
+    host = "no-such-host.invalid"  # RFC 6761: never resolves
+    try:
+        socket.getaddrinfo(host, 8042)
+        told = None
+    except socket.gaierror as err:
+        told = err.errno
+    url = f"http://{host}:8042/dicom-web"
+    if told == socket.EAI_NONAME:  # this resolver says the name does not exist: permanent
+        with pytest.raises(MedtlError, match=r"the host name 'no-such-host.invalid' is not known \(DNS\)") as err:
+            DicomwebSource(url, retries=2, backoff=0.01).check()
+        assert not isinstance(err.value, PacsUnreachable)
+    else:  # no answer from DNS (EAI_AGAIN, offline resolver): that may pass, so it stays an outage
+        with pytest.raises(PacsUnreachable):
+            DicomwebSource(url, retries=2, backoff=0.01).check()
 
 
 def test_what_cannot_be_right_is_refused_before_the_model_and_the_output_folder(model_2d, tmp_path, capsys):

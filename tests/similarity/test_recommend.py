@@ -225,3 +225,20 @@ def test_a_lone_measurement_orders_and_a_zero_prior_weight_does_not_claim_the_pr
     rec = recommend({"n_labelled": 40}, same, weights={"logme": 1.0, "strategy_prior": 0.0})
     assert not rec["prior_only"] and "No measurement tells these candidates apart (the same for every one that " \
         "has it)." in rec["explanation"] and "prior's alone" not in rec["explanation"]
+
+
+def test_options_that_share_every_measurement_are_not_ordered_by_the_prior():
+    """Two strategies on one encoder beside another encoder: the measurements separate the encoders, and only the
+    prior separated lp_ft from full ('Recommended: lp_ft ... on top on 100% of halves', by construction)."""
+    m = {"logme": -0.3, "proxy_a_distance": 1.2}
+    cands = [{"source": "s", "encoder": "m", "strategy": "lp_ft", "scores": dict(m)},
+             {"source": "s", "encoder": "m", "strategy": "full", "scores": dict(m)},
+             {"source": "s", "encoder": "e", "strategy": "full", "scores": {"logme": -0.9, "proxy_a_distance": 1.8}}]
+    rec = recommend({"n_labelled": 30}, cands, resampled=[cands] * 4)
+    assert not rec["prior_only"] and rec["tie"] == ["s/m/lp_ft", "s/m/full"]
+    assert rec["explanation"].startswith("No pick between s/m/lp_ft, s/m/full: they share every measurement")
+    assert "place them above the other 1 option(s)" in rec["explanation"] and "Recommended" not in rec["explanation"]
+    lone = [{"source": "s", "encoder": "m", "strategy": "full", "scores": {"logme": -0.3, "leep": -0.7}},
+            {"source": "s", "encoder": "e", "strategy": "full", "scores": {"logme": -0.9}}]
+    row = next(r for r in recommend({}, lone)["ranking"] if r["key"] == "s/m/full")
+    assert "leep (-0.7) measured for this option only (the middle rank)" in row["reasons"]
