@@ -53,3 +53,38 @@ def test_leaving_the_loop_early_stops_the_reader():
     time.sleep(0.3)
     assert len(produced) == n < 10  # stopped, not reading the rest
     assert not [t for t in threading.enumerate() if t.name == "medtl-read-ahead"]
+
+
+def test_a_read_still_in_flight_removes_what_it_wrote_after_the_consumer_left(tmp_path):
+    """A read waiting on a PACS when the run stops: closing does not wait for it (Ctrl-C took minutes), and the
+    folder reads write into is removed when no read can write there any more (a read that finished after an
+    early removal had recreated the folder with patient DICOMs in it)."""
+    import shutil
+
+    folder = tmp_path / ".tmp-1"
+    folder.mkdir()
+    release = threading.Event()
+
+    def reads():
+        yield 0
+        release.wait(5)  # a retrieve still in flight
+        (folder / "000000.dcm").write_bytes(b"pixels")
+        yield 1
+
+    ahead = ReadAhead(reads(), depth=1)
+    it = iter(ahead)
+    assert next(it) == 0
+    start = time.monotonic()
+    ahead.close(lambda: shutil.rmtree(folder))
+    assert time.monotonic() - start < 3 and folder.exists()  # not waited for; not removed under the read
+    release.set()
+    for _ in range(50):
+        if not folder.exists():
+            break
+        time.sleep(0.1)
+    assert not folder.exists()  # the thread removed it, with what it wrote, as it ended
+    ahead2 = ReadAhead(iter(range(3)), depth=1)
+    assert list(ahead2) == [0, 1, 2]
+    done = []
+    ahead2.close(lambda: done.append(True))  # nothing in flight: the cleanup runs at once
+    assert done == [True]
