@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import dataclasses
 import datetime as _dt
 import logging
@@ -263,10 +264,18 @@ def predict_batch(
                                   progress=progress, retry_errors=retry_errors)
         except MedtlError as err:  # its text reaches stderr: through the same redaction as everything else
             raise type(err)(redactor(err.reason), redactor(err.where) if err.where else None) from None
-        except Exception as err:  # a bug: its traceback goes to the log, redacted like every log line
+        except Exception as err:
+            if isinstance(err, OSError) and err.errno in UNWRITABLE:  # a full disk, a read-only folder: said
+                where = redactor(str(err.filename)) if err.filename else str(out)
+                raise MedtlError(f"cannot write ({err.strerror}); the rows written so far are kept and a rerun "
+                                 "resumes once it can write", where) from None
+            # a bug: its traceback goes to the log, redacted like every log line
             log.error("medtl predict failed", exc_info=True)
             raise MedtlError(f"internal error ({type(err).__name__}: {redactor(str(err))[:300]}); the traceback "
                              "is in the log") from None
+
+
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, split, rules, write_sr, store_sr,
