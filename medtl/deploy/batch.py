@@ -502,15 +502,16 @@ class ReadAhead:
             self.close()
 
     def close(self, cleanup=None) -> None:
-        """Stop reading; ``cleanup`` (removing the folder reads write into) runs once no read can write there:
-        now, or, when a read is still in a PACS request (up to --pacs-timeout), in the thread as it ends, so
-        Ctrl-C and a stopped run need not wait for it."""
-        self._stop.set()
-        self._thread.join(timeout=1.0)
+        """Stop reading; ``cleanup`` (removing the folder reads write into) runs now, and when a read is still
+        in a PACS request (up to --pacs-timeout) again in the thread as that read ends: Ctrl-C and a stopped run
+        need not wait for it, the command line's exit (which ends the thread) leaves only what that read had
+        written so far, and a process that goes on keeps nothing."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=1.0)  # once: a second close does not wait again
         with self._handover:
             if not self._finished:
                 self._cleanup = cleanup
-                return
         if cleanup is not None:
             cleanup()
 

@@ -236,11 +236,20 @@ def _read_timed_out(err: BaseException) -> bool:
     return any(isinstance(e, (requests.ReadTimeout, ReadTimeoutError)) for e in _causes(err))
 
 
-def _unknown_host(err: BaseException) -> bool:
-    """The name does not exist (EAI_NONAME), not a DNS server that is down for now (EAI_AGAIN)."""
+def _unknown_host(err: BaseException) -> str | bool:
+    """The name that does not exist (EAI_NONAME; True when the error does not say which), not a DNS server that
+    is down for now (EAI_AGAIN); False otherwise."""
+    import re
     import socket
 
-    return any(isinstance(e, socket.gaierror) and e.errno == socket.EAI_NONAME for e in _causes(err))
+    causes = list(_causes(err))
+    if not any(isinstance(e, socket.gaierror) and e.errno == socket.EAI_NONAME for e in causes):
+        return False
+    for e in causes:  # urllib3 says which name: "Failed to resolve 'host'"
+        found = re.search(r"Failed to resolve '([^']+)'", str(e))
+        if found:
+            return found.group(1)
+    return True
 
 
 READ_TIMEOUT = 60.0  # seconds a PACS may take to start answering one request (--pacs-timeout)
@@ -385,9 +394,13 @@ class DicomwebSource:
                 if _read_timed_out(err):  # it took the request and stopped answering: a retry waits as long again
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS sent no answer within "
                                           f"{self.read_timeout:g} s (--pacs-timeout)", where) from None
-                if _unknown_host(err):  # a typo in the URL: retrying later will not fix it
-                    raise MedtlError(f"DICOMweb {what} failed: the host name {urlsplit(self.url).hostname!r} is not "
-                                     "known (DNS): check the URL", where) from None
+                unknown = _unknown_host(err)
+                if unknown:  # a typo in the URL (or the proxy's): retrying later will not fix it
+                    host = unknown if unknown is not True else urlsplit(self.url).hostname
+                    proxy = any(isinstance(e, requests.exceptions.ProxyError) for e in _causes(err))
+                    raise MedtlError(f"DICOMweb {what} failed: the host name {host!r} is not known (DNS): check "
+                                     + ("the proxy setting (HTTP_PROXY, HTTPS_PROXY)" if proxy else "the URL"),
+                                     where) from None
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: cannot reach the PACS after {self.retries} "
                                           f"attempt(s): {type(err).__name__}: {_short(err)}", where) from None

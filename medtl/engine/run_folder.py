@@ -73,7 +73,7 @@ class RunFolder:
 
     def settle_best(self, best_epoch: int | None) -> None:
         """Make the pending ``best.pt`` of ``best_epoch`` (the one ``last.pt`` records) the best; drop others."""
-        for pending in self.path.glob(f"{self.BEST}.epoch*.pending"):
+        for pending in [*self.path.glob(f"{self.BEST}.epoch*.pending"), *self.path.glob(f"{self.BEST}.epoch*.pending.tmp")]:
             if best_epoch is not None and pending == self.best_pending(best_epoch):
                 pending.replace(self.best)
             else:
@@ -84,7 +84,9 @@ class RunFolder:
         return self
 
     def write_config(self, config: dict[str, Any]) -> Path:
-        self.config.write_text(json.dumps(plain(config), indent=2, default=str) + "\n")
+        tmp = self.config.with_name(self.config.name + ".tmp")  # a kill mid-write keeps the previous record whole
+        tmp.write_text(json.dumps(plain(config), indent=2, default=str) + "\n")
+        tmp.replace(self.config)
         return self.config
 
     # -- the metrics log: one JSON object a line --------------------------------------------------

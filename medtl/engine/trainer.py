@@ -482,8 +482,10 @@ class Trainer:
             return
         try:
             old = json.loads(self.folder.config.read_text())
-        except (OSError, ValueError):
-            return  # an unreadable record: the run's own state decides, as before config.json existed
+        except (OSError, ValueError) as err:  # a resume unchecked could go on with other settings, unsaid
+            raise MedtlError(f"cannot read this run's settings to check a resume ({err}): start over here "
+                             "(--no-resume, resume=False), or delete the file to resume unchecked",
+                             self.folder.config) from None
         new = plain(self._settings())  # as config.json records it (NaN and infinity as None)
         defaults = plain(dataclasses.asdict(TrainConfig()))
 

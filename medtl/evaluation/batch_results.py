@@ -316,24 +316,31 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
 def _tell_apart(tables: list, sources: Sequence) -> tuple[list, str]:
     """Tables from different files that score the same cases under one (task, strategy, run_id) (two medtl
     train runs in folders of one name) are two models: each one's strategy gets its file's folder, e.g.
-    ``medtl-resnet10-mri2d-m [a/m]``. A run split over files (its val rows in one, test in another) is kept."""
+    ``medtl-resnet10-mri2d-m [a/m]`` (its path where the folders agree). A run split over files (its val rows in
+    one, test in another) is kept, and so is one file given twice (refused later, naming the files)."""
     from medtl.evaluation.predictions import RUN_KEY, load_predictions
 
-    frames = [t if isinstance(t, pd.DataFrame) else load_predictions(t) for t in tables]
-    keyed = [set(map(tuple, f[[*RUN_KEY, "case_id"]].astype(str).itertuples(index=False))) for f in frames]
-    clash = sorted({i for i in range(len(frames)) for j in range(len(frames)) if i != j and keyed[i] & keyed[j]})
-    if not clash:
-        return frames, ""
-    named = [Path(str(sources[i])).resolve().parent.parts if not isinstance(sources[i], pd.DataFrame) else (f"#{i}",)
-             for i in clash]
-    common = 0
-    while all(len(p) > common + 1 and p[common] == named[0][common] for p in named):
-        common += 1  # the folders above every file are no part of its name
-    for i, parts in zip(clash, named):
-        label = "/".join(parts[common:]) or f"#{i}"
-        frames[i] = frames[i].assign(strategy=frames[i]["strategy"].astype(str) + f" [{label}]")
-    return frames, (f"{len(clash)} files score the same cases under one strategy and run id (models trained into "
-                    "folders of one name): each strategy is named with its file's folder")
+    files = [i for i, t in enumerate(tables) if not isinstance(t, pd.DataFrame)]
+    frames = {i: load_predictions(tables[i]) for i in files}
+    keyed = {i: set(map(tuple, f[[*RUN_KEY, "case_id"]].astype(str).itertuples(index=False)))
+             for i, f in frames.items()}
+    clash = sorted({i for i in files for j in files if i != j and keyed[i] & keyed[j]})
+    paths = {i: Path(str(sources[i])).resolve() for i in clash}
+    if not clash or len(set(paths.values())) < len(clash):
+        return tables, ""
+    for named in ([p.parent for p in paths.values()], [p.with_suffix("") for p in paths.values()]):
+        parts = [n.parts for n in named]
+        common = 0
+        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+            common += 1  # the folders above every file are no part of its name
+        labels = ["/".join(p[common:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            break
+    out = list(tables)
+    for i, label in zip(clash, labels):
+        out[i] = frames[i].assign(strategy=frames[i]["strategy"].astype(str) + f" [{label}]")
+    return out, (f"{len(clash)} files score the same cases under one strategy and run id (models trained into "
+                 "folders of one name): each strategy is named with its file's folder")
 
 
 __all__ = ["BatchResults", "OLD_NAMES", "evaluate_files", "is_batch_results", "join_labels", "read_batch_results",

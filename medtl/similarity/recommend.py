@@ -234,13 +234,15 @@ def recommend(
 
     best = rows[0]
     tied = [r for r in rows if best["composite"] - r["composite"] <= TIE_TOLERANCE]
-    # options that share every measurement with the best (strategies on one encoder): only the prior, a rule of
-    # thumb, puts the best above them, so the measurements pick none of them over the others
-    twins = [r for r in rows[1:] if _same_measurements(r, best) and best["composite"] - r["composite"] > TIE_TOLERANCE]
+    # options that share every measurement with a top one (strategies on one encoder): only the prior, a rule of
+    # thumb, puts them below it, so the measurements pick none of them over the others
+    twins = [r for r in rows if r not in tied and any(_same_measurements(r, t) for t in tied)]
     stability, unstable = None, False
     if resampled:
         shares = _top_shares(target, resampled, weights, higher_is_better)
         stability = {"resamples": len(resampled), "top_share": shares, "support": shares.get(best["key"], 0.0)}
+        if twins:  # the halves split their top between the twins by construction: the group's share is the pick's
+            stability["support"] = round(sum(shares.get(r["key"], 0.0) for r in [*tied, *twins]), 6)
         # the full images' pick and every candidate on top in at least a tenth of the halves
         contenders = [r for r in rows if r is best or shares.get(r["key"], 0.0) >= 0.1]
         if len(tied) == 1 and stability["support"] < STABLE_SUPPORT and len(contenders) > 1:
@@ -260,14 +262,24 @@ def recommend(
                 "included, and compare them on validation."]
         tied, unordered = rows, False
     elif twins:
-        tied = list({r["key"]: r for r in [best, *twins, *tied]}.values())  # each once, the best first
-        order = " > ".join(f"{r['key']} ({r['scores'].get('strategy_prior', 0.5):.1f})" for r in tied)
-        text = [f"No pick between {', '.join(r['key'] for r in tied)}: they share every measurement (one encoder "
-                f"and source), so only the strategies' prior, a rule of thumb, orders them ({order}); it is no "
-                "evidence for this target (docs/results.md). "
+        level = [r for r in tied if r is not best and not _same_measurements(r, best)]  # within the tolerance
+        tied = sorted([*tied, *twins], key=lambda r: r["rank"])
+        groups = []  # each top option with the options that share its every measurement
+        for t in [r for r in tied if r not in twins]:
+            group = [t, *[r for r in twins if _same_measurements(r, t)]]
+            if len(group) > 1:
+                groups.append(" > ".join(f"{r['key']} ({r['scores'].get('strategy_prior', 0.5):.1f})" for r in group))
+        text = [f"No pick between {', '.join(r['key'] for r in tied)}: "
+                + "; ".join(groups) + " share every measurement (one encoder and source), so only the strategies' "
+                "prior, a rule of thumb, orders them (the prior in brackets); it is no evidence for this target "
+                "(docs/results.md). "
+                + (f"{', '.join(r['key'] for r in level)} score{'s' if len(level) == 1 else ''} within "
+                   f"{TIE_TOLERANCE} of the best composite. " if level else "")
                 + (f"The measurements place them above the other {len(rows) - len(tied)} option(s). "
                    if len(rows) > len(tied) else "")
-                + "Train them and compare on validation."]
+                + "Train them and compare on validation."
+                + (f" Together they stay on top on {stability['support']:.0%} of {len(resampled)} random halves of "
+                   "the images." if stability else "")]
     elif unstable:  # the composite separates them, but which images were drawn decides the order
         names = ", ".join(f"{r['key']} (on top in {shares.get(r['key'], 0.0):.0%})" for r in tied)
         text = [f"Unstable: on {len(resampled)} random halves of the images the top option changes ({names}; "
@@ -283,7 +295,9 @@ def recommend(
         text = [f"Recommended: {best['key']} (composite {best['composite']:.3f}): {why}."]
         if len(rows) > 1:
             second = rows[1]
-            level = [r["key"] for r in rows[1:] if second["composite"] - r["composite"] <= TIE_TOLERANCE]
+            # level with it: by the composite, or in every measurement (then only the prior put it second)
+            level = [r["key"] for r in rows[1:] if second["composite"] - r["composite"] <= TIE_TOLERANCE
+                     or _same_measurements(r, second)]
             if len(level) > 1:  # no one runner-up: naming the first by name would invent an order
                 text.append(f"Runners-up, level with each other (composite {second['composite']:.3f}): "
                             f"{', '.join(level)}.")

@@ -361,6 +361,26 @@ def test_an_unknown_host_name_is_a_refused_command_not_an_outage():
             DicomwebSource(url, retries=2, backoff=0.01).check()
 
 
+def test_an_unknown_proxy_host_is_named_as_the_proxy(monkeypatch):
+    """Behind a proxy whose name DNS does not know, the message named the PACS's host and said to check the URL."""
+    host = "no-such-proxy.invalid"
+    try:
+        socket.getaddrinfo(host, 3128)
+        told = None
+    except socket.gaierror as err:
+        told = err.errno
+    monkeypatch.setenv("HTTP_PROXY", f"http://{host}:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    source = DicomwebSource("http://pacs.example.org:8042/dicom-web", retries=2, backoff=0.01)
+    with pytest.raises(MedtlError) as err:
+        source.check()
+    if told == socket.EAI_NONAME:
+        assert "the host name 'no-such-proxy.invalid' is not known (DNS): check the proxy setting" in str(err.value)
+    else:
+        assert "pacs.example.org' is not known" not in str(err.value)
+
+
 def test_what_cannot_be_right_is_refused_before_the_model_and_the_output_folder(model_2d, tmp_path, capsys):
     from medtl.cli import main
     from medtl.deploy.model import load_model

@@ -147,6 +147,16 @@ def test_a_cut_off_last_log_line_is_left_out_and_a_damaged_key_file_is_named(tmp
     check_resumable(folder.path, True, {"lr": 1, "init_sha256": "a"}, "key.json")  # a key from before: resumes
     with pytest.raises(MedtlError, match="this folder holds a run with other init_sha256"):
         check_resumable(folder.path, True, {"lr": 1, "init_sha256": "b"}, "key.json")
+    # a run's config.json cut short: the resume check cannot read it, and says so (it let any settings through)
+    train, val = _loaders()
+    fit(_strategy(), train, val, run_dir=tmp_path / "short", epochs=1, progress=False, device="cpu")
+    (tmp_path / "short" / "config.json").write_text('{"strategy": ')
+    (tmp_path / "short" / "best.pt.epoch7.pending.tmp").write_bytes(b"cut")  # a kill mid-write of a pending best
+    train, val = _loaders()
+    with pytest.raises(MedtlError, match=r"config.json: cannot read this run's settings to check a resume"):
+        fit(_strategy(), train, val, run_dir=tmp_path / "short", epochs=2, progress=False, device="cpu")
+    RunFolder(tmp_path / "short").settle_best(0)
+    assert not list((tmp_path / "short").glob("*.tmp"))
     from medtl.models.checkpoint import save_atomic
 
     with pytest.raises(MedtlError, match=r"x.pt: cannot write the file \(.*\); the previous version, if any, is kept"):

@@ -236,8 +236,18 @@ def test_options_that_share_every_measurement_are_not_ordered_by_the_prior():
              {"source": "s", "encoder": "e", "strategy": "full", "scores": {"logme": -0.9, "proxy_a_distance": 1.8}}]
     rec = recommend({"n_labelled": 30}, cands, resampled=[cands] * 4)
     assert not rec["prior_only"] and rec["tie"] == ["s/m/lp_ft", "s/m/full"]
-    assert rec["explanation"].startswith("No pick between s/m/lp_ft, s/m/full: they share every measurement")
+    assert rec["explanation"].startswith("No pick between s/m/lp_ft, s/m/full: s/m/lp_ft (0.9) > s/m/full (0.5) "
+                                         "share every measurement")
     assert "place them above the other 1 option(s)" in rec["explanation"] and "Recommended" not in rec["explanation"]
+    # the halves split their top between the two by construction: the pair's share is what stays on top
+    assert rec["stability"]["support"] == 1.0 and "Together they stay on top on 100% of 4" in rec["explanation"]
+    # an option of another encoder within the tie tolerance joins, named apart; who joins does not depend on names
+    c = lambda e, s, v: {"source": "s", "encoder": e, "strategy": s, "scores": {"logme": v}}  # noqa: E731
+    ties = [recommend({"n_labelled": 30}, [c("m", "lp_ft", -0.3), c("m", "full", -0.3), c(z, "full", -0.1)],
+                      weights={"logme": 1, "strategy_prior": 1}) for z in ("z", "e")]
+    assert [sorted(r["tie"]) for r in ties] == [["s/m/full", "s/m/lp_ft", "s/z/full"],
+                                                ["s/e/full", "s/m/full", "s/m/lp_ft"]]
+    assert "s/z/full scores within 0.01 of the best composite" in ties[0]["explanation"]
     lone = [{"source": "s", "encoder": "m", "strategy": "full", "scores": {"logme": -0.3, "leep": -0.7}},
             {"source": "s", "encoder": "e", "strategy": "full", "scores": {"logme": -0.9}}]
     row = next(r for r in recommend({}, lone)["ranking"] if r["key"] == "s/m/full")
