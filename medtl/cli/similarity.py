@@ -98,6 +98,8 @@ def _add_resamples(result: dict, feats: dict, args) -> None:
 
     import time
 
+    import numpy as np
+
     t0 = time.perf_counter()
     draws = resampled_scores({"encoder": feats}, seed=args.seed, progress=args.progress)
     if "wall_seconds" in result:
@@ -108,6 +110,15 @@ def _add_resamples(result: dict, feats: dict, args) -> None:
                                 "n_target": len(feats["target"])}
         print(f"measured again on {len(draws)} random halves of the images (resamples in similarity.json: medtl "
               "recommend says how often each option stays on top)")
+        spread = []
+        for name in ("mmd2", "proxy_a_distance", "logme", "h_score"):
+            values = [d[name] for d in result["resamples"] if d.get(name) is not None]
+            if len(values) >= 10:
+                low, mid, high = np.percentile(values, [2.5, 50, 97.5])
+                spread.append(f"{name} {mid:.4g} ({low:.4g} to {high:.4g})")
+        if spread:  # one draw of images is one value of each measure: how far another draw moves it
+            print(f"over the halves, median (2.5 to 97.5 percentile); each half holds half the images, so the spread "
+                  f"is wider than the full draw's own: {'; '.join(spread)}")
     else:
         print(f"not measured on random halves (fewer than 8 images on a side; {N_RESAMPLES} halves need more): "
               "medtl recommend cannot say how stable its ranking is")

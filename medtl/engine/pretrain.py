@@ -74,8 +74,12 @@ def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> 
         differ = sorted({k.split(".")[0] for k in differing_keys({k: v for k, v in old.items() if k not in drop},
                                                                    {k: v for k, v in key.items() if k not in drop})})
         if differ:
-            raise MedtlError(f"this folder holds a run with other {', '.join(differ)}; use a new folder (--out, "
-                             "out=), or start over here (--no-resume, resume=False)", out)
+            def shown(k: str) -> str:  # the values when short: "labels (['a', 'b'] there, ['b', 'a'] now)"
+                there, now = (json.dumps(v.get(k)) for v in (old, key))
+                return f"{k} ({there} there, {now} now)" if len(there) + len(now) <= 100 else k
+
+            raise MedtlError(f"this folder holds a run with other {', '.join(shown(k) for k in differ)}; use a new "
+                             "folder (--out, out=), or start over here (--no-resume, resume=False)", out)
     tmp = path.with_name(path.name + ".tmp")  # a kill mid-write keeps the previous key whole
     tmp.write_text(json.dumps(key, indent=2) + "\n")
     tmp.replace(path)

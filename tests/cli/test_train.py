@@ -187,7 +187,8 @@ def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path,
         capsys.readouterr().err
     # a rerun into a finished run's folder resumes it only when the data and settings are the same
     assert main(["train", "--train", str(folder), "--out", str(tmp / "run"), *FAST, "--seed", "1"]) == 2
-    assert "this folder holds a run with other seed, train, val; use a new folder (--out" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "this folder holds a run with other seed (0 there, 1 now), train (" in err and "use a new folder (--out" in err
     assert Manifest.load(tmp / "run" / "manifest.csv").content_hash() == m.content_hash()  # left as it was
 
 

@@ -30,7 +30,8 @@ def test_resuming_is_refused_when_data_or_settings_differ(tmp_path):
     check_resumable(tmp_path, True, key, "run.json")
     (tmp_path / "last.pt").write_bytes(b"")
     check_resumable(tmp_path, True, dict(key), "run.json")  # the same: resumes (tuples and lists alike)
-    with pytest.raises(MedtlError, match=r"a run with other seed, train; use a new folder \(--out"):
+    with pytest.raises(MedtlError, match=r'a run with other seed \(0 there, 1 now\), train \("abc" there, "def" now\); '
+                                         r"use a new folder \(--out"):
         check_resumable(tmp_path, True, {**key, "train": "def", "seed": 1}, "run.json")
     check_resumable(tmp_path, False, {**key, "seed": 1}, "run.json")  # --no-resume starts over and records the new inputs
     with pytest.raises(MedtlError, match="other seed"):

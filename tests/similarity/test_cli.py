@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from medtl.cli import main
 
@@ -136,7 +137,14 @@ def test_recommend_says_how_stable_its_pick_is_from_the_similarity_halves(tmp_pa
     sim = json.loads((tmp_path / "b" / "similarity.json").read_text())
     assert len(sim["resamples"]) == 20 and sim["resampling"] == {"halves": 20, "seed": 0, "n_source": 40,
                                                                  "n_target": 40}
-    assert "measured again on 20 random halves" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "measured again on 20 random halves" in printed
+    import re
+
+    first = json.loads((tmp_path / "a" / "similarity.json").read_text())  # the first run printed first
+    mmd = [d["mmd2"] for d in first["resamples"]]
+    shown = re.search(r"mmd2 (\S+) \((\S+) to (\S+)\)", printed)
+    assert [float(v) for v in shown.groups()] == pytest.approx(list(np.percentile(mmd, [50, 2.5, 97.5])), rel=1e-3)
 
     def cands(second):
         return {"target": {"n_labelled": 40}, "candidates": [
