@@ -44,7 +44,8 @@ def test_a_resumed_pretraining_with_other_settings_is_refused(tmp_path):
     common = dict(label_names=["a", "b"], arch="resnet10", batch_size=4, seed=0, progress=False, device="cpu",
                   meta={"intensity": {"preset": "cxr"}, "manifest_hash": "feed"})
     pretrain_on(_items(6), None, tmp_path, image_size=32, epochs=1, lr=1e-3, **common)
-    with pytest.raises(MedtlError, match=r"a run with other hparams, image_size; use a new folder \(--out"):
+    with pytest.raises(MedtlError, match=r"a run with other hparams, image_size \(32 there, 48 now\); use a new folder "
+                                         r"\(--out"):
         pretrain_on(_items(6), None, tmp_path, image_size=48, epochs=1, lr=0.5, **common)
     with pytest.raises(MedtlError, match=r"a run with other manifest_hash"):
         pretrain_on(_items(6), None, tmp_path, image_size=32, epochs=1, lr=1e-3,
