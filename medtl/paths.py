@@ -97,3 +97,13 @@ def read_path_salt(folder: Path) -> bytes | None:
         return bytes.fromhex((Path(folder) / PATH_SALT_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it: a kill mid-write leaves the previous
+    file whole (run keys, run records, logs, ledgers)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

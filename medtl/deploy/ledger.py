@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medtl.errors import MedtlError
+from medtl.paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Ledger:
                             "the same table (a file reached from both inputs would be two rows)", previous["input"],
                             run_info.get("input"))
         else:
-            _atomic_write(run_file, json.dumps(run_info, indent=2) + "\n")
+            write_text_atomic(run_file, json.dumps(run_info, indent=2) + "\n")
         done = self._read_and_repair()
         self._fh = open(self.path, "a", encoding="utf-8")
         return done
@@ -164,7 +165,3 @@ def _same_input(before: str, now: str | None) -> bool:
     return before == now or Path(before).resolve() == Path(now).resolve()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

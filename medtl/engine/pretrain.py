@@ -39,7 +39,7 @@ from medtl.errors import MedtlError
 from medtl.models.autoencoder import VAEHead
 from medtl.models.checkpoint import save_checkpoint
 from medtl.plain import differing_keys
-from medtl.paths import file_sha256
+from medtl.paths import file_sha256, write_text_atomic
 from medtl.models.encoders import build_encoder
 from medtl.models.heads import Head, task_for
 from medtl.models.lift import lift as lift_encoder
@@ -80,9 +80,7 @@ def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> 
 
             raise MedtlError(f"this folder holds a run with other {', '.join(shown(k) for k in differ)}; use a new "
                              "folder (--out, out=), or start over here (--no-resume, resume=False)", out)
-    tmp = path.with_name(path.name + ".tmp")  # a kill mid-write keeps the previous key whole
-    tmp.write_text(json.dumps(key, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(key, indent=2) + "\n")  # a kill mid-write keeps the previous key whole
 
 
 MODES = ("supervised", "autoencoder", "moco")  # moco: contrastive self-supervised (medtl.strategies.ssl)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medtl.errors import MedtlError
+from medtl.paths import write_text_atomic
 from medtl.plain import plain
 
 
@@ -84,10 +85,7 @@ class RunFolder:
         return self
 
     def write_config(self, config: dict[str, Any]) -> Path:
-        tmp = self.config.with_name(self.config.name + ".tmp")  # a kill mid-write keeps the previous record whole
-        tmp.write_text(json.dumps(plain(config), indent=2, default=str) + "\n")
-        tmp.replace(self.config)
-        return self.config
+        return write_text_atomic(self.config, json.dumps(plain(config), indent=2, default=str) + "\n")
 
     # -- the metrics log: one JSON object a line --------------------------------------------------
     @staticmethod
@@ -118,10 +116,7 @@ class RunFolder:
             f.write(json.dumps(plain(record)) + "\n")
 
     def write_log(self, records: list[dict[str, Any]]) -> None:
-        tmp = self.metrics.with_name(self.metrics.name + ".tmp")  # a kill mid-write keeps the old log whole
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(plain(record)) + "\n" for record in records)
-        tmp.replace(self.metrics)
+        write_text_atomic(self.metrics, "".join(json.dumps(plain(record)) + "\n" for record in records))
 
     def truncate_log(self, upto_epoch: int) -> None:
         """Keep the records of the epochs before ``upto_epoch`` (a resumed run rewrites the rest)."""

@@ -321,6 +321,8 @@ def _tell_apart(tables: list, sources: Sequence) -> tuple[list, str]:
     from medtl.evaluation.predictions import RUN_KEY, load_predictions
 
     files = [i for i, t in enumerate(tables) if not isinstance(t, pd.DataFrame)]
+    if len(files) < 2:  # nothing to clash with: not read here as well as by the evaluation
+        return tables, ""
     frames = {i: load_predictions(tables[i]) for i in files}
     keyed = {i: set(map(tuple, f[[*RUN_KEY, "case_id"]].astype(str).itertuples(index=False)))
              for i, f in frames.items()}

@@ -57,6 +57,7 @@ from medtl.pipeline.checks import check_before_run
 from medtl.pipeline.config import DataSpec, PipelineConfig, StrategySpec, load_pipeline
 from medtl.pipeline.context import Context, heterogeneous, modality_of, source_checkpoint
 from medtl.pipeline.jobs import TRAINING_MEAN, label_budgets, labelled_rows, run_job, run_training_mean
+from medtl.paths import write_text_atomic
 from medtl.plain import differing_keys, plain
 from medtl.progress import bar, format_seconds, logs_above_bars
 from medtl.similarity.assess import flat_scores, resampled_scores, to_table
@@ -83,9 +84,7 @@ class StageBook:
     def _write(self) -> None:
         # whole or not at all: a run killed mid-write must leave the previous stages.json readable
         with self._lock:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(self.done, indent=2) + "\n")
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(self.done, indent=2) + "\n")
 
     @staticmethod
     def digest(payload: Any) -> str:
