@@ -346,7 +346,7 @@ def build_manifest(
         scanned = scan(rows, data_root, desc="near-copy scan" if group_near_copies else "reading", progress=progress)
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
         # a missing file, or one outside the root, is a wrong path or data root, not a damaged file: refused
-        misplaced = [b for b in bad if "file not found" in b or "outside the data root" in b]
+        misplaced = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.misplaced]
         if bad and skip_unreadable and not misplaced:
             left_out += [{"path": r.path, "reason": s.error} for r, s in zip(rows, scanned) if s.error]
             kept = [i for i, s in enumerate(scanned) if not s.error]

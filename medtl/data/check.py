@@ -23,6 +23,7 @@ class ScannedFile:
     sha256: str | None = None
     thumb: np.ndarray | None = None
     error: str | None = None
+    misplaced: bool = False  # the error is where the file is (missing, outside the root), not what it holds
 
 
 def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progress: bool = True) -> list[ScannedFile]:
@@ -32,7 +33,14 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
     out = []
     for row in bar(rows, desc=desc, unit="file", leave=False, enabled=progress):
         try:
-            full, image = read_row(row, data_root, volume=row.modality == "mri3d")
+            full = resolve_inside(data_root, row.path, row.path)
+            if not Path(str(full).partition(io.ARRAY_MEMBER)[0]).exists():
+                raise MedtlError("file not found", full)
+        except MedtlError as err:
+            out.append(ScannedFile(error=err.reason, misplaced=True))
+            continue
+        try:
+            image = read_file(full, volume=row.modality == "mri3d")
             if io.ARRAY_MEMBER in str(full):  # one archive holds many images: hash the image itself
                 sha = duplicates.array_sha256(image.array)
             else:
@@ -47,10 +55,15 @@ def read_row(row: ManifestRow, data_root: Path, volume: bool) -> tuple[Path, io.
     """A row's file read as training will read it: inside the data root, decodable, and for a ``volume`` (a 3D
     preset) one the 3D loader takes; a :class:`MedtlError` with the reason otherwise."""
     full = resolve_inside(data_root, row.path, row.path)
+    return full, read_file(full, volume)
+
+
+def read_file(full: Path, volume: bool) -> io.Image:
+    """A file read as training will read it (see :func:`read_row`)."""
     image = io.read(full)
     if volume and image.array.ndim == 3:
         io.require_geometry(image, full)  # what the 3D loader refuses, refused here
-    return full, image
+    return image
 
 
 def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.NEAR_COPY_CORRELATION) -> np.ndarray:

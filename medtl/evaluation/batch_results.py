@@ -247,15 +247,12 @@ def read_exclusions(path: str | Path) -> set[str]:
     return set(table[column])
 
 
-def _exclude(tables: list, exclude: str | Path, test_split: str) -> tuple[list[pd.DataFrame], str]:
+def _exclude(tables: list[pd.DataFrame], exclude: str | Path, test_split: str) -> tuple[list[pd.DataFrame], str]:
     """The tables without the rows of the listed cases, and the note saying how many went. A row is listed
     by its case id, or by its source path (predict's results.csv: a path relative to its input folder,
     matched as the end of a listed path); a list that matches nothing is refused, not reported as done."""
-    from medtl.evaluation.predictions import load_predictions
-
     listed = read_exclusions(exclude)
     ends = {"/".join(p.split("/")[i:]) for p in listed for i in range(len(p.split("/")))}
-    tables = [t if isinstance(t, pd.DataFrame) else load_predictions(t) for t in tables]
     gone = []
     for t in tables:
         hit = t["case_id"].astype(str).isin(listed)
@@ -281,53 +278,57 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
     a near-copy in training, with a note saying how many; ``kwargs``: EvalSettings fields when ``settings``
     is None. ``medtl evaluate`` and ``medtl report`` both read their prediction inputs here."""
     from medtl.evaluation.evaluate import EvalSettings, evaluate_predictions
+    from medtl.evaluation.predictions import load_predictions
 
     st = settings or EvalSettings(**kwargs)
-    tables, notes, results = [], [], []
+    # Each input is read once, here; its name travels with it so every later error names the file.
+    names = ["<DataFrame>" if isinstance(p, pd.DataFrame) else str(p) for p in predictions]
+    tables, notes, results, from_file = [], [], [], []
     for item in predictions:
-        if not isinstance(item, pd.DataFrame) and is_batch_results(item):
+        predictions_file = False
+        if isinstance(item, pd.DataFrame):
+            tables.append(item)
+        elif is_batch_results(item):
             res = read_batch_results(item, labels=labels)
             tables.append(res.table)
             results.append(res.table)
             notes += [row_summary(item, res, st), *res.notes]
         else:
-            tables.append(item)
+            tables.append(load_predictions(item))
+            predictions_file = True
+        from_file.append(predictions_file)
     if labels is not None and not results:  # beside results.csv files a predictions table keeps its own labels
         raise MedtlError("--labels is for medtl predict's results.csv; a predictions table carries its labels",
-                         "<DataFrame>" if isinstance(predictions[0], pd.DataFrame) else predictions[0])  # fmt: skip
+                         names[0])
     # Two models of one name (medtl train names a model after its architecture and preset) are two
     # strategies, not two runs of one: they are told apart by version (the weights' hash).
-    names = [t["strategy"].iloc[0] for t in results]
+    model_names = [t["strategy"].iloc[0] for t in results]
     for t in results:
-        if names.count(t["strategy"].iloc[0]) > 1:
+        if model_names.count(t["strategy"].iloc[0]) > 1:
             t["strategy"] = t["run_id"]
-    tables, named = _tell_apart(tables, predictions)
+    tables, named = _tell_apart(tables, names, from_file)
     if named:
         notes.append(named)
     if exclude is not None:
         tables, note = _exclude(tables, exclude, st.test_split)
         notes.append(note)
-    report = evaluate_predictions(tables, st)
-    report["sources"] = ["<DataFrame>" if isinstance(p, pd.DataFrame) else str(p) for p in predictions]
+    report = evaluate_predictions(list(zip(tables, names)), st)
     report["notes"] = notes + report["notes"]
     return report
 
 
-def _tell_apart(tables: list, sources: Sequence) -> tuple[list, str]:
-    """Tables from different files that score the same cases under one (task, strategy, run_id) (two medtl
-    train runs in folders of one name) are two models: each one's strategy gets its file's folder, e.g.
+def _tell_apart(tables: list[pd.DataFrame], names: Sequence[str], from_file: Sequence[bool]) -> tuple[list, str]:
+    """Predictions files that score the same cases under one (task, strategy, run_id) (two medtl train runs
+    in folders of one name) are two models: each one's strategy gets its file's folder, e.g.
     ``medtl-resnet10-mri2d-m [a/m]`` (its path where the folders agree). A run split over files (its val rows in
     one, test in another) is kept, and so is one file given twice (refused later, naming the files)."""
-    from medtl.evaluation.predictions import RUN_KEY, load_predictions
+    from medtl.evaluation.predictions import RUN_KEY
 
-    files = [i for i, t in enumerate(tables) if not isinstance(t, pd.DataFrame)]
-    if len(files) < 2:  # nothing to clash with: not read here as well as by the evaluation
-        return tables, ""
-    frames = {i: load_predictions(tables[i]) for i in files}
-    keyed = {i: set(map(tuple, f[[*RUN_KEY, "case_id"]].astype(str).itertuples(index=False)))
-             for i, f in frames.items()}
+    files = [i for i, f in enumerate(from_file) if f]
+    keyed = {i: set(map(tuple, tables[i][[*RUN_KEY, "case_id"]].astype(str).itertuples(index=False)))
+             for i in files}
     clash = sorted({i for i in files for j in files if i != j and keyed[i] & keyed[j]})
-    paths = {i: Path(str(sources[i])).resolve() for i in clash}
+    paths = {i: Path(names[i]).resolve() for i in clash}
     if not clash or len(set(paths.values())) < len(clash):
         return tables, ""
     for named in ([p.parent for p in paths.values()], [p.with_suffix("") for p in paths.values()]):
@@ -340,7 +341,7 @@ def _tell_apart(tables: list, sources: Sequence) -> tuple[list, str]:
             break
     out = list(tables)
     for i, label in zip(clash, labels):
-        out[i] = frames[i].assign(strategy=frames[i]["strategy"].astype(str) + f" [{label}]")
+        out[i] = tables[i].assign(strategy=tables[i]["strategy"].astype(str) + f" [{label}]")
     return out, (f"{len(clash)} files score the same cases under one strategy and run id (models trained into "
                  "folders of one name): each strategy is named with its file's folder")
 

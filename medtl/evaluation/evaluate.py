@@ -218,11 +218,16 @@ def _metric(value, low, high, reason: str | None = None, n_undefined: int = 0) -
 
 
 def _as_frame(predictions) -> tuple[pd.DataFrame, list[str]]:
-    """A validated table from a DataFrame, a path, or a list of either (concatenated)."""
+    """A validated table from a DataFrame, a path, or a list of them or of (DataFrame, name) pairs (a table
+    already read, named for error messages), concatenated."""
     items = predictions if isinstance(predictions, (list, tuple)) else [predictions]
     frames, sources = [], []
     for item in items:
-        if isinstance(item, pd.DataFrame):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], pd.DataFrame):
+            table, name = item
+            frames.append(validate_predictions(table, name))
+            sources.append(str(name))
+        elif isinstance(item, pd.DataFrame):
             frames.append(validate_predictions(item))
             sources.append("<DataFrame>")
         else:

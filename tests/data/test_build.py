@@ -178,3 +178,15 @@ def test_skip_unreadable_still_refuses_a_missing_file(folder_root):
     raw.write_text("path,label\n" + "\n".join(rows) + "\n")
     with pytest.raises(MedtlError, match=r"site/pos/missing.png \(file not found\)"):
         build_manifest(raw, folder_root, skip_unreadable=True, group_near_copies=False)
+
+
+def test_skip_unreadable_tells_missing_from_damaged_by_the_check_not_by_the_name(folder_root):
+    """A damaged file whose name reads like the missing-file reason is still damaged: left out, not refused."""
+    site = folder_root / "site"
+    (site / "pos" / "file not found.png").write_bytes(b"not a png")
+    m = build_manifest(site, folder_root, fractions=(0, 0, 1), group_near_copies=False, skip_unreadable=True)
+    assert [f["path"] for f in m.meta["left_out"]] == ["site/pos/file not found.png"]
+    (site / "pos" / "outside the data root.png").symlink_to(folder_root.parent / "elsewhere.png")
+    (folder_root.parent / "elsewhere.png").write_bytes((site / "pos" / "img01.png").read_bytes())
+    with pytest.raises(MedtlError, match=r"outside the data root.png \(path .* resolves outside the data root"):
+        build_manifest(site, folder_root, group_near_copies=False, skip_unreadable=True)

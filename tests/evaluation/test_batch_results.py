@@ -299,3 +299,45 @@ def test_a_regression_models_results_are_scored_under_its_target_unstratified(tm
     (entry,) = report["tasks"]["age"]["strategies"].values()
     assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(pred.round(4) - ages).mean(), abs=1e-6)
     assert "unstratified" in report["settings"]["ci_method"] and "stratified by true class" not in entry["aggregation"]
+
+
+def test_each_predictions_file_is_read_once_and_still_named_in_errors(tmp_path, binary_table, monkeypatch):
+    """Two train runs in folders of one name score the same cases under one strategy and run id: they are
+    told apart by folder, from one read of each file; a bad file's error names that file, not a DataFrame."""
+    import medtl.evaluation.evaluate as evaluate_module
+    import medtl.evaluation.predictions as predictions_module
+    from medtl.evaluation.batch_results import evaluate_files
+
+    one = binary_table[(binary_table["strategy"] == "scratch") & (binary_table["seed"] == 0)]
+    paths = []
+    for folder in ("a", "b"):
+        (tmp_path / folder / "m").mkdir(parents=True)
+        paths.append(tmp_path / folder / "m" / "predictions.csv")
+        one.to_csv(paths[-1], index=False)
+    reads = []
+    real = predictions_module.load_predictions
+
+    def counted(path):
+        reads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(predictions_module, "load_predictions", counted)
+    monkeypatch.setattr(evaluate_module, "load_predictions", counted)
+    report = evaluate_files(paths, n_boot=20)
+    assert sorted(reads) == sorted(map(str, paths))  # once each
+    assert sorted(report["tasks"]["tumor"]["strategies"]) == ["scratch [a/m]", "scratch [b/m]"]
+    assert report["sources"] == [str(p) for p in paths]
+    bad = one.drop(columns="label")
+    bad.to_csv(paths[1], index=False)
+    with pytest.raises(MedtlError, match="missing required column 'label'") as err:
+        evaluate_files(paths, n_boot=20)
+    assert str(paths[1]) in str(err.value)
+    reads.clear()
+    one.to_csv(paths[1], index=False)
+    with pytest.raises(MedtlError) as err:  # one file given twice: refused, naming it
+        evaluate_files([paths[0], paths[0]], n_boot=20)
+    assert str(paths[0]) in str(err.value) and len(reads) == 2
+    reads.clear()
+    binary_table[binary_table["strategy"] == "finetune"].to_csv(paths[1], index=False)
+    assert sorted(evaluate_files(paths, n_boot=20)["tasks"]["tumor"]["strategies"]) == ["finetune", "scratch"]
+    assert len(reads) == 2  # no clash: still once each
