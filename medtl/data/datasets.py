@@ -275,9 +275,10 @@ def _collected(results, total: int, progress: bool) -> list[dict]:
 
 
 def make_loader(dataset, batch_size: int, train: bool, seed: int, *, num_workers: int = 0, world_size: int = 1,
-                pin_memory: bool | None = None):
+                pin_memory: bool | None = None, weights=None):
     """The one loader recipe: shuffled in training, its own seeded generator (MONAI's DataLoader would
-    otherwise draw from, and rewind, torch's global one), pinned memory when CUDA is there.
+    otherwise draw from, and rewind, torch's global one), pinned memory when CUDA is there. ``weights``
+    (training only): each item's draw weight; an epoch is then ``len(dataset)`` draws with replacement.
 
     Drop-last rule: only in training, and only when the last batch would leave some rank (of
     ``world_size`` processes sharing the global batch) a single sample, which breaks batch norm on
@@ -287,8 +288,15 @@ def make_loader(dataset, batch_size: int, train: bool, seed: int, *, num_workers
 
     last = len(dataset) % batch_size
     drop_last = train and len(dataset) > batch_size and 0 < last < 2 * world_size
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed),
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if weights is not None:
+        if not train or len(weights) != len(dataset):
+            raise ValueError("weights are for a training loader, one per item")
+        # the sampler draws from the loader's generator, which the trainer re-seeds every epoch
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(dataset), replacement=True, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      drop_last=drop_last, num_workers=num_workers, generator=generator,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
 
 

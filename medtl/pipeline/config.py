@@ -109,6 +109,11 @@ class TrainSpec(Strict):
     # "all": every labelled validation image, whatever the label fraction; "same": the validation split cut
     # to the job's label fraction (stratified), as a study with 1% of the labels would really have
     val_fraction: Literal["all", "same"] = "all"
+    # semi-supervised adaptation (labelled source beside a partly labelled target): the share of target draws
+    # taken from the few labelled target rows, drawn with replacement, so most steps see some (0.5: half of each
+    # target batch, on average); None: target rows as they come, where 10 labelled rows among thousands are
+    # seen on few steps. Unsupervised adaptation has no labelled target rows and ignores it
+    labelled_target_share: float | None = Field(None, gt=0, lt=1)
 
 
 class StrategySpec(Strict):

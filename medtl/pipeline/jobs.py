@@ -108,7 +108,9 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
         val_ds = dataset(ctx, source.select(split="val"), cfg.source, False) if uda else None
         hidden = [replace(r, label="unlabelled") if (uda or r.path not in labelled_paths) else r for r in train_rows]
         target_train = Manifest(hidden, list(target.label_names), {}, target.source)
-        target_loader = make_loader(dataset(ctx, target_train, cfg.target, True, task), tc.batch_size, True, seed)
+        weights = None if uda else labelled_share_weights(hidden, tc.labelled_target_share)
+        target_loader = make_loader(dataset(ctx, target_train, cfg.target, True, task), tc.batch_size, True, seed,
+                                    weights=weights)
     else:
         train_ds = dataset(ctx, Manifest(labelled, list(target.label_names), {}, target.source), cfg.target, True, task)
         val_ds = dataset(ctx, val_part, cfg.target, False, task) if len(val_part) else None  # no val rows: no early stop
@@ -178,6 +180,16 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
     # best.pt (what medtl predict loads) stays
     RunFolder(job_dir).last.unlink(missing_ok=True)
     return path
+
+
+def labelled_share_weights(rows, share: float | None) -> list[float] | None:
+    """Draw weights that give the labelled rows ``share`` of the draws (each labelled row alike, each other row
+    alike); None without a share, or when every row or none is labelled (nothing to rebalance)."""
+    n_labelled = sum(r.label != "unlabelled" for r in rows)
+    if not share or n_labelled in (0, len(rows)):
+        return None
+    other = (1 - share) / (len(rows) - n_labelled)
+    return [share / n_labelled if r.label != "unlabelled" else other for r in rows]
 
 
 def _validation_rows(target: Manifest, fraction: float, seed: int, rule: str, task: TaskSpec) -> Manifest:

@@ -3,6 +3,7 @@ dimensionality, the one loader recipe, the transfer encoder, and one ranking for
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -14,7 +15,7 @@ from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 from medtl.models import encoder_for, load_checkpoint, task_for
 from medtl.models.lift import SliceEncoder
-from medtl.pipeline import run_pipeline
+from medtl.pipeline import load_pipeline, run_pipeline
 from medtl.similarity.assess import flat_scores as _flat_scores
 from medtl.similarity.images import compare_manifests
 from medtl.strategies.registry import STRATEGIES, get_strategy
@@ -159,3 +160,56 @@ def test_run_and_recommend_rank_the_same_candidates_the_same_way(similarity_run,
     assert [r["composite"] for r in again["ranking"]] == pytest.approx([r["composite"] for r in record["ranking"]])
     assert again["weights"] == record["weights"] and "strategy_prior" in record["weights"]
     assert record["target"]["n_labelled"] > 0 and all("strategy_prior" in r["scores"] for r in record["ranking"])
+
+
+def test_weighted_make_loader_draws_the_labelled_rows_at_their_share_reproducibly():
+    """Semi-supervised adaptation with 4 labelled rows among 100: at share 0.5 about half of the target draws
+    are labelled (binomial: 2000 draws, 0.5 +- 0.035 at four standard errors), where shuffling gives 4%."""
+    from medtl.pipeline.jobs import labelled_share_weights
+
+    rows = [ManifestRow(f"{i}.png", "tumor" if i < 4 else "unlabelled", f"p{i}", "d", "train", "mri2d")
+            for i in range(100)]
+    weights = labelled_share_weights(rows, 0.5)
+    assert weights[:4] == [0.125] * 4 and weights[4:] == [pytest.approx(0.5 / 96)] * 96
+    assert labelled_share_weights(rows, None) is None
+    assert labelled_share_weights(rows[4:], 0.5) is None and labelled_share_weights(rows[:4], 0.5) is None
+    ds = TensorDataset(torch.arange(100))
+    state = torch.get_rng_state()
+    loader = make_loader(ds, 10, True, seed=3, weights=weights)
+    draws = torch.cat([b[0] for _ in range(20) for b in loader])
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len(draws) == 2000 and abs(float((draws < 4).float().mean()) - 0.5) < 0.035
+    plain = torch.cat([b[0] for _ in range(20) for b in make_loader(ds, 10, True, seed=3)])
+    assert float((plain < 4).float().mean()) == pytest.approx(0.04)
+    again = make_loader(ds, 10, True, seed=3, weights=weights)
+    assert torch.equal(torch.cat([b[0] for b in again]), draws[:100])  # its own seeded generator
+    loader.generator.manual_seed(3)  # what the trainer does at each epoch (and on resume)
+    assert torch.equal(torch.cat([b[0] for b in loader]), draws[:100])
+    with pytest.raises(ValueError, match="one per item"):
+        make_loader(ds, 10, True, seed=3, weights=weights[:50])
+
+
+@pytest.mark.parametrize("share", ["1.0", "0", "-0.2"])
+def test_labelled_target_share_outside_0_1_is_refused_naming_the_key(tiny, make_config, share):
+    bad = tiny / f"share{share}.yaml"
+    bad.write_text(make_config.config.replace("EPOCHS", "1").replace("device: cpu}", f"device: cpu, "
+                                                                       f"labelled_target_share: {share}}}"))
+    with pytest.raises(MedtlError, match="labelled_target_share"):
+        load_pipeline(bad)
+
+
+def test_labelled_target_share_changes_what_semi_supervised_dann_trains_on(tiny, make_config):
+    """The key reaches the job: the same seed with and without it trains a different DANN model."""
+    import pandas as pd
+
+    outs = []
+    for share in ("", ", labelled_target_share: 0.5"):
+        cfg = tiny / f"semi{len(outs)}.yaml"
+        cfg.write_text(make_config.config.replace("EPOCHS", "1").replace("device: cpu}", f"device: cpu{share}}}")
+                       .replace("[feature_extraction, full, dann]", "[dann]").replace("[0.5, 1.0]", "[0.5]")
+                       .replace("similarity: {max_images: 20}", "similarity: {enabled: false}"))
+        out = tiny / f"semi_run{len(outs)}"
+        run_pipeline(cfg, tiny / "data", out, progress=False)
+        outs.append(pd.read_csv(out / "predictions.csv").sort_values(["split", "case_id"]))
+    a, b = (o.filter(like="prob_").to_numpy() for o in outs)
+    assert a.shape == b.shape and not np.allclose(a, b)
