@@ -30,10 +30,11 @@ def make_demo_data(out: Path, seed: int = 0, n_source: int = 120, n_target: int 
     manifests = {}
     for offset, (name, (kind, n, shift, size)) in enumerate(sources.items()):
         raw = write_synthetic_source(data / name, kind, n, seed=seed + offset, shift=shift, size=size)
-        # generated images are alike by design and have no copies: a correlation threshold would join them all
+        # generated images are alike by design and have no copies (the chest-X-ray-like ones' thumbnails correlate
+        # 0.98-0.996): a correlation threshold would join them all, so only identical files are checked
         manifest = build_manifest(raw, data, seed=seed, group_near_copies=False)
         manifests[name] = manifest.save(out / "manifests" / f"{name}.csv")
-        report = check_manifest(manifest, data)
+        report = check_manifest(manifest, data, near_copy_correlation=1.0)
         if not report.ok:
             raise MedtlError(f"generated data failed its check:\n{report.render()}", manifest.source)
         print(report.render())

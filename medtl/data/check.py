@@ -24,10 +24,13 @@ class ScannedFile:
     thumb: np.ndarray | None = None
     error: str | None = None
     misplaced: bool = False  # the error is where the file is (missing, outside the root), not what it holds
+    cropped: np.ndarray | None = None  # a 2D image's thumbnail of duplicates.head_crop (with_cropped scans)
 
 
-def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progress: bool = True) -> list[ScannedFile]:
-    """Open every file once: its path check, content hash and thumbnail, or the reason it failed."""
+def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progress: bool = True,
+         with_cropped: bool = False) -> list[ScannedFile]:
+    """Open every file once: its path check, content hash and thumbnail (``with_cropped``: also a 2D image's
+    thumbnail cut to its head), or the reason it failed."""
     from medtl.progress import bar
 
     out = []
@@ -45,9 +48,13 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
                 sha = duplicates.array_sha256(image.array)
             else:
                 sha = file_sha256(full) if full.is_file() else None
-            out.append(ScannedFile(sha, duplicates.thumbnail(image.array, image.affine)))
+            cropped = duplicates.thumbnail(duplicates.head_crop(image.array)) \
+                if with_cropped and image.array.ndim == 2 else None
+            out.append(ScannedFile(sha, duplicates.thumbnail(image.array, image.affine), cropped=cropped))
         except MedtlError as err:
-            out.append(ScannedFile(error=err.reason))
+            # an error about one file of a series folder names that file beside the folder's row
+            inner = err.where is not None and Path(err.where).parent == full
+            out.append(ScannedFile(error=f"{Path(err.where).name}: {err.reason}" if inner else err.reason))
     return out
 
 
@@ -176,11 +183,10 @@ class CheckReport:
 
     def render(self) -> str:
         parts = [f"manifest: {self.manifest}", self.table()]
-        parts.append(
-            f"near-copy groups (correlation > {self.near_copy_correlation:g}) spanning splits: "
-            f"{self.near_copy_groups_across_splits}; "
-            f"identical files across splits: {self.identical_across_splits}"
-        )
+        copies = (f"near-copy groups (correlation > {self.near_copy_correlation:g}) spanning splits: "
+                  f"{self.near_copy_groups_across_splits}" if self.near_copy_correlation < 1 else
+                  "near-copies not checked (correlation 1)")
+        parts.append(f"{copies}; identical files across splits: {self.identical_across_splits}")
         parts += [f"WARNING {w}" for w in self.warnings]
         parts += [f"ERROR {e}" for e in self.errors]
         parts.append("OK" if self.ok else f"FAILED with {len(self.errors)} error(s)")

@@ -27,6 +27,12 @@ class Image:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))  # voxel -> RAS+ millimetres
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # At the precision NIfTI stores (float32): a DICOM series and its NIfTI conversion then resample onto
+        # one grid. MONAI's Spacingd places an oblique volume's grid by an exact test on the corner, which the
+        # float32 rounding of the same affine flipped (a half-voxel shift: inputs correlating 0.75).
+        self.affine = np.asarray(self.affine, dtype=np.float32).astype(np.float64)
+
 
 ARRAY_MEMBER = "::"  # "<file>.npz::<array>/<index>": one image of an array archive (e.g. MedMNIST)
 

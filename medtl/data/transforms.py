@@ -70,7 +70,7 @@ RECORDED_BEFORE = {**DEFAULTS, "mri3d": {**DEFAULTS["mri3d"], "crop": "center"}}
 CROPS = ("head", "center")
 # Bumped whenever a preset chain computes other values for the same options: caches of preprocessed images
 # (medtl.data.datasets.chain_key) then miss instead of serving images of the old chain.
-CHAIN_VERSION = 3
+CHAIN_VERSION = 4  # 4: image affines rounded to float32 (a DICOM series resamples as its NIfTI does)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """The project's manifests against the real data under MEDTL_DATA_ROOT."""
 
+import shutil
+
 import pytest
 import torch
 
 from medtl.data import Manifest, build_dataset
 from medtl.data.build import build_manifest
 from medtl.data.check import check_manifest
+from medtl.errors import MedtlError
 
 pytestmark = pytest.mark.real_data
 
@@ -87,3 +90,82 @@ def test_aligned_brain_volumes_of_different_people_are_not_near_copies(data_root
     groups = near_copy_groups([*scanned, ScannedFile(thumb=duplicates.thumbnail(copy, image.affine))])
     assert len(set(groups[:40])) == 40  # 40 subjects, 40 groups
     assert groups[40] == groups[0]
+
+
+def test_cropped_and_padded_copies_of_the_target_are_left_out_of_a_source(data_root, tmp_path):
+    """Brain-MRI collections copy slices re-cropped or padded to another frame, which a whole-frame thumbnail
+    scores 0.45-0.9: the source is compared again with thumbnails cut to the head (a review found 19 such
+    copies left in mri2d_tumor4_minus_yesno)."""
+    from PIL import Image
+
+    real = sorted((data_root / "mri2d_yesno" / "images" / "no_tumor").glob("*.jpg"))[:24]
+    assert [f.name for f in real[:5]] == ["10_no.jpg", "11_no.jpg", "12_no.jpg", "13_no.jpg", "14_no.jpg"]
+    for label, files in (("a", real[:5]), ("b", real[5:10])):
+        (tmp_path / "tgt" / label).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, tmp_path / "tgt" / label / f.name)
+    for label, files in (("a", real[10:17]), ("b", real[17:24])):
+        (tmp_path / "src" / label).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, tmp_path / "src" / label / f.name)
+    copies = {}
+    for k, f in enumerate(real[:5]):  # target slices changed as the collections changed them
+        im = Image.open(f).convert("L")
+        w, h = im.size
+        if f.name in ("10_no.jpg", "12_no.jpg"):  # padded with a black border to another aspect ratio
+            canvas = Image.new("L", (int(1.4 * w), h))
+            canvas.paste(im, (int(0.2 * w), 0))
+            im = canvas
+        elif f.name in ("11_no.jpg", "13_no.jpg"):  # background cut off each side (these are 300 px wide, the head 128)
+            im = im.crop((int(0.1 * w), 0, int(0.9 * w), h))
+        else:  # 14_no: 6% cut off each side, resized back (the head is touched: whole frames score 0.68 here)
+            im = im.crop((int(0.06 * w), int(0.06 * h), int(0.94 * w), int(0.94 * h))).resize((w, h))
+        copies[k] = tmp_path / "src" / "a" / f"copy{k}.png"
+        im.save(copies[k])
+    target = build_manifest(tmp_path / "tgt", tmp_path, group_near_copies=False).save(tmp_path / "tgt.csv")
+    source = build_manifest(tmp_path / "src", tmp_path, group_near_copies=False, exclude_copies_of=target)
+    kept = {r.path for r in source}
+    assert [r.path.rsplit("/", 1)[-1] for r in source if "copy" in r.path] == []
+    assert len(kept) >= 14 - 1  # the 14 other slices stay (a look-alike too many is allowed, not a dozen)
+    assert source.meta["excluded_above"] == {"correlation": 0.9, "correlation_cut_to_head": 0.85}
+
+
+def test_the_committed_da_source_holds_none_of_the_cropped_copies_a_review_found(manifests_dir):
+    paths = {r.path.rsplit("/", 1)[-1] for r in Manifest.load(manifests_dir / "mri2d_tumor4_minus_yesno.csv")}
+    found = ["Tr-no_0163", "Tr-no_1418", "Tr-no_0034", "Tr-no_1078", "Tr-me_0255", "Tr-me_0207", "Tr-me_0196",
+             "Tr-no_0112", "Tr-no_1092", "Tr-no_0190", "Tr-no_0962", "Tr-no_0032", "Tr-no_1073"]
+    assert not [name for name in found if f"{name}.jpg" in paths]
+
+
+def test_a_series_with_a_missing_slice_is_refused_naming_the_slice_it_is_about(data_root, tmp_path):
+    """The build's message named the series folder only; the reader's own message is about one instance."""
+    series = tmp_path / "t" / "b" / "gap"
+    shutil.copytree(data_root / "dicom" / "mr_series_t1_mprage", series)
+    files = sorted(series.iterdir())
+    files[len(files) // 2].unlink()
+    with pytest.raises(MedtlError, match=r"t/b/gap \(\d+\.dcm: this instance lies"):
+        build_manifest(tmp_path / "t", tmp_path, fractions=(0, 0, 1))
+
+
+def test_a_dicom_series_and_its_nifti_conversion_give_one_model_input(data_root, tmp_path):
+    """The oblique MPRAGE series and the same pixels and affine saved as NIfTI (float32, as NIfTI stores it)
+    went onto grids half a voxel apart in MONAI's Spacingd (inputs correlating 0.75): a model trained on
+    NIfTI and deployed on DICOM read other voxels."""
+    import nibabel as nib
+    import numpy as np
+
+    from medtl.data import io
+    from medtl.data.transforms import preset_chain
+
+    series = data_root / "dicom" / "mr_series_t1_mprage"
+    image = io.read(series)
+    nifti = tmp_path / "mprage.nii.gz"
+    img = nib.Nifti1Image(image.array, image.affine)
+    img.set_sform(image.affine, code=1)
+    img.set_qform(image.affine, code=1)
+    nib.save(img, nifti)
+    assert np.allclose(io.read(nifti).affine, image.affine, atol=1e-4)
+    chain = preset_chain("mri3d", False, spacing=(4.0, 4.0, 4.0), volume_shape=(40, 48, 40))
+    a, b = (chain({"image": str(p)})["image"].numpy() for p in (series, nifti))
+    assert a.shape == b.shape == (1, 40, 48, 40)
+    assert np.abs(a - b).max() < 1e-3
