@@ -7,7 +7,8 @@ probability. A manifest is explained on its test split (``--split``). The layer 
 stage whose grid has at least 4 cells along every axis and 49 in all for the model's input size (``--layer`` chooses
 another). With ``--deletion-test`` the maps are checked: blanking the hottest 20% of each image should
 lower the explained class's probability more than blanking random pixels
-(``medtl.evaluation.explain.deletion_test``); its verdict (pass, fail or inconclusive) heads index.html.
+(``medtl.evaluation.explain.deletion_test``); its verdict (pass, fail, inconclusive, or no drop when blanking the maps did not lower the probability
+at all) heads index.html.
 ``deletion.json`` and the overlays go to ``medtl evaluate --gradcam``. Unreadable inputs get an error
 row in index.csv; the others go on. Regression models are refused: Grad-CAM explains a class.
 """
@@ -113,8 +114,9 @@ def run(args) -> int:
         except MedtlError as err:
             refused = err
     footer = _verdict_line(result, refused.reason if refused else None)
+    spacing = predictor.preset_options.get("spacing") if predictor.spatial_dims == 3 else None
     for name, x, cam, title in overlays:  # each PNG carries the verdict: one copied alone must not pass for evidence
-        (out / name).write_bytes(overlay_png(x, cam, title, footer=footer))
+        (out / name).write_bytes(overlay_png(x, cam, title, footer=footer, spacing=spacing))
     _gallery(out, rows, model_path.name, layer, result, refused.reason if refused else None)
     print(f"{len(done)} overlay(s), {sum(bool(r['error']) for r in rows)} error(s) ({layer}): {out / 'index.html'}")
     if len(done) == args.max_images and len(series) > len(rows):
@@ -173,10 +175,14 @@ def _verdict_line(test: dict | None, refused: str | None) -> str:
     if test is None:
         return ("Not tested: nothing shows that this map marks what the model uses (medtl explain --deletion-test on "
                 "50+ images).")
-    d = test["difference"]
-    return (f"Deletion test of these maps: {test['verdict'].upper()} on {test['n']} images (difference "
-            f"{d['mean']:+.3f}, {test['level']:.0%} CI {d['ci'][0]:.3f} to {d['ci'][1]:.3f})"
-            + ("." if test["verdict"] == "pass" else ": do not show this map as evidence."))
+    from medtl.evaluation.explain import small_test_note
+
+    d, top = test["difference"], test["drop_top"]
+    return (f"Deletion test of these maps: {test['verdict'].upper().replace('_', ' ')} on {test['n']} images "
+            f"(drop {top['mean']:+.3f}, {test['level']:.0%} CI {top['ci'][0]:.3f} to {top['ci'][1]:.3f}; beyond "
+            f"random blanking {d['mean']:+.3f}, CI {d['ci'][0]:.3f} to {d['ci'][1]:.3f})"
+            + ("." if test["verdict"] == "pass" else ": do not show this map as evidence.")
+            + small_test_note(test["n"]))
 
 
 def _explain_series(series, args, module, predictor, loader, redactor, class_idx):
@@ -222,6 +228,8 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
             shown_source = source + (f" [image {k + 1}]" if len(batch) > 1 else "")
             title = (f"{name[:-4]} ({shown_source[-40:]}): {decided}; Grad-CAM of {explained}, "
                      f"P = {probs[c]:.3f}")
+            if x.ndim == 3:  # a 2D image is shown as the model saw it, which squeezes one that is not square
+                title += f"\non the model's {x.shape[-1]}x{x.shape[-2]} px input (resized from the file's own shape)"
             overlays.append((name, x.numpy(), cam, title))
             images.append(x)
             classes.append(c)  # the class this overlay explains: the deletion test tests the same maps
@@ -269,8 +277,8 @@ def _gallery(out: Path, rows: list[dict], model: str, layer: str, test: dict | N
         check = ("<p><b>Not tested:</b> nothing here shows that these maps mark what the model uses; run medtl "
                  "explain with --deletion-test on 50 or more images before showing them as evidence.</p>")
     else:
-        colour = {"pass": "#e6f4ea", "fail": "#fde7e7", "inconclusive": "#fff4e0"}[test["verdict"]]
-        check = (f"<p style='background:{colour};padding:8px'><b>Deletion test: {test['verdict'].upper()}.</b> "
+        colour = {"pass": "#e6f4ea", "fail": "#fde7e7"}.get(test["verdict"], "#fff4e0")
+        check = (f"<p style='background:{colour};padding:8px'><b>Deletion test: {test['verdict'].upper().replace('_', ' ')}.</b> "
                  f"{html.escape(deletion_summary(test))}</p>")
     (out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>Grad-CAM</title><style>body{font-family:sans-serif}"

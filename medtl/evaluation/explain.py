@@ -29,7 +29,7 @@ from medtl.data.manifest import NEAR_COPY_GROUP
 from medtl.errors import MedtlError
 from medtl.evaluation.figures import colormap, subplots, to_png
 
-__all__ = ["choose_layer", "coarse", "deletion_summary", "deletion_test", "deletion_verdict", "gradcam", "load_deletion_test", "minmax", "overlay_png",
+__all__ = ["choose_layer", "coarse", "deletion_summary", "deletion_test", "deletion_verdict", "small_test_note", "gradcam", "load_deletion_test", "minmax", "overlay_png",
            "save_deletion_test", "save_gradcam"]
 
 DELETION_KIND = "medtl.gradcam_deletion_test"  # marks a JSON file as save_deletion_test output
@@ -369,6 +369,7 @@ def deletion_test(
                          "needs images of at least 2, as its interval resamples units", "images")
     boot = np.random.default_rng(seed + 1)
     difference = {**_mean_ci(diff, level, n_boot, boot, unit), "ci_t": _t_ci(diff, level, unit)}
+    drop_top = _mean_ci(top_d, level, n_boot, boot, unit)
     over = "images" if n_units == n else f"{n_units} units of the {n} images (a patient, series or near-copy group each)"
     return {
         "kind": DELETION_KIND,
@@ -385,10 +386,10 @@ def deletion_test(
         "ci_method": f"percentile bootstrap over {over} ({n_boot} resamples, seed {seed + 1})",
         "seed": int(seed),
         "p_mean": float(np.mean(rows["p"])),
-        "drop_top": _mean_ci(top_d, level, n_boot, boot, unit),
+        "drop_top": drop_top,
         "drop_random": _mean_ci(rand_d, level, n_boot, boot, unit),
         "difference": difference,
-        "verdict": deletion_verdict(difference),
+        "verdict": deletion_verdict(difference, drop_top),
         "constant_maps": int(sum(rows["constant"])),
         "top_larger": float(np.mean(diff > 0)),
         "per_image": rows,
@@ -426,18 +427,32 @@ def _eval(model: nn.Module):
 
 
 VERDICTS = {
-    "pass": "the maps mark what the model uses (the interval of the difference lies above 0)",
+    "pass": "the maps mark what the model uses (blanking them lowered the probability, and more than blanking random "
+            "pixels: both intervals lie above 0)",
     "fail": "the maps do NOT mark what the model uses (the interval of the difference lies below 0: blanking "
             "them hurts the model less than blanking random pixels); do not show them as evidence",
     "inconclusive": "not shown that the maps mark what the model uses (the interval of the difference includes "
                     "0); do not show them as evidence without a larger test",
+    "no_drop": "not shown that the maps mark what the model uses: blanking them did not lower the probability (its "
+               "interval reaches 0 or below), though random blanking changed it more; do not show them as evidence",
 }
+SMALL_DELETION_TEST = 50  # fewer images: the verdict stands, but the number is not one to report
 
 
-def deletion_verdict(difference: dict) -> str:
-    """``pass`` when the difference's interval lies above 0, ``fail`` below, else ``inconclusive``."""
+def deletion_verdict(difference: dict, drop_top: dict | None = None) -> str:
+    """``pass`` when the difference's interval lies above 0 and so does the drop the maps' own regions cause
+    (``drop_top``; a map whose hottest region, blanked, raises the class's probability marks no evidence for
+    it, however random blanking compares), ``no_drop`` when only the first holds, ``fail`` when the difference's
+    interval lies below 0, else ``inconclusive``."""
     lo, hi = difference["ci"]
-    return "pass" if lo > 0 else "fail" if hi < 0 else "inconclusive"
+    if lo > 0:
+        return "pass" if drop_top is None or drop_top["ci"][0] > 0 else "no_drop"
+    return "fail" if hi < 0 else "inconclusive"
+
+
+def small_test_note(n: int) -> str:
+    return (f" Only {n} images: {SMALL_DELETION_TEST}+ make a number worth reporting."
+            if n < SMALL_DELETION_TEST else "")
 
 
 def deletion_summary(result: dict, class_names: Sequence[str] | None = None) -> str:
@@ -454,7 +469,7 @@ def deletion_summary(result: dict, class_names: Sequence[str] | None = None) -> 
     explained = {"predicted": "the predicted class", "per image": "each image's explained class"}.get(
         index, f"class {class_names[index]!r}" if class_names and isinstance(index, int) and 0 <= index < len(
             class_names) else f"class {index}")
-    verdict = result.get("verdict") or deletion_verdict(result["difference"])
+    verdict = result.get("verdict") or deletion_verdict(result["difference"], result.get("drop_top"))
     constant = result.get("constant_maps", 0)
     units = result.get("n_units", result["n"])
     where = f"{result['n']} images" + (f" ({units} independent units: the images of one patient, series or near-copy "
@@ -464,7 +479,8 @@ def deletion_summary(result: dict, class_names: Sequence[str] | None = None) -> 
             f"{fmt(result['drop_random'])}. Difference {fmt(result['difference'])}, larger for the map in "
             f"{result['top_larger']:.0%} of images"
             + (f"; {constant} map(s) were constant (no location)" if constant else "")
-            + f". Verdict: {verdict.upper()}: {VERDICTS[verdict]}.")  # fmt: skip
+            + f". Verdict: {verdict.upper().replace('_', ' ')}: {VERDICTS[verdict]}."
+            + small_test_note(result["n"]))  # fmt: skip
 
 
 def save_deletion_test(result: dict, path: str | Path) -> Path:
@@ -506,22 +522,26 @@ def _peak(cam: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in nearest)
 
 
-def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6, footer: str | None = None) -> bytes:
+def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6, footer: str | None = None,
+                spacing: Sequence[float] | None = None) -> bytes:
     """PNG of the map over the image's first channel: one panel (2D) or three orthogonal slices (3D);
-    ``footer``: a line under the panels (medtl explain: what the deletion test said of these maps)."""
+    ``footer``: a line under the panels (medtl explain: what the deletion test said of these maps);
+    ``spacing``: a volume's voxel size (mm) along its three axes, so unequal voxels are drawn to scale."""
     img = np.asarray(image, dtype=float)
     img = img[0] if img.ndim == np.asarray(cam).ndim + 1 else img  # drop the channel axis
     cam = np.asarray(cam, dtype=float)
     if img.shape != cam.shape:
         raise MedtlError(f"image {img.shape} and map {cam.shape} differ in shape", "gradcam")
     if cam.ndim == 2:
-        panels = [("", img, cam, None)]
+        panels = [("", img, cam, None, 1.0)]
     elif cam.ndim == 3:
         p = _peak(cam)
+        sx, sy, sz = (float(v) for v in spacing) if spacing is not None else (1.0, 1.0, 1.0)
+        # each panel's aspect: the height of its voxels over their width (rows run along the second axis shown)
         panels = [
-            (f"sagittal x={p[0]}", img[p[0]], cam[p[0]], (p[1], p[2])),
-            (f"coronal y={p[1]}", img[:, p[1]], cam[:, p[1]], (p[0], p[2])),
-            (f"axial z={p[2]}", img[:, :, p[2]], cam[:, :, p[2]], (p[0], p[1])),
+            (f"sagittal x={p[0]}", img[p[0]], cam[p[0]], (p[1], p[2]), sz / sy),
+            (f"coronal y={p[1]}", img[:, p[1]], cam[:, p[1]], (p[0], p[2]), sz / sx),
+            (f"axial z={p[2]}", img[:, :, p[2]], cam[:, :, p[2]], (p[0], p[1]), sy / sx),
         ]
     else:
         raise MedtlError(f"Grad-CAM overlays need 2D or 3D maps, got {cam.ndim}D", "gradcam")
@@ -530,16 +550,16 @@ def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6, footer
     volume = cam.ndim == 3
     # RAS volumes in neurological view (patient's right on the viewer's right): edge letters per panel
     letters = {"sagittal": ("P", "A", "I", "S"), "coronal": ("L", "R", "I", "S"), "axial": ("L", "R", "P", "A")}
-    for ax, (name, im, cm, peak) in zip(axes[0], panels):
+    for ax, (name, im, cm, peak, aspect) in zip(axes[0], panels):
         # 2D images are (rows, columns): shown as stored. Slices of RAS volumes are transposed so the
         # first axis runs left-right and the second bottom-up.
         view = (lambda a: a.T) if volume else (lambda a: a)
         origin = "lower" if volume else "upper"
-        ax.imshow(_norm(view(im)), cmap="gray", origin=origin)
+        ax.imshow(_norm(view(im)), cmap="gray", origin=origin, aspect=aspect)
         # Opacity follows the map, so weak activation leaves the anatomy visible.
         rgba = colormap("jet")(np.clip(view(cm), 0, 1))
         rgba[..., 3] = alpha * np.clip(view(cm), 0, 1)
-        ax.imshow(rgba, origin=origin)
+        ax.imshow(rgba, origin=origin, aspect=aspect)
         if peak is not None and not constant:
             ax.plot(peak[0], peak[1], "w+", ms=10, mew=1.5)
         if volume:

@@ -43,8 +43,10 @@ def test_explain_writes_overlays_an_index_and_a_deletion_test_that_evaluate_embe
     # 32 px: layer4's grid is 1x1, layer3's 2x2 and layer2's 4x4; layer1's 8x8 is the deepest fine enough
     assert result["n"] == 6 and result["target_layer"] == "encoder.layer1"
     assert "6 overlay(s), 1 error(s) (encoder.layer1)" in printed and "deletion test: Deletion test on 6 images" in printed
-    assert f"Deletion test: {result['verdict'].upper()}." in (out / "index.html").read_text()  # the verdict leads
-    assert result["verdict"] in ("pass", "fail", "inconclusive") and "Verdict:" in printed
+    shown = result["verdict"].upper().replace("_", " ")
+    assert f"Deletion test: {shown}." in (out / "index.html").read_text()  # the verdict leads
+    assert result["verdict"] in ("pass", "fail", "inconclusive", "no_drop") and "Verdict:" in printed
+    assert "Only 6 images: 50+ make a number worth reporting." in printed
     assert all(float(r["prob_no_finding"]) + float(r["prob_pneumonia"]) == pytest.approx(1, abs=1e-5) for r in done)
 
     # the next command: the overlays and the test in a report, beside predict's results scored with labels
@@ -212,10 +214,16 @@ def test_each_overlay_carries_what_the_deletion_test_said():
     from medtl.cli.explain import _verdict_line
     from medtl.evaluation.explain import overlay_png
 
-    failed = {"verdict": "fail", "n": 50, "level": 0.95, "difference": {"mean": -0.03, "ci": [-0.05, -0.01]}}
-    assert _verdict_line(failed, None) == ("Deletion test of these maps: FAIL on 50 images (difference -0.030, 95% CI "
-                                           "-0.050 to -0.010): do not show this map as evidence.")
+    failed = {"verdict": "fail", "n": 50, "level": 0.95, "difference": {"mean": -0.03, "ci": [-0.05, -0.01]},
+              "drop_top": {"mean": 0.02, "ci": [0.01, 0.03]}}
+    assert _verdict_line(failed, None) == ("Deletion test of these maps: FAIL on 50 images (drop +0.020, 95% CI 0.010 "
+                                           "to 0.030; beyond random blanking -0.030, CI -0.050 to -0.010): do not show "
+                                           "this map as evidence.")
     assert _verdict_line({**failed, "verdict": "pass"}, None).endswith("to -0.010).")
+    # fewer than 50 images: the line says the number is not one to report; a NO DROP is no evidence either
+    few = _verdict_line({**failed, "verdict": "no_drop", "n": 6}, None)
+    assert few.startswith("Deletion test of these maps: NO DROP on 6 images") and "do not show this map" in few
+    assert few.endswith("Only 6 images: 50+ make a number worth reporting.")
     assert _verdict_line(None, None).startswith("Not tested: nothing shows that this map marks what the model uses")
     assert _verdict_line(None, "needs at least 2 images").startswith("Deletion test refused (needs at least 2 images)")
     import numpy as np
@@ -241,3 +249,29 @@ def test_a_manifests_patients_and_near_copies_are_the_deletion_tests_units(model
     result = load_deletion_test(tmp_path / "cams" / "deletion.json")
     assert (result["n"], result["n_units"]) == (6, 4) and "4 units of the 6 images" in result["ci_method"]
     assert "Deletion test on 6 images (4 independent units" in capsys.readouterr().out
+
+
+def test_a_volume_with_unequal_voxels_is_drawn_to_scale():
+    """4x4x8 mm voxels: a 20x20x10 volume is an 80 mm cube, and each panel is drawn square (it was drawn at
+    2:1, squashing the head to half its height in the sagittal and coronal panels)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from medtl.evaluation.explain import overlay_png
+
+    image, cam = np.zeros((1, 20, 20, 10)), np.zeros((20, 20, 10))
+
+    def panel_shapes(spacing):
+        png = np.asarray(Image.open(io.BytesIO(overlay_png(image, cam, spacing=spacing))).convert("L"))
+        from scipy import ndimage
+
+        blobs, _ = ndimage.label(png < 40)  # the black images on the white figure (and the colour bar's foot)
+        panels = sorted(ndimage.find_objects(blobs), key=lambda b: -(b[0].stop - b[0].start) * (b[1].stop - b[1].start))
+        panels = sorted(panels[:3], key=lambda b: b[1].start)  # the three largest, left to right
+        return [(b[0].stop - b[0].start) / (b[1].stop - b[1].start) for b in panels]
+
+    assert panel_shapes((4, 4, 8)) == [pytest.approx(1, abs=0.05)] * 3
+    squashed = panel_shapes(None)  # voxels drawn square: 10 rows of 20 columns in the sagittal and coronal panels
+    assert squashed[:2] == [pytest.approx(0.5, abs=0.05)] * 2 and squashed[2] == pytest.approx(1, abs=0.05)

@@ -317,6 +317,15 @@ def test_deletion_map_beats_random_and_inverted_map_loses(blobs):
     assert "probability of class 'tumour' by" in deletion_summary(good, ["none", "tumour"])
     # a map of noise neither passes nor fails by much: whatever it gets, it is not "pass" with this margin
     assert deletion_verdict({"ci": [-0.01, 0.02]}) == "inconclusive"
+    # A review's 2.5D model: blanking the maps RAISED P (drop -0.018, CI -0.023 to -0.012) while random blanking
+    # raised it more (difference 0.005, CI 0.002 to 0.008). Beating the control is not enough to pass.
+    raised = {**good, "drop_top": {"mean": -0.018, "ci": [-0.023, -0.012]},
+              "difference": {"mean": 0.005, "ci": [0.002, 0.008]}, "verdict": None}
+    assert deletion_verdict(raised["difference"], raised["drop_top"]) == "no_drop"
+    assert deletion_verdict(good["difference"], good["drop_top"]) == "pass"
+    assert "Verdict: NO DROP: not shown that the maps mark what the model uses: blanking them did not lower" in \
+        deletion_summary(raised)
+    assert deletion_summary(good).endswith("Only 40 images: 50+ make a number worth reporting.")
     # Independent arithmetic: the reported means are the means of the per-image lists.
     d = np.array(good["per_image"]["drop_top"]) - np.array(good["per_image"]["drop_random"])
     assert good["difference"]["mean"] == pytest.approx(d.mean())
