@@ -190,20 +190,24 @@ def recommend(
         m: _rank_scores({k: score(c, m) for k, c in eligible.items() if score(c, m) is not None}, directions[m])
         for m in ranked_metrics
     }
+    def composite_of(key: str, metrics: list[str]) -> float:
+        # a metric measured for others but not for this option (e.g. a 3D encoder has no distance to 2D
+        # source images) counts as the middle rank: neither a reward nor a penalty for being unmeasured
+        total_w = sum(weights[m] for m in metrics)
+        return sum(weights[m] * per_metric[m].get(key, 0.5) for m in metrics) / total_w if total_w else 0.0
+
+    measured_metrics = [m for m in ranked_metrics if m not in DIRECTIONS]  # the prior is a rule of thumb
     rows = []
     for key, c in eligible.items():
         have = [m for m in ranked_metrics if key in per_metric[m]]
-        total_w = sum(weights[m] for m in ranked_metrics)
-        # a metric measured for others but not for this option (e.g. a 3D encoder has no distance to 2D
-        # source images) counts as the middle rank: neither a reward nor a penalty for being unmeasured
-        composite = (sum(weights[m] * per_metric[m][key] for m in have)
-                     + sum(weights[m] * 0.5 for m in ranked_metrics if m not in have)) / total_w if total_w else 0.0
+        composite = composite_of(key, ranked_metrics)
         rows.append({
             "key": key,
             "source": c["source"],
             "encoder": c["encoder"],
             "strategy": c["strategy"],
             "composite": float(composite),
+            "measured_composite": float(composite_of(key, measured_metrics)),  # the same without the prior
             "metric_ranks": {m: per_metric[m][key] for m in have},
             "scores": {k: (None if v is None else float(v)) for k, v in (c.get("scores") or {}).items()},
             "missing_metrics": [m for m in ranked_metrics if m not in have],
@@ -252,6 +256,9 @@ def recommend(
                    and any(abs(r - 0.5) > 1e-12 for r in per_metric[m].values())]
     unordered = not informative
     prior_only = unordered and "strategy_prior" in ranked_metrics  # then the prior alone orders them
+    # options the measurements alone put above the top one: then the prior, not a measurement, made the top
+    top_measured = max(r["measured_composite"] for r in rows)
+    lifted = not prior_only and top_measured - best["measured_composite"] > TIE_TOLERANCE
     if prior_only and len(rows) > 1:  # a rule of thumb is no measured basis for a pick: every option stays open
         order = " > ".join(f"{r['key']} ({r['scores'].get('strategy_prior', 0.5):.1f})" for r in rows)
         text = [f"No pick: no measurement tells these {len(rows)} options apart (the same for every one that has it), "
@@ -261,9 +268,19 @@ def recommend(
                 "and a pick by the prior alone lost to scratch (docs/results.md). Train the options, scratch "
                 "included, and compare them on validation."]
         tied, unordered = rows, False
+    elif lifted:
+        first = [r for r in rows if top_measured - r["measured_composite"] <= TIE_TOLERANCE]
+        names = ", ".join(r["key"] for r in first)
+        tied = sorted({r["key"]: r for r in [*tied, *twins, *first]}.values(), key=lambda r: r["rank"])
+        text = [f"No pick: by the measurements alone {names} come{'s' if len(first) == 1 else ''} first (composite "
+                f"{top_measured:.3f} without the strategies' prior, against {best['measured_composite']:.3f} for "
+                f"{best['key']}); only the prior, a rule of thumb on the number of labels and the domain gap, puts "
+                f"{best['key']} on top ({best['composite']:.3f} with it). The prior is no evidence for this target "
+                "(docs/results.md). Train them and compare on validation."]
     elif twins:
         level = [r for r in tied if r is not best and not _same_measurements(r, best)]  # within the tolerance
         tied = sorted([*tied, *twins], key=lambda r: r["rank"])
+        below = [r for r in rows if best["measured_composite"] - r["measured_composite"] > TIE_TOLERANCE]
         groups = []  # each top option with the options that share its every measurement
         for t in [r for r in tied if r not in twins]:
             group = [t, *[r for r in twins if _same_measurements(r, t)]]
@@ -275,8 +292,7 @@ def recommend(
                 "(docs/results.md). "
                 + (f"{', '.join(r['key'] for r in level)} score{'s' if len(level) == 1 else ''} within "
                    f"{TIE_TOLERANCE} of the best composite. " if level else "")
-                + (f"The measurements place them above the other {len(rows) - len(tied)} option(s). "
-                   if len(rows) > len(tied) else "")
+                + (f"The measurements place them above {len(below)} other option(s). " if below else "")
                 + "Train them and compare on validation."
                 + (f" Together they stay on top on {stability['support']:.0%} of {len(resampled)} random halves of "
                    "the images." if stability else "")]

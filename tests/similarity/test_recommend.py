@@ -238,7 +238,7 @@ def test_options_that_share_every_measurement_are_not_ordered_by_the_prior():
     assert not rec["prior_only"] and rec["tie"] == ["s/m/lp_ft", "s/m/full"]
     assert rec["explanation"].startswith("No pick between s/m/lp_ft, s/m/full: s/m/lp_ft (0.9) > s/m/full (0.5) "
                                          "share every measurement")
-    assert "place them above the other 1 option(s)" in rec["explanation"] and "Recommended" not in rec["explanation"]
+    assert "place them above 1 other option(s)" in rec["explanation"] and "Recommended" not in rec["explanation"]
     # the halves split their top between the two by construction: the pair's share is what stays on top
     assert rec["stability"]["support"] == 1.0 and "Together they stay on top on 100% of 4" in rec["explanation"]
     # an option of another encoder within the tie tolerance joins, named apart; who joins does not depend on names
@@ -247,8 +247,40 @@ def test_options_that_share_every_measurement_are_not_ordered_by_the_prior():
                       weights={"logme": 1, "strategy_prior": 1}) for z in ("z", "e")]
     assert [sorted(r["tie"]) for r in ties] == [["s/m/full", "s/m/lp_ft", "s/z/full"],
                                                 ["s/e/full", "s/m/full", "s/m/lp_ft"]]
-    assert "s/z/full scores within 0.01 of the best composite" in ties[0]["explanation"]
+    # s/z/full measures best (logme -0.1): only the prior brings lp_ft level, and the text says so
+    assert ties[0]["explanation"].startswith("No pick: by the measurements alone s/z/full comes first (composite "
+                                             "1.000 without the strategies' prior, against 0.250 for s/m/lp_ft)")
     lone = [{"source": "s", "encoder": "m", "strategy": "full", "scores": {"logme": -0.3, "leep": -0.7}},
             {"source": "s", "encoder": "e", "strategy": "full", "scores": {"logme": -0.9}}]
     row = next(r for r in recommend({}, lone)["ranking"] if r["key"] == "s/m/full")
     assert "leep (-0.7) measured for this option only (the middle rank)" in row["reasons"]
+
+
+def test_the_prior_does_not_lift_an_option_over_one_the_measurements_put_first():
+    """A review's notebook 03 case: the MRI source measured better than the chest X-ray source (same LogME and
+    H-score, closer PAD and MMD), the prior lifted the chest X-ray lp_ft to the top, and the text said 'the
+    measurements place them above the other 4 options'. Without the prior the MRI option is the pick."""
+    cxr = {"mmd2": 0.124, "proxy_a_distance": 2.0, "logme": -0.563, "leep": -0.667, "h_score": 0.937}
+    mri = {"mmd2": 0.024, "proxy_a_distance": 0.71, "logme": -0.563, "h_score": 0.937}
+    rnd_c = {"mmd2": 0.263, "proxy_a_distance": 2.0, "logme": -0.664, "h_score": 0.956}
+    rnd_m = {"mmd2": 0.038, "proxy_a_distance": 0.71, "logme": -0.664, "h_score": 0.956}
+    cands = [dict(source="cxr", encoder="pre", strategy="lp_ft", scores=cxr),
+             dict(source="cxr", encoder="pre", strategy="dann", scores=cxr),
+             dict(source="mri", encoder="pre", strategy="dann", scores=mri),
+             dict(source="cxr", encoder="rnd", strategy="dann", scores=rnd_c),
+             dict(source="mri", encoder="rnd", strategy="dann", scores=rnd_m),
+             dict(source="none", encoder="rnd", strategy="scratch", scores={}, unmeasured="scratch")]
+    rec = recommend({"name": "t", "n_labelled": 177, "shared_labels": False}, cands)
+    assert rec["ranking"][0]["key"] == "cxr/pre/lp_ft"  # by the composite, prior included
+    assert "mri/pre/dann" in rec["tie"] and "cxr/pre/lp_ft" in rec["tie"]
+    assert rec["explanation"].startswith("No pick: by the measurements alone mri/pre/dann comes first")
+    assert "Recommended" not in rec["explanation"] and "place them above" not in rec["explanation"]
+    by_key = {r["key"]: r for r in rec["ranking"]}
+    # the measured composite by hand: mean of the measured ranks (missing LEEP = 0.5), equal weights here
+    mri_ranks = by_key["mri/pre/dann"]["metric_ranks"]
+    weights = rec["weights"]
+    expected = (sum(weights[m] * mri_ranks.get(m, 0.5) for m in weights if m != "strategy_prior")
+                / sum(w for m, w in weights.items() if m != "strategy_prior"))
+    assert by_key["mri/pre/dann"]["measured_composite"] == pytest.approx(expected)
+    assert recommend({"name": "t", "shared_labels": False}, cands)["explanation"].startswith(
+        "Recommended: mri/pre/dann")
