@@ -125,6 +125,8 @@ class SeriesLoader:
 def _read_one(path: Path) -> io.Image:
     from medtl.deploy.discover import regular_file
 
+    if io.ARRAY_MEMBER in str(path):  # one image of an array archive (a manifest row)
+        return io.read(path)
     kind = io.kind_of(path)
     reader = {"image": io.read_picture, "nifti": io.read_nifti, "dicom": io.read_dicom}[kind]
     if kind == "nifti":  # nibabel needs the real name (.nii or .nii.gz)

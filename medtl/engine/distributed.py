@@ -73,7 +73,7 @@ def require_single_process(command: str) -> None:
     env = torchrun_env()
     if env is not None and env.world_size > 1:
         raise MedtlError(f"{command} runs in one process; under torchrun ({env.world_size} processes) use "
-                         "medtl pretrain, whose model.pt feeds --init or a pipeline's source", "torchrun")
+                         "medtl pretrain, whose model.pt feeds --init or a pipeline's pretrain.checkpoint", "torchrun")
 
 
 def _dist():

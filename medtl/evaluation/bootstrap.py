@@ -197,8 +197,9 @@ def _require_weights(metric) -> None:
                          "(auroc, average_precision, ...) or one that takes weights=W the same way", "metric")
 
 
-def seed_summary(values, level: float = DEFAULT_LEVEL) -> dict:
-    """Mean, standard deviation and t-interval of the mean of a metric over seeds.
+def seed_summary(values, level: float = DEFAULT_LEVEL, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean, standard deviation and t-interval of the mean of a metric over seeds; ``bounds``: the metric's
+    range (AUROC: 0 to 1), which a t-interval over few seeds can overshoot, and is clipped to.
 
     These are metric values, not scores: a nan is a metric undefined in that seed, so it is left
     out (``n`` says how many seeds count)."""
@@ -212,4 +213,6 @@ def seed_summary(values, level: float = DEFAULT_LEVEL) -> dict:
         sd = float(v.std(ddof=1))
         half = float(stats.t.ppf(0.5 + level / 2.0, len(v) - 1)) * sd / np.sqrt(len(v))
         out.update(std=sd, ci_low=out["value"] - half, ci_high=out["value"] + half)
+        if bounds is not None:
+            out.update(ci_low=max(out["ci_low"], bounds[0]), ci_high=min(out["ci_high"], bounds[1]))
     return out

@@ -600,10 +600,7 @@ def _aggregate(runs: list[dict], fraction, st: EvalSettings, kind: str = "classi
 
     def summary(values_of, name):
         vals = [values_of(r) for r in runs]
-        s = seed_summary([v["value"] for v in vals if v is not None], st.level)
-        lo, hi = RANGES.get(name, (-np.inf, np.inf))
-        if s["ci_low"] is not None:  # a t-interval can overshoot a bounded metric's range
-            s["ci_low"], s["ci_high"] = max(s["ci_low"], lo), min(s["ci_high"], hi)
+        s = seed_summary([v["value"] for v in vals if v is not None], st.level, RANGES.get(name))
         d = {"value": s["value"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "std": s["std"], "n_runs": s["n"]}
         first = vals[0] or {}
         scored = [v["value"] for v in vals if v is not None and v["value"] is not None]

@@ -48,8 +48,17 @@ def check_before_run(ctx: Context) -> None:
             raise MedtlError(err.reason, f"{where}: {field}") from None
     if cfg.pretrain.checkpoint:
         src = Path(cfg.pretrain.checkpoint)
-        if not (src if src.is_absolute() else ctx.base / src).exists():
+        path = src if src.is_absolute() else ctx.base / src
+        if not path.exists():
             raise MedtlError(f"pretrained checkpoint {src} not found", f"{where}: pretrain.checkpoint")
+        # the pretrained jobs build what the checkpoint records, the scratch jobs what encoder says: one network
+        recorded = encoder_config(path)
+        for key in ("arch", "stem_stride"):
+            mine, theirs = getattr(cfg.encoder, key), recorded.get(key)
+            if theirs is not None and str(theirs) != str(mine):
+                raise MedtlError(f"{key} {mine} differs from the checkpoint's {theirs} ({src}): set encoder.{key}: "
+                                 f"{theirs}, so the pretrained and the scratch strategies train one network",
+                                 f"{where}: encoder.{key}")
     missing, total = [], 0
     for key, spec in (("source", cfg.source), ("target", cfg.target)):
         m = ctx.manifest(spec, key)

@@ -48,12 +48,13 @@ class PretrainSpec(Strict):
     # supervised (the source labels), autoencoder (VAE) or moco (self-supervised MoCo v2, labels unused)
     mode: Literal["supervised", "autoencoder", "moco"] = "supervised"
     # use this medtl checkpoint instead of training (relative to the config file): e.g. an earlier run's
-    # pretrain/model.pt, when its target manifest changed and the run starts again in a new --out
+    # pretrain/model.pt, when its target manifest changed and the run starts again in a new --out, or a model.pt
+    # of medtl pretrain under torchrun. encoder.arch and stem_stride must be the checkpoint's (refused otherwise)
     checkpoint: str | None = None
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
-    kl_weight: float = 1e-3
+    kl_weight: float = Field(1e-3, ge=0)
     # the self-supervised method's hyper-parameters (moco: medtl.strategies.ssl.MoCo.DEFAULTS), e.g. a queue
     # shorter than a small data set, so few negatives are stale copies of the positive
     hparams: dict[str, Any] | None = None
@@ -62,7 +63,7 @@ class PretrainSpec(Strict):
 class SourceData(Strict):
     manifest: str  # relative to the config file, like source.manifest
     splits: list[str] = Field(default_factory=lambda: ["train"])  # the rows pretrained on (labels unused)
-    max_rows: int | None = None  # at most this many of those rows, evenly spread (profiles bound run time with it)
+    max_rows: int | None = Field(None, ge=1)  # at most this many of those rows, evenly spread (profiles bound run time with it)
 
 
 class SourceSpec(Strict):
@@ -81,7 +82,7 @@ class SourceSpec(Strict):
 
 class EncoderSpec(Strict):
     arch: str = "resnet18"
-    stem_stride: int = 2
+    stem_stride: int = Field(2, ge=1)
     lift: Literal["none", "i3d", "acs", "2.5d"] | None = None
 
 
@@ -194,6 +195,9 @@ class PipelineConfig(Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
+        outside = [s for s in v if not 0 <= s < 2**32]
+        if outside:  # NumPy's and scikit-learn's generators take no other seed (refused here, not mid-run)
+            raise ValueError(f"seeds must lie in [0, 2**32), got {outside}")
         if len(set(v)) != len(v):  # a repeated seed is the same run again, not another one
             raise ValueError(f"seeds must differ from each other, got {v}")
         return v

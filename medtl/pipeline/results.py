@@ -144,7 +144,7 @@ def selection_section(run: Path, config: dict) -> list[str]:
              "| selector | runs | test AUROC of the chosen epoch | regret |", "|---|---|---|---|"]
     for name, regrets in sorted(per_selector.items(), key=lambda kv: np.mean(kv[1])):
         lines.append(f"| {name}{' (used)' if name == used else ''} | {len(regrets)} | "
-                     f"{_mean_ci(chosen_auroc[name])} | {_mean_ci(regrets)} |")
+                     f"{_mean_ci(chosen_auroc[name], (0.0, 1.0))} | {_mean_ci(regrets, (-1.0, 1.0))} |")
     return lines + [""]
 
 
@@ -247,10 +247,10 @@ def _hit(o) -> str:
     return "yes" if o.top1_is_best else "no"
 
 
-def _mean_ci(values: list[float]) -> str:
+def _mean_ci(values: list[float], bounds: tuple[float, float]) -> str:
     from medtl.evaluation.bootstrap import seed_summary
 
-    m = seed_summary(values)
+    m = seed_summary(values, bounds=bounds)
     if m["ci_low"] is None:
         return f"{m['value']:.3f}"
     return f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"

@@ -506,9 +506,13 @@ def stage_report(ctx: Context) -> dict:
     if rec_path.exists():
         report.recommendation = _recommendation_vs_outcomes(ctx, report, json.loads(rec_path.read_text()))
     if ctx.config.unlabelled_target:
+        from medtl.adapt.selection import SELECTORS
+
+        selector = ctx.config.train.selector
+        what = "the source validation loss" if selector == "source_loss" else SELECTORS[selector][3]
         report.notes.append(
             "Unsupervised adaptation: training saw no target label; each run's checkpoint was selected by the "
-            f"selector `{ctx.config.train.selector}` (source_loss: the source validation loss). Target labels were "
+            f"selector `{selector}` ({what}; the validation curves are the source's). Target labels were "
             "used only in evaluation: the operating threshold of each run is picked on the labelled target "
             "validation split, AUROC needs none; the target AUROC logged each epoch only measures selector regret.")
     features = out / "similarity" / "features.npz"

@@ -137,3 +137,32 @@ def test_a_manifest_is_read_from_its_recorded_root_and_a_run_with_no_prediction_
         assert main(["predict", "--model", str(model_2d), "--input", str(manifest), "--data-root", str(tmp_path),
                      "--out", str(tmp_path / "b"), "--no-progress"]) == 1
     assert "2 of 2 files are missing under the data root" in caplog.text and "--data-root" in caplog.text
+
+
+def test_predict_reads_array_archive_rows_of_a_manifest_as_training_does(model_2d, data_root, manifests_dir, tmp_path):
+    """A pipeline on PneumoniaMNIST scores its rows (archive.npz::array/index); medtl predict called every
+    one "file not found", so a pipeline's checkpoint could not score its own target manifest."""
+    import torch
+
+    from medtl.data import Manifest, build_dataset
+    from medtl.models.checkpoint import load_checkpoint
+
+    m = Manifest.load(manifests_dir / "cxr_kermany_pneumoniamnist.csv").select(split="test")
+    m.rows = m.rows[:6]
+    subset = m.save(tmp_path / "six.csv")
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_2d), "--input", str(subset), "--data-root", str(data_root),
+                 "--out", str(out), "--no-progress"]) == 0
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok"] * 6 and [r["case_id"] for r in rows] == [r.path for r in m.rows]
+    # the same probabilities as the model on the training chain's reading of those rows
+    module, _ = load_checkpoint(model_2d)
+    ds = build_dataset(m, data_root, "cxr", image_size=32, clahe=False)
+    with torch.no_grad():
+        expected = torch.softmax(module(torch.stack([ds[i]["image"] for i in range(6)]).float()), 1)[:, 1]
+    assert [float(r["prob_pneumonia"]) for r in rows] == pytest.approx(expected.tolist(), abs=1e-5)
+    missing = tmp_path / "missing.csv"
+    missing.write_text(subset.read_text().replace("pneumoniamnist_28px.npz", "absent.npz"))
+    assert main(["predict", "--model", str(model_2d), "--input", str(missing), "--data-root", str(data_root),
+                 "--out", str(tmp_path / "pred2"), "--no-progress"]) != 0

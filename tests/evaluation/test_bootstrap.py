@@ -113,3 +113,17 @@ def test_the_bootstrap_module_is_reachable_as_documented():
 
     y, s = _sample(np.random.default_rng(0), 10, 10)
     assert bootstrap.bootstrap_ci(auroc, y, s, n_boot=20) == bootstrap_ci(auroc, y, s, n_boot=20)
+
+
+def test_seed_summary_clips_a_t_interval_to_the_metrics_range():
+    """Two seeds' AUROCs 0.2 and 0.99: the t-interval (12.7 standard errors wide) overshoots both ends; the
+    results page's selector table printed 0.595 (-0.126-1.317) where the report clipped the same interval."""
+    from scipy import stats
+
+    from medtl.evaluation.bootstrap import seed_summary
+
+    raw = seed_summary([0.2, 0.99])
+    half = stats.t.ppf(0.975, 1) * np.std([0.2, 0.99], ddof=1) / np.sqrt(2)
+    assert raw["ci_low"] == pytest.approx(0.595 - half) and raw["ci_low"] < 0 and raw["ci_high"] > 1
+    clipped = seed_summary([0.2, 0.99], bounds=(0.0, 1.0))
+    assert (clipped["ci_low"], clipped["ci_high"], clipped["value"]) == (0.0, 1.0, pytest.approx(0.595))

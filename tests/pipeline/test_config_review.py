@@ -56,6 +56,20 @@ def test_label_fractions_are_refused_with_the_bad_value(tiny, make_config, fract
         load_pipeline(_write(tiny, _base(make_config).replace("[0.5, 1.0]", fractions)))
 
 
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("seeds: [0]", "seeds: [-1]", r"seeds: seeds must lie in \[0, 2\*\*32\), got \[-1\]"),
+    ("seeds: [0]", "seeds: [8589934592]", r"seeds: seeds must lie in \[0, 2\*\*32\)"),
+    ("encoder: {arch: resnet10}", "encoder: {arch: resnet10, stem_stride: 0}", r"encoder.stem_stride"),
+    ("pretrain: {epochs: 1, batch_size: 8}", "pretrain: {epochs: 1, batch_size: 8, kl_weight: -1}",
+     r"pretrain.kl_weight"),
+])
+def test_values_that_would_fail_mid_run_are_refused_at_load(tiny, make_config, old, new, message):
+    """A review's seeds: [-1] trained a whole job and one epoch, then stopped in scikit-learn's seed check with a
+    traceback; stem_stride 0 was refused only after the prepare stage had written into --out."""
+    with pytest.raises(MedtlError, match=message):
+        load_pipeline(_write(tiny, _base(make_config).replace(old, new)))
+
+
 def test_strategy_labels_given_twice_are_refused_under_their_key(tiny, make_config):
     with pytest.raises(MedtlError) as err:
         load_pipeline(_write(tiny, _base(make_config).replace("dann]", "dann, {name: full, hparams: {lr: 0.1}}]")))

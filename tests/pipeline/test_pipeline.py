@@ -219,6 +219,23 @@ def test_a_run_folder_refuses_to_go_on_after_its_manifest_was_edited(tiny_run, t
     assert f"set pretrain.checkpoint: {(out / 'pretrain' / 'model.pt').resolve()}" in str(err.value)
 
 
+def test_a_checkpoint_of_another_architecture_than_the_config_is_refused(tiny_run, tiny, make_config, tmp_path):
+    """pretrain.checkpoint built its own arch (resnet10) for the pretrained jobs while scratch built encoder.arch
+    (resnet18), and the report said resnet18 for both: pretrained against scratch compared two networks."""
+    checkpoint = (tiny_run / "pretrain" / "model.pt").resolve()
+    text = make_config(tiny).read_text().replace("pretrain: {epochs: 1, batch_size: 8}",
+                                                 f"pretrain: {{checkpoint: {checkpoint}}}")
+    other = tiny / "other_arch.yaml"
+    other.write_text(text.replace("encoder: {arch: resnet10}", "encoder: {arch: resnet18}"))
+    with pytest.raises(MedtlError, match=r"encoder.arch: arch resnet18 differs from the checkpoint's resnet10 .*set "
+                                         r"encoder.arch: resnet10"):
+        run_pipeline(other, tiny / "data", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    other.write_text(text.replace("encoder: {arch: resnet10}", "encoder: {arch: resnet10, stem_stride: 1}"))
+    with pytest.raises(MedtlError, match=r"encoder.stem_stride: stem_stride 1 differs from the checkpoint's 2"):
+        run_pipeline(other, tiny / "data", tmp_path / "run")
+
+
 def test_missing_data_files_are_listed(tiny, make_config, tmp_path):
     import shutil
 

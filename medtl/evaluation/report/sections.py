@@ -564,7 +564,9 @@ def learning_curves(doc: Document, metrics_log, fig_list: list[dict]) -> dict:
     caption = (f"{panels[0].upper()}{panels[1:]} against {x}" + (f"; one line per {by}" if by else "")
                + (f", coloured by {colour}" if colour else "")
                + ". By default medtl's trainer keeps the epoch with the lowest validation loss (training loss "
-               "without a validation split); linear probes are fitted, not trained by epoch, and have no curve")
+               "without a validation split; in unsupervised adaptation the validation split is the source's and "
+               "the pipeline's train.selector picks the epoch); linear probes are fitted, not trained by epoch, "
+               "and have no curve")
     add_figures(doc, fig_list, [("learning_curves.png", png, caption)])
     return {"source": str(path), "x": x, "metrics": metrics, "by": by, "colour": colour}
 
