@@ -30,7 +30,9 @@ def resolve_inside(root: str | Path, relative: str, where: str | None = None) ->
     if not rel or PurePosixPath(rel).is_absolute() or (len(rel) > 1 and rel[1] == ":"):
         raise MedtlError(f"path {relative!r} must be relative to the data root", where)
     if ".." in PurePosixPath(rel).parts:
-        raise MedtlError(f"path {relative!r} escapes the data root with '..'", where)
+        # refused even where it would end inside the root: a manifest names each file by its one path below it
+        raise MedtlError(f"path {relative!r} contains '..': manifest paths lead down from the data root, never up",
+                         where)
     rel, sep, member = rel.partition("::")  # an array archive member: check the archive's path
     root_resolved = Path(root).resolve()
     full = (root_resolved / rel).resolve()

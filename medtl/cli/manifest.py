@@ -76,6 +76,12 @@ def run_build(args) -> int:
         label_names=args.label_names.split(",") if args.label_names else None, keep_source_split=args.keep_source_split,
         near_copy_correlation=args.near_copy_correlation, skip_unreadable=args.skip_unreadable,
     )
+    manifest.source = Path(out)  # what the check below names
+    report = check_manifest(manifest, root, scanned=manifest.scanned)  # counts table, and proof that it is valid
+    if not report.ok:  # an invalid manifest is not left behind for the next command to read
+        print(report.render())
+        print(f"not written: {out} would fail `medtl manifest check` (the errors above)")
+        return 1
     manifest.save(out)
     meta = manifest.meta
     print(f"wrote {out}: {len(manifest)} rows, labels {manifest.label_names}, patient ids: {meta['patient_ids']}")
@@ -87,9 +93,8 @@ def run_build(args) -> int:
         by_split = ", ".join(f"{k} {v['groups']} ({v['images']} images)" for k, v in meta["near_copy_groups_by_split"].items())
         print(f"near-copy groups kept inside one split: {meta['near_copy_groups']} ({meta['near_copy_images']} images): "
               f"{by_split}; the near_copy_group column names them")
-    report = check_manifest(manifest, root, scanned=manifest.scanned)  # counts table, and proof that what was built is valid
     print(report.render())
-    return 0 if report.ok else 1
+    return 0
 
 
 def run_check(args) -> int:

@@ -86,10 +86,15 @@ def read_picture(path: Path) -> Image:
     """PNG/JPEG of any mode (L, I;16, RGB, RGBA, P, LA, ...) to one grey channel, values kept."""
     from PIL import Image as PILImage, UnidentifiedImageError
 
+    from PIL import ImageOps
+
     try:
         with PILImage.open(path) as im:
             im.load()  # decode now, so truncated files fail here and not later
             mode = im.mode
+            # a photo's EXIF orientation (a phone or camera that stores pixels sideways) turns it upright, as
+            # every viewer shows it; scanner and PACS exports carry none
+            im = ImageOps.exif_transpose(im)
             if mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             if im.mode in ("RGBA", "LA"):

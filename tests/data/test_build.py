@@ -202,3 +202,22 @@ def test_the_demo_data_passes_its_check_without_a_warning_it_cannot_act_on(tmp_p
     assert set(manifests) == {"cxr_synthetic", "mri2d_synthetic"} and printed.count("\nOK") == 2
     assert "WARNING" not in printed and "rebuild" not in printed
     assert printed.count("near-copies not checked (correlation 1); identical files across splits: 0") == 2
+
+
+def test_manifest_build_writes_nothing_when_its_own_check_fails(folder_root, capsys):
+    """A link out of the data root (not scanned without near-copy grouping) failed the check after the CSV and its
+    meta were written: the next command found a manifest that `manifest check` refuses."""
+    from medtl.cli import main
+
+    outside = folder_root.parent / "outside.png"
+    outside.write_bytes((folder_root / "site" / "pos" / "img01.png").read_bytes())
+    (folder_root / "site" / "pos" / "link.png").symlink_to(outside)
+    out = folder_root.parent / "built.csv"
+    code = main(["manifest", "build", "--from", str(folder_root / "site"), "--data-root", str(folder_root),
+                 "--out", str(out), "--no-group-near-copies"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "FAILED" in printed and f"not written: {out}" in printed
+    assert not out.exists() and not out.with_suffix(".meta.json").exists()
+    (folder_root / "site" / "pos" / "link.png").unlink()
+    assert main(["manifest", "build", "--from", str(folder_root / "site"), "--data-root", str(folder_root),
+                 "--out", str(out), "--no-group-near-copies"]) == 0 and out.exists()

@@ -196,8 +196,10 @@ def test_npz_members_read_and_stay_inside_the_root(tmp_path):
         io.read(resolve_inside(tmp_path, "a.npz::train_images/3"))
     with pytest.raises(MedtlError, match="not in archive"):
         io.read(resolve_inside(tmp_path, "a.npz::nope/0"))
-    with pytest.raises(MedtlError, match="escapes"):
+    with pytest.raises(MedtlError, match="contains '..': manifest paths lead down from the data root, never up"):
         resolve_inside(tmp_path, "../a.npz::train_images/0")
+    with pytest.raises(MedtlError, match="contains '..'"):  # ends inside the root: still refused, and not as escaping
+        resolve_inside(tmp_path, "x/../a.npz::train_images/0")
 
 
 def test_npz_manifest_keeps_the_source_split(tmp_path):
@@ -512,3 +514,23 @@ def test_one_slice_is_not_a_volume_for_3d_models(tmp_path):
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 2)).astype(np.float32), np.eye(4)),
              tmp_path / "slab.nii.gz")
     assert LoadMedicalImage(ndim=3)(tmp_path / "slab.nii.gz").shape == (1, 40, 40, 2)  # a slab: read, with caveats later
+
+
+def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    """A phone photo of a film stores its pixels sideways with EXIF Orientation 6 (rotate 90 degrees clockwise to
+    view); every viewer shows it upright, and a model trained on upright images must get it so."""
+    from PIL import Image as PILImage
+
+    from medtl.data import io
+
+    upright = np.zeros((40, 60), np.uint8)
+    upright[:10, :30] = 255  # a bright block at the top left
+    stored = PILImage.fromarray(upright).transpose(PILImage.Transpose.ROTATE_90)  # what the camera wrote (60x40)
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    stored.save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    array = io.read(tmp_path / "photo.jpg").array
+    assert array.shape == (40, 60)
+    assert np.abs(array.astype(float) - upright).mean() < 3  # JPEG's rounding aside, the upright picture
+    stored.save(tmp_path / "plain.jpg", quality=95)  # no EXIF: read as stored
+    assert io.read(tmp_path / "plain.jpg").array.shape == (60, 40)
