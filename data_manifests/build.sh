@@ -18,8 +18,9 @@ medtl manifest build --from "$root/dicom/manifest.csv" --data-root "$root" --nea
 medtl manifest build --from "$root/cxr_kermany/pneumoniamnist_28px.npz" --data-root "$root" --near-copy-correlation 0.99 \
   --out "$out/cxr_kermany_pneumoniamnist.csv" --label-names normal,pneumonia --keep-source-split
 # the brain-tumour source for the mri2d_site_shift pipeline: without the images its target also holds. A copy is
-# a whole-frame thumbnail correlating above 0.9, or one cut to the head above 0.85 (slices re-cropped or padded
-# to another frame; added 2026-12-02: 679 dropped, 621 before, which docs/results.md's runs used). Copies with
+# a whole-frame thumbnail correlating above 0.9, or one cut to the head above 0.85 where one of the two had a margin
+# to cut (slices re-cropped or padded to another frame; added 2026-12-02: 679 dropped, 621 before, which
+# docs/results.md's runs used). Copies with
 # another intensity window score 0.80-0.85 cut to the head, among look-alikes of other slices: some remain.
 medtl manifest build --from "$root/mri2d_tumor4/manifest.csv" --data-root "$root" --near-copy-correlation 0.99 \
   --out "$out/mri2d_tumor4_minus_yesno.csv" --exclude-near-copies-of "$out/mri2d_yesno.csv"

@@ -263,10 +263,11 @@ def assign_splits(
 # the data README lists, 0.9 finds 621 (602 notumor) from the same 116 yes/no images. Dropping a
 # few look-alikes too many from a source is harmless; keeping copies of the target is not.
 CROSS_SET_CORRELATION = 0.9
-# The same for thumbnails cut to the head (duplicates.head_crop): a review found tumour4 slices that copy a yes/no
-# slice re-cropped or padded to another frame, which whole-frame thumbnails score 0.45-0.9. Cut to the head, 58
-# of the source's images score above 0.85 against the target; of the 33 between 0.85 and 0.9, 30 were the same
-# slice by eye (2026-12-02), and copies with another intensity window still score 0.80-0.85 (not caught).
+# The same for thumbnails cut to the head (duplicates.cropped_thumbnail, where one of the two lost a margin): a
+# review found tumour4 slices that copy a yes/no slice re-cropped or padded to another frame, which whole-frame
+# thumbnails score 0.45-0.9. Cut to the head, 58 more of the source's images score above 0.85 against the target;
+# of the 33 between 0.85 and 0.9, 30 were the same slice by eye (2026-12-02), and copies with another intensity
+# window still score 0.80-0.85 (not caught).
 CROSS_SET_CROPPED_CORRELATION = 0.85
 
 
@@ -281,17 +282,25 @@ def drop_near_copies_of(
     copied: set[int] = set()
     their_sha = {s.sha256 for s in theirs if s.sha256}
     copied.update(i for i, s in enumerate(mine) if s.sha256 in their_sha)
-    for kind, limit in (("thumb", threshold), ("cropped", cropped_threshold)):
-        by_size: dict[int, list[int]] = defaultdict(list)
-        for j, s in enumerate(theirs):
-            if getattr(s, kind) is not None:
-                by_size[getattr(s, kind).size].append(j)
-        for size, js in by_size.items():
-            idx = [i for i, s in enumerate(mine) if getattr(s, kind) is not None and getattr(s, kind).size == size]
-            if idx:
-                pairs = near_copy_pairs(np.stack([getattr(mine[i], kind) for i in idx]),
-                                        np.stack([getattr(theirs[j], kind) for j in js]), limit)
-                copied.update(idx[p] for p in pairs[:, 0])
+
+    def by_length(scanned, thumb_of) -> dict[int, tuple[list[int], np.ndarray]]:  # 2D and 3D compared apart
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, s in enumerate(scanned):
+            if thumb_of(s) is not None:
+                groups[thumb_of(s).size].append(i)
+        return {n: (idx, np.stack([thumb_of(scanned[i]) for i in idx])) for n, idx in groups.items()}
+
+    for cut, limit in ((False, threshold), (True, cropped_threshold)):
+        thumb_of = (lambda s: s.cropped[0] if s.cropped else None) if cut else (lambda s: s.thumb)
+        theirs_by = by_length(theirs, thumb_of)
+        for n, (idx, stacked) in by_length(mine, thumb_of).items():
+            if n not in theirs_by:
+                continue
+            js, their_stack = theirs_by[n]
+            for p, q in near_copy_pairs(stacked, their_stack, limit):
+                # cut to the head, a pair counts where one of the two lost a margin (not two uncut frames)
+                if not cut or mine[idx[p]].cropped[1] or theirs[js[q]].cropped[1]:
+                    copied.add(idx[p])
     return [r for i, r in enumerate(rows) if i not in copied], len(copied)
 
 
@@ -366,6 +375,9 @@ def build_manifest(
             raise MedtlError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:10])}"
                              + (". medtl reads nothing outside the data root: give a --data-root that holds the files "
                                 "the links point to (a folder above both)" if links else
+                                ". A missing file, or one outside the root, is a wrong path or data root, which "
+                                "--skip-unreadable does not leave out: correct the paths or --data-root"
+                                if skip_unreadable else
                                 ". Remove or repair them, or leave them out: `medtl manifest build --skip-unreadable` "
                                 "writes a manifest without them (listed in its .meta.json)"), source)
     if left_out and not rows and not excluded:  # every file left out as unreadable (not as a copy)

@@ -24,7 +24,7 @@ class ScannedFile:
     thumb: np.ndarray | None = None
     error: str | None = None
     misplaced: bool = False  # the error is where the file is (missing, outside the root), not what it holds
-    cropped: np.ndarray | None = None  # a 2D image's thumbnail of duplicates.head_crop (with_cropped scans)
+    cropped: tuple[np.ndarray, bool] | None = None  # duplicates.cropped_thumbnail (with_cropped scans of 2D images)
 
 
 def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progress: bool = True,
@@ -48,8 +48,7 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
                 sha = duplicates.array_sha256(image.array)
             else:
                 sha = file_sha256(full) if full.is_file() else None
-            cropped = duplicates.thumbnail(duplicates.head_crop(image.array)) \
-                if with_cropped and image.array.ndim == 2 else None
+            cropped = duplicates.cropped_thumbnail(image.array) if with_cropped else None
             out.append(ScannedFile(sha, duplicates.thumbnail(image.array, image.affine), cropped=cropped))
         except MedtlError as err:
             # an error about one file of a series folder names that file beside the folder's row

@@ -71,6 +71,21 @@ def head_crop(array: np.ndarray) -> np.ndarray:
     return a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
+def cropped_thumbnail(array: np.ndarray, most: float = 0.96) -> tuple[np.ndarray, bool] | None:
+    """A 2D image's thumbnail cut to its head (:func:`head_crop`), and whether the cut took off a margin: it
+    keeps at most ``most`` of the frame. None for a volume. Copies are found between two such thumbnails
+    where at least one image lost a margin: a chest X-ray's body fills its frame, and comparing two uncut
+    frames again at the looser cut-to-head threshold only drops different patients that look alike (a
+    review: 17-24% of chest X-ray sets). Measured 2026-12-02 on the committed manifests: chest X-ray sets minus
+    each other lose 5-7 rows more than by whole frames (27->32 of 738, 10->17, 7->14 of 3166); at 0.9, 4 of the
+    13 cut copies a review found in mri2d_tumor4 were kept (their brains fill 93-96% of the frame)."""
+    a = np.asarray(array)
+    if a.ndim != 2:
+        return None
+    cut = head_crop(a)
+    return thumbnail(cut), bool(cut.size <= most * a.size)
+
+
 def near_copy_pairs(
     thumbs_a: np.ndarray, thumbs_b: np.ndarray | None = None, threshold: float = NEAR_COPY_CORRELATION
 ) -> np.ndarray:

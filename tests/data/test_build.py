@@ -176,8 +176,10 @@ def test_skip_unreadable_still_refuses_a_missing_file(folder_root):
     raw = folder_root / "raw.csv"
     rows = [f"site/{c}/img{i:02d}.png,{c}" for c in ("neg", "pos") for i in range(6)] + ["site/pos/missing.png,pos"]
     raw.write_text("path,label\n" + "\n".join(rows) + "\n")
-    with pytest.raises(MedtlError, match=r"site/pos/missing.png \(file not found\)"):
+    with pytest.raises(MedtlError, match=r"site/pos/missing.png \(file not found\)") as err:
         build_manifest(raw, folder_root, skip_unreadable=True, group_near_copies=False)
+    # the refusal does not advise the flag that was given
+    assert "--skip-unreadable does not leave out" in str(err.value) and "leave them out:" not in str(err.value)
 
 
 def test_skip_unreadable_tells_missing_from_damaged_by_the_check_not_by_the_name(folder_root):
