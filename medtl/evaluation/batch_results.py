@@ -219,9 +219,10 @@ def row_summary(path, res: BatchResults, st) -> str:
     splits = res.table["split"].value_counts() if "split" in res.table else pd.Series({st.test_split: len(res.table)})
     n_test, n_val = int(splits.get(st.test_split, 0)), int(splits.get(st.val_split, 0))
     other = {str(k): int(v) for k, v in splits.items() if k not in (st.test_split, st.val_split)}
+    # a regression's val rows give the no-skill constant (their mean); a classifier's its threshold and calibration
+    use = "the no-skill constant" if "prediction" in res.table else "the threshold and calibration"
     parts = [f"{n_test} {st.test_split} rows scored",
-             f"{n_val} {st.val_split} rows used for the threshold and calibration only" if n_val
-             else f"no {st.val_split} rows"]  # fmt: skip
+             f"{n_val} {st.val_split} rows used for {use} only" if n_val else f"no {st.val_split} rows"]
     if other:
         parts.append(f"{sum(other.values())} rows of other splits left out ("
                      + ", ".join(f"{k} {v}" for k, v in other.items()) + ")")
@@ -312,6 +313,13 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
     if exclude is not None:
         tables, note = _exclude(tables, exclude, st.test_split)
         notes.append(note)
+        emptied = [name for t, name in zip(tables, names) if t.empty]
+        if len(emptied) == len(tables):
+            raise MedtlError("every row of the predictions is listed in the exclusion list: nothing is left to score",
+                             exclude)
+        if emptied:  # a file whose every case is excluded has nothing left to score: said, not an error about it
+            notes.append(f"every row of {', '.join(emptied)} is excluded: it adds nothing to this report")
+        tables, names = zip(*[(t, name) for t, name in zip(tables, names) if not t.empty])
     report = evaluate_predictions(list(zip(tables, names)), st)
     report["notes"] = notes + report["notes"]
     return report

@@ -433,8 +433,9 @@ VERDICTS = {
             "them hurts the model less than blanking random pixels); do not show them as evidence",
     "inconclusive": "not shown that the maps mark what the model uses (the interval of the difference includes "
                     "0); do not show them as evidence without a larger test",
-    "no_drop": "not shown that the maps mark what the model uses: blanking them did not lower the probability (its "
-               "interval reaches 0 or below), though random blanking changed it more; do not show them as evidence",
+    "no_drop": "not shown that the maps mark what the model uses: blanking them beat blanking random pixels, but "
+               "was not shown to lower the probability (its interval reaches 0 or below); do not show them as "
+               "evidence",
 }
 SMALL_DELETION_TEST = 50  # fewer images: the verdict stands, but the number is not one to report
 
@@ -469,7 +470,9 @@ def deletion_summary(result: dict, class_names: Sequence[str] | None = None) -> 
     explained = {"predicted": "the predicted class", "per image": "each image's explained class"}.get(
         index, f"class {class_names[index]!r}" if class_names and isinstance(index, int) and 0 <= index < len(
             class_names) else f"class {index}")
-    verdict = result.get("verdict") or deletion_verdict(result["difference"], result.get("drop_top"))
+    # from the intervals, not a stored word: a file written before 'no_drop' existed may say 'pass' of maps whose
+    # blanking raised the probability
+    verdict = deletion_verdict(result["difference"], result.get("drop_top"))
     constant = result.get("constant_maps", 0)
     units = result.get("n_units", result["n"])
     where = f"{result['n']} images" + (f" ({units} independent units: the images of one patient, series or near-copy "

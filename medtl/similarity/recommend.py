@@ -206,6 +206,7 @@ def recommend(
             "source": c["source"],
             "encoder": c["encoder"],
             "strategy": c["strategy"],
+            **({"method": c["method"]} if c.get("method") else {}),  # so a ranking row is a candidate again
             "composite": float(composite),
             "measured_composite": float(composite_of(key, measured_metrics)),  # the same without the prior
             "metric_ranks": {m: per_metric[m][key] for m in have},
@@ -260,10 +261,13 @@ def recommend(
     top_measured = max(r["measured_composite"] for r in rows)
     lifted = not prior_only and top_measured - best["measured_composite"] > TIE_TOLERANCE
     if prior_only and len(rows) > 1:  # a rule of thumb is no measured basis for a pick: every option stays open
-        order = " > ".join(f"{r['key']} ({r['scores'].get('strategy_prior', 0.5):.1f})" for r in rows)
+        priors = [r["scores"].get("strategy_prior", 0.5) for r in rows]
+        chain = " > ".join(f"{r['key']} ({p:.1f})" for r, p in zip(rows, priors))
+        order = (f"would order them {chain}" if len(set(priors)) > 1
+                 else f"gives every one the same value ({priors[0]:.1f}): it orders none of them either")
         text = [f"No pick: no measurement tells these {len(rows)} options apart (the same for every one that has it), "
                 f"so nothing measured recommends one. The strategies' prior, a rule of thumb on the number of labels "
-                f"and the domain gap, would order them {order}; it is no evidence for this target: on this project's "
+                f"and the domain gap, {order}; it is no evidence for this target: on this project's "
                 "own chest X-ray to brain MRI studies no transfer recipe beat training from scratch by its interval, "
                 "and a pick by the prior alone lost to scratch (docs/results.md). Train the options, scratch "
                 "included, and compare them on validation."]
@@ -280,7 +284,8 @@ def recommend(
     elif twins:
         level = [r for r in tied if r is not best and not _same_measurements(r, best)]  # within the tolerance
         tied = sorted([*tied, *twins], key=lambda r: r["rank"])
-        below = [r for r in rows if best["measured_composite"] - r["measured_composite"] > TIE_TOLERANCE]
+        floor = min(r["measured_composite"] for r in tied)  # what the measurements alone give the weakest of them
+        below = [r for r in rows if r not in tied and floor - r["measured_composite"] > TIE_TOLERANCE]
         groups = []  # each top option with the options that share its every measurement
         for t in [r for r in tied if r not in twins]:
             group = [t, *[r for r in twins if _same_measurements(r, t)]]
@@ -332,7 +337,9 @@ def recommend(
     for m in unit_bound:
         text.append(f"{m} is not ranked: it is in each encoder's own feature units, and the options that have it "
                     f"use {len(measured_by[m])} encoders ({', '.join(measured_by[m])}).")
-    if not any(m in ranked_metrics for m in ("logme", "leep", "h_score")):
+    if not measured_metrics:  # nothing measured for any option (scratch only, or encoders that cannot be measured)
+        text.append("Nothing was measured for these options: no distance or transferability score speaks for any.")
+    elif not any(m in ranked_metrics for m in ("logme", "leep", "h_score")):
         text.append("No transferability score (needs target labels): the ranking rests on domain distances only.")
     for e in excluded:
         text.append(f"Excluded {e['key']}: {e['reason']}.")

@@ -290,11 +290,14 @@ def test_a_regression_models_results_are_scored_under_its_target_unstratified(tm
                             "status": "ok", "error": "", "predicted_label": "", "predicted_age": pred.round(4),
                             "model_name": "m", "model_version": "1", "label": "", "split": ""})
     results.to_csv(tmp_path / "results.csv", index=False)
-    rows = [ManifestRow(f"v{i}.nii.gz", "F", f"p{i}", "ixi", "test", "mri3d", {"age": str(a)}) for i, a in enumerate(ages)]
+    rows = [ManifestRow(f"v{i}.nii.gz", "F", f"p{i}", "ixi", "test" if i < 24 else "val", "mri3d", {"age": str(a)})
+            for i, a in enumerate(ages)]
     Manifest(rows, ["F"]).save(tmp_path / "labels.csv")
     assert main(["evaluate", "--predictions", str(tmp_path / "results.csv"), "--labels", str(tmp_path / "labels.csv"),
                  "--out", str(tmp_path / "rep"), "--n-boot", "50"]) == 0
-    capsys.readouterr()
+    # a regression's val rows give the no-skill constant: there is no threshold or calibration to choose
+    assert "6 val rows used for the no-skill constant only" in capsys.readouterr().out
+    pred, ages = pred[:24], ages[:24]
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     (entry,) = report["tasks"]["age"]["strategies"].values()
     assert entry["metrics"]["mae"]["value"] == pytest.approx(np.abs(pred.round(4) - ages).mean(), abs=1e-6)
@@ -341,3 +344,22 @@ def test_each_predictions_file_is_read_once_and_still_named_in_errors(tmp_path, 
     binary_table[binary_table["strategy"] == "finetune"].to_csv(paths[1], index=False)
     assert sorted(evaluate_files(paths, n_boot=20)["tasks"]["tumor"]["strategies"]) == ["finetune", "scratch"]
     assert len(reads) == 2  # no clash: still once each
+
+
+def test_exclude_that_empties_one_file_leaves_it_out_with_a_note(tmp_path, binary_table):
+    """Excluding every case of one file said '<that file>: the predictions table has no rows', as if it were empty."""
+    from medtl.evaluation.batch_results import evaluate_files
+
+    a = binary_table[binary_table["strategy"] == "scratch"]
+    b = binary_table[binary_table["strategy"] == "finetune"].assign(case_id=lambda t: "other-" + t["case_id"])
+    paths = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    a.to_csv(paths[0], index=False)
+    b.to_csv(paths[1], index=False)
+    listed = tmp_path / "listed.csv"
+    pd.DataFrame({"case_id": sorted(b["case_id"].unique())}).to_csv(listed, index=False)
+    report = evaluate_files(paths, exclude=listed, n_boot=20)
+    assert list(report["tasks"]["tumor"]["strategies"]) == ["scratch"]
+    assert any(n == f"every row of {paths[1]} is excluded: it adds nothing to this report" for n in report["notes"])
+    pd.DataFrame({"case_id": sorted(set(a["case_id"]) | set(b["case_id"]))}).to_csv(listed, index=False)
+    with pytest.raises(MedtlError, match="nothing is left to score"):
+        evaluate_files(paths, exclude=listed, n_boot=20)

@@ -284,3 +284,33 @@ def test_the_prior_does_not_lift_an_option_over_one_the_measurements_put_first()
     assert by_key["mri/pre/dann"]["measured_composite"] == pytest.approx(expected)
     assert recommend({"name": "t", "shared_labels": False}, cands)["explanation"].startswith(
         "Recommended: mri/pre/dann")
+
+
+def test_equal_priors_are_not_said_to_order_the_options():
+    """The 3D pipelines' options (full fine-tuning at few labels, scratch) all have prior 0.5; the text chained
+    them with '>' in alphabetical order, an order neither a measurement nor the prior gives."""
+    cands = [{"source": "s", "encoder": "e", "strategy": f"full+{lift}", "method": "full", "scores": {"logme": -0.5}}
+             for lift in ("i3d", "acs", "2.5d")]
+    rec = recommend({"n_labelled": 20}, cands)
+    assert rec["prior_only"] and "gives every one the same value (0.5): it orders none of them either" in \
+        rec["explanation"] and ">" not in rec["explanation"]
+
+
+def test_no_pick_counts_only_options_the_measurements_put_below_every_tied_one():
+    """'The measurements place them above N other option(s)' counted against the best option only, so it took in
+    tied options and options that measured better than the weaker tied ones (a case from a seeded search)."""
+    def c(e, s, logme, mmd2, h):
+        return {"source": "s", "encoder": e, "strategy": s, "scores": {"logme": logme, "mmd2": mmd2, "h_score": h}}
+
+    cands = [c("a", "full", 0.52, 0.52, 0.172), c("b", "dann", 2.317, 0.886, 0.853), c("b", "full", 2.317, 0.886, 0.853),
+             c("c", "full", 0.19, 0.978, 0.999), c("c", "lp_ft", 0.19, 0.978, 0.999),
+             c("d", "linear_probe", -0.091, 0.234, 0.392),
+             {"source": "none", "encoder": "rnd", "strategy": "scratch", "scores": {}, "unmeasured": "scratch"}]
+    rec = recommend({"n_labelled": 100, "shared_labels": True}, cands)
+    assert sorted(rec["tie"]) == ["s/b/dann", "s/b/full", "s/c/full", "s/c/lp_ft"]
+    measured = {r["key"]: r["measured_composite"] for r in rec["ranking"]}
+    floor = min(measured[t] for t in rec["tie"])
+    below = [k for k in measured if k not in rec["tie"] and floor - measured[k] > 0.01]
+    best = rec["ranking"][0]["key"]
+    by_best = [k for k in measured if measured[best] - measured[k] > 0.01]  # the old count
+    assert f"place them above {len(below)} other option(s)" in rec["explanation"] and len(below) < len(by_best)
