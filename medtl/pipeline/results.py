@@ -588,10 +588,11 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         "step-down adjustment over all of the task's paired tests (every budget, strategy pair and seed, as in "
         "the run's report.json), which holds the chance of any false positive among them at 5%.",
         "",
-        "These are CPU-profile runs (small images, few epochs, capped data) unless a section says otherwise: they "
-        "show what the pipeline measures and how, not the best each strategy can reach.",
-        "",
     ]
+    profiles = {json.loads((Path(r) / "environment.json").read_text()).get("profile") or "default" for r in runs}
+    if profiles == {"cpu"}:  # said only of runs made so (each section names its run's profile)
+        header += ["These are CPU-profile runs (small images, few epochs, capped data): they show what the pipeline "
+                   "measures and how, not the best each strategy can reach.", ""]
     pipelines_dir = Path(__file__).resolve().parents[2] / "pipelines"
     kept = _previous_sections(Path(out), set(names), keep)
     sections += list(kept.values())

@@ -307,18 +307,20 @@ def stage_pretrain(ctx: Context) -> dict:
             raise MedtlError("pretrained checkpoint not found", f"{ctx.config_path}: pretrain.checkpoint")
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, out / "model.pt")
-        return {"checkpoint": str(out / "model.pt"), "copied_from": str(src)}
-    m = ctx.load(cfg.source, "source")
-    modality = modality_of(m, cfg.source)
-    size = cfg.source.image_size or 128
-    result = pretrain(
-        m, ctx.data_root, out, mode=cfg.pretrain.mode, preset=modality, image_size=size, arch=cfg.encoder.arch,
-        stem_stride=cfg.encoder.stem_stride, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
-        lr=cfg.pretrain.lr, kl_weight=cfg.pretrain.kl_weight, seed=cfg.seeds[0], num_workers=cfg.train.num_workers,
-        device=cfg.train.device, ssl_hparams=cfg.pretrain.hparams, progress=ctx.progress,
-    )
-    record = {"checkpoint": str(result.path), "metrics": result.metrics}
-    if cfg.sources:
+        record = {"checkpoint": str(out / "model.pt"), "copied_from": str(src)}
+    else:
+        m = ctx.load(cfg.source, "source")
+        modality = modality_of(m, cfg.source)
+        size = cfg.source.image_size or 128
+        result = pretrain(
+            m, ctx.data_root, out, mode=cfg.pretrain.mode, preset=modality, image_size=size, arch=cfg.encoder.arch,
+            stem_stride=cfg.encoder.stem_stride, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
+            lr=cfg.pretrain.lr, kl_weight=cfg.pretrain.kl_weight, seed=cfg.seeds[0],
+            num_workers=cfg.train.num_workers, device=cfg.train.device, ssl_hparams=cfg.pretrain.hparams,
+            progress=ctx.progress,
+        )
+        record = {"checkpoint": str(result.path), "metrics": result.metrics}
+    if cfg.sources:  # pretrained here whether the default encoder was trained or copied
         record["sources"] = {name: str(pretrain_source(ctx, name)) for name in cfg.sources}
     return record
 
@@ -326,6 +328,15 @@ def stage_pretrain(ctx: Context) -> dict:
 def pretrain_source(ctx: Context, name: str) -> Path:
     """Self-supervised pretraining of ``sources.<name>`` on its manifests' rows (resumable, like the default)."""
     cfg, src = ctx.config, ctx.config.sources[name]
+    if src.pretrain.checkpoint:  # given, as the default encoder's may be: copied, not trained
+        given = Path(src.pretrain.checkpoint)
+        given = given if given.is_absolute() else (ctx.base / given).resolve()
+        if not given.exists():
+            raise MedtlError("pretrained checkpoint not found", f"{ctx.config_path}: sources.{name}.pretrain.checkpoint")
+        target = source_checkpoint(ctx, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(given, target)
+        return target
     parts = []
     for i, entry in enumerate(src.data):
         m = ctx.manifest(DataSpec(manifest=entry.manifest), f"sources.{name}.data[{i}]")
@@ -354,21 +365,26 @@ def stage_similarity(ctx: Context) -> dict:
     random encoder, and what ``medtl recommend`` ranks from it (the same weights and strategy priors)."""
     cfg, out = ctx.config, ctx.out / "similarity"
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.md"), out / "features.npz"]:  # a --redo must not leave an earlier run's measures
+        stale.unlink(missing_ok=True)
     task = cfg.tasks[0]
     source = ctx.load(cfg.source, "source")
     target = ctx.load(cfg.target, "target", task)
-    encoders = {"pretrained": source_checkpoint(ctx, None), RANDOM_INIT: None,
-                **{name: source_checkpoint(ctx, name) for name in cfg.sources}}
+    # the encoders the strategies start from: a random one and an unused one would be measured for nothing
+    used = {_encoder_name(spec) for spec in cfg.strategies}
+    encoders = {name: source_checkpoint(ctx, None if name == "pretrained" else name)
+                for name in ("pretrained", *cfg.sources) if name in used}
     source_dims = Preset(modality_of(source, cfg.source)).spatial_dims
     counts = [(len(m.select(split="train")), name) for m, name in ((source, "source"), (target, "target"))]
     log.info("similarity: %s training images measured (similarity.max_images: %d)",
              " and ".join(f"{min(n, cfg.similarity.max_images)} of {n} {name}" for n, name in counts),
              cfg.similarity.max_images)
     results, feats = _measure(ctx, source, target, task, encoders, source_dims, out)
-    shown = "pretrained" if "pretrained" in feats else next(iter(feats))  # the embedding figure's features
-    src_f, tgt_f = feats[shown]["source"], feats[shown]["target"]
-    np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
-                        domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
+    if feats:  # the embedding figure's features
+        shown = "pretrained" if "pretrained" in feats else next(iter(feats))
+        src_f, tgt_f = feats[shown]["source"], feats[shown]["target"]
+        np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
+                            domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
     # a measure the recommendation leaves unranked (Frechet, in each encoder's own units, when the candidates
     # use several encoders) is not worth measuring again on each half: it was most of the resamples' time
@@ -376,6 +392,16 @@ def stage_similarity(ctx: Context) -> dict:
     resamples = resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
     (out / RESAMPLES).write_text(json.dumps(plain(resamples, "similarity"), indent=1) + "\n")
     record = _ranking(ctx, results, n_labelled, resamples)
+    lifts_of: dict[str, set] = {}  # each measured 2D encoder's lifts: its measurements stand for every one
+    for spec in cfg.strategies:
+        lift = spec.lift or cfg.encoder.lift
+        if lift not in (None, "none") and _encoder_name(spec) in results:
+            lifts_of.setdefault(_encoder_name(spec), set()).add(lift)
+    for enc_name, lifts in lifts_of.items():
+        if len(lifts) > 1:
+            record["explanation"] += (f" The options lifted from {enc_name} ({', '.join(sorted(lifts))}) share its "
+                                      "measurements, made reading the volumes through the 2.5D lift: nothing "
+                                      "measured tells the lifts apart.")
     (out / "similarity.json").write_text(json.dumps(plain(results, "similarity"), indent=2) + "\n")
     (out / "recommendation.json").write_text(json.dumps(record, indent=2) + "\n")
     print(record["explanation"])
@@ -427,6 +453,10 @@ def _ranking(ctx: Context, results: dict, n_labelled: int, resamples: list[dict]
                  "strategy": spec.display, "method": spec.name}
             if enc_name == RANDOM_INIT:  # it uses nothing of the source: no source-target measurement speaks for it
                 c.update(scores={}, unmeasured="trains from random weights, using nothing of the source")
+            elif enc_name not in scores_of:  # a 3D encoder beside 2D source images: _measure says why
+                why = ctx.out / "similarity" / f"{enc_name}.md"
+                c.update(scores={}, unmeasured=why.read_text().strip().removeprefix("Not measured: ").rstrip(".")
+                         if why.exists() else "not measured")
             else:
                 c["scores"] = dict(scores_of.get(enc_name, {}))
             out.append(c)
@@ -545,7 +575,8 @@ def _recommendation_vs_outcomes(ctx: Context, report: Report, record: dict) -> R
         if not outcomes:
             continue
         n = 0 if cfg.unlabelled_target else len(labelled_rows(train_rows, budget, cfg.seeds[0], task))
-        ranked = _ranking(ctx, results, n, resamples) if results else record
+        # ranked again for this budget's count (an empty similarity.json too: nothing measured, priors only)
+        ranked = _ranking(ctx, results, n, resamples) if sim_path.exists() else record
         by_key = {r["key"]: outcomes.get(r["strategy"]) for r in ranked["ranking"]}
         comparison = compare_outcome(ranked, {k: v for k, v in by_key.items() if v is not None})
         by_budget.append({**comparison, "label_fraction": budget.fraction, "n_labelled": n, "tie": ranked.get("tie") or [],

@@ -72,5 +72,5 @@ def test_manifest_rows_are_units(data_root, manifests_dir, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\n../../etc/passwd,x\ndicom/missing.dcm,y\n")
     errors = {s.key: s.error for s in scan_manifest(bad, data_root)}
-    assert "escapes the data root" in errors["../../etc/passwd"]
+    assert "contains '..': manifest paths lead down from the data root" in errors["../../etc/passwd"]
     assert errors["dicom/missing.dcm"] == "file not found"

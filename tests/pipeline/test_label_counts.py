@@ -112,6 +112,14 @@ def test_mri3d_scarce_quick_profile_then_predict(data_root, tmp_path, capsys):
     meta = torch.load(ssl, weights_only=True)["meta"]
     assert meta["mode"] == "moco" and tuple(meta["intensity"]["spacing"]) == (8.0, 8.0, 8.0)
     assert "Not measured" in (out / "similarity" / "ixi_ssl.md").read_text()
+    # only the encoders the strategies start from are measured (not a random one, not the unused default), the
+    # 3D encoder's option says why it has no measurement, and the lifts are said to share one encoder's
+    assert set(json.loads((out / "similarity" / "similarity.json").read_text())) == {"cxr_ssl"}
+    rec = json.loads((out / "similarity" / "recommendation.json").read_text())
+    ssl_3d = next(r for r in rec["ranking"] if r["strategy"] == "ssl_3d_ixi")
+    assert any("ixi_ssl is a 3D encoder and the source images are 2D" in reason for reason in ssl_3d["reasons"])
+    assert "The options lifted from cxr_ssl (2.5d, acs, i3d) share its measurements" in rec["explanation"]
+    assert all(r["method"] in ("full", "scratch") for r in rec["ranking"])  # a row is a candidate again
     # exact budgets: 4 and 8 labelled volumes per job, for both tasks; the fraction is count / training rows
     with open(out / "predictions.csv", newline="") as f:
         preds = list(csv.DictReader(f))

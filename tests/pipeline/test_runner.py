@@ -213,3 +213,30 @@ def test_labelled_target_share_changes_what_semi_supervised_dann_trains_on(tiny,
         outs.append(pd.read_csv(out / "predictions.csv").sort_values(["split", "case_id"]))
     a, b = (o.filter(like="prob_").to_numpy() for o in outs)
     assert a.shape == b.shape and not np.allclose(a, b)
+
+
+def test_with_nothing_measured_each_budget_is_still_ranked_by_its_own_label_count(tiny, make_config, monkeypatch):
+    """Scratch and a randomly initialised fine-tune: no encoder is measured, similarity.json is empty, and the
+    report reused the stage's ranking (made at the full label count) for every budget, where the prior differs."""
+    from medtl.strategies.base import Strategy
+
+    monkeypatch.setattr(Strategy, "FEW_LABELS", 15)  # the tiny target's 20 training rows are 'many', 10 'few'
+    cfg = tiny / "nothing_measured.yaml"
+    cfg.write_text(make_config.config.replace("EPOCHS", "1").replace(
+        "[feature_extraction, full, dann]", "[scratch, {name: full, pretrained: false, label: full_rand}]"))
+    out = tiny / "nothing_measured_run"
+    run_pipeline(cfg, tiny / "data", out, progress=False)
+    assert json.loads((out / "similarity" / "similarity.json").read_text()) == {}
+    assert not (out / "similarity" / "features.npz").exists()
+    record = json.loads((out / "similarity" / "recommendation.json").read_text())
+    assert "Nothing was measured for these options" in record["explanation"]
+    by_budget = json.loads((out / "report.json").read_text())["recommendation"]["by_budget"]
+    priors = [{r["key"].rsplit("/", 1)[-1]: r["composite"] for r in o["ranking"]} for o in by_budget]
+    assert [o["n_labelled"] for o in by_budget] == [10, 20]
+    assert priors[0]["full_rand"] == priors[0]["scratch"] and priors[1]["full_rand"] > priors[1]["scratch"]
+    # an older run folder's measures (a random encoder's table, an embedding) do not outlive --redo similarity
+    (out / "similarity" / "random_init.md").write_text("an earlier table\n")
+    np.savez(out / "similarity" / "features.npz", features=np.zeros((4, 2)), domain=np.array(["source"] * 4))
+    run_pipeline(cfg, tiny / "data", out, redo=("similarity",), progress=False)
+    assert not (out / "similarity" / "random_init.md").exists() and not (out / "similarity" / "features.npz").exists()
+    assert "Feature embedding" not in (out / "report.md").read_text()

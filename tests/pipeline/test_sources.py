@@ -48,7 +48,7 @@ def test_named_source_is_pretrained_and_used_with_fewer_seeds_at_full_labels(tin
     runs = preds.groupby(["strategy", "label_fraction"])["seed"].unique()
     assert sorted(runs[("ft_tgt_ssl", 0.5)]) == [0, 1] and sorted(runs[("ft_tgt_ssl", 1.0)]) == [0]
     sim = json.loads((out / "similarity" / "similarity.json").read_text())
-    assert set(sim) == {"pretrained", "random_init", "tgt_ssl"}
+    assert set(sim) == {"tgt_ssl"}  # the encoders the strategies start from: no random or unused one measured
     rec = json.loads((out / "similarity" / "recommendation.json").read_text())
     assert {r["key"].split("/")[1] for r in rec["ranking"]} == {"random_init", "tgt_ssl"}
     scratch = next(r for r in rec["ranking"] if r["key"].split("/")[1] == "random_init")
@@ -115,3 +115,21 @@ def test_pretraining_on_the_targets_test_rows_is_refused(tiny, make_config):
         "strategies: [{name: full, source: tgt_ssl}]\n" + SOURCES.replace("splits: [train]", "splits: [train, test]"))
     with pytest.raises(MedtlError, match="leak"):
         load_pipeline(_write(tiny, "leak.yaml", text))
+
+
+def test_named_sources_are_pretrained_beside_a_given_default_checkpoint(tiny_run, tiny, make_config, tmp_path):
+    """With pretrain.checkpoint the stage returned before the named sources: none was pretrained, the stage was
+    recorded done, and every transfer job of a source failed on a missing file, on every rerun."""
+    given = (tiny_run / "pretrain" / "model.pt").resolve()
+    text = _study(make_config).replace("pretrain: {epochs: 1, batch_size: 8}", f"pretrain: {{checkpoint: {given}}}")
+    out = tmp_path / "run"
+    run_pipeline(_write(tiny, "given.yaml", text), tiny / "data", out, stages=("prepare", "pretrain"), progress=False)
+    trained = out / "pretrain" / "sources" / "tgt_ssl" / "model.pt"
+    assert (out / "pretrain" / "model.pt").read_bytes() == given.read_bytes()
+    assert torch.load(trained, weights_only=True)["meta"]["mode"] == "moco"
+    # a named source's own checkpoint is copied, as the default's is
+    text = text.replace("pretrain: {mode: moco, epochs: 1, batch_size: 4}",
+                        f"pretrain: {{mode: moco, checkpoint: {trained}}}")
+    out2 = tmp_path / "run2"
+    run_pipeline(_write(tiny, "given2.yaml", text), tiny / "data", out2, stages=("prepare", "pretrain"), progress=False)
+    assert (out2 / "pretrain" / "sources" / "tgt_ssl" / "model.pt").read_bytes() == trained.read_bytes()
