@@ -30,7 +30,8 @@ def register(sub) -> None:
     d.add_argument("--test", metavar="FOLDER|CSV", default=None,
                    help="separate test set, used whole (default: the --train input's test split)")
     d.add_argument("--modality", choices=["cxr", "mri2d", "mri3d"], default=None,
-                   help="preprocessing preset for a folder (default: guessed from folder name and files)")
+                   help="preprocessing preset (default: a folder's guessed from its name and files, a manifest's own "
+                        "modality column; given, it overrides both)")
     d.add_argument("--seed", type=int, default=0, help="split, initial weights and augmentation seed (default: 0)")
     m = p.add_argument_group("model and training")
     m.add_argument("--init", type=Path, default=None,
