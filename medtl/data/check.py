@@ -37,7 +37,7 @@ def scan(rows: list[ManifestRow], data_root: Path, desc: str = "reading", progre
     for row in bar(rows, desc=desc, unit="file", leave=False, enabled=progress):
         try:
             full = resolve_inside(data_root, row.path, row.path)
-            if not Path(str(full).partition(io.ARRAY_MEMBER)[0]).exists():
+            if not io.stored_file(full).exists():
                 raise MedtlError("file not found", full)
         except MedtlError as err:
             out.append(ScannedFile(error=err.reason, misplaced=True))
@@ -148,7 +148,7 @@ def outside_or_missing(manifest: Manifest, data_root: str | Path) -> tuple[list[
         except MedtlError as err:
             outside.append(f"line {i + 2}: {err.reason}")
             continue
-        if not Path(str(full).split(io.ARRAY_MEMBER)[0]).exists():  # an array member: its archive
+        if not io.stored_file(full).exists():  # an array member: its archive
             missing.append(f"line {i + 2}: {r.path}")
     return outside, missing
 

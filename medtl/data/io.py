@@ -37,6 +37,11 @@ class Image:
 ARRAY_MEMBER = "::"  # "<file>.npz::<array>/<index>": one image of an array archive (e.g. MedMNIST)
 
 
+def stored_file(path: str | Path) -> Path:
+    """The file on disk behind a path: an array member's archive, else the path itself."""
+    return Path(str(path).partition(ARRAY_MEMBER)[0])
+
+
 # Suffixes that may hold DICOM (archives often store it with none): such a file that is not DICOM is bad
 # input; any other file that is neither an image nor DICOM (notes.txt, Thumbs.db) is not an input at all.
 DICOM_LIKE = (".dcm", ".dicom", ".ima", "")
@@ -62,7 +67,7 @@ def read(path: str | Path) -> Image:
     """Read any supported file (or DICOM series folder) and check the pixels are usable."""
     p = Path(path)
     kind = kind_of(p)
-    if not Path(str(p).split(ARRAY_MEMBER)[0]).exists():
+    if not stored_file(p).exists():
         raise MedtlError("file not found", p)
     readers = {"image": read_picture, "nifti": read_nifti, "dicom": read_dicom, "dicom_series": read_dicom_series,
                "array": read_array_member}
@@ -84,9 +89,7 @@ def check_pixels(array: np.ndarray, where: str | Path) -> None:
 
 def read_picture(path: Path) -> Image:
     """PNG/JPEG of any mode (L, I;16, RGB, RGBA, P, LA, ...) to one grey channel, values kept."""
-    from PIL import Image as PILImage, UnidentifiedImageError
-
-    from PIL import ImageOps
+    from PIL import Image as PILImage, ImageOps, UnidentifiedImageError
 
     try:
         with PILImage.open(path) as im:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtl.data.io import ARRAY_MEMBER, DICOM_LIKE, IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from medtl.data.io import ARRAY_MEMBER, DICOM_LIKE, IMAGE_SUFFIXES, NIFTI_SUFFIXES, stored_file
 from medtl.deploy.limits import Limits, check_deflated, check_dicom, check_file, check_series
 from medtl.deploy.uids import digest
 from medtl.errors import MedtlError
@@ -414,11 +414,10 @@ def scan_manifest(manifest: str | Path, data_root: str | Path, split: str | None
         except MedtlError as err:
             out.append(Series(shown, source=shown, extra=extra, error=err.reason))
             continue
-        archive, _, member = str(full).partition(ARRAY_MEMBER)
-        if not Path(archive).exists():
+        if not stored_file(full).exists():
             out.append(Series(shown, source=shown, extra=extra, error="file not found"))
             continue
-        if member:  # one image of an array archive (PneumoniaMNIST): read as training reads it
+        if ARRAY_MEMBER in str(full):  # one image of an array archive (PneumoniaMNIST): read as training reads it
             out.append(Series(shown, files=[full], source=shown, extra=extra, n_frames=1))
             continue
         if full.is_dir():

@@ -298,15 +298,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _copy_checkpoint(ctx: Context, given: str, key: str, target: Path) -> Path:
+    """A checkpoint the config gives (relative to the config file) copied into the run folder, as if trained
+    there; the source path it came from is returned."""
+    src = Path(given)
+    src = src if src.is_absolute() else (ctx.base / src).resolve()
+    if not src.exists():
+        raise MedtlError("pretrained checkpoint not found", f"{ctx.config_path}: {key}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, target)
+    return src
+
+
 def stage_pretrain(ctx: Context) -> dict:
     cfg, out = ctx.config, ctx.out / "pretrain"
     if cfg.pretrain.checkpoint:
-        src = Path(cfg.pretrain.checkpoint)
-        src = src if src.is_absolute() else (ctx.base / src).resolve()
-        if not src.exists():
-            raise MedtlError("pretrained checkpoint not found", f"{ctx.config_path}: pretrain.checkpoint")
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, out / "model.pt")
+        src = _copy_checkpoint(ctx, cfg.pretrain.checkpoint, "pretrain.checkpoint", out / "model.pt")
         record = {"checkpoint": str(out / "model.pt"), "copied_from": str(src)}
     else:
         m = ctx.load(cfg.source, "source")
@@ -329,14 +336,9 @@ def pretrain_source(ctx: Context, name: str) -> Path:
     """Self-supervised pretraining of ``sources.<name>`` on its manifests' rows (resumable, like the default)."""
     cfg, src = ctx.config, ctx.config.sources[name]
     if src.pretrain.checkpoint:  # given, as the default encoder's may be: copied, not trained
-        given = Path(src.pretrain.checkpoint)
-        given = given if given.is_absolute() else (ctx.base / given).resolve()
-        if not given.exists():
-            raise MedtlError("pretrained checkpoint not found", f"{ctx.config_path}: sources.{name}.pretrain.checkpoint")
-        target = source_checkpoint(ctx, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(given, target)
-        return target
+        _copy_checkpoint(ctx, src.pretrain.checkpoint, f"sources.{name}.pretrain.checkpoint",
+                         source_checkpoint(ctx, name))
+        return source_checkpoint(ctx, name)
     parts = []
     for i, entry in enumerate(src.data):
         m = ctx.manifest(DataSpec(manifest=entry.manifest), f"sources.{name}.data[{i}]")
@@ -445,6 +447,13 @@ def _ranking(ctx: Context, results: dict, n_labelled: int, resamples: list[dict]
     (the measures on random halves of the images), how stable its pick is."""
     cfg = ctx.config
 
+    def why_not(enc_name: str) -> str:  # a 3D encoder beside 2D source images: _measure wrote why, read once
+        why = ctx.out / "similarity" / f"{enc_name}.md"
+        return why.read_text().strip().removeprefix("Not measured: ").rstrip(".") if why.exists() else "not measured"
+
+    unmeasured = {name: why_not(name) for name in {_encoder_name(s) for s in cfg.strategies} - {RANDOM_INIT}
+                  if name not in results}
+
     def candidates(scores_of: dict) -> list[dict]:
         out = []
         for spec in cfg.strategies:
@@ -453,10 +462,8 @@ def _ranking(ctx: Context, results: dict, n_labelled: int, resamples: list[dict]
                  "strategy": spec.display, "method": spec.name}
             if enc_name == RANDOM_INIT:  # it uses nothing of the source: no source-target measurement speaks for it
                 c.update(scores={}, unmeasured="trains from random weights, using nothing of the source")
-            elif enc_name not in scores_of:  # a 3D encoder beside 2D source images: _measure says why
-                why = ctx.out / "similarity" / f"{enc_name}.md"
-                c.update(scores={}, unmeasured=why.read_text().strip().removeprefix("Not measured: ").rstrip(".")
-                         if why.exists() else "not measured")
+            elif enc_name in unmeasured:
+                c.update(scores={}, unmeasured=unmeasured[enc_name])
             else:
                 c["scores"] = dict(scores_of.get(enc_name, {}))
             out.append(c)
