@@ -319,9 +319,9 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
                              exclude)
         if emptied:  # a file whose every case is excluded has nothing left to score: said, not an error about it
             notes.append(f"every row of {', '.join(emptied)} is excluded: it adds nothing to this report")
-        tables, names = zip(*[(t, name) for t, name in zip(tables, names) if not t.empty])
-    report = evaluate_predictions(list(zip(tables, names)), st)
+    report = evaluate_predictions([(t, name) for t, name in zip(tables, names) if not t.empty], st)
     report["notes"] = notes + report["notes"]
+    report["sources"] = names  # every input, one that --exclude emptied too (the notes say so)
     return report
 
 

@@ -177,7 +177,7 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
         P = df.loc[rows, cols]
         _check_same_classes(df.loc[rows], cols, task, where)
         # checked before the sums: a class without its prob_ column also makes every row sum below 1
-        names = labels[rows].map(lambda v: _label_name(v))
+        names = labels[rows].map({v: _label_name(v) for v in labels[rows].unique()})  # once per distinct label
         unknown = sorted(set(names) - set(info.classes), key=str)
         if unknown:
             raise MedtlError(f"task {task!r}: labels {unknown[:10]} do not match the model's classes "
@@ -265,8 +265,11 @@ def _label_name(v) -> str | None:
 
 
 def _numeric(df: pd.DataFrame, col: str, where: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
+        return df[col].astype(float)  # read as numbers already: nothing to check (a table is often validated twice)
     values = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
-    bad = values.isna() & df[col].notna() & (df[col].astype(str) != "")
+    bad = values.isna() & df[col].notna()
+    bad[bad] = df.loc[bad, col].astype(str) != ""  # only the few unreadable cells are turned into text
     if bad.any():
         raise MedtlError(f"column {col!r} holds non-numbers for cases {_cases(df, bad)}", where)
     return values.astype(float)

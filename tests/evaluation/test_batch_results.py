@@ -359,6 +359,7 @@ def test_exclude_that_empties_one_file_leaves_it_out_with_a_note(tmp_path, binar
     pd.DataFrame({"case_id": sorted(b["case_id"].unique())}).to_csv(listed, index=False)
     report = evaluate_files(paths, exclude=listed, n_boot=20)
     assert list(report["tasks"]["tumor"]["strategies"]) == ["scratch"]
+    assert report["sources"] == [str(p) for p in paths]  # the emptied file was given: it is listed
     assert any(n == f"every row of {paths[1]} is excluded: it adds nothing to this report" for n in report["notes"])
     pd.DataFrame({"case_id": sorted(set(a["case_id"]) | set(b["case_id"]))}).to_csv(listed, index=False)
     with pytest.raises(MedtlError, match="nothing is left to score"):
