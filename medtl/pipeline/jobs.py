@@ -105,7 +105,10 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
             kwargs["source_head"] = Head(encoder.out_features, task_for(source.label_names),
                                          max(2, len(source.label_names)))
         train_ds = dataset(ctx, source.select(split="train"), cfg.source, True)
-        val_ds = dataset(ctx, source.select(split="val"), cfg.source, False) if uda else None
+        # UDA chooses on the source's validation rows (and the label-free selectors); a semi-supervised job on the
+        # target's labelled validation rows, as fine-tuning does (it chose by training loss before 2026-12-02)
+        val_ds = (dataset(ctx, source.select(split="val"), cfg.source, False) if uda
+                  else dataset(ctx, val_part, cfg.target, False, task) if len(val_part) else None)
         hidden = [replace(r, label="unlabelled") if (uda or r.path not in labelled_paths) else r for r in train_rows]
         target_train = Manifest(hidden, list(target.label_names), {}, target.source)
         weights = None if uda else labelled_share_weights(hidden, tc.labelled_target_share)
@@ -153,7 +156,7 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
     model = strategy
     device = resolve_device(tc.device)
     for split in ("val", "test"):
-        part = val_part if split == "val" and not from_source else target.select(split=split)
+        part = val_part if split == "val" and not uda else target.select(split=split)
         if not len(part):
             continue
         # the checkpoint's precision policy, as medtl predict will apply it to the same weights

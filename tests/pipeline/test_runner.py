@@ -213,6 +213,12 @@ def test_labelled_target_share_changes_what_semi_supervised_dann_trains_on(tiny,
         outs.append(pd.read_csv(out / "predictions.csv").sort_values(["split", "case_id"]))
     a, b = (o.filter(like="prob_").to_numpy() for o in outs)
     assert a.shape == b.shape and not np.allclose(a, b)
+    # a semi-supervised job chooses its checkpoint on the target's labelled validation rows, as fine-tuning does
+    # (it chose by training loss and logged no val_loss), and its val predictions are those rows (all of them
+    # under the default train.val_fraction)
+    log = tiny / "semi_run0" / "transfer" / "tumor" / "frac0.5" / "dann" / "seed0" / "metrics.jsonl"
+    assert all("val_loss" in json.loads(line) for line in log.open())
+    assert (outs[0]["split"] == "val").sum() == len(Manifest.load(tiny / "manifests" / "tgt.csv").select(split="val"))
 
 
 def test_with_nothing_measured_each_budget_is_still_ranked_by_its_own_label_count(tiny, make_config, monkeypatch):
