@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from medtl.errors import MedtlError
@@ -40,6 +41,9 @@ def register(sub) -> None:
     build.add_argument("--near-copy-correlation", type=float, default=NEAR_COPY_CORRELATION, metavar="R",
                        help="64 px thumbnails correlating above R are near-copies, kept in one split (recorded in "
                             "the .meta.json)")
+    build.add_argument("--no-cut-to-head", dest="cut_to_head", action="store_false",
+                       help="compare whole frames only: do not also compare 2D images cut to the head, which finds a "
+                            "slice re-cropped or padded to another frame (how manifests were built before 2026-12-02)")
     build.add_argument("--skip-unreadable", action="store_true",
                        help="leave files that cannot be read out of the manifest, each named with its reason (and "
                             "listed in the .meta.json), instead of refusing the build; e.g. a held-out folder that "
@@ -54,6 +58,9 @@ def register(sub) -> None:
     check.add_argument("--near-copy-correlation", type=float, default=None, metavar="R",
                        help="judge near-copies at R (default: the threshold the manifest was built with, else "
                             f"{NEAR_COPY_CORRELATION})")
+    check.add_argument("--cut-to-head", action=argparse.BooleanOptionalAction, default=None,
+                       help="also compare 2D images cut to the head, finding a slice re-cropped or padded to another "
+                            "frame (default: as the manifest was built; on for a manifest without that record)")
     check.add_argument("--spanning-csv", type=Path, default=None, metavar="FILE",
                        help="write the rows of the near-copy groups that span splits to FILE (path, split, label, "
                             "group): `medtl evaluate --exclude FILE` scores without them")
@@ -75,6 +82,7 @@ def run_build(args) -> int:
         exclude_copies_of=args.exclude_near_copies_of,
         label_names=args.label_names.split(",") if args.label_names else None, keep_source_split=args.keep_source_split,
         near_copy_correlation=args.near_copy_correlation, skip_unreadable=args.skip_unreadable,
+        near_copy_cut_to_head=args.cut_to_head,
     )
     manifest.source = Path(out)  # what the check below names
     report = check_manifest(manifest, root, scanned=manifest.scanned)  # counts table, and proof that it is valid
@@ -106,7 +114,7 @@ def run_check(args) -> int:
     root = data_root_for(manifest, args.data_root)  # the root its .meta.json records, as train reads it
     print(f"data root: {root}")
     report = check_manifest(manifest, root, labels=labels, progress=args.progress,
-                            near_copy_correlation=args.near_copy_correlation)
+                            near_copy_correlation=args.near_copy_correlation, cut_to_head=args.cut_to_head)
     print(report.render())
     if args.spanning_csv is not None:
         import csv

@@ -319,6 +319,7 @@ def build_manifest(
     progress: bool = True,
     near_copy_correlation: float = NEAR_COPY_CORRELATION,
     skip_unreadable: bool = False,
+    near_copy_cut_to_head: bool = True,
 ) -> Manifest:
     """A manifest of ``source`` with a patient-level, label-stratified train/val/test split (``medtl manifest
     build``; the README's "Data root and manifests" describes the result).
@@ -327,7 +328,8 @@ def build_manifest(
     ``.npz`` archive; its paths are stored relative to ``data_root``, under which it must lie. ``fractions``
     (train, val, test) and ``seed`` make the split. ``group_near_copies`` keeps images whose thumbnails
     correlate above ``near_copy_correlation`` (or that are identical) in one split and names each group in a
-    ``near_copy_group`` column; ``exclude_copies_of`` drops images that copy one in another manifest.
+    ``near_copy_group`` column; ``near_copy_cut_to_head`` also compares 2D images cut to the head
+    (:func:`medtl.data.check.near_copy_groups`); ``exclude_copies_of`` drops images that copy one in another manifest.
     ``domain`` and ``modality`` fill those columns (default: from the source); ``labelled=False`` reads a raw
     manifest's rows as unlabelled; ``keep_source_split`` keeps the source's own split. Files that cannot be
     read are refused, naming each, unless ``skip_unreadable`` leaves them out (listed in the meta's
@@ -361,7 +363,9 @@ def build_manifest(
     groups = None
     scanned = None
     if group_near_copies or skip_unreadable:
-        scanned = scan(rows, data_root, desc="near-copy scan" if group_near_copies else "reading", progress=progress)
+        cut_to_head = group_near_copies and near_copy_cut_to_head
+        scanned = scan(rows, data_root, desc="near-copy scan" if group_near_copies else "reading", progress=progress,
+                       with_cropped=cut_to_head)
         bad = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.error]
         # a missing file, or one outside the root, is a wrong path or data root, not a damaged file: refused
         misplaced = [f"{r.path} ({s.error})" for r, s in zip(rows, scanned) if s.misplaced]
@@ -414,6 +418,7 @@ def build_manifest(
                   if keep_source_split else "patient-level, label-stratified, seeded"),
         "near_copy_grouping": group_near_copies,
         "near_copy_correlation": near_copy_correlation if group_near_copies else None,
+        "near_copy_cut_to_head": near_copy_cut_to_head if group_near_copies else None,
         # every group sits in one split, so the per-split counts add up to the totals
         "near_copy_groups": sum(v["groups"] for v in by_split.values()) if by_split else 0,
         "near_copy_images": sum(v["images"] for v in by_split.values()) if by_split else None,

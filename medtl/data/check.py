@@ -74,7 +74,9 @@ def read_file(full: Path, volume: bool) -> io.Image:
 
 def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.NEAR_COPY_CORRELATION) -> np.ndarray:
     """Group id per row (rows that failed to open are their own group); 2D and 3D compared apart;
-    thumbnails correlating above ``threshold`` are copies."""
+    thumbnails correlating above ``threshold`` are copies, and so are two 2D images scanned ``with_cropped``
+    whose thumbnails cut to the head do, where one of the two lost a margin (a slice re-cropped or padded to
+    another frame)."""
     groups = np.arange(len(scanned))
     by_size: dict[int, list[int]] = defaultdict(list)
     for i, s in enumerate(scanned):
@@ -85,6 +87,12 @@ def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.N
         idx = np.asarray(idx)
         p = duplicates.near_copy_pairs(np.stack([scanned[i].thumb for i in idx]), threshold=threshold)
         pairs.extend(zip(idx[p[:, 0]], idx[p[:, 1]]))
+    cut = np.asarray([i for i, s in enumerate(scanned) if s.cropped is not None])
+    if len(cut) > 1:
+        p = duplicates.near_copy_pairs(np.stack([scanned[i].cropped[0] for i in cut]), threshold=threshold)
+        lost_margin = np.asarray([scanned[i].cropped[1] for i in cut])
+        p = p[lost_margin[p[:, 0]] | lost_margin[p[:, 1]]]  # two uncut frames were compared whole above
+        pairs.extend(zip(cut[p[:, 0]], cut[p[:, 1]]))
     # identical bytes are copies even if the thumbnail could not be compared
     first_of: dict[str, int] = {}
     for i, s in enumerate(scanned):
@@ -162,6 +170,7 @@ class CheckReport:
     near_copy_groups_across_splits: int = 0
     identical_across_splits: int = 0
     near_copy_correlation: float = duplicates.NEAR_COPY_CORRELATION
+    cut_to_head: bool = False  # 2D images also compared cut to the head
     spanning_rows: list[dict] = field(default_factory=list)  # rows of the near-copy groups that span splits
 
     @property
@@ -182,7 +191,8 @@ class CheckReport:
 
     def render(self) -> str:
         parts = [f"manifest: {self.manifest}", self.table()]
-        copies = (f"near-copy groups (correlation > {self.near_copy_correlation:g}) spanning splits: "
+        how = ", whole frames and cut to the head" if self.cut_to_head else ", whole frames"
+        copies = (f"near-copy groups (correlation > {self.near_copy_correlation:g}{how}) spanning splits: "
                   f"{self.near_copy_groups_across_splits}" if self.near_copy_correlation < 1 else
                   "near-copies not checked (correlation 1)")
         parts.append(f"{copies}; identical files across splits: {self.identical_across_splits}")
@@ -195,14 +205,20 @@ class CheckReport:
 def check_manifest(
     manifest: Manifest, data_root: str | Path, labels: list[str] | None = None, max_listed: int = 20,
     scanned: list[ScannedFile] | None = None, progress: bool = True, near_copy_correlation: float | None = None,
+    cut_to_head: bool | None = None,
 ) -> CheckReport:
     """Validate paths, files, labels, splits, patient leakage and copies across splits. Near-copies are
     judged at ``near_copy_correlation``, by default the threshold the manifest was built with (its
-    ``.meta.json``), else :data:`medtl.data.duplicates.NEAR_COPY_CORRELATION`."""
+    ``.meta.json``), else :data:`medtl.data.duplicates.NEAR_COPY_CORRELATION`; ``cut_to_head`` also compares 2D
+    images cut to the head (see :func:`near_copy_groups`), by default as the manifest was built, else (no record:
+    a manifest written by hand or built before 2026-12-02) on. A build passes the files it ``scanned``."""
     data_root = Path(data_root)
     threshold = float(next(t for t in (near_copy_correlation, manifest.meta.get("near_copy_correlation"),
                                        duplicates.NEAR_COPY_CORRELATION) if t is not None))
-    report = CheckReport(manifest.source, counts=manifest.class_counts(), near_copy_correlation=threshold)
+    if cut_to_head is None:
+        cut_to_head = manifest.meta.get("near_copy_cut_to_head", True)
+    report = CheckReport(manifest.source, counts=manifest.class_counts(), near_copy_correlation=threshold,
+                         cut_to_head=bool(cut_to_head))
     label_set = list(labels or manifest.label_names)
     where = manifest.source or "manifest"
 
@@ -255,7 +271,8 @@ def check_manifest(
         report.errors.append(hint)
         return report
     if scanned is None or len(scanned) != len(manifest):  # a build passes the scan it already made
-        scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}", progress=progress)
+        scanned = scan(manifest.rows, data_root, desc=f"checking {Path(str(where)).name}", progress=progress,
+                       with_cropped=bool(cut_to_head))
     unreadable = [f"line {i + 2} {r.path} ({s.error})" for i, (r, s) in enumerate(zip(manifest, scanned)) if s.error]
     add(report.errors, unreadable, f"{len(unreadable)} file(s) missing, unreadable or outside the data root")
 

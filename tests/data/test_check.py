@@ -1,5 +1,7 @@
 """medtl.data.check: a manifest against its files (labels, splits, leakage, copies, a wrong data root)."""
 
+from dataclasses import replace
+
 import pytest
 
 from medtl.cli import main
@@ -210,3 +212,36 @@ def test_one_head_saved_in_other_orientations_is_one_near_copy_group(data_root, 
     groups = near_copy_groups(scan([ManifestRow(n, "x", n, "d", "train", "mri3d") for n in names], tmp_path,
                                    progress=False))
     assert groups[0] == groups[1] == groups[2] and len(set(groups)) == 3  # one head, and two other heads
+
+
+@pytest.mark.real_data
+def test_a_slice_padded_to_another_frame_is_one_group_when_compared_cut_to_the_head(data_root, tmp_path):
+    """mri2d_yesno's Y30.jpg is Y255.JPG padded to another frame: whole-frame thumbnails correlate 0.8, so a build
+    put them in different splits (its committed manifest: train and test). Cut to the head they are one slice."""
+    import shutil
+
+    images = data_root / "mri2d_yesno" / "images"
+    root = tmp_path / "root"
+    picked = {"tumor": ["Y255.JPG", "Y30.jpg", *[f"Y{i}.jpg" for i in (1, 2, 3, 4, 6, 7, 8, 9)]],
+              "no_tumor": [f"{i}_no.jpg" for i in (10, 11, 12, 13, 14, 15, 17, 18, 19, 20)]}
+    for label, names in picked.items():
+        (root / "site" / label).mkdir(parents=True)
+        for name in names:
+            shutil.copy(images / label / name, root / "site" / label / name)
+    pair = {"site/tumor/Y255.JPG", "site/tumor/Y30.jpg"}
+    cut = build_manifest(root / "site", root, seed=0)
+    assert cut.meta["near_copy_cut_to_head"] is True
+    group = {r.extras["near_copy_group"] for r in cut if r.path in pair}
+    assert len(group) == 1 and group != {""} and len({r.split for r in cut if r.path in pair}) == 1
+    whole = build_manifest(root / "site", root, seed=0, near_copy_cut_to_head=False)
+    assert whole.meta["near_copy_cut_to_head"] is False
+    assert all(r.extras["near_copy_group"] == "" for r in whole if r.path in pair)
+    # put the two in different splits: a check as the manifest was built misses them, one cut to the head names them
+    first = next(r.split for r in whole if r.path == "site/tumor/Y255.JPG")
+    rows = [replace(r, split="test" if first != "test" else "train") if r.path == "site/tumor/Y30.jpg" else r
+            for r in whole]
+    moved = Manifest(rows, whole.label_names, dict(whole.meta))
+    assert check_manifest(moved, root).near_copy_groups_across_splits == 0
+    report = check_manifest(moved, root, cut_to_head=True)
+    assert report.near_copy_groups_across_splits == 1 and {r["path"] for r in report.spanning_rows} == pair
+    assert "whole frames and cut to the head) spanning splits: 1" in report.render()
