@@ -390,7 +390,8 @@ class DicomwebSource:
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
                                           f"{self.retries} attempt(s)", where) from None
-            except (requests.ConnectionError, requests.Timeout) as err:
+            # ChunkedEncodingError: the connection closed while the answer streamed in (a PACS restarting)
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
                 if _read_timed_out(err):  # it took the request and stopped answering: a retry waits as long again
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS sent no answer within "
                                           f"{self.read_timeout:g} s (--pacs-timeout)", where) from None

@@ -104,14 +104,39 @@ TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "S
                 "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
+# Dates and times an SR copies, which highdicom parses: a value that does not parse left no SR for that patient
+# (a review: '00000000', a vendor's placeholder for an unknown birth date, and '18:50:59').
+COPIED_DATES_AND_TIMES = {"PatientBirthDate": "DA", "StudyDate": "DA", "StudyTime": "TM"}
+
+
+def _conformant(value: str, vr: str) -> str:
+    """``value`` as a DICOM DA/TM: as it is, in the ACR-NEMA form PS3.5 6.2 still names ('1955.01.02',
+    '18:50:59') without its separators, else empty (all three are Type 2: an unknown value is empty)."""
+    from pydicom.valuerep import DA, TM
+
+    parse = DA if vr == "DA" else TM
+    for candidate in (value.replace(".", "") if vr == "DA" else value.replace(":", ""), value):
+        try:
+            if not candidate or parse(candidate) is not None:
+                return candidate
+        except (ValueError, TypeError):
+            continue
+    return ""
+
+
 def _with_type2_attributes(header):
-    """The header (a copy when anything is missing) with every attribute of :data:`TYPE2_COPIED` present."""
+    """The header (a copy when anything changes) with every attribute of :data:`TYPE2_COPIED` present and its
+    dates and times conformant (:func:`_conformant`)."""
     missing = [t for t in TYPE2_COPIED if t not in header]
-    if not missing:
+    fixed = {t: _conformant(str(header.get(t) or ""), vr) for t, vr in COPIED_DATES_AND_TIMES.items() if t in header}
+    fixed = {t: v for t, v in fixed.items() if v != str(header.get(t) or "")}
+    if not missing and not fixed:
         return header
     header = copy.deepcopy(header)
     for tag in missing:
         setattr(header, tag, "")
+    for tag, value in fixed.items():
+        setattr(header, tag, value)
     return header
 
 

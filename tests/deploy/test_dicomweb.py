@@ -279,12 +279,13 @@ def test_a_pacs_answer_over_the_limit_is_not_read(pacs, model_2d, tmp_path):
 
 class _SilentServer:
     """A real TCP server that accepts every connection and reads the request, but never answers: a hung PACS;
-    with ``start`` it sends that much of an answer (headers and two bytes of a body) first, then stalls."""
+    with ``start`` it sends that much of an answer (headers and two bytes of a body) first, then stalls, or with
+    ``cut`` closes the connection (a PACS restarting mid-answer)."""
 
-    def __init__(self, start: bytes = b""):
+    def __init__(self, start: bytes = b"", cut: bool = False):
         import threading
 
-        self.start = start
+        self.start, self.cut = start, cut
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -304,6 +305,8 @@ class _SilentServer:
             if self.start:
                 conn.recv(65536)
                 conn.sendall(self.start)
+            if self.cut:
+                conn.close()
 
     def close(self):
         for c in self.held:
@@ -339,6 +342,26 @@ def test_a_pacs_that_hangs_is_one_timeout_and_exits_for_a_retry_later(model_2d, 
         assert stalled.accepted == 1
     finally:
         stalled.close()
+
+
+def test_an_answer_cut_off_mid_body_is_an_outage_retried_not_a_bad_series(model_2d, tmp_path, capsys):
+    """A PACS that closed the connection while its answer streamed (requests: ChunkedEncodingError, not a
+    ConnectionError) was taken for a malformed answer: exit 2 at the connection check, and a series' download
+    a permanent error row that a rerun never retried."""
+    from medtl.cli import main
+    from medtl.deploy.dicomweb import PacsUnreachable
+
+    cut = _SilentServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nTransfer-Encoding: chunked\r\n"
+                        b"\r\n200\r\n[{\"0020000D\":", cut=True)
+    try:
+        with pytest.raises(PacsUnreachable, match="cannot reach the PACS after 2 attempt.*ChunkedEncodingError"):
+            DicomwebSource(cut.url, timeout=(2.0, 2.0), retries=2, backoff=0.01).check()
+        assert cut.accepted == 2  # retried
+        assert main(["predict", "--model", str(model_2d), "--input", cut.url, "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 75
+        assert "cannot reach the PACS" in capsys.readouterr().err
+    finally:
+        cut.close()
 
 
 def test_an_unknown_host_name_is_a_refused_command_not_an_outage():

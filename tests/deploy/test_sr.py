@@ -61,3 +61,24 @@ def test_a_source_without_its_type2_patient_and_study_attributes_still_gets_a_va
     back = pydicom.dcmread(path)
     assert back.PatientID == "" and str(back.PatientName) == "" and back.AccessionNumber == ""
     assert all("PatientID" not in h for h in headers)  # the caller's headers are left as they were
+
+
+def test_placeholder_and_acr_nema_dates_and_times_still_get_a_valid_sr(dicom_root, tmp_path, dciodvfy):
+    """'00000000' (a vendor's unknown birth date), '1955', '18:50:59' left no SR for the patient ('cannot build the
+    SR: year 0 is out of range'). A date or time in the ACR-NEMA form loses its separators (PS3.5 6.2), one that
+    is no date at all is empty (Type 2: unknown)."""
+    series = {s.modality + str(s.n_frames): s for s in scan_folder(dicom_root)}["CR2"]
+    for birth, time, want_birth, want_time in (("00000000", "18:50:59", "", "185059"),
+                                               ("1955", "185059.25", "", "185059.25"),
+                                               ("1955.01.02", "99", "19550102", "")):
+        headers = read_headers(series.files)
+        for h in headers:
+            h.PatientBirthDate, h.StudyTime = birth, time
+        ds = build_sr(headers, {"no_finding": 0.25, "pneumonia": 0.75}, "pneumonia", model_name="tiny",
+                      model_version="v1")
+        path = tmp_path / "sr.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        assert dciodvfy(path) == [], (birth, time)
+        back = pydicom.dcmread(path)
+        assert (back.PatientBirthDate, back.StudyTime) == (want_birth, want_time)
+        assert headers[0].PatientBirthDate == birth  # the caller's headers are left as they were
