@@ -66,7 +66,10 @@ def summary_lines(report: dict) -> list[str]:
             thr = e.get("threshold") or {}
             at = f", threshold {thr['value']:.4g} ({thr['rule']})" if thr.get("value") is not None else ""
             positive = f", positive class {t['positive_class']}" if t.get("positive_class") else ""
-            lines.append(f"{task} / {strategy}: test n={e.get('n_test')}{positive}{at}, {level} CI: {shown}")
+            runs = len(e.get("runs") or [])
+            # over seeds the interval is a t-interval of the mean: training randomness, not the test cases' sampling
+            kind = f"{level} t-interval over {runs} seeds" if runs > 1 else f"{level} CI over the test cases"
+            lines.append(f"{task} / {strategy}: test n={e.get('n_test')}{positive}{at}, {kind}: {shown}")
             if thr.get("note"):  # where the threshold came from, or how it differs from predict's
                 lines.append(f"  threshold: {thr['note']}")
     return lines

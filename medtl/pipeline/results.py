@@ -372,7 +372,8 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         lines.append(f"| `{s_name}` | " + " | ".join(_fmt(pts.get(f)) for f in fractions) + " |")
     lines += ["", f"*Test {metric} per strategy and {axis}: seed mean (95% t-interval over seeds; where a budget "
               "ran one seed, or every seed scored the same, a run's interval over the test cases: its bootstrap, or "
-              "Wilson's or Newcombe's score interval for a value of 0 or 1, which the bootstrap cannot vary).*", ""]
+              "Wilson's or Newcombe's score interval for a value of 0 or 1, which the bootstrap cannot vary, or "
+              "Newcombe's where wider for an AUROC with fewer than 50 cases in a class).*", ""]
     test_name = "paired t-test" if lower else "DeLong"
     lines += [f"| {axis} | `{base}` | best other strategy | its {metric} | verdict | interval margin | "
               f"{test_name} per seed |", "|---|---|---|---|---|---|---|"]
@@ -576,7 +577,7 @@ def write_results(runs: list[str | Path], out: str | Path, notes_dir: str | Path
         "different statements, and a row says which it uses: a mark after an interval names the exception (S: "
         "every seed scored the same, so the interval is the representative run's over the test cases; W and N: "
         "Wilson's and Newcombe's score intervals, for a proportion or an AUROC of 0 or 1, which the bootstrap "
-        "cannot vary; D: an interval of no width, which is no certainty). The per-seed paired tests (DeLong's for AUROC, the "
+        "cannot vary, and Newcombe's where wider for an AUROC with fewer than 50 cases in a class; D: an interval of no width, which is no certainty). The per-seed paired tests (DeLong's for AUROC, the "
         "paired t-test of absolute errors for MAE) are made on the same test cases and cover their sampling; "
         "DeLong's variance is cluster-robust (Obuchowski 1997) over patients and near-copy groups, as the "
         "bootstrap resamples them (the sections' notes count the near-copies), while the paired t-test takes the "

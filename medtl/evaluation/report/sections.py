@@ -45,7 +45,8 @@ SCORE_INTERVALS = {  # in the order their letters are written ("S N": a run's Ne
     "Wilson": ("W", "W: Wilson score interval, for a proportion of 0 or 1, which the bootstrap cannot vary (it treats "
                     "the cases as independent)"),
     "Newcombe": ("N", "N: Newcombe's score interval (2006, method 5), for an AUROC of 0 or 1, which the bootstrap "
-                      "cannot vary (it treats the cases as independent)"),
+                      "cannot vary, or where it is wider than the bootstrap's with fewer than 50 cases in a class, "
+                      "where the bootstrap's is too narrow (it treats the cases as independent)"),
 }
 
 
