@@ -98,15 +98,19 @@ def add_labels_argument(p: argparse.ArgumentParser) -> None:
                         "results' own label column)")  # fmt: skip
 
 
+def add_exclude_argument(p) -> None:
+    p.add_argument("--exclude", default=None, metavar="CSV",
+                   help="leave out the cases a CSV lists (its case_id or path column), e.g. the near-copies "
+                        "`medtl manifest check --spanning-csv` lists; the report says how many")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="metrics with CIs, calibration and a report from a predictions table",
                               description=__doc__)  # fmt: skip
     p.add_argument("--predictions", required=True, nargs="+",
                    help="predictions table(s) (.csv or .parquet) or medtl predict's results.csv")
     add_labels_argument(p)
-    p.add_argument("--exclude", default=None, metavar="CSV",
-                   help="leave out the cases a CSV lists (its case_id or path column), e.g. the near-copies "
-                        "`medtl manifest check --spanning-csv` lists; the report says how many")
+    add_exclude_argument(p)
     p.add_argument("--out", required=True, help="output folder")
     add_settings_arguments(p)
     p.set_defaults(func=run)

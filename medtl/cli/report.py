@@ -7,14 +7,15 @@ side by side (their own comparisons kept).
 
 from __future__ import annotations
 
-from medtl.cli.evaluate import add_labels_argument, add_settings_arguments, extras_from_args, settings_from_args
+from medtl.cli.evaluate import (add_exclude_argument, add_labels_argument, add_settings_arguments, extras_from_args,
+                                settings_from_args)
 
 
 def run(args) -> int:
     from medtl.evaluation.report import combine
 
     paths = combine(args.inputs, args.out, settings=settings_from_args(args), labels=args.labels,
-                    **extras_from_args(args))
+                    exclude=args.exclude, **extras_from_args(args))
     print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
     return 0
 
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+",
                    help="report.json files, predictions tables (.csv, .parquet) and/or medtl predict's results.csv")
     add_labels_argument(p)
+    add_exclude_argument(p)  # for the prediction files (a report.json was made with its own)
     p.add_argument("--out", required=True, help="output folder")
     add_settings_arguments(p)
     p.set_defaults(func=run)

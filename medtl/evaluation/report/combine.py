@@ -33,14 +33,19 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
         raise MedtlError("no reports to combine", "reports")
     reports = [r.to_dict() if isinstance(r, Report) else r for r in reports]
     out = copy.deepcopy(reports[0])
-    out["sources"], out["notes"] = list(out.get("sources", [])), list(out.get("notes", []))
+    many = len(reports) > 1
+
+    def notes_of(k: int, rep: dict) -> list[str]:  # merged, an input's notes say whose they are
+        return [f"input {k + 1} ({_source(rep)}): {n}" if many else n for n in rep.get("notes", [])]
+
+    out["sources"], out["notes"] = list(out.get("sources", [])), notes_of(0, reports[0])
     if len(reports) > 1:  # the merge is made now, by this medtl; each input's own time is in its report.json
         out["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         out["medtl_version"] = __version__
-    for rep in reports[1:]:
+    for k, rep in enumerate(reports[1:], start=1):
         src = Path(_source(rep)).stem  # appended to clashing strategy names
         out["sources"] += rep.get("sources", [])
-        out["notes"] += [n for n in rep.get("notes", []) if n not in out["notes"]]
+        out["notes"] += notes_of(k, rep)
         differ = [f"{k} {rep['settings'].get(k)!r} (in {_source(reports[0])}: {out['settings'].get(k)!r})"
                   for k in COMPARED_SETTINGS if rep["settings"].get(k) != out["settings"].get(k)]
         if differ:
@@ -54,7 +59,11 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
                 raise MedtlError(f"task {name!r} has kind/classes {mine['kind']} {mine['classes']} in one input and "
                                  f"{t['kind']} {t['classes']} in another", src)  # fmt: skip
             for s, e in t["strategies"].items():
-                key = s if s not in mine["strategies"] else f"{s} [{src}]"
+                # inputs from one file (e.g. with and without --exclude) are told apart by their order
+                tag = src if src != Path(_source(reports[0])).stem else f"input {k + 1}"
+                key = s if s not in mine["strategies"] else f"{s} [{tag}]"
+                if key in mine["strategies"]:
+                    key = f"{s} [input {k + 1}]"
                 mine["strategies"][key] = copy.deepcopy(e)
             mine["comparisons"] += copy.deepcopy(t["comparisons"])
             mine["notes"] += [n for n in t.get("notes", []) if n not in mine["notes"]]
@@ -67,10 +76,10 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
 
 
 def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | None = None, labels=None,
-            **kwargs) -> dict[str, Path]:
+            exclude=None, **kwargs) -> dict[str, Path]:
     """``medtl report``: predictions tables and predict's results.csv files (evaluated together, so DeLong
     compares them; ``labels``: the manifest for results.csv files without labels, as ``medtl evaluate
-    --labels``) and report.json files merged into one comparison report. ``kwargs``: EvalSettings fields
+    --labels``; ``exclude``: cases left out of them, as ``medtl evaluate --exclude``) and report.json files merged into one comparison report. ``kwargs``: EvalSettings fields
     and render_report extras."""
     extras = {k: kwargs.pop(k) for k in ("metrics_log", "features", "embedding", "gradcam") if k in kwargs}
     output_folder(out_dir)  # before anything is computed
@@ -85,7 +94,10 @@ def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | N
         else:
             raise MedtlError("inputs must be predictions (.csv, .parquet) or report.json files", item)
     if preds:
-        reports.insert(0, evaluate_files(preds, settings, labels, **kwargs))
+        reports.insert(0, evaluate_files(preds, settings, labels, exclude=exclude, **kwargs))
     elif labels is not None:
         raise MedtlError("--labels is for medtl predict's results.csv; no results.csv was given", labels)
+    elif exclude is not None:
+        raise MedtlError("--exclude leaves cases out of prediction files; only report.json files were given "
+                         "(each was made with its own exclusions)", exclude)
     return render_report(combine_reports(reports), out_dir, title="medtl comparison report", **extras)

@@ -52,3 +52,25 @@ def test_merged_reports_describe_each_test_set_and_name_the_settings_that_differ
     assert n1 != n2
     assert f"**Test set (scratch):** n = {n1}" in md and f"**Test set (finetune):** n = {n2}" in md
     assert "Test prevalence (scratch): " in md and f"of {n2} test cases" in md
+
+
+def test_a_merge_says_which_input_each_note_is_from_and_report_takes_exclude(tmp_path, binary_table):
+    """Merging a report with one made --exclude of the same file gave its exclusion note to both inputs and named
+    both strategies after the one file; `medtl report --exclude` was refused as an unknown argument."""
+    import pandas as pd
+
+    from medtl.cli import main
+    from medtl.evaluation.batch_results import evaluate_files
+
+    table = binary_table[binary_table["strategy"] == "scratch"]
+    path = tmp_path / "bin.csv"
+    table.to_csv(path, index=False)
+    listed = tmp_path / "listed.csv"
+    pd.DataFrame({"case_id": sorted(table["case_id"].unique())[:5]}).to_csv(listed, index=False)
+    plain, excluded = evaluate_files([path], **FAST), evaluate_files([path], exclude=listed, **FAST)
+    merged = combine_reports([plain, excluded])
+    left_out = [n for n in merged["notes"] if "left out 5 case(s)" in n]
+    assert left_out and all(n.startswith(f"input 2 ({path}): ") for n in left_out)
+    assert set(merged["tasks"]["tumor"]["strategies"]) == {"scratch", "scratch [input 2]"}
+    assert main(["report", str(path), "--exclude", str(listed), "--out", str(tmp_path / "r"), "--n-boot", "20"]) == 0
+    assert any("left out 5 case(s)" in n for n in json.loads((tmp_path / "r" / "report.json").read_text())["notes"])
