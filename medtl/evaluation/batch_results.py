@@ -284,6 +284,10 @@ def evaluate_files(predictions: Sequence, settings=None, labels=None, exclude: s
     st = settings or EvalSettings(**kwargs)
     # Each input is read once, here; its name travels with it so every later error names the file.
     names = ["<DataFrame>" if isinstance(p, pd.DataFrame) else str(p) for p in predictions]
+    files = [Path(p).resolve() for p in predictions if not isinstance(p, pd.DataFrame)]
+    twice = sorted({str(f) for f in files if files.count(f) > 1})
+    if twice:  # its cases would appear twice in each run: said as what it is
+        raise MedtlError(f"the same predictions file is given more than once: {', '.join(twice)}", twice[0])
     tables, notes, results, from_file = [], [], [], []
     for item in predictions:
         predictions_file = False
@@ -329,7 +333,7 @@ def _tell_apart(tables: list[pd.DataFrame], names: Sequence[str], from_file: Seq
     """Predictions files that score the same cases under one (task, strategy, run_id) (two medtl train runs
     in folders of one name) are two models: each one's strategy gets its file's folder, e.g.
     ``medtl-resnet10-mri2d-m [a/m]`` (its path where the folders agree). A run split over files (its val rows in
-    one, test in another) is kept, and so is one file given twice (refused later, naming the files)."""
+    one, test in another) is kept (one file given twice is refused before it is read)."""
     from medtl.evaluation.predictions import RUN_KEY
 
     files = [i for i, f in enumerate(from_file) if f]

@@ -178,6 +178,9 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
         _check_same_classes(df.loc[rows], cols, task, where)
         # checked before the sums: a class without its prob_ column also makes every row sum below 1
         names = labels[rows].map({v: _label_name(v) for v in labels[rows].unique()})  # once per distinct label
+        empty = names.isna() | (names == "")
+        if empty.any():
+            raise MedtlError(f"task {task!r}: empty labels for cases {_cases(df.loc[rows], empty.to_numpy())}", where)
         unknown = sorted(set(names) - set(info.classes), key=str)
         if unknown:
             raise MedtlError(f"task {task!r}: labels {unknown[:10]} do not match the model's classes "
@@ -185,8 +188,11 @@ def validate_predictions(df: pd.DataFrame, where: str | Path | None = None) -> p
                              f"{', '.join(prob_column(str(u)) for u in unknown[:10])}, or a label misspelt", where)
         bad = P.isna().any(axis=1)
         if bad.any():
-            raise MedtlError(f"task {task!r}: NaN scores in {', '.join(cols)} for cases {_cases(df.loc[rows], bad)}",
-                             where)  # fmt: skip
+            # rows with scores for some classes only: inputs of one run naming the classes differently
+            other = (" (those rows score other classes: do the inputs name the classes differently, e.g. neg/pos and "
+                     "no/yes?)" if P[bad].notna().any(axis=1).all() else "")
+            raise MedtlError(f"task {task!r}: NaN scores in {', '.join(cols)} for cases {_cases(df.loc[rows], bad)}"
+                             f"{other}", where)  # fmt: skip
         out_of_range = ((P < 0) | (P > 1)).any(axis=1)
         if out_of_range.any():
             raise MedtlError(f"task {task!r}: probabilities outside [0, 1] for cases "
@@ -279,12 +285,16 @@ def _check_regression(df: pd.DataFrame, rows, task: str, where: str) -> None:
     if PREDICTION not in df:
         raise MedtlError(f"task {task!r} has neither prob_<class> columns nor a {PREDICTION!r} column", where)
     pred = df.loc[rows, PREDICTION]
-    if pred.isna().any():
-        raise MedtlError(f"task {task!r}: NaN predictions for cases {_cases(df.loc[rows], pred.isna())}", where)
+    if not np.isfinite(pred).all():
+        raise MedtlError(f"task {task!r}: NaN or infinite predictions for cases "
+                         f"{_cases(df.loc[rows], ~np.isfinite(pred))}", where)  # fmt: skip
     y = pd.to_numeric(df.loc[rows, "label"], errors="coerce")
     if y.isna().any():
         raise MedtlError(f"task {task!r} (regression): non-numeric labels for cases "
                          f"{_cases(df.loc[rows], y.isna())}", where)  # fmt: skip
+    if not np.isfinite(y).all():
+        raise MedtlError(f"task {task!r} (regression): infinite labels for cases {_cases(df.loc[rows], ~np.isfinite(y))}",
+                         where)  # fmt: skip
 
 
 def load_predictions(path: str | Path) -> pd.DataFrame:

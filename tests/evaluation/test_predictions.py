@@ -170,3 +170,24 @@ def test_float_and_boolean_class_indices_are_indices():
         predictions_from_arrays(["a", "b", "c"], np.array([0.0, 0.5, 1.0]), P)
     with pytest.raises(MedtlError, match="label indices outside 0..1"):
         predictions_from_arrays(["a", "b", "c"], np.array([0.0, 2.0, 1.0]), P)
+
+
+def test_empty_labels_infinite_regression_values_and_renamed_classes_are_named_as_such(tmp_path):
+    """A review: an empty label said 'labels [nan] do not match ... missing column prob_nan'; an infinite
+    regression value passed the table and failed later without file or case; two inputs of one run naming the
+    classes differently (neg/pos, no/yes) said only 'NaN scores'."""
+    df = _table()
+    df["label"] = df["label"].astype(object)
+    df.loc[2, "label"] = None
+    with pytest.raises(MedtlError, match=r"empty labels for cases c2") as err:
+        validate_predictions(df, "p.csv")
+    assert "p.csv" in str(err.value)
+    reg = predictions_from_arrays(["a", "b", "c"], [50.0, 60.0, 70.0], prediction=[51.0, 61.0, 69.0], task="age")
+    with pytest.raises(MedtlError, match=r"NaN or infinite predictions for cases b"):
+        validate_predictions(reg.assign(prediction=[51.0, np.inf, 69.0]))
+    with pytest.raises(MedtlError, match=r"infinite labels for cases c"):
+        validate_predictions(reg.assign(label=[50.0, 60.0, np.inf], prediction=[51.0, 61.0, 69.0]))
+    one = predictions_from_arrays(["a", "b"], [0, 1], [[0.8, 0.2], [0.3, 0.7]], class_names=["neg", "pos"])
+    two = predictions_from_arrays(["c", "d"], [0, 1], [[0.8, 0.2], [0.3, 0.7]], class_names=["no", "yes"])
+    with pytest.raises(MedtlError, match="name the classes differently"):
+        validate_predictions(pd.concat([one, two], ignore_index=True))

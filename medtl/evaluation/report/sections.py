@@ -481,10 +481,14 @@ def methods_section(doc: Document, report: dict) -> None:
           "the standard deviation over seeds and a t-interval of the mean; each run's bootstrap interval is in the "
           "runs table and report.json.")  # fmt: skip
     if kinds - {"regression"}:
+        fitted_to = {(r.get("calibration") or {}).get("temperature_fitted_to") for t in report["tasks"].values()
+                     for e in t["strategies"].values() for r in e.get("runs", [])} - {None}
+        scaled = ("the logits" if fitted_to == {"logits"} else "the log-probabilities" if fitted_to != {
+            "logits", "log-probabilities"} else "the logits (the log-probabilities of runs without logit columns)")
         doc.p(f"**Calibration.** Binary: positive-class probability against the observed positive rate; multiclass: "
               f"top-label confidence against accuracy; {st['n_bins']} equal-width bins on [0, 1]. ECE = Σ_b n_b/n · "
               "|observed_b − confidence_b|, MCE = max_b of the same gap over non-empty bins. Temperature scaling "
-              "divides the log-probabilities by one T fitted on validation by negative log-likelihood.")  # fmt: skip
+              f"divides {scaled} by one T fitted on validation by negative log-likelihood.")  # fmt: skip
         doc.p("**Comparisons.** DeLong's test (1988) for two correlated AUROCs on the same test cases, using "
               "mid-rank structural components; two-sided normal p-value. Multiclass: the same test for the "
               "difference of two macro one-vs-rest AUROCs, medtl's extension (medtl.evaluation.delong."

@@ -74,3 +74,4 @@ def test_a_merge_says_which_input_each_note_is_from_and_report_takes_exclude(tmp
     assert set(merged["tasks"]["tumor"]["strategies"]) == {"scratch", "scratch [input 2]"}
     assert main(["report", str(path), "--exclude", str(listed), "--out", str(tmp_path / "r"), "--n-boot", "20"]) == 0
     assert any("left out 5 case(s)" in n for n in json.loads((tmp_path / "r" / "report.json").read_text())["notes"])
+

@@ -59,3 +59,23 @@ def test_embedding_section_draws_the_coordinates_it_is_given():
     assert figs[0]["file"] == "figures/embedding.png" and "PC1/PC2 explain" in figs[0]["caption"]
     assert doc.figures["embedding.png"][0].startswith(b"\x89PNG")
     assert ("h", 2, "Feature embedding") in doc.blocks
+
+
+def test_the_methods_say_what_temperature_scaling_divided(tmp_path):
+    """The Methods text said 'divides the log-probabilities' when the tables had logit columns, which it divided."""
+    import numpy as np
+
+    from medtl.evaluation.evaluate import evaluate_predictions
+    from medtl.evaluation.predictions import predictions_from_arrays
+    from medtl.evaluation.report import render_report
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(60, 2)) * 3
+    y = (z[:, 1] > z[:, 0]).astype(int) ^ (rng.random(60) < 0.2)
+    split = ["val"] * 30 + ["test"] * 30
+    with_logits = predictions_from_arrays([f"c{i}" for i in range(60)], y, logits=z, class_names=["neg", "pos"],
+                                          split=split)
+    without = with_logits.drop(columns=[c for c in with_logits if c.startswith("logit_")])
+    for table, said in ((with_logits, "divides the logits by one T"), (without, "divides the log-probabilities by")):
+        md = render_report(evaluate_predictions(table, n_boot=60, seed=1), tmp_path / said[8:12])["md"].read_text()
+        assert said in md
