@@ -64,7 +64,8 @@ def train_and_test(data_root: Path, *, epochs: int = 4, image_size: int = 128, b
         NormalizeIntensityd("image"),
     ]
     augment = [
-        RandFlipd("image", prob=0.5, spatial_axis=1),
+        # PILReader gives (width, height): spatial axis 0 is left-right (axis 1 flipped brains front to back)
+        RandFlipd("image", prob=0.5, spatial_axis=0),
         RandAffined("image", prob=0.5, rotate_range=0.17, scale_range=0.1, padding_mode="border"),
     ]
     train_ds = CacheDataset(train_files, Compose(load + augment), progress=False)

@@ -4,8 +4,9 @@
     python benchmarks/run.py --smoke              # every section at a tiny size (well under a minute)
     python benchmarks/run.py --sections trainer,options --out bench.json
 
-Every comparison is timed inside one process run, its options side by side (interleaved rounds,
-medians). Run it on a quiet machine: other load makes every number slower and noisier.
+The trainer and options sections time their options side by side (interleaved rounds, medians); the
+others run one after another (docs/performance.md says how each times). Run it on a quiet machine: other
+load makes every number slower and noisier.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def parse(argv=None):
     p.add_argument("--e2e-repeats", type=int, default=1, help="repeats of the end-to-end comparison (default 1)")
     p.add_argument("--demo-repeats", type=int, default=1, help="repeats of each demo timing (default 1)")
     p.add_argument("--demo-active-wait", action="store_true",
-                   help="also time the busy demo with OMP_WAIT_POLICY=ACTIVE, the spin-waiting default, side by side")
+                   help="also time the busy demo with OMP_WAIT_POLICY=ACTIVE (long spin-waiting, a worst case)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                    help="autocast in the timed steps (trainer, models, loading, e2e); default off")
