@@ -50,10 +50,14 @@ HEADLINE = ("auroc", "sensitivity", "specificity", "balanced_accuracy", "accurac
 
 
 def fmt_metric(m: dict | None) -> str:
+    from medtl.evaluation.evaluate import SAME_IN_EVERY_RUN
+
     if not m or m.get("value") is None:
         return "n/a" + (f" ({m['reason']})" if m and m.get("reason") else "")
     ci = f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m.get("ci_low") is not None else ""
-    return f"{m['value']:.3f}{ci}"
+    same = " (every seed scored the same: a run's interval over the test cases)" if SAME_IN_EVERY_RUN in (
+        m.get("ci_method") or "") else ""
+    return f"{m['value']:.3f}{ci}{same}"
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -68,7 +72,8 @@ def summary_lines(report: dict) -> list[str]:
             positive = f", positive class {t['positive_class']}" if t.get("positive_class") else ""
             runs = len(e.get("runs") or [])
             # over seeds the interval is a t-interval of the mean: training randomness, not the test cases' sampling
-            kind = f"{level} t-interval over {runs} seeds" if runs > 1 else f"{level} CI over the test cases"
+            kind = ("no intervals (n_boot 0)" if not report["settings"].get("n_boot", 1) else
+                    f"{level} t-interval over {runs} seeds" if runs > 1 else f"{level} CI over the test cases")
             lines.append(f"{task} / {strategy}: test n={e.get('n_test')}{positive}{at}, {kind}: {shown}")
             if thr.get("note"):  # where the threshold came from, or how it differs from predict's
                 lines.append(f"  threshold: {thr['note']}")

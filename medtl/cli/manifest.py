@@ -85,7 +85,8 @@ def run_build(args) -> int:
         near_copy_cut_to_head=args.cut_to_head,
     )
     manifest.source = Path(out)  # what the check below names
-    report = check_manifest(manifest, root, scanned=manifest.scanned)  # counts table, and proof that it is valid
+    report = check_manifest(manifest, root, scanned=manifest.scanned,  # counts table, and proof that it is valid
+                            cut_to_head=bool(manifest.meta.get("near_copy_cut_to_head")))  # as its scan was made
     if not report.ok:  # an invalid manifest is not left behind for the next command to read
         print(report.render())
         print(f"not written: {out} would fail `medtl manifest check` (the errors above)")

@@ -216,7 +216,8 @@ def check_manifest(
     threshold = float(next(t for t in (near_copy_correlation, manifest.meta.get("near_copy_correlation"),
                                        duplicates.NEAR_COPY_CORRELATION) if t is not None))
     if cut_to_head is None:
-        cut_to_head = manifest.meta.get("near_copy_cut_to_head", True)
+        recorded = manifest.meta.get("near_copy_cut_to_head")  # null when the build did not group near-copies
+        cut_to_head = True if recorded is None else recorded
     report = CheckReport(manifest.source, counts=manifest.class_counts(), near_copy_correlation=threshold,
                          cut_to_head=bool(cut_to_head))
     label_set = list(labels or manifest.label_names)

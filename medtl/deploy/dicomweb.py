@@ -214,6 +214,21 @@ def _one_per_series(listed: list[Series]) -> list[Series]:
     return out
 
 
+def _cut_off(err: BaseException) -> bool:
+    """Whether a ChunkedEncodingError is a connection that closed mid-answer (a short body, a reset, a chunk
+    size that never came), not a malformed answer (a chunk size that is not a number), which no retry mends."""
+    import http.client
+
+    from urllib3.exceptions import InvalidChunkLength
+
+    for e in _causes(err):
+        if isinstance(e, InvalidChunkLength):
+            return not bytes(e.length or b"").strip()
+        if isinstance(e, (http.client.IncompleteRead, ConnectionResetError, BrokenPipeError)):
+            return True
+    return False
+
+
 def _causes(err: BaseException):
     """The exception and everything it wraps (requests wraps urllib3's, which wraps the socket's)."""
     seen: set[int] = set()
@@ -390,8 +405,14 @@ class DicomwebSource:
                 if last:
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS is busy (HTTP {status}) after "
                                           f"{self.retries} attempt(s)", where) from None
-            # ChunkedEncodingError: the connection closed while the answer streamed in (a PACS restarting)
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+            except requests.exceptions.ChunkedEncodingError as err:
+                if not _cut_off(err):  # malformed framing: a bad answer, not an outage
+                    raise MedtlError(f"DICOMweb {what} failed: {type(err).__name__}: {_short(err)}", where) from None
+                if last:  # the connection closed while the answer streamed in (a PACS restarting)
+                    raise PacsUnreachable(f"DICOMweb {what} failed: cannot reach the PACS after {self.retries} "
+                                          f"attempt(s): the connection closed mid-answer: {_short(err)}",
+                                          where) from None
+            except (requests.ConnectionError, requests.Timeout) as err:
                 if _read_timed_out(err):  # it took the request and stopped answering: a retry waits as long again
                     raise PacsUnreachable(f"DICOMweb {what} failed: the PACS sent no answer within "
                                           f"{self.read_timeout:g} s (--pacs-timeout)", where) from None

@@ -242,6 +242,8 @@ def test_a_slice_padded_to_another_frame_is_one_group_when_compared_cut_to_the_h
             for r in whole]
     moved = Manifest(rows, whole.label_names, dict(whole.meta))
     assert check_manifest(moved, root).near_copy_groups_across_splits == 0
+    unrecorded = Manifest(rows, whole.label_names, {**whole.meta, "near_copy_cut_to_head": None})
+    assert check_manifest(unrecorded, root).near_copy_groups_across_splits == 1  # no record (null): checked cut
     report = check_manifest(moved, root, cut_to_head=True)
     assert report.near_copy_groups_across_splits == 1 and {r["path"] for r in report.spanning_rows} == pair
     assert "whole frames and cut to the head) spanning splits: 1" in report.render()

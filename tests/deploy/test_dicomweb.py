@@ -354,7 +354,7 @@ def test_an_answer_cut_off_mid_body_is_an_outage_retried_not_a_bad_series(model_
     cut = _SilentServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nTransfer-Encoding: chunked\r\n"
                         b"\r\n200\r\n[{\"0020000D\":", cut=True)
     try:
-        with pytest.raises(PacsUnreachable, match="cannot reach the PACS after 2 attempt.*ChunkedEncodingError"):
+        with pytest.raises(PacsUnreachable, match="cannot reach the PACS after 2 attempt.*closed mid-answer"):
             DicomwebSource(cut.url, timeout=(2.0, 2.0), retries=2, backoff=0.01).check()
         assert cut.accepted == 2  # retried
         assert main(["predict", "--model", str(model_2d), "--input", cut.url, "--out", str(tmp_path / "o"),
@@ -362,6 +362,15 @@ def test_an_answer_cut_off_mid_body_is_an_outage_retried_not_a_bad_series(model_
         assert "cannot reach the PACS" in capsys.readouterr().err
     finally:
         cut.close()
+    # a chunk size that is not a number is a malformed answer, not an outage: retrying it would never end
+    garbled = _SilentServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nTransfer-Encoding: chunked"
+                            b"\r\n\r\nZZZZ\r\n[{}]\r\n0\r\n\r\n", cut=True)
+    try:
+        with pytest.raises(MedtlError, match="ChunkedEncodingError") as err:
+            DicomwebSource(garbled.url, timeout=(2.0, 2.0), retries=2, backoff=0.01).check()
+        assert not isinstance(err.value, PacsUnreachable) and garbled.accepted == 1
+    finally:
+        garbled.close()
 
 
 def test_an_unknown_host_name_is_a_refused_command_not_an_outage():

@@ -345,3 +345,7 @@ def test_the_printed_summary_says_which_interval_it_shows(table):
     assert "95% CI over the test cases: auroc" in one[0]
     seeds = pd.concat([table.assign(run_id=f"r{k}", seed=k) for k in range(3)], ignore_index=True)
     assert "95% t-interval over 3 seeds: auroc" in summary_lines(evaluate_predictions(seeds, n_boot=50))[0]
+    # the seeds all scored the same, so the interval shown is a run's over the test cases, and says so
+    assert "(every seed scored the same: a run's interval over the test cases)" in summary_lines(
+        evaluate_predictions(seeds, n_boot=50))[0]
+    assert "no intervals (n_boot 0): auroc" in summary_lines(evaluate_predictions(table, n_boot=0))[0]

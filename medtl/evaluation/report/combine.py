@@ -58,6 +58,7 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
             if (mine["kind"], mine["classes"]) != (t["kind"], t["classes"]):
                 raise MedtlError(f"task {name!r} has kind/classes {mine['kind']} {mine['classes']} in one input and "
                                  f"{t['kind']} {t['classes']} in another", src)  # fmt: skip
+            renamed = {}
             for s, e in t["strategies"].items():
                 # inputs from one file (e.g. with and without --exclude) are told apart by their order
                 tag = src if src != Path(_source(reports[0])).stem else f"input {k + 1}"
@@ -65,7 +66,11 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
                 if key in mine["strategies"]:
                     key = f"{s} [input {k + 1}]"
                 mine["strategies"][key] = copy.deepcopy(e)
-            mine["comparisons"] += copy.deepcopy(t["comparisons"])
+                renamed[s] = key
+            for c in copy.deepcopy(t["comparisons"]):  # an input's tests name its strategies as the table does
+                c["strategy_a"], c["strategy_b"] = renamed.get(c["strategy_a"], c["strategy_a"]), renamed.get(
+                    c["strategy_b"], c["strategy_b"])
+                mine["comparisons"].append(c)
             mine["notes"] += [n for n in t.get("notes", []) if n not in mine["notes"]]
     if len(reports) > 1:
         out["notes"].append("DeLong comparisons need predictions on the same cases: comparisons across separate "

@@ -72,6 +72,13 @@ def test_a_merge_says_which_input_each_note_is_from_and_report_takes_exclude(tmp
     left_out = [n for n in merged["notes"] if "left out 5 case(s)" in n]
     assert left_out and all(n.startswith(f"input 2 ({path}): ") for n in left_out)
     assert set(merged["tasks"]["tumor"]["strategies"]) == {"scratch", "scratch [input 2]"}
+    # its DeLong rows name its strategies as the table does (they kept input 1's names)
+    both = evaluate_files([path], **FAST), evaluate_files([path], exclude=listed, **FAST)
+    for rep in both:
+        rep["tasks"]["tumor"]["strategies"]["finetune"] = rep["tasks"]["tumor"]["strategies"]["scratch"]
+        rep["tasks"]["tumor"]["comparisons"] = [{"strategy_a": "scratch", "strategy_b": "finetune"}]
+    pairs = {(c["strategy_a"], c["strategy_b"]) for c in combine_reports(list(both))["tasks"]["tumor"]["comparisons"]}
+    assert pairs == {("scratch", "finetune"), ("scratch [input 2]", "finetune [input 2]")}
     assert main(["report", str(path), "--exclude", str(listed), "--out", str(tmp_path / "r"), "--n-boot", "20"]) == 0
     assert any("left out 5 case(s)" in n for n in json.loads((tmp_path / "r" / "report.json").read_text())["notes"])
 
