@@ -197,9 +197,35 @@ def regular_file(path: Path) -> Iterator[Path]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise MedtlError("not a regular file (a FIFO, socket or device): not read")
         proc = Path(f"/proc/self/fd/{fd}")
-        yield proc if proc.exists() else path
+        if not proc.exists():
+            yield path
+            return
+        # a reader's own warnings name the file it was given: the file's name, not /proc/self/fd/N
+        named = _NamedFile(str(proc), path.name)
+        loggers = [logging.getLogger(name) for name in ("pydicom", "py.warnings")]
+        for logger in loggers:
+            logger.addFilter(named)
+        try:
+            yield proc
+        finally:
+            for logger in loggers:
+                logger.removeFilter(named)
     finally:
         os.close(fd)
+
+
+class _NamedFile(logging.Filter):
+    """Rewrites one /proc/self/fd path in log records to the name of the file behind it."""
+
+    def __init__(self, proc: str, name: str):
+        super().__init__()
+        self.proc, self.name = proc, name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.proc in message:
+            record.msg, record.args = message.replace(self.proc, self.name), None
+        return True
 
 
 def file_key(rel: str) -> str:

@@ -74,3 +74,27 @@ def test_manifest_rows_are_units(data_root, manifests_dir, tmp_path):
     errors = {s.key: s.error for s in scan_manifest(bad, data_root)}
     assert "contains '..': manifest paths lead down from the data root" in errors["../../etc/passwd"]
     assert errors["dicom/missing.dcm"] == "file not found"
+
+
+def test_a_readers_warning_names_the_file_not_its_proc_path(tmp_path, caplog):
+    """pydicom warned 'End of file reached ... in file /proc/self/fd/4': an operator could not tell which file."""
+    import logging
+    import warnings
+
+    from medtl.deploy.discover import regular_file
+
+    path = tmp_path / "s250x_garbage.dcm"
+    path.write_bytes(b"\0" * 200)
+    logging.captureWarnings(True)
+    try:
+        with caplog.at_level(logging.WARNING), regular_file(path) as readable:
+            logging.getLogger("pydicom").warning("End of file reached in file %s", readable)
+            warnings.warn(f"Invalid value in file {readable}", UserWarning)
+    finally:
+        logging.captureWarnings(False)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("in file s250x_garbage.dcm" in m for m in said) and any("value in file s250x_garbage.dcm" in m
+                                                                        for m in said)
+    assert not any("/proc/self/fd" in m for m in said)
+    logging.getLogger("pydicom").warning("after %s", "/proc/self/fd/4")  # the filter went with the file
+    assert caplog.records[-1].getMessage() == "after /proc/self/fd/4"
