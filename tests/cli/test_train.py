@@ -6,6 +6,7 @@ Tiny on purpose (24 images, 32 px, one epoch): what is tested is the chain of fi
 import json
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -376,7 +377,7 @@ def test_medtl_report_compares_two_trained_models_with_a_paired_test(trained, tm
     assert any("each strategy is named with its file's folder" in n for n in report["notes"])
     one = str(tmp / "run" / "predictions.csv")  # one file given twice: refused, naming it (not "<DataFrame>")
     assert main(["report", one, one, "--out", str(tmp_path / "cmp3"), "--n-boot", "50"]) == 2
-    assert f"{one}+{one}: cases appear more than once in one run" in capsys.readouterr().err
+    assert f"the same predictions file is given more than once: {Path(one).resolve()}" in capsys.readouterr().err
 
 
 def test_a_test_folder_laid_out_as_the_training_one_is_scored(trained, tmp_path, capsys):
