@@ -17,7 +17,7 @@ import numpy as np
 
 from medtl.data import io
 from medtl.data.check import near_copy_groups, scan
-from medtl.data.duplicates import NEAR_COPY_CORRELATION, near_copy_pairs
+from medtl.data.duplicates import NEAR_COPY_CORRELATION, cut_to_head_pairs, near_copy_pairs
 from medtl.data.manifest import Manifest, ManifestRow
 from medtl.errors import MedtlError
 from medtl.paths import is_inside, resolve_inside
@@ -283,24 +283,21 @@ def drop_near_copies_of(
     their_sha = {s.sha256 for s in theirs if s.sha256}
     copied.update(i for i, s in enumerate(mine) if s.sha256 in their_sha)
 
-    def by_length(scanned, thumb_of) -> dict[int, tuple[list[int], np.ndarray]]:  # 2D and 3D compared apart
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, s in enumerate(scanned):
-            if thumb_of(s) is not None:
-                groups[thumb_of(s).size].append(i)
-        return {n: (idx, np.stack([thumb_of(scanned[i]) for i in idx])) for n, idx in groups.items()}
-
-    for cut, limit in ((False, threshold), (True, cropped_threshold)):
-        thumb_of = (lambda s: s.cropped[0] if s.cropped else None) if cut else (lambda s: s.thumb)
-        theirs_by = by_length(theirs, thumb_of)
-        for n, (idx, stacked) in by_length(mine, thumb_of).items():
-            if n not in theirs_by:
-                continue
-            js, their_stack = theirs_by[n]
-            for p, q in near_copy_pairs(stacked, their_stack, limit):
-                # cut to the head, a pair counts where one of the two lost a margin (not two uncut frames)
-                if not cut or mine[idx[p]].cropped[1] or theirs[js[q]].cropped[1]:
-                    copied.add(idx[p])
+    by_length: dict[int, list[int]] = defaultdict(list)  # 2D and 3D thumbnails compared apart
+    for j, s in enumerate(theirs):
+        if s.thumb is not None:
+            by_length[s.thumb.size].append(j)
+    for n, js in by_length.items():
+        idx = [i for i, s in enumerate(mine) if s.thumb is not None and s.thumb.size == n]
+        if idx:
+            pairs = near_copy_pairs(np.stack([mine[i].thumb for i in idx]), np.stack([theirs[j].thumb for j in js]),
+                                    threshold)
+            copied.update(idx[p] for p in pairs[:, 0])
+    mine_cut = [i for i, s in enumerate(mine) if s.cropped is not None]
+    theirs_cut = [s.cropped for s in theirs if s.cropped is not None]
+    if mine_cut and theirs_cut:
+        pairs = cut_to_head_pairs([mine[i].cropped for i in mine_cut], theirs_cut, cropped_threshold)
+        copied.update(mine_cut[p] for p in pairs[:, 0])
     return [r for i, r in enumerate(rows) if i not in copied], len(copied)
 
 

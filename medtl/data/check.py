@@ -89,9 +89,7 @@ def near_copy_groups(scanned: list[ScannedFile], threshold: float = duplicates.N
         pairs.extend(zip(idx[p[:, 0]], idx[p[:, 1]]))
     cut = np.asarray([i for i, s in enumerate(scanned) if s.cropped is not None])
     if len(cut) > 1:
-        p = duplicates.near_copy_pairs(np.stack([scanned[i].cropped[0] for i in cut]), threshold=threshold)
-        lost_margin = np.asarray([scanned[i].cropped[1] for i in cut])
-        p = p[lost_margin[p[:, 0]] | lost_margin[p[:, 1]]]  # two uncut frames were compared whole above
+        p = duplicates.cut_to_head_pairs([scanned[i].cropped for i in cut], threshold=threshold)
         pairs.extend(zip(cut[p[:, 0]], cut[p[:, 1]]))
     # identical bytes are copies even if the thumbnail could not be compared
     first_of: dict[str, int] = {}

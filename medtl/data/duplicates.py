@@ -109,6 +109,17 @@ def near_copy_pairs(
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=int)
 
 
+def cut_to_head_pairs(cut_a: list, cut_b: list | None = None, threshold: float = NEAR_COPY_CORRELATION) -> np.ndarray:
+    """Index pairs of :func:`cropped_thumbnail` results (thumbnail, lost a margin) that are copies: their
+    thumbnails correlate above ``threshold`` and at least one of the two lost a margin (two uncut frames are
+    whole-frame thumbnails' to compare). Within one set (``cut_b`` None) only pairs with i < j."""
+    lost_a = np.asarray([lost for _, lost in cut_a], dtype=bool)
+    lost_b = lost_a if cut_b is None else np.asarray([lost for _, lost in cut_b], dtype=bool)
+    pairs = near_copy_pairs(np.stack([t for t, _ in cut_a]),
+                            None if cut_b is None else np.stack([t for t, _ in cut_b]), threshold)
+    return pairs[lost_a[pairs[:, 0]] | lost_b[pairs[:, 1]]]
+
+
 def connected_groups(n: int, pairs) -> np.ndarray:
     """Group id per item: connected components of the pair graph (union-find)."""
     parent = np.arange(n)

@@ -110,26 +110,23 @@ COPIED_DATES_AND_TIMES = {"PatientBirthDate": "DA", "StudyDate": "DA", "StudyTim
 
 
 def _conformant(value: str, vr: str) -> str:
-    """``value`` as a DICOM DA/TM: as it is, in the ACR-NEMA form PS3.5 6.2 still names ('1955.01.02',
-    '18:50:59') without its separators, else empty (all three are Type 2: an unknown value is empty)."""
+    """``value`` as a DICOM DA/TM, without the separators of the ACR-NEMA form PS3.5 6.2 still names
+    ('1955.01.02', '18:50:59'); empty where it is no date or time (all three are Type 2: unknown is empty)."""
     from pydicom.valuerep import DA, TM
 
-    parse = DA if vr == "DA" else TM
-    for candidate in (value.replace(".", "") if vr == "DA" else value.replace(":", ""), value):
-        try:
-            if not candidate or parse(candidate) is not None:
-                return candidate
-        except (ValueError, TypeError):
-            continue
-    return ""
+    plain = value.replace(".", "") if vr == "DA" else value.replace(":", "")
+    try:
+        return plain if not plain or (DA if vr == "DA" else TM)(plain) is not None else ""
+    except (ValueError, TypeError):
+        return ""
 
 
 def _with_type2_attributes(header):
     """The header (a copy when anything changes) with every attribute of :data:`TYPE2_COPIED` present and its
     dates and times conformant (:func:`_conformant`)."""
     missing = [t for t in TYPE2_COPIED if t not in header]
-    fixed = {t: _conformant(str(header.get(t) or ""), vr) for t, vr in COPIED_DATES_AND_TIMES.items() if t in header}
-    fixed = {t: v for t, v in fixed.items() if v != str(header.get(t) or "")}
+    given = {t: str(header.get(t) or "") for t in COPIED_DATES_AND_TIMES if t in header}
+    fixed = {t: v for t, v in ((t, _conformant(given[t], COPIED_DATES_AND_TIMES[t])) for t in given) if v != given[t]}
     if not missing and not fixed:
         return header
     header = copy.deepcopy(header)

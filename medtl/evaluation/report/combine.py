@@ -42,6 +42,7 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
     if len(reports) > 1:  # the merge is made now, by this medtl; each input's own time is in its report.json
         out["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         out["medtl_version"] = __version__
+    first = Path(_source(reports[0])).stem
     for k, rep in enumerate(reports[1:], start=1):
         src = Path(_source(rep)).stem  # appended to clashing strategy names
         out["sources"] += rep.get("sources", [])
@@ -60,11 +61,10 @@ def combine_reports(reports: Sequence[dict | Report]) -> dict:
                                  f"{t['kind']} {t['classes']} in another", src)  # fmt: skip
             renamed = {}
             for s, e in t["strategies"].items():
-                # inputs from one file (e.g. with and without --exclude) are told apart by their order
-                tag = src if src != Path(_source(reports[0])).stem else f"input {k + 1}"
-                key = s if s not in mine["strategies"] else f"{s} [{tag}]"
-                if key in mine["strategies"]:
-                    key = f"{s} [input {k + 1}]"
+                # a clash takes the input's file name; inputs from one file (e.g. with and without --exclude)
+                # are told apart by their order
+                names = [s, *([f"{s} [{src}]"] if src != first else []), f"{s} [input {k + 1}]"]
+                key = next((n for n in names if n not in mine["strategies"]), names[-1])
                 mine["strategies"][key] = copy.deepcopy(e)
                 renamed[s] = key
             for c in copy.deepcopy(t["comparisons"]):  # an input's tests name its strategies as the table does
@@ -84,8 +84,8 @@ def combine(inputs: Sequence, out_dir: str | Path, *, settings: EvalSettings | N
             exclude=None, **kwargs) -> dict[str, Path]:
     """``medtl report``: predictions tables and predict's results.csv files (evaluated together, so DeLong
     compares them; ``labels``: the manifest for results.csv files without labels, as ``medtl evaluate
-    --labels``; ``exclude``: cases left out of them, as ``medtl evaluate --exclude``) and report.json files merged into one comparison report. ``kwargs``: EvalSettings fields
-    and render_report extras."""
+    --labels``; ``exclude``: cases left out of them, as ``medtl evaluate --exclude``) and report.json files
+    merged into one comparison report. ``kwargs``: EvalSettings fields and render_report extras."""
     extras = {k: kwargs.pop(k) for k in ("metrics_log", "features", "embedding", "gradcam") if k in kwargs}
     output_folder(out_dir)  # before anything is computed
     preds, reports = [], []

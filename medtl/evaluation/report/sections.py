@@ -483,8 +483,8 @@ def methods_section(doc: Document, report: dict) -> None:
     if kinds - {"regression"}:
         fitted_to = {(r.get("calibration") or {}).get("temperature_fitted_to") for t in report["tasks"].values()
                      for e in t["strategies"].values() for r in e.get("runs", [])} - {None}
-        scaled = ("the logits" if fitted_to == {"logits"} else "the log-probabilities" if fitted_to != {
-            "logits", "log-probabilities"} else "the logits (the log-probabilities of runs without logit columns)")
+        scaled = ("the log-probabilities" if "logits" not in fitted_to else "the logits" if len(fitted_to) == 1
+                  else "the logits (the log-probabilities of runs without logit columns)")
         doc.p(f"**Calibration.** Binary: positive-class probability against the observed positive rate; multiclass: "
               f"top-label confidence against accuracy; {st['n_bins']} equal-width bins on [0, 1]. ECE = Σ_b n_b/n · "
               "|observed_b − confidence_b|, MCE = max_b of the same gap over non-empty bins. Temperature scaling "
