@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path, PurePosixPath
 
@@ -27,6 +28,8 @@ def resolve_inside(root: str | Path, relative: str, where: str | None = None) ->
     Symlinks are resolved too, so a link inside the root that points outside it is refused.
     """
     rel = str(relative).replace("\\", "/")
+    if "\x00" in rel:  # no file system takes one: the OS calls would raise a bare ValueError
+        raise MedtlError(f"path {relative!r} contains a NUL character", where)
     if not rel or PurePosixPath(rel).is_absolute() or (len(rel) > 1 and rel[1] == ":"):
         raise MedtlError(f"path {relative!r} must be relative to the data root", where)
     if ".." in PurePosixPath(rel).parts:
@@ -109,3 +112,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def read_json(path: str | Path, what: str):
+    """The JSON in ``path``, or a :class:`MedtlError` naming the file and what is wrong with it (``what`` says
+    which file it is to the reader: "manifest metadata", "bundle metadata", ...)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MedtlError(f"{what} file not found", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MedtlError(f"{what} is not valid JSON: {err}", path) from None
+    except RecursionError:  # nested deeper than the parser goes: no file medtl writes looks like that
+        raise MedtlError(f"{what} is nested too deeply to read", path) from None

@@ -85,9 +85,11 @@ def register(subparsers) -> None:
                    help="decoded pixel data per DICOM series read as one volume by a 3D model, MiB (default: "
                         f"{d.volume_bytes // MiB})")
     g.add_argument("--max-picture-mpx", type=_positive(float), default=d.picture_pixels / 1e6,
-                   help=f"pixels per PNG/JPEG, millions (default: {d.picture_pixels / 1e6:g})")
+                   help=f"pixels per PNG/JPEG, millions, counted as 8-bit grey (an RGBA pixel counts 4, a 16-bit one 2; "
+                        f"default: {d.picture_pixels / 1e6:g})")
     g.add_argument("--max-volume-mvox", type=_positive(float), default=d.volume_voxels / 1e6,
-                   help=f"voxels per NIfTI volume, millions (default: {d.volume_voxels / 1e6:g})")
+                   help=f"voxels per NIfTI volume, millions, counted as 32-bit (a float64 voxel counts 2; default: "
+                        f"{d.volume_voxels / 1e6:g})")
     a = p.add_argument_group("PACS authentication and TLS (DICOMweb input)")
     a.add_argument("--pacs-user", help="user for basic authentication (default: $MEDTL_PACS_USER); the password "
                                        "comes from $MEDTL_PACS_PASSWORD or --pacs-password-file")

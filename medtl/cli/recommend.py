@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from medtl.cli.output import output_file
+from medtl.paths import read_json
 
 
 def register(sub) -> None:
@@ -26,22 +27,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _read_json(path: Path, what: str):
-    from medtl.errors import MedtlError
-
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MedtlError(f"{what} file not found", path) from None
-    except json.JSONDecodeError as err:
-        raise MedtlError(f"{what} is not valid JSON: {err}", path) from None
-
-
 def load_candidates(path: Path) -> tuple[dict, list[dict]]:
     """Target description and candidates, with ``assessment`` files flattened into ``scores``."""
     from medtl.errors import MedtlError
 
-    data = _read_json(path, "candidates")
+    data = read_json(path, "candidates")
     if isinstance(data, list):
         data = {"candidates": data}
     if not isinstance(data, dict) or not isinstance(data.get("candidates"), list):
@@ -53,7 +43,7 @@ def load_candidates(path: Path) -> tuple[dict, list[dict]]:
         c = dict(c)
         if "assessment" in c:
             where = path.parent / c.pop("assessment")
-            a = _read_json(where, "assessment")
+            a = read_json(where, "assessment")
             if not isinstance(a, dict) or not ({"distances", "transferability"} & set(a)):
                 keys = ", ".join(map(str, a)) if isinstance(a, dict) else type(a).__name__
                 raise MedtlError("not the similarity.json of one source-target pair (medtl similarity --source S "
@@ -104,7 +94,7 @@ def run(args) -> int:
     path = output_file(args.out, args.json, "recommendation.json")  # a bad --out is refused before any work
     target, candidates = load_candidates(args.candidates)
     if args.target:
-        target = _read_json(args.target, "target")
+        target = read_json(args.target, "target")
     weights = None
     if args.weight:
         weights = {}

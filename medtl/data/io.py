@@ -110,6 +110,8 @@ def read_picture(path: Path) -> Image:
         raise MedtlError("file not found", path) from None
     except UnidentifiedImageError:
         raise MedtlError("not a readable image (unknown or corrupt format)", path) from None
+    except PILImage.DecompressionBombError as err:  # an Exception, not an OSError: a tiny file of a huge picture
+        raise MedtlError(f"refused to decode: {err}", path) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise MedtlError(f"corrupt or truncated image: {err}", path) from None
     if array.ndim != 2:
@@ -470,6 +472,12 @@ def read_nifti(path: Path) -> Image:
 
     try:
         img = nib.load(str(path))
+    except Exception as err:
+        raise MedtlError(f"unreadable NIfTI: {err}", path) from None
+    if img.get_data_dtype().kind == "c":  # numpy would drop the imaginary part with a warning
+        raise MedtlError(f"a complex-valued volume ({img.get_data_dtype()}): not an image (a k-space or phase "
+                         "export?)", path)
+    try:
         data = np.asarray(img.dataobj, dtype=np.float32)  # dataobj applies scl_slope/scl_inter
     except Exception as err:
         raise MedtlError(f"unreadable NIfTI: {err}", path) from None

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from medtl.errors import MedtlError
+from medtl.paths import read_json
 
 ROOT_KEY = "data_root"  # in NAME.meta.json, relative to the manifest's folder
 ROOT_ABSOLUTE_KEY = "data_root_absolute"
@@ -161,6 +162,8 @@ class Manifest:
                         raise MedtlError("empty path", f"{path}:{i}")
                     extras = {k: v for k, v in raw.items() if k not in REQUIRED_COLUMNS and k is not None}
                     rows.append(ManifestRow(**values, extras=extras))
+        except csv.Error as err:  # a field over csv's limit (128 KiB), a NUL byte, ...: no manifest medtl reads
+            raise MedtlError(f"not a readable CSV: {err}", f"{path}:{reader.line_num}") from None
         except UnicodeDecodeError:
             data = path.read_bytes()
             try:
@@ -171,7 +174,9 @@ class Manifest:
             raise MedtlError("not UTF-8 text (saved as Latin-1 or a Windows code page?); save the CSV as UTF-8",
                              f"{path}:{line}") from None
         meta_path = meta_path_for(path)
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta = read_json(meta_path, "the manifest's metadata") if meta_path.exists() else {}
+        if not isinstance(meta, dict):
+            raise MedtlError(f"the manifest's metadata must be a JSON object, not {type(meta).__name__}", meta_path)
         labels = meta.get("label_names") or sorted({r.label for r in rows})
         return cls(rows, list(labels), meta, path)
 

@@ -62,7 +62,7 @@ from medtl.deploy.ledger import SUPERSEDED, Ledger, csv_cell
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
-from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, redacting
+from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, held_until_learned, redacting
 from medtl.deploy.uids import safe_name
 from medtl.errors import MedtlError
 from medtl.paths import PATH_SALT_FILE, image_suffix, path_tag, salted_path
@@ -80,8 +80,12 @@ OWN_COLUMNS = ("status", "predicted_label", "model_name", "model_version", "fini
 # word. Scrubbing them would turn "test" into "[redacted]" whenever a patient is called Test.
 MANIFEST_COLUMNS = ("label", "split")
 # UIDs are written as they are (a PatientID "123" must not cut a component out of "1.2.123.4"), with
-# control characters escaped.
+# control characters escaped; a "UID" that is not digits and dots is free text, and redacted as text.
 UID_COLUMNS = ("study_uid", "series_uid")
+
+
+def _shown_uid(uid: str, redactor: Redactor) -> str:
+    return escape_controls(uid) if re.fullmatch(r"[0-9.]+", uid) else redactor(uid)
 UNREDACTED_COLUMNS = frozenset(OWN_COLUMNS + MANIFEST_COLUMNS + ("case_id",))  # our words, or the user's labels
 ERROR_CHARS = 1000  # an error row's text is cut to this length
 MAX_PACS_FAILURES = 5
@@ -329,12 +333,14 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
         dims = predictor.spatial_dims or Preset(predictor.preset).spatial_dims
         if source is not None:  # an answer is held whole before its files can be checked
             source.bound_responses((limits.volume_bytes if dims == 3 else limits.series_bytes) + 16 * MiB)
-        series = discover(input, out=out, data_root=data_root, split=split, source=source, limits=limits,
-                          display=display, volume=dims == 3)
-        if not include_identifiers:
-            # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
-            # file's path may hold the name its folder was given, which only other files' headers reveal).
-            add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items() if k in SCRUBBED_TAGS))
+        with held_until_learned(redactor):  # what is logged while the headers are read waits for their identifiers
+            series = discover(input, out=out, data_root=data_root, split=split, source=source, limits=limits,
+                              display=display, volume=dims == 3)
+            if not include_identifiers:
+                # Every identifier seen anywhere in the input is scrubbed from all texts (an unreadable
+                # file's path may hold the name its folder was given, which only other files' headers reveal).
+                add_identifiers(redactor, ((k, v) for s in series for k, v in s.identifiers.items()
+                                           if k in SCRUBBED_TAGS))
         for s in series:
             s.case_id = _case_id(s, redactor, salt)
         if source is not None:
@@ -647,7 +653,7 @@ def _case_id(s: Series, redactor: Redactor, salt: bytes) -> str:
     gets a salted hash of itself: ``Smith_Jane/study1`` and ``Brown_Paul/study1`` both read
     ``[redacted]_[redacted]/study1``, and must stay two cases."""
     if s.key == s.series_uid:
-        return escape_controls(s.key)
+        return _shown_uid(s.key, redactor)
     shown = redactor(s.key)
     if shown == s.key:
         return shown
@@ -810,7 +816,7 @@ class _RowWriter:
                 self._sr(s, item, row)
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
-                row[k] = escape_controls(v)
+                row[k] = _shown_uid(v, self.redactor)
             elif isinstance(v, str) and k not in UNREDACTED_COLUMNS:
                 row[k] = self.redactor(v)
         if isinstance(row["error"], str):  # cut after the redaction: an identifier cut in two would survive it

@@ -30,6 +30,27 @@ from medtl.models.checkpoint import read_checkpoint
 from medtl.paths import file_sha256
 
 
+# MONAI's bundle parser reads a string that starts with "$" as Python code to run, "@" as a reference and "%"
+# as a macro, with no way to escape them: a label "$__import__('os').system(...)" would run when the bundle runs
+CONFIG_SYNTAX = ("$", "@", "%")
+
+
+def _refuse_config_syntax(value: Any, where: str) -> None:
+    """Refuse a value from the checkpoint (label names, model and preprocessing options, its meta) or the user that
+    MONAI's parser would read as code, a reference or a macro."""
+    if isinstance(value, str) and value.startswith(CONFIG_SYNTAX):
+        raise MedtlError(f"{where} is {value[:80]!r}, which starts with {value[0]!r}: MONAI's bundle parser would read "
+                         "it as code ('$'), a reference ('@') or a macro ('%'), so the bundle could run it; rename it "
+                         "(retrain with other label names) before exporting", "export-bundle")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_config_syntax(str(key), f"{where}: a key")
+            _refuse_config_syntax(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _refuse_config_syntax(item, f"{where}[{i}]")
+
+
 def _inference_config(meta: dict[str, Any]) -> dict[str, Any]:
     intensity = dict(meta["intensity"])
     preset = intensity.pop("preset")
@@ -107,6 +128,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, name: str | None = No
     # The bundle is the same model: keep its name and version, not the bundle file's own hash.
     meta.setdefault("name", predictor.name)
     meta["version"] = meta.get("version") or file_sha256(checkpoint)[:12]
+    _refuse_config_syntax(meta, "the checkpoint's meta")
+    if name is not None:
+        _refuse_config_syntax(name, "the bundle name")
     out = Path(out)
     if (out / BUNDLE_METADATA).exists():
         raise MedtlError("a bundle already exists here; choose a new folder", out)

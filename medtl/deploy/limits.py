@@ -6,8 +6,10 @@ declares, and becomes an error row; nothing is decoded or allocated first:
 
 - DICOM: decoded bytes per instance (Rows x Columns x Frames x Samples x Bits/8) and per series
   (the sum); a deflated data set is inflated in bounded steps to count its size first;
-- PNG/JPEG: pixels (width x height from the header; Pillow only warns below 179 Mpx);
-- NIfTI: voxels (the product of the header's dims).
+- PNG/JPEG: pixels (width x height from the header; Pillow only warns below 179 Mpx), counted as 8-bit grey
+  ones: a pixel of several samples (RGB, RGBA) or of 16 or 32 bits counts as that many bytes;
+- NIfTI: voxels (the product of the header's dims), counted as 32-bit ones: a float64 voxel counts twice;
+  a complex-valued volume is refused.
 
 Defaults (``Limits()``) keep one run under 2 GB of memory; ``medtl predict --max-...`` changes
 them (docs/batch.md, "Security and data protection").
@@ -131,6 +133,8 @@ def check_picture(path: Path, limits: Limits) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 width, height = im.size
+                # decoded bytes per pixel: the samples ("RGBA": 4) times their bytes ("I;16": 2, "I"/"F": 4)
+                depth = len(im.getbands()) * (2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1)
     except Image.DecompressionBombError:
         raise MedtlError(f"image declares more than {Image.MAX_IMAGE_PIXELS * 2} pixels (a decompression bomb): "
                          "not decoded") from None
@@ -138,9 +142,11 @@ def check_picture(path: Path, limits: Limits) -> None:
         raise MedtlError("not a readable image (unknown or corrupt format)") from None
     except OSError as err:
         raise MedtlError(f"corrupt or unreadable image: {err}") from None
-    if width * height > limits.picture_pixels:
-        raise MedtlError(f"image declares {width} x {height} = {width * height / 1e6:.0f} Mpx, over the limit of "
-                         f"{limits.picture_pixels / 1e6:g} Mpx (--max-picture-mpx): not decoded")
+    if width * height * depth > limits.picture_pixels:
+        as_grey = f" ({depth} bytes a pixel in mode {im.mode}: {width * height * depth / 1e6:.0f} Mpx of 8-bit grey)" \
+            if depth > 1 else ""
+        raise MedtlError(f"image declares {width} x {height} = {width * height / 1e6:.0f} Mpx{as_grey}, over the limit "
+                         f"of {limits.picture_pixels / 1e6:g} Mpx of 8-bit grey (--max-picture-mpx): not decoded")
 
 
 def check_nifti(path: Path, limits: Limits) -> None:
@@ -148,13 +154,19 @@ def check_nifti(path: Path, limits: Limits) -> None:
     import nibabel as nib
 
     try:
-        shape = nib.load(str(path)).shape
+        img = nib.load(str(path))
+        shape, dtype = img.shape, img.get_data_dtype()
     except Exception as err:
         raise MedtlError(f"unreadable NIfTI header: {err}") from None
+    if dtype.kind == "c":
+        raise MedtlError(f"a complex-valued volume ({dtype}): not an image (a k-space or phase export?): not decoded")
     voxels = math.prod(int(d) for d in shape) if shape else 0
-    if voxels > limits.volume_voxels:
-        raise MedtlError(f"volume declares {' x '.join(str(d) for d in shape)} = {voxels / 1e6:.0f} M voxels, over "
-                         f"the limit of {limits.volume_voxels / 1e6:g} M (--max-volume-mvox): not decoded")
+    wide = max(1.0, dtype.itemsize / 4)  # read as float32; a float64 volume holds twice that while it converts
+    if voxels * wide > limits.volume_voxels:
+        what = f" of {dtype} (each counts {wide:g}x)" if wide > 1 else ""
+        raise MedtlError(f"volume declares {' x '.join(str(d) for d in shape)} = {voxels / 1e6:.0f} M voxels{what}, "
+                         f"over the limit of {limits.volume_voxels / 1e6:g} M 32-bit voxels (--max-volume-mvox): not "
+                         "decoded")
 
 
 def check_file(path: Path, limits: Limits, name: str | None = None) -> int:

@@ -14,7 +14,6 @@ Sources understood by :func:`load_model`:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from medtl.data.transforms import Preset
 from medtl.errors import MedtlError
 from medtl.models.checkpoint import build_model, load_checkpoint, with_recorded_options
 from medtl.models.weights import check_and_load, read_file
-from medtl.paths import file_sha256
+from medtl.paths import file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,8 @@ def load_bundle(folder: str | Path, device: str | torch.device | None = None,
     for f in (meta_file, weights):
         if not f.is_file():
             raise MedtlError(f"not a MONAI bundle: {f.relative_to(folder)} is missing", folder)
-    meta = json.loads(meta_file.read_text()).get("medtl")
+    meta = read_json(meta_file, "the bundle's metadata")
+    meta = meta.get("medtl") if isinstance(meta, dict) else None
     if not isinstance(meta, dict) or not meta.get("model"):
         raise MedtlError("this bundle was not exported by medtl (metadata.json has no 'medtl' model description)",
                          meta_file)

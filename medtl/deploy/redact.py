@@ -232,3 +232,36 @@ def redacting(redactor: Redactor) -> Iterator[Redactor]:
     finally:
         warnings.showwarning = show
         logging.setLogRecordFactory(previous)
+
+
+@contextlib.contextmanager
+def held_until_learned(redactor: Redactor) -> Iterator[None]:
+    """Log records (warnings included) made in the block are held back and shown when it ends, redacted again
+    then: scanning the input reads the headers that reveal its identifiers, and a library's warning while a
+    header is read (pydicom's "Invalid value for VR UI: '1.2.3.<patient id>.9'") was shown before the redactor
+    knew the identifier it holds. Records are redacted when they are made, so the text kept is the library's,
+    redacted with what was known then; the second pass adds what the block taught the redactor."""
+    handlers = list(logging.getLogger().handlers)
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not any(r is record for r in held[-len(handlers):]):  # each handler sees the record once
+                held.append(record)
+            return False
+
+    hold = Hold()
+    for h in handlers:
+        h.addFilter(hold)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(hold)
+        for record in held:
+            record.msg, record.args = redactor.text(record.getMessage()), ()
+            if record.exc_text:
+                record.exc_text = redactor.text(record.exc_text, controls=False)
+            for h in handlers:
+                if record.levelno >= h.level:
+                    h.handle(record)

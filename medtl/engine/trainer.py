@@ -451,8 +451,15 @@ class Trainer:
         save_atomic(saved, path)  # a crash or a full disk mid-save leaves the previous state intact
 
     def _read_state(self, path: Path) -> dict[str, Any]:
+        import pickle
+
+        from medtl.models.weights import blocked
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise MedtlError(f"refused to resume from a training state that holds pickled Python objects (possibly "
+                             f"code), not plain tensors ({blocked(err)}); nothing in it was run", path) from None
         except Exception as err:
             raise MedtlError(f"cannot read the training state to resume from: {str(err)[:200]}", path) from None
         if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
@@ -505,6 +512,11 @@ class Trainer:
             raise MedtlError(f"this folder holds a run trained with other settings ({shown}); to go on with them, "
                              "give the same settings; else use another folder (run_dir, --out) or start over "
                              "(resume=False, --no-resume)", self.folder.path)
+        before = (old.get("distributed") or {}).get("world_size")
+        if before is not None and before != self.ctx.world_size:  # allowed, but what it learns depends on it
+            log.warning("resuming %s with %d process(es), where its earlier epochs ran with %d: batch norm's "
+                        "statistics, the per-rank augmentation and the steps per epoch may differ from here on",
+                        self.folder.path, self.ctx.world_size, before)
 
     def _apply_state(self, state: dict[str, Any], path: Path) -> None:
         try:

@@ -75,14 +75,29 @@ def model_config(model: nn.Module) -> dict[str, Any] | None:
     return {"encoder": dict(enc.config), "head": dict(head.config)}
 
 
+# far above any model medtl builds (a 3D ResNet-50 has about 46 million): a checkpoint of a few kilobytes that
+# declares a head of 3e9 classes would otherwise ask for terabytes before a single weight is checked
+MAX_PARAMETERS = 1_000_000_000
+
+
 def build_model(config: dict[str, Any]) -> Model:
-    """A freshly initialised :class:`Model` from a ``meta["model"]`` config."""
+    """A freshly initialised :class:`Model` from a ``meta["model"]`` config (its size checked first, on the meta
+    device, where building allocates nothing)."""
+    def size(build) -> int:
+        try:
+            with torch.device("meta"):
+                return sum(p.numel() for p in build().parameters())
+        except (RuntimeError, NotImplementedError):  # a layer that reads a value while it is built (a lift)
+            return 0
+
     try:
-        encoder = build_encoder(config["encoder"])
-        head = build_head(config["head"])
+        n = size(lambda: build_encoder(config["encoder"])) + size(lambda: build_head(config["head"]))
+        if n > MAX_PARAMETERS:
+            raise MedtlError(f"the model config declares {n:,} parameters, more than {MAX_PARAMETERS:,}: not a "
+                             "model medtl writes (a damaged or hostile checkpoint?)", "meta.model")
+        return Model(build_encoder(config["encoder"]), build_head(config["head"]))
     except (KeyError, TypeError) as err:
         raise MedtlError(f"model config is incomplete or malformed: {err}", "meta.model") from None
-    return Model(encoder, head)
 
 
 def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -85,6 +85,18 @@ class LoadReport:
 # --- reading ---------------------------------------------------------------------------------------
 
 
+def blocked(err: Exception) -> str:
+    """What torch's ``weights_only`` loading refused, from its message: its first line alone says that loading
+    with ``weights_only=False`` would likely succeed and cuts off before "it can result in arbitrary code
+    execution"; the line that names the blocked global is the useful one."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch bolds its text
+    found = re.search(r"unsupported GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it would import {found.group(1)}, which weights_only loading does not allow"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return (lines[0][:200] if lines else "weights_only loading refused it")
+
+
 def read_file(path: str | Path) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, every failure a :class:`MedtlError` naming the file."""
     if not isinstance(path, (str, Path)):
@@ -100,11 +112,9 @@ def read_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[0][:200]  # torch bolds its text
         raise MedtlError(
-            "refused: the file holds pickled Python objects (possibly code), not plain weights "
-            f"(torch.load weights_only=True: {first}). If it is a trusted whole-model file, re-save its "
-            "state_dict() and load that",
+            f"refused: the file holds pickled Python objects (possibly code), not plain weights ({blocked(err)}). "
+            "Nothing in it was run. If it is a trusted whole-model file, re-save its state_dict() and load that",
             path,
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:

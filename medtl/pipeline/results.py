@@ -19,6 +19,7 @@ import yaml
 from medtl.data.manifest import Manifest
 from medtl.errors import MedtlError
 from medtl.evaluation.evaluate import SAME_IN_EVERY_RUN
+from medtl.evaluation.report.document import figure_name
 from medtl.evaluation.report.schema import Metric, Task, read_report
 from medtl.pipeline.jobs import TRAINING_MEAN
 
@@ -320,7 +321,7 @@ def _task_figure(pipeline: str, name: str, task: Task, figures_dir: Path,
     label = "MAE (years)" if metric == "mae" else "AUROC" + (" (macro)" if task.kind == "multiclass" else "")
     png = strategy_interval_figure(rows, label, f"{pipeline}: {name}", reference=None if metric == "mae" else 0.5)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    path = figures_dir / f"{pipeline}_{name}.png"
+    path = figures_dir / figure_name(f"{pipeline}_{name}.png")  # the names come from a run's config.yaml
     path.write_bytes(png)
     return [f"![{label} per strategy, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
             f"*{label}: seed mean and 95% t-interval per strategy and label {'count' if counts else 'fraction'} "
@@ -355,7 +356,7 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
                                "low": [m.ci_low if m.ci_low is not None else m.value for _, m in pts],
                                "high": [m.ci_high if m.ci_high is not None else m.value for _, m in pts]})
         figures_dir.mkdir(parents=True, exist_ok=True)
-        path = figures_dir / f"{pipeline}_{name}_learning_curve.png"
+        path = figures_dir / figure_name(f"{pipeline}_{name}_learning_curve.png")
         path.write_bytes(label_fraction_figure(series, metric, f"{pipeline}: {name}", xlabel=axis, baseline=base))
         lines += [f"![{metric} by {axis}, {pipeline} / {name}]({figures_dir.name}/{path.name})", "",
                   f"*Test {metric}: seed mean (line) and 95% t-interval over seeds (band; where a budget ran one seed "

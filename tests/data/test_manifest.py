@@ -33,6 +33,33 @@ def test_paths_escaping_the_root_are_refused(tmp_path, bad):
         resolve_inside(tmp_path, bad)
 
 
+def test_hostile_manifest_files_get_a_medtl_error_naming_the_file(tmp_path, write_csv, folder_root, monkeypatch):
+    """A security review: a NUL byte in a path, a field over csv's limit, a broken or deeply nested .meta.json
+    and a decompression-bomb picture each ended in a raw traceback (ValueError, csv.Error, JSONDecodeError,
+    RecursionError, PIL's DecompressionBombError)."""
+    import PIL.Image
+
+    from medtl.data import io
+
+    with pytest.raises(MedtlError, match="NUL character"):
+        resolve_inside(tmp_path, "imgs/a.png\x00.png")
+    row = {"path": "a.png", "label": "x", "patient_id": "", "domain": "", "split": "train", "modality": "cxr"}
+    big = write_csv(tmp_path / "big.csv", [row, dict(row, path="a" * 200_000)])
+    with pytest.raises(MedtlError, match="not a readable CSV: field larger than field limit") as err:
+        Manifest.load(big)
+    assert str(big) in str(err.value)
+    ok = write_csv(tmp_path / "ok.csv", [row])
+    for text, why in (("{", "not valid JSON"), ("[" * 100_000, "nested too deeply"), ("[1]", "JSON object")):
+        (tmp_path / "ok.meta.json").write_text(text)
+        with pytest.raises(MedtlError, match=why) as err:
+            Manifest.load(ok)
+        assert "ok.meta.json" in str(err.value)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 10)  # a 64 x 64 picture is then over twice the limit
+    with pytest.raises(MedtlError, match="refused to decode: Image size") as err:
+        io.read(folder_root / "site" / "neg" / "img00.png")
+    assert "img00.png" in str(err.value)
+
+
 def test_symlink_out_of_root_refused(tmp_path):
     root = tmp_path / "root"
     root.mkdir()

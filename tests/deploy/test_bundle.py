@@ -76,3 +76,31 @@ def test_medtl_predict_accepts_the_bundle(bundle, model_2d, dicom_root, tmp_path
     result = predict_batch(bundle, folder, tmp_path / "out", progress=False)
     (row,) = result.rows
     assert row["status"] == "ok" and row["n_images"] == 10 and row["model_version"] == from_checkpoint.version
+
+
+def test_a_value_monai_would_run_as_code_is_refused_at_export(tmp_path):
+    """A security review: a label folder named "$__import__('os').system('touch PWNED') or 'pneumonia'" trained and
+    exported, and MONAI's bundle parser ran it when the bundle ran ('$' is code to it, '@' a reference, '%' a macro,
+    with no escape). The export refuses such a value (label names, options, the bundle's name); nothing is written."""
+    from tests.deploy.conftest import _save
+
+    payload = f"$__import__('pathlib').Path({str(tmp_path / 'PWNED')!r}).touch() or 'pneumonia'"
+    hostile = _save(tmp_path / "hostile.pt", 2, {"preset": "cxr", "image_size": 32, "clahe": False},
+                    ["no_finding", payload], image_size=32)
+    with pytest.raises(MedtlError, match=r"label_names'\]\[1\] is .* starts with '\$'"):
+        export_bundle(hostile, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "PWNED").exists()
+    plain = _save(tmp_path / "plain.pt", 2, {"preset": "cxr", "image_size": 32, "clahe": False},
+                  ["no_finding", "pneumonia"], image_size=32)
+    with pytest.raises(MedtlError, match="the bundle name is '@network_def'"):
+        export_bundle(plain, tmp_path / "named", name="@network_def")
+
+
+def test_a_broken_bundle_metadata_file_is_named(bundle, tmp_path):
+    """A review: invalid or deeply nested metadata.json gave 'internal error (JSONDecodeError...)', no file named."""
+    broken = shutil.copytree(bundle, tmp_path / "broken")
+    for text, why in (("{", "not valid JSON"), ("[" * 100_000, "nested too deeply")):
+        (broken / "configs" / "metadata.json").write_text(text)
+        with pytest.raises(MedtlError, match=why) as err:
+            load_model(broken, device="cpu")
+        assert "metadata.json" in str(err.value)

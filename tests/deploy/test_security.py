@@ -501,3 +501,63 @@ def test_a_name_is_scrubbed_however_the_file_system_or_a_person_spelled_its_acce
     assert _scrub("ごとう and ことう", {"PatientName": "Gotou^Taro=ごとう^たろう"}) == "[redacted] and ことう"
     # A name of carets only (empty components) scrubs nothing: traceback markers (^^^) stay.
     assert _scrub("    ^^^^^^ here", {"PatientName": "^^^"}) == "    ^^^^^^ here"
+
+
+def test_limits_count_the_bytes_a_picture_or_volume_decodes_to(tmp_path):
+    """A security review: a 7000 x 7000 RGBA PNG (49 Mpx, under the 50 Mpx limit) peaked at 2.38 GB, and a complex128
+    NIfTI under the voxel limit came back as an 'ok' prediction (numpy dropped the imaginary part)."""
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    from medtl.data import io
+    from medtl.deploy.limits import Limits, check_nifti, check_picture
+    from medtl.errors import MedtlError
+
+    grey, rgba = tmp_path / "grey.png", tmp_path / "rgba.png"
+    Image.new("L", (100, 100)).save(grey)
+    Image.new("RGBA", (100, 100)).save(rgba)
+    limits = Limits(picture_pixels=20_000)  # 10,000 grey pixels fit; as RGBA they decode to 40,000 bytes
+    check_picture(grey, limits)
+    with pytest.raises(MedtlError, match=r"4 bytes a pixel in mode RGBA: 0 Mpx of 8-bit grey\), over the limit"):
+        check_picture(rgba, limits)
+    for dtype, expect in ((np.float32, None), (np.float64, "of float64 .each counts 2x."), (np.complex64, "complex")):
+        path = tmp_path / f"v_{np.dtype(dtype).name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ones((20, 20, 20), dtype), np.eye(4)), path)
+        if expect is None:
+            check_nifti(path, Limits(volume_voxels=10_000))
+            continue
+        with pytest.raises(MedtlError, match=expect):
+            check_nifti(path, Limits(volume_voxels=10_000))
+    with pytest.raises(MedtlError, match="complex-valued volume"):
+        io.read(tmp_path / "v_complex64.nii.gz")
+
+
+def test_a_warning_while_the_headers_are_read_is_shown_after_their_identifiers_are_known(tmp_path, mprage_files,
+                                                                                       new_series, model_2d, caplog):
+    """A security review: a SeriesInstanceUID holding the PatientID ('1.2.3.PIDX84721.9', not a valid UID) made
+    pydicom warn while the folder was scanned, before the redactor had learned the ID: the warning showed it."""
+    import logging
+    import warnings
+
+    import pydicom
+
+    data = tmp_path / "data"
+    before = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE  # write the invalid UID as given
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new_series(mprage_files[:1], data / "study", "pid", PatientID="PIDX84721",
+                       SeriesInstanceUID="1.2.3.PIDX84721.9")
+    finally:
+        pydicom.config.settings.writing_validation_mode = before
+    caplog.clear()  # writing the test's file logged the UID too
+    with caplog.at_level(logging.WARNING):
+        predict_batch(model_2d, data, tmp_path / "out", progress=False)
+    shown = caplog.text
+    assert "Invalid value for VR UI" in shown and "[redacted]" in shown  # the warning is shown, scrubbed
+    assert "PIDX84721" not in shown
+    # and a "UID" that is not one (digits and dots) is text: redacted in the table too, where UIDs are kept whole
+    results = (tmp_path / "out" / "results.csv").read_text()
+    assert "PIDX84721" not in results and "1.2.3.[redacted].9" in results

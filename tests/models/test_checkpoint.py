@@ -75,3 +75,20 @@ def test_bad_checkpoints(tmp_path):
     torch.save(raw, path)
     with pytest.raises(MedtlError, match="newer"):
         load_checkpoint(path)
+
+
+def test_a_model_config_far_larger_than_any_medtl_model_is_refused_before_building(tmp_path):
+    """A security review: a 2 KB checkpoint declaring 3e9 classes (or 5e7 input channels) asked for terabytes while
+    building the model, before any weight was checked ('internal error ... can't allocate memory')."""
+    import copy
+
+    from medtl.models.checkpoint import MAX_PARAMETERS, build_model, model_config
+
+    encoder = build_encoder("resnet10")
+    config = model_config(Model(encoder, Head(encoder.out_features, "multiclass", 3)))
+    assert sum(p.numel() for p in build_model(config).parameters()) < MAX_PARAMETERS
+    for part, key, value in (("head", "num_classes", 3_000_000_000), ("encoder", "in_channels", 50_000_000)):
+        hostile = copy.deepcopy(config)
+        hostile[part][key] = value
+        with pytest.raises(MedtlError, match="declares .* parameters, more than 1,000,000,000"):
+            build_model(hostile)

@@ -235,3 +235,20 @@ def test_two_run_folders_of_one_pipeline_are_refused_not_drawn_into_one_figure(t
 def test_a_page_of_ones_own_studies_does_not_list_the_projects_pipelines(tiny_run, tmp_path):
     page = write_results([tiny_run], tmp_path / "results.md").read_text()
     assert "no finished run on this page yet" not in page  # 'tiny' is not one of pipelines/*.yaml
+
+
+def test_a_pipeline_name_with_a_path_in_it_writes_no_figure_outside_the_page(tiny_run, tmp_path):
+    """A security review: a received run folder whose config.yaml named the pipeline '../../ESCAPED' made the
+    results page write ESCAPED_<task>.png two folders above its figures folder."""
+    import shutil
+
+    import yaml
+
+    run = shutil.copytree(tiny_run, tmp_path / "received")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["name"] = "../../ESCAPED"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    page = write_results([run], tmp_path / "a" / "b" / "results.md").read_text()
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*ESCAPED*"))
+    assert written and all(p.parts[:3] == ("a", "b", "results_figures") for p in written), written
+    assert all(f"](results_figures/{p.name})" in page for p in written)
