@@ -364,6 +364,49 @@ def test_medtl_pretrain_under_torchrun_dist(tmp_path):
     assert json.loads((out / "config.json").read_text())["distributed"]["world_size"] == 2
 
 
+def _synthetic_manifest(tmp_path):
+    from medtl.data.build import build_manifest
+    from medtl.data.synthetic import write_synthetic_source
+
+    src = write_synthetic_source(tmp_path / "data", "cxr", 16, seed=0, size=32)
+    build_manifest(src, tmp_path / "data", group_near_copies=False).save(tmp_path / "m.csv")
+    return tmp_path / "m.csv", tmp_path / "data"
+
+
+def test_pretrain_refuses_a_global_batch_that_leaves_a_process_one_image(tmp_path, monkeypatch):
+    """A review: a global batch of 2 on 2 processes (MoCo, one image per GPU) ran in one process but crashed in
+    batch norm under torchrun with a raw ValueError; it is refused before training, naming the batch to give."""
+    from medtl.engine.pretrain import pretrain
+    from medtl.errors import MedtlError
+
+    manifest, root = _synthetic_manifest(tmp_path)
+    for k, v in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(k, v)
+    for batch in (2, 3):
+        with pytest.raises(MedtlError, match=r"2 images per process \(--batch-size 4 or more\)"):
+            pretrain(manifest, root, tmp_path / f"b{batch}", arch="resnet10", image_size=32, epochs=1,
+                     batch_size=batch, device="cpu", progress=False)
+
+
+def test_resuming_with_another_number_of_processes_is_said(tmp_path, caplog):
+    """Allowed (the global batch stays), but batch norm and the steps per epoch depend on it: a warning says so."""
+    import logging
+
+    from medtl.engine.pretrain import pretrain
+
+    manifest, root = _synthetic_manifest(tmp_path)
+    opts = dict(arch="resnet10", image_size=32, batch_size=4, device="cpu", progress=False)
+    pretrain(manifest, root, tmp_path / "run", epochs=1, **opts)
+    config = tmp_path / "run" / "config.json"
+    record = json.loads(config.read_text())
+    record["distributed"]["world_size"] = 2  # as a torchrun run of 2 processes records it
+    config.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="medtl.engine.trainer"):
+        pretrain(manifest, root, tmp_path / "run", epochs=2, **opts)
+    assert "with 1 process(es), where its earlier epochs ran with 2" in caplog.text
+    assert json.loads(config.read_text())["distributed"]["world_size"] == 1  # the latest, as the docs say
+
+
 if __name__ == "__main__":  # a torchrun worker: python -m torch.distributed.run ... this_file --worker OUT
     if sys.argv[1:2] == ["--worker"]:
         worker(Path(sys.argv[2]))
