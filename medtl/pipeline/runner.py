@@ -391,7 +391,10 @@ def stage_similarity(ctx: Context) -> dict:
     # a measure the recommendation leaves unranked (Frechet, in each encoder's own units, when the candidates
     # use several encoders) is not worth measuring again on each half: it was most of the resamples' time
     ranked = _ranking(ctx, results, n_labelled)["weights"]
-    resamples = resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
+    # one measured encoder gives every candidate that uses it the same measurements on any half of the images,
+    # so the halves cannot reorder the candidates: measuring them again would only cost time
+    resamples = (resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
+                 if len(feats) > 1 else [])
     (out / RESAMPLES).write_text(json.dumps(plain(resamples, "similarity"), indent=1) + "\n")
     record = _ranking(ctx, results, n_labelled, resamples)
     lifts_of: dict[str, set] = {}  # each measured 2D encoder's lifts: its measurements stand for every one

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import MedtlError
-from medtl.similarity.distances import check_pair, frechet_distance, linear_cka, mmd_test, proxy_a_distance
+from medtl.similarity.distances import as_features, check_pair, frechet_distance, linear_cka, mmd_test, proxy_a_distance
 from medtl.similarity.transferability import h_score, leep, logme
 
 # name -> (higher_is_better, meaning); shared with the recommender
@@ -28,6 +28,9 @@ METRICS: dict[str, tuple[bool, str]] = {
     "leep": (True, "LEEP of the source model on the target labels"),
     "h_score": (True, "regularised H-score of the target labels (0 .. classes - 1)"),
 }
+
+
+FEW_ROWS = 20  # below this many rows per side the note says the measures are mostly noise
 
 
 def assess(
@@ -52,10 +55,20 @@ def assess(
     ``frechet=False`` leaves the Frechet distance out (None): its two eigen-decompositions of a features x
     features matrix are most of the time on wide features, wasted where nothing uses it.
     """
-    xs, xt = check_pair(source_features, target_features, min_rows=2)
     notes: list[str] = []
-    test = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed, max_rows=max_rows)
-    pad = proxy_a_distance(xs, xt, seed=seed)
+    xs, xt = (as_features(x, f"{side} features", 2) for x, side in ((source_features, "source"),
+                                                                    (target_features, "target")))
+    if paired and xs.shape[1] != xt.shape[1]:
+        # two encoders' features of the same cases: CKA compares them; a distance between their spaces means nothing
+        test = {"mmd2": None, "p_value": None, "n_permutations": 0}
+        pad = {"pad": None, "error": None}
+        frechet = False
+        notes.append(f"distances not computed: the paired features differ in width ({xs.shape[1]} vs {xt.shape[1]}), "
+                     "two encoders' representations of the same cases, which only CKA compares")
+    else:
+        xs, xt = check_pair(xs, xt, min_rows=2)
+        test = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed, max_rows=max_rows)
+        pad = proxy_a_distance(xs, xt, seed=seed)
     distances: dict[str, Any] = {
         "mmd2": test["mmd2"],
         "mmd_p_value": test["p_value"],
@@ -68,6 +81,10 @@ def assess(
         distances["linear_cka"] = linear_cka(xs, xt)
     else:
         notes.append("linear CKA not computed: it needs paired rows (pass paired=True for the same cases)")
+    if min(len(xs), len(xt)) < FEW_ROWS:
+        notes.append(f"only {min(len(xs), len(xt))} rows on one side (fewer than {FEW_ROWS}): at this size the "
+                     "measures are mostly noise (PAD from a classifier of a handful of rows reaches 2 by chance, the "
+                     "H-score sits near its ceiling, the permutation test has little power); measure more images")
     if max_rows is not None and (len(xs) > max_rows or len(xt) > max_rows):
         notes.append(f"MMD computed on at most {max_rows} random rows per domain")
 
@@ -98,7 +115,7 @@ def assess(
     return {
         "n_source": int(len(xs)),
         "n_target": int(len(xt)),
-        "n_features": int(xs.shape[1]),
+        "n_features": int(xs.shape[1]),  # the source's; the note gives both where paired widths differ
         "n_target_classes": n_classes,
         "distances": distances,
         "transferability": transfer,

@@ -105,12 +105,13 @@ def load_encoder(checkpoint: str | Path | None = None, *, arch: str = DEFAULT_AR
 def preset_options(modality: str, intensity: Mapping[str, Any] | None = None,
                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The preset options for ``modality``: per key, ``overrides`` (non-None), else the checkpoint's
-    ``intensity`` (when it has the key), else :data:`SMALL_OPTIONS`."""
+    ``intensity`` (when it has the key), else :data:`SMALL_OPTIONS`, else the preset's default."""
     from medtl.data.transforms import DEFAULTS
 
     if modality not in SMALL_OPTIONS:
         raise MedtlError(f"unknown modality {modality!r}; known: {sorted(SMALL_OPTIONS)}", "modality")
-    opts = dict(SMALL_OPTIONS[modality])
+    # every option the chain uses, so the record says all of them (the 3D crop too, whose default changed)
+    opts = {**DEFAULTS[modality], **SMALL_OPTIONS[modality]}
     for key in DEFAULTS[modality]:
         if intensity and intensity.get(key) is not None:
             opts[key] = intensity[key]

@@ -238,6 +238,9 @@ def recommend(
         row["reasons"] = reasons
 
     best = rows[0]
+    # options no measurement reaches (scratch, an encoder that could not be measured): their place comes only
+    # from the middle rank they are given and the prior, so no measurement puts an option above or below them
+    not_compared = [r for r in rows if measured_metrics and not any(m in r["metric_ranks"] for m in measured_metrics)]
     tied = [r for r in rows if best["composite"] - r["composite"] <= TIE_TOLERANCE]
     # options that share every measurement with a top one (strategies on one encoder): only the prior, a rule of
     # thumb, puts them below it, so the measurements pick none of them over the others
@@ -285,7 +288,8 @@ def recommend(
         level = [r for r in tied if r is not best and not _same_measurements(r, best)]  # within the tolerance
         tied = sorted([*tied, *twins], key=lambda r: r["rank"])
         floor = min(r["measured_composite"] for r in tied)  # what the measurements alone give the weakest of them
-        below = [r for r in rows if r not in tied and floor - r["measured_composite"] > TIE_TOLERANCE]
+        below = [r for r in rows if r not in tied and r not in not_compared
+                 and floor - r["measured_composite"] > TIE_TOLERANCE]
         groups = []  # each top option with the options that share its every measurement
         for t in [r for r in tied if r not in twins]:
             group = [t, *[r for r in twins if _same_measurements(r, t)]]
@@ -314,10 +318,12 @@ def recommend(
     else:
         why = "; ".join(best["reasons"]) or "only eligible option"
         text = [f"Recommended: {best['key']} (composite {best['composite']:.3f}): {why}."]
-        if len(rows) > 1:
-            second = rows[1]
+        # the runner-up among the options the measurements compare with the pick
+        others = [r for r in rows[1:] if r not in not_compared or best in not_compared]
+        if others:
+            second = others[0]
             # level with it: by the composite, or in every measurement (then only the prior put it second)
-            level = [r["key"] for r in rows[1:] if second["composite"] - r["composite"] <= TIE_TOLERANCE
+            level = [r["key"] for r in others if second["composite"] - r["composite"] <= TIE_TOLERANCE
                      or _same_measurements(r, second)]
             if len(level) > 1:  # no one runner-up: naming the first by name would invent an order
                 text.append(f"Runners-up, level with each other (composite {second['composite']:.3f}): "
@@ -330,6 +336,13 @@ def recommend(
         if stability and not unordered:
             text.append(f"It stays on top on {stability['support']:.0%} of {len(resampled)} random halves of the "
                         "images.")
+        if not_compared and best not in not_compared:
+            names = ", ".join(r["key"] for r in not_compared)
+            one = len(not_compared) == 1
+            text.append(f"Not compared with {names}: nothing measured speaks for or against {'it' if one else 'them'} "
+                        f"(the ranking gives {'it' if one else 'them'} the middle rank of each measurement), so the "
+                        f"measurements pick {best['key']} over the other measured options only; train {names} "
+                        "beside it as the baseline.")
     if unordered:
         text.append("No measurement tells these candidates apart (the same for every one that has it)"
                     + (": the order is the strategy prior's alone, a rule of thumb on the number of labels."
@@ -360,6 +373,7 @@ def recommend(
         "excluded": excluded,
         "recommended": best["key"],  # with a tie, the top-scored of the tied options (by name when equal)
         "tie": [r["key"] for r in tied] if len(tied) > 1 else [],
+        "not_compared": [r["key"] for r in not_compared],  # no measurement places these against the others
         "stability": stability,
         "prior_only": prior_only,
         "explanation": " ".join(text),

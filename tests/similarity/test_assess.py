@@ -37,6 +37,30 @@ def test_assess_unlabelled_and_paired():
     assert 0.0 <= out["distances"]["linear_cka"] <= 1.0
 
 
+def test_paired_features_of_two_widths_get_cka_and_no_distances():
+    """Two encoders' features of the same images (the documented CKA case, widths may differ) were refused by the
+    width check meant for distances. CKA equals Kornblith et al.'s HSIC form computed here."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(60, 12))
+    b = a[:, :4] @ rng.normal(size=(4, 4)) + 0.1 * rng.normal(size=(60, 4))
+    out = assess(a, b, np.arange(60) % 2, paired=True, n_permutations=10)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    hsic = lambda x, y: np.linalg.norm(y.T @ x) ** 2  # noqa: E731
+    assert out["distances"]["linear_cka"] == pytest.approx(hsic(ac, bc) / np.sqrt(hsic(ac, ac) * hsic(bc, bc)))
+    assert all(out["distances"][k] is None for k in ("mmd2", "mmd_p_value", "proxy_a_distance", "frechet"))
+    assert any("differ in width (12 vs 4)" in n for n in out["notes"]) and out["transferability"]["logme"] is not None
+    with pytest.raises(MedtlError, match="width"):  # unpaired, the widths must agree
+        assess(a, b)
+
+
+def test_a_handful_of_rows_is_said_to_be_mostly_noise():
+    """A review: 5 images a side gave PAD 2.00 ('separable') and p = 0.015 with no warning."""
+    src, tgt, y = data(3)
+    few = assess(src[:5], tgt[:5], y[:5], n_permutations=10)
+    assert any("only 5 rows on one side (fewer than 20)" in n for n in few["notes"])
+    assert not any("rows on one side" in n for n in assess(src, tgt, y, n_permutations=10)["notes"])
+
+
 def test_assess_bad_input():
     src, tgt, y = data(2)
     with pytest.raises(MedtlError, match="width"):

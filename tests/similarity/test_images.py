@@ -73,14 +73,17 @@ def test_default_encoder_is_untrained_seeded_and_leaves_global_rng_alone():
 
 def test_preset_options_precedence():
     assert preset_options("mri2d") == SMALL_OPTIONS["mri2d"] == {"image_size": 64}
-    assert preset_options("mri3d") == {"spacing": (4.0, 4.0, 4.0), "volume_shape": (40, 48, 40)}
+    # every option the chain uses is recorded, the crop of volumes too (its default changed on 2026-12-01)
+    assert preset_options("mri3d") == {"spacing": (4.0, 4.0, 4.0), "volume_shape": (40, 48, 40), "crop": "head"}
+    assert preset_options("cxr") == {"image_size": 64, "clahe": False}
     trained = {"preset": "cxr", "image_size": 96, "clahe": True}
     assert preset_options("cxr", trained) == {"image_size": 96, "clahe": True}
     assert preset_options("mri2d", trained) == {"image_size": 96}  # the size the encoder was trained at
     assert preset_options("mri3d", trained) == preset_options("mri3d")  # 2D training says nothing about 3D
     assert preset_options("mri2d", trained, {"image_size": 48, "spacing": None}) == {"image_size": 48}
     vol = {"preset": "mri3d", "spacing": [2, 2, 2], "volume_shape": [80, 96, 80]}
-    assert preset_options("mri3d", vol) == {"spacing": (2, 2, 2), "volume_shape": (80, 96, 80)}
+    assert preset_options("mri3d", vol) == {"spacing": (2, 2, 2), "volume_shape": (80, 96, 80), "crop": "head"}
+    assert preset_options("mri3d", None, {"crop": "center"})["crop"] == "center"
     with pytest.raises(MedtlError):
         preset_options("ct")
 

@@ -310,7 +310,30 @@ def test_no_pick_counts_only_options_the_measurements_put_below_every_tied_one()
     assert sorted(rec["tie"]) == ["s/b/dann", "s/b/full", "s/c/full", "s/c/lp_ft"]
     measured = {r["key"]: r["measured_composite"] for r in rec["ranking"]}
     floor = min(measured[t] for t in rec["tie"])
-    below = [k for k in measured if k not in rec["tie"] and floor - measured[k] > 0.01]
+    below = [k for k in measured if k not in rec["tie"] + rec["not_compared"] and floor - measured[k] > 0.01]
     best = rec["ranking"][0]["key"]
     by_best = [k for k in measured if measured[best] - measured[k] > 0.01]  # the old count
     assert f"place them above {len(below)} other option(s)" in rec["explanation"] and len(below) < len(by_best)
+
+
+def test_a_second_source_does_not_make_a_pick_over_scratch_that_nothing_measured():
+    """A review's case: lp_ft from one source beside scratch was no pick; adding lp_ft from a farther source made
+    the closer one 'Recommended' over scratch at 100% of halves, and 'above 3 other option(s)' counted scratch,
+    though the measurements only compared the two sources (scratch sits at the middle rank of each)."""
+    def c(source, pad, mmd2):
+        return {"source": source, "encoder": "untrained", "strategy": "lp_ft",
+                "scores": {"proxy_a_distance": pad, "mmd2": mmd2}}
+
+    scratch = {"source": "cxr", "encoder": "random_init", "strategy": "scratch", "scores": {},
+               "unmeasured": "trains from random weights, using nothing of the source"}
+    alone = recommend({"n_labelled": 50}, [c("tumor4", 1.34, 0.2), scratch])
+    assert alone["prior_only"] and alone["explanation"].startswith("No pick")
+    rec = recommend({"n_labelled": 50}, [c("tumor4", 1.34, 0.2), c("cxr", 1.96, 0.7), scratch])
+    assert rec["recommended"] == "tumor4/untrained/lp_ft" and rec["not_compared"] == ["cxr/random_init/scratch"]
+    assert ("Not compared with cxr/random_init/scratch: nothing measured speaks for or against it" in rec["explanation"]
+            and "over the other measured options only" in rec["explanation"])
+    assert "Runner-up: cxr/untrained/lp_ft" in rec["explanation"]  # not scratch: nothing placed it second
+    # with the transfer options twins (one encoder and source), the count of options below leaves scratch out
+    twins = [dict(c("tumor4", 1.34, 0.2), strategy=s) for s in ("lp_ft", "full")]
+    rec = recommend({"n_labelled": 50}, [*twins, c("cxr", 1.96, 0.7), scratch])
+    assert "place them above 1 other option(s)" in rec["explanation"] and rec["not_compared"] == ["cxr/random_init/scratch"]
