@@ -192,6 +192,7 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
     import torch
 
     from medtl.errors import MedtlError
+    from medtl.deploy.redact import shown_uid
     from medtl.evaluation.explain import choose_layer, coarse, gradcam
     from medtl.progress import bar
 
@@ -199,7 +200,7 @@ def _explain_series(series, args, module, predictor, loader, redactor, class_idx
     for s in bar(series, desc="explain", unit="series", enabled=args.progress):
         if len(images) >= args.max_images:
             break
-        source = redactor(s.source or s.key)
+        source = redactor(s.source) if s.source else shown_uid(s.key, redactor)  # a series UID kept whole, as predict does
         if s.error:
             rows.append({"file": "", "source": source, "error": redactor(s.error)})
             continue

@@ -62,7 +62,14 @@ from medtl.deploy.ledger import SUPERSEDED, Ledger, csv_cell
 from medtl.deploy.limits import MiB, Limits, check_file, check_series
 from medtl.lock import OutputLock
 from medtl.deploy.model import Predictor, load_model
-from medtl.deploy.redact import Redactor, add_identifiers, escape_controls, held_until_learned, redacting
+from medtl.deploy.redact import (
+    Redactor,
+    add_identifiers,
+    escape_controls,
+    held_until_learned,
+    redacting,
+    shown_uid,
+)
 from medtl.deploy.uids import safe_name
 from medtl.errors import MedtlError
 from medtl.paths import PATH_SALT_FILE, image_suffix, path_tag, salted_path
@@ -83,9 +90,6 @@ MANIFEST_COLUMNS = ("label", "split")
 # control characters escaped; a "UID" that is not digits and dots is free text, and redacted as text.
 UID_COLUMNS = ("study_uid", "series_uid")
 
-
-def _shown_uid(uid: str, redactor: Redactor) -> str:
-    return escape_controls(uid) if re.fullmatch(r"[0-9.]+", uid) else redactor(uid)
 UNREDACTED_COLUMNS = frozenset(OWN_COLUMNS + MANIFEST_COLUMNS + ("case_id",))  # our words, or the user's labels
 ERROR_CHARS = 1000  # an error row's text is cut to this length
 MAX_PACS_FAILURES = 5
@@ -653,7 +657,7 @@ def _case_id(s: Series, redactor: Redactor, salt: bytes) -> str:
     gets a salted hash of itself: ``Smith_Jane/study1`` and ``Brown_Paul/study1`` both read
     ``[redacted]_[redacted]/study1``, and must stay two cases."""
     if s.key == s.series_uid:
-        return _shown_uid(s.key, redactor)
+        return shown_uid(s.key, redactor)
     shown = redactor(s.key)
     if shown == s.key:
         return shown
@@ -816,7 +820,7 @@ class _RowWriter:
                 self._sr(s, item, row)
         for k, v in row.items():  # one redaction for every text read from an input
             if k in UID_COLUMNS and isinstance(v, str):
-                row[k] = _shown_uid(v, self.redactor)
+                row[k] = shown_uid(v, self.redactor)
             elif isinstance(v, str) and k not in UNREDACTED_COLUMNS:
                 row[k] = self.redactor(v)
         if isinstance(row["error"], str):  # cut after the redaction: an identifier cut in two would survive it

@@ -265,3 +265,9 @@ def held_until_learned(redactor: Redactor) -> Iterator[None]:
             for h in handlers:
                 if record.levelno >= h.level:
                     h.handle(record)
+
+
+def shown_uid(uid: str, redactor: Redactor) -> str:
+    """A UID as written in a table or a log: whole (a PatientID "123" must not cut a component out of "1.2.123.4"),
+    control characters escaped; a "UID" that is not digits and dots is free text, and redacted as text."""
+    return escape_controls(uid) if re.fullmatch(r"[0-9.]+", uid) else redactor(uid)

@@ -275,3 +275,23 @@ def test_a_volume_with_unequal_voxels_is_drawn_to_scale():
     assert panel_shapes((4, 4, 8)) == [pytest.approx(1, abs=0.05)] * 3
     squashed = panel_shapes(None)  # voxels drawn square: 10 rows of 20 columns in the sagittal and coronal panels
     assert squashed[:2] == [pytest.approx(0.5, abs=0.05)] * 2 and squashed[2] == pytest.approx(1, abs=0.05)
+
+
+def test_a_series_uid_is_kept_whole_as_predict_keeps_it(model_mr2d, mprage_files, new_series, tmp_path):
+    """A security review: explain scrubbed a PatientID that equals a component of the series UID out of the UID in
+    index.csv ('1.2.826...1125.[redacted].1'), where predict keeps UIDs whole: the two outputs no longer joined."""
+    files = new_series(mprage_files[:1], tmp_path / "data" / "study", "uid-kept")
+    import pydicom
+
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    component = uid.split(".")[-2]  # a PatientID that happens to equal one of the UID's components
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PatientID = component
+        ds.save_as(f)
+    out = tmp_path / "cams"
+    assert main(["explain", "--model", str(model_mr2d), "--input", str(tmp_path / "data"), "--out", str(out),
+                 "--no-progress"]) == 0
+    with open(out / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["source"] for r in rows if r["file"]] == [uid]
