@@ -272,6 +272,7 @@ def compare_manifests(
     image_size: int | None = None,
     spacing: Sequence[float] | None = None,
     volume_shape: Sequence[int] | None = None,
+    crop: str | None = None,
     n_permutations: int = 200,
     seed: int = 0,
     batch_size: int = 16,
@@ -307,7 +308,7 @@ def compare_manifests(
     src_root = checked_root(source, source_root or data_root, split, max_cases, seed)
     tgt_root = checked_root(target, target_root or data_root, split, max_cases, seed)
     enc, head, enc_info = load_encoder(encoder, device=device, arch=arch, stem_stride=stem_stride)
-    overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape}
+    overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape, "crop": crop}
     common = {"intensity": _intensity(enc_info), "overrides": overrides, "split": split, "max_cases": max_cases,
               "seed": seed, "batch_size": batch_size, "device": device}
     steps = bar(total=3, desc="similarity", unit="step", enabled=progress)  # source, target features; the scores
@@ -371,6 +372,7 @@ def similarity_matrix(
     image_size: int | None = None,
     spacing: Sequence[float] | None = None,
     volume_shape: Sequence[int] | None = None,
+    crop: str | None = None,
     n_permutations: int = 200,
     max_rows: int | None = 1000,
     seed: int = 0,
@@ -405,7 +407,7 @@ def similarity_matrix(
     named = [(name, _load_manifest(m)) for name, m in named]
     roots = [checked_root(m, data_root, split, max_cases, seed) for _, m in named]
     enc, _, enc_info = load_encoder(encoder, device=device)
-    overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape}
+    overrides = {"image_size": image_size, "spacing": spacing, "volume_shape": volume_shape, "crop": crop}
     feats, infos = {}, []
     k = len(names)
     # one bar: a step per data set's features, then one per pair (and per diagonal reference)

@@ -160,7 +160,8 @@ def test_issue_flags_with_encoder_use_the_checkpoints_sizes_and_lift_volumes(syn
     assert res["encoder"]["trained"] is True and res["encoder"]["checkpoint"] == str(ckpt_32)
     assert res["datasets"]["source"]["preset_options"] == {"image_size": 32, "clahe": False}  # from meta
     tgt = res["datasets"]["target"]
-    assert tgt["view"] == "2.5d" and tgt["preset_options"] == {"spacing": [2.0, 2.0, 2.0], "volume_shape": [16, 16, 16]}
+    assert tgt["view"] == "2.5d" and tgt["preset_options"] == {"spacing": [2.0, 2.0, 2.0], "volume_shape": [16, 16, 16],
+                                                                  "crop": "head"}
     assert any("2.5D lift" in n and "slice_axis=2" in n for n in res["notes"])
     assert res["n_source"] == res["n_target"] == 8 and res["n_features"] == 512
     assert res["transferability"]["leep"] is not None  # the classifier head on the (lifted) target features
@@ -263,6 +264,12 @@ def test_matrix_real_data_mixed_dimensions(data_root, manifests_dir):
                             split="train", max_cases=4, n_permutations=10)
     assert res["names"] == ["cxr_nih", "mri3d_ixi"]
     assert [d["view"] for d in res["datasets"]] == ["2d", "2.5d"]
-    assert res["datasets"][1]["preset_options"] == {"spacing": [4.0, 4.0, 4.0], "volume_shape": [40, 48, 40]}
+    assert res["datasets"][1]["preset_options"] == {"spacing": [4.0, 4.0, 4.0], "volume_shape": [40, 48, 40],
+                                                    "crop": "head"}  # every option recorded, the crop too
     assert res["datasets"][0]["n_available"] == 515 and res["datasets"][1]["n_cases"] == 4
     assert res["metrics"]["proxy_a_distance"][0][1] is not None
+    # the crop of the tables made before 2026-12-01 (docs/similarity.md), measured again on request
+    centre = similarity_matrix([manifests_dir / "cxr_nih.csv", manifests_dir / "mri3d_ixi.csv"], data_root,
+                               split="train", max_cases=4, n_permutations=10, crop="center")
+    assert centre["datasets"][1]["preset_options"]["crop"] == "center"
+    assert centre["metrics"]["mmd2"][0][1] != res["metrics"]["mmd2"][0][1]
