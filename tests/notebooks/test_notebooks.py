@@ -30,7 +30,7 @@ EXPECTED = [
     "04_explainability",
     "05_batch_results",
 ]
-CELL_TIMEOUT_S = 600  # the slowest cell (02's quick pipeline) takes about two minutes on 2 CPU cores
+CELL_TIMEOUT_S = 600  # the slowest cell (02's quick pipeline) takes well under a minute on 2 quiet CPU cores
 
 
 class ThisPython(KernelSpecManager):
