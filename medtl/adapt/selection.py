@@ -155,14 +155,22 @@ def dev_risk(losses, weights) -> float:
     return float(weighted.mean() + eta * w.mean() - eta)
 
 
-def dev_score(source_probs, source_labels, source_features, target_features, seed: int = 0) -> float:
-    """DEV risk of a checkpoint from its source-validation predictions and both domains' features."""
+def dev_score(source_probs, source_labels, source_features, target_features, seed: int = 0,
+              diagnostics: dict | None = None) -> float:
+    """DEV risk of a checkpoint from its source-validation predictions and both domains' features.
+
+    ``diagnostics`` (a dict, filled when given): the importance weights' ``mean_weight`` (1 where the domain
+    classifier is calibrated) and ``effective_share``, Kish's effective sample size over the number of source
+    rows, ``(sum w)^2 / (n sum w^2)``: near 1 when the weights are even, small when a few rows carry the risk."""
     p = _probs(source_probs, "source_probs")
     y = _labels(source_labels, p.shape[0], p.shape[1], "source_labels")
     if len(np.asarray(source_features)) != len(p):
         raise MedtlError("source_features and source_probs must have one row per source case", "source_features")
     losses = -np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))
-    return dev_risk(losses, density_ratio(source_features, target_features, seed=seed))
+    w = density_ratio(source_features, target_features, seed=seed)
+    if diagnostics is not None:
+        diagnostics.update(mean_weight=float(w.mean()), effective_share=float(w.sum() ** 2 / (len(w) * (w ** 2).sum())))
+    return dev_risk(losses, w)
 
 
 # name -> (function of a checkpoint record, keys it needs, higher_is_better, what it measures)

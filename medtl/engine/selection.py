@@ -64,12 +64,14 @@ class SelectorScores:
         record = {"source_probs": src["probs"], "source_labels": src["labels"], "source_features": src["features"],
                   "target_features": tgt["features"], "target_probs": tgt["probs"]}
         out: dict[str, Any] = {}
+        dev: dict[str, float] = {}  # DEV's weights: how even they are says how far to trust its risk
         for name, (fn, keys, _, _) in S.SELECTORS.items():
-            options = {"seed": self.seed} if name == "dev" else {}
+            options = {"seed": self.seed, "diagnostics": dev} if name == "dev" else {}
             try:
                 out[f"sel_{name}"] = float(fn(*(record[k] for k in keys), **options))
             except MedtlError:  # e.g. too few rows for one selector: the others still count
                 out[f"sel_{name}"] = None
+        out.update({f"dev_{k}": v for k, v in dev.items()})
         for split, loader in self.oracle.items():
             part = features_and_probs(model, loader, self.device, self.amp_dtype)
             out[f"oracle_{split}_auroc"] = _auroc(part["probs"], part["labels"])

@@ -39,6 +39,13 @@ def test_every_selector_is_logged_and_equals_the_pure_function_on_the_same_outpu
     assert "labels" not in t
     assert rec["sel_source_accuracy"] == pytest.approx(S.source_accuracy(s["probs"], s["labels"]))
     assert rec["sel_dev"] == pytest.approx(S.dev_score(s["probs"], s["labels"], s["features"], t["features"], seed=0))
+    # DEV's weights logged beside it: their mean and Kish's effective share, from the same weights by hand
+    import numpy as np
+
+    w = S.density_ratio(s["features"], t["features"], seed=0)
+    assert rec["dev_mean_weight"] == pytest.approx(w.mean())
+    assert rec["dev_effective_share"] == pytest.approx(w.sum() ** 2 / (len(w) * np.sum(w ** 2)))
+    assert 0 < rec["dev_effective_share"] <= 1
     assert rec["sel_entropy"] == pytest.approx(S.prediction_entropy(t["probs"]))
     assert rec["sel_infomax"] == pytest.approx(S.information_maximization(t["probs"]))
     assert rec["sel_snd"] == pytest.approx(S.soft_neighborhood_density(t["probs"]))
