@@ -100,8 +100,8 @@ def manifest_items(manifest: Manifest, data_root: str | Path, label_column: str 
         raise MedtlError(f"the manifest has no column {label_column!r}; its columns are {columns}",
                          manifest.source or "label_column")
     items = []
-    for i, row in enumerate(manifest, start=2):
-        where = f"{manifest.source or 'manifest'}:{i}"
+    for row in manifest:
+        where = row.where(manifest.source or "manifest")
         path = resolve_inside(data_root, row.path, where)
         raw = row.label if label_column == "label" else row.extras.get(label_column, "")
         if task == "regression":

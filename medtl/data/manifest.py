@@ -63,6 +63,11 @@ class ManifestRow:
     split: str
     modality: str
     extras: dict = field(default_factory=dict, compare=False, hash=False)
+    line: int | None = field(default=None, compare=False, hash=False, repr=False)  # in the CSV it was read from
+
+    def where(self, manifest) -> str:
+        """``manifest.csv:<line>`` for errors about this row (the manifest alone for a row not read from a file)."""
+        return f"{manifest}:{self.line}" if self.line else str(manifest)
 
 
 @dataclass
@@ -161,7 +166,7 @@ class Manifest:
                     if not values["path"]:
                         raise MedtlError("empty path", f"{path}:{i}")
                     extras = {k: v for k, v in raw.items() if k not in REQUIRED_COLUMNS and k is not None}
-                    rows.append(ManifestRow(**values, extras=extras))
+                    rows.append(ManifestRow(**values, extras=extras, line=reader.line_num))
         except csv.Error as err:  # a field over csv's limit (128 KiB), a NUL byte, ...: no manifest medtl reads
             raise MedtlError(f"not a readable CSV: {err}", f"{path}:{reader.line_num}") from None
         except UnicodeDecodeError:
@@ -331,7 +336,7 @@ def require_files(manifest: Manifest, data_root: str | Path, show: int = 3) -> N
         raise MedtlError("the data root is not a folder: give the manifest's root with --data-root", where)
     missing = []
     for r in manifest:
-        full = resolve_inside(root, r.path, where)
+        full = resolve_inside(root, r.path, r.where(where))
         if not Path(str(full).partition("::")[0]).exists():  # an archive member: the archive must exist
             missing.append(r.path)
     if missing:

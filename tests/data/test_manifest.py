@@ -133,3 +133,16 @@ def test_a_folder_of_links_to_images_elsewhere_says_where_they_point_and_what_to
     common = os.path.commonpath([tmp_path / "links", folder_root.resolve()])  # a folder above both
     assert main(["manifest", "build", "--from", str(tmp_path / "links"), "--data-root", common,
                  "--out", str(tmp_path / "m.csv")]) == 0
+
+
+def test_a_bad_row_is_named_by_its_line_in_the_file_also_after_a_selection(tmp_path, write_csv):
+    """A security review: medtl train named the manifest of a '..' path but not its row; the row number the
+    dataset gave was its index in the selected split, not its line in the file."""
+    from medtl.data.datasets import manifest_items
+
+    row = {"path": "a.png", "label": "x", "patient_id": "", "domain": "", "split": "train", "modality": "cxr"}
+    path = write_csv(tmp_path / "m.csv", [row, dict(row, path="b.png"), dict(row, path="../c.png", split="test")])
+    test = Manifest.load(path).select(split="test")
+    with pytest.raises(MedtlError, match="contains '..'") as err:
+        manifest_items(test, tmp_path)
+    assert err.value.where.endswith("m.csv:4")
