@@ -650,15 +650,18 @@ def _adopt_unsalted_ids(series: list[Series], done: dict[str, dict]) -> None:
         old = unsalted(s)
         if old and s.case_id not in done and old in done and bare[old] == 1:
             s.case_id = old
+        elif s.key == s.series_uid and s.case_id not in done and s.key in done:  # a text "UID" once kept whole
+            s.case_id = s.key
 
 
 def _case_id(s: Series, redactor: Redactor, salt: bytes) -> str:
     """The row's ``case_id`` as written (and as a rerun finds it in the ledger). A path the redactor changed
     gets a salted hash of itself: ``Smith_Jane/study1`` and ``Brown_Paul/study1`` both read
-    ``[redacted]_[redacted]/study1``, and must stay two cases."""
-    if s.key == s.series_uid:
-        return shown_uid(s.key, redactor)
-    shown = redactor(s.key)
+    ``[redacted]_[redacted]/study1``, and must stay two cases; so does a "UID" that is text holding an
+    identifier (``1.2.3.SMITHJ01.1``)."""
+    shown = shown_uid(s.key, redactor) if s.key == s.series_uid else redactor(s.key)
+    if s.key == s.series_uid and shown == escape_controls(s.key):  # a UID, kept whole
+        return shown
     if shown == s.key:
         return shown
     return f"{shown}#{path_tag(s.key, salt)}"

@@ -41,7 +41,8 @@ def _refuse_config_syntax(value: Any, where: str) -> None:
     if isinstance(value, str) and value.startswith(CONFIG_SYNTAX):
         raise MedtlError(f"{where} is {value[:80]!r}, which starts with {value[0]!r}: MONAI's bundle parser would read "
                          "it as code ('$'), a reference ('@') or a macro ('%'), so the bundle could run it; rename it "
-                         "(retrain with other label names) before exporting", "export-bundle")
+                         "before exporting (a label: retrain with other label names; a folder or domain name: rename "
+                         "it and train again; a --name: choose another)", "export-bundle")
     if isinstance(value, dict):
         for key, item in value.items():
             _refuse_config_syntax(str(key), f"{where}: a key")

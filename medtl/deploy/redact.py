@@ -241,28 +241,43 @@ def held_until_learned(redactor: Redactor) -> Iterator[None]:
     header is read (pydicom's "Invalid value for VR UI: '1.2.3.<patient id>.9'") was shown before the redactor
     knew the identifier it holds. Records are redacted when they are made, so the text kept is the library's,
     redacted with what was known then; the second pass adds what the block taught the redactor."""
-    handlers = list(logging.getLogger().handlers)
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     held: list[logging.LogRecord] = []
+    seen: set[int] = set()  # each record once, however many handlers (and threads) pass it on
+
+    def keep(record: logging.LogRecord) -> None:
+        if id(record) not in seen:  # held records stay alive, so their ids stay unique
+            seen.add(id(record))
+            held.append(record)
 
     class Hold(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            if not any(r is record for r in held[-len(handlers):]):  # each handler sees the record once
-                held.append(record)
+            keep(record)
             return False
 
-    hold = Hold()
+    class Collect(logging.Handler):  # no handler configured (a library call): logging's last resort would print
+        def emit(self, record: logging.LogRecord) -> None:
+            keep(record)
+
+    hold, collect = Hold(), (Collect() if not handlers else None)
     for h in handlers:
         h.addFilter(hold)
+    if collect is not None:
+        root.addHandler(collect)
     try:
         yield
     finally:
         for h in handlers:
             h.removeFilter(hold)
+        if collect is not None:
+            root.removeHandler(collect)
+        targets = handlers or [h for h in (logging.lastResort,) if h is not None]
         for record in held:
             record.msg, record.args = redactor.text(record.getMessage()), ()
             if record.exc_text:
                 record.exc_text = redactor.text(record.exc_text, controls=False)
-            for h in handlers:
+            for h in targets:
                 if record.levelno >= h.level:
                     h.handle(record)
 

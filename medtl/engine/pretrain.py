@@ -198,10 +198,10 @@ def pretrain_on(
     if batch_size < world:
         raise MedtlError(f"batch_size {batch_size} is the global batch: it must be at least the number of "
                          f"processes ({world})", "batch_size")
-    if world > 1 and batch_size < 2 * world:  # split evenly, some rank would get one image on every step
+    if mode == "moco" and world > 1 and batch_size < 2 * world:  # some rank would get one image every step
         raise MedtlError(f"batch_size {batch_size} is the global batch, split over {world} processes: some would "
-                         "train batch norm on a single image each step, which it cannot do; give at least 2 images "
-                         f"per process (--batch-size {2 * world} or more)", "batch_size")
+                         "train the projection head's batch norm on a single image each step, which it cannot do; "
+                         f"give at least 2 images per process (--batch-size {2 * world} or more)", "batch_size")
     if mode == "moco":
         # both views of every image are queued, so the queue holds keys of its last queue_size / 2 images:
         # past the images left after one batch, a query meets stale keys of its own image as negatives

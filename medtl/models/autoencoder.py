@@ -12,6 +12,8 @@ squared error per pixel; the KL term is summed over latent dimensions and averag
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import torch
@@ -40,7 +42,7 @@ class Decoder(nn.Module):
             n += 1
         self.start = tuple(s // 2**n for s in size)
         chans = [max(width // 2**i, 16) for i in range(n + 1)]
-        self.fc = nn.Linear(latent_dim, chans[0] * int(torch.tensor(self.start).prod()))
+        self.fc = nn.Linear(latent_dim, chans[0] * math.prod(self.start))
         convt, conv = Conv[Conv.CONVTRANS, spatial_dims], Conv[Conv.CONV, spatial_dims]
         norm, act = Norm[Norm.BATCH, spatial_dims], Act[Act.RELU]
         stages = []

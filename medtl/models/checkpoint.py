@@ -83,15 +83,16 @@ MAX_PARAMETERS = 1_000_000_000
 def build_model(config: dict[str, Any]) -> Model:
     """A freshly initialised :class:`Model` from a ``meta["model"]`` config (its size checked first, on the meta
     device, where building allocates nothing)."""
-    def size(build) -> int:
+    def size(build, part: str) -> int:
         try:
             with torch.device("meta"):
                 return sum(p.numel() for p in build().parameters())
-        except (RuntimeError, NotImplementedError):  # a layer that reads a value while it is built (a lift)
-            return 0
+        except (RuntimeError, NotImplementedError) as err:  # a layer that reads a tensor's value while it is built
+            raise MedtlError(f"cannot size the model's {part} before building it ({str(err)[:120]}): refused, as a "
+                             "config of unknown size could ask for any amount of memory", "meta.model") from None
 
     try:
-        n = size(lambda: build_encoder(config["encoder"])) + size(lambda: build_head(config["head"]))
+        n = size(lambda: build_encoder(config["encoder"]), "encoder") + size(lambda: build_head(config["head"]), "head")
         if n > MAX_PARAMETERS:
             raise MedtlError(f"the model config declares {n:,} parameters, more than {MAX_PARAMETERS:,}: not a "
                              "model medtl writes (a damaged or hostile checkpoint?)", "meta.model")

@@ -82,7 +82,12 @@ def test_a_value_monai_would_run_as_code_is_refused_at_export(tmp_path):
     """A security review: a label folder named "$__import__('os').system('touch PWNED') or 'pneumonia'" trained and
     exported, and MONAI's bundle parser ran it when the bundle ran ('$' is code to it, '@' a reference, '%' a macro,
     with no escape). The export refuses such a value (label names, options, the bundle's name); nothing is written."""
-    from tests.deploy.conftest import _save
+    from medtl.models import Head, Model, build_encoder, save_checkpoint
+
+    def _save(path, _dims, intensity, labels, **meta):  # a random-weight 2D classifier, as the fixtures make
+        encoder = build_encoder("resnet10", spatial_dims=2, in_channels=1)
+        model = Model(encoder, Head(encoder.out_features, "binary", 2))
+        return save_checkpoint(path, model, intensity=intensity, label_names=labels, **meta)
 
     payload = f"$__import__('pathlib').Path({str(tmp_path / 'PWNED')!r}).touch() or 'pneumonia'"
     hostile = _save(tmp_path / "hostile.pt", 2, {"preset": "cxr", "image_size": 32, "clahe": False},

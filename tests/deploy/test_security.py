@@ -561,3 +561,49 @@ def test_a_warning_while_the_headers_are_read_is_shown_after_their_identifiers_a
     # and a "UID" that is not one (digits and dots) is text: redacted in the table too, where UIDs are kept whole
     results = (tmp_path / "out" / "results.csv").read_text()
     assert "PIDX84721" not in results and "1.2.3.[redacted].9" in results
+
+
+def _text_uid_series(new_series, mprage_files, data, pids):
+    """One-instance series whose "SeriesInstanceUID" is text holding the PatientID (not a valid UID)."""
+    import warnings
+
+    import pydicom
+
+    before = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE  # write the invalid UID as given
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for pid in pids:
+                new_series(mprage_files[:1], data / pid, pid, PatientID=pid, SeriesInstanceUID=f"1.2.3.{pid}.1")
+    finally:
+        pydicom.config.settings.writing_validation_mode = before
+
+
+def test_two_patients_text_uids_that_redact_alike_stay_two_cases(tmp_path, mprage_files, new_series, model_2d):
+    """The diff review: '1.2.3.SMITHJ01.1' and '1.2.3.BROWNP02.1' both redacted to '1.2.3.[redacted].1', one case
+    id for two patients, so one prediction was dropped (and a rerun 'resumed' both from one row)."""
+    data = tmp_path / "data"
+    _text_uid_series(new_series, mprage_files, data, ("SMITHJ01", "BROWNP02"))
+    out = tmp_path / "out"
+    first = predict_batch(model_2d, data, out, progress=False)
+    ids = sorted(r["case_id"] for r in _rows(out))
+    assert first.ok == 2 and len(ids) == 2 and len(set(ids)) == 2
+    assert all(i.startswith("1.2.3.[redacted].1#") for i in ids) and "SMITH" not in "".join(ids)
+    again = predict_batch(model_2d, data, out, progress=False)
+    assert again.resumed == 2 and sorted(r["case_id"] for r in _rows(out)) == ids
+
+
+def test_log_records_wait_for_the_identifiers_without_any_logging_configured(tmp_path, mprage_files, new_series,
+                                                                            model_2d, capsys, monkeypatch):
+    """The diff review: called from Python with no logging set up, pydicom's warning went to logging's last
+    resort at once, before the identifiers were known, and printed the PatientID."""
+    import logging
+
+    data = tmp_path / "data"
+    _text_uid_series(new_series, mprage_files, data, ("PIDX84721",))
+    capsys.readouterr()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a script that configured no logging
+    predict_batch(model_2d, data, tmp_path / "out", progress=False)
+    shown = capsys.readouterr().err
+    assert "Invalid value for VR UI" in shown and "PIDX84721" not in shown

@@ -373,9 +373,11 @@ def _synthetic_manifest(tmp_path):
     return tmp_path / "m.csv", tmp_path / "data"
 
 
-def test_pretrain_refuses_a_global_batch_that_leaves_a_process_one_image(tmp_path, monkeypatch):
+def test_moco_refuses_a_global_batch_that_leaves_a_process_one_image(tmp_path, monkeypatch):
     """A review: a global batch of 2 on 2 processes (MoCo, one image per GPU) ran in one process but crashed in
-    batch norm under torchrun with a raw ValueError; it is refused before training, naming the batch to give."""
+    the projection head's batch norm under torchrun with a raw ValueError; it is refused before training, naming
+    the batch to give. (Supervised training with one image per process is not refused: an encoder's batch norm
+    trains on one image where its last maps are larger than 1x1, as a 3D model with one volume per GPU needs.)"""
     from medtl.engine.pretrain import pretrain
     from medtl.errors import MedtlError
 
@@ -384,8 +386,8 @@ def test_pretrain_refuses_a_global_batch_that_leaves_a_process_one_image(tmp_pat
         monkeypatch.setenv(k, v)
     for batch in (2, 3):
         with pytest.raises(MedtlError, match=r"2 images per process \(--batch-size 4 or more\)"):
-            pretrain(manifest, root, tmp_path / f"b{batch}", arch="resnet10", image_size=32, epochs=1,
-                     batch_size=batch, device="cpu", progress=False)
+            pretrain(manifest, root, tmp_path / f"b{batch}", mode="moco", arch="resnet10", image_size=32, epochs=1,
+                     batch_size=batch, ssl_hparams={"queue_size": 16}, device="cpu", progress=False)
 
 
 def test_resuming_with_another_number_of_processes_is_said(tmp_path, caplog):

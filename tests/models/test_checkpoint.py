@@ -92,3 +92,8 @@ def test_a_model_config_far_larger_than_any_medtl_model_is_refused_before_buildi
         hostile[part][key] = value
         with pytest.raises(MedtlError, match="declares .* parameters, more than 1,000,000,000"):
             build_model(hostile)
+    # a VAE head is sized too (its decoder once read a tensor's value while built, which the meta device cannot)
+    vae = {"encoder": config["encoder"], "head": {"kind": "vae", "in_features": 512, "image_size": [63, 63],
+                                                  "spatial_dims": 2, "out_channels": 1, "latent_dim": 100_000}}
+    with pytest.raises(MedtlError, match="declares .* parameters"):
+        build_model(vae)
