@@ -89,7 +89,6 @@ MANIFEST_COLUMNS = ("label", "split")
 # UIDs are written as they are (a PatientID "123" must not cut a component out of "1.2.123.4"), with
 # control characters escaped; a "UID" that is not digits and dots is free text, and redacted as text.
 UID_COLUMNS = ("study_uid", "series_uid")
-
 UNREDACTED_COLUMNS = frozenset(OWN_COLUMNS + MANIFEST_COLUMNS + ("case_id",))  # our words, or the user's labels
 ERROR_CHARS = 1000  # an error row's text is cut to this length
 MAX_PACS_FAILURES = 5
