@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -62,6 +63,7 @@ from medtl.engine.run_folder import RunFolder
 from medtl.errors import MedtlError
 from medtl.models.checkpoint import model_config, model_state_dict, save_atomic, save_checkpoint
 from medtl.models.formats import TRAIN_STATE_FORMAT
+from medtl.models.weights import blocked
 from medtl.plain import differing_keys, plain
 
 log = logging.getLogger(__name__)
@@ -451,10 +453,6 @@ class Trainer:
         save_atomic(saved, path)  # a crash or a full disk mid-save leaves the previous state intact
 
     def _read_state(self, path: Path) -> dict[str, Any]:
-        import pickle
-
-        from medtl.models.weights import blocked
-
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:

@@ -90,7 +90,8 @@ def blocked(err: Exception) -> str:
     with ``weights_only=False`` would likely succeed and cuts off before "it can result in arbitrary code
     execution"; the line that names the blocked global is the useful one."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch bolds its text
-    found = re.search(r"unsupported GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    # "Trying to load unsupported GLOBAL posix.system ..." or "Unsupported global: GLOBAL builtins.print"
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
     if found:
         return f"it would import {found.group(1)}, which weights_only loading does not allow"
     lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]

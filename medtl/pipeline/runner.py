@@ -388,13 +388,14 @@ def stage_similarity(ctx: Context) -> dict:
         np.savez_compressed(out / "features.npz", features=np.concatenate([src_f, tgt_f]),
                             domain=np.array(["source"] * len(src_f) + ["target"] * len(tgt_f)))
     n_labelled = 0 if cfg.unlabelled_target else len(target.select(split="train"))
-    # a measure the recommendation leaves unranked (Frechet, in each encoder's own units, when the candidates
-    # use several encoders) is not worth measuring again on each half: it was most of the resamples' time
-    ranked = _ranking(ctx, results, n_labelled)["weights"]
     # one measured encoder gives every candidate that uses it the same measurements on any half of the images,
     # so the halves cannot reorder the candidates: measuring them again would only cost time
-    resamples = (resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
-                 if len(feats) > 1 else [])
+    resamples = []
+    if len(feats) > 1:
+        # a measure the recommendation leaves unranked (Frechet, in each encoder's own units, when the candidates
+        # use several encoders) is not worth measuring again on each half: it was most of the resamples' time
+        ranked = _ranking(ctx, results, n_labelled)["weights"]
+        resamples = resampled_scores(feats, skip=tuple(m for m in SKIPPABLE if m not in ranked), progress=ctx.progress)
     (out / RESAMPLES).write_text(json.dumps(plain(resamples, "similarity"), indent=1) + "\n")
     record = _ranking(ctx, results, n_labelled, resamples)
     lifts_of: dict[str, set] = {}  # each measured 2D encoder's lifts: its measurements stand for every one

@@ -58,25 +58,20 @@ def assess(
     notes: list[str] = []
     xs, xt = (as_features(x, f"{side} features", 2) for x, side in ((source_features, "source"),
                                                                     (target_features, "target")))
+    distances: dict[str, Any] = dict.fromkeys(
+        ("mmd2", "mmd_p_value", "proxy_a_distance", "domain_error", "frechet", "linear_cka"))
+    permutations = 0
     if paired and xs.shape[1] != xt.shape[1]:
         # two encoders' features of the same cases: CKA compares them; a distance between their spaces means nothing
-        test = {"mmd2": None, "p_value": None, "n_permutations": 0}
-        pad = {"pad": None, "error": None}
-        frechet = False
         notes.append(f"distances not computed: the paired features differ in width ({xs.shape[1]} vs {xt.shape[1]}), "
                      "two encoders' representations of the same cases, which only CKA compares")
     else:
         xs, xt = check_pair(xs, xt, min_rows=2)
         test = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed, max_rows=max_rows)
         pad = proxy_a_distance(xs, xt, seed=seed)
-    distances: dict[str, Any] = {
-        "mmd2": test["mmd2"],
-        "mmd_p_value": test["p_value"],
-        "proxy_a_distance": pad["pad"],
-        "domain_error": pad["error"],
-        "frechet": frechet_distance(xs, xt) if frechet else None,
-        "linear_cka": None,
-    }
+        permutations = test["n_permutations"]
+        distances.update(mmd2=test["mmd2"], mmd_p_value=test["p_value"], proxy_a_distance=pad["pad"],
+                         domain_error=pad["error"], frechet=frechet_distance(xs, xt) if frechet else None)
     if paired:
         distances["linear_cka"] = linear_cka(xs, xt)
     else:
@@ -119,7 +114,7 @@ def assess(
         "n_target_classes": n_classes,
         "distances": distances,
         "transferability": transfer,
-        "mmd_permutations": test["n_permutations"],
+        "mmd_permutations": permutations,
         "seed": seed,
         "notes": notes,
     }
