@@ -242,44 +242,53 @@ def held_until_learned(redactor: Redactor) -> Iterator[None]:
     knew the identifier it holds. Records are redacted when they are made, so the text kept is the library's,
     redacted with what was known then; the second pass adds what the block taught the redactor."""
     root = logging.getLogger()
-    handlers = list(root.handlers)
-    held: list[logging.LogRecord] = []
-    seen: set[int] = set()  # each record once, however many handlers (and threads) pass it on
+    loggers = [root] + [x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)]
+    handlers = list({id(h): h for x in loggers for h in x.handlers}.values())  # an app's own loggers' too
+    held: dict[int, tuple[logging.LogRecord, list[logging.Handler]]] = {}  # in order made; each record once
 
-    def keep(record: logging.LogRecord) -> None:
-        if id(record) not in seen:  # held records stay alive, so their ids stay unique
-            seen.add(id(record))
-            held.append(record)
+    class Hold(logging.Filter):  # on every handler: records wait, with the handlers that would have shown them
+        def __init__(self, handler: logging.Handler) -> None:
+            super().__init__()
+            self.handler = handler
 
-    class Hold(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            keep(record)
+            _, targets = held.setdefault(id(record), (record, []))  # held records stay alive: their ids stay unique
+            if self.handler not in targets:
+                targets.append(self.handler)
             return False
 
-    class Collect(logging.Handler):  # no handler configured (a library call): logging's last resort would print
+    class Collect(logging.Handler):  # logging's last resort prints a record no handler took: hold it too
         def emit(self, record: logging.LogRecord) -> None:
-            keep(record)
+            held.setdefault(id(record), (record, []))
 
-    hold, collect = Hold(), (Collect() if not handlers else None)
-    for h in handlers:
+    def any_handler(name: str) -> bool:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            if logger.handlers:
+                return True
+            logger = logger.parent if logger.propagate else None
+        return False
+
+    holds = [(h, Hold(h)) for h in handlers]
+    for h, hold in holds:
         h.addFilter(hold)
-    if collect is not None:
-        root.addHandler(collect)
+    collect = Collect()
+    root.addHandler(collect)
     try:
         yield
     finally:
-        for h in handlers:
+        for h, hold in holds:
             h.removeFilter(hold)
-        if collect is not None:
-            root.removeHandler(collect)
-        targets = handlers or [h for h in (logging.lastResort,) if h is not None]
-        for record in held:
+        root.removeHandler(collect)
+        for record, targets in held.values():
             record.msg, record.args = redactor.text(record.getMessage()), ()
             if record.exc_text:
                 record.exc_text = redactor.text(record.exc_text, controls=False)
+            if not targets and not any_handler(record.name) and logging.lastResort is not None \
+                    and record.levelno >= logging.lastResort.level:
+                targets = [logging.lastResort]  # where logging would have sent it: no handler on its way up
             for h in targets:
-                if record.levelno >= h.level:
-                    h.handle(record)
+                h.handle(record)
 
 
 def shown_uid(uid: str, redactor: Redactor) -> str:

@@ -599,11 +599,68 @@ def test_log_records_wait_for_the_identifiers_without_any_logging_configured(tmp
     """The diff review: called from Python with no logging set up, pydicom's warning went to logging's last
     resort at once, before the identifiers were known, and printed the PatientID."""
     import logging
+    import warnings
 
     data = tmp_path / "data"
     _text_uid_series(new_series, mprage_files, data, ("PIDX84721",))
     capsys.readouterr()
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a script that configured no logging
-    predict_batch(model_2d, data, tmp_path / "out", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # pydicom warns and logs; its logger has a NullHandler, so logging shows
+        predict_batch(model_2d, data, tmp_path / "out", progress=False)  # only the warning, by its last resort
     shown = capsys.readouterr().err
     assert "Invalid value for VR UI" in shown and "PIDX84721" not in shown
+
+
+def test_log_records_wait_for_the_identifiers_on_an_apps_own_logger_handlers(tmp_path, mprage_files, new_series,
+                                                                           model_2d):
+    """A hospital's batch system that logs pydicom to its own file (a handler on the "pydicom" logger, not the
+    root's) got the warning at once, before the identifiers were known: it held the PatientID. It is held too, and
+    reaches that handler redacted."""
+    import io as _io
+    import logging
+
+    data = tmp_path / "data"
+    _text_uid_series(new_series, mprage_files, data, ("PIDX84721",))
+    buffer = _io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    own = logging.getLogger("pydicom")
+    own.addHandler(handler)
+    try:
+        predict_batch(model_2d, data, tmp_path / "out", progress=False)
+    finally:
+        own.removeHandler(handler)
+    shown = buffer.getvalue()
+    assert "Invalid value for VR UI" in shown and "[redacted]" in shown and "PIDX84721" not in shown
+
+
+def test_held_records_reach_the_handlers_logging_would_have_used(capsys):
+    """Held records go where logging sends them: a record below a handler's level nowhere (not to the last
+    resort, since a handler was found on its way up), a record of a logger with no handler on its way to the
+    last resort, a record with handlers on two loggers to both, once each."""
+    import io as _io
+    import logging
+
+    from medtl.deploy.redact import Redactor, held_until_learned
+
+    root, own = logging.getLogger(), logging.getLogger("medtl-test-held")
+    strict, mine = logging.StreamHandler(_io.StringIO()), logging.StreamHandler(_io.StringIO())
+    strict.setLevel(logging.ERROR)
+    saved = list(root.handlers)
+    root.handlers = [strict]
+    own.addHandler(mine)
+    capsys.readouterr()
+    try:
+        with held_until_learned(Redactor()):
+            logging.getLogger("elsewhere").warning("below the root handler's level")
+            own.error("to both")
+            assert strict.stream.getvalue() == mine.stream.getvalue() == ""  # held while the block runs
+        assert strict.stream.getvalue() == "to both\n" and mine.stream.getvalue() == "to both\n"
+        assert "below the root" not in capsys.readouterr().err
+        root.handlers = []
+        with held_until_learned(Redactor()):
+            logging.getLogger("elsewhere").warning("no handler anywhere")
+        assert "no handler anywhere" in capsys.readouterr().err  # logging's last resort, as without the hold
+    finally:
+        root.handlers = saved
+        own.removeHandler(mine)
