@@ -302,8 +302,10 @@ def train_model(
                              + ("; give --lift i3d, acs or 2.5d to lift it to 3D (docs/models.md)" if dims == 3 else ""),
                              init)
         arch = arch or from_init.get("arch") or "resnet18"
-        # the checkpoint's voxel size goes with its input size; a size given here keeps the field of view
-        size, preset_options = _preset_options(inputs.modality, image_size or from_init.get("image_size"),
+        # the checkpoint's voxel size goes with its input size; a size given here keeps the field of view. A 2D
+        # checkpoint lifted to volumes has no 3D size to give: the 3D default applies
+        init_size = from_init.get("image_size") if init_dims == dims else None
+        size, preset_options = _preset_options(inputs.modality, image_size or init_size,
                                                spacing if spacing is not None or image_size else from_init.get("spacing"))
         lr = lr if lr is not None else (1e-4 if init is not None else 1e-3)  # gentler when the weights already mean something
 

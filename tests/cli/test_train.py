@@ -258,6 +258,11 @@ def test_a_2d_checkpoint_trains_on_volumes_through_a_lift_and_the_model_predicts
     predict = next(line.strip() for line in printed.splitlines() if line.strip().startswith("medtl predict"))
     assert main([*shlex.split(predict)[1:], "--no-progress"]) == 0
     assert "ok, 0 error(s)" in capsys.readouterr().out
+    # without --image-size, as docs/own_data.md writes it: the 3D default, not the 2D checkpoint's size (a review
+    # got "--image-size: 3D volumes need three sizes, got [64]", an option it never gave)
+    plain = [a for a in common if a not in ("--image-size", "16")]
+    assert main(["train", *plain, "--lift", "2.5d", "--out", str(tmp_path / "default3d")]) == 0
+    assert "3D input: 80x96x80 voxels of 2x2x2 mm" in capsys.readouterr().out
 
 
 def test_the_printed_evaluate_gives_the_manifest_as_labels_when_training_from_a_manifest(tmp_path):

@@ -74,7 +74,7 @@ def test_dicom_radiograph_and_series_load(data_root, manifests_dir):
 
 
 def test_aligned_brain_volumes_of_different_people_are_not_near_copies(data_root, manifests_dir):
-    """Skull-stripped, aligned IXI brains share their shape: at 16^3 thumbnails two subjects correlated up to
+    """IXI heads of different people, at one voxel size and orientation, share their shape: at 16^3 thumbnails two subjects correlated up to
     0.984, and the default build joined 56 of 119 subjects into one group (a split with one class in val).
     At the default threshold, different subjects stay apart while a re-quantised noisy copy joins its original."""
     import numpy as np
