@@ -44,7 +44,7 @@ def register(sub) -> None:
                    help="resnet10/18/34/50 or densenet121 (default: the --init checkpoint's, else resnet18)")
     m.add_argument("--image-size", type=int, nargs="+", default=None,
                    help="image side in pixels; three sizes for 3D volumes (default: the --init checkpoint's, "
-                        "else 128 for 2D, 80 96 80 for 3D)")
+                        "else 128 for 2D, 80 96 80 for 3D, also for a 2D checkpoint lifted with --lift)")
     m.add_argument("--spacing", type=float, nargs="+", default=None,
                    help="voxel size in mm of 3D volumes, one or three values (default: the --init checkpoint's; "
                         "else the 160x192x160 mm field of view divided by --image-size: 2 mm at 80 96 80, 4 mm at "
