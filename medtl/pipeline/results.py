@@ -31,8 +31,10 @@ def _fmt(m: Metric | None, digits: int = 3) -> str:
     seed scored the same, a run's interval; W / N: a score interval at 0 or 1; D: no width)."""
     from medtl.evaluation.report.sections import interval_mark
 
-    if not m or m.value is None:
-        return "undefined" + (f" ({m.reason})" if m and m.reason else "")
+    if not m:
+        return "not run"
+    if m.value is None:
+        return "undefined" + (f" ({m.reason})" if m.reason else "")
     text = f"{m.value:.{digits}f}"
     if m.ci_low is not None and m.ci_high is not None:
         mark = interval_mark({"ci_low": m.ci_low, "ci_high": m.ci_high, "ci_method": m.ci_method})
@@ -59,18 +61,32 @@ def verdict(a: Metric | None, b: Metric | None) -> str:
         word = "did worse"
     else:
         word = "inconclusive (intervals overlap)"
-    same = [(m.ci_method or "").startswith(SAME_IN_EVERY_RUN) for m in (a, b)]
-    if same[0] != same[1]:  # a seed interval beside one over the test cases: they measure different things
-        word += " [S: one interval is over the test cases, the other over seeds]"
-    return word
+    return word + _mixed_intervals(a, b)
+
+
+def _over_test_cases(m: Metric) -> bool:
+    """Whether ``m``'s interval is a run's over the test cases (one run, or seeds that all scored the same), not a
+    t-interval over seeds."""
+    return (m.n_runs or 1) < 2 or (m.ci_method or "").startswith(SAME_IN_EVERY_RUN)
+
+
+def _mixed_intervals(a: Metric, b: Metric) -> str:
+    if _over_test_cases(a) != _over_test_cases(b):  # they measure different things
+        return " [S: one interval is over the test cases, the other over seeds]"
+    return ""
 
 
 def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     report_path = run / "report.json"
     if not report_path.exists():
         raise MedtlError("no report.json: has the pipeline finished?", run)
-    report = read_report(report_path)
     stages = json.loads((run / "stages.json").read_text())
+    unfinished = [name for name, entry in stages.items() if entry.get("status", "done") != "done"]
+    if unfinished:  # a grown or interrupted run keeps the report of its earlier config: it would pass as complete
+        raise MedtlError(f"the run has not finished: stage(s) {', '.join(unfinished)} still to run (its report.json "
+                         "is from before, without their jobs); run the same `medtl run` command again to finish it",
+                         run)
+    report = read_report(report_path)
     env = json.loads((run / "environment.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     seconds = sum(float(s.get("seconds") or 0) for s in stages.values())
@@ -383,6 +399,9 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         others = [(s_name, pts.get(f)) for s_name, pts in by.items()
                   if s_name != base and pts.get(f) is not None and pts[f].value is not None]
         if b is None or b.value is None or not others:
+            missing = (f"`{base}` has no result here ({'not run' if b is None else 'undefined'}): nothing to judge "
+                       "against" if b is None or b.value is None else "no other strategy has a result here")
+            lines.append(f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | - | - | {missing} | - | - |")
             continue
         best_name, best = (min if lower else max)(others, key=lambda kv: kv[1].value)
         if lower:
@@ -391,7 +410,9 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         else:
             margin = (best.ci_low - b.ci_high) if None not in (best.ci_low, b.ci_high) else None
             judged = verdict(best, b)
-        row = (f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | `{best_name}` | {_fmt(best)} | {judged} | "
+        tied = [n for n, m in others if n != best_name and m.value == best.value]
+        shown = f"`{best_name}`" + (f" (tied with {', '.join(f'`{n}`' for n in tied)})" if tied else "")
+        row = (f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | {shown} | {_fmt(best)} | {judged} | "
                + (f"{margin:+.3f}" if margin is not None else "-") + " |")
         row += f" {_seed_test_counts(task, best_name, base, f) or '-'} |"
         lines.append(row)
@@ -419,7 +440,15 @@ def _seed_test_counts(task: Task, a: str, base: str, fraction: float | None) -> 
     higher = sum(d > 0 and p < 0.05 for d, p in signed)
     lower = sum(d < 0 and p < 0.05 for d, p in signed)
     what = "MAE " if task.kind == "regression" else ""
-    text = f"{what}higher in {higher}, lower in {lower} of {len(tests)} seeds (p < 0.05"
+    runs_a = {c.run_a if c.strategy_a == a else c.run_b for c in tests}
+    runs_base = {c.run_b if c.strategy_a == a else c.run_a for c in tests}
+    if len(runs_a) == 1 < len(runs_base):  # one run tested against each seed: not that many replications
+        unit = f"tests, the one `{a}` run against each of `{base}`'s {len(runs_base)} runs"
+    elif len(runs_base) == 1 < len(runs_a):
+        unit = f"tests, each of `{a}`'s {len(runs_a)} runs against the one `{base}` run"
+    else:
+        unit = "seeds"
+    text = f"{what}higher in {higher}, lower in {lower} of {len(tests)} {unit} (p < 0.05"
     if all(c.p_holm is not None for c in tests):  # reports from before Holm was recorded have none
         adjusted = [(c.difference if c.strategy_a == a else -c.difference, c.p_holm) for c in tests]
         n_task = sum(c.p_value is not None for c in task.comparisons)
@@ -455,10 +484,12 @@ def _lower_is_better_verdict(a: Metric, b: Metric) -> str:
     if None in (a.ci_low, a.ci_high, b.ci_low, b.ci_high):
         return "no interval"
     if a.ci_high < b.ci_low:
-        return "better than the baseline (intervals do not overlap)"
-    if a.ci_low > b.ci_high:
-        return "worse than the baseline (intervals do not overlap)"
-    return "inconclusive (intervals overlap)"
+        word = "better than the baseline (intervals do not overlap)"
+    elif a.ci_low > b.ci_high:
+        word = "worse than the baseline (intervals do not overlap)"
+    else:
+        word = "inconclusive (intervals overlap)"
+    return word + _mixed_intervals(a, b)
 
 
 def _budgets(task: Task, label_counts: list[int] | None) -> tuple[list[float], dict[float, int]]:
@@ -517,6 +548,8 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
             for e in s.entries():
                 b = base_by_frac.get(e.label_fraction)
                 if b is None:
+                    at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
+                    lines.append(f"- `{s_name}` at {at}: not compared, `{base}` has no run at this budget")
                     continue
                 a_m, b_m = e.metrics.get("auroc"), b.metrics.get("auroc")
                 diff = (a_m.value - b_m.value) if a_m and b_m and None not in (a_m.value, b_m.value) else None
@@ -524,8 +557,15 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                 delong = f"; DeLong: {tested}" if tested else ""
                 at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
                 bounded = a_m is not None and b_m is not None and None not in (a_m.ci_low, b_m.ci_low)
-                single = (" (one run: bootstrap intervals over the test cases)" if bounded
-                          else " (one run, no interval: the bootstrap is off)") if min(e.n_runs, b.n_runs) == 1 else ""
+                single = ""
+                if min(e.n_runs, b.n_runs) == 1 and not bounded:
+                    single = " (one run, no interval: the bootstrap is off)"
+                elif e.n_runs == b.n_runs == 1:
+                    single = " (one run each: bootstrap intervals over the test cases)"
+                elif min(e.n_runs, b.n_runs) == 1:
+                    one, many = (s_name, b) if e.n_runs == 1 else (base, e)
+                    single = (f" (`{one}`: one run, its bootstrap interval over the test cases; the other: a t-interval "
+                              f"over {many.n_runs} seeds)")
                 lines.append(f"- `{s_name}` at {at}: "
                              f"{verdict(a_m, b_m)}" + (f", AUROC {diff:+.3f}" if diff is not None else "") + single
                              + delong)

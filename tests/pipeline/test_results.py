@@ -252,3 +252,63 @@ def test_a_pipeline_name_with_a_path_in_it_writes_no_figure_outside_the_page(tin
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*ESCAPED*"))
     assert written and all(p.parts[:3] == ("a", "b", "results_figures") for p in written), written
     assert all(f"](results_figures/{p.name})" in page for p in written)
+
+
+def test_a_run_that_has_not_finished_is_refused_not_shown_with_its_earlier_report(tiny_run, tmp_path):
+    """A review grew a finished run (a seed and a strategy added, as the README says) and killed it after a few new
+    jobs: `medtl results` built the page from the old report.json, under the new config's seeds, with nothing
+    saying the new strategy and jobs were missing."""
+    import json
+    import shutil
+
+    from medtl.errors import MedtlError
+
+    run = tmp_path / "grown"
+    shutil.copytree(tiny_run, run)
+    stages = json.loads((run / "stages.json").read_text())
+    stages["transfer"]["status"] = "running"  # as StageBook.reopen leaves it while the new jobs run
+    (run / "stages.json").write_text(json.dumps(stages))
+    with pytest.raises(MedtlError, match=r"the run has not finished: stage\(s\) transfer still to run"):
+        write_results([run], tmp_path / "results.md")
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_one_run_against_several_seeds_ties_and_a_budget_without_the_baseline_are_said_not_hidden():
+    """A statistician's review of the page: (1) one `alpha` run tested against each of scratch's 5 seeds was counted
+    "of 5 seeds" and its interval over the test cases was set against scratch's t-interval over seeds unmarked;
+    (2) a budget where scratch had no run vanished from the verdicts; (3) two strategies tied for best showed one;
+    (4) a strategy that never ran at a budget read "undefined"."""
+    import numpy as np
+    import pandas as pd
+
+    from medtl.evaluation import evaluate_predictions, predictions_from_arrays
+    from medtl.evaluation.report.schema import Report
+    from medtl.pipeline.results import _task_section, learning_curve_section
+
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1] * 30)
+    ids = [f"c{i:02d}" for i in range(60)]
+
+    def run(strategy, seed, fraction, skill):
+        p1 = 1 / (1 + np.exp(-(skill * (2 * y - 1) + rng.normal(0, 1, 60))))
+        return predictions_from_arrays(ids, y, np.stack([1 - p1, p1], 1), class_names=["no", "yes"], run_id=f"s{seed}f{fraction}",
+                                       strategy=strategy, task="t", seed=seed, label_fraction=fraction)
+
+    tables = [run("scratch", s, 1.0, 0.5) for s in range(5)] + [run("scratch", s, 0.2, 0.3) for s in range(5)]
+    tables += [run("alpha", 0, 1.0, 2.0), run("alpha", 0, 0.5, 1.0), run("alpha", 0, 0.2, 1.5)]
+    twin = run("beta", 0, 0.2, 1.5)
+    twin[[c for c in twin.columns if c.startswith("prob_")]] = tables[-1][[c for c in twin.columns
+                                                                          if c.startswith("prob_")]].to_numpy()
+    tables.append(twin)
+    task = Report.from_dict(evaluate_predictions(pd.concat(tables, ignore_index=True), n_boot=100)).tasks["t"]
+    bullets = "\n".join(_task_section("t", task))
+    line = next(x for x in bullets.splitlines() if x.startswith("- `alpha` at fraction 1"))
+    assert "of 5 tests, the one `alpha` run against each of `scratch`'s 5 runs" in line and "of 5 seeds" not in line
+    assert "[S: one interval is over the test cases, the other over seeds]" in line
+    assert "(`alpha`: one run, its bootstrap interval over the test cases; the other: a t-interval over 5 seeds)" in line
+    assert "- `alpha` at fraction 0.5: not compared, `scratch` has no run at this budget" in bullets
+    curve = "\n".join(learning_curve_section("p", "t", task, None))
+    assert "| 0.5 | not run | - | - | `scratch` has no result here (not run): nothing to judge against |" in curve
+    assert "`alpha` (tied with `beta`)" in curve or "`beta` (tied with `alpha`)" in curve
+    beta = next(x for x in curve.splitlines() if x.startswith("| `beta` |"))
+    assert beta.endswith("| not run | not run |")  # beta ran at 0.2 only: the other budgets say so
