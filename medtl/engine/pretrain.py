@@ -83,6 +83,36 @@ def check_resumable(out: Path, resume: bool, key: dict[str, Any], file: str) -> 
     write_text_atomic(path, json.dumps(key, indent=2) + "\n")  # a kill mid-write keeps the previous key whole
 
 
+# a query meeting a stale key of its own image among its negatives (MoCo): warned about above this share
+STALE_KEY_SHARE = 0.05
+
+
+def stale_key_share(n_images: int, batch_size: int, queue_size: int, world: int = 1,
+                    steps_per_epoch: int | None = None) -> float:
+    """The expected share of MoCo queries, once the queue has filled, whose own image has a key (from an earlier
+    epoch) in the queue. Both views of each image are queued, so the queue holds keys of the last
+    ``queue_size / 2`` images; a batch's own keys join it after the batch. A query in a batch that starts ``s``
+    images into the epoch meets its image's earlier key when that image came in the last ``queue_size / 2 - s``
+    images of the epochs before: each of an epoch's positions holds it with probability 1 / ``n_images``. The loader's
+    drop-last rule (:func:`medtl.data.datasets.make_loader`) and a step limit per epoch decide the batches."""
+    last = n_images % batch_size
+    drop = n_images > batch_size and 0 < last < 2 * world
+    sizes = [batch_size] * (n_images // batch_size) + ([last] if last and not drop else [])
+    sizes = sizes[:steps_per_epoch] if steps_per_epoch else sizes
+    seen = sum(sizes)
+    if n_images == 0 or seen == 0:
+        return 0.0
+    hits, start = 0.0, 0
+    for size in sizes:
+        back, missed = max(0, queue_size // 2 - start), 1.0  # images of earlier epochs the queue still holds
+        while back > 0:  # epoch by epoch: each of its positions is the query's image with probability 1 / n
+            missed *= 1 - min(back, seen) / n_images
+            back -= seen
+        hits += size * (1 - missed)
+        start += size
+    return hits / seen
+
+
 MODES = ("supervised", "autoencoder", "moco")  # moco: contrastive self-supervised (medtl.strategies.ssl)
 
 
@@ -198,19 +228,26 @@ def pretrain_on(
     if batch_size < world:
         raise MedtlError(f"batch_size {batch_size} is the global batch: it must be at least the number of "
                          f"processes ({world})", "batch_size")
-    if mode == "moco" and world > 1 and batch_size < 2 * world:  # some rank would get one image every step
-        raise MedtlError(f"batch_size {batch_size} is the global batch, split over {world} processes: some would "
-                         "train the projection head's batch norm on a single image each step, which it cannot do; "
-                         f"give at least 2 images per process (--batch-size {2 * world} or more)", "batch_size")
-    if mode == "moco":
-        # both views of every image are queued, so the queue holds keys of its last queue_size / 2 images:
-        # past the images left after one batch, a query meets stale keys of its own image as negatives
-        stale_from = 2 * max(1, len(train_dataset) - batch_size)
-        if int(strategy.hparams["queue_size"]) > stale_from:
-            log.warning("the MoCo queue (%d keys) is longer than %d, twice the %d images left after one batch: "
-                        "queries will meet stale keys of their own image among the negatives; pass a queue_size "
-                        "(--queue-size) of at most %d", strategy.hparams["queue_size"], stale_from,
-                        stale_from // 2, stale_from)
+    if mode == "moco" and (batch_size < 2 * world or len(train_dataset) < 2):  # some batch of one image
+        spread = f", split over {world} processes" if world > 1 else ""
+        raise MedtlError(f"batch_size {batch_size} (the global batch{spread}) over {len(train_dataset)} training "
+                         "image(s): MoCo trains its projection head's batch norm on every batch, which it cannot do "
+                         f"on a single image; give at least 2 images per process (--batch-size {2 * world} or more) "
+                         "and at least 2 training images", "batch_size")
+    if mode == "moco" and config.epochs > 1:
+        queue = int(strategy.hparams["queue_size"])
+        steps = config.max_steps_per_epoch
+        share = stale_key_share(len(train_dataset), batch_size, queue, world, steps)
+        if share > STALE_KEY_SHARE:
+            fits = max((q for q in range(0, queue, 2)
+                        if stale_key_share(len(train_dataset), batch_size, q, world, steps) <= STALE_KEY_SHARE),
+                       default=0)
+            log.warning("with a MoCo queue of %d keys over %d images (batch %d), about %.0f%% of the queries (once "
+                        "the queue has filled) meet a stale key of their own image (from an earlier epoch) among "
+                        "their negatives; a queue_size (--queue-size) of at most %d keeps it under %.0f%%%s", queue,
+                        len(train_dataset), batch_size, 100 * share, fits, 100 * STALE_KEY_SHARE,
+                        "" if fits >= 2 * batch_size else " (fewer negatives than one batch's keys: more images or a "
+                        "smaller batch serve better)")
     train_loader = make_loader(train_dataset, batch_size, True, seed, num_workers=num_workers, world_size=world)
     val_loader = (make_loader(val_dataset, batch_size, False, seed, num_workers=num_workers)
                   if val_dataset is not None and len(val_dataset) else None)
@@ -229,13 +266,17 @@ def pretrain_on(
         result = trainer.fit(train_loader, val_loader, resume=resume)
     finally:
         epochs_bar.close()
-    metrics = {k: v for k, v in result.best_metrics.items() if k.startswith(("train_", "val_"))}
+    # the model is the best epoch's, or the last one's where the best is not restored (MoCo): its record with it
+    kept = result.best_metrics if config.restore_best else (result.history[-1] if result.history else {})
+    kept_epoch = result.best_epoch if config.restore_best else (kept.get("epoch") if kept else None)
+    metrics = {k: v for k, v in kept.items() if k.startswith(("train_", "val_"))}
     path = out / "model.pt"
     if trainer.ctx.is_main:  # one writer; the other ranks hold the same weights
         if mode == "supervised" and len(label_names) == 2 and val_loader is not None:
             meta.update(_validation_threshold(strategy, val_loader, trainer))
         save_checkpoint(path, strategy, **{**meta, "metrics": metrics, "epochs": len(result.history),
-                                           "best_epoch": result.best_epoch})
+                                           **({"best_epoch": kept_epoch} if config.restore_best
+                                              else {"last_epoch": kept_epoch})})
         log.info("model written to %s", path)
     barrier(trainer.ctx)
     return PretrainResult(path, metrics, result)

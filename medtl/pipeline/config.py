@@ -243,14 +243,11 @@ class PipelineConfig(Strict):
         for fraction, n in self.seeds_per_fraction.items():
             if n < 1:
                 raise ValueError(f"seeds_per_fraction: {fraction}: {n}: at least one seed")
-        target = Path(self.target.manifest).name
         for name, src in self.sources.items():
             if src.pretrain.mode != "moco":  # several manifests, labels unused: the self-supervised path
                 raise ValueError(f"sources.{name}: pretrain.mode must be moco")
-            for entry in src.data:
-                if Path(entry.manifest).name == target and set(entry.splits) - {"train"}:
-                    raise ValueError(f"sources.{name}: the target's {sorted(set(entry.splits) - {'train'})} rows "
-                                     "would leak into pretraining; use its train split only")
+        # that no target validation or test image is pretrained on is checked by image path when the source's rows
+        # are read (medtl.pipeline.runner.pretrain_source): manifests of one collection share images under any name
         return self
 
     def seeds_at(self, fraction: float) -> list[int]:

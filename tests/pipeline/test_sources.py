@@ -109,12 +109,32 @@ def test_source_references_are_checked_when_the_config_loads(tiny, make_config, 
         load_pipeline(_write(tiny, "bad.yaml", text))
 
 
-def test_pretraining_on_the_targets_test_rows_is_refused(tiny, make_config):
-    text = make_config.config.replace("EPOCHS", "1").replace(
-        "strategies: [feature_extraction, full, dann]",
-        "strategies: [{name: full, source: tgt_ssl}]\n" + SOURCES.replace("splits: [train]", "splits: [train, test]"))
-    with pytest.raises(MedtlError, match="leak"):
-        load_pipeline(_write(tiny, "leak.yaml", text))
+def test_pretraining_on_the_targets_held_out_images_is_refused_whatever_the_manifest_is_called(tiny, make_config,
+                                                                                             tmp_path):
+    """The check compared manifest file names: another manifest of the same images split apart differently (the
+    repository's mri2d_tumor4_minus_yesno holds 334 of mri2d_tumor4's test images in its train split) passed, while
+    two unrelated manifests both called manifest.csv (as `medtl manifest build --out FOLDER` names them) were
+    refused. It compares image paths now, when the source's rows are read."""
+    manifests = tiny / "manifests"
+    target = pd.read_csv(manifests / "tgt.csv")
+    resplit = target.assign(split="train")  # every target image, its test and val ones included, as "train"
+    resplit.to_csv(manifests / "tgt_resplit.csv", index=False)
+    meta = manifests / "tgt.meta.json"
+    if meta.exists():
+        (manifests / "tgt_resplit.meta.json").write_text(meta.read_text())
+    study = make_config.config.replace("EPOCHS", "1").replace(
+        "strategies: [feature_extraction, full, dann]", "strategies: [{name: full, source: tgt_ssl}]\n" + SOURCES)
+    for name, source in (("direct", "manifests/tgt.csv, splits: [train, test]"),
+                         ("resplit", "manifests/tgt_resplit.csv, splits: [train]")):
+        text = study.replace("manifests/tgt.csv, splits: [train], max_rows: 6", f"{source}")
+        path = _write(tiny, f"leak_{name}.yaml", text)
+        load_pipeline(path)  # the names say nothing: the images do
+        with pytest.raises(MedtlError, match=r"images of the target's validation or test split \(e.g. ") as err:
+            run_pipeline(path, tiny / "data", tmp_path / name, stages=("prepare", "pretrain"), progress=False)
+        assert "sources.tgt_ssl.data[0]" in str(err.value)
+        assert not (tmp_path / name / "pretrain" / "sources" / "tgt_ssl" / "model.pt").exists()
+    # the target's train split alone is fine (the documented MRI self-supervision)
+    load_pipeline(_write(tiny, "leak_none.yaml", study))
 
 
 def test_named_sources_are_pretrained_beside_a_given_default_checkpoint(tiny_run, tiny, make_config, tmp_path):

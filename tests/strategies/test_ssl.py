@@ -200,18 +200,82 @@ def test_cli_moco_on_several_real_manifests_gives_an_init_for_medtl_train(tmp_pa
         main(["pretrain", "--mode", "moco", "--manifest", "x.csv", "--out", str(out), "--splits", "holdout"])
 
 
-def test_a_queue_longer_than_the_data_set_is_warned_about(tmp_path, data_root, manifests_dir, caplog):
-    """70 images, batch 16: keys of a query's own image stay in a queue longer than 2 x 54 = 108."""
+def test_the_stale_key_share_agrees_with_a_simulation_of_the_loader_and_the_queue():
+    """A review measured 33% of queries meeting a stale key of their own image at the longest queue the earlier
+    warning allowed (43 images, batch 16, queue 54): the share is never zero across epochs. The formula against a
+    simulation: shuffled epochs, the loader's drop-last rule, both views queued after each batch."""
+    import numpy as np
+
+    from medtl.engine.pretrain import stale_key_share
+
+    def simulated(n, batch, queue, steps=None, epochs=60, seed=0):
+        rng, keys, hits, queries = np.random.default_rng(seed), [], 0, 0
+        last = n % batch
+        drop = n > batch and 0 < last < 2
+        for epoch in range(epochs):
+            order = rng.permutation(n)
+            batches = [order[i:i + batch] for i in range(0, n, batch)]
+            batches = batches[:-1] if drop else batches
+            for b in batches[:steps] if steps else batches:
+                if epoch > 0:
+                    held = set(keys[-queue:]) if queue else set()
+                    hits += sum(int(i) in held for i in b)
+                    queries += len(b)
+                keys += [int(i) for i in b] * 2  # both views of each image
+        return hits / queries
+
+    assert abs(stale_key_share(43, 16, 54) - 0.329) < 0.001  # the review's case, by hand: (16*27 + 16*11) / 43^2
+    for n, batch, queue, steps in ((43, 16, 54, None), (83, 16, 64, None), (70, 16, 200, 1), (200, 32, 128, None),
+                                   (4000, 64, 1024, None)):
+        assert abs(stale_key_share(n, batch, queue, steps_per_epoch=steps) - simulated(n, batch, queue, steps)) < 0.02
+
+
+def test_a_queue_that_holds_stale_keys_of_the_querys_own_image_is_warned_about(tmp_path, data_root, manifests_dir,
+                                                                              caplog):
+    """70 images, batch 16, one step an epoch: 16 images an epoch, so a queue of 200 keys holds the last 100 images,
+    about six epochs', and about 80% of queries meet their own image's stale key; at most 6 keys keep it under 5%."""
     from medtl.cli import main
 
     args = ["pretrain", "--mode", "moco", "--manifest", str(manifests_dir / "cxr_kermany.csv"),
             str(manifests_dir / "cxr_actualmed.csv"), "--splits", "train", "val", "test", "--data-root",
-            str(data_root), "--arch", "resnet10", "--image-size", "32", "--epochs", "1", "--batch-size", "16",
+            str(data_root), "--arch", "resnet10", "--image-size", "32", "--epochs", "2", "--batch-size", "16",
             "--device", "cpu", "--no-progress", "--max-steps-per-epoch", "1"]
     with caplog.at_level("WARNING"):
         assert main(args + ["--out", str(tmp_path / "long"), "--queue-size", "200"]) == 0
-    assert "stale keys of their own image" in caplog.text and "at most 108" in caplog.text
+    assert "about 80% of the queries (once the queue has filled) meet a stale key of their own image" in caplog.text
+    assert "of at most 6 keeps it under 5%" in caplog.text and "more images or a smaller batch" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        assert main(args + ["--out", str(tmp_path / "short"), "--queue-size", "64"]) == 0
-    assert "stale keys" not in caplog.text
+        assert main(args + ["--out", str(tmp_path / "short"), "--queue-size", "6"]) == 0
+    assert "stale key" not in caplog.text
+
+
+def test_moco_refuses_a_batch_of_one_image_in_one_process(tmp_path, data_root, manifests_dir, capsys):
+    """A review: --batch-size 1 crashed with a raw ValueError from the projection head's batch norm (the check was
+    made for several processes only)."""
+    from medtl.cli import main
+
+    code = main(["pretrain", "--mode", "moco", "--manifest", str(manifests_dir / "cxr_actualmed.csv"),
+                 "--data-root", str(data_root), "--arch", "resnet10", "--image-size", "32", "--epochs", "1",
+                 "--batch-size", "1", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "one")])
+    assert code == 2 and "cannot do on a single image; give at least 2 images per process" in capsys.readouterr().err
+
+
+
+
+def test_a_moco_model_records_the_epoch_and_losses_of_the_weights_it_holds(tmp_path, data_root, manifests_dir):
+    """A review: model.pt held the last epoch's weights (as documented) while its meta and the printed summary gave
+    best_epoch 0 and epoch 0's losses."""
+    from medtl.data.manifest import Manifest
+    from medtl.engine.pretrain import pretrain
+    from medtl.engine.run_folder import RunFolder
+
+    manifest = Manifest.load(manifests_dir / "cxr_actualmed.csv")
+    result = pretrain(manifest, data_root, tmp_path / "moco", mode="moco", arch="resnet10", image_size=32, epochs=3,
+                      batch_size=16, seed=0, device="cpu", progress=False, max_steps_per_epoch=2,
+                      ssl_hparams={"queue_size": 16})
+    meta = torch.load(result.path, weights_only=True)["meta"]
+    log = RunFolder.read_log_file(tmp_path / "moco" / "metrics.jsonl")
+    assert meta["last_epoch"] == log[-1]["epoch"] == 2 and "best_epoch" not in meta
+    assert meta["metrics"]["train_loss"] == pytest.approx(log[-1]["train_loss"])
+    assert result.metrics == meta["metrics"]
