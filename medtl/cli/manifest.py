@@ -94,6 +94,15 @@ def run_build(args) -> int:
     manifest.save(out)
     meta = manifest.meta
     print(f"wrote {out}: {len(manifest)} rows, labels {manifest.label_names}, patient ids: {meta['patient_ids']}")
+    counts = {}
+    for r in manifest:
+        counts[r.modality] = counts.get(r.modality, 0) + 1
+    shown = ", ".join(f"{k} ({n} rows)" for k, n in counts.items())
+    if args.modality:
+        print(f"modality: {shown}")
+    else:  # the preset each command applies follows it: a chest X-ray read as a brain slice is flipped and windowed
+        print(f"modality: {shown}, guessed from the domain name (cxr*, mri2d*, mri3d*) or else the files (pictures: "
+              "mri2d; NIfTI: mri3d; DICOM: its header); give --modality cxr|mri2d|mri3d if that is not what they are")
     for item in meta.get("left_out", []):
         print(f"left out {item['path']}: {item['reason']}")
     if args.exclude_near_copies_of:

@@ -59,7 +59,7 @@ def check_before_run(ctx: Context) -> None:
                 raise MedtlError(f"{key} {mine} differs from the checkpoint's {theirs} ({src}): set encoder.{key}: "
                                  f"{theirs}, so the pretrained and the scratch strategies train one network",
                                  f"{where}: encoder.{key}")
-    missing, total = [], 0
+    missing, total, recorded = [], 0, {}
     for key, spec in (("source", cfg.source), ("target", cfg.target)):
         m = ctx.manifest(spec, key)
         total += len(m)
@@ -69,6 +69,21 @@ def check_before_run(ctx: Context) -> None:
                              f"{ctx.data_root.resolve()} (links must point inside it too):\n  {listed(outside)}",
                              f"{m.source} ({key} manifest)")
         missing += [f"{Path(str(m.source)).name} {line}" for line in absent]
+        recorded[f"{m.name} ({key})"] = (m.recorded_root, len(absent), len(m))
+    # manifests built the documented way, each under its own folder, with most of their files missing here: a
+    # pipeline reads them all under one root, which the message names
+    elsewhere = {k: r for k, (r, n_absent, n) in recorded.items()
+                 if r is not None and r != ctx.data_root.resolve() and wrong_root_hint(n_absent, n, ctx.data_root)}
+    if elsewhere:
+        roots = {r for r, _, _ in recorded.values()}
+        remedy = (f"pass --data-root {next(iter(roots))}" if len(roots) == 1
+                  else "build the manifests under one folder that holds all their images (medtl manifest build "
+                  "--data-root FOLDER ...), so their paths are relative to it")
+        raise MedtlError(f"{len(missing)} of {total} files are missing under the data root "
+                         f"{ctx.data_root}; the manifests were built under their own data roots ("
+                         + "; ".join(f"{k}: {r}" for k, (r, _, _) in recorded.items() if r is not None)
+                         + "), and a pipeline reads every manifest under one data root: " + remedy,
+                         f"{where}: data root")
     hint = wrong_root_hint(len(missing), total, ctx.data_root)
     if hint:
         raise MedtlError(hint, f"{where}: data root")

@@ -306,10 +306,24 @@ def load_pipeline(path: str | Path, profile: str | None = None) -> PipelineConfi
         raise MedtlError(f"unknown profile {profile!r}; this pipeline has {sorted(profiles) or 'none'}", path)
     chosen = None if profile in (None, "default") else profile
     config = _validated(_merge(raw, profiles[chosen]) if chosen else raw, path, chosen)
-    for name, overrides in profiles.items():  # a typo in a profile not run today is refused today too
-        if name != chosen and isinstance(overrides, dict):
-            _validated(_merge(raw, overrides), path, name)
+    # a typo in a profile not run today (or in the default, which a profile may override) is refused today too
+    others = [(None, raw)] if chosen else []
+    others += [(name, _merge(raw, o)) for name, o in profiles.items() if name != chosen and isinstance(o, dict)]
+    for name, merged in [(chosen, None), *others]:
+        checked = config if merged is None else _validated(merged, path, name)
+        _check_strategy_names(checked, path, name)
     return config
+
+
+def _check_strategy_names(config: PipelineConfig, path: Path, profile: str | None) -> None:
+    from medtl.strategies.registry import get_strategy
+
+    for spec in config.strategies:
+        try:
+            get_strategy(spec.name)
+        except MedtlError as err:
+            where = f"{path} (profile {profile})" if profile else path
+            raise MedtlError(err.reason, f"{where}: strategies[{spec.display}]") from None
 
 
 def _validated(raw: dict, path: Path, profile: str | None) -> PipelineConfig:

@@ -223,3 +223,11 @@ def test_manifest_build_writes_nothing_when_its_own_check_fails(folder_root, cap
     (folder_root / "site" / "pos" / "link.png").unlink()
     assert main(["manifest", "build", "--from", str(folder_root / "site"), "--data-root", str(folder_root),
                  "--out", str(out), "--no-group-near-copies"]) == 0 and out.exists()
+    # the modality (which decides the preset every later command applies) is said, and how it was guessed: a review's
+    # chest X-rays in a folder not named cxr* became mri2d without a word
+    printed = capsys.readouterr().out
+    n = sum(1 for _ in open(out)) - 1
+    assert f"modality: mri2d ({n} rows), guessed from the domain name" in printed and "--modality cxr" in printed
+    assert main(["manifest", "build", "--from", str(folder_root / "site"), "--data-root", str(folder_root),
+                 "--out", str(out), "--no-group-near-copies", "--modality", "cxr"]) == 0
+    assert f"modality: cxr ({n} rows)\n" in capsys.readouterr().out

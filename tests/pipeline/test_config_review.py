@@ -277,3 +277,17 @@ def test_a_broken_target_image_is_found_before_pretraining_and_the_folder_goes_o
     m.iloc[:-1].to_csv(manifests / "tgt.csv", index=False)
     run_pipeline(config, tmp_path / "data", tmp_path / "run", progress=False)  # the same folder, not refused
     assert json.loads((tmp_path / "run" / "stages.json").read_text())["prepare"]["target_images_read"] == 29
+
+
+def test_a_misspelt_strategy_in_the_default_is_refused_while_a_profile_replaces_the_list(tmp_path):
+    """A review checked its config with --profile quick (which replaces the strategies) and ran it: a misspelt
+    strategy in the default list was refused only when the long run started."""
+    from pathlib import Path
+
+    text = Path("pipelines/cxr_to_mri2d.yaml").read_text().replace("  - scratch\n", "  - scrach\n", 1)
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(text.replace("../data_manifests/", str(Path("data_manifests").resolve()) + "/"))
+    assert "scrach" in bad.read_text()
+    for profile in ("quick", None):
+        with pytest.raises(MedtlError, match=r"unknown strategy 'scrach'; did you mean 'scratch'"):
+            load_pipeline(bad, profile)

@@ -418,3 +418,36 @@ def test_a_run_folder_that_recorded_the_removed_similarity_compare_still_resumes
     assert _same_but_new_defaults(old, full, minimal)
     old["similarity"]["compare"] = ["manifests/other.csv"]
     assert not _same_but_new_defaults(old, full, minimal)
+
+
+def test_manifests_built_under_their_own_roots_get_an_error_that_says_a_pipeline_reads_one_root(tiny, make_config,
+                                                                                               tmp_path):
+    """A review built each manifest the documented way, under its own folder (`manifest build --data-root FOLDER`):
+    no --data-root could run them together, and the error only asked whether that was the folder the manifest's
+    paths are relative to."""
+    import shutil
+
+    import pandas as pd
+
+    from medtl.data.manifest import Manifest
+
+    data = tmp_path / "data"
+    for name in ("src", "tgt"):  # each image set in its own folder, its manifest's paths relative to that folder
+        shutil.copytree(tiny / "data" / name, data / name)
+        m = Manifest.load(tiny / "manifests" / f"{name}.csv")
+        table = pd.read_csv(tiny / "manifests" / f"{name}.csv")
+        table["path"] = [p.split("/", 1)[1] for p in table["path"]]
+        (tmp_path / "manifests").mkdir(exist_ok=True)
+        table.to_csv(tmp_path / "manifests" / f"{name}.csv", index=False)
+        Manifest.load(tmp_path / "manifests" / f"{name}.csv").save(tmp_path / "manifests" / f"{name}.csv",
+                                                                   data_root=data / name)
+        assert len(m) == len(table)
+    config = tmp_path / "p.yaml"
+    config.write_text(make_config.config.replace("EPOCHS", "1"))
+    for root in (data, data / "tgt"):
+        with pytest.raises(MedtlError, match=r"the manifests were built under their own data roots \(src.csv \(source\)"
+                                             r": .*data/src; tgt.csv \(target\): .*data/tgt\), and a pipeline reads "
+                                             r"every manifest under one data root: build the manifests under one "
+                                             r"folder"):
+            run_pipeline(config, root, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
