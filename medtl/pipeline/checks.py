@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from medtl.data.check import outside_or_missing, wrong_root_hint
+from medtl.data.check import label_warnings, outside_or_missing, wrong_root_hint
 from medtl.data.manifest import Manifest, is_number
 from medtl.data.transforms import Preset
 from medtl.engine.trainer import resolve_device
@@ -16,6 +17,8 @@ from medtl.pipeline.config import DataSpec, TaskSpec
 from medtl.pipeline.context import Context, apply_task, heterogeneous, modality_of
 from medtl.pipeline.jobs import label_budgets, labelled_rows
 from medtl.strategies.registry import get_strategy
+
+log = logging.getLogger(__name__)
 
 
 def check_before_run(ctx: Context) -> None:
@@ -110,7 +113,10 @@ def check_before_run(ctx: Context) -> None:
                                  f"{task.label_column} column holds (they hold {', '.join(sorted(map(str, values)))})",
                                  f"{where}: tasks[{i}].label_map")
     for i, task in enumerate(cfg.tasks):  # a split with no labelled rows fails only after hours of training
-        rows = ctx.load(cfg.target, "target", task).rows
+        loaded = ctx.load(cfg.target, "target", task)
+        for warning in label_warnings(loaded):  # as manifest check says it: before training, not in the report
+            log.warning("%s (target manifest), task %r: %s", target.source, task.name, warning)
+        rows = loaded.rows
         for split, labelled in (("train", False), ("test", True)):  # an adaptation target's train rows may be unlabelled
             if not any(r.split == split and (r.label != "unlabelled" or not labelled) for r in rows):
                 raise MedtlError(f"the target manifest has no {'labelled ' * labelled}{split} rows for task "

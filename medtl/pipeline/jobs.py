@@ -124,6 +124,8 @@ def run_job(ctx: Context, task: TaskSpec, budget: LabelBudget, seed: int, spec: 
     meta = {"label_names": list(target.label_names), "task": head_task, "task_name": task.name,
             "strategy": spec.display, "precision": tc.amp, "seed": seed, "label_fraction": fraction,
             "intensity": {"preset": t_mod, **Preset(t_mod).resolved(Preset(t_mod).options(cfg.target.preset_options()))}}
+    if task.label_column == "label" and not task.label_map:  # its labels are the manifest's: medtl predict on the
+        meta["manifest"] = str(ctx.manifest_path(cfg.target, "target"))  # training folder points evaluate at it
     epochs, patience = _budget(tc, len(train_ds))
     common = dict(epochs=epochs, seed=seed, device=tc.device, amp=tc.amp, deterministic=tc.deterministic,
                   patience=patience if val_loader is not None else None, progress=_interactive())

@@ -130,3 +130,25 @@ def test_predict_on_a_regression_checkpoint_gives_values_in_the_targets_units(re
     with pytest.raises(MedtlError, match="--sr"):
         predict_batch(ckpt, tiny / "manifests" / "tgt_reg.csv", tmp_path / "sr", data_root=tiny / "data",
                       split="test", write_sr=True, progress=False)
+
+
+def test_predict_on_the_folder_a_job_trained_on_points_evaluate_at_the_jobs_manifest(finished, tiny, tmp_path, capsys):
+    """A review: predict on the folder a pipeline job trained on suggested building LABELS.csv from it with every
+    image as test (177 of 253 were training images); the job's checkpoint did not know its manifest. It does now,
+    and the printed evaluate uses it, so only the job's test images are scored."""
+    ckpt = sorted((finished / "transfer").glob("*/frac1/*/seed0/best.pt"))[0]
+    manifest = tiny / "manifests" / "tgt.csv"
+    assert read_checkpoint(ckpt)["meta"]["manifest"] == str(manifest.resolve())
+    assert main(["predict", "--model", str(ckpt), "--input", str(tiny / "data"), "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--labels {manifest.resolve()}" in printed and "these are the model's training images" in printed
+    evaluate = next(line.strip() for line in printed.splitlines() if line.strip().startswith("medtl evaluate"))
+    import shlex
+
+    assert main([*shlex.split(evaluate)[1:]]) == 0
+    report = json.loads((tmp_path / "p" / "report" / "report.json").read_text())
+    job = pd.read_csv(ckpt.parent / "predictions.csv")
+    n_test = int((job["split"] == "test").sum())
+    scored = next(iter(next(iter(report["tasks"].values()))["strategies"].values()))["n_test"]
+    assert scored == n_test < len(job)  # the job's test images, not the whole folder

@@ -451,3 +451,21 @@ def test_manifests_built_under_their_own_roots_get_an_error_that_says_a_pipeline
                                              r"folder"):
             run_pipeline(config, root, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_class_of_one_image_is_warned_about_before_the_run_trains(tiny, make_config, tmp_path, caplog):
+    """A review: `manifest check` warned of a class with a single image, `medtl run` trained a 3-class model on it
+    without a word (the report only said later that no test case had it)."""
+    import pandas as pd
+
+    table = pd.read_csv(tiny / "manifests" / "tgt.csv")
+    table.loc[table.index[table["split"] == "train"][0], "label"] = "rare"
+    (tmp_path / "manifests").mkdir()
+    table.to_csv(tmp_path / "manifests" / "tgt.csv", index=False)
+    table = pd.read_csv(tiny / "manifests" / "src.csv")
+    table.to_csv(tmp_path / "manifests" / "src.csv", index=False)
+    config = tmp_path / "p.yaml"
+    config.write_text(make_config.config.replace("EPOCHS", "1"))
+    with caplog.at_level("WARNING", logger="medtl.pipeline.checks"):
+        run_pipeline(config, tiny / "data", tmp_path / "run", stages=("prepare",), progress=False)
+    assert "task 'tumor': class(es) with a single image: 'rare'" in caplog.text
