@@ -121,14 +121,29 @@ def _obuchowski_covariance(v10: np.ndarray, v01: np.ndarray, y: np.ndarray, unit
     return s10 / m + s01 / n + 2 * s11 / (m * n)
 
 
-def _clustered_covariance(influence: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """The covariance of the AUCs from each case's influence (k, n): the cluster sums' second moment times
-    K / (K - 1) (the macro test's; a binary test has Obuchowski's own); nan with fewer than two clusters."""
+def _clustered_covariance(influence: np.ndarray, classes: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """The covariance of the AUCs from each case's influence (k, n), with the cases' true classes as strata and
+    clusters of cases as the sampling units: per class, the cluster sums of its cases' influences (centred on
+    the class's mean) times I_c / (I_c - 1), I_c its clusters; between two classes, the cross products of those
+    sums times I / (I - 1), I all clusters. Obuchowski's (1997) form for any number of classes: with two it is
+    the binary test's, and with every case its own cluster it is DeLong's, strata and all (no cross terms); nan
+    when a class has fewer than two clusters."""
     k_units = int(units.max()) + 1
-    if k_units < 2:
+    sums, sizes = [], []
+    for c in np.unique(classes):
+        mine = classes == c
+        part = influence[:, mine]
+        sums.append(_sums(part - part.mean(axis=1, keepdims=True), units[mine], k_units))
+        sizes.append(int((np.bincount(units[mine], minlength=k_units) > 0).sum()))
+    if min(sizes) < 2:
         return np.full((len(influence), len(influence)), np.nan)
-    sums = _sums(influence, units, k_units)
-    return sums @ sums.T * k_units / (k_units - 1)
+    n_all = int((np.bincount(units, minlength=k_units) > 0).sum())
+    cov = np.zeros((len(influence), len(influence)))
+    for a, (d_a, i_a) in enumerate(zip(sums, sizes)):
+        cov += d_a @ d_a.T * i_a / (i_a - 1)
+        for d_b in sums[a + 1:]:
+            cov += (d_a @ d_b.T + d_b @ d_a.T) * n_all / (n_all - 1)
+    return cov
 
 
 def delong_test(y_true, score_a, score_b, clusters=None) -> DeLongResult:
@@ -216,7 +231,7 @@ def delong_macro_test(y_true, probs_a, probs_b, clusters=None) -> DeLongResult:
     if units is not None and counts.min() < 2:  # as without clusters: no variance from one case of a class
         cov = np.full((2, 2), np.nan)
     elif units is not None:  # clusters of cases (of one class or several): their influences summed
-        cov = _clustered_covariance(infl, units)
+        cov = _clustered_covariance(infl, y, units)
     else:
         cov = np.zeros((2, 2))
         for c in range(k):

@@ -232,3 +232,28 @@ def test_clustered_delong_is_obuchowskis_and_copies_do_not_shrink_it():
     assert tiny.p_value is None  # a class of one case: no variance, clustered or not
     loose = delong_test(y, a, b, clusters=[None] * (n - 2) + ["p1", "p1"])
     assert loose.n_clusters == n - 1 and loose.se == pytest.approx(original.se, rel=0.05)  # not one big cluster
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clustered_macro_delong_is_obuchowskis_with_two_classes_and_deLongs_with_one_case_a_cluster(seed):
+    """A review: with no cluster the macro test took each class as its own sample (DeLong's strata); with any
+    cluster it summed every case's influence as one sample, so grouping one pair of 43 images moved the SE from
+    0.0677 to 0.0701, partly by changing formula. The clustered form keeps the classes as strata: with two classes
+    it is the binary test's Obuchowski (written out independently above), clusters holding both classes included;
+    with every case its own cluster it is the unclustered macro test exactly."""
+    import medtl.evaluation.delong as D
+
+    rng = np.random.default_rng(seed)
+    n = 70
+    y = rng.integers(0, 2, n)
+    a, b = rng.normal(y * 1.0, 1), rng.normal(y * 0.6, 1)
+    pa, pb = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+    clusters = rng.integers(0, 30, n)  # patients with images of either class
+    macro = delong_macro_test(y, np.c_[1 - pa, pa], np.c_[1 - pb, pb], clusters=clusters)
+    assert macro.se ** 2 == pytest.approx(_obuchowski(y == 1, pa, pb, clusters), rel=1e-9)
+    # every case its own cluster: DeLong's stratified covariance, sum over classes of n_c times the covariance of
+    # the class's influences (the unclustered macro test's)
+    classes = rng.integers(0, 4, 120)
+    influence = rng.normal(size=(2, 120)) + classes  # class means that differ: centred within each class
+    stratified = sum(np.cov(influence[:, classes == c]) * (classes == c).sum() for c in range(4))
+    np.testing.assert_allclose(D._clustered_covariance(influence, classes, np.arange(120)), stratified, rtol=1e-10)
