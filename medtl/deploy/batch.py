@@ -356,8 +356,9 @@ def _predict_batch(model, input, out: Path, redactor: Redactor, *, data_root, sp
             "model_name": predictor.name, "model_version": predictor.version, "model_digest": predictor.digest,
             "threshold": predictor.threshold,
             "label_names": predictor.label_names, "preprocess": predictor.preprocess, "input": shown_input,
-            "redact_paths": bool(redact_paths), "limits": dataclasses.asdict(limits),
-        })
+            "redact_paths": bool(redact_paths), "include_identifiers": bool(include_identifiers),
+            "limits": dataclasses.asdict(limits),
+        }, identifier_columns=tuple(IDENTIFIER_COLUMNS.values()))
         chosen, excluded = rules.split(series)
         _warn_unexpected_modalities(chosen, predictor, rules, result)
         _write_excluded(out, excluded, redactor)

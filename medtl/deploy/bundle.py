@@ -145,6 +145,17 @@ def export_bundle(checkpoint: str | Path, out: str | Path, name: str | None = No
     return out
 
 
+def _decision(meta: dict[str, Any]) -> str:
+    """How medtl predict turns the probabilities into a label: a bundle runner gives only the probabilities."""
+    names, threshold = list(meta["label_names"]), meta.get("threshold")
+    if len(names) == 2 and threshold is not None:
+        rule = (meta.get("threshold_rule") or {}).get("rule")
+        return (f"{names[1]} when its probability is at least {threshold:.6g}, else {names[0]} (the threshold "
+                f"chosen on the validation split{f' by {rule}' if rule else ''}, metadata.json `medtl.threshold`); "
+                "not the larger probability, which would decide at 0.5. `medtl predict` decides this way")
+    return "the class with the largest probability (as `medtl predict` does)"
+
+
 def _readme(meta: dict[str, Any], name: str) -> str:
     labels = ", ".join(meta["label_names"])
     intensity = meta["intensity"]
@@ -153,6 +164,7 @@ def _readme(meta: dict[str, Any], name: str) -> str:
 A medtl {meta.get('architecture')} classifier ({meta.get('task')}), exported as a MONAI bundle.
 
 - Classes: {labels}. Output: softmax probabilities, one per class, in that order.
+- Decision: {_decision(meta)}.
 - Input: one image file (PNG/JPEG/DICOM/NIfTI) read and prepared by medtl's `{intensity.get('preset')}` preset
   with options `{json.dumps({k: v for k, v in intensity.items() if k != 'preset'})}`.
 - Version: {meta.get('version')}. Training metrics recorded with the model: `{json.dumps(meta.get('metrics') or {})}`.

@@ -214,6 +214,13 @@ def regular_file(path: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 class _NamedFile(logging.Filter):
     """Rewrites one /proc/self/fd path in log records to the name of the file behind it."""
 
@@ -287,7 +294,8 @@ def scan_files(paths: Iterable[Path | tuple[Path, str | None]], root: Path, limi
                 ds = pydicom.dcmread(readable, stop_before_pixels=True)
         except InvalidDicomError:
             if path.suffix.lower() in DICOM_LIKE:
-                single("not a DICOM file (no DICM preamble/marker)")
+                empty = _size(path) == 0  # an export that never arrived, more likely than a stray file
+                single("empty file (0 bytes)" if empty else "not a DICOM file (no DICM preamble/marker)")
             else:
                 ignored += 1
             continue

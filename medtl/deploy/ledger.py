@@ -39,11 +39,13 @@ class Ledger:
         self._unsynced = 0  # rows written since the last fsync
         self._warned = False  # damaged lines are reported once, not at every read
 
-    def start(self, run_info: dict[str, Any]) -> dict[str, dict]:
+    def start(self, run_info: dict[str, Any], identifier_columns: tuple[str, ...] = ()) -> dict[str, dict]:
         """Open for appending; returns the rows already done, by ``case_id``.
 
-        Refuses to mix models: ``run_info['model_digest']`` must match the ledger's first run; and to mix
-        decision thresholds: rows made at another ``threshold`` would sit in one table with these.
+        Refuses to mix models: ``run_info['model_digest']`` must match the ledger's first run; to mix
+        decision thresholds: rows made at another ``threshold`` would sit in one table with these; and to mix
+        ``redact_paths`` or ``include_identifiers`` (a folder from before the latter was recorded has it on where
+        its rows hold any of ``identifier_columns``).
         """
         self.out.mkdir(parents=True, exist_ok=True)
         run_file = self.out / RUN
@@ -64,6 +66,20 @@ class Ledger:
                     f"this output folder holds results at decision threshold {previous['threshold']!r}, now "
                     f"{run_info.get('threshold')!r}; to resume, rerun with --threshold {previous['threshold']}, "
                     "or choose a new --out for the new threshold", run_file)
+            if "include_identifiers" not in previous and "include_identifiers" in run_info:
+                rows = self._read_and_repair()
+                previous["include_identifiers"] = any(c in r for r in rows.values() for c in identifier_columns)
+            for key, flag, mixed in (
+                    ("redact_paths", "--redact-paths", "every one-file input twice, by its path and hashed, and the "
+                     "paths it was asked to hide"),
+                    ("include_identifiers", "--include-identifiers", "patients' identifiers that a run without "
+                     "the option promises to leave out")):
+                if key in previous and key in run_info and bool(previous[key]) != bool(run_info[key]):
+                    was = "with" if previous[key] else "without"
+                    raise MedtlError(
+                        f"this output folder holds results made {was} {flag}, and this run is "
+                        f"{'with' if run_info[key] else 'without'} it: one table would then hold {mixed}; to "
+                        f"resume, rerun {was} {flag}, or choose a new --out", run_file)
             if previous.get("input") is not None and not _same_input(previous["input"], run_info.get("input")):
                 # allowed (new studies each night), but said
                 log.warning("this output folder's results were made from %s; this run reads %s: its rows join "

@@ -231,6 +231,31 @@ def test_a_rerun_at_another_threshold_is_refused_not_mixed_into_the_table(hospit
     assert predict_batch(model_2d, hospital, out, threshold=0.3, progress=False).resumed == 8
 
 
+def test_a_rerun_that_changes_redact_paths_or_include_identifiers_is_refused(hospital, model_2d, tmp_path):
+    """A hospital-IT review: a rerun with --redact-paths into a folder made without it predicted every one-file
+    input again under a hashed key (two rows each, the plain paths kept); one without --include-identifiers into a
+    folder made with it kept the identifier columns. Both are refused now, naming how to resume; a folder from
+    before the option was recorded counts as made with it where its rows hold identifiers."""
+    import json
+
+    for key, first, then, flag in (("paths", {}, {"redact_paths": True}, "--redact-paths"),
+                                   ("ids", {"include_identifiers": True}, {}, "--include-identifiers")):
+        out = tmp_path / key
+        made = predict_batch(model_2d, hospital, out, progress=False, **first)
+        assert made.ok > 0
+        n = len(_rows(out))
+        with pytest.raises(MedtlError, match=f"results made with{'out' if not first else ''} {flag}, and this "
+                                             f"run is with{'out' if first else ''} it.*to resume, rerun"):
+            predict_batch(model_2d, hospital, out, progress=False, **then)
+        assert len(_rows(out)) == n  # nothing added
+        assert predict_batch(model_2d, hospital, out, progress=False, **first).resumed == made.ok + made.errors
+    run = json.loads((tmp_path / "ids" / "run.json").read_text())
+    del run["include_identifiers"]  # as a folder written before the option was recorded
+    (tmp_path / "ids" / "run.json").write_text(json.dumps(run))
+    with pytest.raises(MedtlError, match="results made with --include-identifiers"):
+        predict_batch(model_2d, hospital, tmp_path / "ids", progress=False)
+
+
 def test_a_manifests_labels_and_splits_are_kept_as_written_while_names_are_scrubbed(model_2d, mprage_files,
                                                                                         new_series, tmp_path):
     """A patient called "Alpha Test": identifiers are scrubbed from the texts, but the manifest's own split

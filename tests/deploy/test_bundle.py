@@ -109,3 +109,16 @@ def test_a_broken_bundle_metadata_file_is_named(bundle, tmp_path):
         with pytest.raises(MedtlError, match=why) as err:
             load_model(broken, device="cpu")
         assert "metadata.json" in str(err.value)
+
+
+def test_the_bundle_readme_states_the_decision_rule_medtl_predict_uses(bundle, model_2d, tmp_path):
+    """A hospital-IT review: the bundle's README said "softmax probabilities" only, so a MONAI-runner user took the
+    larger one, and 2 of 4 images got the other label than medtl predict, which decides at the stored threshold."""
+    from medtl.models.checkpoint import update_checkpoint_meta
+
+    assert "Decision: the class with the largest probability" in (bundle / "docs" / "README.md").read_text()
+    ckpt = shutil.copy(model_2d, tmp_path / "thr.pt")
+    update_checkpoint_meta(ckpt, threshold=0.3, threshold_rule={"rule": "youden"})
+    readme = (export_bundle(ckpt, tmp_path / "b") / "docs" / "README.md").read_text()
+    assert ("Decision: pneumonia when its probability is at least 0.3, else no_finding (the threshold chosen on the "
+            "validation split by youden") in readme and "not the larger probability" in readme

@@ -44,14 +44,15 @@ def test_bad_and_foreign_files(tmp_path, mprage_files):
     (tmp_path / "fake.dcm").write_text("not DICOM either, but claims to be")
     (tmp_path / "truncated.dcm").write_bytes(mprage_files[1].read_bytes()[:300])  # header cut short
     (tmp_path / ".hidden.dcm").write_text("hidden files are skipped")
+    (tmp_path / "empty.dcm").write_bytes(b"")  # an export that never arrived: said so (a review)
     found = {s.source or s.modality: s for s in scan_folder(tmp_path)}
-    assert set(found) == {"MR", "fake.dcm", "truncated.dcm"}
+    assert set(found) == {"MR", "fake.dcm", "truncated.dcm", "empty.dcm"}
     assert found["MR"].error is None
-    assert "not a DICOM file" in found["fake.dcm"].error
+    assert "not a DICOM file" in found["fake.dcm"].error and found["empty.dcm"].error == "empty file (0 bytes)"
     assert found["truncated.dcm"].error
     assert found["fake.dcm"].key.startswith("file-")
     # Broken inputs are never filtered away by the rules: they must show up as error rows.
-    assert len(SeriesRules(modalities=("CT",)).split(found.values())[0]) == 2
+    assert len(SeriesRules(modalities=("CT",)).split(found.values())[0]) == 3
 
 
 def test_output_folder_inside_the_input_is_not_walked(tmp_path, mprage_files):
