@@ -165,8 +165,9 @@ def run(args: argparse.Namespace) -> int:
     if result.sr_pending:
         print(f"{result.sr_pending} SR(s) not stored: the PACS could not take them; rerun the same command to send them")
     if result.ok and not is_url(args.input):  # a PACS holds no labels to score against
-        labelled = str(args.input).lower().endswith(".csv")  # a manifest's labels travel into the results
-        own = None if labelled else _training_manifest(args.model, args.input)
+        from_manifest = str(args.input).lower().endswith(".csv")
+        labelled = from_manifest and _has_labels(args.input)  # a manifest's labels travel into the results
+        own = None if from_manifest else _training_manifest(args.model, args.input)
         # a manifest's labels are in the results already, but its patients and near-copy groups are not (the
         # patient ids stay out of results.csv): given again, they make the bootstrap's units
         labels = f" --labels {shlex.quote(str(args.input if labelled else own or 'LABELS.csv'))}"
@@ -176,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
         if own:
             print("  (these are the model's training images: its own manifest keeps their split, so only its "
                   "test images are scored)")
+        elif from_manifest and not labelled:
+            print(f"  (LABELS.csv: {shlex.quote(str(args.input))} labels none of its rows; give its rows with each "
+                  "image's class in the label column)")
         elif not labelled and not any(r.get("status") == "ok" and r.get("series_uid") for r in result.rows):
             # image files, perhaps in label folders (error rows say nothing: an unreadable .dcm has a source too)
             # the user's own path, unless they asked for paths to stay out of what medtl writes and prints
@@ -188,6 +192,16 @@ def run(args: argparse.Namespace) -> int:
             print("  (LABELS.csv: a manifest, columns path,label,split,patient_id,domain,modality, whose path is each "
                   "series' case_id in results.csv (its SeriesInstanceUID) and split is test)")
     return 0
+
+
+def _has_labels(manifest: str) -> bool:
+    """Whether a manifest labels any of its rows (one of DICOM series alone says 'unlabelled' throughout)."""
+    try:
+        from medtl.data.manifest import Manifest
+
+        return any(r.label != "unlabelled" for r in Manifest.load(manifest))
+    except Exception:  # noqa: BLE001 (a hint only: predict read it already, or reported why not)
+        return True
 
 
 def _training_manifest(model: str, input_path: str) -> Path | None:

@@ -197,6 +197,9 @@ def read_batch_results(path: str | Path, labels=None) -> BatchResults:
     if labels is not None:
         df, more = join_labels(df, labels, where, target, read_path_salt(path.parent))
         notes += more
+        if df.empty:  # every row unlabelled (a manifest of images without labels, as DICOM series often are)
+            raise MedtlError("no predicted row has a label in --labels: " + "; ".join(more or ["no row matched"])
+                             + "; give a manifest whose label column names each image's class", labels)
     elif not has_labels:
         raise MedtlError("the results have no labels: predict from a labelled manifest (--input manifest.csv), or "
                          "give the manifest of the predicted images with --labels", path)

@@ -14,7 +14,14 @@ def test_predict_a_manifest_split_with_sr(model_mr2d, data_root, manifests_dir, 
     status = main(["predict", "--model", str(model_mr2d), "--input", str(manifests_dir / "dicom.csv"),
                    "--data-root", str(data_root), "--split", "test", "--out", str(out), "--sr", "--no-progress"])
     assert status == 0
-    assert "1 ok, 0 error(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 ok, 0 error(s)" in printed
+    # the manifest labels none of its rows: the next step asks for labels instead of offering it (a review ran the
+    # printed evaluate with it as --labels and got an IndexError); given anyway, evaluate says why it cannot score
+    assert "--labels LABELS.csv" in printed and "labels none of its rows" in printed
+    assert main(["evaluate", "--predictions", str(out / "results.csv"), "--labels", str(manifests_dir / "dicom.csv"),
+                 "--out", str(tmp_path / "report")]) == 2
+    assert "no predicted row has a label in --labels" in capsys.readouterr().err
     with open(out / "results.csv", newline="") as f:
         (row,) = csv.DictReader(f)
     assert row["case_id"] == row["source"] == "dicom/emri_small_multiframe_mr.dcm"
