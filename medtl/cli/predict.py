@@ -178,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
             print("  (these are the model's training images: its own manifest keeps their split, so only its "
                   "test images are scored)")
         elif from_manifest and not labelled:
-            print(f"  (LABELS.csv: {shlex.quote(str(args.input))} labels none of its rows; give its rows with each "
-                  "image's class in the label column)")
+            shown = "INPUT" if args.redact_paths else shlex.quote(str(args.input))
+            print(f"  (LABELS.csv: {shown} labels none of its rows; give its rows with each image's class in the "
+                  "label column)")
         elif not labelled and not any(r.get("status") == "ok" and r.get("series_uid") for r in result.rows):
             # image files, perhaps in label folders (error rows say nothing: an unreadable .dcm has a source too)
             # the user's own path, unless they asked for paths to stay out of what medtl writes and prints

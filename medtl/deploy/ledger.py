@@ -67,8 +67,9 @@ class Ledger:
                     f"{run_info.get('threshold')!r}; to resume, rerun with --threshold {previous['threshold']}, "
                     "or choose a new --out for the new threshold", run_file)
             if "include_identifiers" not in previous and "include_identifiers" in run_info:
-                rows = self._read_and_repair()
-                previous["include_identifiers"] = any(c in r for r in rows.values() for c in identifier_columns)
+                rows = self._read_and_repair()  # no rows (killed before its first series): nothing to mix with
+                previous["include_identifiers"] = (any(c in r for r in rows.values() for c in identifier_columns)
+                                                   if rows else run_info["include_identifiers"])
             for key, flag, mixed in (
                     ("redact_paths", "--redact-paths", "every one-file input twice, by its path and hashed, and the "
                      "paths it was asked to hide"),

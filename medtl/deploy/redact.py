@@ -280,8 +280,14 @@ def held_until_learned(redactor: Redactor) -> Iterator[None]:
         for h, hold in holds:
             h.removeFilter(hold)
         root.removeHandler(collect)
-        for record, targets in held.values():
-            record.msg, record.args = redactor.text(record.getMessage()), ()
+        for record, targets in list(held.values()):
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed call (too few arguments): logging reports it and goes on, so here too
+                for h in targets or ([logging.lastResort] if logging.lastResort is not None else []):
+                    h.handleError(record)
+                continue
+            record.msg, record.args = redactor.text(message), ()
             if record.exc_text:
                 record.exc_text = redactor.text(record.exc_text, controls=False)
             if not targets and not any_handler(record.name) and logging.lastResort is not None \

@@ -239,9 +239,14 @@ def pretrain_on(
         steps = config.max_steps_per_epoch
         share = stale_key_share(len(train_dataset), batch_size, queue, world, steps)
         if share > STALE_KEY_SHARE:
-            fits = max((q for q in range(0, queue, 2)
-                        if stale_key_share(len(train_dataset), batch_size, q, world, steps) <= STALE_KEY_SHARE),
-                       default=0)
+            low, high = 0, queue // 2  # the share only grows with the queue: the longest that fits, by bisection
+            while low < high:
+                mid = (low + high + 1) // 2
+                if stale_key_share(len(train_dataset), batch_size, 2 * mid, world, steps) <= STALE_KEY_SHARE:
+                    low = mid
+                else:
+                    high = mid - 1
+            fits = 2 * low
             log.warning("with a MoCo queue of %d keys over %d images (batch %d), about %.0f%% of the queries (once "
                         "the queue has filled) meet a stale key of their own image (from an earlier epoch) among "
                         "their negatives; a queue_size (--queue-size) of at most %d keeps it under %.0f%%%s", queue,

@@ -14,7 +14,9 @@ m_k, n_k its counts, S10 = I10 / (I10 - 1) / m * sum (V10_k - m_k AUC)^2 over th
 positive, S01 likewise over the I01 holding a negative, S11 = I / (I - 1) * sum (V10_k - m_k AUC)(V01_k -
 n_k AUC), and Var = S10 / m + S01 / n + 2 S11 / (m n). Exact copies clustered by their original give
 DeLong's variance of the originals. With one case per cluster DeLong's own estimate is kept. The macro
-(multiclass) test sums each case's influence per cluster and takes K / (K - 1) times the sums' second moment.
+(multiclass) test keeps the true classes as strata: per class, the cluster sums of its cases' influences
+(centred on the class mean) times I_c / (I_c - 1), plus cross terms between classes over clusters that hold
+several, times I / (I - 1) (:func:`_clustered_covariance`): Obuchowski's form for K classes.
 """
 
 from __future__ import annotations
@@ -168,7 +170,9 @@ def delong_test(y_true, score_a, score_b, clusters=None) -> DeLongResult:
     else:
         cov = _obuchowski_covariance(v10, v01, y, units)
     return _result(auc, cov, np.array_equal(v10[0], v10[1]) and np.array_equal(v01[0], v01[1]),
-                   f"at least two positive and two negative cases (have {m} and {n})", "positive-negative pair",
+                   f"at least two positive and two negative cases (have {m} and {n})" + (
+                       "" if units is None or m < 2 or n < 2 else ", each class in at least two clusters (patients "
+                       "or near-copy groups)"), "positive-negative pair",
                    n_positive=int(y.sum()), n_negative=int((~y).sum()),
                    n_clusters=None if units is None else int(units.max()) + 1)
 
@@ -241,6 +245,8 @@ def delong_macro_test(y_true, probs_a, probs_b, clusters=None) -> DeLongResult:
                 break
             cov += np.atleast_2d(np.cov(group)) * group.shape[1]
     return _result(macro, cov, np.allclose(auc[0], auc[1]) and np.allclose(infl[0], infl[1]),
-                   f"at least two cases of every class (have {counts.tolist()})", "pair in every class",
+                   f"at least two cases of every class (have {counts.tolist()})" + (
+                       "" if units is None or counts.min() < 2 else ", each class in at least two clusters (patients "
+                       "or near-copy groups)"), "pair in every class",
                    n_positive=None, n_negative=None, n_per_class=counts.tolist(),
                    n_clusters=None if units is None else int(units.max()) + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 from pathlib import Path
 
 from medtl.data.check import label_warnings, outside_or_missing, wrong_root_hint
@@ -122,6 +123,7 @@ def check_before_run(ctx: Context) -> None:
                 raise MedtlError(f"the target manifest has no {'labelled ' * labelled}{split} rows for task "
                                  f"{task.name!r}: nothing to {'score' if labelled else 'train on'} (give it a {split} "
                                  "split, e.g. medtl manifest build --fractions)", f"{target.source} (target manifest)")
+    _no_held_out_target_in_sources(ctx)
     heterogeneous(ctx)  # refuses a UDA task whose target labels the source lacks
     if cfg.label_counts:  # refused now, not hours later when the transfer stage starts: each count is drawn
         for task in cfg.tasks:  # once, as the jobs will (too many rows, or fewer than one per class, fails)
@@ -158,6 +160,26 @@ def _require_numeric(target: Manifest, task: TaskSpec, where: str) -> None:
 
 def listed(items: list[str], shown: int = 20) -> str:
     return "\n  ".join(items[:shown]) + (f"\n  (+{len(items) - shown} more)" if len(items) > shown else "")
+
+
+def _no_held_out_target_in_sources(ctx: Context) -> None:
+    """No image of the target's validation or test split among the rows a named source pretrains on, by path under
+    the data root: another manifest of the same collection (a subset, split apart differently) lists them under its
+    own name and splits."""
+    cfg = ctx.config
+    held_out = {posixpath.normpath(r.path) for r in ctx.manifest(cfg.target, "target") if r.split in ("val", "test")}
+    for name, src in cfg.sources.items():
+        if src.pretrain.checkpoint:  # given, not pretrained here
+            continue
+        for i, entry in enumerate(src.data):
+            rows = [r for r in ctx.manifest(DataSpec(manifest=entry.manifest), f"sources.{name}.data[{i}]")
+                    if r.split in entry.splits]
+            leaked = [r for r in rows if posixpath.normpath(r.path) in held_out]
+            if leaked:
+                raise MedtlError(f"{len(leaked)} of the {len(rows)} rows it pretrains on are images of the target's "
+                                 f"validation or test split (e.g. {leaked[0].path}): they would leak into "
+                                 "pretraining; choose the source's rows so that none is a held-out target image (the "
+                                 "target's train split is fine)", f"{ctx.config_path}: sources.{name}.data[{i}]")
 
 
 def _encoder_dims(ctx: Context, source: str | None) -> int:

@@ -246,8 +246,8 @@ class PipelineConfig(Strict):
         for name, src in self.sources.items():
             if src.pretrain.mode != "moco":  # several manifests, labels unused: the self-supervised path
                 raise ValueError(f"sources.{name}: pretrain.mode must be moco")
-        # that no target validation or test image is pretrained on is checked by image path when the source's rows
-        # are read (medtl.pipeline.runner.pretrain_source): manifests of one collection share images under any name
+        # that no target validation or test image is pretrained on is checked by image path before anything runs
+        # (medtl.pipeline.checks): manifests of one collection share images under any name
         return self
 
     def seeds_at(self, fraction: float) -> list[int]:

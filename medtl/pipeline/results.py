@@ -81,14 +81,16 @@ def pipeline_section(run: Path, figures_dir: Path | None = None) -> str:
     if not report_path.exists():
         raise MedtlError("no report.json: has the pipeline finished?", run)
     stages = json.loads((run / "stages.json").read_text())
-    unfinished = [name for name, entry in stages.items() if entry.get("status", "done") != "done"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    # a stage the config no longer runs (similarity switched off after an interrupted one) stays unfinished forever
+    unused = set() if (config.get("similarity") or {}).get("enabled", True) else {"similarity"}
+    unfinished = [name for name, entry in stages.items()
+                  if name not in unused and entry.get("status", "done") != "done"]
     if unfinished:  # a grown or interrupted run keeps the report of its earlier config: it would pass as complete
         raise MedtlError(f"the run has not finished: stage(s) {', '.join(unfinished)} still to run (its report.json "
-                         "is from before, without their jobs); run the same `medtl run` command again to finish it",
-                         run)
+                         "may lack their results); run the same `medtl run` command again to finish it", run)
     report = read_report(report_path)
     env = json.loads((run / "environment.json").read_text())
-    config = yaml.safe_load((run / "config.yaml").read_text())
     seconds = sum(float(s.get("seconds") or 0) for s in stages.values())
     per_stage = ", ".join(f"{k} {float(v.get('seconds') or 0):.0f} s" for k, v in stages.items())
     lines = [f"## {config['name']}", "", config.get("description", ""), ""]

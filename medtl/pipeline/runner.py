@@ -22,7 +22,6 @@ a run in ``checks``, and one transfer job in ``jobs``.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import json
 import logging
 import os
@@ -340,9 +339,6 @@ def pretrain_source(ctx: Context, name: str) -> Path:
         _copy_checkpoint(ctx, src.pretrain.checkpoint, f"sources.{name}.pretrain.checkpoint",
                          source_checkpoint(ctx, name))
         return source_checkpoint(ctx, name)
-    # the target's held-out images by path under the data root: another manifest of the same collection (a
-    # subset, split apart differently) lists them under its own name and splits
-    held_out = {posixpath.normpath(r.path) for r in ctx.manifest(cfg.target, "target") if r.split in ("val", "test")}
     parts = []
     for i, entry in enumerate(src.data):
         m = ctx.manifest(DataSpec(manifest=entry.manifest), f"sources.{name}.data[{i}]")
@@ -351,12 +347,6 @@ def pretrain_source(ctx: Context, name: str) -> Path:
             rows = [rows[i] for i in np.linspace(0, len(rows) - 1, entry.max_rows).round().astype(int)]
         if not rows:
             raise MedtlError(f"no rows in split(s) {entry.splits}", f"{ctx.config_path}: sources.{name}.data[{i}]")
-        leaked = [r for r in rows if posixpath.normpath(r.path) in held_out]
-        if leaked:
-            raise MedtlError(f"{len(leaked)} of the {len(rows)} rows it pretrains on are images of the target's "
-                             f"validation or test split (e.g. {leaked[0].path}): they would leak into pretraining; "
-                             "choose the source's rows so that none is a held-out target image (the target's train "
-                             "split is fine)", f"{ctx.config_path}: sources.{name}.data[{i}]")
         # one split name for the kept rows: each entry chose its own splits
         parts.append(Manifest([replace(r, split="train") for r in rows], list(m.label_names), dict(m.meta), m.source))
     if any(r.modality == "mri3d" for m in parts for r in m):  # volumes: the target's grid unless given

@@ -254,6 +254,9 @@ def test_a_rerun_that_changes_redact_paths_or_include_identifiers_is_refused(hos
     (tmp_path / "ids" / "run.json").write_text(json.dumps(run))
     with pytest.raises(MedtlError, match="results made with --include-identifiers"):
         predict_batch(model_2d, hospital, tmp_path / "ids", progress=False)
+    # such an old folder with no rows yet (killed before its first series) holds nothing to mix with
+    (tmp_path / "ids" / "results.jsonl").write_text("")
+    assert predict_batch(model_2d, hospital, tmp_path / "ids", progress=False).ok == made.ok
 
 
 def test_a_manifests_labels_and_splits_are_kept_as_written_while_names_are_scrubbed(model_2d, mprage_files,

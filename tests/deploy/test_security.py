@@ -664,3 +664,27 @@ def test_held_records_reach_the_handlers_logging_would_have_used(capsys):
     finally:
         root.handlers = saved
         own.removeHandler(mine)
+
+
+def test_a_malformed_log_call_while_records_are_held_is_reported_as_logging_does_not_raised(capsys, monkeypatch):
+    """The diff review: a library's malformed log call ('%s and %s' with one argument) made inside the block raised
+    TypeError out of its end, lost the records after it and replaced the block's own exception; logging itself
+    reports such a record ("--- Logging error ---") and goes on."""
+    import io as _io
+    import logging
+
+    from medtl.deploy.redact import Redactor, held_until_learned, redacting
+
+    lib, buffer = logging.getLogger("medtl-test-malformed"), _io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # pytest's own capture handler re-raises such errors
+    lib.addHandler(handler)
+    try:
+        with redacting(Redactor()) as redactor, held_until_learned(redactor):
+            lib.warning("first")
+            lib.warning("value %s and %s", "x")
+            lib.warning("third")
+    finally:
+        lib.removeHandler(handler)
+    assert buffer.getvalue() == "first\nthird\n"
+    assert "Logging error" in capsys.readouterr().err

@@ -257,3 +257,13 @@ def test_clustered_macro_delong_is_obuchowskis_with_two_classes_and_deLongs_with
     influence = rng.normal(size=(2, 120)) + classes  # class means that differ: centred within each class
     stratified = sum(np.cov(influence[:, classes == c]) * (classes == c).sum() for c in range(4))
     np.testing.assert_allclose(D._clustered_covariance(influence, classes, np.arange(120)), stratified, rtol=1e-10)
+
+
+def test_a_class_within_one_cluster_is_said_to_lack_clusters_not_cases():
+    """The diff review: a class of 3 images of one patient got "needs at least two cases of every class (have
+    [10, 10, 3])": it has 3 cases; what it lacks is a second cluster."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(10, int), np.ones(10, int), np.full(3, 2)]
+    clusters = [f"p{i}" for i in range(20)] + ["one"] * 3
+    r = delong_macro_test(y, rng.dirichlet(np.ones(3), 23), rng.dirichlet(np.ones(3), 23), clusters=clusters)
+    assert r.p_value is None and "each class in at least two clusters" in r.note

@@ -271,6 +271,17 @@ def test_a_run_that_has_not_finished_is_refused_not_shown_with_its_earlier_repor
     with pytest.raises(MedtlError, match=r"the run has not finished: stage\(s\) transfer still to run"):
         write_results([run], tmp_path / "results.md")
     assert not (tmp_path / "results.md").exists()
+    # a stage the config no longer runs stays unfinished for good: similarity interrupted, then switched off (the
+    # diff review: the page was refused forever, and rerunning as the message said changed nothing)
+    import yaml
+
+    stages["transfer"]["status"] = "done"
+    stages["similarity"] = {**stages.get("similarity", {}), "status": "running"}
+    (run / "stages.json").write_text(json.dumps(stages))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["similarity"] = {**(config.get("similarity") or {}), "enabled": False}
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert "## tiny" in write_results([run], tmp_path / "results.md").read_text()
 
 
 def test_one_run_against_several_seeds_ties_and_a_budget_without_the_baseline_are_said_not_hidden():
