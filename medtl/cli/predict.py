@@ -168,6 +168,14 @@ def run(args: argparse.Namespace) -> int:
         from_manifest = str(args.input).lower().endswith(".csv")
         labelled = from_manifest and _has_labels(args.input)  # a manifest's labels travel into the results
         own = None if from_manifest else _training_manifest(args.model, args.input)
+        series = any(r.get("status") == "ok" and r.get("series_uid") for r in result.rows)
+        if own and series:  # DICOM rows are named by series UID, which the manifest's paths do not match
+            again = Path(args.out).with_name(Path(args.out).name + "-manifest")
+            print("next: these are the model's training images, read as DICOM series; to score its test images, "
+                  "predict from its manifest, which keeps each file's path and split:\n"
+                  f"  medtl predict --model {shlex.quote(str(args.model))} --input {shlex.quote(str(own))} "
+                  f"--data-root {shlex.quote(str(args.input))} --out {shlex.quote(str(again))}")
+            return 0
         # a manifest's labels are in the results already, but its patients and near-copy groups are not (the
         # patient ids stay out of results.csv): given again, they make the bootstrap's units
         labels = f" --labels {shlex.quote(str(args.input if labelled else own or 'LABELS.csv'))}"
@@ -181,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             shown = "INPUT" if args.redact_paths else shlex.quote(str(args.input))
             print(f"  (LABELS.csv: {shown} labels none of its rows; give its rows with each image's class in the "
                   "label column)")
-        elif not labelled and not any(r.get("status") == "ok" and r.get("series_uid") for r in result.rows):
+        elif not labelled and not series:
             # image files, perhaps in label folders (error rows say nothing: an unreadable .dcm has a source too)
             # the user's own path, unless they asked for paths to stay out of what medtl writes and prints
             folder = "INPUT_FOLDER" if args.redact_paths else shlex.quote(str(args.input))

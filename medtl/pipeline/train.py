@@ -404,6 +404,12 @@ def train_model(
                               result.train.best_epoch, len(result.train.history), notes, dict(meta["intensity"]))
 
 
+def _holds_dicom(manifest: str | Path) -> bool:
+    from medtl.data import io
+
+    return any(io.kind_of(r.path).startswith("dicom") for r in Manifest.load(manifest))
+
+
 def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: str | Path | None = None) -> list[str]:
     """The commands a user runs next: predict the test images (or all of a training folder), then
     evaluate those predictions; the evaluation scores the same test images medtl train scored."""
@@ -413,10 +419,11 @@ def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: s
     # --labels in both cases: the manifest's patient ids and near-copy groups are the bootstrap's units (predict
     # carries only label and split), so the intervals are those medtl train reported
     labels = f" --labels {q(result.inputs.manifests['test'])}"
-    if source.is_dir():  # a folder: predict every image, the labels and splits come from the manifest
-        predict = f"--input {q(source)}"
-    else:  # a manifest: predict carries its label and split columns into results.csv
-        role = "test" if test_input is not None else "train"
+    role = "test" if test_input is not None else "train"
+    if source.is_dir() and not _holds_dicom(result.inputs.manifests[role]):
+        predict = f"--input {q(source)}"  # a folder: predict every image, the labels and splits come from the manifest
+    else:  # a manifest: predict carries its label and split columns into results.csv. A folder of DICOM files too:
+        # predict names a folder's DICOM by its series UID, which no manifest path matches
         predict = f"--input {q(result.inputs.manifests[role])} --data-root {q(result.inputs.roots[role])}"
     return [
         f"medtl predict --model {q(result.model)} {predict} --out {q(pred_dir)}",

@@ -1,6 +1,7 @@
 """``medtl predict`` and ``medtl export-bundle`` through the command line entry point."""
 
 import csv
+import json
 
 import pytest
 
@@ -173,3 +174,53 @@ def test_predict_reads_array_archive_rows_of_a_manifest_as_training_does(model_2
     missing.write_text(subset.read_text().replace("pneumoniamnist_28px.npz", "absent.npz"))
     assert main(["predict", "--model", str(model_2d), "--input", str(missing), "--data-root", str(data_root),
                  "--out", str(tmp_path / "pred2"), "--no-progress"]) != 0
+
+
+def test_the_commands_train_prints_for_a_folder_of_dicom_files_run_and_score_its_test_images(mprage_files, data_root,
+                                                                                             tmp_path, capsys):
+    """A review: for a class folder of DICOM files, `medtl train` printed `medtl predict --input FOLDER`, whose rows
+    are named by series UID, and the printed evaluate then found no row matching the manifest's paths."""
+    import shlex
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    from medtl.data.manifest import Manifest
+
+    folder = tmp_path / "dicom_classes"
+    rows = Manifest.load("data_manifests/mri2d_yesno.csv").rows
+    for label in ("no_tumor", "tumor"):  # real brain slices as MR DICOM files, each its own series
+        (folder / label).mkdir(parents=True)
+        for i, r in enumerate([r for r in rows if r.label == label][:10]):
+            ds = pydicom.dcmread(mprage_files[0])
+            pixels = np.asarray(Image.open(data_root / r.path).convert("L").resize((ds.Columns, ds.Rows)))
+            ds.PixelData = (pixels.astype(np.uint16) * 4).tobytes()
+            ds.SeriesInstanceUID = generate_uid(entropy_srcs=[label, str(i), "series"])
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[label, str(i)])
+            ds.save_as(folder / label / f"{label}{i}.dcm")
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(folder), "--out", str(out), "--image-size", "32", "--epochs", "1",
+                 "--batch-size", "8", "--arch", "resnet10", "--n-boot", "50", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    predict, evaluate = [line.strip() for line in printed.splitlines()
+                         if line.strip().startswith(("medtl predict", "medtl evaluate"))][:2]
+    assert f"--input {out / 'manifest.csv'} --data-root {folder}" in predict
+    assert main([*shlex.split(predict)[1:], "--no-progress"]) == 0
+    assert main(shlex.split(evaluate)[1:]) == 0
+    train_report = json.loads((out / "report.json").read_text())
+    again = json.loads((out / "predict" / "report" / "report.json").read_text())
+
+    def auroc(report):
+        strategy = next(iter(next(iter(report["tasks"].values()))["strategies"].values()))
+        return strategy["metrics"]["auroc"]["value"]
+
+    assert auroc(again) == pytest.approx(auroc(train_report), abs=1e-6)  # the same test images, the same score
+    # predict given the training folder itself reads its DICOM as series: it points at the manifest route instead
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out / "model.pt"), "--input", str(folder), "--out", str(tmp_path / "f"),
+                 "--no-progress"]) == 0
+    hint = capsys.readouterr().out
+    assert "read as DICOM series" in hint and f"--input {out / 'manifest.csv'} --data-root {folder}" in hint
+    assert "medtl evaluate" not in hint
