@@ -273,12 +273,14 @@ CROSS_SET_CROPPED_CORRELATION = 0.85
 
 def drop_near_copies_of(
     rows: list[ManifestRow], other: Manifest, data_root: Path, threshold: float = CROSS_SET_CORRELATION,
-    cropped_threshold: float = CROSS_SET_CROPPED_CORRELATION,
+    cropped_threshold: float = CROSS_SET_CROPPED_CORRELATION, other_root: Path | None = None, progress: bool = True,
 ) -> tuple[list[ManifestRow], int]:
     """Rows with no identical file or near-copy in ``other`` (e.g. a DA source minus its target): a whole-frame
-    thumbnail above ``threshold``, or a 2D image's thumbnail cut to its head above ``cropped_threshold``."""
-    mine = scan(rows, data_root, desc="near-copy scan (this set)", with_cropped=True)
-    theirs = scan(other.rows, data_root, desc="near-copy scan (other set)", with_cropped=True)
+    thumbnail above ``threshold``, or a 2D image's thumbnail cut to its head above ``cropped_threshold``.
+    ``other_root``: where ``other``'s paths lead from, when not ``data_root``."""
+    mine = scan(rows, data_root, desc="near-copy scan (this set)", with_cropped=True, progress=progress)
+    theirs = scan(other.rows, other_root or data_root, desc="near-copy scan (other set)", with_cropped=True,
+                  progress=progress)
     copied: set[int] = set()
     their_sha = {s.sha256 for s in theirs if s.sha256}
     copied.update(i for i, s in enumerate(mine) if s.sha256 in their_sha)
@@ -387,7 +389,8 @@ def build_manifest(
     if group_near_copies:
         groups = near_copy_groups(scanned, near_copy_correlation)
         largest = int(np.bincount(groups).max()) if len(groups) else 0
-        if largest > max(3, len(rows) // 2):  # copies are a minority; this many means the threshold is wrong
+        dealt = sum(f > 0 for f in fractions) > 1  # a set used whole (--fractions 0 0 1) has nothing to deal
+        if dealt and largest > max(3, len(rows) // 2):  # copies are a minority; this many means a wrong threshold
             raise MedtlError(f"{largest} of {len(rows)} images form one group of near-copies (correlation above "
                              f"{near_copy_correlation}) or identical files, and one split would get them all: "
                              "images this alike need a higher --near-copy-correlation (e.g. 0.995), identical "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medtl.data.io import ARRAY_MEMBER, DICOM_LIKE, IMAGE_SUFFIXES, NIFTI_SUFFIXES, stored_file
 from medtl.deploy.limits import Limits, check_deflated, check_dicom, check_file, check_series
+from medtl.deploy.redact import WARNINGS_LOGGER
 from medtl.deploy.uids import digest
 from medtl.errors import MedtlError
 
@@ -202,7 +203,7 @@ def regular_file(path: Path) -> Iterator[Path]:
             return
         # a reader's own warnings name the file it was given: the file's name, not /proc/self/fd/N
         named = _NamedFile(str(proc), path.name)
-        loggers = [logging.getLogger(name) for name in ("pydicom", "py.warnings")]
+        loggers = [logging.getLogger(name) for name in ("pydicom", "py.warnings", WARNINGS_LOGGER)]
         for logger in loggers:
             logger.addFilter(named)
         try:

@@ -214,13 +214,18 @@ class _RedactingFactory:
         return record
 
 
+WARNINGS_LOGGER = "medtl.warnings"  # where warnings shown while redacting are logged
+
+
 @contextlib.contextmanager
 def redacting(redactor: Redactor) -> Iterator[Redactor]:
     """Every log record created (any logger) and every warning shown in the block goes through ``redactor``."""
     previous = logging.getLogRecordFactory()
     logging.setLogRecordFactory(_RedactingFactory(previous, redactor))
     show = warnings.showwarning
-    warn_log = logging.getLogger("py.warnings")
+    # not "py.warnings": logging.captureWarnings leaves a NullHandler there, which would swallow every warning
+    # where Python prints it (no logging configured); here logging's last resort prints it
+    warn_log = logging.getLogger(WARNINGS_LOGGER)
 
     def show_redacted(message, category, filename, lineno, file=None, line=None):
         # The message, not the library's source line: a header value in it may carry anything.

@@ -91,9 +91,11 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
     name = "manifest.csv" if role == "train" else f"{role}_manifest.csv"
     if p.is_dir():
         root = Path(data_root) if data_root is not None and is_inside(p, Path(data_root)) else p
-        # near-copy groups matter only where images are dealt into splits
-        m = build_manifest(p, root, seed=seed, fractions=fractions if role == "train" else DEFAULT_FRACTIONS,
-                           group_near_copies=role == "train", modality=modality, progress=progress)
+        # near-copy groups keep copies in one split, and in a set used whole they are the bootstrap's units: two
+        # copies of one image resampled apart narrow its intervals
+        whole = {"val": (0.0, 1.0, 0.0), "test": (0.0, 0.0, 1.0)}
+        m = build_manifest(p, root, seed=seed, fractions=whole.get(role, fractions), modality=modality,
+                           progress=progress)
         if role != "train":
             m = m.with_splits([role] * len(m))
         return m, root.resolve(), out / name
@@ -110,6 +112,24 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
         m = m.with_splits([role] * len(m))
     # written to out/<name> (see save_inputs): a copy with the split it served and its root
     return m, root, out / name
+
+
+def _without_copies_of_training(m: Manifest, root: Path, train_m: Manifest, train_root: Path, role: str, given,
+                                progress: bool) -> Manifest:
+    """A separate val/test set less its images that are identical to, or near-copies of, images medtl train learns
+    from (its train split): scored, they would make the scores optimistic; warned about with their number."""
+    from medtl.data.build import drop_near_copies_of
+
+    learned = train_m.select(split="train")
+    kept, copied = drop_near_copies_of(m.rows, learned, root, other_root=train_root, progress=progress)
+    if not copied:
+        return m
+    if not kept:
+        raise MedtlError(f"every {role} image is identical to or a near-copy of a training image: nothing unseen "
+                         f"to {'score' if role == 'test' else 'choose the threshold on'}", given)
+    log.warning("%s: %d of %d %s images are identical to or near-copies of training images: left out of %s (scored, "
+                "they would make the scores optimistic)", given, copied, len(m), role, role)
+    return Manifest(kept, list(m.label_names), dict(m.meta), m.source)
 
 
 def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed: int = 0,
@@ -132,6 +152,7 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
             splits[role], roots[role], manifests[role] = train_m.select(split=role), train_root, train_path
         else:
             m, root, path = load_input(spec, role, out, data_root, seed=seed, modality=modality, progress=progress)
+            m = _without_copies_of_training(m, root, train_m, train_root, role, spec, progress)
             splits[role], roots[role], manifests[role] = m, root, path
             to_save[path] = (m, root)
     given = {"train": train, "val": val if val is not None else train, "test": test if test is not None else train}
