@@ -139,8 +139,27 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
                "state_dict": model_state_dict(model), "meta": plain(full, "meta")}
     path = Path(path)
+    if _holds_the_same(path, payload):  # a finished run run again: its file, and so the model's version, stay
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_atomic(payload, path)
+
+
+def _holds_the_same(path: Path, payload: dict[str, Any]) -> bool:
+    """Whether ``path`` already holds these weights and this meta, but for when it was written (the file's hash
+    is the model's version in medtl predict's results, which refuses to mix two versions in one folder)."""
+    if not path.is_file():
+        return False
+    try:
+        old = read_checkpoint(path)
+    except MedtlError:
+        return False
+    new_sd, old_sd = payload["state_dict"], old["state_dict"]
+    if new_sd.keys() != old_sd.keys() or not all(torch.equal(new_sd[k], old_sd[k]) for k in new_sd):
+        return False
+    when = ("created_utc",)
+    return {k: v for k, v in old["meta"].items() if k not in when} == \
+        {k: v for k, v in with_recorded_options(payload["meta"]).items() if k not in when}
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:

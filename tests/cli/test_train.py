@@ -430,3 +430,19 @@ def test_a_separate_test_folder_keeps_its_near_copies_together_for_the_intervals
     rows = inputs.splits["test"].rows
     groups = {r.extras.get("near_copy_group") for r in rows}
     assert len(rows) == 12 and len(groups) == 6 and None not in groups  # each image and its copy: one unit
+
+
+def test_running_a_finished_train_again_keeps_its_model_file(trained, one_torch_thread, tmp_path, capsys):
+    """A review: the same medtl train command run again on its finished folder rewrote model.pt with a new
+    created_utc, so the model's version (the file's hash) changed and the printed medtl predict, resuming into its
+    folder, was refused as another model."""
+    tmp, folder, _ = trained
+    model = tmp / "run" / "model.pt"
+    before = model.read_bytes()
+    out = tmp_path / "predict"
+    assert main(["predict", "--model", str(model), "--input", str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--train", str(folder), "--out", str(tmp / "run"), *FAST]) == 0
+    assert model.read_bytes() == before
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--input", str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert "24 already done" in capsys.readouterr().out
