@@ -192,6 +192,9 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
         for role in ("train", "val", "test"):
             by_input.setdefault(str(given[role]), set()).update(r.modality for r in splits[role])
         each = "; ".join(f"{name} ({', '.join(sorted(m))})" for name, m in by_input.items() if m)
+        if "mri3d" in mods:  # no preset reads both: the files themselves differ
+            raise MedtlError(f"the inputs mix 3D volumes and 2D images: {each}. One model reads one kind: put the "
+                             "volumes and the 2D images in separate folders and train on one of them", where)
         raise MedtlError(f"the inputs mix modalities: {each}. Give --modality (cxr, mri2d or mri3d) to prepare "
                          "every input with one preset", where)
     if not len(splits["test"]):
@@ -250,11 +253,25 @@ def _preset_options(modality: str, image_size, spacing=None) -> tuple[Any, dict[
         if len(shape) != 3:
             raise MedtlError(f"3D volumes need three sizes (e.g. 80 96 80), got {list(shape)}", "--image-size")
         size = [int(s) for s in shape]
+        _sensible_size(size, MAX_VOLUME_SIDE, "voxels", "80 96 80")
         return size, {"volume_shape": tuple(size), "spacing": voxel_spacing(size, spacing)}
     if spacing is not None:
         raise MedtlError(f"--spacing sets the voxel size of 3D volumes; these images are {modality} (2D)", "--spacing")
     size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size or DEFAULTS[modality]["image_size"])
+    _sensible_size([size], MAX_IMAGE_SIDE, "px", "128")
     return size, {"image_size": size}
+
+
+# far above what these presets are used at (128 px, 80x96x80): a typo (100000) asked for terabytes, and the error
+# then named an image file and the allocation, not the option
+MAX_IMAGE_SIDE, MAX_VOLUME_SIDE = 2048, 512
+
+
+def _sensible_size(size: list[int], most: int, unit: str, default: str) -> None:
+    if min(size) < 1 or max(size) > most:
+        raise MedtlError(f"{' x '.join(map(str, size))} {unit}: each side must be 1 to {most} (the default is {default}; "
+                         "images are resized to this size, so larger sides ask for far more memory, not more detail "
+                         "than the files hold)", "--image-size")
 
 
 def train_model(

@@ -173,7 +173,7 @@ def test_train_scores_near_copies_as_one_unit_as_evaluate_does(data_root, tmp_pa
     assert run["bootstrap"]["near_copy_groups"] and run["n_test_patients"] < run["n_test"]
 
 
-def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path, capsys):
+def test_bad_input_is_refused_before_training_naming_the_file(trained, data_root, tmp_path, capsys):
     tmp, folder, _ = trained
     m = Manifest.load(tmp / "run" / "manifest.csv")
     m.save(tmp_path / "mine.csv", data_root=tmp_path)  # the wrong root recorded
@@ -195,6 +195,16 @@ def test_bad_input_is_refused_before_training_naming_the_file(trained, tmp_path,
     err = capsys.readouterr().err
     assert "this folder holds a run with other seed (0 there, 1 now), train (" in err and "use a new folder (--out" in err
     assert Manifest.load(tmp / "run" / "manifest.csv").content_hash() == m.content_hash()  # left as it was
+    # a typo in --image-size named an image file and a failed allocation of 40 GB (a review)
+    huge = [a if a != "32" else "100000" for a in FAST]
+    assert main(["train", "--train", str(folder), "--out", str(tmp_path / "o3"), *huge]) == 2
+    assert "--image-size: 100000 px: each side must be 1 to 2048" in capsys.readouterr().err
+    # volumes beside 2D images: --modality cannot help (a review followed that advice into a second error)
+    mixed = _copy(folder, tmp_path / "mixed", ("no_tumor", "tumor"), 0, 3)
+    volume = Manifest.load("data_manifests/mri3d_ixi.csv").rows[0].path
+    shutil.copy(data_root / volume, mixed / "tumor" / "v.nii.gz")
+    assert main(["train", "--train", str(mixed), "--out", str(tmp_path / "o4"), *FAST]) == 2
+    assert "the inputs mix 3D volumes and 2D images" in capsys.readouterr().err
 
 
 def test_help_is_plain_text_and_gives_every_default():
@@ -429,7 +439,11 @@ def test_a_separate_test_folder_keeps_its_near_copies_together_for_the_intervals
     inputs = gather_inputs(folder, tmp_path / "g", test=test, progress=False)
     rows = inputs.splits["test"].rows
     groups = {r.extras.get("near_copy_group") for r in rows}
-    assert len(rows) == 12 and len(groups) == 6 and None not in groups  # each image and its copy: one unit
+    assert len(rows) == 12 and None not in groups and len(groups) <= 6
+    group = {Path(r.path).name.removesuffix("_copy.jpg").removesuffix(".png"): set() for r in rows}
+    for r in rows:  # each image and its copy in one group: one unit of the bootstrap
+        group[Path(r.path).name.removesuffix("_copy.jpg").removesuffix(".png")].add(r.extras["near_copy_group"])
+    assert len(group) == 6 and all(len(g) == 1 for g in group.values())
 
 
 def test_running_a_finished_train_again_keeps_its_model_file(trained, one_torch_thread, tmp_path, capsys):
