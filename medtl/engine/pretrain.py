@@ -113,6 +113,20 @@ def stale_key_share(n_images: int, batch_size: int, queue_size: int, world: int 
     return hits / seen
 
 
+def longest_fitting_queue(n_images: int, batch_size: int, below: int, world: int = 1,
+                          steps_per_epoch: int | None = None) -> int:
+    """The longest even queue under ``below`` whose :func:`stale_key_share` is at most :data:`STALE_KEY_SHARE`
+    (by bisection: the share only grows with the queue)."""
+    low, high = 0, below // 2
+    while low < high:
+        mid = (low + high + 1) // 2
+        if stale_key_share(n_images, batch_size, 2 * mid, world, steps_per_epoch) <= STALE_KEY_SHARE:
+            low = mid
+        else:
+            high = mid - 1
+    return 2 * low
+
+
 MODES = ("supervised", "autoencoder", "moco")  # moco: contrastive self-supervised (medtl.strategies.ssl)
 
 
@@ -239,14 +253,7 @@ def pretrain_on(
         steps = config.max_steps_per_epoch
         share = stale_key_share(len(train_dataset), batch_size, queue, world, steps)
         if share > STALE_KEY_SHARE:
-            low, high = 0, queue // 2  # the share only grows with the queue: the longest that fits, by bisection
-            while low < high:
-                mid = (low + high + 1) // 2
-                if stale_key_share(len(train_dataset), batch_size, 2 * mid, world, steps) <= STALE_KEY_SHARE:
-                    low = mid
-                else:
-                    high = mid - 1
-            fits = 2 * low
+            fits = longest_fitting_queue(len(train_dataset), batch_size, queue, world, steps)
             log.warning("with a MoCo queue of %d keys over %d images (batch %d), about %.0f%% of the queries (once "
                         "the queue has filled) meet a stale key of their own image (from an earlier epoch) among "
                         "their negatives; a queue_size (--queue-size) of at most %d keeps it under %.0f%%%s", queue,

@@ -32,12 +32,8 @@ def check_before_run(ctx: Context) -> None:
     if others and not (ctx.out / "stages.json").exists():  # a lock alone: a run stopped before its first stage
         raise MedtlError("--out is a folder with other files and no stages.json (not a medtl run folder): "
                          "choose a new or empty folder", ctx.out)
-    for i, spec in enumerate(cfg.strategies):
-        try:
-            cls = get_strategy(spec.name)
-        except MedtlError as err:
-            raise MedtlError(err.reason, f"{where}: strategies[{spec.display}]") from None
-        cls.check_hparams(spec.hparams, f"{where}: strategies[{i}].hparams")
+    for i, spec in enumerate(cfg.strategies):  # their names were checked when the config loaded
+        get_strategy(spec.name).check_hparams(spec.hparams, f"{where}: strategies[{i}].hparams")
     pretrains = [("pretrain", cfg.pretrain)] + [(f"sources.{n}.pretrain", src.pretrain) for n, src in cfg.sources.items()]
     for key, spec in pretrains:  # self-supervised pretraining's hyper-parameters, before hours of it
         if spec.hparams and spec.mode == "moco":

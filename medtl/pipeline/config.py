@@ -306,12 +306,12 @@ def load_pipeline(path: str | Path, profile: str | None = None) -> PipelineConfi
         raise MedtlError(f"unknown profile {profile!r}; this pipeline has {sorted(profiles) or 'none'}", path)
     chosen = None if profile in (None, "default") else profile
     config = _validated(_merge(raw, profiles[chosen]) if chosen else raw, path, chosen)
+    _check_strategy_names(config, path, chosen)
     # a typo in a profile not run today (or in the default, which a profile may override) is refused today too
-    others = [(None, raw)] if chosen else []
-    others += [(name, _merge(raw, o)) for name, o in profiles.items() if name != chosen and isinstance(o, dict)]
-    for name, merged in [(chosen, None), *others]:
-        checked = config if merged is None else _validated(merged, path, name)
-        _check_strategy_names(checked, path, name)
+    others = {None: raw} if chosen else {}
+    others.update({name: _merge(raw, o) for name, o in profiles.items() if name != chosen and isinstance(o, dict)})
+    for name, merged in others.items():
+        _check_strategy_names(_validated(merged, path, name), path, name)
     return config
 
 

@@ -401,8 +401,9 @@ def learning_curve_section(pipeline: str, name: str, task: Task, figures_dir: Pa
         others = [(s_name, pts.get(f)) for s_name, pts in by.items()
                   if s_name != base and pts.get(f) is not None and pts[f].value is not None]
         if b is None or b.value is None or not others:
-            missing = (f"`{base}` has no result here ({'not run' if b is None else 'undefined'}): nothing to judge "
-                       "against" if b is None or b.value is None else "no other strategy has a result here")
+            missing = ("no other strategy has a result here" if b is not None and b.value is not None else
+                       f"`{base}` has no result here ({'not run' if b is None else 'undefined'}): nothing to judge "
+                       "against")
             lines.append(f"| {budget.get(f, f'{f:g}')} | {_fmt(b)} | - | - | {missing} | - | - |")
             continue
         best_name, best = (min if lower else max)(others, key=lambda kv: kv[1].value)
@@ -549,15 +550,14 @@ def _task_section(name: str, task: Task, label_counts: list[int] | None = None) 
                 continue
             for e in s.entries():
                 b = base_by_frac.get(e.label_fraction)
+                at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
                 if b is None:
-                    at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
                     lines.append(f"- `{s_name}` at {at}: not compared, `{base}` has no run at this budget")
                     continue
                 a_m, b_m = e.metrics.get("auroc"), b.metrics.get("auroc")
                 diff = (a_m.value - b_m.value) if a_m and b_m and None not in (a_m.value, b_m.value) else None
                 tested = _seed_test_counts(task, s_name, base, e.label_fraction)
                 delong = f"; DeLong: {tested}" if tested else ""
-                at = names.get(e.label_fraction, f"fraction {e.label_fraction}") if e.label_fraction else "all labels"
                 bounded = a_m is not None and b_m is not None and None not in (a_m.ci_low, b_m.ci_low)
                 single = ""
                 if min(e.n_runs, b.n_runs) == 1 and not bounded:

@@ -442,10 +442,10 @@ def train_model(
                               result.train.best_epoch, len(result.train.history), notes, dict(meta["intensity"]))
 
 
-def _holds_dicom(manifest: str | Path) -> bool:
+def _holds_dicom(m: Manifest) -> bool:
     from medtl.data import io
 
-    return any(io.kind_of(r.path).startswith("dicom") for r in Manifest.load(manifest))
+    return any(io.kind_of(r.path).startswith("dicom") for r in m)
 
 
 def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: str | Path | None = None) -> list[str]:
@@ -458,7 +458,7 @@ def next_commands(result: TrainOwnResult, train_input: str | Path, test_input: s
     # carries only label and split), so the intervals are those medtl train reported
     labels = f" --labels {q(result.inputs.manifests['test'])}"
     role = "test" if test_input is not None else "train"
-    if source.is_dir() and not _holds_dicom(result.inputs.manifests[role]):
+    if source.is_dir() and not _holds_dicom(result.inputs.splits[role]):
         predict = f"--input {q(source)}"  # a folder: predict every image, the labels and splits come from the manifest
     else:  # a manifest: predict carries its label and split columns into results.csv. A folder of DICOM files too:
         # predict names a folder's DICOM by its series UID, which no manifest path matches
