@@ -34,9 +34,11 @@ class OutputLock:
         self.command = command  # named to a second process that finds the folder taken
         self._fd: int | None = None
         self.took_over: dict | None = None  # the stale holder's record, when one was found
+        self._made = False  # whether acquire made the folder: one a refused run leaves empty is removed
 
     def acquire(self) -> OutputLock:
         try:
+            self._made = not self.path.parent.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as err:  # a file where a folder should be, no permission, a read-only disk ...
@@ -78,6 +80,13 @@ class OutputLock:
             os.ftruncate(self._fd, 0)  # an empty lock file is a clean exit, not a stale holder
         except OSError:
             pass
+        if self._made and [p.name for p in self.path.parent.iterdir()] == [LOCK]:
+            # a run refused before it wrote anything (a misspelt option, a bad input) leaves no folder behind
+            self.path.unlink(missing_ok=True)
+            try:
+                self.path.parent.rmdir()
+            except OSError:  # another process made something in it meanwhile: keep it
+                pass
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

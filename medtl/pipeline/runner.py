@@ -8,7 +8,8 @@ Stages, in order (each writes into ``<out>/<stage>/`` and is skipped when alread
     transfer    every task x label fraction x seed x strategy: train, then predict val + test
     report      predictions.csv -> report.json / .md / .html, recommendation vs outcome
 
-``<out>/stages.json`` records each finished stage with the config it ran with. Resuming with a
+``<out>/stages.json`` records each stage with the config it ran with and its status: ``done``, ``running``
+(or killed where nothing could write), ``interrupted`` (Ctrl-C) or ``failed`` (an error). Resuming with a
 changed config refuses to mix results and names the stage (and keys) that differ, with one exception:
 a study may grow. Strategies, seeds or label fractions added to the lists (none removed, nothing else
 changed) run the new jobs only; the similarity stage ranks the longer candidate list again, and every
@@ -132,11 +133,26 @@ class StageBook:
 
     def start(self, stage: str, payload: dict) -> float:
         """Mark ``stage`` running; returns the seconds it already ran in earlier, interrupted sessions."""
-        if stage not in self.done:  # a started stage is tied to its config too, so a resume cannot mix
+        entry = self.done.get(stage)
+        if entry is None:  # a started stage is tied to its config too, so a resume cannot mix
             self.done[stage] = {"digest": self.digest(payload), "payload": json.loads(json.dumps(payload, default=str)),
                                 "status": "running"}
             self._write()
+        elif entry.get("status") != "done":  # resumed after it stopped
+            entry.pop("stopped", None)
+            entry["status"] = "running"
+            self._write()
         return 0.0 if self.done[stage].get("status") == "done" else float(self.done[stage].get("seconds") or 0)
+
+    def stop(self, stage: str, error: BaseException) -> None:
+        """Mark a running stage that raised as ``interrupted`` (Ctrl-C) or ``failed``: not left saying running.
+        Only the error's kind: its message may name a patient's file."""
+        with self._lock:
+            entry = self.done.get(stage)
+            if entry is not None and entry.get("status") == "running":
+                entry["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+                entry["stopped"] = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} ({type(error).__name__})"
+                self._write()
 
     def reopen(self, stage: str, payload: dict) -> None:
         """Mark a stage whose inputs changed as running again under ``payload``. Only ``transfer`` keeps its
@@ -734,7 +750,6 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
     ctx.progress = progress
     check_before_run(ctx)
     check_manifests_unchanged(ctx)
-    out.mkdir(parents=True, exist_ok=True)
     lock = OutputLock(out, "medtl run").acquire()  # two runs in one folder would overwrite each other's jobs
     try:
         book = StageBook(out, profile)
@@ -765,9 +780,13 @@ def run_pipeline(config_path: str | Path, data_root: str | Path, out: str | Path
                 upstream_ran = True
                 before = book.start(stage, payload)
                 print(f"[{stage}] running" + (f" (resumed; {format_seconds(before)} spent before)" if before else ""))
-                with StageClock(book, stage, before) as clock:
-                    ctx.tick = clock.tick  # transfer also records it after each job
-                    info = STAGE_FUNCS[stage](ctx)
+                try:
+                    with StageClock(book, stage, before) as clock:
+                        ctx.tick = clock.tick  # transfer also records it after each job
+                        info = STAGE_FUNCS[stage](ctx)
+                except BaseException as err:
+                    book.stop(stage, err)
+                    raise
                 book.finish(stage, payload, seconds=round(clock.seconds(), 1), **plain(info, stage))
                 print(f"[{stage}] done in {format_seconds(clock.seconds() - before)}")
     finally:

@@ -92,3 +92,18 @@ def test_a_folder_holding_only_a_stale_lock_is_a_fresh_run_folder(tiny, make_con
     (out / "notes.txt").write_text("not a run")
     with pytest.raises(MedtlError, match="not a medtl run folder"):
         check_before_run(Context(load_pipeline(config, None), config, tiny / "data", out, None))
+
+
+def test_a_run_refused_before_it_writes_leaves_no_folder_it_made(tiny, tmp_path, capsys):
+    """A review: a refused medtl train (a bad input, a misspelt class) left an empty --out folder behind."""
+    out = tmp_path / "runs" / "model"
+    args = ["--train", str(tiny / "manifests" / "tgt.csv"), "--data-root", str(tiny / "data"), "--out", str(out),
+            "--positive-class", "no_such_class", "--no-progress"]
+    assert main(["train", *args]) == 2
+    assert "no_such_class" in capsys.readouterr().err
+    assert not out.exists()  # nor its lock file
+    assert main(["pretrain", "--manifest", str(tmp_path / "missing.csv"), "--out", str(out), "--no-progress"]) == 2
+    assert not out.exists()
+    out.mkdir(parents=True)  # a folder the user made is theirs: kept, as it was
+    assert main(["train", *args]) == 2
+    assert out.is_dir() and [p.name for p in out.iterdir()] == [".medtl.lock"]

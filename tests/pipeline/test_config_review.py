@@ -185,17 +185,32 @@ def test_interrupted_sessions_keep_their_time_in_stages_json(tiny, make_config, 
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(config, tiny / "data", out, progress=False)
     first = json.loads(book.read_text())["pretrain"]
-    assert first["status"] == "running" and first["seconds"] >= 0.5
+    # not left saying running (a review read a stopped run's stages.json as one still going)
+    assert first["status"] == "interrupted" and "KeyboardInterrupt" in first["stopped"] and first["seconds"] >= 0.5
     with monkeypatch.context() as m:
         m.setattr(runner, "_measure", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(config, tiny / "data", out, stages=("prepare", "pretrain", "similarity"), progress=False)
     stages = json.loads(book.read_text())
     assert stages["pretrain"]["status"] == "done" and stages["pretrain"]["seconds"] > first["seconds"]
-    assert stages["similarity"]["status"] == "running" and stages["similarity"]["seconds"] >= 0.5
+    assert stages["similarity"]["status"] == "interrupted" and stages["similarity"]["seconds"] >= 0.5
+    before = stages["similarity"]["seconds"]
+
+    def failed(*args, **kwargs):
+        time.sleep(0.3)
+        raise RuntimeError("a disk error")
+
+    with monkeypatch.context() as m:  # resumed, it runs (and its clock counts) again, then fails
+        m.setattr(runner, "_measure", failed)
+        with pytest.raises(RuntimeError):
+            run_pipeline(config, tiny / "data", out, stages=("prepare", "pretrain", "similarity"), progress=False)
+    stages = json.loads(book.read_text())
+    assert stages["similarity"]["status"] == "failed" and "RuntimeError" in stages["similarity"]["stopped"]
+    assert stages["similarity"]["seconds"] >= before + 0.25 and "disk" not in book.read_text()
     before = stages["similarity"]["seconds"]
     run_pipeline(config, tiny / "data", out, stages=("prepare", "pretrain", "similarity"), progress=False)
-    assert json.loads(book.read_text())["similarity"]["seconds"] > before
+    done = json.loads(book.read_text())["similarity"]
+    assert done["status"] == "done" and "stopped" not in done and done["seconds"] > before
 
 
 def test_the_similarity_stage_names_max_images_once(tiny_run, tiny, make_config, tmp_path, caplog):
