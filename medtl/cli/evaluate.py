@@ -50,14 +50,25 @@ HEADLINE = ("auroc", "sensitivity", "specificity", "balanced_accuracy", "accurac
 
 
 def fmt_metric(m: dict | None) -> str:
-    from medtl.evaluation.evaluate import SAME_IN_EVERY_RUN
+    """``0.853 [0.801, 0.897]``, saying which interval it is where it is not the line's usual one (the report's
+    marks S, W, N and D)."""
+    from medtl.evaluation.evaluate import FEW_FOR_THE_BOOTSTRAP, SAME_IN_EVERY_RUN, SHOWN_RESOLUTION
 
     if not m or m.get("value") is None:
         return "n/a" + (f" ({m['reason']})" if m and m.get("reason") else "")
     ci = f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m.get("ci_low") is not None else ""
-    same = " (every seed scored the same: a run's interval over the test cases)" if SAME_IN_EVERY_RUN in (
-        m.get("ci_method") or "") else ""
-    return f"{m['value']:.3f}{ci}{same}"
+    method = m.get("ci_method") or ""
+    said = [text for key, text in (
+        (SAME_IN_EVERY_RUN, "every seed scored the same: a run's interval over the test cases"),
+        ("Wilson", "Wilson's score interval: the bootstrap cannot vary a proportion of 0 or 1"),
+        ("Newcombe", "Newcombe's score interval: " + ("the bootstrap cannot vary an AUROC of 0 or 1" if
+                                                      "does not vary" in method else
+                                                      f"wider than the bootstrap's with under {FEW_FOR_THE_BOOTSTRAP} "
+                                                      "cases in a class")),
+    ) if key in method]
+    if ci and m["ci_high"] - m["ci_low"] < SHOWN_RESOLUTION:
+        said.append("no width at the decimals shown, which is no certainty")
+    return f"{m['value']:.3f}{ci}" + "".join(f" ({text})" for text in said)
 
 
 def summary_lines(report: dict) -> list[str]:

@@ -274,13 +274,18 @@ CROSS_SET_CROPPED_CORRELATION = 0.85
 def drop_near_copies_of(
     rows: list[ManifestRow], other: Manifest, data_root: Path, threshold: float = CROSS_SET_CORRELATION,
     cropped_threshold: float = CROSS_SET_CROPPED_CORRELATION, other_root: Path | None = None, progress: bool = True,
+    scanned: dict | None = None,
 ) -> tuple[list[ManifestRow], int]:
     """Rows with no identical file or near-copy in ``other`` (e.g. a DA source minus its target): a whole-frame
     thumbnail above ``threshold``, or a 2D image's thumbnail cut to its head above ``cropped_threshold``.
-    ``other_root``: where ``other``'s paths lead from, when not ``data_root``."""
+    ``other_root``: where ``other``'s paths lead from, when not ``data_root``. ``scanned``: a dict kept between
+    calls against one ``other`` (a --val and a --test set against one training set), which is then read once."""
     mine = scan(rows, data_root, desc="near-copy scan (this set)", with_cropped=True, progress=progress)
-    theirs = scan(other.rows, other_root or data_root, desc="near-copy scan (other set)", with_cropped=True,
-                  progress=progress)
+    scanned = {} if scanned is None else scanned
+    if "other" not in scanned:
+        scanned["other"] = scan(other.rows, other_root or data_root, desc="near-copy scan (other set)",
+                                with_cropped=True, progress=progress)
+    theirs = scanned["other"]
     copied: set[int] = set()
     their_sha = {s.sha256 for s in theirs if s.sha256}
     copied.update(i for i, s in enumerate(mine) if s.sha256 in their_sha)

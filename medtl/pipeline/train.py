@@ -115,13 +115,14 @@ def load_input(spec: str | Path, role: str, out: Path, data_root: str | Path | N
 
 
 def _without_copies_of_training(m: Manifest, root: Path, train_m: Manifest, train_root: Path, role: str, given,
-                                progress: bool) -> Manifest:
+                                progress: bool, scanned: dict) -> Manifest:
     """A separate val/test set less its images that are identical to, or near-copies of, images medtl train learns
     from (its train split): scored, they would make the scores optimistic; warned about with their number."""
     from medtl.data.build import drop_near_copies_of
 
     learned = train_m.select(split="train")
-    kept, copied = drop_near_copies_of(m.rows, learned, root, other_root=train_root, progress=progress)
+    kept, copied = drop_near_copies_of(m.rows, learned, root, other_root=train_root, progress=progress,
+                                       scanned=scanned)
     if not copied:
         return m
     if not kept:
@@ -132,11 +133,87 @@ def _without_copies_of_training(m: Manifest, root: Path, train_m: Manifest, trai
     return Manifest(kept, list(m.label_names), dict(m.meta), m.source)
 
 
+def _without_learned(m: Manifest, root: Path, learned: set[str], role: str, given, init) -> Manifest:
+    """A separate val/test set less the images the --init model learned from, warned about with their number."""
+    kept = [r for r in m.rows if _file_key(root, r.path) not in learned]
+    if len(kept) == len(m):
+        return m
+    if not kept:
+        raise MedtlError(f"every {role} image is one the --init model learned from ({init}): nothing unseen to "
+                         f"{'score' if role == 'test' else 'choose the threshold on'}", given)
+    log.warning("%s: %d of %d %s images are images the --init model learned from (%s): left out of %s (scored, they "
+                "would make the scores optimistic)", given, len(m) - len(kept), len(m), role, init, role)
+    return Manifest(kept, list(m.label_names), dict(m.meta), m.source)
+
+
+def _file_key(root: Path, row_path: str) -> str | None:
+    """One file's real path (links resolved), whichever data root a manifest names it from."""
+    from medtl.paths import resolve_inside
+
+    try:
+        return str(resolve_inside(root, row_path))
+    except MedtlError:
+        return None
+
+
+def init_learned_files(init: str | Path | None) -> tuple[set[str], list[str]]:
+    """The files a medtl checkpoint given as ``init`` learned from (the splits it trained on of the manifests it
+    records, as real paths) and those manifests. Nothing for other weights, or where a manifest is gone (said)."""
+    if init is None:
+        return set(), []
+    from medtl.models.checkpoint import is_checkpoint
+    from medtl.models.weights import read_file
+
+    obj = read_file(init)
+    if not is_checkpoint(obj):
+        return set(), []
+    meta = obj["meta"]
+    # self-supervised runs record each manifest with the splits they read; the others trained on a train split
+    parts = meta.get("ssl_data") or [{"manifest": m, "splits": ["train"]} for m in
+                                     (meta["manifest"] if isinstance(meta.get("manifest"), list) else [meta.get("manifest")])
+                                     if m]
+    files, read = set(), []
+    for part in parts:
+        recorded = Path(part["manifest"])
+        # a relative path is relative to where the model was trained; medtl train keeps its manifest beside the model
+        found = next((p for p in (recorded, Path(init).parent / recorded.name) if p.is_file()), None)
+        if found is None:
+            log.warning("%s: the manifest this model was trained from (%s) is not found, so its test images are not "
+                        "checked against the images the model learned from", init, recorded)
+            continue
+        m = Manifest.load(found)
+        root = data_root_for(m)
+        files.update(k for r in m.rows if r.split in part.get("splits", ["train"]) for k in [_file_key(root, r.path)] if k)
+        read.append(str(found))
+    return files, read
+
+
+def _learned_to_train(m: Manifest, root: Path, learned: set[str]) -> tuple[Manifest, int]:
+    """``m`` with every val/test image the --init model learned from moved into the train split, with the images
+    of its patient and its near-copies (a split keeps those together)."""
+    from medtl.data.manifest import NEAR_COPY_GROUP
+
+    moved = {i for i, r in enumerate(m.rows) if r.split in ("val", "test") and _file_key(root, r.path) in learned}
+    if not moved:
+        return m, 0
+    while True:  # to a fixed point: a near-copy may belong to another patient
+        patients = {m.rows[i].patient_id for i in moved} - {""}  # a folder's ids are its paths: no one else's
+        groups = {m.rows[i].extras.get(NEAR_COPY_GROUP) for i in moved} - {None, ""}
+        more = {i for i, r in enumerate(m.rows) if r.split in ("val", "test") and i not in moved
+                and (r.patient_id in patients or r.extras.get(NEAR_COPY_GROUP) in groups)}
+        if not more:
+            break
+        moved |= more
+    rows = [replace(r, split="train") if i in moved else r for i, r in enumerate(m.rows)]
+    return Manifest(rows, list(m.label_names), dict(m.meta), None), len(moved)  # no source: saved into out
+
+
 def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed: int = 0,
-                  modality: str | None = None, positive_class: str | None = None, progress: bool = True) -> Inputs:
+                  modality: str | None = None, positive_class: str | None = None, progress: bool = True,
+                  init: str | Path | None = None) -> Inputs:
     """The train/val/test rows from ``train`` (its own splits) or separate ``val``/``test`` inputs,
     checked before any training: files exist (:func:`load_input`), one modality, val/test labels known
-    to training."""
+    to training, and no val/test image that ``init`` (a medtl checkpoint) learned from."""
     # With a separate val/test set, the train folder's share for that split goes to training instead.
     fr = list(DEFAULT_FRACTIONS)
     if val is not None:
@@ -145,14 +222,23 @@ def gather_inputs(train, out: Path, *, val=None, test=None, data_root=None, seed
         fr[0], fr[2] = fr[0] + fr[2], 0.0
     train_m, train_root, train_path = load_input(train, "train", out, data_root, seed=seed, fractions=tuple(fr),
                                                  modality=modality, progress=progress)
+    learned, init_manifests = init_learned_files(init)
+    train_m, moved = _learned_to_train(train_m, train_root, learned)
+    if moved:  # scored, they would make the scores optimistic: the model has seen them
+        log.warning("%s: %d val/test image(s) of this split (with their near-copies and patients) are images the "
+                    "--init model learned from (%s): moved into the train split. To score on the split the --init "
+                    "model held out, train on its manifest (--train %s)", train, moved, init,
+                    init_manifests[0])
     splits, roots, manifests = {}, {}, {}
+    training_scan: dict = {}  # the train split's thumbnails, read once for a --val and a --test set
     to_save = {train_path: (train_m, train_root)}
     for role, spec in (("train", None), ("val", val), ("test", test)):
         if spec is None:
             splits[role], roots[role], manifests[role] = train_m.select(split=role), train_root, train_path
         else:
             m, root, path = load_input(spec, role, out, data_root, seed=seed, modality=modality, progress=progress)
-            m = _without_copies_of_training(m, root, train_m, train_root, role, spec, progress)
+            m = _without_copies_of_training(m, root, train_m, train_root, role, spec, progress, training_scan)
+            m = _without_learned(m, root, learned, role, spec, init)
             splits[role], roots[role], manifests[role] = m, root, path
             to_save[path] = (m, root)
     given = {"train": train, "val": val if val is not None else train, "test": test if test is not None else train}
@@ -322,11 +408,10 @@ def train_model(
     from medtl.lock import OutputLock
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out, "medtl train"):  # a second run into this folder would overwrite this one's weights
         settings = EvalSettings(threshold_rule=threshold_rule, target=target, n_boot=n_boot)  # checked before training
         inputs = gather_inputs(train, out, val=val, test=test, data_root=data_root, seed=seed, modality=modality,
-                               positive_class=positive_class, progress=progress)
+                               positive_class=positive_class, progress=progress, init=init)
         from_init = _init_defaults(init)
         dims = Preset(inputs.modality).spatial_dims
         init_dims = from_init.get("spatial_dims", 2 if init is not None else None)

@@ -460,3 +460,66 @@ def test_running_a_finished_train_again_keeps_its_model_file(trained, one_torch_
     capsys.readouterr()
     assert main(["predict", "--model", str(model), "--input", str(folder), "--out", str(out), "--no-progress"]) == 0
     assert "24 already done" in capsys.readouterr().out
+
+
+def test_images_the_init_model_learned_from_never_score_the_new_model(trained, one_torch_thread, data_root, tmp_path,
+                                                                       caplog):
+    """A review: medtl train --init on the folder the init model was trained on, with another seed, drew a new split
+    whose test images included the init model's training images, without a word: the scores were optimistic."""
+    from PIL import Image
+
+    from medtl.pipeline.train import gather_inputs
+
+    tmp, folder, _ = trained
+    model = tmp / "run" / "model.pt"
+    learned = {r.path for r in Manifest.load(tmp / "run" / "manifest.csv").rows if r.split == "train"}
+    held = lambda inputs: {r.path for role in ("val", "test") for r in inputs.splits[role]}  # noqa: E731
+    assert held(gather_inputs(folder, tmp_path / "a", seed=1, progress=False)) & learned  # the leak, without --init
+
+    out = tmp_path / "b"
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--train", str(folder), "--out", str(out), "--init", str(model), "--seed", "1",
+                     *FAST]) == 0
+    assert "the --init model learned from" in caplog.text and "moved into the train split" in caplog.text
+    saved = Manifest.load(out / "manifest.csv")  # what the printed evaluate --labels reads
+    assert not {r.path for r in saved.rows if r.split in ("val", "test")} & learned
+    assert {r.path for r in saved.rows if r.split == "test"}, "the init model's own held-out images remain"
+    import pandas as pd
+
+    scored = set(pd.read_csv(out / "predictions.csv")["case_id"])
+    assert scored and not scored & learned
+
+    # a separate test set holding the init model's training images: they are left out of it
+    other = tmp_path / "site_c"
+    rows = Manifest.load("data_manifests/mri2d_tumor4_minus_yesno.csv").rows  # no copy of the folder's
+    for ours, theirs in (("no_tumor", "notumor"), ("tumor", "glioma")):
+        (other / ours).mkdir(parents=True)
+        for r in [r for r in rows if r.label == theirs and r.split == "train"][:6]:
+            Image.open(data_root / r.path).convert("L").save(other / ours / Path(r.path).with_suffix(".png").name)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        inputs = gather_inputs(other, tmp_path / "c", test=folder, progress=False, init=model)
+    assert f"{len(learned)} of 24 test images are images the --init model learned from" in caplog.text
+    assert {r.path for r in inputs.splits["test"]} == {r.path for r in Manifest.load(tmp / "run" / "manifest.csv").rows
+                                                       if r.split != "train"}
+
+
+def test_separate_val_and_test_sets_read_the_training_images_once(trained, data_root, tmp_path, monkeypatch):
+    """The copy check scanned the whole train split again for each separate set (about a minute per 4,000 images)."""
+    from PIL import Image
+
+    import medtl.data.build as build
+    from medtl.pipeline.train import gather_inputs
+
+    _, folder, _ = trained
+    rows = Manifest.load("data_manifests/mri2d_tumor4_minus_yesno.csv").rows
+    for role in ("val", "test"):
+        for ours, theirs in (("no_tumor", "notumor"), ("tumor", "glioma")):
+            (tmp_path / role / ours).mkdir(parents=True)
+            for r in [r for r in rows if r.label == theirs and r.split == role][:3]:
+                Image.open(data_root / r.path).convert("L").save(tmp_path / role / ours / Path(r.path).name)
+    scans, real = [], build.scan
+    monkeypatch.setattr(build, "scan", lambda rows, *a, **k: scans.append(k.get("desc")) or real(rows, *a, **k))
+    inputs = gather_inputs(folder, tmp_path / "g", val=tmp_path / "val", test=tmp_path / "test", progress=False)
+    assert len(inputs.splits["val"]) == len(inputs.splits["test"]) == 6
+    assert scans.count("near-copy scan (other set)") == 1 and scans.count("near-copy scan (this set)") == 2

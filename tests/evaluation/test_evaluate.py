@@ -349,3 +349,26 @@ def test_the_printed_summary_says_which_interval_it_shows(table):
     assert "(every seed scored the same: a run's interval over the test cases)" in summary_lines(
         evaluate_predictions(seeds, n_boot=50))[0]
     assert "no intervals (n_boot 0): auroc" in summary_lines(evaluate_predictions(table, n_boot=0))[0]
+
+
+def test_the_printed_summary_names_score_intervals():
+    """The console line said "95% CI over the test cases" for every metric while the report marked a perfect
+    sensitivity's interval as Wilson's (W) and a perfect AUROC's as Newcombe's (N): the marks were dropped."""
+    from medtl.cli.evaluate import summary_lines
+    from scipy.stats import norm
+
+    y = np.r_[np.zeros(20, int), np.ones(10, int)]
+    p = np.r_[np.linspace(0.05, 0.45, 20), np.linspace(0.55, 0.95, 10)]  # every positive above every negative
+    perfect = predictions_from_arrays([f"c{i}" for i in range(30)], y, np.c_[1 - p, p], class_names=["no", "yes"], split="test",
+                                      run_id="r", strategy="s", task="t", seed=0)
+    report = evaluate_predictions(perfect, n_boot=50)
+    line = summary_lines(report)[0]
+    assert "auroc 1.000 [" in line and "(Newcombe's score interval: the bootstrap cannot vary an AUROC of 0 or 1)" in line
+    z = norm.ppf(0.975)  # Wilson (1927) for 10 of 10: (1 + z^2/2n -+ z sqrt(z^2/4n^2)) / (1 + z^2/n)
+    low = (1 + z**2 / 20 - z * np.sqrt(z**2 / 400)) / (1 + z**2 / 10)
+    assert f"sensitivity 1.000 [{low:.3f}, 1.000] (Wilson's score interval" in line
+    from medtl.cli.evaluate import fmt_metric  # the report's D: an AUPRC of 1 over every resample
+
+    assert fmt_metric({"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}).endswith("(no width at the decimals shown, "
+                                                                             "which is no certainty)")
+    assert "(" not in fmt_metric({"value": 0.9, "ci_low": 0.85, "ci_high": 0.95})
