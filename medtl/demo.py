@@ -77,8 +77,15 @@ def run_demo(out: str | Path = "medtl-demo", seed: int = 0, progress: bool = Tru
         raise MedtlError("--out must be a folder", out)
     started = time.perf_counter()
     with OutputLock(out, "medtl demo"):  # the data too: a second demo would write the same files
-        if not (out / "manifests" / "mri2d_synthetic.csv").exists():
+        record = out / "demo_seed.json"  # the data's seed: a folder resumes only the demo it holds
+        if (out / "manifests" / "mri2d_synthetic.csv").exists():
+            made = json.loads(record.read_text())["seed"] if record.exists() else None
+            if made is not None and made != seed:
+                raise MedtlError(f"this folder holds the demo of --seed {made}; give that seed to resume it, or "
+                                 "another --out for this one", out)
+        else:
             make_demo_data(out, seed)
+            record.write_text(json.dumps({"seed": seed}) + "\n")
         config = out / "demo.yaml"
         config.write_text(DEMO_PIPELINE)
         html = run_pipeline(config, out / "data", out / "run", progress=progress)

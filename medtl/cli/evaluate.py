@@ -10,6 +10,9 @@ used. The output folder is created first: one that cannot be made is refused bef
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from medtl.errors import MedtlError
 
 
 def add_settings_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +99,11 @@ def run(args) -> int:
     from medtl.evaluation.report import render_report
     from medtl.evaluation.report.render import output_folder
 
+    given = [*(args.predictions if isinstance(args.predictions, list) else [args.predictions]), args.labels,
+             args.exclude]
+    for path in given:  # a mistyped input is said before the output folder is made
+        if path is not None and not Path(path).exists():
+            raise MedtlError("not found: no such file", path)
     output_folder(args.out)  # a folder that cannot be made fails now, not after the whole evaluation
     report = evaluate_files(args.predictions, settings_from_args(args), args.labels, exclude=args.exclude)
     paths = render_report(report, args.out, **extras_from_args(args))

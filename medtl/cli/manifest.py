@@ -32,7 +32,8 @@ def register(sub) -> None:
                        help="keep the source's own train/val/test split (e.g. MedMNIST) instead of making one")
     build.add_argument(
         "--exclude-near-copies-of", type=Path, metavar="MANIFEST",
-        help="drop rows that are identical to or near-copies of an image in MANIFEST (e.g. a DA target)",
+        help="drop rows that are identical to or near-copies of an image in MANIFEST (e.g. a DA target, or a "
+             "model's training manifest; its images are found through the root its .meta.json records)",
     )
     build.add_argument(
         "--no-group-near-copies", dest="group", action="store_false",
@@ -75,6 +76,11 @@ def run_build(args) -> int:
     out = args.out if args.out.suffix.lower() == ".csv" else args.out / "manifest.csv"
     if out.exists() and out.is_dir():
         raise MedtlError("--out names a folder called like a manifest file; give another name", out)
+    from medtl.pipeline.train import RUN_KEY_FILE
+
+    if out.exists() and (out.parent / RUN_KEY_FILE).exists():  # new splits would score its training images as test
+        raise MedtlError("this is the manifest a medtl train run in this folder trained from (its split says which "
+                         "images are its test images): write the new manifest elsewhere", out)
     root = args.data_root or default_data_root()
     manifest = build_manifest(
         args.source, root, seed=args.seed, fractions=tuple(args.fractions), group_near_copies=args.group,

@@ -194,9 +194,13 @@ def run(args: argparse.Namespace) -> int:
             # the user's own path, unless they asked for paths to stay out of what medtl writes and prints
             folder = "INPUT_FOLDER" if args.redact_paths else shlex.quote(str(args.input))
             skip = " --skip-unreadable" if failed else ""  # the files predict read past would refuse the build
+            learned = _recorded_manifest(args.model)
+            if learned is not None:  # copies of its training images would score optimistically: left out
+                skip += f" --exclude-near-copies-of {shlex.quote(str(learned))}"
             print(f"  (LABELS.csv: a manifest of these images; for a folder of <label>/<file> images: medtl manifest "
-                  f"build --from {folder} --data-root {folder} --out LABELS.csv --fractions 0 0 1{skip}; not for the "
-                  "model's training images, which it would score as test)")
+                  f"build --from {folder} --data-root {folder} --out LABELS.csv --fractions 0 0 1{skip}"
+                  + ("; it leaves out copies of the images in the model's training manifest)" if learned else
+                     "; not for the model's training images, which it would score as test)"))
         elif not labelled:  # DICOM series: their labels come from elsewhere (a report, a registry)
             print("  (LABELS.csv: a manifest, columns path,label,split,patient_id,domain,modality, whose path is each "
                   "series' case_id in results.csv (its SeriesInstanceUID) and split is test)")
@@ -213,20 +217,28 @@ def _has_labels(manifest: str) -> bool:
         return True
 
 
+def _recorded_manifest(model: str) -> Path | None:
+    """The one manifest a medtl checkpoint records it trained from, where it is on this machine (else None)."""
+    try:
+        from medtl.models.checkpoint import read_checkpoint, trained_from
+
+        found = [f for _, f, _ in trained_from(model, read_checkpoint(model).get("meta") or {}) if f is not None]
+        return found[0] if len(found) == 1 else None
+    except Exception:  # noqa: BLE001 (a hint only: a bundle or an unreadable checkpoint gives the generic one)
+        return None
+
+
 def _training_manifest(model: str, input_path: str) -> Path | None:
     """The manifest a medtl train model was trained from, when ``input_path`` is its data root (the
     training folder): scoring that folder needs its split, not a manifest that calls every image test."""
-    try:
-        from medtl.data.manifest import Manifest
-        from medtl.models.checkpoint import read_checkpoint
+    from medtl.data.manifest import Manifest
 
-        path = (read_checkpoint(model).get("meta") or {}).get("manifest")
-        if not path or not Path(path).is_file():
-            return None
-        root = Manifest.load(path).recorded_root
-        return Path(path) if root is not None and root == Path(input_path).resolve() else None
-    except Exception:  # noqa: BLE001 (a hint only: a bundle or an unreadable checkpoint gives the generic one)
+    found = _recorded_manifest(model)
+    try:
+        root = Manifest.load(found).recorded_root if found is not None else None
+    except Exception:  # noqa: BLE001 (a hint only)
         return None
+    return found if root is not None and root == Path(input_path).resolve() else None
 
 
 def export(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ from medtl.cli.output import output_file
 def register(sub) -> None:
     parser = sub.add_parser("results", help="write the results page from finished pipeline run folders")
     parser.add_argument("runs", nargs="+", type=Path, help="run folders written by medtl run")
-    parser.add_argument("--out", type=Path, default=Path("docs"), metavar="DIR", help="folder to write results.md into")
+    # required: a default of docs/ overwrote the project's own page for a user who left it out at the repo root
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder to write results.md into (the project's page: docs)")
     parser.add_argument("--notes", type=Path, default=None,
                         help="folder of hand-written <pipeline>.md notes (default: results_notes/ in the --out folder)")
     parser.add_argument("--keep", default="", metavar="NAMES",

@@ -286,6 +286,12 @@ def drop_near_copies_of(
         scanned["other"] = scan(other.rows, other_root or data_root, desc="near-copy scan (other set)",
                                 with_cropped=True, progress=progress)
     theirs = scanned["other"]
+    unread = [(r, s) for r, s in zip(other.rows, theirs) if s.error]
+    if unread:  # a copy of an image that cannot be read cannot be found: the check would pass without a word
+        r, s = unread[0]
+        raise MedtlError(f"{len(unread)} of the {len(other)} images to compare with cannot be read (first: {r.path}: "
+                         f"{s.error}), so copies of them cannot be found; is its data root "
+                         f"{other_root or data_root} the right one?", other.source or "the other set")
     copied: set[int] = set()
     their_sha = {s.sha256 for s in theirs if s.sha256}
     copied.update(i for i, s in enumerate(mine) if s.sha256 in their_sha)
@@ -342,6 +348,8 @@ def build_manifest(
     source, data_root = Path(source), Path(data_root)
     if not data_root.is_dir():
         raise MedtlError("data root is not a folder", data_root)
+    if not source.exists():
+        raise MedtlError("not found: no such folder or file", source)
     if source.is_dir():
         rows = rows_from_folder(source, data_root, domain, modality)
     elif source.suffix.lower() == ".csv":
@@ -363,7 +371,8 @@ def build_manifest(
     rows = typed
     excluded = 0
     if exclude_copies_of is not None:
-        rows, excluded = drop_near_copies_of(rows, Manifest.load(exclude_copies_of), data_root)
+        other = Manifest.load(exclude_copies_of)  # its images are found through the root it records
+        rows, excluded = drop_near_copies_of(rows, other, data_root, other_root=other.recorded_root or data_root)
     groups = None
     scanned = None
     if group_near_copies or skip_unreadable:

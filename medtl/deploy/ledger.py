@@ -54,9 +54,9 @@ class Ledger:
             for k in ("model_name", "model_version", "model_digest"):
                 if previous.get(k) != run_info.get(k):
                     # same name and version, other file: e.g. the MONAI bundle exported from this checkpoint
-                    same = " (same name and version, another weights file: a bundle exported from the checkpoint "
-                    "that made them, or the checkpoint of a bundle? Predict with the file that made these "
-                    "results to resume)" if k == "model_digest" else ""
+                    same = (" (same name and version, another weights file: a bundle exported from the checkpoint "
+                            "that made them, or the checkpoint of a bundle? Predict with the file that made these "
+                            "results to resume)") if k == "model_digest" else ""
                     raise MedtlError(
                         f"this output folder holds results of another model ({k} {previous.get(k)!r}, now "
                         f"{run_info.get(k)!r}){same}; choose a new --out", run_file)

@@ -349,7 +349,7 @@ def pretrain(
     meta = {
         "intensity": {"preset": preset, **Preset(preset).resolved(preset_options)},
         "manifest_hash": m.content_hash(),
-        "manifest": str(m.source) if m.source else None,
+        "manifest": str(Path(m.source).resolve()) if m.source else None,  # found from any folder (--init)
         "domains": sorted({r.domain for r in train_m}),
     }
     return pretrain_on(train_ds, val_ds, out, label_names=m.label_names, mode=mode, spatial_dims=spatial_dims,

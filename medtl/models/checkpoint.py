@@ -220,6 +220,22 @@ def with_recorded_options(meta: dict[str, Any]) -> dict[str, Any]:
         return meta
 
 
+def trained_from(path: str | Path, meta: dict[str, Any]) -> list[tuple[Path, Path | None, list[str]]]:
+    """The manifests a checkpoint's ``meta`` records it learned from: ``(as recorded, where it is now or None, the
+    splits it read)``. Self-supervised runs record each manifest with its splits; the others read a train split.
+    Paths recorded relative (by releases before 2026-12-02) were relative to where it trained; medtl train keeps
+    its manifest beside the model, where it is looked for too."""
+    parts = meta.get("ssl_data") or [{"manifest": m, "splits": ["train"]} for m in
+                                     (meta["manifest"] if isinstance(meta.get("manifest"), list) else
+                                      [meta.get("manifest")]) if m]
+    out = []
+    for part in parts:
+        recorded = Path(part["manifest"])
+        found = next((p for p in (recorded, Path(path).parent / recorded.name) if p.is_file()), None)
+        out.append((recorded, found, list(part.get("splits") or ["train"])))
+    return out
+
+
 def encoder_config(path: str | Path) -> dict[str, Any]:
     """The encoder a checkpoint records (``arch``, ``spatial_dims``, ...), read without building it."""
     return dict((read_checkpoint(path)["meta"].get("model") or {}).get("encoder") or {})

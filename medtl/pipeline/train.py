@@ -161,29 +161,21 @@ def init_learned_files(init: str | Path | None) -> tuple[set[str], list[str]]:
     records, as real paths) and those manifests. Nothing for other weights, or where a manifest is gone (said)."""
     if init is None:
         return set(), []
-    from medtl.models.checkpoint import is_checkpoint
+    from medtl.models.checkpoint import is_checkpoint, trained_from
     from medtl.models.weights import read_file
 
     obj = read_file(init)
     if not is_checkpoint(obj):
         return set(), []
-    meta = obj["meta"]
-    # self-supervised runs record each manifest with the splits they read; the others trained on a train split
-    parts = meta.get("ssl_data") or [{"manifest": m, "splits": ["train"]} for m in
-                                     (meta["manifest"] if isinstance(meta.get("manifest"), list) else [meta.get("manifest")])
-                                     if m]
     files, read = set(), []
-    for part in parts:
-        recorded = Path(part["manifest"])
-        # a relative path is relative to where the model was trained; medtl train keeps its manifest beside the model
-        found = next((p for p in (recorded, Path(init).parent / recorded.name) if p.is_file()), None)
+    for recorded, found, splits in trained_from(init, obj["meta"]):
         if found is None:
             log.warning("%s: the manifest this model was trained from (%s) is not found, so its test images are not "
                         "checked against the images the model learned from", init, recorded)
             continue
         m = Manifest.load(found)
         root = data_root_for(m)
-        files.update(k for r in m.rows if r.split in part.get("splits", ["train"]) for k in [_file_key(root, r.path)] if k)
+        files.update(k for r in m.rows if r.split in splits for k in [_file_key(root, r.path)] if k)
         read.append(str(found))
     return files, read
 
@@ -451,7 +443,7 @@ def train_model(
             "task_name": TASK_NAME,
             "intensity": {"preset": inputs.modality, **Preset(inputs.modality).resolved(preset_options)},
             "manifest_hash": train_m.content_hash(),
-            "manifest": str(inputs.manifests["train"]),
+            "manifest": str(inputs.manifests["train"].resolve()),  # read from any folder: predict, --init
             "domains": sorted({r.domain for r in train_m}),
             "strategy": STRATEGY,
             "precision": amp,

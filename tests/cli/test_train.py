@@ -523,3 +523,54 @@ def test_separate_val_and_test_sets_read_the_training_images_once(trained, data_
     inputs = gather_inputs(folder, tmp_path / "g", val=tmp_path / "val", test=tmp_path / "test", progress=False)
     assert len(inputs.splits["val"]) == len(inputs.splits["test"]) == 6
     assert scans.count("near-copy scan (other set)") == 1 and scans.count("near-copy scan (this set)") == 2
+
+
+def test_a_held_out_folder_scored_as_predict_says_leaves_out_copies_of_training_images(
+        trained, one_torch_thread, data_root, tmp_path, monkeypatch, capsys):
+    """A review: predict on a held-out folder printed a manifest build that kept copies of training images, so
+    evaluate scored them (AUROC 0.857 against 0.500 on the unseen images); and model.pt recorded its training
+    manifest relative to where medtl train ran, so from another folder predict lost it."""
+    from PIL import Image
+
+    tmp, folder, _ = trained
+    monkeypatch.chdir(tmp)  # a model trained with a relative --out
+    assert main(["train", "--train", "brain", "--out", "rel_run", *FAST]) == 0
+    recorded = torch.load(tmp / "rel_run" / "model.pt", weights_only=True)["meta"]["manifest"]
+    assert recorded == str(tmp / "rel_run" / "manifest.csv")
+    learned = Manifest.load(tmp / "rel_run" / "manifest.csv")
+    held = tmp_path / "heldout"
+    rows = Manifest.load(Path(__file__).parents[2] / "data_manifests" / "mri2d_tumor4_minus_yesno.csv").rows
+    for ours, theirs in (("no_tumor", "notumor"), ("tumor", "glioma")):
+        (held / ours).mkdir(parents=True)
+        for r in [r for r in learned.rows if r.label == ours and r.split == "train"][:2]:  # copies of training images
+            shutil.copy(folder / r.path, held / ours / f"again_{Path(r.path).name}")
+        for r in [r for r in rows if r.label == theirs and r.split == "test"][:2]:  # images it never saw
+            Image.open(data_root / r.path).convert("L").save(held / ours / Path(r.path).with_suffix(".png").name)
+    monkeypatch.chdir(tmp_path)  # predict run from another folder
+    capsys.readouterr()
+    model = tmp / "rel_run" / "model.pt"
+    assert main(["predict", "--model", str(model), "--input", "heldout", "--out", "pred", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    build = next(line.strip(" (") for line in printed.splitlines() if "medtl manifest build" in line)
+    build = build[build.index("medtl manifest build"):].split(";")[0]
+    assert f"--exclude-near-copies-of {tmp / 'rel_run' / 'manifest.csv'}" in build
+    assert main(shlex.split(build.replace("LABELS.csv", "labels.csv"))[1:]) == 0
+    evaluate = next(line.strip() for line in printed.splitlines() if line.strip().startswith("medtl evaluate"))
+    assert main([*shlex.split(evaluate.replace("LABELS.csv", "labels.csv"))[1:], "--n-boot", "50"]) == 0
+    assert "test n=4," in capsys.readouterr().out  # the 4 unseen images; the 4 copies left out
+
+    monkeypatch.chdir(tmp)  # and from there the training folder's own manifest is found too
+    assert main(["predict", "--model", str(model), "--input", "brain", "--out", str(tmp_path / "p2"),
+                 "--no-progress"]) == 0
+    assert f"--labels {tmp / 'rel_run' / 'manifest.csv'}" in capsys.readouterr().out
+
+
+def test_a_training_manifest_is_not_overwritten_by_manifest_build(trained, capsys):
+    """A review: `medtl manifest build --out <train folder>` replaced the model's manifest with new splits, and
+    evaluate with it scored 8 training images as test."""
+    tmp, folder, _ = trained
+    before = (tmp / "run" / "manifest.csv").read_bytes()
+    assert main(["manifest", "build", "--from", str(folder), "--data-root", str(folder), "--out", str(tmp / "run"),
+                 "--seed", "1"]) == 2
+    assert "the manifest a medtl train run in this folder trained from" in capsys.readouterr().err
+    assert (tmp / "run" / "manifest.csv").read_bytes() == before

@@ -111,3 +111,32 @@ def test_predictions_missing_one_prob_column_name_it(tmp_path, capsys):
     assert main(["evaluate", "--predictions", str(tmp_path / "p.csv"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "missing column(s) prob_meningioma" in err and "sum to 1" not in err
+
+
+def test_mistyped_evaluate_inputs_make_no_output_folder(tmp_path, capsys):
+    """A review: a mistyped --predictions or --labels still made the --out folder (with figures/) before failing."""
+    assert main(["evaluate", "--predictions", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "ev")]) == 2
+    assert f"{tmp_path / 'nope.csv'}: not found" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
+
+
+def test_results_needs_an_output_folder(capsys):
+    """A review: --out defaulted to docs, so a user at the repo root who left it out overwrote docs/results.md."""
+    with pytest.raises(SystemExit):
+        main(["results", "some_run"])
+    assert "--out" in capsys.readouterr().err
+
+
+def test_demo_refuses_another_seed_on_the_folder_of_one(tmp_path):
+    """A review: `medtl demo --seed 1` on a seed-0 demo folder said every stage was complete and gave seed 0's
+    results, exit 0."""
+    import json
+
+    from medtl.demo import run_demo
+    from medtl.errors import MedtlError
+
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "mri2d_synthetic.csv").write_text("path,label\n")
+    (tmp_path / "demo_seed.json").write_text(json.dumps({"seed": 0}))
+    with pytest.raises(MedtlError, match="this folder holds the demo of --seed 0"):
+        run_demo(tmp_path, seed=1, progress=False)

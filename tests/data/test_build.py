@@ -104,6 +104,36 @@ def test_exclude_near_copies_of_another_manifest(folder_root, tmp_path):
     assert len(source) == 23 and source.meta["excluded_rows"] == 2
 
 
+def test_exclude_near_copies_of_a_manifest_under_another_root(folder_root, tmp_path):
+    """A review: `--exclude-near-copies-of model/manifest.csv` read the other manifest's paths under the held-out
+    folder's root, found none of its files and dropped nothing without a word, byte-identical copies included."""
+    from tests.data.conftest import _image
+
+    site = folder_root / "site"
+    trained = build_manifest(site, site, seed=0)  # as medtl train builds a folder's manifest: the folder is the root
+    (tmp_path / "model").mkdir()
+    trained.save(tmp_path / "model" / "manifest.csv", data_root=site)
+    held = tmp_path / "heldout"
+    for label, copied in (("neg", "img04.png"), ("pos", "img07.png")):
+        (held / label).mkdir(parents=True)
+        shutil.copy(site / label / copied, held / label / f"again_{copied}")
+        _image(held / label / "unseen.png", 1000 + len(label))
+    m = build_manifest(held, held, fractions=(0.0, 0.0, 1.0), exclude_copies_of=tmp_path / "model" / "manifest.csv")
+    assert m.meta["excluded_rows"] == 2 and {r.path for r in m} == {"neg/unseen.png", "pos/unseen.png"}
+
+    shutil.rmtree(site / "neg")  # the other manifest's images cannot be read: refused, not passed
+    with pytest.raises(MedtlError, match=r"12 of the 25 images to compare with cannot be read .*copies of them cannot "
+                                         r"be found"):
+        build_manifest(held, held, fractions=(0.0, 0.0, 1.0), exclude_copies_of=tmp_path / "model" / "manifest.csv")
+
+
+def test_a_missing_source_is_a_clear_error(tmp_path):
+    """A review: a mistyped raw manifest path ended in a FileNotFoundError traceback."""
+    with pytest.raises(MedtlError, match="not found") as err:
+        build_manifest(tmp_path / "mri2d_yesn" / "manifest.csv", tmp_path)
+    assert err.value.where == str(tmp_path / "mri2d_yesn" / "manifest.csv")
+
+
 def test_a_folder_ignores_stray_files_but_not_broken_dicom_and_refuses_an_empty_class(folder_root, caplog):
     """notes.txt or Thumbs.db beside the images are not inputs (as in batch inference), a broken .dcm is (its
     error names it later), and a class folder without images is an error, not a class silently lost."""

@@ -29,8 +29,13 @@ def test_rows_survive_and_a_torn_line_is_cut(tmp_path):
 
 def test_an_output_folder_belongs_to_one_model(tmp_path):
     Ledger(tmp_path).start(RUN)
-    with pytest.raises(MedtlError, match="another model"):
+    with pytest.raises(MedtlError, match="another model") as err:
         Ledger(tmp_path).start({**RUN, "model_digest": "other"})
+    assert "(same name and version, another weights file" in str(err.value) and str(err.value).endswith(
+        "the results to resume); choose a new --out".replace("the results", "these results"))
+    with pytest.raises(MedtlError, match="another model") as err:  # a review: it said "same name" of other names
+        Ledger(tmp_path).start({**RUN, "model_name": "n"})
+    assert "same name" not in str(err.value) and "(model_name 'm', now 'n'); choose a new --out" in str(err.value)
 
 
 def test_another_input_into_one_output_folder_is_said(tmp_path, caplog):
