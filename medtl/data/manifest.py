@@ -217,11 +217,13 @@ class Manifest:
         self.source = path
         return path
 
-    def sample(self, per_split: int, seed: int = 0) -> "Manifest":
+    def sample(self, per_split: int, seed: int = 0, label_blind: tuple[str, ...] = ()) -> "Manifest":
         """About ``per_split`` rows of each split, drawn label-stratified and reproducibly from ``seed``
         (what a pipeline's ``max_per_split`` does; handy for a quick look in a notebook). Each label's share
         is rounded up (every label keeps at least one row), so a split may get up to one row more per label;
-        a regression manifest gets exactly ``per_split``."""
+        a regression manifest gets exactly ``per_split``. The splits in ``label_blind`` are drawn without
+        looking at the labels, exactly ``per_split`` rows (unsupervised adaptation's unlabelled target images:
+        labels it may not use would choose them)."""
         rng = np.random.default_rng(seed)
         keep: list[ManifestRow] = []
         for split in ("train", "val", "test"):
@@ -229,7 +231,7 @@ class Manifest:
             # a regression manifest (no label names) has a value per row, not classes to stratify by
             if len(rows) <= per_split:
                 keep += rows
-            elif self.label_names:
+            elif self.label_names and split not in label_blind:
                 keep += stratified_sample(rows, per_split / len(rows), rng)
             else:
                 keep += stratified_sample(rows, per_split / len(rows), rng, count=per_split, by_label=False)

@@ -90,6 +90,10 @@ def check_before_run(ctx: Context) -> None:
     if missing:
         raise MedtlError(f"{len(missing)} file(s) named by the manifests are missing under the data root:\n  "
                          f"{listed(missing)}", ctx.data_root)
+    if cfg.unlabelled_target and not any(r.split == "val" for r in ctx.manifest(cfg.source, "source")):
+        raise MedtlError("unsupervised adaptation chooses each job's checkpoint on the source's validation split "
+                         "(no target label may), and this source manifest has no val rows: give it a val split",
+                         f"{where}: source.manifest")
     target = ctx.manifest(cfg.target, "target")
     for i, task in enumerate(cfg.tasks):
         if task.label_column != "label" and target.rows and task.label_column not in target.rows[0].extras:

@@ -233,6 +233,14 @@ class PipelineConfig(Strict):
                 raise ValueError(f"strategies[{i}]: source and pretrained: false contradict each other")
         if self.label_counts and self.label_fractions != [1.0]:
             raise ValueError("give label_fractions or label_counts, not both")
+        if self.unlabelled_target and (self.label_fractions != [1.0] or self.label_counts):
+            raise ValueError("unlabelled_target hides every target label whatever the budget, so each label "
+                             "fraction or count would run the same jobs again: leave label_fractions and "
+                             "label_counts out")
+        if not self.unlabelled_target and "selector" in self.train.model_fields_set:
+            raise ValueError("train.selector chooses the checkpoints of unsupervised adaptation (unlabelled_target: "
+                             "true); with target labels the checkpoint is chosen on the target's validation split: "
+                             "leave it out")
         if self.label_counts and self.seeds_per_fraction:
             raise ValueError("seeds_per_fraction is keyed by label fraction; with label_counts every count runs "
                              "every seed")

@@ -50,7 +50,10 @@ class Context:
         if task is not None:
             m = apply_task(m, task)
         if spec.max_per_split:
-            m = m.sample(spec.max_per_split)
+            # unsupervised adaptation trains on the target's train images without their labels: nor may the
+            # labels choose which images those are
+            blind = ("train",) if key == "target" and self.config.unlabelled_target else ()
+            m = m.sample(spec.max_per_split, label_blind=blind)
         return m
 
 

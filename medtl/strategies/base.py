@@ -82,12 +82,23 @@ class Strategy(nn.Module):
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any], where: str = "hparams") -> None:
         """Refuse a hyper-parameter this strategy does not have (with the one it most likely meant), or a value of
-        another kind than its default's (a number, a whole number, true/false), or one out of its range (negative;
-        a fraction above 1; a temperature of 0)."""
+        another kind than its default's (a number, a whole number, true/false, a list of numbers), or one out of its
+        range (negative; a whole number below 1; a fraction above 1; a temperature, scale or bandwidth of 0)."""
         for key in sorted(set(hparams) - set(cls.DEFAULTS)):
             raise unknown("hyper-parameter", key, sorted(cls.DEFAULTS), where, of=f" for {cls.name}")
         for key, value in hparams.items():
             default = cls.DEFAULTS[key]
+            if isinstance(default, list) or (default is None and value is not None):
+                # a list of scales (MMD kernel multipliers) or a quantity with an automatic default (a bandwidth):
+                # positive numbers, else a division by zero or a type error deep inside the loss
+                values = value if isinstance(default, list) else [value]
+                if not isinstance(values, list) or not values or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                        for v in values):
+                    kind = "a non-empty list of positive numbers" if isinstance(default, list) else \
+                        "a positive number, or null for its automatic value"
+                    raise MedtlError(f"{key} of {cls.name} is {kind}, got {value!r}", where)
+                continue
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise MedtlError(f"{key} of {cls.name} is true or false, got {value!r}", where)
             number = isinstance(default, (int, float)) and not isinstance(default, bool)
@@ -105,6 +116,8 @@ class Strategy(nn.Module):
                 raise MedtlError(f"{key} of {cls.name} must be a finite number, got {value!r}", where)
             if isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
                 raise MedtlError(f"{key} of {cls.name} is a whole number, got {value!r}", where)
+            if isinstance(default, int) and value < 1:  # layers, widths, sizes and counts
+                raise MedtlError(f"{key} of {cls.name} must be at least 1, got {value!r}", where)
             positive = "temperature" in key  # a learning rate of 0 is allowed: a model that does not move
             if value < 0 or (positive and value <= 0):
                 raise MedtlError(f"{key} of {cls.name} must be {'positive' if positive else 'at least 0'}, "

@@ -55,6 +55,23 @@ def test_wrong_encoder_device_label_column_label_map_hparam_values_and_seeds_are
               "lp_fraction of lp_ft is a fraction of 0 to 1, got 2.0"),
              ("strategies: [feature_extraction, full, dann]", "strategies: [{name: dann, hparams: {disc_hidden: 512.5}}]",
               "disc_hidden of dann is a whole number, got 512.5"),
+             # a review: these passed the checks and failed in the transfer stage, after pretraining, with a
+             # traceback (ZeroDivisionError, TypeError), a NaN loss or the discriminator's internal arguments
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: dan, hparams: {kernel_multipliers: []}}]",
+              "kernel_multipliers of dan is a non-empty list of positive numbers, got []"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: dan, hparams: {kernel_multipliers: 2.0}}]",
+              "kernel_multipliers of dan is a non-empty list of positive numbers, got 2.0"),
+             ("strategies: [feature_extraction, full, dann]",
+              "strategies: [{name: dan, hparams: {kernel_multipliers: [0.0, 1.0]}}]",
+              "kernel_multipliers of dan is a non-empty list of positive numbers, got [0.0, 1.0]"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: dan, hparams: {base_bandwidth: auto}}]",
+              "base_bandwidth of dan is a positive number, or null for its automatic value, got 'auto'"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: dan, hparams: {base_bandwidth: 0.0}}]",
+              "base_bandwidth of dan is a positive number, or null for its automatic value, got 0.0"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: dann, hparams: {disc_layers: 0}}]",
+              "disc_layers of dann must be at least 1, got 0"),
+             ("strategies: [feature_extraction, full, dann]", "strategies: [{name: cdan, hparams: {randomized_dim: 0}}]",
+              "randomized_dim of cdan must be at least 1, got 0"),
              ("pretrain: {epochs: 1, batch_size: 8}", "pretrain: {mode: moco, epochs: 1, batch_size: 8, "
               "hparams: {temprature: 0.1}}", "pretrain.hparams: unknown hyper-parameter 'temprature' for moco; "
               "did you mean 'temperature'?")]
@@ -140,3 +157,31 @@ def test_demo_refuses_another_seed_on_the_folder_of_one(tmp_path):
     (tmp_path / "demo_seed.json").write_text(json.dumps({"seed": 0}))
     with pytest.raises(MedtlError, match="this folder holds the demo of --seed 0"):
         run_demo(tmp_path, seed=1, progress=False)
+
+
+def test_unsupervised_adaptation_config_mistakes_are_refused_before_anything_runs(tiny, config, capsys):
+    """A review: in UDA, label fractions ran the same jobs twice and drew a label-fraction curve of identical
+    points; train.selector without unlabelled_target was silently ignored; a source without val rows failed after
+    pretraining with 'manifest has no rows'."""
+    import csv
+
+    uda = config.replace("tasks: [{name: tumor}]", "tasks: [{name: tumor}]\nunlabelled_target: true")
+    cases = [(uda, "unlabelled_target hides every target label whatever the budget"),  # label_fractions [0.5, 1]
+             (config.replace("\ntrain: {epochs: 1,", "\ntrain: {epochs: 1, selector: dev,"),
+              "train.selector chooses the checkpoints of unsupervised adaptation")]
+    for text, message in cases:
+        assert main(_run(tiny, text, "uda")) == 2
+        assert message in capsys.readouterr().err
+        assert not (tiny / "uda").exists()
+    with open(tiny / "manifests" / "src.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] != "val"]
+    with open(tiny / "manifests" / "src_noval.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    noval = uda.replace("label_fractions: [0.5, 1.0]", "label_fractions: [1.0]").replace("manifests/src.csv",
+                                                                                          "manifests/src_noval.csv")
+    assert main(_run(tiny, noval, "uda")) == 2
+    err = capsys.readouterr().err
+    assert "source.manifest: unsupervised adaptation chooses each job's checkpoint on the source's validation " \
+           "split" in err and not (tiny / "uda").exists()

@@ -306,3 +306,40 @@ def test_a_misspelt_strategy_in_the_default_is_refused_while_a_profile_replaces_
     for profile in ("quick", None):
         with pytest.raises(MedtlError, match=r"unknown strategy 'scrach'; did you mean 'scratch'"):
             load_pipeline(bad, profile)
+
+
+@pytest.mark.parametrize("uda", [True, False])
+def test_unlabelled_target_images_are_drawn_without_their_labels(tiny, make_config, uda):
+    """A review: with target.max_per_split, unsupervised adaptation's unlabelled target images were drawn
+    label-stratified, so the labels it may not use chose them (with the labels permuted, 12 of 41 stayed)."""
+    import csv
+
+    from medtl.pipeline.config import load_pipeline
+    from medtl.pipeline.context import Context
+
+    with open(tiny / "manifests" / "tgt.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [r for r in rows if r["split"] == "train"]
+    flipped = {"tumor": "no_tumor", "no_tumor": "tumor"}
+    for r in train[: len(train) // 2]:  # half the train labels changed: a stratified draw changes with them
+        r["label"] = flipped.get(r["label"], r["label"])
+    with open(tiny / "manifests" / "tgt_relabelled.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    chosen = []
+    for name in ("tgt", "tgt_relabelled"):
+        text = make_config.config.replace("EPOCHS", "1").replace(
+            "target: {manifest: manifests/tgt.csv, image_size: 32}",
+            f"target: {{manifest: manifests/{name}.csv, image_size: 32, max_per_split: 8}}").replace(
+            "strategies: [feature_extraction, full, dann]", "strategies: [dann]")
+        if uda:
+            text = text.replace("tasks: [{name: tumor}]", "tasks: [{name: tumor}]\nunlabelled_target: true").replace(
+                "label_fractions: [0.5, 1.0]", "label_fractions: [1.0]")
+        path = tiny / f"sample_{name}_{uda}.yaml"
+        path.write_text(text)
+        ctx = Context(load_pipeline(path, None), path, tiny / "data", tiny / "unused", None)
+        picked = ctx.load(ctx.config.target, "target").select(split="train")
+        assert len(picked) >= 8
+        chosen.append({r.path for r in picked})
+    assert (chosen[0] == chosen[1]) is uda  # labelled fine-tuning may stratify by label; UDA may not
