@@ -95,7 +95,10 @@ def assess(
             notes.append(f"transferability on the {int(keep.sum())} labelled of {len(y)} target rows")
         y, xl = y[keep], xt[keep]
         n_classes = int(len(np.unique(y)))
-        transfer["logme"] = logme(xl, y)
+        try:
+            transfer["logme"] = logme(xl, y)
+        except MedtlError as err:  # no maximum to report (labels fitted with no noise): said, not a number
+            notes.append(err.reason)
         transfer["h_score"] = h_score(xl, y)
         if source_model_probs is not None:
             probs = np.asarray(source_model_probs)

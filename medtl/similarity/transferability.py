@@ -2,7 +2,8 @@
 
 - :func:`logme`: LogME (You et al. 2021), the log marginal evidence of Bayesian linear regression
   from features to each one-hot label column, maximised over its two precisions, per case, averaged
-  over classes. Higher is better.
+  over classes. Higher is better. With no more images than features a column is often fitted with no
+  noise and the evidence rises with the noise precision to a supremum, taken in closed form.
 - :func:`leep`: LEEP (Nguyen et al. 2020), from the *source model's* class probabilities on the
   target images: the log-likelihood of the target labels under the empirical source-to-target label
   predictor. Always <= 0; higher is better.
@@ -41,8 +42,12 @@ def _class_labels(labels: Any, n: int, what: str = "target labels") -> np.ndarra
     return codes.reshape(-1)
 
 
+RESIDUAL_FLOOR = 1e-12  # a squared residual this small is a fit with no noise left: beta has no finite optimum
+
+
 def _logme_single(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-6):
-    """Evidence per case, alpha, beta for one target column ``y`` (fixed-point iteration)."""
+    """Evidence per case, alpha, beta for one target column ``y``: the maximum by fixed-point iteration, or the
+    supremum in closed form where beta grows without bound (beta inf); None where the evidence itself does."""
     n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
     sigma = s**2  # non-zero eigenvalues of F^T F (min(n, d) of them; the rest are 0)
@@ -54,8 +59,9 @@ def _logme_single(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float 
         m2 = float(np.sum((beta * s * z / (alpha + beta * sigma)) ** 2))
         res2 = float(np.sum((alpha * z / (alpha + beta * sigma)) ** 2)) + y_perp2
         new_alpha = gamma / max(m2, 1e-12)
-        new_beta = (n - gamma) / max(res2, 1e-12)
+        new_beta = (n - gamma) / max(res2, RESIDUAL_FLOOR)
         done = abs(new_alpha - alpha) / alpha < tol and abs(new_beta - beta) / beta < tol
+        beta_rising = new_beta > beta
         alpha, beta = new_alpha, new_beta
         if done:
             break
@@ -70,7 +76,21 @@ def _logme_single(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float 
         - 0.5 * alpha * m2
         - 0.5 * logdet
     )
-    return float(evidence / n), alpha, beta
+    rank = int(np.sum(sigma > sigma.max() * 1e-12))
+    in_span = float(np.sum(z[:rank] ** 2)) >= (1 - 1e-10) * float(y @ y)  # nothing of y outside F's span
+    if not in_span or (res2 > RESIDUAL_FLOOR * 10 and (done or not beta_rising)):  # a maximum, as before
+        return float(evidence / n), alpha, beta
+    # Beta grows without bound: the column is fitted with no noise left, as happens with no more cases than
+    # features (the value at the floor or at max_iter would depend on them). With F of full row rank the evidence
+    # tends to a finite supremum, the noiseless limit y ~ N(0, F F^T / alpha), maximised at
+    # alpha = n / y^T (F F^T)^-1 y: in closed form. Cases with identical features (rank below n) and the same
+    # label let it grow without bound: undefined.
+    if rank < n:
+        return None, alpha, None
+    m2_exact = float(np.sum(z**2 / sigma))
+    a = n / m2_exact
+    limit = 0.5 * n * (np.log(a) - 1 - np.log(2 * np.pi)) - 0.5 * float(np.sum(np.log(sigma)))
+    return float(limit / n), a, float("inf")
 
 
 def logme(features: Any, labels: Any) -> float:
@@ -83,7 +103,12 @@ def logme(features: Any, labels: Any) -> float:
         raise MedtlError("every feature is zero: LogME is undefined (a dead encoder or blank images?)",
                          "target features")
     onehot = np.eye(codes.max() + 1)[codes]
-    return float(np.mean([_logme_single(f, onehot[:, k])[0] for k in range(onehot.shape[1])]))
+    per_class = [_logme_single(f, onehot[:, k])[0] for k in range(onehot.shape[1])]
+    if any(v is None for v in per_class):
+        raise MedtlError(f"LogME is undefined here: images with identical features and the same label let the "
+                         f"evidence of {sum(v is None for v in per_class)} of the {len(per_class)} one-hot label "
+                         "columns grow without bound (copies among the images?)", "target features")
+    return float(np.mean(per_class))
 
 
 def leep(source_probs: Any, labels: Any) -> float:

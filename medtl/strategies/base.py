@@ -88,15 +88,16 @@ class Strategy(nn.Module):
             raise unknown("hyper-parameter", key, sorted(cls.DEFAULTS), where, of=f" for {cls.name}")
         for key, value in hparams.items():
             default = cls.DEFAULTS[key]
+            positive = "temperature" in key or "bandwidth" in key  # a learning rate of 0 is allowed: no move
             if isinstance(default, list) or (default is None and value is not None):
-                # a list of scales (MMD kernel multipliers) or a quantity with an automatic default (a bandwidth):
-                # positive numbers, else a division by zero or a type error deep inside the loss
+                # a list of scales (MMD kernel multipliers) or a setting with an automatic default (a bandwidth, the
+                # probe's epochs): numbers, else a division by zero or a type error deep inside the loss
                 values = value if isinstance(default, list) else [value]
                 if not isinstance(values, list) or not values or not all(
-                        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                        for v in values):
-                    kind = "a non-empty list of positive numbers" if isinstance(default, list) else \
-                        "a positive number, or null for its automatic value"
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        and (v > 0 if positive or isinstance(default, list) else v >= 0) for v in values):
+                    kind = ("a non-empty list of positive numbers" if isinstance(default, list) else
+                            f"{'a positive' if positive else 'a non-negative'} number, or null for its automatic value")
                     raise MedtlError(f"{key} of {cls.name} is {kind}, got {value!r}", where)
                 continue
             if isinstance(default, bool) and not isinstance(value, bool):
@@ -118,7 +119,6 @@ class Strategy(nn.Module):
                 raise MedtlError(f"{key} of {cls.name} is a whole number, got {value!r}", where)
             if isinstance(default, int) and value < 1:  # layers, widths, sizes and counts
                 raise MedtlError(f"{key} of {cls.name} must be at least 1, got {value!r}", where)
-            positive = "temperature" in key  # a learning rate of 0 is allowed: a model that does not move
             if value < 0 or (positive and value <= 0):
                 raise MedtlError(f"{key} of {cls.name} must be {'positive' if positive else 'at least 0'}, "
                                  f"got {value!r}", where)
