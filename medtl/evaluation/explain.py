@@ -510,9 +510,16 @@ def load_deletion_test(path: str | Path) -> dict:
 # ----------------------------------------------------------------------------- overlays
 
 
-def _norm(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, [1, 99])
-    return np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a, dtype=float)
+def _norm(a: np.ndarray, zero_is_background: bool = False) -> np.ndarray:
+    """Grey levels in [0, 1] between the 1st and 99th percentiles. ``zero_is_background``: a model's volume,
+    z-scored over the head's voxels, keeps the air around it at exactly 0, the head's mean: scaled over the head
+    alone and drawn black, as a viewer shows it (it was mid-grey, lighter than dark tissue)."""
+    head = a[a != 0] if zero_is_background else a.ravel()
+    if head.size == 0:
+        return np.zeros_like(a, dtype=float)
+    lo, hi = np.percentile(head, [1, 99])
+    out = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a, dtype=float)
+    return np.where(a == 0, 0.0, out) if zero_is_background else out
 
 
 def _peak(cam: np.ndarray) -> tuple[int, ...]:
@@ -558,7 +565,7 @@ def overlay_png(image, cam, title: str | None = None, alpha: float = 0.6, footer
         # first axis runs left-right and the second bottom-up.
         view = (lambda a: a.T) if volume else (lambda a: a)
         origin = "lower" if volume else "upper"
-        ax.imshow(_norm(view(im)), cmap="gray", origin=origin, aspect=aspect)
+        ax.imshow(_norm(view(im), zero_is_background=volume), cmap="gray", origin=origin, aspect=aspect)
         # Opacity follows the map, so weak activation leaves the anatomy visible.
         rgba = colormap("jet")(np.clip(view(cm), 0, 1))
         rgba[..., 3] = alpha * np.clip(view(cm), 0, 1)

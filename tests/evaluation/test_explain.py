@@ -269,6 +269,28 @@ def test_2d_overlay_is_not_transposed():
     assert top_right > bottom_left + 5
 
 
+def test_a_volume_overlay_draws_the_air_around_the_head_black():
+    """A review: the model's volume, z-scored over the head, keeps the air at exactly 0 (the head's mean), and the
+    overlay drew it mid-grey, lighter than dark tissue. A viewer shows air black."""
+    from medtl.evaluation.explain import _norm
+
+    rng = np.random.default_rng(0)
+    vol = np.zeros((24, 24, 24))
+    vol[4:20, 4:20, 4:20] = rng.normal(size=(16, 16, 16))  # the head, z-scored: mean 0, dark voxels below it
+    grey = _norm(vol[12], zero_is_background=True)
+    assert np.all(grey[vol[12] == 0] == 0)  # air: black
+    head = grey[vol[12] != 0]
+    assert np.median(head) == pytest.approx(0.5, abs=0.1) and head.min() == 0 and head.max() == 1
+    assert _norm(vol[12])[0, 0] == pytest.approx(0.5, abs=0.1)  # a 2D image keeps its zeros as values
+
+    from PIL import Image
+
+    png = np.asarray(Image.open(io.BytesIO(overlay_png(vol, np.zeros_like(vol)))).convert("L"), dtype=float)
+    h, w = png.shape
+    panel = png[h // 4: 3 * h // 4, : int(w * 3.2 / 10.4)]  # the sagittal panel's middle rows
+    assert np.percentile(panel, 5) < 10  # black air around the head (it was about 128)
+
+
 def test_overlay_hot_region_is_coloured():
     """Where the map is 1 the overlay is coloured (jet red), where it is 0 the grey image shows through."""
     from PIL import Image
