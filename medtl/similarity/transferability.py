@@ -83,8 +83,8 @@ def _logme_single(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float 
     # Beta grows without bound: the column is fitted with no noise left, as happens with no more cases than
     # features (the value at the floor or at max_iter would depend on them). With F of full row rank the evidence
     # tends to a finite supremum, the noiseless limit y ~ N(0, F F^T / alpha), maximised at
-    # alpha = n / y^T (F F^T)^-1 y: in closed form. Cases with identical features (rank below n) and the same
-    # label let it grow without bound: undefined.
+    # alpha = n / y^T (F F^T)^-1 y: in closed form. Below full row rank (identical images of one label, or a
+    # feature that encodes the label) with y in the span it grows without bound: undefined.
     if rank < n:
         return None, alpha, None
     m2_exact = float(np.sum(z**2 / sigma))
@@ -105,9 +105,10 @@ def logme(features: Any, labels: Any) -> float:
     onehot = np.eye(codes.max() + 1)[codes]
     per_class = [_logme_single(f, onehot[:, k])[0] for k in range(onehot.shape[1])]
     if any(v is None for v in per_class):
-        raise MedtlError(f"LogME is undefined here: images with identical features and the same label let the "
-                         f"evidence of {sum(v is None for v in per_class)} of the {len(per_class)} one-hot label "
-                         "columns grow without bound (copies among the images?)", "target features")
+        raise MedtlError(f"LogME is undefined here: a linear combination of the features reproduces "
+                         f"{sum(v is None for v in per_class)} of the {len(per_class)} one-hot label columns exactly "
+                         "(identical images with one label, or a feature that encodes the label), so the evidence "
+                         "grows without bound", "target features")
     return float(np.mean(per_class))
 
 

@@ -51,8 +51,11 @@ def test_logme_with_fewer_cases_than_features_is_the_evidence_supremum():
     # two cases with identical features and one label: the evidence grows without bound, and LogME says so
     copies = np.vstack([f, f[:1]])
     assert _logme_single(copies, np.r_[y, y[0]])[0] is None
-    with pytest.raises(MedtlError, match="grow without bound"):
+    with pytest.raises(MedtlError, match="grows without bound"):
         logme(copies, np.r_[y, y[0]].astype(int))
+    encoded = np.c_[y, rng.normal(size=(n, 2))]  # more images than features, one feature is the label (a review)
+    with pytest.raises(MedtlError, match="a feature that encodes the label"):
+        logme(encoded, y.astype(int))
 
 
 def test_logme_averages_one_hot_columns():
